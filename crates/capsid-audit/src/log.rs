@@ -1,0 +1,160 @@
+//! The public handle: open (verifying first), append, rotate, verify, export, close.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use capsid_core::limits::AUDIT_QUEUE_DEPTH;
+use capsid_crypto::{Digest, KeyPair};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::entry::{ChainId, EntryRef, Record};
+use crate::error::AuditError;
+use crate::verify::{Snapshot, VerifyReport, verify_snapshot};
+use crate::writer::{Command, Head, Writer};
+use crate::{schema, store};
+
+/// An open audit log with its writer thread.
+///
+/// Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct AuditLog {
+    path: PathBuf,
+    tx: mpsc::Sender<Command>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AuditLog {
+    /// Opens the log at `path`, creating it (with `key` pinned as its genesis key) if the file
+    /// does not exist or is an empty database.
+    ///
+    /// An existing log is verified in full first. If anything is wrong the log is refused with
+    /// [`AuditError::Tampered`] carrying the report, and nothing is written; if `key` is not
+    /// the log's current key (its genesis key, or the key it was last rotated to) it is
+    /// refused with [`AuditError::UntrustedKey`]. This call
+    /// blocks (SQLite I/O and verification); from async code, run it on a blocking thread.
+    pub fn open(path: impl AsRef<Path>, key: KeyPair) -> Result<Self, AuditError> {
+        let path = path.as_ref().to_owned();
+        let (conn, is_new) = schema::open_rw(&path)?;
+        let writer = if is_new {
+            Writer::create(conn, &path, key)?
+        } else {
+            let snap = store::read_snapshot(&conn, &path)?;
+            let report = verify_snapshot(&snap);
+            if !report.is_valid() {
+                return Err(AuditError::Tampered {
+                    path,
+                    report: Box::new(report),
+                });
+            }
+            if report.current_key() != Some(key.key_id()) {
+                return Err(AuditError::UntrustedKey {
+                    path,
+                    key_id: key.key_id().to_string(),
+                });
+            }
+            Writer::resume(conn, &path, key, heads_of(&snap))
+        };
+        let (tx, rx) = mpsc::channel(AUDIT_QUEUE_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("capsid-audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|source| AuditError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self {
+            path,
+            tx,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `record` to `chain` and returns once the entry is durable. A chain's first
+    /// append also records its opening in the system chain, in the same transaction.
+    pub async fn append(&self, chain: ChainId, record: Record) -> Result<EntryRef, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Append {
+            chain,
+            record,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Trusts `new_key` from now on: records the rotation in the system chain, signed by the
+    /// current key, and signs every later entry with `new_key`.
+    pub async fn rotate_key(&self, new_key: KeyPair) -> Result<EntryRef, AuditError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Rotate {
+            key: new_key,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| self.stopped())?
+    }
+
+    /// Verifies every chain as committed so far. Blocking, like [`verify_database`].
+    pub fn verify_all(&self) -> Result<VerifyReport, AuditError> {
+        verify_database(&self.path)
+    }
+
+    /// Writes every key, head and entry as JSON lines to `out` (created, never overwritten).
+    /// Returns the number of entries written. Blocking.
+    pub fn export_jsonl(&self, out: &Path) -> Result<u64, AuditError> {
+        crate::export::export_database(&self.path, out)
+    }
+
+    /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
+    pub async fn close(self) -> Result<(), AuditError> {
+        let Self { path, tx, writer } = self;
+        drop(tx);
+        let handle = writer.lock().map_or(None, |mut w| w.take());
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|_| AuditError::WriterStopped(path.clone()))?
+                .map_err(|_| AuditError::WriterStopped(path))?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), AuditError> {
+        self.tx.send(cmd).await.map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> AuditError {
+        AuditError::WriterStopped(self.path.clone())
+    }
+}
+
+fn heads_of(snap: &Snapshot) -> HashMap<String, Head> {
+    snap.heads
+        .iter()
+        .filter_map(|h| {
+            Some((
+                h.chain.clone(),
+                Head {
+                    seq: h.seq,
+                    hash: Digest::from_slice(&h.hash)?,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Verifies the log at `path` read-only, tampered or not, and reports every problem.
+/// Fails only if the file cannot be read as a capsid audit log at all.
+pub fn verify_database(path: impl AsRef<Path>) -> Result<VerifyReport, AuditError> {
+    let path = path.as_ref();
+    let conn = schema::open_ro(path)?;
+    let snap = store::read_snapshot(&conn, path)?;
+    Ok(verify_snapshot(&snap))
+}

@@ -1,0 +1,120 @@
+//! The SQLite schema and the checks made before a file is trusted as an audit log.
+
+use std::path::Path;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use crate::error::AuditError;
+
+/// `PRAGMA application_id` of a capsid audit log ("CPAU").
+const APPLICATION_ID: i64 = 0x4350_4155;
+/// `PRAGMA user_version`: the schema version this build reads and writes.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+/// How long a connection waits for a lock held by another connection.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+const CREATE: &str = "
+CREATE TABLE trusted_keys (
+    key_id        BLOB PRIMARY KEY,
+    public_key    BLOB NOT NULL,
+    introduced_by INTEGER            -- system-chain seq of the rotation entry; NULL = genesis
+);
+CREATE TABLE chains (
+    chain     TEXT PRIMARY KEY,
+    head_seq  INTEGER NOT NULL,
+    head_hash BLOB NOT NULL,
+    key_id    BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
+CREATE TABLE entries (
+    id        INTEGER PRIMARY KEY,  -- storage order
+    chain     TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    time_ns   INTEGER NOT NULL,
+    principal TEXT NOT NULL,
+    capsule   TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    resource  TEXT NOT NULL,
+    decision  TEXT NOT NULL,
+    details   TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    key_id    BLOB NOT NULL,
+    hash      BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    UNIQUE (chain, seq)
+);
+";
+
+pub(crate) fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
+    move |source| match source.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) => AuditError::NotADatabase(path.to_owned()),
+        _ => AuditError::Sqlite {
+            path: path.to_owned(),
+            source,
+        },
+    }
+}
+
+/// Opens `path` for writing. Returns the connection and whether the log is new (and its
+/// schema was just created). A file that is not an empty database, a foreign database or
+/// a different schema version is refused untouched.
+pub(crate) fn open_rw(path: &Path) -> Result<(Connection, bool), AuditError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+    let is_new = check(&conn, path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sqlite_err(path))?;
+    // FULL: a commit is durable when it returns, which is what `append` promises.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sqlite_err(path))?;
+    if is_new {
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .map_err(sqlite_err(path))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sqlite_err(path))?;
+        conn.execute_batch(CREATE).map_err(sqlite_err(path))?;
+    }
+    Ok((conn, is_new))
+}
+
+/// Opens an existing log read-only (verification, export).
+pub(crate) fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+    if check(&conn, path)? {
+        return Err(AuditError::Foreign(path.to_owned()));
+    }
+    Ok(conn)
+}
+
+/// `Ok(true)` for an empty database, `Ok(false)` for a capsid log of this schema version.
+fn check(conn: &Connection, path: &Path) -> Result<bool, AuditError> {
+    let err = sqlite_err(path);
+    let app_id: i64 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(&err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(&err)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(&err)?;
+    if app_id == 0 && version == 0 && objects == 0 {
+        return Ok(true);
+    }
+    if app_id != APPLICATION_ID {
+        return Err(AuditError::Foreign(path.to_owned()));
+    }
+    if version != SCHEMA_VERSION {
+        return Err(AuditError::SchemaVersion {
+            path: path.to_owned(),
+            found: version,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    Ok(false)
+}

@@ -1,0 +1,23 @@
+//! Every limit capsid enforces, named once. Other crates refer to these constants rather than
+//! repeating numbers, so a reader can see the whole envelope on one page.
+
+/// Longest capsule name accepted (`[a-z0-9-]`, DESIGN 3.2).
+pub const MAX_CAPSULE_NAME_LEN: usize = 64;
+
+/// Longest principal, action or resource string stored in one audit entry, in bytes.
+pub const MAX_AUDIT_FIELD_BYTES: usize = 4 * 1024;
+
+/// Largest `details` JSON document stored in one audit entry, in bytes.
+pub const MAX_AUDIT_DETAILS_BYTES: usize = 64 * 1024;
+
+/// Most entries the audit writer folds into one group-commit transaction.
+pub const MAX_AUDIT_BATCH: usize = 4096;
+
+/// Appends that may wait for the audit writer before `append` itself waits (backpressure).
+pub const AUDIT_QUEUE_DEPTH: usize = 16 * 1024;
+
+/// Length in bytes of an ed25519 secret key file (`keys/runtime.key`).
+pub const RUNTIME_KEY_LEN: usize = 32;
+
+/// Bytes of randomness in a persistent process id (DESIGN 3.5 asks for at least 128 bits).
+pub const PROCESS_ID_BYTES: usize = 16;

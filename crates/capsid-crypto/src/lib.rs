@@ -1,0 +1,20 @@
+//! capsid's cryptography: the runtime's ed25519 signing key, signatures, and blake3 hashing
+//! with domain separation.
+//!
+//! Invariants:
+//! - secret key bytes are zeroized when dropped and never appear in `Debug` output;
+//! - every hash capsid computes names a [`Domain`] from [`domain`], so a digest made for one
+//!   purpose can never be replayed as another;
+//! - signature checks are strict (no malleable or small-order signatures), and weak public
+//!   keys are refused when parsed.
+#![deny(missing_docs)]
+
+mod error;
+mod hash;
+mod keys;
+mod runtime_key;
+
+pub use error::{KeyError, SignatureError};
+pub use hash::{Digest, Domain, DomainHasher, domain, hash};
+pub use keys::{KeyId, KeyPair, PublicKey, Signature, verify_batch};
+pub use runtime_key::{RUNTIME_KEY_FILE, load_or_generate_runtime_key};
