@@ -15,6 +15,9 @@ pub enum AuditError {
         /// The underlying error.
         source: rusqlite::Error,
     },
+    /// Another writer (in this or another process) has the log open.
+    #[error("audit database {0} is already open for writing by another capsid")]
+    Locked(PathBuf),
     /// The file exists but is not a SQLite database.
     #[error("{0} is not a SQLite database; refusing to touch it")]
     NotADatabase(PathBuf),

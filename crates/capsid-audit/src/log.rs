@@ -36,6 +36,7 @@ impl AuditLog {
     /// blocks (SQLite I/O and verification); from async code, run it on a blocking thread.
     pub fn open(path: impl AsRef<Path>, key: KeyPair) -> Result<Self, AuditError> {
         let path = path.as_ref().to_owned();
+        let lock = lock_writer(&path)?;
         let (conn, is_new) = schema::open_rw(&path)?;
         let writer = if is_new {
             Writer::create(conn, &path, key)?
@@ -59,7 +60,10 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE_DEPTH);
         let handle = std::thread::Builder::new()
             .name("capsid-audit-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                writer.run(rx);
+                drop(lock);
+            })
             .map_err(|source| AuditError::Io {
                 path: path.clone(),
                 source,
@@ -132,6 +136,31 @@ impl AuditLog {
 
     fn stopped(&self) -> AuditError {
         AuditError::WriterStopped(self.path.clone())
+    }
+}
+
+/// Takes the exclusive writer lock: an advisory lock on `<db>.lock`, held by the writer
+/// thread until it stops, so two writers can never interleave sequence numbers.
+fn lock_writer(db: &Path) -> Result<std::fs::File, AuditError> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| AuditError::Io {
+            path: lock_path,
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(AuditError::Locked(db.to_owned())),
+        Err(std::fs::TryLockError::Error(source)) => Err(AuditError::Io {
+            path: db.to_owned(),
+            source,
+        }),
     }
 }
 

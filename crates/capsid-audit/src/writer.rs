@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use capsid_core::Principal;
 use capsid_core::limits::MAX_AUDIT_BATCH;
-use capsid_crypto::{Digest, KeyPair};
+use capsid_crypto::{Digest, KeyId, KeyPair, Signature};
 use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -192,9 +192,9 @@ impl Writer {
                 if chain != ChainId::System && !ctx.heads.contains_key(&name) {
                     let open =
                         Record::new(Principal::System, ACTION_CHAIN_OPEN, &name, Decision::Info)?;
-                    ctx.append(SYSTEM_CHAIN, &open)?;
+                    ctx.append(SYSTEM_CHAIN, open);
                 }
-                let (seq, hash) = ctx.append(&name, &record)?;
+                let (seq, hash) = ctx.append(&name, record);
                 out.push(EntryRef { chain, seq, hash });
             }
             Ok(out)
@@ -215,7 +215,7 @@ impl Writer {
         )?
         .details(&details)?;
         let entry = self.transact(|ctx, tx| {
-            let (seq, hash) = ctx.append(SYSTEM_CHAIN, &record)?;
+            let (seq, hash) = ctx.append(SYSTEM_CHAIN, record);
             tx.execute(
                 "INSERT INTO trusted_keys (key_id, public_key, introduced_by) VALUES (?1, ?2, ?3)",
                 params![
@@ -235,49 +235,81 @@ impl Writer {
         Ok(entry)
     }
 
-    /// Runs `body` in one transaction, then signs and stores the heads of every chain it
-    /// touched, then commits. On any failure nothing is kept, in memory or on disk.
+    /// Runs `body`, which stages entries; then signs every staged entry and every touched
+    /// chain head, inserts them, and commits, all in one transaction. On any
+    /// failure nothing is kept, in memory or on disk.
     fn transact<T>(
         &mut self,
-        body: impl FnOnce(&mut Ctx<'_, '_>, &Transaction<'_>) -> Result<T, AuditError>,
+        body: impl FnOnce(&mut Ctx<'_>, &Transaction<'_>) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
         let saved = self.heads.clone();
         let path = self.path.as_path();
         let err = sqlite_err(path);
+        let key_id = self.key.key_id();
         let result = (|| {
             let tx = self.conn.transaction().map_err(&err)?;
-            let mut touched = Vec::new();
-            let out = {
-                let insert = tx.prepare_cached(INSERT_ENTRY).map_err(&err)?;
-                let mut ctx = Ctx {
-                    insert,
-                    path,
-                    heads: &mut self.heads,
-                    key: &self.key,
-                    key_id: self.key.key_id(),
-                    touched: &mut touched,
-                    now: now_ns(),
-                };
-                body(&mut ctx, &tx)?
+            let mut ctx = Ctx {
+                path,
+                heads: &mut self.heads,
+                key_id,
+                staged: Vec::new(),
+                touched: Vec::new(),
+                now: now_ns(),
             };
+            let out = body(&mut ctx, &tx)?;
+            let Ctx {
+                staged, touched, ..
+            } = ctx;
+
+            let heads: Vec<(&String, Head)> = touched
+                .iter()
+                .filter_map(|c| self.heads.get(c).map(|h| (c, *h)))
+                .collect();
+            let mut messages: Vec<Digest> = staged.iter().map(|s| s.hash).collect();
+            messages.extend(
+                heads
+                    .iter()
+                    .map(|(c, h)| head_message(c, h.seq, h.hash.as_bytes())),
+            );
+            let sigs: Vec<Signature> = messages
+                .iter()
+                .map(|m| self.key.sign(m.as_bytes()))
+                .collect();
+
+            let mut insert = tx.prepare_cached(INSERT_ENTRY).map_err(&err)?;
+            for (s, sig) in staged.iter().zip(&sigs) {
+                let r = &s.record;
+                insert
+                    .execute(params![
+                        s.chain,
+                        seq_param(s.seq),
+                        s.time_ns,
+                        s.principal,
+                        r.capsule.as_ref().map_or("", |c| c.as_str()),
+                        r.action,
+                        r.resource,
+                        r.decision.as_str(),
+                        r.details,
+                        s.prev.as_bytes(),
+                        key_id.as_bytes(),
+                        s.hash.as_bytes(),
+                        sig.as_bytes(),
+                    ])
+                    .map_err(&err)?;
+            }
             let mut upsert = tx.prepare_cached(UPSERT_HEAD).map_err(&err)?;
-            for chain in &touched {
-                let Some(head) = self.heads.get(chain) else {
-                    continue;
-                };
-                let sig = self
-                    .key
-                    .sign(head_message(chain, head.seq, head.hash.as_bytes()).as_bytes());
+            for ((chain, head), sig) in heads.iter().zip(&sigs[staged.len()..]) {
                 upsert
                     .execute(params![
                         chain,
                         seq_param(head.seq),
                         head.hash.as_bytes(),
-                        self.key.key_id().as_bytes(),
+                        key_id.as_bytes(),
                         sig.as_bytes()
                     ])
                     .map_err(&err)?;
             }
+            drop(insert);
             drop(upsert);
             tx.commit().map_err(&err)?;
             Ok(out)
@@ -289,65 +321,69 @@ impl Writer {
     }
 }
 
-/// What appending inside one transaction needs.
-struct Ctx<'c, 'a> {
-    insert: rusqlite::CachedStatement<'c>,
+/// An entry hashed and chained, waiting for its signature.
+struct Staged {
+    chain: String,
+    seq: u64,
+    time_ns: i64,
+    prev: Digest,
+    hash: Digest,
+    principal: String,
+    record: Record,
+}
+
+/// What staging entries inside one transaction needs.
+struct Ctx<'a> {
     path: &'a Path,
     heads: &'a mut HashMap<String, Head>,
-    key: &'a KeyPair,
-    key_id: capsid_crypto::KeyId,
-    touched: &'a mut Vec<String>,
+    key_id: KeyId,
+    staged: Vec<Staged>,
+    touched: Vec<String>,
     now: i64,
 }
 
-impl Ctx<'_, '_> {
+impl Ctx<'_> {
     fn err(&self) -> impl Fn(rusqlite::Error) -> AuditError + '_ {
         sqlite_err(self.path)
     }
 
-    /// Hashes, signs and inserts one entry at the end of `chain`.
-    fn append(&mut self, chain: &str, r: &Record) -> Result<(u64, Digest), AuditError> {
+    /// Assigns the next sequence number of `chain` to `record` and hashes it.
+    fn append(&mut self, chain: &str, record: Record) -> (u64, Digest) {
         let (seq, prev) = match self.heads.get(chain) {
             Some(h) => (h.seq + 1, h.hash),
             None => (1, genesis_hash(chain)),
         };
-        let principal = r.principal.to_string();
-        let capsule = r.capsule.as_ref().map_or("", |c| c.as_str());
+        let principal = record.principal.to_string();
         let hash = entry_hash(&EntryFields {
             chain: chain.as_bytes(),
             seq,
             time_ns: self.now,
             principal: principal.as_bytes(),
-            capsule: capsule.as_bytes(),
-            action: r.action.as_bytes(),
-            resource: r.resource.as_bytes(),
-            decision: r.decision.as_str().as_bytes(),
-            details: r.details.as_bytes(),
+            capsule: record
+                .capsule
+                .as_ref()
+                .map_or("", |c| c.as_str())
+                .as_bytes(),
+            action: record.action.as_bytes(),
+            resource: record.resource.as_bytes(),
+            decision: record.decision.as_str().as_bytes(),
+            details: record.details.as_bytes(),
             prev_hash: prev.as_bytes(),
             key_id: self.key_id.as_bytes(),
         });
-        let sig = self.key.sign(hash.as_bytes());
-        self.insert
-            .execute(params![
-                chain,
-                seq_param(seq),
-                self.now,
-                principal,
-                capsule,
-                r.action,
-                r.resource,
-                r.decision.as_str(),
-                r.details,
-                prev.as_bytes(),
-                self.key_id.as_bytes(),
-                hash.as_bytes(),
-                sig.as_bytes(),
-            ])
-            .map_err(sqlite_err(self.path))?;
         self.heads.insert(chain.to_owned(), Head { seq, hash });
         if !self.touched.iter().any(|c| c == chain) {
             self.touched.push(chain.to_owned());
         }
-        Ok((seq, hash))
+        self.staged.push(Staged {
+            chain: chain.to_owned(),
+            seq,
+            time_ns: self.now,
+            prev,
+            hash,
+            principal,
+            record,
+        });
+        (seq, hash)
     }
 }

@@ -1,0 +1,56 @@
+//! The benchmark result format and its table.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// One measured figure beside its floor.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub name: String,
+    pub value: f64,
+    pub unit: String,
+    pub baseline: String,
+    pub baseline_value: f64,
+    pub ratio: f64,
+}
+
+impl Row {
+    pub fn new(name: &str, value: f64, unit: &str, baseline: &str, baseline_value: f64) -> Self {
+        let ratio = if baseline_value > 0.0 {
+            value / baseline_value
+        } else {
+            0.0
+        };
+        Self {
+            name: name.to_owned(),
+            value,
+            unit: unit.to_owned(),
+            baseline: baseline.to_owned(),
+            baseline_value,
+            ratio,
+        }
+    }
+}
+
+pub fn print_table(group: &str, rows: &[Row]) {
+    println!("\n{group}");
+    println!("| benchmark | value | unit | baseline | baseline value | ratio |");
+    println!("| --- | ---: | --- | --- | ---: | ---: |");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {} | {} | {:.0} | {:.2} |",
+            r.name, r.value, r.unit, r.baseline, r.baseline_value, r.ratio
+        );
+    }
+}
+
+pub fn write_json(dir: &Path, group: &str, rows: &[Row]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{group}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(rows)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
