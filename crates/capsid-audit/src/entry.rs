@@ -315,16 +315,24 @@ mod tests {
     #[test]
     fn every_field_is_covered() {
         let base = entry_hash(&fields(b"system", b"a", b"r"));
-        assert_ne!(base, entry_hash(&fields(b"systen", b"a", b"r")));
-        let mut f = fields(b"system", b"a", b"r");
-        f.seq = 2;
-        assert_ne!(base, entry_hash(&f));
-        let mut f = fields(b"system", b"a", b"r");
-        f.key_id = &[2; 32];
-        assert_ne!(base, entry_hash(&f));
-        let mut f = fields(b"system", b"a", b"r");
-        f.details = b"{ }";
-        assert_ne!(base, entry_hash(&f));
+        let changes: Vec<fn(&mut EntryFields<'static>)> = vec![
+            |f| f.chain = b"systen",
+            |f| f.seq = 2,
+            |f| f.time_ns = 6,
+            |f| f.principal = b"user:x",
+            |f| f.capsule = b"notes",
+            |f| f.action = b"b",
+            |f| f.resource = b"s",
+            |f| f.decision = b"deny",
+            |f| f.details = b"{ }",
+            |f| f.prev_hash = &[9; 32],
+            |f| f.key_id = &[2; 32],
+        ];
+        for (i, change) in changes.into_iter().enumerate() {
+            let mut f = fields(b"system", b"a", b"r");
+            change(&mut f);
+            assert_ne!(entry_hash(&f), base, "change #{i} not covered by the hash");
+        }
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! JSON-lines export of a log, and verification of an exported file.
 //!
 //! Line 1 is a header; then one line per pinned key, per chain head, and per entry in storage
-//! order. Binary fields are hex. Text fields are JSON strings, or `{"hex": ".."}` when the
-//! stored bytes are not UTF-8, so an export reproduces tampered bytes exactly.
+//! order. Binary fields are hex. Hashed text fields are JSON strings, or `{"hex": ".."}` when
+//! the stored bytes are not UTF-8, so an export keeps tampered bytes as found. (The chain id
+//! and integer columns are exported as read: a non-UTF-8 chain id or a non-integer sequence
+//! is already reported as a change by the verifier that reads them.)
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, BufWriter, Write};

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use capsid_core::limits::AUDIT_BUSY_TIMEOUT;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use crate::error::AuditError;
@@ -10,8 +11,6 @@ use crate::error::AuditError;
 const APPLICATION_ID: i64 = 0x4350_4155;
 /// `PRAGMA user_version`: the schema version this build reads and writes.
 pub(crate) const SCHEMA_VERSION: i64 = 1;
-/// How long a connection waits for a lock held by another connection.
-const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 const CREATE: &str = "
 CREATE TABLE trusted_keys (
@@ -55,36 +54,41 @@ pub(crate) fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> AuditError 
     }
 }
 
-/// Opens `path` for writing. Returns the connection and whether the log is new (and its
-/// schema was just created). A file that is not an empty database, a foreign database or
+/// Opens `path` for writing. Returns the connection and whether the log is new (an empty
+/// database: the caller creates the schema with [`create_schema`] in its first transaction,
+/// so a crash mid-creation leaves an empty database, never a half-made log). A file that is not an empty database, a foreign database or
 /// a different schema version is refused untouched.
 pub(crate) fn open_rw(path: &Path) -> Result<(Connection, bool), AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+    conn.busy_timeout(AUDIT_BUSY_TIMEOUT)
+        .map_err(sqlite_err(path))?;
     let is_new = check(&conn, path)?;
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(sqlite_err(path))?;
     // FULL: a commit is durable when it returns, which is what `append` promises.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sqlite_err(path))?;
-    if is_new {
-        conn.pragma_update(None, "application_id", APPLICATION_ID)
-            .map_err(sqlite_err(path))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(sqlite_err(path))?;
-        conn.execute_batch(CREATE).map_err(sqlite_err(path))?;
-    }
     Ok((conn, is_new))
+}
+
+/// Stamps the database as a capsid audit log and creates its tables. Both pragmas live in the
+/// database header and, like the DDL, roll back with the surrounding transaction.
+pub(crate) fn create_schema(tx: &rusqlite::Transaction<'_>, path: &Path) -> Result<(), AuditError> {
+    tx.execute_batch(&format!(
+        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION}; {CREATE}"
+    ))
+    .map_err(sqlite_err(path))
 }
 
 /// Opens an existing log read-only (verification, export).
 pub(crate) fn open_ro(path: &Path) -> Result<Connection, AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite_err(path))?;
+    conn.busy_timeout(AUDIT_BUSY_TIMEOUT)
+        .map_err(sqlite_err(path))?;
     if check(&conn, path)? {
         return Err(AuditError::Foreign(path.to_owned()));
     }

@@ -90,6 +90,12 @@ pub enum Problem {
         /// The key id it names (hex).
         key_id: String,
     },
+    /// An entry signed by a key that had been rotated out before an earlier entry of the
+    /// same chain was signed.
+    RetiredKey {
+        /// The entry.
+        seq: u64,
+    },
     /// An intact, validly signed entry whose `prev_hash` is not its predecessor's hash.
     BrokenLink {
         /// The entry.
@@ -97,7 +103,7 @@ pub enum Problem {
     },
     /// The chain's signed head is missing.
     NoHead,
-    /// The chain's head signature does not verify under a trusted key.
+    /// The chain's head is not signed by the log's current key.
     HeadInvalid,
     /// The signed head names a hash other than that of the entry at its sequence.
     HeadMismatch {
@@ -135,6 +141,7 @@ impl fmt::Display for Problem {
                 write!(f, "seq {seq}: signed by unknown key {key_id}")
             }
             Self::BrokenLink { seq } => write!(f, "seq {seq}: does not link to its predecessor"),
+            Self::RetiredKey { seq } => write!(f, "seq {seq}: signed by a key already rotated out"),
             Self::NoHead => f.write_str("chain head missing"),
             Self::HeadInvalid => f.write_str("chain head signature invalid"),
             Self::HeadMismatch { seq } => {
@@ -267,6 +274,15 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+/// Which keys the log trusts, in the order they were introduced.
+struct Trust {
+    keys: HashMap<KeyId, PublicKey>,
+    /// Genesis is 0; each valid rotation adds one.
+    rank: HashMap<KeyId, u32>,
+    /// The newest trusted key: the only one that may sign chain heads.
+    current: Option<KeyId>,
+}
+
 /// Per-entry integrity, before position is considered.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Integrity {
@@ -286,7 +302,7 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
         .get(SYSTEM_CHAIN)
         .map(Vec::as_slice)
         .unwrap_or_default();
-    let (trusted, current, key_problems) = trusted_keys(&snap.keys, system);
+    let (trust, key_problems) = trusted_keys(&snap.keys, system);
     let heads: HashMap<&str, &HeadRow> = snap.heads.iter().map(|h| (h.chain.as_str(), h)).collect();
 
     let registered: BTreeSet<&[u8]> = system
@@ -311,7 +327,7 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
         .into_iter()
         .map(|name| {
             let rows = chains.get(name).map(Vec::as_slice).unwrap_or_default();
-            let mut problems = verify_chain(name, rows, heads.get(name).copied(), &trusted);
+            let mut problems = verify_chain(name, rows, heads.get(name).copied(), &trust);
             let is_registered = name == SYSTEM_CHAIN || registered.contains(name.as_bytes());
             if !is_registered {
                 problems.insert(0, Problem::Unregistered);
@@ -325,7 +341,8 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
             }
         })
         .collect();
-    let mut trusted: Vec<KeyId> = trusted.into_keys().collect();
+    let current = trust.current;
+    let mut trusted: Vec<KeyId> = trust.keys.into_keys().collect();
     trusted.sort();
     VerifyReport {
         keys: key_problems,
@@ -336,11 +353,8 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
 }
 
 /// Works out which pinned keys are trusted: the single genesis key, then every key introduced
-/// by an intact rotation entry signed by a key trusted before it.
-fn trusted_keys(
-    rows: &[KeyRow],
-    system: &[&StoredEntry],
-) -> (HashMap<KeyId, PublicKey>, Option<KeyId>, Vec<KeyProblem>) {
+/// by an intact rotation entry signed by the key in force at that point.
+fn trusted_keys(rows: &[KeyRow], system: &[&StoredEntry]) -> (Trust, Vec<KeyProblem>) {
     let mut problems = Vec::new();
     let mut pinned: HashMap<KeyId, (PublicKey, Option<u64>)> = HashMap::new();
     for row in rows {
@@ -367,6 +381,7 @@ fn trusted_keys(
         });
     }
     let mut current = (genesis.len() == 1).then(|| genesis[0].0);
+    let mut rank: HashMap<KeyId, u32> = genesis.iter().map(|(id, _)| (*id, 0)).collect();
     let mut trusted: HashMap<KeyId, PublicKey> = genesis.into_iter().collect();
 
     let mut rotations: Vec<&&StoredEntry> = system
@@ -383,12 +398,14 @@ fn trusted_keys(
         else {
             continue;
         };
-        if integrity(e, &trusted) != Integrity::Intact {
+        // Only the key in force may hand over: a retired key cannot introduce another.
+        if e.signer() != current || integrity(e, &trusted) != Integrity::Intact {
             continue;
         }
         match pinned.get(&new_id) {
             Some((pk, Some(by))) if *by == e.seq => {
                 trusted.insert(new_id, *pk);
+                rank.insert(new_id, u32::try_from(rank.len()).unwrap_or(u32::MAX));
                 current = Some(new_id);
             }
             _ => problems.push(KeyProblem::RotatedKeyMissing {
@@ -407,7 +424,14 @@ fn trusted_keys(
             .into_iter()
             .map(|key_id| KeyProblem::Unintroduced { key_id }),
     );
-    (trusted, current, problems)
+    (
+        Trust {
+            keys: trusted,
+            rank,
+            current,
+        },
+        problems,
+    )
 }
 
 fn hash_matches(e: &StoredEntry) -> bool {
@@ -473,13 +497,11 @@ fn integrity_all(rows: &[&StoredEntry], trusted: &HashMap<KeyId, PublicKey>) -> 
     out
 }
 
-/// The head's `(seq, hash)` if its signature verifies under a trusted key.
-fn valid_head<'a>(
-    chain: &str,
-    head: &'a HeadRow,
-    trusted: &HashMap<KeyId, PublicKey>,
-) -> Option<(u64, &'a [u8])> {
-    let pk = KeyId::from_slice(&head.key_id).and_then(|id| trusted.get(&id))?;
+/// The head's `(seq, hash)` if it is signed by the log's current key: a rotation re-signs
+/// every head, so a retired key can never extend a chain.
+fn valid_head<'a>(chain: &str, head: &'a HeadRow, trust: &Trust) -> Option<(u64, &'a [u8])> {
+    let id = KeyId::from_slice(&head.key_id).filter(|id| Some(*id) == trust.current)?;
+    let pk = trust.keys.get(&id)?;
     let sig = Signature::from_slice(&head.signature)?;
     let msg = head_message(chain, head.seq, &head.hash);
     pk.verify(msg.as_bytes(), &sig).ok()?;
@@ -490,7 +512,7 @@ fn verify_chain(
     chain: &str,
     rows: &[&StoredEntry],
     head: Option<&HeadRow>,
-    trusted: &HashMap<KeyId, PublicKey>,
+    trust: &Trust,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     if rows.is_empty() && head.is_none() {
@@ -502,21 +524,23 @@ fn verify_chain(
             None
         }
         Some(h) => {
-            let v = valid_head(chain, h, trusted);
+            let v = valid_head(chain, h, trust);
             if v.is_none() {
                 problems.push(Problem::HeadInvalid);
             }
             v
         }
     };
-    let status = integrity_all(rows, trusted);
+    let status = integrity_all(rows, &trust.keys);
 
     let limit = signed_head.map(|(s, _)| s);
-    let genuine = pick_genuine(rows, &status, limit, &mut problems);
-    check_storage_order(rows, &genuine, &mut problems);
+    let seqs = effective_seqs(rows, &status);
+    let genuine = pick_genuine(rows, &seqs, &status, limit, &mut problems);
+    check_storage_order(&seqs, &genuine, &mut problems);
 
     // Walk the chain in sequence order.
-    let mut expected_seq = 1;
+    let mut expected_seq: u64 = 1;
+    let mut newest_rank = 0;
     let mut expected_prev: Option<Vec<u8>> = Some(genesis_hash(chain).0.to_vec());
     for (&seq, &i) in &genuine {
         let e = rows[i];
@@ -529,19 +553,28 @@ fn verify_chain(
         }
         match status[i] {
             Integrity::Changed => problems.push(Problem::ChangedField { seq }),
+            // A row that is not intact proves nothing about what follows it.
             Integrity::UnknownKey => problems.push(Problem::UnknownKey {
                 seq,
                 key_id: hex::encode(&e.key_id),
             }),
             Integrity::BadSignature => problems.push(Problem::BadSignature { seq }),
             Integrity::Intact => {
-                if expected_prev.as_ref().is_some_and(|p| *p != e.prev_hash) {
+                let rank = e
+                    .signer()
+                    .and_then(|id| trust.rank.get(&id))
+                    .copied()
+                    .unwrap_or(0);
+                if rank < newest_rank {
+                    problems.push(Problem::RetiredKey { seq });
+                } else if expected_prev.as_ref().is_some_and(|p| *p != e.prev_hash) {
                     problems.push(Problem::BrokenLink { seq });
                 }
+                newest_rank = newest_rank.max(rank);
             }
         }
-        expected_prev = Some(e.hash.clone());
-        expected_seq = seq + 1;
+        expected_prev = (status[i] == Integrity::Intact).then(|| e.hash.clone());
+        expected_seq = seq.saturating_add(1);
     }
     if let Some((head_seq, head_hash)) = signed_head {
         if head_seq >= expected_seq {
@@ -559,18 +592,51 @@ fn verify_chain(
     problems
 }
 
+/// The sequence number each row really holds. A changed row's stored `seq` may itself be the
+/// changed field; where intact neighbours still link to it (its successor names its hash as
+/// `prev_hash`, or its `prev_hash` is an intact entry's hash), its place is taken from them.
+fn effective_seqs(rows: &[&StoredEntry], status: &[Integrity]) -> Vec<u64> {
+    let intact = || {
+        rows.iter()
+            .zip(status)
+            .filter(|(_, s)| **s == Integrity::Intact)
+            .map(|(e, _)| *e)
+    };
+    let seq_by_hash: HashMap<&[u8], u64> = intact().map(|e| (e.hash.as_slice(), e.seq)).collect();
+    let seq_by_prev: HashMap<&[u8], u64> =
+        intact().map(|e| (e.prev_hash.as_slice(), e.seq)).collect();
+    rows.iter()
+        .zip(status)
+        .map(|(e, s)| {
+            if *s != Integrity::Changed {
+                return e.seq;
+            }
+            seq_by_prev
+                .get(e.hash.as_slice())
+                .and_then(|next| next.checked_sub(1))
+                .or_else(|| {
+                    seq_by_hash
+                        .get(e.prev_hash.as_slice())
+                        .and_then(|prev| prev.checked_add(1))
+                })
+                .unwrap_or(e.seq)
+        })
+        .collect()
+}
+
 /// Picks one genuine row per sequence number: intact first, then the one its successor links
 /// to, then the earliest stored. Every other claimant, and every row past the signed head, is
 /// reported as inserted.
 fn pick_genuine(
     rows: &[&StoredEntry],
+    seqs: &[u64],
     status: &[Integrity],
     limit: Option<u64>,
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<u64, usize> {
     let mut by_seq: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-    for (i, e) in rows.iter().enumerate() {
-        by_seq.entry(e.seq).or_default().push(i);
+    for (i, &seq) in seqs.iter().enumerate() {
+        by_seq.entry(seq).or_default().push(i);
     }
     let mut genuine = BTreeMap::new();
     for (&seq, claimants) in &by_seq {
@@ -579,8 +645,8 @@ fn pick_genuine(
             continue;
         }
         let linked_by_next = |i: usize| {
-            by_seq
-                .get(&(seq + 1))
+            seq.checked_add(1)
+                .and_then(|next| by_seq.get(&next))
                 .is_some_and(|next| next.iter().any(|&n| rows[n].prev_hash == rows[i].hash))
         };
         let best = claimants
@@ -607,16 +673,12 @@ fn pick_genuine(
 
 /// Storage order must follow sequence order; a genuine row stored after a later one is
 /// reordered.
-fn check_storage_order(
-    rows: &[&StoredEntry],
-    genuine: &BTreeMap<u64, usize>,
-    problems: &mut Vec<Problem>,
-) {
+fn check_storage_order(seqs: &[u64], genuine: &BTreeMap<u64, usize>, problems: &mut Vec<Problem>) {
     let mut positions: Vec<usize> = genuine.values().copied().collect();
     positions.sort_unstable();
     let mut max_seen = 0;
     for i in positions {
-        let seq = rows[i].seq;
+        let seq = seqs[i];
         if seq < max_seen {
             problems.push(Problem::Reordered {
                 seq,
@@ -639,6 +701,7 @@ fn problem_order(p: &Problem) -> (u64, u8) {
         | Problem::BadSignature { seq }
         | Problem::UnknownKey { seq, .. }
         | Problem::BrokenLink { seq }
+        | Problem::RetiredKey { seq }
         | Problem::HeadMismatch { seq } => (*seq, 4),
     }
 }

@@ -15,7 +15,7 @@ use crate::entry::{
     ChainId, Decision, EntryFields, EntryRef, Record, entry_hash, genesis_hash, head_message,
 };
 use crate::error::AuditError;
-use crate::schema::sqlite_err;
+use crate::schema::{create_schema, sqlite_err};
 use crate::verify::{
     ACTION_CHAIN_OPEN, ACTION_KEY_ROTATE, ACTION_LOG_CREATE, KEY_RESOURCE_PREFIX, SYSTEM_CHAIN,
 };
@@ -67,21 +67,9 @@ fn seq_param(seq: u64) -> i64 {
 }
 
 impl Writer {
-    /// Initialises a new log: pins `key` as the genesis key and writes the system chain's
-    /// first entry, signed by it.
-    pub(crate) fn create(
-        mut conn: Connection,
-        path: &Path,
-        key: KeyPair,
-    ) -> Result<Self, AuditError> {
-        let err = sqlite_err(path);
-        let tx = conn.transaction().map_err(&err)?;
-        tx.execute(
-            "INSERT INTO trusted_keys (key_id, public_key, introduced_by) VALUES (?1, ?2, NULL)",
-            params![key.key_id().as_bytes(), key.public_key().to_bytes()],
-        )
-        .map_err(&err)?;
-        tx.commit().map_err(&err)?;
+    /// Initialises a new log in one transaction: creates the schema, pins `key` as the
+    /// genesis key and writes the system chain's first entry, signed by it.
+    pub(crate) fn create(conn: Connection, path: &Path, key: KeyPair) -> Result<Self, AuditError> {
         let mut writer = Self {
             conn,
             path: path.to_owned(),
@@ -91,12 +79,22 @@ impl Writer {
         let record = Record::new(
             Principal::System,
             ACTION_LOG_CREATE,
-            &format!("key:{}", writer.key.key_id()),
+            &format!("{KEY_RESOURCE_PREFIX}{}", writer.key.key_id()),
             Decision::Info,
         )?;
-        writer
-            .commit_appends(vec![(ChainId::System, record)])
-            .map(|_| writer)
+        let key_id = writer.key.key_id();
+        let public_key = writer.key.public_key().to_bytes();
+        writer.transact(None, |ctx, tx| {
+            create_schema(tx, ctx.path)?;
+            tx.execute(
+                "INSERT INTO trusted_keys (key_id, public_key, introduced_by) VALUES (?1, ?2, NULL)",
+                params![key_id.as_bytes(), public_key],
+            )
+            .map_err(ctx.err())?;
+            ctx.append(SYSTEM_CHAIN, record);
+            Ok(())
+        })?;
+        Ok(writer)
     }
 
     /// Resumes an existing, verified log.
@@ -185,7 +183,7 @@ impl Writer {
         &mut self,
         records: Vec<(ChainId, Record)>,
     ) -> Result<Vec<EntryRef>, AuditError> {
-        self.transact(|ctx, _| {
+        self.transact(None, |ctx, _| {
             let mut out = Vec::with_capacity(records.len());
             for (chain, record) in records {
                 let name = chain.to_string();
@@ -202,7 +200,9 @@ impl Writer {
     }
 
     /// Records the rotation in the system chain (signed by the current key), pins the new key
-    /// as introduced by that entry, and switches to it once the transaction is durable.
+    /// as introduced by that entry, re-signs every chain head with the new key (heads must be
+    /// signed by the current key, so a retired key cannot extend any chain), and switches to
+    /// the new key once the transaction is durable.
     fn rotate(&mut self, new_key: KeyPair) -> Result<EntryRef, AuditError> {
         let resource = format!("{KEY_RESOURCE_PREFIX}{}", new_key.key_id());
         let details =
@@ -214,8 +214,14 @@ impl Writer {
             Decision::Info,
         )?
         .details(&details)?;
-        let entry = self.transact(|ctx, tx| {
+        let entry = self.transact(Some(&new_key), |ctx, tx| {
             let (seq, hash) = ctx.append(SYSTEM_CHAIN, record);
+            let all: Vec<String> = ctx.heads.keys().cloned().collect();
+            for chain in all {
+                if !ctx.touched.contains(&chain) {
+                    ctx.touched.push(chain);
+                }
+            }
             tx.execute(
                 "INSERT INTO trusted_keys (key_id, public_key, introduced_by) VALUES (?1, ?2, ?3)",
                 params![
@@ -235,11 +241,13 @@ impl Writer {
         Ok(entry)
     }
 
-    /// Runs `body`, which stages entries; then signs every staged entry and every touched
-    /// chain head, inserts them, and commits, all in one transaction. On any
-    /// failure nothing is kept, in memory or on disk.
+    /// Runs `body`, which stages entries; then signs every staged entry (with the current
+    /// key) and every touched chain head (with `head_key`, by default the current key),
+    /// inserts them, and commits, all in one transaction. On any failure nothing is kept, in
+    /// memory or on disk.
     fn transact<T>(
         &mut self,
+        head_key: Option<&KeyPair>,
         body: impl FnOnce(&mut Ctx<'_>, &Transaction<'_>) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
         let saved = self.heads.clone();
@@ -265,15 +273,15 @@ impl Writer {
                 .iter()
                 .filter_map(|c| self.heads.get(c).map(|h| (c, *h)))
                 .collect();
-            let mut messages: Vec<Digest> = staged.iter().map(|s| s.hash).collect();
-            messages.extend(
-                heads
-                    .iter()
-                    .map(|(c, h)| head_message(c, h.seq, h.hash.as_bytes())),
-            );
-            let sigs: Vec<Signature> = messages
+            let head_key = head_key.unwrap_or(&self.key);
+            let head_key_id = head_key.key_id();
+            let sigs: Vec<Signature> = staged
                 .iter()
-                .map(|m| self.key.sign(m.as_bytes()))
+                .map(|s| self.key.sign(s.hash.as_bytes()))
+                .collect();
+            let head_sigs: Vec<Signature> = heads
+                .iter()
+                .map(|(c, h)| head_key.sign(head_message(c, h.seq, h.hash.as_bytes()).as_bytes()))
                 .collect();
 
             let mut insert = tx.prepare_cached(INSERT_ENTRY).map_err(&err)?;
@@ -298,13 +306,13 @@ impl Writer {
                     .map_err(&err)?;
             }
             let mut upsert = tx.prepare_cached(UPSERT_HEAD).map_err(&err)?;
-            for ((chain, head), sig) in heads.iter().zip(&sigs[staged.len()..]) {
+            for ((chain, head), sig) in heads.iter().zip(&head_sigs) {
                 upsert
                     .execute(params![
                         chain,
                         seq_param(head.seq),
                         head.hash.as_bytes(),
-                        key_id.as_bytes(),
+                        head_key_id.as_bytes(),
                         sig.as_bytes()
                     ])
                     .map_err(&err)?;

@@ -86,6 +86,49 @@ async fn rotation_trusts_the_new_key_and_retires_the_old() {
 }
 
 #[tokio::test]
+async fn a_retired_key_can_no_longer_sign_a_chain_head() {
+    let fx = fixture(3).await;
+    let log = AuditLog::open(&fx.path, fx.key()).unwrap();
+    log.rotate_key(KeyPair::generate().unwrap()).await.unwrap();
+    log.close().await.unwrap();
+    assert!(verify_database(&fx.path).unwrap().is_valid());
+
+    // The holder of the old key re-signs the session head, as extending the chain needs.
+    let old = fx.key();
+    let sql = fx.sql();
+    let (seq, hash): (i64, Vec<u8>) = sql
+        .query_row(
+            "SELECT head_seq, head_hash FROM chains WHERE chain = ?1",
+            [fx.chain()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&1u16.to_be_bytes());
+    msg.extend_from_slice(&u32::try_from(fx.chain().len()).unwrap().to_be_bytes());
+    msg.extend_from_slice(fx.chain().as_bytes());
+    msg.extend_from_slice(&u64::try_from(seq).unwrap().to_be_bytes());
+    msg.extend_from_slice(&32u32.to_be_bytes());
+    msg.extend_from_slice(&hash);
+    let digest = capsid_crypto::hash(capsid_crypto::domain::AUDIT_HEAD, &msg);
+    sql.execute(
+        "UPDATE chains SET key_id = ?2, signature = ?3 WHERE chain = ?1",
+        rusqlite::params![
+            fx.chain(),
+            old.key_id().as_bytes(),
+            old.sign(digest.as_bytes()).as_bytes()
+        ],
+    )
+    .unwrap();
+    let report = verify_database(&fx.path).unwrap();
+    assert_eq!(
+        report.chain(&fx.chain()).unwrap().problems,
+        vec![Problem::HeadInvalid],
+        "{report}"
+    );
+}
+
+#[tokio::test]
 async fn an_unrelated_key_cannot_append() {
     let fx = fixture(1).await;
     let err = AuditLog::open(&fx.path, KeyPair::generate().unwrap()).unwrap_err();
@@ -161,7 +204,13 @@ async fn bad_files_are_refused_untouched() {
 
     let fx = fixture(1).await;
     fx.sql().pragma_update(None, "user_version", 7).unwrap();
+    let before = file_bytes(&fx.path);
     let err = AuditLog::open(&fx.path, fx.key()).unwrap_err();
+    assert_eq!(
+        file_bytes(&fx.path),
+        before,
+        "a newer schema is left untouched"
+    );
     assert!(
         matches!(
             err,

@@ -20,6 +20,7 @@ fn problems(report: &VerifyReport, chain: &str) -> Vec<Problem> {
 /// Everything outside the session chain stays valid, and opening for writing is refused with
 /// the same report, changing nothing.
 fn assert_only_session_broken(fx: &Fixture, expected: &[Problem]) {
+    let before = common::file_bytes(&fx.path);
     let report = verify_database(&fx.path).unwrap();
     assert_eq!(problems(&report, &fx.chain()), expected, "{report}");
     assert!(report.keys.is_empty(), "{report}");
@@ -34,6 +35,11 @@ fn assert_only_session_broken(fx: &Fixture, expected: &[Problem]) {
         verify_database(&fx.path).unwrap(),
         report,
         "nothing repaired"
+    );
+    assert_eq!(
+        common::file_bytes(&fx.path),
+        before,
+        "the file is left exactly as found"
     );
 }
 
@@ -314,4 +320,26 @@ async fn a_deleted_chain_is_missing() {
     sql.execute("DELETE FROM chains WHERE chain = ?1", params![fx.chain()])
         .unwrap();
     assert_only_session_broken(&fx, &[Problem::ChainMissing]);
+}
+
+#[tokio::test]
+async fn an_edited_sequence_number_is_a_changed_field_at_the_true_position() {
+    for new_seq in ["9", "'three'", "NULL", "-1"] {
+        let fx = fixture(5).await;
+        let sql = fx.sql();
+        if new_seq == "NULL" {
+            // NOT NULL forbids it; an attacker rebuilds the table without the constraint.
+            sql.execute_batch(
+                "CREATE TABLE e2 AS SELECT * FROM entries; DROP TABLE entries; ALTER TABLE e2 RENAME TO entries;",
+            )
+            .unwrap();
+        }
+        sql.execute(
+            &format!("UPDATE entries SET seq = {new_seq} WHERE chain = ?1 AND seq = 3"),
+            params![fx.chain()],
+        )
+        .unwrap();
+        drop(sql);
+        assert_only_session_broken(&fx, &[Problem::ChangedField { seq: 3 }]);
+    }
 }

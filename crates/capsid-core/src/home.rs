@@ -231,6 +231,18 @@ mod tests {
     }
 
     #[test]
+    fn an_unwritable_home_is_a_clear_error_naming_the_directory() {
+        // Nothing can be created under /proc, not even by root, so this holds in CI too.
+        let home = CapsidHome::at("/proc/self/capsid-home");
+        let err = home.ensure_layout().unwrap_err();
+        assert!(
+            matches!(err, HomeError::Io { ref path, .. } if path == home.root()),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/proc/self/capsid-home"), "{err}");
+    }
+
+    #[test]
     fn resolution_prefers_capsid_home_and_requires_absolute_paths() {
         let r = CapsidHome::resolve_from(Some("/x/y".into()), Some("/home/u".into())).unwrap();
         assert_eq!(r.root(), Path::new("/x/y"));

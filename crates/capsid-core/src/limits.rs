@@ -16,6 +16,9 @@ pub const MAX_AUDIT_BATCH: usize = 4096;
 /// Appends that may wait for the audit writer before `append` itself waits (backpressure).
 pub const AUDIT_QUEUE_DEPTH: usize = 16 * 1024;
 
+/// How long an audit database connection waits for a lock held by another connection.
+pub const AUDIT_BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Length in bytes of an ed25519 secret key file (`keys/runtime.key`).
 pub const RUNTIME_KEY_LEN: usize = 32;
 

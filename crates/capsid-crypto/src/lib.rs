@@ -5,8 +5,10 @@
 //! - secret key bytes are zeroized when dropped and never appear in `Debug` output;
 //! - every hash capsid computes names a [`Domain`] from [`domain`], so a digest made for one
 //!   purpose can never be replayed as another;
-//! - signature checks are strict (no malleable or small-order signatures), and weak public
-//!   keys are refused when parsed.
+//! - single signature checks are strict (no malleable or small-order signatures), and weak
+//!   public keys are refused when parsed. [`verify_batch`] is the faster cofactored check; it
+//!   may accept a malleated copy of a genuine signature that the strict check refuses, but,
+//!   like it, never a signature over new content without the secret key.
 #![deny(missing_docs)]
 
 mod error;

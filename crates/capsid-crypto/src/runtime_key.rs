@@ -88,7 +88,14 @@ fn load(path: &Path) -> Result<KeyPair, KeyError> {
 fn generate(dir: &Path, path: &Path) -> Result<KeyPair, KeyError> {
     let key = KeyPair::generate()?;
     let tmp = temp_path(dir)?;
-    let written = write_new_file(&tmp, &key.to_secret_bytes()[..]);
+    // Errors name the key path the operator knows, not the private temporary file.
+    let written = write_new_file(&tmp, &key.to_secret_bytes()[..]).map_err(|e| match e {
+        KeyError::Io { source, .. } => KeyError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => other,
+    });
     let linked = written.and_then(|()| fs::hard_link(&tmp, path).map_err(io(path)));
     let _ = fs::remove_file(&tmp);
     match linked {
@@ -193,10 +200,17 @@ mod tests {
     }
 
     #[test]
-    fn an_unwritable_directory_is_a_clear_error() {
+    fn a_missing_or_unwritable_directory_is_an_error_naming_the_key_file() {
         let tmp = tempfile::tempdir().unwrap();
         let missing = tmp.path().join("no-such-dir");
-        let err = load_or_generate_runtime_key(&missing).unwrap_err();
-        assert!(err.to_string().contains("no-such-dir"), "{err}");
+        // Nothing can be created under /proc, not even by root.
+        for dir in [missing.as_path(), Path::new("/proc/self/capsid-keys")] {
+            let err = load_or_generate_runtime_key(dir).unwrap_err();
+            assert!(
+                matches!(err, KeyError::Io { ref path, .. } if *path == dir.join(RUNTIME_KEY_FILE)),
+                "{err}"
+            );
+        }
+        assert!(!missing.exists());
     }
 }
