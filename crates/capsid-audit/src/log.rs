@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::entry::{ChainId, EntryRef, Record};
 use crate::error::AuditError;
 use crate::verify::{Snapshot, VerifyReport, verify_snapshot};
-use crate::writer::{Command, Head, Writer};
+use crate::writer::{self, Command, Head};
 use crate::{schema, store};
 
 /// An open audit log with its writer thread.
@@ -37,9 +37,9 @@ impl AuditLog {
     pub fn open(path: impl AsRef<Path>, key: KeyPair) -> Result<Self, AuditError> {
         let path = path.as_ref().to_owned();
         let lock = lock_writer(&path)?;
-        let (conn, is_new) = schema::open_rw(&path)?;
-        let writer = if is_new {
-            Writer::create(conn, &path, key)?
+        let (mut conn, is_new) = schema::open_rw(&path)?;
+        let (key, heads) = if is_new {
+            writer::create(&mut conn, &path, key)?
         } else {
             let snap = store::read_snapshot(&conn, &path)?;
             let report = verify_snapshot(&snap);
@@ -55,19 +55,15 @@ impl AuditLog {
                     key_id: key.key_id().to_string(),
                 });
             }
-            Writer::resume(conn, &path, key, heads_of(&snap))
+            (key, heads_of(&snap))
         };
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE_DEPTH);
-        let handle = std::thread::Builder::new()
-            .name("capsid-audit-writer".into())
-            .spawn(move || {
-                writer.run(rx);
-                drop(lock);
-            })
-            .map_err(|source| AuditError::Io {
+        let handle = writer::spawn(conn, path.clone(), key, heads, rx, lock).map_err(|source| {
+            AuditError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         Ok(Self {
             path,
             tx,

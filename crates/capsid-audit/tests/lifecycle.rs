@@ -256,3 +256,37 @@ async fn a_second_writer_on_the_same_file_is_refused() {
     let again = AuditLog::open(&path, KeyPair::from_secret_bytes(&secret)).unwrap();
     again.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_failed_commit_loses_nothing_acknowledged_and_the_writer_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    for i in 1..=3 {
+        assert_eq!(log.append(chain, record(i)).await.unwrap().seq, i);
+    }
+    // Someone occupies the next sequence number behind the writer's back.
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    sql.execute(
+        "INSERT INTO entries (chain, seq, time_ns, principal, capsule, action, resource, decision,
+            details, prev_hash, key_id, hash, signature)
+         VALUES (?1, 4, 0, 'x', '', 'x', 'x', 'x', '{}', x'00', x'00', x'00', x'00')",
+        [chain.to_string()],
+    )
+    .unwrap();
+    let err = log.append(chain, record(4)).await.unwrap_err();
+    assert!(
+        matches!(err, AuditError::CommitFailed { ref path, .. } if *path == dir.path().join("audit.db")),
+        "{err}"
+    );
+    sql.execute("DELETE FROM entries WHERE action = 'x'", [])
+        .unwrap();
+    // The writer continues from what is committed: seq 4 again, chained onto seq 3.
+    assert_eq!(log.append(chain, record(4)).await.unwrap().seq, 4);
+    assert_eq!(log.append(chain, record(5)).await.unwrap().seq, 5);
+    log.close().await.unwrap();
+    let report = verify_database(&path).unwrap();
+    assert!(report.is_valid(), "{report}");
+    assert_eq!(report.chain(&chain.to_string()).unwrap().entries, 5);
+}

@@ -13,6 +13,10 @@ pub const MAX_AUDIT_DETAILS_BYTES: usize = 64 * 1024;
 /// Most entries the audit writer folds into one group-commit transaction.
 pub const MAX_AUDIT_BATCH: usize = 4096;
 
+/// Signed batches that may wait for the audit committer; it folds all waiting ones into one
+/// transaction.
+pub const MAX_AUDIT_PIPELINE: usize = 64;
+
 /// Appends that may wait for the audit writer before `append` itself waits (backpressure).
 pub const AUDIT_QUEUE_DEPTH: usize = 16 * 1024;
 
