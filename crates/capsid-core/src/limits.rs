@@ -28,3 +28,24 @@ pub const RUNTIME_KEY_LEN: usize = 32;
 
 /// Bytes of randomness in a persistent process id (DESIGN 3.5 asks for at least 128 bits).
 pub const PROCESS_ID_BYTES: usize = 16;
+
+/// Longest key a raw `KvStore` accepts, in bytes (a scoped key plus its namespace prefix).
+pub const MAX_KV_KEY_BYTES: usize = 8 * 1024;
+
+/// Longest key a capsule may use through a scoped store, in bytes.
+pub const MAX_SCOPED_KEY_BYTES: usize = 4 * 1024;
+
+/// Longest namespace name, in bytes.
+pub const MAX_KV_NAMESPACE_BYTES: usize = 255;
+
+/// Largest value a `KvStore` accepts, in bytes.
+pub const MAX_KV_VALUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most keys one `list` call returns.
+pub const MAX_KV_LIST_LIMIT: usize = 1000;
+
+/// Most operations in one atomic batch.
+pub const MAX_KV_BATCH_OPS: usize = 1000;
+
+/// Times a key-value write is retried after an optimistic-concurrency conflict before it fails.
+pub const MAX_KV_CONFLICT_RETRIES: usize = 64;

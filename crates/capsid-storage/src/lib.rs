@@ -1,0 +1,26 @@
+//! capsid's key-value storage: the [`KvStore`] trait every backend implements, the durable
+//! SurrealKV backend and the in-memory one, [`ScopedKvStore`] that confines a capsule to one
+//! namespace under a quota, and the [`IdentityStore`] of users and platform links.
+//!
+//! Invariants:
+//! - keys and values are bytes; every limit is checked before anything is written, and a
+//!   refused call changes nothing;
+//! - a scoped store can only ever address keys inside its own namespace: the namespace is a
+//!   length-prefixed header no user key can forge, and listing is bounded to it;
+//! - `batch` and `compare_and_swap` are atomic; after `close` every call fails with
+//!   [`KvError::Closed`].
+#![deny(missing_docs)]
+
+mod error;
+mod identity;
+mod kv;
+mod memory;
+mod scoped;
+mod surreal;
+
+pub use error::{KvError, QuotaKind};
+pub use identity::{IdentityStore, Link, User};
+pub use kv::{BatchOp, KvStore, Page, check_key, check_value};
+pub use memory::MemoryKvStore;
+pub use scoped::{Quota, ScopedKvStore};
+pub use surreal::{Durability, SurrealKvStore};
