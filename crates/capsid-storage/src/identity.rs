@@ -140,10 +140,7 @@ impl IdentityStore {
         user: &PrincipalId,
     ) -> Result<bool, KvError> {
         if self.user(user).await?.is_none() {
-            return Err(KvError::Corrupt {
-                key: user.to_string(),
-                reason: "no such user".into(),
-            });
+            return Err(KvError::UnknownUser(user.to_string()));
         }
         let key = link_key(platform, platform_user_id)?;
         self.kv
