@@ -27,7 +27,9 @@ fn text(bytes: &[u8]) -> Value {
     }
 }
 
-pub(crate) fn export_database(db: &Path, out: &Path) -> Result<u64, AuditError> {
+/// Exports the log at `db` read-only — tampered or not, for forensics — to `out` (created,
+/// never overwritten). Returns the number of entries written.
+pub fn export_database(db: &Path, out: &Path) -> Result<u64, AuditError> {
     let conn = schema::open_ro(db)?;
     let snap = store::read_snapshot(&conn, db)?;
     let io = |source| AuditError::ExportIo {

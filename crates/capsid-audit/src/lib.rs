@@ -28,6 +28,6 @@ mod writer;
 
 pub use entry::{ChainId, Decision, EntryRef, Record};
 pub use error::AuditError;
-pub use export::verify_export;
+pub use export::{export_database, verify_export};
 pub use log::{AuditLog, verify_database};
 pub use verify::{ChainReport, KeyProblem, Problem, VerifyReport};

@@ -49,3 +49,16 @@ pub const MAX_KV_BATCH_OPS: usize = 1000;
 
 /// Times a key-value write is retried after an optimistic-concurrency conflict before it fails.
 pub const MAX_KV_CONFLICT_RETRIES: usize = 64;
+
+/// Longest resource or pattern URI, in bytes.
+pub const MAX_RESOURCE_BYTES: usize = 4 * 1024;
+
+/// Most path segments in a resource or pattern.
+pub const MAX_RESOURCE_SEGMENTS: usize = 64;
+
+/// Longest single path segment, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+
+/// Clock skew tolerated when checking a capability's expiry, in milliseconds: a token is
+/// honoured until `expires_at + CAPABILITY_CLOCK_SKEW_MS`.
+pub const CAPABILITY_CLOCK_SKEW_MS: i64 = 5_000;

@@ -25,6 +25,8 @@ pub mod domain {
     pub const AUDIT_HEAD: Domain = Domain("capsid 2026-11 audit chain head v1");
     /// The `prev_hash` of the first entry of a chain.
     pub const AUDIT_GENESIS: Domain = Domain("capsid 2026-11 audit chain genesis v1");
+    /// A capability token's signed bytes.
+    pub const CAPABILITY: Domain = Domain("capsid 2026-11 capability token v1");
     /// Content addressing of files (wasm components, cache keys).
     pub const CONTENT: Domain = Domain("capsid 2026-11 content v1");
 }
@@ -112,6 +114,7 @@ mod tests {
             domain::AUDIT_ENTRY,
             domain::AUDIT_HEAD,
             domain::AUDIT_GENESIS,
+            domain::CAPABILITY,
             domain::CONTENT,
         ];
         for (i, a) in all.iter().enumerate() {

@@ -1,0 +1,437 @@
+//! The capability store: grants persisted in KV, a global revocation set, and `check`.
+//!
+//! KV key space `0x03`: `t·id` token bytes, `p·len·principal·id` index by principal,
+//! `r·id` revoked, `s·id` spent (single use).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use capsid_core::limits::{CAPABILITY_CLOCK_SKEW_MS, MAX_KV_LIST_LIMIT};
+use capsid_core::{CapsuleId, Principal};
+use capsid_crypto::{KeyId, KeyPair, PublicKey};
+use capsid_storage::{BatchOp, KvError, KvStore};
+use uuid::Uuid;
+
+use crate::audit::AuditSink;
+use crate::error::{CapabilityError, DenyReason, TokenError};
+use crate::pattern::{Pattern, Resource};
+use crate::token::{Capability, CapabilityId, Permissions};
+
+const TAG: u8 = 0x03;
+const TOKEN: u8 = b't';
+const BY_PRINCIPAL: u8 = b'p';
+const REVOKED: u8 = b'r';
+const SPENT: u8 = b's';
+
+/// Who is asking: a principal, acting through a capsule or directly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Subject {
+    /// On whose authority.
+    pub principal: Principal,
+    /// Through which capsule, if any.
+    pub capsule: Option<CapsuleId>,
+}
+
+/// The answer to a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by the named capability.
+    Allow {
+        /// The capability that allowed it.
+        grant: CapabilityId,
+    },
+    /// Denied.
+    Deny(DenyReason),
+}
+
+impl Decision {
+    /// Whether the check allowed the action.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Self::Allow { .. })
+    }
+}
+
+/// A capability as listed: verified, with its revocation state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The capability.
+    pub capability: Capability,
+    /// Whether it has been revoked.
+    pub revoked: bool,
+}
+
+/// Persists capabilities and answers checks. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct CapabilityStore {
+    kv: Arc<dyn KvStore>,
+    key: Arc<KeyPair>,
+    issuers: HashMap<KeyId, PublicKey>,
+    /// Verified, unexpired, unrevoked capabilities per principal, loaded on first check.
+    verified: RwLock<HashMap<Principal, Arc<Vec<Capability>>>>,
+    revoked: RwLock<HashSet<CapabilityId>>,
+}
+
+fn key(kind: u8, id: &CapabilityId) -> Vec<u8> {
+    let mut k = vec![TAG, kind];
+    k.extend_from_slice(id.0.as_bytes());
+    k
+}
+
+fn principal_prefix(p: &Principal) -> Vec<u8> {
+    let text = p.to_string();
+    let mut k = vec![TAG, BY_PRINCIPAL];
+    // Principal texts are short ("system" or "user:<uuid>"), well under 255 bytes.
+    k.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
+    k.extend_from_slice(text.as_bytes());
+    k
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn expired(cap: &Capability, now: i64) -> bool {
+    cap.expires_at
+        .is_some_and(|t| now > t.saturating_add(CAPABILITY_CLOCK_SKEW_MS))
+}
+
+fn poisoned<T>(_: T) -> DenyReason {
+    DenyReason::StoreUnavailable("a capability cache lock was poisoned".into())
+}
+
+impl CapabilityStore {
+    /// Opens the store on `kv`, issuing with `key` and trusting tokens signed by it or by
+    /// any of `also_trusted` (keys this runtime used before a rotation).
+    pub async fn open(
+        kv: Arc<dyn KvStore>,
+        key: Arc<KeyPair>,
+        also_trusted: &[PublicKey],
+    ) -> Result<Self, CapabilityError> {
+        let mut issuers: HashMap<KeyId, PublicKey> =
+            also_trusted.iter().map(|k| (k.key_id(), *k)).collect();
+        issuers.insert(key.key_id(), key.public_key());
+        let mut revoked = HashSet::new();
+        for k in list_all(kv.as_ref(), &[TAG, REVOKED]).await? {
+            if let Ok(id) = Uuid::from_slice(&k[2..]) {
+                revoked.insert(CapabilityId(id));
+            }
+        }
+        Ok(Self {
+            kv,
+            key,
+            issuers,
+            verified: RwLock::default(),
+            revoked: RwLock::new(revoked),
+        })
+    }
+
+    /// Issues and persists a capability.
+    pub async fn grant(
+        &self,
+        principal: Principal,
+        capsule: Option<CapsuleId>,
+        pattern: &str,
+        permissions: Permissions,
+        expires_at: Option<i64>,
+        single_use: bool,
+    ) -> Result<Capability, CapabilityError> {
+        let pattern = Pattern::parse(pattern)?;
+        if permissions.is_empty() {
+            return Err(CapabilityError::InvalidGrant("no permissions"));
+        }
+        let issued_at = now_ms();
+        if expires_at.is_some_and(|t| t <= issued_at) {
+            return Err(CapabilityError::InvalidGrant("expiry is in the past"));
+        }
+        let cap = Capability {
+            id: CapabilityId(Uuid::now_v7()),
+            principal,
+            capsule,
+            pattern,
+            permissions,
+            issued_at,
+            expires_at,
+            single_use,
+            issuer: self.key.key_id(),
+        };
+        let mut index = principal_prefix(&principal);
+        index.extend_from_slice(cap.id.0.as_bytes());
+        self.kv
+            .batch(&[
+                BatchOp::Set {
+                    key: key(TOKEN, &cap.id),
+                    value: cap.sign(&self.key),
+                },
+                BatchOp::Set {
+                    key: index,
+                    value: Vec::new(),
+                },
+            ])
+            .await?;
+        // The next check of this principal reloads, seeing the new grant.
+        if let Ok(mut v) = self.verified.write() {
+            v.remove(&principal);
+        }
+        Ok(cap)
+    }
+
+    /// Revokes a capability: every check that starts after this returns ignores it.
+    pub async fn revoke(&self, id: CapabilityId) -> Result<(), CapabilityError> {
+        self.kv.set(&key(REVOKED, &id), &[]).await?;
+        if let Ok(mut r) = self.revoked.write() {
+            r.insert(id);
+        }
+        if let Ok(mut v) = self.verified.write() {
+            for caps in v.values_mut() {
+                if caps.iter().any(|c| c.id == id) {
+                    *caps = Arc::new(caps.iter().filter(|c| c.id != id).cloned().collect());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every capability of `principal`, verified, with its revocation state.
+    pub async fn list(&self, principal: &Principal) -> Result<Vec<Grant>, CapabilityError> {
+        let mut out = Vec::new();
+        for cap in self.load(principal).await? {
+            let revoked = self.is_revoked(&cap.id);
+            out.push(Grant {
+                capability: cap,
+                revoked,
+            });
+        }
+        Ok(out)
+    }
+
+    fn is_revoked(&self, id: &CapabilityId) -> bool {
+        // A poisoned lock fails closed: treat everything as revoked.
+        self.revoked.read().map_or(true, |r| r.contains(id))
+    }
+
+    /// Reads and verifies every token of `principal`.
+    async fn load(&self, principal: &Principal) -> Result<Vec<Capability>, CapabilityError> {
+        let mut caps = Vec::new();
+        for index in list_all(self.kv.as_ref(), &principal_prefix(principal)).await? {
+            let Some(raw_id) = index.len().checked_sub(16).map(|at| &index[at..]) else {
+                continue;
+            };
+            let Ok(id) = Uuid::from_slice(raw_id).map(CapabilityId) else {
+                continue;
+            };
+            let Some(bytes) = self.kv.get(&key(TOKEN, &id)).await? else {
+                continue;
+            };
+            let cap = self
+                .verify(&bytes)
+                .map_err(|source| CapabilityError::Token {
+                    id: id.to_string(),
+                    source,
+                })?;
+            if cap.id != id || cap.principal != *principal {
+                return Err(CapabilityError::Token {
+                    id: id.to_string(),
+                    source: TokenError::Malformed("token stored under another id"),
+                });
+            }
+            caps.push(cap);
+        }
+        Ok(caps)
+    }
+
+    /// Decodes and verifies token bytes against this store's trusted issuers.
+    pub fn verify(&self, bytes: &[u8]) -> Result<Capability, TokenError> {
+        let (cap, _) = Capability::decode(bytes)?;
+        let issuer = self
+            .issuers
+            .get(&cap.issuer)
+            .ok_or(TokenError::UnknownIssuer)?;
+        Capability::verify(bytes, issuer)
+    }
+
+    async fn verified_for(
+        &self,
+        principal: &Principal,
+    ) -> Result<Arc<Vec<Capability>>, DenyReason> {
+        if let Some(caps) = self.verified.read().map_err(poisoned)?.get(principal) {
+            return Ok(caps.clone());
+        }
+        let now = now_ms();
+        let loaded = self
+            .load(principal)
+            .await
+            .map_err(|e| DenyReason::StoreUnavailable(e.to_string()))?;
+        let usable: Arc<Vec<Capability>> = Arc::new(
+            loaded
+                .into_iter()
+                .filter(|c| !expired(c, now) && !self.is_revoked(&c.id))
+                .collect(),
+        );
+        self.verified
+            .write()
+            .map_err(poisoned)?
+            .insert(*principal, usable.clone());
+        Ok(usable)
+    }
+
+    /// Whether `subject` may do `action` to `resource`.
+    pub async fn check(&self, subject: &Subject, action: Permissions, resource: &str) -> Decision {
+        match self.decide(subject, action, resource).await {
+            Ok(d) => d,
+            Err(reason) => Decision::Deny(reason),
+        }
+    }
+
+    /// [`check`](Self::check), then records the decision, allow or deny, through `sink`. If
+    /// the record cannot be written the action is denied.
+    pub async fn check_audited(
+        &self,
+        subject: &Subject,
+        action: Permissions,
+        resource: &str,
+        sink: &dyn AuditSink,
+    ) -> Decision {
+        let decision = self.check(subject, action, resource).await;
+        match sink.record(subject, action, resource, &decision).await {
+            Ok(()) => decision,
+            Err(e) => Decision::Deny(DenyReason::AuditUnavailable(e)),
+        }
+    }
+
+    async fn decide(
+        &self,
+        subject: &Subject,
+        action: Permissions,
+        resource: &str,
+    ) -> Result<Decision, DenyReason> {
+        let resource =
+            Resource::parse(resource).map_err(|e| DenyReason::BadResource(e.to_string()))?;
+        let caps = self.verified_for(&subject.principal).await?;
+        let now = now_ms();
+        let mut spent = false;
+        for cap in caps.iter() {
+            let applies = cap
+                .capsule
+                .as_ref()
+                .is_none_or(|c| Some(c) == subject.capsule.as_ref())
+                && cap.permissions.contains(action)
+                && !expired(cap, now)
+                && cap.pattern.matches(&resource)
+                && !self.is_revoked(&cap.id);
+            if !applies {
+                continue;
+            }
+            if !cap.single_use {
+                return Ok(Decision::Allow { grant: cap.id });
+            }
+            if self
+                .spend(&cap.id)
+                .await
+                .map_err(|e| DenyReason::StoreUnavailable(e.to_string()))?
+            {
+                return Ok(Decision::Allow { grant: cap.id });
+            }
+            spent = true;
+        }
+        Ok(Decision::Deny(if spent {
+            DenyReason::Spent
+        } else {
+            DenyReason::NoGrant
+        }))
+    }
+
+    /// Marks a single-use capability spent; true for exactly one caller.
+    async fn spend(&self, id: &CapabilityId) -> Result<bool, KvError> {
+        let won = self
+            .kv
+            .compare_and_swap(&key(SPENT, id), None, Some(&[1]))
+            .await?;
+        if let Ok(mut v) = self.verified.write() {
+            for caps in v.values_mut() {
+                if caps.iter().any(|c| c.id == *id) {
+                    *caps = Arc::new(caps.iter().filter(|c| c.id != *id).cloned().collect());
+                }
+            }
+        }
+        Ok(won)
+    }
+}
+
+async fn list_all(kv: &dyn KvStore, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = kv.list(prefix, after.as_deref(), MAX_KV_LIST_LIMIT).await?;
+        out.extend(page.keys);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capsid_storage::MemoryKvStore;
+
+    #[tokio::test]
+    async fn expired_tokens_deny_after_the_documented_skew() {
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let signer = Arc::new(KeyPair::generate().unwrap());
+        let store = CapabilityStore::open(kv.clone(), signer.clone(), &[])
+            .await
+            .unwrap();
+        let alice = Principal::User(capsid_core::PrincipalId::new());
+        let now = now_ms();
+        // Stored directly: `grant` refuses an expiry in the past.
+        for (expires_at, allowed) in [(now - 2 * CAPABILITY_CLOCK_SKEW_MS, false), (now - 1, true)]
+        {
+            let cap = Capability {
+                id: CapabilityId(Uuid::now_v7()),
+                principal: alice,
+                capsule: None,
+                pattern: Pattern::parse("kv://capsule/notes").unwrap(),
+                permissions: Permissions::READ,
+                issued_at: now - 3 * CAPABILITY_CLOCK_SKEW_MS,
+                expires_at: Some(expires_at),
+                single_use: false,
+                issuer: signer.key_id(),
+            };
+            let mut index = principal_prefix(&alice);
+            index.extend_from_slice(cap.id.0.as_bytes());
+            kv.batch(&[
+                BatchOp::Set {
+                    key: key(TOKEN, &cap.id),
+                    value: cap.sign(&signer),
+                },
+                BatchOp::Set {
+                    key: index,
+                    value: Vec::new(),
+                },
+            ])
+            .await
+            .unwrap();
+            store.verified.write().unwrap().clear();
+            let subject = Subject {
+                principal: alice,
+                capsule: None,
+            };
+            let d = store
+                .check(&subject, Permissions::READ, "kv://capsule/notes")
+                .await;
+            assert_eq!(
+                d.is_allowed(),
+                allowed,
+                "expired {}ms ago",
+                now - expires_at
+            );
+            kv.delete(&key(TOKEN, &cap.id)).await.unwrap();
+        }
+    }
+}
