@@ -1,0 +1,72 @@
+//! Errors of the VFS.
+
+use std::io;
+
+/// Everything a VFS call can fail with. Paths are the VFS-relative ones the caller used.
+#[derive(Debug, thiserror::Error)]
+pub enum VfsError {
+    /// The path is not a clean relative path.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path, escaped.
+        path: String,
+        /// The rule it broke.
+        reason: &'static str,
+    },
+    /// Nothing at this path.
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    /// Something already exists at this path.
+    #[error("{0}: already exists")]
+    AlreadyExists(String),
+    /// A directory was found where a file was needed.
+    #[error("{0}: is a directory")]
+    IsADirectory(String),
+    /// A file was found where a directory was needed.
+    #[error("{0}: not a directory")]
+    NotADirectory(String),
+    /// The directory is not empty.
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    /// The path, or a symlink on it, leads outside the root.
+    #[error("{0}: leads outside the sandbox")]
+    Escape(String),
+    /// The overlay's persisted state is unreadable.
+    #[error("overlay state {path}: {reason}")]
+    State {
+        /// The state file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Any other I/O error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+impl VfsError {
+    /// Classifies an I/O error on `path`.
+    pub(crate) fn from_io(path: &impl std::fmt::Display, e: io::Error) -> Self {
+        let path = path.to_string();
+        // cap-std reports an escape as PermissionDenied with no OS error; a refused final
+        // symlink (O_NOFOLLOW) is ELOOP.
+        if e.kind() == io::ErrorKind::PermissionDenied && e.raw_os_error().is_none()
+            || e.raw_os_error() == Some(libc::ELOOP)
+        {
+            return Self::Escape(path);
+        }
+        match e.kind() {
+            io::ErrorKind::NotFound => Self::NotFound(path),
+            io::ErrorKind::AlreadyExists => Self::AlreadyExists(path),
+            io::ErrorKind::IsADirectory => Self::IsADirectory(path),
+            io::ErrorKind::NotADirectory => Self::NotADirectory(path),
+            io::ErrorKind::DirectoryNotEmpty => Self::NotEmpty(path),
+            _ => Self::Io { path, source: e },
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! A host directory, through cap-std: every path is resolved beneath the root by the kernel
+//! (`openat2` with `RESOLVE_BENEATH`), so neither `..` nor a symlink can lead outside.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt as _};
+use cap_std::fs::{Dir, OpenOptions};
+
+use crate::error::VfsError;
+use crate::path::VfsPath;
+use crate::{DirEntry, EntryKind, Metadata, Vfs};
+
+/// A VFS over one host directory.
+#[derive(Debug, Clone)]
+pub struct HostVfs {
+    dir: Arc<Dir>,
+    root: PathBuf,
+}
+
+fn kind_of(ft: cap_std::fs::FileType) -> EntryKind {
+    if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        EntryKind::File
+    }
+}
+
+impl HostVfs {
+    /// Opens `root` (which must exist) as the root of a VFS.
+    pub fn open(root: &Path) -> Result<Self, VfsError> {
+        let dir = Dir::open_ambient_dir(root, cap_std::ambient_authority())
+            .map_err(|e| VfsError::from_io(&root.display(), e))?;
+        Ok(Self {
+            dir: Arc::new(dir),
+            root: root.to_owned(),
+        })
+    }
+
+    /// The host directory this VFS is rooted at.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, VfsError> + Send + 'static,
+    ) -> Result<T, VfsError> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || f(&me))
+            .await
+            .map_err(|e| VfsError::Io {
+                path: self.root.display().to_string(),
+                source: io::Error::other(e),
+            })?
+    }
+
+    pub(crate) fn read_sync(&self, p: &VfsPath) -> Result<Vec<u8>, VfsError> {
+        self.dir
+            .read(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn write_sync(&self, p: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let mut o = OpenOptions::new();
+        o.write(true)
+            .create(true)
+            .truncate(true)
+            .follow(FollowSymlinks::No);
+        let mut f = self
+            .dir
+            .open_with(p.to_host(), &o)
+            .map_err(|e| VfsError::from_io(p, e))?;
+        f.write_all(data).map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn append_sync(&self, p: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let mut o = OpenOptions::new();
+        o.append(true).create(true).follow(FollowSymlinks::No);
+        let mut f = self
+            .dir
+            .open_with(p.to_host(), &o)
+            .map_err(|e| VfsError::from_io(p, e))?;
+        f.write_all(data).map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn create_dir_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        if p.is_root() {
+            return Err(VfsError::AlreadyExists(String::new()));
+        }
+        self.dir
+            .create_dir(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn create_dir_all_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        if p.is_root() {
+            return Ok(());
+        }
+        self.dir
+            .create_dir_all(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn read_dir_sync(&self, p: &VfsPath) -> Result<Vec<DirEntry>, VfsError> {
+        let entries = if p.is_root() {
+            self.dir.entries()
+        } else {
+            self.dir.read_dir(p.to_host())
+        };
+        let mut out = Vec::new();
+        for e in entries.map_err(|e| VfsError::from_io(p, e))? {
+            let e = e.map_err(|e| VfsError::from_io(p, e))?;
+            let kind = kind_of(e.file_type().map_err(|e| VfsError::from_io(p, e))?);
+            // A name that is not valid as a VFS segment (not UTF-8, control characters) cannot
+            // be addressed through the VFS, so it is not listed either.
+            if let Some(name) = e.file_name().to_str().filter(|n| p.join(n).is_ok()) {
+                out.push(DirEntry {
+                    name: name.to_owned(),
+                    kind,
+                });
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    pub(crate) fn stat_sync(&self, p: &VfsPath) -> Result<Metadata, VfsError> {
+        let m = if p.is_root() {
+            self.dir.dir_metadata()
+        } else {
+            self.dir.metadata(p.to_host())
+        };
+        let m = m.map_err(|e| VfsError::from_io(p, e))?;
+        Ok(Metadata {
+            kind: kind_of(m.file_type()),
+            len: m.len(),
+        })
+    }
+
+    /// `stat`, but `None` for "nothing there" (including a missing parent).
+    pub(crate) fn try_stat(&self, p: &VfsPath) -> Result<Option<Metadata>, VfsError> {
+        match self.stat_sync(p) {
+            Ok(m) => Ok(Some(m)),
+            Err(VfsError::NotFound(_) | VfsError::NotADirectory(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(crate) fn remove_file_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .remove_file(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn remove_dir_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .remove_dir(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn remove_dir_all_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .remove_dir_all(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    pub(crate) fn rename_sync(&self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .rename(from.to_host(), &self.dir, to.to_host())
+            .map_err(|e| VfsError::from_io(from, e))
+    }
+
+    /// Streams `src`'s file at `from` into this VFS at `to`, atomically (see
+    /// [`write_atomic_with`](Self::write_atomic_with)). No whole-file buffer: any size works.
+    pub(crate) fn copy_in_atomic(
+        &self,
+        src: &Self,
+        from: &VfsPath,
+        to: &VfsPath,
+    ) -> Result<(), VfsError> {
+        let mut input = src
+            .dir
+            .open(from.to_host())
+            .map_err(|e| VfsError::from_io(from, e))?;
+        self.write_atomic_with(to, |out| io::copy(&mut input, out).map(|_| ()))
+    }
+
+    /// Replaces `to` atomically: fills a temporary file in the same directory, fsyncs it,
+    /// renames it over `to`, fsyncs the directory. Readers see the old or the new file, whole.
+    pub(crate) fn write_atomic_with(
+        &self,
+        to: &VfsPath,
+        fill: impl FnOnce(&mut cap_std::fs::File) -> io::Result<()>,
+    ) -> Result<(), VfsError> {
+        let parent = to.parent().unwrap_or_default();
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| VfsError::Io {
+            path: to.to_string(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        let tmp = parent.join(&format!(".capsid-tmp-{}", hex::encode(nonce)))?;
+        let mut o = OpenOptions::new();
+        o.write(true).create_new(true).follow(FollowSymlinks::No);
+        let result = (|| {
+            let mut out = self
+                .dir
+                .open_with(tmp.to_host(), &o)
+                .map_err(|e| VfsError::from_io(to, e))?;
+            fill(&mut out).map_err(|e| VfsError::from_io(to, e))?;
+            out.sync_all().map_err(|e| VfsError::from_io(to, e))?;
+            self.rename_sync(&tmp, to)?;
+            self.sync_dir(&parent)
+        })();
+        if result.is_err() {
+            let _ = self.dir.remove_file(tmp.to_host());
+        }
+        result
+    }
+
+    /// Opens a file for streaming reads.
+    pub(crate) fn open_read(&self, p: &VfsPath) -> Result<cap_std::fs::File, VfsError> {
+        self.dir
+            .open(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    /// Fsyncs a directory (through a real descriptor: cap-std's own is `O_PATH`).
+    pub(crate) fn sync_dir(&self, p: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .open(p.to_host())
+            .and_then(|d| d.sync_all())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+}
+
+#[async_trait]
+impl Vfs for HostVfs {
+    async fn read(&self, path: &VfsPath) -> Result<Vec<u8>, VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.read_sync(&p)).await
+    }
+    async fn write(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data.to_vec());
+        self.blocking(move |h| h.write_sync(&p, &d)).await
+    }
+    async fn append(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data.to_vec());
+        self.blocking(move |h| h.append_sync(&p, &d)).await
+    }
+    async fn create_dir(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.create_dir_sync(&p)).await
+    }
+    async fn create_dir_all(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.create_dir_all_sync(&p)).await
+    }
+    async fn read_dir(&self, path: &VfsPath) -> Result<Vec<DirEntry>, VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.read_dir_sync(&p)).await
+    }
+    async fn stat(&self, path: &VfsPath) -> Result<Metadata, VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.stat_sync(&p)).await
+    }
+    async fn remove_file(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.remove_file_sync(&p)).await
+    }
+    async fn remove_dir(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.remove_dir_sync(&p)).await
+    }
+    async fn remove_dir_all(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.remove_dir_all_sync(&p)).await
+    }
+    async fn rename(&self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
+        let (f, t) = (from.clone(), to.clone());
+        self.blocking(move |h| h.rename_sync(&f, &t)).await
+    }
+    async fn exists(&self, path: &VfsPath) -> Result<bool, VfsError> {
+        let p = path.clone();
+        self.blocking(move |h| h.try_stat(&p).map(|m| m.is_some()))
+            .await
+    }
+}

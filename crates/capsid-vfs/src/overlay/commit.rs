@@ -1,0 +1,173 @@
+//! Comparing the merged view with the lower layer, and applying or dropping the difference.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::Core;
+use crate::EntryKind;
+use crate::error::VfsError;
+use crate::host::HostVfs;
+use crate::path::VfsPath;
+
+/// How a path differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ChangeKind {
+    /// In the lower layer, gone from the merged view.
+    Deleted,
+    /// In the merged view, not in the lower layer (or there as another kind).
+    Added,
+    /// A file in both, with different content.
+    Modified,
+}
+
+/// One difference between the merged view and the lower layer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Change {
+    /// The path.
+    pub path: VfsPath,
+    /// How it differs.
+    pub kind: ChangeKind,
+    /// What the path is in the layer that has it (the lower one for a deletion).
+    pub entry: EntryKind,
+}
+
+/// Every path below `root` of a tree, with its kind, listed by `list`.
+fn walk(
+    list: &dyn Fn(&VfsPath) -> Result<Vec<crate::DirEntry>, VfsError>,
+    root: &VfsPath,
+    out: &mut BTreeMap<VfsPath, EntryKind>,
+) -> Result<(), VfsError> {
+    for e in list(root)? {
+        let p = root.join(&e.name)?;
+        out.insert(p.clone(), e.kind);
+        if e.kind == EntryKind::Dir {
+            walk(list, &p, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether two files have the same bytes, compared in chunks.
+fn same_content(a: &HostVfs, b: &HostVfs, p: &VfsPath) -> Result<bool, VfsError> {
+    const CHUNK: usize = 64 * 1024;
+    let (mut fa, mut fb) = (a.open_read(p)?, b.open_read(p)?);
+    let (mut ba, mut bb) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    loop {
+        let na = read_full(&mut fa, &mut ba).map_err(|e| VfsError::from_io(p, e))?;
+        let nb = read_full(&mut fb, &mut bb).map_err(|e| VfsError::from_io(p, e))?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+impl Core {
+    pub(super) fn diff(&self) -> Result<Vec<Change>, VfsError> {
+        let mut merged = BTreeMap::new();
+        walk(&|p| self.read_dir(p), &VfsPath::root(), &mut merged)?;
+        let mut lower = BTreeMap::new();
+        walk(
+            &|p| self.lower.read_dir_sync(p),
+            &VfsPath::root(),
+            &mut lower,
+        )?;
+        let mut changes = Vec::new();
+        for (p, &kind) in &lower {
+            match merged.get(p) {
+                Some(&k) if k == kind => {}
+                _ => changes.push(Change {
+                    path: p.clone(),
+                    kind: ChangeKind::Deleted,
+                    entry: kind,
+                }),
+            }
+        }
+        for (p, &kind) in &merged {
+            match lower.get(p) {
+                Some(&k) if k == kind => {
+                    if kind == EntryKind::File
+                        && self.upper.try_stat(p)?.is_some()
+                        && !same_content(&self.upper, &self.lower, p)?
+                    {
+                        changes.push(Change {
+                            path: p.clone(),
+                            kind: ChangeKind::Modified,
+                            entry: kind,
+                        });
+                    }
+                }
+                _ => changes.push(Change {
+                    path: p.clone(),
+                    kind: ChangeKind::Added,
+                    entry: kind,
+                }),
+            }
+        }
+        changes.sort();
+        Ok(changes)
+    }
+
+    /// Phase 1 applies every change to the lower layer while the upper layer and markers
+    /// still shadow it, so the merged view never changes; phase 2 drops the markers in one
+    /// atomic write, then empties the upper layer, whose content now equals the lower's.
+    pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
+        let changes = self.diff()?;
+        let mut deletions: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Deleted)
+            .collect();
+        deletions.sort_by_key(|c| std::cmp::Reverse(c.path.segments().len()));
+        for c in deletions {
+            match c.entry {
+                EntryKind::Dir => self.lower.remove_dir_sync(&c.path)?,
+                _ => self.lower.remove_file_sync(&c.path)?,
+            }
+            self.lower.sync_dir(&c.path.parent().unwrap_or_default())?;
+        }
+        let mut additions: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.kind != ChangeKind::Deleted)
+            .collect();
+        additions.sort_by_key(|c| c.path.segments().len());
+        for c in additions {
+            match c.entry {
+                EntryKind::Dir => match self.lower.create_dir_sync(&c.path) {
+                    Ok(()) | Err(VfsError::AlreadyExists(_)) => {
+                        self.lower.sync_dir(&c.path.parent().unwrap_or_default())?;
+                    }
+                    Err(e) => return Err(e),
+                },
+                _ => self.lower.copy_in_atomic(&self.upper, &c.path, &c.path)?,
+            }
+        }
+        self.discard()?;
+        Ok(changes)
+    }
+
+    pub(super) fn discard(&mut self) -> Result<(), VfsError> {
+        self.markers.clear();
+        self.persist()?;
+        for e in self.upper.read_dir_sync(&VfsPath::root())? {
+            let p = VfsPath::root().join(&e.name)?;
+            match e.kind {
+                EntryKind::Dir => self.upper.remove_dir_all_sync(&p)?,
+                _ => self.upper.remove_file_sync(&p)?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,402 @@
+//! A writable upper layer over a read-only lower one.
+//!
+//! Lookup: the upper layer wins; the lower layer shows through at a path unless the path or
+//! one of its ancestors carries a marker (a whiteout for a deletion, an opaque marker for a
+//! path deleted and then recreated in the upper layer). Writes go to the upper layer, with
+//! copy-up on first append to a lower file (streamed). Only `commit` writes the lower layer.
+
+mod commit;
+mod state;
+
+use std::collections::{BTreeMap, btree_map::Entry};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+pub use commit::{Change, ChangeKind};
+use state::Marker;
+
+use crate::error::VfsError;
+use crate::host::HostVfs;
+use crate::path::VfsPath;
+use crate::{DirEntry, EntryKind, Metadata, Vfs};
+
+/// An overlay VFS: `lower` read-only until `commit`, changes kept in `work/upper`.
+#[derive(Debug, Clone)]
+pub struct OverlayVfs {
+    core: Arc<Mutex<Core>>,
+}
+
+#[derive(Debug)]
+struct Core {
+    lower: HostVfs,
+    upper: HostVfs,
+    work: HostVfs,
+    markers: BTreeMap<VfsPath, Marker>,
+}
+
+impl OverlayVfs {
+    /// Opens an overlay of `lower` (an existing directory), keeping changes and state in
+    /// `work` (created if missing; must not be inside `lower`).
+    pub fn open(lower: &Path, work: &Path) -> Result<Self, VfsError> {
+        let upper_dir = work.join("upper");
+        std::fs::create_dir_all(&upper_dir)
+            .map_err(|e| VfsError::from_io(&upper_dir.display(), e))?;
+        let work = HostVfs::open(work)?;
+        let markers = state::load(&work)?;
+        let core = Core {
+            lower: HostVfs::open(lower)?,
+            upper: HostVfs::open(&upper_dir)?,
+            work,
+            markers,
+        };
+        Ok(Self {
+            core: Arc::new(Mutex::new(core)),
+        })
+    }
+
+    /// Runs `f` on the core on a blocking thread, holding the overlay's lock.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> Result<T, VfsError> + Send + 'static,
+    ) -> Result<T, VfsError> {
+        let core = self.core.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = core.lock().map_err(|_| VfsError::State {
+                path: "overlay".into(),
+                reason: "lock poisoned by a panic".into(),
+            })?;
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| VfsError::Io {
+            path: "overlay".into(),
+            source: std::io::Error::other(e),
+        })?
+    }
+
+    /// What differs between the merged view and the lower layer, sorted by path.
+    pub async fn diff(&self) -> Result<Vec<Change>, VfsError> {
+        self.with(|c| c.diff()).await
+    }
+
+    /// Applies every change to the lower layer (each file atomically), then empties the upper
+    /// layer. If interrupted, the merged view is unchanged and `commit` can be run again.
+    pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
+        self.with(Core::commit).await
+    }
+
+    /// Drops every change.
+    pub async fn discard(&self) -> Result<(), VfsError> {
+        self.with(Core::discard).await
+    }
+}
+
+fn not_found(p: &VfsPath) -> VfsError {
+    VfsError::NotFound(p.to_string())
+}
+
+impl Core {
+    fn persist(&self) -> Result<(), VfsError> {
+        state::save(&self.work, &self.markers)
+    }
+
+    /// Whether the lower layer is hidden at `p`.
+    fn lower_hidden(&self, p: &VfsPath) -> bool {
+        p.ancestors_and_self()
+            .any(|a| self.markers.contains_key(&a))
+    }
+
+    fn lower_stat(&self, p: &VfsPath) -> Result<Option<Metadata>, VfsError> {
+        if self.lower_hidden(p) {
+            Ok(None)
+        } else {
+            self.lower.try_stat(p)
+        }
+    }
+
+    fn stat(&self, p: &VfsPath) -> Result<Option<Metadata>, VfsError> {
+        match self.upper.try_stat(p)? {
+            Some(m) => Ok(Some(m)),
+            None => self.lower_stat(p),
+        }
+    }
+
+    fn kind(&self, p: &VfsPath) -> Result<Option<EntryKind>, VfsError> {
+        Ok(self.stat(p)?.map(|m| m.kind))
+    }
+
+    /// The parent of `p` must be a directory in the merged view.
+    fn require_parent_dir(&self, p: &VfsPath) -> Result<VfsPath, VfsError> {
+        let parent = p
+            .parent()
+            .ok_or_else(|| VfsError::IsADirectory(String::new()))?;
+        match self.kind(&parent)? {
+            Some(EntryKind::Dir) => Ok(parent),
+            Some(_) => Err(VfsError::NotADirectory(parent.to_string())),
+            None => Err(not_found(&parent)),
+        }
+    }
+
+    /// Makes sure the upper layer has directory `d` (a directory of the merged view).
+    fn upper_dir(&self, d: &VfsPath) -> Result<(), VfsError> {
+        for a in d.ancestors_and_self().skip(1) {
+            if self.upper.try_stat(&a)?.is_none() {
+                self.upper.create_dir_sync(&a)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that `p` now exists in the upper layer: a whiteout there becomes opaque.
+    fn created(&mut self, p: &VfsPath) -> Result<(), VfsError> {
+        if let Some(m) = self.markers.get_mut(p)
+            && *m == Marker::Whiteout
+        {
+            *m = Marker::Opaque;
+            self.persist()?;
+        }
+        Ok(())
+    }
+
+    /// Records that `p` (and everything below) is gone from the merged view.
+    fn deleted(&mut self, p: &VfsPath, lower_was_visible: bool) -> Result<(), VfsError> {
+        let below: Vec<VfsPath> = self
+            .markers
+            .range(p.clone()..)
+            .map(|(k, _)| k.clone())
+            .take_while(|k| k.starts_with(p))
+            .collect();
+        let mut changed = false;
+        for k in below.into_iter().filter(|k| k != p) {
+            self.markers.remove(&k);
+            changed = true;
+        }
+        let needs_whiteout = lower_was_visible || self.markers.contains_key(p);
+        if needs_whiteout {
+            changed |= self.markers.insert(p.clone(), Marker::Whiteout) != Some(Marker::Whiteout);
+        }
+        if changed { self.persist() } else { Ok(()) }
+    }
+
+    fn read(&self, p: &VfsPath) -> Result<Vec<u8>, VfsError> {
+        if self.upper.try_stat(p)?.is_some() {
+            return self.upper.read_sync(p);
+        }
+        if self.lower_stat(p)?.is_some() {
+            return self.lower.read_sync(p);
+        }
+        Err(not_found(p))
+    }
+
+    fn write(&mut self, p: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let parent = self.require_parent_dir(p)?;
+        if self.kind(p)? == Some(EntryKind::Dir) {
+            return Err(VfsError::IsADirectory(p.to_string()));
+        }
+        self.upper_dir(&parent)?;
+        self.upper.write_sync(p, data)?;
+        self.created(p)
+    }
+
+    fn append(&mut self, p: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        match (self.upper.try_stat(p)?, self.lower_stat(p)?) {
+            (Some(m), _) | (None, Some(m)) if m.kind == EntryKind::Dir => {
+                Err(VfsError::IsADirectory(p.to_string()))
+            }
+            (Some(_), _) => self.upper.append_sync(p, data),
+            (None, Some(_)) => {
+                let parent = self.require_parent_dir(p)?;
+                self.upper_dir(&parent)?;
+                self.upper.copy_in_atomic(&self.lower, p, p)?;
+                self.upper.append_sync(p, data)
+            }
+            (None, None) => self.write(p, data),
+        }
+    }
+
+    fn create_dir(&mut self, p: &VfsPath) -> Result<(), VfsError> {
+        let parent = self.require_parent_dir(p)?;
+        if self.stat(p)?.is_some() {
+            return Err(VfsError::AlreadyExists(p.to_string()));
+        }
+        self.upper_dir(&parent)?;
+        self.upper.create_dir_sync(p)?;
+        self.created(p)
+    }
+
+    fn create_dir_all(&mut self, p: &VfsPath) -> Result<(), VfsError> {
+        for a in p.ancestors_and_self().skip(1) {
+            match self.kind(&a)? {
+                Some(EntryKind::Dir) => {}
+                Some(_) => return Err(VfsError::NotADirectory(a.to_string())),
+                None => self.create_dir(&a)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn read_dir(&self, p: &VfsPath) -> Result<Vec<DirEntry>, VfsError> {
+        match self.kind(p)? {
+            Some(EntryKind::Dir) => {}
+            Some(_) => return Err(VfsError::NotADirectory(p.to_string())),
+            None => return Err(not_found(p)),
+        }
+        let mut names: BTreeMap<String, EntryKind> = BTreeMap::new();
+        if self.upper.try_stat(p)?.is_some() {
+            for e in self.upper.read_dir_sync(p)? {
+                names.insert(e.name, e.kind);
+            }
+        }
+        if self
+            .lower_stat(p)?
+            .is_some_and(|m| m.kind == EntryKind::Dir)
+        {
+            for e in self.lower.read_dir_sync(p)? {
+                let child = p.join(&e.name)?;
+                if !self.lower_hidden(&child)
+                    && let Entry::Vacant(v) = names.entry(e.name)
+                {
+                    v.insert(e.kind);
+                }
+            }
+        }
+        Ok(names
+            .into_iter()
+            .map(|(name, kind)| DirEntry { name, kind })
+            .collect())
+    }
+
+    fn remove_file(&mut self, p: &VfsPath) -> Result<(), VfsError> {
+        match self.kind(p)? {
+            None => return Err(not_found(p)),
+            Some(EntryKind::Dir) => return Err(VfsError::IsADirectory(p.to_string())),
+            Some(_) => {}
+        }
+        let lower_visible = self.lower_stat(p)?.is_some();
+        if self.upper.try_stat(p)?.is_some() {
+            self.upper.remove_file_sync(p)?;
+        }
+        self.deleted(p, lower_visible)
+    }
+
+    fn remove_dir(&mut self, p: &VfsPath, recursive: bool) -> Result<(), VfsError> {
+        if p.is_root() {
+            return Err(VfsError::InvalidPath {
+                path: String::new(),
+                reason: "the root cannot be removed",
+            });
+        }
+        match self.kind(p)? {
+            None => return Err(not_found(p)),
+            Some(EntryKind::Dir) => {}
+            Some(_) => return Err(VfsError::NotADirectory(p.to_string())),
+        }
+        if !recursive && !self.read_dir(p)?.is_empty() {
+            return Err(VfsError::NotEmpty(p.to_string()));
+        }
+        let lower_visible = self.lower_stat(p)?.is_some();
+        if self.upper.try_stat(p)?.is_some() {
+            self.upper.remove_dir_all_sync(p)?;
+        }
+        self.deleted(p, lower_visible)
+    }
+
+    fn rename(&mut self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
+        let kind = self.kind(from)?.ok_or_else(|| not_found(from))?;
+        if from == to {
+            return Ok(());
+        }
+        if from.is_root() || to.starts_with(from) {
+            return Err(VfsError::InvalidPath {
+                path: to.to_string(),
+                reason: "cannot move a directory into itself",
+            });
+        }
+        self.require_parent_dir(to)?;
+        match (kind, self.kind(to)?) {
+            (_, Some(EntryKind::Dir)) => return Err(VfsError::AlreadyExists(to.to_string())),
+            (EntryKind::Dir, Some(_)) => return Err(VfsError::NotADirectory(to.to_string())),
+            _ => {}
+        }
+        self.copy_tree(from, to, kind)?;
+        if kind == EntryKind::Dir {
+            self.remove_dir(from, true)
+        } else {
+            self.remove_file(from)
+        }
+    }
+
+    /// Copies the merged subtree at `from` to `to` in the upper layer.
+    fn copy_tree(&mut self, from: &VfsPath, to: &VfsPath, kind: EntryKind) -> Result<(), VfsError> {
+        if kind == EntryKind::Dir {
+            self.create_dir(to)?;
+            for e in self.read_dir(from)? {
+                self.copy_tree(&from.join(&e.name)?, &to.join(&e.name)?, e.kind)?;
+            }
+            return Ok(());
+        }
+        let parent = self.require_parent_dir(to)?;
+        self.upper_dir(&parent)?;
+        if self.upper.try_stat(from)?.is_some() {
+            self.upper.copy_in_atomic(&self.upper, from, to)?;
+        } else {
+            self.upper.copy_in_atomic(&self.lower, from, to)?;
+        }
+        self.created(to)
+    }
+}
+
+#[async_trait]
+impl Vfs for OverlayVfs {
+    async fn read(&self, path: &VfsPath) -> Result<Vec<u8>, VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.read(&p)).await
+    }
+    async fn write(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data.to_vec());
+        self.with(move |c| c.write(&p, &d)).await
+    }
+    async fn append(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data.to_vec());
+        self.with(move |c| c.append(&p, &d)).await
+    }
+    async fn create_dir(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.create_dir(&p)).await
+    }
+    async fn create_dir_all(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.create_dir_all(&p)).await
+    }
+    async fn read_dir(&self, path: &VfsPath) -> Result<Vec<DirEntry>, VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.read_dir(&p)).await
+    }
+    async fn stat(&self, path: &VfsPath) -> Result<Metadata, VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.stat(&p)?.ok_or_else(|| not_found(&p)))
+            .await
+    }
+    async fn remove_file(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.remove_file(&p)).await
+    }
+    async fn remove_dir(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.remove_dir(&p, false)).await
+    }
+    async fn remove_dir_all(&self, path: &VfsPath) -> Result<(), VfsError> {
+        let p = path.clone();
+        self.with(move |c| c.remove_dir(&p, true)).await
+    }
+    async fn rename(&self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
+        let (f, t) = (from.clone(), to.clone());
+        self.with(move |c| c.rename(&f, &t)).await
+    }
+    async fn exists(&self, path: &VfsPath) -> Result<bool, VfsError> {
+        let p = path.clone();
+        self.with(move |c| Ok(c.stat(&p)?.is_some())).await
+    }
+}

@@ -1,0 +1,255 @@
+//! The overlay: copy-up, whiteouts, merged listings, diff, commit, discard, persistence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use capsid_vfs::{Change, ChangeKind, EntryKind, OverlayVfs, Vfs, VfsError, VfsPath};
+
+fn p(s: &str) -> VfsPath {
+    VfsPath::parse(s).unwrap()
+}
+
+struct Fx {
+    tmp: tempfile::TempDir,
+    vfs: OverlayVfs,
+}
+
+impl Fx {
+    fn lower(&self, rel: &str) -> std::path::PathBuf {
+        self.tmp.path().join("lower").join(rel)
+    }
+    fn reopen(&self) -> OverlayVfs {
+        OverlayVfs::open(
+            &self.tmp.path().join("lower"),
+            &self.tmp.path().join("work"),
+        )
+        .unwrap()
+    }
+}
+
+fn fx() -> Fx {
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(lower.join("docs/old")).unwrap();
+    std::fs::write(lower.join("docs/a.md"), b"lower a").unwrap();
+    std::fs::write(lower.join("docs/old/x"), b"old x").unwrap();
+    std::fs::write(lower.join("top"), b"top").unwrap();
+    let vfs = OverlayVfs::open(&lower, &tmp.path().join("work")).unwrap();
+    Fx { tmp, vfs }
+}
+
+fn change(path: &str, kind: ChangeKind, entry: EntryKind) -> Change {
+    Change {
+        path: p(path),
+        kind,
+        entry,
+    }
+}
+
+#[tokio::test]
+async fn writes_stay_in_the_upper_layer_until_commit() {
+    let f = fx();
+    f.vfs.append(&p("docs/a.md"), b" + more").await.unwrap();
+    f.vfs.write(&p("docs/new.md"), b"new").await.unwrap();
+    assert_eq!(
+        f.vfs.read(&p("docs/a.md")).await.unwrap(),
+        b"lower a + more"
+    );
+    assert_eq!(
+        std::fs::read(f.lower("docs/a.md")).unwrap(),
+        b"lower a",
+        "lower untouched"
+    );
+    assert!(!f.lower("docs/new.md").exists());
+    assert_eq!(
+        f.vfs.diff().await.unwrap(),
+        vec![
+            change("docs/a.md", ChangeKind::Modified, EntryKind::File),
+            change("docs/new.md", ChangeKind::Added, EntryKind::File)
+        ]
+    );
+    f.vfs.commit().await.unwrap();
+    assert_eq!(
+        std::fs::read(f.lower("docs/a.md")).unwrap(),
+        b"lower a + more"
+    );
+    assert_eq!(std::fs::read(f.lower("docs/new.md")).unwrap(), b"new");
+    assert!(f.vfs.diff().await.unwrap().is_empty());
+    assert_eq!(
+        std::fs::read_dir(f.tmp.path().join("work/upper"))
+            .unwrap()
+            .count(),
+        0,
+        "upper emptied"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_lower_file_hides_it_and_survives_reopen() {
+    let f = fx();
+    f.vfs.remove_file(&p("docs/a.md")).await.unwrap();
+    assert!(matches!(
+        f.vfs.read(&p("docs/a.md")).await,
+        Err(VfsError::NotFound(_))
+    ));
+    let names = |v: Vec<capsid_vfs::DirEntry>| v.into_iter().map(|e| e.name).collect::<Vec<_>>();
+    assert_eq!(names(f.vfs.read_dir(&p("docs")).await.unwrap()), ["old"]);
+    let again = f.reopen();
+    assert!(
+        !again.exists(&p("docs/a.md")).await.unwrap(),
+        "whiteout persisted"
+    );
+    assert!(f.lower("docs/a.md").exists());
+    again.commit().await.unwrap();
+    assert!(!f.lower("docs/a.md").exists());
+}
+
+#[tokio::test]
+async fn a_recreated_directory_hides_the_old_contents() {
+    let f = fx();
+    f.vfs.remove_dir_all(&p("docs")).await.unwrap();
+    f.vfs.create_dir(&p("docs")).await.unwrap();
+    f.vfs.write(&p("docs/fresh"), b"f").await.unwrap();
+    let listing: Vec<_> = f
+        .vfs
+        .read_dir(&p("docs"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(listing, ["fresh"]);
+    assert!(!f.vfs.exists(&p("docs/old/x")).await.unwrap());
+    let diff = f.vfs.diff().await.unwrap();
+    assert!(diff.contains(&change("docs/old", ChangeKind::Deleted, EntryKind::Dir)));
+    assert!(diff.contains(&change("docs/a.md", ChangeKind::Deleted, EntryKind::File)));
+    assert!(diff.contains(&change("docs/fresh", ChangeKind::Added, EntryKind::File)));
+    f.vfs.commit().await.unwrap();
+    assert!(!f.lower("docs/old").exists());
+    assert_eq!(std::fs::read(f.lower("docs/fresh")).unwrap(), b"f");
+}
+
+#[tokio::test]
+async fn a_file_can_replace_a_deleted_directory() {
+    let f = fx();
+    f.vfs.remove_dir_all(&p("docs")).await.unwrap();
+    f.vfs.write(&p("docs"), b"now a file").await.unwrap();
+    assert!(!f.vfs.exists(&p("docs/a.md")).await.unwrap());
+    f.vfs.commit().await.unwrap();
+    assert_eq!(std::fs::read(f.lower("docs")).unwrap(), b"now a file");
+}
+
+#[tokio::test]
+async fn discard_drops_everything() {
+    let f = fx();
+    f.vfs.write(&p("top"), b"changed").await.unwrap();
+    f.vfs.remove_dir_all(&p("docs")).await.unwrap();
+    f.vfs.discard().await.unwrap();
+    assert_eq!(f.vfs.read(&p("top")).await.unwrap(), b"top");
+    assert_eq!(f.vfs.read(&p("docs/a.md")).await.unwrap(), b"lower a");
+    assert!(f.vfs.diff().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn copy_up_streams_large_files() {
+    let f = fx();
+    let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(f.lower("big.bin"), &big).unwrap();
+    f.vfs.append(&p("big.bin"), b"!").await.unwrap();
+    let read = f.vfs.read(&p("big.bin")).await.unwrap();
+    assert_eq!(read.len(), big.len() + 1);
+    assert!(read[..big.len()] == big[..] && read[big.len()] == b'!');
+}
+
+/// Every file of the merged view with its content.
+async fn snapshot(vfs: &OverlayVfs) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![VfsPath::root()];
+    while let Some(dir) = stack.pop() {
+        for e in vfs.read_dir(&dir).await.unwrap() {
+            let path = dir.join(&e.name).unwrap();
+            if e.kind == EntryKind::Dir {
+                stack.push(path.clone());
+                out.push((path.to_string(), None));
+            } else {
+                out.push((path.to_string(), Some(vfs.read(&path).await.unwrap())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn a_commit_interrupted_anywhere_in_phase_one_changes_nothing_visible() {
+    let f = fx();
+    f.vfs.write(&p("a.txt"), b"A").await.unwrap();
+    f.vfs.write(&p("docs/a.md"), b"changed").await.unwrap();
+    f.vfs.remove_file(&p("docs/old/x")).await.unwrap();
+    f.vfs.create_dir(&p("b")).await.unwrap();
+    f.vfs.write(&p("b/c.txt"), b"C").await.unwrap();
+    let intended = snapshot(&f.vfs).await;
+    // Commit applies changes to the lower layer one at a time; stop after some of them, as a
+    // crash would, by applying those by hand.
+    std::fs::write(f.lower("a.txt"), b"A").unwrap();
+    std::fs::remove_file(f.lower("docs/old/x")).unwrap();
+    std::fs::create_dir(f.lower("b")).unwrap();
+    assert_eq!(
+        snapshot(&f.vfs).await,
+        intended,
+        "merged view unchanged mid-commit"
+    );
+    assert_eq!(snapshot(&f.reopen()).await, intended, "and after a restart");
+    f.vfs.commit().await.unwrap();
+    assert_eq!(snapshot(&f.vfs).await, intended);
+    assert_eq!(std::fs::read(f.lower("b/c.txt")).unwrap(), b"C");
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"changed");
+    assert!(f.vfs.diff().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn fs_errors_match_a_real_filesystem() {
+    let f = fx();
+    assert!(matches!(
+        f.vfs.write(&p("nope/x"), b"").await,
+        Err(VfsError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.vfs.write(&p("top/x"), b"").await,
+        Err(VfsError::NotADirectory(_))
+    ));
+    assert!(matches!(
+        f.vfs.write(&p("docs"), b"").await,
+        Err(VfsError::IsADirectory(_))
+    ));
+    assert!(matches!(
+        f.vfs.create_dir(&p("docs")).await,
+        Err(VfsError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        f.vfs.remove_dir(&p("docs")).await,
+        Err(VfsError::NotEmpty(_))
+    ));
+    assert!(matches!(
+        f.vfs.remove_file(&p("docs")).await,
+        Err(VfsError::IsADirectory(_))
+    ));
+    assert!(matches!(
+        f.vfs.rename(&p("docs"), &p("docs/old/in")).await,
+        Err(VfsError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        f.vfs.remove_dir_all(&p("")).await,
+        Err(VfsError::InvalidPath { .. })
+    ));
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_refused_not_reset() {
+    let f = fx();
+    f.vfs.remove_file(&p("top")).await.unwrap();
+    let state = f.tmp.path().join("work/overlay-state.json");
+    std::fs::write(&state, b"{ not json").unwrap();
+    let err =
+        OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work")).unwrap_err();
+    assert!(matches!(err, VfsError::State { .. }), "{err}");
+    assert_eq!(std::fs::read(&state).unwrap(), b"{ not json");
+}
