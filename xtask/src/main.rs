@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask test           fmt check, clippy -D warnings, every test in the workspace
-//! cargo xtask bench [group]  run benchmarks (groups: audit); tables and JSON in target/capsid-bench/
+//! cargo xtask bench [group]  run benchmarks (groups: audit, storage); tables and JSON in target/capsid-bench/
 //! cargo xtask run            start capsid (the kernel is not wired yet)
 //! ```
 
@@ -12,7 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit"];
+const BENCH_GROUPS: &[&str] = &["audit", "storage"];
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -4,6 +4,7 @@
 
 mod audit;
 mod report;
+mod storage;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ fn main() -> Result<()> {
     };
     let rows = match group.as_str() {
         "audit" => audit::run()?,
+        "storage" => storage::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);

@@ -47,6 +47,13 @@ impl BatchOp {
 pub trait KvStore: Send + Sync + std::fmt::Debug {
     /// The value under `key`, if any.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// [`get`](Self::get) answered inline, for backends whose reads never wait (the memory
+    /// map; SurrealKV, whose reads are synchronous). Spares the boxed future of a dynamic
+    /// async call on the hottest path. `None` means "use `get`".
+    fn get_inline(&self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, KvError>> {
+        let _ = key;
+        None
+    }
     /// Sets `key` to `value`.
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError>;
     /// Deletes `key`; returns whether it existed.

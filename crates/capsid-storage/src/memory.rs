@@ -30,6 +30,12 @@ impl MemoryKvStore {
         Self::default()
     }
 
+    fn read_now(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.open()?;
+        check_key(key)?;
+        Ok(self.map.read().map_err(|_| poisoned())?.get(key).cloned())
+    }
+
     fn open(&self) -> Result<(), KvError> {
         if self.closed.load(Ordering::Acquire) {
             Err(KvError::Closed)
@@ -42,9 +48,11 @@ impl MemoryKvStore {
 #[async_trait]
 impl KvStore for MemoryKvStore {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.open()?;
-        check_key(key)?;
-        Ok(self.map.read().map_err(|_| poisoned())?.get(key).cloned())
+        self.read_now(key)
+    }
+
+    fn get_inline(&self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, KvError>> {
+        Some(self.read_now(key))
     }
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {

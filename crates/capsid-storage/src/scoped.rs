@@ -17,6 +17,9 @@ use crate::kv::{BatchOp, KvStore, Page, check_value};
 /// First byte of every scoped key; other key spaces (identity, capabilities) use others.
 const SCOPED_TAG: u8 = 0x01;
 
+/// A stored key, kept inline when it fits.
+type FullKey = smallvec::SmallVec<[u8; 96]>;
+
 /// Limits on one namespace. `None` means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Quota {
@@ -119,14 +122,15 @@ impl ScopedKvStore {
         Ok(())
     }
 
-    fn full_key(&self, key: &[u8]) -> Result<Vec<u8>, KvError> {
+    /// The stored key: on the stack for the common short key, so a read allocates nothing.
+    fn full_key(&self, key: &[u8]) -> Result<FullKey, KvError> {
         if key.is_empty() || key.len() > MAX_SCOPED_KEY_BYTES {
             return Err(KvError::BadKey {
                 len: key.len(),
                 max: MAX_SCOPED_KEY_BYTES,
             });
         }
-        let mut full = Vec::with_capacity(self.header.len() + key.len());
+        let mut full = FullKey::with_capacity(self.header.len() + key.len());
         full.extend_from_slice(&self.header);
         full.extend_from_slice(key);
         Ok(full)
@@ -168,7 +172,11 @@ impl ScopedKvStore {
 
     /// The value under `key`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.inner.get(&self.full_key(key)?).await
+        let full = self.full_key(key)?;
+        match self.inner.get_inline(&full) {
+            Some(answer) => answer,
+            None => self.inner.get(&full).await,
+        }
     }
 
     /// Whether `key` exists.
@@ -214,7 +222,10 @@ impl ScopedKvStore {
             .inner
             .list(&full_prefix, after.as_deref(), limit)
             .await?;
-        let strip = |k: Vec<u8>| k[self.header.len()..].to_vec();
+        let strip = |mut k: Vec<u8>| {
+            k.drain(..self.header.len());
+            k
+        };
         Ok(Page {
             keys: page.keys.into_iter().map(strip).collect(),
             next: page.next.map(strip),
@@ -257,13 +268,15 @@ impl ScopedKvStore {
                     check_value(value)?;
                     changes.push((key, Some(entry_size(key, value))));
                     full_ops.push(BatchOp::Set {
-                        key: full,
+                        key: full.into_vec(),
                         value: value.clone(),
                     });
                 }
                 BatchOp::Delete { key } => {
                     changes.push((key, None));
-                    full_ops.push(BatchOp::Delete { key: full });
+                    full_ops.push(BatchOp::Delete {
+                        key: full.into_vec(),
+                    });
                 }
             }
         }

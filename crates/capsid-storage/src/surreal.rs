@@ -97,6 +97,12 @@ impl SurrealKvStore {
         }
     }
 
+    fn read_now(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        check_key(key)?;
+        let txn = self.read_txn()?;
+        txn.get(key).map_err(|e| self.err(&e))
+    }
+
     fn read_txn(&self) -> Result<Transaction, KvError> {
         self.check_open()?;
         self.tree
@@ -139,9 +145,11 @@ impl SurrealKvStore {
 #[async_trait]
 impl KvStore for SurrealKvStore {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        check_key(key)?;
-        let txn = self.read_txn()?;
-        txn.get(key).map_err(|e| self.err(&e))
+        self.read_now(key)
+    }
+
+    fn get_inline(&self, key: &[u8]) -> Option<Result<Option<Vec<u8>>, KvError>> {
+        Some(self.read_now(key))
     }
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {

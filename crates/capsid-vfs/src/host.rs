@@ -244,12 +244,12 @@ impl Vfs for HostVfs {
         let p = path.clone();
         self.blocking(move |h| h.read_sync(&p)).await
     }
-    async fn write(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
-        let (p, d) = (path.clone(), data.to_vec());
+    async fn write(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data);
         self.blocking(move |h| h.write_sync(&p, &d)).await
     }
-    async fn append(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
-        let (p, d) = (path.clone(), data.to_vec());
+    async fn append(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data);
         self.blocking(move |h| h.append_sync(&p, &d)).await
     }
     async fn create_dir(&self, path: &VfsPath) -> Result<(), VfsError> {

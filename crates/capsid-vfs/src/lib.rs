@@ -58,10 +58,11 @@ pub struct Metadata {
 pub trait Vfs: Send + Sync + std::fmt::Debug {
     /// The whole content of a file.
     async fn read(&self, path: &VfsPath) -> Result<Vec<u8>, VfsError>;
-    /// Creates or replaces a file. Its parent directory must exist.
-    async fn write(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError>;
+    /// Creates or replaces a file. Its parent directory must exist. Takes the bytes by value:
+    /// the write happens on a blocking thread and must not copy them again.
+    async fn write(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError>;
     /// Appends to a file, creating it if missing. Its parent directory must exist.
-    async fn append(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError>;
+    async fn append(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError>;
     /// Creates a directory whose parent exists.
     async fn create_dir(&self, path: &VfsPath) -> Result<(), VfsError>;
     /// Creates a directory and any missing parents.

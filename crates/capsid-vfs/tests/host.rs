@@ -38,8 +38,8 @@ async fn ordinary_operations_work_inside_the_root() {
     let f = fx();
     assert_eq!(f.vfs.read(&p("notes/a.md")).await.unwrap(), b"hello");
     f.vfs.create_dir_all(&p("x/y")).await.unwrap();
-    f.vfs.write(&p("x/y/z"), b"1").await.unwrap();
-    f.vfs.append(&p("x/y/z"), b"2").await.unwrap();
+    f.vfs.write(&p("x/y/z"), b"1".to_vec()).await.unwrap();
+    f.vfs.append(&p("x/y/z"), b"2".to_vec()).await.unwrap();
     assert_eq!(f.vfs.read(&p("x/y/z")).await.unwrap(), b"12");
     f.vfs.rename(&p("x/y/z"), &p("x/z")).await.unwrap();
     let names: Vec<_> = f
@@ -75,8 +75,13 @@ async fn symlinks_out_of_the_root_are_refused() {
         );
     }
     // Writing through an escaping link does not create anything outside.
-    assert!(f.vfs.write(&p("abs"), b"pwned").await.is_err());
-    assert!(f.vfs.write(&p("notes/up/new"), b"pwned").await.is_err());
+    assert!(f.vfs.write(&p("abs"), b"pwned".to_vec()).await.is_err());
+    assert!(
+        f.vfs
+            .write(&p("notes/up/new"), b"pwned".to_vec())
+            .await
+            .is_err()
+    );
     assert_eq!(
         std::fs::read(f.outside.join("secret")).unwrap(),
         b"top secret"
@@ -116,7 +121,7 @@ async fn links_that_stay_inside_are_followed_for_reads_only() {
     assert_eq!(f.vfs.read(&p("inside")).await.unwrap(), b"hello");
     // Writes never follow a final symlink.
     assert!(matches!(
-        f.vfs.write(&p("inside"), b"x").await,
+        f.vfs.write(&p("inside"), b"x".to_vec()).await,
         Err(VfsError::Escape(_))
     ));
     assert_eq!(std::fs::read(f.root.join("notes/a.md")).unwrap(), b"hello");

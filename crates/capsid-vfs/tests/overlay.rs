@@ -47,8 +47,14 @@ fn change(path: &str, kind: ChangeKind, entry: EntryKind) -> Change {
 #[tokio::test]
 async fn writes_stay_in_the_upper_layer_until_commit() {
     let f = fx();
-    f.vfs.append(&p("docs/a.md"), b" + more").await.unwrap();
-    f.vfs.write(&p("docs/new.md"), b"new").await.unwrap();
+    f.vfs
+        .append(&p("docs/a.md"), b" + more".to_vec())
+        .await
+        .unwrap();
+    f.vfs
+        .write(&p("docs/new.md"), b"new".to_vec())
+        .await
+        .unwrap();
     assert_eq!(
         f.vfs.read(&p("docs/a.md")).await.unwrap(),
         b"lower a + more"
@@ -107,7 +113,7 @@ async fn a_recreated_directory_hides_the_old_contents() {
     let f = fx();
     f.vfs.remove_dir_all(&p("docs")).await.unwrap();
     f.vfs.create_dir(&p("docs")).await.unwrap();
-    f.vfs.write(&p("docs/fresh"), b"f").await.unwrap();
+    f.vfs.write(&p("docs/fresh"), b"f".to_vec()).await.unwrap();
     let listing: Vec<_> = f
         .vfs
         .read_dir(&p("docs"))
@@ -131,7 +137,10 @@ async fn a_recreated_directory_hides_the_old_contents() {
 async fn a_file_can_replace_a_deleted_directory() {
     let f = fx();
     f.vfs.remove_dir_all(&p("docs")).await.unwrap();
-    f.vfs.write(&p("docs"), b"now a file").await.unwrap();
+    f.vfs
+        .write(&p("docs"), b"now a file".to_vec())
+        .await
+        .unwrap();
     assert!(!f.vfs.exists(&p("docs/a.md")).await.unwrap());
     f.vfs.commit().await.unwrap();
     assert_eq!(std::fs::read(f.lower("docs")).unwrap(), b"now a file");
@@ -140,7 +149,7 @@ async fn a_file_can_replace_a_deleted_directory() {
 #[tokio::test]
 async fn discard_drops_everything() {
     let f = fx();
-    f.vfs.write(&p("top"), b"changed").await.unwrap();
+    f.vfs.write(&p("top"), b"changed".to_vec()).await.unwrap();
     f.vfs.remove_dir_all(&p("docs")).await.unwrap();
     f.vfs.discard().await.unwrap();
     assert_eq!(f.vfs.read(&p("top")).await.unwrap(), b"top");
@@ -153,7 +162,7 @@ async fn copy_up_streams_large_files() {
     let f = fx();
     let big: Vec<u8> = (0..24 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(f.lower("big.bin"), &big).unwrap();
-    f.vfs.append(&p("big.bin"), b"!").await.unwrap();
+    f.vfs.append(&p("big.bin"), b"!".to_vec()).await.unwrap();
     let read = f.vfs.read(&p("big.bin")).await.unwrap();
     assert_eq!(read.len(), big.len() + 1);
     assert!(read[..big.len()] == big[..] && read[big.len()] == b'!');
@@ -181,11 +190,14 @@ async fn snapshot(vfs: &OverlayVfs) -> Vec<(String, Option<Vec<u8>>)> {
 #[tokio::test]
 async fn a_commit_interrupted_anywhere_in_phase_one_changes_nothing_visible() {
     let f = fx();
-    f.vfs.write(&p("a.txt"), b"A").await.unwrap();
-    f.vfs.write(&p("docs/a.md"), b"changed").await.unwrap();
+    f.vfs.write(&p("a.txt"), b"A".to_vec()).await.unwrap();
+    f.vfs
+        .write(&p("docs/a.md"), b"changed".to_vec())
+        .await
+        .unwrap();
     f.vfs.remove_file(&p("docs/old/x")).await.unwrap();
     f.vfs.create_dir(&p("b")).await.unwrap();
-    f.vfs.write(&p("b/c.txt"), b"C").await.unwrap();
+    f.vfs.write(&p("b/c.txt"), b"C".to_vec()).await.unwrap();
     let intended = snapshot(&f.vfs).await;
     // Commit applies changes to the lower layer one at a time; stop after some of them, as a
     // crash would, by applying those by hand.
@@ -209,15 +221,15 @@ async fn a_commit_interrupted_anywhere_in_phase_one_changes_nothing_visible() {
 async fn fs_errors_match_a_real_filesystem() {
     let f = fx();
     assert!(matches!(
-        f.vfs.write(&p("nope/x"), b"").await,
+        f.vfs.write(&p("nope/x"), b"".to_vec()).await,
         Err(VfsError::NotFound(_))
     ));
     assert!(matches!(
-        f.vfs.write(&p("top/x"), b"").await,
+        f.vfs.write(&p("top/x"), b"".to_vec()).await,
         Err(VfsError::NotADirectory(_))
     ));
     assert!(matches!(
-        f.vfs.write(&p("docs"), b"").await,
+        f.vfs.write(&p("docs"), b"".to_vec()).await,
         Err(VfsError::IsADirectory(_))
     ));
     assert!(matches!(

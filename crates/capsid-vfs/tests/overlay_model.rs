@@ -214,8 +214,8 @@ async fn run(vfs: &OverlayVfs, op: &Op) -> Outcome {
     let done =
         |r: Result<(), VfsError>| r.map_or_else(|e| Outcome::Err(class(&e)), |()| Outcome::Done);
     match op {
-        Op::Write(i, b) => done(vfs.write(&p(i), &[*b]).await),
-        Op::Append(i, b) => done(vfs.append(&p(i), &[*b]).await),
+        Op::Write(i, b) => done(vfs.write(&p(i), vec![*b]).await),
+        Op::Append(i, b) => done(vfs.append(&p(i), vec![*b]).await),
         Op::Mkdir(i) => done(vfs.create_dir(&p(i)).await),
         Op::RemoveFile(i) => done(vfs.remove_file(&p(i)).await),
         Op::RemoveDir(i) => done(vfs.remove_dir(&p(i)).await),

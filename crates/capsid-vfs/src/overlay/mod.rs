@@ -354,12 +354,12 @@ impl Vfs for OverlayVfs {
         let p = path.clone();
         self.with(move |c| c.read(&p)).await
     }
-    async fn write(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
-        let (p, d) = (path.clone(), data.to_vec());
+    async fn write(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data);
         self.with(move |c| c.write(&p, &d)).await
     }
-    async fn append(&self, path: &VfsPath, data: &[u8]) -> Result<(), VfsError> {
-        let (p, d) = (path.clone(), data.to_vec());
+    async fn append(&self, path: &VfsPath, data: Vec<u8>) -> Result<(), VfsError> {
+        let (p, d) = (path.clone(), data);
         self.with(move |c| c.append(&p, &d)).await
     }
     async fn create_dir(&self, path: &VfsPath) -> Result<(), VfsError> {
