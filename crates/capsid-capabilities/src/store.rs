@@ -4,6 +4,7 @@
 //! `r·id` revoked, `s·id` spent (single use).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -70,6 +71,8 @@ pub struct CapabilityStore {
     /// Verified, unexpired, unrevoked capabilities per principal, loaded on first check.
     verified: RwLock<HashMap<Principal, Arc<Vec<Capability>>>>,
     revoked: RwLock<HashSet<CapabilityId>>,
+    /// Grants made so far; a load that saw it change does not fill the cache.
+    grants: AtomicU64,
 }
 
 fn key(kind: u8, id: &CapabilityId) -> Vec<u8> {
@@ -127,6 +130,7 @@ impl CapabilityStore {
             issuers,
             verified: RwLock::default(),
             revoked: RwLock::new(revoked),
+            grants: AtomicU64::new(0),
         })
     }
 
@@ -173,7 +177,9 @@ impl CapabilityStore {
                 },
             ])
             .await?;
-        // The next check of this principal reloads, seeing the new grant.
+        // The next check of this principal reloads, seeing the new grant; a load already
+        // under way sees the counter move and does not cache what it read.
+        self.grants.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut v) = self.verified.write() {
             v.remove(&principal);
         }
@@ -261,6 +267,7 @@ impl CapabilityStore {
         if let Some(caps) = self.verified.read().map_err(poisoned)?.get(principal) {
             return Ok(caps.clone());
         }
+        let grants_before = self.grants.load(Ordering::Acquire);
         let now = now_ms();
         let loaded = self
             .load(principal)
@@ -272,10 +279,14 @@ impl CapabilityStore {
                 .filter(|c| !expired(c, now) && !self.is_revoked(&c.id))
                 .collect(),
         );
-        self.verified
-            .write()
-            .map_err(poisoned)?
-            .insert(*principal, usable.clone());
+        // A grant made while we were loading may be missing from what we read: cache only
+        // if no grant happened meanwhile (the next check loads again otherwise).
+        if self.grants.load(Ordering::Acquire) == grants_before {
+            self.verified
+                .write()
+                .map_err(poisoned)?
+                .insert(*principal, usable.clone());
+        }
         Ok(usable)
     }
 

@@ -251,7 +251,7 @@ async fn forged_and_foreign_tokens_do_not_verify() {
         .grant(
             f.alice,
             None,
-            "fs://workspace/**",
+            "fs://workspace/notes/**",
             Permissions::READ,
             None,
             false,

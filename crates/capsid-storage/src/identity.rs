@@ -56,7 +56,7 @@ fn user_key(id: &PrincipalId) -> Vec<u8> {
 fn link_prefix(platform: Option<&str>) -> Vec<u8> {
     let mut k = vec![IDENTITY_TAG, LINK];
     if let Some(p) = platform {
-        // Checked by `link_key` callers; a list prefix of an over-long name matches nothing.
+        // Callers check the length first (at most MAX_LINK_PART = 255).
         k.push(u8::try_from(p.len()).unwrap_or(u8::MAX));
         k.extend_from_slice(p.as_bytes());
     }
@@ -169,8 +169,37 @@ impl IdentityStore {
         self.user(&id).await
     }
 
+    /// Every user.
+    pub async fn users(&self) -> Result<Vec<User>, KvError> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let page = self
+                .kv
+                .list(&[IDENTITY_TAG, USER], after.as_deref(), MAX_KV_LIST_LIMIT)
+                .await?;
+            for key in &page.keys {
+                if let Some(v) = self.kv.get(key).await? {
+                    out.push(serde_json::from_slice(&v).map_err(|e| corrupt(key, e))?);
+                }
+            }
+            match page.next {
+                Some(n) => after = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
     /// Every link, optionally of one platform only.
     pub async fn links(&self, platform: Option<&str>) -> Result<Vec<Link>, KvError> {
+        if let Some(p) = platform
+            && (p.is_empty() || p.len() > MAX_LINK_PART)
+        {
+            return Err(KvError::BadKey {
+                len: p.len(),
+                max: MAX_LINK_PART,
+            });
+        }
         let prefix = link_prefix(platform);
         let mut out = Vec::new();
         let mut after: Option<Vec<u8>> = None;

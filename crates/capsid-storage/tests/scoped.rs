@@ -164,11 +164,13 @@ async fn key_count_quota_is_enforced() {
             ..
         }
     ));
-    assert!(
-        !s.compare_and_swap(b"c", None, Some(b"1"))
-            .await
-            .is_ok_and(|swapped| swapped)
-    );
+    assert!(matches!(
+        s.compare_and_swap(b"c", None, Some(b"1")).await,
+        Err(KvError::QuotaExceeded {
+            kind: QuotaKind::Keys,
+            ..
+        })
+    ));
     assert!(s.compare_and_swap(b"a", Some(b"2"), None).await.unwrap());
     s.set(b"c", b"1").await.unwrap();
 }
@@ -201,6 +203,11 @@ async fn identities_link_resolve_and_unlink() {
         Some(alice.clone())
     );
     assert_eq!(ids.resolve("slack", "U999").await.unwrap(), None);
+    assert_eq!(ids.users().await.unwrap(), vec![alice.clone()]);
+    assert!(matches!(
+        ids.links(Some(&"p".repeat(300))).await,
+        Err(KvError::BadKey { .. })
+    ));
     let links = ids.links(Some("slack")).await.unwrap();
     assert_eq!(links.len(), 1);
     assert_eq!(links[0].user, alice.id);

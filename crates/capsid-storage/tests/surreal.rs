@@ -110,3 +110,35 @@ async fn a_corrupted_directory_is_refused_and_left_as_found() {
         .collect();
     assert_eq!(after, before, "nothing repaired or removed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_stay_confined_on_the_durable_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv: Arc<dyn KvStore> = Arc::new(
+        SurrealKvStore::open(&dir.path().join("kv"), Durability::Buffered)
+            .await
+            .unwrap(),
+    );
+    let victim = ScopedKvStore::open(kv.clone(), "notes", Quota::default())
+        .await
+        .unwrap();
+    victim.set(b"secret", b"s").await.unwrap();
+    let quota = Quota {
+        max_bytes: None,
+        max_keys: Some(1),
+    };
+    let snoop = ScopedKvStore::open(kv.clone(), "note", quota)
+        .await
+        .unwrap();
+    for key in [&b"ssecret"[..], b"\x01\x05notessecret", b"\0notes\0secret"] {
+        assert_eq!(snoop.get(key).await.unwrap(), None);
+    }
+    assert!(snoop.list(b"", None, 100).await.unwrap().keys.is_empty());
+    snoop.set(b"a", b"1").await.unwrap();
+    assert!(matches!(
+        snoop.set(b"b", b"1").await,
+        Err(KvError::QuotaExceeded { .. })
+    ));
+    assert_eq!(snoop.get(b"b").await.unwrap(), None);
+    kv.close().await.unwrap();
+}

@@ -31,6 +31,14 @@ pub enum VfsError {
     /// The path, or a symlink on it, leads outside the root.
     #[error("{0}: leads outside the sandbox")]
     Escape(String),
+    /// A write would go through a symbolic link of the lower layer; the overlay refuses it
+    /// rather than replace the link or write to its target.
+    #[error("{0}: writes through symbolic links are refused")]
+    Symlink(String),
+    /// A directory to delete holds entries no VFS path can name; commit stops before
+    /// changing anything rather than delete what nobody could see.
+    #[error("{0}: holds entries with names the VFS cannot address; remove them by hand")]
+    Unaddressable(String),
     /// The overlay's persisted state is unreadable.
     #[error("overlay state {path}: {reason}")]
     State {

@@ -30,6 +30,17 @@ fn kind_of(ft: cap_std::fs::FileType) -> EntryKind {
     }
 }
 
+/// The root itself can be neither removed nor renamed.
+pub(crate) fn refuse_root(p: &VfsPath) -> Result<(), VfsError> {
+    if p.is_root() {
+        return Err(VfsError::InvalidPath {
+            path: String::new(),
+            reason: "the root cannot be removed or moved",
+        });
+    }
+    Ok(())
+}
+
 impl HostVfs {
     /// Opens `root` (which must exist) as the root of a VFS.
     pub fn open(root: &Path) -> Result<Self, VfsError> {
@@ -129,6 +140,37 @@ impl HostVfs {
         Ok(out)
     }
 
+    /// Whether `p` itself is a symbolic link (not followed).
+    pub(crate) fn is_symlink(&self, p: &VfsPath) -> Result<bool, VfsError> {
+        if p.is_root() {
+            return Ok(false);
+        }
+        match self.dir.symlink_metadata(p.to_host()) {
+            Ok(m) => Ok(m.file_type().is_symlink()),
+            Err(e) => match VfsError::from_io(p, e) {
+                VfsError::NotFound(_) | VfsError::NotADirectory(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Whether the directory holds entries a VFS path cannot name (not UTF-8, control
+    /// characters), which listings leave out.
+    pub(crate) fn has_unlisted_entries(&self, p: &VfsPath) -> Result<bool, VfsError> {
+        let entries = if p.is_root() {
+            self.dir.entries()
+        } else {
+            self.dir.read_dir(p.to_host())
+        };
+        for e in entries.map_err(|e| VfsError::from_io(p, e))? {
+            let e = e.map_err(|e| VfsError::from_io(p, e))?;
+            if e.file_name().to_str().is_none_or(|n| p.join(n).is_err()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     pub(crate) fn stat_sync(&self, p: &VfsPath) -> Result<Metadata, VfsError> {
         let m = if p.is_root() {
             self.dir.dir_metadata()
@@ -152,24 +194,30 @@ impl HostVfs {
     }
 
     pub(crate) fn remove_file_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        refuse_root(p)?;
         self.dir
             .remove_file(p.to_host())
             .map_err(|e| VfsError::from_io(p, e))
     }
 
     pub(crate) fn remove_dir_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        refuse_root(p)?;
         self.dir
             .remove_dir(p.to_host())
             .map_err(|e| VfsError::from_io(p, e))
     }
 
     pub(crate) fn remove_dir_all_sync(&self, p: &VfsPath) -> Result<(), VfsError> {
+        // cap-std would empty the root before failing to remove it.
+        refuse_root(p)?;
         self.dir
             .remove_dir_all(p.to_host())
             .map_err(|e| VfsError::from_io(p, e))
     }
 
     pub(crate) fn rename_sync(&self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
+        refuse_root(from)?;
+        refuse_root(to)?;
         self.dir
             .rename(from.to_host(), &self.dir, to.to_host())
             .map_err(|e| VfsError::from_io(from, e))

@@ -144,3 +144,26 @@ fn hostile_paths_never_parse() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_root_can_be_neither_removed_nor_moved() {
+    let f = fx();
+    let root = VfsPath::root();
+    assert!(matches!(
+        f.vfs.remove_dir_all(&root).await,
+        Err(VfsError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        f.vfs.remove_dir(&root).await,
+        Err(VfsError::InvalidPath { .. })
+    ));
+    assert!(matches!(
+        f.vfs.rename(&root, &p("elsewhere")).await,
+        Err(VfsError::InvalidPath { .. })
+    ));
+    assert_eq!(
+        std::fs::read(f.root.join("notes/a.md")).unwrap(),
+        b"hello",
+        "nothing emptied"
+    );
+}

@@ -265,3 +265,64 @@ async fn a_corrupt_state_file_is_refused_not_reset() {
     assert!(matches!(err, VfsError::State { .. }), "{err}");
     assert_eq!(std::fs::read(&state).unwrap(), b"{ not json");
 }
+
+#[tokio::test]
+async fn writes_through_a_lower_symlink_are_refused_and_the_link_survives_commit() {
+    let f = fx();
+    std::os::unix::fs::symlink("docs", f.lower("docs-link")).unwrap();
+    std::os::unix::fs::symlink("top", f.lower("top-link")).unwrap();
+    assert_eq!(
+        f.vfs.read(&p("docs-link/a.md")).await.unwrap(),
+        b"lower a",
+        "reads follow in-root links"
+    );
+    assert!(matches!(
+        f.vfs.write(&p("docs-link/new"), b"x".to_vec()).await,
+        Err(VfsError::Symlink(_))
+    ));
+    assert!(matches!(
+        f.vfs.append(&p("top-link"), b"x".to_vec()).await,
+        Err(VfsError::Symlink(_))
+    ));
+    assert!(matches!(
+        f.vfs.write(&p("top-link"), b"x".to_vec()).await,
+        Err(VfsError::Symlink(_))
+    ));
+    f.vfs.write(&p("docs/b.md"), b"b".to_vec()).await.unwrap();
+    f.vfs.commit().await.unwrap();
+    assert!(
+        std::fs::symlink_metadata(f.lower("docs-link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(f.lower("docs-link/b.md")).unwrap(), b"b");
+}
+
+#[tokio::test]
+async fn commit_refuses_to_delete_entries_nobody_could_see() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = fx();
+    let hidden = f
+        .lower("docs/old")
+        .join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+    std::fs::write(&hidden, b"x").unwrap();
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    f.vfs.write(&p("top"), b"changed".to_vec()).await.unwrap();
+    assert!(matches!(f.vfs.commit().await, Err(VfsError::Unaddressable(ref d)) if d == "docs/old"));
+    assert!(hidden.exists());
+    assert_eq!(
+        std::fs::read(f.lower("top")).unwrap(),
+        b"top",
+        "nothing applied"
+    );
+}
+
+#[tokio::test]
+async fn a_work_directory_inside_the_lower_layer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir_all(&lower).unwrap();
+    let err = OverlayVfs::open(&lower, &lower.join(".capsid")).unwrap_err();
+    assert!(matches!(err, VfsError::InvalidPath { .. }), "{err}");
+}

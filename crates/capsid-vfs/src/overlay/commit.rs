@@ -126,6 +126,14 @@ impl Core {
     /// atomic write, then empties the upper layer, whose content now equals the lower's.
     pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
         let changes = self.diff()?;
+        for c in &changes {
+            if c.kind == ChangeKind::Deleted
+                && c.entry == EntryKind::Dir
+                && self.lower.has_unlisted_entries(&c.path)?
+            {
+                return Err(VfsError::Unaddressable(c.path.to_string()));
+            }
+        }
         let mut deletions: Vec<&Change> = changes
             .iter()
             .filter(|c| c.kind == ChangeKind::Deleted)

@@ -40,6 +40,16 @@ impl OverlayVfs {
     /// Opens an overlay of `lower` (an existing directory), keeping changes and state in
     /// `work` (created if missing; must not be inside `lower`).
     pub fn open(lower: &Path, work: &Path) -> Result<Self, VfsError> {
+        std::fs::create_dir_all(work).map_err(|e| VfsError::from_io(&work.display(), e))?;
+        let canonical =
+            |p: &Path| std::fs::canonicalize(p).map_err(|e| VfsError::from_io(&p.display(), e));
+        let (lower_abs, work_abs) = (canonical(lower)?, canonical(work)?);
+        if work_abs.starts_with(&lower_abs) || lower_abs.starts_with(&work_abs) {
+            return Err(VfsError::InvalidPath {
+                path: work.display().to_string(),
+                reason: "the overlay's work directory and its lower layer must not contain each other",
+            });
+        }
         let upper_dir = work.join("upper");
         std::fs::create_dir_all(&upper_dir)
             .map_err(|e| VfsError::from_io(&upper_dir.display(), e))?;
@@ -139,8 +149,18 @@ impl Core {
         }
     }
 
-    /// Makes sure the upper layer has directory `d` (a directory of the merged view).
-    fn upper_dir(&self, d: &VfsPath) -> Result<(), VfsError> {
+    /// Makes sure the upper layer has directory `d` (a directory of the merged view), and
+    /// that nothing at or above `target` is a visible symlink of the lower layer: copying a
+    /// link's target up would turn the link into a directory at commit.
+    fn upper_dir(&self, d: &VfsPath, target: &VfsPath) -> Result<(), VfsError> {
+        for a in target.ancestors_and_self().skip(1) {
+            if self.upper.try_stat(&a)?.is_none()
+                && !self.lower_hidden(&a)
+                && self.lower.is_symlink(&a)?
+            {
+                return Err(VfsError::Symlink(a.to_string()));
+            }
+        }
         for a in d.ancestors_and_self().skip(1) {
             if self.upper.try_stat(&a)?.is_none() {
                 self.upper.create_dir_sync(&a)?;
@@ -195,7 +215,7 @@ impl Core {
         if self.kind(p)? == Some(EntryKind::Dir) {
             return Err(VfsError::IsADirectory(p.to_string()));
         }
-        self.upper_dir(&parent)?;
+        self.upper_dir(&parent, p)?;
         self.upper.write_sync(p, data)?;
         self.created(p)
     }
@@ -208,7 +228,7 @@ impl Core {
             (Some(_), _) => self.upper.append_sync(p, data),
             (None, Some(_)) => {
                 let parent = self.require_parent_dir(p)?;
-                self.upper_dir(&parent)?;
+                self.upper_dir(&parent, p)?;
                 self.upper.copy_in_atomic(&self.lower, p, p)?;
                 self.upper.append_sync(p, data)
             }
@@ -221,7 +241,7 @@ impl Core {
         if self.stat(p)?.is_some() {
             return Err(VfsError::AlreadyExists(p.to_string()));
         }
-        self.upper_dir(&parent)?;
+        self.upper_dir(&parent, p)?;
         self.upper.create_dir_sync(p)?;
         self.created(p)
     }
@@ -275,10 +295,13 @@ impl Core {
             Some(_) => {}
         }
         let lower_visible = self.lower_stat(p)?.is_some();
-        if self.upper.try_stat(p)?.is_some() {
+        let in_upper = self.upper.try_stat(p)?.is_some();
+        // Whiteout first: a crash after it cannot bring the lower version back.
+        self.deleted(p, lower_visible)?;
+        if in_upper {
             self.upper.remove_file_sync(p)?;
         }
-        self.deleted(p, lower_visible)
+        Ok(())
     }
 
     fn remove_dir(&mut self, p: &VfsPath, recursive: bool) -> Result<(), VfsError> {
@@ -297,10 +320,12 @@ impl Core {
             return Err(VfsError::NotEmpty(p.to_string()));
         }
         let lower_visible = self.lower_stat(p)?.is_some();
-        if self.upper.try_stat(p)?.is_some() {
+        let in_upper = self.upper.try_stat(p)?.is_some();
+        self.deleted(p, lower_visible)?;
+        if in_upper {
             self.upper.remove_dir_all_sync(p)?;
         }
-        self.deleted(p, lower_visible)
+        Ok(())
     }
 
     fn rename(&mut self, from: &VfsPath, to: &VfsPath) -> Result<(), VfsError> {
@@ -338,7 +363,7 @@ impl Core {
             return Ok(());
         }
         let parent = self.require_parent_dir(to)?;
-        self.upper_dir(&parent)?;
+        self.upper_dir(&parent, to)?;
         if self.upper.try_stat(from)?.is_some() {
             self.upper.copy_in_atomic(&self.upper, from, to)?;
         } else {
