@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use capsid_vfs::{EntryKind, OverlayVfs, Vfs, VfsError, VfsPath};
+use capsid_vfs::{Change, ChangeKind, EntryKind, OverlayVfs, Vfs, VfsError, VfsPath};
 use proptest::prelude::*;
 
 const PATHS: &[&str] = &["a", "b", "a/x", "a/y", "b/x", "a/x/z", "c", "c/d"];
@@ -20,6 +20,11 @@ enum Op {
     Rename(usize, usize),
     Read(usize),
     List(usize),
+    MkdirAll(usize),
+    Exists(usize),
+    Diff,
+    Commit,
+    Discard,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -33,7 +38,12 @@ fn op() -> impl Strategy<Value = Op> {
         i.clone().prop_map(Op::RemoveDirAll),
         (i.clone(), i.clone()).prop_map(|(a, b)| Op::Rename(a, b)),
         i.clone().prop_map(Op::Read),
-        i.prop_map(Op::List),
+        i.clone().prop_map(Op::List),
+        i.clone().prop_map(Op::MkdirAll),
+        i.prop_map(Op::Exists),
+        Just(Op::Diff),
+        Just(Op::Commit),
+        Just(Op::Discard),
     ]
 }
 
@@ -44,8 +54,66 @@ enum Node {
 }
 
 /// The reference: a map from path to node. The root always exists.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Model(BTreeMap<String, Node>);
+
+/// The model of an overlay: what the lower layer holds and what the merged view shows.
+#[derive(Debug, Clone)]
+struct Layers {
+    lower: Model,
+    merged: Model,
+}
+
+impl Layers {
+    fn apply(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Commit => {
+                let changes = self.diff();
+                self.lower = self.merged.clone();
+                Outcome::Changes(changes)
+            }
+            Op::Discard => {
+                self.merged = self.lower.clone();
+                Outcome::Done
+            }
+            Op::Diff => Outcome::Changes(self.diff()),
+            other => self.merged.apply(other),
+        }
+    }
+
+    fn diff(&self) -> Vec<Change> {
+        let kind = |n: &Node| {
+            if *n == Node::Dir {
+                EntryKind::Dir
+            } else {
+                EntryKind::File
+            }
+        };
+        let change = |p: &str, kind, entry| Change {
+            path: VfsPath::parse(p).unwrap(),
+            kind,
+            entry,
+        };
+        let mut out = Vec::new();
+        for (p, n) in &self.lower.0 {
+            match self.merged.0.get(p) {
+                Some(m) if kind(m) == kind(n) => {
+                    if m != n {
+                        out.push(change(p, ChangeKind::Modified, kind(n)));
+                    }
+                }
+                _ => out.push(change(p, ChangeKind::Deleted, kind(n))),
+            }
+        }
+        for (p, m) in &self.merged.0 {
+            if self.lower.0.get(p).is_none_or(|n| kind(n) != kind(m)) {
+                out.push(change(p, ChangeKind::Added, kind(m)));
+            }
+        }
+        out.sort();
+        out
+    }
+}
 
 /// What an operation returned, errors reduced to their kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +121,8 @@ enum Outcome {
     Done,
     Bytes(Vec<u8>),
     Names(Vec<(String, bool)>),
+    Flag(bool),
+    Changes(Vec<Change>),
     Err(&'static str),
 }
 
@@ -140,6 +210,9 @@ impl Model {
                 }
             }
             Op::Rename(a, b) => self.rename(PATHS[*a], PATHS[*b]),
+            Op::MkdirAll(i) => self.mkdir_all(PATHS[*i]),
+            Op::Exists(i) => Ok(Outcome::Flag(self.get(PATHS[*i]).is_some())),
+            Op::Diff | Op::Commit | Op::Discard => unreachable!("handled by Layers"),
             Op::Read(i) => match self.get(PATHS[*i]) {
                 None => Err("not-found"),
                 Some(Node::Dir) => Err("is-dir"),
@@ -166,6 +239,24 @@ impl Model {
         };
         r.unwrap_or_else(Outcome::Err)
     }
+    fn mkdir_all(&mut self, target: &str) -> Result<Outcome, &'static str> {
+        let mut prefix = String::new();
+        for seg in target.split('/') {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(seg);
+            match self.get(&prefix) {
+                Some(Node::Dir) => {}
+                Some(Node::File(_)) => return Err("not-dir"),
+                None => {
+                    self.0.insert(prefix.clone(), Node::Dir);
+                }
+            }
+        }
+        Ok(Outcome::Done)
+    }
+
     fn write(&mut self, p: &str, data: &[u8], append: bool) -> Result<Outcome, &'static str> {
         match self.get(p) {
             Some(Node::Dir) => return Err("is-dir"),
@@ -235,6 +326,20 @@ async fn run(vfs: &OverlayVfs, op: &Op) -> Outcome {
                 )
             },
         ),
+        Op::MkdirAll(i) => done(vfs.create_dir_all(&p(i)).await),
+        Op::Exists(i) => vfs
+            .exists(&p(i))
+            .await
+            .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Flag),
+        Op::Diff => vfs
+            .diff()
+            .await
+            .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Changes),
+        Op::Commit => vfs
+            .commit()
+            .await
+            .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Changes),
+        Op::Discard => done(vfs.discard().await),
     }
 }
 
@@ -273,32 +378,47 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
         std::fs::create_dir_all(lower.join("a/x")).unwrap();
         std::fs::write(lower.join("a/y"), b"ly").unwrap();
         std::fs::write(lower.join("b"), b"lb").unwrap();
-        let mut model = host_tree(&lower);
-        let initial = model.0.clone();
+        let start = host_tree(&lower);
+        let mut model = Layers {
+            lower: start.clone(),
+            merged: start,
+        };
         let vfs = OverlayVfs::open(&lower, &tmp.path().join("work")).unwrap();
         for (n, op) in ops.iter().enumerate() {
             let expected = model.apply(op);
             let got = run(&vfs, op).await;
             prop_assert_eq!(&got, &expected, "op #{} {:?}", n, op);
+            // The lower layer changes only by commit, and then to exactly the merged view.
+            prop_assert_eq!(
+                &host_tree(&lower),
+                &model.lower,
+                "lower layer after op #{} {:?}",
+                n,
+                op
+            );
         }
-        prop_assert_eq!(
-            &host_tree(&lower).0,
-            &initial,
-            "lower untouched before commit"
-        );
-        vfs.commit().await.unwrap();
-        prop_assert_eq!(&host_tree(&lower).0, &model.0, "lower after commit");
-        prop_assert!(vfs.diff().await.unwrap().is_empty());
+        // A restart sees the same merged view (markers are persisted).
+        let reopened = OverlayVfs::open(&lower, &tmp.path().join("work")).unwrap();
         for i in 0..PATHS.len() {
             prop_assert_eq!(
-                run(&vfs, &Op::Read(i)).await,
+                run(&reopened, &Op::Read(i)).await,
                 model.clone().apply(&Op::Read(i))
             );
             prop_assert_eq!(
-                run(&vfs, &Op::List(i)).await,
+                run(&reopened, &Op::List(i)).await,
                 model.clone().apply(&Op::List(i))
             );
         }
+        prop_assert_eq!(run(&reopened, &Op::Commit).await, model.apply(&Op::Commit));
+        prop_assert_eq!(
+            &host_tree(&lower),
+            &model.lower,
+            "lower after the final commit"
+        );
+        prop_assert_eq!(
+            run(&reopened, &Op::Diff).await,
+            Outcome::Changes(Vec::new())
+        );
         Ok(())
     })
 }
