@@ -62,3 +62,21 @@ pub const MAX_SEGMENT_BYTES: usize = 255;
 /// Clock skew tolerated when checking a capability's expiry, in milliseconds: a token is
 /// honoured until `expires_at + CAPABILITY_CLOCK_SKEW_MS`.
 pub const CAPABILITY_CLOCK_SKEW_MS: i64 = 5_000;
+
+/// Most memory a capsule instance may be given, in MiB (`limits.memory_mb`).
+pub const MAX_CAPSULE_MEMORY_MB: u64 = 4096;
+
+/// Memory a capsule instance gets when its manifest names none, in MiB.
+pub const DEFAULT_CAPSULE_MEMORY_MB: u64 = 64;
+
+/// Longest per-call deadline a manifest may ask for, in milliseconds.
+pub const MAX_CALL_TIMEOUT_MS: u64 = 10 * 60 * 1000;
+
+/// Per-call deadline when the manifest names none, in milliseconds.
+pub const DEFAULT_CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// Most concurrent instances of one capsule a manifest may ask for.
+pub const MAX_CAPSULE_INSTANCES: u32 = 64;
+
+/// Largest `Capsule.toml` read, in bytes.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;

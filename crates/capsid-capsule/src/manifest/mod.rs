@@ -1,0 +1,484 @@
+//! `Capsule.toml` (DESIGN 3.2): parsing and validation into a [`Manifest`].
+
+mod raw;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use capsid_capabilities::Pattern;
+use capsid_core::CapsuleId;
+use capsid_core::limits::{
+    DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_INSTANCES,
+    MAX_CAPSULE_MEMORY_MB, MAX_MANIFEST_BYTES,
+};
+use toml::Spanned;
+
+use raw::RawManifest;
+
+/// A problem with one manifest: the file, the key, the line, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}: {key}: {message}", file.display())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub file: PathBuf,
+    /// The key at fault, dotted (`capabilities.fs_read`), or the text found there.
+    pub key: String,
+    /// 1-based line (0 when the file could not be read at all).
+    pub line: usize,
+    /// What is wrong and, where it helps, what to write instead.
+    pub message: String,
+}
+
+/// What a capsule runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Component {
+    /// A WebAssembly component, relative to the capsule's directory, optionally pinned.
+    Wasm {
+        /// The component file, relative to the capsule directory (a single clean name path).
+        path: PathBuf,
+        /// The expected blake3 of the file (lowercase hex), if pinned.
+        blake3: Option<String>,
+    },
+    /// A native program, supervised by the runtime.
+    Native {
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
+}
+
+/// What a capsule asks to be allowed. Nothing here is granted by being written down.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// Read access, as `fs://workspace/...` patterns.
+    pub fs_read: Vec<Pattern>,
+    /// Write access, as `fs://workspace/...` patterns.
+    pub fs_write: Vec<Pattern>,
+    /// Programs it may start (bare names or absolute paths).
+    pub process: Vec<String>,
+    /// Whether it may start persistent processes.
+    pub process_persistent: bool,
+    /// Topics it may publish, as `ipc://publish/...` patterns.
+    pub ipc_publish: Vec<Pattern>,
+    /// Topics it subscribes to, as `ipc://subscribe/...` patterns.
+    pub ipc_subscribe: Vec<Pattern>,
+    /// Its KV quota in bytes, if it asks for one.
+    pub kv_quota_bytes: Option<u64>,
+    /// Whether it may reach the network uplink.
+    pub uplink: bool,
+}
+
+/// Resource limits of an instance, with defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Linear memory, in MiB.
+    pub memory_mb: u64,
+    /// Deadline of one call, in milliseconds.
+    pub call_timeout_ms: u64,
+    /// Concurrent instances.
+    pub max_instances: u32,
+}
+
+/// A tool the capsule offers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    /// Its name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// JSON schema of its input (an empty object schema when none is given).
+    pub input_schema: serde_json::Value,
+}
+
+/// An environment variable the capsule reads through `sys` config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvVar {
+    /// Its name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Its default, if any (never for secrets).
+    pub default: Option<String>,
+    /// Whether its value is secret (never logged, never defaulted).
+    pub secret: bool,
+}
+
+/// A validated `Capsule.toml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// `package.name`.
+    pub name: CapsuleId,
+    /// `package.version`.
+    pub version: semver::Version,
+    /// `package.description`.
+    pub description: String,
+    /// `[component]` or `[native]`.
+    pub component: Component,
+    /// `[capabilities]`.
+    pub capabilities: Capabilities,
+    /// `dependencies.requires`.
+    pub requires: Vec<CapsuleId>,
+    /// `[limits]`.
+    pub limits: Limits,
+    /// `[[tool]]`.
+    pub tools: Vec<Tool>,
+    /// `[env.KEY]`.
+    pub env: Vec<EnvVar>,
+}
+
+/// Collects the span-located errors of one file.
+struct Ctx<'a> {
+    file: &'a Path,
+    source: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.source.len());
+        self.source.as_bytes()[..end].split(|&b| b == b'\n').count()
+    }
+
+    fn err(&self, key: &str, span: &Range<usize>, message: impl fmt::Display) -> ManifestError {
+        ManifestError {
+            file: self.file.to_owned(),
+            key: key.to_owned(),
+            line: self.line(span),
+            message: message.to_string(),
+        }
+    }
+
+    fn at<T>(&self, key: &str, value: &Spanned<T>, message: impl fmt::Display) -> ManifestError {
+        self.err(key, &value.span(), message)
+    }
+}
+
+impl Manifest {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Self, ManifestError> {
+        let io = |e: &dyn fmt::Display| ManifestError {
+            file: file.to_owned(),
+            key: String::new(),
+            line: 0,
+            message: e.to_string(),
+        };
+        let meta = std::fs::metadata(file).map_err(|e| io(&e))?;
+        if meta.len() > MAX_MANIFEST_BYTES {
+            return Err(io(&format!(
+                "manifest is {} bytes, the limit is {MAX_MANIFEST_BYTES}",
+                meta.len()
+            )));
+        }
+        let source = std::fs::read_to_string(file).map_err(|e| io(&e))?;
+        Self::parse(file, &source)
+    }
+
+    /// Parses and validates manifest text; `file` is only used to name errors.
+    pub fn parse(file: &Path, source: &str) -> Result<Self, ManifestError> {
+        let cx = Ctx { file, source };
+        let raw: RawManifest = toml::from_str(source).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let found: String = source
+                .get(span.clone())
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect();
+            cx.err(found.trim(), &span, e.message())
+        })?;
+        validate(&cx, raw)
+    }
+}
+
+fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
+    let name = CapsuleId::new(raw.package.name.get_ref())
+        .map_err(|e| cx.at("package.name", &raw.package.name, e))?;
+    let version = semver::Version::parse(raw.package.version.get_ref()).map_err(|e| {
+        cx.at(
+            "package.version",
+            &raw.package.version,
+            format!("not a semantic version: {e}"),
+        )
+    })?;
+    let component = match (raw.component, raw.native) {
+        (Some(c), None) => wasm_component(cx, &c)?,
+        (None, Some(n)) => {
+            let command = n.get_ref().command.get_ref().clone();
+            if command.first().is_none_or(String::is_empty) {
+                return Err(cx.at(
+                    "native.command",
+                    &n.get_ref().command,
+                    "must name a program",
+                ));
+            }
+            Component::Native { command }
+        }
+        (Some(c), Some(_)) => {
+            return Err(cx.at(
+                "component",
+                &c,
+                "give either [component] or [native], not both",
+            ));
+        }
+        (None, None) => {
+            return Err(cx.err(
+                "component",
+                &(0..0),
+                "missing: add [component] wasm = \"...\" or [native] command = [...]",
+            ));
+        }
+    };
+    let requires = raw
+        .dependencies
+        .requires
+        .iter()
+        .map(|r| {
+            let id =
+                CapsuleId::new(r.get_ref()).map_err(|e| cx.at("dependencies.requires", r, e))?;
+            if id == name {
+                return Err(cx.at(
+                    "dependencies.requires",
+                    r,
+                    "a capsule cannot require itself",
+                ));
+            }
+            Ok(id)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Manifest {
+        file: cx.file.to_owned(),
+        name,
+        version,
+        description: raw.package.description,
+        component,
+        capabilities: capabilities(cx, &raw.capabilities)?,
+        requires,
+        limits: limits(cx, &raw.limits)?,
+        tools: tools(cx, raw.tools)?,
+        env: env(cx, raw.env)?,
+    })
+}
+
+fn wasm_component(
+    cx: &Ctx<'_>,
+    c: &Spanned<raw::RawComponent>,
+) -> Result<Component, ManifestError> {
+    let c = c.get_ref();
+    let wasm = c.wasm.get_ref();
+    let clean = !wasm.is_empty()
+        && !wasm.starts_with('/')
+        && wasm
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control));
+    if !clean || Path::new(wasm).extension().and_then(|e| e.to_str()) != Some("wasm") {
+        return Err(cx.at(
+            "component.wasm",
+            &c.wasm,
+            "must be a relative path inside the capsule directory ending in .wasm",
+        ));
+    }
+    let blake3 = match &c.blake3 {
+        None => None,
+        Some(h)
+            if h.get_ref().len() == 64
+                && h.get_ref()
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Some(h.get_ref().clone())
+        }
+        Some(h) => return Err(cx.at("component.blake3", h, "must be 64 lowercase hex digits")),
+    };
+    Ok(Component::Wasm {
+        path: PathBuf::from(wasm),
+        blake3,
+    })
+}
+
+/// Manifest patterns name their scheme differently from capability patterns:
+/// `workspace://notes/**` is `fs://workspace/notes/**`, topic `notes.*` is
+/// `ipc://publish/notes.*`.
+fn patterns(
+    cx: &Ctx<'_>,
+    key: &str,
+    values: &[Spanned<String>],
+    to_uri: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Pattern>, ManifestError> {
+    values
+        .iter()
+        .map(|v| {
+            let uri = to_uri(v.get_ref())
+                .ok_or_else(|| cx.at(key, v, "expected workspace://<path pattern>"))?;
+            Pattern::parse(&uri).map_err(|e| cx.at(key, v, e))
+        })
+        .collect()
+}
+
+fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities, ManifestError> {
+    let fs = |s: &str| {
+        s.strip_prefix("workspace://")
+            .map(|rest| format!("fs://workspace/{rest}"))
+    };
+    let topic = |dir: &'static str| {
+        move |s: &str| (!s.is_empty() && !s.contains('/')).then(|| format!("ipc://{dir}/{s}"))
+    };
+    let process = raw
+        .process
+        .iter()
+        .map(|p| {
+            let cmd = p.get_ref();
+            let bare = !cmd.is_empty()
+                && cmd
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+                && !cmd.starts_with('.');
+            let absolute = cmd.starts_with('/')
+                && cmd[1..].split('/').all(|s| {
+                    !s.is_empty() && s != "." && s != ".." && !s.chars().any(char::is_control)
+                });
+            if bare || absolute {
+                Ok(cmd.clone())
+            } else {
+                Err(cx.at(
+                    "capabilities.process",
+                    p,
+                    "expected a program name (git) or an absolute path (/usr/bin/python3)",
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Capabilities {
+        fs_read: patterns(cx, "capabilities.fs_read", &raw.fs_read, fs)?,
+        fs_write: patterns(cx, "capabilities.fs_write", &raw.fs_write, fs)?,
+        process,
+        process_persistent: raw.process_persistent,
+        ipc_publish: patterns(
+            cx,
+            "capabilities.ipc_publish",
+            &raw.ipc_publish,
+            topic("publish"),
+        )?,
+        ipc_subscribe: patterns(
+            cx,
+            "capabilities.ipc_subscribe",
+            &raw.ipc_subscribe,
+            topic("subscribe"),
+        )?,
+        kv_quota_bytes: raw.kv_quota_bytes,
+        uplink: raw.uplink,
+    })
+}
+
+fn bounded<T: Copy + PartialOrd + fmt::Display>(
+    cx: &Ctx<'_>,
+    key: &str,
+    v: Option<&Spanned<T>>,
+    min: T,
+    max: T,
+    default: T,
+) -> Result<T, ManifestError> {
+    match v {
+        None => Ok(default),
+        Some(s) if *s.get_ref() >= min && *s.get_ref() <= max => Ok(*s.get_ref()),
+        Some(s) => Err(cx.at(key, s, format!("must be between {min} and {max}"))),
+    }
+}
+
+fn limits(cx: &Ctx<'_>, raw: &raw::RawLimits) -> Result<Limits, ManifestError> {
+    Ok(Limits {
+        memory_mb: bounded(
+            cx,
+            "limits.memory_mb",
+            raw.memory_mb.as_ref(),
+            1,
+            MAX_CAPSULE_MEMORY_MB,
+            DEFAULT_CAPSULE_MEMORY_MB,
+        )?,
+        call_timeout_ms: bounded(
+            cx,
+            "limits.call_timeout_ms",
+            raw.call_timeout_ms.as_ref(),
+            1,
+            MAX_CALL_TIMEOUT_MS,
+            DEFAULT_CALL_TIMEOUT_MS,
+        )?,
+        max_instances: bounded(
+            cx,
+            "limits.max_instances",
+            raw.max_instances.as_ref(),
+            1,
+            MAX_CAPSULE_INSTANCES,
+            1,
+        )?,
+    })
+}
+
+fn tools(cx: &Ctx<'_>, raw: Vec<raw::RawTool>) -> Result<Vec<Tool>, ManifestError> {
+    let mut seen = BTreeSet::new();
+    raw.into_iter()
+        .map(|t| {
+            let name = t.name.get_ref();
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+            if !valid {
+                return Err(cx.at("tool.name", &t.name, "use 1 to 64 of [a-z0-9_-]"));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(cx.at(
+                    "tool.name",
+                    &t.name,
+                    "a tool of this name is already declared",
+                ));
+            }
+            let input_schema = match t.input_schema {
+                None => serde_json::json!({ "type": "object" }),
+                Some(s) => serde_json::to_value(s.get_ref())
+                    .map_err(|e| cx.at("tool.input_schema", &s, e))?,
+            };
+            Ok(Tool {
+                name: name.clone(),
+                description: t.description,
+                input_schema,
+            })
+        })
+        .collect()
+}
+
+fn env(
+    cx: &Ctx<'_>,
+    raw: std::collections::BTreeMap<Spanned<String>, raw::RawEnv>,
+) -> Result<Vec<EnvVar>, ManifestError> {
+    raw.into_iter()
+        .map(|(k, v)| {
+            let name = k.get_ref();
+            let valid = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_uppercase() || b == b'_')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                return Err(cx.at("env", &k, "variable names are [A-Z_][A-Z0-9_]*"));
+            }
+            if let (true, Some(d)) = (v.secret, &v.default) {
+                return Err(cx.at(
+                    &format!("env.{name}.default"),
+                    d,
+                    "a secret cannot have a default in the manifest",
+                ));
+            }
+            Ok(EnvVar {
+                name: name.clone(),
+                description: v.description,
+                default: v.default.map(Spanned::into_inner),
+                secret: v.secret,
+            })
+        })
+        .collect()
+}
