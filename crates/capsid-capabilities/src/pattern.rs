@@ -9,6 +9,7 @@
 
 use std::fmt;
 
+use capsid_core::glob::{glob_bytes, wildcard};
 use capsid_core::limits::{MAX_RESOURCE_BYTES, MAX_RESOURCE_SEGMENTS, MAX_SEGMENT_BYTES};
 
 use crate::error::{ParseError, show};
@@ -179,10 +180,7 @@ impl Pattern {
                 |p| *p == Segment::AnyDepth,
                 |p, r| match p {
                     Segment::Literal(l) => l == r,
-                    // Bytewise is exact for UTF-8: '*' is ASCII and literal bytes must match.
-                    Segment::Glob(g) => {
-                        wildcard(g.as_bytes(), r.as_bytes(), |c| *c == b'*', |c, rc| c == rc)
-                    }
+                    Segment::Glob(g) => glob_bytes(g.as_bytes(), r.as_bytes()),
                     Segment::AnyDepth => false,
                 },
             )
@@ -198,38 +196,6 @@ impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
-}
-
-/// Wildcard matching of `items` against `pattern`, where `is_star` elements match any run of
-/// items (including none) and every other element matches one item by `one`. Linear-time
-/// backtracking to the last star, as in classic glob matching.
-fn wildcard<P, I>(
-    pattern: &[P],
-    items: &[I],
-    is_star: impl Fn(&P) -> bool,
-    one: impl Fn(&P, &I) -> bool,
-) -> bool {
-    let (mut p, mut i) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while i < items.len() {
-        if p < pattern.len() && is_star(&pattern[p]) {
-            star = Some((p, i));
-            p += 1;
-        } else if p < pattern.len() && one(&pattern[p], &items[i]) {
-            p += 1;
-            i += 1;
-        } else if let Some((sp, si)) = star {
-            p = sp + 1;
-            i = si + 1;
-            star = Some((sp, si + 1));
-        } else {
-            return false;
-        }
-    }
-    while p < pattern.len() && is_star(&pattern[p]) {
-        p += 1;
-    }
-    p == pattern.len()
 }
 
 #[cfg(test)]

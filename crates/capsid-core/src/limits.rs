@@ -80,3 +80,12 @@ pub const MAX_CAPSULE_INSTANCES: u32 = 64;
 
 /// Largest `Capsule.toml` read, in bytes.
 pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024;
+
+/// Longest event topic or subscription pattern, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 255;
+
+/// Largest event payload, in bytes.
+pub const MAX_EVENT_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// Most events one subscriber may have waiting; more are dropped and counted.
+pub const MAX_SUBSCRIBER_QUEUE: usize = 4096;

@@ -1,0 +1,234 @@
+//! capsid's event bus. Capsules publish to topics (`notes.created`) and subscribe with
+//! patterns (`notes.*`, where `*` matches any run of characters, as in capability patterns).
+//!
+//! Overflow policy: **drop and count.** Every subscriber has its own bounded queue. `publish`
+//! never waits: when a subscriber's queue is full, the event is dropped for that subscriber
+//! only and its [`Subscription::dropped`] counter grows. So a slow or hostile subscriber can
+//! never stall a publisher or the other subscribers, and nothing is lost silently.
+//!
+//! Invariants:
+//! - each subscriber sees the events it receives in publish order;
+//! - a dropped [`Subscription`] is unsubscribed at the next publish that would reach it;
+//! - topics and patterns are validated: lowercase `[a-z0-9._-]`, non-empty dot-separated
+//!   parts, at most `MAX_TOPIC_BYTES`.
+#![deny(missing_docs)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use capsid_core::CapsuleId;
+use capsid_core::glob::glob_bytes;
+use capsid_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_BYTES};
+use tokio::sync::mpsc;
+
+/// Why a topic, pattern, payload or queue size was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// Not a valid topic or pattern.
+    #[error("invalid {what} {value:?}: {reason}")]
+    Invalid {
+        /// "topic" or "pattern".
+        what: &'static str,
+        /// The input (escaped, cut to the limit).
+        value: String,
+        /// The rule it broke.
+        reason: &'static str,
+    },
+    /// The payload is larger than the limit.
+    #[error("event payload of {len} bytes exceeds the limit of {max}")]
+    PayloadTooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A queue capacity outside `1..=MAX_SUBSCRIBER_QUEUE`.
+    #[error("queue capacity {0} is outside 1..={MAX_SUBSCRIBER_QUEUE}")]
+    BadCapacity(usize),
+}
+
+fn check(what: &'static str, value: &str, allow_star: bool) -> Result<(), EventError> {
+    let bad = |reason| EventError::Invalid {
+        what,
+        value: value
+            .chars()
+            .flat_map(char::escape_debug)
+            .take(MAX_TOPIC_BYTES)
+            .collect(),
+        reason,
+    };
+    if value.is_empty() || value.len() > MAX_TOPIC_BYTES {
+        return Err(bad("must be 1 to 255 bytes"));
+    }
+    if !value.bytes().all(|b| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || b"._-".contains(&b)
+            || (allow_star && b == b'*')
+    }) {
+        return Err(bad(if allow_star {
+            "use [a-z0-9._-] and '*'"
+        } else {
+            "use [a-z0-9._-]"
+        }));
+    }
+    if value.split('.').any(str::is_empty) {
+        return Err(bad("empty part (leading, trailing or doubled '.')"));
+    }
+    Ok(())
+}
+
+/// One published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload (JSON by convention, opaque to the bus).
+    pub payload: Vec<u8>,
+    /// The capsule that published it; `None` for the kernel.
+    pub source: Option<CapsuleId>,
+    /// Position in the bus's publish order, from 1.
+    pub seq: u64,
+}
+
+struct Subscriber {
+    pattern: String,
+    tx: mpsc::Sender<Arc<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+/// The bus. Cheap to clone; clones share subscribers.
+#[derive(Clone, Default)]
+pub struct EventBus {
+    subscribers: Arc<RwLock<Vec<Subscriber>>>,
+    seq: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.subscribers.read().map_or(0, |s| s.len());
+        f.debug_struct("EventBus")
+            .field("subscribers", &n)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivery {
+    /// Subscribers whose queue took the event.
+    pub delivered: usize,
+    /// Subscribers whose queue was full (their `dropped` counter grew).
+    pub dropped: usize,
+}
+
+/// A subscriber's end: receive events matching its pattern, in publish order.
+#[derive(Debug)]
+pub struct Subscription {
+    pattern: String,
+    rx: mpsc::Receiver<Arc<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the bus is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Events dropped for this subscriber because its queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The pattern it subscribed with.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes with `pattern`, queueing at most `capacity` events.
+    pub fn subscribe(&self, pattern: &str, capacity: usize) -> Result<Subscription, EventError> {
+        check("pattern", pattern, true)?;
+        if capacity == 0 || capacity > MAX_SUBSCRIBER_QUEUE {
+            return Err(EventError::BadCapacity(capacity));
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        if let Ok(mut subs) = self.subscribers.write() {
+            subs.push(Subscriber {
+                pattern: pattern.to_owned(),
+                tx,
+                dropped: dropped.clone(),
+            });
+        }
+        Ok(Subscription {
+            pattern: pattern.to_owned(),
+            rx,
+            dropped,
+        })
+    }
+
+    /// Publishes to every matching subscriber without waiting (see the overflow policy).
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        source: Option<CapsuleId>,
+    ) -> Result<Delivery, EventError> {
+        check("topic", topic, false)?;
+        if payload.len() > MAX_EVENT_PAYLOAD_BYTES {
+            return Err(EventError::PayloadTooLarge {
+                len: payload.len(),
+                max: MAX_EVENT_PAYLOAD_BYTES,
+            });
+        }
+        let mut delivery = Delivery::default();
+        let mut gone = false;
+        // The write lock orders sequence numbers with queue insertion, so every subscriber
+        // sees events in publish order.
+        let Ok(subs) = self.subscribers.write() else {
+            return Ok(delivery);
+        };
+        let event = Arc::new(Event {
+            topic: topic.to_owned(),
+            payload,
+            source,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+        });
+        for s in subs
+            .iter()
+            .filter(|s| glob_bytes(s.pattern.as_bytes(), topic.as_bytes()))
+        {
+            match s.tx.try_send(event.clone()) {
+                Ok(()) => delivery.delivered += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    s.dropped.fetch_add(1, Ordering::Relaxed);
+                    delivery.dropped += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => gone = true,
+            }
+        }
+        drop(subs);
+        if gone && let Ok(mut subs) = self.subscribers.write() {
+            subs.retain(|s| !s.tx.is_closed());
+        }
+        Ok(delivery)
+    }
+
+    /// Current number of subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.subscribers.read().map_or(0, |s| s.len())
+    }
+}
