@@ -1,9 +1,10 @@
 //! capsid's automation, in Rust rather than shell (the `cargo xtask` convention).
 //!
 //! ```text
-//! cargo xtask test           fmt check, clippy -D warnings, every test in the workspace
-//! cargo xtask bench [group]  run benchmarks (groups: audit, storage); tables and JSON in target/capsid-bench/
-//! cargo xtask run            start capsid (the kernel is not wired yet)
+//! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
+//! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/
+//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule); tables and JSON in target/capsid-bench/
+//! cargo xtask run              start capsid (the kernel is not wired yet)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -14,11 +15,18 @@ use anyhow::{Context, Result, bail};
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
 const BENCH_GROUPS: &[&str] = &["audit", "storage"];
 
+/// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
+const CAPSULE_GROUPS: &[&str] = &["samples", "hostile"];
+
+/// The target the capsules are built for.
+const WASM_TARGET: &str = "wasm32-wasip2";
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = workspace_root();
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
+        Some("build-capsules") => build_capsules(&root).map(|_| ()),
         Some("bench") => bench(&root, args.get(1).map(String::as_str)),
         Some("run") => {
             println!("capsid: not yet wired — the kernel and daemon land with the kernel issue.");
@@ -34,7 +42,8 @@ fn main() -> Result<()> {
 
 fn usage() -> String {
     format!(
-        "usage: cargo xtask <command>\n  test            fmt check, clippy -D warnings, all tests\n  \
+        "usage: cargo xtask <command>\n  test            fmt check, clippy -D warnings, capsules, all tests\n  \
+         build-capsules  build capsules/ for wasm32-wasip2 into target/capsules/\n  \
          bench [group]   benchmarks; groups: {}\n  run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )
@@ -47,10 +56,15 @@ fn workspace_root() -> PathBuf {
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    cargo_with(root, args, &[])
+}
+
+fn cargo_with(root: &Path, args: &[&str], env: &[(&str, &Path)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("$ cargo {}", args.join(" "));
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
         .current_dir(root)
         .status()
         .with_context(|| format!("cannot run {cargo}"))?;
@@ -60,8 +74,80 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Where built capsules go: `target/capsules/<name>/{Capsule.toml,<name>.wasm}`.
+fn capsules_out(root: &Path) -> PathBuf {
+    root.join("target").join("capsules")
+}
+
+/// Builds every capsule under `capsules/` (release, wasm32-wasip2) and lays each out with its
+/// manifest in `target/capsules/<name>/`. Returns that folder.
+fn build_capsules(root: &Path) -> Result<PathBuf> {
+    let wasm_target = root.join("target").join("wasm");
+    let wasm_target_str = wasm_target.to_str().context("target path is not UTF-8")?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--manifest-path",
+            "capsules/Cargo.toml",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+            wasm_target_str,
+        ],
+    )?;
+    let built = wasm_target.join(WASM_TARGET).join("release");
+    let out = capsules_out(root);
+    let mut count = 0;
+    for group in CAPSULE_GROUPS {
+        let group_dir = root.join("capsules").join(group);
+        let entries = std::fs::read_dir(&group_dir)
+            .with_context(|| format!("cannot list {}", group_dir.display()))?;
+        for entry in entries {
+            let dir = entry?.path();
+            let manifest = dir.join("Capsule.toml");
+            if !manifest.is_file() {
+                continue;
+            }
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .context("capsule folder name is not UTF-8")?;
+            let wasm = built.join(format!("{name}.wasm"));
+            let dest = out.join(name);
+            std::fs::create_dir_all(&dest)
+                .with_context(|| format!("cannot create {}", dest.display()))?;
+            std::fs::copy(&manifest, dest.join("Capsule.toml"))
+                .with_context(|| format!("cannot copy {}", manifest.display()))?;
+            std::fs::copy(&wasm, dest.join(format!("{name}.wasm"))).with_context(|| {
+                format!(
+                    "cannot copy {} (does the crate in {} build a {name}.wasm?)",
+                    wasm.display(),
+                    dir.display()
+                )
+            })?;
+            count += 1;
+        }
+    }
+    println!("built {count} capsules into {}", out.display());
+    Ok(out)
+}
+
 fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"])?;
+    cargo(
+        root,
+        &[
+            "fmt",
+            "--all",
+            "--manifest-path",
+            "capsules/Cargo.toml",
+            "--",
+            "--check",
+        ],
+    )?;
     cargo(
         root,
         &[
@@ -74,7 +160,31 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    cargo(root, &["test", "--workspace", "--locked"])
+    let wasm_target = root.join("target").join("wasm");
+    let wasm_target_str = wasm_target.to_str().context("target path is not UTF-8")?;
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--locked",
+            "--manifest-path",
+            "capsules/Cargo.toml",
+            "--target",
+            WASM_TARGET,
+            "--target-dir",
+            wasm_target_str,
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let capsules = build_capsules(root)?;
+    cargo_with(
+        root,
+        &["test", "--workspace", "--locked"],
+        &[("CAPSID_CAPSULES_DIR", &capsules)],
+    )
 }
 
 fn bench(root: &Path, group: Option<&str>) -> Result<()> {

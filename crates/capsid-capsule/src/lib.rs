@@ -1,18 +1,46 @@
-//! capsid's capsule layer. Today: reading and validating `Capsule.toml` manifests
-//! ([`Manifest`]), finding capsules on disk ([`discover`]) and ordering them by their
-//! dependencies ([`load_order`]). The wasmtime engine, host interfaces and registry build on
-//! these.
+//! capsid's capsule layer: everything between a capsule directory on disk and a call into
+//! its WebAssembly component.
+//!
+//! - [`Manifest`] reads and validates `Capsule.toml`; [`discover`] finds capsules;
+//!   [`load_order`] orders them by their dependencies.
+//! - [`CapsuleEngine`] is the one wasmtime engine (component model, async, pooling allocator,
+//!   epoch deadlines) with its signed compiled-component cache.
+//! - The host side of `wit/host.wit` lives in one module per interface (`host/`), generated
+//!   bindings in `bindings.rs`.
+//! - [`Registry`] loads capsules (grants per [`Trust`], compile, instantiate, subscribe),
+//!   calls their tools and unloads them; `dispatch.rs` delivers bus events to them.
 //!
 //! Invariants:
-//! - a manifest is a request, never a grant: parsing one allows nothing;
-//! - unknown keys are errors, and every error names the file, the key and the line;
-//! - one broken capsule never stops the others from being discovered.
+//! - a manifest is a request, never a grant: only [`Trust::Dev`] turns requests into grants;
+//! - a capsule has no ambient authority: WASI is linked with nothing granted, and every
+//!   effect is a host call checked against its capabilities; denials and effectful allows
+//!   are in the audit log before the call returns (an effect only after its record is durable);
+//! - a trap, deadline or memory limit is a typed error and a `failed` capsule, never a panic,
+//!   and never affects another capsule;
+//! - compiled code is loaded from the cache only when the runtime key's signature over it
+//!   verifies.
 #![deny(missing_docs)]
 
+mod bindings;
+mod capsule;
 mod discovery;
+mod dispatch;
+mod engine;
+mod error;
+mod grants;
+mod host;
+mod logbuf;
 mod manifest;
 mod order;
+mod registry;
 
+pub use capsule::{CapsuleState, LoadedCapsule};
 pub use discovery::{Discovery, MANIFEST_FILE, discover};
+pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
+pub use error::{CapsuleError, GuestError};
+pub use grants::{Request, Trust, grant_requested, kv_resource, requested};
+pub use host::HostServices;
+pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use manifest::{Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, Tool};
 pub use order::{DependencyError, load_order};
+pub use registry::{CapsuleInfo, Registry};

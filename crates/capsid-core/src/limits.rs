@@ -89,3 +89,50 @@ pub const MAX_EVENT_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 /// Most events one subscriber may have waiting; more are dropped and counted.
 pub const MAX_SUBSCRIBER_QUEUE: usize = 4096;
+
+/// Largest component file (`.wasm`) a capsule may ship, in bytes.
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How often the engine's epoch advances; call deadlines are counted in these ticks.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Time a call may overrun its deadline inside a host call before it is abandoned (wasm code
+/// is interrupted by the epoch; a host call awaiting I/O is cut by this wall-clock margin).
+pub const HOST_CALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Component instances alive at once across every capsule of one engine (the pooling
+/// allocator reserves their slots up front).
+pub const MAX_LIVE_INSTANCES: u32 = 256;
+
+/// Largest `input-json` handed to `call-tool`, in bytes.
+pub const MAX_TOOL_INPUT_BYTES: usize = 1024 * 1024;
+
+/// Largest result a tool may return, in bytes; a larger one is an error.
+pub const MAX_TOOL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest line a capsule may log, in bytes; longer lines are cut.
+pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
+
+/// Lines kept in each capsule's in-memory log ring; older ones are dropped and counted.
+pub const CAPSULE_LOG_LINES: usize = 1024;
+
+/// Most bytes one `sys.random-bytes` call returns.
+pub const MAX_RANDOM_BYTES: u32 = 4096;
+
+/// Largest file `fs.read` returns and largest `fs.write`/`fs.append` payload, in bytes.
+pub const MAX_FS_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Most entries one `fs.read-dir` returns.
+pub const MAX_FS_DIR_ENTRIES: usize = 10_000;
+
+/// Longest path a capsule may pass to `fs`, in bytes.
+pub const MAX_FS_PATH_BYTES: usize = 4 * 1024;
+
+/// KV quota of a capsule whose manifest asks for none, in bytes.
+pub const DEFAULT_KV_QUOTA_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Largest KV quota a manifest may ask for, in bytes.
+pub const MAX_KV_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Events waiting for one capsule's `handle-event`; more are dropped and counted.
+pub const CAPSULE_EVENT_QUEUE: usize = 256;

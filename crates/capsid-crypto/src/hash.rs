@@ -29,6 +29,8 @@ pub mod domain {
     pub const CAPABILITY: Domain = Domain("capsid 2026-11 capability token v1");
     /// Content addressing of files (wasm components, cache keys).
     pub const CONTENT: Domain = Domain("capsid 2026-11 content v1");
+    /// A compiled component in the on-disk cache (what the runtime key signs).
+    pub const COMPILED_COMPONENT: Domain = Domain("capsid 2026-11 compiled component v1");
 }
 
 /// A 32-byte blake3 digest.
@@ -116,6 +118,7 @@ mod tests {
             domain::AUDIT_GENESIS,
             domain::CAPABILITY,
             domain::CONTENT,
+            domain::COMPILED_COMPONENT,
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use capsid_capabilities::Pattern;
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
-    DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_INSTANCES,
-    MAX_CAPSULE_MEMORY_MB, MAX_MANIFEST_BYTES,
+    DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, DEFAULT_KV_QUOTA_BYTES,
+    MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB, MAX_KV_QUOTA_BYTES,
+    MAX_MANIFEST_BYTES,
 };
 use toml::Spanned;
 
@@ -49,7 +50,7 @@ pub enum Component {
 }
 
 /// What a capsule asks to be allowed. Nothing here is granted by being written down.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Read access, as `fs://workspace/...` patterns.
     pub fs_read: Vec<Pattern>,
@@ -63,8 +64,8 @@ pub struct Capabilities {
     pub ipc_publish: Vec<Pattern>,
     /// Topics it subscribes to, as `ipc://subscribe/...` patterns.
     pub ipc_subscribe: Vec<Pattern>,
-    /// Its KV quota in bytes, if it asks for one.
-    pub kv_quota_bytes: Option<u64>,
+    /// Its KV quota in bytes (the default when it asks for none).
+    pub kv_quota_bytes: u64,
     /// Whether it may reach the network uplink.
     pub uplink: bool,
 }
@@ -366,7 +367,14 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
             &raw.ipc_subscribe,
             topic("subscribe"),
         )?,
-        kv_quota_bytes: raw.kv_quota_bytes,
+        kv_quota_bytes: bounded(
+            cx,
+            "capabilities.kv_quota_bytes",
+            raw.kv_quota_bytes.as_ref(),
+            1,
+            MAX_KV_QUOTA_BYTES,
+            DEFAULT_KV_QUOTA_BYTES,
+        )?,
         uplink: raw.uplink,
     })
 }

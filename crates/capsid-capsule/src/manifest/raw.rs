@@ -61,7 +61,7 @@ pub(super) struct RawCapabilities {
     pub ipc_publish: Vec<Spanned<String>>,
     #[serde(default)]
     pub ipc_subscribe: Vec<Spanned<String>>,
-    pub kv_quota_bytes: Option<u64>,
+    pub kv_quota_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub uplink: bool,
 }

@@ -1,0 +1,118 @@
+//! Write a capsid capsule in a few lines.
+//!
+//! ```ignore
+//! struct Hello;
+//!
+//! impl capsid_guest::Capsule for Hello {
+//!     fn call_tool(name: String, input: String) -> Result<String, capsid_guest::Error> {
+//!         capsid_guest::info(&format!("{name} called"));
+//!         Ok(input)
+//!     }
+//! }
+//!
+//! capsid_guest::capsule!(Hello);
+//! ```
+//!
+//! The host interfaces are re-exported as modules ([`kv`], [`fs`], [`ipc`], [`sys`], [`log`]);
+//! every call is checked against the capsule's grants, so expect [`Error::Denied`] for
+//! anything the operator did not grant.
+#![deny(missing_docs)]
+
+#[doc(hidden)]
+#[allow(missing_docs, clippy::all)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        world: "capsule",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_capsule_bindings",
+        default_bindings_module: "::capsid_guest::__bindings",
+    });
+}
+
+#[doc(hidden)]
+pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
+
+pub use __bindings::capsid::host::types::Error;
+pub use __bindings::capsid::host::{fs, ipc, kv, log, sys};
+
+/// What a capsule implements. Only `call_tool` is required.
+pub trait Capsule {
+    /// Called once per instance with the resolved `[env]` configuration.
+    fn init(config: Vec<(String, String)>) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// An event on a subscribed topic.
+    fn handle_event(topic: String, payload: Vec<u8>) -> Result<(), Error> {
+        let _ = (topic, payload);
+        Ok(())
+    }
+
+    /// Runs tool `name` on JSON `input`, returning JSON.
+    fn call_tool(name: String, input: String) -> Result<String, Error>;
+
+    /// Called before the instance is dropped.
+    fn shutdown() {}
+}
+
+/// Exports `$t` (a type implementing [`Capsule`]) as this component's `guest` interface.
+#[macro_export]
+macro_rules! capsule {
+    ($t:ty) => {
+        #[doc(hidden)]
+        pub struct __CapsidExport;
+
+        impl $crate::__Guest for __CapsidExport {
+            fn init(config: ::std::vec::Vec<(::std::string::String, ::std::string::String)>)
+                -> ::std::result::Result<(), $crate::Error> {
+                <$t as $crate::Capsule>::init(config)
+            }
+            fn handle_event(topic: ::std::string::String, payload: ::std::vec::Vec<u8>)
+                -> ::std::result::Result<(), $crate::Error> {
+                <$t as $crate::Capsule>::handle_event(topic, payload)
+            }
+            fn call_tool(name: ::std::string::String, input_json: ::std::string::String)
+                -> ::std::result::Result<::std::string::String, $crate::Error> {
+                <$t as $crate::Capsule>::call_tool(name, input_json)
+            }
+            fn shutdown() {
+                <$t as $crate::Capsule>::shutdown()
+            }
+        }
+
+        $crate::__bindings::export_capsule_bindings!(__CapsidExport with_types_in $crate::__bindings);
+    };
+}
+
+/// Logs `message` at info level.
+pub fn info(message: &str) {
+    log::log(log::Level::Info, message);
+}
+
+/// Logs `message` at warn level.
+pub fn warn(message: &str) {
+    log::log(log::Level::Warn, message);
+}
+
+/// An `invalid` error with `message`.
+pub fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
+/// The error for a tool name the capsule does not offer.
+pub fn unknown_tool(name: &str) -> Error {
+    Error::Invalid(format!("unknown tool {name:?}"))
+}
+
+/// A short name for an error, for tools that report outcomes as JSON.
+pub fn error_name(e: &Error) -> &'static str {
+    match e {
+        Error::Denied => "denied",
+        Error::Invalid(_) => "invalid",
+        Error::NotFound => "not-found",
+        Error::QuotaExceeded => "quota-exceeded",
+        Error::Internal(_) => "internal",
+    }
+}

@@ -1,0 +1,394 @@
+//! One loaded capsule: its compiled component, the instances that serve its calls, and the
+//! rules for a call (deadline, memory, what a trap does).
+//!
+//! Instances are kept warm and reused: a call takes an idle instance, or instantiates one from
+//! the shared [`CapsulePre`] (and runs its `init`) when none is idle, up to
+//! `limits.max_instances` at once. A trap, deadline or memory limit drops the instance and
+//! leaves the capsule `failed` until it is reloaded; a guest error is an ordinary answer and
+//! the instance goes back to the pool.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use capsid_core::CapsuleId;
+use capsid_core::limits::{HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use wasmtime::Store;
+use wasmtime::Trap;
+
+use crate::bindings::{Capsule as Bindings, CapsulePre, WitError};
+use crate::engine::{CapsuleEngine, LoadKind};
+use crate::error::{CapsuleError, GuestError};
+use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
+use crate::logbuf::{CapsuleLog, LogLevel, LogSource};
+use crate::manifest::Manifest;
+
+/// Where a capsule is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapsuleState {
+    /// Being compiled, granted and instantiated.
+    Loading,
+    /// Serving calls.
+    Ready,
+    /// Refusing calls until reloaded; the reason says why.
+    Failed(String),
+    /// Shutting its instances down.
+    Unloading,
+}
+
+impl std::fmt::Display for CapsuleState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Loading => f.write_str("loading"),
+            Self::Ready => f.write_str("ready"),
+            Self::Failed(reason) => write!(f, "failed ({reason})"),
+            Self::Unloading => f.write_str("unloading"),
+        }
+    }
+}
+
+impl From<WitError> for GuestError {
+    fn from(e: WitError) -> Self {
+        match e {
+            WitError::Denied => Self::Denied,
+            WitError::Invalid(m) => Self::Invalid(m),
+            WitError::NotFound => Self::NotFound,
+            WitError::QuotaExceeded => Self::QuotaExceeded,
+            WitError::Internal(m) => Self::Internal(m),
+        }
+    }
+}
+
+/// A call into the guest's exports.
+enum Call<'a> {
+    Init(&'a [(String, String)]),
+    Tool { name: &'a str, input: &'a str },
+    Event { topic: &'a str, payload: &'a [u8] },
+    Shutdown,
+}
+
+impl Call<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Init(_) => "init",
+            Self::Tool { .. } => "call-tool",
+            Self::Event { .. } => "handle-event",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+struct Warm {
+    store: Store<HostState>,
+    bindings: Bindings,
+}
+
+async fn invoke(
+    warm: &mut Warm,
+    call: &Call<'_>,
+) -> wasmtime::Result<Result<Option<String>, WitError>> {
+    let guest = warm.bindings.capsid_host_guest();
+    let store = &mut warm.store;
+    Ok(match *call {
+        Call::Init(config) => guest.call_init(store, config).await?.map(|()| None),
+        Call::Tool { name, input } => guest.call_call_tool(store, name, input).await?.map(Some),
+        Call::Event { topic, payload } => guest
+            .call_handle_event(store, topic, payload)
+            .await?
+            .map(|()| None),
+        Call::Shutdown => {
+            guest.call_shutdown(store).await?;
+            Ok(None)
+        }
+    })
+}
+
+/// A loaded capsule. Shared behind an `Arc` by the registry and its dispatcher.
+pub struct LoadedCapsule {
+    pub(crate) manifest: Manifest,
+    pub(crate) dir: PathBuf,
+    pub(crate) blake3: String,
+    pub(crate) load_kind: LoadKind,
+    engine: wasmtime::Engine,
+    pre: CapsulePre<HostState>,
+    pub(crate) cx: Arc<CapsuleContext>,
+    idle: Mutex<Vec<Warm>>,
+    permits: Semaphore,
+    state: RwLock<CapsuleState>,
+    pub(crate) dispatchers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for LoadedCapsule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCapsule")
+            .field("name", &self.manifest.name)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedCapsule {
+    pub(crate) fn new(
+        manifest: Manifest,
+        dir: PathBuf,
+        blake3: String,
+        load_kind: LoadKind,
+        engine: wasmtime::Engine,
+        pre: CapsulePre<HostState>,
+        cx: Arc<CapsuleContext>,
+    ) -> Self {
+        let permits = Semaphore::new(manifest.limits.max_instances as usize);
+        Self {
+            manifest,
+            dir,
+            blake3,
+            load_kind,
+            engine,
+            pre,
+            cx,
+            idle: Mutex::default(),
+            permits,
+            state: RwLock::new(CapsuleState::Loading),
+            dispatchers: Mutex::default(),
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &CapsuleId {
+        &self.manifest.name
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> CapsuleState {
+        self.state.read().map_or_else(
+            |_| CapsuleState::Failed("state lock poisoned".into()),
+            |s| s.clone(),
+        )
+    }
+
+    pub(crate) fn set_state(&self, state: CapsuleState) {
+        if let Ok(mut s) = self.state.write() {
+            *s = state;
+        }
+    }
+
+    /// Its log.
+    pub fn log(&self) -> &CapsuleLog {
+        &self.cx.log
+    }
+
+    /// Instances idle in its pool.
+    pub fn idle_instances(&self) -> usize {
+        self.idle.lock().map_or(0, |i| i.len())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.manifest.limits.call_timeout_ms)
+    }
+
+    fn ensure_ready(&self) -> Result<(), CapsuleError> {
+        match self.state() {
+            CapsuleState::Ready => Ok(()),
+            state => Err(CapsuleError::NotReady {
+                capsule: self.name().clone(),
+                state: state.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `call` on `warm` under the capsule's deadline and memory limit.
+    async fn run(&self, warm: &mut Warm, call: &Call<'_>) -> Result<Option<String>, CapsuleError> {
+        let timeout = self.timeout();
+        warm.store.set_epoch_deadline(CapsuleEngine::ticks(timeout));
+        let outcome = tokio::time::timeout(timeout + HOST_CALL_GRACE, invoke(warm, call)).await;
+        match outcome {
+            Err(_) => Err(self.timeout_error()),
+            Ok(Err(trap)) => Err(self.classify(&trap, &warm.store)),
+            Ok(Ok(Err(e))) => Err(CapsuleError::Guest {
+                capsule: self.name().clone(),
+                call: call.name(),
+                error: e.into(),
+            }),
+            Ok(Ok(Ok(answer))) => Ok(answer),
+        }
+    }
+
+    fn timeout_error(&self) -> CapsuleError {
+        CapsuleError::Timeout {
+            capsule: self.name().clone(),
+            timeout_ms: self.manifest.limits.call_timeout_ms,
+        }
+    }
+
+    fn classify(&self, error: &wasmtime::Error, store: &Store<HostState>) -> CapsuleError {
+        if store.data().limiter.hit || error.downcast_ref::<MemoryLimitHit>().is_some() {
+            return CapsuleError::MemoryLimit {
+                capsule: self.name().clone(),
+                memory_mb: self.manifest.limits.memory_mb,
+            };
+        }
+        if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return self.timeout_error();
+        }
+        CapsuleError::Trap {
+            capsule: self.name().clone(),
+            reason: format!("{error:#}"),
+        }
+    }
+
+    /// A new instance, initialised.
+    async fn instantiate(&self) -> Result<Warm, CapsuleError> {
+        let mut store = new_store(
+            &self.engine,
+            self.cx.clone(),
+            self.manifest.limits.memory_mb,
+        );
+        store.set_epoch_deadline(CapsuleEngine::ticks(self.timeout()));
+        let bindings = match self.pre.instantiate_async(&mut store).await {
+            Ok(b) => b,
+            Err(e) => return Err(self.classify(&e, &store)),
+        };
+        let mut warm = Warm { store, bindings };
+        let config = self.cx.config.clone();
+        self.run(&mut warm, &Call::Init(&config)).await?;
+        Ok(warm)
+    }
+
+    /// Instantiates the first instance (running `init`) so that a broken capsule fails at
+    /// load, not at its first call.
+    pub(crate) async fn warm_up(&self) -> Result<(), CapsuleError> {
+        let warm = self.instantiate().await?;
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(warm);
+        }
+        Ok(())
+    }
+
+    /// Runs `call` on an idle (or new) instance, marking the capsule failed if it traps.
+    async fn call(&self, call: Call<'_>) -> Result<Option<String>, CapsuleError> {
+        self.ensure_ready()?;
+        let Ok(Ok(_permit)) = tokio::time::timeout(self.timeout(), self.permits.acquire()).await
+        else {
+            return Err(CapsuleError::Busy {
+                capsule: self.name().clone(),
+                max_instances: self.manifest.limits.max_instances,
+            });
+        };
+        let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let mut warm = match idle {
+            Some(w) => w,
+            None => match self.instantiate().await {
+                Ok(w) => w,
+                Err(e) => return Err(self.fail_if_fatal(e).await),
+            },
+        };
+        match self.run(&mut warm, &call).await {
+            Err(e) if e.is_fatal() => Err(self.fail_if_fatal(e).await),
+            result => {
+                if self.state() == CapsuleState::Ready
+                    && let Ok(mut idle) = self.idle.lock()
+                {
+                    idle.push(warm);
+                }
+                result
+            }
+        }
+    }
+
+    async fn fail_if_fatal(&self, error: CapsuleError) -> CapsuleError {
+        if error.is_fatal() {
+            let reason = error.to_string();
+            self.set_state(CapsuleState::Failed(reason.clone()));
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.clear();
+            }
+            self.cx.log.push(LogLevel::Error, LogSource::Host, &reason);
+            let details = serde_json::json!({ "reason": reason });
+            let _ = self
+                .cx
+                .services
+                .record(
+                    &self.cx.subject,
+                    "capsule.failed",
+                    &format!("capsule://{}", self.name()),
+                    capsid_audit::Decision::Info,
+                    &details,
+                )
+                .await;
+        }
+        error
+    }
+
+    /// Runs tool `tool` with `input_json`.
+    pub async fn call_tool(&self, tool: &str, input_json: &str) -> Result<String, CapsuleError> {
+        if !self.manifest.tools.iter().any(|t| t.name == tool) {
+            return Err(CapsuleError::UnknownTool {
+                capsule: self.name().clone(),
+                tool: tool.to_owned(),
+            });
+        }
+        if input_json.len() > MAX_TOOL_INPUT_BYTES {
+            return Err(self.too_big("tool input", input_json.len(), MAX_TOOL_INPUT_BYTES));
+        }
+        let answer = self
+            .call(Call::Tool {
+                name: tool,
+                input: input_json,
+            })
+            .await?
+            .unwrap_or_default();
+        if answer.len() > MAX_TOOL_OUTPUT_BYTES {
+            return Err(self.too_big("tool output", answer.len(), MAX_TOOL_OUTPUT_BYTES));
+        }
+        Ok(answer)
+    }
+
+    fn too_big(&self, what: &'static str, len: usize, max: usize) -> CapsuleError {
+        CapsuleError::TooBig {
+            capsule: self.name().clone(),
+            what,
+            len,
+            max,
+        }
+    }
+
+    /// Delivers one event to `handle-event`.
+    pub async fn handle_event(&self, topic: &str, payload: &[u8]) -> Result<(), CapsuleError> {
+        self.call(Call::Event { topic, payload }).await.map(|_| ())
+    }
+
+    /// Stops the dispatchers and calls `shutdown` on every idle instance (each under the
+    /// deadline); busy instances are dropped when their call returns.
+    pub(crate) async fn shut_down(&self) {
+        self.set_state(CapsuleState::Unloading);
+        if let Ok(mut d) = self.dispatchers.lock() {
+            for task in d.drain(..) {
+                task.abort();
+            }
+        }
+        let idle: Vec<Warm> = self
+            .idle
+            .lock()
+            .map(|mut i| i.drain(..).collect())
+            .unwrap_or_default();
+        for mut warm in idle {
+            if let Err(e) = self.run(&mut warm, &Call::Shutdown).await {
+                self.cx
+                    .log
+                    .push(LogLevel::Warn, LogSource::Host, &e.to_string());
+            }
+        }
+    }
+}
+
+impl Drop for LoadedCapsule {
+    fn drop(&mut self) {
+        if let Ok(mut d) = self.dispatchers.lock() {
+            for task in d.drain(..) {
+                task.abort();
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The one wasmtime [`Engine`] every capsule runs on: component model, async host calls, the
+//! pooling allocator, epoch interruption driven by a ticker thread, and compilation through
+//! the signed on-disk cache ([`cache`]).
+
+mod cache;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use capsid_core::CapsuleId;
+use capsid_core::limits::{
+    EPOCH_TICK, MAX_CAPSULE_MEMORY_MB, MAX_COMPONENT_BYTES, MAX_LIVE_INSTANCES,
+};
+use capsid_crypto::KeyPair;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::error::CapsuleError;
+
+/// How a component was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadKind {
+    /// Compiled from the `.wasm` (and written to the cache).
+    Compiled,
+    /// Read back from the signed compiled cache.
+    Cached,
+}
+
+/// A compiled component and what it was compiled from.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    /// The component.
+    pub component: Component,
+    /// blake3 of the `.wasm` file, lowercase hex.
+    pub blake3: String,
+    /// Compiled now, or read from the cache.
+    pub kind: LoadKind,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("blake3", &self.blake3)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The engine, its epoch ticker and its compiled cache. Dropping it stops the ticker.
+pub struct CapsuleEngine {
+    engine: Engine,
+    cache: cache::CompiledCache,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for CapsuleEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapsuleEngine")
+            .field("cache", &self.cache.dir())
+            .finish_non_exhaustive()
+    }
+}
+
+fn config() -> Config {
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(MAX_LIVE_INSTANCES)
+        // A Rust component has a few core instances (its module plus shims) and one memory.
+        .total_core_instances(MAX_LIVE_INSTANCES * 4)
+        .total_memories(MAX_LIVE_INSTANCES)
+        .total_tables(MAX_LIVE_INSTANCES * 4)
+        .total_stacks(MAX_LIVE_INSTANCES)
+        .max_memory_size(usize::try_from(MAX_CAPSULE_MEMORY_MB << 20).unwrap_or(usize::MAX));
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+impl CapsuleEngine {
+    /// Builds the engine, caching compiled components in `cache_dir` signed with `key` (only
+    /// files signed by `key` are ever loaded back).
+    pub fn new(cache_dir: &Path, key: Arc<KeyPair>) -> Result<Self, CapsuleError> {
+        let engine = Engine::new(&config()).map_err(|e| CapsuleError::Engine(e.to_string()))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), stop_ticker.clone());
+        std::thread::Builder::new()
+            .name("capsid-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| CapsuleError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Self {
+            engine,
+            cache: cache::CompiledCache::new(cache_dir.to_owned(), key),
+            stop_ticker,
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> &Path {
+        self.cache.dir()
+    }
+
+    /// Epoch ticks that make up `timeout` (at least one).
+    pub fn ticks(timeout: Duration) -> u64 {
+        let tick = EPOCH_TICK.as_micros().max(1);
+        u64::try_from(timeout.as_micros().div_ceil(tick))
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Reads `wasm`, checks it against `pin` (blake3, lowercase hex) if given, and returns
+    /// the compiled component: from the cache when a valid signed entry exists, else
+    /// compiled now (and cached). A cache entry that fails its signature or does not
+    /// deserialize is deleted and rebuilt, never trusted.
+    pub async fn load(
+        &self,
+        capsule: &CapsuleId,
+        wasm: &Path,
+        pin: Option<&str>,
+    ) -> Result<LoadedComponent, CapsuleError> {
+        let read_err = |source| CapsuleError::Read {
+            capsule: capsule.clone(),
+            path: wasm.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(wasm).map_err(read_err)?;
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(CapsuleError::TooLarge {
+                capsule: capsule.clone(),
+                path: wasm.to_owned(),
+                len: meta.len(),
+                max: MAX_COMPONENT_BYTES,
+            });
+        }
+        let bytes = std::fs::read(wasm).map_err(read_err)?;
+        let blake3 = blake3::hash(&bytes).to_hex().to_string();
+        if let Some(expected) = pin
+            && expected != blake3
+        {
+            return Err(CapsuleError::PinMismatch {
+                capsule: capsule.clone(),
+                path: wasm.to_owned(),
+                expected: expected.to_owned(),
+                actual: blake3,
+            });
+        }
+        if let Some(component) = self.cache.get(&self.engine, &blake3) {
+            return Ok(LoadedComponent {
+                component,
+                blake3,
+                kind: LoadKind::Cached,
+            });
+        }
+        let engine = self.engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .map_err(|e| CapsuleError::Engine(format!("compiler task failed: {e}")))?;
+        let component = compiled.map_err(|e| CapsuleError::InvalidComponent {
+            capsule: capsule.clone(),
+            path: wasm.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        self.cache.put(&blake3, &component);
+        Ok(LoadedComponent {
+            component,
+            blake3,
+            kind: LoadKind::Compiled,
+        })
+    }
+
+    /// The cache file a component with this blake3 would use.
+    pub fn cache_path(&self, blake3: &str) -> PathBuf {
+        self.cache.path(blake3)
+    }
+}
+
+impl Drop for CapsuleEngine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}

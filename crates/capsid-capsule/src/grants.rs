@@ -1,0 +1,100 @@
+//! What a manifest asks for, as capability grants, and granting it where policy allows.
+//!
+//! A manifest is a request. [`Trust::Dev`] grants what it requests (the developer's own
+//! capsules on their own machine); [`Trust::Granted`] grants nothing and runs the capsule
+//! with whatever the operator granted before, so a capsule installed from elsewhere cannot
+//! widen its own authority by editing its manifest.
+
+use capsid_capabilities::{CapabilityStore, Permissions};
+use capsid_core::{CapsuleId, Principal};
+
+use crate::Manifest;
+use crate::error::CapsuleError;
+
+/// Whose word a capsule's requests are taken on when it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Grant everything the manifest requests (development).
+    Dev,
+    /// Grant nothing; use only capabilities granted earlier by an operator.
+    Granted,
+}
+
+/// One requested grant: a pattern and the permissions on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The resource pattern (`fs://workspace/notes/**`).
+    pub pattern: String,
+    /// What it allows.
+    pub permissions: Permissions,
+}
+
+/// The `kv://` resource of a capsule's own namespace.
+pub fn kv_resource(capsule: &CapsuleId) -> String {
+    format!("kv://capsule/{capsule}")
+}
+
+/// Everything `manifest` asks for. `process` requests are not included: this runtime has no
+/// process interface to use them with.
+pub fn requested(manifest: &Manifest) -> Vec<Request> {
+    let caps = &manifest.capabilities;
+    let mut out = vec![Request {
+        pattern: kv_resource(&manifest.name),
+        permissions: Permissions::READ.union(Permissions::WRITE),
+    }];
+    let groups = [
+        (&caps.fs_read, Permissions::READ),
+        (&caps.fs_write, Permissions::WRITE),
+        (&caps.ipc_publish, Permissions::PUBLISH),
+        (&caps.ipc_subscribe, Permissions::SUBSCRIBE),
+    ];
+    for (patterns, permissions) in groups {
+        out.extend(patterns.iter().map(|p| Request {
+            pattern: p.as_str().to_owned(),
+            permissions,
+        }));
+    }
+    out
+}
+
+/// Grants `manifest`'s requests to `principal`, limited to the capsule, skipping any that
+/// an unrevoked, unexpiring grant already covers (so reloading does not pile up tokens).
+pub async fn grant_requested(
+    store: &CapabilityStore,
+    principal: Principal,
+    manifest: &Manifest,
+) -> Result<usize, CapsuleError> {
+    let setup = |e: capsid_capabilities::CapabilityError| CapsuleError::Setup {
+        capsule: manifest.name.clone(),
+        what: "granting requested capabilities",
+        message: e.to_string(),
+    };
+    let existing = store.list(&principal).await.map_err(setup)?;
+    let mut granted = 0;
+    for request in requested(manifest) {
+        let covered = existing.iter().any(|g| {
+            let c = &g.capability;
+            !g.revoked
+                && !c.single_use
+                && c.expires_at.is_none()
+                && c.capsule.as_ref() == Some(&manifest.name)
+                && c.pattern.as_str() == request.pattern
+                && c.permissions.contains(request.permissions)
+        });
+        if !covered {
+            store
+                .grant(
+                    principal,
+                    Some(manifest.name.clone()),
+                    &request.pattern,
+                    request.permissions,
+                    None,
+                    false,
+                )
+                .await
+                .map_err(setup)?;
+            granted += 1;
+        }
+    }
+    Ok(granted)
+}

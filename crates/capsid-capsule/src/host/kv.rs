@@ -1,0 +1,85 @@
+//! `capsid:host/kv`: the capsule's own namespace of the store ([`ScopedKvStore`]), checked
+//! against `kv://capsule/<name>` on every call.
+//!
+//! [`ScopedKvStore`]: capsid_storage::ScopedKvStore
+
+use capsid_capabilities::Permissions;
+use capsid_storage::KvError;
+
+use crate::bindings::WitError;
+use crate::bindings::capsid::host::kv::{Host, Page};
+
+use super::HostState;
+
+/// The guest's view of a storage error: its own mistakes in full, the backend's as a bare
+/// `internal` (details go to the host log, not the capsule).
+fn guest_error(e: KvError) -> WitError {
+    match e {
+        KvError::BadKey { .. } | KvError::ValueTooLarge { .. } | KvError::OutOfRange { .. } => {
+            WitError::Invalid(e.to_string())
+        }
+        KvError::QuotaExceeded { .. } => WitError::QuotaExceeded,
+        other => {
+            tracing::error!(error = %other, "capsule kv call failed");
+            WitError::Internal("storage unavailable".into())
+        }
+    }
+}
+
+impl Host for HostState {
+    async fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, WitError> {
+        let cx = &self.cx;
+        cx.authorize("kv.get", Permissions::READ, &cx.kv_resource, false)
+            .await?;
+        cx.kv.get(&key).await.map_err(guest_error)
+    }
+
+    async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), WitError> {
+        let cx = &self.cx;
+        cx.authorize("kv.set", Permissions::WRITE, &cx.kv_resource, true)
+            .await?;
+        cx.kv.set(&key, &value).await.map_err(guest_error)
+    }
+
+    async fn delete(&mut self, key: Vec<u8>) -> Result<bool, WitError> {
+        let cx = &self.cx;
+        cx.authorize("kv.delete", Permissions::WRITE, &cx.kv_resource, true)
+            .await?;
+        cx.kv.delete(&key).await.map_err(guest_error)
+    }
+
+    async fn list(
+        &mut self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: u32,
+    ) -> Result<Page, WitError> {
+        let cx = &self.cx;
+        cx.authorize("kv.list", Permissions::READ, &cx.kv_resource, false)
+            .await?;
+        let page = cx
+            .kv
+            .list(&prefix, after.as_deref(), limit as usize)
+            .await
+            .map_err(guest_error)?;
+        Ok(Page {
+            keys: page.keys,
+            next: page.next,
+        })
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, WitError> {
+        let cx = &self.cx;
+        cx.authorize("kv.cas", Permissions::WRITE, &cx.kv_resource, true)
+            .await?;
+        cx.kv
+            .compare_and_swap(&key, expected.as_deref(), new.as_deref())
+            .await
+            .map_err(guest_error)
+    }
+}

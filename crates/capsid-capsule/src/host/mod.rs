@@ -1,0 +1,266 @@
+//! The host side of the capsule WIT, one module per interface (`log`, `sys`, `kv`, `fs`,
+//! `ipc`), plus the per-instance state and the one place capability checks and their audit
+//! entries are made ([`CapsuleContext::authorize`]).
+//!
+//! Audit policy: every denial is recorded; an allow is recorded when the call has an effect
+//! (a write, a publish) and the record is durable before the effect happens. If the record
+//! cannot be written the call is denied. Reads that are allowed are not recorded: they change
+//! nothing, and recording them would put an `fsync` on every `kv.get`.
+
+mod fs;
+mod ipc;
+mod kv;
+mod log;
+mod stdio;
+mod sys;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use capsid_audit::{AuditLog, ChainId, Record};
+use capsid_capabilities::{CapabilityStore, Decision, Permissions, Subject};
+use capsid_core::limits::MAX_AUDIT_FIELD_BYTES;
+use capsid_core::{CapsuleId, Principal};
+use capsid_events::EventBus;
+use capsid_storage::{KvStore, ScopedKvStore};
+use capsid_vfs::Vfs;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::WitError;
+use crate::logbuf::{CapsuleLog, LogSource, sanitize};
+
+/// What every capsule of a runtime shares: authority, audit, storage, files, events.
+#[derive(Clone)]
+pub struct HostServices {
+    /// Answers every capability check.
+    pub capabilities: Arc<CapabilityStore>,
+    /// Where decisions and effects are recorded.
+    pub audit: Arc<AuditLog>,
+    /// The audit chain of this runtime session.
+    pub chain: ChainId,
+    /// The key-value store capsule namespaces live in.
+    pub kv: Arc<dyn KvStore>,
+    /// The workspace as capsules see it (normally an overlay).
+    pub vfs: Arc<dyn Vfs>,
+    /// The event bus.
+    pub bus: EventBus,
+    /// The principal capsules act for.
+    pub principal: Principal,
+}
+
+impl std::fmt::Debug for HostServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostServices")
+            .field("chain", &self.chain)
+            .field("principal", &self.principal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The audit form of a capsule-supplied string: escaped and cut when it is hostile or long.
+pub(crate) fn audit_text(s: &str) -> String {
+    if s.len() <= MAX_AUDIT_FIELD_BYTES && !s.chars().any(char::is_control) {
+        s.to_owned()
+    } else {
+        sanitize(s, MAX_AUDIT_FIELD_BYTES)
+    }
+}
+
+impl HostServices {
+    /// Appends one durable audit entry for `subject`; `Err` when it could not be written.
+    pub(crate) async fn record(
+        &self,
+        subject: &Subject,
+        action: &str,
+        resource: &str,
+        decision: capsid_audit::Decision,
+        details: &serde_json::Value,
+    ) -> Result<(), String> {
+        let mut record = Record::new(subject.principal, action, &audit_text(resource), decision)
+            .and_then(|r| r.details(details))
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = &subject.capsule {
+            record = record.capsule(c.clone());
+        }
+        self.audit
+            .append(self.chain, record)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(action, error = %e, "audit append failed; denying");
+                e.to_string()
+            })
+    }
+}
+
+/// What the host knows about one loaded capsule; shared by its instances.
+pub(crate) struct CapsuleContext {
+    pub name: CapsuleId,
+    pub subject: Subject,
+    pub services: HostServices,
+    pub kv: ScopedKvStore,
+    /// `kv://capsule/<name>`, the resource every KV call is checked against.
+    pub kv_resource: String,
+    /// Resolved `[env]` configuration (secrets included: never log it).
+    pub config: Vec<(String, String)>,
+    pub log: CapsuleLog,
+    pub started: Instant,
+}
+
+impl CapsuleContext {
+    /// Checks `permission` on `resource` for this capsule. Denials are audited; allows are
+    /// audited (durably, before returning) when `effectful`. A failed audit write denies.
+    pub(crate) async fn authorize(
+        &self,
+        op: &str,
+        permission: Permissions,
+        resource: &str,
+        effectful: bool,
+    ) -> Result<(), WitError> {
+        let services = &self.services;
+        match services
+            .capabilities
+            .check(&self.subject, permission, resource)
+            .await
+        {
+            Decision::Allow { grant } => {
+                if effectful {
+                    let details = serde_json::json!({ "grant": grant.to_string() });
+                    services
+                        .record(
+                            &self.subject,
+                            op,
+                            resource,
+                            capsid_audit::Decision::Allow,
+                            &details,
+                        )
+                        .await
+                        .map_err(|_| WitError::Denied)?;
+                }
+                Ok(())
+            }
+            Decision::Deny(reason) => {
+                let details = serde_json::json!({ "reason": reason.to_string() });
+                // Already denying: a failed record changes nothing for the caller.
+                let _ = services
+                    .record(
+                        &self.subject,
+                        op,
+                        resource,
+                        capsid_audit::Decision::Deny,
+                        &details,
+                    )
+                    .await;
+                Err(WitError::Denied)
+            }
+        }
+    }
+
+    /// Records an effect the capsule tried that the host refused after the capability
+    /// check (a symlink leading out of the workspace).
+    pub(crate) async fn record_refusal(&self, op: &str, resource: &str, why: &str) {
+        let details = serde_json::json!({ "reason": why });
+        let _ = self
+            .services
+            .record(
+                &self.subject,
+                op,
+                resource,
+                capsid_audit::Decision::Deny,
+                &details,
+            )
+            .await;
+    }
+}
+
+/// Denies memory growth past the capsule's limit and remembers that it did, so the trap
+/// that follows is reported as a memory limit rather than a generic trap.
+pub(crate) struct MemoryLimiter {
+    max_bytes: usize,
+    pub hit: bool,
+}
+
+/// The error a refused memory growth traps the instance with.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {0} bytes reached")]
+pub(crate) struct MemoryLimitHit(usize);
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryLimitHit(self.max_bytes)));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // Tables hold function references; a component needs a handful. The pool bounds
+        // them too; this keeps a hostile guest from asking for the pool's whole slot.
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The data of one instance's store.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub limiter: MemoryLimiter,
+    pub cx: Arc<CapsuleContext>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl crate::bindings::capsid::host::types::Host for HostState {}
+
+/// A store for one new instance of the capsule in `cx`: WASI with nothing granted (no
+/// preopened directories, no environment, no arguments, no network, stdin closed; stdout and
+/// stderr go to the capsule's log) and memory limited to `memory_mb`.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    cx: Arc<CapsuleContext>,
+    memory_mb: u64,
+) -> Store<HostState> {
+    let wasi = WasiCtx::builder()
+        .stdout(stdio::GuestOutput::new(cx.log.clone(), LogSource::Stdout))
+        .stderr(stdio::GuestOutput::new(cx.log.clone(), LogSource::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build();
+    let max_bytes = usize::try_from(memory_mb << 20).unwrap_or(usize::MAX);
+    let mut store = Store::new(
+        engine,
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes,
+                hit: false,
+            },
+            cx,
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store
+}

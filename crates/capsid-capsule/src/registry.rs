@@ -1,0 +1,355 @@
+//! The registry of capsules: load (manifest, grants, compile, instantiate, subscribe),
+//! unload, reload, and calls by name. One capsule failing — at load or at a call — never
+//! affects the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use capsid_capabilities::Subject;
+use capsid_core::CapsuleId;
+use capsid_storage::{Quota, ScopedKvStore};
+use tokio::sync::RwLock;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{Capsule as Bindings, CapsulePre};
+use crate::capsule::{CapsuleState, LoadedCapsule};
+use crate::engine::{CapsuleEngine, LoadKind};
+use crate::error::CapsuleError;
+use crate::grants::{Trust, grant_requested, kv_resource};
+use crate::host::{CapsuleContext, HostServices, HostState};
+use crate::logbuf::CapsuleLog;
+use crate::manifest::{Component, Manifest};
+use crate::{MANIFEST_FILE, dispatch};
+
+/// What the registry reports about a capsule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapsuleInfo {
+    /// Its name.
+    pub name: CapsuleId,
+    /// Its version, when its manifest could be read.
+    pub version: Option<semver::Version>,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its state.
+    pub state: CapsuleState,
+    /// Its tools' names.
+    pub tools: Vec<String>,
+    /// blake3 of its component, once loaded.
+    pub blake3: Option<String>,
+    /// Whether the component was compiled or read from the cache, once loaded.
+    pub load_kind: Option<LoadKind>,
+}
+
+enum Slot {
+    Loading {
+        dir: PathBuf,
+    },
+    Loaded {
+        capsule: Arc<LoadedCapsule>,
+        trust: Trust,
+    },
+    LoadFailed {
+        dir: PathBuf,
+        trust: Trust,
+        reason: String,
+    },
+}
+
+/// Capsules by name, and the engine and services they run on.
+pub struct Registry {
+    engine: Arc<CapsuleEngine>,
+    linker: Linker<HostState>,
+    services: HostServices,
+    slots: RwLock<BTreeMap<CapsuleId, Slot>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry running capsules on `engine` with `services`.
+    pub fn new(engine: Arc<CapsuleEngine>, services: HostServices) -> Result<Self, CapsuleError> {
+        let mut linker = Linker::new(engine.engine());
+        let link =
+            |e: wasmtime::Error| CapsuleError::Engine(format!("linking host interfaces: {e}"));
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        Ok(Self {
+            engine,
+            linker,
+            services,
+            slots: RwLock::default(),
+        })
+    }
+
+    /// The services capsules run with.
+    pub fn services(&self) -> &HostServices {
+        &self.services
+    }
+
+    /// Loads the capsule in `dir` (its `Capsule.toml`), granting its requests if `trust` is
+    /// [`Trust::Dev`]. On failure the capsule is listed as failed with the reason, and the
+    /// error is returned.
+    pub async fn load(&self, dir: &Path, trust: Trust) -> Result<CapsuleInfo, CapsuleError> {
+        let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+        let name = manifest.name.clone();
+        {
+            let mut slots = self.slots.write().await;
+            if matches!(
+                slots.get(&name),
+                Some(Slot::Loading { .. } | Slot::Loaded { .. })
+            ) {
+                return Err(CapsuleError::AlreadyLoaded(name));
+            }
+            slots.insert(
+                name.clone(),
+                Slot::Loading {
+                    dir: dir.to_owned(),
+                },
+            );
+        }
+        let loaded = self.build(manifest, dir, trust).await;
+        let mut slots = self.slots.write().await;
+        match loaded {
+            Ok(capsule) => {
+                let info = info(&capsule);
+                slots.insert(name, Slot::Loaded { capsule, trust });
+                Ok(info)
+            }
+            Err(e) => {
+                slots.insert(
+                    name,
+                    Slot::LoadFailed {
+                        dir: dir.to_owned(),
+                        trust,
+                        reason: e.to_string(),
+                    },
+                );
+                Err(e)
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        manifest: Manifest,
+        dir: &Path,
+        trust: Trust,
+    ) -> Result<Arc<LoadedCapsule>, CapsuleError> {
+        let name = manifest.name.clone();
+        let (wasm, pin) = match &manifest.component {
+            Component::Wasm { path, blake3 } => (dir.join(path), blake3.clone()),
+            Component::Native { .. } => return Err(CapsuleError::NotWasm(name)),
+        };
+        let services = &self.services;
+        if trust == Trust::Dev {
+            grant_requested(&services.capabilities, services.principal, &manifest).await?;
+        }
+        let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
+        let wrong_world = |e: wasmtime::Error| CapsuleError::WrongWorld {
+            capsule: name.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component.component)
+            .map_err(wrong_world)?;
+        let pre = CapsulePre::new(pre).map_err(wrong_world)?;
+        let kv = ScopedKvStore::open(
+            services.kv.clone(),
+            name.as_str(),
+            Quota {
+                max_bytes: Some(manifest.capabilities.kv_quota_bytes),
+                max_keys: None,
+            },
+        )
+        .await
+        .map_err(|e| CapsuleError::Setup {
+            capsule: name.clone(),
+            what: "opening its KV namespace",
+            message: e.to_string(),
+        })?;
+        let config = manifest
+            .env
+            .iter()
+            .filter_map(|v| v.default.clone().map(|d| (v.name.clone(), d)))
+            .collect();
+        let cx = Arc::new(CapsuleContext {
+            name: name.clone(),
+            subject: Subject {
+                principal: services.principal,
+                capsule: Some(name.clone()),
+            },
+            services: services.clone(),
+            kv,
+            kv_resource: kv_resource(&name),
+            config,
+            log: CapsuleLog::new(name.clone()),
+            started: Instant::now(),
+        });
+        let capsule = Arc::new(LoadedCapsule::new(
+            manifest,
+            dir.to_owned(),
+            component.blake3,
+            component.kind,
+            self.engine.engine().clone(),
+            pre,
+            cx,
+        ));
+        capsule.set_state(CapsuleState::Ready);
+        if let Err(e) = capsule.warm_up().await {
+            capsule.set_state(CapsuleState::Failed(e.to_string()));
+            return Err(e);
+        }
+        let tasks = dispatch::start(&capsule)?;
+        if let Ok(mut d) = capsule.dispatchers.lock() {
+            d.extend(tasks);
+        }
+        let details = serde_json::json!({
+            "blake3": capsule.blake3,
+            "version": capsule.manifest.version.to_string(),
+            "trust": format!("{trust:?}"),
+        });
+        services
+            .record(
+                &capsule.cx.subject,
+                "capsule.load",
+                &format!("capsule://{name}"),
+                capsid_audit::Decision::Info,
+                &details,
+            )
+            .await
+            .map_err(|message| CapsuleError::Setup {
+                capsule: name.clone(),
+                what: "recording the load",
+                message,
+            })?;
+        Ok(capsule)
+    }
+
+    /// Unloads a capsule: its dispatchers stop, its idle instances get `shutdown`.
+    pub async fn unload(&self, name: &CapsuleId) -> Result<(), CapsuleError> {
+        let slot = self.slots.write().await.remove(name);
+        match slot {
+            None | Some(Slot::Loading { .. }) => Err(CapsuleError::NotLoaded(name.clone())),
+            Some(Slot::LoadFailed { .. }) => Ok(()),
+            Some(Slot::Loaded { capsule, .. }) => {
+                capsule.shut_down().await;
+                let _ = self
+                    .services
+                    .record(
+                        &capsule.cx.subject,
+                        "capsule.unload",
+                        &format!("capsule://{name}"),
+                        capsid_audit::Decision::Info,
+                        &serde_json::json!({}),
+                    )
+                    .await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Unloads and loads again from the same directory with the same trust (picking up a
+    /// rebuilt component or an edited manifest, and clearing a failed state).
+    pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, CapsuleError> {
+        let (dir, trust) = match self.slots.read().await.get(name) {
+            Some(Slot::Loaded { capsule, trust }) => (capsule.dir.clone(), *trust),
+            Some(Slot::LoadFailed { dir, trust, .. }) => (dir.clone(), *trust),
+            Some(Slot::Loading { .. }) | None => return Err(CapsuleError::NotLoaded(name.clone())),
+        };
+        self.unload(name).await?;
+        self.load(&dir, trust).await
+    }
+
+    /// The loaded capsule called `name`.
+    pub async fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
+        match self.slots.read().await.get(name) {
+            Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
+            Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
+                capsule: name.clone(),
+                state: CapsuleState::Loading.to_string(),
+            }),
+            Some(Slot::LoadFailed { reason, .. }) => Err(CapsuleError::NotReady {
+                capsule: name.clone(),
+                state: CapsuleState::Failed(reason.clone()).to_string(),
+            }),
+            None => Err(CapsuleError::NotLoaded(name.clone())),
+        }
+    }
+
+    /// Runs `tool` of capsule `name` on `input_json`.
+    pub async fn call_tool(
+        &self,
+        name: &CapsuleId,
+        tool: &str,
+        input_json: &str,
+    ) -> Result<String, CapsuleError> {
+        self.get(name).await?.call_tool(tool, input_json).await
+    }
+
+    /// Every capsule the registry knows, by name.
+    pub async fn list(&self) -> Vec<CapsuleInfo> {
+        self.slots
+            .read()
+            .await
+            .iter()
+            .map(|(name, slot)| match slot {
+                Slot::Loaded { capsule, .. } => info(capsule),
+                Slot::Loading { dir } => bare(name, dir, CapsuleState::Loading),
+                Slot::LoadFailed { dir, reason, .. } => {
+                    bare(name, dir, CapsuleState::Failed(reason.clone()))
+                }
+            })
+            .collect()
+    }
+
+    /// What the registry knows about `name`.
+    pub async fn info(&self, name: &CapsuleId) -> Option<CapsuleInfo> {
+        self.list().await.into_iter().find(|i| &i.name == name)
+    }
+
+    /// Unloads every capsule.
+    pub async fn shutdown(&self) {
+        let names: Vec<CapsuleId> = self.slots.read().await.keys().cloned().collect();
+        for name in names {
+            let _ = self.unload(&name).await;
+        }
+    }
+}
+
+fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
+    CapsuleInfo {
+        name: capsule.name().clone(),
+        version: Some(capsule.manifest.version.clone()),
+        dir: capsule.dir.clone(),
+        state: capsule.state(),
+        tools: capsule
+            .manifest
+            .tools
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+        blake3: Some(capsule.blake3.clone()),
+        load_kind: Some(capsule.load_kind),
+    }
+}
+
+fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
+    CapsuleInfo {
+        name: name.clone(),
+        version: None,
+        dir: dir.to_owned(),
+        state,
+        tools: Vec::new(),
+        blake3: None,
+        load_kind: None,
+    }
+}

@@ -1,0 +1,199 @@
+//! Shared fixtures for capsid's cross-crate integration suites: a runtime over a temporary
+//! home (real audit log, real overlay over a real workspace, real engine and cache) and the
+//! capsules `cargo xtask build-capsules` built.
+// Test fixtures: a setup step that fails should fail the test at once, loudly.
+#![allow(clippy::missing_panics_doc, clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use capsid_audit::{AuditLog, ChainId};
+use capsid_capabilities::CapabilityStore;
+use capsid_capsule::{CapsuleEngine, CapsuleInfo, HostServices, Registry, Trust};
+use capsid_core::{CapsuleId, Principal, SessionId};
+use capsid_crypto::KeyPair;
+use capsid_events::EventBus;
+use capsid_storage::{KvStore, MemoryKvStore};
+use capsid_vfs::OverlayVfs;
+
+/// The folder of built capsules: `$CAPSID_CAPSULES_DIR` (set by `cargo xtask test`), else
+/// `target/capsules`. Panics — never skips — when it is missing.
+pub fn capsules_dir() -> PathBuf {
+    let dir = std::env::var_os("CAPSID_CAPSULES_DIR").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("capsules")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        dir.join("hello").join("hello.wasm").is_file(),
+        "the sample capsules are not built in {}: run `cargo xtask build-capsules` \
+         (or `cargo xtask test`, which builds them first)",
+        dir.display()
+    );
+    dir
+}
+
+/// A copy of built capsule `name` in a fresh folder under `into`, so a test may edit or
+/// corrupt it without touching the build output.
+pub fn copy_capsule(name: &str, into: &Path) -> PathBuf {
+    let from = capsules_dir().join(name);
+    let to = into.join(name);
+    std::fs::create_dir_all(&to).expect("create capsule copy");
+    for entry in std::fs::read_dir(&from).expect("list built capsule") {
+        let entry = entry.expect("read built capsule entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy capsule file");
+    }
+    to
+}
+
+/// A capsule id, for tests.
+pub fn id(name: &str) -> CapsuleId {
+    CapsuleId::new(name).expect("valid capsule name")
+}
+
+/// One runtime over a temporary home.
+#[allow(missing_debug_implementations)]
+pub struct Runtime {
+    /// The temporary home (audit log, cache, overlay state, capsule copies).
+    pub home: tempfile::TempDir,
+    /// The workspace the overlay sits on.
+    pub workspace: PathBuf,
+    /// The registry under test.
+    pub registry: Registry,
+    /// The audit log.
+    pub audit: Arc<AuditLog>,
+    /// The capability store.
+    pub caps: Arc<CapabilityStore>,
+    /// The bus.
+    pub bus: EventBus,
+    /// The overlay capsules see.
+    pub overlay: Arc<OverlayVfs>,
+    /// The KV store.
+    pub kv: Arc<dyn KvStore>,
+    /// The engine.
+    pub engine: Arc<CapsuleEngine>,
+    /// The principal capsules act for.
+    pub principal: Principal,
+    /// The session chain.
+    pub chain: ChainId,
+}
+
+impl Runtime {
+    /// A fresh runtime with an empty workspace.
+    pub async fn new() -> Self {
+        let home = tempfile::tempdir().expect("temp home");
+        let workspace = home.path().join("workspace");
+        std::fs::create_dir_all(&workspace).expect("workspace");
+        let secret = *KeyPair::generate().expect("key").to_secret_bytes();
+        let key = || KeyPair::from_secret_bytes(&secret);
+        let audit =
+            Arc::new(AuditLog::open(home.path().join("audit.db"), key()).expect("audit log"));
+        let kv: Arc<dyn KvStore> = Arc::new(MemoryKvStore::new());
+        let caps = Arc::new(
+            CapabilityStore::open(kv.clone(), Arc::new(key()), &[])
+                .await
+                .expect("capability store"),
+        );
+        let overlay =
+            Arc::new(OverlayVfs::open(&workspace, &home.path().join("overlay")).expect("overlay"));
+        let engine = Arc::new(
+            CapsuleEngine::new(&home.path().join("cache"), Arc::new(key())).expect("engine"),
+        );
+        let bus = EventBus::new();
+        let principal = Principal::System;
+        let chain = ChainId::Session(SessionId::new());
+        let registry = Registry::new(
+            engine.clone(),
+            HostServices {
+                capabilities: caps.clone(),
+                audit: audit.clone(),
+                chain,
+                kv: kv.clone(),
+                vfs: overlay.clone(),
+                bus: bus.clone(),
+                principal,
+            },
+        )
+        .expect("registry");
+        Self {
+            home,
+            workspace,
+            registry,
+            audit,
+            caps,
+            bus,
+            overlay,
+            kv,
+            engine,
+            principal,
+            chain,
+        }
+    }
+
+    /// Loads built capsule `name` with dev trust (its requests granted).
+    pub async fn load(&self, name: &str) -> CapsuleInfo {
+        self.registry
+            .load(&capsules_dir().join(name), Trust::Dev)
+            .await
+            .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    }
+
+    /// Calls `tool` of `capsule` and parses the JSON answer.
+    pub async fn call(
+        &self,
+        capsule: &str,
+        tool: &str,
+        input: serde_json::Value,
+    ) -> serde_json::Value {
+        let out = self
+            .registry
+            .call_tool(&id(capsule), tool, &input.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{capsule}.{tool}: {e}"));
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{capsule}.{tool} answered {out:?}: {e}"))
+    }
+
+    /// Every audit entry so far as `(capsule, action, resource, decision)`, in chain order.
+    pub fn audit_entries(&self) -> Vec<AuditRow> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.audit.path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open audit db");
+        let mut stmt = conn
+            .prepare("SELECT capsule, action, resource, decision, details FROM entries ORDER BY id")
+            .expect("prepare");
+        stmt.query_map([], |r| {
+            Ok(AuditRow {
+                capsule: r.get(0)?,
+                action: r.get(1)?,
+                resource: r.get(2)?,
+                decision: r.get(3)?,
+                details: r.get(4)?,
+            })
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+}
+
+/// One audit entry, as the tests look at it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The capsule (empty for none).
+    pub capsule: String,
+    /// The action.
+    pub action: String,
+    /// The resource.
+    pub resource: String,
+    /// `allow`, `deny` or `info`.
+    pub decision: String,
+    /// JSON details.
+    pub details: String,
+}

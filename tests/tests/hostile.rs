@@ -1,0 +1,352 @@
+//! Hostile capsules are contained: each is refused with the right error, its denials are in
+//! the audit log, and the runtime keeps serving the others afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use capsid_capabilities::Permissions;
+use capsid_capsule::{CapsuleError, CapsuleState, GuestError, Trust};
+use capsid_integration_tests::{Runtime, copy_capsule, id};
+use serde_json::{Value, json};
+
+/// Fails (rather than hangs) if a containment mechanism does not fire.
+const PATIENCE: Duration = Duration::from_mins(1);
+
+async fn still_serving(rt: &Runtime) {
+    if rt.registry.get(&id("hello")).await.is_err() {
+        rt.load("hello").await;
+    }
+    assert_eq!(
+        rt.call("hello", "greet", json!({ "name": "after" })).await,
+        json!({ "greeting": "Hello, after!" })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escape_cannot_leave_its_folder() {
+    let rt = Runtime::new().await;
+    let ws = &rt.workspace;
+    std::fs::create_dir_all(ws.join("sandbox")).unwrap();
+    std::fs::create_dir_all(ws.join("outside")).unwrap();
+    std::fs::write(ws.join("sandbox/own.txt"), "mine").unwrap();
+    std::fs::write(ws.join("outside/secret.txt"), "secret").unwrap();
+    let beyond = rt.home.path().join("beyond");
+    std::fs::create_dir_all(&beyond).unwrap();
+    std::fs::write(beyond.join("secret.txt"), "far secret").unwrap();
+    std::os::unix::fs::symlink(&beyond, ws.join("sandbox/link")).unwrap();
+
+    rt.load("escape").await;
+    let out = rt.call("escape", "probe", json!({})).await;
+    let outcome = |k: &str| {
+        out[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} missing: {out}"))
+    };
+    assert_eq!(outcome("read-own"), "ok", "{out}");
+    for attack in [
+        "read-absolute",
+        "read-dotdot",
+        "read-inner-dotdot",
+        "read-dot",
+        "read-double-slash",
+        "read-nul",
+        "read-backslash",
+        "read-percent",
+        "read-other-folder",
+        "list-root",
+        "stat-outside",
+        "read-symlink-out",
+        "write-symlink-out",
+        "write-outside",
+        "rename-out",
+        "remove-outside",
+        "mkdir-outside",
+    ] {
+        assert_eq!(outcome(attack), "denied", "{attack}: {out}");
+    }
+    assert_eq!(outcome("wasi-read"), "refused", "{out}");
+
+    assert_eq!(
+        std::fs::read_to_string(ws.join("outside/secret.txt")).unwrap(),
+        "secret"
+    );
+    assert!(!beyond.join("pwned.txt").exists());
+    rt.overlay.commit().await.unwrap();
+    assert!(!beyond.join("pwned.txt").exists());
+    assert!(!ws.join("outside/pwned.txt").exists());
+    assert!(ws.join("sandbox/own.txt").exists());
+
+    let denials: Vec<_> = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.capsule == "escape" && e.decision == "deny")
+        .collect();
+    for (action, resource) in [
+        ("fs.read", "fs://workspace//etc/passwd"),
+        ("fs.read", "fs://workspace/outside/secret.txt"),
+        ("fs.read", "fs://workspace/sandbox/link/secret.txt"),
+        ("fs.write", "fs://workspace/outside/pwned.txt"),
+    ] {
+        assert!(
+            denials
+                .iter()
+                .any(|e| e.action == action && e.resource == resource),
+            "no {action} denial of {resource} in {denials:#?}"
+        );
+    }
+    still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spin_is_stopped_by_its_deadline_and_fails_alone() {
+    let rt = Runtime::new().await;
+    rt.load("hello").await;
+    rt.load("spin").await;
+    let err = tokio::time::timeout(PATIENCE, rt.registry.call_tool(&id("spin"), "spin", "{}"))
+        .await
+        .expect("the deadline fired")
+        .unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::Timeout { ref capsule, timeout_ms: 200 } if capsule.as_str() == "spin"),
+        "{err:?}"
+    );
+    let info = rt.registry.info(&id("spin")).await.unwrap();
+    assert!(matches!(info.state, CapsuleState::Failed(_)), "{info:?}");
+    let again = rt.registry.call_tool(&id("spin"), "spin", "{}").await;
+    assert!(
+        matches!(again, Err(CapsuleError::NotReady { .. })),
+        "{again:?}"
+    );
+    still_serving(&rt).await;
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .any(|e| e.capsule == "spin" && e.action == "capsule.failed")
+    );
+
+    rt.registry.reload(&id("spin")).await.unwrap();
+    assert_eq!(
+        rt.registry.info(&id("spin")).await.unwrap().state,
+        CapsuleState::Ready
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hog_hits_its_memory_limit() {
+    let rt = Runtime::new().await;
+    rt.load("hog").await;
+    let err = tokio::time::timeout(PATIENCE, rt.registry.call_tool(&id("hog"), "hog", "{}"))
+        .await
+        .expect("the limit fired")
+        .unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::MemoryLimit { memory_mb: 16, .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        rt.registry.info(&id("hog")).await.unwrap().state,
+        CapsuleState::Failed(_)
+    ));
+    still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snoop_sees_only_its_own_keys() {
+    let rt = Runtime::new().await;
+    rt.load("counter").await;
+    rt.call("counter", "increment", json!({ "by": 42 })).await;
+    rt.load("snoop").await;
+    let out = rt.call("snoop", "snoop", json!({})).await;
+    for (probe, seen) in out.as_object().unwrap() {
+        assert!(
+            seen.get("found").is_none(),
+            "{probe} found something: {seen}"
+        );
+    }
+    assert_eq!(out["long"], json!("invalid"));
+    assert_eq!(out["empty"], json!("invalid"));
+    assert_eq!(out["list-all"], json!([b"mine"]));
+    assert_eq!(out["list-header"], json!([]));
+    assert_eq!(
+        rt.call("counter", "get", json!({})).await,
+        json!({ "count": 42 })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shout_cannot_publish_where_it_was_not_granted() {
+    let rt = Runtime::new().await;
+    let mut admin = rt.bus.subscribe("admin.*", 16).unwrap();
+    let mut ok = rt.bus.subscribe("shout.ok", 16).unwrap();
+    rt.load("shout").await;
+    let out = rt.call("shout", "shout", json!({})).await;
+    assert_eq!(
+        out,
+        json!({ "granted": "ok", "forbidden": "denied", "wildcard": "denied", "invalid": "denied" })
+    );
+    assert!(ok.try_recv().is_some());
+    assert!(
+        admin.try_recv().is_none(),
+        "a forbidden event was delivered"
+    );
+    assert!(rt.audit_entries().iter().any(|e| e.capsule == "shout"
+        && e.action == "ipc.publish"
+        && e.resource == "ipc://publish/admin.alerts"
+        && e.decision == "deny"));
+    still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_for_another_world_is_refused_by_name() {
+    let rt = Runtime::new().await;
+    let err = rt
+        .registry
+        .load(
+            &capsid_integration_tests::capsules_dir().join("blank"),
+            Trust::Dev,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::WrongWorld { ref capsule, .. } if capsule.as_str() == "blank"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("capsule blank"), "{err}");
+    let info = rt.registry.info(&id("blank")).await.unwrap();
+    assert!(matches!(info.state, CapsuleState::Failed(_)));
+    still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
+    let rt = Runtime::new().await;
+
+    let garbage = copy_capsule("hello", &rt.home.path().join("garbage"));
+    std::fs::write(garbage.join("hello.wasm"), b"\0asm but not really").unwrap();
+    let err = rt.registry.load(&garbage, Trust::Dev).await.unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::InvalidComponent { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().starts_with("capsule hello:"), "{err}");
+    rt.registry.unload(&id("hello")).await.unwrap();
+
+    let pinned = copy_capsule("hello", &rt.home.path().join("pinned"));
+    let manifest = pinned.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "wasm = \"hello.wasm\"",
+        &format!("wasm = \"hello.wasm\"\nblake3 = \"{}\"", "0".repeat(64)),
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let err = rt.registry.load(&pinned, Trust::Dev).await.unwrap_err();
+    assert!(matches!(err, CapsuleError::PinMismatch { .. }), "{err:?}");
+    rt.registry.unload(&id("hello")).await.unwrap();
+
+    let native = rt.home.path().join("native");
+    std::fs::create_dir_all(&native).unwrap();
+    std::fs::write(
+        native.join("Capsule.toml"),
+        "[package]\nname = \"nat\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"/bin/true\"]\n",
+    )
+    .unwrap();
+    let err = rt.registry.load(&native, Trust::Dev).await.unwrap_err();
+    assert!(matches!(err, CapsuleError::NotWasm(_)), "{err:?}");
+
+    rt.load("hello").await;
+    let err = rt
+        .registry
+        .call_tool(&id("hello"), "nope", "{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CapsuleError::UnknownTool { .. }), "{err:?}");
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(2 << 20));
+    let err = rt
+        .registry
+        .call_tool(&id("hello"), "greet", &huge)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CapsuleError::TooBig { .. }), "{err:?}");
+    let err = rt
+        .registry
+        .call_tool(&id("hello"), "greet", "not json")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CapsuleError::Guest {
+                error: GuestError::Invalid(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        rt.registry.info(&id("hello")).await.unwrap().state,
+        CapsuleState::Ready,
+        "a guest error is an answer, not a failure"
+    );
+    still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_trust_nothing_is_granted_and_revocation_is_immediate() {
+    let rt = Runtime::new().await;
+    rt.registry
+        .load(
+            &capsid_integration_tests::capsules_dir().join("notes"),
+            Trust::Granted,
+        )
+        .await
+        .unwrap();
+    let err = rt
+        .registry
+        .call_tool(&id("notes"), "add", r#"{"name":"a","text":"b"}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CapsuleError::Guest {
+                error: GuestError::Denied,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    rt.registry.unload(&id("notes")).await.unwrap();
+
+    rt.load("notes").await;
+    rt.call("notes", "add", json!({ "name": "a", "text": "b" }))
+        .await;
+    for grant in rt.caps.list(&rt.principal).await.unwrap() {
+        if grant.capability.permissions.contains(Permissions::WRITE)
+            && grant.capability.pattern.as_str().starts_with("fs://")
+        {
+            rt.caps.revoke(grant.capability.id).await.unwrap();
+        }
+    }
+    let err = rt
+        .registry
+        .call_tool(&id("notes"), "add", r#"{"name":"c","text":"d"}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CapsuleError::Guest {
+                error: GuestError::Denied,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let read: Value = serde_json::from_str(
+        &rt.registry
+            .call_tool(&id("notes"), "read", r#"{"name":"a"}"#)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(read, json!({ "text": "b" }), "reads were not revoked");
+}
