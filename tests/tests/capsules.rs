@@ -14,7 +14,7 @@ async fn hello_greets_logs_and_knows_who_it_runs_as() {
     let rt = Runtime::new().await;
     let info = rt.load("hello").await;
     assert_eq!(info.state, CapsuleState::Ready);
-    assert_eq!(info.tools, ["greet", "whoami"]);
+    assert_eq!(info.tools, ["greet", "whoami", "echo"]);
     assert_eq!(info.load_kind, Some(LoadKind::Compiled));
 
     let out = rt.call("hello", "greet", json!({ "name": "Ada" })).await;
@@ -211,7 +211,18 @@ async fn a_changed_component_is_compiled_again() {
 async fn capsules_built_by_xtask_are_all_present() {
     let dir = capsules_dir();
     for name in [
-        "hello", "counter", "notes", "echo", "escape", "spin", "hog", "snoop", "shout", "blank",
+        "hello",
+        "counter",
+        "notes",
+        "echo",
+        "escape",
+        "spin",
+        "hog",
+        "snoop",
+        "shout",
+        "blank",
+        "oversize",
+        "hostcalls",
     ] {
         assert!(
             dir.join(name).join(format!("{name}.wasm")).is_file(),

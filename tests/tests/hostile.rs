@@ -182,7 +182,7 @@ async fn shout_cannot_publish_where_it_was_not_granted() {
     let out = rt.call("shout", "shout", json!({})).await;
     assert_eq!(
         out,
-        json!({ "granted": "ok", "forbidden": "denied", "wildcard": "denied", "invalid": "denied" })
+        json!({ "granted": "ok", "forbidden": "denied", "wildcard": "invalid", "invalid": "invalid" })
     );
     assert!(ok.try_recv().is_some());
     assert!(
@@ -349,4 +349,42 @@ async fn without_trust_nothing_is_granted_and_revocation_is_immediate() {
     )
     .unwrap();
     assert_eq!(read, json!({ "text": "b" }), "reads were not revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_inputs_to_every_host_call_are_refused_and_write_nothing() {
+    let rt = Runtime::new().await;
+    std::fs::create_dir_all(rt.workspace.join("sandbox")).unwrap();
+    let mut big = rt.bus.subscribe("big.topic", 4).unwrap();
+    rt.load("oversize").await;
+    let out = rt.call("oversize", "probe", json!({})).await;
+    for probe in [
+        "kv-key",
+        "kv-value",
+        "kv-list-zero",
+        "kv-list-many",
+        "fs-write",
+        "fs-append",
+        "ipc-payload",
+        "ipc-topic",
+        "random",
+    ] {
+        assert_eq!(out[probe], json!("invalid"), "{probe}: {out}");
+    }
+    assert_eq!(out["kv-quota"], json!("quota-exceeded"), "{out}");
+    assert_eq!(out["kv-unchanged"], json!(true), "{out}");
+    assert!(big.try_recv().is_none());
+    assert!(
+        rt.overlay.diff().await.unwrap().is_empty(),
+        "nothing was written"
+    );
+    let capsule = rt.registry.get(&id("oversize")).await.unwrap();
+    let long = capsule
+        .log()
+        .since(0)
+        .into_iter()
+        .find(|l| l.message.starts_with("xxx"))
+        .expect("the long line was logged");
+    assert_eq!(long.message.len(), 16 * 1024, "cut to the line limit");
+    still_serving(&rt).await;
 }

@@ -13,10 +13,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit", "storage"];
+const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule"];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
-const CAPSULE_GROUPS: &[&str] = &["samples", "hostile"];
+const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];
 
 /// The target the capsules are built for.
 const WASM_TARGET: &str = "wasm32-wasip2";
@@ -81,23 +81,32 @@ fn capsules_out(root: &Path) -> PathBuf {
 
 /// Builds every capsule under `capsules/` (release, wasm32-wasip2) and lays each out with its
 /// manifest in `target/capsules/<name>/`. Returns that folder.
+/// Runs `cargo <command> <args>` on the capsules workspace for the wasm target.
+fn cargo_capsules(root: &Path, command: &str, args: &[&str]) -> Result<()> {
+    let target_dir = wasm_target_dir(root);
+    let target_dir = target_dir.to_str().context("target path is not UTF-8")?;
+    let mut all = vec![
+        command,
+        "--locked",
+        "--manifest-path",
+        "capsules/Cargo.toml",
+        "--target",
+        WASM_TARGET,
+        "--target-dir",
+        target_dir,
+    ];
+    all.extend_from_slice(args);
+    cargo(root, &all)
+}
+
+/// Where the capsules workspace builds (apart from the host's, since it is another target).
+fn wasm_target_dir(root: &Path) -> PathBuf {
+    root.join("target").join("wasm")
+}
+
 fn build_capsules(root: &Path) -> Result<PathBuf> {
-    let wasm_target = root.join("target").join("wasm");
-    let wasm_target_str = wasm_target.to_str().context("target path is not UTF-8")?;
-    cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "--locked",
-            "--manifest-path",
-            "capsules/Cargo.toml",
-            "--target",
-            WASM_TARGET,
-            "--target-dir",
-            wasm_target_str,
-        ],
-    )?;
+    cargo_capsules(root, "build", &["--release"])?;
+    let wasm_target = wasm_target_dir(root);
     let built = wasm_target.join(WASM_TARGET).join("release");
     let out = capsules_out(root);
     let mut count = 0;
@@ -160,25 +169,7 @@ fn test(root: &Path) -> Result<()> {
             "warnings",
         ],
     )?;
-    let wasm_target = root.join("target").join("wasm");
-    let wasm_target_str = wasm_target.to_str().context("target path is not UTF-8")?;
-    cargo(
-        root,
-        &[
-            "clippy",
-            "--workspace",
-            "--locked",
-            "--manifest-path",
-            "capsules/Cargo.toml",
-            "--target",
-            WASM_TARGET,
-            "--target-dir",
-            wasm_target_str,
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
+    cargo_capsules(root, "clippy", &["--workspace", "--", "-D", "warnings"])?;
     let capsules = build_capsules(root)?;
     cargo_with(
         root,
@@ -198,8 +189,13 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
     };
     let out = root.join("target").join("capsid-bench");
     let out_str = out.to_str().context("target path is not UTF-8")?;
+    let capsules = if groups.contains(&"capsule") {
+        build_capsules(root)?
+    } else {
+        capsules_out(root)
+    };
     for g in groups {
-        cargo(
+        cargo_with(
             root,
             &[
                 "run",
@@ -212,6 +208,7 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
                 "--out",
                 out_str,
             ],
+            &[("CAPSID_CAPSULES_DIR", &capsules)],
         )?;
     }
     Ok(())

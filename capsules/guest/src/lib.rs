@@ -106,6 +106,14 @@ pub fn unknown_tool(name: &str) -> Error {
     Error::Invalid(format!("unknown tool {name:?}"))
 }
 
+/// `"ok"`, or the short name of the error: for tools that report outcomes as JSON.
+pub fn outcome<T>(result: &Result<T, Error>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(e) => error_name(e),
+    }
+}
+
 /// A short name for an error, for tools that report outcomes as JSON.
 pub fn error_name(e: &Error) -> &'static str {
     match e {

@@ -3,6 +3,7 @@
 //! `<dir>/<group>.json` (DESIGN section 4).
 
 mod audit;
+mod capsule;
 mod report;
 mod storage;
 
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
     let rows = match group.as_str() {
         "audit" => audit::run()?,
         "storage" => storage::run()?,
+        "capsule" => capsule::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);

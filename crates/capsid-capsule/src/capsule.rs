@@ -306,13 +306,12 @@ impl LoadedCapsule {
             }
             self.cx.log.push(LogLevel::Error, LogSource::Host, &reason);
             let details = serde_json::json!({ "reason": reason });
+            let resource = format!("capsule://{}", self.name());
             let _ = self
                 .cx
-                .services
-                .record(
-                    &self.cx.subject,
+                .note(
                     "capsule.failed",
-                    &format!("capsule://{}", self.name()),
+                    &resource,
                     capsid_audit::Decision::Info,
                     &details,
                 )

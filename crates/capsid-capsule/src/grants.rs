@@ -98,3 +98,46 @@ pub async fn grant_requested(
     }
     Ok(granted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_requests_its_namespace_and_what_it_lists_nothing_more() {
+        let text = r#"
+[package]
+name = "notes"
+version = "1.0.0"
+[component]
+wasm = "notes.wasm"
+[capabilities]
+fs_read = ["workspace://notes/**"]
+ipc_publish = ["notes.*"]
+process = ["git"]
+"#;
+        let manifest = Manifest::parse(std::path::Path::new("Capsule.toml"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got: Vec<(String, u32)> = requested(&manifest)
+            .into_iter()
+            .map(|r| (r.pattern, r.permissions.bits()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "kv://capsule/notes".to_owned(),
+                    Permissions::READ.union(Permissions::WRITE).bits()
+                ),
+                (
+                    "fs://workspace/notes/**".to_owned(),
+                    Permissions::READ.bits()
+                ),
+                (
+                    "ipc://publish/notes.*".to_owned(),
+                    Permissions::PUBLISH.bits()
+                ),
+            ]
+        );
+    }
+}

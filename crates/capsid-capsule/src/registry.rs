@@ -217,9 +217,9 @@ impl Registry {
             "version": capsule.manifest.version.to_string(),
             "trust": format!("{trust:?}"),
         });
-        services
-            .record(
-                &capsule.cx.subject,
+        capsule
+            .cx
+            .note(
                 "capsule.load",
                 &format!("capsule://{name}"),
                 capsid_audit::Decision::Info,
@@ -236,16 +236,26 @@ impl Registry {
 
     /// Unloads a capsule: its dispatchers stop, its idle instances get `shutdown`.
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), CapsuleError> {
-        let slot = self.slots.write().await.remove(name);
+        let slot = {
+            let mut slots = self.slots.write().await;
+            match slots.get(name) {
+                Some(Slot::Loading { .. }) => {
+                    return Err(CapsuleError::NotReady {
+                        capsule: name.clone(),
+                        state: CapsuleState::Loading.to_string(),
+                    });
+                }
+                _ => slots.remove(name),
+            }
+        };
         match slot {
             None | Some(Slot::Loading { .. }) => Err(CapsuleError::NotLoaded(name.clone())),
             Some(Slot::LoadFailed { .. }) => Ok(()),
             Some(Slot::Loaded { capsule, .. }) => {
                 capsule.shut_down().await;
-                let _ = self
-                    .services
-                    .record(
-                        &capsule.cx.subject,
+                let _ = capsule
+                    .cx
+                    .note(
                         "capsule.unload",
                         &format!("capsule://{name}"),
                         capsid_audit::Decision::Info,

@@ -187,6 +187,12 @@ fn every_refusal_names_key_and_line() {
             "memory_mb = 999999",
         ),
         (
+            "kv_quota_bytes = 1048576",
+            "kv_quota_bytes = 0",
+            "capabilities.kv_quota_bytes",
+            "kv_quota_bytes = 0",
+        ),
+        (
             "call_timeout_ms = 2000",
             "call_timeout_ms = 0",
             "limits.call_timeout_ms",

@@ -78,6 +78,11 @@ fn check(what: &'static str, value: &str, allow_star: bool) -> Result<(), EventE
     Ok(())
 }
 
+/// Checks that `topic` is a valid topic (not a pattern): what [`EventBus::publish`] accepts.
+pub fn validate_topic(topic: &str) -> Result<(), EventError> {
+    check("topic", topic, false)
+}
+
 /// One published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {

@@ -2,14 +2,11 @@
 //! attempt got. Containment means: every attempt is `denied`, `invalid` or `not-found`, and
 //! nothing outside the sandbox is read or written.
 
-use capsid_guest::{Capsule, Error, error_name, fs};
+use capsid_guest::{Capsule, Error, fs};
 use serde_json::{Map, Value};
 
 fn outcome<T>(r: Result<T, Error>) -> Value {
-    Value::String(match r {
-        Ok(_) => "ok".into(),
-        Err(e) => error_name(&e).into(),
-    })
+    Value::String(capsid_guest::outcome(&r).into())
 }
 
 struct Escape;

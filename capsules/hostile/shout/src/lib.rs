@@ -1,14 +1,7 @@
 //! Publishes on a topic it was granted and on one it was not; reports both outcomes.
 
-use capsid_guest::{Capsule, Error, error_name, ipc};
+use capsid_guest::{Capsule, Error, ipc, outcome};
 use serde_json::json;
-
-fn outcome(r: Result<(), Error>) -> &'static str {
-    match r {
-        Ok(()) => "ok",
-        Err(e) => error_name(&e),
-    }
-}
 
 struct Shout;
 
@@ -18,10 +11,10 @@ impl Capsule for Shout {
             return Err(capsid_guest::unknown_tool(&name));
         }
         Ok(json!({
-            "granted": outcome(ipc::publish("shout.ok", b"{}")),
-            "forbidden": outcome(ipc::publish("admin.alerts", b"{\"all\":\"yours\"}")),
-            "wildcard": outcome(ipc::publish("shout.*", b"{}")),
-            "invalid": outcome(ipc::publish("Shout..OK", b"{}")),
+            "granted": outcome(&ipc::publish("shout.ok", b"{}")),
+            "forbidden": outcome(&ipc::publish("admin.alerts", b"{\"all\":\"yours\"}")),
+            "wildcard": outcome(&ipc::publish("shout.*", b"{}")),
+            "invalid": outcome(&ipc::publish("Shout..OK", b"{}")),
         })
         .to_string())
     }

@@ -16,6 +16,8 @@ impl Capsule for Hello {
                 capsid_guest::info(&format!("greeting {who}"));
                 Ok(json!({ "greeting": format!("{greeting}, {who}!") }).to_string())
             }
+            // No host calls: what a call costs the runtime itself.
+            "echo" => Ok(input),
             "whoami" => {
                 let caller = sys::caller();
                 Ok(json!({ "principal": caller.principal, "capsule": caller.capsule }).to_string())

@@ -192,3 +192,19 @@ impl Drop for CapsuleEngine {
         self.stop_ticker.store(true, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_round_up_to_whole_ticks() {
+        assert_eq!(CapsuleEngine::ticks(Duration::ZERO), 1);
+        assert_eq!(CapsuleEngine::ticks(EPOCH_TICK), 1);
+        assert_eq!(
+            CapsuleEngine::ticks(EPOCH_TICK + Duration::from_micros(1)),
+            2
+        );
+        assert_eq!(CapsuleEngine::ticks(EPOCH_TICK * 200), 200);
+    }
+}

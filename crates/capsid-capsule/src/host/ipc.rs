@@ -16,6 +16,8 @@ impl Host for HostState {
                 payload.len()
             )));
         }
+        // Topic syntax is public knowledge: a malformed topic is `invalid`, not a denial.
+        capsid_events::validate_topic(&topic).map_err(|e| WitError::Invalid(e.to_string()))?;
         let cx = &self.cx;
         cx.authorize(
             "ipc.publish",

@@ -119,59 +119,47 @@ impl CapsuleContext {
         resource: &str,
         effectful: bool,
     ) -> Result<(), WitError> {
-        let services = &self.services;
-        match services
+        let decision = self
+            .services
             .capabilities
             .check(&self.subject, permission, resource)
-            .await
-        {
-            Decision::Allow { grant } => {
-                if effectful {
-                    let details = serde_json::json!({ "grant": grant.to_string() });
-                    services
-                        .record(
-                            &self.subject,
-                            op,
-                            resource,
-                            capsid_audit::Decision::Allow,
-                            &details,
-                        )
-                        .await
-                        .map_err(|_| WitError::Denied)?;
-                }
-                Ok(())
+            .await;
+        match decision {
+            Decision::Allow { grant } if effectful => {
+                let details = serde_json::json!({ "grant": grant.to_string() });
+                self.note(op, resource, capsid_audit::Decision::Allow, &details)
+                    .await
+                    .map_err(|_| WitError::Denied)
             }
+            Decision::Allow { .. } => Ok(()),
             Decision::Deny(reason) => {
-                let details = serde_json::json!({ "reason": reason.to_string() });
-                // Already denying: a failed record changes nothing for the caller.
-                let _ = services
-                    .record(
-                        &self.subject,
-                        op,
-                        resource,
-                        capsid_audit::Decision::Deny,
-                        &details,
-                    )
-                    .await;
+                self.record_refusal(op, resource, &reason.to_string()).await;
                 Err(WitError::Denied)
             }
         }
     }
 
-    /// Records an effect the capsule tried that the host refused after the capability
-    /// check (a symlink leading out of the workspace).
+    /// Records a refusal: a denied check, or an effect the host refused after the check (a
+    /// symlink leading out of the workspace). The caller is refusing already, so a failed
+    /// record changes nothing for it (and is logged by [`HostServices::record`]).
     pub(crate) async fn record_refusal(&self, op: &str, resource: &str, why: &str) {
         let details = serde_json::json!({ "reason": why });
         let _ = self
-            .services
-            .record(
-                &self.subject,
-                op,
-                resource,
-                capsid_audit::Decision::Deny,
-                &details,
-            )
+            .note(op, resource, capsid_audit::Decision::Deny, &details)
             .await;
+    }
+
+    /// Records `op` on `resource` by this capsule.
+    pub(crate) async fn note(
+        &self,
+        op: &str,
+        resource: &str,
+        decision: capsid_audit::Decision,
+        details: &serde_json::Value,
+    ) -> Result<(), String> {
+        self.services
+            .record(&self.subject, op, resource, decision, details)
+            .await
     }
 }
 
