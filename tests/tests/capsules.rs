@@ -222,6 +222,7 @@ async fn capsules_built_by_xtask_are_all_present() {
         "shout",
         "blank",
         "oversize",
+        "hollow",
         "hostcalls",
     ] {
         assert!(

@@ -197,23 +197,22 @@ async fn shout_cannot_publish_where_it_was_not_granted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_component_for_another_world_is_refused_by_name() {
+async fn components_for_another_world_or_exporting_nothing_are_refused_by_name() {
     let rt = Runtime::new().await;
-    let err = rt
-        .registry
-        .load(
-            &capsid_integration_tests::capsules_dir().join("blank"),
-            Trust::Dev,
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, CapsuleError::WrongWorld { ref capsule, .. } if capsule.as_str() == "blank"),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("capsule blank"), "{err}");
-    let info = rt.registry.info(&id("blank")).await.unwrap();
-    assert!(matches!(info.state, CapsuleState::Failed(_)));
+    for name in ["blank", "hollow"] {
+        let dir = capsid_integration_tests::capsules_dir().join(name);
+        let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+        assert!(
+            matches!(err, CapsuleError::WrongWorld { ref capsule, .. } if capsule.as_str() == name),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!("capsule {name}")),
+            "{err}"
+        );
+        let info = rt.registry.info(&id(name)).await.unwrap();
+        assert!(matches!(info.state, CapsuleState::Failed(_)));
+    }
     still_serving(&rt).await;
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
 //! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/
-//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule); tables and JSON in target/capsid-bench/
+//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process); tables and JSON in target/capsid-bench/
 //! cargo xtask run              start capsid (the kernel is not wired yet)
 //! ```
 
@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule"];
+const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process"];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
 const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];

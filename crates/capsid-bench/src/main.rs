@@ -4,6 +4,7 @@
 
 mod audit;
 mod capsule;
+mod process;
 mod report;
 mod storage;
 
@@ -25,6 +26,7 @@ fn main() -> Result<()> {
         "audit" => audit::run()?,
         "storage" => storage::run()?,
         "capsule" => capsule::run()?,
+        "process" => process::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);

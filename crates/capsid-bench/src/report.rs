@@ -40,9 +40,25 @@ pub fn print_table(group: &str, rows: &[Row]) {
     println!("| --- | ---: | --- | --- | ---: | ---: |");
     for r in rows {
         println!(
-            "| {} | {:.0} | {} | {} | {:.0} | {:.2} |",
-            r.name, r.value, r.unit, r.baseline, r.baseline_value, r.ratio
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            r.name,
+            figure(r.value),
+            r.unit,
+            r.baseline,
+            figure(r.baseline_value),
+            r.ratio
         );
+    }
+}
+
+/// A figure with the decimals its size needs (`0.78`, `13.4`, `61726`).
+fn figure(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
     }
 }
 

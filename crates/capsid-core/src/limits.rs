@@ -136,3 +136,46 @@ pub const MAX_KV_QUOTA_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Events waiting for one capsule's `handle-event`; more are dropped and counted.
 pub const CAPSULE_EVENT_QUEUE: usize = 256;
+
+/// Most arguments a spawned program may be given (the program name excluded).
+pub const MAX_PROCESS_ARGS: usize = 256;
+
+/// Most bytes of arguments, all together.
+pub const MAX_PROCESS_ARGV_BYTES: usize = 128 * 1024;
+
+/// Most environment variables a spawn may set.
+pub const MAX_PROCESS_ENV_VARS: usize = 64;
+
+/// Most bytes of environment (names and values), all together.
+pub const MAX_PROCESS_ENV_BYTES: usize = 64 * 1024;
+
+/// Most bytes one write to a child's stdin may carry.
+pub const MAX_STDIN_WRITE_BYTES: usize = 1024 * 1024;
+
+/// Smallest output ring a spawn may ask for, per stream, in bytes.
+pub const MIN_OUTPUT_RING_BYTES: usize = 4 * 1024;
+
+/// Output ring per stream when a spawn names none, in bytes.
+pub const DEFAULT_OUTPUT_RING_BYTES: usize = 1024 * 1024;
+
+/// Largest output ring per stream, in bytes.
+pub const MAX_OUTPUT_RING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Most bytes the host reads from a child's pipe at once (never more than the ring holds).
+pub const PROCESS_READ_CHUNK: usize = 256 * 1024;
+
+/// Size asked for each of a child's output pipes (never more than its ring): a larger pipe
+/// means fewer, larger reads and fewer wake-ups per byte.
+pub const PROCESS_PIPE_BYTES: usize = 1024 * 1024;
+
+/// Where bare program names are looked up, in order. Never the capsule's or host's `PATH`.
+pub const PROCESS_SEARCH_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// `PATH` a child gets when its spawn sets none.
+pub const PROCESS_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The only environment variables a spawn may set; the host's own environment is never
+/// passed on.
+pub const PROCESS_ENV_ALLOW: &[&str] = &[
+    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "NO_COLOR", "COLUMNS", "LINES",
+];

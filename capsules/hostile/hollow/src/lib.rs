@@ -1,0 +1,1 @@
+//! Exports nothing: loading it must fail with a clear error naming it.

@@ -1,0 +1,140 @@
+//! `process`: spawn + wait through `capsid-process` against `std::process::Command`, and a
+//! child's output throughput through a ring against a raw pipe read, in the same run.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use capsid_process::{Child, RingPolicy, SpawnSpec};
+
+use crate::report::Row;
+
+/// Spawn + wait cycles per side.
+const SPAWNS: u32 = 500;
+/// Bytes the child writes for the throughput rows.
+const OUTPUT_BYTES: u64 = 1 << 30;
+/// Ring size for the throughput row.
+const RING_BYTES: usize = 1 << 20;
+
+pub fn run() -> Result<Vec<Row>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let workspace = tempfile::tempdir()?;
+        let mut rows = vec![spawn_row(workspace.path()).await?];
+        rows.extend(output_rows(workspace.path()).await?);
+        Ok(rows)
+    })
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn rate(n: f64, start: Instant) -> f64 {
+    n / start.elapsed().as_secs_f64()
+}
+
+async fn spawn_row(workspace: &std::path::Path) -> Result<Row> {
+    let spec = SpawnSpec::new("/bin/true", workspace);
+    // Interleave halves so both sides see the same machine state.
+    let (mut ours, mut raw) = (0f64, 0f64);
+    for _ in 0..2 {
+        let start = Instant::now();
+        for _ in 0..SPAWNS / 2 {
+            let child = Child::spawn(&spec).await?;
+            let (info, _, _) = child.wait_with_output().await;
+            anyhow::ensure!(info.is_some_and(|i| i.success()), "true failed");
+        }
+        ours += start.elapsed().as_secs_f64();
+        let start = Instant::now();
+        for _ in 0..SPAWNS / 2 {
+            let out = Command::new("/bin/true")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .output()?;
+            anyhow::ensure!(out.status.success(), "true failed");
+        }
+        raw += start.elapsed().as_secs_f64();
+    }
+    Ok(Row::new(
+        "spawn + wait /bin/true",
+        f64::from(SPAWNS) / ours,
+        "spawns/s",
+        "std::process::Command output()",
+        f64::from(SPAWNS) / raw,
+    ))
+}
+
+#[allow(clippy::cast_precision_loss)]
+async fn output_rows(workspace: &std::path::Path) -> Result<Vec<Row>> {
+    let count = format!("{OUTPUT_BYTES}");
+    let mut spec = SpawnSpec::new("head", workspace).args(["-c", count.as_str(), "/dev/zero"]);
+    spec.ring_bytes = RING_BYTES;
+    spec.ring_policy = RingPolicy::Backpressure;
+    let start = Instant::now();
+    let child = Child::spawn(&spec).await?;
+    let ring = child.stdout().clone();
+    let mut total = 0u64;
+    loop {
+        ring.ready().await;
+        let chunk = ring.drain(usize::MAX);
+        if chunk.is_empty() && ring.is_closed() {
+            break;
+        }
+        total += chunk.len() as u64;
+    }
+    let ours = rate(total as f64 / 1e6, start);
+    anyhow::ensure!(total == OUTPUT_BYTES, "read {total} bytes");
+
+    let name = "child output through a 1 MiB ring (backpressure)";
+    Ok(vec![
+        Row::new(
+            name,
+            ours,
+            "MB/s",
+            "raw pipe read, 64 KiB buffer",
+            raw_read(&count, None)?,
+        ),
+        Row::new(
+            name,
+            ours,
+            "MB/s",
+            "raw pipe read, pipe grown to 1 MiB, 256 KiB buffer",
+            raw_read(&count, Some(1 << 20))?,
+        ),
+    ])
+}
+
+/// MB/s of reading `head -c count /dev/zero` straight from its pipe, optionally grown.
+#[allow(clippy::cast_precision_loss)]
+fn raw_read(count: &str, pipe_bytes: Option<i32>) -> Result<f64> {
+    let start = Instant::now();
+    let mut child = Command::new("head")
+        .args(["-c", count, "/dev/zero"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut pipe = child.stdout.take().context("no stdout")?;
+    if let Some(size) = pipe_bytes {
+        nix::fcntl::fcntl(&pipe, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size))?;
+    }
+    let mut buf = vec![
+        0u8;
+        if pipe_bytes.is_some() {
+            256 << 10
+        } else {
+            64 << 10
+        }
+    ];
+    let mut total = 0u64;
+    loop {
+        let n = pipe.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    child.wait()?;
+    Ok(rate(total as f64 / 1e6, start))
+}

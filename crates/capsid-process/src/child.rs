@@ -1,0 +1,404 @@
+//! A running child: started in its own process group with its limits, its output pumped into
+//! rings, reaped (with its resource usage) as soon as it exits, and never signalled after.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use capsid_core::limits::{MAX_STDIN_WRITE_BYTES, PROCESS_PIPE_BYTES, PROCESS_READ_CHUNK};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::error::ProcessError;
+use crate::orphans;
+use crate::ring::OutputRing;
+use crate::spec::{RingPolicy, SpawnSpec};
+use crate::sys;
+
+/// How a child ended and what it used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// User plus system CPU time, in milliseconds.
+    pub cpu_ms: u64,
+    /// Peak resident memory, in bytes.
+    pub mem_bytes_peak: u64,
+    /// Wall time from spawn to exit, in milliseconds.
+    pub wall_ms: u64,
+}
+
+impl ExitInfo {
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+type SpawnJob = (
+    Command,
+    std_mpsc::Sender<std::io::Result<std::process::Child>>,
+);
+
+/// Children are forked from one long-lived thread: `PR_SET_PDEATHSIG` fires when the thread
+/// that forked a child exits, so forking from a pool thread that may retire would kill
+/// children at random. This thread lives as long as the host process.
+fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
+    static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<SpawnJob>>> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = std_mpsc::channel::<SpawnJob>();
+        let started = std::thread::Builder::new()
+            .name("capsid-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the spawner thread; spawns will fail");
+        }
+        Mutex::new(tx)
+    })
+}
+
+async fn fork(cmd: Command) -> std::io::Result<std::process::Child> {
+    let (reply, answer) = std_mpsc::channel();
+    spawner()
+        .lock()
+        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    tokio::task::spawn_blocking(move || {
+        answer
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// What the reaper and the signallers share. `reaped` is held while signalling and while
+/// reaping, so a signal can never reach a pid (or group) the OS may have reused.
+#[derive(Debug)]
+struct Shared {
+    pid: u32,
+    reaped: Mutex<bool>,
+}
+
+impl Shared {
+    fn signal_group(&self, signal: Signal) -> Result<(), ProcessError> {
+        let reaped = self
+            .reaped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *reaped {
+            return Err(ProcessError::Exited);
+        }
+        let pgid = i32::try_from(self.pid).map_err(|_| ProcessError::Exited)?;
+        // pid 0 and negative pids would address other groups: never signal those.
+        if pgid <= 0 {
+            return Err(ProcessError::Exited);
+        }
+        killpg(Pid::from_raw(pgid), signal).map_err(|e| ProcessError::Os {
+            what: "signalling the process group",
+            source: std::io::Error::from_raw_os_error(e as i32),
+        })
+    }
+
+    /// Kills what is left of the group, then reaps the leader. Blocking.
+    fn reap(&self) -> Option<sys::Reaped> {
+        let mut reaped = self
+            .reaped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *reaped {
+            return None;
+        }
+        if let Ok(pgid) = i32::try_from(self.pid)
+            && pgid > 0
+        {
+            // The leader's zombie keeps the group id reserved until it is reaped, so this
+            // reaches only the child's own group.
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        let result = sys::wait4(self.pid);
+        *reaped = true;
+        orphans::leader_reaped(self.pid);
+        result.ok()
+    }
+}
+
+/// Reaps the child if the reaper task is dropped before it could (the runtime shut down).
+struct ReapOnDrop(Arc<Shared>);
+
+impl Drop for ReapOnDrop {
+    fn drop(&mut self) {
+        let shared = self.0.clone();
+        let unreaped = shared.reaped.lock().map_or(true, |r| !*r);
+        if unreaped {
+            // Killing and reaping may block briefly; never on the caller's thread.
+            let _ = std::thread::Builder::new()
+                .name("capsid-reap".into())
+                .spawn(move || shared.reap());
+        }
+    }
+}
+
+/// A running (or exited) child. Dropping it kills its whole process group and reaps it.
+#[derive(Debug)]
+pub struct Child {
+    shared: Arc<Shared>,
+    program: String,
+    stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    stdout: Arc<OutputRing>,
+    stderr: Arc<OutputRing>,
+    exit: watch::Receiver<Option<ExitInfo>>,
+    pumps: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn pipe_fd(fd: impl Into<OwnedFd>) -> OwnedFd {
+    fd.into()
+}
+
+/// Grows an output pipe towards `PROCESS_PIPE_BYTES` (bounded by the ring). Best effort: the
+/// OS may cap it (`/proc/sys/fs/pipe-max-size`), which only costs throughput.
+fn grow_pipe(fd: &OwnedFd, ring_bytes: usize) {
+    let size = i32::try_from(PROCESS_PIPE_BYTES.min(ring_bytes)).unwrap_or(i32::MAX);
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+}
+
+async fn pump<R: AsyncReadExt + Unpin>(mut from: R, ring: Arc<OutputRing>) {
+    let chunk = PROCESS_READ_CHUNK.min(ring.capacity());
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let max = if ring.policy() == RingPolicy::Backpressure {
+            ring.wait_for_space().await;
+            ring.free().min(chunk)
+        } else {
+            chunk
+        };
+        match from.read(&mut buf[..max]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => ring.push(&buf[..n]),
+        }
+    }
+    ring.close();
+}
+
+impl Child {
+    /// Starts `spec`: checked, resolved, in its own process group, limited, with its output
+    /// pumped into two rings. Returns once the child is running.
+    pub async fn spawn(spec: &SpawnSpec) -> Result<Self, ProcessError> {
+        let checked = spec.check()?;
+        let mut cmd = Command::new(&checked.program);
+        cmd.args(&spec.args)
+            .env_clear()
+            .envs(checked.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&checked.cwd)
+            .stdin(if spec.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        sys::confine(&mut cmd, spec.limits, std::process::id());
+        let started = Instant::now();
+        let mut child = fork(cmd).await.map_err(|source| ProcessError::Spawn {
+            program: spec.program.clone(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            pid: child.id(),
+            reaped: Mutex::new(false),
+        });
+        orphans::leader_started(shared.pid);
+        // From here on, any early return drops this guard, which kills and reaps.
+        let guard = ReapOnDrop(shared.clone());
+        let os = |what| move |source| ProcessError::Os { what, source };
+        let pidfd = sys::pidfd_open(shared.pid).map_err(os("pidfd_open"))?;
+        let pidfd = sys::watch_exit(pidfd).map_err(os("watching the pidfd"))?;
+        let ring = |()| Arc::new(OutputRing::new(spec.ring_bytes, spec.ring_policy));
+        let (stdout, stderr) = (ring(()), ring(()));
+        let mut pumps = Vec::with_capacity(2);
+        for (fd, ring) in [
+            (child.stdout.take().map(pipe_fd), &stdout),
+            (child.stderr.take().map(pipe_fd), &stderr),
+        ] {
+            let Some(fd) = fd else { continue };
+            grow_pipe(&fd, spec.ring_bytes);
+            let rx = pipe::Receiver::from_owned_fd(fd).map_err(os("reading the child's output"))?;
+            pumps.push(tokio::spawn(pump(rx, ring.clone())));
+        }
+        let stdin = match child.stdin.take() {
+            Some(fd) => Some(
+                pipe::Sender::from_owned_fd(pipe_fd(fd))
+                    .map_err(os("writing the child's stdin"))?,
+            ),
+            None => None,
+        };
+        let (exit_tx, exit) = watch::channel(None);
+        let reaper_shared = shared.clone();
+        tokio::spawn(async move {
+            let guard = guard;
+            let _ = pidfd.readable().await;
+            let shared = reaper_shared;
+            let reaped = tokio::task::spawn_blocking(move || shared.reap())
+                .await
+                .ok()
+                .flatten();
+            drop(guard);
+            let info = reaped.map_or(
+                ExitInfo {
+                    code: None,
+                    signal: None,
+                    cpu_ms: 0,
+                    mem_bytes_peak: 0,
+                    wall_ms: 0,
+                },
+                |r| {
+                    let status = std::process::ExitStatus::from_raw(r.status);
+                    ExitInfo {
+                        code: status.code(),
+                        signal: status.signal(),
+                        cpu_ms: r.user_ms + r.system_ms,
+                        mem_bytes_peak: r.max_rss_bytes,
+                        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    }
+                },
+            );
+            let _ = exit_tx.send(Some(info));
+        });
+        // std's handle would reap on its own terms; the pidfd reaper owns that now.
+        drop(child);
+        Ok(Self {
+            shared,
+            program: spec.program.clone(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            stdout,
+            stderr,
+            exit,
+            pumps: Mutex::new(pumps),
+        })
+    }
+
+    /// The OS process id (also its process group id).
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// What was started.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The stdout ring.
+    pub fn stdout(&self) -> &Arc<OutputRing> {
+        &self.stdout
+    }
+
+    /// The stderr ring.
+    pub fn stderr(&self) -> &Arc<OutputRing> {
+        &self.stderr
+    }
+
+    /// Writes all of `bytes` to stdin, in order; returns only when every byte is in the pipe.
+    pub async fn write_stdin(&self, bytes: &[u8]) -> Result<(), ProcessError> {
+        if bytes.len() > MAX_STDIN_WRITE_BYTES {
+            return Err(ProcessError::Invalid(format!(
+                "{} bytes of stdin in one write, at most {MAX_STDIN_WRITE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let mut stdin = self.stdin.lock().await;
+        let pipe = stdin.as_mut().ok_or(ProcessError::StdinClosed)?;
+        pipe.write_all(bytes)
+            .await
+            .map_err(|e| ProcessError::Stdin(e.to_string()))
+    }
+
+    /// Closes stdin (the child sees end of input). Closing twice is fine.
+    pub async fn close_stdin(&self) {
+        self.stdin.lock().await.take();
+    }
+
+    /// Sends `signal` to the child's whole process group.
+    pub fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
+        self.shared.signal_group(signal)
+    }
+
+    /// How it ended, if it has.
+    pub fn try_exit(&self) -> Option<ExitInfo> {
+        *self.exit.borrow()
+    }
+
+    /// Waits for it to exit, at most `timeout` (forever when `None`); `None` if it is still
+    /// running at the deadline.
+    pub async fn wait(&self, timeout: Option<Duration>) -> Option<ExitInfo> {
+        let mut exit = self.exit.clone();
+        let waited = exit.wait_for(Option::is_some);
+        match timeout {
+            None => waited.await.ok().and_then(|e| *e),
+            Some(t) => tokio::time::timeout(t, waited)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|e| *e),
+        }
+    }
+
+    /// Waits for the exit and for both streams to end, then drains both rings.
+    pub async fn wait_with_output(&self) -> (Option<ExitInfo>, Vec<u8>, Vec<u8>) {
+        let info = self.wait(None).await;
+        self.finish_pumps().await;
+        (
+            info,
+            self.stdout.drain(usize::MAX),
+            self.stderr.drain(usize::MAX),
+        )
+    }
+
+    async fn finish_pumps(&self) {
+        let pumps: Vec<_> = self
+            .pumps
+            .lock()
+            .map(|mut p| p.drain(..).collect())
+            .unwrap_or_default();
+        for p in pumps {
+            let _ = p.await;
+        }
+    }
+
+    /// Kills the whole group (SIGKILL) and waits for the exit.
+    pub async fn kill(&self) -> Option<ExitInfo> {
+        let _ = self.signal(Signal::SIGKILL);
+        self.wait(None).await
+    }
+
+    /// Whether it has exited and been reaped.
+    pub fn has_exited(&self) -> bool {
+        self.try_exit().is_some()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // The reaper task keeps running and reaps; if the runtime is gone, its guard does.
+        let _ = self.shared.signal_group(Signal::SIGKILL);
+        if let Ok(mut pumps) = self.pumps.lock() {
+            for p in pumps.drain(..) {
+                p.abort();
+            }
+        }
+    }
+}

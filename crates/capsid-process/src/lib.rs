@@ -1,0 +1,38 @@
+//! capsid's native children: the OS side of the process host. A [`Child`] is started from a
+//! checked [`SpawnSpec`] and is contained from its first instruction to its reaping.
+//!
+//! Invariants:
+//! - nothing of the host leaks in: the environment is built from scratch (only the names in
+//!   `PROCESS_ENV_ALLOW`), bare program names resolve on a fixed search path, the working
+//!   directory resolves (symlinks included) inside the workspace, and arguments, environment
+//!   and stdin writes are size-capped;
+//! - limits are set in the child before exec (`setrlimit`: address space, CPU seconds,
+//!   processes, open files); `RLIMIT_NPROC` is per user and not enforced for root, so the
+//!   `pids` limit only holds for children of an unprivileged host;
+//! - every child leads its own process group, signals go to the whole group, and a pid is
+//!   never signalled once reaped (the reap and every signal take the same lock); pid 0 and
+//!   negative pids are never signalled;
+//! - no orphans and no zombies: when the leader exits, what is left of its group is killed
+//!   before the leader is reaped; dropping a [`Child`] kills its group; children are forked
+//!   from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the host process
+//!   even when it is killed; a host that calls [`become_subreaper`] also reaps the killed
+//!   members (which init, in a container, may never do);
+//! - output goes into bounded rings ([`OutputRing`]): `DropOldest` counts what it evicts,
+//!   `Backpressure` stops reading the pipe so the child blocks and no byte is lost; the host
+//!   never reads more than a ring can hold;
+//! - exit accounting comes from the kernel (`wait4`): CPU milliseconds and peak RSS.
+#![deny(missing_docs)]
+
+mod child;
+mod error;
+mod orphans;
+mod ring;
+mod spec;
+mod sys;
+
+pub use child::{Child, ExitInfo};
+pub use error::ProcessError;
+pub use nix::sys::signal::Signal;
+pub use orphans::become_subreaper;
+pub use ring::{OutputRing, Since};
+pub use spec::{ResourceLimits, RingPolicy, SpawnSpec, resolve_program};

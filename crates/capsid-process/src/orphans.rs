@@ -1,0 +1,107 @@
+//! Reaping what a child leaves behind. When a leader dies, the host kills the rest of its
+//! group; those processes were the leader's children, so they are re-parented — to init, which
+//! in a container may never reap them. A host that calls [`become_subreaper`] gets them
+//! instead, and reaps exactly those: zombies whose process group is one capsid created and
+//! whose pid is not a leader it still tracks. Nothing else of the host's is touched.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+static SUBREAPER: AtomicBool = AtomicBool::new(false);
+
+#[derive(Default)]
+struct Groups {
+    /// Leaders not yet reaped by their own reaper: a sweep never touches them.
+    live_leaders: HashSet<u32>,
+    /// Groups whose leader has been reaped and whose members may linger.
+    dead_groups: HashSet<u32>,
+}
+
+static GROUPS: LazyLock<Mutex<Groups>> = LazyLock::new(Mutex::default);
+
+fn groups() -> MutexGuard<'static, Groups> {
+    GROUPS.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Makes this process the reaper of the orphans of the children capsid starts (Linux
+/// `PR_SET_CHILD_SUBREAPER`), and turns on sweeping them. Call once at host start; it affects
+/// the whole process.
+pub fn become_subreaper() -> std::io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
+    SUBREAPER.store(true, Ordering::Release);
+    Ok(())
+}
+
+pub(crate) fn leader_started(pid: u32) {
+    groups().live_leaders.insert(pid);
+}
+
+/// Called once a leader is reaped: its group may leave zombies behind.
+pub(crate) fn leader_reaped(pid: u32) {
+    {
+        let mut g = groups();
+        g.live_leaders.remove(&pid);
+        g.dead_groups.insert(pid);
+    }
+    if SUBREAPER.load(Ordering::Acquire)
+        && let Ok(handle) = tokio::runtime::Handle::try_current()
+    {
+        // Killed members turn into zombies a moment after the leader; look a few times.
+        handle.spawn(async {
+            for delay in [1, 10, 100, 1_000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _ = tokio::task::spawn_blocking(sweep).await;
+            }
+        });
+    }
+}
+
+/// `(pid, parent, state, process group)` of every process, from `/proc`.
+fn processes() -> Vec<(u32, u32, char, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split(' ');
+            let state = fields.next()?.chars().next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            let pgrp = fields.next()?.parse().ok()?;
+            Some((pid, ppid, state, pgrp))
+        })
+        .collect()
+}
+
+/// Reaps our zombie children that belong to a group capsid created and whose leader is gone.
+/// Forgets a dead group once nothing of it is left.
+pub(crate) fn sweep() {
+    let me = std::process::id();
+    let all = processes();
+    let mut g = groups();
+    for &(pid, ppid, state, pgrp) in &all {
+        if ppid == me
+            && state == 'Z'
+            && g.dead_groups.contains(&pgrp)
+            && !g.live_leaders.contains(&pid)
+            && let Ok(raw) = i32::try_from(pid)
+        {
+            let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+    let lingering: HashSet<u32> = all
+        .iter()
+        .filter(|&&(_, _, state, _)| state != 'Z')
+        .map(|&(_, _, _, pgrp)| pgrp)
+        .collect();
+    g.dead_groups.retain(|pgid| lingering.contains(pgid));
+}

@@ -1,0 +1,215 @@
+//! What a spawn asks for, and the checks it must pass before anything is started.
+
+use std::path::{Path, PathBuf};
+
+use capsid_core::limits::{
+    DEFAULT_OUTPUT_RING_BYTES, MAX_OUTPUT_RING_BYTES, MAX_PROCESS_ARGS, MAX_PROCESS_ARGV_BYTES,
+    MAX_PROCESS_ENV_BYTES, MAX_PROCESS_ENV_VARS, MIN_OUTPUT_RING_BYTES, PROCESS_DEFAULT_PATH,
+    PROCESS_ENV_ALLOW, PROCESS_SEARCH_PATH,
+};
+
+use crate::error::ProcessError;
+
+/// What happens when a stream's ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RingPolicy {
+    /// Keep reading the pipe; the oldest bytes make room and are counted as dropped.
+    #[default]
+    DropOldest,
+    /// Stop reading the pipe until there is room: the child blocks on its next write and no
+    /// byte is ever lost.
+    Backpressure,
+}
+
+/// Resource limits set in the child (`setrlimit`) before it runs the program. `None` leaves
+/// the host's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResourceLimits {
+    /// Address space, in bytes (`RLIMIT_AS`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time, in seconds (`RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL a second later).
+    pub cpu_seconds: Option<u64>,
+    /// Processes of the child's user (`RLIMIT_NPROC`). Not enforced for root: see the crate
+    /// documentation.
+    pub pids: Option<u64>,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
+/// A request to start a program.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnSpec {
+    /// A bare name (looked up on the fixed search path) or an absolute path.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Environment variables, only from the allow-list; nothing of the host's is inherited.
+    pub env: Vec<(String, String)>,
+    /// Working directory, relative to the workspace (`None`: the workspace itself).
+    pub cwd: Option<String>,
+    /// The directory the child is confined to work in.
+    pub workspace: PathBuf,
+    /// Whether stdin is a pipe the caller can write (else `/dev/null`).
+    pub stdin: bool,
+    /// Limits applied before exec.
+    pub limits: ResourceLimits,
+    /// Size of each of the stdout and stderr rings, in bytes.
+    pub ring_bytes: usize,
+    /// What a full ring does.
+    pub ring_policy: RingPolicy,
+}
+
+impl SpawnSpec {
+    /// A spec with defaults: no arguments, no extra environment, the workspace as cwd, no
+    /// stdin, no limits, default rings that drop the oldest bytes.
+    pub fn new(program: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: None,
+            workspace: workspace.into(),
+            stdin: false,
+            limits: ResourceLimits::default(),
+            ring_bytes: DEFAULT_OUTPUT_RING_BYTES,
+            ring_policy: RingPolicy::DropOldest,
+        }
+    }
+
+    /// Adds arguments.
+    #[must_use]
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A spec that passed every check, with its program resolved and its environment built.
+#[derive(Debug)]
+pub(crate) struct Checked {
+    pub program: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+}
+
+fn invalid(message: impl Into<String>) -> ProcessError {
+    ProcessError::Invalid(message.into())
+}
+
+fn has_nul(s: &str) -> bool {
+    s.as_bytes().contains(&0)
+}
+
+/// Resolves a bare name on [`PROCESS_SEARCH_PATH`]; an absolute path must name a file.
+pub fn resolve_program(program: &str) -> Result<PathBuf, ProcessError> {
+    if program.is_empty() || has_nul(program) {
+        return Err(invalid("the program name is empty or holds NUL"));
+    }
+    if program.starts_with('/') {
+        let path = PathBuf::from(program);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(ProcessError::ProgramNotFound(program.to_owned()))
+        };
+    }
+    if program.contains('/') {
+        return Err(invalid(format!(
+            "{program:?}: give a bare name or an absolute path"
+        )));
+    }
+    PROCESS_SEARCH_PATH
+        .iter()
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+        .ok_or_else(|| ProcessError::ProgramNotFound(program.to_owned()))
+}
+
+/// The working directory for `cwd` (relative to `workspace`), canonicalised and required to
+/// stay inside the canonical workspace, symlinks included.
+fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, ProcessError> {
+    let canon = |p: &Path| {
+        p.canonicalize().map_err(|source| ProcessError::Os {
+            what: "resolving the working directory",
+            source,
+        })
+    };
+    let root = canon(workspace)?;
+    let Some(rel) = cwd else {
+        return Ok(root);
+    };
+    if has_nul(rel) || rel.starts_with('/') {
+        return Err(ProcessError::CwdOutsideWorkspace {
+            dir: PathBuf::from(rel),
+            workspace: root,
+        });
+    }
+    let dir = canon(&root.join(rel))?;
+    if dir.starts_with(&root) {
+        Ok(dir)
+    } else {
+        Err(ProcessError::CwdOutsideWorkspace {
+            dir,
+            workspace: root,
+        })
+    }
+}
+
+impl SpawnSpec {
+    /// Checks every rule and resolves what the spawn needs.
+    pub(crate) fn check(&self) -> Result<Checked, ProcessError> {
+        if self.args.len() > MAX_PROCESS_ARGS {
+            return Err(invalid(format!(
+                "{} arguments, at most {MAX_PROCESS_ARGS}",
+                self.args.len()
+            )));
+        }
+        let argv: usize = self.args.iter().map(String::len).sum();
+        if argv > MAX_PROCESS_ARGV_BYTES {
+            return Err(invalid(format!(
+                "{argv} bytes of arguments, at most {MAX_PROCESS_ARGV_BYTES}"
+            )));
+        }
+        if self.args.iter().any(|a| has_nul(a)) {
+            return Err(invalid("an argument holds NUL"));
+        }
+        if self.env.len() > MAX_PROCESS_ENV_VARS {
+            return Err(invalid(format!(
+                "{} environment variables, at most {MAX_PROCESS_ENV_VARS}",
+                self.env.len()
+            )));
+        }
+        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if env_bytes > MAX_PROCESS_ENV_BYTES {
+            return Err(invalid(format!(
+                "{env_bytes} bytes of environment, at most {MAX_PROCESS_ENV_BYTES}"
+            )));
+        }
+        for (k, v) in &self.env {
+            if !PROCESS_ENV_ALLOW.contains(&k.as_str()) {
+                return Err(invalid(format!(
+                    "environment variable {k:?} is not allowed (allowed: {})",
+                    PROCESS_ENV_ALLOW.join(", ")
+                )));
+            }
+            if has_nul(v) {
+                return Err(invalid(format!("environment variable {k} holds NUL")));
+            }
+        }
+        if !(MIN_OUTPUT_RING_BYTES..=MAX_OUTPUT_RING_BYTES).contains(&self.ring_bytes) {
+            return Err(invalid(format!(
+                "ring of {} bytes, allowed {MIN_OUTPUT_RING_BYTES}..={MAX_OUTPUT_RING_BYTES}",
+                self.ring_bytes
+            )));
+        }
+        let mut env = self.env.clone();
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), PROCESS_DEFAULT_PATH.into()));
+        }
+        Ok(Checked {
+            program: resolve_program(&self.program)?,
+            env,
+            cwd: resolve_cwd(&self.workspace, self.cwd.as_deref())?,
+        })
+    }
+}
