@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::error::ProcessError;
 use crate::orphans;
 use crate::ring::OutputRing;
+use crate::sandbox;
 use crate::spec::{RingPolicy, SpawnSpec};
 use crate::sys;
 
@@ -199,9 +200,8 @@ impl Child {
     /// pumped into two rings. Returns once the child is running.
     pub async fn spawn(spec: &SpawnSpec) -> Result<Self, ProcessError> {
         let checked = spec.check()?;
-        let mut cmd = Command::new(&checked.program);
-        cmd.args(&spec.args)
-            .env_clear()
+        let mut cmd = sandbox::command(spec, &checked)?;
+        cmd.env_clear()
             .envs(checked.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&checked.cwd)
             .stdin(if spec.stdin {

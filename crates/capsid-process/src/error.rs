@@ -19,6 +19,9 @@ pub enum ProcessError {
         /// The workspace.
         workspace: PathBuf,
     },
+    /// The OS sandbox is required but `bwrap` is not installed.
+    #[error("the OS sandbox is required but bwrap is not installed: install bubblewrap")]
+    SandboxUnavailable,
     /// The OS refused to start the child.
     #[error("cannot start {program}: {source}")]
     Spawn {

@@ -20,13 +20,15 @@
 //! - output goes into bounded rings ([`OutputRing`]): `DropOldest` counts what it evicts,
 //!   `Backpressure` stops reading the pipe so the child blocks and no byte is lost; the host
 //!   never reads more than a ring can hold;
-//! - exit accounting comes from the kernel (`wait4`): CPU milliseconds and peak RSS.
+//! - exit accounting comes from the kernel (`wait4`): CPU milliseconds and peak RSS;
+//! - a spawn that requires the OS sandbox fails closed where `bwrap` is missing.
 #![deny(missing_docs)]
 
 mod child;
 mod error;
 mod orphans;
 mod ring;
+mod sandbox;
 mod spec;
 mod sys;
 
@@ -35,4 +37,5 @@ pub use error::ProcessError;
 pub use nix::sys::signal::Signal;
 pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
-pub use spec::{ResourceLimits, RingPolicy, SpawnSpec, resolve_program};
+pub use sandbox::bwrap_path;
+pub use spec::{ResourceLimits, RingPolicy, Sandbox, SpawnSpec, resolve_program};

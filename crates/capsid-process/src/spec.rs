@@ -36,6 +36,25 @@ pub struct ResourceLimits {
     pub open_files: Option<u64>,
 }
 
+/// Whether the child runs inside the OS sandbox (`bwrap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sandbox {
+    /// Never.
+    #[default]
+    Off,
+    /// When `bwrap` is installed; directly otherwise.
+    Auto {
+        /// Whether the child keeps the host's network.
+        network: bool,
+    },
+    /// Always: where `bwrap` is missing the spawn fails with
+    /// [`ProcessError::SandboxUnavailable`].
+    Required {
+        /// Whether the child keeps the host's network.
+        network: bool,
+    },
+}
+
 /// A request to start a program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnSpec {
@@ -57,11 +76,13 @@ pub struct SpawnSpec {
     pub ring_bytes: usize,
     /// What a full ring does.
     pub ring_policy: RingPolicy,
+    /// The OS sandbox.
+    pub sandbox: Sandbox,
 }
 
 impl SpawnSpec {
     /// A spec with defaults: no arguments, no extra environment, the workspace as cwd, no
-    /// stdin, no limits, default rings that drop the oldest bytes.
+    /// stdin, no limits, default rings that drop the oldest bytes, no sandbox.
     pub fn new(program: impl Into<String>, workspace: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
@@ -73,6 +94,7 @@ impl SpawnSpec {
             limits: ResourceLimits::default(),
             ring_bytes: DEFAULT_OUTPUT_RING_BYTES,
             ring_policy: RingPolicy::DropOldest,
+            sandbox: Sandbox::Off,
         }
     }
 
@@ -88,6 +110,8 @@ impl SpawnSpec {
 #[derive(Debug)]
 pub(crate) struct Checked {
     pub program: PathBuf,
+    /// The canonical workspace.
+    pub workspace: PathBuf,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
 }
@@ -125,9 +149,9 @@ pub fn resolve_program(program: &str) -> Result<PathBuf, ProcessError> {
         .ok_or_else(|| ProcessError::ProgramNotFound(program.to_owned()))
 }
 
-/// The working directory for `cwd` (relative to `workspace`), canonicalised and required to
-/// stay inside the canonical workspace, symlinks included.
-fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, ProcessError> {
+/// The canonical workspace, and the working directory for `cwd` (relative to it),
+/// canonicalised and required to stay inside it, symlinks included.
+fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<(PathBuf, PathBuf), ProcessError> {
     let canon = |p: &Path| {
         p.canonicalize().map_err(|source| ProcessError::Os {
             what: "resolving the working directory",
@@ -136,7 +160,7 @@ fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, ProcessEr
     };
     let root = canon(workspace)?;
     let Some(rel) = cwd else {
-        return Ok(root);
+        return Ok((root.clone(), root));
     };
     if has_nul(rel) || rel.starts_with('/') {
         return Err(ProcessError::CwdOutsideWorkspace {
@@ -146,7 +170,7 @@ fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, ProcessEr
     }
     let dir = canon(&root.join(rel))?;
     if dir.starts_with(&root) {
-        Ok(dir)
+        Ok((root, dir))
     } else {
         Err(ProcessError::CwdOutsideWorkspace {
             dir,
@@ -206,10 +230,12 @@ impl SpawnSpec {
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".into(), PROCESS_DEFAULT_PATH.into()));
         }
+        let (workspace, cwd) = resolve_cwd(&self.workspace, self.cwd.as_deref())?;
         Ok(Checked {
             program: resolve_program(&self.program)?,
+            workspace,
             env,
-            cwd: resolve_cwd(&self.workspace, self.cwd.as_deref())?,
+            cwd,
         })
     }
 }

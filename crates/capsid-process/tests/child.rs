@@ -344,3 +344,29 @@ async fn a_thousand_spawns_leak_no_descriptors() {
         "descriptors: {before} before, {after} after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_confines_writes_and_network() {
+    assert!(
+        capsid_process::bwrap_path().is_some(),
+        "bwrap is not installed: install bubblewrap (.ci/run does)"
+    );
+    let ws = tempfile::tempdir().unwrap();
+    let script = "echo inside > note; touch /etc/capsid-sandbox-test 2>/dev/null && echo etc-writable; \
+                  tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let mut spec = sh(ws.path(), script);
+    spec.sandbox = capsid_process::Sandbox::Required { network: false };
+    let child = Child::spawn(&spec).await.unwrap();
+    let (info, out, err) = child.wait_with_output().await;
+    assert!(info.unwrap().success(), "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "lo\n",
+        "only loopback, /etc read-only"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("note")).unwrap(),
+        "inside\n"
+    );
+    assert!(!std::path::Path::new("/etc/capsid-sandbox-test").exists());
+}

@@ -1,0 +1,90 @@
+//! The OS sandbox: running a child under `bwrap` (bubblewrap). The host's filesystem is
+//! mounted read-only, the workspace read-write, `/tmp` private, `/dev` and `/proc` fresh; all
+//! namespaces are unshared (network too, unless the spawn allows it); the sandboxed program
+//! runs in a new session and dies with `bwrap`, which dies with the host.
+
+use std::path::Path;
+use std::process::Command;
+
+use capsid_core::limits::PROCESS_SEARCH_PATH;
+
+use crate::error::ProcessError;
+use crate::spec::{Checked, Sandbox, SpawnSpec};
+
+/// Where `bwrap` is, if installed on the fixed search path.
+pub fn bwrap_path() -> Option<std::path::PathBuf> {
+    find_bwrap(PROCESS_SEARCH_PATH)
+}
+
+fn find_bwrap(search: &[&str]) -> Option<std::path::PathBuf> {
+    search
+        .iter()
+        .map(|dir| Path::new(dir).join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+/// The command that starts `spec`: the program itself, or `bwrap` around it.
+pub(crate) fn command(spec: &SpawnSpec, checked: &Checked) -> Result<Command, ProcessError> {
+    command_with(spec, checked, PROCESS_SEARCH_PATH)
+}
+
+fn command_with(
+    spec: &SpawnSpec,
+    checked: &Checked,
+    search: &[&str],
+) -> Result<Command, ProcessError> {
+    let (network, required) = match spec.sandbox {
+        Sandbox::Off => return Ok(direct(spec, checked)),
+        Sandbox::Auto { network } => (network, false),
+        Sandbox::Required { network } => (network, true),
+    };
+    let Some(bwrap) = find_bwrap(search) else {
+        return if required {
+            Err(ProcessError::SandboxUnavailable)
+        } else {
+            Ok(direct(spec, checked))
+        };
+    };
+    let workspace = checked.workspace.as_os_str();
+    let mut cmd = Command::new(bwrap);
+    cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+        .args(["--tmpfs", "/tmp", "--bind"])
+        .args([workspace, workspace])
+        .args(["--unshare-all", "--die-with-parent", "--new-session"]);
+    if network {
+        cmd.arg("--share-net");
+    }
+    cmd.arg("--chdir")
+        .arg(&checked.cwd)
+        .arg("--")
+        .arg(&checked.program)
+        .args(&spec.args);
+    Ok(cmd)
+}
+
+fn direct(spec: &SpawnSpec, checked: &Checked) -> Command {
+    let mut cmd = Command::new(&checked.program);
+    cmd.args(&spec.args);
+    cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_required_sandbox_fails_closed_without_bwrap() {
+        let ws = std::env::temp_dir();
+        let mut spec = SpawnSpec::new("true", &ws);
+        spec.sandbox = Sandbox::Required { network: false };
+        let checked = spec.check().unwrap_or_else(|e| panic!("{e}"));
+        let missing = ["/nonexistent-capsid-test-dir"];
+        assert!(matches!(
+            command_with(&spec, &checked, &missing),
+            Err(ProcessError::SandboxUnavailable)
+        ));
+        spec.sandbox = Sandbox::Auto { network: false };
+        let cmd = command_with(&spec, &checked, &missing).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cmd.get_program(), checked.program.as_os_str());
+    }
+}
