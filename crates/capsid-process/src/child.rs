@@ -1,7 +1,7 @@
 //! A running child: started in its own process group with its limits, its output pumped into
 //! rings, reaped (with its resource usage) as soon as it exits, and never signalled after.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::mpsc as std_mpsc;
@@ -16,6 +16,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cgroup::PidsCgroup;
 use crate::error::ProcessError;
 use crate::orphans;
 use crate::ring::OutputRing;
@@ -93,6 +94,8 @@ async fn fork(cmd: Command) -> std::io::Result<std::process::Child> {
 struct Shared {
     pid: u32,
     reaped: Mutex<bool>,
+    /// The child's pids cgroup, removed once the group is gone.
+    cgroup: Mutex<Option<PidsCgroup>>,
 }
 
 impl Shared {
@@ -133,7 +136,8 @@ impl Shared {
         }
         let result = sys::wait4(self.pid);
         *reaped = true;
-        orphans::leader_reaped(self.pid);
+        let cgroup = self.cgroup.lock().ok().and_then(|mut c| c.take());
+        orphans::leader_reaped(self.pid, cgroup);
         result.ok()
     }
 }
@@ -195,6 +199,43 @@ async fn pump<R: AsyncReadExt + Unpin>(mut from: R, ring: Arc<OutputRing>) {
     ring.close();
 }
 
+/// Waits for the exit (the pidfd turns readable), reaps, and publishes how it ended.
+async fn reap_on_exit(
+    shared: Arc<Shared>,
+    pidfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    guard: ReapOnDrop,
+    started: Instant,
+    exit: watch::Sender<Option<ExitInfo>>,
+) {
+    let _ = pidfd.readable().await;
+    let reaped = tokio::task::spawn_blocking(move || shared.reap())
+        .await
+        .ok()
+        .flatten();
+    drop(guard);
+    let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let info = reaped.map_or(
+        ExitInfo {
+            code: None,
+            signal: None,
+            cpu_ms: 0,
+            mem_bytes_peak: 0,
+            wall_ms,
+        },
+        |r| {
+            let status = std::process::ExitStatus::from_raw(r.status);
+            ExitInfo {
+                code: status.code(),
+                signal: status.signal(),
+                cpu_ms: r.user_ms + r.system_ms,
+                mem_bytes_peak: r.max_rss_bytes,
+                wall_ms,
+            }
+        },
+    );
+    let _ = exit.send(Some(info));
+}
+
 impl Child {
     /// Starts `spec`: checked, resolved, in its own process group, limited, with its output
     /// pumped into two rings. Returns once the child is running.
@@ -212,15 +253,31 @@ impl Child {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        sys::confine(&mut cmd, spec.limits, std::process::id());
+        let cgroup = spec.limits.pids.map(PidsCgroup::create).transpose()?;
+        sys::confine(
+            &mut cmd,
+            spec.limits,
+            std::process::id(),
+            cgroup.as_ref().map(|c| c.procs().as_raw_fd()),
+        );
         let started = Instant::now();
-        let mut child = fork(cmd).await.map_err(|source| ProcessError::Spawn {
-            program: spec.program.clone(),
-            source,
-        })?;
+        let forked = fork(cmd).await;
+        let mut child = match forked {
+            Ok(child) => child,
+            Err(source) => {
+                if let Some(c) = cgroup {
+                    c.remove();
+                }
+                return Err(ProcessError::Spawn {
+                    program: spec.program.clone(),
+                    source,
+                });
+            }
+        };
         let shared = Arc::new(Shared {
             pid: child.id(),
             reaped: Mutex::new(false),
+            cgroup: Mutex::new(cgroup),
         });
         orphans::leader_started(shared.pid);
         // From here on, any early return drops this guard, which kills and reaps.
@@ -248,37 +305,7 @@ impl Child {
             None => None,
         };
         let (exit_tx, exit) = watch::channel(None);
-        let reaper_shared = shared.clone();
-        tokio::spawn(async move {
-            let guard = guard;
-            let _ = pidfd.readable().await;
-            let shared = reaper_shared;
-            let reaped = tokio::task::spawn_blocking(move || shared.reap())
-                .await
-                .ok()
-                .flatten();
-            drop(guard);
-            let info = reaped.map_or(
-                ExitInfo {
-                    code: None,
-                    signal: None,
-                    cpu_ms: 0,
-                    mem_bytes_peak: 0,
-                    wall_ms: 0,
-                },
-                |r| {
-                    let status = std::process::ExitStatus::from_raw(r.status);
-                    ExitInfo {
-                        code: status.code(),
-                        signal: status.signal(),
-                        cpu_ms: r.user_ms + r.system_ms,
-                        mem_bytes_peak: r.max_rss_bytes,
-                        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    }
-                },
-            );
-            let _ = exit_tx.send(Some(info));
-        });
+        tokio::spawn(reap_on_exit(shared.clone(), pidfd, guard, started, exit_tx));
         // std's handle would reap on its own terms; the pidfd reaper owns that now.
         drop(child);
         Ok(Self {

@@ -22,6 +22,12 @@ pub enum ProcessError {
     /// The OS sandbox is required but `bwrap` is not installed.
     #[error("the OS sandbox is required but bwrap is not installed: install bubblewrap")]
     SandboxUnavailable,
+    /// A pids limit was asked for but no writable cgroup `pids` controller exists here.
+    #[error(
+        "a pids limit needs the cgroup pids controller (v1 at /sys/fs/cgroup/pids or v2 with \
+         pids enabled), writable by the host; none is"
+    )]
+    PidsLimitUnavailable,
     /// The OS refused to start the child.
     #[error("cannot start {program}: {source}")]
     Spawn {

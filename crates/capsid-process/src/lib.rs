@@ -6,9 +6,10 @@
 //!   `PROCESS_ENV_ALLOW`), bare program names resolve on a fixed search path, the working
 //!   directory resolves (symlinks included) inside the workspace, and arguments, environment
 //!   and stdin writes are size-capped;
-//! - limits are set in the child before exec (`setrlimit`: address space, CPU seconds,
-//!   processes, open files); `RLIMIT_NPROC` is per user and not enforced for root, so the
-//!   `pids` limit only holds for children of an unprivileged host;
+//! - limits are set in the child before exec: `setrlimit` for address space, CPU seconds and
+//!   open files; a `pids` limit puts the child in its own cgroup (`pids.max`) before exec, so
+//!   a fork bomb stays contained even for a root host, and fails closed where no cgroup
+//!   `pids` controller is writable;
 //! - every child leads its own process group, signals go to the whole group, and a pid is
 //!   never signalled once reaped (the reap and every signal take the same lock); pid 0 and
 //!   negative pids are never signalled;
@@ -24,6 +25,7 @@
 //! - a spawn that requires the OS sandbox fails closed where `bwrap` is missing.
 #![deny(missing_docs)]
 
+mod cgroup;
 mod child;
 mod error;
 mod orphans;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
+use crate::cgroup::PidsCgroup;
+
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
@@ -42,24 +44,40 @@ pub(crate) fn leader_started(pid: u32) {
     groups().live_leaders.insert(pid);
 }
 
-/// Called once a leader is reaped: its group may leave zombies behind.
-pub(crate) fn leader_reaped(pid: u32) {
+/// Called once a leader is reaped: its group may leave zombies behind, and its pids cgroup
+/// (if any) can go once they are gone.
+pub(crate) fn leader_reaped(pid: u32, cgroup: Option<PidsCgroup>) {
     {
         let mut g = groups();
         g.live_leaders.remove(&pid);
         g.dead_groups.insert(pid);
     }
-    if SUBREAPER.load(Ordering::Acquire)
-        && let Ok(handle) = tokio::runtime::Handle::try_current()
-    {
-        // Killed members turn into zombies a moment after the leader; look a few times.
-        handle.spawn(async {
-            for delay in [1, 10, 100, 1_000] {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
+    let subreaper = SUBREAPER.load(Ordering::Acquire);
+    if !subreaper && cgroup.as_ref().is_none_or(PidsCgroup::remove) {
+        return;
+    }
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    // Killed members exit (and turn into zombies) a moment after the leader; look a few times.
+    handle.spawn(async move {
+        let mut cgroup = cgroup;
+        for delay in [1, 10, 100, 1_000, 5_000] {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            if subreaper {
                 let _ = tokio::task::spawn_blocking(sweep).await;
             }
-        });
-    }
+            if cgroup.as_ref().is_some_and(PidsCgroup::remove) {
+                cgroup = None;
+            }
+            if cgroup.is_none() && !subreaper {
+                return;
+            }
+        }
+        if cgroup.is_some() {
+            tracing::warn!(pid, "a pids cgroup still holds tasks; left in place");
+        }
+    });
 }
 
 /// `(pid, parent, state, process group)` of every process, from `/proc`.

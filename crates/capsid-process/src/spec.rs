@@ -29,8 +29,8 @@ pub struct ResourceLimits {
     pub memory_bytes: Option<u64>,
     /// CPU time, in seconds (`RLIMIT_CPU`: SIGXCPU at the limit, SIGKILL a second later).
     pub cpu_seconds: Option<u64>,
-    /// Processes of the child's user (`RLIMIT_NPROC`). Not enforced for root: see the crate
-    /// documentation.
+    /// Tasks in the child's own `pids` cgroup: everything it and its descendants fork
+    /// counts, and a fork past the limit fails. Needs the cgroup `pids` controller.
     pub pids: Option<u64>,
     /// Open file descriptors (`RLIMIT_NOFILE`).
     pub open_files: Option<u64>,

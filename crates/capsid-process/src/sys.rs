@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
@@ -19,7 +19,13 @@ fn os(e: nix::Error) -> io::Error {
 
 /// Makes the child, between fork and exec: die with the host (`PR_SET_PDEATHSIG`, and check
 /// the host did not die before that took effect), and take its resource limits.
-pub(crate) fn confine(cmd: &mut Command, limits: ResourceLimits, host_pid: u32) {
+/// With `cgroup_procs`, the child first enters that cgroup (writing `0` to its `cgroup.procs`).
+pub(crate) fn confine(
+    cmd: &mut Command,
+    limits: ResourceLimits,
+    host_pid: u32,
+    cgroup_procs: Option<RawFd>,
+) {
     let set = |resource, limit: Option<u64>, hard_extra: u64| -> io::Result<()> {
         match limit {
             Some(soft) => setrlimit(resource, soft, soft.saturating_add(hard_extra)).map_err(os),
@@ -27,18 +33,23 @@ pub(crate) fn confine(cmd: &mut Command, limits: ResourceLimits, host_pid: u32) 
         }
     };
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, setrlimit); it allocates nothing
-    // (errors are built from raw OS codes) and touches no lock.
+    // async-signal-safe system calls (prctl, getppid, write, setrlimit); it allocates nothing
+    // (errors are built from raw OS codes) and touches no lock. The cgroup descriptor is
+    // owned by the parent's `PidsCgroup`, which outlives the spawn, and is close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(os)?;
             if nix::unistd::getppid().as_raw().cast_unsigned() != host_pid {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
+            if let Some(fd) = cgroup_procs
+                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(io::Error::last_os_error());
+            }
             set(Resource::RLIMIT_AS, limits.memory_bytes, 0)?;
             // SIGXCPU at the soft limit, SIGKILL one second later.
             set(Resource::RLIMIT_CPU, limits.cpu_seconds, 1)?;
-            set(Resource::RLIMIT_NPROC, limits.pids, 0)?;
             set(Resource::RLIMIT_NOFILE, limits.open_files, 0)?;
             Ok(())
         });

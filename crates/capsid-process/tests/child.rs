@@ -370,3 +370,29 @@ async fn the_sandbox_confines_writes_and_network() {
     );
     assert!(!std::path::Path::new("/etc/capsid-sandbox-test").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_stays_inside_its_pids_limit() {
+    subreaper();
+    let ws = tempfile::tempdir().unwrap();
+    // The bomb forks without end; the leader lives two seconds, then its group is killed.
+    let mut spec = sh(ws.path(), "b() { b | b & }; b; sleep 2");
+    spec.limits = ResourceLimits {
+        pids: Some(16),
+        ..ResourceLimits::default()
+    };
+    let child = Child::spawn(&spec).await.unwrap();
+    let pgid = child.pid();
+    let mut largest = 0;
+    for _ in 0..40 {
+        largest = largest.max(group_members(pgid).len());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(largest > 1, "the bomb never forked");
+    assert!(largest <= 16, "{largest} processes despite a limit of 16");
+    child
+        .wait(Some(Duration::from_mins(1)))
+        .await
+        .expect("the leader exited");
+    assert!(group_gone(pgid).await, "the bomb was killed and reaped");
+}
