@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use capsid_process::{Child, RingPolicy, SpawnSpec};
+use capsid_core::{CapsuleId, Principal};
+use capsid_process::{Child, Owner, PersistentOptions, ProcessTable, RingPolicy, SpawnSpec};
 
 use crate::report::Row;
 
@@ -26,6 +27,7 @@ pub fn run() -> Result<Vec<Row>> {
         let workspace = tempfile::tempdir()?;
         let mut rows = vec![spawn_row(workspace.path()).await?];
         rows.extend(output_rows(workspace.path()).await?);
+        rows.extend(table_rows(workspace.path()).await?);
         Ok(rows)
     })
 }
@@ -137,4 +139,115 @@ fn raw_read(count: &str, pipe_bytes: Option<i32>) -> Result<f64> {
     }
     child.wait()?;
     Ok(rate(total as f64 / 1e6, start))
+}
+
+/// Persistent children for the table rows.
+const PERSISTENT: usize = 256;
+/// `status-many` calls over all of them.
+const STATUS_ROUNDS: u32 = 200;
+
+/// Resident memory of this process, in bytes (`VmRSS`).
+fn rss_bytes() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .context("no VmRSS")?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
+#[allow(clippy::cast_precision_loss)]
+async fn table_rows(workspace: &std::path::Path) -> Result<Vec<Row>> {
+    let table = ProcessTable::new(None);
+    let owner = Owner {
+        principal: Principal::System,
+        capsule: CapsuleId::new("bench")?,
+    };
+    let mut spec = SpawnSpec::new("sleep", workspace).args(["600"]);
+    spec.ring_bytes = capsid_core::limits::MIN_OUTPUT_RING_BYTES;
+    // Warm up the allocator and the runtime's first spawn before measuring memory.
+    let warm = table
+        .spawn(owner.clone(), &spec, PersistentOptions::default())
+        .await?;
+    let before = rss_bytes()?;
+    let mut ids = vec![warm];
+    // The per-principal cap is below 256: spread the children over principals of their own.
+    let mut owners = Vec::new();
+    for i in 0..PERSISTENT - 1 {
+        let who = Owner {
+            principal: Principal::User(capsid_core::PrincipalId::new()),
+            capsule: CapsuleId::new(&format!("bench-{}", i % 4))?,
+        };
+        ids.push(
+            table
+                .spawn(who.clone(), &spec, PersistentOptions::default())
+                .await?,
+        );
+        owners.push(who);
+    }
+    let per_process = (rss_bytes()?.saturating_sub(before)) as f64 / (PERSISTENT - 1) as f64;
+    // status-many over 256 of one owner's ids (known and unknown alike cost a lookup).
+    let mine: Vec<String> = std::iter::repeat_n(ids[0].clone(), PERSISTENT).collect();
+    let start = Instant::now();
+    for _ in 0..STATUS_ROUNDS {
+        let answers = table.status_many(&owner, &mine)?;
+        anyhow::ensure!(answers.iter().all(Result::is_ok), "status-many failed");
+    }
+    let per_status =
+        start.elapsed().as_nanos() as f64 / f64::from(STATUS_ROUNDS) / PERSISTENT as f64;
+    let start = Instant::now();
+    for _ in 0..STATUS_ROUNDS {
+        for id in &mine {
+            std::hint::black_box(id.parse::<capsid_core::ProcessId>()?);
+        }
+    }
+    let per_parse =
+        start.elapsed().as_nanos() as f64 / f64::from(STATUS_ROUNDS) / PERSISTENT as f64;
+    table.stop_all(&owner, std::time::Duration::ZERO).await;
+    for who in &owners {
+        table.stop_all(who, std::time::Duration::ZERO).await;
+    }
+    let raw_per_process = raw_child_memory(workspace)?;
+    Ok(vec![
+        Row::new(
+            "host memory per idle persistent process (4 KiB rings)",
+            per_process / 1024.0,
+            "KiB",
+            "std::process::Child with piped stdout and stderr",
+            raw_per_process / 1024.0,
+        ),
+        Row::new(
+            "status-many over 256 ids, per id",
+            per_status,
+            "ns",
+            "parsing the id alone",
+            per_parse,
+        ),
+    ])
+}
+
+/// Host memory per idle `std::process::Child` kept with its pipes, in bytes.
+#[allow(clippy::cast_precision_loss)]
+fn raw_child_memory(workspace: &std::path::Path) -> Result<f64> {
+    let spawn = || {
+        Command::new("sleep")
+            .arg("600")
+            .current_dir(workspace)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let mut children = vec![spawn()?];
+    let before = rss_bytes()?;
+    for _ in 0..PERSISTENT - 1 {
+        children.push(spawn()?);
+    }
+    let per = (rss_bytes()?.saturating_sub(before)) as f64 / (PERSISTENT - 1) as f64;
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Ok(per)
 }

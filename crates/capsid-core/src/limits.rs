@@ -179,3 +179,27 @@ pub const PROCESS_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const PROCESS_ENV_ALLOW: &[&str] = &[
     "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "NO_COLOR", "COLUMNS", "LINES",
 ];
+
+/// Persistent processes one principal may have running at once.
+pub const MAX_PERSISTENT_RUNNING: usize = 64;
+
+/// Exited persistent processes one principal may keep (not yet released or expired).
+pub const MAX_PERSISTENT_RETAINED: usize = 64;
+
+/// How long an exited persistent process is kept for its owner to read, when not released.
+pub const DEFAULT_EXIT_RETENTION: std::time::Duration = std::time::Duration::from_mins(10);
+
+/// Longest a bounded process wait may be asked to take.
+pub const MAX_PROCESS_WAIT: std::time::Duration = std::time::Duration::from_mins(10);
+
+/// Time between `SIGTERM` and `SIGKILL` when a persistent process is stopped.
+pub const DEFAULT_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often the persistent-process reaper looks for expired processes.
+pub const PROCESS_REAPER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Most ids one `status-many` call may name.
+pub const MAX_STATUS_MANY: usize = 1024;
+
+/// Longest label of a persistent process, in bytes.
+pub const MAX_PROCESS_LABEL_BYTES: usize = 128;

@@ -29,6 +29,8 @@ pub mod domain {
     pub const CAPABILITY: Domain = Domain("capsid 2026-11 capability token v1");
     /// Content addressing of files (wasm components, cache keys).
     pub const CONTENT: Domain = Domain("capsid 2026-11 content v1");
+    /// A persistent process id, as the process table stores it (never the id itself).
+    pub const PROCESS_ID: Domain = Domain("capsid 2026-11 persistent process id v1");
     /// A compiled component in the on-disk cache (what the runtime key signs).
     pub const COMPILED_COMPONENT: Domain = Domain("capsid 2026-11 compiled component v1");
 }
@@ -119,6 +121,7 @@ mod tests {
             domain::CAPABILITY,
             domain::CONTENT,
             domain::COMPILED_COMPONENT,
+            domain::PROCESS_ID,
         ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {

@@ -33,6 +33,7 @@ mod ring;
 mod sandbox;
 mod spec;
 mod sys;
+mod table;
 
 pub use child::{Child, ExitInfo};
 pub use error::ProcessError;
@@ -41,3 +42,7 @@ pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
 pub use spec::{ResourceLimits, RingPolicy, Sandbox, SpawnSpec, resolve_program};
+pub use table::{
+    Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,
+    TableEvent,
+};
