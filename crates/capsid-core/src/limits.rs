@@ -203,3 +203,21 @@ pub const MAX_STATUS_MANY: usize = 1024;
 
 /// Longest label of a persistent process, in bytes.
 pub const MAX_PROCESS_LABEL_BYTES: usize = 128;
+
+/// First wait before a failed supervised program is restarted.
+pub const SUPERVISOR_INITIAL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Longest wait between restarts (the backoff doubles up to this).
+pub const SUPERVISOR_MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Restarts after which a failing supervised program is given up on and marked failed.
+pub const SUPERVISOR_MAX_RESTARTS: u32 = 5;
+
+/// A run this long counts as healthy: the restart count towards the cap starts again.
+pub const SUPERVISOR_HEALTHY_AFTER: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// How often a supervised program's CPU and memory are sampled.
+pub const SUPERVISOR_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Samples kept per supervised program.
+pub const SUPERVISOR_HISTORY: usize = 60;

@@ -29,9 +29,11 @@ mod cgroup;
 mod child;
 mod error;
 mod orphans;
+mod procfs;
 mod ring;
 mod sandbox;
 mod spec;
+mod supervisor;
 mod sys;
 mod table;
 
@@ -42,6 +44,7 @@ pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
 pub use spec::{ResourceLimits, RingPolicy, Sandbox, SpawnSpec, resolve_program};
+pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, Supervisor};
 pub use table::{
     Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,
     TableEvent,

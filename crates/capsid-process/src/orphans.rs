@@ -13,6 +13,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 use crate::cgroup::PidsCgroup;
+use crate::procfs;
 
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
@@ -80,46 +81,26 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<PidsCgroup>) {
     });
 }
 
-/// `(pid, parent, state, process group)` of every process, from `/proc`.
-fn processes() -> Vec<(u32, u32, char, u32)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            let mut fields = rest.split(' ');
-            let state = fields.next()?.chars().next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            let pgrp = fields.next()?.parse().ok()?;
-            Some((pid, ppid, state, pgrp))
-        })
-        .collect()
-}
-
 /// Reaps our zombie children that belong to a group capsid created and whose leader is gone.
 /// Forgets a dead group once nothing of it is left.
 pub(crate) fn sweep() {
     let me = std::process::id();
-    let all = processes();
+    let all = procfs::all();
     let mut g = groups();
-    for &(pid, ppid, state, pgrp) in &all {
-        if ppid == me
-            && state == 'Z'
-            && g.dead_groups.contains(&pgrp)
-            && !g.live_leaders.contains(&pid)
-            && let Ok(raw) = i32::try_from(pid)
+    for p in &all {
+        if p.ppid == me
+            && p.state == 'Z'
+            && g.dead_groups.contains(&p.pgrp)
+            && !g.live_leaders.contains(&p.pid)
+            && let Ok(raw) = i32::try_from(p.pid)
         {
             let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
         }
     }
     let lingering: HashSet<u32> = all
         .iter()
-        .filter(|&&(_, _, state, _)| state != 'Z')
-        .map(|&(_, _, _, pgrp)| pgrp)
+        .filter(|p| p.state != 'Z')
+        .map(|p| p.pgrp)
         .collect();
     g.dead_groups.retain(|pgid| lingering.contains(pgid));
 }

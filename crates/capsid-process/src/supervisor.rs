@@ -1,0 +1,362 @@
+//! Supervision of long-running native programs (native capsules): restart on failure with
+//! exponential backoff and a cap on restarts, health and restart count, a short history of
+//! CPU and memory, and quotas that are logged or enforced.
+//!
+//! A clean exit (code 0) is final: the program finished. Any other end is a failure and is
+//! retried after `initial_backoff`, doubling up to `max_backoff`, at most `max_restarts`
+//! times in a row; a run that lasted `healthy_after` starts the count again.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use capsid_core::limits::{
+    SUPERVISOR_HEALTHY_AFTER, SUPERVISOR_HISTORY, SUPERVISOR_INITIAL_BACKOFF,
+    SUPERVISOR_MAX_BACKOFF, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_SAMPLE_EVERY,
+};
+use tokio::sync::watch;
+
+use crate::child::{Child, ExitInfo};
+use crate::procfs;
+use crate::spec::SpawnSpec;
+
+/// When and how often to restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Wait before the first restart.
+    pub initial_backoff: Duration,
+    /// Longest wait between restarts.
+    pub max_backoff: Duration,
+    /// Restarts in a row before giving up.
+    pub max_restarts: u32,
+    /// A run at least this long resets the count.
+    pub healthy_after: Duration,
+    /// How often CPU and memory are sampled (and quotas checked).
+    pub sample_every: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: SUPERVISOR_INITIAL_BACKOFF,
+            max_backoff: SUPERVISOR_MAX_BACKOFF,
+            max_restarts: SUPERVISOR_MAX_RESTARTS,
+            healthy_after: SUPERVISOR_HEALTHY_AFTER,
+            sample_every: SUPERVISOR_SAMPLE_EVERY,
+        }
+    }
+}
+
+/// What a quota breach does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QuotaAction {
+    /// Count it and log it; let the program run.
+    #[default]
+    Log,
+    /// Count it, log it, and kill the program (which is then restarted as a failure).
+    Kill,
+}
+
+/// Limits checked at every sample, over the program's whole process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Quota {
+    /// Resident memory of the group, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Live processes in the group.
+    pub processes: Option<usize>,
+    /// What a breach does.
+    pub action: QuotaAction,
+}
+
+/// Where a supervised program is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Being started.
+    Starting,
+    /// Running as `pid`.
+    Running {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Failed; restarting after a wait.
+    Backoff {
+        /// Restarts in a row so far, this one included.
+        attempt: u32,
+        /// The wait, in milliseconds.
+        retry_in_ms: u64,
+    },
+    /// Finished cleanly (exit code 0); not restarted.
+    Finished,
+    /// Given up on after too many failures.
+    Failed {
+        /// The last failure.
+        reason: String,
+    },
+    /// Stopped on request.
+    Stopped,
+}
+
+/// One sample of the program's group.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// CPU use since the previous sample, in percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory of the group, in bytes.
+    pub rss_bytes: u64,
+    /// Live processes in the group.
+    pub processes: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    health: Health,
+    restarts: u32,
+    breaches: u64,
+    current: Option<Arc<Child>>,
+    history: VecDeque<Sample>,
+}
+
+/// A supervised program. Dropping the handle does not stop it: call [`stop`](Self::stop).
+#[derive(Debug)]
+pub struct Supervisor {
+    name: String,
+    state: Mutex<State>,
+    stop: watch::Sender<bool>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn describe(exit: Option<ExitInfo>) -> String {
+    match exit {
+        Some(ExitInfo {
+            code: Some(code), ..
+        }) => format!("exited with code {code}"),
+        Some(ExitInfo {
+            signal: Some(signal),
+            ..
+        }) => format!("killed by signal {signal}"),
+        _ => "ended without a status".into(),
+    }
+}
+
+impl Supervisor {
+    /// Starts supervising `spec` under `name` (used in logs).
+    pub fn start(name: &str, spec: SpawnSpec, policy: RestartPolicy, quota: Quota) -> Arc<Self> {
+        let (stop, stopped) = watch::channel(false);
+        let sup = Arc::new(Self {
+            name: name.to_owned(),
+            state: Mutex::new(State {
+                health: Health::Starting,
+                restarts: 0,
+                breaches: 0,
+                current: None,
+                history: VecDeque::new(),
+            }),
+            stop,
+        });
+        tokio::spawn(sup.clone().run(spec, policy, quota, stopped));
+        sup
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, health: Health) {
+        self.lock().health = health;
+    }
+
+    /// Its health.
+    pub fn health(&self) -> Health {
+        self.lock().health.clone()
+    }
+
+    /// Restarts made so far.
+    pub fn restarts(&self) -> u32 {
+        self.lock().restarts
+    }
+
+    /// Quota breaches seen so far.
+    pub fn quota_breaches(&self) -> u64 {
+        self.lock().breaches
+    }
+
+    /// The recent samples, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.lock().history.iter().copied().collect()
+    }
+
+    /// The running (or last) child, to read its output.
+    pub fn current(&self) -> Option<Arc<Child>> {
+        self.lock().current.clone()
+    }
+
+    /// Stops it: no more restarts, the running child's group is killed.
+    pub async fn stop(&self) {
+        let _ = self.stop.send(true);
+        if let Some(child) = self.current() {
+            child.kill().await;
+        }
+        self.set(Health::Stopped);
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        spec: SpawnSpec,
+        policy: RestartPolicy,
+        quota: Quota,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let mut failures = 0u32;
+        loop {
+            if *stopped.borrow() {
+                self.set(Health::Stopped);
+                return;
+            }
+            self.set(Health::Starting);
+            let started = Instant::now();
+            let reason = match Child::spawn(&spec).await {
+                Err(e) => e.to_string(),
+                Ok(child) => {
+                    let child = Arc::new(child);
+                    {
+                        let mut s = self.lock();
+                        s.current = Some(child.clone());
+                        s.health = Health::Running { pid: child.pid() };
+                    }
+                    let Some(exit) = self.watch(&child, &policy, &quota, &mut stopped).await else {
+                        self.set(Health::Stopped);
+                        return;
+                    };
+                    if exit.is_some_and(|e| e.success()) {
+                        self.set(Health::Finished);
+                        return;
+                    }
+                    describe(exit)
+                }
+            };
+            if started.elapsed() >= policy.healthy_after {
+                failures = 0;
+            }
+            failures += 1;
+            if failures > policy.max_restarts {
+                tracing::warn!(name = %self.name, reason, "giving up after {} restarts", policy.max_restarts);
+                self.set(Health::Failed {
+                    reason: format!("{reason} ({} restarts in a row)", policy.max_restarts),
+                });
+                return;
+            }
+            let factor = 2u32.saturating_pow(failures - 1);
+            let wait = policy
+                .initial_backoff
+                .saturating_mul(factor)
+                .min(policy.max_backoff);
+            tracing::info!(name = %self.name, reason, attempt = failures, ?wait, "restarting");
+            self.set(Health::Backoff {
+                attempt: failures,
+                retry_in_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            });
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => {
+                    self.set(Health::Stopped);
+                    return;
+                }
+            }
+            self.lock().restarts += 1;
+        }
+    }
+
+    /// Samples and enforces quotas until the child exits (`Some(exit)`) or a stop is asked
+    /// for (`None`, after killing it).
+    async fn watch(
+        &self,
+        child: &Child,
+        policy: &RestartPolicy,
+        quota: &Quota,
+        stopped: &mut watch::Receiver<bool>,
+    ) -> Option<Option<ExitInfo>> {
+        let mut tick = tokio::time::interval(policy.sample_every);
+        let mut last: Option<(Instant, u64)> = None;
+        loop {
+            tokio::select! {
+                exit = child.wait(None) => return Some(exit),
+                _ = stopped.changed() => {
+                    child.kill().await;
+                    return None;
+                }
+                _ = tick.tick() => {
+                    // Reading /proc is blocking I/O: keep it off the async workers.
+                    let (pgid, prev) = (child.pid(), last);
+                    let Ok((taken, now)) =
+                        tokio::task::spawn_blocking(move || sample(pgid, prev)).await
+                    else {
+                        continue;
+                    };
+                    last = Some(now);
+                    self.record(taken, quota, child);
+                }
+            }
+        }
+    }
+
+    fn record(&self, sample: Sample, quota: &Quota, child: &Child) {
+        let breach = quota.memory_bytes.is_some_and(|m| sample.rss_bytes > m)
+            || quota.processes.is_some_and(|p| sample.processes > p);
+        {
+            let mut s = self.lock();
+            if s.history.len() == SUPERVISOR_HISTORY {
+                s.history.pop_front();
+            }
+            s.history.push_back(sample);
+            if breach {
+                s.breaches += 1;
+            }
+        }
+        if breach {
+            tracing::warn!(
+                name = %self.name,
+                rss = sample.rss_bytes,
+                processes = sample.processes,
+                action = ?quota.action,
+                "quota exceeded"
+            );
+            if quota.action == QuotaAction::Kill {
+                let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// The group's CPU and memory now (CPU as a share of the time since `last`), and the
+/// reference for the next sample.
+fn sample(pgid: u32, last: Option<(Instant, u64)>) -> (Sample, (Instant, u64)) {
+    let members: Vec<_> = procfs::all()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && p.state != 'Z')
+        .collect();
+    let ticks: u64 = members.iter().map(|p| p.cpu_ticks).sum();
+    let rss_bytes = members.iter().map(|p| p.rss_pages).sum::<u64>() * procfs::page_bytes();
+    let now = Instant::now();
+    #[allow(clippy::cast_precision_loss)]
+    let cpu_percent = match last {
+        Some((at, before)) if now > at => {
+            let used = ticks.saturating_sub(before) as f64 / procfs::ticks_per_second() as f64;
+            used / now.duration_since(at).as_secs_f64() * 100.0
+        }
+        _ => 0.0,
+    };
+    let taken = Sample {
+        at_ms: now_ms(),
+        cpu_percent,
+        rss_bytes,
+        processes: members.len(),
+    };
+    (taken, (now, ticks))
+}
