@@ -22,7 +22,7 @@ async fn hello_greets_logs_and_knows_who_it_runs_as() {
     let out = rt.call("hello", "whoami", json!({})).await;
     assert_eq!(out, json!({ "principal": "system", "capsule": "hello" }));
 
-    let capsule = rt.registry.get(&id("hello")).await.unwrap();
+    let capsule = rt.registry.get(&id("hello")).unwrap();
     let lines = capsule.log().since(0);
     assert!(
         lines
@@ -181,6 +181,19 @@ async fn a_second_load_comes_from_the_signed_cache_and_a_bad_cache_is_rebuilt() 
     rt.registry.unload(&id("hello")).await.unwrap();
     assert_eq!(rt.load("hello").await.load_kind, Some(LoadKind::Compiled));
     assert_ne!(std::fs::read(&cached).unwrap(), bytes);
+
+    // A validly signed entry under another component's name is refused: the signature covers
+    // the name (the wasm's blake3) too.
+    let counter = rt.load("counter").await;
+    let counter_cache = rt.engine.cache_path(counter.blake3.as_deref().unwrap());
+    rt.registry.unload(&id("counter")).await.unwrap();
+    std::fs::copy(&cached, &counter_cache).unwrap();
+    let again = rt.load("counter").await;
+    assert_eq!(again.load_kind, Some(LoadKind::Compiled));
+    assert_eq!(
+        rt.call("counter", "get", json!({})).await,
+        json!({ "count": 0 })
+    );
     assert_eq!(
         rt.call("hello", "greet", json!({ "name": "cache" })).await,
         json!({ "greeting": "Hello, cache!" })

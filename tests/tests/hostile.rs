@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 const PATIENCE: Duration = Duration::from_mins(1);
 
 async fn still_serving(rt: &Runtime) {
-    if rt.registry.get(&id("hello")).await.is_err() {
+    if rt.registry.get(&id("hello")).is_err() {
         rt.load("hello").await;
     }
     assert_eq!(
@@ -110,7 +110,7 @@ async fn spin_is_stopped_by_its_deadline_and_fails_alone() {
         matches!(err, CapsuleError::Timeout { ref capsule, timeout_ms: 200 } if capsule.as_str() == "spin"),
         "{err:?}"
     );
-    let info = rt.registry.info(&id("spin")).await.unwrap();
+    let info = rt.registry.info(&id("spin")).unwrap();
     assert!(matches!(info.state, CapsuleState::Failed(_)), "{info:?}");
     let again = rt.registry.call_tool(&id("spin"), "spin", "{}").await;
     assert!(
@@ -126,7 +126,7 @@ async fn spin_is_stopped_by_its_deadline_and_fails_alone() {
 
     rt.registry.reload(&id("spin")).await.unwrap();
     assert_eq!(
-        rt.registry.info(&id("spin")).await.unwrap().state,
+        rt.registry.info(&id("spin")).unwrap().state,
         CapsuleState::Ready
     );
 }
@@ -144,7 +144,7 @@ async fn hog_hits_its_memory_limit() {
         "{err:?}"
     );
     assert!(matches!(
-        rt.registry.info(&id("hog")).await.unwrap().state,
+        rt.registry.info(&id("hog")).unwrap().state,
         CapsuleState::Failed(_)
     ));
     still_serving(&rt).await;
@@ -210,7 +210,7 @@ async fn components_for_another_world_or_exporting_nothing_are_refused_by_name()
             err.to_string().contains(&format!("capsule {name}")),
             "{err}"
         );
-        let info = rt.registry.info(&id(name)).await.unwrap();
+        let info = rt.registry.info(&id(name)).unwrap();
         assert!(matches!(info.state, CapsuleState::Failed(_)));
     }
     still_serving(&rt).await;
@@ -239,6 +239,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
     std::fs::write(&manifest, text).unwrap();
     let err = rt.registry.load(&pinned, Trust::Dev).await.unwrap_err();
     assert!(matches!(err, CapsuleError::PinMismatch { .. }), "{err:?}");
+    assert!(err.to_string().starts_with("capsule hello:"), "{err}");
     rt.registry.unload(&id("hello")).await.unwrap();
 
     let native = rt.home.path().join("native");
@@ -250,6 +251,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
     .unwrap();
     let err = rt.registry.load(&native, Trust::Dev).await.unwrap_err();
     assert!(matches!(err, CapsuleError::NotWasm(_)), "{err:?}");
+    assert!(err.to_string().starts_with("capsule nat:"), "{err}");
 
     rt.load("hello").await;
     let err = rt
@@ -281,7 +283,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
         "{err:?}"
     );
     assert_eq!(
-        rt.registry.info(&id("hello")).await.unwrap().state,
+        rt.registry.info(&id("hello")).unwrap().state,
         CapsuleState::Ready,
         "a guest error is an answer, not a failure"
     );
@@ -298,6 +300,10 @@ async fn without_trust_nothing_is_granted_and_revocation_is_immediate() {
         )
         .await
         .unwrap();
+    assert!(
+        rt.caps.list(&rt.principal).await.unwrap().is_empty(),
+        "a manifest under operator trust grants nothing"
+    );
     let err = rt
         .registry
         .call_tool(&id("notes"), "add", r#"{"name":"a","text":"b"}"#)
@@ -377,7 +383,7 @@ async fn oversize_inputs_to_every_host_call_are_refused_and_write_nothing() {
         rt.overlay.diff().await.unwrap().is_empty(),
         "nothing was written"
     );
-    let capsule = rt.registry.get(&id("oversize")).await.unwrap();
+    let capsule = rt.registry.get(&id("oversize")).unwrap();
     let long = capsule
         .log()
         .since(0)
@@ -386,4 +392,156 @@ async fn oversize_inputs_to_every_host_call_are_refused_and_write_nothing() {
         .expect("the long line was logged");
     assert_eq!(long.message.len(), 16 * 1024, "cut to the line limit");
     still_serving(&rt).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spinning_capsules_do_not_stall_the_others() {
+    let rt = Runtime::new().await;
+    // Two instances spinning for up to 3 s: as many as there are worker threads.
+    let dir = copy_capsule("spin", rt.home.path());
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "call_timeout_ms = 200",
+        "call_timeout_ms = 3000\nmax_instances = 2",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    rt.load("hello").await;
+    let registry = &rt.registry;
+    let (spin, hello) = (id("spin"), id("hello"));
+    let spins = async {
+        tokio::join!(
+            registry.call_tool(&spin, "spin", "{}"),
+            registry.call_tool(&spin, "spin", "{}")
+        )
+    };
+    let greet = async {
+        // Let both spins start first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let out = registry.call_tool(&hello, "echo", "{}").await;
+        (out, std::time::Instant::now())
+    };
+    let ((a, b), (out, greeted_at)) = tokio::join!(spins, greet);
+    let spins_done = std::time::Instant::now();
+    assert_eq!(out.unwrap(), "{}");
+    assert!(a.is_err() && b.is_err(), "both spins hit their deadline");
+    assert!(
+        greeted_at + Duration::from_millis(500) < spins_done,
+        "hello answered while the spins were still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_removal_needs_the_whole_tree_granted() {
+    let rt = Runtime::new().await;
+    let ws = &rt.workspace;
+    std::fs::create_dir_all(ws.join("notes/sub")).unwrap();
+    std::fs::write(ws.join("notes/a.md"), "a").unwrap();
+    std::fs::write(ws.join("notes/sub/deep.txt"), "deep").unwrap();
+    let dir = copy_capsule("notes", rt.home.path());
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace(
+        "fs_write = [\"workspace://notes/**\"]",
+        "fs_write = [\"workspace://notes\", \"workspace://notes/*.md\"]",
+    );
+    std::fs::write(&manifest, text).unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let err = rt
+        .registry
+        .call_tool(&id("notes"), "tidy", "{}")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            CapsuleError::Guest {
+                error: GuestError::Denied,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    rt.overlay.commit().await.unwrap();
+    assert!(
+        ws.join("notes/sub/deep.txt").exists(),
+        "nothing was removed"
+    );
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .any(|e| e.action == "fs.remove-dir"
+                && e.resource == "fs://workspace/notes/sub"
+                && e.decision == "deny")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_narrowed_manifest_narrows_the_grants_on_reload() {
+    let rt = Runtime::new().await;
+    let dir = copy_capsule("echo", rt.home.path());
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let live = |rt: &Runtime| {
+        let caps = rt.caps.clone();
+        let principal = rt.principal;
+        async move {
+            caps.list(&principal)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|g| !g.revoked)
+                .map(|g| g.capability.pattern.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(
+        live(&rt)
+            .await
+            .contains(&"ipc://publish/echo.out".to_owned())
+    );
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("ipc_publish = [\"echo.out\"]\n", "");
+    std::fs::write(&manifest, text).unwrap();
+    rt.registry.reload(&id("echo")).await.unwrap();
+    let after = live(&rt).await;
+    assert!(
+        !after.contains(&"ipc://publish/echo.out".to_owned()),
+        "{after:?}"
+    );
+    assert!(
+        after.contains(&"ipc://subscribe/echo.in".to_owned()),
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_subscription_is_not_made_and_floods_nothing() {
+    let rt = Runtime::new().await;
+    rt.registry
+        .load(
+            &capsid_integration_tests::capsules_dir().join("echo"),
+            Trust::Granted,
+        )
+        .await
+        .unwrap();
+    assert!(
+        rt.caps.list(&rt.principal).await.unwrap().is_empty(),
+        "nothing granted"
+    );
+    let mut out = rt.bus.subscribe("echo.out", 16).unwrap();
+    for _ in 0..50 {
+        rt.bus.publish("echo.in", b"{}".to_vec(), None).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(out.try_recv().is_none());
+    let denials = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.action == "ipc.deliver")
+        .count();
+    assert_eq!(
+        denials, 0,
+        "no record per event for a pattern that was never subscribed"
+    );
 }

@@ -19,7 +19,7 @@ use wasmtime::Store;
 use wasmtime::Trap;
 
 use crate::bindings::{Capsule as Bindings, CapsulePre, WitError};
-use crate::engine::{CapsuleEngine, LoadKind};
+use crate::engine::LoadKind;
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
 use crate::logbuf::{CapsuleLog, LogLevel, LogSource};
@@ -83,6 +83,15 @@ impl Call<'_> {
 struct Warm {
     store: Store<HostState>,
     bindings: Bindings,
+}
+
+/// Starts the clock of one call: its deadline, checked at every epoch tick, and a fresh
+/// memory-limit flag.
+fn arm(store: &mut Store<HostState>, timeout: Duration) {
+    let data = store.data_mut();
+    data.deadline = std::time::Instant::now() + timeout;
+    data.limiter.hit = false;
+    store.set_epoch_deadline(1);
 }
 
 async fn invoke(
@@ -201,7 +210,7 @@ impl LoadedCapsule {
     /// Runs `call` on `warm` under the capsule's deadline and memory limit.
     async fn run(&self, warm: &mut Warm, call: &Call<'_>) -> Result<Option<String>, CapsuleError> {
         let timeout = self.timeout();
-        warm.store.set_epoch_deadline(CapsuleEngine::ticks(timeout));
+        arm(&mut warm.store, timeout);
         let outcome = tokio::time::timeout(timeout + HOST_CALL_GRACE, invoke(warm, call)).await;
         match outcome {
             Err(_) => Err(self.timeout_error()),
@@ -223,6 +232,14 @@ impl LoadedCapsule {
     }
 
     fn classify(&self, error: &wasmtime::Error, store: &Store<HostState>) -> CapsuleError {
+        if error
+            .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+            .is_some()
+        {
+            return CapsuleError::RuntimeFull {
+                capsule: self.name().clone(),
+            };
+        }
         if store.data().limiter.hit || error.downcast_ref::<MemoryLimitHit>().is_some() {
             return CapsuleError::MemoryLimit {
                 capsule: self.name().clone(),
@@ -245,7 +262,7 @@ impl LoadedCapsule {
             self.cx.clone(),
             self.manifest.limits.memory_mb,
         );
-        store.set_epoch_deadline(CapsuleEngine::ticks(self.timeout()));
+        arm(&mut store, self.timeout());
         let bindings = match self.pre.instantiate_async(&mut store).await {
             Ok(b) => b,
             Err(e) => return Err(self.classify(&e, &store)),
@@ -276,6 +293,8 @@ impl LoadedCapsule {
                 max_instances: self.manifest.limits.max_instances,
             });
         };
+        // The capsule may have failed or begun unloading while this call waited.
+        self.ensure_ready()?;
         let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
         let mut warm = match idle {
             Some(w) => w,

@@ -49,13 +49,13 @@ pub enum CapsuleError {
         source: std::io::Error,
     },
     /// The component file is over the size limit.
-    #[error("capsule {capsule}: {} is {len} bytes, the limit is {max}", path.display())]
+    #[error("capsule {capsule}: {} is over the limit of {max} bytes (read {len})", path.display())]
     TooLarge {
         /// The capsule.
         capsule: CapsuleId,
         /// The file.
         path: PathBuf,
-        /// Its size.
+        /// How much of it was read before the limit stopped the read.
         len: u64,
         /// The limit.
         max: u64,
@@ -149,6 +149,13 @@ pub enum CapsuleError {
         capsule: CapsuleId,
         /// Its `limits.max_instances`.
         max_instances: u32,
+    },
+    /// The engine's instance pool is full (every slot is in use across all capsules); the
+    /// call can be retried. Not the capsule's fault: it is not marked failed.
+    #[error("capsule {capsule}: the runtime has no free instance slot; try again")]
+    RuntimeFull {
+        /// The capsule.
+        capsule: CapsuleId,
     },
     /// No such tool is declared in the manifest.
     #[error("capsule {capsule} has no tool named {tool:?}")]

@@ -58,7 +58,8 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
 }
 
 /// Grants `manifest`'s requests to `principal`, limited to the capsule, skipping any that
-/// an unrevoked, unexpiring grant already covers (so reloading does not pile up tokens).
+/// an unrevoked, unexpiring grant already covers (so reloading does not pile up tokens), and
+/// revokes the capsule's grants the manifest no longer requests.
 pub async fn grant_requested(
     store: &CapabilityStore,
     principal: Principal,
@@ -70,8 +71,20 @@ pub async fn grant_requested(
         message: e.to_string(),
     };
     let existing = store.list(&principal).await.map_err(setup)?;
+    let requests = requested(manifest);
+    // Under dev trust the manifest is the whole truth for grants scoped to this capsule: what
+    // it no longer asks for is revoked, so a narrowed manifest narrows the capsule.
+    for g in &existing {
+        let c = &g.capability;
+        let still_asked = requests
+            .iter()
+            .any(|r| c.pattern.as_str() == r.pattern && c.permissions == r.permissions);
+        if !g.revoked && c.capsule.as_ref() == Some(&manifest.name) && !still_asked {
+            store.revoke(c.id).await.map_err(setup)?;
+        }
+    }
     let mut granted = 0;
-    for request in requested(manifest) {
+    for request in requests {
         let covered = existing.iter().any(|g| {
             let c = &g.capability;
             !g.revoked

@@ -4,13 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
 use capsid_storage::{Quota, ScopedKvStore};
-use tokio::sync::RwLock;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{Capsule as Bindings, CapsulePre};
@@ -89,6 +88,16 @@ impl Registry {
         })
     }
 
+    // The slot map is never held across an await, so a plain lock serves (and a dropped load
+    // can fix its slot synchronously).
+    fn read_slots(&self) -> RwLockReadGuard<'_, BTreeMap<CapsuleId, Slot>> {
+        self.slots.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_slots(&self) -> RwLockWriteGuard<'_, BTreeMap<CapsuleId, Slot>> {
+        self.slots.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The services capsules run with.
     pub fn services(&self) -> &HostServices {
         &self.services
@@ -101,7 +110,7 @@ impl Registry {
         let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
         let name = manifest.name.clone();
         {
-            let mut slots = self.slots.write().await;
+            let mut slots = self.write_slots();
             if matches!(
                 slots.get(&name),
                 Some(Slot::Loading { .. } | Slot::Loaded { .. })
@@ -115,8 +124,16 @@ impl Registry {
                 },
             );
         }
+        // If this future is dropped mid-load, the slot must not stay `Loading` forever.
+        let guard = LoadingGuard {
+            registry: self,
+            name: Some(name.clone()),
+            dir: dir.to_owned(),
+            trust,
+        };
         let loaded = self.build(manifest, dir, trust).await;
-        let mut slots = self.slots.write().await;
+        guard.disarm();
+        let mut slots = self.write_slots();
         match loaded {
             Ok(capsule) => {
                 let info = info(&capsule);
@@ -149,10 +166,11 @@ impl Registry {
             Component::Native { .. } => return Err(CapsuleError::NotWasm(name)),
         };
         let services = &self.services;
+        let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
+        // Only a component that passed its pin and compiled gets anything granted.
         if trust == Trust::Dev {
             grant_requested(&services.capabilities, services.principal, &manifest).await?;
         }
-        let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
         let wrong_world = |e: wasmtime::Error| CapsuleError::WrongWorld {
             capsule: name.clone(),
             reason: format!("{e:#}"),
@@ -208,7 +226,7 @@ impl Registry {
             capsule.set_state(CapsuleState::Failed(e.to_string()));
             return Err(e);
         }
-        let tasks = dispatch::start(&capsule)?;
+        let tasks = dispatch::start(&capsule).await?;
         if let Ok(mut d) = capsule.dispatchers.lock() {
             d.extend(tasks);
         }
@@ -234,43 +252,53 @@ impl Registry {
         Ok(capsule)
     }
 
-    /// Unloads a capsule: its dispatchers stop, its idle instances get `shutdown`.
+    /// Unloads a capsule: its dispatchers stop, its idle instances get `shutdown`. While that
+    /// happens it is listed as `unloading` and its name cannot be loaded again.
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), CapsuleError> {
-        let slot = {
-            let mut slots = self.slots.write().await;
+        let capsule = {
+            let mut slots = self.write_slots();
             match slots.get(name) {
+                None => return Err(CapsuleError::NotLoaded(name.clone())),
                 Some(Slot::Loading { .. }) => {
                     return Err(CapsuleError::NotReady {
                         capsule: name.clone(),
                         state: CapsuleState::Loading.to_string(),
                     });
                 }
-                _ => slots.remove(name),
+                Some(Slot::LoadFailed { .. }) => {
+                    slots.remove(name);
+                    return Ok(());
+                }
+                Some(Slot::Loaded { capsule, .. }) => {
+                    if capsule.state() == CapsuleState::Unloading {
+                        return Err(CapsuleError::NotReady {
+                            capsule: name.clone(),
+                            state: CapsuleState::Unloading.to_string(),
+                        });
+                    }
+                    capsule.set_state(CapsuleState::Unloading);
+                    capsule.clone()
+                }
             }
         };
-        match slot {
-            None | Some(Slot::Loading { .. }) => Err(CapsuleError::NotLoaded(name.clone())),
-            Some(Slot::LoadFailed { .. }) => Ok(()),
-            Some(Slot::Loaded { capsule, .. }) => {
-                capsule.shut_down().await;
-                let _ = capsule
-                    .cx
-                    .note(
-                        "capsule.unload",
-                        &format!("capsule://{name}"),
-                        capsid_audit::Decision::Info,
-                        &serde_json::json!({}),
-                    )
-                    .await;
-                Ok(())
-            }
-        }
+        capsule.shut_down().await;
+        self.write_slots().remove(name);
+        let _ = capsule
+            .cx
+            .note(
+                "capsule.unload",
+                &format!("capsule://{name}"),
+                capsid_audit::Decision::Info,
+                &serde_json::json!({}),
+            )
+            .await;
+        Ok(())
     }
 
     /// Unloads and loads again from the same directory with the same trust (picking up a
     /// rebuilt component or an edited manifest, and clearing a failed state).
     pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, CapsuleError> {
-        let (dir, trust) = match self.slots.read().await.get(name) {
+        let (dir, trust) = match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, trust }) => (capsule.dir.clone(), *trust),
             Some(Slot::LoadFailed { dir, trust, .. }) => (dir.clone(), *trust),
             Some(Slot::Loading { .. }) | None => return Err(CapsuleError::NotLoaded(name.clone())),
@@ -280,8 +308,8 @@ impl Registry {
     }
 
     /// The loaded capsule called `name`.
-    pub async fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
-        match self.slots.read().await.get(name) {
+    pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
+        match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
             Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
                 capsule: name.clone(),
@@ -302,14 +330,12 @@ impl Registry {
         tool: &str,
         input_json: &str,
     ) -> Result<String, CapsuleError> {
-        self.get(name).await?.call_tool(tool, input_json).await
+        self.get(name)?.call_tool(tool, input_json).await
     }
 
     /// Every capsule the registry knows, by name.
-    pub async fn list(&self) -> Vec<CapsuleInfo> {
-        self.slots
-            .read()
-            .await
+    pub fn list(&self) -> Vec<CapsuleInfo> {
+        self.read_slots()
             .iter()
             .map(|(name, slot)| match slot {
                 Slot::Loaded { capsule, .. } => info(capsule),
@@ -322,13 +348,13 @@ impl Registry {
     }
 
     /// What the registry knows about `name`.
-    pub async fn info(&self, name: &CapsuleId) -> Option<CapsuleInfo> {
-        self.list().await.into_iter().find(|i| &i.name == name)
+    pub fn info(&self, name: &CapsuleId) -> Option<CapsuleInfo> {
+        self.list().into_iter().find(|i| &i.name == name)
     }
 
     /// Unloads every capsule.
     pub async fn shutdown(&self) {
-        let names: Vec<CapsuleId> = self.slots.read().await.keys().cloned().collect();
+        let names: Vec<CapsuleId> = self.read_slots().keys().cloned().collect();
         for name in names {
             let _ = self.unload(&name).await;
         }
@@ -361,5 +387,38 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
         tools: Vec::new(),
         blake3: None,
         load_kind: None,
+    }
+}
+
+/// Marks a load that never finished (its future was dropped) as failed.
+struct LoadingGuard<'a> {
+    registry: &'a Registry,
+    name: Option<CapsuleId>,
+    dir: PathBuf,
+    trust: Trust,
+}
+
+impl LoadingGuard<'_> {
+    fn disarm(mut self) {
+        self.name = None;
+    }
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        let Some(name) = self.name.take() else {
+            return;
+        };
+        let mut slots = self.registry.write_slots();
+        if matches!(slots.get(&name), Some(Slot::Loading { .. })) {
+            slots.insert(
+                name,
+                Slot::LoadFailed {
+                    dir: self.dir.clone(),
+                    trust: self.trust,
+                    reason: "the load was cancelled".into(),
+                },
+            );
+        }
     }
 }

@@ -57,6 +57,10 @@ impl Capsule for Notes {
                 };
                 Ok(json!({ "notes": names }).to_string())
             }
+            "tidy" => {
+                fs::remove_dir(DIR, true)?;
+                Ok(json!({ "tidied": true }).to_string())
+            }
             "delete" => {
                 fs::remove_file(&note_path(arg(&input, "name")?)?)?;
                 Ok(json!({ "deleted": true }).to_string())

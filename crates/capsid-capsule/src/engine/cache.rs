@@ -2,9 +2,11 @@
 //!
 //! A cache file is native code the runtime will execute, so it is never trusted on sight. Each
 //! file is `MAGIC · VERSION · signature · artifact`, the signature being the runtime key's
-//! over the artifact's hash in its own domain. A file whose signature does not verify (a
-//! different key, a flipped bit, a truncated write) or that wasmtime refuses (another engine
-//! version or configuration) is deleted and the component is compiled again.
+//! over the hash, in its own domain, of the wasm's blake3 and the artifact: so an entry
+//! cannot be renamed into another component's place (or an older build's). A file whose
+//! signature does not verify (a different key, a flipped bit, a truncated write, another
+//! name) or that wasmtime refuses (another engine version or configuration) is deleted and
+//! the component is compiled again.
 // `Component::deserialize` is `unsafe`: wasmtime cannot check that the bytes are its own
 // output. The signature check above it is what establishes that.
 #![allow(unsafe_code)]
@@ -13,13 +15,22 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use capsid_crypto::{KeyPair, Signature, domain, hash};
+use capsid_crypto::{Digest, DomainHasher, KeyPair, Signature, domain};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 const MAGIC: &[u8; 4] = b"CPCW";
 const VERSION: u8 = 1;
 const HEADER: usize = MAGIC.len() + 1 + 64;
+
+/// What the runtime key signs: the wasm's blake3 (as named in the file name) and the artifact.
+fn signed_digest(blake3: &str, artifact: &[u8]) -> Digest {
+    DomainHasher::new(domain::COMPILED_COMPONENT)
+        .update(&(blake3.len() as u64).to_be_bytes())
+        .update(blake3.as_bytes())
+        .update(artifact)
+        .finalize()
+}
 
 pub(super) struct CompiledCache {
     dir: PathBuf,
@@ -44,7 +55,7 @@ impl CompiledCache {
     pub(super) fn get(&self, engine: &Engine, blake3: &str) -> Option<Component> {
         let path = self.path(blake3);
         let bytes = std::fs::read(&path).ok()?;
-        match self.open(engine, &bytes) {
+        match self.open(engine, blake3, &bytes) {
             Ok(component) => Some(component),
             Err(reason) => {
                 tracing::warn!(path = %path.display(), reason, "discarding compiled cache entry");
@@ -56,13 +67,13 @@ impl CompiledCache {
         }
     }
 
-    fn open(&self, engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
+    fn open(&self, engine: &Engine, blake3: &str, bytes: &[u8]) -> Result<Component, String> {
         if bytes.len() < HEADER || &bytes[..4] != MAGIC || bytes[4] != VERSION {
             return Err("not a capsid compiled-component file".into());
         }
         let signature = Signature::from_slice(&bytes[5..HEADER]).ok_or("short signature")?;
         let artifact = &bytes[HEADER..];
-        let digest = hash(domain::COMPILED_COMPONENT, artifact);
+        let digest = signed_digest(blake3, artifact);
         self.key
             .verify(digest.as_bytes(), &signature)
             .map_err(|_| "signature does not verify with the runtime key".to_owned())?;
@@ -76,14 +87,14 @@ impl CompiledCache {
     /// failure only costs a recompile next time, so it is logged, not returned.
     pub(super) fn put(&self, blake3: &str, component: &Component) {
         let path = self.path(blake3);
-        if let Err(e) = self.write(&path, component) {
+        if let Err(e) = self.write(&path, blake3, component) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled cache entry");
         }
     }
 
-    fn write(&self, path: &Path, component: &Component) -> Result<(), String> {
+    fn write(&self, path: &Path, blake3: &str, component: &Component) -> Result<(), String> {
         let artifact = component.serialize().map_err(|e| e.to_string())?;
-        let digest = hash(domain::COMPILED_COMPONENT, &artifact);
+        let digest = signed_digest(blake3, &artifact);
         let signature = self.key.sign(digest.as_bytes());
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut tmp = tempfile_in(&self.dir).map_err(|e| e.to_string())?;

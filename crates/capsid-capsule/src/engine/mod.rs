@@ -71,6 +71,9 @@ fn config() -> Config {
         .total_memories(MAX_LIVE_INSTANCES)
         .total_tables(MAX_LIVE_INSTANCES * 4)
         .total_stacks(MAX_LIVE_INSTANCES)
+        // A Rust component has one memory; a few more leave room, and the store's limiter
+        // counts them together.
+        .max_memories_per_component(4)
         .max_memory_size(usize::try_from(MAX_CAPSULE_MEMORY_MB << 20).unwrap_or(usize::MAX));
     let mut config = Config::new();
     config
@@ -131,22 +134,7 @@ impl CapsuleEngine {
         wasm: &Path,
         pin: Option<&str>,
     ) -> Result<LoadedComponent, CapsuleError> {
-        let read_err = |source| CapsuleError::Read {
-            capsule: capsule.clone(),
-            path: wasm.to_owned(),
-            source,
-        };
-        let meta = std::fs::metadata(wasm).map_err(read_err)?;
-        if meta.len() > MAX_COMPONENT_BYTES {
-            return Err(CapsuleError::TooLarge {
-                capsule: capsule.clone(),
-                path: wasm.to_owned(),
-                len: meta.len(),
-                max: MAX_COMPONENT_BYTES,
-            });
-        }
-        let bytes = std::fs::read(wasm).map_err(read_err)?;
-        let blake3 = blake3::hash(&bytes).to_hex().to_string();
+        let (bytes, blake3) = read_component(capsule, wasm).await?;
         if let Some(expected) = pin
             && expected != blake3
         {
@@ -185,6 +173,45 @@ impl CapsuleEngine {
     pub fn cache_path(&self, blake3: &str) -> PathBuf {
         self.cache.path(blake3)
     }
+}
+
+/// Reads a component file (a regular file, at most `MAX_COMPONENT_BYTES`, read with that
+/// bound whatever its metadata says) and its blake3, off the async workers.
+async fn read_component(
+    capsule: &CapsuleId,
+    wasm: &Path,
+) -> Result<(Vec<u8>, String), CapsuleError> {
+    let path = wasm.to_owned();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let file = std::fs::File::open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes)?;
+        let blake3 = blake3::hash(&bytes).to_hex().to_string();
+        Ok((bytes, blake3))
+    })
+    .await
+    .map_err(|e| CapsuleError::Engine(format!("reader task failed: {e}")))?;
+    let (bytes, blake3) = read.map_err(|source| CapsuleError::Read {
+        capsule: capsule.clone(),
+        path: wasm.to_owned(),
+        source,
+    })?;
+    if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+        return Err(CapsuleError::TooLarge {
+            capsule: capsule.clone(),
+            path: wasm.to_owned(),
+            len: bytes.len() as u64,
+            max: MAX_COMPONENT_BYTES,
+        });
+    }
+    Ok((bytes, blake3))
 }
 
 impl Drop for CapsuleEngine {

@@ -4,7 +4,7 @@
 //! denial too, and a path the capsule may not touch is `denied` whether or not it exists.
 
 use capsid_capabilities::Permissions;
-use capsid_core::limits::{MAX_FS_DIR_ENTRIES, MAX_FS_FILE_BYTES};
+use capsid_core::limits::{MAX_FS_DIR_ENTRIES, MAX_FS_FILE_BYTES, MAX_FS_PATH_BYTES};
 use capsid_vfs::{EntryKind, VfsError, VfsPath};
 
 use crate::bindings::WitError;
@@ -43,6 +43,12 @@ impl CapsuleContext {
         permission: Permissions,
         path: &str,
     ) -> Result<VfsPath, WitError> {
+        if path.len() > MAX_FS_PATH_BYTES {
+            return Err(WitError::Invalid(format!(
+                "a path of {} bytes is over the limit of {MAX_FS_PATH_BYTES}",
+                path.len()
+            )));
+        }
         let effectful = permission != Permissions::READ;
         self.authorize(op, permission, &resource(path), effectful)
             .await?;
@@ -50,6 +56,49 @@ impl CapsuleContext {
             return Ok(VfsPath::root());
         }
         VfsPath::parse(path).map_err(|e| WitError::Invalid(e.to_string()))
+    }
+
+    /// Checks `WRITE` on every path under `dir` (and, for a move, where each would land under
+    /// `to`), so a recursive removal or a directory move never touches what the grant does
+    /// not match. Denials are audited; bounded by `MAX_FS_DIR_ENTRIES`.
+    async fn authorize_tree(
+        &self,
+        op: &str,
+        dir: &VfsPath,
+        to: Option<&VfsPath>,
+    ) -> Result<(), WitError> {
+        let vfs = &self.services.vfs;
+        let (mut stack, mut seen) = (vec![dir.clone()], 0usize);
+        while let Some(d) = stack.pop() {
+            let entries = match vfs.read_dir(&d).await {
+                Ok(entries) => entries,
+                Err(VfsError::NotADirectory(_)) => continue,
+                Err(e) => return Err(self.fs_error(op, &d.to_string(), e).await),
+            };
+            for entry in entries {
+                seen += 1;
+                if seen > MAX_FS_DIR_ENTRIES {
+                    return Err(WitError::Invalid(format!(
+                        "more than {MAX_FS_DIR_ENTRIES} entries under {dir}"
+                    )));
+                }
+                let path = d
+                    .join(&entry.name)
+                    .map_err(|e| WitError::Invalid(e.to_string()))?;
+                self.authorize(op, Permissions::WRITE, &resource(&path.to_string()), false)
+                    .await?;
+                if let Some(to) = to {
+                    let rel = &path.segments()[dir.segments().len()..];
+                    let landing = format!("{to}/{}", rel.join("/"));
+                    self.authorize(op, Permissions::WRITE, &resource(&landing), false)
+                        .await?;
+                }
+                if entry.kind == EntryKind::Dir {
+                    stack.push(path);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The guest's view of a VFS error. A symlink or escape is a denial (and audited as
@@ -157,6 +206,14 @@ impl Host for HostState {
         let p = cx
             .fs_path("fs.create-dir", Permissions::WRITE, &path)
             .await?;
+        // Missing parents are created too: each must be writable under the grant.
+        for ancestor in p.ancestors_and_self().filter(|a| !a.is_root() && *a != p) {
+            if !cx.services.vfs.exists(&ancestor).await.unwrap_or(false) {
+                let res = resource(&ancestor.to_string());
+                cx.authorize("fs.create-dir", Permissions::WRITE, &res, false)
+                    .await?;
+            }
+        }
         match cx.services.vfs.create_dir_all(&p).await {
             Ok(()) => Ok(()),
             Err(e) => Err(cx.fs_error("fs.create-dir", &path, e).await),
@@ -185,6 +242,9 @@ impl Host for HostState {
             ));
         }
         let vfs = &cx.services.vfs;
+        if recursive {
+            cx.authorize_tree("fs.remove-dir", &p, None).await?;
+        }
         let done = if recursive {
             vfs.remove_dir_all(&p).await
         } else {
@@ -204,6 +264,9 @@ impl Host for HostState {
             return Err(WitError::Invalid(
                 "the workspace root cannot be moved".into(),
             ));
+        }
+        if matches!(cx.services.vfs.stat(&src).await, Ok(m) if m.kind == EntryKind::Dir) {
+            cx.authorize_tree("fs.rename", &src, Some(&dst)).await?;
         }
         match cx.services.vfs.rename(&src, &dst).await {
             Ok(()) => Ok(()),

@@ -4,6 +4,7 @@
 //! [`ScopedKvStore`]: capsid_storage::ScopedKvStore
 
 use capsid_capabilities::Permissions;
+use capsid_core::limits::{MAX_KV_VALUE_BYTES, MAX_SCOPED_KEY_BYTES};
 use capsid_storage::KvError;
 
 use crate::bindings::WitError;
@@ -26,6 +27,24 @@ fn guest_error(e: KvError) -> WitError {
     }
 }
 
+/// Refuses a key or value the store would refuse anyway, before anything is authorized or
+/// audited: a malformed write leaves no allow record behind.
+fn check(key: &[u8], value: Option<&[u8]>) -> Result<(), WitError> {
+    if key.is_empty() || key.len() > MAX_SCOPED_KEY_BYTES {
+        return Err(WitError::Invalid(format!(
+            "key of {} bytes is outside the allowed 1..={MAX_SCOPED_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    match value {
+        Some(v) if v.len() > MAX_KV_VALUE_BYTES => Err(WitError::Invalid(format!(
+            "value of {} bytes exceeds the limit of {MAX_KV_VALUE_BYTES}",
+            v.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 impl Host for HostState {
     async fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, WitError> {
         let cx = &self.cx;
@@ -35,6 +54,7 @@ impl Host for HostState {
     }
 
     async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), WitError> {
+        check(&key, Some(&value))?;
         let cx = &self.cx;
         cx.authorize("kv.set", Permissions::WRITE, &cx.kv_resource, true)
             .await?;
@@ -42,6 +62,7 @@ impl Host for HostState {
     }
 
     async fn delete(&mut self, key: Vec<u8>) -> Result<bool, WitError> {
+        check(&key, None)?;
         let cx = &self.cx;
         cx.authorize("kv.delete", Permissions::WRITE, &cx.kv_resource, true)
             .await?;
@@ -74,6 +95,8 @@ impl Host for HostState {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     ) -> Result<bool, WitError> {
+        check(&key, new.as_deref())?;
+        check(&key, expected.as_deref())?;
         let cx = &self.cx;
         cx.authorize("kv.cas", Permissions::WRITE, &cx.kv_resource, true)
             .await?;

@@ -25,7 +25,7 @@ use capsid_events::EventBus;
 use capsid_storage::{KvStore, ScopedKvStore};
 use capsid_vfs::Vfs;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store};
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::WitError;
@@ -163,10 +163,13 @@ impl CapsuleContext {
     }
 }
 
-/// Denies memory growth past the capsule's limit and remembers that it did, so the trap
-/// that follows is reported as a memory limit rather than a generic trap.
+/// Denies memory growth that would take the instance's memories, together, past the
+/// capsule's limit, and remembers that it did, so the trap that follows is reported as a
+/// memory limit rather than a generic trap.
 pub(crate) struct MemoryLimiter {
     max_bytes: usize,
+    /// Bytes of linear memory the instance has, over all its memories.
+    total: usize,
     pub hit: bool,
 }
 
@@ -178,14 +181,16 @@ pub(crate) struct MemoryLimitHit(usize);
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_bytes {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        if total > self.max_bytes {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryLimitHit(self.max_bytes)));
         }
+        self.total = total;
         Ok(true)
     }
 
@@ -207,6 +212,8 @@ pub(crate) struct HostState {
     table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub cx: Arc<CapsuleContext>,
+    /// When the current call must end; checked at every epoch tick.
+    pub deadline: Instant,
 }
 
 impl WasiView for HostState {
@@ -243,12 +250,22 @@ pub(crate) fn new_store(
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 max_bytes,
+                total: 0,
                 hit: false,
             },
             cx,
+            deadline: Instant::now(),
         },
     );
     store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_trap();
+    // At every epoch tick the guest yields to the async runtime (so a spinning capsule never
+    // holds a worker thread) and is interrupted once its call's deadline has passed.
+    store.epoch_deadline_callback(|cx| {
+        Ok(if Instant::now() >= cx.data().deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
     store
 }
