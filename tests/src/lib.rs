@@ -114,6 +114,7 @@ impl Runtime {
                 chain,
                 kv: kv.clone(),
                 vfs: overlay.clone(),
+                workspace: workspace.clone(),
                 bus: bus.clone(),
                 principal,
             },

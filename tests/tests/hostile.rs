@@ -249,7 +249,12 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
         "[package]\nname = \"nat\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"/bin/true\"]\n",
     )
     .unwrap();
-    let err = rt.registry.load(&native, Trust::Dev).await.unwrap_err();
+    rt.registry.load(&native, Trust::Dev).await.unwrap();
+    let err = rt
+        .registry
+        .call_tool(&id("nat"), "anything", "{}")
+        .await
+        .unwrap_err();
     assert!(matches!(err, CapsuleError::NotWasm(_)), "{err:?}");
     assert!(err.to_string().starts_with("capsule nat:"), "{err}");
 

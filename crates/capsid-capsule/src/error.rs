@@ -97,9 +97,17 @@ pub enum CapsuleError {
         /// What is missing or mismatched.
         reason: String,
     },
-    /// The manifest describes a native program, which this runtime does not run.
-    #[error("capsule {0}: is a [native] capsule; only [component] capsules run in the engine")]
+    /// A WebAssembly call was made to a native capsule, which has no guest exports.
+    #[error("capsule {0}: is a [native] capsule; it has no tools to call")]
     NotWasm(CapsuleId),
+    /// A capability the capsule needs to start is not granted.
+    #[error("capsule {capsule}: {resource} is not granted")]
+    Denied {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// What was refused.
+        resource: String,
+    },
     /// A call ran past its deadline (`limits.call_timeout_ms`).
     #[error("capsule {capsule}: call exceeded its deadline of {timeout_ms} ms")]
     Timeout {

@@ -34,14 +34,38 @@ pub fn kv_resource(capsule: &CapsuleId) -> String {
     format!("kv://capsule/{capsule}")
 }
 
-/// Everything `manifest` asks for. `process` requests are not included: this runtime has no
-/// process interface to use them with.
+/// The resource that starting `program` is checked against: `process://exec/<name>` for a
+/// bare name (looked up on the fixed search path), `process://exec-path/<path>` for an
+/// absolute path (so a bare `usr` and `/usr` never share a grant).
+pub fn exec_resource(program: &str) -> String {
+    match program.strip_prefix('/') {
+        Some(path) => format!("process://exec-path/{path}"),
+        None => format!("process://exec/{program}"),
+    }
+}
+
+/// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc` and `process` lists,
+/// and, for a native capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
     let caps = &manifest.capabilities;
     let mut out = vec![Request {
         pattern: kv_resource(&manifest.name),
         permissions: Permissions::READ.union(Permissions::WRITE),
     }];
+    let programs = caps.process.iter().map(String::as_str);
+    let own = match &manifest.component {
+        crate::Component::Native { command, .. } => command.first().map(String::as_str),
+        crate::Component::Wasm { .. } => None,
+    };
+    for program in programs.chain(own) {
+        let pattern = exec_resource(program);
+        if !out.iter().any(|r| r.pattern == pattern) {
+            out.push(Request {
+                pattern,
+                permissions: Permissions::EXEC,
+            });
+        }
+    }
     let groups = [
         (&caps.fs_read, Permissions::READ),
         (&caps.fs_write, Permissions::WRITE),
@@ -117,6 +141,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exec_resources_keep_bare_names_and_paths_apart() {
+        assert_eq!(exec_resource("git"), "process://exec/git");
+        assert_eq!(
+            exec_resource("/usr/bin/git"),
+            "process://exec-path/usr/bin/git"
+        );
+    }
+
+    #[test]
     fn a_manifest_requests_its_namespace_and_what_it_lists_nothing_more() {
         let text = r#"
 [package]
@@ -142,6 +175,7 @@ process = ["git"]
                     "kv://capsule/notes".to_owned(),
                     Permissions::READ.union(Permissions::WRITE).bits()
                 ),
+                ("process://exec/git".to_owned(), Permissions::EXEC.bits()),
                 (
                     "fs://workspace/notes/**".to_owned(),
                     Permissions::READ.bits()

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
+use capsid_process::Health;
 use capsid_storage::{Quota, ScopedKvStore};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -20,6 +21,7 @@ use crate::grants::{Trust, grant_requested, kv_resource};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::manifest::{Component, Manifest};
+use crate::native::NativeCapsule;
 use crate::{MANIFEST_FILE, dispatch};
 
 /// What the registry reports about a capsule.
@@ -39,6 +41,17 @@ pub struct CapsuleInfo {
     pub blake3: Option<String>,
     /// Whether the component was compiled or read from the cache, once loaded.
     pub load_kind: Option<LoadKind>,
+    /// For a native capsule: its supervisor's view.
+    pub native: Option<NativeStatus>,
+}
+
+/// How a native capsule's supervision stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeStatus {
+    /// Its health.
+    pub health: Health,
+    /// Restarts so far.
+    pub restarts: u32,
 }
 
 enum Slot {
@@ -47,6 +60,10 @@ enum Slot {
     },
     Loaded {
         capsule: Arc<LoadedCapsule>,
+        trust: Trust,
+    },
+    Native {
+        native: Arc<NativeCapsule>,
         trust: Trust,
     },
     LoadFailed {
@@ -113,7 +130,7 @@ impl Registry {
             let mut slots = self.write_slots();
             if matches!(
                 slots.get(&name),
-                Some(Slot::Loading { .. } | Slot::Loaded { .. })
+                Some(Slot::Loading { .. } | Slot::Loaded { .. } | Slot::Native { .. })
             ) {
                 return Err(CapsuleError::AlreadyLoaded(name));
             }
@@ -131,13 +148,21 @@ impl Registry {
             dir: dir.to_owned(),
             trust,
         };
-        let loaded = self.build(manifest, dir, trust).await;
+        let loaded = if matches!(manifest.component, Component::Native { .. }) {
+            self.build_native(manifest, dir, trust)
+                .await
+                .map(|native| Slot::Native { native, trust })
+        } else {
+            self.build(manifest, dir, trust)
+                .await
+                .map(|capsule| Slot::Loaded { capsule, trust })
+        };
         guard.disarm();
         let mut slots = self.write_slots();
         match loaded {
-            Ok(capsule) => {
-                let info = info(&capsule);
-                slots.insert(name, Slot::Loaded { capsule, trust });
+            Ok(slot) => {
+                let info = slot_info(&name, &slot);
+                slots.insert(name, slot);
                 Ok(info)
             }
             Err(e) => {
@@ -152,6 +177,40 @@ impl Registry {
                 Err(e)
             }
         }
+    }
+
+    async fn build_native(
+        &self,
+        manifest: Manifest,
+        dir: &Path,
+        trust: Trust,
+    ) -> Result<Arc<NativeCapsule>, CapsuleError> {
+        let services = &self.services;
+        if trust == Trust::Dev {
+            grant_requested(&services.capabilities, services.principal, &manifest).await?;
+        }
+        let name = manifest.name.clone();
+        let native = NativeCapsule::start(manifest, dir.to_owned(), services).await?;
+        let subject = Subject {
+            principal: services.principal,
+            capsule: Some(name.clone()),
+        };
+        let details = serde_json::json!({ "native": true, "trust": format!("{trust:?}") });
+        services
+            .record(
+                &subject,
+                "capsule.load",
+                &format!("capsule://{name}"),
+                capsid_audit::Decision::Info,
+                &details,
+            )
+            .await
+            .map_err(|message| CapsuleError::Setup {
+                capsule: name,
+                what: "recording the load",
+                message,
+            })?;
+        Ok(Arc::new(native))
     }
 
     async fn build(
@@ -252,34 +311,63 @@ impl Registry {
         Ok(capsule)
     }
 
+    /// Takes what `unload` must shut down: a native capsule leaves the map at once, a wasm
+    /// one is marked unloading and stays listed until its instances are shut down.
+    fn take_for_unload(&self, name: &CapsuleId) -> Result<Unloaded, CapsuleError> {
+        let mut slots = self.write_slots();
+        match slots.get(name) {
+            None => Err(CapsuleError::NotLoaded(name.clone())),
+            Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
+                capsule: name.clone(),
+                state: CapsuleState::Loading.to_string(),
+            }),
+            Some(Slot::LoadFailed { .. }) => {
+                slots.remove(name);
+                Ok(Unloaded::Nothing)
+            }
+            Some(Slot::Native { native, .. }) => {
+                let native = native.clone();
+                slots.remove(name);
+                Ok(Unloaded::Native(native))
+            }
+            Some(Slot::Loaded { capsule, .. }) => {
+                if capsule.state() == CapsuleState::Unloading {
+                    return Err(CapsuleError::NotReady {
+                        capsule: name.clone(),
+                        state: CapsuleState::Unloading.to_string(),
+                    });
+                }
+                capsule.set_state(CapsuleState::Unloading);
+                Ok(Unloaded::Wasm(capsule.clone()))
+            }
+        }
+    }
+
     /// Unloads a capsule: its dispatchers stop, its idle instances get `shutdown`. While that
     /// happens it is listed as `unloading` and its name cannot be loaded again.
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), CapsuleError> {
-        let capsule = {
-            let mut slots = self.write_slots();
-            match slots.get(name) {
-                None => return Err(CapsuleError::NotLoaded(name.clone())),
-                Some(Slot::Loading { .. }) => {
-                    return Err(CapsuleError::NotReady {
-                        capsule: name.clone(),
-                        state: CapsuleState::Loading.to_string(),
-                    });
-                }
-                Some(Slot::LoadFailed { .. }) => {
-                    slots.remove(name);
-                    return Ok(());
-                }
-                Some(Slot::Loaded { capsule, .. }) => {
-                    if capsule.state() == CapsuleState::Unloading {
-                        return Err(CapsuleError::NotReady {
-                            capsule: name.clone(),
-                            state: CapsuleState::Unloading.to_string(),
-                        });
-                    }
-                    capsule.set_state(CapsuleState::Unloading);
-                    capsule.clone()
-                }
+        let unloading = self.take_for_unload(name)?;
+        let capsule = match unloading {
+            Unloaded::Wasm(capsule) => capsule,
+            Unloaded::Native(native) => {
+                native.stop().await;
+                let subject = Subject {
+                    principal: self.services.principal,
+                    capsule: Some(name.clone()),
+                };
+                let _ = self
+                    .services
+                    .record(
+                        &subject,
+                        "capsule.unload",
+                        &format!("capsule://{name}"),
+                        capsid_audit::Decision::Info,
+                        &serde_json::json!({ "native": true }),
+                    )
+                    .await;
+                return Ok(());
             }
+            Unloaded::Nothing => return Ok(()),
         };
         capsule.shut_down().await;
         self.write_slots().remove(name);
@@ -300,6 +388,7 @@ impl Registry {
     pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, CapsuleError> {
         let (dir, trust) = match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, trust }) => (capsule.dir.clone(), *trust),
+            Some(Slot::Native { native, trust }) => (native.dir.clone(), *trust),
             Some(Slot::LoadFailed { dir, trust, .. }) => (dir.clone(), *trust),
             Some(Slot::Loading { .. }) | None => return Err(CapsuleError::NotLoaded(name.clone())),
         };
@@ -311,6 +400,7 @@ impl Registry {
     pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
+            Some(Slot::Native { .. }) => Err(CapsuleError::NotWasm(name.clone())),
             Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
                 capsule: name.clone(),
                 state: CapsuleState::Loading.to_string(),
@@ -337,13 +427,7 @@ impl Registry {
     pub fn list(&self) -> Vec<CapsuleInfo> {
         self.read_slots()
             .iter()
-            .map(|(name, slot)| match slot {
-                Slot::Loaded { capsule, .. } => info(capsule),
-                Slot::Loading { dir } => bare(name, dir, CapsuleState::Loading),
-                Slot::LoadFailed { dir, reason, .. } => {
-                    bare(name, dir, CapsuleState::Failed(reason.clone()))
-                }
-            })
+            .map(|(name, slot)| slot_info(name, slot))
             .collect()
     }
 
@@ -361,6 +445,39 @@ impl Registry {
     }
 }
 
+fn slot_info(name: &CapsuleId, slot: &Slot) -> CapsuleInfo {
+    match slot {
+        Slot::Loaded { capsule, .. } => info(capsule),
+        Slot::Native { native, .. } => native_info(native),
+        Slot::Loading { dir } => bare(name, dir, CapsuleState::Loading),
+        Slot::LoadFailed { dir, reason, .. } => {
+            bare(name, dir, CapsuleState::Failed(reason.clone()))
+        }
+    }
+}
+
+fn native_info(native: &NativeCapsule) -> CapsuleInfo {
+    let health = native.health();
+    let state = match &health {
+        Health::Failed { reason } => CapsuleState::Failed(reason.clone()),
+        Health::Stopped => CapsuleState::Unloading,
+        _ => CapsuleState::Ready,
+    };
+    CapsuleInfo {
+        name: native.manifest.name.clone(),
+        version: Some(native.manifest.version.clone()),
+        dir: native.dir.clone(),
+        state,
+        tools: Vec::new(),
+        blake3: None,
+        load_kind: None,
+        native: Some(NativeStatus {
+            health,
+            restarts: native.restarts(),
+        }),
+    }
+}
+
 fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
     CapsuleInfo {
         name: capsule.name().clone(),
@@ -375,6 +492,7 @@ fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
             .collect(),
         blake3: Some(capsule.blake3.clone()),
         load_kind: Some(capsule.load_kind),
+        native: None,
     }
 }
 
@@ -387,7 +505,15 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
         tools: Vec::new(),
         blake3: None,
         load_kind: None,
+        native: None,
     }
+}
+
+/// What `unload` found to shut down, taken out of the slot map under its lock.
+enum Unloaded {
+    Wasm(Arc<LoadedCapsule>),
+    Native(Arc<NativeCapsule>),
+    Nothing,
 }
 
 /// Marks a load that never finished (its future was dropped) as failed.

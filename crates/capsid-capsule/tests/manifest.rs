@@ -102,7 +102,9 @@ fn defaults_fill_what_is_left_out() {
         "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\n[native]\ncommand = [\"/bin/true\"]\n",
     )
     .unwrap();
-    assert!(matches!(m.component, Component::Native { ref command } if command == &["/bin/true"]));
+    assert!(
+        matches!(m.component, Component::Native { ref command, .. } if command == &["/bin/true"])
+    );
     assert_eq!(m.limits.max_instances, 1);
     assert!(m.capabilities.fs_read.is_empty() && m.requires.is_empty() && m.tools.is_empty());
 }

@@ -32,12 +32,21 @@ fn groups() -> MutexGuard<'static, Groups> {
 }
 
 /// Makes this process the reaper of the orphans of the children capsid starts (Linux
-/// `PR_SET_CHILD_SUBREAPER`), and turns on sweeping them. Call once at host start; it affects
-/// the whole process.
+/// `PR_SET_CHILD_SUBREAPER`), and turns on sweeping them: after each leader's exit, and at
+/// every `SIGCHLD` while the calling tokio runtime runs. Call once at host start, inside the
+/// runtime; it affects the whole process.
 pub fn become_subreaper() -> std::io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
     SUBREAPER.store(true, Ordering::Release);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let mut chld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())?;
+        tokio::spawn(async move {
+            while chld.recv().await.is_some() {
+                let _ = tokio::task::spawn_blocking(sweep).await;
+            }
+        });
+    }
     Ok(())
 }
 

@@ -44,6 +44,8 @@ pub struct HostServices {
     pub kv: Arc<dyn KvStore>,
     /// The workspace as capsules see it (normally an overlay).
     pub vfs: Arc<dyn Vfs>,
+    /// The workspace directory itself, where native programs run.
+    pub workspace: std::path::PathBuf,
     /// The event bus.
     pub bus: EventBus,
     /// The principal capsules act for.

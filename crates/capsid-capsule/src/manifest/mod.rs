@@ -12,7 +12,8 @@ use capsid_core::CapsuleId;
 use capsid_core::limits::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, DEFAULT_KV_QUOTA_BYTES,
     MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB, MAX_KV_QUOTA_BYTES,
-    MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_BYTES, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
+    SUPERVISOR_MAX_RESTARTS,
 };
 use toml::Spanned;
 
@@ -46,6 +47,12 @@ pub enum Component {
     Native {
         /// The program and its arguments.
         command: Vec<String>,
+        /// First wait before a restart after a failure, in milliseconds.
+        restart_initial_ms: u64,
+        /// Longest wait between restarts, in milliseconds.
+        restart_max_ms: u64,
+        /// Failed restarts in a row before the capsule is marked failed.
+        max_restarts: u32,
     },
 }
 
@@ -214,7 +221,36 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
                     "must name a program",
                 ));
             }
-            Component::Native { command }
+            let n = n.get_ref();
+            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            let restart_initial_ms = bounded(
+                cx,
+                "native.restart_initial_ms",
+                n.restart_initial_ms.as_ref(),
+                1,
+                ms(SUPERVISOR_MAX_BACKOFF),
+                ms(SUPERVISOR_INITIAL_BACKOFF),
+            )?;
+            Component::Native {
+                command,
+                restart_initial_ms,
+                restart_max_ms: bounded(
+                    cx,
+                    "native.restart_max_ms",
+                    n.restart_max_ms.as_ref(),
+                    restart_initial_ms,
+                    ms(SUPERVISOR_MAX_BACKOFF),
+                    ms(SUPERVISOR_MAX_BACKOFF).max(restart_initial_ms),
+                )?,
+                max_restarts: bounded(
+                    cx,
+                    "native.max_restarts",
+                    n.max_restarts.as_ref(),
+                    0,
+                    1000,
+                    SUPERVISOR_MAX_RESTARTS,
+                )?,
+            }
         }
         (Some(c), Some(_)) => {
             return Err(cx.at(

@@ -44,6 +44,9 @@ pub(super) struct RawComponent {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNative {
     pub command: Spanned<Vec<String>>,
+    pub restart_initial_ms: Option<Spanned<u64>>,
+    pub restart_max_ms: Option<Spanned<u64>>,
+    pub max_restarts: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
