@@ -236,6 +236,10 @@ async fn capsules_built_by_xtask_are_all_present() {
         "blank",
         "oversize",
         "hollow",
+        "runner",
+        "sneak",
+        "forkbomb",
+        "flood",
         "hostcalls",
     ] {
         assert!(

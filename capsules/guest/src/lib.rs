@@ -34,7 +34,7 @@ pub mod __bindings {
 pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
 
 pub use __bindings::capsid::host::types::Error;
-pub use __bindings::capsid::host::{fs, ipc, kv, log, sys};
+pub use __bindings::capsid::host::{fs, ipc, kv, log, process, sys};
 
 /// What a capsule implements. Only `call_tool` is required.
 pub trait Capsule {

@@ -10,6 +10,7 @@ wasmtime::component::bindgen!({
         "capsid:host/kv": async,
         "capsid:host/fs": async,
         "capsid:host/ipc": async,
+        "capsid:host/process": async,
     },
     exports: { default: async },
 });

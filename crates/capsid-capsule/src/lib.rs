@@ -42,7 +42,9 @@ pub use error::{CapsuleError, GuestError};
 pub use grants::{Request, Trust, exec_resource, grant_requested, kv_resource, requested};
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
-pub use manifest::{Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, Tool};
+pub use manifest::{
+    Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, SandboxPolicy, Tool,
+};
 pub use native::NativeCapsule;
 pub use order::{DependencyError, load_order};
 pub use registry::{CapsuleInfo, NativeStatus, Registry};

@@ -10,9 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use capsid_capabilities::{Decision, Permissions, Subject};
-use capsid_process::{
-    Health, Quota, QuotaAction, RestartPolicy, Sample, Sandbox, SpawnSpec, Supervisor,
-};
+use capsid_process::{Health, Quota, QuotaAction, RestartPolicy, Sample, SpawnSpec, Supervisor};
 
 use crate::error::CapsuleError;
 use crate::grants::exec_resource;
@@ -82,7 +80,7 @@ impl NativeCapsule {
         }
         let mut spec =
             SpawnSpec::new(program.clone(), services.workspace.clone()).args(args.iter().cloned());
-        spec.sandbox = Sandbox::Auto { network: false };
+        spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox);
         let policy = RestartPolicy {
             initial_backoff: std::time::Duration::from_millis(*restart_initial_ms),
             max_backoff: std::time::Duration::from_millis(*restart_max_ms),

@@ -270,6 +270,7 @@ impl Registry {
             config,
             log: CapsuleLog::new(name.clone()),
             started: Instant::now(),
+            process_sandbox: manifest.capabilities.process_sandbox,
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,

@@ -11,6 +11,9 @@ mod fs;
 mod ipc;
 mod kv;
 mod log;
+mod process;
+
+pub(crate) use process::sandbox_for;
 mod stdio;
 mod sys;
 
@@ -109,6 +112,8 @@ pub(crate) struct CapsuleContext {
     pub config: Vec<(String, String)>,
     pub log: CapsuleLog,
     pub started: Instant,
+    /// Whether its programs must run in the OS sandbox.
+    pub process_sandbox: crate::manifest::SandboxPolicy,
 }
 
 impl CapsuleContext {

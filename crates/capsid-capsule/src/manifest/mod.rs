@@ -56,6 +56,16 @@ pub enum Component {
     },
 }
 
+/// Whether a capsule's programs run in the OS sandbox (`bwrap`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxPolicy {
+    /// In the sandbox where the host has `bwrap`, directly where it has not.
+    #[default]
+    Auto,
+    /// Always in the sandbox: where the host has no `bwrap`, starting a program fails.
+    Required,
+}
+
 /// What a capsule asks to be allowed. Nothing here is granted by being written down.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
@@ -67,6 +77,8 @@ pub struct Capabilities {
     pub process: Vec<String>,
     /// Whether it may start persistent processes.
     pub process_persistent: bool,
+    /// Whether the programs it starts must run in the OS sandbox.
+    pub process_sandbox: SandboxPolicy,
     /// Topics it may publish, as `ipc://publish/...` patterns.
     pub ipc_publish: Vec<Pattern>,
     /// Topics it subscribes to, as `ipc://subscribe/...` patterns.
@@ -391,6 +403,18 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
         fs_write: patterns(cx, "capabilities.fs_write", &raw.fs_write, fs)?,
         process,
         process_persistent: raw.process_persistent,
+        process_sandbox: match &raw.process_sandbox {
+            None => SandboxPolicy::Auto,
+            Some(v) if v.get_ref() == "auto" => SandboxPolicy::Auto,
+            Some(v) if v.get_ref() == "required" => SandboxPolicy::Required,
+            Some(v) => {
+                return Err(cx.at(
+                    "capabilities.process_sandbox",
+                    v,
+                    "expected \"auto\" or \"required\"",
+                ));
+            }
+        },
         ipc_publish: patterns(
             cx,
             "capabilities.ipc_publish",

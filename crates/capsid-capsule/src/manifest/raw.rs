@@ -60,6 +60,7 @@ pub(super) struct RawCapabilities {
     pub process: Vec<Spanned<String>>,
     #[serde(default)]
     pub process_persistent: bool,
+    pub process_sandbox: Option<Spanned<String>>,
     #[serde(default)]
     pub ipc_publish: Vec<Spanned<String>>,
     #[serde(default)]

@@ -1,0 +1,139 @@
+//! The `process` interface from real capsules: granted programs run, everything else is
+//! refused, a fork bomb stays inside its pids limit, a flood stays inside its output limit,
+//! and every start and exit is audited.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use capsid_integration_tests::{Runtime, id};
+use serde_json::json;
+
+/// Live processes whose command line is exactly `sh -c <script>`.
+fn running(script: &str) -> usize {
+    let wanted = format!("sh\0-c\0{script}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 2..].starts_with('Z'));
+            cmdline.ends_with(wanted.as_bytes()) && !zombie
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_runs_what_it_is_granted_with_stdin_and_cwd() {
+    let rt = Runtime::new().await;
+    std::fs::create_dir_all(rt.workspace.join("sub")).unwrap();
+    rt.load("runner").await;
+    let out = rt
+        .call(
+            "runner",
+            "run",
+            json!({ "program": "echo", "args": ["hello", "world"] }),
+        )
+        .await;
+    assert_eq!(out["code"], json!(0), "{out}");
+    assert_eq!(out["stdout"], json!("hello world\n"));
+    let out = rt
+        .call(
+            "runner",
+            "run",
+            json!({ "program": "cat", "stdin": "from stdin" }),
+        )
+        .await;
+    assert_eq!(out["stdout"], json!("from stdin"), "{out}");
+    let out = rt
+        .call(
+            "runner",
+            "run",
+            json!({ "program": "sh", "args": ["-c", "pwd; exit 4"], "cwd": "sub" }),
+        )
+        .await;
+    assert_eq!(out["code"], json!(4), "{out}");
+    assert!(
+        out["stdout"].as_str().unwrap().trim_end().ends_with("/sub"),
+        "{out}"
+    );
+    let audit = rt.audit_entries();
+    assert!(audit.iter().any(|e| e.action == "process.spawn"
+        && e.resource == "process://exec/echo"
+        && e.decision == "allow"));
+    assert!(audit.iter().any(|e| e.action == "process.exit"
+        && e.resource == "process://exec/sh"
+        && e.details.contains("\"code\":4")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sneak_starts_only_what_it_was_granted() {
+    let rt = Runtime::new().await;
+    rt.load("sneak").await;
+    let out = rt.call("sneak", "sneak", json!({})).await;
+    assert_eq!(
+        out,
+        json!({
+            "granted": "ran:hi",
+            "ungranted": "denied",
+            "absolute": "denied",
+            "relative": "denied",
+            "dotdot": "denied",
+            "ld-preload": "invalid",
+            "cwd-up": "invalid",
+            "cwd-root": "invalid",
+            "cwd-etc": "invalid",
+        })
+    );
+    assert!(rt.audit_entries().iter().any(|e| e.capsule == "sneak"
+        && e.action == "process.spawn"
+        && e.resource == "process://exec/cat"
+        && e.decision == "deny"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_from_a_capsule_stays_inside_its_pids_limit() {
+    let rt = Runtime::new().await;
+    rt.load("forkbomb").await;
+    let script = "b() { b | b & }; b; sleep 1";
+    let registry = &rt.registry;
+    let capsule = id("forkbomb");
+    let bomb = registry.call_tool(&capsule, "bomb", "{}");
+    let watch = async {
+        let mut largest = 0;
+        for _ in 0..30 {
+            largest = largest.max(running(script));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        largest
+    };
+    let (answer, largest) = tokio::join!(bomb, watch);
+    let answer: serde_json::Value = serde_json::from_str(&answer.unwrap()).unwrap();
+    assert!(answer.get("error").is_none(), "{answer}");
+    assert!(largest > 1, "the bomb forked");
+    assert!(
+        largest <= 16,
+        "{largest} bomb processes despite a limit of 16"
+    );
+    for _ in 0..300 {
+        if running(script) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{} bomb processes outlived the call", running(script));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_keeps_only_its_output_limit() {
+    let rt = Runtime::new().await;
+    rt.load("flood").await;
+    let out = rt.call("flood", "flood", json!({})).await;
+    assert_eq!(
+        out,
+        json!({ "code": 0, "kept": 65536, "dropped": 64 * 1024 * 1024 - 65536 })
+    );
+}
