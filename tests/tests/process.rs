@@ -137,3 +137,61 @@ async fn a_flood_keeps_only_its_output_limit() {
         json!({ "code": 0, "kept": 65536, "dropped": 64 * 1024 * 1024 - 65536 })
     );
 }
+
+fn alive(pid: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rfind(')')
+        .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
+}
+
+async fn gone(pid: u64) -> bool {
+    for _ in 0..500 {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_children_talk_live_across_calls_and_die_with_their_handle() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    assert_eq!(
+        rt.call("runner", "converse", json!({})).await,
+        json!({ "code": 0, "stdout": "first\nsecond\n" })
+    );
+
+    let orphan = rt.call("runner", "orphan", json!({})).await["pid"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        gone(orphan).await,
+        "dropping the handle killed and reaped {orphan}"
+    );
+
+    let kept = rt.call("runner", "start", json!({})).await["pid"]
+        .as_u64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(alive(kept), "a kept handle keeps its child across calls");
+    assert_eq!(
+        rt.call("runner", "stop-all", json!({})).await,
+        json!({ "signals": [15] })
+    );
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .any(|e| e.action == "process.signal" && e.resource == "process://exec/sleep")
+    );
+
+    let kept = rt.call("runner", "start", json!({})).await["pid"]
+        .as_u64()
+        .unwrap();
+    rt.registry.unload(&id("runner")).await.unwrap();
+    assert!(
+        gone(kept).await,
+        "unloading the capsule killed its background child"
+    );
+}

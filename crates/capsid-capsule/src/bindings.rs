@@ -13,6 +13,9 @@ wasmtime::component::bindgen!({
         "capsid:host/process": async,
     },
     exports: { default: async },
+    with: {
+        "capsid:host/process.background": crate::host::BackgroundChild,
+    },
 });
 
 pub(crate) use capsid::host::types::Error as WitError;

@@ -221,3 +221,6 @@ pub const SUPERVISOR_SAMPLE_EVERY: std::time::Duration = std::time::Duration::fr
 
 /// Samples kept per supervised program.
 pub const SUPERVISOR_HISTORY: usize = 60;
+
+/// Background children one capsule instance may hold at once.
+pub const MAX_BACKGROUND_PER_INSTANCE: usize = 32;

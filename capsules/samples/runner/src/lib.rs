@@ -1,15 +1,81 @@
-//! Runs a granted program with arguments and optional stdin; returns its exit and output.
+//! Runs granted programs: to their exit (`run`), or in the background (`converse` talks to
+//! `cat` over stdin; `start` keeps a `sleep` running across calls, `stop-all` signals them;
+//! `orphan` starts one and drops its handle).
 
-use capsid_guest::process::{self, Limits, SpawnOptions};
+use std::cell::RefCell;
+
+use capsid_guest::process::{self, Background, Limits, OutputStream, SignalKind, SpawnOptions};
 use capsid_guest::{Capsule, Error};
 use serde_json::{Value, json};
+
+thread_local! {
+    /// Background children kept across calls (this instance owns them).
+    static KEPT: RefCell<Vec<Background>> = const { RefCell::new(Vec::new()) };
+}
+
+fn failed(e: &process::ProcessError) -> Error {
+    Error::Internal(format!("{e:?}"))
+}
+
+fn plain(args: &[&str], stdin: Option<&[u8]>) -> SpawnOptions {
+    SpawnOptions {
+        args: args.iter().map(|s| (*s).to_owned()).collect(),
+        env: Vec::new(),
+        cwd: None,
+        stdin: stdin.map(<[u8]>::to_vec),
+        limits: Limits {
+            memory_bytes: None,
+            cpu_seconds: None,
+            pids: None,
+            open_files: None,
+        },
+        output_limit: None,
+    }
+}
+
+fn background(name: &str) -> Result<Value, Error> {
+    Ok(match name {
+        "converse" => {
+            let cat = process::spawn_background("cat", &plain(&[], Some(b"first\n")))
+                .map_err(|e| failed(&e))?;
+            cat.write_stdin(b"second\n").map_err(|e| failed(&e))?;
+            cat.close_stdin();
+            let out = cat.wait_with_output();
+            json!({ "code": out.exit.code, "stdout": String::from_utf8_lossy(&out.stdout) })
+        }
+        "start" => {
+            let sleeper = process::spawn_background("sleep", &plain(&["600"], None))
+                .map_err(|e| failed(&e))?;
+            let pid = sleeper.os_pid();
+            KEPT.with(|k| k.borrow_mut().push(sleeper));
+            json!({ "pid": pid })
+        }
+        "stop-all" => {
+            let kept: Vec<Background> = KEPT.with(|k| k.borrow_mut().drain(..).collect());
+            let mut signals = Vec::new();
+            for child in &kept {
+                child.signal(SignalKind::Term).map_err(|e| failed(&e))?;
+                signals.push(child.wait(10_000).and_then(|e| e.signal));
+            }
+            json!({ "signals": signals })
+        }
+        "orphan" => {
+            let sleeper = process::spawn_background("sleep", &plain(&["600"], None))
+                .map_err(|e| failed(&e))?;
+            let pid = sleeper.os_pid();
+            let _ = sleeper.read_logs(OutputStream::Stdout, 1024);
+            json!({ "pid": pid })
+        }
+        other => return Err(capsid_guest::unknown_tool(other)),
+    })
+}
 
 struct Runner;
 
 impl Capsule for Runner {
     fn call_tool(name: String, input: String) -> Result<String, Error> {
         if name != "run" {
-            return Err(capsid_guest::unknown_tool(&name));
+            return background(&name).map(|v| v.to_string());
         }
         let input: Value =
             serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;

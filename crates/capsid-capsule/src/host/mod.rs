@@ -13,6 +13,7 @@ mod kv;
 mod log;
 mod process;
 
+pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;
 mod stdio;
 mod sys;
@@ -217,6 +218,8 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// Background children this instance holds.
+    backgrounds: usize,
     pub limiter: MemoryLimiter,
     pub cx: Arc<CapsuleContext>,
     /// When the current call must end; checked at every epoch tick.
@@ -255,6 +258,7 @@ pub(crate) fn new_store(
         HostState {
             wasi,
             table: ResourceTable::new(),
+            backgrounds: 0,
             limiter: MemoryLimiter {
                 max_bytes,
                 total: 0,

@@ -8,8 +8,15 @@ use capsid_process::{
     Child, ExitInfo, ProcessError, ResourceLimits, RingPolicy, Sandbox, SpawnSpec,
 };
 
+use capsid_core::limits::MAX_BACKGROUND_PER_INSTANCE;
+use capsid_process::Signal;
+use std::sync::Arc;
+
+use wasmtime::component::Resource;
+
 use crate::bindings::capsid::host::process::{
-    ExitInfo as WitExit, Host, Limits, Output, ProcessError as WitProcessError, SpawnOptions,
+    ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
+    ProcessError as WitProcessError, SignalKind, SpawnOptions,
 };
 use crate::grants::exec_resource;
 use crate::manifest::SandboxPolicy;
@@ -26,8 +33,16 @@ fn wit_exit(e: ExitInfo) -> WitExit {
     }
 }
 
+/// A background child in an instance's resource table.
+pub struct BackgroundChild {
+    child: Arc<Child>,
+    program: String,
+}
+
 fn wit_error(e: ProcessError) -> WitProcessError {
     match e {
+        ProcessError::Exited => WitProcessError::Exited,
+        ProcessError::StdinClosed => WitProcessError::StdinClosed,
         ProcessError::Invalid(m) => WitProcessError::Invalid(m),
         ProcessError::ProgramNotFound(_) => WitProcessError::NotFound,
         ProcessError::CwdOutsideWorkspace { .. } => {
@@ -103,41 +118,227 @@ impl CapsuleContext {
     }
 }
 
+fn signal(kind: SignalKind) -> Signal {
+    match kind {
+        SignalKind::Term => Signal::SIGTERM,
+        SignalKind::Kill => Signal::SIGKILL,
+        SignalKind::Interrupt => Signal::SIGINT,
+        SignalKind::Hangup => Signal::SIGHUP,
+        SignalKind::User1 => Signal::SIGUSR1,
+        SignalKind::User2 => Signal::SIGUSR2,
+        SignalKind::Stop => Signal::SIGSTOP,
+        SignalKind::Continue => Signal::SIGCONT,
+    }
+}
+
+/// Checks a stdin payload against its limit.
+fn check_stdin(bytes: Option<&Vec<u8>>) -> Result<(), WitProcessError> {
+    if bytes.is_some_and(|b| b.len() > MAX_STDIN_WRITE_BYTES) {
+        return Err(WitProcessError::Invalid(format!(
+            "stdin is over the limit of {MAX_STDIN_WRITE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Everything a finished (or killed) child left in its rings.
+fn output(child: &Child, exit: ExitInfo, stdout: Vec<u8>, stderr: Vec<u8>) -> Output {
+    Output {
+        exit: wit_exit(exit),
+        stdout,
+        stderr,
+        stdout_dropped: child.stdout().dropped(),
+        stderr_dropped: child.stderr().dropped(),
+    }
+}
+
+/// What a handle that is no longer in the table answers: nothing ran.
+fn nothing() -> Output {
+    Output {
+        exit: wit_exit(unseen()),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        stdout_dropped: 0,
+        stderr_dropped: 0,
+    }
+}
+
+/// An exit that was never seen (the reaper could not reap): reported as all zeros.
+fn unseen() -> ExitInfo {
+    ExitInfo {
+        code: None,
+        signal: None,
+        cpu_ms: 0,
+        mem_bytes_peak: 0,
+        wall_ms: 0,
+    }
+}
+
+impl HostState {
+    /// The child behind `handle` and its program (owned, so no borrow of the state is held
+    /// across an await).
+    fn background(&self, handle: &Resource<BackgroundChild>) -> Option<(Arc<Child>, String)> {
+        self.table
+            .get(handle)
+            .ok()
+            .map(|b| (b.child.clone(), b.program.clone()))
+    }
+}
+
+impl CapsuleContext {
+    /// Starts `program` for this capsule, with `options.stdin` written (and, for a run to
+    /// exit, closed).
+    async fn start(
+        &self,
+        program: &str,
+        options: &SpawnOptions,
+        close_stdin: bool,
+    ) -> Result<Child, WitProcessError> {
+        check_stdin(options.stdin.as_ref())?;
+        let cx = self;
+        let spec = cx.spawn_spec(program, options, cx.process_sandbox).await?;
+        let child = Child::spawn(&spec).await.map_err(wit_error)?;
+        if let Some(bytes) = &options.stdin {
+            // A child that exits without reading its input is not an error of the call.
+            let _ = child.write_stdin(bytes).await;
+            if close_stdin {
+                child.close_stdin().await;
+            }
+        }
+        Ok(child)
+    }
+}
+
+impl HostBackground for HostState {
+    async fn read_logs(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+        which: OutputStream,
+        max: u32,
+    ) -> Vec<u8> {
+        let max = (max as usize).min(MAX_STDIN_WRITE_BYTES);
+        self.background(&handle)
+            .map_or_else(Vec::new, |(child, _)| match which {
+                OutputStream::Stdout => child.stdout().drain(max),
+                OutputStream::Stderr => child.stderr().drain(max),
+            })
+    }
+
+    async fn write_stdin(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+        bytes: Vec<u8>,
+    ) -> Result<(), WitProcessError> {
+        let (child, _) = self.background(&handle).ok_or(WitProcessError::Exited)?;
+        child.write_stdin(&bytes).await.map_err(wit_error)
+    }
+
+    async fn close_stdin(&mut self, handle: Resource<BackgroundChild>) {
+        if let Some((child, _)) = self.background(&handle) {
+            child.close_stdin().await;
+        }
+    }
+
+    async fn signal(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+        kind: SignalKind,
+    ) -> Result<(), WitProcessError> {
+        let (child, program) = self.background(&handle).ok_or(WitProcessError::Exited)?;
+        let resource = exec_resource(&program);
+        let result = child.signal(signal(kind)).map_err(wit_error);
+        let details = serde_json::json!({ "signal": format!("{kind:?}"), "pid": child.pid() });
+        let _ = self
+            .cx
+            .note(
+                "process.signal",
+                &resource,
+                capsid_audit::Decision::Info,
+                &details,
+            )
+            .await;
+        result
+    }
+
+    async fn kill(&mut self, handle: Resource<BackgroundChild>) -> Output {
+        let Some((child, program)) = self.background(&handle) else {
+            return nothing();
+        };
+        let exit = child.kill().await;
+        let (_, stdout, stderr) = child.wait_with_output().await;
+        self.cx.record_exit(&program, exit).await;
+        output(&child, exit.unwrap_or_else(unseen), stdout, stderr)
+    }
+
+    async fn wait(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+        timeout_ms: u32,
+    ) -> Option<WitExit> {
+        let (child, _) = self.background(&handle)?;
+        let exit = child
+            .wait(Some(std::time::Duration::from_millis(u64::from(
+                timeout_ms,
+            ))))
+            .await?;
+        Some(wit_exit(exit))
+    }
+
+    async fn wait_with_output(&mut self, handle: Resource<BackgroundChild>) -> Output {
+        let Some((child, program)) = self.background(&handle) else {
+            return nothing();
+        };
+        let (exit, stdout, stderr) = child.wait_with_output().await;
+        self.cx.record_exit(&program, exit).await;
+        output(&child, exit.unwrap_or_else(unseen), stdout, stderr)
+    }
+
+    async fn os_pid(&mut self, handle: Resource<BackgroundChild>) -> u32 {
+        self.background(&handle).map_or(0, |(child, _)| child.pid())
+    }
+
+    async fn drop(&mut self, handle: Resource<BackgroundChild>) -> wasmtime::Result<()> {
+        // Dropping the child kills its group; its reaper reaps it.
+        let b = self.table.delete(handle)?;
+        self.backgrounds = self.backgrounds.saturating_sub(1);
+        drop(b);
+        Ok(())
+    }
+}
+
 impl Host for HostState {
+    async fn spawn_background(
+        &mut self,
+        program: String,
+        options: SpawnOptions,
+    ) -> Result<Resource<BackgroundChild>, WitProcessError> {
+        if self.backgrounds >= MAX_BACKGROUND_PER_INSTANCE {
+            return Err(WitProcessError::Unavailable(format!(
+                "at most {MAX_BACKGROUND_PER_INSTANCE} background children per instance"
+            )));
+        }
+        let child = self.cx.start(&program, &options, false).await?;
+        let handle = self
+            .table
+            .push(BackgroundChild {
+                child: Arc::new(child),
+                program,
+            })
+            .map_err(|e| WitProcessError::Failed(e.to_string()))?;
+        self.backgrounds += 1;
+        Ok(handle)
+    }
+
     async fn spawn(
         &mut self,
         program: String,
         options: SpawnOptions,
     ) -> Result<Output, WitProcessError> {
-        if options
-            .stdin
-            .as_ref()
-            .is_some_and(|b| b.len() > MAX_STDIN_WRITE_BYTES)
-        {
-            return Err(WitProcessError::Invalid(format!(
-                "stdin is over the limit of {MAX_STDIN_WRITE_BYTES} bytes"
-            )));
-        }
-        let cx = &self.cx;
-        let spec = cx
-            .spawn_spec(&program, &options, cx.process_sandbox)
-            .await?;
-        let child = Child::spawn(&spec).await.map_err(wit_error)?;
-        if let Some(bytes) = &options.stdin {
-            // A child that exits without reading its input is not an error of the call.
-            let _ = child.write_stdin(bytes).await;
-            child.close_stdin().await;
-        }
+        let child = self.cx.start(&program, &options, true).await?;
         // If the call's deadline drops this future, dropping `child` kills its group.
         let (exit, stdout, stderr) = child.wait_with_output().await;
-        cx.record_exit(&program, exit).await;
+        self.cx.record_exit(&program, exit).await;
         let exit = exit.ok_or_else(|| WitProcessError::Failed("the exit was not seen".into()))?;
-        Ok(Output {
-            exit: wit_exit(exit),
-            stdout,
-            stderr,
-            stdout_dropped: child.stdout().dropped(),
-            stderr_dropped: child.stderr().dropped(),
-        })
+        Ok(output(&child, exit, stdout, stderr))
     }
 }
