@@ -240,6 +240,7 @@ async fn capsules_built_by_xtask_are_all_present() {
         "sneak",
         "forkbomb",
         "flood",
+        "guess",
         "hostcalls",
     ] {
         assert!(

@@ -195,3 +195,108 @@ async fn background_children_talk_live_across_calls_and_die_with_their_handle() 
         "unloading the capsule killed its background child"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_repl_lives_across_calls_and_reports_its_exit() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    let id = rt.call("runner", "repl-start", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 32);
+    let out = rt
+        .call("runner", "repl-eval", json!({ "id": id, "line": "x=41" }))
+        .await;
+    assert_eq!(out, json!({ "output": "" }));
+    let out = rt
+        .call(
+            "runner",
+            "repl-eval",
+            json!({ "id": id, "line": "echo $((x+1))" }),
+        )
+        .await;
+    assert_eq!(
+        out,
+        json!({ "output": "42\n" }),
+        "state survived between calls"
+    );
+    assert_eq!(
+        rt.call("runner", "repl-status", json!({ "id": id })).await,
+        json!({ "label": "repl", "running": true })
+    );
+    let audit = rt.audit_entries();
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.details.contains(&id) && !e.resource.contains(&id)),
+        "the id is never in the audit log"
+    );
+
+    // Another capsule gets `no-such-process` for this id, as for random and malformed ones.
+    rt.load("guess").await;
+    let guessed = rt.call("guess", "guess", json!({ "foreign": id })).await;
+    assert_eq!(
+        guessed,
+        json!({ "answers": ["ProcessError::NoSuchProcess"], "listed": 0 })
+    );
+    assert_eq!(
+        rt.call("runner", "repl-status", json!({ "id": id })).await,
+        json!({ "label": "repl", "running": true }),
+        "the guesses touched nothing"
+    );
+
+    let stopped = rt.call("runner", "repl-stop", json!({ "id": id })).await;
+    assert_eq!(stopped, json!({ "signal": 15, "code": null }));
+    for _ in 0..300 {
+        let event = rt.call("runner", "last-event", json!({})).await;
+        if !event.is_null() {
+            assert_eq!(event["topic"], json!("process.exited"), "{event}");
+            assert_eq!(event["payload"]["label"], json!("repl"));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no process.exited event reached the watching capsule");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_a_capsule_stops_its_persistent_processes() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    let repl = rt.call("runner", "repl-start", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    rt.call("runner", "repl-eval", json!({ "id": repl, "line": "true" }))
+        .await;
+    assert!(running_repls(&rt.workspace) >= 1, "the repl runs");
+    rt.registry.unload(&id("runner")).await.unwrap();
+    for _ in 0..300 {
+        if running_repls(&rt.workspace) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("a persistent shell outlived its capsule");
+}
+
+/// Live `sh` processes with no arguments working in `workspace` (the runner's repl shells).
+fn running_repls(workspace: &std::path::Path) -> usize {
+    let workspace = workspace.canonicalize().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 2..].starts_with('Z'));
+            let mine =
+                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == workspace);
+            (cmdline == b"/usr/bin/sh\0" || cmdline == b"sh\0") && !zombie && mine
+        })
+        .count()
+}

@@ -44,6 +44,11 @@ pub fn exec_resource(program: &str) -> String {
     }
 }
 
+/// The resource that starting persistent processes is checked against.
+pub fn persistent_resource(capsule: &CapsuleId) -> String {
+    format!("process://persistent/{capsule}")
+}
+
 /// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc` and `process` lists,
 /// and, for a native capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
@@ -57,6 +62,12 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
         crate::Component::Native { command, .. } => command.first().map(String::as_str),
         crate::Component::Wasm { .. } => None,
     };
+    if caps.process_persistent {
+        out.push(Request {
+            pattern: persistent_resource(&manifest.name),
+            permissions: Permissions::EXEC,
+        });
+    }
     for program in programs.chain(own) {
         let pattern = exec_resource(program);
         if !out.iter().any(|r| r.pattern == pattern) {

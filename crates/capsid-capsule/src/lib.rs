@@ -39,7 +39,9 @@ pub use capsule::{CapsuleState, LoadedCapsule};
 pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};
-pub use grants::{Request, Trust, exec_resource, grant_requested, kv_resource, requested};
+pub use grants::{
+    Request, Trust, exec_resource, grant_requested, kv_resource, persistent_resource, requested,
+};
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use manifest::{

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
-use capsid_process::Health;
+use capsid_core::limits::DEFAULT_STOP_GRACE;
+use capsid_process::{EventKind, Health, Owner, ProcessTable, TableEvent};
 use capsid_storage::{Quota, ScopedKvStore};
 use wasmtime::component::{HasSelf, Linker};
 
@@ -78,7 +79,8 @@ pub struct Registry {
     engine: Arc<CapsuleEngine>,
     linker: Linker<HostState>,
     services: HostServices,
-    slots: RwLock<BTreeMap<CapsuleId, Slot>>,
+    slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>>,
+    processes: Arc<ProcessTable>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -90,18 +92,28 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    /// A registry running capsules on `engine` with `services`.
+    /// A registry running capsules on `engine` with `services`. Called inside a tokio
+    /// runtime, it also starts the persistent-process reaper and the delivery of process
+    /// lifecycle events to the capsules that watch them.
     pub fn new(engine: Arc<CapsuleEngine>, services: HostServices) -> Result<Self, CapsuleError> {
         let mut linker = Linker::new(engine.engine());
         let link =
             |e: wasmtime::Error| CapsuleError::Engine(format!("linking host interfaces: {e}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
         Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        let (events, received) = tokio::sync::mpsc::unbounded_channel();
+        let processes = Arc::new(ProcessTable::new(Some(events)));
+        let slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>> = Arc::default();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            processes.start_reaper();
+            tokio::spawn(deliver_process_events(Arc::downgrade(&slots), received));
+        }
         Ok(Self {
             engine,
             linker,
             services,
-            slots: RwLock::default(),
+            slots,
+            processes,
         })
     }
 
@@ -271,6 +283,7 @@ impl Registry {
             log: CapsuleLog::new(name.clone()),
             started: Instant::now(),
             process_sandbox: manifest.capabilities.process_sandbox,
+            processes: self.processes.clone(),
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,
@@ -371,6 +384,11 @@ impl Registry {
             Unloaded::Nothing => return Ok(()),
         };
         capsule.shut_down().await;
+        let owner = Owner {
+            principal: self.services.principal,
+            capsule: name.clone(),
+        };
+        self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);
         let _ = capsule
             .cx
@@ -507,6 +525,53 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
         blake3: None,
         load_kind: None,
         native: None,
+    }
+}
+
+/// Hands each lifecycle event of a watched persistent process to its capsule's
+/// `handle-event` (topic `process.<kind>`), in order, until the registry is gone.
+async fn deliver_process_events(
+    slots: std::sync::Weak<RwLock<BTreeMap<CapsuleId, Slot>>>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<TableEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(slots) = slots.upgrade() else { return };
+        let capsule = match slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&event.owner.capsule)
+        {
+            Some(Slot::Loaded { capsule, .. }) => capsule.clone(),
+            _ => continue,
+        };
+        drop(slots);
+        let (topic, payload) = match event.kind {
+            EventKind::Exited(e) => (
+                "process.exited",
+                serde_json::json!({
+                    "label": event.label, "generation": event.generation,
+                    "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
+                }),
+            ),
+            EventKind::Expired => (
+                "process.expired",
+                serde_json::json!({ "label": event.label, "generation": event.generation }),
+            ),
+            EventKind::Forgotten => (
+                "process.forgotten",
+                serde_json::json!({ "label": event.label, "generation": event.generation }),
+            ),
+        };
+        if let Err(e) = capsule
+            .handle_event(topic, payload.to_string().as_bytes())
+            .await
+        {
+            capsule.log().push(
+                crate::logbuf::LogLevel::Warn,
+                crate::logbuf::LogSource::Host,
+                &format!("{topic}: {e}"),
+            );
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 
 use std::cell::RefCell;
 
-use capsid_guest::process::{self, Background, Limits, OutputStream, SignalKind, SpawnOptions};
-use capsid_guest::{Capsule, Error};
+use capsid_guest::process::{
+    self, Background, Limits, OutputStream, PersistentOptions, SignalKind, SpawnOptions,
+};
+use capsid_guest::{Capsule, Error, kv, sys};
 use serde_json::{Value, json};
 
 thread_local! {
@@ -70,10 +72,100 @@ fn background(name: &str) -> Result<Value, Error> {
     })
 }
 
+/// The persistent REPL tools: a `sh` kept alive across calls, reached by its id.
+fn repl(name: &str, input: &Value) -> Result<Value, Error> {
+    let id = || {
+        input["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| capsid_guest::invalid("missing \"id\""))
+    };
+    Ok(match name {
+        "repl-start" => {
+            let id = process::spawn_persistent(
+                "sh",
+                &plain(&[], Some(b"")),
+                &PersistentOptions {
+                    label: Some("repl".into()),
+                    lifetime_ms: None,
+                    idle_ms: None,
+                    retention_ms: None,
+                },
+            )
+            .map_err(|e| failed(&e))?;
+            process::watch(&id, true).map_err(|e| failed(&e))?;
+            json!({ "id": id })
+        }
+        "repl-eval" => {
+            let id = id()?;
+            let line = input["line"].as_str().unwrap_or_default();
+            // Read on from where the last evaluation stopped (kept in KV), up to a marker
+            // unique to this evaluation.
+            let key = format!("cursor:{id}");
+            let mut cursor = kv::get(key.as_bytes())?
+                .and_then(|b| serde_json::from_slice::<(u64, u64)>(&b).ok())
+                .map(|(generation, offset)| process::Cursor { generation, offset });
+            let nonce: String = sys::random_bytes(8)?
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let marker = format!("__done_{nonce}__\n");
+            process::write_stdin(&id, format!("{line}\necho __done_{nonce}__\n").as_bytes())
+                .map_err(|e| failed(&e))?;
+            let mut seen = String::new();
+            while !seen.contains(&marker) {
+                let chunk = process::read_since(&id, OutputStream::Stdout, cursor, 65536)
+                    .map_err(|e| failed(&e))?;
+                seen.push_str(&String::from_utf8_lossy(&chunk.bytes));
+                cursor = Some(chunk.next);
+                if chunk.bytes.is_empty()
+                    && process::wait(&id, 10).map_err(|e| failed(&e))?.is_some()
+                {
+                    return Err(Error::Internal("the repl exited".into()));
+                }
+            }
+            if let Some(c) = cursor {
+                kv::set(
+                    key.as_bytes(),
+                    json!([c.generation, c.offset]).to_string().as_bytes(),
+                )?;
+            }
+            let output = seen.split(&marker).next().unwrap_or_default();
+            json!({ "output": output })
+        }
+        "repl-status" => {
+            let s = process::status(&id()?).map_err(|e| failed(&e))?;
+            json!({ "label": s.label, "running": s.exit.is_none() })
+        }
+        "repl-stop" => {
+            let exit = process::stop(&id()?, 1000).map_err(|e| failed(&e))?;
+            json!({ "signal": exit.and_then(|e| e.signal), "code": exit.and_then(|e| e.code) })
+        }
+        "last-event" => {
+            let event = kv::get(b"last-event")?.unwrap_or_default();
+            serde_json::from_slice(&event).unwrap_or(Value::Null)
+        }
+        other => return Err(capsid_guest::unknown_tool(other)),
+    })
+}
+
 struct Runner;
 
 impl Capsule for Runner {
+    fn handle_event(topic: String, payload: Vec<u8>) -> Result<(), Error> {
+        let event = json!({
+            "topic": topic,
+            "payload": serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null),
+        });
+        kv::set(b"last-event", event.to_string().as_bytes())
+    }
+
     fn call_tool(name: String, input: String) -> Result<String, Error> {
+        if name.starts_with("repl-") || name == "last-event" {
+            let input: Value =
+                serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;
+            return repl(&name, &input).map(|v| v.to_string());
+        }
         if name != "run" {
             return background(&name).map(|v| v.to_string());
         }

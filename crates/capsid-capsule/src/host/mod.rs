@@ -11,6 +11,7 @@ mod fs;
 mod ipc;
 mod kv;
 mod log;
+mod persistent;
 mod process;
 
 pub use process::BackgroundChild;
@@ -115,6 +116,8 @@ pub(crate) struct CapsuleContext {
     pub started: Instant,
     /// Whether its programs must run in the OS sandbox.
     pub process_sandbox: crate::manifest::SandboxPolicy,
+    /// The runtime's persistent processes (this capsule sees only its own).
+    pub processes: Arc<capsid_process::ProcessTable>,
 }
 
 impl CapsuleContext {

@@ -15,15 +15,15 @@ use std::sync::Arc;
 use wasmtime::component::Resource;
 
 use crate::bindings::capsid::host::process::{
-    ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
-    ProcessError as WitProcessError, SignalKind, SpawnOptions,
+    Chunk, Cursor, ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
+    PersistentOptions, ProcessError as WitProcessError, ProcessStatus, SignalKind, SpawnOptions,
 };
 use crate::grants::exec_resource;
 use crate::manifest::SandboxPolicy;
 
 use super::{CapsuleContext, HostState};
 
-fn wit_exit(e: ExitInfo) -> WitExit {
+pub(super) fn wit_exit(e: ExitInfo) -> WitExit {
     WitExit {
         code: e.code,
         signal: e.signal,
@@ -39,7 +39,7 @@ pub struct BackgroundChild {
     program: String,
 }
 
-fn wit_error(e: ProcessError) -> WitProcessError {
+pub(super) fn wit_error(e: ProcessError) -> WitProcessError {
     match e {
         ProcessError::Exited => WitProcessError::Exited,
         ProcessError::StdinClosed => WitProcessError::StdinClosed,
@@ -74,7 +74,7 @@ fn limits(l: Limits) -> ResourceLimits {
 
 impl CapsuleContext {
     /// Checks (and records) the start of `program`; the spec to start it with.
-    async fn spawn_spec(
+    pub(super) async fn spawn_spec(
         &self,
         program: &str,
         options: &SpawnOptions,
@@ -118,7 +118,7 @@ impl CapsuleContext {
     }
 }
 
-fn signal(kind: SignalKind) -> Signal {
+pub(super) fn signal(kind: SignalKind) -> Signal {
     match kind {
         SignalKind::Term => Signal::SIGTERM,
         SignalKind::Kill => Signal::SIGKILL,
@@ -132,7 +132,7 @@ fn signal(kind: SignalKind) -> Signal {
 }
 
 /// Checks a stdin payload against its limit.
-fn check_stdin(bytes: Option<&Vec<u8>>) -> Result<(), WitProcessError> {
+pub(super) fn check_stdin(bytes: Option<&Vec<u8>>) -> Result<(), WitProcessError> {
     if bytes.is_some_and(|b| b.len() > MAX_STDIN_WRITE_BYTES) {
         return Err(WitProcessError::Invalid(format!(
             "stdin is over the limit of {MAX_STDIN_WRITE_BYTES} bytes"
@@ -307,6 +307,87 @@ impl HostBackground for HostState {
 }
 
 impl Host for HostState {
+    async fn spawn_persistent(
+        &mut self,
+        program: String,
+        options: SpawnOptions,
+        persistent: PersistentOptions,
+    ) -> Result<String, WitProcessError> {
+        self.cx
+            .spawn_persistent(&program, &options, persistent)
+            .await
+    }
+
+    async fn list_persistent(&mut self, label: Option<String>) -> Vec<ProcessStatus> {
+        self.cx.list_persistent(label.as_deref())
+    }
+
+    async fn status(&mut self, id: String) -> Result<ProcessStatus, WitProcessError> {
+        self.cx.persistent_status(&id)
+    }
+
+    async fn status_many(
+        &mut self,
+        ids: Vec<String>,
+    ) -> Result<Vec<Result<ProcessStatus, WitProcessError>>, WitProcessError> {
+        self.cx.status_many(&ids)
+    }
+
+    async fn read_logs(
+        &mut self,
+        id: String,
+        which: OutputStream,
+        max: u32,
+    ) -> Result<Vec<u8>, WitProcessError> {
+        self.cx.persistent_read_logs(&id, which, max)
+    }
+
+    async fn read_since(
+        &mut self,
+        id: String,
+        which: OutputStream,
+        cursor: Option<Cursor>,
+        max: u32,
+    ) -> Result<Chunk, WitProcessError> {
+        self.cx.read_since(&id, which, cursor, max)
+    }
+
+    async fn write_stdin(&mut self, id: String, bytes: Vec<u8>) -> Result<(), WitProcessError> {
+        self.cx.persistent_write_stdin(&id, &bytes).await
+    }
+
+    async fn close_stdin(&mut self, id: String) -> Result<(), WitProcessError> {
+        self.cx.persistent_close_stdin(&id).await
+    }
+
+    async fn signal(&mut self, id: String, kind: SignalKind) -> Result<(), WitProcessError> {
+        self.cx.persistent_signal(&id, kind).await
+    }
+
+    async fn wait(
+        &mut self,
+        id: String,
+        timeout_ms: u32,
+    ) -> Result<Option<WitExit>, WitProcessError> {
+        self.cx.persistent_wait(&id, timeout_ms).await
+    }
+
+    async fn stop(
+        &mut self,
+        id: String,
+        grace_ms: u32,
+    ) -> Result<Option<WitExit>, WitProcessError> {
+        self.cx.persistent_stop(&id, grace_ms).await
+    }
+
+    async fn release(&mut self, id: String) -> Result<WitExit, WitProcessError> {
+        self.cx.release(&id)
+    }
+
+    async fn watch(&mut self, id: String, on: bool) -> Result<(), WitProcessError> {
+        self.cx.watch(&id, on)
+    }
+
     async fn spawn_background(
         &mut self,
         program: String,
