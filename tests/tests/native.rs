@@ -23,7 +23,7 @@ fn native_capsule(root: &Path, name: &str, command: &str, extra: &str) -> std::p
 }
 
 async fn health_until(rt: &Runtime, name: &str, done: impl Fn(&Health) -> bool) -> Health {
-    for _ in 0..1_000 {
+    for _ in 0..3_000 {
         let info = rt.registry.info(&id(name)).unwrap();
         let health = info.native.unwrap().health;
         if done(&health) {
@@ -69,7 +69,7 @@ async fn a_native_service_runs_until_unloaded() {
     };
     assert!(Path::new(&format!("/proc/{pid}")).exists());
     rt.registry.unload(&id("server")).await.unwrap();
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         if stat.is_empty() {
             break;

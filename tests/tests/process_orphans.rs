@@ -54,7 +54,7 @@ fn sigkill_of_the_host_leaves_no_child_running() {
     let mut lines = BufReader::new(host.stdout.take().unwrap()).lines();
     let mut host = KillOnDrop(host);
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         if sleeping(a) == 1 && sleeping(b) == 1 {
             break;
         }
@@ -71,7 +71,7 @@ fn sigkill_of_the_host_leaves_no_child_running() {
     )
     .unwrap();
     host.0.wait().unwrap();
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         if sleeping(a) == 0 && sleeping(b) == 0 {
             return;
         }

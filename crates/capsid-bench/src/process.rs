@@ -13,6 +13,8 @@ use crate::report::Row;
 
 /// Spawn + wait cycles per side.
 const SPAWNS: u32 = 500;
+/// Sandboxed spawn + wait cycles per side.
+const SANDBOX_SPAWNS: u32 = 200;
 /// Bytes the child writes for the throughput rows.
 const OUTPUT_BYTES: u64 = 1 << 30;
 /// Ring size for the throughput row.
@@ -26,6 +28,7 @@ pub fn run() -> Result<Vec<Row>> {
     rt.block_on(async {
         let workspace = tempfile::tempdir()?;
         let mut rows = vec![spawn_row(workspace.path()).await?];
+        rows.push(sandbox_row(workspace.path()).await?);
         rows.extend(output_rows(workspace.path()).await?);
         rows.extend(table_rows(workspace.path()).await?);
         Ok(rows)
@@ -66,6 +69,39 @@ async fn spawn_row(workspace: &std::path::Path) -> Result<Row> {
         "spawns/s",
         "std::process::Command output()",
         f64::from(SPAWNS) / raw,
+    ))
+}
+
+/// Spawn + wait of `/bin/true` under `bwrap` against the same without it.
+async fn sandbox_row(workspace: &std::path::Path) -> Result<Row> {
+    anyhow::ensure!(
+        capsid_process::bwrap_path().is_some(),
+        "bwrap is not installed: install bubblewrap"
+    );
+    let plain = SpawnSpec::new("/bin/true", workspace);
+    let mut sandboxed = plain.clone();
+    sandboxed.sandbox = capsid_process::Sandbox::Required { network: false };
+    let (mut with, mut without) = (0f64, 0f64);
+    for _ in 0..2 {
+        for (spec, total) in [(&sandboxed, &mut with), (&plain, &mut without)] {
+            let start = Instant::now();
+            for _ in 0..SANDBOX_SPAWNS / 2 {
+                let (info, _, err) = Child::spawn(spec).await?.wait_with_output().await;
+                anyhow::ensure!(
+                    info.is_some_and(|i| i.success()),
+                    "true failed: {}",
+                    String::from_utf8_lossy(&err)
+                );
+            }
+            *total += start.elapsed().as_secs_f64();
+        }
+    }
+    Ok(Row::new(
+        "spawn + wait /bin/true in the bwrap sandbox",
+        f64::from(SANDBOX_SPAWNS) / with,
+        "spawns/s",
+        "the same spawn without the sandbox",
+        f64::from(SANDBOX_SPAWNS) / without,
     ))
 }
 

@@ -224,3 +224,6 @@ pub const SUPERVISOR_HISTORY: usize = 60;
 
 /// Background children one capsule instance may hold at once.
 pub const MAX_BACKGROUND_PER_INSTANCE: usize = 32;
+
+/// How long the host keeps sweeping for what is left of a finished process group.
+pub const ORPHAN_WATCH: std::time::Duration = std::time::Duration::from_mins(1);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use capsid_core::limits::ORPHAN_WATCH;
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
@@ -69,24 +70,28 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<PidsCgroup>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    // Killed members exit (and turn into zombies) a moment after the leader; look a few times.
+    // Killed members exit (and turn into zombies) a moment after the leader, later under
+    // load: keep looking, more slowly each time, until the group is gone.
     handle.spawn(async move {
         let mut cgroup = cgroup;
-        for delay in [1, 10, 100, 1_000, 5_000] {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
+        let mut delay = Duration::from_millis(1);
+        let mut waited = Duration::ZERO;
+        while waited < ORPHAN_WATCH {
+            tokio::time::sleep(delay).await;
+            waited += delay;
+            delay = (delay * 4).min(Duration::from_millis(500));
             if subreaper {
                 let _ = tokio::task::spawn_blocking(sweep).await;
             }
             if cgroup.as_ref().is_some_and(PidsCgroup::remove) {
                 cgroup = None;
             }
-            if cgroup.is_none() && !subreaper {
+            let lingering = groups().dead_groups.contains(&pid);
+            if cgroup.is_none() && (!subreaper || !lingering) {
                 return;
             }
         }
-        if cgroup.is_some() {
-            tracing::warn!(pid, "a pids cgroup still holds tasks; left in place");
-        }
+        tracing::warn!(pid, "members of a finished process group are still around");
     });
 }
 

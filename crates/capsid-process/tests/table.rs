@@ -23,7 +23,7 @@ fn sh(ws: &std::path::Path, script: &str) -> SpawnSpec {
 async fn read_until(table: &ProcessTable, who: &Owner, id: &str, want: &str) -> String {
     let mut seen = String::new();
     let mut cursor = None;
-    for _ in 0..500 {
+    for _ in 0..6_000 {
         let chunk = table
             .read_since(who, id, Stream::Stdout, cursor, 1 << 20)
             .unwrap();
@@ -216,7 +216,7 @@ async fn the_reaper_enforces_lifetime_idle_and_retention_and_reports_to_watchers
         .unwrap()
         .unwrap();
     assert!(matches!(exited.kind, EventKind::Exited(e) if e.signal.is_some()));
-    for _ in 0..300 {
+    for _ in 0..3_000 {
         // `list` does not count as activity (a `status` call would reset the idle clock).
         let idle_done = table
             .list(&me, Some("idle"))
