@@ -48,7 +48,7 @@ impl ExitInfo {
 
 type SpawnJob = (
     Command,
-    std_mpsc::Sender<std::io::Result<std::process::Child>>,
+    tokio::sync::oneshot::Sender<std::io::Result<std::process::Child>>,
 );
 
 /// Children are forked from one long-lived thread: `PR_SET_PDEATHSIG` fires when the thread
@@ -73,19 +73,15 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
 }
 
 async fn fork(cmd: Command) -> std::io::Result<std::process::Child> {
-    let (reply, answer) = std_mpsc::channel();
+    let (reply, answer) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
         .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
         .send((cmd, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    tokio::task::spawn_blocking(move || {
-        answer
-            .recv()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    answer
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
 }
 
 /// What the reaper and the signallers share. `reaped` is held while signalling and while
@@ -208,10 +204,9 @@ async fn reap_on_exit(
     exit: watch::Sender<Option<ExitInfo>>,
 ) {
     let _ = pidfd.readable().await;
-    let reaped = tokio::task::spawn_blocking(move || shared.reap())
-        .await
-        .ok()
-        .flatten();
+    // The pidfd is readable once the child is a zombie: the kill and `wait4` below return at
+    // once, so they run here rather than on the blocking pool.
+    let reaped = shared.reap();
     drop(guard);
     let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let info = reaped.map_or(
