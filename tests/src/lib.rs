@@ -198,3 +198,34 @@ pub struct AuditRow {
     /// JSON details.
     pub details: String,
 }
+
+/// A live (not zombie) process, as `/proc` shows it.
+#[derive(Debug, Clone)]
+pub struct LiveProcess {
+    /// Its pid.
+    pub pid: u32,
+    /// Its command line, NUL-separated as in `/proc/<pid>/cmdline`.
+    pub cmdline: Vec<u8>,
+    /// Its working directory, if readable.
+    pub cwd: Option<PathBuf>,
+}
+
+/// Every live (not zombie) process of the machine.
+pub fn live_processes() -> Vec<LiveProcess> {
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let zombie = stat
+                .rfind(')')
+                .is_some_and(|i| stat[i + 2..].starts_with('Z'));
+            (!zombie).then(|| LiveProcess {
+                pid,
+                cmdline: std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default(),
+                cwd: std::fs::read_link(format!("/proc/{pid}/cwd")).ok(),
+            })
+        })
+        .collect()
+}

@@ -5,24 +5,15 @@
 
 use std::time::Duration;
 
-use capsid_integration_tests::{Runtime, id};
+use capsid_integration_tests::{Runtime, id, live_processes};
 use serde_json::json;
 
-/// Live processes whose command line is exactly `sh -c <script>`.
+/// Live processes whose command line ends with `sh -c <script>`.
 fn running(script: &str) -> usize {
     let wanted = format!("sh\0-c\0{script}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rfind(')')
-                .is_some_and(|i| stat[i + 2..].starts_with('Z'));
-            cmdline.ends_with(wanted.as_bytes()) && !zombie
-        })
+    live_processes()
+        .iter()
+        .filter(|p| p.cmdline.ends_with(wanted.as_bytes()))
         .count()
 }
 
@@ -141,9 +132,7 @@ async fn a_flood_keeps_only_its_output_limit() {
 }
 
 fn alive(pid: u64) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rfind(')')
-        .is_some_and(|i| !stat[i + 2..].starts_with('Z'))
+    live_processes().iter().any(|p| u64::from(p.pid) == pid)
 }
 
 async fn gone(pid: u64) -> bool {
@@ -286,19 +275,11 @@ async fn unloading_a_capsule_stops_its_persistent_processes() {
 /// Live `sh` processes with no arguments working in `workspace` (the runner's repl shells).
 fn running_repls(workspace: &std::path::Path) -> usize {
     let workspace = workspace.canonicalize().unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat
-                .rfind(')')
-                .is_some_and(|i| stat[i + 2..].starts_with('Z'));
-            let mine =
-                std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == workspace);
-            (cmdline == b"/usr/bin/sh\0" || cmdline == b"sh\0") && !zombie && mine
+    live_processes()
+        .iter()
+        .filter(|p| {
+            (p.cmdline == b"/usr/bin/sh\0" || p.cmdline == b"sh\0")
+                && p.cwd.as_deref() == Some(workspace.as_path())
         })
         .count()
 }

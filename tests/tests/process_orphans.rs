@@ -11,21 +11,12 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Live (not zombie) `sleep <seconds>` processes (argv[0] may be a full path).
+/// Live `sleep <seconds>` processes (argv[0] may be a full path).
 fn sleeping(seconds: u32) -> usize {
     let tail = format!("sleep\0{seconds}\0");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = state
-                .rfind(')')
-                .is_some_and(|i| state[i + 2..].starts_with('Z'));
-            cmdline.ends_with(tail.as_bytes()) && !zombie
-        })
+    capsid_integration_tests::live_processes()
+        .iter()
+        .filter(|p| p.cmdline.ends_with(tail.as_bytes()))
         .count()
 }
 

@@ -86,6 +86,24 @@ macro_rules! capsule {
     };
 }
 
+/// Spawn options with `args` and nothing else: no environment beyond the default `PATH`,
+/// the workspace as working directory, an empty stdin, no limits, the default output limit.
+pub fn spawn_options(args: &[&str]) -> process::SpawnOptions {
+    process::SpawnOptions {
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: Vec::new(),
+        cwd: None,
+        stdin: None,
+        limits: process::Limits {
+            memory_bytes: None,
+            cpu_seconds: None,
+            pids: None,
+            open_files: None,
+        },
+        output_limit: None,
+    }
+}
+
 /// Logs `message` at info level.
 pub fn info(message: &str) {
     log::log(log::Level::Info, message);

@@ -1,6 +1,6 @@
 //! Starts a program that writes 64 MiB through a 64 KiB output limit.
 
-use capsid_guest::process::{self, Limits, SpawnOptions};
+use capsid_guest::process;
 use capsid_guest::{Capsule, Error};
 use serde_json::json;
 
@@ -11,19 +11,8 @@ impl Capsule for Flood {
         if name != "flood" {
             return Err(capsid_guest::unknown_tool(&name));
         }
-        let options = SpawnOptions {
-            args: vec!["-c".into(), "head -c 67108864 /dev/zero".into()],
-            env: Vec::new(),
-            cwd: None,
-            stdin: None,
-            limits: Limits {
-                memory_bytes: None,
-                cpu_seconds: None,
-                pids: None,
-                open_files: None,
-            },
-            output_limit: Some(65536),
-        };
+        let mut options = capsid_guest::spawn_options(&["-c", "head -c 67108864 /dev/zero"]);
+        options.output_limit = Some(65536);
         let out = process::spawn("sh", &options).map_err(|e| Error::Internal(format!("{e:?}")))?;
         Ok(json!({
             "code": out.exit.code,

@@ -1,6 +1,6 @@
 //! Starts a fork bomb under a pids limit of 16 and reports how it ended.
 
-use capsid_guest::process::{self, Limits, SpawnOptions};
+use capsid_guest::process;
 use capsid_guest::{Capsule, Error};
 use serde_json::json;
 
@@ -11,19 +11,10 @@ impl Capsule for ForkBomb {
         if name != "bomb" {
             return Err(capsid_guest::unknown_tool(&name));
         }
-        let options = SpawnOptions {
-            args: vec!["-c".into(), "b() { b | b & }; b; sleep 1".into()],
-            env: Vec::new(),
-            cwd: None,
-            stdin: None,
-            limits: Limits {
-                memory_bytes: None,
-                cpu_seconds: Some(5),
-                pids: Some(16),
-                open_files: None,
-            },
-            output_limit: Some(4096),
-        };
+        let mut options = capsid_guest::spawn_options(&["-c", "b() { b | b & }; b; sleep 1"]);
+        options.limits.cpu_seconds = Some(5);
+        options.limits.pids = Some(16);
+        options.output_limit = Some(4096);
         Ok(match process::spawn("sh", &options) {
             Ok(out) => json!({ "code": out.exit.code, "signal": out.exit.signal }),
             Err(e) => json!({ "error": format!("{e:?}") }),

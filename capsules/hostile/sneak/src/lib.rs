@@ -1,24 +1,12 @@
 //! Tries to start what it was not granted, and to slip out through the environment and the
 //! working directory. Containment means every attempt but the granted one fails.
 
-use capsid_guest::process::{self, Limits, ProcessError, SpawnOptions};
+use capsid_guest::process::{self, ProcessError, SpawnOptions};
 use capsid_guest::{Capsule, Error};
 use serde_json::{Map, Value};
 
 fn options() -> SpawnOptions {
-    SpawnOptions {
-        args: Vec::new(),
-        env: Vec::new(),
-        cwd: None,
-        stdin: None,
-        limits: Limits {
-            memory_bytes: None,
-            cpu_seconds: None,
-            pids: None,
-            open_files: None,
-        },
-        output_limit: None,
-    }
+    capsid_guest::spawn_options(&[])
 }
 
 fn outcome(program: &str, o: &SpawnOptions) -> Value {

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use capsid_guest::process::{
-    self, Background, Limits, OutputStream, PersistentOptions, SignalKind, SpawnOptions,
+    self, Background, OutputStream, PersistentOptions, SignalKind, SpawnOptions,
 };
 use capsid_guest::{Capsule, Error, kv, sys};
 use serde_json::{Value, json};
@@ -21,17 +21,8 @@ fn failed(e: &process::ProcessError) -> Error {
 
 fn plain(args: &[&str], stdin: Option<&[u8]>) -> SpawnOptions {
     SpawnOptions {
-        args: args.iter().map(|s| (*s).to_owned()).collect(),
-        env: Vec::new(),
-        cwd: None,
         stdin: stdin.map(<[u8]>::to_vec),
-        limits: Limits {
-            memory_bytes: None,
-            cpu_seconds: None,
-            pids: None,
-            open_files: None,
-        },
-        output_limit: None,
+        ..capsid_guest::spawn_options(args)
     }
 }
 
@@ -182,19 +173,11 @@ impl Capsule for Runner {
                     .collect()
             })
             .unwrap_or_default();
-        let options = SpawnOptions {
-            args,
-            env: Vec::new(),
-            cwd: input["cwd"].as_str().map(str::to_owned),
-            stdin: input["stdin"].as_str().map(|s| s.as_bytes().to_vec()),
-            limits: Limits {
-                memory_bytes: None,
-                cpu_seconds: Some(10),
-                pids: None,
-                open_files: None,
-            },
-            output_limit: None,
-        };
+        let mut options = capsid_guest::spawn_options(&[]);
+        options.args = args;
+        options.cwd = input["cwd"].as_str().map(str::to_owned);
+        options.stdin = input["stdin"].as_str().map(|s| s.as_bytes().to_vec());
+        options.limits.cpu_seconds = Some(10);
         Ok(match process::spawn(program, &options) {
             Ok(out) => json!({
                 "code": out.exit.code,
