@@ -171,13 +171,18 @@ pub const PROCESS_PIPE_BYTES: usize = 1024 * 1024;
 /// Where bare program names are looked up, in order. Never the capsule's or host's `PATH`.
 pub const PROCESS_SEARCH_PATH: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
 
-/// `PATH` a child gets when its spawn sets none.
+/// `PATH` every child gets. A spawn cannot change it: a granted program that runs others by
+/// name (`git <cmd>`, `env`, `xargs`) must not find them in a directory the capsule writes.
 pub const PROCESS_DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// `HOME` every child gets: no directory, so no per-user configuration (which can name
+/// commands to run) is read from anywhere a capsule could write.
+pub const PROCESS_HOME: &str = "/nonexistent";
 
 /// The only environment variables a spawn may set; the host's own environment is never
 /// passed on.
 pub const PROCESS_ENV_ALLOW: &[&str] = &[
-    "PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "NO_COLOR", "COLUMNS", "LINES",
+    "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "NO_COLOR", "COLUMNS", "LINES",
 ];
 
 /// Persistent processes one principal may have running at once.
@@ -227,3 +232,13 @@ pub const MAX_BACKGROUND_PER_INSTANCE: usize = 32;
 
 /// How long the host keeps sweeping for what is left of a finished process group.
 pub const ORPHAN_WATCH: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// Largest output ring a capsule's child may have, per stream, in bytes.
+pub const MAX_CAPSULE_OUTPUT_RING_BYTES: usize = 4 * 1024 * 1024;
+
+/// Tasks a capsule's child and its descendants may have when the host can enforce it (and
+/// the ceiling on what a capsule may ask for).
+pub const MAX_CAPSULE_CHILD_PIDS: u64 = 256;
+
+/// How long starting a persistent process waits for it to take its initial stdin.
+pub const PERSISTENT_STDIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -32,6 +32,11 @@ fn root() -> Option<PathBuf> {
         .then(|| v2.to_owned())
 }
 
+/// Whether a pids limit can be enforced here (a writable `pids` controller exists).
+pub fn pids_limit_available() -> bool {
+    root().is_some()
+}
+
 /// One child's pids cgroup. Removed (when empty) by [`PidsCgroup::remove`].
 #[derive(Debug)]
 pub(crate) struct PidsCgroup {
@@ -53,6 +58,16 @@ impl PidsCgroup {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(_) => return Err(ProcessError::PidsLimitUnavailable),
+        }
+        // cgroup v2 gives a child cgroup a controller only when its parent delegates it.
+        let delegate = parent.join("cgroup.subtree_control");
+        if delegate.exists()
+            && !std::fs::read_to_string(&delegate)
+                .unwrap_or_default()
+                .split_whitespace()
+                .any(|c| c == "pids")
+        {
+            std::fs::write(&delegate, "+pids").map_err(|_| ProcessError::PidsLimitUnavailable)?;
         }
         let mut name = [0u8; 8];
         getrandom_fill(&mut name)?;
@@ -85,6 +100,13 @@ impl PidsCgroup {
     /// Removes the cgroup; `false` while tasks remain in it.
     pub(crate) fn remove(&self) -> bool {
         std::fs::remove_dir(&self.dir).is_ok()
+    }
+}
+
+impl Drop for PidsCgroup {
+    fn drop(&mut self) {
+        // Best effort: a cgroup that still holds tasks stays (and is reported by the sweep).
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 

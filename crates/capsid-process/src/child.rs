@@ -46,8 +46,11 @@ impl ExitInfo {
     }
 }
 
+/// A fork to make: the command, the pids cgroup whose descriptor it writes to (kept open
+/// here until the fork is done, whatever happens to the caller), and where to answer.
 type SpawnJob = (
     Command,
+    Option<Arc<PidsCgroup>>,
     tokio::sync::oneshot::Sender<std::io::Result<std::process::Child>>,
 );
 
@@ -61,8 +64,21 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
         let started = std::thread::Builder::new()
             .name("capsid-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
+                for (mut cmd, cgroup, reply) in rx {
+                    let spawned = cmd.spawn();
+                    if let Ok(child) = &spawned {
+                        orphans::leader_started(child.id());
+                    }
+                    drop(cgroup);
+                    if let Err(Ok(mut child)) = reply.send(spawned) {
+                        // The caller gave up (its call was cancelled): nobody tracks this
+                        // child, so it is killed with its group and reaped here.
+                        if let Ok(pgid) = i32::try_from(child.id()) {
+                            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+                        }
+                        let _ = child.wait();
+                        orphans::leader_reaped(child.id(), None);
+                    }
                 }
             });
         if let Err(e) = started {
@@ -72,12 +88,15 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
     })
 }
 
-async fn fork(cmd: Command) -> std::io::Result<std::process::Child> {
+async fn fork(
+    cmd: Command,
+    cgroup: Option<Arc<PidsCgroup>>,
+) -> std::io::Result<std::process::Child> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
         .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
-        .send((cmd, reply))
+        .send((cmd, cgroup, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     answer
         .await
@@ -91,7 +110,7 @@ struct Shared {
     pid: u32,
     reaped: Mutex<bool>,
     /// The child's pids cgroup, removed once the group is gone.
-    cgroup: Mutex<Option<PidsCgroup>>,
+    cgroup: Mutex<Option<Arc<PidsCgroup>>>,
 }
 
 impl Shared {
@@ -248,7 +267,12 @@ impl Child {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let cgroup = spec.limits.pids.map(PidsCgroup::create).transpose()?;
+        let cgroup = spec
+            .limits
+            .pids
+            .map(PidsCgroup::create)
+            .transpose()?
+            .map(Arc::new);
         sys::confine(
             &mut cmd,
             spec.limits,
@@ -256,13 +280,10 @@ impl Child {
             cgroup.as_ref().map(|c| c.procs().as_raw_fd()),
         );
         let started = Instant::now();
-        let forked = fork(cmd).await;
+        let forked = fork(cmd, cgroup.clone()).await;
         let mut child = match forked {
             Ok(child) => child,
             Err(source) => {
-                if let Some(c) = cgroup {
-                    c.remove();
-                }
                 return Err(ProcessError::Spawn {
                     program: spec.program.clone(),
                     source,
@@ -274,7 +295,6 @@ impl Child {
             reaped: Mutex::new(false),
             cgroup: Mutex::new(cgroup),
         });
-        orphans::leader_started(shared.pid);
         // From here on, any early return drops this guard, which kills and reaps.
         let guard = ReapOnDrop(shared.clone());
         let os = |what| move |source| ProcessError::Os { what, source };

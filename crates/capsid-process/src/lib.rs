@@ -26,6 +26,8 @@
 #![deny(missing_docs)]
 
 mod cgroup;
+
+pub use cgroup::pids_limit_available;
 mod child;
 mod error;
 mod orphans;

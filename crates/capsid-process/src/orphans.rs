@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use capsid_core::limits::ORPHAN_WATCH;
@@ -57,14 +57,17 @@ pub(crate) fn leader_started(pid: u32) {
 
 /// Called once a leader is reaped: its group may leave zombies behind, and its pids cgroup
 /// (if any) can go once they are gone.
-pub(crate) fn leader_reaped(pid: u32, cgroup: Option<PidsCgroup>) {
+pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
+    let subreaper = SUBREAPER.load(Ordering::Acquire);
     {
         let mut g = groups();
         g.live_leaders.remove(&pid);
-        g.dead_groups.insert(pid);
+        // Without the subreaper nothing sweeps: keeping the group would only grow the set.
+        if subreaper {
+            g.dead_groups.insert(pid);
+        }
     }
-    let subreaper = SUBREAPER.load(Ordering::Acquire);
-    if !subreaper && cgroup.as_ref().is_none_or(PidsCgroup::remove) {
+    if !subreaper && cgroup.as_ref().is_none_or(|c| c.remove()) {
         return;
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -83,7 +86,7 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<PidsCgroup>) {
             if subreaper {
                 let _ = tokio::task::spawn_blocking(sweep).await;
             }
-            if cgroup.as_ref().is_some_and(PidsCgroup::remove) {
+            if cgroup.as_ref().is_some_and(|c| c.remove()) {
                 cgroup = None;
             }
             let lingering = groups().dead_groups.contains(&pid);

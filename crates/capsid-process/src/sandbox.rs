@@ -1,7 +1,7 @@
 //! The OS sandbox: running a child under `bwrap` (bubblewrap). The host's filesystem is
 //! mounted read-only, the workspace read-write, `/tmp` private, `/dev` and `/proc` fresh; all
 //! namespaces are unshared (network too, unless the spawn allows it); the sandboxed program
-//! runs in a new session and dies with `bwrap`, which dies with the host.
+//! stays in the process group capsid signals and dies with `bwrap`, which dies with the host.
 
 use std::path::Path;
 use std::process::Command;
@@ -50,7 +50,9 @@ fn command_with(
     cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
         .args(["--tmpfs", "/tmp", "--bind"])
         .args([workspace, workspace])
-        .args(["--unshare-all", "--die-with-parent", "--new-session"]);
+        // No `--new-session`: the program stays in the process group capsid signals (it has
+        // no terminal to protect), so TERM, STOP and CONT reach it, not only `bwrap`.
+        .args(["--unshare-all", "--die-with-parent"]);
     if network {
         cmd.arg("--share-net");
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use capsid_core::limits::{
     DEFAULT_OUTPUT_RING_BYTES, MAX_OUTPUT_RING_BYTES, MAX_PROCESS_ARGS, MAX_PROCESS_ARGV_BYTES,
     MAX_PROCESS_ENV_BYTES, MAX_PROCESS_ENV_VARS, MIN_OUTPUT_RING_BYTES, PROCESS_DEFAULT_PATH,
-    PROCESS_ENV_ALLOW, PROCESS_SEARCH_PATH,
+    PROCESS_ENV_ALLOW, PROCESS_HOME, PROCESS_SEARCH_PATH,
 };
 
 use crate::error::ProcessError;
@@ -62,7 +62,8 @@ pub struct SpawnSpec {
     pub program: String,
     /// Its arguments.
     pub args: Vec<String>,
-    /// Environment variables, only from the allow-list; nothing of the host's is inherited.
+    /// Environment variables, only from the allow-list; nothing of the host's is inherited,
+    /// and `PATH` and `HOME` are always the fixed ones.
     pub env: Vec<(String, String)>,
     /// Working directory, relative to the workspace (`None`: the workspace itself).
     pub cwd: Option<String>,
@@ -162,13 +163,18 @@ fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<(PathBuf, PathBuf)
     let Some(rel) = cwd else {
         return Ok((root.clone(), root));
     };
-    if has_nul(rel) || rel.starts_with('/') {
+    // Refused before touching the filesystem, so the answer says nothing about what exists
+    // outside the workspace.
+    if has_nul(rel) || rel.starts_with('/') || rel.split('/').any(|s| s == "..") {
         return Err(ProcessError::CwdOutsideWorkspace {
             dir: PathBuf::from(rel),
             workspace: root,
         });
     }
-    let dir = canon(&root.join(rel))?;
+    let dir = root
+        .join(rel)
+        .canonicalize()
+        .map_err(|_| ProcessError::Invalid(format!("{rel}: no such directory in the workspace")))?;
     if dir.starts_with(&root) {
         Ok((root, dir))
     } else {
@@ -227,9 +233,8 @@ impl SpawnSpec {
             )));
         }
         let mut env = self.env.clone();
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".into(), PROCESS_DEFAULT_PATH.into()));
-        }
+        env.push(("PATH".into(), PROCESS_DEFAULT_PATH.into()));
+        env.push(("HOME".into(), PROCESS_HOME.into()));
         let (workspace, cwd) = resolve_cwd(&self.workspace, self.cwd.as_deref())?;
         Ok(Checked {
             program: resolve_program(&self.program)?,

@@ -35,7 +35,8 @@ pub(crate) fn confine(
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (prctl, getppid, write, setrlimit); it allocates nothing
     // (errors are built from raw OS codes) and touches no lock. The cgroup descriptor is
-    // owned by the parent's `PidsCgroup`, which outlives the spawn, and is close-on-exec.
+    // owned by a `PidsCgroup` that travels with the spawn job and is dropped by the spawner
+    // thread only after the fork returned (even if the caller gave up), and is close-on-exec.
     unsafe {
         cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(os)?;

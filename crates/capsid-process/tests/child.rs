@@ -84,18 +84,24 @@ async fn the_environment_is_built_from_scratch() {
         .collect();
     assert_eq!(
         vars,
-        ["LANG=C.UTF-8", "PATH=/usr/local/bin:/usr/bin:/bin"],
+        [
+            "HOME=/nonexistent",
+            "LANG=C.UTF-8",
+            "PATH=/usr/local/bin:/usr/bin:/bin"
+        ],
         "{out}"
     );
     let canon = ws.path().canonicalize().unwrap();
     assert!(out.ends_with(&format!("{}\n", canon.display())), "{out}");
 
-    let mut bad = sh(ws.path(), "true");
-    bad.env = vec![("LD_PRELOAD".into(), "/tmp/evil.so".into())];
-    assert!(matches!(
-        Child::spawn(&bad).await,
-        Err(ProcessError::Invalid(_))
-    ));
+    for (name, value) in [("LD_PRELOAD", "/tmp/evil.so"), ("PATH", "."), ("HOME", ".")] {
+        let mut bad = sh(ws.path(), "true");
+        bad.env = vec![(name.into(), value.into())];
+        assert!(
+            matches!(Child::spawn(&bad).await, Err(ProcessError::Invalid(_))),
+            "{name} was accepted"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use capsid_capabilities::Permissions;
-use capsid_core::limits::{DEFAULT_EXIT_RETENTION, MAX_STDIN_WRITE_BYTES};
+use capsid_core::limits::{DEFAULT_EXIT_RETENTION, MAX_STDIN_WRITE_BYTES, PERSISTENT_STDIN_WAIT};
 use capsid_process::{Cursor, Owner, PersistentOptions, Status, Stream, TableError};
 
 use crate::bindings::capsid::host::process::{
@@ -95,8 +95,18 @@ impl CapsuleContext {
             .await
             .map_err(table_error)?;
         if let Some(bytes) = &options.stdin {
-            // A child that exits without reading its input is not an error of the call.
-            let _ = self.processes.write_stdin(&owner, &id, bytes).await;
+            // A child that exits without reading its input is not an error; one that holds
+            // the call up by not reading it is stopped, so no unreachable process remains.
+            let write = self.processes.write_stdin(&owner, &id, bytes);
+            if tokio::time::timeout(PERSISTENT_STDIN_WAIT, write)
+                .await
+                .is_err()
+            {
+                let _ = self.processes.stop(&owner, &id, Duration::ZERO).await;
+                return Err(WitProcessError::Failed(
+                    "the process did not take its initial stdin".into(),
+                ));
+            }
         }
         Ok(id)
     }

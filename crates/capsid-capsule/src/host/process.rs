@@ -3,7 +3,9 @@
 //! workspace with the limits, environment and sandbox the call and the manifest give.
 
 use capsid_capabilities::Permissions;
-use capsid_core::limits::MAX_STDIN_WRITE_BYTES;
+use capsid_core::limits::{
+    MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_OUTPUT_RING_BYTES, MAX_STDIN_WRITE_BYTES,
+};
 use capsid_process::{
     Child, ExitInfo, ProcessError, ResourceLimits, RingPolicy, Sandbox, SpawnSpec,
 };
@@ -90,8 +92,19 @@ impl CapsuleContext {
         spec.cwd.clone_from(&options.cwd);
         spec.stdin = options.stdin.is_some();
         spec.limits = limits(options.limits);
+        // Ceilings a capsule cannot lift: its children's output rings, and (where the host
+        // can enforce it) how many tasks they may fork.
         if let Some(bytes) = options.output_limit {
             spec.ring_bytes = bytes as usize;
+        }
+        if spec.ring_bytes > MAX_CAPSULE_OUTPUT_RING_BYTES {
+            return Err(WitProcessError::Invalid(format!(
+                "output-limit is at most {MAX_CAPSULE_OUTPUT_RING_BYTES} bytes"
+            )));
+        }
+        if capsid_process::pids_limit_available() {
+            let asked = spec.limits.pids.unwrap_or(MAX_CAPSULE_CHILD_PIDS);
+            spec.limits.pids = Some(asked.min(MAX_CAPSULE_CHILD_PIDS));
         }
         spec.ring_policy = RingPolicy::DropOldest;
         spec.sandbox = sandbox_for(sandbox);
