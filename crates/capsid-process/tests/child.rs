@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use capsid_process::{Child, ProcessError, ResourceLimits, RingPolicy, Signal, SpawnSpec};
 
+/// A fork bomb that keeps its processes alive, started after a timer that ends it.
+const BOMB: &str = "sleep 1 & t=$!; b() { b & b & wait; }; b & wait $t; kill -9 0";
+
 fn sh(workspace: &std::path::Path, script: &str) -> SpawnSpec {
     SpawnSpec::new("sh", workspace).args(["-c", script])
 }
@@ -359,8 +362,9 @@ async fn the_sandbox_confines_writes_and_network() {
 async fn a_fork_bomb_stays_inside_its_pids_limit() {
     subreaper();
     let ws = tempfile::tempdir().unwrap();
-    // The bomb forks without end; the leader lives two seconds, then its group is killed.
-    let mut spec = sh(ws.path(), "b() { b | b & }; b; sleep 2");
+    // A bomb whose processes stay (each waits for the two it forks) until the leader, whose
+    // timer was started before the bomb, kills the whole group a second later.
+    let mut spec = sh(ws.path(), BOMB);
     spec.limits = ResourceLimits {
         pids: Some(16),
         ..ResourceLimits::default()
@@ -368,11 +372,11 @@ async fn a_fork_bomb_stays_inside_its_pids_limit() {
     let child = Child::spawn(&spec).await.unwrap();
     let pgid = child.pid();
     let mut largest = 0;
-    for _ in 0..40 {
+    while child.try_exit().is_none() {
         largest = largest.max(group_members(pgid).len());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(largest > 1, "the bomb never forked");
+    assert!(largest > 2, "the bomb never forked");
     assert!(largest <= 16, "{largest} processes despite a limit of 16");
     child
         .wait(Some(Duration::from_mins(1)))

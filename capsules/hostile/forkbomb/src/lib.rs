@@ -11,7 +11,10 @@ impl Capsule for ForkBomb {
         if name != "bomb" {
             return Err(capsid_guest::unknown_tool(&name));
         }
-        let mut options = capsid_guest::spawn_options(&["-c", "b() { b | b & }; b; sleep 1"]);
+        let mut options = capsid_guest::spawn_options(&[
+            "-c",
+            "sleep 1 & t=$!; b() { b & b & wait; }; b & wait $t; kill -9 0",
+        ]);
         options.limits.cpu_seconds = Some(5);
         options.limits.pids = Some(16);
         options.output_limit = Some(4096);
