@@ -83,27 +83,36 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
             tokio::time::sleep(delay).await;
             waited += delay;
             delay = (delay * 4).min(Duration::from_millis(500));
-            if subreaper {
-                let _ = tokio::task::spawn_blocking(sweep).await;
-            }
+            let lingering = if subreaper {
+                tokio::task::spawn_blocking(move || {
+                    sweep();
+                    // Anything left of the group, zombie or not, keeps it watched.
+                    procfs::all().iter().any(|p| p.pgrp == pid)
+                })
+                .await
+                .unwrap_or(true)
+            } else {
+                false
+            };
             if cgroup.as_ref().is_some_and(|c| c.remove()) {
                 cgroup = None;
             }
-            let lingering = groups().dead_groups.contains(&pid);
-            if cgroup.is_none() && (!subreaper || !lingering) {
+            if cgroup.is_none() && !lingering {
+                groups().dead_groups.remove(&pid);
                 return;
             }
         }
+        groups().dead_groups.remove(&pid);
         tracing::warn!(pid, "members of a finished process group are still around");
     });
 }
 
 /// Reaps our zombie children that belong to a group capsid created and whose leader is gone.
-/// Forgets a dead group once nothing of it is left.
+/// (Each group's watcher in `leader_reaped` forgets it once nothing of it is left.)
 pub(crate) fn sweep() {
     let me = std::process::id();
     let all = procfs::all();
-    let mut g = groups();
+    let g = groups();
     for p in &all {
         if p.ppid == me
             && p.state == 'Z'
@@ -114,10 +123,4 @@ pub(crate) fn sweep() {
             let _ = waitpid(Pid::from_raw(raw), Some(WaitPidFlag::WNOHANG));
         }
     }
-    let lingering: HashSet<u32> = all
-        .iter()
-        .filter(|p| p.state != 'Z')
-        .map(|p| p.pgrp)
-        .collect();
-    g.dead_groups.retain(|pgid| lingering.contains(pgid));
 }

@@ -30,7 +30,10 @@ fn group_members(pgid: u32) -> Vec<u32> {
         // Fields after the parenthesised command: state ppid pgrp ...
         let rest = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = rest.split(' ').collect();
-        if fields[2].parse::<u32>().ok() == Some(pgid) {
+        let ours = fields[1].parse::<u32>().ok() == Some(std::process::id());
+        // A zombie counts only while it is ours to reap (one re-parented elsewhere is dead).
+        let counted = fields[0] != "Z" || ours;
+        if fields[2].parse::<u32>().ok() == Some(pgid) && counted {
             out.push(pid);
         }
     }
@@ -38,7 +41,7 @@ fn group_members(pgid: u32) -> Vec<u32> {
 }
 
 /// Waits (up to a minute: a loaded machine is slow to kill and reap) for every process of
-/// group `pgid`, zombies included, to be gone.
+/// group `pgid` to be gone: none alive, and none a zombie this process should have reaped.
 async fn group_gone(pgid: u32) -> bool {
     for _ in 0..6_000 {
         if group_members(pgid).is_empty() {
