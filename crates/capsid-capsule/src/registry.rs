@@ -203,19 +203,8 @@ impl Registry {
         }
         let name = manifest.name.clone();
         let native = NativeCapsule::start(manifest, dir.to_owned(), services).await?;
-        let subject = Subject {
-            principal: services.principal,
-            capsule: Some(name.clone()),
-        };
         let details = serde_json::json!({ "native": true, "trust": format!("{trust:?}") });
-        services
-            .record(
-                &subject,
-                "capsule.load",
-                &format!("capsule://{name}"),
-                capsid_audit::Decision::Info,
-                &details,
-            )
+        self.record_lifecycle(&name, "capsule.load", &details)
             .await
             .map_err(|message| CapsuleError::Setup {
                 capsule: name,
@@ -308,14 +297,7 @@ impl Registry {
             "version": capsule.manifest.version.to_string(),
             "trust": format!("{trust:?}"),
         });
-        capsule
-            .cx
-            .note(
-                "capsule.load",
-                &format!("capsule://{name}"),
-                capsid_audit::Decision::Info,
-                &details,
-            )
+        self.record_lifecycle(&name, "capsule.load", &details)
             .await
             .map_err(|message| CapsuleError::Setup {
                 capsule: name.clone(),
@@ -323,6 +305,28 @@ impl Registry {
                 message,
             })?;
         Ok(capsule)
+    }
+
+    /// Records a lifecycle `action` of capsule `name` (an `info` entry on `capsule://name`).
+    async fn record_lifecycle(
+        &self,
+        name: &CapsuleId,
+        action: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), String> {
+        let subject = Subject {
+            principal: self.services.principal,
+            capsule: Some(name.clone()),
+        };
+        self.services
+            .record(
+                &subject,
+                action,
+                &format!("capsule://{name}"),
+                capsid_audit::Decision::Info,
+                details,
+            )
+            .await
     }
 
     /// Takes what `unload` must shut down: a native capsule leaves the map at once, a wasm
@@ -365,17 +369,10 @@ impl Registry {
             Unloaded::Wasm(capsule) => capsule,
             Unloaded::Native(native) => {
                 native.stop().await;
-                let subject = Subject {
-                    principal: self.services.principal,
-                    capsule: Some(name.clone()),
-                };
                 let _ = self
-                    .services
-                    .record(
-                        &subject,
+                    .record_lifecycle(
+                        name,
                         "capsule.unload",
-                        &format!("capsule://{name}"),
-                        capsid_audit::Decision::Info,
                         &serde_json::json!({ "native": true }),
                     )
                     .await;
@@ -390,14 +387,8 @@ impl Registry {
         };
         self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);
-        let _ = capsule
-            .cx
-            .note(
-                "capsule.unload",
-                &format!("capsule://{name}"),
-                capsid_audit::Decision::Info,
-                &serde_json::json!({}),
-            )
+        let _ = self
+            .record_lifecycle(name, "capsule.unload", &serde_json::json!({}))
             .await;
         Ok(())
     }
