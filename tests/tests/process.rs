@@ -146,6 +146,25 @@ async fn gone(pid: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_poll_waits_for_a_background_childs_output_and_then_its_exit() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    // The child prints, then blocks on stdin: only the output pollable may be ready, and
+    // the exit pollable stays unready until the capsule writes the line the child waits for.
+    assert_eq!(
+        rt.call("runner", "poll", json!({})).await,
+        json!({
+            "first": [0],
+            "before": "ready\n",
+            "exited_early": false,
+            "second": [0],
+            "code": 3,
+            "after": "got x\n",
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_children_talk_live_across_calls_and_die_with_their_handle() {
     let rt = Runtime::new().await;
     rt.load("runner").await;

@@ -27,6 +27,7 @@ pub mod __bindings {
         pub_export_macro: true,
         export_macro_name: "export_capsule_bindings",
         default_bindings_module: "::capsid_guest::__bindings",
+        with: { "wasi:io/poll@0.2.6": generate },
     });
 }
 
@@ -35,6 +36,8 @@ pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
 
 pub use __bindings::capsid::host::types::Error;
 pub use __bindings::capsid::host::{fs, ipc, kv, log, process, sys};
+/// `wasi:io/poll`: wait on several `process` pollables (and WASI's) at once.
+pub use __bindings::wasi::io::poll;
 
 /// What a capsule implements. Only `call_tool` is required.
 pub trait Capsule {

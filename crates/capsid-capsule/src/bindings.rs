@@ -11,11 +11,37 @@ wasmtime::component::bindgen!({
         "capsid:host/fs": async,
         "capsid:host/ipc": async,
         "capsid:host/process": async,
+        // Only a full resource table can fail these: a trap, not an answer for the guest.
+        "capsid:host/process.[method]background.subscribe-exit": async | trappable,
+        "capsid:host/process.[method]background.subscribe-output": async | trappable,
     },
     exports: { default: async },
     with: {
+        // One `pollable` with the WASI host, so a capsule's `wasi:io/poll` waits on ours.
+        "wasi:io/poll": wasmtime_wasi::p2::bindings::io::poll,
         "capsid:host/process.background": crate::host::BackgroundChild,
     },
 });
 
 pub(crate) use capsid::host::types::Error as WitError;
+
+/// Adds capsid's own interfaces to `linker`. `wasi:io` is the WASI host's, linked with the
+/// rest of WASI, so the world's generated `add_to_linker` (which would link it twice) is
+/// not used.
+pub(crate) fn link_capsid_host(
+    linker: &mut wasmtime::component::Linker<crate::host::HostState>,
+) -> wasmtime::Result<()> {
+    use capsid::host::{fs, ipc, kv, log, process, sys, types};
+    use wasmtime::component::HasSelf;
+    fn state(s: &mut crate::host::HostState) -> &mut crate::host::HostState {
+        s
+    }
+    types::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    log::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    sys::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    kv::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    fs::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    ipc::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    process::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    Ok(())
+}

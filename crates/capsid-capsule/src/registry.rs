@@ -12,9 +12,9 @@ use capsid_core::CapsuleId;
 use capsid_core::limits::DEFAULT_STOP_GRACE;
 use capsid_process::{EventKind, Health, Owner, ProcessTable, TableEvent};
 use capsid_storage::{Quota, ScopedKvStore};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 
-use crate::bindings::{Capsule as Bindings, CapsulePre};
+use crate::bindings::{CapsulePre, link_capsid_host};
 use crate::capsule::{CapsuleState, LoadedCapsule};
 use crate::engine::{CapsuleEngine, LoadKind};
 use crate::error::CapsuleError;
@@ -100,7 +100,7 @@ impl Registry {
         let link =
             |e: wasmtime::Error| CapsuleError::Engine(format!("linking host interfaces: {e}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
-        Bindings::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(link)?;
+        link_capsid_host(&mut linker).map_err(link)?;
         let (events, received) = tokio::sync::mpsc::unbounded_channel();
         let processes = Arc::new(ProcessTable::new(Some(events)));
         let slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>> = Arc::default();
@@ -125,6 +125,14 @@ impl Registry {
 
     fn write_slots(&self) -> RwLockWriteGuard<'_, BTreeMap<CapsuleId, Slot>> {
         self.slots.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Who owns the persistent processes capsule `name` starts.
+    fn owner(&self, name: &CapsuleId) -> Owner {
+        Owner {
+            principal: self.services.principal,
+            capsule: name.clone(),
+        }
     }
 
     /// The services capsules run with.
@@ -153,6 +161,8 @@ impl Registry {
                 },
             );
         }
+        // A capsule loaded anew may start persistent processes again (unload closed it).
+        self.processes.reopen(&self.owner(&name));
         // If this future is dropped mid-load, the slot must not stay `Loading` forever.
         let guard = LoadingGuard {
             registry: self,
@@ -380,11 +390,11 @@ impl Registry {
             }
             Unloaded::Nothing => return Ok(()),
         };
+        // Closed first: an instance still busy in a call cannot start a persistent process
+        // after the stop below.
+        let owner = self.owner(name);
+        self.processes.close(&owner);
         capsule.shut_down().await;
-        let owner = Owner {
-            principal: self.services.principal,
-            capsule: name.clone(),
-        };
         self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);
         let _ = self

@@ -233,6 +233,10 @@ pub const MAX_BACKGROUND_PER_INSTANCE: usize = 32;
 /// How long the host keeps sweeping for what is left of a finished process group.
 pub const ORPHAN_WATCH: std::time::Duration = std::time::Duration::from_mins(1);
 
+/// How many times a boot-time sweep kills the processes of a dead host's cgroup and retries
+/// removing it (10 ms apart) before reporting it stuck.
+pub const STALE_CGROUP_KILL_ROUNDS: usize = 100;
+
 /// Largest output ring a capsule's child may have, per stream, in bytes.
 pub const MAX_CAPSULE_OUTPUT_RING_BYTES: usize = 4 * 1024 * 1024;
 
@@ -242,3 +246,32 @@ pub const MAX_CAPSULE_CHILD_PIDS: u64 = 256;
 
 /// How long starting a persistent process waits for it to take its initial stdin.
 pub const PERSISTENT_STDIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The system directories a sandboxed child sees, read-only (symlinks among them, as on a
+/// merged-/usr system, are recreated as symlinks).
+pub const SANDBOX_SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"];
+
+/// The files and directories of `/etc` a sandboxed child sees, read-only, where they exist:
+/// what the dynamic linker, name lookups, time zones, TLS and common tools read. Nothing
+/// secret (no `shadow`, `ssh`, `sudoers`).
+pub const SANDBOX_ETC_FILES: &[&str] = &[
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/passwd",
+    "/etc/group",
+    "/etc/nsswitch.conf",
+    "/etc/host.conf",
+    "/etc/hosts",
+    "/etc/resolv.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+    "/etc/mime.types",
+    "/etc/os-release",
+    "/etc/gitconfig",
+    "/etc/inputrc",
+    "/etc/terminfo",
+];

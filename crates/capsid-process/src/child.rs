@@ -149,11 +149,30 @@ impl Shared {
             // reaches only the child's own group.
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
+        let cgroup = self.cgroup.lock().ok().and_then(|mut c| c.take());
         let result = sys::wait4(self.pid);
         *reaped = true;
-        let cgroup = self.cgroup.lock().ok().and_then(|mut c| c.take());
         orphans::leader_reaped(self.pid, cgroup);
         result.ok()
+    }
+}
+
+/// The child's cgroup: required for a pids limit (fails closed without one), made wherever a
+/// `pids` controller is writable otherwise (so processes that leave the group can still be
+/// found and killed), and skipped with a warning if that fails.
+fn child_cgroup(pids: Option<u64>) -> Result<Option<PidsCgroup>, ProcessError> {
+    if pids.is_some() {
+        return PidsCgroup::create(pids).map(Some);
+    }
+    if !crate::cgroup::pids_limit_available() {
+        return Ok(None);
+    }
+    match PidsCgroup::create(None) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            tracing::warn!(error = %e, "child started without a cgroup of its own");
+            Ok(None)
+        }
     }
 }
 
@@ -267,12 +286,7 @@ impl Child {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
-        let cgroup = spec
-            .limits
-            .pids
-            .map(PidsCgroup::create)
-            .transpose()?
-            .map(Arc::new);
+        let cgroup = child_cgroup(spec.limits.pids)?.map(Arc::new);
         sys::confine(
             &mut cmd,
             spec.limits,

@@ -7,9 +7,10 @@
 //!   directory resolves (symlinks included) inside the workspace, and arguments, environment
 //!   and stdin writes are size-capped;
 //! - limits are set in the child before exec: `setrlimit` for address space, CPU seconds and
-//!   open files; a `pids` limit puts the child in its own cgroup (`pids.max`) before exec, so
-//!   a fork bomb stays contained even for a root host, and fails closed where no cgroup
-//!   `pids` controller is writable;
+//!   open files; where a cgroup `pids` controller is writable the child enters its own cgroup
+//!   before exec — its `pids.max` keeps a fork bomb contained even for a root host (a pids
+//!   limit fails closed without a controller), and whatever leaves the process group is
+//!   still found and killed there;
 //! - every child leads its own process group, signals go to the whole group, and a pid is
 //!   never signalled once reaped (the reap and every signal take the same lock); pid 0 and
 //!   negative pids are never signalled;
@@ -17,7 +18,9 @@
 //!   before the leader is reaped; dropping a [`Child`] kills its group; children are forked
 //!   from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the host process
 //!   even when it is killed; a host that calls [`become_subreaper`] also reaps the killed
-//!   members (which init, in a container, may never do);
+//!   members (which init, in a container, may never do); what outlives a host killed with
+//!   SIGKILL (an unsandboxed child's own children) is killed by [`sweep_stale_cgroups`] when
+//!   the next host starts;
 //! - output goes into bounded rings ([`OutputRing`]): `DropOldest` counts what it evicts,
 //!   `Backpressure` stops reading the pipe so the child blocks and no byte is lost; the host
 //!   never reads more than a ring can hold;
@@ -27,7 +30,7 @@
 
 mod cgroup;
 
-pub use cgroup::pids_limit_available;
+pub use cgroup::{StaleSweep, pids_limit_available, sweep_stale_cgroups};
 mod child;
 mod error;
 mod orphans;

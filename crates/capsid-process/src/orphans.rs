@@ -19,16 +19,19 @@ use crate::procfs;
 static SUBREAPER: AtomicBool = AtomicBool::new(false);
 
 #[derive(Default)]
-struct Groups {
+struct Tracked {
     /// Leaders not yet reaped by their own reaper: a sweep never touches them.
     live_leaders: HashSet<u32>,
-    /// Groups whose leader has been reaped and whose members may linger.
+    /// Tracked whose leader has been reaped and whose members may linger.
     dead_groups: HashSet<u32>,
+    /// Processes found in a finished child's cgroup outside its group (they left it with
+    /// `setsid` or `setpgid`), killed and waiting to be reaped.
+    escaped: HashSet<u32>,
 }
 
-static GROUPS: LazyLock<Mutex<Groups>> = LazyLock::new(Mutex::default);
+static GROUPS: LazyLock<Mutex<Tracked>> = LazyLock::new(Mutex::default);
 
-fn groups() -> MutexGuard<'static, Groups> {
+fn groups() -> MutexGuard<'static, Tracked> {
     GROUPS.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -55,8 +58,9 @@ pub(crate) fn leader_started(pid: u32) {
     groups().live_leaders.insert(pid);
 }
 
-/// Called once a leader is reaped: its group may leave zombies behind, and its pids cgroup
-/// (if any) can go once they are gone.
+/// Called once a leader is reaped: its group may leave zombies behind, processes that left
+/// the group are still in its cgroup (if it has one), and the cgroup can go once they are
+/// gone. The cgroup is searched by the watcher below, off the reaping caller's path.
 pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
     let subreaper = SUBREAPER.load(Ordering::Acquire);
     {
@@ -67,30 +71,59 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
             g.dead_groups.insert(pid);
         }
     }
+    // An empty cgroup goes at once; without the subreaper there is nothing else to watch.
     if !subreaper && cgroup.as_ref().is_none_or(|c| c.remove()) {
         return;
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        // No runtime to watch from (the host is shutting down): kill what is in the cgroup
+        // now; init inherits the rest.
+        if let Some(c) = &cgroup {
+            let _ = c.kill_all();
+            let _ = c.remove();
+        }
         return;
     };
     // Killed members exit (and turn into zombies) a moment after the leader, later under
     // load: keep looking, more slowly each time, until the group is gone.
     handle.spawn(async move {
         let mut cgroup = cgroup;
+        let mut escaped = HashSet::new();
         let mut delay = Duration::from_millis(1);
         let mut waited = Duration::ZERO;
         while waited < ORPHAN_WATCH {
             tokio::time::sleep(delay).await;
             waited += delay;
             delay = (delay * 4).min(Duration::from_millis(500));
+            // Whatever is still in the cgroup left the group (or was forked since): kill it.
+            if let Some(c) = &cgroup {
+                let found = c.kill_all();
+                if subreaper {
+                    let mut g = groups();
+                    for p in found.into_iter().filter(|&p| p != pid) {
+                        if escaped.insert(p) {
+                            g.escaped.insert(p);
+                        }
+                    }
+                }
+            }
             let lingering = if subreaper {
-                tokio::task::spawn_blocking(move || {
+                let watched = escaped.clone();
+                let (lingering, gone) = tokio::task::spawn_blocking(move || {
                     sweep();
+                    let all = procfs::all();
                     // Anything left of the group, zombie or not, keeps it watched.
-                    procfs::all().iter().any(|p| p.pgrp == pid)
+                    let lingering = all.iter().any(|p| p.pgrp == pid);
+                    let gone: Vec<u32> = watched
+                        .into_iter()
+                        .filter(|e| all.iter().all(|p| p.pid != *e))
+                        .collect();
+                    (lingering, gone)
                 })
                 .await
-                .unwrap_or(true)
+                .unwrap_or((true, Vec::new()));
+                forget_escaped(&mut escaped, &gone);
+                lingering || !escaped.is_empty()
             } else {
                 false
             };
@@ -103,11 +136,24 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
             }
         }
         groups().dead_groups.remove(&pid);
+        let left: Vec<u32> = escaped.iter().copied().collect();
+        forget_escaped(&mut escaped, &left);
         tracing::warn!(pid, "members of a finished process group are still around");
     });
 }
 
-/// Reaps our zombie children that belong to a group capsid created and whose leader is gone.
+/// Stops treating `pids` as escapees to reap: they are gone (so their pids may be reused by
+/// processes that are not ours to reap) or no longer watched.
+fn forget_escaped(escaped: &mut HashSet<u32>, pids: &[u32]) {
+    let mut g = groups();
+    for p in pids {
+        escaped.remove(p);
+        g.escaped.remove(p);
+    }
+}
+
+/// Reaps our zombie children that belong to a group capsid created and whose leader is gone,
+/// or that were killed in a finished child's cgroup after leaving its group.
 /// (Each group's watcher in `leader_reaped` forgets it once nothing of it is left.)
 pub(crate) fn sweep() {
     let me = std::process::id();
@@ -116,7 +162,7 @@ pub(crate) fn sweep() {
     for p in &all {
         if p.ppid == me
             && p.state == 'Z'
-            && g.dead_groups.contains(&p.pgrp)
+            && (g.dead_groups.contains(&p.pgrp) || g.escaped.contains(&p.pid))
             && !g.live_leaders.contains(&p.pid)
             && let Ok(raw) = i32::try_from(p.pid)
         {

@@ -1,12 +1,16 @@
-//! The OS sandbox: running a child under `bwrap` (bubblewrap). The host's filesystem is
-//! mounted read-only, the workspace read-write, `/tmp` private, `/dev` and `/proc` fresh; all
-//! namespaces are unshared (network too, unless the spawn allows it); the sandboxed program
-//! stays in the process group capsid signals and dies with `bwrap`, which dies with the host.
+//! The OS sandbox: running a child under `bwrap` (bubblewrap). The child sees the system's
+//! programs and libraries read-only (`SANDBOX_SYSTEM_DIRS`), the few files of `/etc` programs
+//! need to run (`SANDBOX_ETC_FILES`; never `shadow`, keys or the operator's config), the
+//! workspace read-write, a private `/tmp`, and fresh `/dev` and `/proc` — nothing else of the
+//! host (no home directories, `/root`, `/var`, `/srv`, `/opt`). An absolute program outside
+//! the system directories is mounted alone. All namespaces are unshared (network too, unless
+//! the spawn allows it); the sandboxed program stays in the process group capsid signals and
+//! dies with `bwrap`, which dies with the host.
 
 use std::path::Path;
 use std::process::Command;
 
-use capsid_core::limits::PROCESS_SEARCH_PATH;
+use capsid_core::limits::{PROCESS_SEARCH_PATH, SANDBOX_ETC_FILES, SANDBOX_SYSTEM_DIRS};
 
 use crate::error::ProcessError;
 use crate::spec::{Checked, Sandbox, SpawnSpec};
@@ -47,9 +51,25 @@ fn command_with(
     };
     let workspace = checked.workspace.as_os_str();
     let mut cmd = Command::new(bwrap);
-    cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
+    for dir in SANDBOX_SYSTEM_DIRS.iter().map(Path::new) {
+        // A merged-/usr system links /bin to usr/bin: the link is recreated, not mounted.
+        match std::fs::read_link(dir) {
+            Ok(target) => cmd.arg("--symlink").arg(target).arg(dir),
+            Err(_) => cmd.arg("--ro-bind-try").arg(dir).arg(dir),
+        };
+    }
+    for file in SANDBOX_ETC_FILES {
+        cmd.args(["--ro-bind-try", file, file]);
+    }
+    let program = checked.program.as_path();
+    if !SANDBOX_SYSTEM_DIRS.iter().any(|d| program.starts_with(d)) {
+        cmd.arg("--ro-bind").arg(program).arg(program);
+    }
+    cmd.args(["--dev", "/dev", "--proc", "/proc"])
         .args(["--tmpfs", "/tmp", "--bind"])
         .args([workspace, workspace])
+        // The sandbox's own root (where the mount points above were made) is read-only too.
+        .args(["--remount-ro", "/"])
         // No `--new-session`: the program stays in the process group capsid signals (it has
         // no terminal to protect), so TERM, STOP and CONT reach it, not only `bwrap`.
         .args(["--unshare-all", "--die-with-parent"]);

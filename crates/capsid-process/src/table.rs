@@ -8,7 +8,7 @@
 //! probed. A reaper ([`ProcessTable::sweep`]) stops processes past their lifetime or idle
 //! deadline and forgets exited ones past their retention.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -157,6 +157,9 @@ pub enum TableError {
     /// A cursor from another process.
     #[error("the cursor belongs to another process")]
     ForeignCursor,
+    /// The owning capsule is unloading: it may start nothing more.
+    #[error("the capsule is unloading; it can start no persistent process")]
+    OwnerClosed,
     /// An argument outside its limit.
     #[error("{0}")]
     Invalid(String),
@@ -209,9 +212,38 @@ impl Entry {
     }
 }
 
+/// Who may start a persistent process now. Locked after `entries` when both are held.
+#[derive(Default)]
+struct Admission {
+    /// Spawns that passed the caps and have not been inserted yet, per principal: they
+    /// count as running, so spawns racing the check cannot pass it together.
+    pending: HashMap<Principal, usize>,
+    /// Owners that are unloading.
+    closed: HashSet<Owner>,
+}
+
+/// A slot taken by [`ProcessTable::admit`]; given back when dropped (inserted or not).
+struct Reservation<'a> {
+    table: &'a ProcessTable,
+    principal: Principal,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut admission = self.table.admission();
+        if let Some(n) = admission.pending.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                admission.pending.remove(&self.principal);
+            }
+        }
+    }
+}
+
 /// The persistent processes of one host.
 pub struct ProcessTable {
     entries: Mutex<HashMap<[u8; 32], Arc<Entry>>>,
+    admission: Mutex<Admission>,
     generations: AtomicU64,
     events: Option<mpsc::UnboundedSender<TableEvent>>,
 }
@@ -239,6 +271,7 @@ impl ProcessTable {
     pub fn new(events: Option<mpsc::UnboundedSender<TableEvent>>) -> Self {
         Self {
             entries: Mutex::default(),
+            admission: Mutex::default(),
             generations: AtomicU64::new(1),
             events,
         }
@@ -246,6 +279,23 @@ impl ProcessTable {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<[u8; 32], Arc<Entry>>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stops `owner` from starting persistent processes (its capsule is unloading); spawns
+    /// already under way are stopped instead of kept. [`ProcessTable::stop_all`] closes too.
+    pub fn close(&self, owner: &Owner) {
+        self.admission().closed.insert(owner.clone());
+    }
+
+    /// Lets `owner` start persistent processes again (its capsule loaded anew).
+    pub fn reopen(&self, owner: &Owner) {
+        self.admission().closed.remove(owner);
     }
 
     /// The entry `id` names, if `owner` owns it. Malformed, unknown and foreign ids are alike.
@@ -277,7 +327,7 @@ impl ProcessTable {
                 "labels are at most {MAX_PROCESS_LABEL_BYTES} bytes"
             )));
         }
-        self.check_caps(&owner.principal)?;
+        let reservation = self.admit(&owner)?;
         let child = Child::spawn(spec).await?;
         let id = ProcessId::random()
             .map_err(|e| TableError::Invalid(format!("the random source failed: {e}")))?;
@@ -292,14 +342,31 @@ impl ProcessTable {
             watched: AtomicBool::new(false),
             reported: AtomicBool::new(false),
         });
-        self.lock().insert(key(&id), entry);
+        let mut entries = self.lock();
+        if self.admission().closed.contains(&entry.owner) {
+            // Closed while it started: it is stopped (dropping it kills its group).
+            drop(entries);
+            drop(entry);
+            return Err(TableError::OwnerClosed);
+        }
+        entries.insert(key(&id), entry);
+        // Given back under the entries lock, so the process never counts twice.
+        drop(reservation);
+        drop(entries);
         Ok(id.to_string())
     }
 
-    fn check_caps(&self, principal: &Principal) -> Result<(), TableError> {
+    /// Checks `owner` may start one more process and reserves its slot.
+    fn admit(&self, owner: &Owner) -> Result<Reservation<'_>, TableError> {
         let entries = self.lock();
-        let mine = entries.values().filter(|e| e.owner.principal == *principal);
-        let (mut running, mut retained) = (0, 0);
+        let mut admission = self.admission();
+        if admission.closed.contains(owner) {
+            return Err(TableError::OwnerClosed);
+        }
+        let principal = owner.principal;
+        let mine = entries.values().filter(|e| e.owner.principal == principal);
+        let mut running = admission.pending.get(&principal).copied().unwrap_or(0);
+        let mut retained = 0;
         for e in mine {
             if e.child.has_exited() {
                 retained += 1;
@@ -313,7 +380,11 @@ impl ProcessTable {
         if retained >= MAX_PERSISTENT_RETAINED {
             return Err(TableError::TooManyRetained);
         }
-        Ok(())
+        *admission.pending.entry(principal).or_default() += 1;
+        Ok(Reservation {
+            table: self,
+            principal,
+        })
     }
 
     /// The processes of `owner`, optionally only those with `label`.
@@ -531,8 +602,10 @@ impl ProcessTable {
         })
     }
 
-    /// Stops every process of `owner` (a capsule unloading) and forgets them.
+    /// Closes `owner` (see [`ProcessTable::close`]), then stops every process of it and
+    /// forgets them.
     pub async fn stop_all(&self, owner: &Owner, grace: Duration) {
+        self.close(owner);
         let mine: Vec<([u8; 32], Arc<Entry>)> = self
             .lock()
             .iter()

@@ -335,6 +335,63 @@ async fn dropping_a_child_kills_and_reaps_it() {
     );
 }
 
+/// A process's (state, process group, session), from /proc; `None` once it is gone.
+fn state_group_session(pid: u32) -> Option<(char, u32, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    Some((f[0].chars().next()?, f[2].parse().ok()?, f[3].parse().ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_leaves_the_group_still_dies_with_its_child() {
+    subreaper();
+    assert!(
+        capsid_process::pids_limit_available(),
+        "this test needs a writable cgroup pids controller (/sys/fs/cgroup/pids or cgroup v2)"
+    );
+    let ws = tempfile::tempdir().unwrap();
+    let child = Child::spawn(&sh(ws.path(), "setsid sleep 1000 & echo $!; wait"))
+        .await
+        .unwrap();
+    let mut line = Vec::new();
+    while !line.ends_with(b"\n") {
+        child.stdout().ready().await;
+        line.extend(child.stdout().drain(64));
+    }
+    let escapee: u32 = String::from_utf8_lossy(&line).trim().parse().unwrap();
+    let mut escaped = false;
+    for _ in 0..6_000 {
+        // `setsid` runs before it execs sleep: wait until it has left the group.
+        if let Some((_, pgrp, session)) = state_group_session(escapee)
+            && pgrp != child.pid()
+            && session == escapee
+        {
+            escaped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(escaped, "{escapee} left the child's group and session");
+    child.signal(Signal::SIGKILL).unwrap();
+    let mut gone = false;
+    for _ in 0..6_000 {
+        // Gone, or a zombie left for init elsewhere: either way it is not running.
+        if state_group_session(escapee).is_none_or(|(state, _, _)| state == 'Z') {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone, "{escapee} survived its child through its own session");
+    for _ in 0..6_000 {
+        if state_group_session(escapee).is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{escapee} was killed but never reaped (a zombie of this host)");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_confines_writes_and_network() {
     assert!(
@@ -342,7 +399,16 @@ async fn the_sandbox_confines_writes_and_network() {
         "bwrap is not installed: install bubblewrap (.ci/run does)"
     );
     let ws = tempfile::tempdir().unwrap();
+    // Host files the child must not see: secrets in /etc, system state, root's home.
+    for probe in ["/etc/shadow", "/var/lib", "/root"] {
+        assert!(
+            std::path::Path::new(probe).exists(),
+            "{probe} exists on the host (the probe is meaningful)"
+        );
+    }
     let script = "echo inside > note; touch /etc/capsid-sandbox-test 2>/dev/null && echo etc-writable; \
+                  touch /capsid-sandbox-test 2>/dev/null && echo root-writable; \
+                  for p in /etc/shadow /var/lib /root; do test -e $p && echo visible $p; done; \
                   tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
     let mut spec = sh(ws.path(), script);
     spec.sandbox = capsid_process::Sandbox::Required { network: false };
@@ -352,7 +418,7 @@ async fn the_sandbox_confines_writes_and_network() {
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "lo\n",
-        "only loopback, /etc read-only"
+        "only loopback, a read-only root, no host secrets or state"
     );
     assert_eq!(
         std::fs::read_to_string(ws.path().join("note")).unwrap(),

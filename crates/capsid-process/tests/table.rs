@@ -288,3 +288,61 @@ async fn per_principal_caps_have_distinct_errors() {
     table.stop_all(&me, Duration::ZERO).await;
     assert!(table.list(&me, None).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawns_racing_the_running_cap_cannot_pass_it_together() {
+    let ws = tempfile::tempdir().unwrap();
+    let table = Arc::new(ProcessTable::new(None));
+    let me = owner("runner");
+    let max = capsid_core::limits::MAX_PERSISTENT_RUNNING;
+    let tasks: Vec<_> = (0..max + 8)
+        .map(|_| {
+            let (table, me, spec) = (table.clone(), me.clone(), sh(ws.path(), "sleep 30"));
+            tokio::spawn(async move { table.spawn(me, &spec, PersistentOptions::default()).await })
+        })
+        .collect();
+    let (mut started, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => started += 1,
+            Err(TableError::TooManyRunning) => refused += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!((started, refused), (max, 8));
+    assert_eq!(table.list(&me, None).len(), max);
+    table.stop_all(&me, Duration::ZERO).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_owner_starts_nothing_until_reopened() {
+    let ws = tempfile::tempdir().unwrap();
+    let table = ProcessTable::new(None);
+    let (me, other) = (owner("runner"), owner("other"));
+    let spec = sh(ws.path(), "sleep 30");
+    table.close(&me);
+    let err = table
+        .spawn(me.clone(), &spec, PersistentOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TableError::OwnerClosed), "{err}");
+    // Other capsules are not affected.
+    table
+        .spawn(other.clone(), &spec, PersistentOptions::default())
+        .await
+        .unwrap();
+    table.reopen(&me);
+    table
+        .spawn(me.clone(), &spec, PersistentOptions::default())
+        .await
+        .unwrap();
+    // `stop_all` closes as it stops.
+    table.stop_all(&me, Duration::ZERO).await;
+    assert!(table.list(&me, None).is_empty());
+    let err = table
+        .spawn(me.clone(), &spec, PersistentOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TableError::OwnerClosed), "{err}");
+    table.stop_all(&other, Duration::ZERO).await;
+}

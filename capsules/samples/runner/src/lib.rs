@@ -59,8 +59,37 @@ fn background(name: &str) -> Result<Value, Error> {
             let _ = sleeper.read_logs(OutputStream::Stdout, 1024);
             json!({ "pid": pid })
         }
+        "poll" => poll_child()?,
         other => return Err(capsid_guest::unknown_tool(other)),
     })
+}
+
+/// Waits on a child with `wasi:io/poll`: first for its output (while it waits for input),
+/// then for its exit.
+fn poll_child() -> Result<Value, Error> {
+    let script = "echo ready; read line; echo \"got $line\"; exit 3";
+    let child = process::spawn_background("sh", &plain(&["-c", script], Some(b"")))
+        .map_err(|e| failed(&e))?;
+    let output = child.subscribe_output(OutputStream::Stdout);
+    let exit = child.subscribe_exit();
+    let first = capsid_guest::poll::poll(&[&output, &exit]);
+    let before = String::from_utf8_lossy(&child.read_logs(OutputStream::Stdout, 1024)).into_owned();
+    let exited_early = exit.ready();
+    child.write_stdin(b"x\n").map_err(|e| failed(&e))?;
+    child.close_stdin();
+    let second = capsid_guest::poll::poll(&[&exit]);
+    let code = child.wait(0).and_then(|e| e.code);
+    output.block();
+    let after = String::from_utf8_lossy(&child.read_logs(OutputStream::Stdout, 1024)).into_owned();
+    drop((output, exit));
+    Ok(json!({
+        "first": first,
+        "before": before,
+        "exited_early": exited_early,
+        "second": second,
+        "code": code,
+        "after": after,
+    }))
 }
 
 /// The persistent REPL tools: a `sh` kept alive across calls, reached by its id.

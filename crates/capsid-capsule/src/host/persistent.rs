@@ -25,6 +25,7 @@ pub(super) fn table_error(e: TableError) -> WitProcessError {
         TableError::StillRunning => WitProcessError::StillRunning,
         TableError::ForeignCursor => WitProcessError::ForeignCursor,
         TableError::Invalid(m) => WitProcessError::Invalid(m),
+        TableError::OwnerClosed => WitProcessError::Failed(e.to_string()),
         TableError::Process(p) => wit_error(p),
     }
 }

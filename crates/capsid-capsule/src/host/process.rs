@@ -12,9 +12,10 @@ use capsid_process::{
 
 use capsid_core::limits::MAX_BACKGROUND_PER_INSTANCE;
 use capsid_process::Signal;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use wasmtime::component::Resource;
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use crate::bindings::capsid::host::process::{
     Chunk, Cursor, ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
@@ -39,6 +40,35 @@ pub(super) fn wit_exit(e: ExitInfo) -> WitExit {
 pub struct BackgroundChild {
     child: Arc<Child>,
     program: String,
+}
+
+/// What a `subscribe-exit` pollable waits on: the child's reaping. It does not keep the
+/// child alive (dropping the handle still kills it); once the child is gone it is ready.
+struct ExitReady(Weak<Child>);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ExitReady {
+    async fn ready(&mut self) {
+        if let Some(child) = self.0.upgrade() {
+            let _ = child.wait(None).await;
+        }
+    }
+}
+
+/// What a `subscribe-output` pollable waits on: bytes in one of the child's rings, or the
+/// stream's end. Ready at once when the child is gone.
+struct OutputReady(Weak<Child>, OutputStream);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for OutputReady {
+    async fn ready(&mut self) {
+        if let Some(child) = self.0.upgrade() {
+            match self.1 {
+                OutputStream::Stdout => child.stdout().ready().await,
+                OutputStream::Stderr => child.stderr().ready().await,
+            }
+        }
+    }
 }
 
 pub(super) fn wit_error(e: ProcessError) -> WitProcessError {
@@ -308,6 +338,25 @@ impl HostBackground for HostState {
 
     async fn os_pid(&mut self, handle: Resource<BackgroundChild>) -> u32 {
         self.background(&handle).map_or(0, |(child, _)| child.pid())
+    }
+
+    async fn subscribe_exit(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        let child = Arc::downgrade(&self.table.get(&handle)?.child);
+        let ready = self.table.push(ExitReady(child))?;
+        subscribe(&mut self.table, ready)
+    }
+
+    async fn subscribe_output(
+        &mut self,
+        handle: Resource<BackgroundChild>,
+        which: OutputStream,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        let child = Arc::downgrade(&self.table.get(&handle)?.child);
+        let ready = self.table.push(OutputReady(child, which))?;
+        subscribe(&mut self.table, ready)
     }
 
     async fn drop(&mut self, handle: Resource<BackgroundChild>) -> wasmtime::Result<()> {
