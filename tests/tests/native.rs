@@ -112,3 +112,82 @@ async fn without_a_grant_a_native_capsule_does_not_start() {
         CapsuleState::Failed(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_restart_is_checked_and_a_revoked_grant_stops_them() {
+    let rt = Runtime::new().await;
+    let dir = native_capsule(
+        rt.home.path(),
+        "flaky",
+        r#"["sh", "-c", "sleep 0.2; exit 1"]"#,
+        "restart_initial_ms = 200\nrestart_max_ms = 200\nmax_restarts = 1000\n",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    // Wait for one restart: its start was checked and recorded again.
+    for _ in 0..3_000 {
+        if rt
+            .registry
+            .info(&id("flaky"))
+            .unwrap()
+            .native
+            .unwrap()
+            .restarts
+            >= 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spawns = |rt: &Runtime, decision: &str| {
+        rt.audit_entries()
+            .iter()
+            .filter(|e| {
+                e.action == "process.spawn" && e.capsule == "flaky" && e.decision == decision
+            })
+            .count()
+    };
+    assert!(spawns(&rt, "allow") >= 2, "the restart was checked too");
+    for grant in rt.caps.list(&rt.principal).await.unwrap() {
+        if grant.capability.pattern.as_str() == "process://exec/sh" && !grant.revoked {
+            rt.caps.revoke(grant.capability.id).await.unwrap();
+        }
+    }
+    let health = health_until(&rt, "flaky", |h| matches!(h, Health::Failed { .. })).await;
+    let Health::Failed { reason } = health else {
+        unreachable!()
+    };
+    assert!(reason.contains("process://exec/sh"), "{reason}");
+    assert_eq!(spawns(&rt, "deny"), 1, "the refused restart is recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_quota_with_kill_stops_the_program() {
+    let rt = Runtime::new().await;
+    let dir = native_capsule(
+        rt.home.path(),
+        "spawner",
+        r#"["sh", "-c", "sleep 600 & sleep 600 & sleep 600 & wait"]"#,
+        "restart_initial_ms = 10\nrestart_max_ms = 10\nmax_restarts = 1\nquota_action = \"kill\"\nmax_processes = 2\n",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let health = health_until(&rt, "spawner", |h| matches!(h, Health::Failed { .. })).await;
+    let Health::Failed { reason } = health else {
+        unreachable!()
+    };
+    assert!(reason.contains("signal 9"), "{reason}");
+    let info = rt.registry.info(&id("spawner")).unwrap();
+    assert_eq!(info.native.unwrap().restarts, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_quota_action_is_refused_with_its_key() {
+    let rt = Runtime::new().await;
+    let dir = native_capsule(
+        rt.home.path(),
+        "odd",
+        r#"["sleep", "1"]"#,
+        "quota_action = \"shrug\"\n",
+    );
+    let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    assert!(err.to_string().contains("native.quota_action"), "{err}");
+}

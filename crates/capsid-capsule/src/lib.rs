@@ -45,7 +45,8 @@ pub use grants::{
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use manifest::{
-    Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, SandboxPolicy, Tool,
+    Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, NativeQuotaAction,
+    SandboxPolicy, Tool,
 };
 pub use native::NativeCapsule;
 pub use order::{DependencyError, load_order};

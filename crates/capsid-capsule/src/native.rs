@@ -1,21 +1,29 @@
 //! Native capsules (`[native] command = [...]`): programs the runtime starts in the workspace
 //! and supervises ([`Supervisor`]): restarted on failure with backoff up to a cap, health,
-//! restart count and a CPU/RSS history visible, memory watched against `limits.memory_mb`.
+//! restart count and a CPU/RSS history visible, memory (`limits.memory_mb`) and processes
+//! (`[native] max_processes`) watched, a breach logged or killed (`[native] quota_action`).
 //!
-//! Starting one needs the same `process://exec/...` capability a capsule's own spawn would;
-//! under dev trust the manifest's command is granted, otherwise an operator must have granted
-//! it. The program runs in the OS sandbox where `bwrap` is installed, without network.
+//! Starting one needs the same `process://exec/...` capability a capsule's own spawn would,
+//! checked and recorded at every start, restarts included; under dev trust the manifest's
+//! command is granted, otherwise an operator must have granted it. The program runs in the
+//! OS sandbox where `bwrap` is installed, without network, with the ceilings a capsule's
+//! children get. It writes the workspace directly, not through the overlay.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use capsid_capabilities::{Decision, Permissions, Subject};
-use capsid_process::{Health, Quota, QuotaAction, RestartPolicy, Sample, SpawnSpec, Supervisor};
+use capsid_core::CapsuleId;
+use capsid_core::limits::{MAX_CAPSULE_CHILD_PIDS, NATIVE_OPEN_FILES};
+use capsid_process::{
+    Health, Quota, QuotaAction, RestartPolicy, Sample, SpawnSpec, StartGate, Supervisor,
+};
 
 use crate::error::CapsuleError;
 use crate::grants::exec_resource;
 use crate::host::HostServices;
-use crate::manifest::{Component, Manifest};
+use crate::manifest::{Component, Manifest, NativeQuotaAction};
 
 /// A supervised native capsule.
 #[derive(Debug)]
@@ -25,8 +33,55 @@ pub struct NativeCapsule {
     supervisor: Arc<Supervisor>,
 }
 
+/// Checks native capsule `name`'s capability to start `resource` and records the decision
+/// (every start, restarts included, is a `process.spawn` entry); `Err` when it is denied or
+/// cannot be recorded.
+async fn authorize_start(
+    services: &HostServices,
+    name: &CapsuleId,
+    resource: &str,
+    restart: bool,
+) -> Result<(), CapsuleError> {
+    let subject = &Subject {
+        principal: services.principal,
+        capsule: Some(name.clone()),
+    };
+    let capsule = || name.clone();
+    let decision = services
+        .capabilities
+        .check(subject, Permissions::EXEC, resource)
+        .await;
+    let (verdict, details) = match &decision {
+        Decision::Allow { grant } => (
+            capsid_audit::Decision::Allow,
+            serde_json::json!({ "grant": grant.to_string(), "native": true, "restart": restart }),
+        ),
+        Decision::Deny(reason) => (
+            capsid_audit::Decision::Deny,
+            serde_json::json!({ "reason": reason.to_string(), "native": true, "restart": restart }),
+        ),
+    };
+    services
+        .record(subject, "process.spawn", resource, verdict, &details)
+        .await
+        .map_err(|message| CapsuleError::Setup {
+            capsule: capsule(),
+            what: "recording the spawn",
+            message,
+        })?;
+    if decision.is_allowed() {
+        Ok(())
+    } else {
+        Err(CapsuleError::Denied {
+            capsule: capsule(),
+            resource: resource.to_owned(),
+        })
+    }
+}
+
 impl NativeCapsule {
-    /// Checks the capability to run the manifest's command, then starts supervising it.
+    /// Checks the capability to run the manifest's command, then starts supervising it; every
+    /// restart is checked (and recorded) again, so a revoked grant stops the restarts.
     pub(crate) async fn start(
         manifest: Manifest,
         dir: PathBuf,
@@ -37,6 +92,8 @@ impl NativeCapsule {
             restart_initial_ms,
             restart_max_ms,
             max_restarts,
+            quota_action,
+            max_processes,
         } = &manifest.component
         else {
             return Err(CapsuleError::NotWasm(manifest.name.clone()));
@@ -46,41 +103,16 @@ impl NativeCapsule {
             .split_first()
             .ok_or_else(|| CapsuleError::NotWasm(name.clone()))?;
         let resource = exec_resource(program);
-        let subject = Subject {
-            principal: services.principal,
-            capsule: Some(name.clone()),
-        };
-        let decision = services
-            .capabilities
-            .check(&subject, Permissions::EXEC, &resource)
-            .await;
-        let (verdict, details) = match &decision {
-            Decision::Allow { grant } => (
-                capsid_audit::Decision::Allow,
-                serde_json::json!({ "grant": grant.to_string(), "native": true }),
-            ),
-            Decision::Deny(reason) => (
-                capsid_audit::Decision::Deny,
-                serde_json::json!({ "reason": reason.to_string(), "native": true }),
-            ),
-        };
-        services
-            .record(&subject, "process.spawn", &resource, verdict, &details)
-            .await
-            .map_err(|message| CapsuleError::Setup {
-                capsule: name.clone(),
-                what: "recording the spawn",
-                message,
-            })?;
-        if !decision.is_allowed() {
-            return Err(CapsuleError::Denied {
-                capsule: name,
-                resource,
-            });
-        }
+        authorize_start(services, &name, &resource, false).await?;
         let mut spec =
             SpawnSpec::new(program.clone(), services.workspace.clone()).args(args.iter().cloned());
         spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox);
+        // The same ceilings a capsule's own children get: open files, and (where the host can
+        // enforce it) tasks.
+        spec.limits.open_files = Some(NATIVE_OPEN_FILES);
+        if capsid_process::pids_limit_available() {
+            spec.limits.pids = Some(MAX_CAPSULE_CHILD_PIDS);
+        }
         let policy = RestartPolicy {
             initial_backoff: std::time::Duration::from_millis(*restart_initial_ms),
             max_backoff: std::time::Duration::from_millis(*restart_max_ms),
@@ -89,10 +121,33 @@ impl NativeCapsule {
         };
         let quota = Quota {
             memory_bytes: Some(manifest.limits.memory_mb << 20),
-            processes: None,
-            action: QuotaAction::Log,
+            processes: max_processes.map(|n| n as usize),
+            action: match quota_action {
+                NativeQuotaAction::Log => QuotaAction::Log,
+                NativeQuotaAction::Kill => QuotaAction::Kill,
+            },
         };
-        let supervisor = Supervisor::start(name.as_str(), spec, policy, quota);
+        // The first start was checked just above; every later one is checked again.
+        let checked_once = Arc::new(AtomicBool::new(true));
+        let (gate_services, gate_name, gate_resource) =
+            (services.clone(), name.clone(), resource.clone());
+        let gate: StartGate = Arc::new(move || {
+            let (services, name, resource, first) = (
+                gate_services.clone(),
+                gate_name.clone(),
+                gate_resource.clone(),
+                checked_once.swap(false, Ordering::AcqRel),
+            );
+            Box::pin(async move {
+                if first {
+                    return Ok(());
+                }
+                authorize_start(&services, &name, &resource, true)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let supervisor = Supervisor::start(name.as_str(), spec, policy, quota, Some(gate));
         Ok(Self {
             manifest,
             dir,

@@ -275,3 +275,6 @@ pub const SANDBOX_ETC_FILES: &[&str] = &[
     "/etc/inputrc",
     "/etc/terminfo",
 ];
+
+/// Open files a native capsule's program may hold (`RLIMIT_NOFILE`).
+pub const NATIVE_OPEN_FILES: u64 = 1024;

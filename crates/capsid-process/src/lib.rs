@@ -49,7 +49,7 @@ pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
 pub use spec::{ResourceLimits, RingPolicy, Sandbox, SpawnSpec, resolve_program};
-pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, Supervisor};
+pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, StartGate, Supervisor};
 pub use table::{
     Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,
     TableEvent,

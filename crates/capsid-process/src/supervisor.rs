@@ -118,6 +118,14 @@ struct State {
     history: VecDeque<Sample>,
 }
 
+/// Asked before every start, the first and each restart: `Err(reason)` refuses it, and the
+/// program is marked failed with that reason and never started again (a revoked grant, say).
+pub type StartGate = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// A supervised program. Dropping the handle does not stop it: call [`stop`](Self::stop).
 #[derive(Debug)]
 pub struct Supervisor {
@@ -146,8 +154,15 @@ fn describe(exit: Option<ExitInfo>) -> String {
 }
 
 impl Supervisor {
-    /// Starts supervising `spec` under `name` (used in logs).
-    pub fn start(name: &str, spec: SpawnSpec, policy: RestartPolicy, quota: Quota) -> Arc<Self> {
+    /// Starts supervising `spec` under `name` (used in logs), asking `gate` (if any) before
+    /// every start.
+    pub fn start(
+        name: &str,
+        spec: SpawnSpec,
+        policy: RestartPolicy,
+        quota: Quota,
+        gate: Option<StartGate>,
+    ) -> Arc<Self> {
         let (stop, stopped) = watch::channel(false);
         let sup = Arc::new(Self {
             name: name.to_owned(),
@@ -160,7 +175,7 @@ impl Supervisor {
             }),
             stop,
         });
-        tokio::spawn(sup.clone().run(spec, policy, quota, stopped));
+        tokio::spawn(sup.clone().run(spec, policy, quota, gate, stopped));
         sup
     }
 
@@ -211,12 +226,20 @@ impl Supervisor {
         spec: SpawnSpec,
         policy: RestartPolicy,
         quota: Quota,
+        gate: Option<StartGate>,
         mut stopped: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
         loop {
             if *stopped.borrow() {
                 self.set(Health::Stopped);
+                return;
+            }
+            if let Some(gate) = &gate
+                && let Err(reason) = gate().await
+            {
+                tracing::warn!(name = %self.name, reason, "start refused");
+                self.set(Health::Failed { reason });
                 return;
             }
             self.set(Health::Starting);

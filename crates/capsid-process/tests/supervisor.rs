@@ -35,7 +35,13 @@ fn sh(ws: &std::path::Path, script: &str) -> SpawnSpec {
 async fn a_failing_program_is_restarted_with_backoff_then_given_up() {
     let ws = tempfile::tempdir().unwrap();
     let start = Instant::now();
-    let sup = Supervisor::start("crashy", sh(ws.path(), "exit 7"), fast(), Quota::default());
+    let sup = Supervisor::start(
+        "crashy",
+        sh(ws.path(), "exit 7"),
+        fast(),
+        Quota::default(),
+        None,
+    );
     let health = until(&sup, "failed", |h| matches!(h, Health::Failed { .. })).await;
     assert!(
         matches!(&health, Health::Failed { reason } if reason.contains("exited with code 7")),
@@ -49,7 +55,13 @@ async fn a_failing_program_is_restarted_with_backoff_then_given_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_exit_is_final() {
     let ws = tempfile::tempdir().unwrap();
-    let sup = Supervisor::start("once", sh(ws.path(), "echo done"), fast(), Quota::default());
+    let sup = Supervisor::start(
+        "once",
+        sh(ws.path(), "echo done"),
+        fast(),
+        Quota::default(),
+        None,
+    );
     until(&sup, "finished", |h| *h == Health::Finished).await;
     assert_eq!(sup.restarts(), 0);
     let child = sup.current().unwrap();
@@ -65,6 +77,7 @@ async fn stop_kills_the_program_and_ends_supervision() {
         sh(ws.path(), "sleep 600"),
         fast(),
         Quota::default(),
+        None,
     );
     until(&sup, "running", |h| matches!(h, Health::Running { .. })).await;
     let child = sup.current().unwrap();
@@ -87,6 +100,7 @@ async fn samples_show_cpu_and_memory() {
         sh(ws.path(), "while :; do :; done"),
         fast(),
         Quota::default(),
+        None,
     );
     for _ in 0..200 {
         if sup.history().len() >= 4 {
@@ -118,6 +132,7 @@ async fn a_quota_is_logged_or_enforced() {
             action: QuotaAction::Log,
             ..Quota::default()
         },
+        None,
     );
     let killed: Arc<Supervisor> = Supervisor::start(
         "killed",
@@ -128,6 +143,7 @@ async fn a_quota_is_logged_or_enforced() {
             action: QuotaAction::Kill,
             ..Quota::default()
         },
+        None,
     );
     until(&killed, "a restart after a quota kill", |_| {
         killed.restarts() >= 1

@@ -11,8 +11,8 @@ use capsid_capabilities::Pattern;
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, DEFAULT_KV_QUOTA_BYTES,
-    MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB, MAX_KV_QUOTA_BYTES,
-    MAX_MANIFEST_BYTES, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
+    MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB,
+    MAX_KV_QUOTA_BYTES, MAX_MANIFEST_BYTES, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
     SUPERVISOR_MAX_RESTARTS,
 };
 use toml::Spanned;
@@ -53,7 +53,21 @@ pub enum Component {
         restart_max_ms: u64,
         /// Failed restarts in a row before the capsule is marked failed.
         max_restarts: u32,
+        /// What a breach of its memory (`limits.memory_mb`) or process quota does.
+        quota_action: NativeQuotaAction,
+        /// Live processes its group may have before that counts as a breach.
+        max_processes: Option<u32>,
     },
+}
+
+/// What a native capsule's quota breach does (`[native] quota_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NativeQuotaAction {
+    /// Logged and counted; the program keeps running.
+    #[default]
+    Log,
+    /// Logged, counted, and the program killed (then restarted as a failure).
+    Kill,
 }
 
 /// Whether a capsule's programs run in the OS sandbox (`bwrap`).
@@ -224,46 +238,7 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
     })?;
     let component = match (raw.component, raw.native) {
         (Some(c), None) => wasm_component(cx, &c)?,
-        (None, Some(n)) => {
-            let command = n.get_ref().command.get_ref().clone();
-            if command.first().is_none_or(String::is_empty) {
-                return Err(cx.at(
-                    "native.command",
-                    &n.get_ref().command,
-                    "must name a program",
-                ));
-            }
-            let n = n.get_ref();
-            let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            let restart_initial_ms = bounded(
-                cx,
-                "native.restart_initial_ms",
-                n.restart_initial_ms.as_ref(),
-                1,
-                ms(SUPERVISOR_MAX_BACKOFF),
-                ms(SUPERVISOR_INITIAL_BACKOFF),
-            )?;
-            Component::Native {
-                command,
-                restart_initial_ms,
-                restart_max_ms: bounded(
-                    cx,
-                    "native.restart_max_ms",
-                    n.restart_max_ms.as_ref(),
-                    restart_initial_ms,
-                    ms(SUPERVISOR_MAX_BACKOFF),
-                    ms(SUPERVISOR_MAX_BACKOFF).max(restart_initial_ms),
-                )?,
-                max_restarts: bounded(
-                    cx,
-                    "native.max_restarts",
-                    n.max_restarts.as_ref(),
-                    0,
-                    1000,
-                    SUPERVISOR_MAX_RESTARTS,
-                )?,
-            }
-        }
+        (None, Some(n)) => native_component(cx, &n)?,
         (Some(c), Some(_)) => {
             return Err(cx.at(
                 "component",
@@ -436,6 +411,70 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
             DEFAULT_KV_QUOTA_BYTES,
         )?,
         uplink: raw.uplink,
+    })
+}
+
+/// The `[native]` table: a program and its supervision.
+fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Component, ManifestError> {
+    let command = n.get_ref().command.get_ref().clone();
+    if command.first().is_none_or(String::is_empty) {
+        return Err(cx.at(
+            "native.command",
+            &n.get_ref().command,
+            "must name a program",
+        ));
+    }
+    let n = n.get_ref();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let restart_initial_ms = bounded(
+        cx,
+        "native.restart_initial_ms",
+        n.restart_initial_ms.as_ref(),
+        1,
+        ms(SUPERVISOR_MAX_BACKOFF),
+        ms(SUPERVISOR_INITIAL_BACKOFF),
+    )?;
+    Ok(Component::Native {
+        command,
+        restart_initial_ms,
+        restart_max_ms: bounded(
+            cx,
+            "native.restart_max_ms",
+            n.restart_max_ms.as_ref(),
+            restart_initial_ms,
+            ms(SUPERVISOR_MAX_BACKOFF),
+            ms(SUPERVISOR_MAX_BACKOFF).max(restart_initial_ms),
+        )?,
+        max_restarts: bounded(
+            cx,
+            "native.max_restarts",
+            n.max_restarts.as_ref(),
+            0,
+            1000,
+            SUPERVISOR_MAX_RESTARTS,
+        )?,
+        quota_action: match &n.quota_action {
+            None => NativeQuotaAction::Log,
+            Some(v) if v.get_ref() == "log" => NativeQuotaAction::Log,
+            Some(v) if v.get_ref() == "kill" => NativeQuotaAction::Kill,
+            Some(v) => {
+                return Err(cx.at("native.quota_action", v, "expected \"log\" or \"kill\""));
+            }
+        },
+        max_processes: n
+            .max_processes
+            .as_ref()
+            .map(|v| {
+                bounded(
+                    cx,
+                    "native.max_processes",
+                    Some(v),
+                    1,
+                    u32::try_from(MAX_CAPSULE_CHILD_PIDS).unwrap_or(u32::MAX),
+                    1,
+                )
+            })
+            .transpose()?,
     })
 }
 

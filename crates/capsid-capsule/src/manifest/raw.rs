@@ -47,6 +47,8 @@ pub(super) struct RawNative {
     pub restart_initial_ms: Option<Spanned<u64>>,
     pub restart_max_ms: Option<Spanned<u64>>,
     pub max_restarts: Option<Spanned<u32>>,
+    pub quota_action: Option<Spanned<String>>,
+    pub max_processes: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize, Default)]
