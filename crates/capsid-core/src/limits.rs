@@ -252,28 +252,19 @@ pub const PERSISTENT_STDIN_WAIT: std::time::Duration = std::time::Duration::from
 pub const SANDBOX_SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"];
 
 /// The files and directories of `/etc` a sandboxed child sees, read-only, where they exist:
-/// what the dynamic linker, name lookups, time zones, TLS and common tools read. Nothing
-/// secret (no `shadow`, `ssh`, `sudoers`).
+/// what the dynamic linker, name lookups, time zones and TLS read. Nothing secret (no
+/// `shadow`, `ssh`, `sudoers`), and few: each is a mount, paid at every sandboxed spawn.
 pub const SANDBOX_ETC_FILES: &[&str] = &[
     "/etc/alternatives",
     "/etc/ld.so.cache",
-    "/etc/ld.so.conf",
-    "/etc/ld.so.conf.d",
     "/etc/passwd",
     "/etc/group",
     "/etc/nsswitch.conf",
-    "/etc/host.conf",
     "/etc/hosts",
     "/etc/resolv.conf",
     "/etc/localtime",
-    "/etc/timezone",
     "/etc/ssl",
     "/etc/ca-certificates",
-    "/etc/mime.types",
-    "/etc/os-release",
-    "/etc/gitconfig",
-    "/etc/inputrc",
-    "/etc/terminfo",
 ];
 
 /// Open files a native capsule's program may hold (`RLIMIT_NOFILE`).

@@ -71,8 +71,9 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
             g.dead_groups.insert(pid);
         }
     }
-    // An empty cgroup goes at once; without the subreaper there is nothing else to watch.
-    if !subreaper && cgroup.as_ref().is_none_or(|c| c.remove()) {
+    // Without a cgroup or the subreaper there is nothing to watch. An empty cgroup is removed
+    // by the watcher too, off the reaping caller's path (it publishes the exit next).
+    if !subreaper && cgroup.is_none() {
         return;
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
