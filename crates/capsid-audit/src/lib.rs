@@ -23,6 +23,7 @@ mod export;
 mod log;
 mod schema;
 mod store;
+mod tail;
 pub mod verify;
 mod writer;
 
@@ -30,4 +31,5 @@ pub use entry::{ChainId, Decision, EntryRef, Record};
 pub use error::AuditError;
 pub use export::{export_database, verify_export};
 pub use log::{AuditLog, verify_database};
+pub use tail::{EntryView, tail};
 pub use verify::{ChainReport, KeyProblem, Problem, VerifyReport};

@@ -71,6 +71,56 @@ impl Permissions {
     }
 }
 
+/// The permissions by name, in the order `Display` writes them.
+const PERMISSION_NAMES: [(&str, Permissions); 5] = [
+    ("read", Permissions::READ),
+    ("write", Permissions::WRITE),
+    ("exec", Permissions::EXEC),
+    ("publish", Permissions::PUBLISH),
+    ("subscribe", Permissions::SUBSCRIBE),
+];
+
+impl std::fmt::Display for Permissions {
+    /// Comma-separated names: `read,write`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = PERMISSION_NAMES
+            .iter()
+            .filter(|(_, p)| self.contains(*p))
+            .map(|(n, _)| *n)
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+impl std::str::FromStr for Permissions {
+    type Err = String;
+
+    /// Comma-separated names (`read`, `write`, `exec`, `publish`, `subscribe`); at least one.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = Self::default();
+        for name in s.split(',').map(str::trim) {
+            let (_, p) = PERMISSION_NAMES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown permission {name:?}: use read, write, exec, publish, subscribe"
+                    )
+                })?;
+            out = out.union(*p);
+        }
+        Ok(out)
+    }
+}
+
+impl std::str::FromStr for CapabilityId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
 /// A signed grant of `permissions` on `pattern` to `principal` (optionally only when acting
 /// through `capsule`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -183,6 +183,11 @@ impl LoadedCapsule {
         }
     }
 
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
     /// Its log.
     pub fn log(&self) -> &CapsuleLog {
         &self.cx.log

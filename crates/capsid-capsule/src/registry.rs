@@ -135,6 +135,11 @@ impl Registry {
         }
     }
 
+    /// The persistent processes capsules started.
+    pub fn processes(&self) -> &Arc<ProcessTable> {
+        &self.processes
+    }
+
     /// The services capsules run with.
     pub fn services(&self) -> &HostServices {
         &self.services

@@ -269,3 +269,53 @@ pub const SANDBOX_ETC_FILES: &[&str] = &[
 
 /// Open files a native capsule's program may hold (`RLIMIT_NOFILE`).
 pub const NATIVE_OPEN_FILES: u64 = 1024;
+
+/// The daemon protocol's version; a client speaking another is refused at hello.
+pub const DAEMON_PROTOCOL_VERSION: u32 = 1;
+
+/// Largest daemon frame, in bytes (the 4-byte length prefix excluded). A bigger frame is
+/// answered with an error frame and never read.
+pub const MAX_FRAME_BYTES: usize = 8 << 20;
+
+/// How long a new connection has to send its hello.
+pub const DAEMON_HELLO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the daemon waits for a client to take a response (or a follow frame) before it
+/// drops a client that stopped reading.
+pub const DAEMON_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections the daemon serves at once; more wait in the listen backlog.
+pub const MAX_DAEMON_CONNECTIONS: usize = 1024;
+
+/// Requests one connection may have in flight at once.
+pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
+
+/// How long a graceful stop waits for requests in flight before it shuts the kernel down.
+pub const DAEMON_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long boot waits for the capsules of one phase (uplink first, then the rest) to be
+/// ready, unless the config says otherwise.
+pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 60_000;
+
+/// How often the health monitor looks for failed capsules.
+pub const HEALTH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// First wait before the health monitor reloads a failed capsule, unless configured.
+pub const DEFAULT_HEALTH_INITIAL_MS: u64 = 1_000;
+
+/// Longest wait between the health monitor's reloads of one capsule, unless configured.
+pub const DEFAULT_HEALTH_MAX_MS: u64 = 60_000;
+
+/// Reloads in a row the health monitor tries before it leaves a capsule failed, unless
+/// configured.
+pub const DEFAULT_HEALTH_MAX_ATTEMPTS: u32 = 5;
+
+/// How long the hot-reload watcher waits after a capsule's last file change before it
+/// hashes the capsule's files again.
+pub const HOT_RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// How long shutdown keeps retrying an unload that in-flight calls hold up.
+pub const SHUTDOWN_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest `config.toml`, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;

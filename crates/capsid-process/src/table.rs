@@ -387,6 +387,18 @@ impl ProcessTable {
         })
     }
 
+    /// Every process in the table with its owner, oldest first: the operator's view (ids are
+    /// not kept, so none are shown).
+    pub fn list_all(&self) -> Vec<(Owner, Status)> {
+        let mut out: Vec<(Owner, Status)> = self
+            .lock()
+            .values()
+            .map(|e| (e.owner.clone(), e.status()))
+            .collect();
+        out.sort_by_key(|(_, s)| s.generation);
+        out
+    }
+
     /// The processes of `owner`, optionally only those with `label`.
     pub fn list(&self, owner: &Owner, label: Option<&str>) -> Vec<Status> {
         let mut out: Vec<Status> = self

@@ -1,0 +1,309 @@
+//! Boot: from a home directory to a kernel whose capsules are ready.
+//!
+//! Order: home layout → config → runtime key → audit log (verified; a tampered one refused or
+//! quarantined per config) → KV → capability store → overlay over the workspace → identity
+//! (the local root user, linked to `cli`/`local`) → process containment (subreaper, sweep of
+//! what a killed host left) → engine and registry → capsule discovery → load order → capsules
+//! that need the network (`uplink`) and what they require first → the rest → the
+//! `capsules.loaded` event → monitors.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capsid_audit::{AuditLog, ChainId, Decision, Record};
+use capsid_capabilities::CapabilityStore;
+use capsid_capsule::{CapsuleEngine, HostServices, Manifest, Registry, discover, load_order};
+use capsid_core::{CapsidHome, CapsuleId, Principal, SessionId};
+use capsid_crypto::KeyPair;
+use capsid_events::EventBus;
+use capsid_storage::{Durability, IdentityStore, KvStore, SurrealKvStore};
+use capsid_vfs::OverlayVfs;
+
+use crate::config::{KernelConfig, TamperPolicy};
+use crate::error::{KernelError, io};
+use crate::kernel::{BootReport, Kernel, KernelParts};
+
+/// Topic of the event published once boot has loaded every capsule it could.
+pub const CAPSULES_LOADED_TOPIC: &str = "capsules.loaded";
+
+/// Builds a [`Kernel`]. Every setting is optional.
+#[derive(Debug, Default)]
+pub struct KernelBuilder {
+    home: Option<PathBuf>,
+    workspace: Option<PathBuf>,
+    config: Option<KernelConfig>,
+}
+
+impl KernelBuilder {
+    /// The home directory (default: `$CAPSID_HOME`, else `~/.capsid`).
+    #[must_use]
+    pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
+        self.home = Some(home.into());
+        self
+    }
+
+    /// The workspace capsules see (default: the config's, else `<home>/workspace`).
+    #[must_use]
+    pub fn workspace(mut self, workspace: impl Into<PathBuf>) -> Self {
+        self.workspace = Some(workspace.into());
+        self
+    }
+
+    /// The configuration (default: `<home>/config.toml`, else the defaults).
+    #[must_use]
+    pub fn config(mut self, config: KernelConfig) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Boots. Must run inside a multi-threaded tokio runtime.
+    pub async fn build(self) -> Result<Kernel, KernelError> {
+        let started = Instant::now();
+        let home = match self.home {
+            Some(root) => CapsidHome::at(root),
+            None => CapsidHome::resolve()?,
+        };
+        home.ensure_layout()?;
+        let config = match self.config {
+            Some(c) => c,
+            None => KernelConfig::load(&home.config_path())?,
+        };
+        let workspace = self
+            .workspace
+            .or_else(|| config.workspace.clone())
+            .unwrap_or_else(|| home.root().join("workspace"));
+        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let key = {
+            let dir = home.keys_dir();
+            blocking(move || capsid_crypto::load_or_generate_runtime_key(&dir)).await??
+        };
+        let secret = key.to_secret_bytes();
+        let copy = || KeyPair::from_secret_bytes(&secret);
+        let (audit, tampered) = open_audit(&home, copy(), config.audit_tamper).await?;
+        let audit = Arc::new(audit);
+        let kv: Arc<dyn KvStore> =
+            Arc::new(SurrealKvStore::open(&home.kv_dir(), Durability::Synced).await?);
+        let capabilities =
+            Arc::new(CapabilityStore::open(kv.clone(), Arc::new(copy()), &[]).await?);
+        let overlay_dir = home.state_dir().join("overlay");
+        let overlay = {
+            let (lower, work) = (workspace.clone(), overlay_dir);
+            Arc::new(blocking(move || OverlayVfs::open(&lower, &work)).await??)
+        };
+        let identity = IdentityStore::new(kv.clone());
+        let root = identity.bootstrap_local_root().await?;
+        let principal = Principal::User(root.id);
+        let chain = ChainId::Session(SessionId::new());
+        let system = |action: &str, decision, details: serde_json::Value| {
+            Record::new(Principal::System, action, "kernel://boot", decision)
+                .and_then(|r| r.details(&details))
+        };
+        if let Some(found) = tampered {
+            let record = system("audit.tampered", Decision::Info, found)?;
+            audit.append(chain, record).await?;
+        }
+        contain_processes(&audit, &chain).await?;
+        let engine = Arc::new(CapsuleEngine::new(
+            &home.compiled_cache_dir(),
+            Arc::new(copy()),
+        )?);
+        let bus = EventBus::new();
+        let services = HostServices {
+            capabilities: capabilities.clone(),
+            audit: audit.clone(),
+            chain,
+            kv: kv.clone(),
+            vfs: overlay.clone(),
+            workspace: workspace.clone(),
+            bus: bus.clone(),
+            principal,
+        };
+        let registry = Registry::new(engine, services)?;
+        let details = serde_json::json!({
+            "home": home.root(),
+            "workspace": workspace,
+            "dev": config.dev,
+            "config": config.fingerprint(),
+        });
+        audit
+            .append(chain, system("kernel.boot", Decision::Info, details)?)
+            .await?;
+        let kernel = Kernel::assemble(KernelParts {
+            home,
+            config,
+            workspace,
+            registry,
+            audit,
+            capabilities,
+            kv,
+            identity,
+            bus,
+            overlay,
+            chain,
+            principal,
+        });
+        let mut report = load_capsules(&kernel).await?;
+        report.boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let payload = serde_json::to_vec(&report).unwrap_or_default();
+        kernel.bus().publish(CAPSULES_LOADED_TOPIC, payload, None)?;
+        kernel.finish_boot(report);
+        Ok(kernel)
+    }
+}
+
+/// Runs blocking setup off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, KernelError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| KernelError::Io {
+            path: PathBuf::from("<setup task>"),
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+/// Opens the audit log; a tampered one is refused, or set aside and reported in the new log
+/// (the returned details), per `policy`.
+async fn open_audit(
+    home: &CapsidHome,
+    key: KeyPair,
+    policy: TamperPolicy,
+) -> Result<(AuditLog, Option<serde_json::Value>), KernelError> {
+    let path = home.audit_db_path();
+    let secret = key.to_secret_bytes();
+    let first = {
+        let path = path.clone();
+        blocking(move || AuditLog::open(&path, key)).await?
+    };
+    let report = match first {
+        Ok(log) => return Ok((log, None)),
+        Err(capsid_audit::AuditError::Tampered { report, .. })
+            if policy == TamperPolicy::Quarantine =>
+        {
+            report
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.clone().into_os_string();
+    aside.push(format!(".tampered-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(&path, &aside).map_err(io(&path))?;
+    tracing::error!(
+        log = %path.display(),
+        kept = %aside.display(),
+        "the audit log failed verification; it was set aside and a new log started"
+    );
+    let problems: Vec<String> = report
+        .chains
+        .iter()
+        .flat_map(|c| {
+            c.problems
+                .iter()
+                .map(move |p| format!("{}: {p:?}", c.chain))
+        })
+        .chain(report.keys.iter().map(|k| format!("key: {k:?}")))
+        .take(64)
+        .collect();
+    let details = serde_json::json!({ "kept": aside, "problems": problems });
+    let key = KeyPair::from_secret_bytes(&secret);
+    let log = blocking(move || AuditLog::open(&path, key)).await??;
+    Ok((log, Some(details)))
+}
+
+/// Becomes the reaper of capsule children's orphans and kills what a host that died without
+/// cleaning up left in its cgroups (recorded when it found anything).
+async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<(), KernelError> {
+    if let Err(e) = capsid_process::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become the subreaper of capsule children");
+    }
+    let swept = blocking(capsid_process::sweep_stale_cgroups).await?;
+    if swept.killed > 0 || swept.stuck > 0 {
+        let details = serde_json::json!({
+            "killed": swept.killed, "removed": swept.removed, "stuck": swept.stuck,
+        });
+        let record = Record::new(
+            Principal::System,
+            "process.swept",
+            "kernel://boot",
+            Decision::Info,
+        )
+        .and_then(|r| r.details(&details))?;
+        audit.append(*chain, record).await?;
+    }
+    Ok(())
+}
+
+/// Loads the installed capsules in dependency order: those that need the network (and what
+/// they require) first, then the rest. Each phase is bounded by the boot timeout; a capsule
+/// that fails is reported and left failed (the health monitor may retry it).
+async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
+    let found = {
+        let dir = kernel.home().capsules_dir();
+        blocking(move || discover(&dir)).await??
+    };
+    let mut report = BootReport::default();
+    for e in &found.errors {
+        tracing::error!(error = %e, "capsule not loaded");
+        report.failed.push((String::new(), e.to_string()));
+    }
+    let order = load_order(&found.manifests)?;
+    let by_name = |name: &CapsuleId| found.manifests.iter().find(|m| &m.name == name);
+    let first = uplink_closure(&found.manifests);
+    let timeout = Duration::from_millis(kernel.config().boot_timeout_ms);
+    for phase in [true, false] {
+        let names: Vec<&CapsuleId> = order
+            .iter()
+            .filter(|n| first.contains(*n) == phase)
+            .collect();
+        let load = async {
+            for name in names {
+                let Some(manifest) = by_name(name) else {
+                    continue;
+                };
+                let dir = manifest
+                    .file
+                    .parent()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
+                match kernel.load_dir(&dir).await {
+                    Ok(_) => report.loaded.push(name.to_string()),
+                    Err(e) => {
+                        tracing::error!(capsule = %name, error = %e, "capsule failed to load");
+                        report.failed.push((name.to_string(), e.to_string()));
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(timeout, load).await.is_err() {
+            report.timed_out = true;
+            tracing::error!(?timeout, "capsules were not ready within the boot timeout");
+        }
+    }
+    Ok(report)
+}
+
+/// The capsules that need the network (`uplink = true`) and, transitively, what they require.
+fn uplink_closure(manifests: &[Manifest]) -> Vec<CapsuleId> {
+    let mut out: Vec<CapsuleId> = manifests
+        .iter()
+        .filter(|m| m.capabilities.uplink)
+        .map(|m| m.name.clone())
+        .collect();
+    let mut i = 0;
+    while i < out.len() {
+        if let Some(m) = manifests.iter().find(|m| m.name == out[i]) {
+            for r in &m.requires {
+                if !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
+}

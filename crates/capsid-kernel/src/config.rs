@@ -1,0 +1,155 @@
+//! The operator's `config.toml`: every key optional, unknown keys refused. Its fingerprint
+//! (a blake3 over the parsed values) is what the daemon and its clients compare at hello, so
+//! a client reading a different config learns why its view may differ.
+
+use std::path::{Path, PathBuf};
+
+use capsid_core::limits::{
+    DEFAULT_BOOT_TIMEOUT_MS, DEFAULT_HEALTH_INITIAL_MS, DEFAULT_HEALTH_MAX_ATTEMPTS,
+    DEFAULT_HEALTH_MAX_MS, MAX_CONFIG_BYTES,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::error::KernelError;
+
+/// What boot does with an audit log that fails verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TamperPolicy {
+    /// Refuse to boot; the report names every problem. The default.
+    #[default]
+    Refuse,
+    /// Keep the tampered file aside (`audit.db.tampered-<time>`, never modified), start a new
+    /// log, and record what was found as that log's first entry. Loud, never silent.
+    Quarantine,
+}
+
+/// Restarting capsules that failed (a trap, a deadline, a failed load).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Whether failed capsules are reloaded at all.
+    pub enabled: bool,
+    /// First wait before a reload, in ms.
+    pub restart_initial_ms: u64,
+    /// Longest wait between reloads of one capsule, in ms (the wait doubles up to it).
+    pub restart_max_ms: u64,
+    /// Reloads in a row before the capsule is left failed.
+    pub max_attempts: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            restart_initial_ms: DEFAULT_HEALTH_INITIAL_MS,
+            restart_max_ms: DEFAULT_HEALTH_MAX_MS,
+            max_attempts: DEFAULT_HEALTH_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// The kernel's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// The directory capsules see as their workspace (default `<home>/workspace`).
+    pub workspace: Option<PathBuf>,
+    /// Development mode: capsules get what their manifests request (dev trust), and edited
+    /// capsules are reloaded when their files really change. Off by default: an operator
+    /// grants capabilities with `capsid cap grant`.
+    pub dev: bool,
+    /// How long boot waits for each phase of capsules to be ready, in ms.
+    pub boot_timeout_ms: u64,
+    /// What boot does with a tampered audit log.
+    pub audit_tamper: TamperPolicy,
+    /// Reloading failed capsules.
+    pub health: HealthConfig,
+    /// Hot reload in dev mode (on by default; ignored outside dev mode).
+    pub hot_reload: bool,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            workspace: None,
+            dev: false,
+            boot_timeout_ms: DEFAULT_BOOT_TIMEOUT_MS,
+            audit_tamper: TamperPolicy::Refuse,
+            health: HealthConfig::default(),
+            hot_reload: true,
+        }
+    }
+}
+
+impl KernelConfig {
+    /// Reads `path`; a missing file is the default configuration.
+    pub fn load(path: &Path) -> Result<Self, KernelError> {
+        let bad = |message: String| KernelError::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(bad(format!("larger than {MAX_CONFIG_BYTES} bytes")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        Self::parse(&text).map_err(bad)
+    }
+
+    /// Parses `config.toml` text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        if config.health.restart_initial_ms == 0
+            || config.health.restart_max_ms < config.health.restart_initial_ms
+        {
+            return Err(
+                "health: restart_initial_ms must be at least 1 and at most restart_max_ms".into(),
+            );
+        }
+        Ok(config)
+    }
+
+    /// A short, stable digest of the parsed configuration (32 hex characters).
+    pub fn fingerprint(&self) -> String {
+        // Struct fields serialize in declaration order, so equal configs hash equally.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&blake3::hash(&bytes).as_bytes()[..16])
+    }
+
+    /// Whether the kernel grants capsules what they request.
+    pub fn trust(&self) -> capsid_capsule::Trust {
+        if self.dev {
+            capsid_capsule::Trust::Dev
+        } else {
+            capsid_capsule::Trust::Granted
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_is_the_default_and_fingerprints_follow_the_values() {
+        let empty = KernelConfig::parse("").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(empty, KernelConfig::default());
+        let dev = KernelConfig::parse("dev = true").unwrap_or_else(|e| panic!("{e}"));
+        assert!(dev.dev);
+        assert_ne!(empty.fingerprint(), dev.fingerprint());
+        assert_eq!(empty.fingerprint(), KernelConfig::default().fingerprint());
+        assert_eq!(empty.fingerprint().len(), 32);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(KernelConfig::parse("dve = true").is_err());
+        assert!(KernelConfig::parse("audit_tamper = \"ignore\"").is_err());
+        assert!(KernelConfig::parse("[health]\nrestart_initial_ms = 0").is_err());
+    }
+}

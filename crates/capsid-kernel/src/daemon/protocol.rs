@@ -1,0 +1,209 @@
+//! The wire format (DESIGN 3.8): each frame is a 4-byte big-endian length and that many bytes
+//! of JSON, at most `MAX_FRAME_BYTES`. The client's first frame is a [`Hello`]; the daemon
+//! answers a [`Welcome`] or an error frame and closes. Then each [`Request`] carries an id
+//! that its [`Response`] frames echo; a streaming method (log follow) sends frames with
+//! `more: true` and ends with one without.
+
+use capsid_core::limits::MAX_FRAME_BYTES;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The client's first frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub protocol: u32,
+    /// The session token from `run/token`.
+    pub token: String,
+    /// The fingerprint of the config the client read (empty if it read none).
+    pub fingerprint: String,
+}
+
+/// The daemon's answer to a good hello.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version the daemon speaks.
+    pub protocol: u32,
+    /// capsid's version.
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The fingerprint of the config the daemon booted with.
+    pub fingerprint: String,
+    /// Whether the client's fingerprint is the daemon's: when not, the client read a
+    /// different `config.toml` than the daemon booted with (edited since, or another home).
+    pub fingerprint_matches: bool,
+}
+
+/// A call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Chosen by the client; echoed by every frame answering it.
+    pub id: u64,
+    /// The method, e.g. `capsule.list`.
+    pub method: String,
+    /// The method's parameters (an object; absent means none).
+    #[serde(default)]
+    pub params: Value,
+}
+
+/// Why a request (or the connection) failed: a stable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// A stable code: `too-large`, `bad-frame`, `bad-request`, `unknown-method`,
+    /// `unauthorized`, `protocol`, `not-found`, `invalid`, `denied`, `failed`, `busy`,
+    /// `shutting-down`.
+    pub code: String,
+    /// What went wrong, in one line.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error with `code` and `message`.
+    pub fn new(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A frame answering a request (or, with no id, the connection).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id; `None` for errors about the connection or an unreadable frame.
+    pub id: Option<u64>,
+    /// The result, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<WireError>,
+    /// More frames follow for this id (a stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(id: u64, result: Value) -> Self {
+        Self {
+            id: Some(id),
+            result: Some(result),
+            error: None,
+            more: false,
+        }
+    }
+
+    /// A failure.
+    pub fn err(id: Option<u64>, error: WireError) -> Self {
+        Self {
+            id,
+            result: None,
+            error: Some(error),
+            more: false,
+        }
+    }
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The length prefix announces more than the cap; nothing of the body was read.
+    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// The stream ended inside a frame.
+    #[error("the connection closed inside a frame")]
+    Truncated,
+    /// The stream failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame: `Ok(None)` at a clean end of stream (between frames).
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated),
+            n => got += n,
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+/// Writes one frame (refusing, without writing, a body over the cap).
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, body: &[u8]) -> std::io::Result<()> {
+    if body.len() > MAX_FRAME_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("frame of {} bytes is over the limit", body.len()),
+        ));
+    }
+    let len = u32::try_from(body.len()).map_err(std::io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(body);
+    w.write_all(&frame).await?;
+    w.flush().await
+}
+
+/// Serializes and writes `value` as one frame.
+pub async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    value: &T,
+) -> std::io::Result<()> {
+    let body = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    write_frame(w, &body).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_bad_ones_are_named() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"{\"x\":1}")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = read_frame(&mut b).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.as_deref(), Some(&b"{\"x\":1}"[..]));
+
+        let too_big = u32::try_from(MAX_FRAME_BYTES + 1).unwrap_or(u32::MAX);
+        a.write_all(&too_big.to_be_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(FrameError::TooLarge(_))
+        ));
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&[0, 0, 0, 10, b'{'])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        drop(a);
+        assert!(matches!(
+            read_frame(&mut b).await,
+            Err(FrameError::Truncated)
+        ));
+    }
+}

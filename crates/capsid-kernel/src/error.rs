@@ -1,0 +1,77 @@
+//! What can go wrong in the kernel, each variant naming the file, capsule or setting at fault.
+
+use std::path::PathBuf;
+
+use capsid_core::CapsuleId;
+
+/// A kernel failure.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// The home directory cannot be used.
+    #[error(transparent)]
+    Home(#[from] capsid_core::HomeError),
+    /// `config.toml` is unreadable or invalid.
+    #[error("config {}: {message}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The runtime key cannot be loaded or created.
+    #[error(transparent)]
+    Key(#[from] capsid_crypto::KeyError),
+    /// The audit log cannot be opened (tampered logs are refused unless the config says to
+    /// quarantine them).
+    #[error(transparent)]
+    Audit(#[from] capsid_audit::AuditError),
+    /// The KV store cannot be opened or used.
+    #[error(transparent)]
+    Kv(#[from] capsid_storage::KvError),
+    /// The capability store failed.
+    #[error(transparent)]
+    Capabilities(#[from] capsid_capabilities::CapabilityError),
+    /// The workspace overlay cannot be opened.
+    #[error(transparent)]
+    Vfs(#[from] capsid_vfs::VfsError),
+    /// A capsule operation failed.
+    #[error(transparent)]
+    Capsule(#[from] capsid_capsule::CapsuleError),
+    /// A capsule manifest is invalid.
+    #[error(transparent)]
+    Manifest(#[from] capsid_capsule::ManifestError),
+    /// The capsules' `requires` cannot be ordered.
+    #[error(transparent)]
+    Dependencies(#[from] capsid_capsule::DependencyError),
+    /// An event could not be published.
+    #[error(transparent)]
+    Event(#[from] capsid_events::EventError),
+    /// Installing a capsule failed.
+    #[error("installing {}: {message}", dir.display())]
+    Install {
+        /// The directory being installed.
+        dir: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// No capsule of this name is installed in the home.
+    #[error("capsule {0} is not installed (no capsules/{0}/Capsule.toml in the home)")]
+    NotInstalled(CapsuleId),
+    /// A file or directory of the home could not be used.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The kernel is shutting down.
+    #[error("the kernel is shutting down")]
+    ShuttingDown,
+}
+
+/// Wraps an I/O error with its path.
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> KernelError {
+    let path = path.into();
+    move |source| KernelError::Io { path, source }
+}

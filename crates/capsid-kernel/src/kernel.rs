@@ -1,0 +1,429 @@
+//! The booted kernel: a cheap, cloneable handle over the registry and the services, with the
+//! run-time lifecycle (load, unload, reload, install), calls, events and shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use capsid_audit::{AuditLog, ChainId, Decision, Record};
+use capsid_capabilities::CapabilityStore;
+use capsid_capsule::{CapsuleError, CapsuleInfo, MANIFEST_FILE, Manifest, Registry};
+use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
+use capsid_core::{CapsidHome, CapsuleId, Principal};
+use capsid_events::{Delivery, EventBus};
+use capsid_storage::{IdentityStore, KvStore};
+use capsid_vfs::OverlayVfs;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::boot::KernelBuilder;
+use crate::config::KernelConfig;
+use crate::error::{KernelError, io};
+
+/// Topic of the event published when shutdown begins.
+pub const SHUTDOWN_TOPIC: &str = "kernel.shutdown";
+
+/// What boot loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct BootReport {
+    /// Capsules loaded, in load order.
+    pub loaded: Vec<String>,
+    /// Capsules (or capsule folders, with an empty name) that failed, with the reason.
+    pub failed: Vec<(String, String)>,
+    /// Whether a phase ran past the boot timeout.
+    pub timed_out: bool,
+    /// Boot time, from the builder's start to the `capsules.loaded` event, in ms.
+    pub boot_ms: u64,
+}
+
+/// The kernel's state at a glance.
+#[derive(Debug, Clone, Serialize)]
+pub struct KernelStatus {
+    /// capsid's version.
+    pub version: &'static str,
+    /// The process id.
+    pub pid: u32,
+    /// The home directory.
+    pub home: PathBuf,
+    /// The workspace.
+    pub workspace: PathBuf,
+    /// Whether dev mode is on.
+    pub dev: bool,
+    /// The config's fingerprint.
+    pub config_fingerprint: String,
+    /// Milliseconds since boot began.
+    pub uptime_ms: u64,
+    /// What boot loaded.
+    pub boot: BootReport,
+    /// Capsules known, and how many are ready.
+    pub capsules: usize,
+    /// Capsules ready to serve.
+    pub ready: usize,
+    /// Capsules failed.
+    pub failed: usize,
+}
+
+pub(crate) struct KernelParts {
+    pub home: CapsidHome,
+    pub config: KernelConfig,
+    pub workspace: PathBuf,
+    pub registry: Registry,
+    pub audit: Arc<AuditLog>,
+    pub capabilities: Arc<CapabilityStore>,
+    pub kv: Arc<dyn KvStore>,
+    pub identity: IdentityStore,
+    pub bus: EventBus,
+    pub overlay: Arc<OverlayVfs>,
+    pub chain: ChainId,
+    pub principal: Principal,
+}
+
+struct Inner {
+    parts: KernelParts,
+    fingerprint: String,
+    started: Instant,
+    boot: Mutex<BootReport>,
+    closing: AtomicBool,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
+#[derive(Clone)]
+pub struct Kernel {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("home", &self.inner.parts.home)
+            .field("workspace", &self.inner.parts.workspace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// A builder: home, workspace and config, each optional.
+    pub fn builder() -> KernelBuilder {
+        KernelBuilder::default()
+    }
+
+    pub(crate) fn assemble(parts: KernelParts) -> Self {
+        let fingerprint = parts.config.fingerprint();
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                fingerprint,
+                started: Instant::now(),
+                boot: Mutex::default(),
+                closing: AtomicBool::new(false),
+                tasks: Mutex::default(),
+            }),
+        }
+    }
+
+    pub(crate) fn finish_boot(&self, report: BootReport) {
+        *self
+            .inner
+            .boot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = report;
+        let monitors = crate::monitor::start(self);
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(monitors);
+    }
+
+    fn parts(&self) -> &KernelParts {
+        &self.inner.parts
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &CapsidHome {
+        &self.parts().home
+    }
+
+    /// The configuration it booted with.
+    pub fn config(&self) -> &KernelConfig {
+        &self.parts().config
+    }
+
+    /// The configuration's fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        &self.inner.fingerprint
+    }
+
+    /// The workspace capsules see (through the overlay).
+    pub fn workspace(&self) -> &Path {
+        &self.parts().workspace
+    }
+
+    /// The capsule registry.
+    pub fn registry(&self) -> &Registry {
+        &self.parts().registry
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &Arc<AuditLog> {
+        &self.parts().audit
+    }
+
+    /// The capability store.
+    pub fn capabilities(&self) -> &Arc<CapabilityStore> {
+        &self.parts().capabilities
+    }
+
+    /// Users and their platform links.
+    pub fn identity(&self) -> &IdentityStore {
+        &self.parts().identity
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        &self.parts().bus
+    }
+
+    /// The overlay over the workspace.
+    pub fn overlay(&self) -> &Arc<OverlayVfs> {
+        &self.parts().overlay
+    }
+
+    /// The principal capsules act for (the local root user).
+    pub fn principal(&self) -> Principal {
+        self.parts().principal
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Acquire)
+    }
+
+    fn open(&self) -> Result<(), KernelError> {
+        if self.is_closing() {
+            Err(KernelError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The kernel's state at a glance.
+    pub fn status(&self) -> KernelStatus {
+        let capsules = self.registry().list();
+        let count = |f: fn(&capsid_capsule::CapsuleState) -> bool| {
+            capsules.iter().filter(|c| f(&c.state)).count()
+        };
+        KernelStatus {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            home: self.home().root().to_owned(),
+            workspace: self.workspace().to_owned(),
+            dev: self.config().dev,
+            config_fingerprint: self.inner.fingerprint.clone(),
+            uptime_ms: u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            boot: self
+                .inner
+                .boot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            capsules: capsules.len(),
+            ready: count(|s| *s == capsid_capsule::CapsuleState::Ready),
+            failed: count(|s| matches!(s, capsid_capsule::CapsuleState::Failed(_))),
+        }
+    }
+
+    /// Every capsule the kernel knows, by name.
+    pub fn capsules(&self) -> Vec<CapsuleInfo> {
+        self.registry().list()
+    }
+
+    /// The directory installed capsule `name` lives in.
+    pub fn capsule_dir(&self, name: &CapsuleId) -> PathBuf {
+        self.home().capsule_dir(name)
+    }
+
+    /// Loads installed capsule `name` (from `<home>/capsules/<name>`).
+    pub async fn load(&self, name: &CapsuleId) -> Result<CapsuleInfo, KernelError> {
+        let dir = self.capsule_dir(name);
+        if !dir.join(MANIFEST_FILE).is_file() {
+            return Err(KernelError::NotInstalled(name.clone()));
+        }
+        self.load_dir(&dir).await
+    }
+
+    pub(crate) async fn load_dir(&self, dir: &Path) -> Result<CapsuleInfo, KernelError> {
+        self.open()?;
+        Ok(self.registry().load(dir, self.config().trust()).await?)
+    }
+
+    /// Unloads capsule `name` (its persistent processes are stopped).
+    pub async fn unload(&self, name: &CapsuleId) -> Result<(), KernelError> {
+        Ok(self.registry().unload(name).await?)
+    }
+
+    /// Unloads and loads capsule `name` again from its directory, clearing a failed state.
+    pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, KernelError> {
+        self.open()?;
+        Ok(self.registry().reload(name).await?)
+    }
+
+    /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. The
+    /// manifest is validated and the component checked before anything is copied; a capsule
+    /// of that name that is loaded must be unloaded first. Symlinks are refused.
+    pub async fn install(&self, from: &Path) -> Result<CapsuleInfo, KernelError> {
+        self.open()?;
+        let fail = |message: String| KernelError::Install {
+            dir: from.to_owned(),
+            message,
+        };
+        let manifest = Manifest::load(&from.join(MANIFEST_FILE))?;
+        let name = manifest.name.clone();
+        if let capsid_capsule::Component::Wasm { path, .. } = &manifest.component {
+            // The pin and the component itself are checked again at load.
+            let wasm = from.join(path);
+            if !wasm.is_file() {
+                return Err(fail(format!("its component {} is missing", wasm.display())));
+            }
+        }
+        if self.registry().info(&name).is_some() {
+            return Err(fail(format!(
+                "capsule {name} is loaded; unload it first to replace it"
+            )));
+        }
+        let target = self.capsule_dir(&name);
+        let staging = self
+            .home()
+            .capsules_dir()
+            .join(format!(".install-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        copy_tree(from, &staging).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            fail(e)
+        })?;
+        if target.exists() {
+            std::fs::remove_dir_all(&target).map_err(io(&target))?;
+        }
+        std::fs::rename(&staging, &target).map_err(io(&target))?;
+        self.note(
+            "capsule.install",
+            &format!("capsule://{name}"),
+            serde_json::json!({ "from": from }),
+        )
+        .await?;
+        self.load(&name).await
+    }
+
+    /// Runs `tool` of capsule `name` on JSON `input`.
+    pub async fn call_tool(
+        &self,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+    ) -> Result<String, KernelError> {
+        self.open()?;
+        Ok(self.registry().call_tool(name, tool, input).await?)
+    }
+
+    /// Publishes an event as the operator (recorded in the audit log).
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Delivery, KernelError> {
+        self.open()?;
+        capsid_events::validate_topic(topic)?;
+        let bytes = payload.len();
+        self.note(
+            "event.publish",
+            &format!("ipc://publish/{topic}"),
+            serde_json::json!({ "bytes": bytes }),
+        )
+        .await?;
+        Ok(self.bus().publish(topic, payload, None)?)
+    }
+
+    /// Records an operator action on `resource` (an `info` entry of the local root user).
+    pub(crate) async fn note(
+        &self,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+    ) -> Result<(), KernelError> {
+        let record = Record::new(self.principal(), action, resource, Decision::Info)
+            .and_then(|r| r.details(&details))?;
+        self.audit().append(self.parts().chain, record).await?;
+        Ok(())
+    }
+
+    /// Shuts down: publishes `kernel.shutdown`, stops the monitors, unloads every capsule
+    /// (retrying while calls in flight hold one up, for a bounded time; that stops their
+    /// persistent processes), records the shutdown and closes the KV store. Later calls
+    /// answer [`KernelError::ShuttingDown`]; calling it again does nothing.
+    pub async fn shutdown(&self) {
+        if self.inner.closing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _ = self.bus().publish(SHUTDOWN_TOPIC, b"{}".to_vec(), None);
+        for task in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
+            task.abort();
+        }
+        let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
+        loop {
+            let names: Vec<CapsuleId> = self.capsules().into_iter().map(|c| c.name).collect();
+            if names.is_empty() {
+                break;
+            }
+            for name in &names {
+                match self.registry().unload(name).await {
+                    Ok(()) | Err(CapsuleError::NotLoaded(_)) => {}
+                    Err(e) => tracing::debug!(capsule = %name, error = %e, "unload retried"),
+                }
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!("capsules still busy at shutdown: {names:?}");
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let _ = self
+            .note(
+                "kernel.shutdown",
+                "kernel://shutdown",
+                serde_json::json!({}),
+            )
+            .await;
+        if let Err(e) = self.parts().kv.close().await {
+            tracing::warn!(error = %e, "closing the KV store");
+        }
+    }
+}
+
+/// Copies the capsule folder `from` to `to` (created): regular files and folders only.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let dest = to.join(entry.file_name());
+        if kind.is_symlink() {
+            return Err(format!(
+                "{} is a symlink; capsules hold only files",
+                path.display()
+            ));
+        } else if kind.is_dir() {
+            copy_tree(&path, &dest)?;
+        } else if kind.is_file() {
+            std::fs::copy(&path, &dest).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(())
+}

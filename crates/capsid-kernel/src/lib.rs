@@ -1,0 +1,33 @@
+//! The capsid kernel: boots a home directory into a running runtime and keeps it running.
+//!
+//! [`Kernel::builder`] boots (see [`boot`](crate::boot) for the order): the audit log is
+//! verified first, the capsules are discovered, ordered by their `requires`, and loaded —
+//! those that need the network first — and a `capsules.loaded` event announces the end.
+//! A booted [`Kernel`] loads, unloads, reloads and installs capsules at run time, calls
+//! tools, publishes events, and shuts down cleanly. The [`daemon`] serves it on a Unix
+//! socket to the `capsid` CLI.
+//!
+//! Invariants:
+//! - a tampered audit log never boots silently: it is refused, or (by config) set aside
+//!   unmodified and reported as the first entry of a new log;
+//! - every operator action (install, publish) and every boot and shutdown is audited;
+//! - failed capsules are reloaded with doubling backoff up to a cap, never in a tight loop;
+//! - hot reload (dev mode only) reloads a capsule only when the blake3 of its manifest and
+//!   component changed;
+//! - shutdown unloads every capsule, which stops their persistent processes, and leaves no
+//!   daemon file behind.
+#![deny(missing_docs)]
+
+pub mod boot;
+mod config;
+pub mod daemon;
+mod error;
+mod kernel;
+mod monitor;
+mod watch;
+
+pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
+pub use config::{HealthConfig, KernelConfig, TamperPolicy};
+pub use error::KernelError;
+pub use kernel::{BootReport, Kernel, KernelStatus, SHUTDOWN_TOPIC};
+pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
