@@ -114,10 +114,18 @@ impl AuditLog {
 
     /// Stops accepting appends, lets the writer finish what is queued, and waits for it.
     pub async fn close(self) -> Result<(), AuditError> {
-        let Self { path, tx, writer } = self;
-        drop(tx);
-        let handle = writer.lock().map_or(None, |mut w| w.take());
+        self.shutdown().await
+    }
+
+    /// Like [`close`](Self::close) for a shared log: every append after it fails with
+    /// [`AuditError::WriterStopped`], and once it returns the writer lock is released (the
+    /// log may be opened again). Calling it twice is fine.
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        // A closed queue means a stop is already under way or done.
+        let _ = self.tx.send(Command::Stop).await;
+        let handle = self.writer.lock().map_or(None, |mut w| w.take());
         if let Some(handle) = handle {
+            let path = self.path.clone();
             tokio::task::spawn_blocking(move || handle.join())
                 .await
                 .map_err(|_| AuditError::WriterStopped(path.clone()))?

@@ -319,3 +319,8 @@ pub const SHUTDOWN_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::fr
 
 /// Largest `config.toml`, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Audit log reads (verify, tail, export) the daemon serves at once; more wait. Each opens
+/// the database, and SQLite keeps a closed reader's descriptor while the writer holds its
+/// locks, so unbounded concurrent reads would pile descriptors up.
+pub const DAEMON_AUDIT_READS_AT_ONCE: usize = 2;

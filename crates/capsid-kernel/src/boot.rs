@@ -33,9 +33,18 @@ pub struct KernelBuilder {
     home: Option<PathBuf>,
     workspace: Option<PathBuf>,
     config: Option<KernelConfig>,
+    bus: Option<EventBus>,
 }
 
 impl KernelBuilder {
+    /// The event bus (default: a new one). Giving one lets the embedding program subscribe
+    /// before boot, to the `capsules.loaded` event for one.
+    #[must_use]
+    pub fn bus(mut self, bus: EventBus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// The home directory (default: `$CAPSID_HOME`, else `~/.capsid`).
     #[must_use]
     pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
@@ -108,7 +117,7 @@ impl KernelBuilder {
             &home.compiled_cache_dir(),
             Arc::new(copy()),
         )?);
-        let bus = EventBus::new();
+        let bus = self.bus.unwrap_or_default();
         let services = HostServices {
             capabilities: capabilities.clone(),
             audit: audit.clone(),

@@ -356,21 +356,25 @@ impl Kernel {
 
     /// Shuts down: publishes `kernel.shutdown`, stops the monitors, unloads every capsule
     /// (retrying while calls in flight hold one up, for a bounded time; that stops their
-    /// persistent processes), records the shutdown and closes the KV store. Later calls
-    /// answer [`KernelError::ShuttingDown`]; calling it again does nothing.
+    /// persistent processes), records the shutdown, closes the KV store and stops the audit
+    /// writer (releasing the home for another kernel). Later calls answer
+    /// [`KernelError::ShuttingDown`]; calling it again does nothing.
     pub async fn shutdown(&self) {
         if self.inner.closing.swap(true, Ordering::AcqRel) {
             return;
         }
         let _ = self.bus().publish(SHUTDOWN_TOPIC, b"{}".to_vec(), None);
-        for task in self
+        let tasks: Vec<JoinHandle<()>> = self
             .inner
             .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
-        {
+            .collect();
+        for task in tasks {
             task.abort();
+            // Awaited, so no monitor holds the kernel (or reloads a capsule) past this point.
+            let _ = task.await;
         }
         let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
         loop {
@@ -399,6 +403,10 @@ impl Kernel {
             .await;
         if let Err(e) = self.parts().kv.close().await {
             tracing::warn!(error = %e, "closing the KV store");
+        }
+        // Everything recorded is durable; the writer stops and releases the log.
+        if let Err(e) = self.audit().shutdown().await {
+            tracing::warn!(error = %e, "closing the audit log");
         }
     }
 }

@@ -45,6 +45,8 @@ pub(crate) enum Command {
     },
     /// Trust a new key from now on.
     Rotate { key: KeyPair, reply: Reply },
+    /// Finish what is queued, accept nothing more, and stop (releasing the writer lock).
+    Stop,
 }
 
 /// The last entry of a chain.
@@ -137,6 +139,8 @@ fn run_stager(
                     );
                     rotate(&mut stager, path, key, reply, to_commit, resync);
                 }
+                // Commands already queued are still received (and served); new sends fail.
+                Command::Stop => rx.close(),
             }
         }
         send(&mut stager, path, appends, to_commit, resync);

@@ -146,6 +146,17 @@ async fn answer(shared: &Shared, method: &str, p: &Value) -> Answer {
 /// The audit, capability and identity methods.
 async fn answer_admin(shared: &Shared, method: &str, p: &Value) -> Answer {
     let kernel = &shared.kernel;
+    let _turn = if method.starts_with("audit.") {
+        Some(
+            shared
+                .audit_reads
+                .acquire()
+                .await
+                .map_err(|_| WireError::new("shutting-down", "the daemon is stopping"))?,
+        )
+    } else {
+        None
+    };
     match method {
         "audit.verify" => verify(shared).await,
         "audit.tail" => {

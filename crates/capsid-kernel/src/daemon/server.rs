@@ -7,8 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capsid_core::limits::{
-    DAEMON_DRAIN_TIMEOUT, DAEMON_HELLO_TIMEOUT, DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT,
-    MAX_DAEMON_CONNECTIONS, MAX_REQUESTS_PER_CONNECTION,
+    DAEMON_AUDIT_READS_AT_ONCE, DAEMON_DRAIN_TIMEOUT, DAEMON_HELLO_TIMEOUT,
+    DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT, MAX_DAEMON_CONNECTIONS,
+    MAX_REQUESTS_PER_CONNECTION,
 };
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub stop: watch::Sender<bool>,
     /// Requests being served, for the drain.
     pub in_flight: AtomicUsize,
+    /// Turns for audit log reads (`DAEMON_AUDIT_READS_AT_ONCE`).
+    pub audit_reads: Semaphore,
 }
 
 /// Serves `kernel` on the socket `files` prepared until SIGTERM, SIGINT or a `daemon.stop`
@@ -72,6 +75,7 @@ pub async fn serve(
         options,
         stop,
         in_flight: AtomicUsize::new(0),
+        audit_reads: Semaphore::new(DAEMON_AUDIT_READS_AT_ONCE),
     });
     files.mark_ready()?;
     tracing::info!(socket = %files.socket().display(), "capsid daemon ready");

@@ -1,0 +1,452 @@
+//! The real `capsid` binary driving a real daemon on a Unix socket: every command through
+//! a full lifecycle, one daemon per home with stale files cleared, and bad clients (no
+//! hello, wrong token or protocol, oversize, truncated and garbage frames, 500 connections
+//! at once, a client that stops reading) that cost only their own connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use capsid_integration_tests::capsules_dir;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+const CAPSID: &str = env!("CARGO_BIN_EXE_capsid");
+
+/// How long a test waits for anything (a loaded machine is slow; nothing is timed).
+const PATIENCE: Duration = Duration::from_mins(1);
+
+/// A home (0700) in a temporary folder, with a daemon stopped (or killed) on drop.
+struct Home {
+    _tmp: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl Home {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("home");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        Self { _tmp: tmp, path }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(CAPSID)
+            .arg("--home")
+            .arg(&self.path)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "capsid {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed {out:?}: {e}"))
+    }
+
+    fn run_file(&self, name: &str) -> PathBuf {
+        self.path.join("run").join(name)
+    }
+
+    fn pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.run_file("capsid.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.run_file("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.run_file("capsid.sock")
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        // A daemon served from this test process has removed its pid file by now; never
+        // signal ourselves.
+        if let Some(pid) = self
+            .pid()
+            .filter(|p| p.cast_unsigned() != std::process::id())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+fn fds_of(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+}
+
+/// The audit, capability and identity commands.
+fn audit_caps_and_identity(home: &Home) {
+    assert!(home.ok(&["audit", "verify"]).contains("verified"));
+    let tail = home.json(&["audit", "tail", "-n", "3"]);
+    assert_eq!(tail.as_array().unwrap().len(), 3);
+    let export = home.path.join("audit.jsonl");
+    home.ok(&["audit", "export", export.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&export).unwrap().lines().count() > 3);
+
+    let granted = home.ok(&[
+        "cap",
+        "grant",
+        "fs://workspace/shared/**",
+        "read",
+        "--capsule",
+        "hello",
+    ]);
+    let id = granted.trim().strip_prefix("granted ").unwrap().to_owned();
+    let caps = home.json(&["cap", "ls"]);
+    assert!(
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["revoked"] == false)
+    );
+    home.ok(&["cap", "revoke", &id]);
+    let caps = home.json(&["cap", "ls"]);
+    assert!(
+        caps.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["id"] == id.as_str() && c["revoked"] == true)
+    );
+    let bad = home.run(&["cap", "grant", "fs://workspace/x", "fly"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown permission"));
+
+    let who = home.json(&["who"]);
+    assert_eq!(who["users"][0]["name"], "root");
+    assert_eq!(who["links"][0]["platform"], "cli");
+}
+
+#[test]
+fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
+    let home = Home::new();
+    let started = home.ok(&["start", "--dev"]);
+    assert!(started.contains("ready"), "{started}");
+    let status = home.json(&["status"]);
+    assert_eq!(status["dev"], true);
+    assert_eq!(status["capsules"], 0);
+
+    let hello = capsules_dir().join("hello");
+    let runner = capsules_dir().join("runner");
+    home.ok(&["capsule", "install", hello.to_str().unwrap()]);
+    home.ok(&["capsule", "install", runner.to_str().unwrap()]);
+    let list = home.json(&["capsule", "ls"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["hello", "runner"]);
+    assert!(
+        home.ok(&["capsule", "ls"]).starts_with("NAME"),
+        "a human table"
+    );
+    let show = home.json(&["capsule", "show", "hello"]);
+    assert!(show["tools"].as_array().unwrap().contains(&json!("greet")));
+
+    let greeting = home.ok(&["call", "hello", "greet", "--input", r#"{"name":"cli"}"#]);
+    assert!(greeting.contains("Hello, cli!"), "{greeting}");
+    let input = home.path.join("input.json");
+    std::fs::write(&input, r#"{"name":"file"}"#).unwrap();
+    let from_file = home.ok(&[
+        "call",
+        "hello",
+        "greet",
+        "--input",
+        &format!("@{}", input.display()),
+    ]);
+    assert!(from_file.contains("Hello, file!"), "{from_file}");
+
+    let missing = home.run(&["call", "nosuch", "tool"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert!(
+        err.starts_with("capsid: ") && err.contains("nosuch"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+
+    let published = home.json(&["publish", "demo.topic", r#"{"a":1}"#]);
+    assert_eq!(published["dropped"], 0);
+
+    home.ok(&["call", "runner", "repl-start"]);
+    let ps = home.json(&["ps"]);
+    assert!(
+        ps.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "persistent" && p["capsule"] == "runner"),
+        "{ps}"
+    );
+    let logs = home.ok(&["logs", "hello"]);
+    assert!(logs.contains("greeting"), "{logs}");
+
+    audit_caps_and_identity(&home);
+
+    home.ok(&["capsule", "reload", "hello"]);
+    home.ok(&["capsule", "unload", "hello"]);
+    assert_eq!(home.json(&["capsule", "ls"]).as_array().unwrap().len(), 1);
+    home.ok(&["capsule", "load", "hello"]);
+
+    let pid = home.pid().unwrap();
+    assert!(home.ok(&["stop"]).contains("stopped"));
+    for f in ["capsid.sock", "token", "capsid.pid", "ready"] {
+        assert!(!home.run_file(f).exists(), "{f} was removed");
+    }
+    let begun = Instant::now();
+    while !gone(pid) && begun.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone(pid), "the daemon exited");
+    let after = home.run(&["status"]);
+    assert!(String::from_utf8_lossy(&after.stderr).contains("capsid start"));
+}
+
+#[test]
+fn one_daemon_per_home_and_a_dead_daemons_files_are_cleared() {
+    let home = Home::new();
+    home.ok(&["start"]);
+    let second = home.run(&["daemon"]);
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("already serves"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let pid = home.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let begun = Instant::now();
+    while !gone(pid) && begun.elapsed() < PATIENCE {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(home.socket().exists(), "a killed daemon leaves its socket");
+    home.ok(&["start"]);
+    assert_ne!(home.pid(), Some(pid));
+    assert_eq!(home.json(&["status"])["capsules"], 0);
+    home.ok(&["stop"]);
+}
+
+async fn frame(stream: &mut UnixStream, body: &[u8]) {
+    let mut f = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    stream.write_all(&f).await.unwrap();
+}
+
+/// The next frame, or `None` at end of stream.
+async fn next(stream: &mut UnixStream) -> Option<Value> {
+    let mut len = [0u8; 4];
+    tokio::time::timeout(PATIENCE, stream.read_exact(&mut len))
+        .await
+        .expect("an answer in time")
+        .ok()?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(serde_json::from_slice(&body).unwrap())
+}
+
+fn hello(token: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "protocol": 1, "token": token, "fingerprint": "" })).unwrap()
+}
+
+async fn welcomed(home: &Home) -> UnixStream {
+    let mut s = UnixStream::connect(home.socket()).await.unwrap();
+    frame(&mut s, &hello(&home.token())).await;
+    let welcome = next(&mut s).await.unwrap();
+    assert!(welcome["error"].is_null(), "{welcome}");
+    s
+}
+
+async fn status_works(home: &Home) {
+    let mut s = welcomed(home).await;
+    frame(&mut s, br#"{"id":7,"method":"status"}"#).await;
+    let answer = next(&mut s).await.unwrap();
+    assert_eq!(answer["id"], 7);
+    assert!(answer["result"]["pid"].is_number(), "{answer}");
+}
+
+async fn refused_with(mut s: UnixStream, code: &str) {
+    let answer = next(&mut s).await.expect("an error frame");
+    assert_eq!(answer["error"]["code"], code, "{answer}");
+    assert!(next(&mut s).await.is_none(), "then the connection closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_clients_cost_only_their_own_connection() {
+    let home = Home::new();
+    home.ok(&["start"]);
+    let pid = home.pid().unwrap();
+    status_works(&home).await;
+    let baseline = fds_of(pid);
+
+    // A client that stops reading: it queues big answers and never takes them.
+    let mut stalled = welcomed(&home).await;
+    for id in 0..2_000 {
+        let request = json!({ "id": id, "method": "audit.tail", "params": { "n": 1000 } });
+        if tokio::time::timeout(
+            Duration::from_millis(200),
+            frame(&mut stalled, request.to_string().as_bytes()),
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+
+    // No hello at all: dropped after the hello timeout.
+    let silent = UnixStream::connect(home.socket()).await.unwrap();
+    let silent = tokio::spawn(refused_with(silent, "bad-request"));
+
+    let mut wrong = UnixStream::connect(home.socket()).await.unwrap();
+    frame(&mut wrong, &hello("not-the-token")).await;
+    refused_with(wrong, "unauthorized").await;
+
+    let mut old = UnixStream::connect(home.socket()).await.unwrap();
+    let speak = json!({ "protocol": 99, "token": home.token(), "fingerprint": "" });
+    frame(&mut old, speak.to_string().as_bytes()).await;
+    refused_with(old, "protocol").await;
+
+    let mut not_hello = UnixStream::connect(home.socket()).await.unwrap();
+    frame(&mut not_hello, b"garbage").await;
+    refused_with(not_hello, "bad-request").await;
+
+    // Over the cap: answered, never read.
+    let mut big = welcomed(&home).await;
+    big.write_all(&(9u32 << 20).to_be_bytes()).await.unwrap();
+    refused_with(big, "too-large").await;
+
+    let mut cut = welcomed(&home).await;
+    cut.write_all(&[0, 0, 0, 50, b'{']).await.unwrap();
+    cut.shutdown().await.unwrap();
+    refused_with(cut, "bad-frame").await;
+
+    // Garbage JSON in a frame is answered and the connection goes on.
+    let mut garbled = welcomed(&home).await;
+    frame(&mut garbled, b"{not json").await;
+    let answer = next(&mut garbled).await.unwrap();
+    assert_eq!(answer["error"]["code"], "bad-request");
+    frame(&mut garbled, br#"{"id":1,"method":"no.such"}"#).await;
+    assert_eq!(
+        next(&mut garbled).await.unwrap()["error"]["code"],
+        "unknown-method"
+    );
+    frame(&mut garbled, br#"{"id":2,"method":"status"}"#).await;
+    assert_eq!(next(&mut garbled).await.unwrap()["id"], 2);
+    drop(garbled);
+
+    // 500 clients at once, all served, while the stalled one still holds its connection.
+    let clients: Vec<_> = (0..500)
+        .map(|_| {
+            let socket = home.socket();
+            let token = home.token();
+            tokio::spawn(async move {
+                let mut s = UnixStream::connect(socket).await.unwrap();
+                frame(&mut s, &hello(&token)).await;
+                next(&mut s).await.unwrap();
+                frame(&mut s, br#"{"id":1,"method":"status"}"#).await;
+                next(&mut s).await.unwrap()["id"] == 1
+            })
+        })
+        .collect();
+    for c in clients {
+        assert!(c.await.unwrap(), "every client was served");
+    }
+    silent.await.unwrap();
+    drop(stalled);
+    status_works(&home).await;
+
+    // Everything those clients opened is closed again.
+    let begun = Instant::now();
+    while fds_of(pid) > baseline + 2 && begun.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        fds_of(pid) <= baseline + 2,
+        "{} descriptors, {baseline} before: {open:?}",
+        fds_of(pid)
+    );
+    home.ok(&["stop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_uid_is_refused_and_a_changed_config_is_reported() {
+    let home = Home::new();
+    home.ok(&["start"]);
+    // The CLI notices that the config it reads is not the one the daemon booted with.
+    std::fs::write(home.path.join("config.toml"), "boot_timeout_ms = 1234\n").unwrap();
+    let out = home.run(&["status"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("different config"));
+    home.ok(&["stop"]);
+
+    // Another uid, simulated by a daemon that allows only a different one.
+    let other = Home::new();
+    let files = capsid_kernel::daemon::RunFiles::acquire(&capsid_core::CapsidHome::at(&other.path))
+        .unwrap();
+    let kernel = capsid_kernel::Kernel::builder()
+        .home(&other.path)
+        .build()
+        .await
+        .unwrap();
+    let options = capsid_kernel::daemon::DaemonOptions {
+        allowed_uid: nix::unistd::getuid().as_raw() + 1,
+        ..Default::default()
+    };
+    let socket = other.socket();
+    let server = tokio::spawn(capsid_kernel::daemon::serve(kernel, files, options));
+    let begun = Instant::now();
+    while !socket.exists() && begun.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Refused before its hello is even read.
+    let s = UnixStream::connect(&socket).await.unwrap();
+    refused_with(s, "unauthorized").await;
+    server.abort();
+    let _ = server.await;
+}

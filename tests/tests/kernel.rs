@@ -1,0 +1,320 @@
+//! The kernel as a library: boot over a real home (SurrealKV, audit log, overlay), the
+//! `capsules.loaded` event, a tampered audit log refused or quarantined, install, failed
+//! capsules reloaded with backoff up to a cap, hot reload only on a real change, shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use capsid_capsule::CapsuleState;
+use capsid_events::EventBus;
+use capsid_integration_tests::{capsules_dir, copy_capsule, id};
+use capsid_kernel::{
+    CAPSULES_LOADED_TOPIC, HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC, HealthConfig, Kernel,
+    KernelConfig, KernelError, TamperPolicy,
+};
+use serde_json::Value;
+
+/// A home (0700, as the kernel requires of a folder holding keys) in a temporary folder.
+struct TestHome {
+    _tmp: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl TestHome {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("home");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        Self { _tmp: tmp, path }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn dev_config() -> KernelConfig {
+    KernelConfig {
+        dev: true,
+        hot_reload: false,
+        ..KernelConfig::default()
+    }
+}
+
+async fn boot(home: &Path, config: KernelConfig) -> Kernel {
+    Kernel::builder()
+        .home(home)
+        .config(config)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("boot: {e}"))
+}
+
+fn install_copy(home: &Path, name: &str) {
+    let capsules = home.join("capsules");
+    std::fs::create_dir_all(&capsules).unwrap();
+    copy_capsule(name, &capsules);
+}
+
+/// Audit actions recorded so far, in order.
+fn actions(kernel: &Kernel) -> Vec<String> {
+    capsid_audit::tail(kernel.audit().path(), 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..3_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_loads_installed_capsules_and_announces_it() {
+    let home = TestHome::new();
+    for name in ["hello", "counter"] {
+        install_copy(home.path(), name);
+    }
+    let bus = EventBus::new();
+    let mut loaded = bus.subscribe(CAPSULES_LOADED_TOPIC, 4).unwrap();
+    let kernel = Kernel::builder()
+        .home(home.path())
+        .config(dev_config())
+        .bus(bus)
+        .build()
+        .await
+        .unwrap();
+    let event = loaded.try_recv().expect("capsules.loaded was published");
+    let report: Value = serde_json::from_slice(&event.payload).unwrap();
+    let mut names: Vec<&str> = report["loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["counter", "hello"]);
+    let out = kernel
+        .call_tool(&id("hello"), "greet", r#"{"name":"kernel"}"#)
+        .await
+        .unwrap();
+    assert!(out.contains("kernel"), "{out}");
+    let status = kernel.status();
+    assert_eq!((status.capsules, status.ready), (2, 2));
+    assert!(actions(&kernel).contains(&"kernel.boot".to_owned()));
+    kernel.shutdown().await;
+    assert!(matches!(
+        kernel.call_tool(&id("hello"), "greet", "{}").await,
+        Err(KernelError::ShuttingDown)
+    ));
+    assert!(kernel.capsules().is_empty(), "shutdown unloaded everything");
+    assert!(actions(&kernel).ends_with(&["kernel.shutdown".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dev_trust_capsules_get_nothing_they_were_not_granted() {
+    let home = TestHome::new();
+    install_copy(home.path(), "counter");
+    let kernel = boot(home.path(), KernelConfig::default()).await;
+    // counter's kv access was never granted by an operator.
+    let err = kernel
+        .call_tool(&id("counter"), "increment", "{}")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("denied"), "{err}");
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_audit_log_is_refused_or_quarantined_never_ignored() {
+    let home = TestHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    let db = kernel.audit().path().to_owned();
+    kernel.shutdown().await;
+    drop(kernel);
+    // Rewrite a recorded action behind the log's back.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    let refused = Kernel::builder()
+        .home(home.path())
+        .config(dev_config())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            KernelError::Audit(capsid_audit::AuditError::Tampered { .. })
+        ),
+        "{refused}"
+    );
+
+    let quarantine = KernelConfig {
+        audit_tamper: TamperPolicy::Quarantine,
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), quarantine).await;
+    let kept: Vec<_> = std::fs::read_dir(db.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tampered-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the tampered log is kept aside");
+    let still_tampered = capsid_audit::verify_database(kept[0].path()).unwrap();
+    assert!(!still_tampered.is_valid(), "and kept exactly as found");
+    let rows = capsid_audit::tail(kernel.audit().path(), 100).unwrap();
+    let report = rows.iter().find(|r| r.action == "audit.tampered").unwrap();
+    assert!(report.details.contains("tampered-"), "{}", report.details);
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_validates_first_and_refuses_a_loaded_name() {
+    let home = TestHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    let staging = tempfile::tempdir().unwrap();
+    let broken = staging.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("Capsule.toml"),
+        "[package]\nname = \"Broken!\"\n",
+    )
+    .unwrap();
+    let err = kernel.install(&broken).await.unwrap_err();
+    assert!(err.to_string().contains("Capsule.toml"), "{err}");
+    assert!(!home.path().join("capsules").join("broken").exists());
+
+    let info = kernel.install(&capsules_dir().join("hello")).await.unwrap();
+    assert_eq!(info.state, CapsuleState::Ready);
+    assert!(home.path().join("capsules/hello/hello.wasm").is_file());
+    let again = kernel
+        .install(&capsules_dir().join("hello"))
+        .await
+        .unwrap_err();
+    assert!(again.to_string().contains("unload it first"), "{again}");
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
+    let home = TestHome::new();
+    install_copy(home.path(), "spin");
+    let config = KernelConfig {
+        health: HealthConfig {
+            enabled: true,
+            restart_initial_ms: 20,
+            restart_max_ms: 80,
+            max_attempts: 2,
+        },
+        ..dev_config()
+    };
+    let bus = EventBus::new();
+    let mut failed = bus.subscribe(HEALTH_FAILED_TOPIC, 64).unwrap();
+    let mut gave_up = bus.subscribe(HEALTH_GAVE_UP_TOPIC, 4).unwrap();
+    let kernel = Kernel::builder()
+        .home(home.path())
+        .config(config)
+        .bus(bus)
+        .build()
+        .await
+        .unwrap();
+    // A deadline trap fails the capsule; the monitor reloads it.
+    let _ = kernel.call_tool(&id("spin"), "spin", "{}").await;
+    let state = |k: &Kernel| k.registry().info(&id("spin")).unwrap().state;
+    assert!(matches!(state(&kernel), CapsuleState::Failed(_)));
+    until("spin is reloaded", || state(&kernel) == CapsuleState::Ready).await;
+    let first = failed.recv().await.unwrap();
+    assert!(String::from_utf8_lossy(&first.payload).contains("\"spin\""));
+
+    // Its component now fails to load: each reload fails, until the cap.
+    std::fs::write(home.path().join("capsules/spin/spin.wasm"), b"not wasm").unwrap();
+    let _ = kernel.call_tool(&id("spin"), "spin", "{}").await;
+    let gave = tokio::time::timeout(Duration::from_mins(1), gave_up.recv())
+        .await
+        .expect("the monitor gives up")
+        .unwrap();
+    let payload: Value = serde_json::from_slice(&gave.payload).unwrap();
+    assert_eq!(payload["attempts"], 2);
+    assert!(matches!(state(&kernel), CapsuleState::Failed(_)));
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_reloads_only_when_the_files_really_change() {
+    let home = TestHome::new();
+    install_copy(home.path(), "hello");
+    let config = KernelConfig {
+        hot_reload: true,
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), config).await;
+    let loads = |k: &Kernel| {
+        actions(k)
+            .iter()
+            .filter(|a| a.as_str() == "capsule.load")
+            .count()
+    };
+    assert_eq!(loads(&kernel), 1);
+    let manifest = home.path().join("capsules/hello/Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    // The same bytes written again, and a stray file: nothing really changed.
+    std::fs::write(&manifest, &text).unwrap();
+    std::fs::write(home.path().join("capsules/hello/notes.txt"), "x").unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(loads(&kernel), 1, "no reload without a real change");
+    std::fs::write(
+        &manifest,
+        text.replace("description = \"", "description = \"Edited: "),
+    )
+    .unwrap();
+    until("the edited capsule is reloaded", || loads(&kernel) == 2).await;
+    until("it is ready again", || {
+        kernel.registry().info(&id("hello")).map(|i| i.state) == Some(CapsuleState::Ready)
+    })
+    .await;
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_persistent_processes_of_every_capsule() {
+    let home = TestHome::new();
+    install_copy(home.path(), "runner");
+    let kernel = boot(home.path(), dev_config()).await;
+    let out = kernel
+        .call_tool(&id("runner"), "repl-start", "{}")
+        .await
+        .unwrap();
+    assert!(out.contains("\"id\""), "{out}");
+    let pids: Vec<u32> = kernel
+        .registry()
+        .processes()
+        .list_all()
+        .iter()
+        .map(|(_, s)| s.pid)
+        .collect();
+    assert_eq!(pids.len(), 1);
+    kernel.shutdown().await;
+    assert!(kernel.registry().processes().list_all().is_empty());
+    let pid = pids[0];
+    until("the repl is gone", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
+    })
+    .await;
+}
