@@ -3,8 +3,8 @@
 //! ```text
 //! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
 //! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/
-//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process); tables and JSON in target/capsid-bench/
-//! cargo xtask run              start capsid (the kernel is not wired yet)
+//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel); tables and JSON in target/capsid-bench/
+//! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process"];
+const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process", "kernel"];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
 const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];
@@ -28,10 +28,7 @@ fn main() -> Result<()> {
         Some("test") => test(&root),
         Some("build-capsules") => build_capsules(&root).map(|_| ()),
         Some("bench") => bench(&root, args.get(1).map(String::as_str)),
-        Some("run") => {
-            println!("capsid: not yet wired — the kernel and daemon land with the kernel issue.");
-            Ok(())
-        }
+        Some("run") => run(&root),
         Some("help" | "--help" | "-h") | None => {
             print!("{}", usage());
             Ok(())
@@ -102,6 +99,63 @@ fn cargo_capsules(root: &Path, command: &str, args: &[&str]) -> Result<()> {
 /// Where the capsules workspace builds (apart from the host's, since it is another target).
 fn wasm_target_dir(root: &Path) -> PathBuf {
     root.join("target").join("wasm")
+}
+
+/// `cargo xtask run`: builds the capsules and the `capsid` binary, installs the samples into a
+/// dev home under `target/` (dev trust: they get what they request), and becomes the daemon
+/// in the foreground — so Ctrl-C reaches it, and it drains and stops cleanly.
+fn run(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let built = build_capsules(root)?;
+    cargo(root, &["build", "--locked", "--package", "capsid-cli"])?;
+    let home = root.join("target").join("dev-home");
+    let capsules = home.join("capsules");
+    std::fs::create_dir_all(&capsules)
+        .with_context(|| format!("cannot create {}", capsules.display()))?;
+    // The home holds the runtime key: capsid refuses a home others can read.
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", home.display()))?;
+    let samples_dir = root.join("capsules").join("samples");
+    let mut samples = Vec::new();
+    for entry in std::fs::read_dir(&samples_dir)
+        .with_context(|| format!("cannot list {}", samples_dir.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let (from, to) = (built.join(&name), capsules.join(&name));
+        if !from.join("Capsule.toml").is_file() {
+            continue;
+        }
+        std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+        for file in std::fs::read_dir(&from)? {
+            let file = file?;
+            std::fs::copy(file.path(), to.join(file.file_name()))
+                .with_context(|| format!("cannot copy {}", file.path().display()))?;
+        }
+        samples.push(name);
+    }
+    samples.sort();
+    let capsid = root.join("target").join("debug").join("capsid");
+    let h = home.display();
+    println!("capsid dev home: {h} (samples: {})", samples.join(", "));
+    println!("once it says \"ready\", in another terminal try:");
+    println!("  {} --home {h} capsule ls", capsid.display());
+    println!(
+        "  {} --home {h} call hello greet --input '{{\"name\":\"you\"}}'",
+        capsid.display()
+    );
+    println!("  {} --home {h} call counter increment", capsid.display());
+    println!("  {} --home {h} audit tail", capsid.display());
+    println!(
+        "edit and rebuild a capsule (cargo xtask build-capsules, then copy it into the home) and it reloads; Ctrl-C stops capsid."
+    );
+    let err = Command::new(&capsid)
+        .arg("--home")
+        .arg(&home)
+        .args(["daemon", "--dev"])
+        .exec();
+    Err(err).with_context(|| format!("cannot start {}", capsid.display()))
 }
 
 fn build_capsules(root: &Path) -> Result<PathBuf> {

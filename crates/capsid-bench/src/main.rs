@@ -4,6 +4,7 @@
 
 mod audit;
 mod capsule;
+mod kernel;
 mod process;
 mod report;
 mod storage;
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
         "storage" => storage::run()?,
         "capsule" => capsule::run()?,
         "process" => process::run()?,
+        "kernel" => kernel::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);
