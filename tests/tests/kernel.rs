@@ -201,6 +201,22 @@ async fn install_validates_first_and_refuses_a_loaded_name() {
     assert!(err.to_string().contains("Capsule.toml"), "{err}");
     assert!(!home.path().join("capsules").join("broken").exists());
 
+    // A manifest that is a symlink (here to a device that never ends) or a FIFO (which
+    // would block a reader forever) is refused at once.
+    let linked = staging.path().join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", linked.join("Capsule.toml")).unwrap();
+    let err = kernel.install(&linked).await.unwrap_err();
+    assert!(err.to_string().contains("Capsule.toml"), "{err}");
+    let piped = staging.path().join("piped");
+    std::fs::create_dir_all(&piped).unwrap();
+    nix::unistd::mkfifo(&piped.join("Capsule.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), kernel.install(&piped))
+        .await
+        .expect("a FIFO manifest does not block")
+        .unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+
     let info = kernel.install(&capsules_dir().join("hello")).await.unwrap();
     assert_eq!(info.state, CapsuleState::Ready);
     assert!(home.path().join("capsules/hello/hello.wasm").is_file());
@@ -317,4 +333,68 @@ async fn shutdown_stops_the_persistent_processes_of_every_capsule() {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
+    let home = TestHome::new();
+    install_copy(home.path(), "hello");
+    let config = KernelConfig {
+        idle_timeout_ms: Some(200),
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), config).await;
+    kernel
+        .call_tool(&id("hello"), "greet", r#"{"name":"a"}"#)
+        .await
+        .unwrap();
+    until("hello is unloaded while idle", || {
+        kernel.registry().info(&id("hello")).is_none()
+    })
+    .await;
+    assert!(actions(&kernel).contains(&"capsule.idle-unload".to_owned()));
+    let out = kernel
+        .call_tool(&id("hello"), "greet", r#"{"name":"b"}"#)
+        .await
+        .unwrap();
+    assert!(out.contains("Hello, b!"), "{out}");
+    // An explicit unload is not undone by a call.
+    kernel.unload(&id("hello")).await.unwrap();
+    assert!(kernel.call_tool(&id("hello"), "greet", "{}").await.is_err());
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_with_a_missing_requirement_fails_alone_and_kernel_topics_are_reserved() {
+    let home = TestHome::new();
+    install_copy(home.path(), "hello");
+    install_copy(home.path(), "echo");
+    let echo_manifest = home.path().join("capsules/echo/Capsule.toml");
+    let text = std::fs::read_to_string(&echo_manifest).unwrap();
+    std::fs::write(
+        &echo_manifest,
+        format!("{text}\n[dependencies]\nrequires = [\"absent\"]\n"),
+    )
+    .unwrap();
+    let kernel = boot(home.path(), dev_config()).await;
+    let status = kernel.status();
+    assert_eq!(status.boot.loaded, ["hello"]);
+    assert!(
+        status
+            .boot
+            .failed
+            .iter()
+            .any(|(name, why)| name == "echo" && why.contains("absent")),
+        "{:?}",
+        status.boot.failed
+    );
+    for topic in ["kernel.shutdown", "health.failed", "capsules.loaded"] {
+        let err = kernel.publish(topic, b"{}".to_vec()).await.unwrap_err();
+        assert!(matches!(err, KernelError::ReservedTopic { .. }), "{err}");
+    }
+    kernel
+        .publish("people.arrived", b"{}".to_vec())
+        .await
+        .unwrap();
+    kernel.shutdown().await;
 }

@@ -8,6 +8,7 @@
 
 use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde_json::{Value, json};
@@ -30,6 +31,17 @@ fn text(bytes: &[u8]) -> Value {
 /// Exports the log at `db` read-only — tampered or not, for forensics — to `out` (created,
 /// never overwritten). Returns the number of entries written.
 pub fn export_database(db: &Path, out: &Path) -> Result<u64, AuditError> {
+    let existed = out.symlink_metadata().is_ok();
+    let written = write_export(db, out);
+    // A partial export is worse than none (it would verify as a shorter, valid log); a file
+    // that was there before is never ours to remove (`create_new` refused it).
+    if written.is_err() && !existed {
+        let _ = std::fs::remove_file(out);
+    }
+    written
+}
+
+fn write_export(db: &Path, out: &Path) -> Result<u64, AuditError> {
     let conn = schema::open_ro(db)?;
     let snap = store::read_snapshot(&conn, db)?;
     let io = |source| AuditError::ExportIo {
@@ -39,6 +51,8 @@ pub fn export_database(db: &Path, out: &Path) -> Result<u64, AuditError> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
+        // An export is the whole log: readable by its owner only.
+        .mode(0o600)
         .open(out)
         .map_err(io)?;
     let mut w = BufWriter::new(file);

@@ -127,6 +127,8 @@ pub struct LoadedCapsule {
     permits: Semaphore,
     state: RwLock<CapsuleState>,
     pub(crate) dispatchers: Mutex<Vec<JoinHandle<()>>>,
+    /// When its last call (tool or event) ended, or when it loaded.
+    last_used: Mutex<std::time::Instant>,
 }
 
 impl std::fmt::Debug for LoadedCapsule {
@@ -161,6 +163,21 @@ impl LoadedCapsule {
             permits,
             state: RwLock::new(CapsuleState::Loading),
             dispatchers: Mutex::default(),
+            last_used: Mutex::new(std::time::Instant::now()),
+        }
+    }
+
+    /// How long no call has run: `None` while one is running.
+    pub fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.permits.available_permits() < self.manifest.limits.max_instances as usize {
+            return None;
+        }
+        self.last_used.lock().ok().map(|t| t.elapsed())
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = std::time::Instant::now();
         }
     }
 
@@ -308,7 +325,9 @@ impl LoadedCapsule {
                 Err(e) => return Err(self.fail_if_fatal(e).await),
             },
         };
-        match self.run(&mut warm, &call).await {
+        let ran = self.run(&mut warm, &call).await;
+        self.touch();
+        match ran {
             Err(e) if e.is_fatal() => Err(self.fail_if_fatal(e).await),
             result => {
                 if self.state() == CapsuleState::Ready

@@ -214,6 +214,25 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     );
     let logs = home.ok(&["logs", "hello"]);
     assert!(logs.contains("greeting"), "{logs}");
+    // Following streams what is there, then new lines as they come.
+    let mut follow = Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["logs", "hello", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert!(lines.next().unwrap().unwrap().contains("greeting"));
+    home.ok(&["call", "hello", "greet", "--input", r#"{"name":"later"}"#]);
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("later"))),
+        "the new line streamed"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    let reserved = home.run(&["publish", "kernel.shutdown", "{}"]);
+    assert!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"));
 
     audit_caps_and_identity(&home);
 

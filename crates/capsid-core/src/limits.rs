@@ -324,3 +324,18 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 /// the database, and SQLite keeps a closed reader's descriptor while the writer holds its
 /// locks, so unbounded concurrent reads would pile descriptors up.
 pub const DAEMON_AUDIT_READS_AT_ONCE: usize = 2;
+
+/// Largest hello frame, in bytes (a hello is a version, a token and a fingerprint).
+pub const MAX_HELLO_BYTES: usize = 4096;
+
+/// How long the body of a frame may take to arrive once its length has (idle connections
+/// are fine; a frame trickled in is not).
+pub const DAEMON_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Request bytes the daemon holds at once across all connections (read and not yet
+/// answered); a connection whose next frame does not fit waits before reading it.
+pub const MAX_DAEMON_BUFFERED_BYTES: usize = 256 << 20;
+
+/// Descriptors the daemon keeps free for the kernel (stores, capsules, children) when it
+/// sizes its connection cap to the open-file limit.
+pub const DAEMON_FD_RESERVE: u64 = 256;

@@ -78,6 +78,10 @@ impl KernelBuilder {
             Some(c) => c,
             None => KernelConfig::load(&home.config_path())?,
         };
+        config.validate().map_err(|message| KernelError::Config {
+            path: home.config_path(),
+            message,
+        })?;
         let workspace = self
             .workspace
             .or_else(|| config.workspace.clone())
@@ -195,13 +199,7 @@ async fn open_audit(
         }
         Err(e) => return Err(e.into()),
     };
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let mut aside = path.clone().into_os_string();
-    aside.push(format!(".tampered-{stamp}"));
-    let aside = PathBuf::from(aside);
-    std::fs::rename(&path, &aside).map_err(io(&path))?;
+    let aside = set_aside(&path)?;
     tracing::error!(
         log = %path.display(),
         kept = %aside.display(),
@@ -222,6 +220,41 @@ async fn open_audit(
     let key = KeyPair::from_secret_bytes(&secret);
     let log = blocking(move || AuditLog::open(&path, key)).await??;
     Ok((log, Some(details)))
+}
+
+/// Moves a tampered log (and its SQLite side files) to `<log>.tampered-<ns>[-n]`, never over
+/// an earlier one; returns where the log went.
+fn set_aside(path: &std::path::Path) -> Result<PathBuf, KernelError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let named = |n: u32, suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".tampered-{stamp}"));
+        if n > 0 {
+            p.push(format!("-{n}"));
+        }
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    let n = (0..1000)
+        .find(|n| !named(*n, "").exists())
+        .ok_or_else(|| KernelError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other("too many tampered logs kept aside"),
+        })?;
+    let aside = named(n, "");
+    std::fs::hard_link(path, &aside).map_err(io(&aside))?;
+    std::fs::remove_file(path).map_err(io(path))?;
+    for side in ["-wal", "-shm"] {
+        let mut from = path.as_os_str().to_owned();
+        from.push(side);
+        let from = PathBuf::from(from);
+        if from.exists() {
+            std::fs::rename(&from, named(n, side)).map_err(io(&from))?;
+        }
+    }
+    Ok(aside)
 }
 
 /// Becomes the reaper of capsule children's orphans and kills what a host that died without
@@ -260,17 +293,44 @@ async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
         tracing::error!(error = %e, "capsule not loaded");
         report.failed.push((String::new(), e.to_string()));
     }
-    let order = load_order(&found.manifests)?;
-    let by_name = |name: &CapsuleId| found.manifests.iter().find(|m| &m.name == name);
-    let first = uplink_closure(&found.manifests);
+    let mut manifests = found.manifests;
+    // A capsule whose requirements cannot be met fails alone; the rest still boot.
+    let order = loop {
+        match load_order(&manifests) {
+            Ok(order) => break order,
+            Err(e) => {
+                let culprits: Vec<CapsuleId> = match &e {
+                    capsid_capsule::DependencyError::Missing { capsule, .. } => {
+                        vec![capsule.clone()]
+                    }
+                    capsid_capsule::DependencyError::Cycle { cycle } => cycle.clone(),
+                };
+                tracing::error!(error = %e, "capsules not loaded");
+                for c in &culprits {
+                    report.failed.push((c.to_string(), e.to_string()));
+                }
+                let before = manifests.len();
+                manifests.retain(|m| !culprits.contains(&m.name));
+                if manifests.len() == before {
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let by_name = |name: &CapsuleId| manifests.iter().find(|m| &m.name == name);
+    let first = uplink_closure(&manifests);
     let timeout = Duration::from_millis(kernel.config().boot_timeout_ms);
     for phase in [true, false] {
         let names: Vec<&CapsuleId> = order
             .iter()
             .filter(|n| first.contains(*n) == phase)
             .collect();
+        let attempted = std::sync::Mutex::new(Vec::new());
         let load = async {
-            for name in names {
+            for name in names.iter().copied() {
+                if let Ok(mut a) = attempted.lock() {
+                    a.push(name.clone());
+                }
                 let Some(manifest) = by_name(name) else {
                     continue;
                 };
@@ -291,6 +351,18 @@ async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
         if tokio::time::timeout(timeout, load).await.is_err() {
             report.timed_out = true;
             tracing::error!(?timeout, "capsules were not ready within the boot timeout");
+            let attempted = attempted.into_inner().unwrap_or_default();
+            for name in names
+                .iter()
+                .filter(|n| !report.loaded.contains(&n.to_string()))
+            {
+                let why = if attempted.contains(name) {
+                    "still loading at the boot timeout (cancelled)"
+                } else {
+                    "not loaded: the boot timeout passed first"
+                };
+                report.failed.push((name.to_string(), why.into()));
+            }
         }
     }
     Ok(report)

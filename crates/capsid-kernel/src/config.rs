@@ -65,6 +65,9 @@ pub struct KernelConfig {
     pub audit_tamper: TamperPolicy,
     /// Reloading failed capsules.
     pub health: HealthConfig,
+    /// Unload a capsule no call has used for this long, in ms (off when absent). It loads
+    /// again, transparently, at its next tool call; it receives no events meanwhile.
+    pub idle_timeout_ms: Option<u64>,
     /// Hot reload in dev mode (on by default; ignored outside dev mode).
     pub hot_reload: bool,
 }
@@ -77,6 +80,7 @@ impl Default for KernelConfig {
             boot_timeout_ms: DEFAULT_BOOT_TIMEOUT_MS,
             audit_tamper: TamperPolicy::Refuse,
             health: HealthConfig::default(),
+            idle_timeout_ms: None,
             hot_reload: true,
         }
     }
@@ -104,14 +108,28 @@ impl KernelConfig {
     /// Parses `config.toml` text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
-        if config.health.restart_initial_ms == 0
-            || config.health.restart_max_ms < config.health.restart_initial_ms
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values serde cannot: boot checks a config given in code the same way.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.idle_timeout_ms == Some(0) {
+            return Err(
+                "idle_timeout_ms must be at least 1 (leave it out to keep capsules loaded)".into(),
+            );
+        }
+        if self.boot_timeout_ms == 0 {
+            return Err("boot_timeout_ms must be at least 1".into());
+        }
+        if self.health.restart_initial_ms == 0
+            || self.health.restart_max_ms < self.health.restart_initial_ms
         {
             return Err(
                 "health: restart_initial_ms must be at least 1 and at most restart_max_ms".into(),
             );
         }
-        Ok(config)
+        Ok(())
     }
 
     /// A short, stable digest of the parsed configuration (32 hex characters).

@@ -65,6 +65,16 @@ pub enum KernelError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The topic is the kernel's own.
+    #[error(
+        "topic {topic} is reserved for the kernel (no operator event may start with {prefix:?})"
+    )]
+    ReservedTopic {
+        /// The topic.
+        topic: String,
+        /// The reserved prefix it starts with.
+        prefix: &'static str,
+    },
     /// The kernel is shutting down.
     #[error("the kernel is shutting down")]
     ShuttingDown,

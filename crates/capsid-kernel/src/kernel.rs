@@ -19,10 +19,14 @@ use tokio::task::JoinHandle;
 
 use crate::boot::KernelBuilder;
 use crate::config::KernelConfig;
-use crate::error::{KernelError, io};
+use crate::error::KernelError;
 
 /// Topic of the event published when shutdown begins.
 pub const SHUTDOWN_TOPIC: &str = "kernel.shutdown";
+
+/// Topic prefixes only the kernel publishes on: an operator's event could otherwise pass
+/// for the kernel's (`kernel.shutdown`, `health.failed`, `capsules.loaded`).
+pub const RESERVED_TOPIC_PREFIXES: &[&str] = &["kernel.", "health.", "capsules."];
 
 /// What boot loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -86,6 +90,15 @@ struct Inner {
     boot: Mutex<BootReport>,
     closing: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Capsules the idle monitor unloaded: loaded again at their next call.
+    idled: Mutex<std::collections::HashSet<CapsuleId>>,
+    /// Serialises waking idle capsules, so concurrent calls load one once.
+    waking: tokio::sync::Mutex<()>,
+    /// Serialises installs.
+    installing: tokio::sync::Mutex<()>,
+    /// The source hash (manifest + component) each capsule was loaded from, in dev mode:
+    /// what hot reload compares a change with.
+    sources: Mutex<std::collections::HashMap<CapsuleId, [u8; 32]>>,
 }
 
 /// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
@@ -119,6 +132,10 @@ impl Kernel {
                 boot: Mutex::default(),
                 closing: AtomicBool::new(false),
                 tasks: Mutex::default(),
+                idled: Mutex::default(),
+                waking: tokio::sync::Mutex::new(()),
+                installing: tokio::sync::Mutex::new(()),
+                sources: Mutex::default(),
             }),
         }
     }
@@ -256,35 +273,109 @@ impl Kernel {
 
     pub(crate) async fn load_dir(&self, dir: &Path) -> Result<CapsuleInfo, KernelError> {
         self.open()?;
-        Ok(self.registry().load(dir, self.config().trust()).await?)
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| CapsuleId::new(n).ok());
+        if let Some(name) = &name {
+            self.idled().remove(name);
+        }
+        // Hashed before the load: a change made while it loads is then seen as one.
+        let source = if self.config().dev && self.config().hot_reload {
+            let dir = dir.to_owned();
+            tokio::task::spawn_blocking(move || crate::watch::source_hash(&dir))
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let info = self.registry().load(dir, self.config().trust()).await?;
+        if let Some(hash) = source {
+            self.inner
+                .sources
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(info.name.clone(), hash);
+        }
+        Ok(info)
+    }
+
+    /// The source hash capsule `name` was last loaded from (dev mode with hot reload only).
+    pub(crate) fn loaded_source(&self, name: &CapsuleId) -> Option<[u8; 32]> {
+        self.inner
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
     }
 
     /// Unloads capsule `name` (its persistent processes are stopped).
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), KernelError> {
+        self.idled().remove(name);
         Ok(self.registry().unload(name).await?)
+    }
+
+    fn idled(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<CapsuleId>> {
+        self.inner
+            .idled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The idle monitor's unload: recorded, and undone by the next call.
+    pub(crate) async fn unload_idle(&self, name: &CapsuleId) {
+        // Marked first, so a call that arrives while it unloads loads it again.
+        self.idled().insert(name.clone());
+        if self.registry().unload(name).await.is_err() {
+            self.idled().remove(name);
+        } else {
+            tracing::info!(capsule = %name, "unloaded while idle");
+            let _ = self
+                .note(
+                    "capsule.idle-unload",
+                    &format!("capsule://{name}"),
+                    serde_json::json!({}),
+                )
+                .await;
+        }
     }
 
     /// Unloads and loads capsule `name` again from its directory, clearing a failed state.
     pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, KernelError> {
         self.open()?;
-        Ok(self.registry().reload(name).await?)
+        let dir = self
+            .registry()
+            .info(name)
+            .map(|i| i.dir)
+            .ok_or_else(|| CapsuleError::NotLoaded(name.clone()))?;
+        self.registry().unload(name).await?;
+        self.load_dir(&dir).await
     }
 
     /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. The
     /// manifest is validated and the component checked before anything is copied; a capsule
-    /// of that name that is loaded must be unloaded first. Symlinks are refused.
+    /// of that name that is loaded must be unloaded first. Symlinks are refused. A copy
+    /// already installed is kept until the new one has loaded, and put back if it fails.
     pub async fn install(&self, from: &Path) -> Result<CapsuleInfo, KernelError> {
         self.open()?;
+        let _one_at_a_time = self.inner.installing.lock().await;
         let fail = |message: String| KernelError::Install {
             dir: from.to_owned(),
             message,
         };
-        let manifest = Manifest::load(&from.join(MANIFEST_FILE))?;
+        let manifest = {
+            let file = from.join(MANIFEST_FILE);
+            tokio::task::spawn_blocking(move || Manifest::load(&file))
+                .await
+                .map_err(|e| fail(e.to_string()))??
+        };
         let name = manifest.name.clone();
         if let capsid_capsule::Component::Wasm { path, .. } = &manifest.component {
             // The pin and the component itself are checked again at load.
             let wasm = from.join(path);
-            if !wasm.is_file() {
+            if !wasm.symlink_metadata().is_ok_and(|m| m.is_file()) {
                 return Err(fail(format!("its component {} is missing", wasm.display())));
             }
         }
@@ -294,26 +385,57 @@ impl Kernel {
             )));
         }
         let target = self.capsule_dir(&name);
-        let staging = self
-            .home()
-            .capsules_dir()
-            .join(format!(".install-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        copy_tree(from, &staging).map_err(|e| {
-            let _ = std::fs::remove_dir_all(&staging);
-            fail(e)
-        })?;
-        if target.exists() {
-            std::fs::remove_dir_all(&target).map_err(io(&target))?;
+        let unique = {
+            let mut raw = [0u8; 8];
+            getrandom::fill(&mut raw).map_err(|e| fail(e.to_string()))?;
+            hex::encode(raw)
+        };
+        let capsules = self.home().capsules_dir();
+        let staging = capsules.join(format!(".install-{name}-{unique}"));
+        let previous = capsules.join(format!(".previous-{name}-{unique}"));
+        {
+            let (from, staging, target, previous) = (
+                from.to_owned(),
+                staging.clone(),
+                target.clone(),
+                previous.clone(),
+            );
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                if let Err(e) = copy_tree(&from, &staging) {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e);
+                }
+                if target.exists() {
+                    std::fs::rename(&target, &previous)
+                        .map_err(|e| format!("{}: {e}", target.display()))?;
+                }
+                std::fs::rename(&staging, &target).map_err(|e| format!("{}: {e}", target.display()))
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(fail)?;
         }
-        std::fs::rename(&staging, &target).map_err(io(&target))?;
         self.note(
             "capsule.install",
             &format!("capsule://{name}"),
             serde_json::json!({ "from": from }),
         )
         .await?;
-        self.load(&name).await
+        match self.load(&name).await {
+            Ok(info) => {
+                let _ = std::fs::remove_dir_all(&previous);
+                Ok(info)
+            }
+            Err(e) => {
+                // Put the copy that was installed before back (unloaded, as it was).
+                let _ = self.registry().unload(&name).await;
+                if previous.exists() {
+                    let _ = std::fs::remove_dir_all(&target);
+                    let _ = std::fs::rename(&previous, &target);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Runs `tool` of capsule `name` on JSON `input`.
@@ -324,13 +446,30 @@ impl Kernel {
         input: &str,
     ) -> Result<String, KernelError> {
         self.open()?;
+        if self.idled().contains(name) {
+            let _waking = self.inner.waking.lock().await;
+            if self.idled().contains(name) && self.registry().info(name).is_none() {
+                self.load(name).await?;
+            }
+            self.idled().remove(name);
+        }
         Ok(self.registry().call_tool(name, tool, input).await?)
     }
 
-    /// Publishes an event as the operator (recorded in the audit log).
+    /// Publishes an event as the operator (recorded in the audit log). Topics under
+    /// [`RESERVED_TOPIC_PREFIXES`] are refused.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Delivery, KernelError> {
         self.open()?;
         capsid_events::validate_topic(topic)?;
+        if let Some(prefix) = RESERVED_TOPIC_PREFIXES
+            .iter()
+            .find(|p| topic.starts_with(*p))
+        {
+            return Err(KernelError::ReservedTopic {
+                topic: topic.to_owned(),
+                prefix,
+            });
+        }
         let bytes = payload.len();
         self.note(
             "event.publish",
@@ -390,17 +529,25 @@ impl Kernel {
             }
             if Instant::now() >= deadline {
                 tracing::warn!("capsules still busy at shutdown: {names:?}");
+                // Their calls may still be running, but their processes stop now.
+                let processes = self.registry().processes();
+                for (owner, _) in processes.list_all() {
+                    processes.stop_all(&owner, std::time::Duration::ZERO).await;
+                }
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let _ = self
+        if let Err(e) = self
             .note(
                 "kernel.shutdown",
                 "kernel://shutdown",
                 serde_json::json!({}),
             )
-            .await;
+            .await
+        {
+            tracing::warn!(error = %e, "recording the shutdown");
+        }
         if let Err(e) = self.parts().kv.close().await {
             tracing::warn!(error = %e, "closing the KV store");
         }

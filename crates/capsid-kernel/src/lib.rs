@@ -29,5 +29,5 @@ mod watch;
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
 pub use config::{HealthConfig, KernelConfig, TamperPolicy};
 pub use error::KernelError;
-pub use kernel::{BootReport, Kernel, KernelStatus, SHUTDOWN_TOPIC};
+pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};

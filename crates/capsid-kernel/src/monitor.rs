@@ -1,7 +1,8 @@
 //! The kernel's monitors: the health monitor reloads failed capsules with doubling backoff up
 //! to an attempt cap (publishing `health.failed` each time it finds one failed, and
-//! `health.gave-up` at the cap); in dev mode the watcher reloads a capsule whose files really
-//! changed (see `watch`).
+//! `health.gave-up` at the cap); the idle monitor (opt-in) unloads capsules no call has used
+//! for `idle_timeout_ms`, and the kernel loads them again at their next call; in dev mode
+//! the watcher reloads a capsule whose files really changed (see `watch`).
 //!
 //! Native capsules are left to their own supervisor, which restarts the program itself.
 
@@ -25,6 +26,12 @@ pub(crate) fn start(kernel: &Kernel) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     if kernel.config().health.enabled {
         tasks.push(tokio::spawn(health(kernel.clone())));
+    }
+    if let Some(ms) = kernel.config().idle_timeout_ms {
+        tasks.push(tokio::spawn(idle(
+            kernel.clone(),
+            Duration::from_millis(ms),
+        )));
     }
     if kernel.config().dev && kernel.config().hot_reload {
         match crate::watch::start(kernel) {
@@ -61,8 +68,13 @@ async fn health(kernel: Kernel) {
         for info in infos.into_iter().filter(|i| i.native.is_none()) {
             match &info.state {
                 CapsuleState::Ready => {
-                    // Healthy for a full maximum backoff: the count starts again.
+                    // Healthy for a full maximum backoff: the count starts again. Ready after
+                    // the monitor gave up (an operator reloaded it): watched again.
                     if let Some(r) = retries.get_mut(&info.name) {
+                        if r.gave_up {
+                            retries.remove(&info.name);
+                            continue;
+                        }
                         let since = *r.ready_since.get_or_insert(now);
                         if now.duration_since(since) >= max {
                             retries.remove(&info.name);
@@ -124,4 +136,28 @@ fn publish(kernel: &Kernel, topic: &str, capsule: &CapsuleId, reason: &str, atte
     let _ = kernel
         .bus()
         .publish(topic, payload.to_string().into_bytes(), None);
+}
+
+/// Unloads ready capsules that no call has used for `timeout` (never one with a call in
+/// flight, never a native one), recording each.
+async fn idle(kernel: Kernel, timeout: Duration) {
+    let mut tick = tokio::time::interval(HEALTH_CHECK_EVERY.min(timeout));
+    loop {
+        tick.tick().await;
+        if kernel.is_closing() {
+            return;
+        }
+        for info in kernel.capsules() {
+            if info.state != CapsuleState::Ready || info.native.is_some() {
+                continue;
+            }
+            let Ok(capsule) = kernel.registry().get(&info.name) else {
+                continue;
+            };
+            if capsule.idle_for().is_some_and(|idle| idle >= timeout) {
+                drop(capsule);
+                kernel.unload_idle(&info.name).await;
+            }
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Hot reload in dev mode: a watcher on `<home>/capsules` collects changes per capsule, waits
 //! for each capsule's files to settle (`HOT_RELOAD_DEBOUNCE`), then hashes what a capsule is
-//! made of (its manifest and its component) and reloads it only when that hash changed — a
-//! touched file, an editor's temporary file or a rewrite of the same bytes reloads nothing.
+//! made of (its manifest and its component) and reloads it only when that hash differs from
+//! the one it was loaded from — a touched file, an editor's temporary file, a rewrite of the
+//! same bytes or an install that already loaded it reloads nothing.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,21 +36,20 @@ pub(crate) fn start(kernel: &Kernel) -> notify::Result<JoinHandle<()>> {
     let root = kernel.home().capsules_dir();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in event.paths {
-                let _ = tx.send(path);
+        match event {
+            Ok(event) => {
+                for path in event.paths {
+                    let _ = tx.send(path);
+                }
             }
+            // An overflowed watch queue loses changes: say so (a reload by hand catches up).
+            Err(e) => tracing::warn!(error = %e, "the capsule watcher lost events"),
         }
     })?;
     watcher.watch(&root, RecursiveMode::Recursive)?;
     let kernel = kernel.clone();
     Ok(tokio::spawn(async move {
         let _watcher = watcher;
-        let mut known: HashMap<String, Option<[u8; 32]>> = HashMap::new();
-        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            known.insert(name, source_hash(&entry.path()));
-        }
         let mut pending: HashMap<String, Instant> = HashMap::new();
         loop {
             let next = pending.values().min().copied();
@@ -74,12 +74,18 @@ pub(crate) fn start(kernel: &Kernel) -> notify::Result<JoinHandle<()>> {
                         .collect();
                     for name in due {
                         pending.remove(&name);
-                        let hash = source_hash(&root.join(&name));
-                        if known.get(&name) == Some(&hash) || hash.is_none() {
+                        let Ok(id) = CapsuleId::new(&name) else { continue };
+                        let dir = root.join(&name);
+                        let hash = tokio::task::spawn_blocking(move || source_hash(&dir))
+                            .await
+                            .ok()
+                            .flatten();
+                        // Unreadable (mid-copy), or what is loaded already (a touch, a
+                        // rewrite of the same bytes, an install that just loaded it).
+                        if hash.is_none() || hash == kernel.loaded_source(&id) {
                             continue;
                         }
-                        known.insert(name.clone(), hash);
-                        reload(&kernel, &name).await;
+                        reload(&kernel, &id).await;
                     }
                 }
             }
@@ -91,24 +97,21 @@ pub(crate) fn start(kernel: &Kernel) -> notify::Result<JoinHandle<()>> {
 }
 
 /// The capsule folder name a changed path under `root` belongs to (hidden folders, such as
-/// an install's staging folder, are not capsules).
+/// an install's staging and previous copies, are not capsules).
 fn capsule_of(root: &Path, path: &Path) -> Option<String> {
     let name = path.strip_prefix(root).ok()?.components().next()?;
     let name = name.as_os_str().to_str()?;
     (!name.starts_with('.')).then(|| name.to_owned())
 }
 
-async fn reload(kernel: &Kernel, name: &str) {
-    let Ok(id) = CapsuleId::new(name) else {
-        return;
-    };
-    let result = if kernel.registry().info(&id).is_some() {
-        kernel.reload(&id).await
+async fn reload(kernel: &Kernel, id: &CapsuleId) {
+    let result = if kernel.registry().info(id).is_some() {
+        kernel.reload(id).await
     } else {
-        kernel.load(&id).await
+        kernel.load(id).await
     };
     match result {
-        Ok(_) => tracing::info!(capsule = name, "reloaded after its files changed"),
-        Err(e) => tracing::warn!(capsule = name, error = %e, "hot reload failed"),
+        Ok(_) => tracing::info!(capsule = %id, "reloaded after its files changed"),
+        Err(e) => tracing::warn!(capsule = %id, error = %e, "hot reload failed"),
     }
 }

@@ -5,6 +5,7 @@ mod raw;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use capsid_capabilities::Pattern;
@@ -198,14 +199,29 @@ impl Manifest {
             line: 0,
             message: e.to_string(),
         };
-        let meta = std::fs::metadata(file).map_err(|e| io(&e))?;
-        if meta.len() > MAX_MANIFEST_BYTES {
+        // Not through a symlink, and without blocking on a FIFO: the file is checked to be a
+        // regular one on the descriptor itself, and read no further than the limit.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(file)
+            .map_err(|e| io(&e))?;
+        let meta = f.metadata().map_err(|e| io(&e))?;
+        if !meta.is_file() {
+            return Err(io(&"not a regular file"));
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(f, MAX_MANIFEST_BYTES + 1),
+            &mut bytes,
+        )
+        .map_err(|e| io(&e))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
             return Err(io(&format!(
-                "manifest is {} bytes, the limit is {MAX_MANIFEST_BYTES}",
-                meta.len()
+                "manifest is over the {MAX_MANIFEST_BYTES}-byte limit"
             )));
         }
-        let source = std::fs::read_to_string(file).map_err(|e| io(&e))?;
+        let source = String::from_utf8(bytes).map_err(|e| io(&e))?;
         Self::parse(file, &source)
     }
 

@@ -59,7 +59,7 @@ pub(crate) async fn dispatch(shared: &Shared, request: Request, out: &mpsc::Send
 
 async fn answer(shared: &Shared, method: &str, p: &Value) -> Answer {
     let kernel = &shared.kernel;
-    if kernel.is_closing() && method != "status" {
+    if (shared.stopping() || kernel.is_closing()) && method != "status" {
         return Err(WireError::new("shutting-down", "the daemon is stopping"));
     }
     match method {
@@ -174,10 +174,19 @@ async fn answer_admin(shared: &Shared, method: &str, p: &Value) -> Answer {
                 return Err(WireError::new("invalid", "path must be an absolute path"));
             }
             let audit = kernel.audit().clone();
-            let entries = tokio::task::spawn_blocking(move || audit.export_jsonl(&out))
+            let target = out.clone();
+            let entries = tokio::task::spawn_blocking(move || audit.export_jsonl(&target))
                 .await
                 .map_err(|e| WireError::new("failed", e.to_string()))?
                 .map_err(|e| WireError::new("failed", e.to_string()))?;
+            kernel
+                .note(
+                    "audit.export",
+                    "audit://log",
+                    json!({ "path": out, "entries": entries }),
+                )
+                .await
+                .map_err(|e| kernel_error(&e))?;
             Ok(json!({ "entries": entries }))
         }
         "cap.grant" => grant(shared, p).await,
@@ -427,7 +436,7 @@ async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Res
                 return;
             }
         }
-        if shared.kernel.is_closing() || out.is_closed() {
+        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
             let _ = out
                 .send(Response::ok(id, json!({ "lines": [], "next": after })))
                 .await;
@@ -484,7 +493,10 @@ fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
         KernelError::NotInstalled(_) => "not-found",
         KernelError::ShuttingDown => "shutting-down",
-        KernelError::Manifest(_) | KernelError::Install { .. } | KernelError::Event(_) => "invalid",
+        KernelError::Manifest(_)
+        | KernelError::Install { .. }
+        | KernelError::Event(_)
+        | KernelError::ReservedTopic { .. } => "invalid",
         KernelError::Capsule(c) => match c {
             CapsuleError::NotLoaded(_) => "not-found",
             CapsuleError::Denied { .. } => "denied",

@@ -113,11 +113,14 @@ impl Response {
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     /// The length prefix announces more than the cap; nothing of the body was read.
-    #[error("frame of {0} bytes is over the {MAX_FRAME_BYTES}-byte limit")]
+    #[error("a frame of {0} bytes is over the limit")]
     TooLarge(usize),
     /// The stream ended inside a frame.
     #[error("the connection closed inside a frame")]
     Truncated,
+    /// The frame's body did not arrive in time.
+    #[error("the frame's body did not arrive in time")]
+    Slow,
     /// The stream failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -125,6 +128,16 @@ pub enum FrameError {
 
 /// Reads one frame: `Ok(None)` at a clean end of stream (between frames).
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    read_frame_limited(r, MAX_FRAME_BYTES, std::time::Duration::MAX).await
+}
+
+/// Reads one frame of at most `max` bytes whose body arrives within `body_timeout` of its
+/// length (waiting for the length itself is not bounded here).
+pub async fn read_frame_limited<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+    body_timeout: std::time::Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < len.len() {
@@ -135,11 +148,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Vec<u8
         }
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
+    if len > max {
         return Err(FrameError::TooLarge(len));
     }
     let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| {
+    let read = r.read_exact(&mut body);
+    let done = if body_timeout == std::time::Duration::MAX {
+        read.await
+    } else {
+        tokio::time::timeout(body_timeout, read)
+            .await
+            .map_err(|_| FrameError::Slow)?
+    };
+    done.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             FrameError::Truncated
         } else {

@@ -1,25 +1,33 @@
 //! Serving the kernel on its Unix socket: one task per connection (a reader that dispatches
 //! each request in its own task, a writer that owns the socket's write half), hello first,
 //! peer uid checked, every limit named in `capsid_core::limits`.
+//!
+//! Memory is bounded: a frame's length is checked before its body is read, the bytes of
+//! requests held across all connections are budgeted (`MAX_DAEMON_BUFFERED_BYTES`), a body
+//! must arrive within `DAEMON_FRAME_TIMEOUT`, and a connection's slot is released only once
+//! every request it started has ended (aborted if its client is gone).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capsid_core::limits::{
-    DAEMON_AUDIT_READS_AT_ONCE, DAEMON_DRAIN_TIMEOUT, DAEMON_HELLO_TIMEOUT,
-    DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT, MAX_DAEMON_CONNECTIONS,
-    MAX_REQUESTS_PER_CONNECTION,
+    DAEMON_AUDIT_READS_AT_ONCE, DAEMON_DRAIN_TIMEOUT, DAEMON_FD_RESERVE, DAEMON_FRAME_TIMEOUT,
+    DAEMON_HELLO_TIMEOUT, DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT, MAX_DAEMON_BUFFERED_BYTES,
+    MAX_DAEMON_CONNECTIONS, MAX_FRAME_BYTES, MAX_HELLO_BYTES, MAX_REQUESTS_PER_CONNECTION,
 };
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::net::unix::OwnedReadHalf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
 
 use super::files::RunFiles;
 use super::methods;
 use super::protocol::{
-    FrameError, Hello, Request, Response, Welcome, WireError, read_frame, write_json,
+    FrameError, Hello, Request, Response, Welcome, WireError, read_frame_limited, write_frame,
+    write_json,
 };
 use crate::kernel::Kernel;
 
@@ -51,22 +59,56 @@ pub(crate) struct Shared {
     pub kernel: Kernel,
     pub token: String,
     pub options: DaemonOptions,
-    /// Set to ask the daemon to stop (a `daemon.stop` request).
+    /// Set when the daemon stops (a signal or a `daemon.stop` request).
     pub stop: watch::Sender<bool>,
     /// Requests being served, for the drain.
     pub in_flight: AtomicUsize,
     /// Turns for audit log reads (`DAEMON_AUDIT_READS_AT_ONCE`).
     pub audit_reads: Semaphore,
+    /// Bytes of requests held (`MAX_DAEMON_BUFFERED_BYTES`).
+    budget: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Whether a stop has begun: new requests are answered `shutting-down`.
+    pub fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+}
+
+/// How many connections fit in the open-file limit (raised to its hard maximum first),
+/// keeping `DAEMON_FD_RESERVE` descriptors for the kernel.
+fn connection_cap() -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (mut soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        soft = hard;
+    }
+    let fit = usize::try_from(soft.saturating_sub(DAEMON_FD_RESERVE)).unwrap_or(usize::MAX);
+    MAX_DAEMON_CONNECTIONS.min(fit.max(1))
 }
 
 /// Serves `kernel` on the socket `files` prepared until SIGTERM, SIGINT or a `daemon.stop`
 /// request; then stops accepting, drains requests in flight (bounded), shuts the kernel
-/// down and removes the run files.
+/// down and removes the run files. The kernel is shut down on every way out, errors too.
 pub async fn serve(
     kernel: Kernel,
     files: RunFiles,
     options: DaemonOptions,
 ) -> Result<(), std::io::Error> {
+    let result = serve_until_stopped(&kernel, &files, options).await;
+    kernel.shutdown().await;
+    drop(files);
+    result
+}
+
+async fn serve_until_stopped(
+    kernel: &Kernel,
+    files: &RunFiles,
+    options: DaemonOptions,
+) -> Result<(), std::io::Error> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let listener = files.bind()?;
     let (stop, mut stopped) = watch::channel(false);
     let shared = Arc::new(Shared {
@@ -76,18 +118,19 @@ pub async fn serve(
         stop,
         in_flight: AtomicUsize::new(0),
         audit_reads: Semaphore::new(DAEMON_AUDIT_READS_AT_ONCE),
+        budget: Arc::new(Semaphore::new(MAX_DAEMON_BUFFERED_BYTES)),
     });
+    let slots = Arc::new(Semaphore::new(connection_cap()));
     files.mark_ready()?;
     tracing::info!(socket = %files.socket().display(), "capsid daemon ready");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let slots = Arc::new(Semaphore::new(MAX_DAEMON_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
-                        tokio::spawn(refuse(stream, WireError::new("busy", "the daemon serves the most connections it may; try again")));
+                        // Answered inline (bounded by the write timeout), so refusals cannot
+                        // pile up as tasks.
+                        refuse(stream, WireError::new("busy", "the daemon serves the most connections it may; try again")).await;
                         continue;
                     };
                     let shared = shared.clone();
@@ -98,7 +141,7 @@ pub async fn serve(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
             _ = term.recv() => break,
@@ -106,6 +149,7 @@ pub async fn serve(
             _ = stopped.changed() => break,
         }
     }
+    let _ = shared.stop.send(true);
     tracing::info!("capsid daemon stopping");
     drop(listener);
     files.unready();
@@ -113,8 +157,6 @@ pub async fn serve(
     while shared.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < drain {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    kernel.shutdown().await;
-    drop(files);
     Ok(())
 }
 
@@ -139,7 +181,8 @@ async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, Wire
             format!("uid {uid} may not use this daemon"),
         ));
     }
-    let frame = match tokio::time::timeout(DAEMON_HELLO_TIMEOUT, read_frame(stream)).await {
+    let read = read_frame_limited(stream, MAX_HELLO_BYTES, DAEMON_HELLO_TIMEOUT);
+    let frame = match tokio::time::timeout(DAEMON_HELLO_TIMEOUT, read).await {
         Err(_) => {
             return Err(WireError::new(
                 "bad-request",
@@ -185,7 +228,85 @@ async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, Wire
 fn frame_error(e: &FrameError) -> WireError {
     match e {
         FrameError::TooLarge(_) => WireError::new("too-large", e.to_string()),
-        FrameError::Truncated | FrameError::Io(_) => WireError::new("bad-frame", e.to_string()),
+        FrameError::Truncated | FrameError::Slow | FrameError::Io(_) => {
+            WireError::new("bad-frame", e.to_string())
+        }
+    }
+}
+
+/// Reads the next request frame, holding its bytes against the daemon's budget.
+async fn next_frame(
+    reader: &mut OwnedReadHalf,
+    budget: &Arc<Semaphore>,
+) -> Result<Option<(Vec<u8>, OwnedSemaphorePermit)>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < len.len() {
+        match reader.read(&mut len[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(FrameError::Truncated),
+            n => got += n,
+        }
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge(len));
+    }
+    // At most MAX_FRAME_BYTES, far below u32::MAX.
+    let held = budget
+        .clone()
+        .acquire_many_owned(u32::try_from(len.max(1)).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| FrameError::Truncated)?;
+    let mut body = vec![0u8; len];
+    match tokio::time::timeout(DAEMON_FRAME_TIMEOUT, reader.read_exact(&mut body)).await {
+        Err(_) => Err(FrameError::Slow),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Ok(Err(e)) => Err(FrameError::Io(e)),
+        Ok(Ok(_)) => Ok(Some((body, held))),
+    }
+}
+
+/// Writes responses in order; an answer too big for a frame becomes a `too-large` error for
+/// its request. Returns when the client stops taking them or every sender is gone.
+async fn write_responses(
+    mut writer: tokio::net::unix::OwnedWriteHalf,
+    mut outgoing: mpsc::Receiver<Response>,
+) {
+    while let Some(response) = outgoing.recv().await {
+        let mut body = serde_json::to_vec(&response).unwrap_or_default();
+        if body.len() > MAX_FRAME_BYTES {
+            let error = WireError::new(
+                "too-large",
+                format!(
+                    "the answer is {} bytes, over the {MAX_FRAME_BYTES}-byte frame limit; ask for less",
+                    body.len()
+                ),
+            );
+            body = serde_json::to_vec(&Response::err(response.id, error)).unwrap_or_default();
+        }
+        let sent =
+            tokio::time::timeout(DAEMON_WRITE_TIMEOUT, write_frame(&mut writer, &body)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Counts a request as in flight until dropped (finished or aborted).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -194,37 +315,24 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         Ok(w) => w,
         Err(error) => return refuse(stream, error).await,
     };
-    let (mut reader, mut writer) = stream.into_split();
-    let (out, mut outgoing) = mpsc::channel::<Response>(MAX_REQUESTS_PER_CONNECTION);
-    // The writer owns the write half; a client that stops reading is dropped at the timeout.
-    let write_task = tokio::spawn(async move {
-        while let Some(response) = outgoing.recv().await {
-            let sent =
-                tokio::time::timeout(DAEMON_WRITE_TIMEOUT, write_json(&mut writer, &response))
-                    .await;
-            if !matches!(sent, Ok(Ok(()))) {
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
-    if out
-        .send(Response::ok(
-            0,
-            serde_json::to_value(&welcome).unwrap_or_default(),
-        ))
-        .await
-        .is_err()
-    {
+    let (mut reader, writer) = stream.into_split();
+    let (out, outgoing) = mpsc::channel::<Response>(MAX_REQUESTS_PER_CONNECTION);
+    let mut write_task = tokio::spawn(write_responses(writer, outgoing));
+    let welcome = serde_json::to_value(&welcome).unwrap_or_default();
+    if out.send(Response::ok(0, welcome)).await.is_err() {
         return;
     }
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS_PER_CONNECTION));
+    let mut tasks = JoinSet::new();
+    let mut stopped = shared.stop.subscribe();
     loop {
         let frame = tokio::select! {
-            frame = read_frame(&mut reader) => frame,
-            () = closed(&out) => break,
+            frame = next_frame(&mut reader, &shared.budget) => frame,
+            () = out.closed() => break,
+            _ = stopped.changed() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
-        let frame = match frame {
+        let (frame, held) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
@@ -243,22 +351,29 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
                 continue;
             }
         };
+        drop(frame);
         let Ok(permit) = requests.clone().acquire_owned().await else {
             break;
         };
         let (shared, out) = (shared.clone(), out.clone());
-        shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
+        let counted = InFlight::new(shared.clone());
+        tasks.spawn(async move {
             methods::dispatch(&shared, request, &out).await;
-            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            drop(permit);
+            drop((permit, held, counted));
         });
     }
+    // Requests already started finish (their answers still go out) unless the client is
+    // gone; the connection's slot is released only after all of them.
     drop(out);
+    loop {
+        tokio::select! {
+            done = tasks.join_next() => if done.is_none() { break },
+            _ = &mut write_task => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        }
+    }
     let _ = write_task.await;
-}
-
-/// Resolves once the writer has gone (the client stopped reading or disconnected).
-async fn closed(out: &mpsc::Sender<Response>) {
-    out.closed().await;
 }
