@@ -79,10 +79,17 @@ enum Command {
     },
     /// Persistent processes and native capsules' programs.
     Ps,
-    /// A capsule's log.
+    /// A capsule's log, or (with --process) a persistent process's output.
     Logs {
         /// The capsule.
-        capsule: String,
+        #[arg(required_unless_present = "process")]
+        capsule: Option<String>,
+        /// A persistent process, by the generation `capsid ps` shows.
+        #[arg(long, conflicts_with = "capsule")]
+        process: Option<u64>,
+        /// With --process: its stderr instead of its stdout.
+        #[arg(long, requires = "process")]
+        stderr: bool,
         /// Keep printing new lines.
         #[arg(short, long)]
         follow: bool,
@@ -408,7 +415,16 @@ async fn request(client: &mut Client, command: &Command, as_json: bool) -> Resul
                 );
             });
         }
-        Command::Logs { capsule, follow } => logs(client, capsule, *follow, as_json).await?,
+        Command::Logs {
+            capsule,
+            process,
+            stderr,
+            follow,
+        } => match (capsule, process) {
+            (_, Some(generation)) => process_logs(client, *generation, *stderr, *follow).await?,
+            (Some(capsule), None) => logs(client, capsule, *follow, as_json).await?,
+            (None, None) => bail!("name a capsule, or a process with --process"),
+        },
         Command::Audit(a) => audit(client, a, as_json).await?,
         Command::Cap(c) => cap(client, c, as_json).await?,
         Command::Who => {
@@ -538,6 +554,36 @@ async fn logs(client: &mut Client, capsule: &str, follow: bool, as_json: bool) -
         let more = frame.more;
         let page = client::into_result(frame)?;
         print(&page["lines"]);
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Prints a persistent process's output (raw bytes, as text), following it if asked.
+async fn process_logs(
+    client: &mut Client,
+    generation: u64,
+    stderr: bool,
+    follow: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let params = json!({ "generation": generation, "stream": stream, "follow": follow });
+    let id = client.send("process.logs", params).await?;
+    let mut out = std::io::stdout();
+    loop {
+        let frame = client.receive(id).await?;
+        let more = frame.more;
+        let page = client::into_result(frame)?;
+        if page["missed"].as_u64().is_some_and(|m| m > 0) {
+            eprintln!(
+                "capsid: note: {} bytes were dropped before these",
+                page["missed"]
+            );
+        }
+        out.write_all(page["text"].as_str().unwrap_or_default().as_bytes())?;
+        out.flush()?;
         if !more {
             return Ok(());
         }

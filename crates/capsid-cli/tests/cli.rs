@@ -203,7 +203,9 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     let published = home.json(&["publish", "demo.topic", r#"{"a":1}"#]);
     assert_eq!(published["dropped"], 0);
 
-    home.ok(&["call", "runner", "repl-start"]);
+    let repl: Value = serde_json::from_str(&home.ok(&["call", "runner", "repl-start"])).unwrap();
+    let line = json!({ "id": repl["id"], "line": "echo hi-from-the-repl" }).to_string();
+    home.ok(&["call", "runner", "repl-eval", "--input", &line]);
     let ps = home.json(&["ps"]);
     assert!(
         ps.as_array()
@@ -212,6 +214,17 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
             .any(|p| p["kind"] == "persistent" && p["capsule"] == "runner"),
         "{ps}"
     );
+    let generation = ps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "persistent")
+        .unwrap()["generation"]
+        .to_string();
+    let out = home.ok(&["logs", "--process", &generation]);
+    assert!(out.contains("hi-from-the-repl"), "{out}");
+    let missing = home.run(&["logs", "--process", "999999"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no process"));
     let logs = home.ok(&["logs", "hello"]);
     assert!(logs.contains("greeting"), "{logs}");
     // Following streams what is there, then new lines as they come.

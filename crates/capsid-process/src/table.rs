@@ -474,6 +474,36 @@ impl ProcessTable {
         })
     }
 
+    /// Reads a process's output from `offset` for the operator, who names it by its
+    /// generation (shown by [`ProcessTable::list_all`]); ids stay the owner's.
+    pub fn read_by_generation(
+        &self,
+        generation: u64,
+        stream: Stream,
+        offset: u64,
+        max: usize,
+    ) -> Result<Chunk, TableError> {
+        let entry = self
+            .lock()
+            .values()
+            .find(|e| e.generation == generation)
+            .cloned()
+            .ok_or(TableError::NoSuchProcess)?;
+        let Since {
+            bytes,
+            next,
+            missed,
+        } = entry.ring(stream).read_since(offset, max);
+        Ok(Chunk {
+            bytes,
+            next: Cursor {
+                generation,
+                offset: next,
+            },
+            missed,
+        })
+    }
+
     /// Writes all of `bytes` to the process's stdin, in order.
     pub async fn write_stdin(
         &self,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use capsid_capabilities::{CapabilityId, Permissions};
 use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState};
 use capsid_core::CapsuleId;
+use capsid_process::Stream;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -27,6 +28,7 @@ pub const METHODS: &[&str] = &[
     "event.publish",
     "process.list",
     "capsule.logs",
+    "process.logs",
     "audit.verify",
     "audit.tail",
     "audit.export",
@@ -40,14 +42,20 @@ pub const METHODS: &[&str] = &[
 
 /// How often a log follow looks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
+/// Most bytes of a process's output one `process.logs` answer carries.
+const PROCESS_LOG_PAGE: usize = 1 << 20;
 
 type Answer = Result<Value, WireError>;
 
 /// Answers `request` on `out` (several frames for a stream).
 pub(crate) async fn dispatch(shared: &Shared, request: Request, out: &mpsc::Sender<Response>) {
     let id = request.id;
-    if request.method == "capsule.logs" && request.params["follow"].as_bool() == Some(true) {
-        return follow_logs(shared, id, &request.params, out).await;
+    if request.params["follow"].as_bool() == Some(true) {
+        match request.method.as_str() {
+            "capsule.logs" => return follow_logs(shared, id, &request.params, out).await,
+            "process.logs" => return follow_process(shared, id, &request.params, out).await,
+            _ => {}
+        }
     }
     let answer = answer(shared, &request.method, &request.params).await;
     let response = match answer {
@@ -119,6 +127,10 @@ async fn answer(shared: &Shared, method: &str, p: &Value) -> Answer {
             Ok(json!({ "delivered": d.delivered, "dropped": d.dropped }))
         }
         "process.list" => Ok(processes(shared)),
+        "process.logs" => {
+            let (generation, stream, after) = process_params(p)?;
+            process_output(shared, generation, stream, after)
+        }
         "capsule.logs" => {
             let name = capsule(p)?;
             let after = p["after"].as_u64().unwrap_or(0);
@@ -439,6 +451,80 @@ async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Res
         if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
             let _ = out
                 .send(Response::ok(id, json!({ "lines": [], "next": after })))
+                .await;
+            return;
+        }
+        tokio::time::sleep(FOLLOW_EVERY).await;
+    }
+}
+
+/// `generation` (from `process.list`), `stream` (`stdout`, the default, or `stderr`) and
+/// `after` (an offset; 0 for the start of what is kept).
+fn process_params(p: &Value) -> Result<(u64, Stream, u64), WireError> {
+    let generation = p["generation"]
+        .as_u64()
+        .ok_or_else(|| WireError::new("invalid", "missing number param \"generation\""))?;
+    let stream = match p["stream"].as_str().unwrap_or("stdout") {
+        "stdout" => Stream::Stdout,
+        "stderr" => Stream::Stderr,
+        other => return Err(WireError::new("invalid", format!("no stream {other:?}"))),
+    };
+    Ok((generation, stream, p["after"].as_u64().unwrap_or(0)))
+}
+
+/// A persistent process's output after `after`: text, where to continue, bytes missed.
+fn process_output(shared: &Shared, generation: u64, stream: Stream, after: u64) -> Answer {
+    let chunk = shared
+        .kernel
+        .registry()
+        .processes()
+        .read_by_generation(generation, stream, after, PROCESS_LOG_PAGE)
+        .map_err(|_| {
+            WireError::new(
+                "not-found",
+                format!("no process of generation {generation}"),
+            )
+        })?;
+    Ok(json!({
+        "text": String::from_utf8_lossy(&chunk.bytes),
+        "next": chunk.next.offset,
+        "missed": chunk.missed,
+    }))
+}
+
+/// Streams a persistent process's output until it is forgotten, the client goes away or
+/// the daemon stops.
+async fn follow_process(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
+    let (generation, stream, mut after) = match process_params(p) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = out.send(Response::err(Some(id), e)).await;
+            return;
+        }
+    };
+    loop {
+        match process_output(shared, generation, stream, after) {
+            Ok(page) => {
+                after = page["next"].as_u64().unwrap_or(after);
+                if page["text"].as_str().is_some_and(|t| !t.is_empty()) || page["missed"] != 0 {
+                    let mut frame = Response::ok(id, page);
+                    frame.more = true;
+                    if out.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Response::err(Some(id), e)).await;
+                return;
+            }
+        }
+        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
+            let _ = out
+                .send(Response::ok(
+                    id,
+                    json!({ "text": "", "next": after, "missed": 0 }),
+                ))
                 .await;
             return;
         }
