@@ -109,6 +109,26 @@ fn gone(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "))
 }
 
+/// `logs -f` prints what is there, then new lines as they come.
+fn follow_a_capsule_log(home: &Home) {
+    let mut follow = Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["logs", "hello", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
+    assert!(lines.next().unwrap().unwrap().contains("greeting"));
+    home.ok(&["call", "hello", "greet", "--input", r#"{"name":"later"}"#]);
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("later"))),
+        "the new line streamed"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
+
 /// The audit, capability and identity commands.
 fn audit_caps_and_identity(home: &Home) {
     assert!(home.ok(&["audit", "verify"]).contains("verified"));
@@ -227,23 +247,7 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no process"));
     let logs = home.ok(&["logs", "hello"]);
     assert!(logs.contains("greeting"), "{logs}");
-    // Following streams what is there, then new lines as they come.
-    let mut follow = Command::new(CAPSID)
-        .arg("--home")
-        .arg(&home.path)
-        .args(["logs", "hello", "-f"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(follow.stdout.take().unwrap()));
-    assert!(lines.next().unwrap().unwrap().contains("greeting"));
-    home.ok(&["call", "hello", "greet", "--input", r#"{"name":"later"}"#]);
-    assert!(
-        lines.any(|l| l.is_ok_and(|l| l.contains("later"))),
-        "the new line streamed"
-    );
-    follow.kill().unwrap();
-    follow.wait().unwrap();
+    follow_a_capsule_log(&home);
     let reserved = home.run(&["publish", "kernel.shutdown", "{}"]);
     assert!(String::from_utf8_lossy(&reserved.stderr).contains("reserved"));
 
@@ -340,6 +344,44 @@ async fn refused_with(mut s: UnixStream, code: &str) {
     assert!(next(&mut s).await.is_none(), "then the connection closes");
 }
 
+/// 500 clients connect, say hello and ask for the status at once; every one is served.
+async fn many_clients_at_once(home: &Home) {
+    let clients: Vec<_> = (0..500)
+        .map(|_| {
+            let socket = home.socket();
+            let token = home.token();
+            tokio::spawn(async move {
+                let mut s = UnixStream::connect(socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut f = hello(&token);
+                f.splice(0..0, u32::try_from(f.len()).unwrap().to_be_bytes());
+                if let Err(e) = s.write_all(&f).await {
+                    // Refused before the hello was read: say what the daemon answered.
+                    return Err(format!("{e}: {:?}", next(&mut s).await));
+                }
+                let welcome = next(&mut s).await.ok_or("no welcome")?;
+                if !welcome["error"].is_null() {
+                    return Err(welcome.to_string());
+                }
+                frame(&mut s, br#"{"id":1,"method":"status"}"#).await;
+                let answer = next(&mut s).await.ok_or("no answer")?;
+                if answer["id"] == 1 {
+                    Ok(())
+                } else {
+                    Err(answer.to_string())
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        if let Err(e) = c.await.unwrap() {
+            let log = std::fs::read_to_string(home.run_file("daemon.log")).unwrap_or_default();
+            panic!("a client was not served: {e}\ndaemon log:\n{log}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_clients_cost_only_their_own_connection() {
     let home = Home::new();
@@ -405,22 +447,7 @@ async fn bad_clients_cost_only_their_own_connection() {
     drop(garbled);
 
     // 500 clients at once, all served, while the stalled one still holds its connection.
-    let clients: Vec<_> = (0..500)
-        .map(|_| {
-            let socket = home.socket();
-            let token = home.token();
-            tokio::spawn(async move {
-                let mut s = UnixStream::connect(socket).await.unwrap();
-                frame(&mut s, &hello(&token)).await;
-                next(&mut s).await.unwrap();
-                frame(&mut s, br#"{"id":1,"method":"status"}"#).await;
-                next(&mut s).await.unwrap()["id"] == 1
-            })
-        })
-        .collect();
-    for c in clients {
-        assert!(c.await.unwrap(), "every client was served");
-    }
+    many_clients_at_once(&home).await;
     silent.await.unwrap();
     drop(stalled);
     status_works(&home).await;

@@ -120,9 +120,10 @@ async fn serve_until_stopped(
         audit_reads: Semaphore::new(DAEMON_AUDIT_READS_AT_ONCE),
         budget: Arc::new(Semaphore::new(MAX_DAEMON_BUFFERED_BYTES)),
     });
-    let slots = Arc::new(Semaphore::new(connection_cap()));
+    let cap = connection_cap();
+    let slots = Arc::new(Semaphore::new(cap));
     files.mark_ready()?;
-    tracing::info!(socket = %files.socket().display(), "capsid daemon ready");
+    tracing::info!(socket = %files.socket().display(), connections = cap, "capsid daemon ready");
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
