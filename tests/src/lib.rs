@@ -50,6 +50,38 @@ pub fn copy_capsule(name: &str, into: &Path) -> PathBuf {
     to
 }
 
+/// A private home for a kernel or daemon (0700, as capsid requires of a folder holding its
+/// key) inside a temporary folder that goes with it.
+#[allow(missing_debug_implementations)]
+pub struct PrivateHome {
+    _tmp: tempfile::TempDir,
+    /// The home itself.
+    pub path: PathBuf,
+}
+
+impl PrivateHome {
+    /// A new, empty home.
+    pub fn new() -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("home");
+        std::fs::create_dir(&path).expect("home");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("home mode");
+        Self { _tmp: tmp, path }
+    }
+
+    /// The home's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for PrivateHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A capsule id, for tests.
 pub fn id(name: &str) -> CapsuleId {
     CapsuleId::new(name).expect("valid capsule name")

@@ -8,33 +8,12 @@ use std::time::Duration;
 
 use capsid_capsule::CapsuleState;
 use capsid_events::EventBus;
-use capsid_integration_tests::{capsules_dir, copy_capsule, id};
+use capsid_integration_tests::{PrivateHome, capsules_dir, copy_capsule, id};
 use capsid_kernel::{
     CAPSULES_LOADED_TOPIC, HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC, HealthConfig, Kernel,
     KernelConfig, KernelError, TamperPolicy,
 };
 use serde_json::Value;
-
-/// A home (0700, as the kernel requires of a folder holding keys) in a temporary folder.
-struct TestHome {
-    _tmp: tempfile::TempDir,
-    path: std::path::PathBuf,
-}
-
-impl TestHome {
-    fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("home");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        Self { _tmp: tmp, path }
-    }
-
-    fn path(&self) -> &Path {
-        &self.path
-    }
-}
 
 fn dev_config() -> KernelConfig {
     KernelConfig {
@@ -80,7 +59,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn boot_loads_installed_capsules_and_announces_it() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     for name in ["hello", "counter"] {
         install_copy(home.path(), name);
     }
@@ -122,7 +101,7 @@ async fn boot_loads_installed_capsules_and_announces_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_dev_trust_capsules_get_nothing_they_were_not_granted() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "counter");
     let kernel = boot(home.path(), KernelConfig::default()).await;
     // counter's kv access was never granted by an operator.
@@ -136,7 +115,7 @@ async fn without_dev_trust_capsules_get_nothing_they_were_not_granted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_audit_log_is_refused_or_quarantined_never_ignored() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     let kernel = boot(home.path(), dev_config()).await;
     let db = kernel.audit().path().to_owned();
     kernel.shutdown().await;
@@ -187,7 +166,7 @@ async fn a_tampered_audit_log_is_refused_or_quarantined_never_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_validates_first_and_refuses_a_loaded_name() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     let kernel = boot(home.path(), dev_config()).await;
     let staging = tempfile::tempdir().unwrap();
     let broken = staging.path().join("broken");
@@ -230,7 +209,7 @@ async fn install_validates_first_and_refuses_a_loaded_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "spin");
     let config = KernelConfig {
         health: HealthConfig {
@@ -274,7 +253,7 @@ async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_reloads_only_when_the_files_really_change() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "hello");
     let config = KernelConfig {
         hot_reload: true,
@@ -310,7 +289,7 @@ async fn hot_reload_reloads_only_when_the_files_really_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_persistent_processes_of_every_capsule() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "runner");
     let kernel = boot(home.path(), dev_config()).await;
     let out = kernel
@@ -337,7 +316,7 @@ async fn shutdown_stops_the_persistent_processes_of_every_capsule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "hello");
     let config = KernelConfig {
         idle_timeout_ms: Some(200),
@@ -366,7 +345,7 @@ async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capsule_with_a_missing_requirement_fails_alone_and_kernel_topics_are_reserved() {
-    let home = TestHome::new();
+    let home = PrivateHome::new();
     install_copy(home.path(), "hello");
     install_copy(home.path(), "echo");
     let echo_manifest = home.path().join("capsules/echo/Capsule.toml");

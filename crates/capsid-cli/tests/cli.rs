@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use capsid_integration_tests::capsules_dir;
+use capsid_integration_tests::{PrivateHome, capsules_dir};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -18,20 +18,21 @@ const CAPSID: &str = env!("CARGO_BIN_EXE_capsid");
 /// How long a test waits for anything (a loaded machine is slow; nothing is timed).
 const PATIENCE: Duration = Duration::from_mins(1);
 
-/// A home (0700) in a temporary folder, with a daemon stopped (or killed) on drop.
+/// A private home, whose daemon is killed on drop if a test left it running.
 struct Home {
-    _tmp: tempfile::TempDir,
+    /// Kept for its lifetime: the folder goes when the test ends.
+    _private: PrivateHome,
     path: PathBuf,
 }
 
 impl Home {
     fn new() -> Self {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("home");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .unwrap();
-        Self { _tmp: tmp, path }
+        let private = PrivateHome::new();
+        let path = private.path.clone();
+        Self {
+            _private: private,
+            path,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {

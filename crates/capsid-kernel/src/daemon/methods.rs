@@ -420,23 +420,21 @@ fn log_lines(
     Ok((view, next))
 }
 
-/// Streams a capsule's log: what is there, then new lines as they come, until the client
-/// goes away or the daemon stops.
-async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
-    let name = match capsule(p) {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = out.send(Response::err(Some(id), e)).await;
-            return;
-        }
-    };
-    let mut after = p["after"].as_u64().unwrap_or(0);
+/// Sends `page(after)` frames (`more: true`) while they have something new, until the
+/// client goes away or the daemon stops (then one last frame with `next` alone).
+async fn follow(
+    shared: &Shared,
+    id: u64,
+    out: &mpsc::Sender<Response>,
+    mut after: u64,
+    page: impl Fn(u64) -> Result<(Value, u64, bool), WireError>,
+) {
     loop {
-        match log_lines(shared, &name, after) {
-            Ok((lines, next)) => {
+        match page(after) {
+            Ok((value, next, fresh)) => {
                 after = next;
-                if !lines.is_empty() {
-                    let mut frame = Response::ok(id, json!({ "lines": lines, "next": next }));
+                if fresh {
+                    let mut frame = Response::ok(id, value);
                     frame.more = true;
                     if out.send(frame).await.is_err() {
                         return;
@@ -449,13 +447,29 @@ async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Res
             }
         }
         if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
-            let _ = out
-                .send(Response::ok(id, json!({ "lines": [], "next": after })))
-                .await;
+            let _ = out.send(Response::ok(id, json!({ "next": after }))).await;
             return;
         }
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
+}
+
+/// Streams a capsule's log: what is there, then new lines as they come.
+async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
+    let name = match capsule(p) {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = out.send(Response::err(Some(id), e)).await;
+            return;
+        }
+    };
+    let after = p["after"].as_u64().unwrap_or(0);
+    follow(shared, id, out, after, |after| {
+        let (lines, next) = log_lines(shared, &name, after)?;
+        let fresh = !lines.is_empty();
+        Ok((json!({ "lines": lines, "next": next }), next, fresh))
+    })
+    .await;
 }
 
 /// `generation` (from `process.list`), `stream` (`stdout`, the default, or `stderr`) and
@@ -495,41 +509,20 @@ fn process_output(shared: &Shared, generation: u64, stream: Stream, after: u64) 
 /// Streams a persistent process's output until it is forgotten, the client goes away or
 /// the daemon stops.
 async fn follow_process(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
-    let (generation, stream, mut after) = match process_params(p) {
+    let (generation, stream, after) = match process_params(p) {
         Ok(v) => v,
         Err(e) => {
             let _ = out.send(Response::err(Some(id), e)).await;
             return;
         }
     };
-    loop {
-        match process_output(shared, generation, stream, after) {
-            Ok(page) => {
-                after = page["next"].as_u64().unwrap_or(after);
-                if page["text"].as_str().is_some_and(|t| !t.is_empty()) || page["missed"] != 0 {
-                    let mut frame = Response::ok(id, page);
-                    frame.more = true;
-                    if out.send(frame).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = out.send(Response::err(Some(id), e)).await;
-                return;
-            }
-        }
-        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
-            let _ = out
-                .send(Response::ok(
-                    id,
-                    json!({ "text": "", "next": after, "missed": 0 }),
-                ))
-                .await;
-            return;
-        }
-        tokio::time::sleep(FOLLOW_EVERY).await;
-    }
+    follow(shared, id, out, after, |after| {
+        let page = process_output(shared, generation, stream, after)?;
+        let next = page["next"].as_u64().unwrap_or(after);
+        let fresh = page["text"].as_str().is_some_and(|t| !t.is_empty()) || page["missed"] != 0;
+        Ok((page, next, fresh))
+    })
+    .await;
 }
 
 fn capsule_view(info: &CapsuleInfo) -> Value {
