@@ -377,3 +377,40 @@ async fn a_capsule_with_a_missing_requirement_fails_alone_and_kernel_topics_are_
         .unwrap();
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_values_replace_manifest_defaults_and_undeclared_keys_are_refused() {
+    let home = PrivateHome::new();
+    install_copy(home.path(), "hello");
+    let mut config = dev_config();
+    config.capsules.insert(
+        "hello".into(),
+        capsid_kernel::CapsuleConfig {
+            env: [("GREETING".to_owned(), "Howdy".to_owned())].into(),
+        },
+    );
+    let kernel = boot(home.path(), config.clone()).await;
+    let out = kernel
+        .call_tool(&id("hello"), "greet", r#"{"name":"op"}"#)
+        .await
+        .unwrap();
+    assert!(out.contains("Howdy, op!"), "{out}");
+    kernel.shutdown().await;
+    drop(kernel);
+
+    config
+        .capsules
+        .get_mut("hello")
+        .unwrap()
+        .env
+        .insert("TYPO".into(), "x".into());
+    let kernel = boot(home.path(), config).await;
+    let failed = &kernel.status().boot.failed;
+    assert!(
+        failed
+            .iter()
+            .any(|(name, why)| name == "hello" && why.contains("TYPO")),
+        "{failed:?}"
+    );
+    kernel.shutdown().await;
+}

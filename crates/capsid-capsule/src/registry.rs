@@ -81,6 +81,8 @@ pub struct Registry {
     services: HostServices,
     slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>>,
     processes: Arc<ProcessTable>,
+    /// The operator's values for capsules' `[env]` keys, by capsule (never logged).
+    operator_env: RwLock<BTreeMap<CapsuleId, BTreeMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -114,7 +116,18 @@ impl Registry {
             services,
             slots,
             processes,
+            operator_env: RwLock::default(),
         })
+    }
+
+    /// Sets the operator's values for capsule `name`'s `[env]` keys, used from its next
+    /// load on: they take the place of the manifest's defaults (and give secrets their
+    /// value). A key its manifest does not declare makes that load fail, naming the key.
+    pub fn set_operator_env(&self, name: &CapsuleId, values: BTreeMap<String, String>) {
+        self.operator_env
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.clone(), values);
     }
 
     // The slot map is never held across an await, so a plain lock serves (and a dropped load
@@ -125,6 +138,39 @@ impl Registry {
 
     fn write_slots(&self) -> RwLockWriteGuard<'_, BTreeMap<CapsuleId, Slot>> {
         self.slots.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A capsule's configuration: each declared `[env]` key with the operator's value, else
+    /// its default; keys with neither are absent.
+    fn resolve_env(&self, manifest: &Manifest) -> Result<Vec<(String, String)>, CapsuleError> {
+        let operator = self
+            .operator_env
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&manifest.name)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(key) = operator
+            .keys()
+            .find(|k| !manifest.env.iter().any(|v| &v.name == *k))
+        {
+            return Err(CapsuleError::Setup {
+                capsule: manifest.name.clone(),
+                what: "applying the operator's configuration",
+                message: format!("{key} is set, but its manifest declares no [env.{key}]"),
+            });
+        }
+        Ok(manifest
+            .env
+            .iter()
+            .filter_map(|v| {
+                let value = operator
+                    .get(&v.name)
+                    .cloned()
+                    .or_else(|| v.default.clone())?;
+                Some((v.name.clone(), value))
+            })
+            .collect())
     }
 
     /// Who owns the persistent processes capsule `name` starts.
@@ -269,11 +315,7 @@ impl Registry {
             what: "opening its KV namespace",
             message: e.to_string(),
         })?;
-        let config = manifest
-            .env
-            .iter()
-            .filter_map(|v| v.default.clone().map(|d| (v.name.clone(), d)))
-            .collect();
+        let config = self.resolve_env(&manifest)?;
         let cx = Arc::new(CapsuleContext {
             name: name.clone(),
             subject: Subject {

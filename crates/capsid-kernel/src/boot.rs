@@ -133,6 +133,11 @@ impl KernelBuilder {
             principal,
         };
         let registry = Registry::new(engine, services)?;
+        for (name, settings) in &config.capsules {
+            if let Ok(id) = CapsuleId::new(name.as_str()) {
+                registry.set_operator_env(&id, settings.env.clone());
+            }
+        }
         let details = serde_json::json!({
             "home": home.root(),
             "workspace": workspace,

@@ -2,6 +2,7 @@
 //! (a blake3 over the parsed values) is what the daemon and its clients compare at hello, so
 //! a client reading a different config learns why its view may differ.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use capsid_core::limits::{
@@ -49,6 +50,24 @@ impl Default for HealthConfig {
     }
 }
 
+/// The operator's settings for one capsule (`[capsules.<name>]`).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapsuleConfig {
+    /// Values for the `[env]` keys its manifest declares (secrets included): they take the
+    /// place of the manifest's defaults.
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for CapsuleConfig {
+    /// Keys only: values may be secrets, which are never logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CapsuleConfig")
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
 /// The kernel's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -70,6 +89,8 @@ pub struct KernelConfig {
     pub idle_timeout_ms: Option<u64>,
     /// Hot reload in dev mode (on by default; ignored outside dev mode).
     pub hot_reload: bool,
+    /// Per-capsule settings, by capsule name.
+    pub capsules: BTreeMap<String, CapsuleConfig>,
 }
 
 impl Default for KernelConfig {
@@ -82,6 +103,7 @@ impl Default for KernelConfig {
             health: HealthConfig::default(),
             idle_timeout_ms: None,
             hot_reload: true,
+            capsules: BTreeMap::new(),
         }
     }
 }
@@ -118,6 +140,13 @@ impl KernelConfig {
             return Err(
                 "idle_timeout_ms must be at least 1 (leave it out to keep capsules loaded)".into(),
             );
+        }
+        if let Some(bad) = self
+            .capsules
+            .keys()
+            .find(|n| capsid_core::CapsuleId::new(n.as_str()).is_err())
+        {
+            return Err(format!("[capsules.{bad}]: not a capsule name"));
         }
         if self.boot_timeout_ms == 0 {
             return Err("boot_timeout_ms must be at least 1".into());
@@ -162,6 +191,16 @@ mod tests {
         assert_ne!(empty.fingerprint(), dev.fingerprint());
         assert_eq!(empty.fingerprint(), KernelConfig::default().fingerprint());
         assert_eq!(empty.fingerprint().len(), 32);
+    }
+
+    #[test]
+    fn capsule_settings_parse_and_their_values_are_not_printed() {
+        let c =
+            KernelConfig::parse("[capsules.hello.env]\nGREETING = \"Howdy\"\nTOKEN = \"s3cret\"")
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.capsules["hello"].env["GREETING"], "Howdy");
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert!(KernelConfig::parse("[capsules.\"Bad Name\"]").is_err());
     }
 
     #[test]

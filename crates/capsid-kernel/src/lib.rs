@@ -27,7 +27,7 @@ mod monitor;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
-pub use config::{HealthConfig, KernelConfig, TamperPolicy};
+pub use config::{CapsuleConfig, HealthConfig, KernelConfig, TamperPolicy};
 pub use error::KernelError;
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
