@@ -133,11 +133,7 @@ impl KernelBuilder {
             principal,
         };
         let registry = Registry::new(engine, services)?;
-        for (name, settings) in &config.capsules {
-            if let Ok(id) = CapsuleId::new(name.as_str()) {
-                registry.set_operator_env(&id, settings.env.clone());
-            }
-        }
+        apply_operator_env(&registry, &config);
         let details = serde_json::json!({
             "home": home.root(),
             "workspace": workspace,
@@ -167,6 +163,16 @@ impl KernelBuilder {
         kernel.bus().publish(CAPSULES_LOADED_TOPIC, payload, None)?;
         kernel.finish_boot(report);
         Ok(kernel)
+    }
+}
+
+/// Hands the operator's `[capsules.<name>.env]` values to the registry (names were checked
+/// when the config was validated).
+fn apply_operator_env(registry: &Registry, config: &KernelConfig) {
+    for (name, settings) in &config.capsules {
+        if let Ok(id) = CapsuleId::new(name.as_str()) {
+            registry.set_operator_env(&id, settings.env.clone());
+        }
     }
 }
 
