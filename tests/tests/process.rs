@@ -302,3 +302,82 @@ fn running_repls(workspace: &std::path::Path) -> usize {
         })
         .count()
 }
+
+/// The network interfaces a program started by `runner` sees (one per line).
+async fn interfaces_seen(rt: &Runtime) -> Vec<String> {
+    let out = rt
+        .call(
+            "runner",
+            "run",
+            json!({
+                "program": "sh",
+                "args": ["-c", "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"],
+            }),
+        )
+        .await;
+    assert_eq!(out["code"], 0, "{out}");
+    out["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_reach_the_network_only_when_uplink_is_granted() {
+    assert!(
+        capsid_process::bwrap_path().is_some(),
+        "bwrap is not installed: install bubblewrap (.ci/run does)"
+    );
+    let host_interfaces = std::fs::read_to_string("/proc/net/dev")
+        .unwrap()
+        .lines()
+        .count()
+        - 2;
+    assert!(
+        host_interfaces > 1,
+        "the host has a network beyond loopback"
+    );
+
+    // Without `uplink`: loopback only, and nothing is asked.
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    assert_eq!(interfaces_seen(&rt).await, ["lo"]);
+
+    // Asked for and granted (dev trust): the host's interfaces, and each spawn records it.
+    let rt = Runtime::new().await;
+    let dir = capsid_integration_tests::copy_capsule("runner", rt.home.path());
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("[capabilities]\n", "[capabilities]\nuplink = true\n"),
+    )
+    .unwrap();
+    rt.registry
+        .load(&dir, capsid_capsule::Trust::Dev)
+        .await
+        .unwrap();
+    assert_eq!(interfaces_seen(&rt).await.len(), host_interfaces);
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .any(|e| e.action == "process.network"
+                && e.resource == "process://network/runner"
+                && e.decision == "allow")
+    );
+
+    // Asked for but revoked: loopback again, and the refusal is recorded.
+    for grant in rt.caps.list(&rt.principal).await.unwrap() {
+        if grant.capability.pattern.as_str() == "process://network/runner" {
+            rt.caps.revoke(grant.capability.id).await.unwrap();
+        }
+    }
+    assert_eq!(interfaces_seen(&rt).await, ["lo"]);
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .any(|e| e.action == "process.network" && e.decision == "deny")
+    );
+}

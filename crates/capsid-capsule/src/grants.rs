@@ -49,6 +49,12 @@ pub fn persistent_resource(capsule: &CapsuleId) -> String {
     format!("process://persistent/{capsule}")
 }
 
+/// The resource that lets capsule `capsule`'s programs (and a native capsule's own) reach
+/// the network: without it they run in the sandbox's empty network namespace.
+pub fn network_resource(capsule: &CapsuleId) -> String {
+    format!("process://network/{capsule}")
+}
+
 /// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc` and `process` lists,
 /// and, for a native capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
@@ -65,6 +71,12 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
     if caps.process_persistent {
         out.push(Request {
             pattern: persistent_resource(&manifest.name),
+            permissions: Permissions::EXEC,
+        });
+    }
+    if caps.uplink {
+        out.push(Request {
+            pattern: network_resource(&manifest.name),
             permissions: Permissions::EXEC,
         });
     }

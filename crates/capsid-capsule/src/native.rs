@@ -6,7 +6,8 @@
 //! Starting one needs the same `process://exec/...` capability a capsule's own spawn would,
 //! checked and recorded at every start, restarts included; under dev trust the manifest's
 //! command is granted, otherwise an operator must have granted it. The program runs in the
-//! OS sandbox where `bwrap` is installed, without network, with the ceilings a capsule's
+//! OS sandbox where `bwrap` is installed, without network unless `uplink` is granted
+//! (`process://network/<capsule>`), with the ceilings a capsule's
 //! children get. It writes the workspace directly, not through the overlay.
 
 use std::path::PathBuf;
@@ -21,7 +22,7 @@ use capsid_process::{
 };
 
 use crate::error::CapsuleError;
-use crate::grants::exec_resource;
+use crate::grants::{exec_resource, network_resource};
 use crate::host::HostServices;
 use crate::manifest::{Component, Manifest, NativeQuotaAction};
 
@@ -106,7 +107,13 @@ impl NativeCapsule {
         authorize_start(services, &name, &resource, false).await?;
         let mut spec =
             SpawnSpec::new(program.clone(), services.workspace.clone()).args(args.iter().cloned());
-        spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox);
+        // The network only when asked for and granted; a refusal is recorded, and the
+        // program runs without it.
+        let network = manifest.capabilities.uplink
+            && authorize_start(services, &name, &network_resource(&name), false)
+                .await
+                .is_ok();
+        spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox, network);
         // The same ceilings a capsule's own children get: open files, and (where the host can
         // enforce it) tasks.
         spec.limits.open_files = Some(NATIVE_OPEN_FILES);

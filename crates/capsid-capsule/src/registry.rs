@@ -329,6 +329,7 @@ impl Registry {
             log: CapsuleLog::new(name.clone()),
             started: Instant::now(),
             process_sandbox: manifest.capabilities.process_sandbox,
+            uplink: manifest.capabilities.uplink,
             processes: self.processes.clone(),
         });
         let capsule = Arc::new(LoadedCapsule::new(

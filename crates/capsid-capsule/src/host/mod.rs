@@ -116,6 +116,9 @@ pub(crate) struct CapsuleContext {
     pub started: Instant,
     /// Whether its programs must run in the OS sandbox.
     pub process_sandbox: crate::manifest::SandboxPolicy,
+    /// Whether its manifest asks for the network (`uplink`); granted or not is checked at
+    /// each spawn.
+    pub uplink: bool,
     /// The runtime's persistent processes (this capsule sees only its own).
     pub processes: Arc<capsid_process::ProcessTable>,
 }

@@ -21,7 +21,7 @@ use crate::bindings::capsid::host::process::{
     Chunk, Cursor, ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
     PersistentOptions, ProcessError as WitProcessError, ProcessStatus, SignalKind, SpawnOptions,
 };
-use crate::grants::exec_resource;
+use crate::grants::{exec_resource, network_resource};
 use crate::manifest::SandboxPolicy;
 
 use super::{CapsuleContext, HostState};
@@ -86,12 +86,12 @@ pub(super) fn wit_error(e: ProcessError) -> WitProcessError {
     }
 }
 
-/// The sandbox a capsule's programs run in. Children never get the network: nothing grants
-/// it yet.
-pub(crate) fn sandbox_for(policy: SandboxPolicy) -> Sandbox {
+/// The sandbox a capsule's programs run in; `network` only when `process://network/<capsule>`
+/// is granted (where bwrap is missing, `Auto` isolates nothing, the network included).
+pub(crate) fn sandbox_for(policy: SandboxPolicy, network: bool) -> Sandbox {
     match policy {
-        SandboxPolicy::Auto => Sandbox::Auto { network: false },
-        SandboxPolicy::Required => Sandbox::Required { network: false },
+        SandboxPolicy::Auto => Sandbox::Auto { network },
+        SandboxPolicy::Required => Sandbox::Required { network },
     }
 }
 
@@ -137,7 +137,19 @@ impl CapsuleContext {
             spec.limits.pids = Some(asked.min(MAX_CAPSULE_CHILD_PIDS));
         }
         spec.ring_policy = RingPolicy::DropOldest;
-        spec.sandbox = sandbox_for(sandbox);
+        // Asked for in the manifest and granted (checked and recorded at each spawn): the
+        // program shares the host's network; otherwise its namespace has loopback only.
+        let network = self.uplink
+            && self
+                .authorize(
+                    "process.network",
+                    Permissions::EXEC,
+                    &network_resource(&self.name),
+                    true,
+                )
+                .await
+                .is_ok();
+        spec.sandbox = sandbox_for(sandbox, network);
         Ok(spec)
     }
 

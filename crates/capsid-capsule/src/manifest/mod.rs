@@ -100,7 +100,9 @@ pub struct Capabilities {
     pub ipc_subscribe: Vec<Pattern>,
     /// Its KV quota in bytes (the default when it asks for none).
     pub kv_quota_bytes: u64,
-    /// Whether it may reach the network uplink.
+    /// Whether it asks for the network uplink: its programs share the host's network when
+    /// `process://network/<capsule>` is granted, and boot loads it (with what it requires)
+    /// before the other capsules.
     pub uplink: bool,
 }
 
