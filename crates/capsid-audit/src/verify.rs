@@ -247,6 +247,19 @@ impl VerifyReport {
     pub fn current_key(&self) -> Option<KeyId> {
         self.current
     }
+
+    /// Every problem as one line: the keys' first, then each chain's, in order.
+    pub fn problems(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| format!("keys: {k}"))
+            .chain(self.chains.iter().flat_map(|c| {
+                c.problems
+                    .iter()
+                    .map(move |p| format!("chain {}: {p}", c.chain))
+            }))
+            .collect()
+    }
 }
 
 impl fmt::Display for VerifyReport {
@@ -259,18 +272,7 @@ impl fmt::Display for VerifyReport {
                 self.entries()
             );
         }
-        let mut sep = "";
-        for k in &self.keys {
-            write!(f, "{sep}keys: {k}")?;
-            sep = "; ";
-        }
-        for c in &self.chains {
-            for p in &c.problems {
-                write!(f, "{sep}chain {}: {p}", c.chain)?;
-                sep = "; ";
-            }
-        }
-        Ok(())
+        f.write_str(&self.problems().join("; "))
     }
 }
 

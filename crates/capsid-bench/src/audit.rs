@@ -38,10 +38,7 @@ fn record(i: u64) -> Result<Record> {
 }
 
 pub fn run() -> Result<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::report::runtime()?;
     let dir = tempfile::tempdir()?;
 
     let floor_1 = append_floor(&dir.path().join("floor1.db"), 1, SINGLE_PRODUCER_ENTRIES)?;

@@ -27,11 +27,7 @@ const LOADS: usize = 5;
 const INPUT: &str = r#"{"name":"bench"}"#;
 
 pub fn run() -> Result<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    crate::report::runtime()?.block_on(async {
         let mut rows = latency_rows().await?;
         rows.extend(host_call_rows().await?);
         rows.extend(load_rows().await?);

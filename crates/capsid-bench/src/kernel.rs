@@ -28,11 +28,7 @@ const BUS_QUEUE: usize = 4096;
 const SAMPLES: &[&str] = &["hello", "counter", "notes", "echo", "runner"];
 
 pub fn run() -> Result<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    crate::report::runtime()?.block_on(async {
         let mut rows = socket_rows().await?;
         rows.extend(bus_rows().await?);
         rows.extend(boot_rows().await?);

@@ -21,11 +21,7 @@ const OUTPUT_BYTES: u64 = 1 << 30;
 const RING_BYTES: usize = 1 << 20;
 
 pub fn run() -> Result<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    crate::report::runtime()?.block_on(async {
         let workspace = tempfile::tempdir()?;
         let mut rows = vec![spawn_row(workspace.path()).await?];
         rows.push(sandbox_row(workspace.path()).await?);

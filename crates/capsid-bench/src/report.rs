@@ -34,6 +34,15 @@ impl Row {
     }
 }
 
+/// The runtime every group measures on: two workers, as on the 2-core machines the targets
+/// are set for.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
 pub fn print_table(group: &str, rows: &[Row]) {
     println!("\n{group}");
     println!("| benchmark | value | unit | baseline | baseline value | ratio |");

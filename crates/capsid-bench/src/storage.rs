@@ -42,10 +42,7 @@ fn key(i: u64) -> Vec<u8> {
 }
 
 pub fn run() -> Result<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::report::runtime()?;
     let mut rows = rt.block_on(kv_rows())?;
     rows.extend(rt.block_on(capability_rows())?);
     rows.extend(rt.block_on(overlay_rows())?);

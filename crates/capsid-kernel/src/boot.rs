@@ -216,17 +216,8 @@ async fn open_audit(
         kept = %aside.display(),
         "the audit log failed verification; it was set aside and a new log started"
     );
-    let problems: Vec<String> = report
-        .chains
-        .iter()
-        .flat_map(|c| {
-            c.problems
-                .iter()
-                .map(move |p| format!("{}: {p:?}", c.chain))
-        })
-        .chain(report.keys.iter().map(|k| format!("key: {k:?}")))
-        .take(64)
-        .collect();
+    // Bounded: the record must fit the audit's details limit.
+    let problems: Vec<String> = report.problems().into_iter().take(64).collect();
     let details = serde_json::json!({ "kept": aside, "problems": problems });
     let key = KeyPair::from_secret_bytes(&secret);
     let log = blocking(move || AuditLog::open(&path, key)).await??;

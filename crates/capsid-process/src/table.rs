@@ -204,6 +204,23 @@ impl Entry {
         }
     }
 
+    /// Up to `max` bytes of `stream` from `offset`, with the cursor to read on from.
+    fn chunk(&self, stream: Stream, offset: u64, max: usize) -> Chunk {
+        let Since {
+            bytes,
+            next,
+            missed,
+        } = self.ring(stream).read_since(offset, max);
+        Chunk {
+            bytes,
+            next: Cursor {
+                generation: self.generation,
+                offset: next,
+            },
+            missed,
+        }
+    }
+
     fn ring(&self, stream: Stream) -> &crate::ring::OutputRing {
         match stream {
             Stream::Stdout => self.child.stdout(),
@@ -459,19 +476,7 @@ impl ProcessTable {
             Some(c) if c.generation == entry.generation => c.offset,
             Some(_) => return Err(TableError::ForeignCursor),
         };
-        let Since {
-            bytes,
-            next,
-            missed,
-        } = entry.ring(stream).read_since(offset, max);
-        Ok(Chunk {
-            bytes,
-            next: Cursor {
-                generation: entry.generation,
-                offset: next,
-            },
-            missed,
-        })
+        Ok(entry.chunk(stream, offset, max))
     }
 
     /// Reads a process's output from `offset` for the operator, who names it by its
@@ -489,19 +494,7 @@ impl ProcessTable {
             .find(|e| e.generation == generation)
             .cloned()
             .ok_or(TableError::NoSuchProcess)?;
-        let Since {
-            bytes,
-            next,
-            missed,
-        } = entry.ring(stream).read_since(offset, max);
-        Ok(Chunk {
-            bytes,
-            next: Cursor {
-                generation,
-                offset: next,
-            },
-            missed,
-        })
+        Ok(entry.chunk(stream, offset, max))
     }
 
     /// Writes all of `bytes` to the process's stdin, in order.

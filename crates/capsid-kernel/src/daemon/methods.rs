@@ -285,16 +285,7 @@ async fn verify(shared: &Shared) -> Answer {
         .await
         .map_err(|e| WireError::new("failed", e.to_string()))?
         .map_err(|e| WireError::new("failed", e.to_string()))?;
-    let problems: Vec<String> = report
-        .chains
-        .iter()
-        .flat_map(|c| {
-            c.problems
-                .iter()
-                .map(move |x| format!("{}: {x:?}", c.chain))
-        })
-        .chain(report.keys.iter().map(|k| format!("key: {k:?}")))
-        .collect();
+    let problems = report.problems();
     Ok(json!({
         "valid": report.is_valid(),
         "entries": report.entries(),
