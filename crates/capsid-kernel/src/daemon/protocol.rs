@@ -138,6 +138,18 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     max: usize,
     body_timeout: std::time::Duration,
 ) -> Result<Option<Vec<u8>>, FrameError> {
+    match read_frame_len(r, max).await? {
+        None => Ok(None),
+        Some(len) => read_frame_body(r, len, body_timeout).await.map(Some),
+    }
+}
+
+/// Reads a frame's length prefix, refusing (before any of the body is read) one over `max`;
+/// `Ok(None)` at a clean end of stream.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Option<usize>, FrameError> {
     let mut len = [0u8; 4];
     let mut got = 0;
     while got < len.len() {
@@ -151,12 +163,22 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge(len));
     }
+    Ok(Some(len))
+}
+
+/// Reads a frame's `len`-byte body, which must arrive within `timeout` (`Duration::MAX`:
+/// no bound).
+pub async fn read_frame_body<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, FrameError> {
     let mut body = vec![0u8; len];
     let read = r.read_exact(&mut body);
-    let done = if body_timeout == std::time::Duration::MAX {
+    let done = if timeout == std::time::Duration::MAX {
         read.await
     } else {
-        tokio::time::timeout(body_timeout, read)
+        tokio::time::timeout(timeout, read)
             .await
             .map_err(|_| FrameError::Slow)?
     };
@@ -167,7 +189,7 @@ pub async fn read_frame_limited<R: AsyncRead + Unpin>(
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(body))
+    Ok(body)
 }
 
 /// Writes one frame (refusing, without writing, a body over the cap).

@@ -17,7 +17,7 @@ use capsid_core::limits::{
     MAX_DAEMON_CONNECTIONS, MAX_FRAME_BYTES, MAX_HELLO_BYTES, MAX_REQUESTS_PER_CONNECTION,
 };
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -26,8 +26,8 @@ use tokio::task::JoinSet;
 use super::files::RunFiles;
 use super::methods;
 use super::protocol::{
-    FrameError, Hello, Request, Response, Welcome, WireError, read_frame_limited, write_frame,
-    write_json,
+    FrameError, Hello, Request, Response, Welcome, WireError, read_frame_body, read_frame_len,
+    read_frame_limited, write_frame, write_json,
 };
 use crate::kernel::Kernel;
 
@@ -235,37 +235,23 @@ fn frame_error(e: &FrameError) -> WireError {
     }
 }
 
-/// Reads the next request frame, holding its bytes against the daemon's budget.
+/// Reads the next request frame, holding its bytes against the daemon's budget (taken
+/// after the length is known and before the body is read).
 async fn next_frame(
     reader: &mut OwnedReadHalf,
     budget: &Arc<Semaphore>,
 ) -> Result<Option<(Vec<u8>, OwnedSemaphorePermit)>, FrameError> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < len.len() {
-        match reader.read(&mut len[got..]).await? {
-            0 if got == 0 => return Ok(None),
-            0 => return Err(FrameError::Truncated),
-            n => got += n,
-        }
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(FrameError::TooLarge(len));
-    }
+    let Some(len) = read_frame_len(reader, MAX_FRAME_BYTES).await? else {
+        return Ok(None);
+    };
     // At most MAX_FRAME_BYTES, far below u32::MAX.
     let held = budget
         .clone()
         .acquire_many_owned(u32::try_from(len.max(1)).unwrap_or(u32::MAX))
         .await
         .map_err(|_| FrameError::Truncated)?;
-    let mut body = vec![0u8; len];
-    match tokio::time::timeout(DAEMON_FRAME_TIMEOUT, reader.read_exact(&mut body)).await {
-        Err(_) => Err(FrameError::Slow),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
-        Ok(Err(e)) => Err(FrameError::Io(e)),
-        Ok(Ok(_)) => Ok(Some((body, held))),
-    }
+    let body = read_frame_body(reader, len, DAEMON_FRAME_TIMEOUT).await?;
+    Ok(Some((body, held)))
 }
 
 /// Writes responses in order; an answer too big for a frame becomes a `too-large` error for
