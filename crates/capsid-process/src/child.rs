@@ -2,8 +2,7 @@
 //! rings, reaped (with its resource usage) as soon as it exits, and never signalled after.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, Stdio};
+use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,6 +17,7 @@ use tokio::task::JoinHandle;
 
 use crate::cgroup::PidsCgroup;
 use crate::error::ProcessError;
+use crate::exec::{self, CHILD_STACK_BYTES, ExecPlan, Spawned};
 use crate::orphans;
 use crate::ring::OutputRing;
 use crate::sandbox;
@@ -46,16 +46,16 @@ impl ExitInfo {
     }
 }
 
-/// A fork to make: the command, the pids cgroup whose descriptor it writes to (kept open
-/// here until the fork is done, whatever happens to the caller), and where to answer.
+/// A spawn to make: the plan, the pids cgroup whose descriptor the child writes to (kept
+/// open here until the spawn is done, whatever happens to the caller), and where to answer.
 type SpawnJob = (
-    Command,
+    ExecPlan,
     Option<Arc<PidsCgroup>>,
-    tokio::sync::oneshot::Sender<std::io::Result<std::process::Child>>,
+    tokio::sync::oneshot::Sender<std::io::Result<Spawned>>,
 );
 
-/// Children are forked from one long-lived thread: `PR_SET_PDEATHSIG` fires when the thread
-/// that forked a child exits, so forking from a pool thread that may retire would kill
+/// Children are started from one long-lived thread: `PR_SET_PDEATHSIG` fires when the
+/// thread that made a child exits, so spawning from a pool thread that may retire would kill
 /// children at random. This thread lives as long as the host process.
 fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
     static SPAWNER: OnceLock<Mutex<std_mpsc::Sender<SpawnJob>>> = OnceLock::new();
@@ -64,20 +64,23 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
         let started = std::thread::Builder::new()
             .name("capsid-spawner".into())
             .spawn(move || {
-                for (mut cmd, cgroup, reply) in rx {
-                    let spawned = cmd.spawn();
+                // The children's stack until they exec: one at a time, so one will do.
+                let mut stack = vec![0u8; CHILD_STACK_BYTES];
+                for (plan, cgroup, reply) in rx {
+                    let procs = cgroup.as_ref().map(|c| c.procs().as_raw_fd());
+                    let spawned = exec::spawn(&plan, procs, &mut stack);
                     if let Ok(child) = &spawned {
-                        orphans::leader_started(child.id());
+                        orphans::leader_started(child.pid);
                     }
                     drop(cgroup);
-                    if let Err(Ok(mut child)) = reply.send(spawned) {
+                    if let Err(Ok(child)) = reply.send(spawned) {
                         // The caller gave up (its call was cancelled): nobody tracks this
                         // child, so it is killed with its group and reaped here.
-                        if let Ok(pgid) = i32::try_from(child.id()) {
+                        if let Ok(pgid) = i32::try_from(child.pid) {
                             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
                         }
-                        let _ = child.wait();
-                        orphans::leader_reaped(child.id(), None);
+                        let _ = sys::wait4(child.pid);
+                        orphans::leader_reaped(child.pid, None);
                     }
                 }
             });
@@ -88,15 +91,12 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
     })
 }
 
-async fn fork(
-    cmd: Command,
-    cgroup: Option<Arc<PidsCgroup>>,
-) -> std::io::Result<std::process::Child> {
+async fn start(plan: ExecPlan, cgroup: Option<Arc<PidsCgroup>>) -> std::io::Result<Spawned> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     spawner()
         .lock()
         .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
-        .send((cmd, cgroup, reply))
+        .send((plan, cgroup, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     answer
         .await
@@ -204,10 +204,6 @@ pub struct Child {
     pumps: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn pipe_fd(fd: impl Into<OwnedFd>) -> OwnedFd {
-    fd.into()
-}
-
 /// Grows an output pipe towards `PROCESS_PIPE_BYTES` (bounded by the ring). Best effort: the
 /// OS may cap it (`/proc/sys/fs/pipe-max-size`), which only costs throughput.
 fn grow_pipe(fd: &OwnedFd, ring_bytes: usize) {
@@ -274,38 +270,25 @@ impl Child {
     /// pumped into two rings. Returns once the child is running.
     pub async fn spawn(spec: &SpawnSpec) -> Result<Self, ProcessError> {
         let checked = spec.check()?;
-        let mut cmd = sandbox::command(spec, &checked)?;
-        cmd.env_clear()
-            .envs(checked.env.iter().map(|(k, v)| (k, v)))
-            .current_dir(&checked.cwd)
-            .stdin(if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let cgroup = child_cgroup(spec.limits.pids)?.map(Arc::new);
-        sys::confine(
-            &mut cmd,
+        let argv = sandbox::command(spec, &checked)?;
+        let spawn_error = |source| ProcessError::Spawn {
+            program: spec.program.clone(),
+            source,
+        };
+        let plan = ExecPlan::new(
+            &argv,
+            &checked.env,
+            &checked.cwd,
+            spec.stdin,
             spec.limits,
             std::process::id(),
-            cgroup.as_ref().map(|c| c.procs().as_raw_fd()),
-        );
+        )
+        .map_err(spawn_error)?;
+        let cgroup = child_cgroup(spec.limits.pids)?.map(Arc::new);
         let started = Instant::now();
-        let forked = fork(cmd, cgroup.clone()).await;
-        let mut child = match forked {
-            Ok(child) => child,
-            Err(source) => {
-                return Err(ProcessError::Spawn {
-                    program: spec.program.clone(),
-                    source,
-                });
-            }
-        };
+        let child = start(plan, cgroup.clone()).await.map_err(spawn_error)?;
         let shared = Arc::new(Shared {
-            pid: child.id(),
+            pid: child.pid,
             reaped: Mutex::new(false),
             cgroup: Mutex::new(cgroup),
         });
@@ -317,26 +300,19 @@ impl Child {
         let ring = |()| Arc::new(OutputRing::new(spec.ring_bytes, spec.ring_policy));
         let (stdout, stderr) = (ring(()), ring(()));
         let mut pumps = Vec::with_capacity(2);
-        for (fd, ring) in [
-            (child.stdout.take().map(pipe_fd), &stdout),
-            (child.stderr.take().map(pipe_fd), &stderr),
-        ] {
-            let Some(fd) = fd else { continue };
+        for (fd, ring) in [(child.stdout, &stdout), (child.stderr, &stderr)] {
             grow_pipe(&fd, spec.ring_bytes);
             let rx = pipe::Receiver::from_owned_fd(fd).map_err(os("reading the child's output"))?;
             pumps.push(tokio::spawn(pump(rx, ring.clone())));
         }
-        let stdin = match child.stdin.take() {
-            Some(fd) => Some(
-                pipe::Sender::from_owned_fd(pipe_fd(fd))
-                    .map_err(os("writing the child's stdin"))?,
-            ),
+        let stdin = match child.stdin {
+            Some(fd) => {
+                Some(pipe::Sender::from_owned_fd(fd).map_err(os("writing the child's stdin"))?)
+            }
             None => None,
         };
         let (exit_tx, exit) = watch::channel(None);
         tokio::spawn(reap_on_exit(shared.clone(), pidfd, guard, started, exit_tx));
-        // std's handle would reap on its own terms; the pidfd reaper owns that now.
-        drop(child);
         Ok(Self {
             shared,
             program: spec.program.clone(),

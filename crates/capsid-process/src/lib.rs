@@ -33,6 +33,7 @@ mod cgroup;
 pub use cgroup::{StaleSweep, pids_limit_available, sweep_stale_cgroups};
 mod child;
 mod error;
+mod exec;
 mod orphans;
 mod procfs;
 mod ring;

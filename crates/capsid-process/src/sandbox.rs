@@ -8,11 +8,11 @@
 //! dies with `bwrap`, which dies with the host.
 
 use std::path::Path;
-use std::process::Command;
 
 use capsid_core::limits::{PROCESS_SEARCH_PATH, SANDBOX_ETC_FILES, SANDBOX_SYSTEM_DIRS};
 
 use crate::error::ProcessError;
+use crate::exec::Argv;
 use crate::spec::{Checked, Sandbox, SpawnSpec};
 
 /// Where `bwrap` is, if installed on the fixed search path.
@@ -28,7 +28,7 @@ fn find_bwrap(search: &[&str]) -> Option<std::path::PathBuf> {
 }
 
 /// The command that starts `spec`: the program itself, or `bwrap` around it.
-pub(crate) fn command(spec: &SpawnSpec, checked: &Checked) -> Result<Command, ProcessError> {
+pub(crate) fn command(spec: &SpawnSpec, checked: &Checked) -> Result<Argv, ProcessError> {
     command_with(spec, checked, PROCESS_SEARCH_PATH)
 }
 
@@ -36,7 +36,7 @@ fn command_with(
     spec: &SpawnSpec,
     checked: &Checked,
     search: &[&str],
-) -> Result<Command, ProcessError> {
+) -> Result<Argv, ProcessError> {
     let (network, required) = match spec.sandbox {
         Sandbox::Off => return Ok(direct(spec, checked)),
         Sandbox::Auto { network } => (network, false),
@@ -50,7 +50,7 @@ fn command_with(
         };
     };
     let workspace = checked.workspace.as_os_str();
-    let mut cmd = Command::new(bwrap);
+    let mut cmd = Argv::new(bwrap);
     for dir in SANDBOX_SYSTEM_DIRS.iter().map(Path::new) {
         // A merged-/usr system links /bin to usr/bin: the link is recreated, not mounted.
         match std::fs::read_link(dir) {
@@ -84,8 +84,8 @@ fn command_with(
     Ok(cmd)
 }
 
-fn direct(spec: &SpawnSpec, checked: &Checked) -> Command {
-    let mut cmd = Command::new(&checked.program);
+fn direct(spec: &SpawnSpec, checked: &Checked) -> Argv {
+    let mut cmd = Argv::new(&checked.program);
     cmd.args(&spec.args);
     cmd
 }
@@ -107,6 +107,6 @@ mod tests {
         ));
         spec.sandbox = Sandbox::Auto { network: false };
         let cmd = command_with(&spec, &checked, &missing).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(cmd.get_program(), checked.program.as_os_str());
+        assert_eq!(cmd.program, checked.program);
     }
 }

@@ -1,61 +1,10 @@
 //! The few OS calls std and nix do not wrap safely, each in one small function.
-// `pre_exec`, `pidfd_open` (a raw syscall) and `wait4` (for the child's rusage) have no safe
-// wrapper; each use below says why it is sound.
+// `pidfd_open` (a raw syscall) and `wait4` (for the child's rusage) have no safe wrapper;
+// each use below says why it is sound. Starting children is `exec.rs`.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
-
-use nix::sys::resource::{Resource, setrlimit};
-use nix::sys::signal::Signal;
-
-use crate::spec::ResourceLimits;
-
-fn os(e: nix::Error) -> io::Error {
-    io::Error::from_raw_os_error(e as i32)
-}
-
-/// Makes the child, between fork and exec: die with the host (`PR_SET_PDEATHSIG`, and check
-/// the host did not die before that took effect), and take its resource limits.
-/// With `cgroup_procs`, the child first enters that cgroup (writing `0` to its `cgroup.procs`).
-pub(crate) fn confine(
-    cmd: &mut Command,
-    limits: ResourceLimits,
-    host_pid: u32,
-    cgroup_procs: Option<RawFd>,
-) {
-    let set = |resource, limit: Option<u64>, hard_extra: u64| -> io::Result<()> {
-        match limit {
-            Some(soft) => setrlimit(resource, soft, soft.saturating_add(hard_extra)).map_err(os),
-            None => Ok(()),
-        }
-    };
-    // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (prctl, getppid, write, setrlimit); it allocates nothing
-    // (errors are built from raw OS codes) and touches no lock. The cgroup descriptor is
-    // owned by a `PidsCgroup` that travels with the spawn job and is dropped by the spawner
-    // thread only after the fork returned (even if the caller gave up), and is close-on-exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(os)?;
-            if nix::unistd::getppid().as_raw().cast_unsigned() != host_pid {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if let Some(fd) = cgroup_procs
-                && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
-            {
-                return Err(io::Error::last_os_error());
-            }
-            set(Resource::RLIMIT_AS, limits.memory_bytes, 0)?;
-            // SIGXCPU at the soft limit, SIGKILL one second later.
-            set(Resource::RLIMIT_CPU, limits.cpu_seconds, 1)?;
-            set(Resource::RLIMIT_NOFILE, limits.open_files, 0)?;
-            Ok(())
-        });
-    }
-}
+use std::os::fd::{FromRawFd, OwnedFd};
 
 /// A pidfd for `pid`: readable once the process has exited.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {

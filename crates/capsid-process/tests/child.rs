@@ -72,6 +72,60 @@ async fn output_exit_code_and_accounting() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_starts_with_no_blocked_signals_and_the_default_sigpipe() {
+    let ws = tempfile::tempdir().unwrap();
+    let spec = SpawnSpec::new("cat", ws.path()).args(["/proc/self/status"]);
+    let (info, out, _) = Child::spawn(&spec).await.unwrap().wait_with_output().await;
+    assert!(info.unwrap().success());
+    let status = String::from_utf8(out).unwrap();
+    let mask = |field: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {status}"));
+        u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "nothing blocked");
+    // The host ignores SIGPIPE (Rust's runtime does); a program must not inherit that.
+    let sigpipe = 1u64 << (Signal::SIGPIPE as u32 - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "SIGPIPE is not ignored");
+}
+
+/// Zombies of this process that never ran their program: a child that failed before exec
+/// still carries the spawner thread's name.
+fn unreaped_failed_spawns() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            let fields: Vec<&str> = rest.split(' ').collect();
+            stat.contains("(capsid-spawner)")
+                && fields[0] == "Z"
+                && fields[1].parse::<u32>().ok() == Some(std::process::id())
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_cannot_run_is_an_error_and_leaves_no_zombie() {
+    let ws = tempfile::tempdir().unwrap();
+    let script = ws.path().join("not-executable");
+    std::fs::write(&script, "#!/bin/sh\necho never\n").unwrap();
+    let spec = SpawnSpec::new(script.to_str().unwrap(), ws.path());
+    for _ in 0..20 {
+        match Child::spawn(&spec).await {
+            Err(ProcessError::Spawn { source, .. }) => {
+                assert_eq!(source.raw_os_error(), Some(13), "EACCES: {source}");
+            }
+            other => panic!("a file without the exec bit ran: {other:?}"),
+        }
+    }
+    assert_eq!(unreaped_failed_spawns(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_is_built_from_scratch() {
     let ws = tempfile::tempdir().unwrap();
     let mut spec = sh(ws.path(), "env | sort; pwd");
