@@ -1,6 +1,7 @@
 //! The kernel as a library: boot over a real home (SurrealKV, audit log, overlay), the
 //! `capsules.loaded` event, a tampered audit log refused or quarantined, install, failed
-//! capsules reloaded with backoff up to a cap, hot reload only on a real change, shutdown.
+//! capsules reloaded with backoff up to a cap, hot reload only on a real change, the
+//! `restart` hook told why at each reload, shutdown.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -114,7 +115,7 @@ async fn without_dev_trust_capsules_get_nothing_they_were_not_granted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_audit_log_is_refused_or_quarantined_never_ignored() {
+async fn a_tampered_audit_log_is_refused_kept_read_only_or_quarantined_never_ignored() {
     let home = PrivateHome::new();
     let kernel = boot(home.path(), dev_config()).await;
     let db = kernel.audit().path().to_owned();
@@ -144,6 +145,41 @@ async fn a_tampered_audit_log_is_refused_or_quarantined_never_ignored() {
         ),
         "{refused}"
     );
+
+    // Read-only: it boots, loads nothing, refuses what it would have to record, reports the
+    // problems, and leaves the file exactly as found.
+    install_copy(home.path(), "hello");
+    let before = std::fs::read(&db).unwrap();
+    let read_only = KernelConfig {
+        audit_tamper: TamperPolicy::ReadOnly,
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), read_only).await;
+    let status = kernel.status();
+    assert!(status.boot.audit_read_only);
+    assert!(
+        status
+            .boot
+            .audit_problems
+            .iter()
+            .any(|p| p.starts_with("chain ")),
+        "{:?}",
+        status.boot.audit_problems
+    );
+    assert!(status.boot.loaded.is_empty(), "no capsule loads");
+    let refused = kernel.load(&id("hello")).await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            KernelError::Audit(capsid_audit::AuditError::ReadOnly(_))
+        ),
+        "{refused}"
+    );
+    assert!(kernel.publish("demo.topic", b"{}".to_vec()).await.is_err());
+    assert!(!kernel.audit().verify_all().unwrap().is_valid());
+    kernel.shutdown().await;
+    drop(kernel);
+    assert_eq!(std::fs::read(&db).unwrap(), before, "never written");
 
     let quarantine = KernelConfig {
         audit_tamper: TamperPolicy::Quarantine,
@@ -241,6 +277,12 @@ async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
     .await;
     let first = failed.recv().await.unwrap();
     assert!(String::from_utf8_lossy(&first.payload).contains("\"spin\""));
+    // Its restart hook was told why.
+    let told = kernel.registry().get(&id("spin")).unwrap().log().since(0);
+    assert!(
+        told.iter().any(|l| l.message == "restarted: recovery #1"),
+        "{told:?}"
+    );
 
     // Its component now fails to load: each reload fails, until the cap.
     std::fs::write(home.path().join("capsules/spin/spin.wasm"), b"not wasm").unwrap();
@@ -258,7 +300,7 @@ async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_reloads_only_when_the_files_really_change() {
     let home = PrivateHome::new();
-    install_copy(home.path(), "hello");
+    install_copy(home.path(), "counter");
     let config = KernelConfig {
         hot_reload: true,
         ..dev_config()
@@ -271,11 +313,11 @@ async fn hot_reload_reloads_only_when_the_files_really_change() {
             .count()
     };
     assert_eq!(loads(&kernel), 1);
-    let manifest = home.path().join("capsules/hello/Capsule.toml");
+    let manifest = home.path().join("capsules/counter/Capsule.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     // The same bytes written again, and a stray file: nothing really changed.
     std::fs::write(&manifest, &text).unwrap();
-    std::fs::write(home.path().join("capsules/hello/notes.txt"), "x").unwrap();
+    std::fs::write(home.path().join("capsules/counter/notes.txt"), "x").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(loads(&kernel), 1, "no reload without a real change");
     std::fs::write(
@@ -285,9 +327,63 @@ async fn hot_reload_reloads_only_when_the_files_really_change() {
     .unwrap();
     until("the edited capsule is reloaded", || loads(&kernel) == 2).await;
     until("it is ready again", || {
-        kernel.registry().info(&id("hello")).map(|i| i.state) == Some(CapsuleState::Ready)
+        kernel.registry().info(&id("counter")).map(|i| i.state) == Some(CapsuleState::Ready)
     })
     .await;
+    let told = kernel
+        .call_tool(&id("counter"), "last-restart", "{}")
+        .await
+        .unwrap();
+    assert_eq!(told, r#"{"cause":"source-changed","restarts":1}"#);
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_tells_a_restartable_capsule_why_and_a_failing_hook_fails_it() {
+    let home = PrivateHome::new();
+    install_copy(home.path(), "counter");
+    install_copy(home.path(), "bare");
+    let kernel = boot(home.path(), dev_config()).await;
+    let last = |k: Kernel| async move {
+        k.call_tool(&id("counter"), "last-restart", "{}")
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        last(kernel.clone()).await,
+        "null",
+        "booting is not a reload"
+    );
+    kernel.reload(&id("counter")).await.unwrap();
+    assert_eq!(
+        last(kernel.clone()).await,
+        r#"{"cause":"reload","restarts":1}"#
+    );
+    kernel.reload(&id("counter")).await.unwrap();
+    assert_eq!(
+        last(kernel.clone()).await,
+        r#"{"cause":"reload","restarts":2}"#
+    );
+    // A capsule without the hook (built without capsid_guest) reloads as before.
+    kernel.reload(&id("bare")).await.unwrap();
+    let echoed = kernel
+        .call_tool(&id("bare"), "echo", r#"{"again":true}"#)
+        .await
+        .unwrap();
+    assert_eq!(echoed, r#"{"again":true}"#);
+
+    kernel
+        .call_tool(&id("counter"), "refuse-restarts", "{}")
+        .await
+        .unwrap();
+    let refused = kernel.reload(&id("counter")).await.unwrap_err().to_string();
+    assert!(
+        refused.contains("counter") && refused.contains("asked to refuse reloads"),
+        "{refused}"
+    );
+    let info = kernel.registry().info(&id("counter")).unwrap();
+    assert!(matches!(info.state, CapsuleState::Failed(_)), "{info:?}");
+    assert!(kernel.call_tool(&id("counter"), "get", "{}").await.is_err());
     kernel.shutdown().await;
 }
 

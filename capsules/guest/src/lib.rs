@@ -13,6 +13,8 @@
 //! capsid_guest::capsule!(Hello);
 //! ```
 //!
+//! A capsule that wants to know when it is reloaded implements [`Capsule::restart`].
+//!
 //! The host interfaces are re-exported as modules ([`kv`], [`fs`], [`ipc`], [`sys`], [`log`]);
 //! every call is checked against the capsule's grants, so expect [`Error::Denied`] for
 //! anything the operator did not grant.
@@ -22,7 +24,9 @@
 #[allow(missing_docs, clippy::all)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        world: "capsule",
+        // Every capsule built with this crate also exports `lifecycle` (its `restart` does
+        // nothing unless the capsule says otherwise).
+        world: "restartable-capsule",
         path: "../../wit",
         pub_export_macro: true,
         export_macro_name: "export_capsule_bindings",
@@ -33,6 +37,11 @@ pub mod __bindings {
 
 #[doc(hidden)]
 pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
+#[doc(hidden)]
+pub use __bindings::exports::capsid::host::lifecycle::Guest as __Lifecycle;
+
+/// Why a capsule was loaded again (see [`Capsule::restart`]).
+pub use __bindings::exports::capsid::host::lifecycle::RestartCause;
 
 pub use __bindings::capsid::host::types::Error;
 pub use __bindings::capsid::host::{fs, ipc, kv, log, process, sys};
@@ -58,9 +67,18 @@ pub trait Capsule {
 
     /// Called before the instance is dropped.
     fn shutdown() {}
+
+    /// Called once per reload on the new capsule's first instance, after `init` and before
+    /// any call: why (`Reload`, `Recovery`, `SourceChanged`) and how many reloads it has had
+    /// since the kernel started. An error fails the reload. Does nothing by default.
+    fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {
+        let _ = (cause, restarts);
+        Ok(())
+    }
 }
 
-/// Exports `$t` (a type implementing [`Capsule`]) as this component's `guest` interface.
+/// Exports `$t` (a type implementing [`Capsule`]) as this component's `guest` and `lifecycle`
+/// interfaces.
 #[macro_export]
 macro_rules! capsule {
     ($t:ty) => {
@@ -82,6 +100,13 @@ macro_rules! capsule {
             }
             fn shutdown() {
                 <$t as $crate::Capsule>::shutdown()
+            }
+        }
+
+        impl $crate::__Lifecycle for __CapsidExport {
+            fn restart(cause: $crate::RestartCause, restarts: u32)
+                -> ::std::result::Result<(), $crate::Error> {
+                <$t as $crate::Capsule>::restart(cause, restarts)
             }
         }
 

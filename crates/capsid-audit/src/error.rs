@@ -73,6 +73,12 @@ pub enum AuditError {
     /// A record was refused before it reached the log.
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),
+    /// The log was opened read-only (it failed verification and the operator chose to
+    /// inspect it rather than refuse to start): nothing can be recorded.
+    #[error(
+        "audit database {0} is open read-only because it failed verification; nothing can be recorded, so nothing that must be audited can run (inspect it with `capsid audit verify`/`export`, then quarantine or restore it)"
+    )]
+    ReadOnly(PathBuf),
     /// The writer thread has stopped (after `close`, or after a fatal error it already
     /// reported); nothing more can be appended.
     #[error("the audit writer for {0} has stopped")]

@@ -15,13 +15,14 @@ use crate::verify::{Snapshot, VerifyReport, verify_snapshot};
 use crate::writer::{self, Command, Head};
 use crate::{schema, store};
 
-/// An open audit log with its writer thread.
+/// An open audit log with its writer thread (none when opened read-only).
 ///
 /// Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct AuditLog {
     path: PathBuf,
-    tx: mpsc::Sender<Command>,
+    /// `None`: opened with [`AuditLog::open_read_only`].
+    tx: Option<mpsc::Sender<Command>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -66,9 +67,29 @@ impl AuditLog {
         })?;
         Ok(Self {
             path,
-            tx,
+            tx: Some(tx),
             writer: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Opens the existing log at `path` for reading only, tampered or not, and returns it
+    /// with its verification report. It is never written: every append or rotation fails
+    /// with [`AuditError::ReadOnly`], while verify, export and tail read it as it is. This is
+    /// how a host inspects a log that failed verification without changing it. Blocking.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<(Self, VerifyReport), AuditError> {
+        let path = path.as_ref().to_owned();
+        let report = verify_database(&path)?;
+        let log = Self {
+            path,
+            tx: None,
+            writer: Mutex::new(None),
+        };
+        Ok((log, report))
+    }
+
+    /// Whether the log was opened read-only (see [`AuditLog::open_read_only`]).
+    pub fn is_read_only(&self) -> bool {
+        self.tx.is_none()
     }
 
     /// The database file.
@@ -122,7 +143,9 @@ impl AuditLog {
     /// log may be opened again). Calling it twice is fine.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         // A closed queue means a stop is already under way or done.
-        let _ = self.tx.send(Command::Stop).await;
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Command::Stop).await;
+        }
         let handle = self.writer.lock().map_or(None, |mut w| w.take());
         if let Some(handle) = handle {
             let path = self.path.clone();
@@ -135,7 +158,11 @@ impl AuditLog {
     }
 
     async fn send(&self, cmd: Command) -> Result<(), AuditError> {
-        self.tx.send(cmd).await.map_err(|_| self.stopped())
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| AuditError::ReadOnly(self.path.clone()))?;
+        tx.send(cmd).await.map_err(|_| self.stopped())
     }
 
     fn stopped(&self) -> AuditError {

@@ -77,6 +77,39 @@ async fn edited_field_is_reported_at_its_sequence() {
 }
 
 #[tokio::test]
+async fn a_tampered_log_opened_read_only_is_reported_readable_and_never_written() {
+    let fx = fixture(5).await;
+    fx.sql()
+        .execute(
+            "UPDATE entries SET decision = 'deny' WHERE chain = ?1 AND seq = 2",
+            params![fx.chain()],
+        )
+        .unwrap();
+    let before = common::file_bytes(&fx.path);
+    let (log, report) = AuditLog::open_read_only(&fx.path).unwrap();
+    assert!(log.is_read_only());
+    assert_eq!(
+        problems(&report, &fx.chain()),
+        [Problem::ChangedField { seq: 2 }]
+    );
+    let chain = capsid_audit::ChainId::Session(fx.session);
+    let refused = log.append(chain, common::record(6)).await.unwrap_err();
+    assert!(matches!(refused, AuditError::ReadOnly(_)), "{refused}");
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+    let rotated = log
+        .rotate_key(KeyPair::generate().unwrap())
+        .await
+        .unwrap_err();
+    assert!(matches!(rotated, AuditError::ReadOnly(_)), "{rotated}");
+    // Still readable as it is: verify and export.
+    assert_eq!(log.verify_all().unwrap(), report);
+    let out = fx.path.with_extension("export.jsonl");
+    assert_eq!(log.export_jsonl(&out).unwrap(), 5 + 2);
+    log.shutdown().await.unwrap();
+    assert_eq!(common::file_bytes(&fx.path), before, "never written");
+}
+
+#[tokio::test]
 async fn edited_details_and_type_confusion_are_reported() {
     let fx = fixture(5).await;
     let sql = fx.sql();

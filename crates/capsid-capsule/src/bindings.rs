@@ -4,7 +4,9 @@
 #![allow(missing_docs, clippy::pedantic)]
 
 wasmtime::component::bindgen!({
-    world: "capsule",
+    // The superset world: `lifecycle` is optional, so [`CapsulePre`] below looks the
+    // exports up itself instead of using the generated world type.
+    world: "restartable-capsule",
     path: "../../wit",
     imports: {
         "capsid:host/kv": async,
@@ -24,6 +26,60 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use capsid::host::types::Error as WitError;
+pub(crate) use exports::capsid::host::lifecycle::RestartCause as WitRestartCause;
+
+use exports::capsid::host::{guest, lifecycle};
+use wasmtime::component::{Instance, InstancePre};
+
+/// The name a component exports the optional `lifecycle` interface under.
+const LIFECYCLE_EXPORT: &str = "capsid:host/lifecycle@0.1.0";
+
+/// A component linked against the host, ready to instantiate: its `guest` export found, and
+/// its `lifecycle` export if it has one (one that is there but malformed is an error).
+pub(crate) struct CapsulePre {
+    instance_pre: InstancePre<crate::host::HostState>,
+    guest: guest::GuestIndices,
+    lifecycle: Option<lifecycle::GuestIndices>,
+}
+
+/// One instance's exports.
+pub(crate) struct CapsuleExports {
+    pub(crate) guest: guest::Guest,
+    pub(crate) lifecycle: Option<lifecycle::Guest>,
+}
+
+impl CapsulePre {
+    pub(crate) fn new(instance_pre: InstancePre<crate::host::HostState>) -> wasmtime::Result<Self> {
+        let guest = guest::GuestIndices::new(&instance_pre)?;
+        let lifecycle = match instance_pre
+            .component()
+            .get_export_index(None, LIFECYCLE_EXPORT)
+        {
+            Some(_) => Some(lifecycle::GuestIndices::new(&instance_pre)?),
+            None => None,
+        };
+        Ok(Self {
+            instance_pre,
+            guest,
+            lifecycle,
+        })
+    }
+
+    pub(crate) async fn instantiate_async(
+        &self,
+        store: &mut wasmtime::Store<crate::host::HostState>,
+    ) -> wasmtime::Result<CapsuleExports> {
+        let instance: Instance = self.instance_pre.instantiate_async(&mut *store).await?;
+        Ok(CapsuleExports {
+            guest: self.guest.load(&mut *store, &instance)?,
+            lifecycle: self
+                .lifecycle
+                .as_ref()
+                .map(|l| l.load(&mut *store, &instance))
+                .transpose()?,
+        })
+    }
+}
 
 /// Adds capsid's own interfaces to `linker`. `wasi:io` is the WASI host's, linked with the
 /// rest of WASI, so the world's generated `add_to_linker` (which would link it twice) is

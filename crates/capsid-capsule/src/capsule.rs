@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use wasmtime::Store;
 use wasmtime::Trap;
 
-use crate::bindings::{Capsule as Bindings, CapsulePre, WitError};
+use crate::bindings::{CapsuleExports, CapsulePre, WitError, WitRestartCause};
 use crate::engine::LoadKind;
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
@@ -49,6 +49,53 @@ impl std::fmt::Display for CapsuleState {
     }
 }
 
+/// Why a capsule was loaded again; told to a capsule that exports `lifecycle.restart`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartCause {
+    /// An operator asked for it.
+    Reload,
+    /// The health monitor brought it back after it failed.
+    Recovery,
+    /// Dev mode: its manifest or component changed on disk.
+    SourceChanged,
+}
+
+impl RestartCause {
+    /// The cause as the WIT spells it (`reload`, `recovery`, `source-changed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Reload => "reload",
+            Self::Recovery => "recovery",
+            Self::SourceChanged => "source-changed",
+        }
+    }
+}
+
+impl std::fmt::Display for RestartCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reload, as the capsule loaded by it is told: why, and how many this capsule has had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    /// Why it was loaded again.
+    pub cause: RestartCause,
+    /// Its reloads since the kernel started, this one included.
+    pub count: u32,
+}
+
+impl From<RestartCause> for WitRestartCause {
+    fn from(cause: RestartCause) -> Self {
+        match cause {
+            RestartCause::Reload => Self::Reload,
+            RestartCause::Recovery => Self::Recovery,
+            RestartCause::SourceChanged => Self::SourceChanged,
+        }
+    }
+}
+
 impl From<WitError> for GuestError {
     fn from(e: WitError) -> Self {
         match e {
@@ -66,6 +113,7 @@ enum Call<'a> {
     Init(&'a [(String, String)]),
     Tool { name: &'a str, input: &'a str },
     Event { topic: &'a str, payload: &'a [u8] },
+    Restart(Restart),
     Shutdown,
 }
 
@@ -75,6 +123,7 @@ impl Call<'_> {
             Self::Init(_) => "init",
             Self::Tool { .. } => "call-tool",
             Self::Event { .. } => "handle-event",
+            Self::Restart(_) => "restart",
             Self::Shutdown => "shutdown",
         }
     }
@@ -82,7 +131,7 @@ impl Call<'_> {
 
 struct Warm {
     store: Store<HostState>,
-    bindings: Bindings,
+    exports: CapsuleExports,
 }
 
 /// Starts the clock of one call: its deadline, checked at every epoch tick, and a fresh
@@ -98,7 +147,7 @@ async fn invoke(
     warm: &mut Warm,
     call: &Call<'_>,
 ) -> wasmtime::Result<Result<Option<String>, WitError>> {
-    let guest = warm.bindings.capsid_host_guest();
+    let guest = &warm.exports.guest;
     let store = &mut warm.store;
     Ok(match *call {
         Call::Init(config) => guest.call_init(store, config).await?.map(|()| None),
@@ -107,6 +156,13 @@ async fn invoke(
             .call_handle_event(store, topic, payload)
             .await?
             .map(|()| None),
+        Call::Restart(restart) => match &warm.exports.lifecycle {
+            Some(lifecycle) => lifecycle
+                .call_restart(store, restart.cause.into(), restart.count)
+                .await?
+                .map(|()| None),
+            None => Ok(None),
+        },
         Call::Shutdown => {
             guest.call_shutdown(store).await?;
             Ok(None)
@@ -121,7 +177,7 @@ pub struct LoadedCapsule {
     pub(crate) blake3: String,
     pub(crate) load_kind: LoadKind,
     engine: wasmtime::Engine,
-    pre: CapsulePre<HostState>,
+    pre: CapsulePre,
     pub(crate) cx: Arc<CapsuleContext>,
     idle: Mutex<Vec<Warm>>,
     permits: Semaphore,
@@ -147,7 +203,7 @@ impl LoadedCapsule {
         blake3: String,
         load_kind: LoadKind,
         engine: wasmtime::Engine,
-        pre: CapsulePre<HostState>,
+        pre: CapsulePre,
         cx: Arc<CapsuleContext>,
     ) -> Self {
         let permits = Semaphore::new(manifest.limits.max_instances as usize);
@@ -285,20 +341,23 @@ impl LoadedCapsule {
             self.manifest.limits.memory_mb,
         );
         arm(&mut store, self.timeout());
-        let bindings = match self.pre.instantiate_async(&mut store).await {
-            Ok(b) => b,
+        let exports = match self.pre.instantiate_async(&mut store).await {
+            Ok(e) => e,
             Err(e) => return Err(self.classify(&e, &store)),
         };
-        let mut warm = Warm { store, bindings };
+        let mut warm = Warm { store, exports };
         let config = self.cx.config.clone();
         self.run(&mut warm, &Call::Init(&config)).await?;
         Ok(warm)
     }
 
-    /// Instantiates the first instance (running `init`) so that a broken capsule fails at
-    /// load, not at its first call.
-    pub(crate) async fn warm_up(&self) -> Result<(), CapsuleError> {
-        let warm = self.instantiate().await?;
+    /// Instantiates the first instance (running `init`, then `restart` after a reload) so
+    /// that a broken capsule fails at load, not at its first call.
+    pub(crate) async fn warm_up(&self, restart: Option<Restart>) -> Result<(), CapsuleError> {
+        let mut warm = self.instantiate().await?;
+        if let Some(restart) = restart {
+            self.run(&mut warm, &Call::Restart(restart)).await?;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(warm);
         }

@@ -35,7 +35,7 @@ mod native;
 mod order;
 mod registry;
 
-pub use capsule::{CapsuleState, LoadedCapsule};
+pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
 pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};

@@ -15,7 +15,7 @@ use capsid_storage::{Quota, ScopedKvStore};
 use wasmtime::component::Linker;
 
 use crate::bindings::{CapsulePre, link_capsid_host};
-use crate::capsule::{CapsuleState, LoadedCapsule};
+use crate::capsule::{CapsuleState, LoadedCapsule, Restart};
 use crate::engine::{CapsuleEngine, LoadKind};
 use crate::error::CapsuleError;
 use crate::grants::{Trust, grant_requested, kv_resource};
@@ -195,6 +195,27 @@ impl Registry {
     /// [`Trust::Dev`]. On failure the capsule is listed as failed with the reason, and the
     /// error is returned.
     pub async fn load(&self, dir: &Path, trust: Trust) -> Result<CapsuleInfo, CapsuleError> {
+        self.load_as(dir, trust, None).await
+    }
+
+    /// [`Registry::load`] of a capsule being loaded again: once its first instance is
+    /// initialised, its `lifecycle.restart` (if it exports one) is told `restart`, and an
+    /// error there fails the load. A native capsule has no hook; it simply loads.
+    pub async fn load_restarted(
+        &self,
+        dir: &Path,
+        trust: Trust,
+        restart: Restart,
+    ) -> Result<CapsuleInfo, CapsuleError> {
+        self.load_as(dir, trust, Some(restart)).await
+    }
+
+    async fn load_as(
+        &self,
+        dir: &Path,
+        trust: Trust,
+        restart: Option<Restart>,
+    ) -> Result<CapsuleInfo, CapsuleError> {
         let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
         let name = manifest.name.clone();
         {
@@ -226,7 +247,7 @@ impl Registry {
                 .await
                 .map(|native| Slot::Native { native, trust })
         } else {
-            self.build(manifest, dir, trust)
+            self.build(manifest, dir, trust, restart)
                 .await
                 .map(|capsule| Slot::Loaded { capsule, trust })
         };
@@ -280,6 +301,7 @@ impl Registry {
         manifest: Manifest,
         dir: &Path,
         trust: Trust,
+        restart: Option<Restart>,
     ) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         let name = manifest.name.clone();
         let (wasm, pin) = match &manifest.component {
@@ -342,7 +364,7 @@ impl Registry {
             cx,
         ));
         capsule.set_state(CapsuleState::Ready);
-        if let Err(e) = capsule.warm_up().await {
+        if let Err(e) = capsule.warm_up(restart).await {
             capsule.set_state(CapsuleState::Failed(e.to_string()));
             return Err(e);
         }
@@ -354,6 +376,7 @@ impl Registry {
             "blake3": capsule.blake3,
             "version": capsule.manifest.version.to_string(),
             "trust": format!("{trust:?}"),
+            "restart": restart.map(|r| r.cause.as_str()),
         });
         self.record_lifecycle(&name, "capsule.load", &details)
             .await

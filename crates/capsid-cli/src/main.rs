@@ -347,6 +347,37 @@ async fn with_spinner(
     result
 }
 
+/// `capsid status`: the daemon's state, and loudly any audit problem found at boot.
+async fn status(client: &mut Client, as_json: bool) -> Result<()> {
+    let s = client.call("status", json!({})).await?;
+    if as_json {
+        output::json(&s);
+        return Ok(());
+    }
+    println!("capsid {} (pid {})", output::cell(&s["version"]), s["pid"]);
+    println!("home       {}", output::cell(&s["home"]));
+    println!("workspace  {}", output::cell(&s["workspace"]));
+    println!("dev        {}", s["dev"]);
+    println!(
+        "capsules   {} ({} ready, {} failed)",
+        s["capsules"], s["ready"], s["failed"]
+    );
+    println!(
+        "uptime     {} ms (boot took {} ms)",
+        s["uptime_ms"], s["boot"]["boot_ms"]
+    );
+    let problems = s["boot"]["audit_problems"].as_array();
+    if s["boot"]["audit_read_only"] == true {
+        println!("audit      READ-ONLY: the log failed verification; nothing runs");
+    } else if problems.is_some_and(|p| !p.is_empty()) {
+        println!("audit      a tampered log was set aside at boot");
+    }
+    for problem in problems.into_iter().flatten() {
+        println!("           {}", output::cell(problem));
+    }
+    Ok(())
+}
+
 async fn request(client: &mut Client, command: &Command, as_json: bool) -> Result<()> {
     let show = |v: &Value, human: &dyn Fn(&Value)| {
         if as_json {
@@ -356,23 +387,7 @@ async fn request(client: &mut Client, command: &Command, as_json: bool) -> Resul
         }
     };
     match command {
-        Command::Status => {
-            let s = client.call("status", json!({})).await?;
-            show(&s, &|s| {
-                println!("capsid {} (pid {})", output::cell(&s["version"]), s["pid"]);
-                println!("home       {}", output::cell(&s["home"]));
-                println!("workspace  {}", output::cell(&s["workspace"]));
-                println!("dev        {}", s["dev"]);
-                println!(
-                    "capsules   {} ({} ready, {} failed)",
-                    s["capsules"], s["ready"], s["failed"]
-                );
-                println!(
-                    "uptime     {} ms (boot took {} ms)",
-                    s["uptime_ms"], s["boot"]["boot_ms"]
-                );
-            });
-        }
+        Command::Status => status(client, as_json).await?,
         Command::Capsule(c) => capsule(client, c, as_json).await?,
         Command::Call {
             capsule,

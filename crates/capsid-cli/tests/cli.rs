@@ -1,7 +1,8 @@
 //! The real `capsid` binary driving a real daemon on a Unix socket: every command through
 //! a full lifecycle, one daemon per home with stale files cleared, and bad clients (no
 //! hello, wrong token or protocol, oversize, truncated and garbage frames, 500 connections
-//! at once, a client that stops reading) that cost only their own connection.
+//! at once, a client that stops reading) that cost only their own connection; hot reload of
+//! a rebuilt capsule and restarts with backoff, seen through the CLI.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -271,6 +272,145 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     assert!(gone(pid), "the daemon exited");
     let after = home.run(&["status"]);
     assert!(String::from_utf8_lossy(&after.stderr).contains("capsid start"));
+}
+
+/// A wasm custom section named `name` holding `payload` (names and payloads under 128 bytes).
+fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
+    let body_len = 1 + name.len() + payload.len();
+    assert!(name.len() < 128 && body_len < 128);
+    let mut section = vec![0, u8::try_from(body_len).unwrap()];
+    section.push(u8::try_from(name.len()).unwrap());
+    section.extend_from_slice(name.as_bytes());
+    section.extend_from_slice(payload);
+    section
+}
+
+/// Polls `done` until it holds, for at most [`PATIENCE`].
+fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let begun = Instant::now();
+    while begun.elapsed() < PATIENCE {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never: {what}");
+}
+
+fn state_of(home: &Home, capsule: &str) -> Option<String> {
+    let list = home.json(&["capsule", "ls"]);
+    list.as_array()?
+        .iter()
+        .find(|c| c["name"] == capsule)
+        .and_then(|c| c["state"].as_str().map(str::to_owned))
+}
+
+#[test]
+fn a_rebuilt_capsule_is_hot_reloaded_and_a_failing_one_restarted_with_backoff() {
+    let home = Home::new();
+    std::fs::write(
+        home.path.join("config.toml"),
+        "[health]\nrestart_initial_ms = 20\nrestart_max_ms = 80\nmax_attempts = 2\n",
+    )
+    .unwrap();
+    home.ok(&["start", "--dev"]);
+    for name in ["counter", "spin"] {
+        let dir = capsules_dir().join(name);
+        home.ok(&["capsule", "install", dir.to_str().unwrap()]);
+    }
+
+    // Rebuilt: the same component with one more custom section, so other bytes.
+    let before = home.json(&["capsule", "show", "counter"])["blake3"].clone();
+    let wasm = home.path.join("capsules/counter/counter.wasm");
+    let mut bytes = std::fs::read(&wasm).unwrap();
+    bytes.extend(custom_section("rebuilt", b"by the test"));
+    let staged = home.path.join("counter.wasm.new");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, &wasm).unwrap();
+    until("the rebuilt counter is loaded", || {
+        let show = home.json(&["capsule", "show", "counter"]);
+        show["blake3"] != before && show["state"] == "ready"
+    });
+    let told: Value = serde_json::from_str(&home.ok(&["call", "counter", "last-restart"])).unwrap();
+    assert_eq!(told["cause"], "source-changed", "{told}");
+
+    // A deadline trap fails spin; the health monitor reloads it, telling it why.
+    let trapped = home.run(&["call", "spin", "spin"]);
+    assert!(!trapped.status.success());
+    until("spin is reloaded and told why", || {
+        state_of(&home, "spin").as_deref() == Some("ready")
+            && home
+                .ok(&["logs", "spin"])
+                .contains("restarted: recovery #1")
+    });
+
+    // Broken on disk: hot reload fails it, every reload fails, and the monitor gives up at
+    // the cap, on the record.
+    std::fs::write(home.path.join("capsules/spin/spin.wasm"), b"not wasm").unwrap();
+    until("the monitor gives up on spin", || {
+        home.json(&["audit", "tail", "-n", "50"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "health.gave-up" && e["resource"] == "capsule://spin")
+    });
+    assert_eq!(state_of(&home, "spin").as_deref(), Some("failed"));
+    let counted: Value = serde_json::from_str(&home.ok(&["call", "counter", "increment"])).unwrap();
+    assert_eq!(counted["count"], 1, "the others keep serving");
+    home.ok(&["stop"]);
+}
+
+#[test]
+fn over_a_tampered_audit_log_a_read_only_daemon_answers_reads_and_refuses_the_rest() {
+    let home = Home::new();
+    home.ok(&["start"]);
+    home.ok(&["stop"]);
+    let db = home.path.join("state/audit.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let before = std::fs::read(&db).unwrap();
+
+    let refused = home.run(&["start"]);
+    assert!(!refused.status.success(), "refused by default");
+    std::fs::write(
+        home.path.join("config.toml"),
+        "audit_tamper = \"read-only\"\n",
+    )
+    .unwrap();
+    home.ok(&["start"]);
+    let status = home.ok(&["status"]);
+    assert!(status.contains("READ-ONLY"), "{status}");
+    let verify = home.run(&["audit", "verify"]);
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("chain")
+            || String::from_utf8_lossy(&verify.stderr).contains("chain"),
+        "the problems are shown"
+    );
+    assert!(!home.json(&["audit", "tail"]).as_array().unwrap().is_empty());
+    let export = home.path.join("inspect.jsonl");
+    home.ok(&["audit", "export", export.to_str().unwrap()]);
+    assert!(std::fs::metadata(&export).unwrap().len() > 0);
+
+    let hello = capsules_dir().join("hello");
+    for args in [
+        vec!["capsule", "install", hello.to_str().unwrap()],
+        vec!["publish", "demo.topic", "{}"],
+        vec!["cap", "grant", "fs://workspace/**", "read"],
+    ] {
+        let out = home.run(&args);
+        assert!(!out.status.success(), "{args:?} is refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("read-only"), "{args:?}: {err}");
+    }
+    home.ok(&["stop"]);
+    assert_eq!(std::fs::read(&db).unwrap(), before, "never written");
 }
 
 #[test]

@@ -93,7 +93,7 @@ impl KernelBuilder {
         };
         let secret = key.to_secret_bytes();
         let copy = || KeyPair::from_secret_bytes(&secret);
-        let (audit, tampered) = open_audit(&home, copy(), config.audit_tamper).await?;
+        let (audit, found) = open_audit(&home, copy(), config.audit_tamper).await?;
         let audit = Arc::new(audit);
         let kv: Arc<dyn KvStore> =
             Arc::new(SurrealKvStore::open(&home.kv_dir(), Durability::Synced).await?);
@@ -112,8 +112,8 @@ impl KernelBuilder {
             Record::new(Principal::System, action, "kernel://boot", decision)
                 .and_then(|r| r.details(&details))
         };
-        if let Some(found) = tampered {
-            let record = system("audit.tampered", Decision::Info, found)?;
+        if let AuditFinding::Quarantined { details, .. } = &found {
+            let record = system("audit.tampered", Decision::Info, details.clone())?;
             audit.append(chain, record).await?;
         }
         contain_processes(&audit, &chain).await?;
@@ -140,9 +140,11 @@ impl KernelBuilder {
             "dev": config.dev,
             "config": config.fingerprint(),
         });
-        audit
-            .append(chain, system("kernel.boot", Decision::Info, details)?)
-            .await?;
+        if !audit.is_read_only() {
+            audit
+                .append(chain, system("kernel.boot", Decision::Info, details)?)
+                .await?;
+        }
         let kernel = Kernel::assemble(KernelParts {
             home,
             config,
@@ -157,13 +159,30 @@ impl KernelBuilder {
             chain,
             principal,
         });
-        let mut report = load_capsules(&kernel).await?;
-        report.boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let payload = serde_json::to_vec(&report).unwrap_or_default();
-        kernel.bus().publish(CAPSULES_LOADED_TOPIC, payload, None)?;
-        kernel.finish_boot(report);
+        announce(&kernel, &found, started).await?;
         Ok(kernel)
     }
+}
+
+/// Loads the capsules (none over a read-only audit log), then publishes and keeps the
+/// report.
+async fn announce(
+    kernel: &Kernel,
+    found: &AuditFinding,
+    started: Instant,
+) -> Result<(), KernelError> {
+    let mut report = if kernel.audit().is_read_only() {
+        BootReport::default()
+    } else {
+        load_capsules(kernel).await?
+    };
+    report.audit_read_only = kernel.audit().is_read_only();
+    report.audit_problems = found.problems();
+    report.boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let payload = serde_json::to_vec(&report).unwrap_or_default();
+    kernel.bus().publish(CAPSULES_LOADED_TOPIC, payload, None)?;
+    kernel.finish_boot(report);
+    Ok(())
 }
 
 /// Hands the operator's `[capsules.<name>.env]` values to the registry (names were checked
@@ -188,13 +207,35 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
-/// Opens the audit log; a tampered one is refused, or set aside and reported in the new log
-/// (the returned details), per `policy`.
+/// What boot found opening the audit log.
+enum AuditFinding {
+    /// It verified.
+    Sound,
+    /// It failed verification and was set aside; `details` go into the new log.
+    Quarantined {
+        problems: Vec<String>,
+        details: serde_json::Value,
+    },
+    /// It failed verification and is open read-only.
+    ReadOnly { problems: Vec<String> },
+}
+
+impl AuditFinding {
+    fn problems(&self) -> Vec<String> {
+        match self {
+            Self::Sound => Vec::new(),
+            Self::Quarantined { problems, .. } | Self::ReadOnly { problems } => problems.clone(),
+        }
+    }
+}
+
+/// Opens the audit log. A tampered one is refused, set aside and reported in a new log, or
+/// kept open read-only, per `policy`.
 async fn open_audit(
     home: &CapsidHome,
     key: KeyPair,
     policy: TamperPolicy,
-) -> Result<(AuditLog, Option<serde_json::Value>), KernelError> {
+) -> Result<(AuditLog, AuditFinding), KernelError> {
     let path = home.audit_db_path();
     let secret = key.to_secret_bytes();
     let first = {
@@ -202,26 +243,41 @@ async fn open_audit(
         blocking(move || AuditLog::open(&path, key)).await?
     };
     let report = match first {
-        Ok(log) => return Ok((log, None)),
+        Ok(log) => return Ok((log, AuditFinding::Sound)),
         Err(capsid_audit::AuditError::Tampered { report, .. })
-            if policy == TamperPolicy::Quarantine =>
+            if policy != TamperPolicy::Refuse =>
         {
             report
         }
         Err(e) => return Err(e.into()),
     };
+    // Bounded: the record must fit the audit's details limit.
+    let problems: Vec<String> = report.problems().into_iter().take(64).collect();
+    if policy == TamperPolicy::ReadOnly {
+        let (log, _) = {
+            let path = path.clone();
+            blocking(move || AuditLog::open_read_only(&path)).await??
+        };
+        tracing::error!(
+            log = %path.display(),
+            problems = problems.len(),
+            "the audit log failed verification; it is open read-only, no capsule is loaded and nothing audited can run"
+        );
+        for problem in &problems {
+            tracing::error!(log = %path.display(), "{problem}");
+        }
+        return Ok((log, AuditFinding::ReadOnly { problems }));
+    }
     let aside = set_aside(&path)?;
     tracing::error!(
         log = %path.display(),
         kept = %aside.display(),
         "the audit log failed verification; it was set aside and a new log started"
     );
-    // Bounded: the record must fit the audit's details limit.
-    let problems: Vec<String> = report.problems().into_iter().take(64).collect();
     let details = serde_json::json!({ "kept": aside, "problems": problems });
     let key = KeyPair::from_secret_bytes(&secret);
     let log = blocking(move || AuditLog::open(&path, key)).await??;
-    Ok((log, Some(details)))
+    Ok((log, AuditFinding::Quarantined { problems, details }))
 }
 
 /// Moves a tampered log (and its SQLite side files) to `<log>.tampered-<ns>[-n]`, never over
@@ -277,7 +333,11 @@ async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<(), Kern
             Decision::Info,
         )
         .and_then(|r| r.details(&details))?;
-        audit.append(*chain, record).await?;
+        if audit.is_read_only() {
+            tracing::error!(%details, "killed what dead hosts left behind; not recorded (the audit log is read-only)");
+        } else {
+            audit.append(*chain, record).await?;
+        }
     }
     Ok(())
 }
@@ -341,7 +401,7 @@ async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
                     .parent()
                     .map(PathBuf::from)
                     .unwrap_or_default();
-                match kernel.load_dir(&dir).await {
+                match kernel.load_dir(&dir, None).await {
                     Ok(_) => report.loaded.push(name.to_string()),
                     Err(e) => {
                         tracing::error!(capsule = %name, error = %e, "capsule failed to load");

@@ -23,6 +23,11 @@ pub enum TamperPolicy {
     /// Keep the tampered file aside (`audit.db.tampered-<time>`, never modified), start a new
     /// log, and record what was found as that log's first entry. Loud, never silent.
     Quarantine,
+    /// Boot with the log open read-only, exactly as found, for inspection (`audit verify`,
+    /// `tail`, `export`): nothing can be recorded, so no capsule is loaded and everything
+    /// that must be audited is refused. The status and boot report name the problems.
+    #[serde(rename = "read-only")]
+    ReadOnly,
 }
 
 /// Restarting capsules that failed (a trap, a deadline, a failed load).

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{CapsuleError, CapsuleInfo, MANIFEST_FILE, Manifest, Registry};
+use capsid_capsule::{
+    CapsuleError, CapsuleInfo, MANIFEST_FILE, Manifest, Registry, Restart, RestartCause,
+};
 use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
 use capsid_core::{CapsidHome, CapsuleId, Principal};
 use capsid_events::{Delivery, EventBus};
@@ -39,6 +41,11 @@ pub struct BootReport {
     pub timed_out: bool,
     /// Boot time, from the builder's start to the `capsules.loaded` event, in ms.
     pub boot_ms: u64,
+    /// What verification found wrong with the audit log at boot (empty when it verified).
+    pub audit_problems: Vec<String>,
+    /// Whether the audit log is open read-only (it failed verification and
+    /// `audit_tamper = "read-only"`): no capsule was loaded and nothing audited can run.
+    pub audit_read_only: bool,
 }
 
 /// The kernel's state at a glance.
@@ -99,6 +106,8 @@ struct Inner {
     /// The source hash (manifest + component) each capsule was loaded from, in dev mode:
     /// what hot reload compares a change with.
     sources: Mutex<std::collections::HashMap<CapsuleId, [u8; 32]>>,
+    /// How many times each capsule has been reloaded: what its `restart` hook is told.
+    restarts: Mutex<std::collections::HashMap<CapsuleId, u32>>,
 }
 
 /// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
@@ -136,6 +145,7 @@ impl Kernel {
                 waking: tokio::sync::Mutex::new(()),
                 installing: tokio::sync::Mutex::new(()),
                 sources: Mutex::default(),
+                restarts: Mutex::default(),
             }),
         }
     }
@@ -226,6 +236,16 @@ impl Kernel {
         }
     }
 
+    /// [`Kernel::open`], and refused at once when the audit log is read-only: a capsule
+    /// could not load or install without recording it anyway.
+    fn open_recording(&self) -> Result<(), KernelError> {
+        self.open()?;
+        if self.audit().is_read_only() {
+            return Err(capsid_audit::AuditError::ReadOnly(self.audit().path().to_owned()).into());
+        }
+        Ok(())
+    }
+
     /// The kernel's state at a glance.
     pub fn status(&self) -> KernelStatus {
         let capsules = self.registry().list();
@@ -268,11 +288,15 @@ impl Kernel {
         if !dir.join(MANIFEST_FILE).is_file() {
             return Err(KernelError::NotInstalled(name.clone()));
         }
-        self.load_dir(&dir).await
+        self.load_dir(&dir, None).await
     }
 
-    pub(crate) async fn load_dir(&self, dir: &Path) -> Result<CapsuleInfo, KernelError> {
-        self.open()?;
+    pub(crate) async fn load_dir(
+        &self,
+        dir: &Path,
+        restart: Option<Restart>,
+    ) -> Result<CapsuleInfo, KernelError> {
+        self.open_recording()?;
         let name = dir
             .file_name()
             .and_then(|n| n.to_str())
@@ -290,7 +314,11 @@ impl Kernel {
         } else {
             None
         };
-        let info = self.registry().load(dir, self.config().trust()).await?;
+        let trust = self.config().trust();
+        let info = match restart {
+            Some(restart) => self.registry().load_restarted(dir, trust, restart).await?,
+            None => self.registry().load(dir, trust).await?,
+        };
         if let Some(hash) = source {
             self.inner
                 .sources
@@ -343,7 +371,17 @@ impl Kernel {
     }
 
     /// Unloads and loads capsule `name` again from its directory, clearing a failed state.
+    /// A capsule that exports `lifecycle.restart` is told (cause `reload`).
     pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, KernelError> {
+        self.reload_because(name, RestartCause::Reload).await
+    }
+
+    /// [`Kernel::reload`], telling the capsule `cause`.
+    pub(crate) async fn reload_because(
+        &self,
+        name: &CapsuleId,
+        cause: RestartCause,
+    ) -> Result<CapsuleInfo, KernelError> {
         self.open()?;
         let dir = self
             .registry()
@@ -351,7 +389,17 @@ impl Kernel {
             .map(|i| i.dir)
             .ok_or_else(|| CapsuleError::NotLoaded(name.clone()))?;
         self.registry().unload(name).await?;
-        self.load_dir(&dir).await
+        let count = {
+            let mut restarts = self
+                .inner
+                .restarts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let count = restarts.entry(name.clone()).or_default();
+            *count = count.saturating_add(1);
+            *count
+        };
+        self.load_dir(&dir, Some(Restart { cause, count })).await
     }
 
     /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. The
@@ -359,7 +407,7 @@ impl Kernel {
     /// of that name that is loaded must be unloaded first. Symlinks are refused. A copy
     /// already installed is kept until the new one has loaded, and put back if it fails.
     pub async fn install(&self, from: &Path) -> Result<CapsuleInfo, KernelError> {
-        self.open()?;
+        self.open_recording()?;
         let _one_at_a_time = self.inner.installing.lock().await;
         let fail = |message: String| KernelError::Install {
             dir: from.to_owned(),
@@ -459,7 +507,7 @@ impl Kernel {
     /// Publishes an event as the operator (recorded in the audit log). Topics under
     /// [`RESERVED_TOPIC_PREFIXES`] are refused.
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Delivery, KernelError> {
-        self.open()?;
+        self.open_recording()?;
         capsid_events::validate_topic(topic)?;
         if let Some(prefix) = RESERVED_TOPIC_PREFIXES
             .iter()

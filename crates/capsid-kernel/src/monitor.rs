@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use capsid_capsule::CapsuleState;
+use capsid_capsule::{CapsuleState, RestartCause};
 use capsid_core::CapsuleId;
 use capsid_core::limits::HEALTH_CHECK_EVERY;
 use tokio::task::JoinHandle;
@@ -110,6 +110,13 @@ async fn health(kernel: Kernel) {
                             reason,
                             r.attempts,
                         );
+                        let details = serde_json::json!({
+                            "reason": reason, "attempts": r.attempts,
+                        });
+                        let resource = format!("capsule://{}", info.name);
+                        if let Err(e) = kernel.note("health.gave-up", &resource, details).await {
+                            tracing::error!(capsule = %info.name, error = %e, "cannot record giving up");
+                        }
                         continue;
                     }
                     r.attempts += 1;
@@ -119,7 +126,10 @@ async fn health(kernel: Kernel) {
                         .min(max);
                     r.next = now + wait;
                     tracing::info!(capsule = %info.name, attempt = r.attempts, "reloading a failed capsule");
-                    if let Err(e) = kernel.reload(&info.name).await {
+                    if let Err(e) = kernel
+                        .reload_because(&info.name, RestartCause::Recovery)
+                        .await
+                    {
                         tracing::warn!(capsule = %info.name, error = %e, "reload failed");
                     }
                 }

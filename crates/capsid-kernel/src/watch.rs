@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use capsid_capsule::{Component, MANIFEST_FILE, Manifest};
+use capsid_capsule::{Component, MANIFEST_FILE, Manifest, RestartCause};
 use capsid_core::CapsuleId;
 use capsid_core::limits::HOT_RELOAD_DEBOUNCE;
 use notify::{RecursiveMode, Watcher};
@@ -106,7 +106,7 @@ fn capsule_of(root: &Path, path: &Path) -> Option<String> {
 
 async fn reload(kernel: &Kernel, id: &CapsuleId) {
     let result = if kernel.registry().info(id).is_some() {
-        kernel.reload(id).await
+        kernel.reload_because(id, RestartCause::SourceChanged).await
     } else {
         kernel.load(id).await
     };

@@ -1,6 +1,7 @@
-//! Never returns from `spin`: the epoch deadline must stop it.
+//! Never returns from `spin`: the epoch deadline must stop it. Logs each reload it is told
+//! of, so a test can see why the health monitor brought it back.
 
-use capsid_guest::{Capsule, Error};
+use capsid_guest::{Capsule, Error, RestartCause};
 
 struct Spin;
 
@@ -13,6 +14,16 @@ impl Capsule for Spin {
         loop {
             n = std::hint::black_box(n.wrapping_add(1));
         }
+    }
+
+    fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {
+        let cause = match cause {
+            RestartCause::Reload => "reload",
+            RestartCause::Recovery => "recovery",
+            RestartCause::SourceChanged => "source-changed",
+        };
+        capsid_guest::info(&format!("restarted: {cause} #{restarts}"));
+        Ok(())
     }
 }
 

@@ -1,10 +1,13 @@
 //! A counter in the capsule's own KV namespace, incremented with compare-and-swap so
-//! concurrent instances never lose an update.
+//! concurrent instances never lose an update. It is restartable: it keeps the last reload it
+//! was told of, and refuses reloads once asked to (to show that a failing hook fails one).
 
-use capsid_guest::{Capsule, Error, kv};
+use capsid_guest::{Capsule, Error, RestartCause, kv};
 use serde_json::{Value, json};
 
 const KEY: &[u8] = b"count";
+const LAST_RESTART: &[u8] = b"last-restart";
+const REFUSE_RESTARTS: &[u8] = b"refuse-restarts";
 
 fn decode(stored: Option<&[u8]>) -> Result<u64, Error> {
     Ok(match stored {
@@ -39,8 +42,30 @@ impl Capsule for Counter {
                 kv::delete(KEY)?;
                 Ok(json!({ "count": 0 }).to_string())
             }
+            "last-restart" => Ok(match kv::get(LAST_RESTART)? {
+                Some(bytes) => String::from_utf8(bytes)
+                    .map_err(|_| Error::Internal("stored restart is not UTF-8".into()))?,
+                None => "null".to_owned(),
+            }),
+            "refuse-restarts" => {
+                kv::set(REFUSE_RESTARTS, b"1")?;
+                Ok(json!({ "refusing": true }).to_string())
+            }
             other => Err(capsid_guest::unknown_tool(other)),
         }
+    }
+
+    fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {
+        if kv::get(REFUSE_RESTARTS)?.is_some() {
+            return Err(Error::Invalid("asked to refuse reloads".into()));
+        }
+        let cause = match cause {
+            RestartCause::Reload => "reload",
+            RestartCause::Recovery => "recovery",
+            RestartCause::SourceChanged => "source-changed",
+        };
+        let last = json!({ "cause": cause, "restarts": restarts }).to_string();
+        kv::set(LAST_RESTART, last.as_bytes())
     }
 }
 

@@ -40,6 +40,23 @@ pub const METHODS: &[&str] = &[
     "daemon.stop",
 ];
 
+/// The methods that change nothing (and `daemon.stop`): all a daemon whose audit log is
+/// read-only answers, since anything else would have to be recorded.
+const READ_ONLY_METHODS: &[&str] = &[
+    "status",
+    "capsule.list",
+    "capsule.show",
+    "process.list",
+    "capsule.logs",
+    "process.logs",
+    "audit.verify",
+    "audit.tail",
+    "audit.export",
+    "cap.list",
+    "identity.list",
+    "daemon.stop",
+];
+
 /// How often a log follow looks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// Most bytes of a process's output one `process.logs` answer carries.
@@ -69,6 +86,13 @@ async fn answer(shared: &Shared, method: &str, p: &Value) -> Answer {
     let kernel = &shared.kernel;
     if (shared.stopping() || kernel.is_closing()) && method != "status" {
         return Err(WireError::new("shutting-down", "the daemon is stopping"));
+    }
+    if kernel.audit().is_read_only()
+        && METHODS.contains(&method)
+        && !READ_ONLY_METHODS.contains(&method)
+    {
+        let refused = capsid_audit::AuditError::ReadOnly(kernel.audit().path().to_owned());
+        return Err(WireError::new("read-only", refused.to_string()));
     }
     match method {
         "status" => to_value(&kernel.status()),
@@ -180,27 +204,7 @@ async fn answer_admin(shared: &Shared, method: &str, p: &Value) -> Answer {
                 .map_err(|e| WireError::new("failed", e.to_string()))?;
             to_value(&rows)
         }
-        "audit.export" => {
-            let out = PathBuf::from(text(p, "path")?);
-            if !out.is_absolute() {
-                return Err(WireError::new("invalid", "path must be an absolute path"));
-            }
-            let audit = kernel.audit().clone();
-            let target = out.clone();
-            let entries = tokio::task::spawn_blocking(move || audit.export_jsonl(&target))
-                .await
-                .map_err(|e| WireError::new("failed", e.to_string()))?
-                .map_err(|e| WireError::new("failed", e.to_string()))?;
-            kernel
-                .note(
-                    "audit.export",
-                    "audit://log",
-                    json!({ "path": out, "entries": entries }),
-                )
-                .await
-                .map_err(|e| kernel_error(&e))?;
-            Ok(json!({ "entries": entries }))
-        }
+        "audit.export" => export(shared, p).await,
         "cap.grant" => grant(shared, p).await,
         "cap.revoke" => {
             let id: CapabilityId = text(p, "id")?
@@ -514,6 +518,33 @@ async fn follow_process(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<
         Ok((page, next, fresh))
     })
     .await;
+}
+
+/// `audit.export`: the log as JSON lines into a new file (recorded, unless the log is
+/// read-only: then it is exported to be inspected, and cannot record that).
+async fn export(shared: &Shared, p: &Value) -> Answer {
+    let kernel = &shared.kernel;
+    let out = PathBuf::from(text(p, "path")?);
+    if !out.is_absolute() {
+        return Err(WireError::new("invalid", "path must be an absolute path"));
+    }
+    let audit = kernel.audit().clone();
+    let target = out.clone();
+    let entries = tokio::task::spawn_blocking(move || audit.export_jsonl(&target))
+        .await
+        .map_err(|e| WireError::new("failed", e.to_string()))?
+        .map_err(|e| WireError::new("failed", e.to_string()))?;
+    if !kernel.audit().is_read_only() {
+        kernel
+            .note(
+                "audit.export",
+                "audit://log",
+                json!({ "path": out, "entries": entries }),
+            )
+            .await
+            .map_err(|e| kernel_error(&e))?;
+    }
+    Ok(json!({ "entries": entries }))
 }
 
 fn capsule_view(info: &CapsuleInfo) -> Value {
