@@ -46,6 +46,9 @@ enum Command {
         /// Development mode: capsules get what they request; edits reload them.
         #[arg(long)]
         dev: bool,
+        /// Leave the terminal's session first (what `capsid start` asks for).
+        #[arg(long, hide = true)]
+        detach: bool,
     },
     /// Start the daemon in the background and wait until it is ready.
     Start {
@@ -212,7 +215,13 @@ fn home(cli: &Cli) -> Result<CapsidHome> {
 async fn run(cli: Cli) -> Result<()> {
     let home = home(&cli)?;
     match &cli.command {
-        Command::Daemon { dev } => daemon(&home, *dev).await,
+        Command::Daemon { dev, detach } => {
+            if *detach {
+                // A session of its own: no terminal's hangup or job control reaches it.
+                nix::unistd::setsid().context("leaving the terminal's session")?;
+            }
+            daemon(&home, *dev).await
+        }
         Command::Start { dev } => start(&home, *dev).await,
         Command::Stop => stop(&home).await,
         command => {
@@ -267,20 +276,18 @@ async fn start(home: &CapsidHome, dev: bool) -> Result<()> {
         .with_context(|| format!("opening {}", log_path.display()))?;
     let exe = std::env::current_exe().context("locating the capsid binary")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("--home").arg(home.root()).arg("daemon");
+    cmd.arg("--home")
+        .arg(home.root())
+        .args(["daemon", "--detach"]);
     if dev {
         cmd.arg("--dev");
     }
-    let mut child = {
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: a Ctrl-C in this terminal does not reach it.
-            .process_group(0)
-            .spawn()
-            .context("starting the daemon")?
-    };
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the daemon")?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message("starting capsid (the first start compiles the capsules)");
     bar.enable_steady_tick(Duration::from_millis(100));

@@ -177,6 +177,11 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     let home = Home::new();
     let started = home.ok(&["start", "--dev"]);
     assert!(started.contains("ready"), "{started}");
+    // Detached: the daemon leads a session of its own, away from the terminal's.
+    let daemon = home.pid().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{daemon}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(fields[3], daemon.to_string(), "its own session: {stat}");
     let status = home.json(&["status"]);
     assert_eq!(status["dev"], true);
     assert_eq!(status["capsules"], 0);
