@@ -57,6 +57,12 @@ const READ_ONLY_METHODS: &[&str] = &[
     "daemon.stop",
 ];
 
+/// Whether `method` is answered on the connection's reader rather than in a task of its own:
+/// the cheap reads that never wait on anything (no I/O, no lock held across an await).
+pub(crate) fn answered_inline(method: &str) -> bool {
+    matches!(method, "status" | "capsule.list" | "capsule.show")
+}
+
 /// How often a log follow looks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// Most bytes of a process's output one `process.logs` answer carries.

@@ -339,6 +339,13 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
             }
         };
         drop(frame);
+        if methods::answered_inline(&request.method) {
+            // A task of its own would cost more than the answer.
+            let counted = InFlight::new(shared.clone());
+            methods::dispatch(&shared, request, &out).await;
+            drop((held, counted));
+            continue;
+        }
         let Ok(permit) = requests.clone().acquire_owned().await else {
             break;
         };
