@@ -87,6 +87,38 @@ pub fn id(name: &str) -> CapsuleId {
     CapsuleId::new(name).expect("valid capsule name")
 }
 
+/// `path` with `suffix` appended to its file name (`audit.db` → `audit.db-wal`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A log's bytes on disk: the database file and its write-ahead log (empty if none).
+pub fn log_files(db: &Path) -> (Vec<u8>, Vec<u8>) {
+    let wal = std::fs::read(with_suffix(db, "-wal")).unwrap_or_default();
+    (std::fs::read(db).unwrap(), wal)
+}
+
+/// Rewrites an audit log behind its back with `sql` the way a tamperer who leaves SQLite's
+/// write-ahead log behind would: the change sits in `<db>-wal`, not checkpointed into the
+/// database file, so anything that opens the log read-write would fold it in. Returns the
+/// files' bytes, to check later that nothing wrote them.
+pub fn tamper_leaving_wal(db: &Path, sql: &str) -> (Vec<u8>, Vec<u8>) {
+    let wal = with_suffix(db, "-wal");
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    assert!(conn.execute(sql, []).unwrap() > 0, "{sql} changed nothing");
+    let (db_bytes, wal_bytes) = (std::fs::read(db).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!wal_bytes.is_empty(), "the change is in the WAL");
+    // Closing checkpoints and removes the WAL: put both back as they were while open.
+    drop(conn);
+    std::fs::write(db, &db_bytes).unwrap();
+    std::fs::write(&wal, &wal_bytes).unwrap();
+    let _ = std::fs::remove_file(with_suffix(db, "-shm"));
+    (db_bytes, wal_bytes)
+}
+
 /// One runtime over a temporary home.
 #[allow(missing_debug_implementations)]
 pub struct Runtime {

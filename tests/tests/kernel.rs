@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use capsid_capsule::CapsuleState;
 use capsid_events::EventBus;
-use capsid_integration_tests::{PrivateHome, capsules_dir, copy_capsule, id};
+use capsid_integration_tests::{
+    PrivateHome, capsules_dir, copy_capsule, id, log_files, tamper_leaving_wal,
+};
 use capsid_kernel::{
     CAPSULES_LOADED_TOPIC, HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC, HealthConfig, Kernel,
     KernelConfig, KernelError, TamperPolicy,
@@ -121,16 +123,11 @@ async fn a_tampered_audit_log_is_refused_kept_read_only_or_quarantined_never_ign
     let db = kernel.audit().path().to_owned();
     kernel.shutdown().await;
     drop(kernel);
-    // Rewrite a recorded action behind the log's back.
-    let conn = rusqlite::Connection::open(&db).unwrap();
-    let changed = conn
-        .execute(
-            "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
-            [],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
-    drop(conn);
+    // Rewrite a recorded action behind the log's back, leaving the change in the WAL.
+    let found = tamper_leaving_wal(
+        &db,
+        "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
+    );
 
     let refused = Kernel::builder()
         .home(home.path())
@@ -145,11 +142,14 @@ async fn a_tampered_audit_log_is_refused_kept_read_only_or_quarantined_never_ign
         ),
         "{refused}"
     );
+    assert!(
+        log_files(&db) == found,
+        "refused untouched, its WAL included"
+    );
 
     // Read-only: it boots, loads nothing, refuses what it would have to record, reports the
     // problems, and leaves the file exactly as found.
     install_copy(home.path(), "hello");
-    let before = std::fs::read(&db).unwrap();
     let read_only = KernelConfig {
         audit_tamper: TamperPolicy::ReadOnly,
         ..dev_config()
@@ -179,7 +179,7 @@ async fn a_tampered_audit_log_is_refused_kept_read_only_or_quarantined_never_ign
     assert!(!kernel.audit().verify_all().unwrap().is_valid());
     kernel.shutdown().await;
     drop(kernel);
-    assert_eq!(std::fs::read(&db).unwrap(), before, "never written");
+    assert!(log_files(&db) == found, "never written, its WAL included");
 
     let quarantine = KernelConfig {
         audit_tamper: TamperPolicy::Quarantine,
@@ -189,9 +189,14 @@ async fn a_tampered_audit_log_is_refused_kept_read_only_or_quarantined_never_ign
     let kept: Vec<_> = std::fs::read_dir(db.parent().unwrap())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".tampered-"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.contains(".tampered-") && !name.ends_with("-wal") && !name.ends_with("-shm")
+        })
         .collect();
     assert_eq!(kept.len(), 1, "the tampered log is kept aside");
+    let kept_wal = capsid_integration_tests::with_suffix(&kept[0].path(), "-wal");
+    assert!(kept_wal.is_file(), "with its WAL");
     let still_tampered = capsid_audit::verify_database(kept[0].path()).unwrap();
     assert!(!still_tampered.is_valid(), "and kept exactly as found");
     let rows = capsid_audit::tail(kernel.audit().path(), 100).unwrap();
@@ -320,11 +325,14 @@ async fn hot_reload_reloads_only_when_the_files_really_change() {
     std::fs::write(home.path().join("capsules/counter/notes.txt"), "x").unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(loads(&kernel), 1, "no reload without a real change");
+    // Written whole (a rename), so no reload sees half a manifest.
+    let staged = home.path().join("Capsule.toml.new");
     std::fs::write(
-        &manifest,
+        &staged,
         text.replace("description = \"", "description = \"Edited: "),
     )
     .unwrap();
+    std::fs::rename(&staged, &manifest).unwrap();
     until("the edited capsule is reloaded", || loads(&kernel) == 2).await;
     until("it is ready again", || {
         kernel.registry().info(&id("counter")).map(|i| i.state) == Some(CapsuleState::Ready)

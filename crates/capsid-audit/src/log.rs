@@ -24,6 +24,8 @@ pub struct AuditLog {
     /// `None`: opened with [`AuditLog::open_read_only`].
     tx: Option<mpsc::Sender<Command>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// The writer lock, held here when there is no writer thread to hold it (read-only).
+    read_only_lock: Mutex<Option<std::fs::File>>,
 }
 
 impl AuditLog {
@@ -38,25 +40,42 @@ impl AuditLog {
     pub fn open(path: impl AsRef<Path>, key: KeyPair) -> Result<Self, AuditError> {
         let path = path.as_ref().to_owned();
         let lock = lock_writer(&path)?;
+        // Verified through a read-only connection before any read-write one exists: a log
+        // that is refused is left exactly as found, its WAL included.
+        let existing = match schema::open_existing_ro(&path)? {
+            Some(ro) => {
+                let snap = store::read_snapshot(&ro, &path)?;
+                let report = verify_snapshot(&snap);
+                if !report.is_valid() {
+                    return Err(AuditError::Tampered {
+                        path,
+                        report: Box::new(report),
+                    });
+                }
+                if report.current_key() != Some(key.key_id()) {
+                    return Err(AuditError::UntrustedKey {
+                        path,
+                        key_id: key.key_id().to_string(),
+                    });
+                }
+                Some(snap)
+            }
+            None => None,
+        };
         let (mut conn, is_new) = schema::open_rw(&path)?;
-        let (key, heads) = if is_new {
-            writer::create(&mut conn, &path, key)?
-        } else {
-            let snap = store::read_snapshot(&conn, &path)?;
-            let report = verify_snapshot(&snap);
-            if !report.is_valid() {
-                return Err(AuditError::Tampered {
+        let (key, heads) = match existing {
+            // Unchanged since it was verified: the writer lock keeps other capsids out.
+            Some(snap) if !is_new => (key, heads_of(&snap)),
+            None if is_new => writer::create(&mut conn, &path, key)?,
+            // Something other than capsid changed the file between the two opens.
+            _ => {
+                return Err(AuditError::Io {
                     path,
-                    report: Box::new(report),
+                    source: std::io::Error::other(
+                        "the file changed while it was being opened; try again",
+                    ),
                 });
             }
-            if report.current_key() != Some(key.key_id()) {
-                return Err(AuditError::UntrustedKey {
-                    path,
-                    key_id: key.key_id().to_string(),
-                });
-            }
-            (key, heads_of(&snap))
         };
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE_DEPTH);
         let handle = writer::spawn(conn, path.clone(), key, heads, rx, lock).map_err(|source| {
@@ -69,20 +88,25 @@ impl AuditLog {
             path,
             tx: Some(tx),
             writer: Mutex::new(Some(handle)),
+            read_only_lock: Mutex::new(None),
         })
     }
 
     /// Opens the existing log at `path` for reading only, tampered or not, and returns it
     /// with its verification report. It is never written: every append or rotation fails
     /// with [`AuditError::ReadOnly`], while verify, export and tail read it as it is. This is
-    /// how a host inspects a log that failed verification without changing it. Blocking.
+    /// how a host inspects a log that failed verification without changing it. It holds the
+    /// writer lock like a writer does (until [`shutdown`](Self::shutdown)), so no other
+    /// capsid writes or moves the log meanwhile. Blocking.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<(Self, VerifyReport), AuditError> {
         let path = path.as_ref().to_owned();
+        let lock = lock_writer(&path)?;
         let report = verify_database(&path)?;
         let log = Self {
             path,
             tx: None,
             writer: Mutex::new(None),
+            read_only_lock: Mutex::new(Some(lock)),
         };
         Ok((log, report))
     }
@@ -145,6 +169,9 @@ impl AuditLog {
         // A closed queue means a stop is already under way or done.
         if let Some(tx) = &self.tx {
             let _ = tx.send(Command::Stop).await;
+        }
+        if let Ok(mut lock) = self.read_only_lock.lock() {
+            lock.take();
         }
         let handle = self.writer.lock().map_or(None, |mut w| w.take());
         if let Some(handle) = handle {

@@ -83,12 +83,39 @@ pub(crate) fn create_schema(tx: &rusqlite::Transaction<'_>, path: &Path) -> Resu
     .map_err(sqlite_err(path))
 }
 
-/// Opens an existing log read-only (verification, export).
-pub(crate) fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+/// Opens the log at `path` read-only if there is one: `None` when the file is missing, empty
+/// or an empty database (a log still to be created). Nothing is written, so a log about to
+/// be refused is never touched (a read-write connection could checkpoint its WAL into it).
+pub(crate) fn open_existing_ro(path: &Path) -> Result<Option<Connection>, AuditError> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > 0 => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(AuditError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    }
+    let conn = read_only(path)?;
+    if check(&conn, path)? {
+        return Ok(None);
+    }
+    Ok(Some(conn))
+}
+
+fn read_only(path: &Path) -> Result<Connection, AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite_err(path))?;
     conn.busy_timeout(AUDIT_BUSY_TIMEOUT)
         .map_err(sqlite_err(path))?;
+    Ok(conn)
+}
+
+/// Opens an existing log read-only (verification, export).
+pub(crate) fn open_ro(path: &Path) -> Result<Connection, AuditError> {
+    let conn = read_only(path)?;
     if check(&conn, path)? {
         return Err(AuditError::Foreign(path.to_owned()));
     }

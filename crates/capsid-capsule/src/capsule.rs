@@ -82,7 +82,7 @@ impl std::fmt::Display for RestartCause {
 pub struct Restart {
     /// Why it was loaded again.
     pub cause: RestartCause,
-    /// Its reloads since the kernel started, this one included.
+    /// Its reloads that reached it since the kernel started, this one included.
     pub count: u32,
 }
 

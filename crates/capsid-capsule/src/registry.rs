@@ -376,7 +376,9 @@ impl Registry {
             "blake3": capsule.blake3,
             "version": capsule.manifest.version.to_string(),
             "trust": format!("{trust:?}"),
-            "restart": restart.map(|r| r.cause.as_str()),
+            "restart": restart.map(|r| serde_json::json!({
+                "cause": r.cause.as_str(), "count": r.count,
+            })),
         });
         self.record_lifecycle(&name, "capsule.load", &details)
             .await

@@ -116,7 +116,7 @@ impl KernelBuilder {
             let record = system("audit.tampered", Decision::Info, details.clone())?;
             audit.append(chain, record).await?;
         }
-        contain_processes(&audit, &chain).await?;
+        let unrecorded = contain_processes(&audit, &chain).await?;
         let engine = Arc::new(CapsuleEngine::new(
             &home.compiled_cache_dir(),
             Arc::new(copy()),
@@ -159,7 +159,7 @@ impl KernelBuilder {
             chain,
             principal,
         });
-        announce(&kernel, &found, started).await?;
+        announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)
     }
 }
@@ -169,6 +169,7 @@ impl KernelBuilder {
 async fn announce(
     kernel: &Kernel,
     found: &AuditFinding,
+    unrecorded: Vec<String>,
     started: Instant,
 ) -> Result<(), KernelError> {
     let mut report = if kernel.audit().is_read_only() {
@@ -178,6 +179,7 @@ async fn announce(
     };
     report.audit_read_only = kernel.audit().is_read_only();
     report.audit_problems = found.problems();
+    report.unrecorded = unrecorded;
     report.boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let payload = serde_json::to_vec(&report).unwrap_or_default();
     kernel.bus().publish(CAPSULES_LOADED_TOPIC, payload, None)?;
@@ -316,8 +318,9 @@ fn set_aside(path: &std::path::Path) -> Result<PathBuf, KernelError> {
 }
 
 /// Becomes the reaper of capsule children's orphans and kills what a host that died without
-/// cleaning up left in its cgroups (recorded when it found anything).
-async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<(), KernelError> {
+/// cleaning up left in its cgroups (recorded when it found anything; returned, to be
+/// reported instead, when the audit log is read-only).
+async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<Vec<String>, KernelError> {
     if let Err(e) = capsid_process::become_subreaper() {
         tracing::warn!(error = %e, "cannot become the subreaper of capsule children");
     }
@@ -335,11 +338,11 @@ async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<(), Kern
         .and_then(|r| r.details(&details))?;
         if audit.is_read_only() {
             tracing::error!(%details, "killed what dead hosts left behind; not recorded (the audit log is read-only)");
-        } else {
-            audit.append(*chain, record).await?;
+            return Ok(vec![format!("process.swept {details}")]);
         }
+        audit.append(*chain, record).await?;
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 /// Loads the installed capsules in dependency order: those that need the network (and what

@@ -25,7 +25,10 @@ pub enum TamperPolicy {
     Quarantine,
     /// Boot with the log open read-only, exactly as found, for inspection (`audit verify`,
     /// `tail`, `export`): nothing can be recorded, so no capsule is loaded and everything
-    /// that must be audited is refused. The status and boot report name the problems.
+    /// that must be audited is refused. The status and boot report name the problems. Two
+    /// things still run unrecorded, because refusing them would be worse: the boot sweep
+    /// that kills what dead hosts left behind (logged, and counted in the boot report), and
+    /// `audit export`.
     #[serde(rename = "read-only")]
     ReadOnly,
 }

@@ -46,6 +46,9 @@ pub struct BootReport {
     /// Whether the audit log is open read-only (it failed verification and
     /// `audit_tamper = "read-only"`): no capsule was loaded and nothing audited can run.
     pub audit_read_only: bool,
+    /// What boot did that it could not record (the audit log is read-only): the sweep of
+    /// processes dead hosts left behind, with what it killed.
+    pub unrecorded: Vec<String>,
 }
 
 /// The kernel's state at a glance.
@@ -382,24 +385,25 @@ impl Kernel {
         name: &CapsuleId,
         cause: RestartCause,
     ) -> Result<CapsuleInfo, KernelError> {
-        self.open()?;
+        // Before the unload: over a read-only audit log it could not be loaded back.
+        self.open_recording()?;
         let dir = self
             .registry()
             .info(name)
             .map(|i| i.dir)
             .ok_or_else(|| CapsuleError::NotLoaded(name.clone()))?;
         self.registry().unload(name).await?;
-        let count = {
-            let mut restarts = self
-                .inner
+        let restarts = || {
+            self.inner
                 .restarts
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let count = restarts.entry(name.clone()).or_default();
-            *count = count.saturating_add(1);
-            *count
+                .unwrap_or_else(PoisonError::into_inner)
         };
-        self.load_dir(&dir, Some(Restart { cause, count })).await
+        // Counted once the capsule is back: a reload that failed never reached it.
+        let count = restarts().get(name).copied().unwrap_or(0).saturating_add(1);
+        let info = self.load_dir(&dir, Some(Restart { cause, count })).await?;
+        restarts().insert(name.clone(), count);
+        Ok(info)
     }
 
     /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. The

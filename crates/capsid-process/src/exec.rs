@@ -95,7 +95,13 @@ impl ExecPlan {
         for a in &argv.args {
             words.push(c_string(a)?);
         }
-        let envp = env
+        // A key given twice keeps its last value, as std's `Command` did.
+        let mut vars: Vec<&(String, String)> = Vec::with_capacity(env.len());
+        for pair in env {
+            vars.retain(|(k, _)| *k != pair.0);
+            vars.push(pair);
+        }
+        let envp = vars
             .iter()
             .map(|(k, v)| c_string(OsStr::new(&format!("{k}={v}"))))
             .collect::<io::Result<Vec<_>>>()?;
@@ -121,10 +127,10 @@ pub(crate) struct Spawned {
     pub stderr: OwnedFd,
 }
 
-/// One resource limit to set, or none (`resource` < 0).
+/// One resource limit to set.
 #[derive(Clone, Copy)]
 struct Limit {
-    resource: c_int,
+    resource: libc::__rlimit_resource_t,
     value: libc::rlimit,
 }
 
@@ -136,34 +142,36 @@ struct ChildArgs {
     cwd: *const c_char,
     stdio: [RawFd; 3],
     cgroup_procs: RawFd,
-    limits: [Limit; 3],
+    limits: [Option<Limit>; 3],
     host_pid: libc::pid_t,
     error: c_int,
 }
 
-fn limit(resource: libc::__rlimit_resource_t, soft: Option<u64>, hard_extra: u64) -> Limit {
-    match soft {
-        Some(soft) => Limit {
-            resource: c_int::try_from(resource).unwrap_or(-1),
-            value: libc::rlimit {
-                rlim_cur: soft,
-                rlim_max: soft.saturating_add(hard_extra),
-            },
+fn limit(resource: libc::__rlimit_resource_t, soft: Option<u64>, hard_extra: u64) -> Option<Limit> {
+    soft.map(|soft| Limit {
+        resource,
+        value: libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: soft.saturating_add(hard_extra),
         },
-        None => Limit {
-            resource: -1,
-            value: libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            },
-        },
-    }
+    })
 }
 
-/// A close-on-exec pipe: (read end, write end).
+/// A close-on-exec pipe: (read end, write end), both above the standard descriptors.
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = io::pipe()?;
-    Ok((OwnedFd::from(r), OwnedFd::from(w)))
+    Ok((above_stdio(r.into())?, above_stdio(w.into())?))
+}
+
+/// `fd`, moved above 2 if a host with a closed standard descriptor got it there: the child's
+/// `dup2`s onto 0-2 must never overwrite a source still to be copied.
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        Ok(fd)
+    } else {
+        // std duplicates with F_DUPFD_CLOEXEC from 3.
+        fd.try_clone()
+    }
 }
 
 /// Starts `plan`. With `cgroup_procs`, the child enters that cgroup (writing `0` to its
@@ -181,7 +189,7 @@ pub(crate) fn spawn(
         (r, Some(w))
     } else {
         let null = std::fs::File::open("/dev/null")?;
-        (OwnedFd::from(null), None)
+        (above_stdio(null.into())?, None)
     };
     let argv: Vec<*const c_char> = plan
         .argv
@@ -248,7 +256,8 @@ pub(crate) fn spawn(
     // SAFETY: the child wrote it (or not) before `execve`/`_exit`, which this thread waited
     // for; read once, as memory another task wrote.
     let failed = unsafe { std::ptr::read_volatile(&raw const block.error) };
-    let pid = u32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // A pid is positive: the cast keeps its value.
+    let pid = pid.cast_unsigned();
     if failed != 0 {
         // It exited without running the program: reap it before saying why.
         let _ = crate::sys::wait4(pid);
@@ -275,11 +284,13 @@ unsafe fn fail(block: *mut ChildArgs, errno: c_int) -> ! {
     }
 }
 
-/// The calling thread's errno (in the child: the suspended host thread's, which it shares).
+/// The calling thread's errno (in the child: the suspended host thread's, which it shares),
+/// never 0: a 0 would read as success to the host.
 fn errno() -> c_int {
-    io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+    match io::Error::last_os_error().raw_os_error() {
+        Some(e) if e != 0 => e,
+        _ => libc::EIO,
+    }
 }
 
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
@@ -294,7 +305,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             ((*block).stdio, (*block).cgroup_procs, (*block).limits);
         // Handlers back to default (and SIGPIPE, which the host ignores, as programs
         // expect): exec would reset handlers anyway, but a signal unblocked before it must
-        // not run host code here.
+        // not run host code here. glibc's two internal signals (32, 33) refuse `sigaction`
+        // and are skipped: they are only ever sent to the host's own threads.
         for sig in 1..=libc::SIGRTMAX() {
             if sig == libc::SIGKILL || sig == libc::SIGSTOP {
                 continue;
@@ -311,13 +323,10 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 libc::sigaction(sig, &raw const default, std::ptr::null_mut());
             }
         }
+        // Every source is above 2 (`above_stdio`), so no dup2 overwrites one still to be
+        // copied; the copies are not close-on-exec.
         for (target, fd) in (0..).zip(stdio) {
-            let ok = if fd == target {
-                libc::fcntl(fd, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(fd, target) == target
-            };
-            if !ok {
+            if libc::dup2(fd, target) != target {
                 fail(block, errno());
             }
         }
@@ -334,10 +343,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if cgroup_procs >= 0 && libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
             fail(block, errno());
         }
-        for l in &limits {
-            if let Ok(resource) = libc::__rlimit_resource_t::try_from(l.resource)
-                && libc::setrlimit(resource, &raw const l.value) != 0
-            {
+        for l in limits.iter().flatten() {
+            if libc::setrlimit(l.resource, &raw const l.value) != 0 {
                 fail(block, errno());
             }
         }
@@ -347,6 +354,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&raw mut empty);
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+        // `execve`, not `execvp`: the program is a resolved path, and a file without a `#!`
+        // line is refused (ENOEXEC) rather than handed to a shell.
         libc::execve(program, argv, envp);
         fail(block, errno())
     }
