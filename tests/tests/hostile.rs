@@ -197,9 +197,10 @@ async fn shout_cannot_publish_where_it_was_not_granted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn components_for_another_world_or_exporting_nothing_are_refused_by_name() {
+async fn components_for_another_world_exporting_nothing_or_a_warped_lifecycle_are_refused_by_name()
+{
     let rt = Runtime::new().await;
-    for name in ["blank", "hollow"] {
+    for name in ["blank", "hollow", "warped"] {
         let dir = capsid_integration_tests::capsules_dir().join(name);
         let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
         assert!(
@@ -210,6 +211,10 @@ async fn components_for_another_world_or_exporting_nothing_are_refused_by_name()
             err.to_string().contains(&format!("capsule {name}")),
             "{err}"
         );
+        if name == "warped" {
+            // Its guest is right: what is refused is `restart`'s signature.
+            assert!(err.to_string().contains("type mismatch"), "{err}");
+        }
         let info = rt.registry.info(&id(name)).unwrap();
         assert!(matches!(info.state, CapsuleState::Failed(_)));
     }

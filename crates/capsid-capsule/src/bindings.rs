@@ -42,6 +42,14 @@ pub(crate) struct CapsulePre {
     lifecycle: Option<lifecycle::GuestIndices>,
 }
 
+/// Why an instance could not be made.
+pub(crate) enum InstantiateError {
+    /// Instantiating failed (a trap in its start, a limit).
+    Instantiate(wasmtime::Error),
+    /// An export is not what `wit/` says (a function of the wrong signature).
+    Exports(wasmtime::Error),
+}
+
 /// One instance's exports.
 pub(crate) struct CapsuleExports {
     pub(crate) guest: guest::Guest,
@@ -68,16 +76,24 @@ impl CapsulePre {
     pub(crate) async fn instantiate_async(
         &self,
         store: &mut wasmtime::Store<crate::host::HostState>,
-    ) -> wasmtime::Result<CapsuleExports> {
-        let instance: Instance = self.instance_pre.instantiate_async(&mut *store).await?;
-        Ok(CapsuleExports {
-            guest: self.guest.load(&mut *store, &instance)?,
-            lifecycle: self
-                .lifecycle
-                .as_ref()
-                .map(|l| l.load(&mut *store, &instance))
-                .transpose()?,
-        })
+    ) -> Result<CapsuleExports, InstantiateError> {
+        let instance: Instance = self
+            .instance_pre
+            .instantiate_async(&mut *store)
+            .await
+            .map_err(InstantiateError::Instantiate)?;
+        // Loading checks each export's signature against the world.
+        let guest = self
+            .guest
+            .load(&mut *store, &instance)
+            .map_err(InstantiateError::Exports)?;
+        let lifecycle = self
+            .lifecycle
+            .as_ref()
+            .map(|l| l.load(&mut *store, &instance))
+            .transpose()
+            .map_err(InstantiateError::Exports)?;
+        Ok(CapsuleExports { guest, lifecycle })
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use wasmtime::Store;
 use wasmtime::Trap;
 
-use crate::bindings::{CapsuleExports, CapsulePre, WitError, WitRestartCause};
+use crate::bindings::{CapsuleExports, CapsulePre, InstantiateError, WitError, WitRestartCause};
 use crate::engine::LoadKind;
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
@@ -343,7 +343,13 @@ impl LoadedCapsule {
         arm(&mut store, self.timeout());
         let exports = match self.pre.instantiate_async(&mut store).await {
             Ok(e) => e,
-            Err(e) => return Err(self.classify(&e, &store)),
+            Err(InstantiateError::Instantiate(e)) => return Err(self.classify(&e, &store)),
+            Err(InstantiateError::Exports(e)) => {
+                return Err(CapsuleError::WrongWorld {
+                    capsule: self.name().clone(),
+                    reason: format!("{e:#}"),
+                });
+            }
         };
         let mut warm = Warm { store, exports };
         let config = self.cx.config.clone();
