@@ -69,8 +69,9 @@ pub trait Capsule {
     fn shutdown() {}
 
     /// Called once per reload on the new capsule's first instance, after `init` and before
-    /// any call: why (`Reload`, `Recovery`, `SourceChanged`) and how many reloads it has had
-    /// since the kernel started. An error fails the reload. Does nothing by default.
+    /// any call: why (`Reload`, `Recovery`, `SourceChanged`) and the reload's number (one more
+    /// than the reloads that succeeded since the kernel started). An error fails the reload.
+    /// Does nothing by default.
     fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {
         let _ = (cause, restarts);
         Ok(())

@@ -87,22 +87,41 @@ pub(crate) fn create_schema(tx: &rusqlite::Transaction<'_>, path: &Path) -> Resu
 /// or an empty database (a log still to be created). Nothing is written, so a log about to
 /// be refused is never touched (a read-write connection could checkpoint its WAL into it).
 pub(crate) fn open_existing_ro(path: &Path) -> Result<Option<Connection>, AuditError> {
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.len() > 0 => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(AuditError::Io {
-                path: path.to_owned(),
-                source,
-            });
+    let io = |source| AuditError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let size = |p: &Path| match std::fs::metadata(p) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(io(e)),
+    };
+    if size(path)? == 0 {
+        // Opening it read-write would delete a WAL beside it: entries no one has seen.
+        if size(&sibling(path, "-wal"))? > 0 {
+            return Err(io(std::io::Error::other(
+                "there is a write-ahead log (-wal) but no database beside it; refusing to start a new log over it (restore the database, or move the -wal away)",
+            )));
         }
+        return Ok(None);
+    }
+    // A hot rollback journal is left only by a crash while a new log was being created; a
+    // read-only connection cannot roll it back, so the read-write open does (and finds the
+    // log new, or refuses it).
+    if size(&sibling(path, "-journal"))? > 0 {
+        return Ok(None);
     }
     let conn = read_only(path)?;
     if check(&conn, path)? {
         return Ok(None);
     }
     Ok(Some(conn))
+}
+
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
 }
 
 fn read_only(path: &Path) -> Result<Connection, AuditError> {

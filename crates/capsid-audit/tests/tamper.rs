@@ -110,6 +110,22 @@ async fn a_tampered_log_opened_read_only_is_reported_readable_and_never_written(
 }
 
 #[tokio::test]
+async fn a_write_ahead_log_without_its_database_is_refused_not_replaced() {
+    let fx = fixture(3).await;
+    let mut wal = fx.path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    // What a crash between moving the database and its WAL aside would leave.
+    std::fs::write(&wal, b"frames nobody has read yet").unwrap();
+    std::fs::remove_file(&fx.path).unwrap();
+    let refused = AuditLog::open(&fx.path, fx.key()).unwrap_err();
+    assert!(matches!(refused, AuditError::Io { .. }), "{refused}");
+    assert!(refused.to_string().contains("write-ahead log"), "{refused}");
+    assert_eq!(std::fs::read(&wal).unwrap(), b"frames nobody has read yet");
+    assert!(!fx.path.exists(), "no new log was started over it");
+}
+
+#[tokio::test]
 async fn edited_details_and_type_confusion_are_reported() {
     let fx = fixture(5).await;
     let sql = fx.sql();

@@ -82,7 +82,7 @@ impl std::fmt::Display for RestartCause {
 pub struct Restart {
     /// Why it was loaded again.
     pub cause: RestartCause,
-    /// Its reloads that reached it since the kernel started, this one included.
+    /// This reload's number: one more than the reloads that succeeded before it.
     pub count: u32,
 }
 

@@ -382,6 +382,9 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
     for problem in problems.into_iter().flatten() {
         println!("           {}", output::cell(problem));
     }
+    for done in s["boot"]["unrecorded"].as_array().into_iter().flatten() {
+        println!("unrecorded {}", output::cell(done));
+    }
     Ok(())
 }
 

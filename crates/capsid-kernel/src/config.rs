@@ -27,8 +27,8 @@ pub enum TamperPolicy {
     /// `tail`, `export`): nothing can be recorded, so no capsule is loaded and everything
     /// that must be audited is refused. The status and boot report name the problems. Two
     /// things still run unrecorded, because refusing them would be worse: the boot sweep
-    /// that kills what dead hosts left behind (logged, and counted in the boot report), and
-    /// `audit export`.
+    /// that kills what dead hosts left behind (logged, and listed in the boot report's
+    /// `unrecorded`), and `audit export`; boot and shutdown themselves are not recorded.
     #[serde(rename = "read-only")]
     ReadOnly,
 }

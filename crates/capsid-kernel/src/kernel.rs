@@ -590,13 +590,14 @@ impl Kernel {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        if let Err(e) = self
-            .note(
-                "kernel.shutdown",
-                "kernel://shutdown",
-                serde_json::json!({}),
-            )
-            .await
+        if !self.audit().is_read_only()
+            && let Err(e) = self
+                .note(
+                    "kernel.shutdown",
+                    "kernel://shutdown",
+                    serde_json::json!({}),
+                )
+                .await
         {
             tracing::warn!(error = %e, "recording the shutdown");
         }

@@ -303,6 +303,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             ((*block).program, (*block).argv, (*block).envp, (*block).cwd);
         let (stdio, cgroup_procs, limits) =
             ((*block).stdio, (*block).cgroup_procs, (*block).limits);
+        // Into its cgroup first: before anything could fork, and before the dup2s below,
+        // which could reuse the descriptor's number if the host had a standard one closed.
+        if cgroup_procs >= 0 && libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+            fail(block, errno());
+        }
         // Handlers back to default (and SIGPIPE, which the host ignores, as programs
         // expect): exec would reset handlers anyway, but a signal unblocked before it must
         // not run host code here. glibc's two internal signals (32, 33) refuse `sigaction`
@@ -339,9 +344,6 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // The host died before the death signal was armed: do not outlive it.
         if libc::getppid() != (*block).host_pid {
             fail(block, libc::ESRCH);
-        }
-        if cgroup_procs >= 0 && libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
-            fail(block, errno());
         }
         for l in limits.iter().flatten() {
             if libc::setrlimit(l.resource, &raw const l.value) != 0 {

@@ -60,7 +60,8 @@ const READ_ONLY_METHODS: &[&str] = &[
 ];
 
 /// Whether `method` is answered on the connection's reader rather than in a task of its own:
-/// the cheap reads that never wait on anything (no I/O, no lock held across an await).
+/// the cheap reads (no I/O, no lock held across an await), whose only wait is for room in the
+/// connection's answer queue.
 pub(crate) fn answered_inline(method: &str) -> bool {
     matches!(method, "status" | "capsule.list" | "capsule.show")
 }

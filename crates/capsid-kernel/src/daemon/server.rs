@@ -1,6 +1,7 @@
-//! Serving the kernel on its Unix socket: one task per connection (a reader that dispatches
-//! each request in its own task, a writer that owns the socket's write half), hello first,
-//! peer uid checked, every limit named in `capsid_core::limits`.
+//! Serving the kernel on its Unix socket: one task per connection (a reader that answers the
+//! cheap reads itself and dispatches every other request in its own task, a writer that owns
+//! the socket's write half), hello first, peer uid checked, every limit named in
+//! `capsid_core::limits`.
 //!
 //! Memory is bounded: a frame's length is checked before its body is read, the bytes of
 //! requests held across all connections are budgeted (`MAX_DAEMON_BUFFERED_BYTES`), a body
