@@ -3,7 +3,8 @@
 //! namespace). What an unsandboxed child forked outlives the host (nothing of it runs to kill
 //! them) until the next host starts: each child has a cgroup named after its host, and the
 //! boot-time sweep kills everything in the cgroups of hosts that are gone — processes that
-//! left the child's group with `setsid` included.
+//! left the child's group with `setsid` included. A host started with its standard
+//! descriptors closed still confines and feeds its children.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -102,4 +103,19 @@ fn sigkill_of_the_host_leaves_no_child_running_after_the_next_boot_sweep() {
         sleeping(c),
         sleeping(d)
     );
+}
+
+#[test]
+fn a_host_with_closed_standard_descriptors_still_confines_and_feeds_its_children() {
+    assert!(
+        capsid_process::pids_limit_available(),
+        "this test needs a writable cgroup pids controller (/sys/fs/cgroup/pids or cgroup v2)"
+    );
+    let ws = tempfile::tempdir().unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_process-host-closed-stdio"))
+        .arg(ws.path())
+        .status()
+        .unwrap();
+    let failure = std::fs::read_to_string(ws.path().join("failure.txt")).unwrap_or_default();
+    assert!(status.success(), "{status}: {failure}");
 }
