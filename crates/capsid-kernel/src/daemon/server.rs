@@ -314,11 +314,14 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
     let mut tasks = JoinSet::new();
     let mut stopped = shared.stop.subscribe();
     loop {
+        // Finished requests are reaped here, never raced against the read: a read cancelled
+        // halfway through a frame would lose the bytes it had taken and desynchronise the
+        // stream. The other branches end the connection, so what they cut short is moot.
+        while tasks.try_join_next().is_some() {}
         let frame = tokio::select! {
             frame = next_frame(&mut reader, &shared.budget) => frame,
             () = out.closed() => break,
             _ = stopped.changed() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (frame, held) = match frame {
             Ok(Some(f)) => f,
