@@ -200,9 +200,7 @@ impl AuditLog {
 /// Takes the exclusive writer lock: an advisory lock on `<db>.lock`, held by the writer
 /// thread until it stops, so two writers can never interleave sequence numbers.
 fn lock_writer(db: &Path) -> Result<std::fs::File, AuditError> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    let lock_path = PathBuf::from(name);
+    let lock_path = schema::sibling(db, ".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

@@ -118,7 +118,8 @@ pub(crate) fn open_existing_ro(path: &Path) -> Result<Option<Connection>, AuditE
     Ok(Some(conn))
 }
 
-fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+/// `path` with `suffix` added to its file name (`audit.db` → `audit.db-wal`).
+pub(crate) fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     name.into()

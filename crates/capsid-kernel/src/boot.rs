@@ -112,8 +112,9 @@ impl KernelBuilder {
             Record::new(Principal::System, action, "kernel://boot", decision)
                 .and_then(|r| r.details(&details))
         };
-        if let AuditFinding::Quarantined { details, .. } = &found {
-            let record = system("audit.tampered", Decision::Info, details.clone())?;
+        if let AuditFinding::Quarantined { kept, problems } = &found {
+            let details = serde_json::json!({ "kept": kept, "problems": problems });
+            let record = system("audit.tampered", Decision::Info, details)?;
             audit.append(chain, record).await?;
         }
         let unrecorded = contain_processes(&audit, &chain).await?;
@@ -213,10 +214,10 @@ async fn blocking<T: Send + 'static>(
 enum AuditFinding {
     /// It verified.
     Sound,
-    /// It failed verification and was set aside; `details` go into the new log.
+    /// It failed verification and was set aside at `kept`; the new log records it.
     Quarantined {
+        kept: PathBuf,
         problems: Vec<String>,
-        details: serde_json::Value,
     },
     /// It failed verification and is open read-only.
     ReadOnly { problems: Vec<String> },
@@ -270,16 +271,15 @@ async fn open_audit(
         }
         return Ok((log, AuditFinding::ReadOnly { problems }));
     }
-    let aside = set_aside(&path)?;
+    let kept = set_aside(&path)?;
     tracing::error!(
         log = %path.display(),
-        kept = %aside.display(),
+        kept = %kept.display(),
         "the audit log failed verification; it was set aside and a new log started"
     );
-    let details = serde_json::json!({ "kept": aside, "problems": problems });
     let key = KeyPair::from_secret_bytes(&secret);
     let log = blocking(move || AuditLog::open(&path, key)).await??;
-    Ok((log, AuditFinding::Quarantined { problems, details }))
+    Ok((log, AuditFinding::Quarantined { kept, problems }))
 }
 
 /// Moves a tampered log (and its SQLite side files) to `<log>.tampered-<ns>[-n]`, never over
