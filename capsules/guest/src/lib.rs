@@ -1,19 +1,38 @@
 //! Write a capsid capsule in a few lines.
 //!
 //! ```ignore
+//! use capsid_guest::{Capsule, Error, Json, Tools};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! struct Who {
+//!     name: Option<String>,
+//! }
+//!
+//! #[derive(Serialize)]
+//! struct Greeting {
+//!     greeting: String,
+//! }
+//!
+//! fn greet(Json(who): Json<Who>) -> Result<Json<Greeting>, Error> {
+//!     let who = who.name.as_deref().unwrap_or("world");
+//!     capsid_guest::info(&format!("greeting {who}"));
+//!     Ok(Json(Greeting { greeting: format!("Hello, {who}!") }))
+//! }
+//!
 //! struct Hello;
 //!
-//! impl capsid_guest::Capsule for Hello {
-//!     fn call_tool(name: String, input: String) -> Result<String, capsid_guest::Error> {
-//!         capsid_guest::info(&format!("{name} called"));
-//!         Ok(input)
-//!     }
+//! impl Capsule for Hello {
+//!     const TOOLS: Tools = capsid_guest::tools! { "greet" => greet };
 //! }
 //!
 //! capsid_guest::capsule!(Hello);
 //! ```
 //!
-//! A capsule that wants to know when it is reloaded implements [`Capsule::restart`].
+//! Each tool is a plain function listed once in [`tools!`]: the SDK parses its input
+//! ([`Json<T>`]), encodes its output, and answers a tool the capsule does not list. A capsule
+//! that wants the raw name and JSON text overrides [`Capsule::call_tool`] instead. A capsule
+//! that wants to know when it is reloaded implements [`Capsule::restart`].
 //!
 //! The host interfaces are re-exported as modules ([`kv`], [`fs`], [`ipc`], [`sys`], [`log`]);
 //! every call is checked against the capsule's grants, so expect [`Error::Denied`] for
@@ -35,6 +54,12 @@ pub mod __bindings {
     });
 }
 
+mod tools;
+
+#[doc(hidden)]
+pub use tools::{__check_tool_names, __tool_names_section};
+pub use tools::{FromInput, Handler, IntoOutput, Json, RawJson, Tool, Tools, dispatch};
+
 #[doc(hidden)]
 pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
 #[doc(hidden)]
@@ -48,8 +73,13 @@ pub use __bindings::capsid::host::{fs, ipc, kv, log, process, sys};
 /// `wasi:io/poll`: wait on several `process` pollables (and WASI's) at once.
 pub use __bindings::wasi::io::poll;
 
-/// What a capsule implements. Only `call_tool` is required.
+/// What a capsule implements. Every item has a default: list the tools in
+/// [`Capsule::TOOLS`] and override what else the capsule needs.
 pub trait Capsule {
+    /// The tools this capsule answers, listed with [`tools!`]; [`Capsule::call_tool`]
+    /// dispatches to them unless overridden. None by default.
+    const TOOLS: Tools = &[];
+
     /// Called once per instance with the resolved `[env]` configuration.
     fn init(config: Vec<(String, String)>) -> Result<(), Error> {
         let _ = config;
@@ -62,8 +92,11 @@ pub trait Capsule {
         Ok(())
     }
 
-    /// Runs tool `name` on JSON `input`, returning JSON.
-    fn call_tool(name: String, input: String) -> Result<String, Error>;
+    /// Runs tool `name` on JSON `input`, returning JSON. By default, the tool of that name in
+    /// [`Capsule::TOOLS`]; a name not there is answered with [`unknown_tool`].
+    fn call_tool(name: String, input: String) -> Result<String, Error> {
+        dispatch(Self::TOOLS, &name, input)
+    }
 
     /// Called before the instance is dropped.
     fn shutdown() {}
@@ -148,9 +181,10 @@ pub fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid(message.into())
 }
 
-/// The error for a tool name the capsule does not offer.
+/// The error for a tool name the capsule does not answer (the host already refused names its
+/// manifest does not declare, so the manifest and the code disagree).
 pub fn unknown_tool(name: &str) -> Error {
-    Error::Invalid(format!("unknown tool {name:?}"))
+    Error::Invalid(format!("the capsule does not implement tool {name:?}"))
 }
 
 /// `"ok"`, or the short name of the error: for tools that report outcomes as JSON.
