@@ -1,37 +1,49 @@
 //! Runs `n` guest-to-host calls in a loop so the host can time one call: `kv-get` reads one
 //! key of its namespace, `sys-noop` asks for the monotonic clock (the cheapest host call).
 
-use capsid_guest::{Capsule, Error, kv, sys};
-use serde_json::{Value, json};
+use capsid_guest::{Capsule, Error, Json, Tools, kv, sys};
+use serde::{Deserialize, Serialize};
+
+/// How many calls a loop makes (1 unless told).
+#[derive(Deserialize)]
+struct Loops {
+    n: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Looped {
+    n: u64,
+}
+
+fn kv_get(Json(loops): Json<Loops>) -> Result<Json<Looped>, Error> {
+    let n = loops.n.unwrap_or(1);
+    for _ in 0..n {
+        std::hint::black_box(kv::get(b"k")?);
+    }
+    Ok(Json(Looped { n }))
+}
+
+fn sys_noop(Json(loops): Json<Loops>) -> Result<Json<Looped>, Error> {
+    let n = loops.n.unwrap_or(1);
+    for _ in 0..n {
+        std::hint::black_box(sys::monotonic_ns());
+    }
+    Ok(Json(Looped { n }))
+}
 
 struct HostCalls;
 
 impl Capsule for HostCalls {
+    const TOOLS: Tools = capsid_guest::tools! {
+        "kv-get" => kv_get,
+        "sys-noop" => sys_noop,
+    };
+
     fn init(_config: Vec<(String, String)>) -> Result<(), Error> {
         kv::set(
             b"k",
             b"a value of a realistic size, say sixty-four bytes long.........",
         )
-    }
-
-    fn call_tool(name: String, input: String) -> Result<String, Error> {
-        let input: Value =
-            serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;
-        let n = input["n"].as_u64().unwrap_or(1);
-        match name.as_str() {
-            "kv-get" => {
-                for _ in 0..n {
-                    std::hint::black_box(kv::get(b"k")?);
-                }
-            }
-            "sys-noop" => {
-                for _ in 0..n {
-                    std::hint::black_box(sys::monotonic_ns());
-                }
-            }
-            other => return Err(capsid_guest::unknown_tool(other)),
-        }
-        Ok(json!({ "n": n }).to_string())
     }
 }
 

@@ -2,8 +2,9 @@
 //! concurrent instances never lose an update. It is restartable: it keeps the last reload it
 //! was told of, and refuses reloads once asked to (to show that a failing hook fails one).
 
-use capsid_guest::{Capsule, Error, RestartCause, kv};
-use serde_json::{Value, json};
+use capsid_guest::{Capsule, Error, Json, RawJson, RestartCause, Tools, kv};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 const KEY: &[u8] = b"count";
 const LAST_RESTART: &[u8] = b"last-restart";
@@ -20,40 +21,67 @@ fn decode(stored: Option<&[u8]>) -> Result<u64, Error> {
     })
 }
 
+#[derive(Deserialize)]
+struct Increment {
+    by: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Count {
+    count: u64,
+}
+
+#[derive(Serialize)]
+struct Refusing {
+    refusing: bool,
+}
+
+fn increment(Json(input): Json<Increment>) -> Result<Json<Count>, Error> {
+    let by = input.by.unwrap_or(1);
+    loop {
+        let old = kv::get(KEY)?;
+        let next = decode(old.as_deref())?.saturating_add(by);
+        if kv::compare_and_swap(KEY, old.as_deref(), Some(&next.to_le_bytes()))? {
+            return Ok(Json(Count { count: next }));
+        }
+    }
+}
+
+fn get() -> Result<Json<Count>, Error> {
+    let count = decode(kv::get(KEY)?.as_deref())?;
+    Ok(Json(Count { count }))
+}
+
+fn reset() -> Result<Json<Count>, Error> {
+    kv::delete(KEY)?;
+    Ok(Json(Count { count: 0 }))
+}
+
+/// What the restart hook stored, already JSON, or `null`.
+fn last_restart() -> Result<RawJson, Error> {
+    let stored = match kv::get(LAST_RESTART)? {
+        Some(bytes) => String::from_utf8(bytes)
+            .map_err(|_| Error::Internal("stored restart is not UTF-8".into()))?,
+        None => "null".to_owned(),
+    };
+    Ok(RawJson(stored))
+}
+
+fn refuse_restarts() -> Result<Json<Refusing>, Error> {
+    kv::set(REFUSE_RESTARTS, b"1")?;
+    Ok(Json(Refusing { refusing: true }))
+}
+
 struct Counter;
 
 impl Capsule for Counter {
-    fn call_tool(name: String, input: String) -> Result<String, Error> {
-        match name.as_str() {
-            "increment" => {
-                let input: Value = serde_json::from_str(&input)
-                    .map_err(|e| capsid_guest::invalid(e.to_string()))?;
-                let by = input["by"].as_u64().unwrap_or(1);
-                loop {
-                    let old = kv::get(KEY)?;
-                    let next = decode(old.as_deref())?.saturating_add(by);
-                    if kv::compare_and_swap(KEY, old.as_deref(), Some(&next.to_le_bytes()))? {
-                        return Ok(json!({ "count": next }).to_string());
-                    }
-                }
-            }
-            "get" => Ok(json!({ "count": decode(kv::get(KEY)?.as_deref())? }).to_string()),
-            "reset" => {
-                kv::delete(KEY)?;
-                Ok(json!({ "count": 0 }).to_string())
-            }
-            "last-restart" => Ok(match kv::get(LAST_RESTART)? {
-                Some(bytes) => String::from_utf8(bytes)
-                    .map_err(|_| Error::Internal("stored restart is not UTF-8".into()))?,
-                None => "null".to_owned(),
-            }),
-            "refuse-restarts" => {
-                kv::set(REFUSE_RESTARTS, b"1")?;
-                Ok(json!({ "refusing": true }).to_string())
-            }
-            other => Err(capsid_guest::unknown_tool(other)),
-        }
-    }
+    const TOOLS: Tools = capsid_guest::tools! {
+        "increment" => increment,
+        "get" => get,
+        "reset" => reset,
+        "last-restart" => last_restart,
+        "refuse-restarts" => refuse_restarts,
+    };
 
     fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {
         if kv::get(REFUSE_RESTARTS)?.is_some() {

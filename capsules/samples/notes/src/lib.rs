@@ -1,15 +1,9 @@
 //! Notes as Markdown files under `notes/` in the workspace, the only folder it is granted.
 
-use capsid_guest::{Capsule, Error, fs};
-use serde_json::{Value, json};
+use capsid_guest::{Capsule, Error, Json, Tools, fs};
+use serde::{Deserialize, Serialize};
 
 const DIR: &str = "notes";
-
-fn arg<'a>(input: &'a Value, key: &str) -> Result<&'a str, Error> {
-    input[key]
-        .as_str()
-        .ok_or_else(|| capsid_guest::invalid(format!("missing string field {key:?}")))
-}
 
 fn note_path(name: &str) -> Result<String, Error> {
     let ok = !name.is_empty()
@@ -22,52 +16,94 @@ fn note_path(name: &str) -> Result<String, Error> {
     Ok(format!("{DIR}/{name}.md"))
 }
 
+#[derive(Deserialize)]
+struct Note {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct NoteText {
+    name: String,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Written {
+    path: String,
+}
+
+#[derive(Serialize)]
+struct Text {
+    text: String,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    notes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Tidied {
+    tidied: bool,
+}
+
+#[derive(Serialize)]
+struct Deleted {
+    deleted: bool,
+}
+
+fn add(Json(note): Json<NoteText>) -> Result<Json<Written>, Error> {
+    let path = note_path(&note.name)?;
+    fs::create_dir(DIR)?;
+    fs::write(&path, note.text.as_bytes())?;
+    Ok(Json(Written { path }))
+}
+
+fn append(Json(note): Json<NoteText>) -> Result<Json<Written>, Error> {
+    let path = note_path(&note.name)?;
+    fs::append(&path, note.text.as_bytes())?;
+    Ok(Json(Written { path }))
+}
+
+fn read(Json(note): Json<Note>) -> Result<Json<Text>, Error> {
+    let bytes = fs::read(&note_path(&note.name)?)?;
+    let text = String::from_utf8(bytes).map_err(|_| Error::Internal("note is not UTF-8".into()))?;
+    Ok(Json(Text { text }))
+}
+
+fn list() -> Result<Json<Listing>, Error> {
+    let notes = match fs::read_dir(DIR) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter_map(|e| e.name.strip_suffix(".md").map(str::to_owned))
+            .collect(),
+        Err(Error::NotFound) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(Json(Listing { notes }))
+}
+
+fn tidy() -> Result<Json<Tidied>, Error> {
+    fs::remove_dir(DIR, true)?;
+    Ok(Json(Tidied { tidied: true }))
+}
+
+fn delete(Json(note): Json<Note>) -> Result<Json<Deleted>, Error> {
+    fs::remove_file(&note_path(&note.name)?)?;
+    Ok(Json(Deleted { deleted: true }))
+}
+
 struct Notes;
 
 impl Capsule for Notes {
-    fn call_tool(name: String, input: String) -> Result<String, Error> {
-        let input: Value =
-            serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;
-        match name.as_str() {
-            "add" => {
-                let path = note_path(arg(&input, "name")?)?;
-                fs::create_dir(DIR)?;
-                fs::write(&path, arg(&input, "text")?.as_bytes())?;
-                Ok(json!({ "path": path }).to_string())
-            }
-            "append" => {
-                let path = note_path(arg(&input, "name")?)?;
-                fs::append(&path, arg(&input, "text")?.as_bytes())?;
-                Ok(json!({ "path": path }).to_string())
-            }
-            "read" => {
-                let bytes = fs::read(&note_path(arg(&input, "name")?)?)?;
-                let text = String::from_utf8(bytes)
-                    .map_err(|_| Error::Internal("note is not UTF-8".into()))?;
-                Ok(json!({ "text": text }).to_string())
-            }
-            "list" => {
-                let names: Vec<String> = match fs::read_dir(DIR) {
-                    Ok(entries) => entries
-                        .into_iter()
-                        .filter_map(|e| e.name.strip_suffix(".md").map(str::to_owned))
-                        .collect(),
-                    Err(Error::NotFound) => Vec::new(),
-                    Err(e) => return Err(e),
-                };
-                Ok(json!({ "notes": names }).to_string())
-            }
-            "tidy" => {
-                fs::remove_dir(DIR, true)?;
-                Ok(json!({ "tidied": true }).to_string())
-            }
-            "delete" => {
-                fs::remove_file(&note_path(arg(&input, "name")?)?)?;
-                Ok(json!({ "deleted": true }).to_string())
-            }
-            other => Err(capsid_guest::unknown_tool(other)),
-        }
-    }
+    const TOOLS: Tools = capsid_guest::tools! {
+        "add" => add,
+        "append" => append,
+        "read" => read,
+        "list" => list,
+        "delete" => delete,
+        "tidy" => tidy,
+    };
 }
 
 capsid_guest::capsule!(Notes);

@@ -1,13 +1,17 @@
 //! Runs granted programs: to their exit (`run`), or in the background (`converse` talks to
 //! `cat` over stdin; `start` keeps a `sleep` running across calls, `stop-all` signals them;
-//! `orphan` starts one and drops its handle).
+//! `orphan` starts one and drops its handle; `poll` waits on one with `wasi:io/poll`), or as
+//! a persistent `sh` reached by its id across calls (the `repl-*` tools).
+//!
+//! Answers list their fields in alphabetical order, as they have always been written.
 
 use std::cell::RefCell;
 
 use capsid_guest::process::{
     self, Background, OutputStream, PersistentOptions, SignalKind, SpawnOptions,
 };
-use capsid_guest::{Capsule, Error, kv, sys};
+use capsid_guest::{Capsule, Error, Json, Tools, kv, sys};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 thread_local! {
@@ -26,47 +30,115 @@ fn plain(args: &[&str], stdin: Option<&[u8]>) -> SpawnOptions {
     }
 }
 
-fn background(name: &str) -> Result<Value, Error> {
-    Ok(match name {
-        "converse" => {
-            let cat = process::spawn_background("cat", &plain(&[], Some(b"first\n")))
-                .map_err(|e| failed(&e))?;
-            cat.write_stdin(b"second\n").map_err(|e| failed(&e))?;
-            cat.close_stdin();
-            let out = cat.wait_with_output();
-            json!({ "code": out.exit.code, "stdout": String::from_utf8_lossy(&out.stdout) })
-        }
-        "start" => {
-            let sleeper = process::spawn_background("sleep", &plain(&["600"], None))
-                .map_err(|e| failed(&e))?;
-            let pid = sleeper.os_pid();
-            KEPT.with(|k| k.borrow_mut().push(sleeper));
-            json!({ "pid": pid })
-        }
-        "stop-all" => {
-            let kept: Vec<Background> = KEPT.with(|k| k.borrow_mut().drain(..).collect());
-            let mut signals = Vec::new();
-            for child in &kept {
-                child.signal(SignalKind::Term).map_err(|e| failed(&e))?;
-                signals.push(child.wait(10_000).and_then(|e| e.signal));
-            }
-            json!({ "signals": signals })
-        }
-        "orphan" => {
-            let sleeper = process::spawn_background("sleep", &plain(&["600"], None))
-                .map_err(|e| failed(&e))?;
-            let pid = sleeper.os_pid();
-            let _ = sleeper.read_logs(OutputStream::Stdout, 1024);
-            json!({ "pid": pid })
-        }
-        "poll" => poll_child()?,
-        other => return Err(capsid_guest::unknown_tool(other)),
-    })
+#[derive(Deserialize)]
+struct Run {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+    cwd: Option<String>,
+    stdin: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Ran {
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        stderr: String,
+        stdout: String,
+    },
+    Refused {
+        error: String,
+    },
+}
+
+fn run(Json(input): Json<Run>) -> Result<Json<Ran>, Error> {
+    let mut options = capsid_guest::spawn_options(&[]);
+    options.args = input.args;
+    options.cwd = input.cwd;
+    options.stdin = input.stdin.map(String::into_bytes);
+    options.limits.cpu_seconds = Some(10);
+    Ok(Json(match process::spawn(&input.program, &options) {
+        Ok(out) => Ran::Exited {
+            code: out.exit.code,
+            signal: out.exit.signal,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        },
+        Err(e) => Ran::Refused {
+            error: format!("{e:?}"),
+        },
+    }))
+}
+
+#[derive(Serialize)]
+struct Conversed {
+    code: Option<i32>,
+    stdout: String,
+}
+
+fn converse() -> Result<Json<Conversed>, Error> {
+    let cat =
+        process::spawn_background("cat", &plain(&[], Some(b"first\n"))).map_err(|e| failed(&e))?;
+    cat.write_stdin(b"second\n").map_err(|e| failed(&e))?;
+    cat.close_stdin();
+    let out = cat.wait_with_output();
+    Ok(Json(Conversed {
+        code: out.exit.code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    }))
+}
+
+#[derive(Serialize)]
+struct Started {
+    pid: u32,
+}
+
+fn start() -> Result<Json<Started>, Error> {
+    let sleeper =
+        process::spawn_background("sleep", &plain(&["600"], None)).map_err(|e| failed(&e))?;
+    let pid = sleeper.os_pid();
+    KEPT.with(|k| k.borrow_mut().push(sleeper));
+    Ok(Json(Started { pid }))
+}
+
+#[derive(Serialize)]
+struct Stopped {
+    signals: Vec<Option<i32>>,
+}
+
+fn stop_all() -> Result<Json<Stopped>, Error> {
+    let kept: Vec<Background> = KEPT.with(|k| k.borrow_mut().drain(..).collect());
+    let mut signals = Vec::new();
+    for child in &kept {
+        child.signal(SignalKind::Term).map_err(|e| failed(&e))?;
+        signals.push(child.wait(10_000).and_then(|e| e.signal));
+    }
+    Ok(Json(Stopped { signals }))
+}
+
+fn orphan() -> Result<Json<Started>, Error> {
+    let sleeper =
+        process::spawn_background("sleep", &plain(&["600"], None)).map_err(|e| failed(&e))?;
+    let pid = sleeper.os_pid();
+    let _ = sleeper.read_logs(OutputStream::Stdout, 1024);
+    Ok(Json(Started { pid }))
+}
+
+#[derive(Serialize)]
+struct Polled {
+    after: String,
+    before: String,
+    code: Option<i32>,
+    exited_early: bool,
+    first: Vec<u32>,
+    second: Vec<u32>,
 }
 
 /// Waits on a child with `wasi:io/poll`: first for its output (while it waits for input),
 /// then for its exit.
-fn poll_child() -> Result<Value, Error> {
+fn poll() -> Result<Json<Polled>, Error> {
     let script = "echo ready; read line; echo \"got $line\"; exit 3";
     let child = process::spawn_background("sh", &plain(&["-c", script], Some(b"")))
         .map_err(|e| failed(&e))?;
@@ -82,141 +154,150 @@ fn poll_child() -> Result<Value, Error> {
     output.block();
     let after = String::from_utf8_lossy(&child.read_logs(OutputStream::Stdout, 1024)).into_owned();
     drop((output, exit));
-    Ok(json!({
-        "first": first,
-        "before": before,
-        "exited_early": exited_early,
-        "second": second,
-        "code": code,
-        "after": after,
+    Ok(Json(Polled {
+        after,
+        before,
+        code,
+        exited_early,
+        first,
+        second,
     }))
 }
 
-/// The persistent REPL tools: a `sh` kept alive across calls, reached by its id.
-fn repl(name: &str, input: &Value) -> Result<Value, Error> {
-    let id = || {
-        input["id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| capsid_guest::invalid("missing \"id\""))
-    };
-    Ok(match name {
-        "repl-start" => {
-            let id = process::spawn_persistent(
-                "sh",
-                &plain(&[], Some(b"")),
-                &PersistentOptions {
-                    label: Some("repl".into()),
-                    lifetime_ms: None,
-                    idle_ms: None,
-                    retention_ms: None,
-                },
-            )
+/// A persistent `sh`, by the id `repl-start` answered.
+#[derive(Deserialize)]
+struct Repl {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct ReplLine {
+    id: String,
+    #[serde(default)]
+    line: String,
+}
+
+#[derive(Serialize)]
+struct ReplStarted {
+    id: String,
+}
+
+#[derive(Serialize)]
+struct ReplOutput {
+    output: String,
+}
+
+#[derive(Serialize)]
+struct ReplStatus {
+    label: Option<String>,
+    running: bool,
+}
+
+#[derive(Serialize)]
+struct ReplStopped {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+fn repl_start() -> Result<Json<ReplStarted>, Error> {
+    let id = process::spawn_persistent(
+        "sh",
+        &plain(&[], Some(b"")),
+        &PersistentOptions {
+            label: Some("repl".into()),
+            lifetime_ms: None,
+            idle_ms: None,
+            retention_ms: None,
+        },
+    )
+    .map_err(|e| failed(&e))?;
+    process::watch(&id, true).map_err(|e| failed(&e))?;
+    Ok(Json(ReplStarted { id }))
+}
+
+fn repl_eval(Json(input): Json<ReplLine>) -> Result<Json<ReplOutput>, Error> {
+    let id = input.id;
+    // Read on from where the last evaluation stopped (kept in KV), up to a marker unique to
+    // this evaluation.
+    let key = format!("cursor:{id}");
+    let mut cursor = kv::get(key.as_bytes())?
+        .and_then(|b| serde_json::from_slice::<(u64, u64)>(&b).ok())
+        .map(|(generation, offset)| process::Cursor { generation, offset });
+    let nonce: String = sys::random_bytes(8)?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let marker = format!("__done_{nonce}__\n");
+    process::write_stdin(
+        &id,
+        format!("{}\necho __done_{nonce}__\n", input.line).as_bytes(),
+    )
+    .map_err(|e| failed(&e))?;
+    let mut seen = String::new();
+    while !seen.contains(&marker) {
+        let chunk = process::read_since(&id, OutputStream::Stdout, cursor, 65536)
             .map_err(|e| failed(&e))?;
-            process::watch(&id, true).map_err(|e| failed(&e))?;
-            json!({ "id": id })
+        seen.push_str(&String::from_utf8_lossy(&chunk.bytes));
+        cursor = Some(chunk.next);
+        if chunk.bytes.is_empty() && process::wait(&id, 10).map_err(|e| failed(&e))?.is_some() {
+            return Err(Error::Internal("the repl exited".into()));
         }
-        "repl-eval" => {
-            let id = id()?;
-            let line = input["line"].as_str().unwrap_or_default();
-            // Read on from where the last evaluation stopped (kept in KV), up to a marker
-            // unique to this evaluation.
-            let key = format!("cursor:{id}");
-            let mut cursor = kv::get(key.as_bytes())?
-                .and_then(|b| serde_json::from_slice::<(u64, u64)>(&b).ok())
-                .map(|(generation, offset)| process::Cursor { generation, offset });
-            let nonce: String = sys::random_bytes(8)?
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            let marker = format!("__done_{nonce}__\n");
-            process::write_stdin(&id, format!("{line}\necho __done_{nonce}__\n").as_bytes())
-                .map_err(|e| failed(&e))?;
-            let mut seen = String::new();
-            while !seen.contains(&marker) {
-                let chunk = process::read_since(&id, OutputStream::Stdout, cursor, 65536)
-                    .map_err(|e| failed(&e))?;
-                seen.push_str(&String::from_utf8_lossy(&chunk.bytes));
-                cursor = Some(chunk.next);
-                if chunk.bytes.is_empty()
-                    && process::wait(&id, 10).map_err(|e| failed(&e))?.is_some()
-                {
-                    return Err(Error::Internal("the repl exited".into()));
-                }
-            }
-            if let Some(c) = cursor {
-                kv::set(
-                    key.as_bytes(),
-                    json!([c.generation, c.offset]).to_string().as_bytes(),
-                )?;
-            }
-            let output = seen.split(&marker).next().unwrap_or_default();
-            json!({ "output": output })
-        }
-        "repl-status" => {
-            let s = process::status(&id()?).map_err(|e| failed(&e))?;
-            json!({ "label": s.label, "running": s.exit.is_none() })
-        }
-        "repl-stop" => {
-            let exit = process::stop(&id()?, 1000).map_err(|e| failed(&e))?;
-            json!({ "signal": exit.and_then(|e| e.signal), "code": exit.and_then(|e| e.code) })
-        }
-        "last-event" => {
-            let event = kv::get(b"last-event")?.unwrap_or_default();
-            serde_json::from_slice(&event).unwrap_or(Value::Null)
-        }
-        other => return Err(capsid_guest::unknown_tool(other)),
-    })
+    }
+    if let Some(c) = cursor {
+        kv::set(
+            key.as_bytes(),
+            json!([c.generation, c.offset]).to_string().as_bytes(),
+        )?;
+    }
+    let output = seen.split(&marker).next().unwrap_or_default().to_owned();
+    Ok(Json(ReplOutput { output }))
+}
+
+fn repl_status(Json(repl): Json<Repl>) -> Result<Json<ReplStatus>, Error> {
+    let status = process::status(&repl.id).map_err(|e| failed(&e))?;
+    Ok(Json(ReplStatus {
+        label: status.label,
+        running: status.exit.is_none(),
+    }))
+}
+
+fn repl_stop(Json(repl): Json<Repl>) -> Result<Json<ReplStopped>, Error> {
+    let exit = process::stop(&repl.id, 1000).map_err(|e| failed(&e))?;
+    Ok(Json(ReplStopped {
+        code: exit.and_then(|e| e.code),
+        signal: exit.and_then(|e| e.signal),
+    }))
+}
+
+/// The last lifecycle event `handle_event` stored, or `null`.
+fn last_event() -> Result<Json<Value>, Error> {
+    let event = kv::get(b"last-event")?.unwrap_or_default();
+    Ok(Json(serde_json::from_slice(&event).unwrap_or(Value::Null)))
 }
 
 struct Runner;
 
 impl Capsule for Runner {
+    const TOOLS: Tools = capsid_guest::tools! {
+        "run" => run,
+        "converse" => converse,
+        "start" => start,
+        "stop-all" => stop_all,
+        "orphan" => orphan,
+        "poll" => poll,
+        "repl-start" => repl_start,
+        "repl-eval" => repl_eval,
+        "repl-status" => repl_status,
+        "repl-stop" => repl_stop,
+        "last-event" => last_event,
+    };
+
     fn handle_event(topic: String, payload: Vec<u8>) -> Result<(), Error> {
         let event = json!({
             "topic": topic,
             "payload": serde_json::from_slice::<Value>(&payload).unwrap_or(Value::Null),
         });
         kv::set(b"last-event", event.to_string().as_bytes())
-    }
-
-    fn call_tool(name: String, input: String) -> Result<String, Error> {
-        if name.starts_with("repl-") || name == "last-event" {
-            let input: Value =
-                serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;
-            return repl(&name, &input).map(|v| v.to_string());
-        }
-        if name != "run" {
-            return background(&name).map(|v| v.to_string());
-        }
-        let input: Value =
-            serde_json::from_str(&input).map_err(|e| capsid_guest::invalid(e.to_string()))?;
-        let program = input["program"]
-            .as_str()
-            .ok_or_else(|| capsid_guest::invalid("missing \"program\""))?;
-        let args = input["args"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut options = capsid_guest::spawn_options(&[]);
-        options.args = args;
-        options.cwd = input["cwd"].as_str().map(str::to_owned);
-        options.stdin = input["stdin"].as_str().map(|s| s.as_bytes().to_vec());
-        options.limits.cpu_seconds = Some(10);
-        Ok(match process::spawn(program, &options) {
-            Ok(out) => json!({
-                "code": out.exit.code,
-                "signal": out.exit.signal,
-                "stdout": String::from_utf8_lossy(&out.stdout),
-                "stderr": String::from_utf8_lossy(&out.stderr),
-            }),
-            Err(e) => json!({ "error": format!("{e:?}") }),
-        }
-        .to_string())
     }
 }
 
