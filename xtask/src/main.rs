@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
-//! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/
+//! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/,
+//!                              checking each answers the tools its Capsule.toml declares
 //! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel); tables and JSON in target/capsid-bench/
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
 const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process", "kernel"];
@@ -40,7 +43,7 @@ fn main() -> Result<()> {
 fn usage() -> String {
     format!(
         "usage: cargo xtask <command>\n  test            fmt check, clippy -D warnings, capsules, all tests\n  \
-         build-capsules  build capsules/ for wasm32-wasip2 into target/capsules/\n  \
+         build-capsules  build capsules/ for wasm32-wasip2 into target/capsules/, check their tools\n  \
          bench [group]   benchmarks; groups: {}\n  run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )
@@ -76,8 +79,6 @@ fn capsules_out(root: &Path) -> PathBuf {
     root.join("target").join("capsules")
 }
 
-/// Builds every capsule under `capsules/` (release, wasm32-wasip2) and lays each out with its
-/// manifest in `target/capsules/<name>/`. Returns that folder.
 /// Runs `cargo <command> <args>` on the capsules workspace for the wasm target.
 fn cargo_capsules(root: &Path, command: &str, args: &[&str]) -> Result<()> {
     let target_dir = wasm_target_dir(root);
@@ -158,44 +159,109 @@ fn run(root: &Path) -> Result<()> {
     Err(err).with_context(|| format!("cannot start {}", capsid.display()))
 }
 
+/// Builds every capsule under `capsules/` (release, wasm32-wasip2), checks that each answers
+/// the tools its manifest declares (see [`tools`]), and lays each out with its manifest in
+/// `target/capsules/<name>/`. Returns that folder.
 fn build_capsules(root: &Path) -> Result<PathBuf> {
     cargo_capsules(root, "build", &["--release"])?;
-    let wasm_target = wasm_target_dir(root);
-    let built = wasm_target.join(WASM_TARGET).join("release");
+    let built = wasm_target_dir(root).join(WASM_TARGET).join("release");
     let out = capsules_out(root);
-    let mut count = 0;
+    let mut check = ToolCheck::default();
+    for dir in capsule_dirs(root)? {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("capsule folder name is not UTF-8")?;
+        let manifest = dir.join("Capsule.toml");
+        let wasm = built.join(format!("{name}.wasm"));
+        check.capsule(root, name, &manifest, &wasm)?;
+        let dest = out.join(name);
+        std::fs::create_dir_all(&dest)
+            .with_context(|| format!("cannot create {}", dest.display()))?;
+        std::fs::copy(&manifest, dest.join("Capsule.toml"))
+            .with_context(|| format!("cannot copy {}", manifest.display()))?;
+        std::fs::copy(&wasm, dest.join(format!("{name}.wasm")))
+            .with_context(|| format!("cannot copy {}", wasm.display()))?;
+    }
+    let count = check.capsules;
+    check.finish()?;
+    println!("built {count} capsules into {}", out.display());
+    Ok(out)
+}
+
+/// Every folder under `capsules/<group>/` that holds a capsule (a `Capsule.toml`).
+fn capsule_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
     for group in CAPSULE_GROUPS {
         let group_dir = root.join("capsules").join(group);
         let entries = std::fs::read_dir(&group_dir)
             .with_context(|| format!("cannot list {}", group_dir.display()))?;
         for entry in entries {
             let dir = entry?.path();
-            let manifest = dir.join("Capsule.toml");
-            if !manifest.is_file() {
-                continue;
+            if dir.join("Capsule.toml").is_file() {
+                dirs.push(dir);
             }
-            let name = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .context("capsule folder name is not UTF-8")?;
-            let wasm = built.join(format!("{name}.wasm"));
-            let dest = out.join(name);
-            std::fs::create_dir_all(&dest)
-                .with_context(|| format!("cannot create {}", dest.display()))?;
-            std::fs::copy(&manifest, dest.join("Capsule.toml"))
-                .with_context(|| format!("cannot copy {}", manifest.display()))?;
-            std::fs::copy(&wasm, dest.join(format!("{name}.wasm"))).with_context(|| {
-                format!(
-                    "cannot copy {} (does the crate in {} build a {name}.wasm?)",
-                    wasm.display(),
-                    dir.display()
-                )
-            })?;
-            count += 1;
         }
     }
-    println!("built {count} capsules into {}", out.display());
-    Ok(out)
+    dirs.sort();
+    Ok(dirs)
+}
+
+/// The tool check over every capsule built: what disagreed and what could not be checked,
+/// reported once at the end.
+#[derive(Default)]
+struct ToolCheck {
+    capsules: usize,
+    mismatches: Vec<String>,
+    unchecked: Vec<String>,
+}
+
+impl ToolCheck {
+    fn capsule(&mut self, root: &Path, name: &str, manifest: &Path, wasm: &Path) -> Result<()> {
+        self.capsules += 1;
+        let bytes = std::fs::read(wasm).with_context(|| {
+            format!(
+                "cannot read {} (does the crate of capsule {name} build a {name}.wasm?)",
+                wasm.display()
+            )
+        })?;
+        let Some(answered) = tools::answered_tools(&bytes)
+            .with_context(|| format!("cannot read {}", wasm.display()))?
+        else {
+            self.unchecked.push(name.to_owned());
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        let declared = tools::declared_tools(&text)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        if let Some(mismatch) = tools::compare(&declared, &answered) {
+            let shown = manifest.strip_prefix(root).unwrap_or(manifest);
+            self.mismatches
+                .push(format!("capsule {name} ({}): {mismatch}", shown.display()));
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<()> {
+        if !self.mismatches.is_empty() {
+            bail!(
+                "tools answered and tools declared disagree:\n{}",
+                self.mismatches.join("\n")
+            );
+        }
+        let checked = self.capsules - self.unchecked.len();
+        println!("tool check: {checked} capsules answer exactly the tools they declare");
+        if !self.unchecked.is_empty() {
+            self.unchecked.sort();
+            println!(
+                "tool check: skipped {} (not written with capsid_guest::tools!, so their tools \
+                 cannot be seen)",
+                self.unchecked.join(", ")
+            );
+        }
+        Ok(())
+    }
 }
 
 fn test(root: &Path) -> Result<()> {
@@ -224,12 +290,37 @@ fn test(root: &Path) -> Result<()> {
         ],
     )?;
     cargo_capsules(root, "clippy", &["--workspace", "--", "-D", "warnings"])?;
+    test_guest_sdk(root)?;
     let capsules = build_capsules(root)?;
     cargo_with(
         root,
         &["test", "--workspace", "--locked"],
         &[("CAPSID_CAPSULES_DIR", &capsules)],
     )
+}
+
+/// Runs `capsid-guest`'s unit tests on the host (its imports are stubs there, so tests that
+/// call no host interface run), with clippy over them first.
+fn test_guest_sdk(root: &Path) -> Result<()> {
+    let target_dir = wasm_target_dir(root);
+    let target_dir = target_dir.to_str().context("target path is not UTF-8")?;
+    let guest = [
+        "--locked",
+        "--manifest-path",
+        "capsules/Cargo.toml",
+        "--package",
+        "capsid-guest",
+        "--target-dir",
+        target_dir,
+    ];
+    let clippy = [
+        &["clippy", "--all-targets"],
+        &guest[..],
+        &["--", "-D", "warnings"],
+    ]
+    .concat();
+    cargo(root, &clippy)?;
+    cargo(root, &[&["test"], &guest[..]].concat())
 }
 
 fn bench(root: &Path, group: Option<&str>) -> Result<()> {
