@@ -555,3 +555,74 @@ async fn an_ungranted_subscription_is_not_made_and_floods_nothing() {
         "no record per event for a pattern that was never subscribed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_refused_at_link_time_is_granted_nothing() {
+    let rt = Runtime::new().await;
+    // blank compiles, but exports nothing of our world: refused when its exports are checked.
+    let dir = capsid_integration_tests::capsules_dir().join("blank");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    let grants = rt.caps.list(&rt.principal).await.unwrap();
+    assert!(
+        grants.iter().all(|g| g
+            .capability
+            .capsule
+            .as_ref()
+            .map(capsid_core::CapsuleId::as_str)
+            != Some("blank")),
+        "{grants:?}"
+    );
+    // A capsule that loads gets each grant its manifest asks for recorded on its own.
+    rt.load("hello").await;
+    let granted = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.capsule == "hello" && e.action == capsid_audit::action::CAP_GRANT_MANIFEST)
+        .count();
+    let held = rt
+        .caps
+        .list(&rt.principal)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|g| {
+            g.capability
+                .capsule
+                .as_ref()
+                .map(capsid_core::CapsuleId::as_str)
+                == Some("hello")
+        })
+        .count();
+    assert!(
+        granted > 0 && granted == held,
+        "{granted} recorded, {held} held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_process_outlives_a_load_that_failed() {
+    let rt = Runtime::new().await;
+    let dir = capsid_integration_tests::capsules_dir().join("leaky");
+    let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    assert!(err.to_string().contains("failing the load"), "{err}");
+    let leaked = |p: &capsid_integration_tests::LiveProcess| {
+        p.cmdline.split(|b| *b == 0).any(|arg| arg == b"4242")
+    };
+    let begun = std::time::Instant::now();
+    while capsid_integration_tests::live_processes()
+        .iter()
+        .any(leaked)
+        && begun.elapsed() < std::time::Duration::from_secs(10)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        !capsid_integration_tests::live_processes()
+            .iter()
+            .any(leaked),
+        "the sleep started by init is gone"
+    );
+    let running = rt.registry.processes().list_all();
+    let live = running.iter().filter(|(_, s)| s.exit.is_none()).count();
+    assert_eq!(live, 0, "no persistent process of leaky still runs");
+}

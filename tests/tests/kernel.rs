@@ -237,8 +237,8 @@ async fn install_validates_first_and_refuses_a_loaded_name() {
         .unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 
-    let info = kernel.install(&capsules_dir().join("hello")).await.unwrap();
-    assert_eq!(info.state, CapsuleState::Ready);
+    let installed = kernel.install(&capsules_dir().join("hello")).await.unwrap();
+    assert_eq!(installed.capsule.state, CapsuleState::Ready);
     assert!(home.path().join("capsules/hello/hello.wasm").is_file());
     let again = kernel
         .install(&capsules_dir().join("hello"))

@@ -13,6 +13,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod layers;
 mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
@@ -265,6 +266,7 @@ impl ToolCheck {
 }
 
 fn test(root: &Path) -> Result<()> {
+    layers::check(root)?;
     cargo(root, &["fmt", "--all", "--", "--check"])?;
     cargo(
         root,
@@ -294,7 +296,7 @@ fn test(root: &Path) -> Result<()> {
     let capsules = build_capsules(root)?;
     cargo_with(
         root,
-        &["test", "--workspace", "--locked"],
+        &["test", "--workspace", "--locked", "--no-fail-fast"],
         &[("CAPSID_CAPSULES_DIR", &capsules)],
     )
 }

@@ -17,6 +17,7 @@
 //!   entry signed by a key trusted before it.
 #![deny(missing_docs)]
 
+pub mod action;
 pub mod entry;
 mod error;
 mod export;

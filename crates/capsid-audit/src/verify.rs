@@ -9,11 +9,11 @@ use capsid_crypto::{KeyId, PublicKey, Signature, verify_batch};
 use crate::entry::{StoredEntry, genesis_hash, head_message};
 
 /// Action of the system-chain entry that creates a log (signed by the genesis key).
-pub(crate) const ACTION_LOG_CREATE: &str = "audit.log.create";
+pub(crate) const ACTION_LOG_CREATE: &str = crate::action::LOG_CREATE;
 /// Action of the system-chain entry that opens a new chain; the resource is the chain id.
-pub(crate) const ACTION_CHAIN_OPEN: &str = "audit.chain.open";
+pub(crate) const ACTION_CHAIN_OPEN: &str = crate::action::CHAIN_OPEN;
 /// Action of the system-chain entry that trusts a new key; the resource is `key:<hex id>`.
-pub(crate) const ACTION_KEY_ROTATE: &str = "audit.key.rotate";
+pub(crate) const ACTION_KEY_ROTATE: &str = crate::action::KEY_ROTATE;
 /// Prefix of the resource of a rotation entry.
 pub(crate) const KEY_RESOURCE_PREFIX: &str = "key:";
 /// Text id of the system chain.

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use capsid_core::CapsidHome;
-use capsid_kernel::daemon::protocol::{Hello, read_frame, write_frame};
 use capsid_kernel::daemon::{DaemonOptions, RunFiles, serve};
 use capsid_kernel::{Kernel, KernelConfig};
+use capsid_protocol::frame::{read_frame, write_frame};
+use capsid_protocol::methods::{DaemonStop, Status};
+use capsid_protocol::{Hello, Method, NoParams, Request};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::report::Row;
@@ -43,6 +45,11 @@ fn new_home(tmp: &Path) -> Result<std::path::PathBuf> {
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
     Ok(home)
+}
+
+/// The frame body of request `id` for `M`, which takes no params.
+fn request_body<M: Method<Params = NoParams>>(id: u64) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&Request::new::<M>(id, &NoParams {})?)?)
 }
 
 async fn hello(socket: &Path, token: &str) -> Result<UnixStream> {
@@ -148,7 +155,7 @@ async fn socket_rows() -> Result<Vec<Row>> {
     while !CapsidHome::at(&home).ready_path().exists() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let request = br#"{"id":1,"method":"status"}"#.to_vec();
+    let request = request_body::<Status>(1)?;
     let mut s = hello(&socket, &token).await?;
     let reply_len = trip(&mut s, &request).await?;
     let echo_path = tmp.path().join("echo.sock");
@@ -198,7 +205,7 @@ async fn socket_rows() -> Result<Vec<Row>> {
     }
     drop((s, raw));
     let mut stop = hello(&socket, &token).await?;
-    trip(&mut stop, br#"{"id":2,"method":"daemon.stop"}"#).await?;
+    trip(&mut stop, &request_body::<DaemonStop>(2)?).await?;
     server.await??;
     Ok(rows)
 }

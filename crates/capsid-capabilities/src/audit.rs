@@ -63,9 +63,14 @@ impl AuditSink for AuditLogSink {
                 serde_json::json!({ "permissions": action.bits(), "reason": reason.to_string() }),
             ),
         };
-        let mut record = Record::new(subject.principal, "capability.check", &resource, verdict)
-            .and_then(|r| r.details(&details))
-            .map_err(|e| e.to_string())?;
+        let mut record = Record::new(
+            subject.principal,
+            capsid_audit::action::CAPABILITY_CHECK,
+            &resource,
+            verdict,
+        )
+        .and_then(|r| r.details(&details))
+        .map_err(|e| e.to_string())?;
         if let Some(c) = &subject.capsule {
             record = record.capsule(c.clone());
         }

@@ -134,8 +134,33 @@ impl CapabilityStore {
         })
     }
 
-    /// Issues and persists a capability.
+    /// Issues and persists a capability ([`issue`](Self::issue), then
+    /// [`persist`](Self::persist)).
     pub async fn grant(
+        &self,
+        principal: Principal,
+        capsule: Option<CapsuleId>,
+        pattern: &str,
+        permissions: Permissions,
+        expires_at: Option<i64>,
+        single_use: bool,
+    ) -> Result<Capability, CapabilityError> {
+        let cap = self.issue(
+            principal,
+            capsule,
+            pattern,
+            permissions,
+            expires_at,
+            single_use,
+        )?;
+        self.persist(&cap).await?;
+        Ok(cap)
+    }
+
+    /// Makes a capability without storing it: it grants nothing until
+    /// [`persist`](Self::persist)ed. A caller that must record a grant before it takes effect
+    /// issues, records (the id included), then persists.
+    pub fn issue(
         &self,
         principal: Principal,
         capsule: Option<CapsuleId>,
@@ -152,7 +177,7 @@ impl CapabilityStore {
         if expires_at.is_some_and(|t| t <= issued_at) {
             return Err(CapabilityError::InvalidGrant("expiry is in the past"));
         }
-        let cap = Capability {
+        Ok(Capability {
             id: CapabilityId(Uuid::now_v7()),
             principal,
             capsule,
@@ -162,8 +187,16 @@ impl CapabilityStore {
             expires_at,
             single_use,
             issuer: self.key.key_id(),
-        };
-        let mut index = principal_prefix(&principal);
+        })
+    }
+
+    /// Signs and stores a capability [`issue`](Self::issue)d by this store: checks that
+    /// start after this returns see it.
+    pub async fn persist(&self, cap: &Capability) -> Result<(), CapabilityError> {
+        if cap.issuer != self.key.key_id() {
+            return Err(CapabilityError::InvalidGrant("issued by another key"));
+        }
+        let mut index = principal_prefix(&cap.principal);
         index.extend_from_slice(cap.id.0.as_bytes());
         self.kv
             .batch(&[
@@ -181,9 +214,9 @@ impl CapabilityStore {
         // under way sees the counter move and does not cache what it read.
         self.grants.fetch_add(1, Ordering::AcqRel);
         if let Ok(mut v) = self.verified.write() {
-            v.remove(&principal);
+            v.remove(&cap.principal);
         }
-        Ok(cap)
+        Ok(())
     }
 
     /// Revokes a capability: every check that starts after this returns ignores it.

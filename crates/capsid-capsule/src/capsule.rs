@@ -418,7 +418,7 @@ impl LoadedCapsule {
             let _ = self
                 .cx
                 .note(
-                    "capsule.failed",
+                    capsid_audit::action::CAPSULE_FAILED,
                     &resource,
                     capsid_audit::Decision::Info,
                     &details,

@@ -123,7 +123,12 @@ async fn deliver(capsule: Weak<LoadedCapsule>, mut rx: mpsc::Receiver<Arc<Event>
         let cx = &capsule.cx;
         let resource = format!("ipc://subscribe/{}", event.topic);
         if cx
-            .authorize("ipc.deliver", Permissions::SUBSCRIBE, &resource, false)
+            .authorize(
+                capsid_audit::action::IPC_DELIVER,
+                Permissions::SUBSCRIBE,
+                &resource,
+                false,
+            )
             .await
             .is_err()
         {

@@ -5,7 +5,7 @@
 //! with whatever the operator granted before, so a capsule installed from elsewhere cannot
 //! widen its own authority by editing its manifest.
 
-use capsid_capabilities::{CapabilityStore, Permissions};
+use capsid_capabilities::{Capability, CapabilityStore, Permissions};
 use capsid_core::{CapsuleId, Principal};
 
 use crate::Manifest;
@@ -104,14 +104,34 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
     out
 }
 
-/// Grants `manifest`'s requests to `principal`, limited to the capsule, skipping any that
-/// an unrevoked, unexpiring grant already covers (so reloading does not pile up tokens), and
-/// revokes the capsule's grants the manifest no longer requests.
-pub async fn grant_requested(
+/// A change to a capsule's grants that its manifest asks for under dev trust. Each is
+/// recorded on its own before it is made ([`Registry`](crate::Registry) does both).
+#[derive(Debug, Clone)]
+pub enum GrantChange {
+    /// A grant the manifest no longer asks for, to revoke.
+    Revoke(Capability),
+    /// A grant the manifest asks for and nothing covers yet, issued but not stored.
+    Grant(Capability),
+}
+
+impl GrantChange {
+    /// The capability concerned.
+    pub fn capability(&self) -> &Capability {
+        match self {
+            Self::Revoke(c) | Self::Grant(c) => c,
+        }
+    }
+}
+
+/// What granting `manifest`'s requests to `principal` (limited to the capsule) changes:
+/// requests that an unrevoked, unexpiring grant already covers are skipped (so reloading
+/// does not pile up tokens), and the capsule's grants the manifest no longer requests are
+/// revoked. Nothing is changed here.
+pub async fn plan_grants(
     store: &CapabilityStore,
     principal: Principal,
     manifest: &Manifest,
-) -> Result<usize, CapsuleError> {
+) -> Result<Vec<GrantChange>, CapsuleError> {
     let setup = |e: capsid_capabilities::CapabilityError| CapsuleError::Setup {
         capsule: manifest.name.clone(),
         what: "granting requested capabilities",
@@ -119,6 +139,7 @@ pub async fn grant_requested(
     };
     let existing = store.list(&principal).await.map_err(setup)?;
     let requests = requested(manifest);
+    let mut changes = Vec::new();
     // Under dev trust the manifest is the whole truth for grants scoped to this capsule: what
     // it no longer asks for is revoked, so a narrowed manifest narrows the capsule.
     for g in &existing {
@@ -127,10 +148,9 @@ pub async fn grant_requested(
             .iter()
             .any(|r| c.pattern.as_str() == r.pattern && c.permissions == r.permissions);
         if !g.revoked && c.capsule.as_ref() == Some(&manifest.name) && !still_asked {
-            store.revoke(c.id).await.map_err(setup)?;
+            changes.push(GrantChange::Revoke(c.clone()));
         }
     }
-    let mut granted = 0;
     for request in requests {
         let covered = existing.iter().any(|g| {
             let c = &g.capability;
@@ -142,8 +162,8 @@ pub async fn grant_requested(
                 && c.permissions.contains(request.permissions)
         });
         if !covered {
-            store
-                .grant(
+            let cap = store
+                .issue(
                     principal,
                     Some(manifest.name.clone()),
                     &request.pattern,
@@ -151,12 +171,11 @@ pub async fn grant_requested(
                     None,
                     false,
                 )
-                .await
                 .map_err(setup)?;
-            granted += 1;
+            changes.push(GrantChange::Grant(cap));
         }
     }
-    Ok(granted)
+    Ok(changes)
 }
 
 #[cfg(test)]

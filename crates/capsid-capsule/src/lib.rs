@@ -40,8 +40,8 @@ pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};
 pub use grants::{
-    Request, Trust, exec_resource, grant_requested, kv_resource, network_resource,
-    persistent_resource, requested,
+    GrantChange, Request, Trust, exec_resource, kv_resource, network_resource, persistent_resource,
+    plan_grants, requested,
 };
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};

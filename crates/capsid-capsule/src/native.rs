@@ -63,7 +63,13 @@ async fn authorize_start(
         ),
     };
     services
-        .record(subject, "process.spawn", resource, verdict, &details)
+        .record(
+            subject,
+            capsid_audit::action::PROCESS_SPAWN,
+            resource,
+            verdict,
+            &details,
+        )
         .await
         .map_err(|message| CapsuleError::Setup {
             capsule: capsule(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
@@ -18,7 +18,7 @@ use crate::bindings::{CapsulePre, link_capsid_host};
 use crate::capsule::{CapsuleState, LoadedCapsule, Restart};
 use crate::engine::{CapsuleEngine, LoadKind};
 use crate::error::CapsuleError;
-use crate::grants::{Trust, grant_requested, kv_resource};
+use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::manifest::{Component, Manifest};
@@ -252,6 +252,12 @@ impl Registry {
                 .map(|capsule| Slot::Loaded { capsule, trust })
         };
         guard.disarm();
+        if loaded.is_err() {
+            // What `init` started must not outlive the load that failed.
+            let owner = self.owner(&name);
+            self.processes.close(&owner);
+            self.processes.stop_all(&owner, Duration::ZERO).await;
+        }
         let mut slots = self.write_slots();
         match loaded {
             Ok(slot) => {
@@ -281,12 +287,12 @@ impl Registry {
     ) -> Result<Arc<NativeCapsule>, CapsuleError> {
         let services = &self.services;
         if trust == Trust::Dev {
-            grant_requested(&services.capabilities, services.principal, &manifest).await?;
+            self.grant_requested(&manifest).await?;
         }
         let name = manifest.name.clone();
         let native = NativeCapsule::start(manifest, dir.to_owned(), services).await?;
         let details = serde_json::json!({ "native": true, "trust": format!("{trust:?}") });
-        self.record_lifecycle(&name, "capsule.load", &details)
+        self.record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
             .await
             .map_err(|message| CapsuleError::Setup {
                 capsule: name,
@@ -310,10 +316,6 @@ impl Registry {
         };
         let services = &self.services;
         let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
-        // Only a component that passed its pin and compiled gets anything granted.
-        if trust == Trust::Dev {
-            grant_requested(&services.capabilities, services.principal, &manifest).await?;
-        }
         let wrong_world = |e: wasmtime::Error| CapsuleError::WrongWorld {
             capsule: name.clone(),
             reason: format!("{e:#}"),
@@ -323,6 +325,11 @@ impl Registry {
             .instantiate_pre(&component.component)
             .map_err(wrong_world)?;
         let pre = CapsulePre::new(pre).map_err(wrong_world)?;
+        // Only a component that passed its pin, compiled and links against our world gets
+        // anything granted.
+        if trust == Trust::Dev {
+            self.grant_requested(&manifest).await?;
+        }
         let kv = ScopedKvStore::open(
             services.kv.clone(),
             name.as_str(),
@@ -380,7 +387,7 @@ impl Registry {
                 "cause": r.cause.as_str(), "count": r.count,
             })),
         });
-        self.record_lifecycle(&name, "capsule.load", &details)
+        self.record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
             .await
             .map_err(|message| CapsuleError::Setup {
                 capsule: name.clone(),
@@ -388,6 +395,40 @@ impl Registry {
                 message,
             })?;
         Ok(capsule)
+    }
+
+    /// Makes the grant changes `manifest` asks for (dev trust), each recorded on its own
+    /// before it is made.
+    async fn grant_requested(&self, manifest: &Manifest) -> Result<(), CapsuleError> {
+        let services = &self.services;
+        let store = &services.capabilities;
+        let name = &manifest.name;
+        let setup = |message: String| CapsuleError::Setup {
+            capsule: name.clone(),
+            what: "granting requested capabilities",
+            message,
+        };
+        for change in plan_grants(store, services.principal, manifest).await? {
+            let cap = change.capability();
+            let action = match change {
+                GrantChange::Revoke(_) => capsid_audit::action::CAP_REVOKE_MANIFEST,
+                GrantChange::Grant(_) => capsid_audit::action::CAP_GRANT_MANIFEST,
+            };
+            let details = serde_json::json!({
+                "id": cap.id.to_string(),
+                "pattern": cap.pattern.as_str(),
+                "permissions": cap.permissions.to_string(),
+            });
+            self.record_lifecycle(name, action, &details)
+                .await
+                .map_err(setup)?;
+            match &change {
+                GrantChange::Revoke(c) => store.revoke(c.id).await,
+                GrantChange::Grant(c) => store.persist(c).await,
+            }
+            .map_err(|e| setup(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Records a lifecycle `action` of capsule `name` (an `info` entry on `capsule://name`).
@@ -455,7 +496,7 @@ impl Registry {
                 let _ = self
                     .record_lifecycle(
                         name,
-                        "capsule.unload",
+                        capsid_audit::action::CAPSULE_UNLOAD,
                         &serde_json::json!({ "native": true }),
                     )
                     .await;
@@ -471,7 +512,11 @@ impl Registry {
         self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);
         let _ = self
-            .record_lifecycle(name, "capsule.unload", &serde_json::json!({}))
+            .record_lifecycle(
+                name,
+                capsid_audit::action::CAPSULE_UNLOAD,
+                &serde_json::json!({}),
+            )
             .await;
         Ok(())
     }
@@ -621,18 +666,18 @@ async fn deliver_process_events(
         drop(slots);
         let (topic, payload) = match event.kind {
             EventKind::Exited(e) => (
-                "process.exited",
+                capsid_audit::action::PROCESS_EXITED,
                 serde_json::json!({
                     "label": event.label, "generation": event.generation,
                     "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
                 }),
             ),
             EventKind::Expired => (
-                "process.expired",
+                capsid_audit::action::PROCESS_EXPIRED,
                 serde_json::json!({ "label": event.label, "generation": event.generation }),
             ),
             EventKind::Forgotten => (
-                "process.forgotten",
+                capsid_audit::action::PROCESS_FORGOTTEN,
                 serde_json::json!({ "label": event.label, "generation": event.generation }),
             ),
         };

@@ -2,24 +2,19 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
+use serde::Serialize;
 
 /// Prints `value` as pretty JSON.
-pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+pub fn json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("capsid: cannot print the answer as JSON: {e}"),
+    }
 }
 
-/// A cell's text: strings bare, null as `-`, everything else as JSON.
-pub fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
-        other => other.to_string(),
-    }
+/// A cell for an optional value: `-` for none.
+pub fn opt<T: ToString>(v: Option<&T>) -> String {
+    v.map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
 /// Prints rows under `headers`, each column as wide as its widest cell.
@@ -30,7 +25,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let mut out = String::new();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
             if i + 1 == cells.len() {
@@ -41,21 +36,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
         }
         println!("{}", out.trim_end());
     };
-    line(headers.iter().map(|h| (*h).to_uppercase()).collect());
+    line(&headers.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
-}
-
-/// Prints the `keys` of each object in `items` as a table.
-pub fn objects(items: &Value, keys: &[&str]) {
-    let rows: Vec<Vec<String>> = items
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|o| keys.iter().map(|k| cell(&o[*k])).collect())
-                .collect()
-        })
-        .unwrap_or_default();
-    table(keys, &rows);
 }

@@ -9,7 +9,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use capsid_core::CapsidHome;
+use capsid_core::limits::{DAEMON_PROTOCOL_VERSION, MAX_TOOL_INPUT_BYTES};
 use capsid_integration_tests::{PrivateHome, capsules_dir, log_files, tamper_leaving_wal};
+use capsid_protocol::methods::{
+    AuditTail, CapsuleLoad, CapsuleParams, CapsuleShow, ProcessList, Status, TailParams, ToolCall,
+    ToolCallParams, ToolOutput,
+};
+use capsid_protocol::{Client, ErrorCode, Hello, Method, NoParams, Request};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -378,6 +385,17 @@ fn over_a_tampered_audit_log_a_read_only_daemon_answers_reads_and_refuses_the_re
 
     let refused = home.run(&["start"]);
     assert!(!refused.status.success(), "refused by default");
+    // `start` says why itself, naming the chain and the entry, on one line.
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("could not start") && said.contains("failed verification"),
+        "{said}"
+    );
+    assert!(
+        said.contains("chain session:") && said.contains("seq "),
+        "{said}"
+    );
+    assert_eq!(said.trim_end().lines().count(), 1, "one line: {said}");
     std::fs::write(
         home.path.join("config.toml"),
         "audit_tamper = \"read-only\"\n",
@@ -467,7 +485,17 @@ async fn next(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<Value> {
 }
 
 fn hello(token: &str) -> Vec<u8> {
-    serde_json::to_vec(&json!({ "protocol": 1, "token": token, "fingerprint": "" })).unwrap()
+    let hello = Hello {
+        protocol: DAEMON_PROTOCOL_VERSION,
+        token: token.to_owned(),
+        fingerprint: String::new(),
+    };
+    serde_json::to_vec(&hello).unwrap()
+}
+
+/// The frame body of request `id` for `M`.
+fn request<M: Method>(id: u64, params: &M::Params) -> Vec<u8> {
+    serde_json::to_vec(&Request::new::<M>(id, params).unwrap()).unwrap()
 }
 
 async fn welcomed(home: &Home) -> UnixStream {
@@ -480,7 +508,7 @@ async fn welcomed(home: &Home) -> UnixStream {
 
 async fn status_works(home: &Home) {
     let mut s = welcomed(home).await;
-    frame(&mut s, br#"{"id":7,"method":"status"}"#).await;
+    frame(&mut s, &request::<Status>(7, &NoParams {})).await;
     let answer = next(&mut s).await.unwrap();
     assert_eq!(answer["id"], 7);
     assert!(answer["result"]["pid"].is_number(), "{answer}");
@@ -512,7 +540,7 @@ async fn many_clients_at_once(home: &Home) {
                 if !welcome["error"].is_null() {
                     return Err(welcome.to_string());
                 }
-                frame(&mut s, br#"{"id":1,"method":"status"}"#).await;
+                frame(&mut s, &request::<Status>(1, &NoParams {})).await;
                 let answer = next(&mut s).await.ok_or("no answer")?;
                 if answer["id"] == 1 {
                     Ok(())
@@ -543,12 +571,9 @@ async fn bad_clients_cost_only_their_own_connection() {
     // already have dropped it for not reading: what its write timeout is for).
     let mut stalled = welcomed(&home).await;
     for id in 0..2_000 {
-        let request = json!({ "id": id, "method": "audit.tail", "params": { "n": 1000 } });
-        let sent = tokio::time::timeout(
-            Duration::from_millis(200),
-            try_frame(&mut stalled, request.to_string().as_bytes()),
-        )
-        .await;
+        let tail = request::<AuditTail>(id, &TailParams { n: 1000 });
+        let sent =
+            tokio::time::timeout(Duration::from_millis(200), try_frame(&mut stalled, &tail)).await;
         if !matches!(sent, Ok(Ok(()))) {
             break;
         }
@@ -591,7 +616,7 @@ async fn bad_clients_cost_only_their_own_connection() {
         next(&mut garbled).await.unwrap()["error"]["code"],
         "unknown-method"
     );
-    frame(&mut garbled, br#"{"id":2,"method":"status"}"#).await;
+    frame(&mut garbled, &request::<Status>(2, &NoParams {})).await;
     assert_eq!(next(&mut garbled).await.unwrap()["id"], 2);
     drop(garbled);
 
@@ -633,9 +658,9 @@ async fn requests_pipelined_in_ragged_writes_are_all_answered() {
     // does.
     let mut bytes = Vec::new();
     for id in 0..REQUESTS {
-        let body = json!({ "id": id, "method": "process.list" }).to_string();
+        let body = request::<ProcessList>(id as u64, &NoParams {});
         bytes.extend(u32::try_from(body.len()).unwrap().to_be_bytes());
-        bytes.extend(body.as_bytes());
+        bytes.extend(&body);
     }
     let writer = tokio::spawn(async move {
         for piece in bytes.chunks(7) {
@@ -692,4 +717,79 @@ async fn another_uid_is_refused_and_a_changed_config_is_reported() {
     refused_with(s, "unauthorized").await;
     server.abort();
     let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.ok(&[
+        "capsule",
+        "install",
+        capsules_dir().join("hello").to_str().unwrap(),
+    ]);
+    let mut client = Client::connect(&CapsidHome::at(&home.path), String::new())
+        .await
+        .unwrap();
+    let hello = capsid_core::CapsuleId::new("hello").unwrap();
+    let call = |tool: &str, input: Value| ToolCallParams {
+        capsule: hello.clone(),
+        tool: tool.into(),
+        input,
+    };
+
+    let greeted = client
+        .call::<ToolCall>(&call("greet", json!({ "name": "typed" })))
+        .await
+        .unwrap();
+    assert_eq!(
+        greeted,
+        ToolOutput::Json(json!({ "greeting": "Hello, typed!" }))
+    );
+    // A JSON string answer stays a JSON string; it is not confused with text.
+    let quoted = client
+        .call::<ToolCall>(&call("echo", json!("x")))
+        .await
+        .unwrap();
+    assert_eq!(quoted, ToolOutput::Json(json!("x")));
+
+    let code = |r: Result<ToolOutput, capsid_protocol::ClientError>| r.unwrap_err().code();
+    let unknown = client.call::<ToolCall>(&call("nosuch", json!({}))).await;
+    assert_eq!(code(unknown), Some(ErrorCode::UnknownTool));
+    let huge = json!("x".repeat(MAX_TOOL_INPUT_BYTES + 1));
+    let over = client.call::<ToolCall>(&call("echo", huge)).await;
+    assert_eq!(code(over), Some(ErrorCode::TooLarge));
+    let missing = ToolCallParams {
+        capsule: capsid_core::CapsuleId::new("nosuch").unwrap(),
+        ..call("greet", json!({}))
+    };
+    assert_eq!(
+        code(client.call::<ToolCall>(&missing).await),
+        Some(ErrorCode::NotFound)
+    );
+    let not_installed = client
+        .call::<CapsuleLoad>(&CapsuleParams {
+            name: capsid_core::CapsuleId::new("nosuch").unwrap(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(not_installed.code(), Some(ErrorCode::NotFound));
+    let loaded = client
+        .call::<CapsuleLoad>(&CapsuleParams {
+            name: hello.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(loaded.code(), Some(ErrorCode::Conflict));
+
+    // Params are checked against the method's type: the old `capsule` alias and unknown
+    // fields are refused, never guessed at.
+    let id = client.send::<Status>(&NoParams {}).await.unwrap();
+    client.receive(id).await.unwrap();
+    let mut s = welcomed(&home).await;
+    let alias = json!({ "id": 1, "method": CapsuleShow::NAME, "params": { "capsule": "hello" } });
+    frame(&mut s, alias.to_string().as_bytes()).await;
+    let answer = next(&mut s).await.unwrap();
+    assert_eq!(answer["error"]["code"], "invalid-params", "{answer}");
+    home.ok(&["stop"]);
 }

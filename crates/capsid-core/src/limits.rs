@@ -270,8 +270,18 @@ pub const SANDBOX_ETC_FILES: &[&str] = &[
 /// Open files a native capsule's program may hold (`RLIMIT_NOFILE`).
 pub const NATIVE_OPEN_FILES: u64 = 1024;
 
-/// The daemon protocol's version; a client speaking another is refused at hello.
-pub const DAEMON_PROTOCOL_VERSION: u32 = 1;
+/// The daemon protocol's version; a client speaking another is refused at hello. (2: typed
+/// methods, kebab-case error codes, tool answers tagged JSON or text, follows as methods.)
+pub const DAEMON_PROTOCOL_VERSION: u32 = 2;
+
+/// Most audit entries one `audit.tail` answers (more is refused, not cut).
+pub const MAX_AUDIT_TAIL: u32 = 10_000;
+
+/// Most bytes of a process's output one `process.logs` answer carries.
+pub const DAEMON_PROCESS_LOG_PAGE_BYTES: usize = 1 << 20;
+
+/// How often a followed log (`capsule.logs.follow`, `process.logs.follow`) looks for more.
+pub const DAEMON_FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Largest daemon frame, in bytes (the 4-byte length prefix excluded). A bigger frame is
 /// answered with an error frame and never read.

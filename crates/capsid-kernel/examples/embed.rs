@@ -44,7 +44,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("boot: {}", String::from_utf8_lossy(&event.payload));
     }
 
-    let info = kernel.install(&PathBuf::from(capsule_dir)).await?;
+    let info = kernel.install(&PathBuf::from(capsule_dir)).await?.capsule;
     println!("installed {} ({} tools)", info.name, info.tools.len());
     let output = kernel.call_tool(&info.name, &tool, &input).await?;
     println!("{}.{tool} -> {output}", info.name);

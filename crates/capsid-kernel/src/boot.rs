@@ -114,7 +114,7 @@ impl KernelBuilder {
         };
         if let AuditFinding::Quarantined { kept, problems } = &found {
             let details = serde_json::json!({ "kept": kept, "problems": problems });
-            let record = system("audit.tampered", Decision::Info, details)?;
+            let record = system(capsid_audit::action::TAMPERED, Decision::Info, details)?;
             audit.append(chain, record).await?;
         }
         let unrecorded = contain_processes(&audit, &chain).await?;
@@ -143,7 +143,10 @@ impl KernelBuilder {
         });
         if !audit.is_read_only() {
             audit
-                .append(chain, system("kernel.boot", Decision::Info, details)?)
+                .append(
+                    chain,
+                    system(capsid_audit::action::KERNEL_BOOT, Decision::Info, details)?,
+                )
                 .await?;
         }
         let kernel = Kernel::assemble(KernelParts {
@@ -331,7 +334,7 @@ async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<Vec<Stri
         });
         let record = Record::new(
             Principal::System,
-            "process.swept",
+            capsid_audit::action::PROCESS_SWEPT,
             "kernel://boot",
             Decision::Info,
         )

@@ -47,12 +47,15 @@ pub enum KernelError {
     #[error(transparent)]
     Event(#[from] capsid_events::EventError),
     /// Installing a capsule failed.
-    #[error("installing {}: {message}", dir.display())]
-    Install {
-        /// The directory being installed.
-        dir: PathBuf,
-        /// What went wrong.
-        message: String,
+    #[error(transparent)]
+    Install(#[from] crate::install::InstallError),
+    /// A platform account is linked already.
+    #[error("{platform}/{platform_user_id} is linked to a user already")]
+    AlreadyLinked {
+        /// The platform.
+        platform: String,
+        /// The account on it.
+        platform_user_id: String,
     },
     /// No capsule of this name is installed in the home.
     #[error("capsule {0} is not installed (no capsules/{0}/Capsule.toml in the home)")]

@@ -8,9 +8,7 @@ use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{
-    CapsuleError, CapsuleInfo, MANIFEST_FILE, Manifest, Registry, Restart, RestartCause,
-};
+use capsid_capsule::{CapsuleError, CapsuleInfo, MANIFEST_FILE, Registry, Restart, RestartCause};
 use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
 use capsid_core::{CapsidHome, CapsuleId, Principal};
 use capsid_events::{Delivery, EventBus};
@@ -24,7 +22,7 @@ use crate::config::KernelConfig;
 use crate::error::KernelError;
 
 /// Topic of the event published when shutdown begins.
-pub const SHUTDOWN_TOPIC: &str = "kernel.shutdown";
+pub const SHUTDOWN_TOPIC: &str = capsid_audit::action::KERNEL_SHUTDOWN;
 
 /// Topic prefixes only the kernel publishes on: an operator's event could otherwise pass
 /// for the kernel's (`kernel.shutdown`, `health.failed`, `capsules.loaded`).
@@ -93,7 +91,7 @@ pub(crate) struct KernelParts {
     pub principal: Principal,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     parts: KernelParts,
     fingerprint: String,
     started: Instant,
@@ -105,7 +103,7 @@ struct Inner {
     /// Serialises waking idle capsules, so concurrent calls load one once.
     waking: tokio::sync::Mutex<()>,
     /// Serialises installs.
-    installing: tokio::sync::Mutex<()>,
+    pub(crate) installing: tokio::sync::Mutex<()>,
     /// The source hash (manifest + component) each capsule was loaded from, in dev mode:
     /// what hot reload compares a change with.
     sources: Mutex<std::collections::HashMap<CapsuleId, [u8; 32]>>,
@@ -116,7 +114,7 @@ struct Inner {
 /// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
 #[derive(Clone)]
 pub struct Kernel {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Kernel {
@@ -241,7 +239,7 @@ impl Kernel {
 
     /// [`Kernel::open`], and refused at once when the audit log is read-only: a capsule
     /// could not load or install without recording it anyway.
-    fn open_recording(&self) -> Result<(), KernelError> {
+    pub(crate) fn open_recording(&self) -> Result<(), KernelError> {
         self.open()?;
         if self.audit().is_read_only() {
             return Err(capsid_audit::AuditError::ReadOnly(self.audit().path().to_owned()).into());
@@ -365,7 +363,7 @@ impl Kernel {
             tracing::info!(capsule = %name, "unloaded while idle");
             let _ = self
                 .note(
-                    "capsule.idle-unload",
+                    capsid_audit::action::CAPSULE_IDLE_UNLOAD,
                     &format!("capsule://{name}"),
                     serde_json::json!({}),
                 )
@@ -406,90 +404,6 @@ impl Kernel {
         Ok(info)
     }
 
-    /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. The
-    /// manifest is validated and the component checked before anything is copied; a capsule
-    /// of that name that is loaded must be unloaded first. Symlinks are refused. A copy
-    /// already installed is kept until the new one has loaded, and put back if it fails.
-    pub async fn install(&self, from: &Path) -> Result<CapsuleInfo, KernelError> {
-        self.open_recording()?;
-        let _one_at_a_time = self.inner.installing.lock().await;
-        let fail = |message: String| KernelError::Install {
-            dir: from.to_owned(),
-            message,
-        };
-        let manifest = {
-            let file = from.join(MANIFEST_FILE);
-            tokio::task::spawn_blocking(move || Manifest::load(&file))
-                .await
-                .map_err(|e| fail(e.to_string()))??
-        };
-        let name = manifest.name.clone();
-        if let capsid_capsule::Component::Wasm { path, .. } = &manifest.component {
-            // The pin and the component itself are checked again at load.
-            let wasm = from.join(path);
-            if !wasm.symlink_metadata().is_ok_and(|m| m.is_file()) {
-                return Err(fail(format!("its component {} is missing", wasm.display())));
-            }
-        }
-        if self.registry().info(&name).is_some() {
-            return Err(fail(format!(
-                "capsule {name} is loaded; unload it first to replace it"
-            )));
-        }
-        let target = self.capsule_dir(&name);
-        let unique = {
-            let mut raw = [0u8; 8];
-            getrandom::fill(&mut raw).map_err(|e| fail(e.to_string()))?;
-            hex::encode(raw)
-        };
-        let capsules = self.home().capsules_dir();
-        let staging = capsules.join(format!(".install-{name}-{unique}"));
-        let previous = capsules.join(format!(".previous-{name}-{unique}"));
-        {
-            let (from, staging, target, previous) = (
-                from.to_owned(),
-                staging.clone(),
-                target.clone(),
-                previous.clone(),
-            );
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
-                if let Err(e) = copy_tree(&from, &staging) {
-                    let _ = std::fs::remove_dir_all(&staging);
-                    return Err(e);
-                }
-                if target.exists() {
-                    std::fs::rename(&target, &previous)
-                        .map_err(|e| format!("{}: {e}", target.display()))?;
-                }
-                std::fs::rename(&staging, &target).map_err(|e| format!("{}: {e}", target.display()))
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?
-            .map_err(fail)?;
-        }
-        self.note(
-            "capsule.install",
-            &format!("capsule://{name}"),
-            serde_json::json!({ "from": from }),
-        )
-        .await?;
-        match self.load(&name).await {
-            Ok(info) => {
-                let _ = std::fs::remove_dir_all(&previous);
-                Ok(info)
-            }
-            Err(e) => {
-                // Put the copy that was installed before back (unloaded, as it was).
-                let _ = self.registry().unload(&name).await;
-                if previous.exists() {
-                    let _ = std::fs::remove_dir_all(&target);
-                    let _ = std::fs::rename(&previous, &target);
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// Runs `tool` of capsule `name` on JSON `input`.
     pub async fn call_tool(
         &self,
@@ -524,7 +438,7 @@ impl Kernel {
         }
         let bytes = payload.len();
         self.note(
-            "event.publish",
+            capsid_audit::action::EVENT_PUBLISH,
             &format!("ipc://publish/{topic}"),
             serde_json::json!({ "bytes": bytes }),
         )
@@ -593,7 +507,7 @@ impl Kernel {
         if !self.audit().is_read_only()
             && let Err(e) = self
                 .note(
-                    "kernel.shutdown",
+                    capsid_audit::action::KERNEL_SHUTDOWN,
                     "kernel://shutdown",
                     serde_json::json!({}),
                 )
@@ -609,29 +523,4 @@ impl Kernel {
             tracing::warn!(error = %e, "closing the audit log");
         }
     }
-}
-
-/// Copies the capsule folder `from` to `to` (created): regular files and folders only.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    let entries = std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", from.display()))?;
-        let path = entry.path();
-        let kind = entry
-            .file_type()
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let dest = to.join(entry.file_name());
-        if kind.is_symlink() {
-            return Err(format!(
-                "{} is a symlink; capsules hold only files",
-                path.display()
-            ));
-        } else if kind.is_dir() {
-            copy_tree(&path, &dest)?;
-        } else if kind.is_file() {
-            std::fs::copy(&path, &dest).map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-    }
-    Ok(())
 }

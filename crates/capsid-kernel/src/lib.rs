@@ -22,12 +22,15 @@ pub mod boot;
 mod config;
 pub mod daemon;
 mod error;
+mod install;
 mod kernel;
 mod monitor;
+mod operator;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
 pub use config::{CapsuleConfig, HealthConfig, KernelConfig, TamperPolicy};
 pub use error::KernelError;
+pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};

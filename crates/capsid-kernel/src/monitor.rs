@@ -19,7 +19,7 @@ use crate::kernel::Kernel;
 /// Topic published each time the monitor finds a capsule failed.
 pub const HEALTH_FAILED_TOPIC: &str = "health.failed";
 /// Topic published when the monitor stops retrying a capsule.
-pub const HEALTH_GAVE_UP_TOPIC: &str = "health.gave-up";
+pub const HEALTH_GAVE_UP_TOPIC: &str = capsid_audit::action::HEALTH_GAVE_UP;
 
 /// Starts the monitors the config asks for.
 pub(crate) fn start(kernel: &Kernel) -> Vec<JoinHandle<()>> {
@@ -114,7 +114,10 @@ async fn health(kernel: Kernel) {
                             "reason": reason, "attempts": r.attempts,
                         });
                         let resource = format!("capsule://{}", info.name);
-                        if let Err(e) = kernel.note("health.gave-up", &resource, details).await {
+                        if let Err(e) = kernel
+                            .note(capsid_audit::action::HEALTH_GAVE_UP, &resource, details)
+                            .await
+                        {
                             tracing::error!(capsule = %info.name, error = %e, "cannot record giving up");
                         }
                         continue;

@@ -127,11 +127,13 @@ impl CapsuleContext {
 impl Host for HostState {
     async fn read(&mut self, path: String) -> Result<Vec<u8>, WitError> {
         let cx = &self.cx;
-        let p = cx.fs_path("fs.read", Permissions::READ, &path).await?;
+        let p = cx
+            .fs_path(capsid_audit::action::FS_READ, Permissions::READ, &path)
+            .await?;
         let vfs = &cx.services.vfs;
         let meta = match vfs.stat(&p).await {
             Ok(m) => m,
-            Err(e) => return Err(cx.fs_error("fs.read", &path, e).await),
+            Err(e) => return Err(cx.fs_error(capsid_audit::action::FS_READ, &path, e).await),
         };
         if meta.len > MAX_FS_FILE_BYTES {
             return Err(too_big(meta.len));
@@ -139,7 +141,7 @@ impl Host for HostState {
         match vfs.read(&p).await {
             Ok(bytes) if bytes.len() as u64 > MAX_FS_FILE_BYTES => Err(too_big(bytes.len() as u64)),
             Ok(bytes) => Ok(bytes),
-            Err(e) => Err(cx.fs_error("fs.read", &path, e).await),
+            Err(e) => Err(cx.fs_error(capsid_audit::action::FS_READ, &path, e).await),
         }
     }
 
@@ -148,10 +150,12 @@ impl Host for HostState {
             return Err(too_big(data.len() as u64));
         }
         let cx = &self.cx;
-        let p = cx.fs_path("fs.write", Permissions::WRITE, &path).await?;
+        let p = cx
+            .fs_path(capsid_audit::action::FS_WRITE, Permissions::WRITE, &path)
+            .await?;
         match cx.services.vfs.write(&p, data).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.write", &path, e).await),
+            Err(e) => Err(cx.fs_error(capsid_audit::action::FS_WRITE, &path, e).await),
         }
     }
 
@@ -160,19 +164,27 @@ impl Host for HostState {
             return Err(too_big(data.len() as u64));
         }
         let cx = &self.cx;
-        let p = cx.fs_path("fs.append", Permissions::WRITE, &path).await?;
+        let p = cx
+            .fs_path(capsid_audit::action::FS_APPEND, Permissions::WRITE, &path)
+            .await?;
         match cx.services.vfs.append(&p, data).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.append", &path, e).await),
+            Err(e) => Err(cx.fs_error(capsid_audit::action::FS_APPEND, &path, e).await),
         }
     }
 
     async fn read_dir(&mut self, path: String) -> Result<Vec<DirEntry>, WitError> {
         let cx = &self.cx;
-        let p = cx.fs_path("fs.read-dir", Permissions::READ, &path).await?;
+        let p = cx
+            .fs_path(capsid_audit::action::FS_READ_DIR, Permissions::READ, &path)
+            .await?;
         let entries = match cx.services.vfs.read_dir(&p).await {
             Ok(entries) => entries,
-            Err(e) => return Err(cx.fs_error("fs.read-dir", &path, e).await),
+            Err(e) => {
+                return Err(cx
+                    .fs_error(capsid_audit::action::FS_READ_DIR, &path, e)
+                    .await);
+            }
         };
         if entries.len() > MAX_FS_DIR_ENTRIES {
             return Err(WitError::Invalid(format!(
@@ -191,50 +203,73 @@ impl Host for HostState {
 
     async fn stat(&mut self, path: String) -> Result<Metadata, WitError> {
         let cx = &self.cx;
-        let p = cx.fs_path("fs.stat", Permissions::READ, &path).await?;
+        let p = cx
+            .fs_path(capsid_audit::action::FS_STAT, Permissions::READ, &path)
+            .await?;
         match cx.services.vfs.stat(&p).await {
             Ok(m) => Ok(Metadata {
                 kind: kind(m.kind),
                 len: m.len,
             }),
-            Err(e) => Err(cx.fs_error("fs.stat", &path, e).await),
+            Err(e) => Err(cx.fs_error(capsid_audit::action::FS_STAT, &path, e).await),
         }
     }
 
     async fn create_dir(&mut self, path: String) -> Result<(), WitError> {
         let cx = &self.cx;
         let p = cx
-            .fs_path("fs.create-dir", Permissions::WRITE, &path)
+            .fs_path(
+                capsid_audit::action::FS_CREATE_DIR,
+                Permissions::WRITE,
+                &path,
+            )
             .await?;
         // Missing parents are created too: each must be writable under the grant.
         for ancestor in p.ancestors_and_self().filter(|a| !a.is_root() && *a != p) {
             if !cx.services.vfs.exists(&ancestor).await.unwrap_or(false) {
                 let res = resource(&ancestor.to_string());
-                cx.authorize("fs.create-dir", Permissions::WRITE, &res, false)
-                    .await?;
+                cx.authorize(
+                    capsid_audit::action::FS_CREATE_DIR,
+                    Permissions::WRITE,
+                    &res,
+                    false,
+                )
+                .await?;
             }
         }
         match cx.services.vfs.create_dir_all(&p).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.create-dir", &path, e).await),
+            Err(e) => Err(cx
+                .fs_error(capsid_audit::action::FS_CREATE_DIR, &path, e)
+                .await),
         }
     }
 
     async fn remove_file(&mut self, path: String) -> Result<(), WitError> {
         let cx = &self.cx;
         let p = cx
-            .fs_path("fs.remove-file", Permissions::WRITE, &path)
+            .fs_path(
+                capsid_audit::action::FS_REMOVE_FILE,
+                Permissions::WRITE,
+                &path,
+            )
             .await?;
         match cx.services.vfs.remove_file(&p).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.remove-file", &path, e).await),
+            Err(e) => Err(cx
+                .fs_error(capsid_audit::action::FS_REMOVE_FILE, &path, e)
+                .await),
         }
     }
 
     async fn remove_dir(&mut self, path: String, recursive: bool) -> Result<(), WitError> {
         let cx = &self.cx;
         let p = cx
-            .fs_path("fs.remove-dir", Permissions::WRITE, &path)
+            .fs_path(
+                capsid_audit::action::FS_REMOVE_DIR,
+                Permissions::WRITE,
+                &path,
+            )
             .await?;
         if p.is_root() {
             return Err(WitError::Invalid(
@@ -243,7 +278,8 @@ impl Host for HostState {
         }
         let vfs = &cx.services.vfs;
         if recursive {
-            cx.authorize_tree("fs.remove-dir", &p, None).await?;
+            cx.authorize_tree(capsid_audit::action::FS_REMOVE_DIR, &p, None)
+                .await?;
         }
         let done = if recursive {
             vfs.remove_dir_all(&p).await
@@ -252,25 +288,32 @@ impl Host for HostState {
         };
         match done {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.remove-dir", &path, e).await),
+            Err(e) => Err(cx
+                .fs_error(capsid_audit::action::FS_REMOVE_DIR, &path, e)
+                .await),
         }
     }
 
     async fn rename(&mut self, from: String, to: String) -> Result<(), WitError> {
         let cx = &self.cx;
-        let src = cx.fs_path("fs.rename", Permissions::WRITE, &from).await?;
-        let dst = cx.fs_path("fs.rename", Permissions::WRITE, &to).await?;
+        let src = cx
+            .fs_path(capsid_audit::action::FS_RENAME, Permissions::WRITE, &from)
+            .await?;
+        let dst = cx
+            .fs_path(capsid_audit::action::FS_RENAME, Permissions::WRITE, &to)
+            .await?;
         if src.is_root() || dst.is_root() {
             return Err(WitError::Invalid(
                 "the workspace root cannot be moved".into(),
             ));
         }
         if matches!(cx.services.vfs.stat(&src).await, Ok(m) if m.kind == EntryKind::Dir) {
-            cx.authorize_tree("fs.rename", &src, Some(&dst)).await?;
+            cx.authorize_tree(capsid_audit::action::FS_RENAME, &src, Some(&dst))
+                .await?;
         }
         match cx.services.vfs.rename(&src, &dst).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(cx.fs_error("fs.rename", &from, e).await),
+            Err(e) => Err(cx.fs_error(capsid_audit::action::FS_RENAME, &from, e).await),
         }
     }
 }

@@ -20,7 +20,7 @@ impl Host for HostState {
         capsid_events::validate_topic(&topic).map_err(|e| WitError::Invalid(e.to_string()))?;
         let cx = &self.cx;
         cx.authorize(
-            "ipc.publish",
+            capsid_audit::action::IPC_PUBLISH,
             Permissions::PUBLISH,
             &format!("ipc://publish/{topic}"),
             true,

@@ -48,24 +48,39 @@ fn check(key: &[u8], value: Option<&[u8]>) -> Result<(), WitError> {
 impl Host for HostState {
     async fn get(&mut self, key: Vec<u8>) -> Result<Option<Vec<u8>>, WitError> {
         let cx = &self.cx;
-        cx.authorize("kv.get", Permissions::READ, &cx.kv_resource, false)
-            .await?;
+        cx.authorize(
+            capsid_audit::action::KV_GET,
+            Permissions::READ,
+            &cx.kv_resource,
+            false,
+        )
+        .await?;
         cx.kv.get(&key).await.map_err(guest_error)
     }
 
     async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), WitError> {
         check(&key, Some(&value))?;
         let cx = &self.cx;
-        cx.authorize("kv.set", Permissions::WRITE, &cx.kv_resource, true)
-            .await?;
+        cx.authorize(
+            capsid_audit::action::KV_SET,
+            Permissions::WRITE,
+            &cx.kv_resource,
+            true,
+        )
+        .await?;
         cx.kv.set(&key, &value).await.map_err(guest_error)
     }
 
     async fn delete(&mut self, key: Vec<u8>) -> Result<bool, WitError> {
         check(&key, None)?;
         let cx = &self.cx;
-        cx.authorize("kv.delete", Permissions::WRITE, &cx.kv_resource, true)
-            .await?;
+        cx.authorize(
+            capsid_audit::action::KV_DELETE,
+            Permissions::WRITE,
+            &cx.kv_resource,
+            true,
+        )
+        .await?;
         cx.kv.delete(&key).await.map_err(guest_error)
     }
 
@@ -76,8 +91,13 @@ impl Host for HostState {
         limit: u32,
     ) -> Result<Page, WitError> {
         let cx = &self.cx;
-        cx.authorize("kv.list", Permissions::READ, &cx.kv_resource, false)
-            .await?;
+        cx.authorize(
+            capsid_audit::action::KV_LIST,
+            Permissions::READ,
+            &cx.kv_resource,
+            false,
+        )
+        .await?;
         let page = cx
             .kv
             .list(&prefix, after.as_deref(), limit as usize)
@@ -98,8 +118,13 @@ impl Host for HostState {
         check(&key, new.as_deref())?;
         check(&key, expected.as_deref())?;
         let cx = &self.cx;
-        cx.authorize("kv.cas", Permissions::WRITE, &cx.kv_resource, true)
-            .await?;
+        cx.authorize(
+            capsid_audit::action::KV_CAS,
+            Permissions::WRITE,
+            &cx.kv_resource,
+            true,
+        )
+        .await?;
         cx.kv
             .compare_and_swap(&key, expected.as_deref(), new.as_deref())
             .await

@@ -71,7 +71,7 @@ impl CapsuleContext {
     ) -> Result<String, WitProcessError> {
         check_stdin(options.stdin.as_ref())?;
         self.authorize(
-            "process.persistent",
+            capsid_audit::action::PROCESS_PERSISTENT,
             Permissions::EXEC,
             &persistent_resource(&self.name),
             false,
@@ -207,7 +207,7 @@ impl CapsuleContext {
             let details = serde_json::json!({ "signal": format!("{kind:?}"), "persistent": true });
             let _ = self
                 .note(
-                    "process.signal",
+                    capsid_audit::action::PROCESS_SIGNAL,
                     &persistent_resource(&self.name),
                     capsid_audit::Decision::Info,
                     &details,
@@ -251,7 +251,7 @@ impl CapsuleContext {
         let details = serde_json::json!({ "exit": exit.map(|e| (e.code, e.signal)) });
         let _ = self
             .note(
-                "process.stop",
+                capsid_audit::action::PROCESS_STOP,
                 &persistent_resource(&self.name),
                 capsid_audit::Decision::Info,
                 &details,

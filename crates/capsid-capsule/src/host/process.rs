@@ -113,9 +113,14 @@ impl CapsuleContext {
         sandbox: SandboxPolicy,
     ) -> Result<SpawnSpec, WitProcessError> {
         let resource = exec_resource(program);
-        self.authorize("process.spawn", Permissions::EXEC, &resource, true)
-            .await
-            .map_err(|_| WitProcessError::Denied)?;
+        self.authorize(
+            capsid_audit::action::PROCESS_SPAWN,
+            Permissions::EXEC,
+            &resource,
+            true,
+        )
+        .await
+        .map_err(|_| WitProcessError::Denied)?;
         let mut spec = SpawnSpec::new(program, self.services.workspace.clone())
             .args(options.args.iter().cloned());
         spec.env.clone_from(&options.env);
@@ -142,7 +147,7 @@ impl CapsuleContext {
         let network = self.uplink
             && self
                 .authorize(
-                    "process.network",
+                    capsid_audit::action::PROCESS_NETWORK,
                     Permissions::EXEC,
                     &network_resource(&self.name),
                     true,
@@ -164,7 +169,7 @@ impl CapsuleContext {
         };
         let _ = self
             .note(
-                "process.exit",
+                capsid_audit::action::PROCESS_EXIT,
                 &exec_resource(program),
                 capsid_audit::Decision::Info,
                 &details,
@@ -306,7 +311,7 @@ impl HostBackground for HostState {
         let _ = self
             .cx
             .note(
-                "process.signal",
+                capsid_audit::action::PROCESS_SIGNAL,
                 &resource,
                 capsid_audit::Decision::Info,
                 &details,

@@ -1,443 +1,488 @@
-//! The daemon's methods: each takes its params object and answers a JSON result or a
-//! [`WireError`] whose code says what kind of failure it is.
+//! The daemon's methods: each a handler taking its method's typed params and answering its
+//! typed result or a [`WireError`] whose code says what kind of failure it is. Which method
+//! a request names is decided once, by [`MethodId`].
 
-use std::path::PathBuf;
-use std::time::Duration;
+use std::future::Future;
 
 use capsid_capabilities::{CapabilityId, Permissions};
-use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState};
+use capsid_capsule::CapsuleError;
 use capsid_core::CapsuleId;
+use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES};
 use capsid_process::Stream;
-use serde_json::{Value, json};
-use tokio::sync::mpsc;
+use capsid_protocol::methods::{
+    AuditEntry, AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
+    CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
+    CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
+    ExportParams, ExportResult, GrantParams, GrantView, Granted, Identities, IdentityLink,
+    IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
+    OutputStream, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput,
+    ProcessView, PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall,
+    ToolCallParams, ToolDescription, ToolOutput, UserView, VerifyResult,
+};
+use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
+use tokio::sync::{SemaphorePermit, mpsc};
 
-use super::protocol::{Request, Response, WireError};
 use super::server::Shared;
-use crate::error::KernelError;
+use super::views::{self, failed, invalid, kernel_error};
 
-/// Every method the daemon answers, for `unknown-method` errors and the docs.
-pub const METHODS: &[&str] = &[
-    "status",
-    "capsule.list",
-    "capsule.show",
-    "capsule.load",
-    "capsule.unload",
-    "capsule.reload",
-    "capsule.install",
-    "tool.call",
-    "event.publish",
-    "process.list",
-    "capsule.logs",
-    "process.logs",
-    "audit.verify",
-    "audit.tail",
-    "audit.export",
-    "cap.grant",
-    "cap.revoke",
-    "cap.list",
-    "identity.list",
-    "identity.link",
-    "daemon.stop",
-];
+type Answer<T> = Result<T, WireError>;
 
-/// The methods that change nothing (and `daemon.stop`): all a daemon whose audit log is
-/// read-only answers, since anything else would have to be recorded. `audit.export` is
-/// the one read that is otherwise recorded: over a read-only log it runs unrecorded, being
-/// the way to take the evidence out.
-const READ_ONLY_METHODS: &[&str] = &[
-    "status",
-    "capsule.list",
-    "capsule.show",
-    "process.list",
-    "capsule.logs",
-    "process.logs",
-    "audit.verify",
-    "audit.tail",
-    "audit.export",
-    "cap.list",
-    "identity.list",
-    "daemon.stop",
-];
-
-/// Whether `method` is answered on the connection's reader rather than in a task of its own:
-/// the cheap reads (no I/O, no lock held across an await), whose only wait is for room in the
-/// connection's answer queue.
-pub(crate) fn answered_inline(method: &str) -> bool {
-    matches!(method, "status" | "capsule.list" | "capsule.show")
-}
-
-/// How often a log follow looks for new lines.
-const FOLLOW_EVERY: Duration = Duration::from_millis(100);
-/// Most bytes of a process's output one `process.logs` answer carries.
-const PROCESS_LOG_PAGE: usize = 1 << 20;
-
-type Answer = Result<Value, WireError>;
-
-/// Answers `request` on `out` (several frames for a stream).
-pub(crate) async fn dispatch(shared: &Shared, request: Request, out: &mpsc::Sender<Response>) {
+/// Answers `request` (for `method`, already looked up) on `out`: several frames for a stream.
+pub(crate) async fn dispatch(
+    shared: &Shared,
+    method: Option<MethodId>,
+    request: Request,
+    out: &mpsc::Sender<Response>,
+) {
     let id = request.id;
-    if request.params["follow"].as_bool() == Some(true) {
-        match request.method.as_str() {
-            "capsule.logs" => return follow_logs(shared, id, &request.params, out).await,
-            "process.logs" => return follow_process(shared, id, &request.params, out).await,
-            _ => {}
-        }
-    }
-    let answer = answer(shared, &request.method, &request.params).await;
+    let answer = match method {
+        None => Err(WireError::new(
+            ErrorCode::UnknownMethod,
+            format!(
+                "no method {:?}; methods: {}",
+                request.method,
+                MethodId::ALL
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        Some(method) => match admit(shared, method) {
+            Err(e) => Err(e),
+            Ok(()) => answer(shared, method, &request, out).await,
+        },
+    };
     let response = match answer {
-        Ok(v) => Response::ok(id, v),
+        Ok(Some(v)) => Response::ok(id, v),
+        Ok(None) => return,
         Err(e) => Response::err(Some(id), e),
     };
     let _ = out.send(response).await;
 }
 
-async fn answer(shared: &Shared, method: &str, p: &Value) -> Answer {
+/// Refuses what the daemon cannot do now: anything but `status` while stopping, anything
+/// that would have to be recorded over a read-only audit log.
+fn admit(shared: &Shared, method: MethodId) -> Answer<()> {
     let kernel = &shared.kernel;
-    if (shared.stopping() || kernel.is_closing()) && method != "status" {
-        return Err(WireError::new("shutting-down", "the daemon is stopping"));
+    if (shared.stopping() || kernel.is_closing()) && method != MethodId::Status {
+        return Err(WireError::new(
+            ErrorCode::ShuttingDown,
+            "the daemon is stopping",
+        ));
     }
-    if kernel.audit().is_read_only() && !READ_ONLY_METHODS.contains(&method) {
+    if kernel.audit().is_read_only() && !method.read_only() {
         let refused = capsid_audit::AuditError::ReadOnly(kernel.audit().path().to_owned());
-        return Err(WireError::new("read-only", refused.to_string()));
+        return Err(WireError::new(ErrorCode::ReadOnly, refused.to_string()));
     }
-    match method {
-        "status" => to_value(&kernel.status()),
-        "capsule.list" => Ok(Value::Array(
-            kernel.capsules().iter().map(capsule_view).collect(),
-        )),
-        "capsule.show" => show(shared, p),
-        "capsule.load" => Ok(capsule_view(
-            &kernel
-                .load(&capsule(p)?)
-                .await
-                .map_err(|e| kernel_error(&e))?,
-        )),
-        "capsule.unload" => {
-            kernel
-                .unload(&capsule(p)?)
-                .await
-                .map_err(|e| kernel_error(&e))?;
-            Ok(json!({}))
-        }
-        "capsule.reload" => Ok(capsule_view(
-            &kernel
-                .reload(&capsule(p)?)
-                .await
-                .map_err(|e| kernel_error(&e))?,
-        )),
-        "capsule.install" => {
-            let dir = PathBuf::from(text(p, "dir")?);
-            if !dir.is_absolute() {
-                return Err(WireError::new("invalid", "dir must be an absolute path"));
-            }
-            Ok(capsule_view(
-                &kernel.install(&dir).await.map_err(|e| kernel_error(&e))?,
-            ))
-        }
-        "tool.call" => {
-            let input = match &p["input"] {
-                Value::Null => "{}".to_owned(),
-                v => v.to_string(),
-            };
-            let output = kernel
-                .call_tool(&capsule(p)?, text(p, "tool")?, &input)
-                .await
-                .map_err(|e| kernel_error(&e))?;
-            Ok(serde_json::from_str(&output).unwrap_or(Value::String(output)))
-        }
-        "event.publish" => {
-            let payload = match &p["payload"] {
-                Value::String(s) => s.clone().into_bytes(),
-                v => v.to_string().into_bytes(),
-            };
-            let d = kernel
-                .publish(text(p, "topic")?, payload)
-                .await
-                .map_err(|e| kernel_error(&e))?;
-            Ok(json!({ "delivered": d.delivered, "dropped": d.dropped }))
-        }
-        "process.list" => Ok(processes(shared)),
-        "process.logs" => {
-            let (generation, stream, after) = process_params(p)?;
-            process_output(shared, generation, stream, after)
-        }
-        "capsule.logs" => {
-            let name = capsule(p)?;
-            let after = p["after"].as_u64().unwrap_or(0);
-            let (lines, next) = log_lines(shared, &name, after)?;
-            Ok(json!({ "lines": lines, "next": next }))
-        }
-        "daemon.stop" => {
-            let _ = shared.stop.send(true);
-            Ok(json!({ "stopping": true }))
-        }
-        other
-            if other.starts_with("audit.")
-                || other.starts_with("cap.")
-                || other.starts_with("identity.") =>
-        {
-            answer_admin(shared, other, p).await
-        }
-        other => Err(WireError::new(
-            "unknown-method",
-            format!("no method {other:?}; methods: {}", METHODS.join(", ")),
-        )),
-    }
+    Ok(())
 }
 
-/// The audit, capability and identity methods.
-async fn answer_admin(shared: &Shared, method: &str, p: &Value) -> Answer {
-    let kernel = &shared.kernel;
-    let _turn = if method.starts_with("audit.") {
-        Some(
-            shared
-                .audit_reads
-                .acquire()
-                .await
-                .map_err(|_| WireError::new("shutting-down", "the daemon is stopping"))?,
-        )
-    } else {
-        None
+/// The one answer of a unary method (`Ok(None)`: a stream, already answered on `out`).
+async fn answer(
+    shared: &Shared,
+    method: MethodId,
+    request: &Request,
+    out: &mpsc::Sender<Response>,
+) -> Answer<Option<serde_json::Value>> {
+    let s = shared;
+    let value = match method {
+        MethodId::Status => run::<Status, _>(request, |_| async { Ok(status(s)) }).await,
+        MethodId::CapsuleList => run::<CapsuleList, _>(request, |_| async { Ok(list(s)) }).await,
+        MethodId::CapsuleShow => {
+            run::<CapsuleShow, _>(request, |p| async move { show(s, &p) }).await
+        }
+        MethodId::CapsuleLoad => run::<CapsuleLoad, _>(request, |p| load(s, p)).await,
+        MethodId::CapsuleUnload => run::<CapsuleUnload, _>(request, |p| unload(s, p)).await,
+        MethodId::CapsuleReload => run::<CapsuleReload, _>(request, |p| reload(s, p)).await,
+        MethodId::CapsuleInstall => run::<CapsuleInstall, _>(request, |p| install(s, p)).await,
+        MethodId::CapsuleLogs => {
+            run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
+        }
+        MethodId::ToolCall => run::<ToolCall, _>(request, |p| call(s, p)).await,
+        MethodId::EventPublish => run::<EventPublish, _>(request, |p| publish(s, p)).await,
+        MethodId::ProcessList => {
+            run::<ProcessList, _>(request, |_| async { Ok(processes(s)) }).await
+        }
+        MethodId::ProcessLogs => {
+            run::<ProcessLogs, _>(request, |p| async move { process_output(s, p) }).await
+        }
+        MethodId::AuditVerify => run::<AuditVerify, _>(request, |_| verify(s)).await,
+        MethodId::AuditTail => run::<AuditTail, _>(request, |p| tail(s, p)).await,
+        MethodId::AuditExport => run::<AuditExport, _>(request, |p| export(s, p)).await,
+        MethodId::CapGrant => run::<CapGrant, _>(request, |p| grant(s, p)).await,
+        MethodId::CapRevoke => run::<CapRevoke, _>(request, |p| revoke(s, p)).await,
+        MethodId::CapList => run::<CapList, _>(request, |_| grants(s)).await,
+        MethodId::IdentityList => run::<IdentityList, _>(request, |_| identities(s)).await,
+        MethodId::IdentityLink => run::<IdentityLink, _>(request, |p| link(s, p)).await,
+        MethodId::DaemonStop => run::<DaemonStop, _>(request, |_| async { Ok(stop(s)) }).await,
+        MethodId::CapsuleLogsFollow => {
+            let p = request.params::<CapsuleLogsFollow>()?;
+            follow_logs(s, request.id, p, out).await;
+            return Ok(None);
+        }
+        MethodId::ProcessLogsFollow => {
+            let p = request.params::<ProcessLogsFollow>()?;
+            follow_process(s, request.id, p, out).await;
+            return Ok(None);
+        }
     };
-    match method {
-        "audit.verify" => verify(shared).await,
-        "audit.tail" => {
-            let n = usize::try_from(p["n"].as_u64().unwrap_or(20).min(10_000)).unwrap_or(20);
-            let path = kernel.audit().path().to_owned();
-            let rows = tokio::task::spawn_blocking(move || capsid_audit::tail(&path, n))
-                .await
-                .map_err(|e| WireError::new("failed", e.to_string()))?
-                .map_err(|e| WireError::new("failed", e.to_string()))?;
-            to_value(&rows)
-        }
-        "audit.export" => export(shared, p).await,
-        "cap.grant" => grant(shared, p).await,
-        "cap.revoke" => {
-            let id: CapabilityId = text(p, "id")?
-                .parse()
-                .map_err(|_| WireError::new("invalid", "not a capability id"))?;
-            kernel
-                .capabilities()
-                .revoke(id)
-                .await
-                .map_err(|e| WireError::new("failed", e.to_string()))?;
-            kernel
-                .note("cap.revoke", &format!("capability://{id}"), json!({}))
-                .await
-                .map_err(|e| kernel_error(&e))?;
-            Ok(json!({}))
-        }
-        "cap.list" => {
-            let grants = kernel
-                .capabilities()
-                .list(&kernel.principal())
-                .await
-                .map_err(|e| WireError::new("failed", e.to_string()))?;
-            Ok(grants
-                .iter()
-                .map(|g| {
-                    json!({
-                        "id": g.capability.id.to_string(),
-                        "capsule": g.capability.capsule.as_ref().map(CapsuleId::as_str),
-                        "pattern": g.capability.pattern.as_str(),
-                        "permissions": g.capability.permissions.to_string(),
-                        "revoked": g.revoked,
-                    })
-                })
-                .collect())
-        }
-        "identity.list" => {
-            let failed = |e: capsid_storage::KvError| WireError::new("failed", e.to_string());
-            let users = kernel.identity().users().await.map_err(failed)?;
-            let links = kernel.identity().links(None).await.map_err(failed)?;
-            Ok(json!({
-                "users": users.iter().map(|u| json!({ "id": u.id.to_string(), "name": u.name })).collect::<Vec<_>>(),
-                "links": links.iter().map(|l| json!({
-                    "platform": l.platform, "platform_user_id": l.platform_user_id,
-                    "user": l.user.to_string(),
-                })).collect::<Vec<_>>(),
-            }))
-        }
-        "identity.link" => link(shared, p).await,
-        other => Err(WireError::new(
-            "unknown-method",
-            format!("no method {other:?}; methods: {}", METHODS.join(", ")),
-        )),
-    }
+    value.map(Some)
+}
+
+/// Decodes `M`'s params, runs `handler` and encodes its result.
+async fn run<M: Method, F: Future<Output = Answer<M::Result>>>(
+    request: &Request,
+    handler: impl FnOnce(M::Params) -> F,
+) -> Answer<serde_json::Value> {
+    let params = request.params::<M>()?;
+    let result = handler(params).await?;
+    serde_json::to_value(result).map_err(failed)
+}
+
+fn status(shared: &Shared) -> capsid_protocol::methods::StatusResult {
+    views::status(shared.kernel.status())
+}
+
+fn list(shared: &Shared) -> Vec<CapsuleView> {
+    shared
+        .kernel
+        .capsules()
+        .iter()
+        .map(views::capsule)
+        .collect()
 }
 
 /// One capsule, with its description and tools when loaded.
-fn show(shared: &Shared, p: &Value) -> Answer {
-    let kernel = &shared.kernel;
-    let name = capsule(p)?;
-    let info = kernel
-        .registry()
-        .info(&name)
-        .ok_or_else(|| not_loaded(&name))?;
-    let mut view = capsule_view(&info);
-    if let Ok(loaded) = kernel.registry().get(&name) {
-        view["description"] = json!(loaded.manifest().description);
-        view["tool_descriptions"] = loaded
-            .manifest()
-            .tools
+fn show(shared: &Shared, p: &CapsuleParams) -> Answer<CapsuleDetail> {
+    let registry = shared.kernel.registry();
+    let info = registry.info(&p.name).ok_or_else(|| not_loaded(&p.name))?;
+    let manifest = registry.get(&p.name).ok().map(|c| c.manifest().clone());
+    Ok(CapsuleDetail {
+        capsule: views::capsule(&info),
+        description: manifest.as_ref().map(|m| m.description.clone()),
+        tool_descriptions: manifest
             .iter()
-            .map(|t| json!({ "name": t.name, "description": t.description }))
-            .collect();
+            .flat_map(|m| &m.tools)
+            .map(|t| ToolDescription {
+                name: t.name.clone(),
+                description: t.description.clone(),
+            })
+            .collect(),
+    })
+}
+
+async fn load(shared: &Shared, p: CapsuleParams) -> Answer<CapsuleView> {
+    let info = shared.kernel.load(&p.name).await;
+    Ok(views::capsule(&info.map_err(|e| kernel_error(&e))?))
+}
+
+async fn unload(shared: &Shared, p: CapsuleParams) -> Answer<Done> {
+    shared
+        .kernel
+        .unload(&p.name)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(Done {})
+}
+
+async fn reload(shared: &Shared, p: CapsuleParams) -> Answer<CapsuleView> {
+    let info = shared.kernel.reload(&p.name).await;
+    Ok(views::capsule(&info.map_err(|e| kernel_error(&e))?))
+}
+
+async fn install(shared: &Shared, p: InstallParams) -> Answer<InstallResult> {
+    if !p.dir.is_absolute() {
+        return Err(invalid("dir must be an absolute path"));
     }
-    Ok(view)
+    let installed = shared
+        .kernel
+        .install(&p.dir)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(InstallResult {
+        capsule: views::capsule(&installed.capsule),
+        installed: installed.files,
+        left_out: installed.left_out,
+    })
+}
+
+async fn call(shared: &Shared, p: ToolCallParams) -> Answer<ToolOutput> {
+    let answer = shared
+        .kernel
+        .call_tool(&p.capsule, &p.tool, &p.input.to_string())
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(ToolOutput::from_answer(answer))
+}
+
+async fn publish(shared: &Shared, p: PublishParams) -> Answer<Delivery> {
+    let payload = match p.payload {
+        serde_json::Value::String(s) => s.into_bytes(),
+        v => v.to_string().into_bytes(),
+    };
+    let d = shared
+        .kernel
+        .publish(&p.topic, payload)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(Delivery {
+        delivered: d.delivered,
+        dropped: d.dropped,
+    })
+}
+
+fn stop(shared: &Shared) -> Stopping {
+    let _ = shared.stop.send(true);
+    Stopping { stopping: true }
+}
+
+/// A turn at reading the audit log (`DAEMON_AUDIT_READS_AT_ONCE`).
+async fn audit_turn(shared: &Shared) -> Answer<SemaphorePermit<'_>> {
+    shared
+        .audit_reads
+        .acquire()
+        .await
+        .map_err(|_| WireError::new(ErrorCode::ShuttingDown, "the daemon is stopping"))
+}
+
+/// Runs `work` on the blocking pool.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Answer<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(failed)?
+        .map_err(failed)
 }
 
 /// Verifies the audit log as committed so far.
-async fn verify(shared: &Shared) -> Answer {
-    let kernel = &shared.kernel;
-    let path = kernel.audit().path().to_owned();
-    let report = tokio::task::spawn_blocking(move || capsid_audit::verify_database(&path))
-        .await
-        .map_err(|e| WireError::new("failed", e.to_string()))?
-        .map_err(|e| WireError::new("failed", e.to_string()))?;
-    let problems = report.problems();
-    Ok(json!({
-        "valid": report.is_valid(),
-        "entries": report.entries(),
-        "chains": report.chains.len(),
-        "problems": problems,
-    }))
+async fn verify(shared: &Shared) -> Answer<VerifyResult> {
+    let _turn = audit_turn(shared).await?;
+    let path = shared.kernel.audit().path().to_owned();
+    let report = blocking(move || capsid_audit::verify_database(&path)).await?;
+    Ok(VerifyResult {
+        valid: report.is_valid(),
+        entries: report.entries(),
+        chains: report.chains.len(),
+        problems: report.problems(),
+    })
 }
 
-async fn grant(shared: &Shared, p: &Value) -> Answer {
+async fn tail(shared: &Shared, p: TailParams) -> Answer<Vec<AuditEntry>> {
+    let _turn = audit_turn(shared).await?;
+    let path = shared.kernel.audit().path().to_owned();
+    let n = usize::try_from(p.n).map_err(failed)?;
+    let rows = blocking(move || capsid_audit::tail(&path, n)).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AuditEntry {
+            chain: r.chain,
+            seq: r.seq,
+            time_ns: r.time_ns,
+            principal: r.principal,
+            capsule: r.capsule,
+            action: r.action,
+            resource: r.resource,
+            decision: r.decision,
+            details: r.details,
+        })
+        .collect())
+}
+
+/// `audit.export`: the log as JSON lines into a new file (recorded, unless the log is
+/// read-only: then it is exported to be inspected, and cannot record that).
+async fn export(shared: &Shared, p: ExportParams) -> Answer<ExportResult> {
+    let _turn = audit_turn(shared).await?;
     let kernel = &shared.kernel;
-    let pattern = text(p, "pattern")?;
-    let permissions: Permissions = text(p, "permissions")?
+    if !p.path.is_absolute() {
+        return Err(invalid("path must be an absolute path"));
+    }
+    let audit = kernel.audit().clone();
+    let target = p.path.clone();
+    let entries = blocking(move || audit.export_jsonl(&target)).await?;
+    if !kernel.audit().is_read_only() {
+        kernel
+            .note(
+                capsid_audit::action::EXPORT,
+                "audit://log",
+                serde_json::json!({ "path": p.path, "entries": entries }),
+            )
+            .await
+            .map_err(|e| kernel_error(&e))?;
+    }
+    Ok(ExportResult { entries })
+}
+
+async fn grant(shared: &Shared, p: GrantParams) -> Answer<Granted> {
+    let permissions: Permissions = p
+        .permissions
         .parse()
-        .map_err(|e| WireError::new("invalid", format!("permissions: {e}")))?;
-    let capsule = match p["capsule"].as_str() {
-        Some(name) => Some(parse_capsule(name)?),
-        None => None,
-    };
-    let cap = kernel
+        .map_err(|e| invalid(format!("permissions: {e}")))?;
+    let id = shared
+        .kernel
+        .grant(p.capsule, &p.pattern, permissions)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(Granted { id: id.to_string() })
+}
+
+async fn revoke(shared: &Shared, p: RevokeParams) -> Answer<Done> {
+    let id: CapabilityId =
+        p.id.parse()
+            .map_err(|_| invalid(format!("{:?} is not a capability id", p.id)))?;
+    shared
+        .kernel
+        .revoke(id)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(Done {})
+}
+
+async fn grants(shared: &Shared) -> Answer<Vec<GrantView>> {
+    let kernel = &shared.kernel;
+    let grants = kernel
         .capabilities()
-        .grant(
-            kernel.principal(),
-            capsule.clone(),
-            pattern,
-            permissions,
-            None,
-            false,
-        )
+        .list(&kernel.principal())
         .await
-        .map_err(|e| WireError::new("invalid", e.to_string()))?;
-    let details = json!({
-        "id": cap.id.to_string(),
-        "capsule": capsule.as_ref().map(CapsuleId::as_str),
-        "permissions": permissions.to_string(),
-    });
-    kernel
-        .note("cap.grant", pattern, details)
-        .await
-        .map_err(|e| kernel_error(&e))?;
-    Ok(json!({ "id": cap.id.to_string() }))
+        .map_err(failed)?;
+    Ok(grants
+        .iter()
+        .map(|g| GrantView {
+            id: g.capability.id.to_string(),
+            capsule: g.capability.capsule.clone(),
+            pattern: g.capability.pattern.as_str().to_owned(),
+            permissions: g.capability.permissions.to_string(),
+            revoked: g.revoked,
+        })
+        .collect())
 }
 
-async fn link(shared: &Shared, p: &Value) -> Answer {
-    let kernel = &shared.kernel;
-    let (platform, platform_user) = (text(p, "platform")?, text(p, "platform_user_id")?);
-    let user = text(p, "user")?
+async fn identities(shared: &Shared) -> Answer<Identities> {
+    let identity = shared.kernel.identity();
+    let users = identity.users().await.map_err(failed)?;
+    let links = identity.links(None).await.map_err(failed)?;
+    Ok(Identities {
+        users: users
+            .into_iter()
+            .map(|u| UserView {
+                id: u.id.to_string(),
+                name: u.name,
+            })
+            .collect(),
+        links: links
+            .into_iter()
+            .map(|l| LinkView {
+                platform: l.platform,
+                platform_user_id: l.platform_user_id,
+                user: l.user.to_string(),
+            })
+            .collect(),
+    })
+}
+
+async fn link(shared: &Shared, p: LinkParams) -> Answer<Done> {
+    let user = p
+        .user
         .parse()
-        .map_err(|_| WireError::new("invalid", "user must be a user id (see `capsid who`)"))?;
-    kernel
-        .identity()
-        .link(platform, platform_user, &user)
-        .await
-        .map_err(|e| WireError::new("invalid", e.to_string()))?;
-    kernel
-        .note(
-            "identity.link",
-            &format!("identity://{platform}/{platform_user}"),
-            json!({ "user": user.to_string() }),
-        )
+        .map_err(|_| invalid("user must be a user id (see `capsid who`)"))?;
+    shared
+        .kernel
+        .link_identity(&p.platform, &p.platform_user_id, &user)
         .await
         .map_err(|e| kernel_error(&e))?;
-    Ok(json!({}))
+    Ok(Done {})
 }
 
 /// Persistent processes and native capsules' programs, as the operator sees them (never
 /// the processes' ids: those belong to the capsules that started them).
-fn processes(shared: &Shared) -> Value {
+fn processes(shared: &Shared) -> Vec<ProcessView> {
     let kernel = &shared.kernel;
-    let mut out: Vec<Value> = kernel
+    let mut out: Vec<ProcessView> = kernel
         .registry()
         .processes()
         .list_all()
         .into_iter()
-        .map(|(owner, s)| {
-            json!({
-                "kind": "persistent",
-                "capsule": owner.capsule.as_str(),
-                "label": s.label,
-                "pid": s.pid,
-                "generation": s.generation,
-                "started_ms": s.started_ms,
-                "running": s.exit.is_none(),
-                "exit_code": s.exit.and_then(|e| e.code),
-            })
+        .map(|(owner, s)| ProcessView::Persistent {
+            capsule: owner.capsule,
+            label: s.label,
+            pid: s.pid,
+            generation: s.generation,
+            started_ms: s.started_ms,
+            running: s.exit.is_none(),
+            exit_code: s.exit.and_then(|e| e.code),
         })
         .collect();
     for info in kernel.capsules() {
         if let Some(native) = info.native {
-            out.push(json!({
-                "kind": "native",
-                "capsule": info.name.as_str(),
-                "health": format!("{:?}", native.health),
-                "restarts": native.restarts,
-            }));
+            out.push(ProcessView::Native {
+                capsule: info.name,
+                health: views::health(&native.health),
+                restarts: native.restarts,
+            });
         }
     }
-    Value::Array(out)
+    out
 }
 
 /// A capsule's log lines after `after`, and where to continue from.
-fn log_lines(
-    shared: &Shared,
-    name: &CapsuleId,
-    after: u64,
-) -> Result<(Vec<Value>, u64), WireError> {
+fn log_page(shared: &Shared, name: &CapsuleId, after: u64) -> Answer<LogPage> {
     let capsule = shared.kernel.registry().get(name).map_err(|e| match e {
         CapsuleError::NotLoaded(_) => not_loaded(name),
-        other => WireError::new("invalid", other.to_string()),
+        other => WireError::new(views::capsule_error_code(&other), other.to_string()),
     })?;
     let lines = capsule.log().since(after);
     let next = lines.last().map_or(after, |l| l.seq);
-    let view = lines
-        .iter()
-        .map(|l| {
-            json!({
-                "seq": l.seq, "time_ms": l.time_ms,
-                "level": format!("{:?}", l.level).to_lowercase(),
-                "source": format!("{:?}", l.source).to_lowercase(),
-                "message": l.message,
-            })
-        })
-        .collect();
-    Ok((view, next))
+    Ok(LogPage {
+        lines: lines.iter().map(views::log_line).collect(),
+        next,
+    })
+}
+
+/// A persistent process's output after `p.after`.
+fn process_output(shared: &Shared, p: ProcessLogParams) -> Answer<ProcessOutput> {
+    let stream = match p.stream {
+        OutputStream::Stdout => Stream::Stdout,
+        OutputStream::Stderr => Stream::Stderr,
+    };
+    let generation = p.generation;
+    let chunk = shared
+        .kernel
+        .registry()
+        .processes()
+        .read_by_generation(generation, stream, p.after, DAEMON_PROCESS_LOG_PAGE_BYTES)
+        .map_err(|_| {
+            WireError::new(
+                ErrorCode::NotFound,
+                format!("no process of generation {generation}"),
+            )
+        })?;
+    Ok(ProcessOutput {
+        text: String::from_utf8_lossy(&chunk.bytes).into_owned(),
+        next: chunk.next.offset,
+        missed: chunk.missed,
+    })
 }
 
 /// Sends `page(after)` frames (`more: true`) while they have something new, until the
-/// client goes away or the daemon stops (then one last frame with `next` alone).
-async fn follow(
+/// client goes away or the daemon stops (then one last frame, `last(after)`).
+async fn follow<T: serde::Serialize>(
     shared: &Shared,
     id: u64,
     out: &mpsc::Sender<Response>,
     mut after: u64,
-    page: impl Fn(u64) -> Result<(Value, u64, bool), WireError>,
+    page: impl Fn(u64) -> Answer<(T, u64, bool)>,
+    last: impl Fn(u64) -> T,
 ) {
+    let frame = |value: &T| serde_json::to_value(value).map_err(failed);
     loop {
-        match page(after) {
+        match page(after).and_then(|(value, next, fresh)| Ok((frame(&value)?, next, fresh))) {
             Ok((value, next, fresh)) => {
                 after = next;
                 if fresh {
-                    let mut frame = Response::ok(id, value);
-                    frame.more = true;
-                    if out.send(frame).await.is_err() {
+                    let mut response = Response::ok(id, value);
+                    response.more = true;
+                    if out.send(response).await.is_err() {
                         return;
                     }
                 }
@@ -448,169 +493,52 @@ async fn follow(
             }
         }
         if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
-            let _ = out.send(Response::ok(id, json!({ "next": after }))).await;
+            let response = match frame(&last(after)) {
+                Ok(v) => Response::ok(id, v),
+                Err(e) => Response::err(Some(id), e),
+            };
+            let _ = out.send(response).await;
             return;
         }
-        tokio::time::sleep(FOLLOW_EVERY).await;
+        tokio::time::sleep(DAEMON_FOLLOW_INTERVAL).await;
     }
 }
 
 /// Streams a capsule's log: what is there, then new lines as they come.
-async fn follow_logs(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
-    let name = match capsule(p) {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = out.send(Response::err(Some(id), e)).await;
-            return;
-        }
+async fn follow_logs(shared: &Shared, id: u64, p: LogParams, out: &mpsc::Sender<Response>) {
+    let page = |after| {
+        let page = log_page(shared, &p.name, after)?;
+        let (next, fresh) = (page.next, !page.lines.is_empty());
+        Ok((page, next, fresh))
     };
-    let after = p["after"].as_u64().unwrap_or(0);
-    follow(shared, id, out, after, |after| {
-        let (lines, next) = log_lines(shared, &name, after)?;
-        let fresh = !lines.is_empty();
-        Ok((json!({ "lines": lines, "next": next }), next, fresh))
-    })
-    .await;
-}
-
-/// `generation` (from `process.list`), `stream` (`stdout`, the default, or `stderr`) and
-/// `after` (an offset; 0 for the start of what is kept).
-fn process_params(p: &Value) -> Result<(u64, Stream, u64), WireError> {
-    let generation = p["generation"]
-        .as_u64()
-        .ok_or_else(|| WireError::new("invalid", "missing number param \"generation\""))?;
-    let stream = match p["stream"].as_str().unwrap_or("stdout") {
-        "stdout" => Stream::Stdout,
-        "stderr" => Stream::Stderr,
-        other => return Err(WireError::new("invalid", format!("no stream {other:?}"))),
+    let last = |next| LogPage {
+        lines: Vec::new(),
+        next,
     };
-    Ok((generation, stream, p["after"].as_u64().unwrap_or(0)))
-}
-
-/// A persistent process's output after `after`: text, where to continue, bytes missed.
-fn process_output(shared: &Shared, generation: u64, stream: Stream, after: u64) -> Answer {
-    let chunk = shared
-        .kernel
-        .registry()
-        .processes()
-        .read_by_generation(generation, stream, after, PROCESS_LOG_PAGE)
-        .map_err(|_| {
-            WireError::new(
-                "not-found",
-                format!("no process of generation {generation}"),
-            )
-        })?;
-    Ok(json!({
-        "text": String::from_utf8_lossy(&chunk.bytes),
-        "next": chunk.next.offset,
-        "missed": chunk.missed,
-    }))
+    follow(shared, id, out, p.after, page, last).await;
 }
 
 /// Streams a persistent process's output until it is forgotten, the client goes away or
 /// the daemon stops.
-async fn follow_process(shared: &Shared, id: u64, p: &Value, out: &mpsc::Sender<Response>) {
-    let (generation, stream, after) = match process_params(p) {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = out.send(Response::err(Some(id), e)).await;
-            return;
-        }
-    };
-    follow(shared, id, out, after, |after| {
-        let page = process_output(shared, generation, stream, after)?;
-        let next = page["next"].as_u64().unwrap_or(after);
-        let fresh = page["text"].as_str().is_some_and(|t| !t.is_empty()) || page["missed"] != 0;
+async fn follow_process(
+    shared: &Shared,
+    id: u64,
+    p: ProcessLogParams,
+    out: &mpsc::Sender<Response>,
+) {
+    let page = |after| {
+        let page = process_output(shared, ProcessLogParams { after, ..p })?;
+        let (next, fresh) = (page.next, !page.text.is_empty() || page.missed != 0);
         Ok((page, next, fresh))
-    })
-    .await;
-}
-
-/// `audit.export`: the log as JSON lines into a new file (recorded, unless the log is
-/// read-only: then it is exported to be inspected, and cannot record that).
-async fn export(shared: &Shared, p: &Value) -> Answer {
-    let kernel = &shared.kernel;
-    let out = PathBuf::from(text(p, "path")?);
-    if !out.is_absolute() {
-        return Err(WireError::new("invalid", "path must be an absolute path"));
-    }
-    let audit = kernel.audit().clone();
-    let target = out.clone();
-    let entries = tokio::task::spawn_blocking(move || audit.export_jsonl(&target))
-        .await
-        .map_err(|e| WireError::new("failed", e.to_string()))?
-        .map_err(|e| WireError::new("failed", e.to_string()))?;
-    if !kernel.audit().is_read_only() {
-        kernel
-            .note(
-                "audit.export",
-                "audit://log",
-                json!({ "path": out, "entries": entries }),
-            )
-            .await
-            .map_err(|e| kernel_error(&e))?;
-    }
-    Ok(json!({ "entries": entries }))
-}
-
-fn capsule_view(info: &CapsuleInfo) -> Value {
-    let (state, reason) = match &info.state {
-        CapsuleState::Failed(r) => ("failed".to_owned(), Some(r.clone())),
-        s => (s.to_string(), None),
     };
-    json!({
-        "name": info.name.as_str(),
-        "version": info.version.as_ref().map(ToString::to_string),
-        "state": state,
-        "reason": reason,
-        "dir": info.dir,
-        "tools": info.tools,
-        "blake3": info.blake3,
-        "load_kind": info.load_kind.map(|k| format!("{k:?}").to_lowercase()),
-        "native": info.native.as_ref().map(|n| json!({
-            "health": format!("{:?}", n.health), "restarts": n.restarts,
-        })),
-    })
-}
-
-fn text<'a>(p: &'a Value, key: &str) -> Result<&'a str, WireError> {
-    p[key]
-        .as_str()
-        .ok_or_else(|| WireError::new("invalid", format!("missing string param {key:?}")))
-}
-
-fn parse_capsule(name: &str) -> Result<CapsuleId, WireError> {
-    CapsuleId::new(name).map_err(|e| WireError::new("invalid", e.to_string()))
-}
-
-fn capsule(p: &Value) -> Result<CapsuleId, WireError> {
-    parse_capsule(text(p, "name").or_else(|_| text(p, "capsule"))?)
+    let last = |next| ProcessOutput {
+        text: String::new(),
+        next,
+        missed: 0,
+    };
+    follow(shared, id, out, p.after, page, last).await;
 }
 
 fn not_loaded(name: &CapsuleId) -> WireError {
-    WireError::new("not-found", format!("capsule {name} is not loaded"))
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Answer {
-    serde_json::to_value(v).map_err(|e| WireError::new("failed", e.to_string()))
-}
-
-/// The wire form of a kernel error: its one line, and a code for its kind.
-fn kernel_error(e: &KernelError) -> WireError {
-    let code = match e {
-        KernelError::NotInstalled(_) => "not-found",
-        KernelError::ShuttingDown => "shutting-down",
-        KernelError::Manifest(_)
-        | KernelError::Install { .. }
-        | KernelError::Event(_)
-        | KernelError::ReservedTopic { .. } => "invalid",
-        KernelError::Capsule(c) => match c {
-            CapsuleError::NotLoaded(_) => "not-found",
-            CapsuleError::Denied { .. } => "denied",
-            CapsuleError::AlreadyLoaded(_) | CapsuleError::Manifest(_) => "invalid",
-            _ => "failed",
-        },
-        _ => "failed",
-    };
-    WireError::new(code, e.to_string())
+    WireError::new(ErrorCode::NotFound, format!("capsule {name} is not loaded"))
 }

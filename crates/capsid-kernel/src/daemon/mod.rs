@@ -3,7 +3,7 @@
 //!
 //! [`RunFiles::acquire`] makes this the home's only daemon (before the kernel boots), then
 //! [`serve`] answers until SIGTERM, SIGINT or a `daemon.stop` request, drains, shuts the
-//! kernel down and removes its files. [`protocol`] is the wire format both sides use.
+//! kernel down and removes its files. `capsid_protocol` is the wire format both sides use.
 //!
 //! Invariants: the socket is 0600 inside a 0700 directory and only the allowed uid
 //! (`SO_PEERCRED`) may talk; nothing is served before a hello with the right protocol and
@@ -13,9 +13,8 @@
 
 mod files;
 mod methods;
-pub mod protocol;
 mod server;
+mod views;
 
 pub use files::RunFiles;
-pub use methods::METHODS;
 pub use server::{DaemonOptions, serve};

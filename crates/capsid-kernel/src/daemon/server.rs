@@ -26,11 +26,11 @@ use tokio::task::JoinSet;
 
 use super::files::RunFiles;
 use super::methods;
-use super::protocol::{
-    FrameError, Hello, Request, Response, Welcome, WireError, read_frame_body, read_frame_len,
-    read_frame_limited, write_frame, write_json,
-};
 use crate::kernel::Kernel;
+use capsid_protocol::frame::{
+    FrameError, read_frame_body, read_frame_len, read_frame_limited, write_frame, write_json,
+};
+use capsid_protocol::{ErrorCode, Hello, MethodId, Request, Response, Welcome, WireError};
 
 /// How the daemon serves.
 #[derive(Debug, Clone)]
@@ -132,7 +132,7 @@ async fn serve_until_stopped(
                     let Ok(permit) = slots.clone().try_acquire_owned() else {
                         // Answered inline (bounded by the write timeout), so refusals cannot
                         // pile up as tasks.
-                        refuse(stream, WireError::new("busy", "the daemon serves the most connections it may; try again")).await;
+                        refuse(stream, WireError::new(ErrorCode::Busy, "the daemon serves the most connections it may; try again")).await;
                         continue;
                     };
                     let shared = shared.clone();
@@ -175,11 +175,16 @@ async fn refuse(mut stream: UnixStream, error: WireError) {
 async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, WireError> {
     let uid = stream
         .peer_cred()
-        .map_err(|e| WireError::new("unauthorized", format!("cannot read peer credentials: {e}")))?
+        .map_err(|e| {
+            WireError::new(
+                ErrorCode::Unauthorized,
+                format!("cannot read peer credentials: {e}"),
+            )
+        })?
         .uid();
     if uid != shared.options.allowed_uid {
         return Err(WireError::new(
-            "unauthorized",
+            ErrorCode::Unauthorized,
             format!("uid {uid} may not use this daemon"),
         ));
     }
@@ -187,23 +192,28 @@ async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, Wire
     let frame = match tokio::time::timeout(DAEMON_HELLO_TIMEOUT, read).await {
         Err(_) => {
             return Err(WireError::new(
-                "bad-request",
+                ErrorCode::BadRequest,
                 "no hello within the time allowed",
             ));
         }
         Ok(Err(e)) => return Err(frame_error(&e)),
-        Ok(Ok(None)) => return Err(WireError::new("bad-request", "closed before its hello")),
+        Ok(Ok(None)) => {
+            return Err(WireError::new(
+                ErrorCode::BadRequest,
+                "closed before its hello",
+            ));
+        }
         Ok(Ok(Some(frame))) => frame,
     };
     let hello: Hello = serde_json::from_slice(&frame).map_err(|e| {
         WireError::new(
-            "bad-request",
+            ErrorCode::BadRequest,
             format!("the first frame must be a hello: {e}"),
         )
     })?;
     if hello.protocol != DAEMON_PROTOCOL_VERSION {
         return Err(WireError::new(
-            "protocol",
+            ErrorCode::Protocol,
             format!(
                 "protocol {} is not spoken here (the daemon speaks {DAEMON_PROTOCOL_VERSION})",
                 hello.protocol
@@ -211,7 +221,10 @@ async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, Wire
         ));
     }
     if !bool::from(hello.token.as_bytes().ct_eq(shared.token.as_bytes())) {
-        return Err(WireError::new("unauthorized", "wrong session token"));
+        return Err(WireError::new(
+            ErrorCode::Unauthorized,
+            "wrong session token",
+        ));
     }
     let fingerprint = shared
         .options
@@ -229,9 +242,9 @@ async fn admit(stream: &mut UnixStream, shared: &Shared) -> Result<Welcome, Wire
 
 fn frame_error(e: &FrameError) -> WireError {
     match e {
-        FrameError::TooLarge(_) => WireError::new("too-large", e.to_string()),
+        FrameError::TooLarge(_) => WireError::new(ErrorCode::TooLarge, e.to_string()),
         FrameError::Truncated | FrameError::Slow | FrameError::Io(_) => {
-            WireError::new("bad-frame", e.to_string())
+            WireError::new(ErrorCode::BadFrame, e.to_string())
         }
     }
 }
@@ -265,7 +278,7 @@ async fn write_responses(
         let mut body = serde_json::to_vec(&response).unwrap_or_default();
         if body.len() > MAX_FRAME_BYTES {
             let error = WireError::new(
-                "too-large",
+                ErrorCode::TooLarge,
                 format!(
                     "the answer is {} bytes, over the {MAX_FRAME_BYTES}-byte frame limit; ask for less",
                     body.len()
@@ -335,7 +348,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         let request: Request = match serde_json::from_slice(&frame) {
             Ok(r) => r,
             Err(e) => {
-                let error = WireError::new("bad-request", format!("not a request: {e}"));
+                let error = WireError::new(ErrorCode::BadRequest, format!("not a request: {e}"));
                 if out.send(Response::err(None, error)).await.is_err() {
                     break;
                 }
@@ -343,10 +356,11 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
             }
         };
         drop(frame);
-        if methods::answered_inline(&request.method) {
+        let method = MethodId::from_name(&request.method);
+        if method.is_some_and(MethodId::inline) {
             // A task of its own would cost more than the answer.
             let counted = InFlight::new(shared.clone());
-            methods::dispatch(&shared, request, &out).await;
+            methods::dispatch(&shared, method, request, &out).await;
             drop((held, counted));
             continue;
         }
@@ -356,7 +370,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         let (shared, out) = (shared.clone(), out.clone());
         let counted = InFlight::new(shared.clone());
         tasks.spawn(async move {
-            methods::dispatch(&shared, request, &out).await;
+            methods::dispatch(&shared, method, request, &out).await;
             drop((permit, held, counted));
         });
     }

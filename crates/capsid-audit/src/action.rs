@@ -1,0 +1,104 @@
+//! Every audit action name capsid records, named once (as `capsid_crypto::hash::domain`
+//! names hash domains): what readers of the log, `capsid audit tail` and tests match on.
+
+/// The log was created (its genesis entry, in the system chain).
+pub const LOG_CREATE: &str = "audit.log.create";
+/// A chain was opened (in the system chain, with the chain's first entry).
+pub const CHAIN_OPEN: &str = "audit.chain.open";
+/// The runtime key was rotated.
+pub const KEY_ROTATE: &str = "audit.key.rotate";
+/// A tampered log was set aside at boot (`audit_tamper = "quarantine"`).
+pub const TAMPERED: &str = "audit.tampered";
+/// The log was exported by the operator.
+pub const EXPORT: &str = "audit.export";
+
+/// The kernel booted.
+pub const KERNEL_BOOT: &str = "kernel.boot";
+/// The kernel shut down.
+pub const KERNEL_SHUTDOWN: &str = "kernel.shutdown";
+/// Boot's sweep killed what a dead host left behind.
+pub const PROCESS_SWEPT: &str = "process.swept";
+
+/// A capability check, allowed or denied (by the capability store's own sink).
+pub const CAPABILITY_CHECK: &str = "capability.check";
+/// The operator granted a capability.
+pub const CAP_GRANT: &str = "cap.grant";
+/// The operator revoked a capability.
+pub const CAP_REVOKE: &str = "cap.revoke";
+/// A capsule's manifest was turned into a grant (dev trust).
+pub const CAP_GRANT_MANIFEST: &str = "cap.grant.manifest";
+/// A grant a capsule's manifest no longer asks for was revoked (dev trust).
+pub const CAP_REVOKE_MANIFEST: &str = "cap.revoke.manifest";
+/// The operator linked a platform account to a user.
+pub const IDENTITY_LINK: &str = "identity.link";
+/// An operator action recorded before it ran did not take effect.
+pub const OPERATOR_FAILED: &str = "operator.failed";
+
+/// A capsule was installed into the home.
+pub const CAPSULE_INSTALL: &str = "capsule.install";
+/// A capsule was loaded (or reloaded).
+pub const CAPSULE_LOAD: &str = "capsule.load";
+/// A capsule was unloaded.
+pub const CAPSULE_UNLOAD: &str = "capsule.unload";
+/// An idle capsule was unloaded by the idle monitor.
+pub const CAPSULE_IDLE_UNLOAD: &str = "capsule.idle-unload";
+/// A capsule trapped, ran out of time or memory, and is failed until reloaded.
+pub const CAPSULE_FAILED: &str = "capsule.failed";
+/// The health monitor gave up reloading a failed capsule.
+pub const HEALTH_GAVE_UP: &str = "health.gave-up";
+
+/// The operator published an event.
+pub const EVENT_PUBLISH: &str = "event.publish";
+/// A capsule published an event.
+pub const IPC_PUBLISH: &str = "ipc.publish";
+/// An event was delivered to a subscribed capsule.
+pub const IPC_DELIVER: &str = "ipc.deliver";
+
+/// KV reads and writes of a capsule.
+pub const KV_GET: &str = "kv.get";
+/// See [`KV_GET`].
+pub const KV_SET: &str = "kv.set";
+/// See [`KV_GET`].
+pub const KV_DELETE: &str = "kv.delete";
+/// See [`KV_GET`].
+pub const KV_LIST: &str = "kv.list";
+/// See [`KV_GET`].
+pub const KV_CAS: &str = "kv.cas";
+
+/// Workspace file operations of a capsule.
+pub const FS_READ: &str = "fs.read";
+/// See [`FS_READ`].
+pub const FS_WRITE: &str = "fs.write";
+/// See [`FS_READ`].
+pub const FS_APPEND: &str = "fs.append";
+/// See [`FS_READ`].
+pub const FS_READ_DIR: &str = "fs.read-dir";
+/// See [`FS_READ`].
+pub const FS_STAT: &str = "fs.stat";
+/// See [`FS_READ`].
+pub const FS_CREATE_DIR: &str = "fs.create-dir";
+/// See [`FS_READ`].
+pub const FS_REMOVE_FILE: &str = "fs.remove-file";
+/// See [`FS_READ`].
+pub const FS_REMOVE_DIR: &str = "fs.remove-dir";
+/// See [`FS_READ`].
+pub const FS_RENAME: &str = "fs.rename";
+
+/// A program was started (by a capsule, or as a native capsule).
+pub const PROCESS_SPAWN: &str = "process.spawn";
+/// A program was given the host's network.
+pub const PROCESS_NETWORK: &str = "process.network";
+/// A persistent process was started.
+pub const PROCESS_PERSISTENT: &str = "process.persistent";
+/// A process was signalled.
+pub const PROCESS_SIGNAL: &str = "process.signal";
+/// A persistent process was stopped.
+pub const PROCESS_STOP: &str = "process.stop";
+/// A spawned program exited.
+pub const PROCESS_EXIT: &str = "process.exit";
+/// A persistent process exited.
+pub const PROCESS_EXITED: &str = "process.exited";
+/// A persistent process ran past its lifetime or idle deadline.
+pub const PROCESS_EXPIRED: &str = "process.expired";
+/// An exited persistent process was forgotten after its retention.
+pub const PROCESS_FORGOTTEN: &str = "process.forgotten";

@@ -1,0 +1,519 @@
+//! The commands that talk to a running daemon, each a typed `capsid-protocol` call.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use capsid_core::CapsuleId;
+use capsid_protocol::methods::{
+    AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleInstall, CapsuleList,
+    CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow,
+    CapsuleUnload, CapsuleView, EventPublish, ExportParams, GrantParams, IdentityList,
+    InstallParams, LogLine, LogParams, OutputStream, ProcessList, ProcessLogParams,
+    ProcessLogsFollow, ProcessView, PublishParams, RevokeParams, Status, StatusResult, TailParams,
+    ToolCall, ToolCallParams, ToolOutput,
+};
+use capsid_protocol::{Client, Method};
+use serde_json::Value;
+
+use crate::output::{self, opt};
+use crate::{AuditCommand, CapCommand, CapsuleCommand, Command};
+
+/// Runs `command` against the daemon `client` is connected to.
+pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) -> Result<()> {
+    match command {
+        Command::Status => status(client, as_json).await,
+        Command::Capsule(c) => capsule(client, c, as_json).await,
+        Command::Call {
+            capsule,
+            tool,
+            input,
+        } => call(client, &capsule, tool, &input, as_json).await,
+        Command::Publish { topic, payload } => {
+            // JSON if it parses, else the text.
+            let payload = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
+            let d = client
+                .call::<EventPublish>(&PublishParams { topic, payload })
+                .await?;
+            if as_json {
+                output::json(&d);
+            } else {
+                println!(
+                    "delivered to {} subscribers ({} dropped)",
+                    d.delivered, d.dropped
+                );
+            }
+            Ok(())
+        }
+        Command::Ps => ps(client, as_json).await,
+        Command::Logs {
+            capsule,
+            process,
+            stderr,
+            follow,
+        } => match (capsule, process) {
+            (_, Some(generation)) => process_logs(client, generation, stderr, follow).await,
+            (Some(capsule), None) => logs(client, &capsule, follow, as_json).await,
+            (None, None) => bail!("name a capsule, or a process with --process"),
+        },
+        Command::Audit(a) => audit(client, a, as_json).await,
+        Command::Cap(c) => cap(client, c, as_json).await,
+        Command::Who => {
+            let who = client.ask::<IdentityList>().await?;
+            if as_json {
+                output::json(&who);
+            } else {
+                let users: Vec<_> = who
+                    .users
+                    .iter()
+                    .map(|u| vec![u.id.clone(), u.name.clone()])
+                    .collect();
+                output::table(&["id", "name"], &users);
+                println!();
+                let links: Vec<_> = who
+                    .links
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.platform.clone(),
+                            l.platform_user_id.clone(),
+                            l.user.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["platform", "platform_user_id", "user"], &links);
+            }
+            Ok(())
+        }
+        Command::Daemon { .. } | Command::Start { .. } | Command::Stop => Ok(()),
+    }
+}
+
+fn capsule_id(name: &str) -> Result<CapsuleId> {
+    CapsuleId::new(name).map_err(|e| anyhow!("{e}"))
+}
+
+/// Calls `M` with a spinner saying `what` (loads may compile a capsule).
+async fn with_spinner<M: Method>(
+    client: &mut Client,
+    params: &M::Params,
+    what: &str,
+) -> Result<M::Result> {
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let result = client.call::<M>(params).await;
+    bar.finish_and_clear();
+    Ok(result?)
+}
+
+/// `capsid status`: the daemon's state, and loudly any audit problem found at boot.
+async fn status(client: &mut Client, as_json: bool) -> Result<()> {
+    let s: StatusResult = client.ask::<Status>().await?;
+    if as_json {
+        output::json(&s);
+        return Ok(());
+    }
+    println!("capsid {} (pid {})", s.version, s.pid);
+    println!("home       {}", s.home.display());
+    println!("workspace  {}", s.workspace.display());
+    println!("dev        {}", s.dev);
+    println!(
+        "capsules   {} ({} ready, {} failed)",
+        s.capsules, s.ready, s.failed
+    );
+    println!(
+        "uptime     {} ms (boot took {} ms)",
+        s.uptime_ms, s.boot.boot_ms
+    );
+    if s.boot.audit_read_only {
+        println!("audit      READ-ONLY: the log failed verification; nothing runs");
+    } else if !s.boot.audit_problems.is_empty() {
+        println!("audit      a tampered log was set aside at boot");
+    }
+    for problem in &s.boot.audit_problems {
+        println!("           {problem}");
+    }
+    for done in &s.boot.unrecorded {
+        println!("unrecorded {done}");
+    }
+    Ok(())
+}
+
+fn read_input(input: &str) -> Result<Value> {
+    let text = match input.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?,
+        None => input.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| anyhow!("--input is not JSON: {e}"))
+}
+
+/// `capsid call`: prints a JSON answer as JSON and a text answer as it came (`--json`: the
+/// answer with its kind).
+async fn call(
+    client: &mut Client,
+    capsule: &str,
+    tool: String,
+    input: &str,
+    as_json: bool,
+) -> Result<()> {
+    let params = ToolCallParams {
+        capsule: capsule_id(capsule)?,
+        tool,
+        input: read_input(input)?,
+    };
+    let answer = client.call::<ToolCall>(&params).await?;
+    match answer {
+        _ if as_json => output::json(&answer),
+        ToolOutput::Json(value) => output::json(&value),
+        ToolOutput::Text(text) => println!("{text}"),
+    }
+    Ok(())
+}
+
+async fn capsule(client: &mut Client, c: CapsuleCommand, as_json: bool) -> Result<()> {
+    let view = match c {
+        CapsuleCommand::Ls => {
+            let list = client.ask::<CapsuleList>().await?;
+            if as_json {
+                output::json(&list);
+            } else {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.name.to_string(),
+                            opt(c.version.as_ref()),
+                            c.state.to_string(),
+                            c.tools.join(","),
+                            opt(c.reason.as_ref()),
+                        ]
+                    })
+                    .collect();
+                output::table(&["name", "version", "state", "tools", "reason"], &rows);
+            }
+            return Ok(());
+        }
+        CapsuleCommand::Show { name } => {
+            let detail = client
+                .call::<CapsuleShow>(&CapsuleParams {
+                    name: capsule_id(&name)?,
+                })
+                .await?;
+            if as_json {
+                output::json(&detail);
+            } else {
+                print_capsule(&detail.capsule);
+                if let Some(d) = &detail.description {
+                    println!("{:<12}{d}", "description");
+                }
+                for t in &detail.tool_descriptions {
+                    println!("  {:<10}{}", t.name, t.description);
+                }
+            }
+            return Ok(());
+        }
+        CapsuleCommand::Load { name } => {
+            let params = CapsuleParams {
+                name: capsule_id(&name)?,
+            };
+            with_spinner::<CapsuleLoad>(client, &params, &format!("loading {name}")).await?
+        }
+        CapsuleCommand::Unload { name } => {
+            let params = CapsuleParams {
+                name: capsule_id(&name)?,
+            };
+            client.call::<CapsuleUnload>(&params).await?;
+            println!("unloaded {name}");
+            return Ok(());
+        }
+        CapsuleCommand::Reload { name } => {
+            let params = CapsuleParams {
+                name: capsule_id(&name)?,
+            };
+            with_spinner::<CapsuleReload>(client, &params, &format!("reloading {name}")).await?
+        }
+        CapsuleCommand::Install { dir } => {
+            let dir = std::path::absolute(&dir).context("the capsule directory")?;
+            let installed =
+                with_spinner::<CapsuleInstall>(client, &InstallParams { dir }, "installing")
+                    .await?;
+            if as_json {
+                output::json(&installed);
+            } else {
+                print_capsule(&installed.capsule);
+                if !installed.left_out.is_empty() {
+                    let left: Vec<_> = installed
+                        .left_out
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    println!(
+                        "{:<12}{} (not part of the capsule)",
+                        "left out",
+                        left.join(", ")
+                    );
+                }
+            }
+            return Ok(());
+        }
+    };
+    if as_json {
+        output::json(&view);
+    } else {
+        print_capsule(&view);
+    }
+    Ok(())
+}
+
+fn print_capsule(c: &CapsuleView) {
+    let field = |key: &str, value: String| println!("{key:<12}{value}");
+    field("name", c.name.to_string());
+    if let Some(v) = &c.version {
+        field("version", v.clone());
+    }
+    field("state", c.state.to_string());
+    if let Some(r) = &c.reason {
+        field("reason", r.clone());
+    }
+    field("dir", c.dir.display().to_string());
+    field("tools", c.tools.join(","));
+    if let Some(b) = &c.blake3 {
+        field("blake3", b.clone());
+    }
+    if let Some(k) = c.load_kind {
+        field("load_kind", format!("{k:?}").to_lowercase());
+    }
+    if let Some(n) = &c.native {
+        field("health", format!("{} ({} restarts)", n.health, n.restarts));
+    }
+}
+
+async fn ps(client: &mut Client, as_json: bool) -> Result<()> {
+    let list = client.ask::<ProcessList>().await?;
+    if as_json {
+        output::json(&list);
+        return Ok(());
+    }
+    let rows: Vec<_> = list
+        .iter()
+        .map(|p| match p {
+            ProcessView::Persistent {
+                capsule,
+                label,
+                pid,
+                generation,
+                running,
+                ..
+            } => vec![
+                "persistent".into(),
+                capsule.to_string(),
+                opt(label.as_ref()),
+                pid.to_string(),
+                generation.to_string(),
+                running.to_string(),
+                "-".into(),
+            ],
+            ProcessView::Native {
+                capsule,
+                health,
+                restarts,
+            } => vec![
+                "native".into(),
+                capsule.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                health.to_string(),
+                restarts.to_string(),
+            ],
+        })
+        .collect();
+    output::table(
+        &[
+            "kind",
+            "capsule",
+            "label",
+            "pid",
+            "generation",
+            "running",
+            "restarts",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+fn print_lines(lines: &[LogLine], as_json: bool) {
+    for l in lines {
+        if as_json {
+            println!("{}", serde_json::to_string(l).unwrap_or_default());
+        } else {
+            println!("{} {:<5} {:<6} {}", l.time_ms, l.level, l.source, l.message);
+        }
+    }
+}
+
+async fn logs(client: &mut Client, capsule: &str, follow: bool, as_json: bool) -> Result<()> {
+    let params = LogParams {
+        name: capsule_id(capsule)?,
+        after: 0,
+    };
+    if !follow {
+        let page = client.call::<CapsuleLogs>(&params).await?;
+        print_lines(&page.lines, as_json);
+        return Ok(());
+    }
+    let mut pages = client.follow::<CapsuleLogsFollow>(&params).await?;
+    while let Some(page) = pages.next().await? {
+        print_lines(&page.lines, as_json);
+    }
+    Ok(())
+}
+
+/// Prints a persistent process's output (raw bytes, as text), following it if asked.
+async fn process_logs(
+    client: &mut Client,
+    generation: u64,
+    stderr: bool,
+    follow: bool,
+) -> Result<()> {
+    let params = ProcessLogParams {
+        generation,
+        stream: if stderr {
+            OutputStream::Stderr
+        } else {
+            OutputStream::Stdout
+        },
+        after: 0,
+    };
+    let mut out = std::io::stdout();
+    let mut print = |page: capsid_protocol::methods::ProcessOutput| -> Result<()> {
+        if page.missed > 0 {
+            eprintln!(
+                "capsid: note: {} bytes were dropped before these",
+                page.missed
+            );
+        }
+        out.write_all(page.text.as_bytes())?;
+        out.flush()?;
+        Ok(())
+    };
+    if !follow {
+        return print(
+            client
+                .call::<capsid_protocol::methods::ProcessLogs>(&params)
+                .await?,
+        );
+    }
+    let mut pages = client.follow::<ProcessLogsFollow>(&params).await?;
+    while let Some(page) = pages.next().await? {
+        print(page)?;
+    }
+    Ok(())
+}
+
+async fn audit(client: &mut Client, a: AuditCommand, as_json: bool) -> Result<()> {
+    match a {
+        AuditCommand::Verify => {
+            let r = client.ask::<AuditVerify>().await?;
+            if as_json {
+                output::json(&r);
+            } else if r.valid {
+                println!(
+                    "audit log verified: {} entries in {} chains",
+                    r.entries, r.chains
+                );
+            } else {
+                for p in &r.problems {
+                    println!("{p}");
+                }
+            }
+            if !r.valid {
+                bail!("the audit log failed verification");
+            }
+        }
+        AuditCommand::Tail { n } => {
+            let rows = client.call::<AuditTail>(&TailParams { n }).await?;
+            if as_json {
+                output::json(&rows);
+            } else {
+                let rows: Vec<_> = rows
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.seq.to_string(),
+                            if e.capsule.is_empty() {
+                                "-".into()
+                            } else {
+                                e.capsule.clone()
+                            },
+                            e.action.clone(),
+                            e.resource.clone(),
+                            e.decision.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["seq", "capsule", "action", "resource", "decision"], &rows);
+            }
+        }
+        AuditCommand::Export { path } => {
+            let path = std::path::absolute(&path).context("the export path")?;
+            let r = client
+                .call::<AuditExport>(&ExportParams { path: path.clone() })
+                .await?;
+            println!("exported {} entries to {}", r.entries, path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn cap(client: &mut Client, c: CapCommand, as_json: bool) -> Result<()> {
+    match c {
+        CapCommand::Grant {
+            pattern,
+            permissions,
+            capsule,
+        } => {
+            let capsule = capsule.as_deref().map(capsule_id).transpose()?;
+            let r = client
+                .call::<CapGrant>(&GrantParams {
+                    pattern,
+                    permissions,
+                    capsule,
+                })
+                .await?;
+            println!("granted {}", r.id);
+        }
+        CapCommand::Revoke { id } => {
+            client
+                .call::<CapRevoke>(&RevokeParams { id: id.clone() })
+                .await?;
+            println!("revoked {id}");
+        }
+        CapCommand::Ls => {
+            let list = client.ask::<CapList>().await?;
+            if as_json {
+                output::json(&list);
+            } else {
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.id.clone(),
+                            opt(g.capsule.as_ref()),
+                            g.pattern.clone(),
+                            g.permissions.clone(),
+                            g.revoked.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["id", "capsule", "pattern", "permissions", "revoked"],
+                    &rows,
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The kernel's values as the protocol carries them, and its errors as wire errors whose
+//! code keeps their kind.
+
+use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState, LoadKind, LogLine};
+use capsid_process::Health;
+use capsid_protocol::methods::{
+    BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LoadKindView, LogLevel,
+    LogSource, NativeView, StatusResult,
+};
+use capsid_protocol::{ErrorCode, WireError};
+
+use crate::error::KernelError;
+use crate::install::InstallError;
+use crate::kernel::KernelStatus;
+use capsid_capabilities::CapabilityError;
+
+pub(crate) fn status(s: KernelStatus) -> StatusResult {
+    StatusResult {
+        version: s.version.to_owned(),
+        pid: s.pid,
+        home: s.home,
+        workspace: s.workspace,
+        dev: s.dev,
+        config_fingerprint: s.config_fingerprint,
+        uptime_ms: s.uptime_ms,
+        boot: BootSummary {
+            loaded: s.boot.loaded,
+            failed: s
+                .boot
+                .failed
+                .into_iter()
+                .map(|(name, reason)| FailedLoad { name, reason })
+                .collect(),
+            timed_out: s.boot.timed_out,
+            boot_ms: s.boot.boot_ms,
+            audit_problems: s.boot.audit_problems,
+            audit_read_only: s.boot.audit_read_only,
+            unrecorded: s.boot.unrecorded,
+        },
+        capsules: s.capsules,
+        ready: s.ready,
+        failed: s.failed,
+    }
+}
+
+pub(crate) fn capsule(info: &CapsuleInfo) -> CapsuleView {
+    let (state, reason) = match &info.state {
+        CapsuleState::Loading => (CapsuleStateView::Loading, None),
+        CapsuleState::Ready => (CapsuleStateView::Ready, None),
+        CapsuleState::Failed(r) => (CapsuleStateView::Failed, Some(r.clone())),
+        CapsuleState::Unloading => (CapsuleStateView::Unloading, None),
+    };
+    CapsuleView {
+        name: info.name.clone(),
+        version: info.version.as_ref().map(ToString::to_string),
+        state,
+        reason,
+        dir: info.dir.clone(),
+        tools: info.tools.clone(),
+        blake3: info.blake3.clone(),
+        load_kind: info.load_kind.map(|k| match k {
+            LoadKind::Compiled => LoadKindView::Compiled,
+            LoadKind::Cached => LoadKindView::Cached,
+        }),
+        native: info.native.as_ref().map(|n| NativeView {
+            health: health(&n.health),
+            restarts: n.restarts,
+        }),
+    }
+}
+
+pub(crate) fn health(h: &Health) -> HealthView {
+    match h {
+        Health::Starting => HealthView::Starting,
+        Health::Running { pid } => HealthView::Running { pid: *pid },
+        Health::Backoff {
+            attempt,
+            retry_in_ms,
+        } => HealthView::Backoff {
+            attempt: *attempt,
+            retry_in_ms: *retry_in_ms,
+        },
+        Health::Finished => HealthView::Finished,
+        Health::Failed { reason } => HealthView::Failed {
+            reason: reason.clone(),
+        },
+        Health::Stopped => HealthView::Stopped,
+    }
+}
+
+pub(crate) fn log_line(l: &LogLine) -> capsid_protocol::methods::LogLine {
+    use capsid_capsule::{LogLevel as L, LogSource as S};
+    capsid_protocol::methods::LogLine {
+        seq: l.seq,
+        time_ms: l.time_ms,
+        level: match l.level {
+            L::Trace => LogLevel::Trace,
+            L::Debug => LogLevel::Debug,
+            L::Info => LogLevel::Info,
+            L::Warn => LogLevel::Warn,
+            L::Error => LogLevel::Error,
+        },
+        source: match l.source {
+            S::Guest => LogSource::Guest,
+            S::Stdout => LogSource::Stdout,
+            S::Stderr => LogSource::Stderr,
+            S::Host => LogSource::Host,
+        },
+        message: l.message.clone(),
+    }
+}
+
+/// The wire form of a kernel error: its one line, and a code for its kind.
+pub(crate) fn kernel_error(e: &KernelError) -> WireError {
+    let code = match e {
+        KernelError::NotInstalled(_) | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => {
+            ErrorCode::NotFound
+        }
+        KernelError::ShuttingDown => ErrorCode::ShuttingDown,
+        KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
+        KernelError::Install(i) => match i {
+            InstallError::Loaded { .. } => ErrorCode::Conflict,
+            InstallError::Io { .. } | InstallError::Stranded { .. } => ErrorCode::Failed,
+            InstallError::Manifest { .. } | InstallError::MissingComponent { .. } => {
+                ErrorCode::Invalid
+            }
+        },
+        KernelError::AlreadyLinked { .. } => ErrorCode::Conflict,
+        KernelError::Capabilities(
+            CapabilityError::Pattern(_) | CapabilityError::InvalidGrant(_),
+        )
+        | KernelError::Manifest(_)
+        | KernelError::Event(_)
+        | KernelError::ReservedTopic { .. } => ErrorCode::Invalid,
+        KernelError::Capsule(c) => capsule_error_code(c),
+        _ => ErrorCode::Failed,
+    };
+    WireError::new(code, e.to_string())
+}
+
+/// What kind of failure a capsule error is, for its caller.
+pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
+    match e {
+        CapsuleError::NotLoaded(_) => ErrorCode::NotFound,
+        CapsuleError::UnknownTool { .. } => ErrorCode::UnknownTool,
+        CapsuleError::Denied { .. } => ErrorCode::Denied,
+        CapsuleError::Busy { .. } | CapsuleError::RuntimeFull { .. } => ErrorCode::Busy,
+        CapsuleError::TooBig { .. } | CapsuleError::TooLarge { .. } => ErrorCode::TooLarge,
+        CapsuleError::NotReady { .. } => ErrorCode::NotReady,
+        CapsuleError::Timeout { .. } => ErrorCode::Timeout,
+        CapsuleError::MemoryLimit { .. } | CapsuleError::Trap { .. } => ErrorCode::CapsuleFailed,
+        CapsuleError::Guest { .. } => ErrorCode::ToolError,
+        CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
+        CapsuleError::Manifest(_)
+        | CapsuleError::PinMismatch { .. }
+        | CapsuleError::InvalidComponent { .. }
+        | CapsuleError::WrongWorld { .. }
+        | CapsuleError::NotWasm(_) => ErrorCode::Invalid,
+        CapsuleError::Read { .. } | CapsuleError::Setup { .. } | CapsuleError::Engine(_) => {
+            ErrorCode::Failed
+        }
+    }
+}
+
+/// A failure of the daemon itself (a task, storage, encoding).
+pub(crate) fn failed(e: impl std::fmt::Display) -> WireError {
+    WireError::new(ErrorCode::Failed, e.to_string())
+}
+
+/// A request that is well-formed but cannot be done as asked.
+pub(crate) fn invalid(message: impl Into<String>) -> WireError {
+    WireError::new(ErrorCode::Invalid, message)
+}

@@ -1,0 +1,110 @@
+//! What the operator changes by hand: capability grants and revocations, identity links.
+//! Each is recorded durably *before* it takes effect, so no change is ever unrecorded; one
+//! that then fails gets a second entry ([`action::OPERATOR_FAILED`]) saying why.
+
+use capsid_audit::action;
+use capsid_capabilities::{CapabilityId, Permissions};
+use capsid_core::{CapsuleId, PrincipalId};
+use serde_json::json;
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+
+impl Kernel {
+    /// Grants the local user (through `capsule`, or any capsule) `permissions` on `pattern`.
+    pub async fn grant(
+        &self,
+        capsule: Option<CapsuleId>,
+        pattern: &str,
+        permissions: Permissions,
+    ) -> Result<CapabilityId, KernelError> {
+        self.open_recording()?;
+        let store = self.capabilities();
+        let cap = store.issue(
+            self.principal(),
+            capsule.clone(),
+            pattern,
+            permissions,
+            None,
+            false,
+        )?;
+        let details = json!({
+            "id": cap.id.to_string(),
+            "capsule": capsule.as_ref().map(CapsuleId::as_str),
+            "permissions": permissions.to_string(),
+        });
+        self.record_then(action::CAP_GRANT, pattern, details, async {
+            store.persist(&cap).await.map_err(KernelError::from)
+        })
+        .await?;
+        Ok(cap.id)
+    }
+
+    /// Revokes capability `id`: checks that start after this returns ignore it.
+    pub async fn revoke(&self, id: CapabilityId) -> Result<(), KernelError> {
+        self.open_recording()?;
+        let store = self.capabilities();
+        self.record_then(
+            action::CAP_REVOKE,
+            &format!("capability://{id}"),
+            json!({}),
+            async { store.revoke(id).await.map_err(KernelError::from) },
+        )
+        .await
+    }
+
+    /// Links `platform_user_id` on `platform` to `user`. A link that exists already is
+    /// refused ([`KernelError::AlreadyLinked`]), never silently kept.
+    pub async fn link_identity(
+        &self,
+        platform: &str,
+        platform_user_id: &str,
+        user: &PrincipalId,
+    ) -> Result<(), KernelError> {
+        self.open_recording()?;
+        let identity = self.identity();
+        // Refused before anything is recorded when it cannot be done at all.
+        if identity.user(user).await?.is_none() {
+            return Err(capsid_storage::KvError::UnknownUser(user.to_string()).into());
+        }
+        self.record_then(
+            action::IDENTITY_LINK,
+            &format!("identity://{platform}/{platform_user_id}"),
+            json!({ "user": user.to_string() }),
+            async {
+                if identity.link(platform, platform_user_id, user).await? {
+                    Ok(())
+                } else {
+                    Err(KernelError::AlreadyLinked {
+                        platform: platform.to_owned(),
+                        platform_user_id: platform_user_id.to_owned(),
+                    })
+                }
+            },
+        )
+        .await
+    }
+
+    /// Records `action` on `resource`, then runs `effect`: nothing runs unrecorded, and an
+    /// effect that fails after its record is recorded as failed (best effort: the first
+    /// entry already says it was attempted).
+    pub(crate) async fn record_then<T>(
+        &self,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+        effect: impl Future<Output = Result<T, KernelError>>,
+    ) -> Result<T, KernelError> {
+        self.note(action, resource, details).await?;
+        match effect.await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                let failed = json!({ "action": action, "error": e.to_string() });
+                if let Err(note) = self.note(action::OPERATOR_FAILED, resource, failed).await {
+                    tracing::warn!(error = %note, %action, %resource, "recording a failed action");
+                }
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Params and results of the audit, capability, identity and daemon methods.
+
+use std::path::PathBuf;
+
+use capsid_core::CapsuleId;
+use capsid_core::limits::MAX_AUDIT_TAIL;
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// `audit.verify`: whether the log verifies, and what is wrong when it does not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyResult {
+    /// Whether every chain and signature verified.
+    pub valid: bool,
+    /// Entries read.
+    pub entries: u64,
+    /// Chains read.
+    pub chains: usize,
+    /// Each problem, in one line naming its chain and sequence.
+    pub problems: Vec<String>,
+}
+
+/// `audit.tail` params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailParams {
+    /// How many entries (at most `MAX_AUDIT_TAIL`).
+    #[serde(default = "default_tail", deserialize_with = "tail_count")]
+    pub n: u32,
+}
+
+impl Default for TailParams {
+    fn default() -> Self {
+        Self { n: default_tail() }
+    }
+}
+
+fn default_tail() -> u32 {
+    20
+}
+
+fn tail_count<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n > MAX_AUDIT_TAIL {
+        return Err(serde::de::Error::custom(format!(
+            "n is {n}, over the limit of {MAX_AUDIT_TAIL}"
+        )));
+    }
+    Ok(n)
+}
+
+/// One audit entry as stored (a view for people, not evidence: `audit.verify` is the check).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Its chain.
+    pub chain: String,
+    /// Its sequence number in the chain.
+    pub seq: i64,
+    /// When it was recorded, in ns since the Unix epoch.
+    pub time_ns: i64,
+    /// On whose authority.
+    pub principal: String,
+    /// The capsule involved (empty for none).
+    pub capsule: String,
+    /// What was done or asked.
+    pub action: String,
+    /// On what.
+    pub resource: String,
+    /// `allow`, `deny` or `info`.
+    pub decision: String,
+    /// Its details, as JSON text.
+    pub details: String,
+}
+
+/// `audit.export` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportParams {
+    /// The file to create (absolute; it must not exist).
+    pub path: PathBuf,
+}
+
+/// `audit.export`: how many entries were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportResult {
+    /// Entries written.
+    pub entries: u64,
+}
+
+/// `cap.grant` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantParams {
+    /// The resource pattern, e.g. `fs://workspace/notes/**`.
+    pub pattern: String,
+    /// Comma-separated permissions: read, write, exec, publish, subscribe.
+    pub permissions: String,
+    /// Only for this capsule (absent: every capsule acting for the local user).
+    #[serde(default)]
+    pub capsule: Option<CapsuleId>,
+}
+
+/// `cap.grant`: the new capability's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granted {
+    /// The capability's id (for `cap.revoke`).
+    pub id: String,
+}
+
+/// `cap.revoke` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeParams {
+    /// The capability's id.
+    pub id: String,
+}
+
+/// A capability of the local user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    /// Its id.
+    pub id: String,
+    /// The capsule it is for (absent: any).
+    pub capsule: Option<CapsuleId>,
+    /// Its resource pattern.
+    pub pattern: String,
+    /// Its permissions, comma-separated.
+    pub permissions: String,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// `identity.list`: users and platform links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identities {
+    /// Every user.
+    pub users: Vec<UserView>,
+    /// Every platform link.
+    pub links: Vec<LinkView>,
+}
+
+/// A user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserView {
+    /// Its id (the principal capabilities are granted to).
+    pub id: String,
+    /// Its display name.
+    pub name: String,
+}
+
+/// A platform account linked to a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The platform ("cli", "slack", ...).
+    pub platform: String,
+    /// The account's id on that platform.
+    pub platform_user_id: String,
+    /// The user's id.
+    pub user: String,
+}
+
+/// `identity.link` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkParams {
+    /// The platform.
+    pub platform: String,
+    /// The account's id on that platform.
+    pub platform_user_id: String,
+    /// The user's id (see `identity.list`).
+    pub user: String,
+}
+
+/// `daemon.stop`: the stop has begun.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopping {
+    /// Always true.
+    pub stopping: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_over_the_limit_is_refused_not_cut() {
+        let ok: Result<TailParams, _> = serde_json::from_str("{}");
+        assert_eq!(ok.ok().map(|p| p.n), Some(20));
+        let over = format!(r#"{{"n":{}}}"#, MAX_AUDIT_TAIL + 1);
+        let refused = serde_json::from_str::<TailParams>(&over);
+        assert!(refused.is_err_and(|e| e.to_string().contains("over the limit")));
+    }
+}

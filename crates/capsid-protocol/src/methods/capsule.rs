@@ -1,0 +1,300 @@
+//! Params and results of the status, capsule, tool and event methods.
+
+use std::path::PathBuf;
+
+use capsid_core::CapsuleId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `status`: the daemon's state at a glance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// capsid's version.
+    pub version: String,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The home directory.
+    pub home: PathBuf,
+    /// The workspace.
+    pub workspace: PathBuf,
+    /// Whether dev mode is on.
+    pub dev: bool,
+    /// The fingerprint of the config the daemon booted with.
+    pub config_fingerprint: String,
+    /// Milliseconds since boot began.
+    pub uptime_ms: u64,
+    /// What boot did.
+    pub boot: BootSummary,
+    /// Capsules known.
+    pub capsules: usize,
+    /// Capsules ready to serve.
+    pub ready: usize,
+    /// Capsules failed.
+    pub failed: usize,
+}
+
+/// What boot did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootSummary {
+    /// Capsules loaded, in load order.
+    pub loaded: Vec<String>,
+    /// Capsules (or capsule folders) that failed to load, and why.
+    pub failed: Vec<FailedLoad>,
+    /// Whether a phase ran past the boot timeout.
+    pub timed_out: bool,
+    /// Boot time, in ms.
+    pub boot_ms: u64,
+    /// What verification found wrong with the audit log at boot (empty when it verified).
+    pub audit_problems: Vec<String>,
+    /// Whether the audit log is open read-only: nothing recorded can run.
+    pub audit_read_only: bool,
+    /// What boot did that it could not record (the log being read-only).
+    pub unrecorded: Vec<String>,
+}
+
+/// A capsule boot could not load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedLoad {
+    /// The capsule, or its folder's name when its manifest could not name it.
+    pub name: String,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// Params naming one capsule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapsuleParams {
+    /// The capsule.
+    pub name: CapsuleId,
+}
+
+/// A capsule's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CapsuleStateView {
+    /// Being compiled, granted and instantiated.
+    Loading,
+    /// Serving calls.
+    Ready,
+    /// Refusing calls until reloaded (`reason` says why).
+    Failed,
+    /// Shutting its instances down.
+    Unloading,
+}
+
+impl std::fmt::Display for CapsuleStateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Loading => "loading",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Unloading => "unloading",
+        })
+    }
+}
+
+/// Whether a component was compiled or read back from the signed cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadKindView {
+    /// Compiled from its `.wasm`.
+    Compiled,
+    /// Read from the signed compiled cache.
+    Cached,
+}
+
+/// A capsule as the operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleView {
+    /// Its name.
+    pub name: CapsuleId,
+    /// Its version, when its manifest could be read.
+    pub version: Option<String>,
+    /// Its state.
+    pub state: CapsuleStateView,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its tools' names.
+    pub tools: Vec<String>,
+    /// blake3 of its component, once loaded.
+    pub blake3: Option<String>,
+    /// Compiled or cached, once loaded.
+    pub load_kind: Option<LoadKindView>,
+    /// For a native capsule: how its supervision stands.
+    pub native: Option<NativeView>,
+}
+
+/// How a native capsule's supervision stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeView {
+    /// Its health.
+    pub health: HealthView,
+    /// Restarts so far.
+    pub restarts: u32,
+}
+
+/// A native capsule's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum HealthView {
+    /// Being started.
+    Starting,
+    /// Running.
+    Running {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Failed; restarting after a wait.
+    Backoff {
+        /// Restarts in a row so far, this one included.
+        attempt: u32,
+        /// The wait, in ms.
+        retry_in_ms: u64,
+    },
+    /// Exited cleanly; not restarted.
+    Finished,
+    /// Given up on after too many failures.
+    Failed {
+        /// The last failure.
+        reason: String,
+    },
+    /// Stopped on request.
+    Stopped,
+}
+
+impl std::fmt::Display for HealthView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Starting => f.write_str("starting"),
+            Self::Running { pid } => write!(f, "running (pid {pid})"),
+            Self::Backoff {
+                attempt,
+                retry_in_ms,
+            } => write!(f, "backoff (attempt {attempt}, retry in {retry_in_ms} ms)"),
+            Self::Finished => f.write_str("finished"),
+            Self::Failed { reason } => write!(f, "failed: {reason}"),
+            Self::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
+/// `capsule.show`: a capsule, with what its manifest says when it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapsuleDetail {
+    /// What `capsule.list` shows.
+    #[serde(flatten)]
+    pub capsule: CapsuleView,
+    /// Its description, when loaded.
+    pub description: Option<String>,
+    /// Its tools and what they do, when loaded.
+    pub tool_descriptions: Vec<ToolDescription>,
+}
+
+/// A tool and what it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolDescription {
+    /// The tool's name.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+}
+
+/// `capsule.install` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallParams {
+    /// The capsule's directory (absolute), holding its `Capsule.toml`.
+    pub dir: PathBuf,
+}
+
+/// `capsule.install`: the capsule as loaded, and what of its directory was not installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallResult {
+    /// The capsule, loaded.
+    pub capsule: CapsuleView,
+    /// Files installed, relative to the capsule's directory.
+    pub installed: Vec<PathBuf>,
+    /// Entries of the directory left out (not part of the capsule), relative to it.
+    pub left_out: Vec<PathBuf>,
+}
+
+/// `tool.call` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolCallParams {
+    /// The capsule.
+    pub capsule: CapsuleId,
+    /// The tool.
+    pub tool: String,
+    /// The input, as JSON (an empty object when absent).
+    #[serde(default = "empty_object")]
+    pub input: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(serde_json::Map::new())
+}
+
+/// What a tool answered: JSON when its answer parses as JSON, else the text as it came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "kebab-case")]
+pub enum ToolOutput {
+    /// The answer was JSON.
+    Json(Value),
+    /// The answer was not JSON: the text, unchanged.
+    Text(String),
+}
+
+impl ToolOutput {
+    /// Reads a tool's answer: JSON if it parses, text otherwise.
+    pub fn from_answer(answer: String) -> Self {
+        match serde_json::from_str(&answer) {
+            Ok(value) => Self::Json(value),
+            Err(_) => Self::Text(answer),
+        }
+    }
+}
+
+/// `event.publish` params.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishParams {
+    /// The topic.
+    pub topic: String,
+    /// The payload: a string is sent as its bytes, anything else as its JSON text.
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// `event.publish`: how many subscribers took the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Subscribers whose queue took it.
+    pub delivered: usize,
+    /// Subscribers whose queue was full.
+    pub dropped: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tool_answer_says_whether_it_was_json() {
+        let quoted = ToolOutput::from_answer(r#""x""#.to_owned());
+        let bare = ToolOutput::from_answer("x".to_owned());
+        assert_eq!(quoted, ToolOutput::Json(Value::String("x".into())));
+        assert_eq!(bare, ToolOutput::Text("x".into()));
+        assert_ne!(
+            serde_json::to_string(&quoted).unwrap_or_default(),
+            serde_json::to_string(&bare).unwrap_or_default()
+        );
+        assert_eq!(
+            serde_json::to_value(&bare).unwrap_or_default(),
+            serde_json::json!({ "kind": "text", "value": "x" })
+        );
+    }
+}

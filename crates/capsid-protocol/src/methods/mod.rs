@@ -1,0 +1,193 @@
+//! Every daemon method as a type: its name, its params and result, whether it changes
+//! nothing (`READ_ONLY`: all a daemon over a read-only audit log answers), whether the daemon
+//! answers it on the connection's reader (`INLINE`: cheap reads with no I/O) and whether it
+//! streams (`STREAMING`: frames with `more: true` until a last one).
+//!
+//! [`MethodId`] names them all; the daemon matches on it, never on a string.
+
+mod admin;
+mod capsule;
+mod process;
+
+pub use admin::*;
+pub use capsule::*;
+pub use process::*;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Method;
+
+/// Params of a method that takes none (an empty object, or nothing).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The result of a method that answers nothing but success.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Done {}
+
+macro_rules! methods {
+    ($(
+        $(#[$doc:meta])*
+        $ty:ident = $name:literal ($params:ty) -> $result:ty
+            { read_only: $ro:literal, inline: $inline:literal, streaming: $stream:literal }
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $ty;
+
+            impl Method for $ty {
+                const ID: MethodId = MethodId::$ty;
+                const NAME: &'static str = $name;
+                const READ_ONLY: bool = $ro;
+                const INLINE: bool = $inline;
+                const STREAMING: bool = $stream;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// Every method, by name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum MethodId {
+            $( $(#[$doc])* $ty, )*
+        }
+
+        impl MethodId {
+            /// Every method, in the order the docs list them.
+            pub const ALL: &'static [MethodId] = &[$(MethodId::$ty),*];
+
+            /// The method named `name`, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                match name {
+                    $( $name => Some(MethodId::$ty), )*
+                    _ => None,
+                }
+            }
+
+            /// Its name on the wire.
+            pub fn name(self) -> &'static str {
+                match self { $( MethodId::$ty => $name, )* }
+            }
+
+            /// Whether it changes nothing ([`Method::READ_ONLY`]).
+            pub fn read_only(self) -> bool {
+                match self { $( MethodId::$ty => $ro, )* }
+            }
+
+            /// Whether the daemon answers it on the connection's reader ([`Method::INLINE`]).
+            pub fn inline(self) -> bool {
+                match self { $( MethodId::$ty => $inline, )* }
+            }
+
+            /// Whether it streams ([`Method::STREAMING`]).
+            pub fn streaming(self) -> bool {
+                match self { $( MethodId::$ty => $stream, )* }
+            }
+        }
+    };
+}
+
+methods! {
+    /// The daemon's state: version, uptime, what boot did, capsule counts.
+    Status = "status" (NoParams) -> StatusResult
+        { read_only: true, inline: true, streaming: false }
+    /// Every capsule known, loaded or failed.
+    CapsuleList = "capsule.list" (NoParams) -> Vec<CapsuleView>
+        { read_only: true, inline: true, streaming: false }
+    /// One capsule, with its description and tools when loaded.
+    CapsuleShow = "capsule.show" (CapsuleParams) -> CapsuleDetail
+        { read_only: true, inline: true, streaming: false }
+    /// Loads an installed capsule.
+    CapsuleLoad = "capsule.load" (CapsuleParams) -> CapsuleView
+        { read_only: false, inline: false, streaming: false }
+    /// Unloads a capsule (its processes stopped, its instances shut down).
+    CapsuleUnload = "capsule.unload" (CapsuleParams) -> Done
+        { read_only: false, inline: false, streaming: false }
+    /// Loads a capsule again from its files.
+    CapsuleReload = "capsule.reload" (CapsuleParams) -> CapsuleView
+        { read_only: false, inline: false, streaming: false }
+    /// Installs the capsule in a directory into the home and loads it.
+    CapsuleInstall = "capsule.install" (InstallParams) -> InstallResult
+        { read_only: false, inline: false, streaming: false }
+    /// A capsule's log lines after a position.
+    CapsuleLogs = "capsule.logs" (LogParams) -> LogPage
+        { read_only: true, inline: false, streaming: false }
+    /// A capsule's log: what is there, then new lines as they come.
+    CapsuleLogsFollow = "capsule.logs.follow" (LogParams) -> LogPage
+        { read_only: true, inline: false, streaming: true }
+    /// Calls a capsule's tool.
+    ToolCall = "tool.call" (ToolCallParams) -> ToolOutput
+        { read_only: false, inline: false, streaming: false }
+    /// Publishes an event on the bus.
+    EventPublish = "event.publish" (PublishParams) -> Delivery
+        { read_only: false, inline: false, streaming: false }
+    /// Persistent processes and native capsules' programs.
+    ProcessList = "process.list" (NoParams) -> Vec<ProcessView>
+        { read_only: true, inline: false, streaming: false }
+    /// A persistent process's output after an offset.
+    ProcessLogs = "process.logs" (ProcessLogParams) -> ProcessOutput
+        { read_only: true, inline: false, streaming: false }
+    /// A persistent process's output, followed until it is forgotten.
+    ProcessLogsFollow = "process.logs.follow" (ProcessLogParams) -> ProcessOutput
+        { read_only: true, inline: false, streaming: true }
+    /// Verifies every chain and signature of the audit log as committed so far.
+    AuditVerify = "audit.verify" (NoParams) -> VerifyResult
+        { read_only: true, inline: false, streaming: false }
+    /// The most recent audit entries.
+    AuditTail = "audit.tail" (TailParams) -> Vec<AuditEntry>
+        { read_only: true, inline: false, streaming: false }
+    /// Exports the audit log as JSON lines into a new file (recorded, unless the log is
+    /// read-only: the one way to take the evidence out).
+    AuditExport = "audit.export" (ExportParams) -> ExportResult
+        { read_only: true, inline: false, streaming: false }
+    /// Grants the local user (or one capsule) a capability.
+    CapGrant = "cap.grant" (GrantParams) -> Granted
+        { read_only: false, inline: false, streaming: false }
+    /// Revokes a capability by id.
+    CapRevoke = "cap.revoke" (RevokeParams) -> Done
+        { read_only: false, inline: false, streaming: false }
+    /// The local user's capabilities.
+    CapList = "cap.list" (NoParams) -> Vec<GrantView>
+        { read_only: true, inline: false, streaming: false }
+    /// Users and their platform links.
+    IdentityList = "identity.list" (NoParams) -> Identities
+        { read_only: true, inline: false, streaming: false }
+    /// Links a platform account to a user.
+    IdentityLink = "identity.link" (LinkParams) -> Done
+        { read_only: false, inline: false, streaming: false }
+    /// Stops the daemon: it drains requests in flight and unloads every capsule.
+    DaemonStop = "daemon.stop" (NoParams) -> Stopping
+        { read_only: true, inline: false, streaming: false }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_method_is_found_by_its_name_and_names_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for id in MethodId::ALL {
+            assert_eq!(MethodId::from_name(id.name()), Some(*id));
+            assert!(seen.insert(id.name()), "{} twice", id.name());
+        }
+        assert_eq!(MethodId::from_name("no.such"), None);
+        assert_eq!(MethodId::from_name("Status"), None);
+    }
+
+    #[test]
+    fn what_a_read_only_daemon_answers_changes_nothing() {
+        let answered: Vec<_> = MethodId::ALL
+            .iter()
+            .filter(|m| m.read_only())
+            .map(|m| m.name())
+            .collect();
+        for changes in ["capsule.load", "capsule.install", "tool.call", "cap.grant"] {
+            assert!(!answered.contains(&changes), "{changes}");
+        }
+        assert!(answered.contains(&"daemon.stop"));
+        assert!(MethodId::ALL.iter().all(|m| !m.inline() || m.read_only()));
+    }
+}

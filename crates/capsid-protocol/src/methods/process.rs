@@ -1,0 +1,152 @@
+//! Params and results of the log and process methods.
+
+use capsid_core::CapsuleId;
+use serde::{Deserialize, Serialize};
+
+/// `capsule.logs` and `capsule.logs.follow` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogParams {
+    /// The capsule.
+    pub name: CapsuleId,
+    /// The last line already seen (0: from the oldest line kept).
+    #[serde(default)]
+    pub after: u64,
+}
+
+/// Lines of a capsule's log, and where to continue from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to read on.
+    pub next: u64,
+}
+
+/// One line of a capsule's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Its position in the log, from 1.
+    pub seq: u64,
+    /// When, in ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Its severity.
+    pub level: LogLevel,
+    /// Where it came from.
+    pub source: LogSource,
+    /// The text (control characters escaped).
+    pub message: String,
+}
+
+/// Severity of a log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// Very fine detail.
+    Trace,
+    /// Detail for debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something looks wrong.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogSource {
+    /// The capsule's `log` calls.
+    Guest,
+    /// The capsule's WASI stdout.
+    Stdout,
+    /// The capsule's WASI stderr.
+    Stderr,
+    /// The runtime, about the capsule.
+    Host,
+}
+
+macro_rules! kebab_display {
+    ($($ty:ty),*) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match serde_json::to_value(self) {
+                    Ok(serde_json::Value::String(s)) => f.write_str(&s),
+                    _ => write!(f, "{self:?}"),
+                }
+            }
+        }
+    )*};
+}
+
+kebab_display!(LogLevel, LogSource, OutputStream);
+
+/// A process as the operator sees it (never its id: that belongs to the capsule).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ProcessView {
+    /// A persistent process a capsule started.
+    Persistent {
+        /// The capsule that owns it.
+        capsule: CapsuleId,
+        /// The label it was started with, if any.
+        label: Option<String>,
+        /// Its OS pid.
+        pid: u32,
+        /// Its generation: how `process.logs` names it.
+        generation: u64,
+        /// When it started, in ms since the Unix epoch.
+        started_ms: u64,
+        /// Whether it still runs.
+        running: bool,
+        /// Its exit code, once it exited with one.
+        exit_code: Option<i32>,
+    },
+    /// A native capsule's program.
+    Native {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// Its health.
+        health: crate::methods::HealthView,
+        /// Restarts so far.
+        restarts: u32,
+    },
+}
+
+/// Which output of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputStream {
+    /// Its standard output.
+    #[default]
+    Stdout,
+    /// Its standard error.
+    Stderr,
+}
+
+/// `process.logs` and `process.logs.follow` params.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessLogParams {
+    /// The process, by the generation `process.list` shows.
+    pub generation: u64,
+    /// Which output (stdout by default).
+    #[serde(default)]
+    pub stream: OutputStream,
+    /// The offset to read from (0: the oldest byte kept).
+    #[serde(default)]
+    pub after: u64,
+}
+
+/// Output of a persistent process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessOutput {
+    /// The bytes, as text (invalid UTF-8 replaced).
+    pub text: String,
+    /// Pass as `after` to read on.
+    pub next: u64,
+    /// Bytes between `after` and the oldest byte still kept (dropped or drained).
+    pub missed: u64,
+}
