@@ -152,6 +152,10 @@ pub const MAX_PROCESS_ENV_BYTES: usize = 64 * 1024;
 /// Most bytes one write to a child's stdin may carry.
 pub const MAX_STDIN_WRITE_BYTES: usize = 1024 * 1024;
 
+/// Most bytes one `read-logs` of a process's output answers (WIT: "at most 1 MiB"); a larger
+/// `max` is cut to it.
+pub const MAX_LOG_READ_BYTES: usize = 1024 * 1024;
+
 /// Smallest output ring a spawn may ask for, per stream, in bytes.
 pub const MIN_OUTPUT_RING_BYTES: usize = 4 * 1024;
 

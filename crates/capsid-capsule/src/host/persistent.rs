@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use capsid_capabilities::Permissions;
-use capsid_core::limits::{DEFAULT_EXIT_RETENTION, MAX_STDIN_WRITE_BYTES, PERSISTENT_STDIN_WAIT};
+use capsid_core::limits::{DEFAULT_EXIT_RETENTION, MAX_LOG_READ_BYTES, PERSISTENT_STDIN_WAIT};
 use capsid_process::{Cursor, Owner, PersistentOptions, Status, Stream, TableError};
 
 use crate::bindings::capsid::host::process::{
@@ -52,7 +52,7 @@ fn stream(which: OutputStream) -> Stream {
 }
 
 fn read_max(max: u32) -> usize {
-    (max as usize).min(MAX_STDIN_WRITE_BYTES)
+    (max as usize).min(MAX_LOG_READ_BYTES)
 }
 
 impl CapsuleContext {

@@ -4,7 +4,8 @@
 
 use capsid_capabilities::Permissions;
 use capsid_core::limits::{
-    MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_OUTPUT_RING_BYTES, MAX_STDIN_WRITE_BYTES,
+    MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_OUTPUT_RING_BYTES, MAX_LOG_READ_BYTES,
+    MAX_STDIN_WRITE_BYTES,
 };
 use capsid_process::{
     Child, ExitInfo, ProcessError, ResourceLimits, RingPolicy, Sandbox, SpawnSpec,
@@ -276,7 +277,7 @@ impl HostBackground for HostState {
         which: OutputStream,
         max: u32,
     ) -> Vec<u8> {
-        let max = (max as usize).min(MAX_STDIN_WRITE_BYTES);
+        let max = (max as usize).min(MAX_LOG_READ_BYTES);
         self.background(&handle)
             .map_or_else(Vec::new, |(child, _)| match which {
                 OutputStream::Stdout => child.stdout().drain(max),
