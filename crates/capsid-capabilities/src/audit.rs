@@ -1,4 +1,5 @@
-//! Where check decisions are recorded.
+//! Where check decisions are recorded: the [`AuditSink`] that
+//! [`CapabilityStore::authorize`](crate::CapabilityStore::authorize) writes every decision to.
 
 use std::sync::Arc;
 
@@ -10,20 +11,31 @@ use crate::error::show;
 use crate::store::{Decision, Subject};
 use crate::token::Permissions;
 
-/// Receives every decision of [`CapabilityStore::check_audited`](crate::CapabilityStore::check_audited).
-#[async_trait]
-pub trait AuditSink: Send + Sync {
-    /// Records one decision durably; an error makes the check deny.
-    async fn record(
-        &self,
-        subject: &Subject,
-        action: Permissions,
-        resource: &str,
-        decision: &Decision,
-    ) -> Result<(), String>;
+/// One decision to record.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRecord<'a> {
+    /// Who asked.
+    pub subject: &'a Subject,
+    /// The audit action (`capsid_audit::action`: `kv.set`, `process.spawn`...).
+    pub action: &'a str,
+    /// The permission asked for.
+    pub permission: Permissions,
+    /// The resource, as asked (possibly hostile: a sink escapes it).
+    pub resource: &'a str,
+    /// The decision.
+    pub decision: &'a Decision,
+    /// What else the caller wants on the entry (an object; its keys are added).
+    pub details: &'a serde_json::Value,
 }
 
-/// An [`AuditSink`] writing `capability.check` entries to one chain of an [`AuditLog`].
+/// Receives every decision of [`CapabilityStore::authorize`](crate::CapabilityStore::authorize).
+#[async_trait]
+pub trait AuditSink: Send + Sync {
+    /// Records one decision durably; an error makes an allow a deny.
+    async fn record(&self, entry: DecisionRecord<'_>) -> Result<(), String>;
+}
+
+/// An [`AuditSink`] writing to one chain of an [`AuditLog`].
 #[derive(Debug, Clone)]
 pub struct AuditLogSink {
     log: Arc<AuditLog>,
@@ -37,47 +49,48 @@ impl AuditLogSink {
     }
 }
 
+/// The entry's details: the caller's, plus the permission and the grant or the reason.
+fn details(entry: &DecisionRecord<'_>) -> serde_json::Value {
+    let mut details = match entry.details {
+        serde_json::Value::Object(map) => map.clone(),
+        _ => serde_json::Map::new(),
+    };
+    details.insert("permissions".into(), entry.permission.bits().into());
+    match entry.decision {
+        Decision::Allow { grant } => details.insert("grant".into(), grant.to_string().into()),
+        Decision::Deny(reason) => details.insert("reason".into(), reason.to_string().into()),
+    };
+    serde_json::Value::Object(details)
+}
+
 #[async_trait]
 impl AuditSink for AuditLogSink {
-    async fn record(
-        &self,
-        subject: &Subject,
-        action: Permissions,
-        resource: &str,
-        decision: &Decision,
-    ) -> Result<(), String> {
+    async fn record(&self, entry: DecisionRecord<'_>) -> Result<(), String> {
         // A refused resource can be arbitrarily long and hostile: record it escaped and cut.
-        let resource =
-            if resource.len() > MAX_AUDIT_FIELD_BYTES || resource.chars().any(char::is_control) {
-                show(resource)
-            } else {
-                resource.to_owned()
-            };
-        let (verdict, details) = match decision {
-            Decision::Allow { grant } => (
-                capsid_audit::Decision::Allow,
-                serde_json::json!({ "permissions": action.bits(), "grant": grant.to_string() }),
-            ),
-            Decision::Deny(reason) => (
-                capsid_audit::Decision::Deny,
-                serde_json::json!({ "permissions": action.bits(), "reason": reason.to_string() }),
-            ),
+        let resource = if entry.resource.len() > MAX_AUDIT_FIELD_BYTES
+            || entry.resource.chars().any(char::is_control)
+        {
+            show(entry.resource)
+        } else {
+            entry.resource.to_owned()
         };
-        let mut record = Record::new(
-            subject.principal,
-            capsid_audit::action::CAPABILITY_CHECK,
-            &resource,
-            verdict,
-        )
-        .and_then(|r| r.details(&details))
-        .map_err(|e| e.to_string())?;
-        if let Some(c) = &subject.capsule {
+        let verdict = match entry.decision {
+            Decision::Allow { .. } => capsid_audit::Decision::Allow,
+            Decision::Deny(_) => capsid_audit::Decision::Deny,
+        };
+        let mut record = Record::new(entry.subject.principal, entry.action, &resource, verdict)
+            .and_then(|r| r.details(&details(&entry)))
+            .map_err(|e| e.to_string())?;
+        if let Some(c) = &entry.subject.capsule {
             record = record.capsule(c.clone());
         }
         self.log
             .append(self.chain, record)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                tracing::error!(action = entry.action, error = %e, "audit append failed; denying");
+                e.to_string()
+            })
     }
 }

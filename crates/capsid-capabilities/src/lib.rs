@@ -5,6 +5,9 @@
 //! Invariants:
 //! - nothing is allowed unless a valid token says so: a missing, forged, expired, revoked or
 //!   spent token, a malformed resource, or a failing audit sink all deny;
+//! - [`CapabilityStore::authorize`] is the one path by which the runtime checks and records
+//!   a decision (capsule host calls, native capsule starts): every denial is recorded, and an
+//!   allow that guards an effect is recorded durably before it is answered;
 //! - resources are parsed strictly and never decoded: `..`, `.`, empty segments (doubled
 //!   slashes), NUL and control characters, `%` and `\` are refused, so no spelling of a path
 //!   can match a pattern it is not literally under;
@@ -20,8 +23,8 @@ mod pattern;
 mod store;
 mod token;
 
-pub use audit::{AuditLogSink, AuditSink};
+pub use audit::{AuditLogSink, AuditSink, DecisionRecord};
 pub use error::{CapabilityError, DenyReason, TokenError};
 pub use pattern::{Pattern, Resource};
-pub use store::{CapabilityStore, Decision, Grant, Subject};
+pub use store::{CapabilityStore, Check, Decision, Denied, Grant, RecordAllow, Subject};
 pub use token::{Capability, CapabilityId, Permissions};

@@ -14,7 +14,7 @@ use capsid_crypto::{KeyId, KeyPair, PublicKey};
 use capsid_storage::{BatchOp, KvError, KvStore};
 use uuid::Uuid;
 
-use crate::audit::AuditSink;
+use crate::audit::{AuditSink, DecisionRecord};
 use crate::error::{CapabilityError, DenyReason, TokenError};
 use crate::pattern::{Pattern, Resource};
 use crate::token::{Capability, CapabilityId, Permissions};
@@ -51,6 +51,44 @@ impl Decision {
     pub fn is_allowed(&self) -> bool {
         matches!(self, Self::Allow { .. })
     }
+}
+
+/// Whether an allowed check is recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordAllow {
+    /// Recorded durably before the allow is answered: the check guards an effect.
+    Before,
+    /// Not recorded: the check guards a read, which changes nothing (recording it would put
+    /// an `fsync` on every read). Denials are recorded all the same.
+    Never,
+}
+
+/// One capability check, as [`CapabilityStore::authorize`] takes it.
+#[derive(Debug, Clone)]
+pub struct Check<'a> {
+    /// Who asks.
+    pub subject: &'a Subject,
+    /// The audit action the decision is recorded as (`capsid_audit::action`).
+    pub action: &'a str,
+    /// The permission asked for.
+    pub permission: Permissions,
+    /// The resource (`kv://capsule/notes`).
+    pub resource: &'a str,
+    /// Whether an allow is recorded.
+    pub record_allow: RecordAllow,
+    /// What else goes on the entry (an object).
+    pub details: serde_json::Value,
+}
+
+/// Why [`CapabilityStore::authorize`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// No capability allows it (or the store or resource made the check fail closed).
+    #[error("denied: {0}")]
+    NotGranted(DenyReason),
+    /// It was allowed, but the allow could not be recorded, so it is denied.
+    #[error("denied: the decision could not be recorded: {0}")]
+    Unrecorded(String),
 }
 
 /// A capability as listed: verified, with its revocation state.
@@ -331,19 +369,39 @@ impl CapabilityStore {
         }
     }
 
-    /// [`check`](Self::check), then records the decision, allow or deny, through `sink`. If
-    /// the record cannot be written the action is denied.
-    pub async fn check_audited(
+    /// The one check-and-record path: checks `check`, records the decision through `sink`
+    /// and answers the grant that allowed it. Every denial is recorded; an allow is recorded
+    /// when [`RecordAllow::Before`] says so, durably before this returns. An allow that
+    /// cannot be recorded is denied ([`Denied::Unrecorded`]); a denial that cannot be
+    /// recorded is still a denial.
+    pub async fn authorize(
         &self,
-        subject: &Subject,
-        action: Permissions,
-        resource: &str,
+        check: Check<'_>,
         sink: &dyn AuditSink,
-    ) -> Decision {
-        let decision = self.check(subject, action, resource).await;
-        match sink.record(subject, action, resource, &decision).await {
-            Ok(()) => decision,
-            Err(e) => Decision::Deny(DenyReason::AuditUnavailable(e)),
+    ) -> Result<CapabilityId, Denied> {
+        let decision = self
+            .check(check.subject, check.permission, check.resource)
+            .await;
+        let entry = DecisionRecord {
+            subject: check.subject,
+            action: check.action,
+            permission: check.permission,
+            resource: check.resource,
+            decision: &decision,
+            details: &check.details,
+        };
+        match &decision {
+            Decision::Allow { grant } => {
+                if check.record_allow == RecordAllow::Before {
+                    sink.record(entry).await.map_err(Denied::Unrecorded)?;
+                }
+                Ok(*grant)
+            }
+            Decision::Deny(reason) => {
+                // The caller refuses anyway; the sink logs a failed write.
+                let _ = sink.record(entry).await;
+                Err(Denied::NotGranted(reason.clone()))
+            }
         }
     }
 

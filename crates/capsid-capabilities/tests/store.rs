@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use capsid_audit::{AuditLog, ChainId};
 use capsid_capabilities::{
-    AuditLogSink, Capability, CapabilityStore, Decision, DenyReason, Permissions, Subject,
-    TokenError,
+    AuditLogSink, Capability, CapabilityStore, Check, Decision, Denied, DenyReason, Permissions,
+    RecordAllow, Subject, TokenError,
 };
 use capsid_core::{CapsuleId, Principal, PrincipalId, SessionId};
 use capsid_crypto::KeyPair;
@@ -347,30 +347,53 @@ async fn audited_checks_record_allows_and_denies() {
         .await
         .unwrap();
     let s = via(f.alice, "notes");
-    assert!(
-        f.store
-            .check_audited(&s, Permissions::READ, "kv://capsule/notes", &sink)
-            .await
-            .is_allowed()
+    let check = |permission, resource, record_allow| Check {
+        subject: &s,
+        action: "kv.get",
+        permission,
+        resource,
+        record_allow,
+        details: serde_json::json!({ "why": "test" }),
+    };
+    let read = check(Permissions::READ, "kv://capsule/notes", RecordAllow::Before);
+    assert!(f.store.authorize(read, &sink).await.is_ok());
+    // An allowed read that is not recorded: allowed, and nothing written.
+    let unrecorded = check(Permissions::READ, "kv://capsule/notes", RecordAllow::Never);
+    assert!(f.store.authorize(unrecorded, &sink).await.is_ok());
+    let write = check(Permissions::WRITE, "kv://capsule/notes", RecordAllow::Never);
+    assert!(matches!(
+        f.store.authorize(write, &sink).await,
+        Err(Denied::NotGranted(DenyReason::NoGrant))
+    ));
+    let hostile = check(
+        Permissions::READ,
+        "kv://capsule/../x\n",
+        RecordAllow::Before,
     );
-    assert!(
-        !f.store
-            .check_audited(&s, Permissions::WRITE, "kv://capsule/notes", &sink)
-            .await
-            .is_allowed()
-    );
-    assert!(
-        !f.store
-            .check_audited(&s, Permissions::READ, "kv://capsule/../x\n", &sink)
-            .await
-            .is_allowed()
-    );
+    assert!(f.store.authorize(hostile, &sink).await.is_err());
+    // A sink that cannot write turns an allow into a denial.
+    let broken = Broken;
+    let read = check(Permissions::READ, "kv://capsule/notes", RecordAllow::Before);
+    assert!(matches!(
+        f.store.authorize(read, &broken).await,
+        Err(Denied::Unrecorded(_))
+    ));
     drop(sink);
     Arc::into_inner(log).unwrap().close().await.unwrap();
     let report = capsid_audit::verify_database(dir.path().join("audit.db")).unwrap();
     assert!(report.is_valid(), "{report}");
     let decisions = decisions_in(&dir.path().join("audit.db"), &chain.to_string());
     assert_eq!(decisions, vec!["allow", "deny", "deny"]);
+}
+
+/// A sink whose every write fails.
+struct Broken;
+
+#[async_trait::async_trait]
+impl capsid_capabilities::AuditSink for Broken {
+    async fn record(&self, _: capsid_capabilities::DecisionRecord<'_>) -> Result<(), String> {
+        Err("the disk is gone".into())
+    }
 }
 
 /// The decisions recorded in a chain, in order, read from an export.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use capsid_capabilities::{Decision, Permissions, Subject};
+use capsid_capabilities::{Denied, Permissions, Subject};
 use capsid_core::CapsuleId;
 use capsid_core::limits::{MAX_CAPSULE_CHILD_PIDS, NATIVE_OPEN_FILES};
 use capsid_process::{
@@ -35,54 +35,40 @@ pub struct NativeCapsule {
 }
 
 /// Checks native capsule `name`'s capability to start `resource` and records the decision
-/// (every start, restarts included, is a `process.spawn` entry); `Err` when it is denied or
-/// cannot be recorded.
+/// (every start, restarts included, is a `process.spawn` entry, through the one
+/// check-and-record path); `Err` when it is denied or cannot be recorded.
 async fn authorize_start(
     services: &HostServices,
     name: &CapsuleId,
     resource: &str,
     restart: bool,
 ) -> Result<(), CapsuleError> {
-    let subject = &Subject {
+    let subject = Subject {
         principal: services.principal,
         capsule: Some(name.clone()),
     };
-    let capsule = || name.clone();
-    let decision = services
-        .capabilities
-        .check(subject, Permissions::EXEC, resource)
-        .await;
-    let (verdict, details) = match &decision {
-        Decision::Allow { grant } => (
-            capsid_audit::Decision::Allow,
-            serde_json::json!({ "grant": grant.to_string(), "native": true, "restart": restart }),
-        ),
-        Decision::Deny(reason) => (
-            capsid_audit::Decision::Deny,
-            serde_json::json!({ "reason": reason.to_string(), "native": true, "restart": restart }),
-        ),
-    };
-    services
-        .record(
-            subject,
+    let details = serde_json::json!({ "native": true, "restart": restart });
+    match services
+        .authorize(
+            &subject,
             capsid_audit::action::PROCESS_SPAWN,
+            Permissions::EXEC,
             resource,
-            verdict,
-            &details,
+            true,
+            details,
         )
         .await
-        .map_err(|message| CapsuleError::Setup {
-            capsule: capsule(),
+    {
+        Ok(_) => Ok(()),
+        Err(Denied::NotGranted(_)) => Err(CapsuleError::Denied {
+            capsule: name.clone(),
+            resource: resource.to_owned(),
+        }),
+        Err(Denied::Unrecorded(message)) => Err(CapsuleError::Setup {
+            capsule: name.clone(),
             what: "recording the spawn",
             message,
-        })?;
-    if decision.is_allowed() {
-        Ok(())
-    } else {
-        Err(CapsuleError::Denied {
-            capsule: capsule(),
-            resource: resource.to_owned(),
-        })
+        }),
     }
 }
 

@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Record};
-use capsid_capabilities::{CapabilityStore, Decision, Permissions, Subject};
+use capsid_capabilities::{
+    AuditLogSink, CapabilityId, CapabilityStore, Check, Denied, Permissions, RecordAllow, Subject,
+};
 use capsid_core::limits::MAX_AUDIT_FIELD_BYTES;
 use capsid_core::{CapsuleId, Principal};
 use capsid_events::EventBus;
@@ -76,6 +78,38 @@ pub(crate) fn audit_text(s: &str) -> String {
 }
 
 impl HostServices {
+    /// Where capability decisions are recorded: this session's chain.
+    pub(crate) fn sink(&self) -> AuditLogSink {
+        AuditLogSink::new(self.audit.clone(), self.chain)
+    }
+
+    /// Checks `permission` on `resource` for `subject` and records the decision, through
+    /// the one check-and-record path ([`CapabilityStore::authorize`]); allows are recorded
+    /// (durably, before this returns) when `effectful`.
+    pub(crate) async fn authorize(
+        &self,
+        subject: &Subject,
+        action: &str,
+        permission: Permissions,
+        resource: &str,
+        effectful: bool,
+        details: serde_json::Value,
+    ) -> Result<CapabilityId, Denied> {
+        let check = Check {
+            subject,
+            action,
+            permission,
+            resource,
+            record_allow: if effectful {
+                RecordAllow::Before
+            } else {
+                RecordAllow::Never
+            },
+            details,
+        };
+        self.capabilities.authorize(check, &self.sink()).await
+    }
+
     /// Appends one durable audit entry for `subject`; `Err` when it could not be written.
     pub(crate) async fn record(
         &self,
@@ -124,8 +158,9 @@ pub(crate) struct CapsuleContext {
 }
 
 impl CapsuleContext {
-    /// Checks `permission` on `resource` for this capsule. Denials are audited; allows are
-    /// audited (durably, before returning) when `effectful`. A failed audit write denies.
+    /// Checks `permission` on `resource` for this capsule ([`HostServices::authorize`]).
+    /// Denials are audited; allows are audited (durably, before returning) when
+    /// `effectful`. A failed audit write denies.
     pub(crate) async fn authorize(
         &self,
         op: &str,
@@ -133,24 +168,18 @@ impl CapsuleContext {
         resource: &str,
         effectful: bool,
     ) -> Result<(), WitError> {
-        let decision = self
-            .services
-            .capabilities
-            .check(&self.subject, permission, resource)
-            .await;
-        match decision {
-            Decision::Allow { grant } if effectful => {
-                let details = serde_json::json!({ "grant": grant.to_string() });
-                self.note(op, resource, capsid_audit::Decision::Allow, &details)
-                    .await
-                    .map_err(|_| WitError::Denied)
-            }
-            Decision::Allow { .. } => Ok(()),
-            Decision::Deny(reason) => {
-                self.record_refusal(op, resource, &reason.to_string()).await;
-                Err(WitError::Denied)
-            }
-        }
+        self.services
+            .authorize(
+                &self.subject,
+                op,
+                permission,
+                resource,
+                effectful,
+                serde_json::json!({}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| WitError::Denied)
     }
 
     /// Records a refusal: a denied check, or an effect the host refused after the check (a
