@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use capsid_core::limits::AUDIT_QUEUE_DEPTH;
+use capsid_core::sync::lock;
 use capsid_crypto::{Digest, KeyPair};
 use tokio::sync::{mpsc, oneshot};
 
@@ -170,10 +171,8 @@ impl AuditLog {
         if let Some(tx) = &self.tx {
             let _ = tx.send(Command::Stop).await;
         }
-        if let Ok(mut lock) = self.read_only_lock.lock() {
-            lock.take();
-        }
-        let handle = self.writer.lock().map_or(None, |mut w| w.take());
+        lock(&self.read_only_lock).take();
+        let handle = lock(&self.writer).take();
         if let Some(handle) = handle {
             let path = self.path.clone();
             tokio::task::spawn_blocking(move || handle.join())

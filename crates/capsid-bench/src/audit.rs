@@ -178,7 +178,7 @@ fn verify_floor(n: u64) -> Result<f64> {
     let key = KeyPair::generate()?;
     let pk = key.public_key();
     let msgs: Vec<[u8; 32]> = (0..n)
-        .map(|i| capsid_crypto::hash(domain::CONTENT, &i.to_be_bytes()).0)
+        .map(|i| capsid_crypto::hash(domain::AUDIT_ENTRY, &i.to_be_bytes()).0)
         .collect();
     let sigs: Vec<_> = msgs.iter().map(|m| key.sign(m)).collect();
     let start = Instant::now();

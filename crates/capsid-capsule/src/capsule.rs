@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::{HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
+use capsid_core::sync::{lock, read, write};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use wasmtime::Store;
@@ -228,13 +229,11 @@ impl LoadedCapsule {
         if self.permits.available_permits() < self.manifest.limits.max_instances as usize {
             return None;
         }
-        self.last_used.lock().ok().map(|t| t.elapsed())
+        Some(lock(&self.last_used).elapsed())
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.last_used.lock() {
-            *t = std::time::Instant::now();
-        }
+        *lock(&self.last_used) = std::time::Instant::now();
     }
 
     /// Its name.
@@ -244,16 +243,11 @@ impl LoadedCapsule {
 
     /// Its current state.
     pub fn state(&self) -> CapsuleState {
-        self.state.read().map_or_else(
-            |_| CapsuleState::Failed("state lock poisoned".into()),
-            |s| s.clone(),
-        )
+        read(&self.state).clone()
     }
 
     pub(crate) fn set_state(&self, state: CapsuleState) {
-        if let Ok(mut s) = self.state.write() {
-            *s = state;
-        }
+        *write(&self.state) = state;
     }
 
     /// Its manifest.
@@ -268,7 +262,7 @@ impl LoadedCapsule {
 
     /// Instances idle in its pool.
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        lock(&self.idle).len()
     }
 
     fn timeout(&self) -> Duration {
@@ -364,9 +358,7 @@ impl LoadedCapsule {
         if let Some(restart) = restart {
             self.run(&mut warm, &Call::Restart(restart)).await?;
         }
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(warm);
-        }
+        lock(&self.idle).push(warm);
         Ok(())
     }
 
@@ -382,7 +374,7 @@ impl LoadedCapsule {
         };
         // The capsule may have failed or begun unloading while this call waited.
         self.ensure_ready()?;
-        let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let idle = lock(&self.idle).pop();
         let mut warm = match idle {
             Some(w) => w,
             None => match self.instantiate().await {
@@ -395,10 +387,8 @@ impl LoadedCapsule {
         match ran {
             Err(e) if e.is_fatal() => Err(self.fail_if_fatal(e).await),
             result => {
-                if self.state() == CapsuleState::Ready
-                    && let Ok(mut idle) = self.idle.lock()
-                {
-                    idle.push(warm);
+                if self.state() == CapsuleState::Ready {
+                    lock(&self.idle).push(warm);
                 }
                 result
             }
@@ -409,9 +399,7 @@ impl LoadedCapsule {
         if error.is_fatal() {
             let reason = error.to_string();
             self.set_state(CapsuleState::Failed(reason.clone()));
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.clear();
-            }
+            lock(&self.idle).clear();
             self.cx.log.push(LogLevel::Error, LogSource::Host, &reason);
             let details = serde_json::json!({ "reason": reason });
             let resource = format!("capsule://{}", self.name());
@@ -470,16 +458,10 @@ impl LoadedCapsule {
     /// deadline); busy instances are dropped when their call returns.
     pub(crate) async fn shut_down(&self) {
         self.set_state(CapsuleState::Unloading);
-        if let Ok(mut d) = self.dispatchers.lock() {
-            for task in d.drain(..) {
-                task.abort();
-            }
+        for task in lock(&self.dispatchers).drain(..) {
+            task.abort();
         }
-        let idle: Vec<Warm> = self
-            .idle
-            .lock()
-            .map(|mut i| i.drain(..).collect())
-            .unwrap_or_default();
+        let idle: Vec<Warm> = lock(&self.idle).drain(..).collect();
         for mut warm in idle {
             if let Err(e) = self.run(&mut warm, &Call::Shutdown).await {
                 self.cx
@@ -492,10 +474,8 @@ impl LoadedCapsule {
 
 impl Drop for LoadedCapsule {
     fn drop(&mut self) {
-        if let Ok(mut d) = self.dispatchers.lock() {
-            for task in d.drain(..) {
-                task.abort();
-            }
+        for task in lock(&self.dispatchers).drain(..) {
+            task.abort();
         }
     }
 }

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::{CAPSULE_LOG_LINES, MAX_LOG_LINE_BYTES};
+use capsid_core::sync::lock;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -106,9 +107,7 @@ impl CapsuleLog {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let Ok(mut ring) = self.ring.lock() else {
-            return;
-        };
+        let mut ring = lock(&self.ring);
         ring.next_seq += 1;
         let seq = ring.next_seq;
         if ring.lines.len() == CAPSULE_LOG_LINES {
@@ -126,21 +125,17 @@ impl CapsuleLog {
 
     /// Lines with a sequence number above `after`, oldest first (`0` for all kept lines).
     pub fn since(&self, after: u64) -> Vec<LogLine> {
-        self.ring.lock().map_or_else(
-            |_| Vec::new(),
-            |ring| {
-                ring.lines
-                    .iter()
-                    .filter(|l| l.seq > after)
-                    .cloned()
-                    .collect()
-            },
-        )
+        lock(&self.ring)
+            .lines
+            .iter()
+            .filter(|l| l.seq > after)
+            .cloned()
+            .collect()
     }
 
     /// Lines dropped from the ring because it was full.
     pub fn dropped(&self) -> u64 {
-        self.ring.lock().map_or(0, |r| r.dropped)
+        lock(&self.ring).dropped
     }
 }
 

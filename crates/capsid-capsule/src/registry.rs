@@ -376,9 +376,7 @@ impl Registry {
             return Err(e);
         }
         let tasks = dispatch::start(&capsule).await?;
-        if let Ok(mut d) = capsule.dispatchers.lock() {
-            d.extend(tasks);
-        }
+        capsid_core::sync::lock(&capsule.dispatchers).extend(tasks);
         let details = serde_json::json!({
             "blake3": capsule.blake3,
             "version": capsule.manifest.version.to_string(),

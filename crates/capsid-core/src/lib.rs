@@ -13,6 +13,7 @@ pub mod home;
 pub mod ids;
 pub mod limits;
 pub mod principal;
+pub mod sync;
 
 pub use error::{HomeError, IdError};
 pub use home::CapsidHome;

@@ -152,6 +152,14 @@ pub const MAX_PROCESS_ENV_BYTES: usize = 64 * 1024;
 /// Most bytes one write to a child's stdin may carry.
 pub const MAX_STDIN_WRITE_BYTES: usize = 1024 * 1024;
 
+/// Most elements a capsule instance's table may grow to (tables hold function references;
+/// a component needs a handful, and a hostile one must not claim the pool's whole slot).
+pub const MAX_INSTANCE_TABLE_ELEMENTS: usize = 100_000;
+
+/// Longest platform name or platform user id of an identity link, in bytes (the KV key
+/// length-prefixes each with one byte).
+pub const MAX_LINK_PART_BYTES: usize = 255;
+
 /// Most bytes one `read-logs` of a process's output answers (WIT: "at most 1 MiB"); a larger
 /// `max` is cut to it.
 pub const MAX_LOG_READ_BYTES: usize = 1024 * 1024;

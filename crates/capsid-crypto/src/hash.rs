@@ -1,5 +1,9 @@
 //! blake3 hashing with domain separation. Each purpose has its own [`Domain`]; all of them are
 //! listed in [`domain`] so that no two purposes can share one by accident.
+//!
+//! A file's content hash (a component's `blake3` pin, its compiled-cache key) is the plain
+//! blake3 of its bytes, with no domain: it must equal what `b3sum` prints, so an author can
+//! pin a component with standard tools.
 
 use std::fmt;
 use std::str::FromStr;
@@ -27,8 +31,6 @@ pub mod domain {
     pub const AUDIT_GENESIS: Domain = Domain("capsid 2026-11 audit chain genesis v1");
     /// A capability token's signed bytes.
     pub const CAPABILITY: Domain = Domain("capsid 2026-11 capability token v1");
-    /// Content addressing of files (wasm components, cache keys).
-    pub const CONTENT: Domain = Domain("capsid 2026-11 content v1");
     /// A persistent process id, as the process table stores it (never the id itself).
     pub const PROCESS_ID: Domain = Domain("capsid 2026-11 persistent process id v1");
     /// A compiled component in the on-disk cache (what the runtime key signs).
@@ -106,7 +108,7 @@ mod tests {
     #[test]
     fn domains_separate_equal_inputs() {
         let a = hash(domain::AUDIT_ENTRY, b"same");
-        let b = hash(domain::CONTENT, b"same");
+        let b = hash(domain::CAPABILITY, b"same");
         assert_ne!(a, b);
         assert_ne!(a.0, *blake3::hash(b"same").as_bytes());
         assert_eq!(a, hash(domain::AUDIT_ENTRY, b"same"));
@@ -119,7 +121,6 @@ mod tests {
             domain::AUDIT_HEAD,
             domain::AUDIT_GENESIS,
             domain::CAPABILITY,
-            domain::CONTENT,
             domain::COMPILED_COMPONENT,
             domain::PROCESS_ID,
         ];
@@ -132,11 +133,11 @@ mod tests {
 
     #[test]
     fn incremental_equals_one_shot_and_hex_round_trips() {
-        let d = DomainHasher::new(domain::CONTENT)
+        let d = DomainHasher::new(domain::PROCESS_ID)
             .update(b"ab")
             .update(b"c")
             .finalize();
-        assert_eq!(d, hash(domain::CONTENT, b"abc"));
+        assert_eq!(d, hash(domain::PROCESS_ID, b"abc"));
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert!("zz".parse::<Digest>().is_err());
     }

@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use capsid_core::CapsuleId;
 use capsid_core::glob::glob_bytes;
 use capsid_core::limits::{MAX_EVENT_PAYLOAD_BYTES, MAX_SUBSCRIBER_QUEUE, MAX_TOPIC_BYTES};
+use capsid_core::sync::{read, write};
 use tokio::sync::mpsc;
 
 /// Why a topic, pattern, payload or queue size was refused.
@@ -111,7 +112,7 @@ pub struct EventBus {
 
 impl std::fmt::Debug for EventBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let n = self.subscribers.read().map_or(0, |s| s.len());
+        let n = read(&self.subscribers).len();
         f.debug_struct("EventBus")
             .field("subscribers", &n)
             .finish_non_exhaustive()
@@ -171,13 +172,11 @@ impl EventBus {
         }
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
-        if let Ok(mut subs) = self.subscribers.write() {
-            subs.push(Subscriber {
-                pattern: pattern.to_owned(),
-                tx,
-                dropped: dropped.clone(),
-            });
-        }
+        write(&self.subscribers).push(Subscriber {
+            pattern: pattern.to_owned(),
+            tx,
+            dropped: dropped.clone(),
+        });
         Ok(Subscription {
             pattern: pattern.to_owned(),
             rx,
@@ -203,9 +202,7 @@ impl EventBus {
         let mut gone = false;
         // The write lock orders sequence numbers with queue insertion, so every subscriber
         // sees events in publish order.
-        let Ok(subs) = self.subscribers.write() else {
-            return Ok(delivery);
-        };
+        let subs = write(&self.subscribers);
         let event = Arc::new(Event {
             topic: topic.to_owned(),
             payload,
@@ -226,14 +223,14 @@ impl EventBus {
             }
         }
         drop(subs);
-        if gone && let Ok(mut subs) = self.subscribers.write() {
-            subs.retain(|s| !s.tx.is_closed());
+        if gone {
+            write(&self.subscribers).retain(|s| !s.tx.is_closed());
         }
         Ok(delivery)
     }
 
     /// Current number of subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.subscribers.read().map_or(0, |s| s.len())
+        read(&self.subscribers).len()
     }
 }

@@ -396,9 +396,7 @@ async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
         let attempted = std::sync::Mutex::new(Vec::new());
         let load = async {
             for name in names.iter().copied() {
-                if let Ok(mut a) = attempted.lock() {
-                    a.push(name.clone());
-                }
+                capsid_core::sync::lock(&attempted).push(name.clone());
                 let Some(manifest) = by_name(name) else {
                     continue;
                 };

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use capsid_core::limits::{MAX_STDIN_WRITE_BYTES, PROCESS_PIPE_BYTES, PROCESS_READ_CHUNK};
+use capsid_core::sync::lock;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -93,9 +94,7 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
 
 async fn start(plan: ExecPlan, cgroup: Option<Arc<PidsCgroup>>) -> std::io::Result<Spawned> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    spawner()
-        .lock()
-        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
+    lock(spawner())
         .send((plan, cgroup, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
     answer
@@ -149,7 +148,7 @@ impl Shared {
             // reaches only the child's own group.
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-        let cgroup = self.cgroup.lock().ok().and_then(|mut c| c.take());
+        let cgroup = lock(&self.cgroup).take();
         let result = sys::wait4(self.pid);
         *reaped = true;
         orphans::leader_reaped(self.pid, cgroup);
@@ -182,7 +181,7 @@ struct ReapOnDrop(Arc<Shared>);
 impl Drop for ReapOnDrop {
     fn drop(&mut self) {
         let shared = self.0.clone();
-        let unreaped = shared.reaped.lock().map_or(true, |r| !*r);
+        let unreaped = !*lock(&shared.reaped);
         if unreaped {
             // Killing and reaping may block briefly; never on the caller's thread.
             let _ = std::thread::Builder::new()
@@ -401,11 +400,7 @@ impl Child {
     }
 
     async fn finish_pumps(&self) {
-        let pumps: Vec<_> = self
-            .pumps
-            .lock()
-            .map(|mut p| p.drain(..).collect())
-            .unwrap_or_default();
+        let pumps: Vec<_> = lock(&self.pumps).drain(..).collect();
         for p in pumps {
             let _ = p.await;
         }
@@ -427,10 +422,8 @@ impl Drop for Child {
     fn drop(&mut self) {
         // The reaper task keeps running and reaps; if the runtime is gone, its guard does.
         let _ = self.shared.signal_group(Signal::SIGKILL);
-        if let Ok(mut pumps) = self.pumps.lock() {
-            for p in pumps.drain(..) {
-                p.abort();
-            }
+        for p in lock(&self.pumps).drain(..) {
+            p.abort();
         }
     }
 }

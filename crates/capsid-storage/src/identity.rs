@@ -19,7 +19,7 @@ const LINK: u8 = b'l';
 /// Platform and platform user id of the local root user, bootstrapped on first start.
 pub const LOCAL_ROOT_LINK: (&str, &str) = ("cli", "local");
 /// Longest platform name or platform user id, in bytes.
-const MAX_LINK_PART: usize = 255;
+const MAX_LINK_PART: usize = capsid_core::limits::MAX_LINK_PART_BYTES;
 
 /// A user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

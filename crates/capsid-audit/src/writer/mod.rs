@@ -148,9 +148,8 @@ fn run_stager(
 }
 
 fn take_resync(stager: &mut Stager, resync: &Mutex<Resync>) {
-    if let Ok(mut r) = resync.lock()
-        && r.generation != stager.generation()
-    {
+    let mut r = capsid_core::sync::lock(resync);
+    if r.generation != stager.generation() {
         let generation = r.generation;
         if let Some(heads) = r.heads.take() {
             stager.resync(generation, heads);

@@ -243,9 +243,9 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Tables hold function references; a component needs a handful. The pool bounds
-        // them too; this keeps a hostile guest from asking for the pool's whole slot.
-        Ok(desired <= 100_000)
+        // The pool bounds tables too; this keeps a hostile guest from asking for the pool's
+        // whole slot.
+        Ok(desired <= capsid_core::limits::MAX_INSTANCE_TABLE_ELEMENTS)
     }
 }
 
