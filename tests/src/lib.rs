@@ -207,6 +207,24 @@ impl Runtime {
             .unwrap_or_else(|e| panic!("loading {name}: {e}"))
     }
 
+    /// Unloads `name` and loads it again from the same directory with dev trust (what the
+    /// kernel's reload does, less its restart hook and count).
+    pub async fn reload(&self, name: &str) -> CapsuleInfo {
+        let dir = self
+            .registry
+            .info(&id(name))
+            .unwrap_or_else(|| panic!("{name} is not known"))
+            .dir;
+        self.registry
+            .unload(&id(name))
+            .await
+            .unwrap_or_else(|e| panic!("unloading {name}: {e}"));
+        self.registry
+            .load(&dir, Trust::Dev)
+            .await
+            .unwrap_or_else(|e| panic!("reloading {name}: {e}"))
+    }
+
     /// Calls `tool` of `capsule` and parses the JSON answer.
     pub async fn call(
         &self,

@@ -62,7 +62,7 @@ async fn counter_counts_in_its_namespace_and_survives_a_reload() {
         });
     }
     futures_join(calls).await;
-    rt.registry.reload(&id("counter")).await.unwrap();
+    rt.reload("counter").await;
     assert_eq!(
         rt.call("counter", "get", json!({})).await,
         json!({ "count": 16 })

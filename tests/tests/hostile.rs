@@ -124,7 +124,7 @@ async fn spin_is_stopped_by_its_deadline_and_fails_alone() {
             .any(|e| e.capsule == "spin" && e.action == "capsule.failed")
     );
 
-    rt.registry.reload(&id("spin")).await.unwrap();
+    rt.reload("spin").await;
     assert_eq!(
         rt.registry.info(&id("spin")).unwrap().state,
         CapsuleState::Ready
@@ -513,7 +513,7 @@ async fn a_narrowed_manifest_narrows_the_grants_on_reload() {
         .unwrap()
         .replace("ipc_publish = [\"echo.out\"]\n", "");
     std::fs::write(&manifest, text).unwrap();
-    rt.registry.reload(&id("echo")).await.unwrap();
+    rt.reload("echo").await;
     let after = live(&rt).await;
     assert!(
         !after.contains(&"ipc://publish/echo.out".to_owned()),

@@ -27,6 +27,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-storage",
         ],
     ),
+    ("capsid-manifest", &["capsid-capabilities", "capsid-core"]),
     (
         "capsid-capsule",
         &[
@@ -35,6 +36,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-core",
             "capsid-crypto",
             "capsid-events",
+            "capsid-manifest",
             "capsid-process",
             "capsid-storage",
             "capsid-vfs",
@@ -49,6 +51,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-core",
             "capsid-crypto",
             "capsid-events",
+            "capsid-manifest",
             "capsid-process",
             "capsid-protocol",
             "capsid-storage",

@@ -24,7 +24,7 @@ use crate::engine::LoadKind;
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
 use crate::logbuf::{CapsuleLog, LogLevel, LogSource};
-use crate::manifest::Manifest;
+use capsid_manifest::Manifest;
 
 /// Where a capsule is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,7 +37,7 @@ impl fmt::Display for GuestError {
 pub enum CapsuleError {
     /// The manifest is invalid.
     #[error(transparent)]
-    Manifest(#[from] crate::ManifestError),
+    Manifest(#[from] capsid_manifest::ManifestError),
     /// A file of the capsule cannot be read.
     #[error("capsule {capsule}: cannot read {}: {source}", path.display())]
     Read {

@@ -8,8 +8,8 @@
 use capsid_capabilities::{Capability, CapabilityStore, Permissions};
 use capsid_core::{CapsuleId, Principal};
 
-use crate::Manifest;
 use crate::error::CapsuleError;
+use capsid_manifest::Manifest;
 
 /// Whose word a capsule's requests are taken on when it loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,8 +65,8 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
     }];
     let programs = caps.process.iter().map(String::as_str);
     let own = match &manifest.component {
-        crate::Component::Native { command, .. } => command.first().map(String::as_str),
-        crate::Component::Wasm { .. } => None,
+        capsid_manifest::Component::Native { command, .. } => command.first().map(String::as_str),
+        capsid_manifest::Component::Wasm { .. } => None,
     };
     if caps.process_persistent {
         out.push(Request {

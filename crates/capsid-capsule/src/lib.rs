@@ -1,8 +1,8 @@
 //! capsid's capsule layer: everything between a capsule directory on disk and a call into
 //! its WebAssembly component.
 //!
-//! - [`Manifest`] reads and validates `Capsule.toml`; [`discover`] finds capsules;
-//!   [`load_order`] orders them by their dependencies.
+//! - Manifests come from `capsid-manifest`: this crate takes a [`capsid_manifest::Manifest`]
+//!   and makes it run.
 //! - [`CapsuleEngine`] is the one wasmtime engine (component model, async, pooling allocator,
 //!   epoch deadlines) with its signed compiled-component cache.
 //! - The host side of `wit/host.wit` lives in one module per interface (`host/`), generated
@@ -23,20 +23,16 @@
 
 mod bindings;
 mod capsule;
-mod discovery;
 mod dispatch;
 mod engine;
 mod error;
 mod grants;
 mod host;
 mod logbuf;
-mod manifest;
 mod native;
-mod order;
 mod registry;
 
 pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
-pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};
 pub use grants::{
@@ -45,10 +41,5 @@ pub use grants::{
 };
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
-pub use manifest::{
-    Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, NativeQuotaAction,
-    SandboxPolicy, Tool,
-};
 pub use native::NativeCapsule;
-pub use order::{DependencyError, load_order};
 pub use registry::{CapsuleInfo, NativeStatus, Registry};

@@ -24,7 +24,7 @@ use capsid_process::{
 use crate::error::CapsuleError;
 use crate::grants::{exec_resource, network_resource};
 use crate::host::HostServices;
-use crate::manifest::{Component, Manifest, NativeQuotaAction};
+use capsid_manifest::{Component, Manifest, NativeQuotaAction};
 
 /// A supervised native capsule.
 #[derive(Debug)]

@@ -16,14 +16,14 @@ use wasmtime::component::Linker;
 
 use crate::bindings::{CapsulePre, link_capsid_host};
 use crate::capsule::{CapsuleState, LoadedCapsule, Restart};
+use crate::dispatch;
 use crate::engine::{CapsuleEngine, LoadKind};
 use crate::error::CapsuleError;
 use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
-use crate::manifest::{Component, Manifest};
 use crate::native::NativeCapsule;
-use crate::{MANIFEST_FILE, dispatch};
+use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
 /// What the registry reports about a capsule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,22 +56,10 @@ pub struct NativeStatus {
 }
 
 enum Slot {
-    Loading {
-        dir: PathBuf,
-    },
-    Loaded {
-        capsule: Arc<LoadedCapsule>,
-        trust: Trust,
-    },
-    Native {
-        native: Arc<NativeCapsule>,
-        trust: Trust,
-    },
-    LoadFailed {
-        dir: PathBuf,
-        trust: Trust,
-        reason: String,
-    },
+    Loading { dir: PathBuf },
+    Loaded { capsule: Arc<LoadedCapsule> },
+    Native { native: Arc<NativeCapsule> },
+    LoadFailed { dir: PathBuf, reason: String },
 }
 
 /// Capsules by name, and the engine and services they run on.
@@ -240,16 +228,15 @@ impl Registry {
             registry: self,
             name: Some(name.clone()),
             dir: dir.to_owned(),
-            trust,
         };
         let loaded = if matches!(manifest.component, Component::Native { .. }) {
             self.build_native(manifest, dir, trust)
                 .await
-                .map(|native| Slot::Native { native, trust })
+                .map(|native| Slot::Native { native })
         } else {
             self.build(manifest, dir, trust, restart)
                 .await
-                .map(|capsule| Slot::Loaded { capsule, trust })
+                .map(|capsule| Slot::Loaded { capsule })
         };
         guard.disarm();
         if loaded.is_err() {
@@ -270,7 +257,6 @@ impl Registry {
                     name,
                     Slot::LoadFailed {
                         dir: dir.to_owned(),
-                        trust,
                         reason: e.to_string(),
                     },
                 );
@@ -519,19 +505,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Unloads and loads again from the same directory with the same trust (picking up a
-    /// rebuilt component or an edited manifest, and clearing a failed state).
-    pub async fn reload(&self, name: &CapsuleId) -> Result<CapsuleInfo, CapsuleError> {
-        let (dir, trust) = match self.read_slots().get(name) {
-            Some(Slot::Loaded { capsule, trust }) => (capsule.dir.clone(), *trust),
-            Some(Slot::Native { native, trust }) => (native.dir.clone(), *trust),
-            Some(Slot::LoadFailed { dir, trust, .. }) => (dir.clone(), *trust),
-            Some(Slot::Loading { .. }) | None => return Err(CapsuleError::NotLoaded(name.clone())),
-        };
-        self.unload(name).await?;
-        self.load(&dir, trust).await
-    }
-
     /// The loaded capsule called `name`.
     pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         match self.read_slots().get(name) {
@@ -570,14 +543,6 @@ impl Registry {
     /// What the registry knows about `name`.
     pub fn info(&self, name: &CapsuleId) -> Option<CapsuleInfo> {
         self.list().into_iter().find(|i| &i.name == name)
-    }
-
-    /// Unloads every capsule.
-    pub async fn shutdown(&self) {
-        let names: Vec<CapsuleId> = self.read_slots().keys().cloned().collect();
-        for name in names {
-            let _ = self.unload(&name).await;
-        }
     }
 }
 
@@ -704,7 +669,6 @@ struct LoadingGuard<'a> {
     registry: &'a Registry,
     name: Option<CapsuleId>,
     dir: PathBuf,
-    trust: Trust,
 }
 
 impl LoadingGuard<'_> {
@@ -724,7 +688,6 @@ impl Drop for LoadingGuard<'_> {
                 name,
                 Slot::LoadFailed {
                     dir: self.dir.clone(),
-                    trust: self.trust,
                     reason: "the load was cancelled".into(),
                 },
             );

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{CapsuleEngine, HostServices, Manifest, Registry, discover, load_order};
+use capsid_capsule::{CapsuleEngine, HostServices, Registry};
 use capsid_core::{CapsidHome, CapsuleId, Principal, SessionId};
 use capsid_crypto::KeyPair;
 use capsid_events::EventBus;
+use capsid_manifest::{Manifest, discover, load_order};
 use capsid_storage::{Durability, IdentityStore, KvStore, SurrealKvStore};
 use capsid_vfs::OverlayVfs;
 
@@ -368,10 +369,10 @@ async fn load_capsules(kernel: &Kernel) -> Result<BootReport, KernelError> {
             Ok(order) => break order,
             Err(e) => {
                 let culprits: Vec<CapsuleId> = match &e {
-                    capsid_capsule::DependencyError::Missing { capsule, .. } => {
+                    capsid_manifest::DependencyError::Missing { capsule, .. } => {
                         vec![capsule.clone()]
                     }
-                    capsid_capsule::DependencyError::Cycle { cycle } => cycle.clone(),
+                    capsid_manifest::DependencyError::Cycle { cycle } => cycle.clone(),
                 };
                 tracing::error!(error = %e, "capsules not loaded");
                 for c in &culprits {

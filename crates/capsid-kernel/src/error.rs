@@ -39,10 +39,10 @@ pub enum KernelError {
     Capsule(#[from] capsid_capsule::CapsuleError),
     /// A capsule manifest is invalid.
     #[error(transparent)]
-    Manifest(#[from] capsid_capsule::ManifestError),
+    Manifest(#[from] capsid_manifest::ManifestError),
     /// The capsules' `requires` cannot be ordered.
     #[error(transparent)]
-    Dependencies(#[from] capsid_capsule::DependencyError),
+    Dependencies(#[from] capsid_manifest::DependencyError),
     /// An event could not be published.
     #[error(transparent)]
     Event(#[from] capsid_events::EventError),

@@ -6,8 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use capsid_audit::action;
-use capsid_capsule::{CapsuleInfo, Component, MANIFEST_FILE, Manifest};
+use capsid_capsule::CapsuleInfo;
 use capsid_core::CapsuleId;
+use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
@@ -21,7 +22,7 @@ pub enum InstallError {
         /// The directory being installed.
         dir: PathBuf,
         /// What is wrong with it.
-        source: capsid_capsule::ManifestError,
+        source: capsid_manifest::ManifestError,
     },
     /// The component the manifest names is not a regular file in the directory.
     #[error("installing {}: its component {} is missing (or not a regular file)", dir.display(), component.display())]

@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{CapsuleError, CapsuleInfo, MANIFEST_FILE, Registry, Restart, RestartCause};
+use capsid_capsule::{CapsuleError, CapsuleInfo, Registry, Restart, RestartCause};
 use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
 use capsid_core::{CapsidHome, CapsuleId, Principal};
 use capsid_events::{Delivery, EventBus};
+use capsid_manifest::MANIFEST_FILE;
 use capsid_storage::{IdentityStore, KvStore};
 use capsid_vfs::OverlayVfs;
 use serde::Serialize;

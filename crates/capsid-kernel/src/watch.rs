@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use capsid_capsule::{Component, MANIFEST_FILE, Manifest, RestartCause};
+use capsid_capsule::RestartCause;
 use capsid_core::CapsuleId;
 use capsid_core::limits::HOT_RELOAD_DEBOUNCE;
+use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 use notify::{RecursiveMode, Watcher};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;

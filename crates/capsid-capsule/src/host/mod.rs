@@ -149,7 +149,7 @@ pub(crate) struct CapsuleContext {
     pub log: CapsuleLog,
     pub started: Instant,
     /// Whether its programs must run in the OS sandbox.
-    pub process_sandbox: crate::manifest::SandboxPolicy,
+    pub process_sandbox: capsid_manifest::SandboxPolicy,
     /// Whether its manifest asks for the network (`uplink`); granted or not is checked at
     /// each spawn.
     pub uplink: bool,

@@ -23,7 +23,7 @@ use crate::bindings::capsid::host::process::{
     PersistentOptions, ProcessError as WitProcessError, ProcessStatus, SignalKind, SpawnOptions,
 };
 use crate::grants::{exec_resource, network_resource};
-use crate::manifest::SandboxPolicy;
+use capsid_manifest::SandboxPolicy;
 
 use super::{CapsuleContext, HostState};
 

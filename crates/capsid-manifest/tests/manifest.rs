@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use capsid_capsule::{Component, DependencyError, Manifest, discover, load_order};
+use capsid_manifest::{Component, DependencyError, Manifest, discover, load_order};
 
 const FULL: &str = r#"
 [package]
@@ -49,7 +49,7 @@ default = "notes"
 secret = true
 "#;
 
-fn parse(text: &str) -> Result<Manifest, capsid_capsule::ManifestError> {
+fn parse(text: &str) -> Result<Manifest, capsid_manifest::ManifestError> {
     Manifest::parse(Path::new("caps/notes/Capsule.toml"), text)
 }
 
