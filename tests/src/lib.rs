@@ -181,6 +181,7 @@ impl Runtime {
                 workspace: workspace.clone(),
                 bus: bus.clone(),
                 principal,
+                sandbox_identity: capsid_process::SandboxIdentity::default(),
             },
         )
         .expect("registry");

@@ -381,3 +381,71 @@ async fn children_reach_the_network_only_when_uplink_is_granted() {
             .any(|e| e.action == "process.network" && e.decision == "deny")
     );
 }
+
+/// Runs the sandbox probe under `bwrap` as `identity`; its lines.
+async fn probe_sandbox(identity: capsid_process::SandboxIdentity) -> Vec<String> {
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = capsid_process::SpawnSpec::new(env!("CARGO_BIN_EXE_sandbox-probe"), ws.path());
+    spec.sandbox = capsid_process::Sandbox::Required { network: false };
+    spec.sandbox_identity = identity;
+    let child = capsid_process::Child::spawn(&spec).await.unwrap();
+    let (info, out, err) = child.wait_with_output().await;
+    assert!(info.unwrap().success(), "{}", String::from_utf8_lossy(&err));
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_child_has_no_privilege_and_the_filter_refuses_the_escape_calls() {
+    let lines = probe_sandbox(capsid_process::SandboxIdentity::default()).await;
+    let field = |key: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{key}: ")))
+            .unwrap_or_else(|| panic!("no {key} in {lines:?}"))
+            .to_owned()
+    };
+    assert_eq!(field("Uid"), "65534 65534 65534 65534", "nobody, not root");
+    assert_eq!(field("Gid"), "65534 65534 65534 65534");
+    for caps in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "a seccomp filter is loaded");
+    let calls: Vec<(&str, i32, bool)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("call "))
+        .map(|l| {
+            let mut words = l.split(' ');
+            let name = words.next().unwrap();
+            let errno = words.next().unwrap().parse().unwrap();
+            (name, errno, words.next() == Some("privileged"))
+        })
+        .collect();
+    assert_eq!(calls.len(), 16, "{lines:?}");
+    for (name, errno, privileged) in calls {
+        if privileged {
+            assert_ne!(errno, 0, "{name} succeeded in the sandbox");
+        } else {
+            // Without the filter these fail otherwise (or succeed): EPERM is the filter's.
+            assert_eq!(errno, libc::EPERM, "{name} was not refused by the filter");
+        }
+    }
+    // The identity is the operator's to choose.
+    let lines = probe_sandbox(capsid_process::SandboxIdentity {
+        uid: 4242,
+        gid: 4343,
+    })
+    .await;
+    assert!(
+        lines.contains(&"Uid: 4242 4242 4242 4242".to_owned()),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"Gid: 4343 4343 4343 4343".to_owned()),
+        "{lines:?}"
+    );
+}

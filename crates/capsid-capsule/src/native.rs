@@ -106,6 +106,7 @@ impl NativeCapsule {
                 .await
                 .is_ok();
         spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox, network);
+        spec.sandbox_identity = services.sandbox_identity;
         // The same ceilings a capsule's own children get: open files, and (where the host can
         // enforce it) tasks.
         spec.limits.open_files = Some(NATIVE_OPEN_FILES);

@@ -259,6 +259,13 @@ pub const MAX_CAPSULE_CHILD_PIDS: u64 = 256;
 /// How long starting a persistent process waits for it to take its initial stdin.
 pub const PERSISTENT_STDIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// The uid a sandboxed child runs as inside its namespace (`nobody`) unless the operator
+/// configures another (`[sandbox] uid` in `config.toml`).
+pub const SANDBOX_DEFAULT_UID: u32 = 65534;
+
+/// The gid a sandboxed child runs as inside its namespace (`nogroup`) unless configured.
+pub const SANDBOX_DEFAULT_GID: u32 = 65534;
+
 /// The system directories a sandboxed child sees, read-only (symlinks among them, as on a
 /// merged-/usr system, are recreated as symlinks).
 pub const SANDBOX_SYSTEM_DIRS: &[&str] = &["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64"];

@@ -37,6 +37,33 @@ pub struct KernelBuilder {
     bus: Option<EventBus>,
 }
 
+/// The home (laid out), its config (validated) and the workspace (created), each from the
+/// builder if given, else from the home.
+fn settle(
+    home: Option<PathBuf>,
+    config: Option<KernelConfig>,
+    workspace: Option<PathBuf>,
+) -> Result<(CapsidHome, KernelConfig, PathBuf), KernelError> {
+    let home = match home {
+        Some(root) => CapsidHome::at(root),
+        None => CapsidHome::resolve()?,
+    };
+    home.ensure_layout()?;
+    let config = match config {
+        Some(c) => c,
+        None => KernelConfig::load(&home.config_path())?,
+    };
+    config.validate().map_err(|message| KernelError::Config {
+        path: home.config_path(),
+        message,
+    })?;
+    let workspace = workspace
+        .or_else(|| config.workspace.clone())
+        .unwrap_or_else(|| home.root().join("workspace"));
+    std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+    Ok((home, config, workspace))
+}
+
 impl KernelBuilder {
     /// The event bus (default: a new one). Giving one lets the embedding program subscribe
     /// before boot, to the `capsules.loaded` event for one.
@@ -70,24 +97,7 @@ impl KernelBuilder {
     /// Boots. Must run inside a multi-threaded tokio runtime.
     pub async fn build(self) -> Result<Kernel, KernelError> {
         let started = Instant::now();
-        let home = match self.home {
-            Some(root) => CapsidHome::at(root),
-            None => CapsidHome::resolve()?,
-        };
-        home.ensure_layout()?;
-        let config = match self.config {
-            Some(c) => c,
-            None => KernelConfig::load(&home.config_path())?,
-        };
-        config.validate().map_err(|message| KernelError::Config {
-            path: home.config_path(),
-            message,
-        })?;
-        let workspace = self
-            .workspace
-            .or_else(|| config.workspace.clone())
-            .unwrap_or_else(|| home.root().join("workspace"));
-        std::fs::create_dir_all(&workspace).map_err(io(&workspace))?;
+        let (home, config, workspace) = settle(self.home, self.config, self.workspace)?;
         let key = {
             let dir = home.keys_dir();
             blocking(move || capsid_crypto::load_or_generate_runtime_key(&dir)).await??
@@ -133,6 +143,10 @@ impl KernelBuilder {
             workspace: workspace.clone(),
             bus: bus.clone(),
             principal,
+            sandbox_identity: capsid_process::SandboxIdentity {
+                uid: config.sandbox.uid,
+                gid: config.sandbox.gid,
+            },
         };
         let registry = Registry::new(engine, services)?;
         apply_operator_env(&registry, &config);

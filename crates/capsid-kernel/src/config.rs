@@ -99,6 +99,27 @@ pub struct KernelConfig {
     pub hot_reload: bool,
     /// Per-capsule settings, by capsule name.
     pub capsules: BTreeMap<String, CapsuleConfig>,
+    /// The OS sandbox capsules' programs run in.
+    pub sandbox: SandboxConfig,
+}
+
+/// The OS sandbox (`[sandbox]`): who a sandboxed program is inside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Its uid inside the sandbox (default `nobody`, 65534). Never 0: root is refused.
+    pub uid: u32,
+    /// Its gid inside the sandbox (default `nogroup`, 65534). Never 0.
+    pub gid: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            uid: capsid_core::limits::SANDBOX_DEFAULT_UID,
+            gid: capsid_core::limits::SANDBOX_DEFAULT_GID,
+        }
+    }
 }
 
 impl Default for KernelConfig {
@@ -112,6 +133,7 @@ impl Default for KernelConfig {
             idle_timeout_ms: None,
             hot_reload: true,
             capsules: BTreeMap::new(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -155,6 +177,11 @@ impl KernelConfig {
             .find(|n| capsid_core::CapsuleId::new(n.as_str()).is_err())
         {
             return Err(format!("[capsules.{bad}]: not a capsule name"));
+        }
+        if self.sandbox.uid == 0 || self.sandbox.gid == 0 {
+            return Err(
+                "[sandbox]: uid and gid must not be 0 (a sandboxed program is never root)".into(),
+            );
         }
         if self.boot_timeout_ms == 0 {
             return Err("boot_timeout_ms must be at least 1".into());

@@ -29,7 +29,7 @@ mod operator;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
-pub use config::{CapsuleConfig, HealthConfig, KernelConfig, TamperPolicy};
+pub use config::{CapsuleConfig, HealthConfig, KernelConfig, SandboxConfig, TamperPolicy};
 pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};

@@ -269,20 +269,21 @@ impl Child {
     /// pumped into two rings. Returns once the child is running.
     pub async fn spawn(spec: &SpawnSpec) -> Result<Self, ProcessError> {
         let checked = spec.check()?;
-        let argv = sandbox::command(spec, &checked)?;
+        let launch = sandbox::command(spec, &checked)?;
         let spawn_error = |source| ProcessError::Spawn {
             program: spec.program.clone(),
             source,
         };
         let plan = ExecPlan::new(
-            &argv,
+            &launch.argv,
             &checked.env,
             &checked.cwd,
             spec.stdin,
             spec.limits,
             std::process::id(),
         )
-        .map_err(spawn_error)?;
+        .map_err(spawn_error)?
+        .inherit(launch.seccomp);
         let cgroup = child_cgroup(spec.limits.pids)?.map(Arc::new);
         let started = Instant::now();
         let child = start(plan, cgroup.clone()).await.map_err(spawn_error)?;

@@ -67,6 +67,8 @@ pub(crate) struct ExecPlan {
     stdin: bool,
     limits: ResourceLimits,
     host_pid: libc::pid_t,
+    /// A descriptor the child gets as `sandbox::SECCOMP_FD` (the rest stay close-on-exec).
+    inherit: Option<OwnedFd>,
 }
 
 fn c_string(s: &OsStr) -> io::Result<CString> {
@@ -114,7 +116,14 @@ impl ExecPlan {
             limits,
             host_pid: libc::pid_t::try_from(host_pid)
                 .map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?,
+            inherit: None,
         })
+    }
+
+    /// Hands `fd` to the child as descriptor `sandbox::SECCOMP_FD`.
+    pub(crate) fn inherit(mut self, fd: Option<OwnedFd>) -> Self {
+        self.inherit = fd;
+        self
     }
 }
 
@@ -141,6 +150,8 @@ struct ChildArgs {
     envp: *const *const c_char,
     cwd: *const c_char,
     stdio: [RawFd; 3],
+    /// Given to the child as `sandbox::SECCOMP_FD`, or -1.
+    inherit: RawFd,
     cgroup_procs: RawFd,
     limits: [Option<Limit>; 3],
     host_pid: libc::pid_t,
@@ -174,6 +185,17 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     }
 }
 
+/// A close-on-exec duplicate of `fd` numbered above `floor` (`F_DUPFD_CLOEXEC`).
+fn above(fd: &OwnedFd, floor: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a live descriptor has no memory effects.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor + 1) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a descriptor fcntl just made, owned by nothing else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(new) })
+}
+
 /// Starts `plan`. With `cgroup_procs`, the child enters that cgroup (writing `0` to its
 /// `cgroup.procs`) before anything else can run in it. Must be called from the thread whose
 /// exit the child should die with (`PR_SET_PDEATHSIG` follows the thread that made it).
@@ -184,6 +206,13 @@ pub(crate) fn spawn(
 ) -> io::Result<Spawned> {
     let (stdout_r, stdout_w) = pipe()?;
     let (stderr_r, stderr_w) = pipe()?;
+    // Above the standard descriptors and the one it becomes, so no dup2 before its own
+    // overwrites it.
+    let inherit = plan
+        .inherit
+        .as_ref()
+        .map(|fd| above(fd, crate::sandbox::SECCOMP_FD))
+        .transpose()?;
     let (in_r, in_w) = if plan.stdin {
         let (r, w) = pipe()?;
         (r, Some(w))
@@ -209,6 +238,7 @@ pub(crate) fn spawn(
         envp: envp.as_ptr(),
         cwd: plan.cwd.as_ptr(),
         stdio: [in_r.as_raw_fd(), stdout_w.as_raw_fd(), stderr_w.as_raw_fd()],
+        inherit: inherit.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         cgroup_procs: cgroup_procs.unwrap_or(-1),
         limits: [
             limit(libc::RLIMIT_AS, plan.limits.memory_bytes, 0),
@@ -263,7 +293,7 @@ pub(crate) fn spawn(
         let _ = crate::sys::wait4(pid);
         return Err(io::Error::from_raw_os_error(failed));
     }
-    drop((in_r, stdout_w, stderr_w));
+    drop((in_r, stdout_w, stderr_w, inherit));
     Ok(Spawned {
         pid,
         stdin: in_w,
@@ -301,8 +331,12 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     unsafe {
         let (program, argv, envp, cwd) =
             ((*block).program, (*block).argv, (*block).envp, (*block).cwd);
-        let (stdio, cgroup_procs, limits) =
-            ((*block).stdio, (*block).cgroup_procs, (*block).limits);
+        let (stdio, inherit, cgroup_procs, limits) = (
+            (*block).stdio,
+            (*block).inherit,
+            (*block).cgroup_procs,
+            (*block).limits,
+        );
         // Into its cgroup first: before anything could fork, and before the dup2s below,
         // which could reuse the descriptor's number if the host had a standard one closed.
         if cgroup_procs >= 0 && libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
@@ -334,6 +368,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             if libc::dup2(fd, target) != target {
                 fail(block, errno());
             }
+        }
+        // Its source is above it (`above`), so nothing copied before was overwritten, and
+        // the copy is not close-on-exec.
+        if inherit >= 0 && libc::dup2(inherit, crate::sandbox::SECCOMP_FD) < 0 {
+            fail(block, errno());
         }
         if libc::setpgid(0, 0) != 0 {
             fail(block, errno());

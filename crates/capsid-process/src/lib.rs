@@ -38,6 +38,7 @@ mod orphans;
 mod procfs;
 mod ring;
 mod sandbox;
+mod seccomp;
 mod spec;
 mod supervisor;
 mod sys;
@@ -49,7 +50,7 @@ pub use nix::sys::signal::Signal;
 pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
-pub use spec::{ResourceLimits, RingPolicy, Sandbox, SpawnSpec, resolve_program};
+pub use spec::{ResourceLimits, RingPolicy, Sandbox, SandboxIdentity, SpawnSpec, resolve_program};
 pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, StartGate, Supervisor};
 pub use table::{
     Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,

@@ -6,6 +6,11 @@
 //! the system directories is mounted alone. All namespaces are unshared (network too, unless
 //! the spawn allows it); the sandboxed program stays in the process group capsid signals and
 //! dies with `bwrap`, which dies with the host.
+//!
+//! Least privilege inside: the child is an unprivileged uid and gid of its own user namespace
+//! (`SandboxIdentity`, `nobody` by default) with every capability dropped, `no_new_privs`
+//! set, nested user namespaces disabled (and `bwrap` asked to assert it), and the seccomp
+//! filter of `seccomp.rs` loaded.
 
 use std::path::Path;
 
@@ -27,9 +32,33 @@ fn find_bwrap(search: &[&str]) -> Option<std::path::PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The command that starts `spec`: the program itself, or `bwrap` around it.
-pub(crate) fn command(spec: &SpawnSpec, checked: &Checked) -> Result<Argv, ProcessError> {
-    command_with(spec, checked, PROCESS_SEARCH_PATH)
+/// The descriptor number `bwrap` reads the seccomp filter from: the child's first one past
+/// its standard three (`exec.rs` puts it there).
+pub(crate) const SECCOMP_FD: i32 = 3;
+
+/// How a child is started: the command, and the descriptor it must inherit as
+/// [`SECCOMP_FD`] (the sandbox's filter), if any.
+#[derive(Debug)]
+pub(crate) struct Launch {
+    pub argv: Argv,
+    pub seccomp: Option<std::os::fd::OwnedFd>,
+}
+
+/// How `spec` is started: the program itself, or `bwrap` around it with its filter.
+pub(crate) fn command(spec: &SpawnSpec, checked: &Checked) -> Result<Launch, ProcessError> {
+    let argv = command_with(spec, checked, PROCESS_SEARCH_PATH)?;
+    let sandboxed = argv.program != checked.program;
+    let seccomp = if sandboxed {
+        Some(
+            crate::seccomp::filter_fd().map_err(|source| ProcessError::Spawn {
+                program: spec.program.clone(),
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(Launch { argv, seccomp })
 }
 
 fn command_with(
@@ -72,7 +101,21 @@ fn command_with(
         .args(["--remount-ro", "/"])
         // No `--new-session`: the program stays in the process group capsid signals (it has
         // no terminal to protect), so TERM, STOP and CONT reach it, not only `bwrap`.
-        .args(["--unshare-all", "--die-with-parent"]);
+        .args(["--unshare-all", "--die-with-parent"])
+        // Least privilege: a user namespace of its own, in which it is an unprivileged uid
+        // with no capability and cannot make another; and the seccomp filter.
+        .args([
+            "--unshare-user",
+            "--disable-userns",
+            "--assert-userns-disabled",
+        ])
+        .args(["--cap-drop", "ALL"])
+        .arg("--uid")
+        .arg(spec.sandbox_identity.uid.to_string())
+        .arg("--gid")
+        .arg(spec.sandbox_identity.gid.to_string())
+        .arg("--seccomp")
+        .arg(SECCOMP_FD.to_string());
     if network {
         cmd.arg("--share-net");
     }

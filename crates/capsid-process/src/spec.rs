@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use capsid_core::limits::{
     DEFAULT_OUTPUT_RING_BYTES, MAX_OUTPUT_RING_BYTES, MAX_PROCESS_ARGS, MAX_PROCESS_ARGV_BYTES,
     MAX_PROCESS_ENV_BYTES, MAX_PROCESS_ENV_VARS, MIN_OUTPUT_RING_BYTES, PROCESS_DEFAULT_PATH,
-    PROCESS_ENV_ALLOW, PROCESS_HOME, PROCESS_SEARCH_PATH,
+    PROCESS_ENV_ALLOW, PROCESS_HOME, PROCESS_SEARCH_PATH, SANDBOX_DEFAULT_GID, SANDBOX_DEFAULT_UID,
 };
 
 use crate::error::ProcessError;
@@ -55,6 +55,25 @@ pub enum Sandbox {
     },
 }
 
+/// Who a sandboxed child is inside its user namespace: an unprivileged uid and gid (by
+/// default `nobody`/`nogroup`), never root, whatever the host runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxIdentity {
+    /// The uid.
+    pub uid: u32,
+    /// The gid.
+    pub gid: u32,
+}
+
+impl Default for SandboxIdentity {
+    fn default() -> Self {
+        Self {
+            uid: SANDBOX_DEFAULT_UID,
+            gid: SANDBOX_DEFAULT_GID,
+        }
+    }
+}
+
 /// A request to start a program.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpawnSpec {
@@ -79,6 +98,8 @@ pub struct SpawnSpec {
     pub ring_policy: RingPolicy,
     /// The OS sandbox.
     pub sandbox: Sandbox,
+    /// Who the child is inside the sandbox (ignored without one).
+    pub sandbox_identity: SandboxIdentity,
 }
 
 impl SpawnSpec {
@@ -96,6 +117,7 @@ impl SpawnSpec {
             ring_bytes: DEFAULT_OUTPUT_RING_BYTES,
             ring_policy: RingPolicy::DropOldest,
             sandbox: Sandbox::Off,
+            sandbox_identity: SandboxIdentity::default(),
         }
     }
 

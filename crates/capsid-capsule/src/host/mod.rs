@@ -57,6 +57,8 @@ pub struct HostServices {
     pub bus: EventBus,
     /// The principal capsules act for.
     pub principal: Principal,
+    /// Who sandboxed programs are inside their sandbox (`[sandbox]` in `config.toml`).
+    pub sandbox_identity: capsid_process::SandboxIdentity,
 }
 
 impl std::fmt::Debug for HostServices {

@@ -156,6 +156,7 @@ impl CapsuleContext {
                 .await
                 .is_ok();
         spec.sandbox = sandbox_for(sandbox, network);
+        spec.sandbox_identity = self.services.sandbox_identity;
         Ok(spec)
     }
 
