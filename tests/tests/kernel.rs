@@ -439,7 +439,11 @@ async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
         kernel.registry().info(&id("hello")).is_none()
     })
     .await;
-    assert!(actions(&kernel).contains(&"capsule.idle-unload".to_owned()));
+    // Recorded once the unload is done.
+    until("the idle unload is recorded", || {
+        actions(&kernel).contains(&"capsule.idle-unload".to_owned())
+    })
+    .await;
     let out = kernel
         .call_tool(&id("hello"), "greet", r#"{"name":"b"}"#)
         .await

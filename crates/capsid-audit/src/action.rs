@@ -47,6 +47,12 @@ pub const CAPSULE_FAILED: &str = "capsule.failed";
 /// The health monitor gave up reloading a failed capsule.
 pub const HEALTH_GAVE_UP: &str = "health.gave-up";
 
+/// A tool call, recorded before it runs (door, client, blake3 of the input); for a
+/// principal other than the operator, the capability decision itself.
+pub const TOOL_CALL: &str = "tool.call";
+/// How a tool call ended (outcome, duration), recorded after it.
+pub const TOOL_RESULT: &str = "tool.result";
+
 /// The operator published an event.
 pub const EVENT_PUBLISH: &str = "event.publish";
 /// A capsule published an event.

@@ -3,9 +3,9 @@
 //!
 //! Both are `scheme://authority[/segment]*`. Parsing is strict and nothing is ever decoded:
 //! a segment must be non-empty, not `.` or `..`, and free of NUL, control characters, `%` and
-//! `\`. In patterns, `*` inside a segment matches any run of characters within that segment,
-//! and a segment that is exactly `**` matches any number of whole segments, including none.
-//! Resources may not contain `*`.
+//! `\`. In patterns, `*` inside a segment (or the authority) matches any run of characters
+//! within it, and a segment that is exactly `**` matches any number of whole segments,
+//! including none. Resources may not contain `*`.
 
 use std::fmt;
 
@@ -15,7 +15,7 @@ use capsid_core::limits::{MAX_RESOURCE_BYTES, MAX_RESOURCE_SEGMENTS, MAX_SEGMENT
 use crate::error::{ParseError, show};
 
 /// Schemes capsid knows.
-const SCHEMES: &[&str] = &["fs", "process", "ipc", "kv"];
+const SCHEMES: &[&str] = &["fs", "process", "ipc", "kv", "tool"];
 
 /// A concrete resource a capsule asks to act on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +49,8 @@ struct Parts<'a> {
 }
 
 fn split<'a>(what: &'static str, input: &'a str) -> Result<Parts<'a>, ParseError> {
+    // Only a pattern's authority may glob (`tool://*/*`); `**` never spans it.
+    let glob = what == "pattern";
     let err = |reason| ParseError {
         what,
         shown: show(input),
@@ -61,18 +63,23 @@ fn split<'a>(what: &'static str, input: &'a str) -> Result<Parts<'a>, ParseError
         .split_once("://")
         .ok_or_else(|| err("expected scheme://authority/path"))?;
     if !SCHEMES.contains(&scheme) {
-        return Err(err("unknown scheme (fs, process, ipc, kv)"));
+        return Err(err("unknown scheme (fs, process, ipc, kv, tool)"));
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
         None => (rest, None),
     };
     if authority.is_empty()
-        || !authority
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || authority.contains("**")
+        || !authority.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (glob && b == b'*')
+        })
     {
-        return Err(err("authority must be lowercase letters, digits and '-'"));
+        return Err(err(if glob {
+            "authority must be lowercase letters, digits, '-' and single '*'"
+        } else {
+            "authority must be lowercase letters, digits and '-'"
+        }));
     }
     let segments: Vec<&str> = path.map(|p| p.split('/').collect()).unwrap_or_default();
     if segments.len() > MAX_RESOURCE_SEGMENTS {
@@ -173,7 +180,7 @@ impl Pattern {
     /// Whether `resource` is one of the resources this pattern grants.
     pub fn matches(&self, resource: &Resource) -> bool {
         self.scheme == resource.scheme
-            && self.authority == resource.authority
+            && glob_bytes(self.authority.as_bytes(), resource.authority.as_bytes())
             && wildcard(
                 &self.segments,
                 &resource.segments,
@@ -206,6 +213,18 @@ mod tests {
         Pattern::parse(p)
             .unwrap()
             .matches(&Resource::parse(r).unwrap())
+    }
+
+    #[test]
+    fn a_tool_pattern_may_glob_its_capsule_but_a_resource_may_not() {
+        assert!(m("tool://*/*", "tool://counter/get"));
+        assert!(m("tool://counter/*", "tool://counter/get"));
+        assert!(!m("tool://counter/*", "tool://hello/greet"));
+        assert!(m("tool://count*/get", "tool://counter/get"));
+        assert!(!m("tool://*/get", "tool://counter/increment"));
+        assert!(Resource::parse("tool://*/get").is_err());
+        assert!(Pattern::parse("tool://**/get").is_err());
+        assert!(Pattern::parse("tool://Counter/get").is_err());
     }
 
     #[test]

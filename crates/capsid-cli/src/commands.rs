@@ -8,10 +8,10 @@ use capsid_core::CapsuleId;
 use capsid_protocol::methods::{
     AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleInstall, CapsuleList,
     CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow,
-    CapsuleUnload, CapsuleView, EventPublish, ExportParams, GrantParams, IdentityList,
-    InstallParams, LogLine, LogParams, OutputStream, ProcessList, ProcessLogParams,
+    CapsuleUnload, CapsuleView, EventPublish, ExportParams, GrantListParams, GrantParams,
+    IdentityList, InstallParams, LogLine, LogParams, OutputStream, ProcessList, ProcessLogParams,
     ProcessLogsFollow, ProcessView, PublishParams, RevokeParams, Status, StatusResult, TailParams,
-    ToolCall, ToolCallParams, ToolOutput,
+    ToolCall, ToolCallParams, ToolList, ToolListParams, ToolOutput, Via,
 };
 use capsid_protocol::{Client, Method};
 use serde_json::Value;
@@ -28,7 +28,21 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
             capsule,
             tool,
             input,
-        } => call(client, &capsule, tool, &input, as_json).await,
+            as_user,
+        } => call(client, &capsule, tool, &input, as_user, as_json).await,
+        Command::Tools { as_user } => {
+            let tools = client.call::<ToolList>(&ToolListParams { as_user }).await?;
+            if as_json {
+                output::json(&tools);
+            } else {
+                let rows: Vec<_> = tools
+                    .iter()
+                    .map(|t| vec![format!("{}.{}", t.capsule, t.tool), t.description.clone()])
+                    .collect();
+                output::table(&["tool", "description"], &rows);
+            }
+            Ok(())
+        }
         Command::Publish { topic, payload } => {
             // JSON if it parses, else the text.
             let payload = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
@@ -155,12 +169,16 @@ async fn call(
     capsule: &str,
     tool: String,
     input: &str,
+    as_user: Option<String>,
     as_json: bool,
 ) -> Result<()> {
     let params = ToolCallParams {
         capsule: capsule_id(capsule)?,
         tool,
         input: read_input(input)?,
+        as_user,
+        client: None,
+        via: Via::Daemon,
     };
     let answer = client.call::<ToolCall>(&params).await?;
     match answer {
@@ -474,6 +492,7 @@ async fn cap(client: &mut Client, c: CapCommand, as_json: bool) -> Result<()> {
             pattern,
             permissions,
             capsule,
+            user,
         } => {
             let capsule = capsule.as_deref().map(capsule_id).transpose()?;
             let r = client
@@ -481,6 +500,7 @@ async fn cap(client: &mut Client, c: CapCommand, as_json: bool) -> Result<()> {
                     pattern,
                     permissions,
                     capsule,
+                    user,
                 })
                 .await?;
             println!("granted {}", r.id);
@@ -491,8 +511,8 @@ async fn cap(client: &mut Client, c: CapCommand, as_json: bool) -> Result<()> {
                 .await?;
             println!("revoked {id}");
         }
-        CapCommand::Ls => {
-            let list = client.ask::<CapList>().await?;
+        CapCommand::Ls { user } => {
+            let list = client.call::<CapList>(&GrantListParams { user }).await?;
             if as_json {
                 output::json(&list);
             } else {

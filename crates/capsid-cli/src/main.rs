@@ -64,6 +64,15 @@ pub(crate) enum Command {
         /// JSON input, or @file to read it from a file.
         #[arg(long, default_value = "{}")]
         input: String,
+        /// Call as this user (who must hold `tool://<capsule>/<tool>`), not as the operator.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
+    },
+    /// The tools of ready capsules (those a user may call, with --as).
+    Tools {
+        /// List what this user may call.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: Option<String>,
     },
     /// Publish an event (the payload is JSON if it parses, else text).
     Publish {
@@ -158,6 +167,9 @@ pub(crate) enum CapCommand {
         /// Only for this capsule.
         #[arg(long)]
         capsule: Option<String>,
+        /// To this user (default: the local user), e.g. `mcp`.
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Revoke a capability by id.
     Revoke {
@@ -165,7 +177,11 @@ pub(crate) enum CapCommand {
         id: String,
     },
     /// List capabilities.
-    Ls,
+    Ls {
+        /// Whose (default: the local user's).
+        #[arg(long)]
+        user: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {

@@ -14,7 +14,7 @@ use capsid_core::limits::{DAEMON_PROTOCOL_VERSION, MAX_TOOL_INPUT_BYTES};
 use capsid_integration_tests::{PrivateHome, capsules_dir, log_files, tamper_leaving_wal};
 use capsid_protocol::methods::{
     AuditTail, CapsuleLoad, CapsuleParams, CapsuleShow, ProcessList, Status, TailParams, ToolCall,
-    ToolCallParams, ToolOutput,
+    ToolCallParams, ToolOutput, Via,
 };
 use capsid_protocol::{Client, ErrorCode, Hello, Method, NoParams, Request};
 use serde_json::{Value, json};
@@ -179,6 +179,19 @@ fn audit_caps_and_identity(home: &Home) {
     assert_eq!(who["links"][0]["platform"], "cli");
 }
 
+/// Under dev trust the MCP user may call every tool out of the box.
+fn mcp_may_call_every_tool_under_dev_trust(home: &Home) {
+    let mcp_tools = home.json(&["tools", "--as", "mcp"]);
+    assert!(
+        mcp_tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["capsule"] == "hello" && t["tool"] == "greet"),
+        "{mcp_tools}"
+    );
+}
+
 #[test]
 fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
     let home = Home::new();
@@ -209,6 +222,7 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
         home.ok(&["capsule", "ls"]).starts_with("NAME"),
         "a human table"
     );
+    mcp_may_call_every_tool_under_dev_trust(&home);
     let show = home.json(&["capsule", "show", "hello"]);
     assert!(show["tools"].as_array().unwrap().contains(&json!("greet")));
 
@@ -736,6 +750,9 @@ async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
         capsule: hello.clone(),
         tool: tool.into(),
         input,
+        as_user: None,
+        client: None,
+        via: Via::Daemon,
     };
 
     let greeted = client
@@ -791,5 +808,127 @@ async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
     frame(&mut s, alias.to_string().as_bytes()).await;
     let answer = next(&mut s).await.unwrap();
     assert_eq!(answer["error"]["code"], "invalid-params", "{answer}");
+    home.ok(&["stop"]);
+}
+
+/// The denied call, the granted MCP call and the operator's, each recorded before and after.
+fn tool_calls_are_recorded_before_and_after(home: &Home) {
+    let tail = home.json(&["audit", "tail", "-n", "50"]);
+    let entries: Vec<&Value> = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"] == "tool://hello/greet")
+        .collect();
+    let steps: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("tool.call", "deny"),
+            ("tool.call", "allow"),
+            ("tool.result", "info"),
+            ("tool.call", "info"),
+            ("tool.result", "info"),
+        ],
+        "the denied call, the granted MCP call and the operator's, each before and after"
+    );
+    let mcp_call: Value = serde_json::from_str(entries[1]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(mcp_call["door"], "mcp");
+    assert_eq!(mcp_call["client"], "test-agent");
+    assert_eq!(mcp_call["input_blake3"].as_str().unwrap().len(), 64);
+    let op_call: Value = serde_json::from_str(entries[3]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(op_call["door"], "daemon");
+    let result: Value = serde_json::from_str(entries[4]["details"].as_str().unwrap()).unwrap();
+    assert_eq!(result["outcome"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_calls_only_the_tools_granted_and_every_call_is_recorded_whichever_door() {
+    let home = Home::new();
+    // Not dev: the `mcp` user holds nothing until the operator grants it.
+    home.ok(&["start"]);
+    home.ok(&[
+        "capsule",
+        "install",
+        capsules_dir().join("hello").to_str().unwrap(),
+    ]);
+    let names = |tools: Value| -> Vec<String> {
+        tools
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                format!(
+                    "{}.{}",
+                    t["capsule"].as_str().unwrap(),
+                    t["tool"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert!(names(home.json(&["tools"])).contains(&"hello.greet".to_owned()));
+    assert!(names(home.json(&["tools", "--as", "mcp"])).is_empty());
+
+    let mut client = Client::connect(&CapsidHome::at(&home.path), String::new())
+        .await
+        .unwrap();
+    let as_mcp = |capsule: &str, tool: &str| ToolCallParams {
+        capsule: capsid_core::CapsuleId::new(capsule).unwrap(),
+        tool: tool.into(),
+        input: json!({ "name": "agent" }),
+        as_user: Some("mcp".into()),
+        client: Some("test-agent".into()),
+        via: Via::Mcp,
+    };
+    // Not granted and not there answer alike: no oracle for what is installed.
+    let denied = client
+        .call::<ToolCall>(&as_mcp("hello", "greet"))
+        .await
+        .unwrap_err();
+    let absent = client
+        .call::<ToolCall>(&as_mcp("nosuch", "greet"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Some(ErrorCode::UnknownTool));
+    assert_eq!(absent.code(), Some(ErrorCode::UnknownTool));
+    assert_eq!(
+        denied.to_string().replace("hello", "X"),
+        absent.to_string().replace("nosuch", "X"),
+        "the same answer, the names aside"
+    );
+    let nobody = ToolCallParams {
+        as_user: Some("nobody-at-all".into()),
+        ..as_mcp("hello", "greet")
+    };
+    assert_eq!(
+        client.call::<ToolCall>(&nobody).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+
+    home.ok(&["cap", "grant", "tool://hello/*", "exec", "--user", "mcp"]);
+    assert_eq!(
+        names(home.json(&["tools", "--as", "mcp"])),
+        ["hello.greet", "hello.whoami", "hello.echo"]
+    );
+    let greeted = client
+        .call::<ToolCall>(&as_mcp("hello", "greet"))
+        .await
+        .unwrap();
+    assert_eq!(
+        greeted,
+        ToolOutput::Json(json!({ "greeting": "Hello, agent!" }))
+    );
+    home.ok(&["call", "hello", "greet", "--input", r#"{"name":"op"}"#]);
+
+    tool_calls_are_recorded_before_and_after(&home);
+    assert!(home.ok(&["audit", "verify"]).contains("verified"));
     home.ok(&["stop"]);
 }

@@ -118,6 +118,7 @@ impl KernelBuilder {
         let identity = IdentityStore::new(kv.clone());
         let root = identity.bootstrap_local_root().await?;
         let principal = Principal::User(root.id);
+        let mcp_principal = Principal::User(identity.bootstrap_mcp_user().await?.id);
         let chain = ChainId::Session(SessionId::new());
         let system = |action: &str, decision, details: serde_json::Value| {
             Record::new(Principal::System, action, "kernel://boot", decision)
@@ -177,6 +178,7 @@ impl KernelBuilder {
             overlay,
             chain,
             principal,
+            mcp_principal,
         });
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)
@@ -194,6 +196,9 @@ async fn announce(
     let mut report = if kernel.audit().is_read_only() {
         BootReport::default()
     } else {
+        if kernel.config().dev {
+            kernel.grant_mcp_every_tool().await?;
+        }
         load_capsules(kernel).await?
     };
     report.audit_read_only = kernel.audit().is_read_only();

@@ -49,6 +49,12 @@ pub enum KernelError {
     /// Installing a capsule failed.
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
+    /// No user has that name.
+    #[error("no user is named {0:?} (see `capsid who`)")]
+    UnknownUser(String),
+    /// Several users have that name.
+    #[error("several users are named {0:?}; name one by its id")]
+    AmbiguousUser(String),
     /// A platform account is linked already.
     #[error("{platform}/{platform_user_id} is linked to a user already")]
     AlreadyLinked {

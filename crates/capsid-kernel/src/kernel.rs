@@ -90,6 +90,8 @@ pub(crate) struct KernelParts {
     pub overlay: Arc<OverlayVfs>,
     pub chain: ChainId,
     pub principal: Principal,
+    /// The user MCP sessions act as by default.
+    pub mcp_principal: Principal,
 }
 
 pub(crate) struct Inner {
@@ -166,7 +168,7 @@ impl Kernel {
             .extend(monitors);
     }
 
-    fn parts(&self) -> &KernelParts {
+    pub(crate) fn parts(&self) -> &KernelParts {
         &self.inner.parts
     }
 
@@ -225,12 +227,17 @@ impl Kernel {
         self.parts().principal
     }
 
+    /// The user MCP sessions act as by default (`mcp`, linked as `mcp`/`default`).
+    pub fn mcp_principal(&self) -> Principal {
+        self.parts().mcp_principal
+    }
+
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)
     }
 
-    fn open(&self) -> Result<(), KernelError> {
+    pub(crate) fn open(&self) -> Result<(), KernelError> {
         if self.is_closing() {
             Err(KernelError::ShuttingDown)
         } else {
@@ -405,8 +412,9 @@ impl Kernel {
         Ok(info)
     }
 
-    /// Runs `tool` of capsule `name` on JSON `input`.
-    pub async fn call_tool(
+    /// Runs `tool` of capsule `name` on JSON `input`, waking it if the idle monitor unloaded
+    /// it: the call itself, unchecked and unrecorded ([`Kernel::call_tool_as`] does both).
+    pub(crate) async fn run_tool(
         &self,
         name: &CapsuleId,
         tool: &str,

@@ -26,6 +26,7 @@ mod install;
 mod kernel;
 mod monitor;
 mod operator;
+mod tool;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
@@ -34,3 +35,4 @@ pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
+pub use tool::{Door, ToolCaller, ToolInfo, tool_resource};

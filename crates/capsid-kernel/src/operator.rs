@@ -4,32 +4,27 @@
 
 use capsid_audit::action;
 use capsid_capabilities::{CapabilityId, Permissions};
-use capsid_core::{CapsuleId, PrincipalId};
+use capsid_core::{CapsuleId, Principal, PrincipalId};
 use serde_json::json;
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 
 impl Kernel {
-    /// Grants the local user (through `capsule`, or any capsule) `permissions` on `pattern`.
+    /// Grants `to` (through `capsule`, or any capsule) `permissions` on `pattern`.
     pub async fn grant(
         &self,
+        to: Principal,
         capsule: Option<CapsuleId>,
         pattern: &str,
         permissions: Permissions,
     ) -> Result<CapabilityId, KernelError> {
         self.open_recording()?;
         let store = self.capabilities();
-        let cap = store.issue(
-            self.principal(),
-            capsule.clone(),
-            pattern,
-            permissions,
-            None,
-            false,
-        )?;
+        let cap = store.issue(to, capsule.clone(), pattern, permissions, None, false)?;
         let details = json!({
             "id": cap.id.to_string(),
+            "to": to.to_string(),
             "capsule": capsule.as_ref().map(CapsuleId::as_str),
             "permissions": permissions.to_string(),
         });
@@ -38,6 +33,25 @@ impl Kernel {
         })
         .await?;
         Ok(cap.id)
+    }
+
+    /// Under dev trust the MCP user may call every tool (`tool://*/*`), so an agent works out
+    /// of the box: granted (and recorded) once, kept across boots.
+    pub(crate) async fn grant_mcp_every_tool(&self) -> Result<(), KernelError> {
+        const EVERY_TOOL: &str = "tool://*/*";
+        let mcp = self.mcp_principal();
+        let held = self.capabilities().list(&mcp).await?.iter().any(|g| {
+            let c = &g.capability;
+            !g.revoked
+                && c.capsule.is_none()
+                && c.expires_at.is_none()
+                && c.pattern.as_str() == EVERY_TOOL
+                && c.permissions.contains(Permissions::EXEC)
+        });
+        if !held {
+            self.grant(mcp, None, EVERY_TOOL, Permissions::EXEC).await?;
+        }
+        Ok(())
     }
 
     /// Revokes capability `id`: checks that start after this returns ignore it.

@@ -20,6 +20,9 @@
 //!     capsule: capsid_core::CapsuleId::new("hello").expect("a valid capsule name"),
 //!     tool: "greet".into(),
 //!     input: serde_json::json!({ "name": "Ada" }),
+//!     as_user: None,
+//!     client: None,
+//!     via: capsid_protocol::methods::Via::Daemon,
 //! };
 //! let answer = client.call::<ToolCall>(&params).await?;
 //! # let _ = answer; Ok(()) }

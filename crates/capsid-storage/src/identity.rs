@@ -18,6 +18,8 @@ const LINK: u8 = b'l';
 
 /// Platform and platform user id of the local root user, bootstrapped on first start.
 pub const LOCAL_ROOT_LINK: (&str, &str) = ("cli", "local");
+/// Platform and platform user id of the user MCP sessions act as by default.
+pub const MCP_USER_LINK: (&str, &str) = ("mcp", "default");
 /// Longest platform name or platform user id, in bytes.
 const MAX_LINK_PART: usize = capsid_core::limits::MAX_LINK_PART_BYTES;
 
@@ -220,16 +222,27 @@ impl IdentityStore {
         }
     }
 
-    /// The local root user (`cli`/`local`), created on first call. Idempotent and safe when
-    /// called concurrently: exactly one user ends up linked.
+    /// The local root user (linked as `cli`/`local`), created on first start.
     pub async fn bootstrap_local_root(&self) -> Result<User, KvError> {
-        let (platform, id) = LOCAL_ROOT_LINK;
+        self.bootstrap_linked("root", LOCAL_ROOT_LINK).await
+    }
+
+    /// The user MCP sessions act as by default (linked as `mcp`/`default`), created on
+    /// first start. It holds nothing until an operator grants it `tool://` capabilities.
+    pub async fn bootstrap_mcp_user(&self) -> Result<User, KvError> {
+        self.bootstrap_linked("mcp", MCP_USER_LINK).await
+    }
+
+    /// The user linked as `link`, created (named `name`) if there is none. Concurrent
+    /// callers agree on one user.
+    async fn bootstrap_linked(&self, name: &str, link: (&str, &str)) -> Result<User, KvError> {
+        let (platform, id) = link;
         if let Some(user) = self.resolve(platform, id).await? {
             return Ok(user);
         }
         let user = User {
             id: PrincipalId::new(),
-            name: "root".into(),
+            name: name.into(),
         };
         let value = serde_json::to_vec(&user).map_err(|e| corrupt(b"user", e))?;
         let key = link_key(platform, id)?;
@@ -245,6 +258,6 @@ impl IdentityStore {
         self.kv.delete(&user_key(&user.id)).await?;
         self.resolve(platform, id)
             .await?
-            .ok_or_else(|| corrupt(&key, "root link vanished during bootstrap"))
+            .ok_or_else(|| corrupt(&key, "a bootstrap link vanished during bootstrap"))
     }
 }

@@ -6,24 +6,26 @@ use std::future::Future;
 
 use capsid_capabilities::{CapabilityId, Permissions};
 use capsid_capsule::CapsuleError;
-use capsid_core::CapsuleId;
 use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES};
+use capsid_core::{CapsuleId, Principal};
 use capsid_process::Stream;
 use capsid_protocol::methods::{
     AuditEntry, AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
     CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
     CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
-    ExportParams, ExportResult, GrantParams, GrantView, Granted, Identities, IdentityLink,
-    IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
-    OutputStream, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput,
-    ProcessView, PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall,
-    ToolCallParams, ToolDescription, ToolOutput, UserView, VerifyResult,
+    ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
+    IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
+    LogParams, OutputStream, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow,
+    ProcessOutput, ProcessView, PublishParams, RevokeParams, Status, Stopping, TailParams,
+    ToolCall, ToolCallParams, ToolDef, ToolDescription, ToolList, ToolListParams, ToolOutput,
+    UserView, VerifyResult, Via,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
 
 use super::server::Shared;
 use super::views::{self, failed, invalid, kernel_error};
+use crate::tool::{Door, ToolCaller};
 
 type Answer<T> = Result<T, WireError>;
 
@@ -99,6 +101,7 @@ async fn answer(
         MethodId::CapsuleLogs => {
             run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
         }
+        MethodId::ToolList => run::<ToolList, _>(request, |p| tools(s, p)).await,
         MethodId::ToolCall => run::<ToolCall, _>(request, |p| call(s, p)).await,
         MethodId::EventPublish => run::<EventPublish, _>(request, |p| publish(s, p)).await,
         MethodId::ProcessList => {
@@ -112,7 +115,7 @@ async fn answer(
         MethodId::AuditExport => run::<AuditExport, _>(request, |p| export(s, p)).await,
         MethodId::CapGrant => run::<CapGrant, _>(request, |p| grant(s, p)).await,
         MethodId::CapRevoke => run::<CapRevoke, _>(request, |p| revoke(s, p)).await,
-        MethodId::CapList => run::<CapList, _>(request, |_| grants(s)).await,
+        MethodId::CapList => run::<CapList, _>(request, |p| grants(s, p)).await,
         MethodId::IdentityList => run::<IdentityList, _>(request, |_| identities(s)).await,
         MethodId::IdentityLink => run::<IdentityLink, _>(request, |p| link(s, p)).await,
         MethodId::DaemonStop => run::<DaemonStop, _>(request, |_| async { Ok(stop(s)) }).await,
@@ -207,10 +210,48 @@ async fn install(shared: &Shared, p: InstallParams) -> Answer<InstallResult> {
     })
 }
 
+/// The principal `user` names (absent: the operator).
+async fn principal(shared: &Shared, user: Option<&str>) -> Answer<Principal> {
+    match user {
+        None => Ok(shared.kernel.principal()),
+        Some(name) => Ok(Principal::User(
+            shared
+                .kernel
+                .find_user(name)
+                .await
+                .map_err(|e| kernel_error(&e))?,
+        )),
+    }
+}
+
+async fn tools(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolDef>> {
+    let who = principal(shared, p.as_user.as_deref()).await?;
+    Ok(shared
+        .kernel
+        .tools_for(who)
+        .await
+        .into_iter()
+        .map(|t| ToolDef {
+            capsule: t.capsule,
+            tool: t.tool,
+            description: t.description,
+            input_schema: t.input_schema,
+        })
+        .collect())
+}
+
 async fn call(shared: &Shared, p: ToolCallParams) -> Answer<ToolOutput> {
+    let caller = ToolCaller {
+        principal: principal(shared, p.as_user.as_deref()).await?,
+        door: match p.via {
+            Via::Daemon => Door::Daemon,
+            Via::Mcp => Door::Mcp,
+        },
+        client: p.client,
+    };
     let answer = shared
         .kernel
-        .call_tool(&p.capsule, &p.tool, &p.input.to_string())
+        .call_tool_as(&caller, &p.capsule, &p.tool, &p.input.to_string())
         .await
         .map_err(|e| kernel_error(&e))?;
     Ok(ToolOutput::from_answer(answer))
@@ -319,9 +360,10 @@ async fn grant(shared: &Shared, p: GrantParams) -> Answer<Granted> {
         .permissions
         .parse()
         .map_err(|e| invalid(format!("permissions: {e}")))?;
+    let to = principal(shared, p.user.as_deref()).await?;
     let id = shared
         .kernel
-        .grant(p.capsule, &p.pattern, permissions)
+        .grant(to, p.capsule, &p.pattern, permissions)
         .await
         .map_err(|e| kernel_error(&e))?;
     Ok(Granted { id: id.to_string() })
@@ -339,13 +381,10 @@ async fn revoke(shared: &Shared, p: RevokeParams) -> Answer<Done> {
     Ok(Done {})
 }
 
-async fn grants(shared: &Shared) -> Answer<Vec<GrantView>> {
+async fn grants(shared: &Shared, p: GrantListParams) -> Answer<Vec<GrantView>> {
     let kernel = &shared.kernel;
-    let grants = kernel
-        .capabilities()
-        .list(&kernel.principal())
-        .await
-        .map_err(failed)?;
+    let whose = principal(shared, p.user.as_deref()).await?;
+    let grants = kernel.capabilities().list(&whose).await.map_err(failed)?;
     Ok(grants
         .iter()
         .map(|g| GrantView {

@@ -113,9 +113,9 @@ pub(crate) fn log_line(l: &LogLine) -> capsid_protocol::methods::LogLine {
 /// The wire form of a kernel error: its one line, and a code for its kind.
 pub(crate) fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
-        KernelError::NotInstalled(_) | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => {
-            ErrorCode::NotFound
-        }
+        KernelError::NotInstalled(_)
+        | KernelError::UnknownUser(_)
+        | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => ErrorCode::NotFound,
         KernelError::ShuttingDown => ErrorCode::ShuttingDown,
         KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
         KernelError::Install(i) => match i {
@@ -126,7 +126,8 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
             }
         },
         KernelError::AlreadyLinked { .. } => ErrorCode::Conflict,
-        KernelError::Capabilities(
+        KernelError::AmbiguousUser(_)
+        | KernelError::Capabilities(
             CapabilityError::Pattern(_) | CapabilityError::InvalidGrant(_),
         )
         | KernelError::Manifest(_)

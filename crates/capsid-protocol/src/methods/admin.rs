@@ -94,9 +94,21 @@ pub struct GrantParams {
     pub pattern: String,
     /// Comma-separated permissions: read, write, exec, publish, subscribe.
     pub permissions: String,
-    /// Only for this capsule (absent: every capsule acting for the local user).
+    /// Only for this capsule (absent: every capsule acting for the user).
     #[serde(default)]
     pub capsule: Option<CapsuleId>,
+    /// The user granted (absent: the local user).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `cap.list` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantListParams {
+    /// Whose capabilities (absent: the local user's).
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// `cap.grant`: the new capability's id.

@@ -232,6 +232,49 @@ pub struct ToolCallParams {
     /// The input, as JSON (an empty object when absent).
     #[serde(default = "empty_object")]
     pub input: Value,
+    /// The user to call as (absent: the operator). Anyone but the operator must hold
+    /// `tool://<capsule>/<tool>`, and a tool it may not call answers as an unknown one.
+    #[serde(default)]
+    pub as_user: Option<String>,
+    /// The calling client's name, recorded with the call (an MCP client's).
+    #[serde(default)]
+    pub client: Option<String>,
+    /// Through which door the call came (recorded).
+    #[serde(default)]
+    pub via: Via,
+}
+
+/// The door a tool call came through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// The daemon's own clients (`capsid call`).
+    #[default]
+    Daemon,
+    /// The MCP bridge.
+    Mcp,
+}
+
+/// `tool.list` params.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolListParams {
+    /// List what this user may call (absent: the operator, who may call everything).
+    #[serde(default)]
+    pub as_user: Option<String>,
+}
+
+/// A tool, as a caller discovers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolDef {
+    /// Its capsule.
+    pub capsule: CapsuleId,
+    /// Its name in the capsule.
+    pub tool: String,
+    /// What it does.
+    pub description: String,
+    /// JSON schema of its input.
+    pub input_schema: Value,
 }
 
 fn empty_object() -> Value {

@@ -117,7 +117,10 @@ methods! {
     /// A capsule's log: what is there, then new lines as they come.
     CapsuleLogsFollow = "capsule.logs.follow" (LogParams) -> LogPage
         { read_only: true, inline: false, streaming: true }
-    /// Calls a capsule's tool.
+    /// The tools of ready capsules a user may call.
+    ToolList = "tool.list" (ToolListParams) -> Vec<ToolDef>
+        { read_only: true, inline: false, streaming: false }
+    /// Calls a capsule's tool (recorded before and after).
     ToolCall = "tool.call" (ToolCallParams) -> ToolOutput
         { read_only: false, inline: false, streaming: false }
     /// Publishes an event on the bus.
@@ -148,8 +151,8 @@ methods! {
     /// Revokes a capability by id.
     CapRevoke = "cap.revoke" (RevokeParams) -> Done
         { read_only: false, inline: false, streaming: false }
-    /// The local user's capabilities.
-    CapList = "cap.list" (NoParams) -> Vec<GrantView>
+    /// A user's capabilities.
+    CapList = "cap.list" (GrantListParams) -> Vec<GrantView>
         { read_only: true, inline: false, streaming: false }
     /// Users and their platform links.
     IdentityList = "identity.list" (NoParams) -> Identities

@@ -1,0 +1,271 @@
+//! Calling tools, whoever calls: the operator (through the API or the daemon) or an MCP
+//! session as its user. Every call is one audit entry made durably before it runs (who,
+//! through which door and client, the blake3 of its input) and one after it (outcome,
+//! duration); an entry that cannot be written refuses the call. A principal other than the
+//! operator must hold `tool://<capsule>/<tool>` (permission `exec`), and a tool it may not
+//! call answers exactly as a tool that does not exist: no capsule or tool name leaks.
+
+use std::time::Instant;
+
+use capsid_audit::{Decision, Record, action};
+use capsid_capabilities::{Check, Permissions, RecordAllow, Subject};
+use capsid_capsule::{CapsuleError, CapsuleState};
+use capsid_core::{CapsuleId, Principal, PrincipalId};
+use serde_json::json;
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+
+/// Through which door a tool call came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    /// The kernel's API, from an embedding program.
+    Api,
+    /// The daemon's `tool.call` (what `capsid call` uses).
+    Daemon,
+    /// The MCP bridge.
+    Mcp,
+}
+
+impl Door {
+    /// Its name in audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Daemon => "daemon",
+            Self::Mcp => "mcp",
+        }
+    }
+}
+
+/// Who calls a tool, and through what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCaller {
+    /// On whose authority.
+    pub principal: Principal,
+    /// Through which door.
+    pub door: Door,
+    /// The client's own name, when it gave one (an MCP client's `clientInfo.name`).
+    pub client: Option<String>,
+}
+
+/// A tool a principal may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolInfo {
+    /// Its capsule.
+    pub capsule: CapsuleId,
+    /// Its name in the capsule.
+    pub tool: String,
+    /// What it does.
+    pub description: String,
+    /// JSON schema of its input.
+    pub input_schema: serde_json::Value,
+}
+
+/// The resource calling `tool` of `capsule` is checked against.
+pub fn tool_resource(capsule: &CapsuleId, tool: &str) -> String {
+    format!("tool://{capsule}/{tool}")
+}
+
+/// Whether `tool` can be a tool's name (`[a-z0-9_-]`, 1 to 64 bytes, as manifests require):
+/// anything else is no tool, and is answered so before anything is recorded.
+fn plausible_tool(tool: &str) -> bool {
+    (1..=64).contains(&tool.len())
+        && tool
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// How a call ended, for its record.
+fn outcome(result: &Result<String, KernelError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(KernelError::Capsule(e)) => match e {
+            CapsuleError::Guest { .. } => "tool-error",
+            CapsuleError::Timeout { .. } => "timeout",
+            CapsuleError::Trap { .. } | CapsuleError::MemoryLimit { .. } => "capsule-failed",
+            CapsuleError::Busy { .. } | CapsuleError::RuntimeFull { .. } => "busy",
+            CapsuleError::TooBig { .. } => "too-large",
+            CapsuleError::UnknownTool { .. } => "unknown-tool",
+            CapsuleError::NotReady { .. } => "not-ready",
+            _ => "failed",
+        },
+        Err(_) => "failed",
+    }
+}
+
+impl Kernel {
+    /// The operator, calling through `door`.
+    pub fn operator(&self, door: Door) -> ToolCaller {
+        ToolCaller {
+            principal: self.principal(),
+            door,
+            client: None,
+        }
+    }
+
+    /// Runs `tool` of capsule `name` on JSON `input` as the operator (door `api`), recorded
+    /// before and after.
+    pub async fn call_tool(
+        &self,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+    ) -> Result<String, KernelError> {
+        self.call_tool_as(&self.operator(Door::Api), name, tool, input)
+            .await
+    }
+
+    /// Runs `tool` of capsule `name` on JSON `input` for `caller`: checked (unless the caller
+    /// is the operator), recorded before, run, recorded after.
+    pub async fn call_tool_as(
+        &self,
+        caller: &ToolCaller,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+    ) -> Result<String, KernelError> {
+        self.open()?;
+        let operator = caller.principal == self.principal();
+        let no_such_tool = || {
+            KernelError::Capsule(CapsuleError::UnknownTool {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+            })
+        };
+        if !plausible_tool(tool) {
+            return Err(no_such_tool());
+        }
+        let resource = tool_resource(name, tool);
+        let details = json!({
+            "door": caller.door.as_str(),
+            "client": caller.client,
+            "input_blake3": blake3::hash(input.as_bytes()).to_hex().to_string(),
+        });
+        let subject = Subject {
+            principal: caller.principal,
+            capsule: None,
+        };
+        if operator {
+            self.record_tool(
+                caller.principal,
+                name,
+                action::TOOL_CALL,
+                &resource,
+                details,
+            )
+            .await?;
+        } else {
+            let check = Check {
+                subject: &subject,
+                action: action::TOOL_CALL,
+                permission: Permissions::EXEC,
+                resource: &resource,
+                record_allow: RecordAllow::Before,
+                details,
+            };
+            let sink =
+                capsid_capabilities::AuditLogSink::new(self.audit().clone(), self.parts().chain);
+            if self.capabilities().authorize(check, &sink).await.is_err() {
+                return Err(no_such_tool());
+            }
+        }
+        let started = Instant::now();
+        let mut result = self.run_tool(name, tool, input).await;
+        let details = json!({
+            "outcome": outcome(&result),
+            "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
+        self.record_tool(
+            caller.principal,
+            name,
+            action::TOOL_RESULT,
+            &resource,
+            details,
+        )
+        .await?;
+        if !operator {
+            // Whether a capsule exists is not the caller's to learn from an error.
+            result = result.map_err(|e| match e {
+                KernelError::NotInstalled(_)
+                | KernelError::Capsule(
+                    CapsuleError::NotLoaded(_)
+                    | CapsuleError::NotWasm(_)
+                    | CapsuleError::UnknownTool { .. },
+                ) => no_such_tool(),
+                other => other,
+            });
+        }
+        result
+    }
+
+    /// Records one step of a tool call by `principal`.
+    async fn record_tool(
+        &self,
+        principal: Principal,
+        capsule: &CapsuleId,
+        action: &str,
+        resource: &str,
+        details: serde_json::Value,
+    ) -> Result<(), KernelError> {
+        let record = Record::new(principal, action, resource, Decision::Info)
+            .and_then(|r| r.details(&details))?
+            .capsule(capsule.clone());
+        self.audit().append(self.parts().chain, record).await?;
+        Ok(())
+    }
+
+    /// The tools of ready capsules that `principal` may call (every one, for the
+    /// operator), in capsule then manifest order. Listing decides nothing and records
+    /// nothing: each call is still checked.
+    pub async fn tools_for(&self, principal: Principal) -> Vec<ToolInfo> {
+        let operator = principal == self.principal();
+        let subject = Subject {
+            principal,
+            capsule: None,
+        };
+        let mut out = Vec::new();
+        let mut capsules = self.capsules();
+        capsules.sort_by(|a, b| a.name.cmp(&b.name));
+        for info in capsules
+            .into_iter()
+            .filter(|c| c.state == CapsuleState::Ready)
+        {
+            let Ok(capsule) = self.registry().get(&info.name) else {
+                continue;
+            };
+            for tool in &capsule.manifest().tools {
+                let allowed = operator
+                    || self
+                        .capabilities()
+                        .check(
+                            &subject,
+                            Permissions::EXEC,
+                            &tool_resource(&info.name, &tool.name),
+                        )
+                        .await
+                        .is_allowed();
+                if allowed {
+                    out.push(ToolInfo {
+                        capsule: info.name.clone(),
+                        tool: tool.name.clone(),
+                        description: tool.description.clone(),
+                        input_schema: tool.input_schema.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// The user named `name` (exactly one must be).
+    pub async fn find_user(&self, name: &str) -> Result<PrincipalId, KernelError> {
+        let users = self.identity().users().await?;
+        let mut named = users.into_iter().filter(|u| u.name == name);
+        match (named.next(), named.next()) {
+            (Some(user), None) => Ok(user.id),
+            (None, _) => Err(KernelError::UnknownUser(name.to_owned())),
+            (Some(_), Some(_)) => Err(KernelError::AmbiguousUser(name.to_owned())),
+        }
+    }
+}
