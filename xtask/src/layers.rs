@@ -58,9 +58,15 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-vfs",
         ],
     ),
+    ("capsid-mcp", &["capsid-core", "capsid-protocol"]),
     (
         "capsid-cli",
-        &["capsid-core", "capsid-kernel", "capsid-protocol"],
+        &[
+            "capsid-core",
+            "capsid-kernel",
+            "capsid-mcp",
+            "capsid-protocol",
+        ],
     ),
 ];
 

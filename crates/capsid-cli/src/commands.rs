@@ -99,7 +99,7 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
             }
             Ok(())
         }
-        Command::Daemon { .. } | Command::Start { .. } | Command::Stop => Ok(()),
+        Command::Daemon { .. } | Command::Start { .. } | Command::Stop | Command::Mcp(_) => Ok(()),
     }
 }
 

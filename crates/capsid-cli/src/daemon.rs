@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use capsid_core::CapsidHome;
 use capsid_kernel::daemon::{DaemonOptions, RunFiles};
 use capsid_kernel::{Kernel, KernelConfig};
+use capsid_protocol::Client;
 use capsid_protocol::methods::DaemonStop;
 
 use crate::connect;
@@ -65,6 +66,19 @@ pub(crate) async fn start(home: &CapsidHome, dev: bool) -> Result<()> {
     if connect(home).await.is_ok() {
         bail!("a capsid daemon already serves {}", home.root().display());
     }
+    let ready = launch(home, dev).await?;
+    println!(
+        "capsid daemon ready (pid {}, {}); log: {}",
+        ready.welcome().pid,
+        home.root().display(),
+        home.run_dir().join("daemon.log").display()
+    );
+    Ok(())
+}
+
+/// Starts the daemon of `home` detached and returns a client once it is ready (printing
+/// nothing on stdout: `capsid mcp serve` speaks MCP there).
+pub(crate) async fn launch(home: &CapsidHome, dev: bool) -> Result<Client> {
     home.ensure_layout()?;
     let log_path = home.run_dir().join("daemon.log");
     let log = std::fs::OpenOptions::new()
@@ -120,13 +134,7 @@ pub(crate) async fn start(home: &CapsidHome, dev: bool) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     bar.finish_and_clear();
-    println!(
-        "capsid daemon ready (pid {}, {}); log: {}",
-        ready.welcome().pid,
-        home.root().display(),
-        log_path.display()
-    );
-    Ok(())
+    Ok(ready)
 }
 
 /// `capsid stop`: asks the daemon to stop and waits until its files are gone.

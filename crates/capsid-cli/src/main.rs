@@ -106,6 +106,25 @@ pub(crate) enum Command {
     Cap(CapCommand),
     /// Users and their platform links.
     Who,
+    /// Model Context Protocol: capsule tools for agents.
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum McpCommand {
+    /// Serve every capsule tool the user may call to one MCP client on stdin/stdout (what an
+    /// agent's config starts: `{"command": "capsid", "args": ["mcp", "serve"]}`). Starts the
+    /// daemon if none runs.
+    Serve {
+        /// The user the session acts as: it calls only the tools granted to it
+        /// (`capsid cap grant 'tool://<capsule>/*' exec --user <user>`).
+        #[arg(long = "as", value_name = "USER", default_value = "mcp")]
+        as_user: String,
+        /// Refuse, rather than start a daemon, when none runs.
+        #[arg(long)]
+        no_start: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +263,15 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Start { dev } => daemon::start(&home, dev).await,
         Command::Stop => daemon::stop(&home).await,
+        Command::Mcp(McpCommand::Serve { as_user, no_start }) => {
+            let client = match connect(&home).await {
+                Ok(client) => client,
+                Err(_) if !no_start => daemon::launch(&home, false).await?,
+                Err(e) => return Err(e),
+            };
+            let bridge = capsid_mcp::Bridge::new(client, as_user);
+            Ok(capsid_mcp::serve_stdio(bridge).await?)
+        }
         command => {
             let mut client = connect(&home).await?;
             if !client.welcome().fingerprint_matches {
