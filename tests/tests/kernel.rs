@@ -526,3 +526,71 @@ async fn operator_values_replace_manifest_defaults_and_undeclared_keys_are_refus
     );
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_change_that_cannot_be_recorded_is_not_made() {
+    let home = PrivateHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    let root = kernel.principal();
+    let id = kernel
+        .grant(
+            root,
+            None,
+            "fs://workspace/kept/**",
+            capsid_capabilities::Permissions::READ,
+        )
+        .await
+        .unwrap();
+    let held = |pattern: &'static str| {
+        let kernel = kernel.clone();
+        async move {
+            kernel
+                .capabilities()
+                .list(&root)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|g| g.capability.pattern.as_str() == pattern)
+                .map(|g| g.revoked)
+                .collect::<Vec<_>>()
+        }
+    };
+    // The log stops taking entries: every change that would go unrecorded is refused.
+    kernel.audit().shutdown().await.unwrap();
+    let granted = kernel
+        .grant(
+            root,
+            None,
+            "fs://workspace/unrecorded/**",
+            capsid_capabilities::Permissions::READ,
+        )
+        .await;
+    assert!(granted.is_err(), "{granted:?}");
+    assert!(
+        held("fs://workspace/unrecorded/**").await.is_empty(),
+        "never granted"
+    );
+    assert!(kernel.revoke(id).await.is_err());
+    assert_eq!(
+        held("fs://workspace/kept/**").await,
+        [false],
+        "still in force"
+    );
+    let someone = kernel.identity().create_user("someone").await.unwrap();
+    assert!(
+        kernel
+            .link_identity("chat", "someone-1", &someone.id)
+            .await
+            .is_err()
+    );
+    assert!(
+        kernel
+            .identity()
+            .resolve("chat", "someone-1")
+            .await
+            .unwrap()
+            .is_none(),
+        "never linked"
+    );
+    kernel.shutdown().await;
+}

@@ -300,7 +300,7 @@ fn print_capsule(c: &CapsuleView) {
         field("blake3", b.clone());
     }
     if let Some(k) = c.load_kind {
-        field("load_kind", format!("{k:?}").to_lowercase());
+        field("load_kind", k.to_string());
     }
     if let Some(n) = &c.native {
         field("health", format!("{} ({} restarts)", n.health, n.restarts));

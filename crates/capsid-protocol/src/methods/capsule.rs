@@ -104,6 +104,15 @@ pub enum LoadKindView {
     Cached,
 }
 
+impl std::fmt::Display for LoadKindView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Compiled => "compiled",
+            Self::Cached => "cached",
+        })
+    }
+}
+
 /// A capsule as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapsuleView {
