@@ -269,7 +269,8 @@ async fn run(cli: Cli) -> Result<()> {
                 Err(_) if !no_start => daemon::launch(&home, false).await?,
                 Err(e) => return Err(e),
             };
-            let bridge = capsid_mcp::Bridge::new(client, as_user);
+            let watch = connect(&home).await?;
+            let bridge = capsid_mcp::Bridge::new(client, as_user).notify_changes(watch);
             Ok(capsid_mcp::serve_stdio(bridge).await?)
         }
         command => {

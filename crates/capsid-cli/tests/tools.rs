@@ -339,3 +339,53 @@ async fn mcp_serve_starts_the_daemon_when_none_runs_unless_told_not_to() {
     );
     home.ok(&["stop"]);
 }
+
+/// An MCP client that counts `notifications/tools/list_changed`.
+struct Watcher(std::sync::Arc<tokio::sync::Notify>);
+
+impl rmcp::ClientHandler for Watcher {
+    async fn on_tool_list_changed(
+        &self,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        self.0.notify_one();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_client_is_told_when_the_tools_it_may_call_change() {
+    use rmcp::ServiceExt;
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.ok(&[
+        "capsule",
+        "install",
+        capsules_dir().join("hello").to_str().unwrap(),
+    ]);
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let mut cmd = tokio::process::Command::new(CAPSID);
+    cmd.arg("--home").arg(&home.path).args(["mcp", "serve"]);
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    let session = Watcher(changed.clone()).serve(transport).await.unwrap();
+    let before = session.list_all_tools().await.unwrap().len();
+
+    home.ok(&[
+        "capsule",
+        "install",
+        capsules_dir().join("counter").to_str().unwrap(),
+    ]);
+    tokio::time::timeout(common::PATIENCE, changed.notified())
+        .await
+        .expect("told of the new capsule's tools");
+    let after = session.list_all_tools().await.unwrap();
+    assert!(after.len() > before);
+    assert!(after.iter().any(|t| t.name == "counter.increment"));
+
+    home.ok(&["capsule", "unload", "counter"]);
+    tokio::time::timeout(common::PATIENCE, changed.notified())
+        .await
+        .expect("told the tools went");
+    assert_eq!(session.list_all_tools().await.unwrap().len(), before);
+    session.cancel().await.unwrap();
+    home.ok(&["stop"]);
+}

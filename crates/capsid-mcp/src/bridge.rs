@@ -5,14 +5,14 @@ use std::sync::Arc;
 
 use capsid_core::CapsuleId;
 use capsid_protocol::methods::{
-    ToolCall, ToolCallParams, ToolDef, ToolList, ToolListParams, ToolOutput, Via,
+    ToolCall, ToolCallParams, ToolChangesFollow, ToolDef, ToolList, ToolListParams, ToolOutput, Via,
 };
 use capsid_protocol::{Client, ClientError, ErrorCode};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
     JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::Value;
 use tokio::sync::Mutex;
@@ -34,6 +34,8 @@ pub struct Bridge {
     // One connection; requests take turns on it.
     client: Arc<Mutex<Client>>,
     user: String,
+    /// A second connection, following the user's tool set once the session is initialised.
+    watch: std::sync::Mutex<Option<Client>>,
 }
 
 impl Bridge {
@@ -42,6 +44,37 @@ impl Bridge {
         Self {
             client: Arc::new(Mutex::new(client)),
             user,
+            watch: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `notifications/tools/list_changed` whenever the tools the user may call change
+    /// (a capsule loaded, unloaded, reloaded or installed, a grant made or revoked), learnt
+    /// through `watch`, a connection of its own.
+    #[must_use]
+    pub fn notify_changes(self, watch: Client) -> Self {
+        *capsid_core::sync::lock(&self.watch) = Some(watch);
+        self
+    }
+}
+
+/// Follows the tool set of `user` on `watch` and tells `peer` of each change after the
+/// first, until either side goes away.
+async fn announce_changes(mut watch: Client, user: String, peer: rmcp::Peer<RoleServer>) {
+    let params = ToolListParams {
+        as_user: Some(user),
+    };
+    let Ok(mut changes) = watch.follow::<ToolChangesFollow>(&params).await else {
+        return;
+    };
+    // The first frame is the set the client was shown, or is about to be.
+    if !matches!(changes.next().await, Ok(Some(_))) {
+        return;
+    }
+    while let Ok(Some(_)) = changes.next().await {
+        if let Err(e) = peer.notify_tool_list_changed().await {
+            tracing::debug!(error = %e, "the MCP client is gone");
+            return;
         }
     }
 }
@@ -123,8 +156,20 @@ fn answer(
 
 impl ServerHandler for Bridge {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("capsid", env!("CARGO_PKG_VERSION")))
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("capsid", env!("CARGO_PKG_VERSION")))
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let watch = capsid_core::sync::lock(&self.watch).take();
+        if let Some(watch) = watch {
+            tokio::spawn(announce_changes(watch, self.user.clone(), context.peer));
+        }
     }
 
     async fn list_tools(

@@ -17,8 +17,8 @@ use capsid_protocol::methods::{
     IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
     LogParams, OutputStream, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow,
     ProcessOutput, ProcessView, PublishParams, RevokeParams, Status, Stopping, TailParams,
-    ToolCall, ToolCallParams, ToolDef, ToolDescription, ToolList, ToolListParams, ToolOutput,
-    UserView, VerifyResult, Via,
+    ToolCall, ToolCallParams, ToolChangesFollow, ToolDef, ToolDescription, ToolList,
+    ToolListParams, ToolOutput, ToolSet, UserView, VerifyResult, Via,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -122,6 +122,11 @@ async fn answer(
         MethodId::CapsuleLogsFollow => {
             let p = request.params::<CapsuleLogsFollow>()?;
             follow_logs(s, request.id, p, out).await;
+            return Ok(None);
+        }
+        MethodId::ToolChangesFollow => {
+            let p = request.params::<ToolChangesFollow>()?;
+            follow_tools(s, request.id, p, out).await;
             return Ok(None);
         }
         MethodId::ProcessLogsFollow => {
@@ -576,6 +581,62 @@ async fn follow_process(
         missed: 0,
     };
     follow(shared, id, out, p.after, page, last).await;
+}
+
+/// A fingerprint of `tools`: names, descriptions and schemas, in order.
+fn tool_set(tools: &[crate::tool::ToolInfo]) -> ToolSet {
+    let mut hasher = blake3::Hasher::new();
+    for t in tools {
+        for part in [
+            t.capsule.as_str(),
+            &t.tool,
+            &t.description,
+            &t.input_schema.to_string(),
+        ] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    ToolSet {
+        fingerprint: hasher.finalize().to_hex().to_string(),
+    }
+}
+
+/// Streams the fingerprint of the tools a user may call: at once, then at each change,
+/// until the client goes away or the daemon stops (what the MCP bridge turns into
+/// `notifications/tools/list_changed`).
+async fn follow_tools(shared: &Shared, id: u64, p: ToolListParams, out: &mpsc::Sender<Response>) {
+    let who = match principal(shared, p.as_user.as_deref()).await {
+        Ok(who) => who,
+        Err(e) => {
+            let _ = out.send(Response::err(Some(id), e)).await;
+            return;
+        }
+    };
+    let mut last: Option<ToolSet> = None;
+    loop {
+        let now = tool_set(&shared.kernel.tools_for(who).await);
+        if last.as_ref() != Some(&now) {
+            let Ok(value) = serde_json::to_value(&now) else {
+                return;
+            };
+            let mut frame = Response::ok(id, value);
+            frame.more = true;
+            if out.send(frame).await.is_err() {
+                return;
+            }
+            last = Some(now);
+        }
+        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
+            if let Some(last) = last
+                && let Ok(value) = serde_json::to_value(&last)
+            {
+                let _ = out.send(Response::ok(id, value)).await;
+            }
+            return;
+        }
+        tokio::time::sleep(DAEMON_FOLLOW_INTERVAL).await;
+    }
 }
 
 fn not_loaded(name: &CapsuleId) -> WireError {

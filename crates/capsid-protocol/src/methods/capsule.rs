@@ -273,6 +273,14 @@ pub struct ToolListParams {
     pub as_user: Option<String>,
 }
 
+/// `tool.changes.follow`: which set of tools a user may call, as a fingerprint that changes
+/// when a tool is added, removed, or its description or schema changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolSet {
+    /// blake3 of the tools' names, descriptions and schemas, in order.
+    pub fingerprint: String,
+}
+
 /// A tool, as a caller discovers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolDef {

@@ -120,6 +120,9 @@ methods! {
     /// The tools of ready capsules a user may call.
     ToolList = "tool.list" (ToolListParams) -> Vec<ToolDef>
         { read_only: true, inline: false, streaming: false }
+    /// The fingerprint of the tools a user may call: now, then each time it changes.
+    ToolChangesFollow = "tool.changes.follow" (ToolListParams) -> ToolSet
+        { read_only: true, inline: false, streaming: true }
     /// Calls a capsule's tool (recorded before and after).
     ToolCall = "tool.call" (ToolCallParams) -> ToolOutput
         { read_only: false, inline: false, streaming: false }
