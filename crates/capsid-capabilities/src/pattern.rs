@@ -49,8 +49,10 @@ struct Parts<'a> {
 }
 
 fn split<'a>(what: &'static str, input: &'a str) -> Result<Parts<'a>, ParseError> {
-    // Only a pattern's authority may glob (`tool://*/*`); `**` never spans it.
-    let glob = what == "pattern";
+    // Only a `tool://` pattern's authority (the capsule) may glob (`tool://*/*`): in other
+    // schemes the authority is the kind of grant (`process://exec` against `exec-path`),
+    // which a glob must not blur.
+    let glob = what == "pattern" && input.starts_with("tool://");
     let err = |reason| ParseError {
         what,
         shown: show(input),
@@ -225,6 +227,9 @@ mod tests {
         assert!(Resource::parse("tool://*/get").is_err());
         assert!(Pattern::parse("tool://**/get").is_err());
         assert!(Pattern::parse("tool://Counter/get").is_err());
+        // Elsewhere the authority names the kind of grant: it never globs.
+        assert!(Pattern::parse("process://*/git").is_err());
+        assert!(Pattern::parse("fs://work*/notes/**").is_err());
     }
 
     #[test]

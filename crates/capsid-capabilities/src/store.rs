@@ -405,11 +405,36 @@ impl CapabilityStore {
         }
     }
 
+    /// Whether [`check`](Self::check) would allow it now, deciding nothing: a single-use
+    /// capability is not spent. For showing a caller what it may do (listing tools); the
+    /// action itself is checked when it is asked for.
+    pub async fn would_allow(
+        &self,
+        subject: &Subject,
+        action: Permissions,
+        resource: &str,
+    ) -> bool {
+        matches!(
+            self.decide_with(subject, action, resource, false).await,
+            Ok(Decision::Allow { .. })
+        )
+    }
+
     async fn decide(
         &self,
         subject: &Subject,
         action: Permissions,
         resource: &str,
+    ) -> Result<Decision, DenyReason> {
+        self.decide_with(subject, action, resource, true).await
+    }
+
+    async fn decide_with(
+        &self,
+        subject: &Subject,
+        action: Permissions,
+        resource: &str,
+        spend_single_use: bool,
     ) -> Result<Decision, DenyReason> {
         let resource =
             Resource::parse(resource).map_err(|e| DenyReason::BadResource(e.to_string()))?;
@@ -430,6 +455,18 @@ impl CapabilityStore {
             }
             if !cap.single_use {
                 return Ok(Decision::Allow { grant: cap.id });
+            }
+            if !spend_single_use {
+                let unspent = !self
+                    .kv
+                    .exists(&key(SPENT, &cap.id))
+                    .await
+                    .map_err(|e| DenyReason::StoreUnavailable(e.to_string()))?;
+                if unspent {
+                    return Ok(Decision::Allow { grant: cap.id });
+                }
+                spent = true;
+                continue;
             }
             if self
                 .spend(&cap.id)

@@ -438,3 +438,39 @@ proptest! {
         prop_assert!(Capability::verify(&bytes, &key.public_key()).is_err());
     }
 }
+
+#[tokio::test]
+async fn showing_what_is_allowed_never_spends_a_single_use_grant() {
+    let f = fx().await;
+    f.store
+        .grant(
+            f.alice,
+            None,
+            "tool://hello/greet",
+            Permissions::EXEC,
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let s = via(f.alice, "notes");
+    for _ in 0..3 {
+        assert!(
+            f.store
+                .would_allow(&s, Permissions::EXEC, "tool://hello/greet")
+                .await
+        );
+    }
+    assert!(
+        f.store
+            .check(&s, Permissions::EXEC, "tool://hello/greet")
+            .await
+            .is_allowed(),
+        "still there to be spent once"
+    );
+    assert!(
+        !f.store
+            .would_allow(&s, Permissions::EXEC, "tool://hello/greet")
+            .await
+    );
+}

@@ -599,3 +599,34 @@ async fn another_uid_is_refused_and_a_changed_config_is_reported() {
     server.abort();
     let _ = server.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_ends_with_its_client() {
+    use capsid_protocol::methods::{ToolChangesFollow, ToolListParams};
+    let home = Home::new();
+    home.ok(&["start"]);
+    let pid = home.pid().unwrap();
+    let baseline = fds_of(pid);
+    for _ in 0..20 {
+        let at = capsid_core::CapsidHome::at(&home.path);
+        let mut client = capsid_protocol::Client::connect(&at, String::new())
+            .await
+            .unwrap();
+        let mut follow = client
+            .follow::<ToolChangesFollow>(&ToolListParams::default())
+            .await
+            .unwrap();
+        assert!(follow.next().await.unwrap().is_some(), "the first frame");
+    }
+    // Each quiet follow is ended with its client, and its connection closed.
+    let begun = Instant::now();
+    while fds_of(pid) > baseline + 2 && begun.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        fds_of(pid) <= baseline + 2,
+        "{} descriptors, {baseline} before",
+        fds_of(pid)
+    );
+    home.ok(&["stop"]);
+}

@@ -293,6 +293,10 @@ pub const NATIVE_OPEN_FILES: u64 = 1024;
 /// methods, kebab-case error codes, tool answers tagged JSON or text, follows as methods.)
 pub const DAEMON_PROTOCOL_VERSION: u32 = 2;
 
+/// Longest client name (an MCP client's `clientInfo.name`) recorded with a tool call, in
+/// bytes; longer ones are cut.
+pub const MAX_CLIENT_NAME_BYTES: usize = 256;
+
 /// Most audit entries one `audit.tail` answers (more is refused, not cut).
 pub const MAX_AUDIT_TAIL: u32 = 10_000;
 

@@ -32,7 +32,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let kernel = Kernel::builder()
         .home(&home)
         // Dev trust grants each capsule what its manifest asks for; without it an operator
-        // grants capabilities (`kernel.capabilities().grant(...)`, or `capsid cap grant`).
+        // grants capabilities (`kernel.grant(...)`, recorded, or `capsid cap grant`).
         .config(KernelConfig {
             dev: true,
             ..KernelConfig::default()

@@ -196,9 +196,6 @@ async fn announce(
     let mut report = if kernel.audit().is_read_only() {
         BootReport::default()
     } else {
-        if kernel.config().dev {
-            kernel.grant_mcp_every_tool().await?;
-        }
         load_capsules(kernel).await?
     };
     report.audit_read_only = kernel.audit().is_read_only();

@@ -49,6 +49,9 @@ pub enum KernelError {
     /// Installing a capsule failed.
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
+    /// An allowed action could not be recorded, so it was not done.
+    #[error("refused: the audit log could not record it: {0}")]
+    Unrecorded(String),
     /// No user has that name.
     #[error("no user is named {0:?} (see `capsid who`)")]
     UnknownUser(String),

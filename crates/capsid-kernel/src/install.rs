@@ -278,6 +278,7 @@ impl Kernel {
                 serde_json::json!({ "from": from, "files": files, "left_out": left_out }),
             )
             .await;
+        let recorded_ok = recorded.is_ok();
         let outcome = match recorded {
             Ok(()) => self.load(&name).await,
             Err(e) => Err(e),
@@ -292,7 +293,24 @@ impl Kernel {
                 })
             }
             Err(e) => {
-                // The copy installed before comes back, unloaded as it was.
+                // The copy installed before comes back, unloaded as it was; a recorded
+                // install that did not happen says so.
+                if recorded_ok {
+                    let failed = serde_json::json!({
+                        "action": action::CAPSULE_INSTALL,
+                        "error": e.to_string(),
+                    });
+                    if let Err(note) = self
+                        .note(
+                            action::OPERATOR_FAILED,
+                            &format!("capsule://{name}"),
+                            failed,
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %note, capsule = %name, "recording a failed install");
+                    }
+                }
                 let _ = self.registry().unload(&name).await;
                 match swap.undo(&e, |a, b| std::fs::rename(a, b)) {
                     Some(stranded) => Err(stranded.into()),

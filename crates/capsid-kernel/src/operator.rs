@@ -35,25 +35,6 @@ impl Kernel {
         Ok(cap.id)
     }
 
-    /// Under dev trust the MCP user may call every tool (`tool://*/*`), so an agent works out
-    /// of the box: granted (and recorded) once, kept across boots.
-    pub(crate) async fn grant_mcp_every_tool(&self) -> Result<(), KernelError> {
-        const EVERY_TOOL: &str = "tool://*/*";
-        let mcp = self.mcp_principal();
-        let held = self.capabilities().list(&mcp).await?.iter().any(|g| {
-            let c = &g.capability;
-            !g.revoked
-                && c.capsule.is_none()
-                && c.expires_at.is_none()
-                && c.pattern.as_str() == EVERY_TOOL
-                && c.permissions.contains(Permissions::EXEC)
-        });
-        if !held {
-            self.grant(mcp, None, EVERY_TOOL, Permissions::EXEC).await?;
-        }
-        Ok(())
-    }
-
     /// Revokes capability `id`: checks that start after this returns ignore it.
     pub async fn revoke(&self, id: CapabilityId) -> Result<(), KernelError> {
         self.open_recording()?;

@@ -8,8 +8,9 @@
 use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
-use capsid_capabilities::{Check, Permissions, RecordAllow, Subject};
+use capsid_capabilities::{Check, Denied, Permissions, RecordAllow, Subject};
 use capsid_capsule::{CapsuleError, CapsuleState};
+use capsid_core::limits::MAX_CLIENT_NAME_BYTES;
 use capsid_core::{CapsuleId, Principal, PrincipalId};
 use serde_json::json;
 
@@ -76,6 +77,17 @@ fn plausible_tool(tool: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// A client's name as recorded: control characters escaped, cut to
+/// `MAX_CLIENT_NAME_BYTES` (a client must not be able to make its records fail).
+fn client_name(name: &str) -> String {
+    let escaped: String = name.chars().flat_map(char::escape_debug).collect();
+    let mut end = escaped.len().min(MAX_CLIENT_NAME_BYTES);
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    escaped[..end].to_owned()
+}
+
 /// How a call ended, for its record.
 fn outcome(result: &Result<String, KernelError>) -> &'static str {
     match result {
@@ -127,6 +139,9 @@ impl Kernel {
     ) -> Result<String, KernelError> {
         self.open()?;
         let operator = caller.principal == self.principal();
+        // Dev trust lets the MCP user call every tool, decided here at each call (never a
+        // stored grant that would outlive the dev session).
+        let dev_mcp = self.config().dev && caller.principal == self.mcp_principal();
         let no_such_tool = || {
             KernelError::Capsule(CapsuleError::UnknownTool {
                 capsule: name.clone(),
@@ -139,19 +154,26 @@ impl Kernel {
         let resource = tool_resource(name, tool);
         let details = json!({
             "door": caller.door.as_str(),
-            "client": caller.client,
+            "client": caller.client.as_deref().map(client_name),
             "input_blake3": blake3::hash(input.as_bytes()).to_hex().to_string(),
+            "trust": if dev_mcp { Some("dev") } else { None },
         });
         let subject = Subject {
             principal: caller.principal,
             capsule: None,
         };
-        if operator {
+        if operator || dev_mcp {
+            let decision = if operator {
+                Decision::Info
+            } else {
+                Decision::Allow
+            };
             self.record_tool(
                 caller.principal,
                 name,
                 action::TOOL_CALL,
                 &resource,
+                decision,
                 details,
             )
             .await?;
@@ -166,8 +188,11 @@ impl Kernel {
             };
             let sink =
                 capsid_capabilities::AuditLogSink::new(self.audit().clone(), self.parts().chain);
-            if self.capabilities().authorize(check, &sink).await.is_err() {
-                return Err(no_such_tool());
+            match self.capabilities().authorize(check, &sink).await {
+                Ok(_) => {}
+                Err(Denied::NotGranted(_)) => return Err(no_such_tool()),
+                // Allowed, but not recorded: the audit log's failure, not the caller's.
+                Err(Denied::Unrecorded(why)) => return Err(KernelError::Unrecorded(why)),
             }
         }
         let started = Instant::now();
@@ -181,6 +206,7 @@ impl Kernel {
             name,
             action::TOOL_RESULT,
             &resource,
+            Decision::Info,
             details,
         )
         .await?;
@@ -206,9 +232,10 @@ impl Kernel {
         capsule: &CapsuleId,
         action: &str,
         resource: &str,
+        decision: Decision,
         details: serde_json::Value,
     ) -> Result<(), KernelError> {
-        let record = Record::new(principal, action, resource, Decision::Info)
+        let record = Record::new(principal, action, resource, decision)
             .and_then(|r| r.details(&details))?
             .capsule(capsule.clone());
         self.audit().append(self.parts().chain, record).await?;
@@ -219,7 +246,8 @@ impl Kernel {
     /// operator), in capsule then manifest order. Listing decides nothing and records
     /// nothing: each call is still checked.
     pub async fn tools_for(&self, principal: Principal) -> Vec<ToolInfo> {
-        let operator = principal == self.principal();
+        let operator = principal == self.principal()
+            || (self.config().dev && principal == self.mcp_principal());
         let subject = Subject {
             principal,
             capsule: None,
@@ -238,13 +266,12 @@ impl Kernel {
                 let allowed = operator
                     || self
                         .capabilities()
-                        .check(
+                        .would_allow(
                             &subject,
                             Permissions::EXEC,
                             &tool_resource(&info.name, &tool.name),
                         )
-                        .await
-                        .is_allowed();
+                        .await;
                 if allowed {
                     out.push(ToolInfo {
                         capsule: info.name.clone(),

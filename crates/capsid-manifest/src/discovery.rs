@@ -37,7 +37,9 @@ pub fn discover(dir: &Path) -> Result<Discovery, ManifestError> {
     let mut by_name: BTreeMap<String, Vec<Manifest>> = BTreeMap::new();
     for entry in entries {
         let manifest = entry.path().join(MANIFEST_FILE);
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) || !manifest.is_file() {
+        // Dot-folders are an install's staging or set-aside copies, never a capsule.
+        let hidden = entry.file_name().as_encoded_bytes().starts_with(b".");
+        if hidden || !entry.file_type().is_ok_and(|t| t.is_dir()) || !manifest.is_file() {
             continue;
         }
         match Manifest::load(&manifest) {

@@ -285,6 +285,9 @@ fn discovery_keeps_going_past_broken_capsules() {
     .unwrap();
     std::fs::create_dir_all(tmp.path().join("not-a-capsule")).unwrap();
     std::fs::write(tmp.path().join("stray-file"), "x").unwrap();
+    // What an interrupted install leaves: staging and set-aside copies, never capsules.
+    write_capsule(tmp.path(), ".install-alpha-1", "alpha", &[]);
+    write_capsule(tmp.path(), ".previous-alpha-2", "alpha", &[]);
     let found = discover(tmp.path()).unwrap();
     let names: Vec<_> = found.manifests.iter().map(|m| m.name.to_string()).collect();
     assert_eq!(names, ["alpha", "beta"]);

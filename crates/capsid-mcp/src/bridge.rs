@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use capsid_core::CapsuleId;
+use capsid_core::limits::MAX_TOOL_INPUT_BYTES;
 use capsid_protocol::methods::{
     ToolCall, ToolCallParams, ToolChangesFollow, ToolDef, ToolList, ToolListParams, ToolOutput, Via,
 };
@@ -204,10 +205,19 @@ impl ServerHandler for Bridge {
         let Ok(capsule) = CapsuleId::new(capsule) else {
             return Err(unknown_tool(name));
         };
+        let input = Value::Object(request.arguments.clone().unwrap_or_default());
+        // Refused here: a frame too big for the daemon would end this session's connection.
+        let len = input.to_string().len();
+        if len > MAX_TOOL_INPUT_BYTES {
+            return Err(ErrorData::invalid_params(
+                format!("the arguments are {len} bytes, over the limit of {MAX_TOOL_INPUT_BYTES}"),
+                None,
+            ));
+        }
         let params = ToolCallParams {
             capsule,
             tool: tool.to_owned(),
-            input: Value::Object(request.arguments.clone().unwrap_or_default()),
+            input,
             as_user: Some(self.user.clone()),
             client: context.peer.peer_info().map(|p| p.client_info.name.clone()),
             via: Via::Mcp,

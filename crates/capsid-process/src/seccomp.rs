@@ -7,7 +7,8 @@
 //! `perf_event_open`, `kexec`, and the `TIOCSTI` ioctl (typing into a terminal). Everything
 //! else is allowed: the sandbox's namespaces, dropped capabilities and mounts do the rest.
 //! A call made through another architecture's ABI (32-bit `int 0x80` on x86-64) kills the
-//! process; on x86-64 the x32 numbering of each refused call is refused too.
+//! process; on x86-64 the x32 numbers of each refused call (the flagged number, and the
+//! x32-only numbers of `ioctl`, `ptrace` and `kexec_load`) are refused too.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -48,11 +49,25 @@ const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
 
-/// The x32 ABI's flag on x86-64 system call numbers: the same calls under other numbers.
+/// The x32 ABI's flag on x86-64 system call numbers: most calls keep their number under it.
 #[cfg(target_arch = "x86_64")]
-const X32_ALIASES: &[i64] = &[0, 0x4000_0000];
+const X32_ALIASES: &[i64] = &[0, X32_BIT];
 #[cfg(not(target_arch = "x86_64"))]
 const X32_ALIASES: &[i64] = &[0];
+
+#[cfg(target_arch = "x86_64")]
+const X32_BIT: i64 = 0x4000_0000;
+
+/// The calls x32 numbers apart (`asm/unistd_x32.h`): `ioctl` is 514, `ptrace` 521 and
+/// `kexec_load` 528 (under the flag), not their x86-64 numbers.
+#[cfg(target_arch = "x86_64")]
+const X32_OWN: &[(&str, i64)] = &[
+    ("ioctl", X32_BIT + 514),
+    ("ptrace", X32_BIT + 521),
+    ("kexec_load", X32_BIT + 528),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const X32_OWN: &[(&str, i64)] = &[];
 
 /// Why the filter could not be built (a bug in the rules above, reported at spawn).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -76,6 +91,14 @@ fn build() -> Result<Vec<u8>, FilterError> {
     .map_err(err)?;
     for alias in X32_ALIASES {
         rules.insert(libc::SYS_ioctl | alias, vec![tiocsti.clone()]);
+    }
+    for (name, nr) in X32_OWN {
+        let rule = if *name == "ioctl" {
+            vec![tiocsti.clone()]
+        } else {
+            Vec::new()
+        };
+        rules.insert(*nr, rule);
     }
     let filter = SeccompFilter::new(
         rules,

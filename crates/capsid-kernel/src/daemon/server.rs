@@ -325,12 +325,16 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
     }
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS_PER_CONNECTION));
     let mut tasks = JoinSet::new();
+    // Streams (follows) end only when their client does: they are aborted when it goes,
+    // since a quiet one would never learn it by failing to write.
+    let mut streams = JoinSet::new();
     let mut stopped = shared.stop.subscribe();
     loop {
         // Finished requests are reaped here, never raced against the read: a read cancelled
         // halfway through a frame would lose the bytes it had taken and desynchronise the
         // stream. The other branches end the connection, so what they cut short is moot.
         while tasks.try_join_next().is_some() {}
+        while streams.try_join_next().is_some() {}
         let frame = tokio::select! {
             frame = next_frame(&mut reader, &shared.budget) => frame,
             () = out.closed() => break,
@@ -369,11 +373,18 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         };
         let (shared, out) = (shared.clone(), out.clone());
         let counted = InFlight::new(shared.clone());
-        tasks.spawn(async move {
+        let set = if method.is_some_and(MethodId::streaming) {
+            &mut streams
+        } else {
+            &mut tasks
+        };
+        set.spawn(async move {
             methods::dispatch(&shared, method, request, &out).await;
             drop((permit, held, counted));
         });
     }
+    streams.abort_all();
+    while streams.join_next().await.is_some() {}
     // Requests already started finish (their answers still go out) unless the client is
     // gone; the connection's slot is released only after all of them.
     drop(out);
