@@ -90,13 +90,15 @@ fn command_with(
     for file in SANDBOX_ETC_FILES {
         cmd.args(["--ro-bind-try", file, file]);
     }
+    cmd.args(["--dev", "/dev", "--proc", "/proc"])
+        .args(["--tmpfs", "/tmp", "--bind"])
+        .args([workspace, workspace]);
+    // After the private /tmp, which would otherwise hide a program that lives under /tmp.
     let program = checked.program.as_path();
     if !SANDBOX_SYSTEM_DIRS.iter().any(|d| program.starts_with(d)) {
         cmd.arg("--ro-bind").arg(program).arg(program);
     }
-    cmd.args(["--dev", "/dev", "--proc", "/proc"])
-        .args(["--tmpfs", "/tmp", "--bind"])
-        .args([workspace, workspace])
+    cmd
         // The sandbox's own root (where the mount points above were made) is read-only too.
         .args(["--remount-ro", "/"])
         // No `--new-session`: the program stays in the process group capsid signals (it has

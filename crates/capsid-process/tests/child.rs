@@ -507,3 +507,17 @@ async fn a_fork_bomb_stays_inside_its_pids_limit() {
         .expect("the leader exited");
     assert!(group_gone(pgid).await, "the bomb was killed and reaped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandboxed_program_under_tmp_is_not_hidden_by_the_private_tmp() {
+    // The program is mounted after the sandbox's own /tmp, which would otherwise cover it.
+    let dir = tempfile::Builder::new().tempdir_in("/tmp").unwrap();
+    let program = dir.path().join("copied-true");
+    std::fs::copy("/usr/bin/true", &program).unwrap();
+    let ws = tempfile::tempdir().unwrap();
+    let mut spec = SpawnSpec::new(program.to_str().unwrap(), ws.path());
+    spec.sandbox = capsid_process::Sandbox::Required { network: false };
+    let child = Child::spawn(&spec).await.unwrap();
+    let (info, _, err) = child.wait_with_output().await;
+    assert!(info.unwrap().success(), "{}", String::from_utf8_lossy(&err));
+}
