@@ -594,3 +594,36 @@ async fn an_operator_change_that_cannot_be_recorded_is_not_made() {
     );
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_that_cannot_be_recorded_puts_the_previous_copy_back() {
+    let home = PrivateHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    kernel.install(&capsules_dir().join("hello")).await.unwrap();
+    kernel.unload(&id("hello")).await.unwrap();
+    let installed = home.path().join("capsules/hello/Capsule.toml");
+    let before = std::fs::read_to_string(&installed).unwrap();
+
+    let staging = tempfile::tempdir().unwrap();
+    let newer = copy_capsule("hello", &staging.path().join("hello"));
+    let manifest = newer.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let bumped = text.replace("version = \"0.1.0\"", "version = \"0.2.0\"");
+    assert_ne!(bumped, text, "the new copy differs");
+    std::fs::write(&manifest, bumped).unwrap();
+    // The log stops taking entries: the install cannot be recorded, so it does not land.
+    kernel.audit().shutdown().await.unwrap();
+    assert!(kernel.install(&newer).await.is_err());
+    assert_eq!(
+        std::fs::read_to_string(&installed).unwrap(),
+        before,
+        "the previous copy is back"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("capsules"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    kernel.shutdown().await;
+}
