@@ -8,7 +8,6 @@ mod common;
 
 use capsid_core::CapsidHome;
 use capsid_core::limits::MAX_TOOL_INPUT_BYTES;
-use capsid_integration_tests::capsules_dir;
 use capsid_protocol::methods::{
     CapsuleLoad, CapsuleParams, CapsuleShow, Status, ToolCall, ToolCallParams, ToolOutput, Via,
 };
@@ -21,11 +20,7 @@ use common::{CAPSID, Home, frame, next, welcomed};
 async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
     let home = Home::new();
     home.ok(&["start", "--dev"]);
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("hello").to_str().unwrap(),
-    ]);
+    home.install("hello");
     let mut client = Client::connect(&CapsidHome::at(&home.path), String::new())
         .await
         .unwrap();
@@ -139,11 +134,7 @@ async fn a_user_calls_only_the_tools_granted_and_every_call_is_recorded_whicheve
     let home = Home::new();
     // Not dev: the `mcp` user holds nothing until the operator grants it.
     home.ok(&["start"]);
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("hello").to_str().unwrap(),
-    ]);
+    home.install("hello");
     let names = |tools: Value| -> Vec<String> {
         tools
             .as_array()
@@ -243,16 +234,8 @@ async fn an_mcp_client_lists_and_calls_only_what_its_user_was_granted() {
     use rmcp::model::CallToolRequestParams;
     let home = Home::new();
     home.ok(&["start"]);
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("hello").to_str().unwrap(),
-    ]);
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("counter").to_str().unwrap(),
-    ]);
+    home.install("hello");
+    home.install("counter");
 
     let session = mcp_session(&home, "mcp").await;
     let info = session.peer_info().unwrap();
@@ -357,11 +340,7 @@ async fn an_mcp_client_is_told_when_the_tools_it_may_call_change() {
     use rmcp::ServiceExt;
     let home = Home::new();
     home.ok(&["start", "--dev"]);
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("hello").to_str().unwrap(),
-    ]);
+    home.install("hello");
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut cmd = tokio::process::Command::new(CAPSID);
     cmd.arg("--home").arg(&home.path).args(["mcp", "serve"]);
@@ -369,11 +348,7 @@ async fn an_mcp_client_is_told_when_the_tools_it_may_call_change() {
     let session = Watcher(changed.clone()).serve(transport).await.unwrap();
     let before = session.list_all_tools().await.unwrap().len();
 
-    home.ok(&[
-        "capsule",
-        "install",
-        capsules_dir().join("counter").to_str().unwrap(),
-    ]);
+    home.install("counter");
     tokio::time::timeout(common::PATIENCE, changed.notified())
         .await
         .expect("told of the new capsule's tools");

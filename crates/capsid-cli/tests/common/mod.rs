@@ -55,6 +55,12 @@ impl Home {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Installs built capsule `name` (it must succeed).
+    pub(crate) fn install(&self, name: &str) {
+        let dir = capsid_integration_tests::capsules_dir().join(name);
+        self.ok(&["capsule", "install", dir.to_str().unwrap()]);
+    }
+
     pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.push("--json");
