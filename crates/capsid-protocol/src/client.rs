@@ -8,7 +8,7 @@ use capsid_core::limits::DAEMON_PROTOCOL_VERSION;
 use tokio::net::UnixStream;
 
 use crate::frame::{FrameError, read_frame, write_json};
-use crate::wire::{ErrorCode, Hello, Request, Response, ResponseError, Welcome, WireError};
+use crate::wire::{ErrorCode, Hello, Request, Response, Welcome, WireError};
 use crate::{Method, NoParams};
 
 /// Why a client call failed.
@@ -69,15 +69,6 @@ impl ClientError {
         match self {
             Self::Refused(e) | Self::Daemon(e) => Some(e.code),
             _ => None,
-        }
-    }
-}
-
-impl From<ResponseError> for ClientError {
-    fn from(e: ResponseError) -> Self {
-        match e {
-            ResponseError::Daemon(e) => Self::Daemon(e),
-            ResponseError::Decode { method, source } => Self::Decode { method, source },
         }
     }
 }
@@ -148,7 +139,7 @@ impl Client {
     pub async fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, ClientError> {
         let id = self.send::<M>(params).await?;
         let response = self.receive(id).await?;
-        Ok(response.into_result::<M>()?)
+        response.into_result::<M>()
     }
 
     /// Calls `M`, which takes no params.

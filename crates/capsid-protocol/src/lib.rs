@@ -39,7 +39,7 @@ use serde::de::DeserializeOwned;
 
 pub use client::{Client, ClientError, Follow};
 pub use methods::{Done, MethodId, NoParams};
-pub use wire::{ErrorCode, Hello, Request, Response, ResponseError, Welcome, WireError};
+pub use wire::{ErrorCode, Hello, Request, Response, Welcome, WireError};
 
 /// A daemon method: its name, what it takes and what it answers (the model is
 /// rust-analyzer's `lsp::ext`: one type per request).

@@ -220,32 +220,16 @@ impl Response {
     }
 
     /// The answer as `M`'s result, or its error.
-    pub fn into_result<M: Method>(self) -> Result<M::Result, ResponseError> {
+    pub fn into_result<M: Method>(self) -> Result<M::Result, crate::ClientError> {
         if let Some(e) = self.error {
-            return Err(ResponseError::Daemon(e));
+            return Err(crate::ClientError::Daemon(e));
         }
         let value = self.result.unwrap_or(Value::Null);
-        serde_json::from_value(value).map_err(|source| ResponseError::Decode {
+        serde_json::from_value(value).map_err(|source| crate::ClientError::Decode {
             method: M::NAME,
             source,
         })
     }
-}
-
-/// Why a response could not be taken as its method's result.
-#[derive(Debug, thiserror::Error)]
-pub enum ResponseError {
-    /// The daemon answered with an error.
-    #[error("{0}")]
-    Daemon(WireError),
-    /// The answer does not have the result's shape (a daemon of another version).
-    #[error("the daemon's answer to {method} is not what this client expects: {source}")]
-    Decode {
-        /// The method.
-        method: &'static str,
-        /// What did not fit.
-        source: serde_json::Error,
-    },
 }
 
 #[cfg(test)]
