@@ -40,6 +40,38 @@ async fn hello_greets_logs_and_knows_who_it_runs_as() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_reports_progress_to_the_caller_watching_it_and_to_no_one_else() {
+    let rt = Runtime::new().await;
+    rt.load("counter").await;
+    let input = r#"{"to":5,"step_ms":1}"#;
+    let mut control = capsid_capsule::CallControl::new();
+    let progress = control.watch_progress();
+    let answer = rt
+        .registry
+        .call_tool_with(&id("counter"), "count-to", input, &control)
+        .await
+        .unwrap();
+    assert_eq!(answer, r#"{"counted":5}"#);
+    let latest = progress.borrow().clone().expect("progress was reported");
+    assert_eq!(
+        latest,
+        capsid_capsule::Progress {
+            done: 5,
+            total: Some(5),
+            message: Some("counted 5".into()),
+        }
+    );
+    // The next call on the same (warm) instance reports to its own caller only.
+    let unwatched = rt
+        .registry
+        .call_tool(&id("counter"), "count-to", r#"{"to":2}"#)
+        .await
+        .unwrap();
+    assert_eq!(unwatched, r#"{"counted":2}"#);
+    assert_eq!(progress.borrow().as_ref().map(|p| p.done), Some(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_counts_in_its_namespace_and_survives_a_reload() {
     let rt = Runtime::new().await;
     rt.load("counter").await;

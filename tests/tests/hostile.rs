@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use capsid_capabilities::Permissions;
-use capsid_capsule::{CapsuleError, CapsuleState, GuestError, Trust};
+use capsid_capsule::{CallControl, CapsuleError, CapsuleState, GuestError, Trust};
 use capsid_integration_tests::{Runtime, copy_capsule, id};
 use serde_json::{Value, json};
 
@@ -129,6 +129,57 @@ async fn spin_is_stopped_by_its_deadline_and_fails_alone() {
         rt.registry.info(&id("spin")).unwrap().state,
         CapsuleState::Ready
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_spin_stops_at_once_and_its_capsule_stays_ready() {
+    let rt = Runtime::new().await;
+    rt.load("hello").await;
+    // The deadline far away: only the cancellation can stop it.
+    let dir = copy_capsule("spin", &rt.home.path().join("edited"));
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let patient = text.replace("call_timeout_ms = 200", "call_timeout_ms = 60000");
+    std::fs::write(&manifest, patient).unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let control = CallControl::new();
+    let canceller = control.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        canceller.cancel();
+    });
+    let spin = id("spin");
+    let call = rt.registry.call_tool_with(&spin, "spin", "{}", &control);
+    let err = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the cancellation fired")
+        .unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::Cancelled { ref capsule } if capsule.as_str() == "spin"),
+        "{err:?}"
+    );
+    assert_eq!(
+        rt.registry.info(&id("spin")).unwrap().state,
+        CapsuleState::Ready
+    );
+    assert!(
+        !rt.audit_entries()
+            .iter()
+            .any(|e| e.capsule == "spin" && e.action == "capsule.failed"),
+        "a cancelled call is not a failure"
+    );
+    // A call cancelled before it starts never runs.
+    let cancelled_early = CallControl::new();
+    cancelled_early.cancel();
+    let refused = rt
+        .registry
+        .call_tool_with(&id("spin"), "spin", "{}", &cancelled_early)
+        .await;
+    assert!(
+        matches!(refused, Err(CapsuleError::Cancelled { .. })),
+        "{refused:?}"
+    );
+    still_serving(&rt).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,10 @@ pub const CAP_GRANT_MANIFEST: &str = "cap.grant.manifest";
 pub const CAP_REVOKE_MANIFEST: &str = "cap.revoke.manifest";
 /// The operator linked a platform account to a user.
 pub const IDENTITY_LINK: &str = "identity.link";
+/// The operator minted a bearer token for the MCP bridge's HTTP transport.
+pub const MCP_TOKEN_CREATE: &str = "mcp.token.create";
+/// The operator revoked a bearer token.
+pub const MCP_TOKEN_REVOKE: &str = "mcp.token.revoke";
 /// An operator action recorded before it ran did not take effect.
 pub const OPERATOR_FAILED: &str = "operator.failed";
 

@@ -103,7 +103,7 @@ impl CapsulePre {
 pub(crate) fn link_capsid_host(
     linker: &mut wasmtime::component::Linker<crate::host::HostState>,
 ) -> wasmtime::Result<()> {
-    use capsid::host::{fs, ipc, kv, log, process, sys, types};
+    use capsid::host::{fs, ipc, kv, log, process, progress, sys, types};
     use wasmtime::component::HasSelf;
     fn state(s: &mut crate::host::HostState) -> &mut crate::host::HostState {
         s
@@ -115,5 +115,6 @@ pub(crate) fn link_capsid_host(
     fs::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     ipc::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     process::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    progress::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     Ok(())
 }

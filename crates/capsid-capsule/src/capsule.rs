@@ -20,6 +20,7 @@ use wasmtime::Store;
 use wasmtime::Trap;
 
 use crate::bindings::{CapsuleExports, CapsulePre, InstantiateError, WitError, WitRestartCause};
+use crate::control::CallControl;
 use crate::engine::LoadKind;
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
@@ -135,12 +136,13 @@ struct Warm {
     exports: CapsuleExports,
 }
 
-/// Starts the clock of one call: its deadline, checked at every epoch tick, and a fresh
-/// memory-limit flag.
-fn arm(store: &mut Store<HostState>, timeout: Duration) {
+/// Starts the clock of one call: its deadline and its caller's cancellation, checked at
+/// every epoch tick, and a fresh memory-limit flag.
+fn arm(store: &mut Store<HostState>, timeout: Duration, control: CallControl) {
     let data = store.data_mut();
     data.deadline = std::time::Instant::now() + timeout;
     data.limiter.hit = false;
+    data.control = control;
     store.set_epoch_deadline(1);
 }
 
@@ -279,14 +281,38 @@ impl LoadedCapsule {
         }
     }
 
-    /// Runs `call` on `warm` under the capsule's deadline and memory limit.
-    async fn run(&self, warm: &mut Warm, call: &Call<'_>) -> Result<Option<String>, CapsuleError> {
+    /// Runs `call` on `warm` under the capsule's deadline and memory limit, until `control`
+    /// cancels it.
+    async fn run(
+        &self,
+        warm: &mut Warm,
+        call: &Call<'_>,
+        control: &CallControl,
+    ) -> Result<Option<String>, CapsuleError> {
         let timeout = self.timeout();
-        arm(&mut warm.store, timeout);
-        let outcome = tokio::time::timeout(timeout + HOST_CALL_GRACE, invoke(warm, call)).await;
+        arm(&mut warm.store, timeout, control.clone());
+        let outcome = {
+            let invoked = tokio::time::timeout(timeout + HOST_CALL_GRACE, invoke(warm, call));
+            tokio::pin!(invoked);
+            tokio::select! {
+                biased;
+                outcome = &mut invoked => outcome,
+                () = control.cancellation() => {
+                    // Running wasm stops at the next epoch tick; a host call in progress is
+                    // cut after the grace.
+                    match tokio::time::timeout(HOST_CALL_GRACE, &mut invoked).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return Err(self.cancelled()),
+                    }
+                }
+            }
+        };
+        // The next call on this instance reports to its own caller, not this one.
+        warm.store.data_mut().control = CallControl::default();
         match outcome {
+            Err(_) if control.is_cancelled() => Err(self.cancelled()),
             Err(_) => Err(self.timeout_error()),
-            Ok(Err(trap)) => Err(self.classify(&trap, &warm.store)),
+            Ok(Err(trap)) => Err(self.classify(&trap, &warm.store, control)),
             Ok(Ok(Err(e))) => Err(CapsuleError::Guest {
                 capsule: self.name().clone(),
                 call: call.name(),
@@ -303,7 +329,18 @@ impl LoadedCapsule {
         }
     }
 
-    fn classify(&self, error: &wasmtime::Error, store: &Store<HostState>) -> CapsuleError {
+    fn cancelled(&self) -> CapsuleError {
+        CapsuleError::Cancelled {
+            capsule: self.name().clone(),
+        }
+    }
+
+    fn classify(
+        &self,
+        error: &wasmtime::Error,
+        store: &Store<HostState>,
+        control: &CallControl,
+    ) -> CapsuleError {
         if error
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
             .is_some()
@@ -319,7 +356,11 @@ impl LoadedCapsule {
             };
         }
         if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-            return self.timeout_error();
+            return if control.is_cancelled() {
+                self.cancelled()
+            } else {
+                self.timeout_error()
+            };
         }
         CapsuleError::Trap {
             capsule: self.name().clone(),
@@ -334,10 +375,12 @@ impl LoadedCapsule {
             self.cx.clone(),
             self.manifest.limits.memory_mb,
         );
-        arm(&mut store, self.timeout());
+        arm(&mut store, self.timeout(), CallControl::default());
         let exports = match self.pre.instantiate_async(&mut store).await {
             Ok(e) => e,
-            Err(InstantiateError::Instantiate(e)) => return Err(self.classify(&e, &store)),
+            Err(InstantiateError::Instantiate(e)) => {
+                return Err(self.classify(&e, &store, &CallControl::default()));
+            }
             Err(InstantiateError::Exports(e)) => {
                 return Err(CapsuleError::WrongWorld {
                     capsule: self.name().clone(),
@@ -347,7 +390,8 @@ impl LoadedCapsule {
         };
         let mut warm = Warm { store, exports };
         let config = self.cx.config.clone();
-        self.run(&mut warm, &Call::Init(&config)).await?;
+        self.run(&mut warm, &Call::Init(&config), &CallControl::default())
+            .await?;
         Ok(warm)
     }
 
@@ -356,17 +400,25 @@ impl LoadedCapsule {
     pub(crate) async fn warm_up(&self, restart: Option<Restart>) -> Result<(), CapsuleError> {
         let mut warm = self.instantiate().await?;
         if let Some(restart) = restart {
-            self.run(&mut warm, &Call::Restart(restart)).await?;
+            self.run(&mut warm, &Call::Restart(restart), &CallControl::default())
+                .await?;
         }
         lock(&self.idle).push(warm);
         Ok(())
     }
 
     /// Runs `call` on an idle (or new) instance, marking the capsule failed if it traps.
-    async fn call(&self, call: Call<'_>) -> Result<Option<String>, CapsuleError> {
+    async fn call(
+        &self,
+        call: Call<'_>,
+        control: &CallControl,
+    ) -> Result<Option<String>, CapsuleError> {
         self.ensure_ready()?;
-        let Ok(Ok(_permit)) = tokio::time::timeout(self.timeout(), self.permits.acquire()).await
-        else {
+        let permit = tokio::select! {
+            permit = tokio::time::timeout(self.timeout(), self.permits.acquire()) => permit,
+            () = control.cancellation() => return Err(self.cancelled()),
+        };
+        let Ok(Ok(_permit)) = permit else {
             return Err(CapsuleError::Busy {
                 capsule: self.name().clone(),
                 max_instances: self.manifest.limits.max_instances,
@@ -382,10 +434,12 @@ impl LoadedCapsule {
                 Err(e) => return Err(self.fail_if_fatal(e).await),
             },
         };
-        let ran = self.run(&mut warm, &call).await;
+        let ran = self.run(&mut warm, &call, control).await;
         self.touch();
         match ran {
             Err(e) if e.is_fatal() => Err(self.fail_if_fatal(e).await),
+            // Its instance was stopped mid-call: dropped, with its background children.
+            Err(e @ CapsuleError::Cancelled { .. }) => Err(e),
             result => {
                 if self.state() == CapsuleState::Ready {
                     lock(&self.idle).push(warm);
@@ -418,6 +472,18 @@ impl LoadedCapsule {
 
     /// Runs tool `tool` with `input_json`.
     pub async fn call_tool(&self, tool: &str, input_json: &str) -> Result<String, CapsuleError> {
+        self.call_tool_with(tool, input_json, &CallControl::default())
+            .await
+    }
+
+    /// Runs tool `tool` with `input_json` for a caller holding `control` (to cancel it and
+    /// watch its progress).
+    pub async fn call_tool_with(
+        &self,
+        tool: &str,
+        input_json: &str,
+        control: &CallControl,
+    ) -> Result<String, CapsuleError> {
         if !self.manifest.tools.iter().any(|t| t.name == tool) {
             return Err(CapsuleError::UnknownTool {
                 capsule: self.name().clone(),
@@ -428,10 +494,13 @@ impl LoadedCapsule {
             return Err(self.too_big("tool input", input_json.len(), MAX_TOOL_INPUT_BYTES));
         }
         let answer = self
-            .call(Call::Tool {
-                name: tool,
-                input: input_json,
-            })
+            .call(
+                Call::Tool {
+                    name: tool,
+                    input: input_json,
+                },
+                control,
+            )
             .await?
             .unwrap_or_default();
         if answer.len() > MAX_TOOL_OUTPUT_BYTES {
@@ -451,7 +520,9 @@ impl LoadedCapsule {
 
     /// Delivers one event to `handle-event`.
     pub async fn handle_event(&self, topic: &str, payload: &[u8]) -> Result<(), CapsuleError> {
-        self.call(Call::Event { topic, payload }).await.map(|_| ())
+        self.call(Call::Event { topic, payload }, &CallControl::default())
+            .await
+            .map(|_| ())
     }
 
     /// Stops the dispatchers and calls `shutdown` on every idle instance (each under the
@@ -463,7 +534,10 @@ impl LoadedCapsule {
         }
         let idle: Vec<Warm> = lock(&self.idle).drain(..).collect();
         for mut warm in idle {
-            if let Err(e) = self.run(&mut warm, &Call::Shutdown).await {
+            if let Err(e) = self
+                .run(&mut warm, &Call::Shutdown, &CallControl::default())
+                .await
+            {
                 self.cx
                     .log
                     .push(LogLevel::Warn, LogSource::Host, &e.to_string());

@@ -165,6 +165,13 @@ pub enum CapsuleError {
         /// The capsule.
         capsule: CapsuleId,
     },
+    /// The call's caller cancelled it (an MCP client's `notifications/cancelled`, or its
+    /// connection closing). Not the capsule's fault: it is not marked failed.
+    #[error("capsule {capsule}: the call was cancelled by its caller")]
+    Cancelled {
+        /// The capsule.
+        capsule: CapsuleId,
+    },
     /// No such tool is declared in the manifest.
     #[error("capsule {capsule} has no tool named {tool:?}")]
     UnknownTool {

@@ -23,6 +23,7 @@
 
 mod bindings;
 mod capsule;
+mod control;
 mod dispatch;
 mod engine;
 mod error;
@@ -33,6 +34,7 @@ mod native;
 mod registry;
 
 pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
+pub use control::{CallControl, Progress};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};
 pub use grants::{

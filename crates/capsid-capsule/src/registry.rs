@@ -532,6 +532,19 @@ impl Registry {
         self.get(name)?.call_tool(tool, input_json).await
     }
 
+    /// Runs `tool` of capsule `name` on `input_json` for a caller holding `control`.
+    pub async fn call_tool_with(
+        &self,
+        name: &CapsuleId,
+        tool: &str,
+        input_json: &str,
+        control: &crate::CallControl,
+    ) -> Result<String, CapsuleError> {
+        self.get(name)?
+            .call_tool_with(tool, input_json, control)
+            .await
+    }
+
     /// Every capsule the registry knows, by name.
     pub fn list(&self) -> Vec<CapsuleInfo> {
         self.read_slots()

@@ -17,7 +17,7 @@ use capsid_protocol::{Client, Method};
 use serde_json::Value;
 
 use crate::output::{self, opt};
-use crate::{AuditCommand, CapCommand, CapsuleCommand, Command};
+use crate::{AuditCommand, CapCommand, CapsuleCommand, Command, McpCommand};
 
 /// Runs `command` against the daemon `client` is connected to.
 pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) -> Result<()> {
@@ -99,7 +99,11 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
             }
             Ok(())
         }
-        Command::Daemon { .. } | Command::Start { .. } | Command::Stop | Command::Mcp(_) => Ok(()),
+        Command::Mcp(McpCommand::Token(t)) => crate::mcp::token(client, t, as_json).await,
+        Command::Daemon { .. }
+        | Command::Start { .. }
+        | Command::Stop
+        | Command::Mcp(McpCommand::Serve { .. }) => Ok(()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemon;
+mod mcp;
 mod output;
 
 use std::path::PathBuf;
@@ -114,16 +115,59 @@ pub(crate) enum Command {
 #[derive(Subcommand)]
 pub(crate) enum McpCommand {
     /// Serve every capsule tool the user may call to one MCP client on stdin/stdout (what an
-    /// agent's config starts: `{"command": "capsid", "args": ["mcp", "serve"]}`). Starts the
-    /// daemon if none runs.
+    /// agent's config starts: `{"command": "capsid", "args": ["mcp", "serve"]}`), or with
+    /// `--http` to MCP clients over HTTP. Starts the daemon if none runs.
     Serve {
-        /// The user the session acts as: it calls only the tools granted to it
-        /// (`capsid cap grant 'tool://<capsule>/*' exec --user <user>`).
-        #[arg(long = "as", value_name = "USER", default_value = "mcp")]
+        /// The user a stdio session acts as: it calls only the tools granted to it
+        /// (`capsid cap grant 'tool://<capsule>/*' exec --user <user>`). Over HTTP each
+        /// request acts as its bearer token's user instead.
+        #[arg(
+            long = "as",
+            value_name = "USER",
+            default_value = "mcp",
+            conflicts_with = "http"
+        )]
         as_user: String,
         /// Refuse, rather than start a daemon, when none runs.
         #[arg(long)]
         no_start: bool,
+        /// Serve Streamable HTTP at this address (e.g. `127.0.0.1:8765`) instead of stdio;
+        /// every request needs `Authorization: Bearer <token>` (`capsid mcp token create`).
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
+        /// Allow an `--http` address that is not loopback.
+        #[arg(long, requires = "http")]
+        public: bool,
+        /// Also accept this `Host` header (`name` or `name:port`; loopback names always are).
+        #[arg(long = "allow-host", value_name = "HOST", requires = "http")]
+        allow_hosts: Vec<String>,
+        /// Accept browser requests from this `Origin` (`scheme://host:port`); any other
+        /// `Origin` is refused.
+        #[arg(long = "allow-origin", value_name = "ORIGIN", requires = "http")]
+        allow_origins: Vec<String>,
+    },
+    /// Bearer tokens for `capsid mcp serve --http`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Mint a token acting as a user; it is printed once (only its hash is kept).
+    Create {
+        /// The user its requests act as.
+        #[arg(long = "as", value_name = "USER")]
+        as_user: String,
+        /// What to call it in `token ls`.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// The live tokens (never their secrets).
+    Ls,
+    /// Revoke a token: requests presenting it are refused from now on.
+    Revoke {
+        /// Its id (from `token ls`).
+        id: String,
     },
 }
 
@@ -263,15 +307,36 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Start { dev } => daemon::start(&home, dev).await,
         Command::Stop => daemon::stop(&home).await,
-        Command::Mcp(McpCommand::Serve { as_user, no_start }) => {
+        Command::Mcp(McpCommand::Serve {
+            as_user,
+            no_start,
+            http,
+            public,
+            allow_hosts,
+            allow_origins,
+        }) => {
             let client = match connect(&home).await {
                 Ok(client) => client,
                 Err(_) if !no_start => daemon::launch(&home, false).await?,
                 Err(e) => return Err(e),
             };
-            let watch = connect(&home).await?;
-            let bridge = capsid_mcp::Bridge::new(client, as_user).notify_changes(watch);
-            Ok(capsid_mcp::serve_stdio(bridge).await?)
+            let daemon =
+                capsid_mcp::Daemon::new(home.clone(), local_fingerprint(&home), Some(client));
+            match http {
+                None => {
+                    let bridge = capsid_mcp::Bridge::new(daemon, capsid_mcp::Acting::As(as_user));
+                    Ok(capsid_mcp::serve_stdio(bridge).await?)
+                }
+                Some(addr) => {
+                    let options = capsid_mcp::HttpOptions {
+                        addr,
+                        public,
+                        allowed_hosts: allow_hosts,
+                        allowed_origins: allow_origins,
+                    };
+                    mcp::serve_http(daemon, options).await
+                }
+            }
         }
         command => {
             let mut client = connect(&home).await?;

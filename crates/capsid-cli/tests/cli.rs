@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use common::{CAPSID, Home, PATIENCE, frame, hello, next, request, try_frame, welcomed};
+use common::{CAPSID, Home, PATIENCE, frame, hello, next, request, try_frame, until, welcomed};
 
 fn fds_of(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
@@ -218,18 +218,6 @@ fn custom_section(name: &str, payload: &[u8]) -> Vec<u8> {
     section.extend_from_slice(name.as_bytes());
     section.extend_from_slice(payload);
     section
-}
-
-/// Polls `done` until it holds, for at most [`PATIENCE`].
-fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let begun = Instant::now();
-    while begun.elapsed() < PATIENCE {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("never: {what}");
 }
 
 fn state_of(home: &Home, capsule: &str) -> Option<String> {

@@ -110,6 +110,13 @@ pub const MAX_TOOL_INPUT_BYTES: usize = 1024 * 1024;
 /// Largest result a tool may return, in bytes; a larger one is an error.
 pub const MAX_TOOL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Bytes of a progress message a capsule reports (`progress.report`); longer ones are cut.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
+
+/// The shortest time between two progress reports passed on to a tool's caller: reports in
+/// between are coalesced, the latest winning.
+pub const PROGRESS_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Longest line a capsule may log, in bytes; longer lines are cut.
 pub const MAX_LOG_LINE_BYTES: usize = 16 * 1024;
 
@@ -372,3 +379,21 @@ pub const MAX_DAEMON_BUFFERED_BYTES: usize = 256 << 20;
 /// Descriptors the daemon keeps free for the kernel (stores, capsules, children) when it
 /// sizes its connection cap to the open-file limit.
 pub const DAEMON_FD_RESERVE: u64 = 256;
+
+/// Daemon connections one MCP bridge holds at once: each request in flight takes one (a
+/// cancelled call's connection is closed, which is how the daemon learns of it); more
+/// requests wait their turn.
+pub const MCP_DAEMON_CONNECTIONS: usize = 64;
+
+/// Idle daemon connections an MCP bridge keeps for the next requests.
+pub const MCP_IDLE_DAEMON_CONNECTIONS: usize = 16;
+
+/// HTTP connections the MCP bridge serves at once; more wait to be accepted.
+pub const MCP_HTTP_MAX_CONNECTIONS: usize = 512;
+
+/// How long an HTTP client of the MCP bridge has to send a request's headers.
+pub const MCP_HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest HTTP request body the MCP bridge reads: a tool's largest input and the JSON-RPC
+/// envelope around it.
+pub const MCP_MAX_REQUEST_BYTES: usize = MAX_TOOL_INPUT_BYTES + 64 * 1024;

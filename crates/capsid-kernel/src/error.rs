@@ -58,6 +58,12 @@ pub enum KernelError {
     /// Several users have that name.
     #[error("several users are named {0:?}; name one by its id")]
     AmbiguousUser(String),
+    /// No bearer token has that id.
+    #[error("no MCP token with id {0:?}; `capsid mcp token ls` lists them")]
+    UnknownToken(String),
+    /// A bearer token could not be minted.
+    #[error(transparent)]
+    Mint(#[from] capsid_storage::MintError),
     /// A platform account is linked already.
     #[error("{platform}/{platform_user_id} is linked to a user already")]
     AlreadyLinked {

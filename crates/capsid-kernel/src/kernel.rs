@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{CapsuleError, CapsuleInfo, Registry, Restart, RestartCause};
+use capsid_capsule::{CallControl, CapsuleError, CapsuleInfo, Registry, Restart, RestartCause};
 use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
 use capsid_core::{CapsidHome, CapsuleId, Principal};
 use capsid_events::{Delivery, EventBus};
@@ -419,6 +419,7 @@ impl Kernel {
         name: &CapsuleId,
         tool: &str,
         input: &str,
+        control: &CallControl,
     ) -> Result<String, KernelError> {
         self.open()?;
         if self.idled().contains(name) {
@@ -428,7 +429,10 @@ impl Kernel {
             }
             self.idled().remove(name);
         }
-        Ok(self.registry().call_tool(name, tool, input).await?)
+        Ok(self
+            .registry()
+            .call_tool_with(name, tool, input, control)
+            .await?)
     }
 
     /// Publishes an event as the operator (recorded in the audit log). Topics under

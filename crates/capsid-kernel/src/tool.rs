@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
 use capsid_capabilities::{Check, Denied, Permissions, RecordAllow, Subject};
-use capsid_capsule::{CapsuleError, CapsuleState};
+use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
 use capsid_core::limits::MAX_CLIENT_NAME_BYTES;
 use capsid_core::{CapsuleId, Principal, PrincipalId};
 use serde_json::json;
@@ -61,6 +61,10 @@ pub struct ToolInfo {
     pub description: String,
     /// JSON schema of its input.
     pub input_schema: serde_json::Value,
+    /// JSON schema of its output, when it declares one.
+    pub output_schema: Option<serde_json::Value>,
+    /// What it says of itself.
+    pub annotations: capsid_manifest::ToolAnnotations,
 }
 
 /// The resource calling `tool` of `capsule` is checked against.
@@ -100,6 +104,7 @@ fn outcome(result: &Result<String, KernelError>) -> &'static str {
             CapsuleError::TooBig { .. } => "too-large",
             CapsuleError::UnknownTool { .. } => "unknown-tool",
             CapsuleError::NotReady { .. } => "not-ready",
+            CapsuleError::Cancelled { .. } => "cancelled",
             _ => "failed",
         },
         Err(_) => "failed",
@@ -124,18 +129,26 @@ impl Kernel {
         tool: &str,
         input: &str,
     ) -> Result<String, KernelError> {
-        self.call_tool_as(&self.operator(Door::Api), name, tool, input)
-            .await
+        self.call_tool_as(
+            &self.operator(Door::Api),
+            name,
+            tool,
+            input,
+            &CallControl::default(),
+        )
+        .await
     }
 
     /// Runs `tool` of capsule `name` on JSON `input` for `caller`: checked (unless the caller
-    /// is the operator), recorded before, run, recorded after.
+    /// is the operator), recorded before, run, recorded after. `control` cancels it (the
+    /// record after says `cancelled`) and receives its progress.
     pub async fn call_tool_as(
         &self,
         caller: &ToolCaller,
         name: &CapsuleId,
         tool: &str,
         input: &str,
+        control: &CallControl,
     ) -> Result<String, KernelError> {
         self.open()?;
         let operator = caller.principal == self.principal();
@@ -196,7 +209,7 @@ impl Kernel {
             }
         }
         let started = Instant::now();
-        let mut result = self.run_tool(name, tool, input).await;
+        let mut result = self.run_tool(name, tool, input, control).await;
         let details = json!({
             "outcome": outcome(&result),
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
@@ -278,6 +291,8 @@ impl Kernel {
                         tool: tool.name.clone(),
                         description: tool.description.clone(),
                         input_schema: tool.input_schema.clone(),
+                        output_schema: tool.output_schema.clone(),
+                        annotations: tool.annotations,
                     });
                 }
             }
@@ -285,8 +300,13 @@ impl Kernel {
         out
     }
 
-    /// The user named `name` (exactly one must be).
+    /// The user whose id `name` is, else the one named `name` (exactly one must be).
     pub async fn find_user(&self, name: &str) -> Result<PrincipalId, KernelError> {
+        if let Ok(id) = name.parse::<PrincipalId>()
+            && self.identity().user(&id).await?.is_some()
+        {
+            return Ok(id);
+        }
         let users = self.identity().users().await?;
         let mut named = users.into_iter().filter(|u| u.name == name);
         match (named.next(), named.next()) {

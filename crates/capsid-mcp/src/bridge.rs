@@ -1,67 +1,140 @@
 //! The MCP server handler: `tools/list` and `tools/call` answered through the daemon's
-//! `tool.list` and `tool.call`, as one user.
+//! `tool.list`, `tool.call` and `tool.run`, as the session's user; the tool list's changes
+//! announced both ways MCP has (`notifications/tools/list_changed` after `initialize`, and
+//! `subscriptions/listen` in 2026-07-28).
 
 use std::sync::Arc;
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::MAX_TOOL_INPUT_BYTES;
 use capsid_protocol::methods::{
-    ToolCall, ToolCallParams, ToolChangesFollow, ToolDef, ToolList, ToolListParams, ToolOutput, Via,
+    ToolCall, ToolCallParams, ToolChangesFollow, ToolList, ToolListParams, ToolOutput, ToolRun,
+    ToolRunFrame, Via,
 };
-use capsid_protocol::{Client, ClientError, ErrorCode};
+use capsid_protocol::{Client, ClientError, Method};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, Extensions, Implementation,
+    ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
+    ServerCapabilities, ServerConfig, SubscriptionFilter,
 };
-use rmcp::service::{NotificationContext, RequestContext};
-use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
-use tokio::sync::Mutex;
 
-/// Why serving stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// The MCP session could not be set up (the client's first messages were refused).
-    #[error("the MCP session could not start: {0}")]
-    Initialize(String),
-    /// The session ended with an error.
-    #[error("the MCP session failed: {0}")]
-    Session(String),
+use crate::daemon::Daemon;
+use crate::tools::{answer, mcp_tool, unknown_tool};
+
+/// Whom a session's requests act as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acting {
+    /// One user for the whole session (`capsid mcp serve --as <user>` on stdio).
+    As(String),
+    /// The user each HTTP request's bearer token names (checked by the HTTP layer before
+    /// the request reaches the bridge).
+    Bearer,
 }
 
-/// An MCP server over a daemon connection, acting as one user.
-#[derive(Debug)]
+/// The user an HTTP request's bearer token acts as: put in the request's extensions by the
+/// HTTP layer, read by the bridge.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenUser(pub String);
+
+/// An MCP server over the home's daemon. Cloning shares its connections.
+#[derive(Debug, Clone)]
 pub struct Bridge {
-    // One connection; requests take turns on it.
-    client: Arc<Mutex<Client>>,
-    user: String,
-    /// A second connection, following the user's tool set once the session is initialised.
-    watch: std::sync::Mutex<Option<Client>>,
+    daemon: Arc<Daemon>,
+    acting: Acting,
 }
 
 impl Bridge {
-    /// A bridge answering through `client`, as `user` (e.g. `mcp`).
-    pub fn new(client: Client, user: String) -> Self {
-        Self {
-            client: Arc::new(Mutex::new(client)),
-            user,
-            watch: std::sync::Mutex::new(None),
+    /// A bridge answering through `daemon`, acting as `acting` says.
+    pub fn new(daemon: Arc<Daemon>, acting: Acting) -> Self {
+        Self { daemon, acting }
+    }
+
+    /// The user a request acts as. A bearer session without a token user fails closed.
+    fn user(&self, extensions: &Extensions) -> Result<String, ErrorData> {
+        match &self.acting {
+            Acting::As(user) => Ok(user.clone()),
+            Acting::Bearer => extensions
+                .get::<http::request::Parts>()
+                .and_then(|parts| parts.extensions.get::<TokenUser>())
+                .map(|t| t.0.clone())
+                .ok_or_else(|| ErrorData::invalid_request("no bearer token", None)),
         }
     }
 
-    /// Sends `notifications/tools/list_changed` whenever the tools the user may call change
-    /// (a capsule loaded, unloaded, reloaded or installed, a grant made or revoked), learnt
-    /// through `watch`, a connection of its own.
-    #[must_use]
-    pub fn notify_changes(self, watch: Client) -> Self {
-        *capsid_core::sync::lock(&self.watch) = Some(watch);
-        self
+    /// One call of `M` on a leased connection.
+    async fn ask<M: Method>(&self, params: &M::Params) -> Result<M::Result, ClientError> {
+        let mut lease = self.daemon.lease().await?;
+        let outcome = lease.client().call::<M>(params).await;
+        lease.keep_if(&outcome);
+        outcome
+    }
+
+    /// Runs a tool call until it answers or `context` is cancelled; progress goes to the
+    /// client when it asked for it. A cancelled call's connection is closed: the daemon
+    /// stops the guest and records the call as cancelled.
+    async fn run_call(
+        &self,
+        params: &ToolCallParams,
+        context: &RequestContext<RoleServer>,
+    ) -> Option<Result<ToolOutput, ClientError>> {
+        let mut lease = match self.daemon.lease().await {
+            Ok(lease) => lease,
+            Err(e) => return Some(Err(e)),
+        };
+        let progress = context.meta.get_progress_token();
+        let client = lease.client();
+        let outcome = tokio::select! {
+            outcome = call_reporting(client, params, progress, &context.peer) => Some(outcome),
+            () = context.ct.cancelled() => None,
+        };
+        // Cancelled: the lease is dropped, closing its connection.
+        let outcome = outcome?;
+        lease.keep_if(&outcome);
+        Some(outcome)
     }
 }
 
-/// Follows the tool set of `user` on `watch` and tells `peer` of each change after the
+/// `tool.call`, or `tool.run` with its progress passed to `peer` under `token`.
+async fn call_reporting(
+    client: &mut Client,
+    params: &ToolCallParams,
+    token: Option<ProgressToken>,
+    peer: &Peer<RoleServer>,
+) -> Result<ToolOutput, ClientError> {
+    let Some(token) = token else {
+        return client.call::<ToolCall>(params).await;
+    };
+    let mut frames = client.follow::<ToolRun>(params).await?;
+    while let Some(frame) = frames.next().await? {
+        match frame {
+            ToolRunFrame::Done(output) => return Ok(output),
+            ToolRunFrame::Progress(p) => {
+                #[allow(clippy::cast_precision_loss)]
+                let mut note = ProgressNotificationParam::new(token.clone(), p.done as f64);
+                #[allow(clippy::cast_precision_loss)]
+                {
+                    note.total = p.total.map(|t| t as f64);
+                }
+                note.message = p.message;
+                if let Err(e) = peer.notify_progress(note).await {
+                    tracing::debug!(error = %e, "progress not delivered");
+                }
+            }
+        }
+    }
+    Err(ClientError::Closed)
+}
+
+/// Follows the tool set of `user` on `watch` and calls `changed` at each change after the
 /// first, until either side goes away.
-async fn announce_changes(mut watch: Client, user: String, peer: rmcp::Peer<RoleServer>) {
+async fn follow_changes<F, Fut>(mut watch: Client, user: String, announce: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
     let params = ToolListParams {
         as_user: Some(user),
     };
@@ -73,85 +146,9 @@ async fn announce_changes(mut watch: Client, user: String, peer: rmcp::Peer<Role
         return;
     }
     while let Ok(Some(_)) = changes.next().await {
-        if let Err(e) = peer.notify_tool_list_changed().await {
-            tracing::debug!(error = %e, "the MCP client is gone");
+        if !announce().await {
             return;
         }
-    }
-}
-
-/// Serves MCP on stdin/stdout until the client goes away.
-pub async fn serve_stdio(bridge: Bridge) -> Result<(), ServeError> {
-    let running = bridge
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| ServeError::Initialize(e.to_string()))?;
-    running
-        .waiting()
-        .await
-        .map(|_| ())
-        .map_err(|e| ServeError::Session(e.to_string()))
-}
-
-/// The MCP name of a tool: `<capsule>.<tool>`.
-fn mcp_name(t: &ToolDef) -> String {
-    format!("{}.{}", t.capsule, t.tool)
-}
-
-fn mcp_tool(t: ToolDef) -> Tool {
-    let name = mcp_name(&t);
-    let schema: JsonObject = match t.input_schema {
-        Value::Object(map) if !map.is_empty() => map,
-        // A tool that declares no schema takes any object.
-        _ => {
-            let mut any = JsonObject::new();
-            any.insert("type".into(), Value::String("object".into()));
-            any
-        }
-    };
-    Tool::new(name, t.description, Arc::new(schema))
-}
-
-/// The answer for a tool name that is not, or may not be, called: the same either way.
-fn unknown_tool(name: &str) -> ErrorData {
-    ErrorData::invalid_params(format!("unknown tool {name:?}"), None)
-}
-
-fn text(message: impl Into<String>) -> Vec<ContentBlock> {
-    vec![ContentBlock::text(message.into())]
-}
-
-/// A daemon answer as MCP sees it: results and tool failures are results (the model reads
-/// them), requests that cannot be served are protocol errors.
-fn answer(
-    name: &str,
-    result: Result<ToolOutput, ClientError>,
-) -> Result<CallToolResult, ErrorData> {
-    match result {
-        Ok(ToolOutput::Json(value @ Value::Object(_))) => Ok(CallToolResult::structured(value)),
-        Ok(ToolOutput::Json(value)) => Ok(CallToolResult::success(text(value.to_string()))),
-        Ok(ToolOutput::Text(t)) => Ok(CallToolResult::success(text(t))),
-        Err(ClientError::Daemon(e)) => match e.code {
-            ErrorCode::UnknownTool | ErrorCode::NotFound => Err(unknown_tool(name)),
-            ErrorCode::InvalidParams | ErrorCode::TooLarge | ErrorCode::Invalid => {
-                Err(ErrorData::invalid_params(e.message, None))
-            }
-            ErrorCode::ToolError => Ok(CallToolResult::error(text(e.message))),
-            ErrorCode::Timeout => Ok(CallToolResult::error(text(format!(
-                "the tool ran past its deadline and was stopped: {}",
-                e.message
-            )))),
-            ErrorCode::CapsuleFailed => Ok(CallToolResult::error(text(format!(
-                "the tool's capsule failed: {}",
-                e.message
-            )))),
-            ErrorCode::Busy | ErrorCode::NotReady => Ok(CallToolResult::error(text(format!(
-                "{}; try again",
-                e.message
-            )))),
-            _ => Err(ErrorData::internal_error(e.message, None)),
-        },
-        Err(other) => Err(ErrorData::internal_error(other.to_string(), None)),
     }
 }
 
@@ -167,25 +164,61 @@ impl ServerHandler for Bridge {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
-        let watch = capsid_core::sync::lock(&self.watch).take();
-        if let Some(watch) = watch {
-            tokio::spawn(announce_changes(watch, self.user.clone(), context.peer));
+        let Ok(user) = self.user(&context.extensions) else {
+            return;
+        };
+        let Ok(watch) = self.daemon.connect().await else {
+            tracing::warn!("cannot follow tool changes: the daemon does not answer");
+            return;
+        };
+        let peer = context.peer;
+        tokio::spawn(follow_changes(watch, user, move || {
+            let peer = peer.clone();
+            async move { peer.notify_tool_list_changed().await.is_ok() }
+        }));
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed.filter(|on| *on);
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let user = self.user(&context.request_context().extensions)?;
+        if context.accepted().tools_list_changed != Some(true) {
+            context.cancelled().await;
+            return Ok(());
         }
+        let watch = self
+            .daemon
+            .connect()
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let sink = context.sink().clone();
+        tokio::select! {
+            () = follow_changes(watch, user, move || {
+                let sink = sink.clone();
+                async move { sink.notify_tool_list_changed().await.is_ok() }
+            }) => {}
+            () = context.cancelled() => {}
+        }
+        Ok(())
     }
 
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let params = ToolListParams {
-            as_user: Some(self.user.clone()),
+            as_user: Some(self.user(&context.extensions)?),
         };
         let tools = self
-            .client
-            .lock()
-            .await
-            .call::<ToolList>(&params)
+            .ask::<ToolList>(&params)
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
         Ok(ListToolsResult::with_all_items(
@@ -198,6 +231,7 @@ impl ServerHandler for Bridge {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
+        let user = self.user(&context.extensions)?;
         let name = request.name.as_ref();
         let Some((capsule, tool)) = name.split_once('.') else {
             return Err(unknown_tool(name));
@@ -206,7 +240,7 @@ impl ServerHandler for Bridge {
             return Err(unknown_tool(name));
         };
         let input = Value::Object(request.arguments.clone().unwrap_or_default());
-        // Refused here: a frame too big for the daemon would end this session's connection.
+        // Refused here: a frame too big for the daemon would end this request's connection.
         let len = input.to_string().len();
         if len > MAX_TOOL_INPUT_BYTES {
             return Err(ErrorData::invalid_params(
@@ -218,58 +252,16 @@ impl ServerHandler for Bridge {
             capsule,
             tool: tool.to_owned(),
             input,
-            as_user: Some(self.user.clone()),
-            client: context.peer.peer_info().map(|p| p.client_info.name.clone()),
+            as_user: Some(user),
+            client: context.client_info().map(|c| c.name),
             via: Via::Mcp,
         };
-        let result = self.client.lock().await.call::<ToolCall>(&params).await;
-        answer(name, result).map(CallToolResponse::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use capsid_protocol::WireError;
-
-    fn daemon(code: ErrorCode) -> Result<ToolOutput, ClientError> {
-        Err(ClientError::Daemon(WireError::new(code, "why")))
-    }
-
-    #[test]
-    fn results_failures_and_refusals_map_to_what_mcp_clients_expect() {
-        let object = answer("c.t", Ok(ToolOutput::Json(serde_json::json!({ "n": 1 }))));
-        let object = object.unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(
-            object.structured_content,
-            Some(serde_json::json!({ "n": 1 }))
-        );
-        assert_eq!(object.is_error, Some(false));
-        let failed =
-            answer("c.t", daemon(ErrorCode::ToolError)).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(failed.is_error, Some(true));
-        let timed_out =
-            answer("c.t", daemon(ErrorCode::Timeout)).unwrap_or_else(|e| panic!("{e:?}"));
-        assert_eq!(timed_out.is_error, Some(true));
-        // Refused and absent are one answer, naming only what the client asked for.
-        let refused = answer("c.t", daemon(ErrorCode::UnknownTool)).err();
-        let absent = answer("c.t", daemon(ErrorCode::NotFound)).err();
-        assert!(refused.is_some());
-        assert_eq!(refused, absent);
-    }
-
-    #[test]
-    fn a_tool_without_a_schema_takes_any_object() {
-        let tool = mcp_tool(ToolDef {
-            capsule: CapsuleId::new("c").unwrap_or_else(|e| panic!("{e}")),
-            tool: "t".into(),
-            description: "d".into(),
-            input_schema: Value::Null,
-        });
-        assert_eq!(tool.name, "c.t");
-        assert_eq!(
-            tool.input_schema.get("type"),
-            Some(&Value::String("object".into()))
-        );
+        match self.run_call(&params, &context).await {
+            Some(result) => answer(name, result).map(CallToolResponse::from),
+            // The client asked for no answer; this one is dropped by the SDK.
+            None => Ok(CallToolResponse::from(CallToolResult::error(vec![
+                rmcp::model::ContentBlock::text("cancelled"),
+            ]))),
+        }
     }
 }

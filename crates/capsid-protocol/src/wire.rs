@@ -116,6 +116,8 @@ pub enum ErrorCode {
     CapsuleFailed,
     /// The tool ran and answered with an error of its own.
     ToolError,
+    /// The call's client cancelled it (or went away); the capsule stays ready.
+    Cancelled,
     /// The audit log is read-only (it failed verification): nothing recorded can run.
     ReadOnly,
     /// The daemon is stopping.
@@ -148,6 +150,7 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::CapsuleFailed => "capsule-failed",
             Self::ToolError => "tool-error",
+            Self::Cancelled => "cancelled",
             Self::ReadOnly => "read-only",
             Self::ShuttingDown => "shutting-down",
             Self::Failed => "failed",

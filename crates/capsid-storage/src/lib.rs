@@ -11,6 +11,7 @@
 //!   [`KvError::Closed`].
 #![deny(missing_docs)]
 
+mod bearer;
 mod error;
 mod identity;
 mod kv;
@@ -18,6 +19,7 @@ mod memory;
 mod scoped;
 mod surreal;
 
+pub use bearer::{BearerToken, BearerTokenStore, MintError, MintedToken};
 pub use error::{KvError, QuotaKind};
 pub use identity::{IdentityStore, Link, User};
 pub use kv::{BatchOp, KvStore, Page, check_key, check_value};

@@ -2,7 +2,7 @@
 //! concurrent instances never lose an update. It is restartable: it keeps the last reload it
 //! was told of, and refuses reloads once asked to (to show that a failing hook fails one).
 
-use capsid_guest::{Capsule, Error, Json, RawJson, RestartCause, Tools, kv};
+use capsid_guest::{Capsule, Error, Json, RawJson, RestartCause, Tools, kv, progress};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -67,6 +67,32 @@ fn last_restart() -> Result<RawJson, Error> {
     Ok(RawJson(stored))
 }
 
+#[derive(Deserialize)]
+struct CountTo {
+    to: u64,
+    #[serde(default)]
+    step_ms: u64,
+}
+
+#[derive(Serialize)]
+struct Counted {
+    counted: u64,
+}
+
+/// Counts slowly, so a caller can watch its progress (and cancel it).
+fn count_to(Json(input): Json<CountTo>) -> Result<Json<Counted>, Error> {
+    if !(1..=1000).contains(&input.to) || input.step_ms > 100 {
+        return Err(capsid_guest::invalid(
+            "to must be 1..=1000 and step_ms at most 100",
+        ));
+    }
+    for done in 1..=input.to {
+        std::thread::sleep(std::time::Duration::from_millis(input.step_ms));
+        progress::report(done, Some(input.to), Some(&format!("counted {done}")));
+    }
+    Ok(Json(Counted { counted: input.to }))
+}
+
 fn refuse_restarts() -> Result<Json<Refusing>, Error> {
     kv::set(REFUSE_RESTARTS, b"1")?;
     Ok(Json(Refusing { refusing: true }))
@@ -81,6 +107,7 @@ impl Capsule for Counter {
         "reset" => reset,
         "last-restart" => last_restart,
         "refuse-restarts" => refuse_restarts,
+        "count-to" => count_to,
     };
 
     fn restart(cause: RestartCause, restarts: u32) -> Result<(), Error> {

@@ -13,6 +13,7 @@ mod kv;
 mod log;
 mod persistent;
 mod process;
+mod progress;
 
 pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;
@@ -261,6 +262,9 @@ pub(crate) struct HostState {
     pub cx: Arc<CapsuleContext>,
     /// When the current call must end; checked at every epoch tick.
     pub deadline: Instant,
+    /// The current call's caller: its cancellation (checked at every epoch tick too) and
+    /// where its progress reports go.
+    pub control: crate::CallControl,
 }
 
 impl WasiView for HostState {
@@ -303,17 +307,22 @@ pub(crate) fn new_store(
             },
             cx,
             deadline: Instant::now(),
+            control: crate::CallControl::default(),
         },
     );
     store.limiter(|s| &mut s.limiter);
     // At every epoch tick the guest yields to the async runtime (so a spinning capsule never
-    // holds a worker thread) and is interrupted once its call's deadline has passed.
+    // holds a worker thread) and is interrupted once its call's deadline has passed or its
+    // caller has cancelled it.
     store.epoch_deadline_callback(|cx| {
-        Ok(if Instant::now() >= cx.data().deadline {
-            UpdateDeadline::Interrupt
-        } else {
-            UpdateDeadline::Yield(1)
-        })
+        let data = cx.data();
+        Ok(
+            if Instant::now() >= data.deadline || data.control.is_cancelled() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            },
+        )
     });
     store
 }

@@ -151,3 +151,15 @@ pub(crate) async fn welcomed(home: &Home) -> UnixStream {
     assert!(welcome["error"].is_null(), "{welcome}");
     s
 }
+
+/// Polls `done` until it holds, for at most [`PATIENCE`].
+pub(crate) fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let begun = std::time::Instant::now();
+    while begun.elapsed() < PATIENCE {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never: {what}");
+}

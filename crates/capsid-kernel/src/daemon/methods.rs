@@ -15,26 +15,29 @@ use capsid_protocol::methods::{
     CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
     ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
     IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
-    LogParams, OutputStream, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow,
-    ProcessOutput, ProcessView, PublishParams, RevokeParams, Status, Stopping, TailParams,
-    ToolCall, ToolCallParams, ToolChangesFollow, ToolDef, ToolDescription, ToolList,
-    ToolListParams, ToolOutput, ToolSet, UserView, VerifyResult, Via,
+    LogParams, McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream,
+    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
+    PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
+    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
 use super::views::{self, failed, invalid, kernel_error};
-use crate::tool::{Door, ToolCaller};
+use super::{tokens, tools};
 
 type Answer<T> = Result<T, WireError>;
 
 /// Answers `request` (for `method`, already looked up) on `out`: several frames for a stream.
+/// `gone` is cancelled when the connection's client goes away (its tool calls with it).
 pub(crate) async fn dispatch(
     shared: &Shared,
     method: Option<MethodId>,
     request: Request,
     out: &mpsc::Sender<Response>,
+    gone: &CancellationToken,
 ) {
     let id = request.id;
     let answer = match method {
@@ -52,7 +55,7 @@ pub(crate) async fn dispatch(
         )),
         Some(method) => match admit(shared, method) {
             Err(e) => Err(e),
-            Ok(()) => answer(shared, method, &request, out).await,
+            Ok(()) => answer(shared, method, &request, out, gone).await,
         },
     };
     let response = match answer {
@@ -86,6 +89,7 @@ async fn answer(
     method: MethodId,
     request: &Request,
     out: &mpsc::Sender<Response>,
+    gone: &CancellationToken,
 ) -> Answer<Option<serde_json::Value>> {
     let s = shared;
     let value = match method {
@@ -101,8 +105,13 @@ async fn answer(
         MethodId::CapsuleLogs => {
             run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
         }
-        MethodId::ToolList => run::<ToolList, _>(request, |p| tools(s, p)).await,
-        MethodId::ToolCall => run::<ToolCall, _>(request, |p| call(s, p)).await,
+        MethodId::ToolList => run::<ToolList, _>(request, |p| tools::list(s, p)).await,
+        MethodId::ToolCall => run::<ToolCall, _>(request, |p| tools::call(s, p, gone)).await,
+        MethodId::ToolRun => {
+            let p = request.params::<ToolRun>()?;
+            tools::run(s, request.id, p, gone, out).await;
+            return Ok(None);
+        }
         MethodId::EventPublish => run::<EventPublish, _>(request, |p| publish(s, p)).await,
         MethodId::ProcessList => {
             run::<ProcessList, _>(request, |_| async { Ok(processes(s)) }).await
@@ -119,6 +128,14 @@ async fn answer(
         MethodId::IdentityList => run::<IdentityList, _>(request, |_| identities(s)).await,
         MethodId::IdentityLink => run::<IdentityLink, _>(request, |p| link(s, p)).await,
         MethodId::DaemonStop => run::<DaemonStop, _>(request, |_| async { Ok(stop(s)) }).await,
+        MethodId::McpTokenCreate => {
+            run::<McpTokenCreate, _>(request, |p| tokens::create(s, p)).await
+        }
+        MethodId::McpTokenList => run::<McpTokenList, _>(request, |_| tokens::list(s)).await,
+        MethodId::McpTokenRevoke => {
+            run::<McpTokenRevoke, _>(request, |p| tokens::revoke(s, p)).await
+        }
+        MethodId::McpTokenCheck => run::<McpTokenCheck, _>(request, |p| tokens::check(s, p)).await,
         MethodId::CapsuleLogsFollow => {
             let p = request.params::<CapsuleLogsFollow>()?;
             follow_logs(s, request.id, p, out).await;
@@ -126,7 +143,7 @@ async fn answer(
         }
         MethodId::ToolChangesFollow => {
             let p = request.params::<ToolChangesFollow>()?;
-            follow_tools(s, request.id, p, out).await;
+            tools::follow_changes(s, request.id, p, out).await;
             return Ok(None);
         }
         MethodId::ProcessLogsFollow => {
@@ -216,7 +233,7 @@ async fn install(shared: &Shared, p: InstallParams) -> Answer<InstallResult> {
 }
 
 /// The principal `user` names (absent: the operator).
-async fn principal(shared: &Shared, user: Option<&str>) -> Answer<Principal> {
+pub(super) async fn principal(shared: &Shared, user: Option<&str>) -> Answer<Principal> {
     match user {
         None => Ok(shared.kernel.principal()),
         Some(name) => Ok(Principal::User(
@@ -227,39 +244,6 @@ async fn principal(shared: &Shared, user: Option<&str>) -> Answer<Principal> {
                 .map_err(|e| kernel_error(&e))?,
         )),
     }
-}
-
-async fn tools(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolDef>> {
-    let who = principal(shared, p.as_user.as_deref()).await?;
-    Ok(shared
-        .kernel
-        .tools_for(who)
-        .await
-        .into_iter()
-        .map(|t| ToolDef {
-            capsule: t.capsule,
-            tool: t.tool,
-            description: t.description,
-            input_schema: t.input_schema,
-        })
-        .collect())
-}
-
-async fn call(shared: &Shared, p: ToolCallParams) -> Answer<ToolOutput> {
-    let caller = ToolCaller {
-        principal: principal(shared, p.as_user.as_deref()).await?,
-        door: match p.via {
-            Via::Daemon => Door::Daemon,
-            Via::Mcp => Door::Mcp,
-        },
-        client: p.client,
-    };
-    let answer = shared
-        .kernel
-        .call_tool_as(&caller, &p.capsule, &p.tool, &p.input.to_string())
-        .await
-        .map_err(|e| kernel_error(&e))?;
-    Ok(ToolOutput::from_answer(answer))
 }
 
 async fn publish(shared: &Shared, p: PublishParams) -> Answer<Delivery> {
@@ -581,62 +565,6 @@ async fn follow_process(
         missed: 0,
     };
     follow(shared, id, out, p.after, page, last).await;
-}
-
-/// A fingerprint of `tools`: names, descriptions and schemas, in order.
-fn tool_set(tools: &[crate::tool::ToolInfo]) -> ToolSet {
-    let mut hasher = blake3::Hasher::new();
-    for t in tools {
-        for part in [
-            t.capsule.as_str(),
-            &t.tool,
-            &t.description,
-            &t.input_schema.to_string(),
-        ] {
-            hasher.update(&(part.len() as u64).to_le_bytes());
-            hasher.update(part.as_bytes());
-        }
-    }
-    ToolSet {
-        fingerprint: hasher.finalize().to_hex().to_string(),
-    }
-}
-
-/// Streams the fingerprint of the tools a user may call: at once, then at each change,
-/// until the client goes away or the daemon stops (what the MCP bridge turns into
-/// `notifications/tools/list_changed`).
-async fn follow_tools(shared: &Shared, id: u64, p: ToolListParams, out: &mpsc::Sender<Response>) {
-    let who = match principal(shared, p.as_user.as_deref()).await {
-        Ok(who) => who,
-        Err(e) => {
-            let _ = out.send(Response::err(Some(id), e)).await;
-            return;
-        }
-    };
-    let mut last: Option<ToolSet> = None;
-    loop {
-        let now = tool_set(&shared.kernel.tools_for(who).await);
-        if last.as_ref() != Some(&now) {
-            let Ok(value) = serde_json::to_value(&now) else {
-                return;
-            };
-            let mut frame = Response::ok(id, value);
-            frame.more = true;
-            if out.send(frame).await.is_err() {
-                return;
-            }
-            last = Some(now);
-        }
-        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
-            if let Some(last) = last
-                && let Ok(value) = serde_json::to_value(&last)
-            {
-                let _ = out.send(Response::ok(id, value)).await;
-            }
-            return;
-        }
-        tokio::time::sleep(DAEMON_FOLLOW_INTERVAL).await;
-    }
 }
 
 fn not_loaded(name: &CapsuleId) -> WireError {

@@ -14,6 +14,8 @@
 mod files;
 mod methods;
 mod server;
+mod tokens;
+mod tools;
 mod views;
 
 pub use files::RunFiles;

@@ -23,6 +23,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::files::RunFiles;
 use super::methods;
@@ -324,6 +325,8 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS_PER_CONNECTION));
+    // Cancelled when the client goes away: its tool calls stop as cancelled, recorded so.
+    let gone = CancellationToken::new();
     let mut tasks = JoinSet::new();
     // Streams (follows) end only when their client does: they are aborted when it goes,
     // since a quiet one would never learn it by failing to write.
@@ -337,15 +340,22 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         while streams.try_join_next().is_some() {}
         let frame = tokio::select! {
             frame = next_frame(&mut reader, &shared.budget) => frame,
-            () = out.closed() => break,
+            () = out.closed() => {
+                gone.cancel();
+                break;
+            }
             _ = stopped.changed() => break,
         };
         let (frame, held) = match frame {
             Ok(Some(f)) => f,
-            Ok(None) => break,
+            Ok(None) => {
+                gone.cancel();
+                break;
+            }
             Err(e) => {
                 // The stream cannot be resynchronised after a bad frame: answer, then close.
                 let _ = out.send(Response::err(None, frame_error(&e))).await;
+                gone.cancel();
                 break;
             }
         };
@@ -364,22 +374,24 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         if method.is_some_and(MethodId::inline) {
             // A task of its own would cost more than the answer.
             let counted = InFlight::new(shared.clone());
-            methods::dispatch(&shared, method, request, &out).await;
+            methods::dispatch(&shared, method, request, &out, &gone).await;
             drop((held, counted));
             continue;
         }
         let Ok(permit) = requests.clone().acquire_owned().await else {
             break;
         };
-        let (shared, out) = (shared.clone(), out.clone());
+        let (shared, out, gone) = (shared.clone(), out.clone(), gone.clone());
         let counted = InFlight::new(shared.clone());
-        let set = if method.is_some_and(MethodId::streaming) {
+        // `tool.run` streams but ends by itself, and its call must be recorded as it ends:
+        // it is cancelled with the connection, not aborted.
+        let set = if method.is_some_and(|m| m.streaming() && m != MethodId::ToolRun) {
             &mut streams
         } else {
             &mut tasks
         };
         set.spawn(async move {
-            methods::dispatch(&shared, method, request, &out).await;
+            methods::dispatch(&shared, method, request, &out, &gone).await;
             drop((permit, held, counted));
         });
     }

@@ -115,6 +115,7 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
         KernelError::NotInstalled(_)
         | KernelError::UnknownUser(_)
+        | KernelError::UnknownToken(_)
         | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => ErrorCode::NotFound,
         KernelError::ShuttingDown => ErrorCode::ShuttingDown,
         KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
@@ -151,6 +152,7 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::Timeout { .. } => ErrorCode::Timeout,
         CapsuleError::MemoryLimit { .. } | CapsuleError::Trap { .. } => ErrorCode::CapsuleFailed,
         CapsuleError::Guest { .. } => ErrorCode::ToolError,
+        CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,
         CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
         CapsuleError::Manifest(_)
         | CapsuleError::PinMismatch { .. }

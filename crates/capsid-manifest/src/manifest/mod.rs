@@ -126,6 +126,25 @@ pub struct Tool {
     pub description: String,
     /// JSON schema of its input (an empty object schema when none is given).
     pub input_schema: serde_json::Value,
+    /// JSON schema of its output, when it declares one (`output_schema`).
+    pub output_schema: Option<serde_json::Value>,
+    /// What it says of itself, for clients (`annotations`).
+    pub annotations: ToolAnnotations,
+}
+
+/// A tool's hints to its callers (MCP's tool annotations: `read_only`, `destructive`,
+/// `idempotent`, `open_world`). Hints only: what a tool can do is what its capsule is
+/// granted, whatever it says here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ToolAnnotations {
+    /// It changes nothing.
+    pub read_only: Option<bool>,
+    /// It may destroy or overwrite what exists.
+    pub destructive: Option<bool>,
+    /// Calling it twice with the same input does no more than calling it once.
+    pub idempotent: Option<bool>,
+    /// It reaches things outside the host (the network, other services).
+    pub open_world: Option<bool>,
 }
 
 /// An environment variable the capsule reads through `sys` config.
@@ -565,10 +584,27 @@ fn tools(cx: &Ctx<'_>, raw: Vec<raw::RawTool>) -> Result<Vec<Tool>, ManifestErro
                 Some(s) => serde_json::to_value(s.get_ref())
                     .map_err(|e| cx.at("tool.input_schema", &s, e))?,
             };
+            let output_schema = t
+                .output_schema
+                .map(|s| {
+                    serde_json::to_value(s.get_ref())
+                        .map_err(|e| cx.at("tool.output_schema", &s, e))
+                })
+                .transpose()?;
+            let annotations =
+                t.annotations
+                    .map_or_else(ToolAnnotations::default, |a| ToolAnnotations {
+                        read_only: a.read_only,
+                        destructive: a.destructive,
+                        idempotent: a.idempotent,
+                        open_world: a.open_world,
+                    });
             Ok(Tool {
                 name: name.clone(),
                 description: t.description,
                 input_schema,
+                output_schema,
+                annotations,
             })
         })
         .collect()

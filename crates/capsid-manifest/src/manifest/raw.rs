@@ -94,6 +94,17 @@ pub(super) struct RawTool {
     #[serde(default)]
     pub description: String,
     pub input_schema: Option<Spanned<toml::Table>>,
+    pub output_schema: Option<Spanned<toml::Table>>,
+    pub annotations: Option<RawAnnotations>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAnnotations {
+    pub read_only: Option<bool>,
+    pub destructive: Option<bool>,
+    pub idempotent: Option<bool>,
+    pub open_world: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -182,6 +182,66 @@ pub struct LinkParams {
     pub user: String,
 }
 
+/// `mcp.token.create` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCreateParams {
+    /// The user the token's requests act as (a name or id).
+    pub user: String,
+    /// What to call it (shown by `mcp.token.list`).
+    #[serde(default)]
+    pub label: Option<String>,
+}
+
+/// `mcp.token.create`: the token, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// Its id, for `mcp.token.revoke`.
+    pub id: String,
+    /// The token: `Authorization: Bearer <token>`. Only its hash is kept.
+    pub token: String,
+    /// The user's id.
+    pub user: String,
+}
+
+/// A live bearer token (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Its id.
+    pub id: String,
+    /// Its user's id.
+    pub user: String,
+    /// Its user's name (absent if the user is gone).
+    pub user_name: Option<String>,
+    /// When it was minted, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Its label.
+    pub label: Option<String>,
+}
+
+/// `mcp.token.revoke` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRevokeParams {
+    /// The token's id.
+    pub id: String,
+}
+
+/// `mcp.token.check` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCheckParams {
+    /// The token a request presented.
+    pub token: String,
+}
+
+/// `mcp.token.check`: the user a live token acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenOwner {
+    /// The user's id (what `as_user` takes).
+    pub user: String,
+}
+
 /// `daemon.stop`: the stop has begun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stopping {

@@ -292,6 +292,29 @@ pub struct ToolDef {
     pub description: String,
     /// JSON schema of its input.
     pub input_schema: Value,
+    /// JSON schema of its output, when it declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_schema: Option<Value>,
+    /// What it says of itself (hints, not promises).
+    #[serde(default)]
+    pub annotations: ToolHints,
+}
+
+/// A tool's hints to its callers, as its manifest's `annotations` give them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolHints {
+    /// It changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// It may destroy or overwrite what exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<bool>,
+    /// Calling it twice does no more than once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<bool>,
+    /// It reaches things outside the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<bool>,
 }
 
 fn empty_object() -> Value {
@@ -316,6 +339,29 @@ impl ToolOutput {
             Err(_) => Self::Text(answer),
         }
     }
+}
+
+/// One frame of `tool.run`: progress while the tool runs, then its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ToolRunFrame {
+    /// How far the tool is, as its capsule last reported.
+    Progress(ToolProgress),
+    /// The tool's answer (the last frame).
+    Done(ToolOutput),
+}
+
+/// A tool's progress report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolProgress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all, when known.
+    #[serde(default)]
+    pub total: Option<u64>,
+    /// A short message.
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// `event.publish` params.

@@ -126,6 +126,10 @@ methods! {
     /// Calls a capsule's tool (recorded before and after).
     ToolCall = "tool.call" (ToolCallParams) -> ToolOutput
         { read_only: false, inline: false, streaming: false }
+    /// Calls a capsule's tool as `tool.call` does, sending its progress reports (coalesced,
+    /// at most one per `PROGRESS_REPORT_INTERVAL`) before its answer, the last frame.
+    ToolRun = "tool.run" (ToolCallParams) -> ToolRunFrame
+        { read_only: false, inline: false, streaming: true }
     /// Publishes an event on the bus.
     EventPublish = "event.publish" (PublishParams) -> Delivery
         { read_only: false, inline: false, streaming: false }
@@ -163,6 +167,19 @@ methods! {
     /// Links a platform account to a user.
     IdentityLink = "identity.link" (LinkParams) -> Done
         { read_only: false, inline: false, streaming: false }
+    /// Mints a bearer token for the MCP bridge's HTTP transport (recorded; the token is in
+    /// this answer only).
+    McpTokenCreate = "mcp.token.create" (TokenCreateParams) -> TokenCreated
+        { read_only: false, inline: false, streaming: false }
+    /// The live bearer tokens.
+    McpTokenList = "mcp.token.list" (NoParams) -> Vec<TokenView>
+        { read_only: true, inline: false, streaming: false }
+    /// Revokes a bearer token (recorded).
+    McpTokenRevoke = "mcp.token.revoke" (TokenRevokeParams) -> Done
+        { read_only: false, inline: false, streaming: false }
+    /// The user a bearer token acts as; `unauthorized` for anything but a live token.
+    McpTokenCheck = "mcp.token.check" (TokenCheckParams) -> TokenOwner
+        { read_only: true, inline: false, streaming: false }
     /// Stops the daemon: it drains requests in flight and unloads every capsule.
     DaemonStop = "daemon.stop" (NoParams) -> Stopping
         { read_only: true, inline: false, streaming: false }

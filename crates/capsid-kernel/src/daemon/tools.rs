@@ -1,0 +1,205 @@
+//! The daemon's tool methods: listing what a user may call, calling (`tool.call`, and
+//! `tool.run` with progress frames), and following the set of tools for the MCP bridge.
+//!
+//! A call belongs to its connection: when the client goes away mid-call, the guest is
+//! interrupted (cause `cancelled`), the capsule stays ready, and the call's record after says
+//! `cancelled`.
+
+use capsid_capsule::{CallControl, Progress};
+use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, PROGRESS_REPORT_INTERVAL};
+use capsid_protocol::methods::{
+    ToolCallParams, ToolDef, ToolHints, ToolListParams, ToolOutput, ToolProgress, ToolRunFrame,
+    ToolSet, Via,
+};
+use capsid_protocol::{Response, WireError};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::methods::principal;
+use super::server::Shared;
+use super::views::kernel_error;
+use crate::tool::{Door, ToolCaller, ToolInfo};
+
+type Answer<T> = Result<T, WireError>;
+
+/// `tool.list`: the tools `p.as_user` may call.
+pub(super) async fn list(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolDef>> {
+    let who = principal(shared, p.as_user.as_deref()).await?;
+    Ok(shared
+        .kernel
+        .tools_for(who)
+        .await
+        .into_iter()
+        .map(|t| ToolDef {
+            capsule: t.capsule,
+            tool: t.tool,
+            description: t.description,
+            input_schema: t.input_schema,
+            output_schema: t.output_schema,
+            annotations: ToolHints {
+                read_only: t.annotations.read_only,
+                destructive: t.annotations.destructive,
+                idempotent: t.annotations.idempotent,
+                open_world: t.annotations.open_world,
+            },
+        })
+        .collect())
+}
+
+async fn caller(shared: &Shared, p: &ToolCallParams) -> Answer<ToolCaller> {
+    Ok(ToolCaller {
+        principal: principal(shared, p.as_user.as_deref()).await?,
+        door: match p.via {
+            Via::Daemon => Door::Daemon,
+            Via::Mcp => Door::Mcp,
+        },
+        client: p.client.clone(),
+    })
+}
+
+/// Runs the call `p` under `control`.
+async fn call_with(
+    shared: &Shared,
+    p: ToolCallParams,
+    control: &CallControl,
+) -> Answer<ToolOutput> {
+    let caller = caller(shared, &p).await?;
+    let answer = shared
+        .kernel
+        .call_tool_as(&caller, &p.capsule, &p.tool, &p.input.to_string(), control)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(ToolOutput::from_answer(answer))
+}
+
+/// `tool.call`: one call, cancelled if its connection's client goes away (`gone`).
+pub(super) async fn call(
+    shared: &Shared,
+    p: ToolCallParams,
+    gone: &CancellationToken,
+) -> Answer<ToolOutput> {
+    call_with(shared, p, &CallControl::cancelled_by(gone)).await
+}
+
+fn progress_frame(id: u64, progress: &Progress) -> Option<Response> {
+    let frame = ToolRunFrame::Progress(ToolProgress {
+        done: progress.done,
+        total: progress.total,
+        message: progress.message.clone(),
+    });
+    let mut response = Response::ok(id, serde_json::to_value(frame).ok()?);
+    response.more = true;
+    Some(response)
+}
+
+/// Sends the latest report at most every `PROGRESS_REPORT_INTERVAL`, until the call ends.
+async fn forward_progress(
+    id: u64,
+    mut reports: watch::Receiver<Option<Progress>>,
+    out: mpsc::Sender<Response>,
+) {
+    while reports.changed().await.is_ok() {
+        let latest = reports.borrow_and_update().clone();
+        if let Some(frame) = latest.as_ref().and_then(|p| progress_frame(id, p))
+            && out.send(frame).await.is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(PROGRESS_REPORT_INTERVAL).await;
+    }
+}
+
+/// `tool.run`: the call, its progress frames, then its answer as the last frame.
+pub(super) async fn run(
+    shared: &Shared,
+    id: u64,
+    p: ToolCallParams,
+    gone: &CancellationToken,
+    out: &mpsc::Sender<Response>,
+) {
+    let mut control = CallControl::cancelled_by(gone);
+    let reports = control.watch_progress();
+    let forwarder = tokio::spawn(forward_progress(id, reports, out.clone()));
+    let answer = call_with(shared, p, &control).await;
+    // No progress frame may follow the answer.
+    drop(control);
+    forwarder.abort();
+    let _ = forwarder.await;
+    let response = match answer.and_then(|output| {
+        serde_json::to_value(ToolRunFrame::Done(output)).map_err(super::views::failed)
+    }) {
+        Ok(value) => Response::ok(id, value),
+        Err(e) => Response::err(Some(id), e),
+    };
+    let _ = out.send(response).await;
+}
+
+/// The fingerprint of a set of tools: each tool's capsule, name, description, schemas and
+/// hints.
+fn tool_set(tools: &[ToolInfo]) -> ToolSet {
+    let mut hasher = blake3::Hasher::new();
+    for t in tools {
+        let output_schema = t
+            .output_schema
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let hints = format!("{:?}", t.annotations);
+        for part in [
+            t.capsule.as_str(),
+            &t.tool,
+            &t.description,
+            &t.input_schema.to_string(),
+            &output_schema,
+            &hints,
+        ] {
+            hasher.update(&(part.len() as u64).to_le_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    ToolSet {
+        fingerprint: hasher.finalize().to_hex().to_string(),
+    }
+}
+
+/// Streams the fingerprint of the tools a user may call: at once, then at each change,
+/// until the client goes away or the daemon stops (what the MCP bridge turns into
+/// `notifications/tools/list_changed`).
+pub(super) async fn follow_changes(
+    shared: &Shared,
+    id: u64,
+    p: ToolListParams,
+    out: &mpsc::Sender<Response>,
+) {
+    let who = match principal(shared, p.as_user.as_deref()).await {
+        Ok(who) => who,
+        Err(e) => {
+            let _ = out.send(Response::err(Some(id), e)).await;
+            return;
+        }
+    };
+    let mut last: Option<ToolSet> = None;
+    loop {
+        let now = tool_set(&shared.kernel.tools_for(who).await);
+        if last.as_ref() != Some(&now) {
+            let Ok(value) = serde_json::to_value(&now) else {
+                return;
+            };
+            let mut frame = Response::ok(id, value);
+            frame.more = true;
+            if out.send(frame).await.is_err() {
+                return;
+            }
+            last = Some(now);
+        }
+        if shared.stopping() || shared.kernel.is_closing() || out.is_closed() {
+            if let Some(last) = last
+                && let Ok(value) = serde_json::to_value(&last)
+            {
+                let _ = out.send(Response::ok(id, value)).await;
+            }
+            return;
+        }
+        tokio::time::sleep(DAEMON_FOLLOW_INTERVAL).await;
+    }
+}

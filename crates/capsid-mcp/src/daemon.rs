@@ -1,0 +1,85 @@
+//! The bridge's connections to the home's daemon: opened as requests need them (at most
+//! `MCP_DAEMON_CONNECTIONS` at once), kept for the next request when they end cleanly, and
+//! closed when a request is cancelled, which is how the daemon learns to stop its call.
+
+use std::sync::Arc;
+
+use capsid_core::CapsidHome;
+use capsid_core::limits::{MCP_DAEMON_CONNECTIONS, MCP_IDLE_DAEMON_CONNECTIONS};
+use capsid_core::sync::lock;
+use capsid_protocol::{Client, ClientError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Where the bridge reaches the daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    home: CapsidHome,
+    fingerprint: String,
+    idle: std::sync::Mutex<Vec<Client>>,
+    turns: Arc<Semaphore>,
+}
+
+impl Daemon {
+    /// The daemon of `home`, greeted with `fingerprint` (of the config the caller read);
+    /// `first`, a connection already open, is used first.
+    pub fn new(home: CapsidHome, fingerprint: String, first: Option<Client>) -> Arc<Self> {
+        Arc::new(Self {
+            home,
+            fingerprint,
+            idle: std::sync::Mutex::new(first.into_iter().collect()),
+            turns: Arc::new(Semaphore::new(MCP_DAEMON_CONNECTIONS)),
+        })
+    }
+
+    /// A new connection of its own (for a follow that lasts a session).
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        Client::connect(&self.home, self.fingerprint.clone()).await
+    }
+
+    /// A connection for one request: an idle one, else a new one.
+    pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, ClientError> {
+        // The semaphore is never closed.
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        let idle = lock(&self.idle).pop();
+        let client = match idle {
+            Some(client) => client,
+            None => self.connect().await?,
+        };
+        Ok(Lease {
+            client,
+            daemon: self.clone(),
+            _turn: turn,
+        })
+    }
+}
+
+/// One request's connection. [`Lease::keep`] gives it back for the next request; dropped
+/// otherwise, it is closed.
+pub(crate) struct Lease {
+    client: Client,
+    daemon: Arc<Daemon>,
+    _turn: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    /// The connection.
+    pub(crate) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    /// Gives the connection back if the request's outcome leaves it usable: an answer, or an
+    /// error the daemon sent; anything else may have left a frame half read.
+    pub(crate) fn keep_if<T>(self, outcome: &Result<T, ClientError>) {
+        if matches!(outcome, Ok(_) | Err(ClientError::Daemon(_))) {
+            let mut idle = lock(&self.daemon.idle);
+            if idle.len() < MCP_IDLE_DAEMON_CONNECTIONS {
+                idle.push(self.client);
+            }
+        }
+    }
+}
