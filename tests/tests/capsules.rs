@@ -282,3 +282,46 @@ async fn capsules_built_by_xtask_are_all_present() {
         assert!(dir.join(name).join("Capsule.toml").is_file());
     }
 }
+
+/// More capsules than the engine has instance slots: every one loads and answers, because an
+/// idle capsule's warm instance gives its slot up to any capsule that needs one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_capsules_than_instance_slots_all_load_and_answer() {
+    let rt = Runtime::new().await;
+    let count = capsid_core::limits::MAX_LIVE_INSTANCES as usize + 8;
+    let copies = rt.home.path().join("many");
+    for n in 0..count {
+        let name = format!("hello-{n}");
+        let dir = copies.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let built = capsid_integration_tests::capsules_dir().join("hello");
+        for file in ["hello.wasm", "Capsule.toml"] {
+            std::fs::copy(built.join(file), dir.join(file)).unwrap();
+        }
+        let manifest = dir.join("Capsule.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(
+            &manifest,
+            text.replacen("name = \"hello\"", &format!("name = \"{name}\""), 1),
+        )
+        .unwrap();
+        rt.registry
+            .load(&dir, capsid_capsule::Trust::Dev)
+            .await
+            .unwrap_or_else(|e| panic!("loading copy {n} of {count}: {e}"));
+    }
+    // The first copies' warm instances went to later ones; they instantiate again on demand.
+    for n in [0, count / 2, count - 1] {
+        let answer = rt
+            .call(&format!("hello-{n}"), "greet", json!({ "name": "slot" }))
+            .await;
+        assert_eq!(answer, json!({ "greeting": "Hello, slot!" }));
+    }
+    let failed = rt
+        .registry
+        .list()
+        .into_iter()
+        .filter(|c| c.state != capsid_capsule::CapsuleState::Ready)
+        .count();
+    assert_eq!(failed, 0);
+}

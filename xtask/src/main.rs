@@ -17,7 +17,7 @@ mod layers;
 mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process", "kernel"];
+const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process", "kernel", "mcp"];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
 const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];
@@ -336,11 +336,19 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
     };
     let out = root.join("target").join("capsid-bench");
     let out_str = out.to_str().context("target path is not UTF-8")?;
-    let capsules = if groups.contains(&"capsule") {
+    let capsules = if groups.contains(&"capsule") || groups.contains(&"mcp") {
         build_capsules(root)?
     } else {
         capsules_out(root)
     };
+    // `mcp` drives the real binary, built as released.
+    let bin = root.join("target").join("release").join("capsid");
+    if groups.contains(&"mcp") {
+        cargo(
+            root,
+            &["build", "--release", "--locked", "--package", "capsid-cli"],
+        )?;
+    }
     for g in groups {
         cargo_with(
             root,
@@ -355,7 +363,7 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
                 "--out",
                 out_str,
             ],
-            &[("CAPSID_CAPSULES_DIR", &capsules)],
+            &[("CAPSID_CAPSULES_DIR", &capsules), ("CAPSID_BIN", &bin)],
         )?;
     }
     Ok(())

@@ -5,6 +5,7 @@
 mod audit;
 mod capsule;
 mod kernel;
+mod mcp;
 mod process;
 mod report;
 mod storage;
@@ -29,6 +30,7 @@ fn main() -> Result<()> {
         "capsule" => capsule::run()?,
         "process" => process::run()?,
         "kernel" => kernel::run()?,
+        "mcp" => mcp::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);

@@ -21,10 +21,11 @@ use wasmtime::Trap;
 
 use crate::bindings::{CapsuleExports, CapsulePre, InstantiateError, WitError, WitRestartCause};
 use crate::control::CallControl;
-use crate::engine::LoadKind;
+use crate::engine::{LoadKind, LoadedComponent};
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
 use crate::logbuf::{CapsuleLog, LogLevel, LogSource};
+use crate::warmth::Warmth;
 use capsid_manifest::Manifest;
 
 /// Where a capsule is in its life.
@@ -110,6 +111,10 @@ impl From<WitError> for GuestError {
     }
 }
 
+/// Idle instances one instantiation may take back from other capsules when the pool is full
+/// (each freed slot may be taken by a concurrent instantiation first).
+const MAX_SLOT_RECLAIMS: u32 = 8;
+
 /// A call into the guest's exports.
 enum Call<'a> {
     Init(&'a [(String, String)]),
@@ -188,6 +193,8 @@ pub struct LoadedCapsule {
     pub(crate) dispatchers: Mutex<Vec<JoinHandle<()>>>,
     /// When its last call (tool or event) ended, or when it loaded.
     last_used: Mutex<std::time::Instant>,
+    /// Every capsule's idle instances, to take one back when the instance pool is full.
+    warmth: Arc<Warmth>,
 }
 
 impl std::fmt::Debug for LoadedCapsule {
@@ -203,19 +210,18 @@ impl LoadedCapsule {
     pub(crate) fn new(
         manifest: Manifest,
         dir: PathBuf,
-        blake3: String,
-        load_kind: LoadKind,
-        engine: wasmtime::Engine,
+        component: LoadedComponent,
         pre: CapsulePre,
         cx: Arc<CapsuleContext>,
+        warmth: Arc<Warmth>,
     ) -> Self {
         let permits = Semaphore::new(manifest.limits.max_instances as usize);
         Self {
             manifest,
             dir,
-            blake3,
-            load_kind,
-            engine,
+            engine: component.component.engine().clone(),
+            blake3: component.blake3,
+            load_kind: component.kind,
             pre,
             cx,
             idle: Mutex::default(),
@@ -223,7 +229,23 @@ impl LoadedCapsule {
             state: RwLock::new(CapsuleState::Loading),
             dispatchers: Mutex::default(),
             last_used: Mutex::new(std::time::Instant::now()),
+            warmth,
         }
+    }
+
+    /// When its last call ended (or it loaded).
+    pub(crate) fn last_used(&self) -> std::time::Instant {
+        *lock(&self.last_used)
+    }
+
+    /// Drops its least recently used idle instance, freeing the instance slot; whether it
+    /// had one.
+    pub(crate) fn drop_oldest_idle(&self) -> bool {
+        let oldest = {
+            let mut idle = lock(&self.idle);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        oldest.is_some()
     }
 
     /// How long no call has run: `None` while one is running.
@@ -368,24 +390,36 @@ impl LoadedCapsule {
         }
     }
 
-    /// A new instance, initialised.
+    /// A new instance, initialised. When the instance pool is full, idle instances of any
+    /// capsule (least recently used first) are dropped to make room.
     async fn instantiate(&self) -> Result<Warm, CapsuleError> {
-        let mut store = new_store(
-            &self.engine,
-            self.cx.clone(),
-            self.manifest.limits.memory_mb,
-        );
-        arm(&mut store, self.timeout(), CallControl::default());
-        let exports = match self.pre.instantiate_async(&mut store).await {
-            Ok(e) => e,
-            Err(InstantiateError::Instantiate(e)) => {
-                return Err(self.classify(&e, &store, &CallControl::default()));
-            }
-            Err(InstantiateError::Exports(e)) => {
-                return Err(CapsuleError::WrongWorld {
-                    capsule: self.name().clone(),
-                    reason: format!("{e:#}"),
-                });
+        let mut reclaimed = 0;
+        let (store, exports) = loop {
+            let mut store = new_store(
+                &self.engine,
+                self.cx.clone(),
+                self.manifest.limits.memory_mb,
+            );
+            arm(&mut store, self.timeout(), CallControl::default());
+            match self.pre.instantiate_async(&mut store).await {
+                Ok(e) => break (store, e),
+                Err(InstantiateError::Instantiate(e)) => {
+                    let full = e
+                        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some();
+                    // Another instantiation may take the freed slot first: try a few times.
+                    if full && reclaimed < MAX_SLOT_RECLAIMS && self.warmth.reclaim() {
+                        reclaimed += 1;
+                        continue;
+                    }
+                    return Err(self.classify(&e, &store, &CallControl::default()));
+                }
+                Err(InstantiateError::Exports(e)) => {
+                    return Err(CapsuleError::WrongWorld {
+                        capsule: self.name().clone(),
+                        reason: format!("{e:#}"),
+                    });
+                }
             }
         };
         let mut warm = Warm { store, exports };

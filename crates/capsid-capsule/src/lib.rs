@@ -32,6 +32,7 @@ mod host;
 mod logbuf;
 mod native;
 mod registry;
+mod warmth;
 
 pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
 pub use control::{CallControl, Progress};

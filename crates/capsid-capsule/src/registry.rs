@@ -23,6 +23,7 @@ use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::native::NativeCapsule;
+use crate::warmth::Warmth;
 use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
 /// What the registry reports about a capsule.
@@ -71,6 +72,8 @@ pub struct Registry {
     processes: Arc<ProcessTable>,
     /// The operator's values for capsules' `[env]` keys, by capsule (never logged).
     operator_env: RwLock<BTreeMap<CapsuleId, BTreeMap<String, String>>>,
+    /// Loaded capsules' idle instances, taken back when the instance pool is full.
+    warmth: Arc<Warmth>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -105,6 +108,7 @@ impl Registry {
             slots,
             processes,
             operator_env: RwLock::default(),
+            warmth: Arc::default(),
         })
     }
 
@@ -350,12 +354,12 @@ impl Registry {
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,
             dir.to_owned(),
-            component.blake3,
-            component.kind,
-            self.engine.engine().clone(),
+            component,
             pre,
             cx,
+            self.warmth.clone(),
         ));
+        self.warmth.register(Arc::downgrade(&capsule));
         capsule.set_state(CapsuleState::Ready);
         if let Err(e) = capsule.warm_up(restart).await {
             capsule.set_state(CapsuleState::Failed(e.to_string()));

@@ -79,38 +79,67 @@ async fn stdio_session_2026(home: &Home) -> rmcp::service::RunningService<RoleCl
         .unwrap()
 }
 
-/// A tools/call over a raw stdio session (2025-06-18), with no progress token: the lines
-/// the server wrote before its answer, and the answer.
-async fn raw_stdio_call(home: &Home, name: &str, arguments: Value) -> (Vec<Value>, Value) {
-    let mut child = serve_command(home)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let messages = [
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}),
-        json!({"jsonrpc":"2.0","method":"notifications/initialized"}),
-        json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":name,"arguments":arguments}}),
-    ];
-    for m in messages {
-        stdin.write_all(format!("{m}\n").as_bytes()).await.unwrap();
+/// A raw stdio session with `capsid mcp serve`, initialised with protocol 2025-06-18.
+struct RawStdio {
+    _child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl RawStdio {
+    async fn open(home: &Home) -> Self {
+        let mut child = serve_command(home)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut raw = Self {
+            _child: child,
+            stdin,
+            lines,
+        };
+        raw.line(&json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}).to_string()).await;
+        raw.answer(0).await;
+        raw.line(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        raw
     }
-    let mut before = Vec::new();
-    loop {
-        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+
+    async fn line(&mut self, line: &str) {
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
             .await
-            .expect("the server answers")
-            .unwrap()
-            .expect("the server keeps its stdout open");
-        let message: Value = serde_json::from_str(&line).unwrap();
-        if message["id"] == 2 {
-            return (before, message);
-        }
-        before.push(message);
+            .unwrap();
     }
+
+    /// The messages the server wrote before its answer to `id`, and the answer.
+    async fn answer(&mut self, id: u64) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+                .await
+                .expect("the server answers")
+                .unwrap()
+                .expect("the server keeps its stdout open");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            if message["id"] == id {
+                return (before, message);
+            }
+            before.push(message);
+        }
+    }
+}
+
+/// A tools/call over a raw stdio session, with no progress token: the lines the server
+/// wrote before its answer, and the answer.
+async fn raw_stdio_call(home: &Home, name: &str, arguments: Value) -> (Vec<Value>, Value) {
+    let mut raw = RawStdio::open(home).await;
+    let call = json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":name,"arguments":arguments}});
+    raw.line(&call.to_string()).await;
+    raw.answer(2).await
 }
 
 /// The details of the audit entries for `action`, newest last.
@@ -122,6 +151,38 @@ fn recorded(home: &Home, action: &str) -> Vec<Value> {
         .filter(|e| e["action"] == action)
         .map(|e| serde_json::from_str(e["details"].as_str().unwrap_or("null")).unwrap())
         .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_stdio_bad_messages_are_answered_or_dropped_and_the_session_goes_on() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("hello");
+    let mut raw = RawStdio::open(&home).await;
+    // Not JSON: dropped (answering unparsable input invites an error storm).
+    raw.line("{this is not json").await;
+    // Over the line limit: dropped unread.
+    let huge = format!(
+        r#"{{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{{"x":"{}"}}}}"#,
+        "x".repeat(capsid_core::limits::MCP_MAX_REQUEST_BYTES)
+    );
+    raw.line(&huge).await;
+    raw.line(r#"{"jsonrpc":"2.0","id":4,"method":"no/such/method"}"#)
+        .await;
+    let (_, unknown) = raw.answer(4).await;
+    assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
+    raw.line(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"hello.greet","arguments":"not an object"}}"#).await;
+    let (_, malformed) = raw.answer(5).await;
+    assert!(malformed["error"].is_object(), "{malformed}");
+    raw.line(r#"{"jsonrpc":"2.0","id":6,"method":"tools/list"}"#)
+        .await;
+    let (before, listed) = raw.answer(6).await;
+    assert!(
+        before.iter().all(|m| m["id"] != 3),
+        "the oversized request was not served: {before:?}"
+    );
+    assert_eq!(listed["result"]["tools"].as_array().map(Vec::len), Some(3));
+    home.ok(&["stop"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,8 +335,8 @@ async fn http_session(url: &str, token: &str) -> rmcp::service::RunningService<R
     ().serve(transport).await.unwrap()
 }
 
-/// One raw HTTP/1.1 request to `url`'s host and port; the status code and body.
-async fn raw_http(url: &str, request: &str) -> (u16, String) {
+/// One raw HTTP/1.1 request to `url`'s host and port; the status code, head and body.
+async fn raw_http(url: &str, request: &str) -> (u16, String, String) {
     let authority = url
         .strip_prefix("http://")
         .and_then(|rest| rest.split('/').next())
@@ -290,8 +351,8 @@ async fn raw_http(url: &str, request: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (status, head.to_owned(), body.to_owned())
 }
 
 fn post(authority: &str, headers: &str, body: &str) -> String {
@@ -357,23 +418,25 @@ async fn over_http_only_a_live_bearer_token_reaches_tools_and_it_acts_as_its_use
 
     let authority = url.trim_start_matches("http://").split('/').next().unwrap();
     let bearer = format!("Authorization: Bearer {token}\r\n");
-    let (status, _) = raw_http(&url, &post(authority, "", INITIALIZE)).await;
+    let (status, ..) = raw_http(&url, &post(authority, "", INITIALIZE)).await;
     assert_eq!(status, 401, "no token");
     let wrong = format!("Authorization: Bearer {token}0\r\n");
-    let (status, _) = raw_http(&url, &post(authority, &wrong, INITIALIZE)).await;
+    let (status, ..) = raw_http(&url, &post(authority, &wrong, INITIALIZE)).await;
     assert_eq!(status, 401, "a wrong token");
-    let (status, _) = raw_http(&url, &post(authority, &bearer, INITIALIZE)).await;
+    let (status, ..) = raw_http(&url, &post(authority, &bearer, INITIALIZE)).await;
     assert_eq!(status, 200, "the token, raw");
     // DNS rebinding: a page on another origin, or a name that resolves here.
     let origin = format!("{bearer}Origin: http://evil.example\r\n");
-    let (status, _) = raw_http(&url, &post(authority, &origin, INITIALIZE)).await;
+    let (status, ..) = raw_http(&url, &post(authority, &origin, INITIALIZE)).await;
     assert_eq!(status, 403, "a foreign Origin");
     let rebound = post("evil.example", &bearer, INITIALIZE);
-    let (status, _) = raw_http(&url, &rebound).await;
+    let (status, ..) = raw_http(&url, &rebound).await;
     assert_eq!(status, 403, "a foreign Host");
 
     home.ok(&["mcp", "token", "revoke", &id]);
-    let (status, _) = raw_http(&url, &post(authority, &bearer, INITIALIZE)).await;
+    // The bridge trusts a checked token for MCP_TOKEN_CHECK_TTL, no longer.
+    tokio::time::sleep(capsid_core::limits::MCP_TOKEN_CHECK_TTL).await;
+    let (status, ..) = raw_http(&url, &post(authority, &bearer, INITIALIZE)).await;
     assert_eq!(status, 401, "a revoked token");
 
     let created = recorded(&home, "mcp.token.create");
@@ -401,20 +464,48 @@ async fn over_http_bad_input_gets_the_protocols_error_and_the_server_keeps_servi
     let authority = url.trim_start_matches("http://").split('/').next().unwrap();
     let bearer = format!("Authorization: Bearer {token}\r\n");
 
-    let (status, _) = raw_http(&url, &post(authority, &bearer, "{not json")).await;
+    let (status, ..) = raw_http(&url, &post(authority, &bearer, "{not json")).await;
     assert!((400..500).contains(&status), "malformed JSON: {status}");
     let batch = format!("[{INITIALIZE}]");
-    let (status, _) = raw_http(&url, &post(authority, &bearer, &batch)).await;
+    let (status, ..) = raw_http(&url, &post(authority, &bearer, &batch)).await;
     assert!((400..500).contains(&status), "a batch: {status}");
     let huge = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"x":"{}"}}}}"#,
         "x".repeat(capsid_core::limits::MCP_MAX_REQUEST_BYTES)
     );
-    let (status, _) = raw_http(&url, &post(authority, &bearer, &huge)).await;
+    let (status, ..) = raw_http(&url, &post(authority, &bearer, &huge)).await;
     assert_eq!(status, 413, "over the body limit");
     let elsewhere =
         format!("GET /other HTTP/1.1\r\nHost: {authority}\r\n{bearer}Connection: close\r\n\r\n");
     assert_eq!(raw_http(&url, &elsewhere).await.0, 404);
+
+    // A session, then a method nobody serves: the protocol's error, the session goes on.
+    let (status, head, _) = raw_http(&url, &post(authority, &bearer, INITIALIZE)).await;
+    assert_eq!(status, 200);
+    let session_id = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("mcp-session-id:")
+                .map(|v| v.trim().to_owned())
+        })
+        .expect("a session id");
+    let in_session = format!("{bearer}Mcp-Session-Id: {session_id}\r\n");
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (status, ..) = raw_http(&url, &post(authority, &in_session, initialized)).await;
+    assert_eq!(status, 202);
+    let unknown = r#"{"jsonrpc":"2.0","id":7,"method":"no/such/method"}"#;
+    let (status, _, body) = raw_http(&url, &post(authority, &in_session, unknown)).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("-32601"), "method not found: {body}");
+
+    // A client that sends a call with a large answer and never reads it.
+    let big = json!({"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"hello.echo","arguments":{"x":"y".repeat(512 * 1024)}}}).to_string();
+    let mut stuck = tokio::net::TcpStream::connect(authority).await.unwrap();
+    stuck
+        .write_all(post(authority, &in_session, &big).as_bytes())
+        .await
+        .unwrap();
 
     // Many sessions at once, each served.
     let mut sessions = Vec::new();
@@ -439,6 +530,29 @@ async fn over_http_bad_input_gets_the_protocols_error_and_the_server_keeps_servi
         .to_string();
     assert!(unknown.contains("unknown tool"), "{unknown}");
     session.cancel().await.unwrap();
+    drop(stuck);
+
+    // 200 sessions at once; afterwards the server holds no more descriptors than before,
+    // but for the daemon connections it keeps idle.
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let pid = server.id().unwrap();
+    let before = fds(pid);
+    let mut opened = Vec::new();
+    for _ in 0..200 {
+        let (url, request) = (url.clone(), post(authority, &bearer, INITIALIZE));
+        opened.push(tokio::spawn(
+            async move { raw_http(&url, &request).await.0 },
+        ));
+    }
+    for status in opened {
+        assert_eq!(status.await.unwrap(), 200);
+    }
+    let bound = before + capsid_core::limits::MCP_IDLE_DAEMON_CONNECTIONS;
+    common::until("the server's descriptors are back", || fds(pid) <= bound);
     server.kill().await.unwrap();
     home.ok(&["stop"]);
 }

@@ -394,6 +394,13 @@ pub const MCP_HTTP_MAX_CONNECTIONS: usize = 512;
 /// How long an HTTP client of the MCP bridge has to send a request's headers.
 pub const MCP_HTTP_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long the MCP bridge trusts a bearer token the daemon vouched for before asking again:
+/// a revoked token is refused at most this long after `capsid mcp token revoke` returns.
+pub const MCP_TOKEN_CHECK_TTL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Bearer tokens the MCP bridge remembers as checked (only live ones are remembered).
+pub const MCP_TOKEN_CHECK_ENTRIES: usize = 64;
+
 /// Largest HTTP request body the MCP bridge reads: a tool's largest input and the JSON-RPC
 /// envelope around it.
 pub const MCP_MAX_REQUEST_BYTES: usize = MAX_TOOL_INPUT_BYTES + 64 * 1024;

@@ -9,12 +9,15 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use capsid_core::limits::{
     MCP_HTTP_HEADER_TIMEOUT, MCP_HTTP_MAX_CONNECTIONS, MCP_MAX_REQUEST_BYTES,
+    MCP_TOKEN_CHECK_ENTRIES, MCP_TOKEN_CHECK_TTL,
 };
+use capsid_core::sync::lock;
 use capsid_protocol::methods::{McpTokenCheck, TokenCheckParams};
 use capsid_protocol::{ClientError, ErrorCode};
 use http::{Request, Response, StatusCode, header};
@@ -88,11 +91,15 @@ fn bearer(request: &Request<Incoming>) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
+/// Tokens the daemon vouched for lately, by the blake3 of the token: their user, and when.
+type Checked = std::collections::HashMap<[u8; 32], (String, Instant)>;
+
 /// What every HTTP request goes through before MCP sees it.
 #[derive(Clone)]
 struct Gate {
     daemon: Arc<Daemon>,
     mcp: StreamableHttpService<Bridge, LocalSessionManager>,
+    checked: Arc<Mutex<Checked>>,
 }
 
 impl Gate {
@@ -128,14 +135,28 @@ impl Gate {
         mcp.call(request).await
     }
 
+    /// The user `token` acts as, asking the daemon unless it vouched for the token within
+    /// `MCP_TOKEN_CHECK_TTL`.
     async fn check(&self, token: String) -> Result<String, ClientError> {
+        let key = *blake3::hash(token.as_bytes()).as_bytes();
+        if let Some((user, at)) = lock(&self.checked).get(&key)
+            && at.elapsed() < MCP_TOKEN_CHECK_TTL
+        {
+            return Ok(user.clone());
+        }
         let mut lease = self.daemon.lease().await?;
         let outcome = lease
             .client()
             .call::<McpTokenCheck>(&TokenCheckParams { token })
             .await;
         lease.keep_if(&outcome);
-        outcome.map(|owner| owner.user)
+        let user = outcome?.user;
+        let mut checked = lock(&self.checked);
+        checked.retain(|_, (_, at)| at.elapsed() < MCP_TOKEN_CHECK_TTL);
+        if checked.len() < MCP_TOKEN_CHECK_ENTRIES {
+            checked.insert(key, (user.clone(), Instant::now()));
+        }
+        Ok(user)
     }
 }
 
@@ -173,7 +194,11 @@ pub async fn serve_http(
         Arc::new(LocalSessionManager::default()),
         config,
     );
-    let gate = Gate { daemon, mcp };
+    let gate = Gate {
+        daemon,
+        mcp,
+        checked: Arc::default(),
+    };
     let connections = Arc::new(Semaphore::new(MCP_HTTP_MAX_CONNECTIONS));
     ready(local);
     loop {

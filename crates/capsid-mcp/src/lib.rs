@@ -48,10 +48,16 @@ pub enum ServeError {
     Bind(SocketAddr, std::io::Error),
 }
 
-/// Serves MCP on stdin/stdout until the client goes away.
+/// Serves MCP on stdin/stdout until the client goes away. A line over
+/// `MCP_MAX_REQUEST_BYTES` is dropped unread.
 pub async fn serve_stdio(bridge: Bridge) -> Result<(), ServeError> {
+    // Non-blocking pipes when the client gave pipes (as MCP hosts do): no hop through the
+    // blocking pool per message.
+    let (read, write) = rmcp::transport::io::stdio_pipes();
+    let transport = rmcp::transport::async_rw::AsyncRwTransport::new_server(read, write)
+        .with_max_line_length(capsid_core::limits::MCP_MAX_REQUEST_BYTES);
     let running = bridge
-        .serve(rmcp::transport::stdio())
+        .serve(transport)
         .await
         .map_err(|e| ServeError::Initialize(e.to_string()))?;
     running

@@ -1,0 +1,39 @@
+//! Instance slots are shared by every capsule (the pooling allocator holds
+//! `MAX_LIVE_INSTANCES`), and each capsule keeps instances warm for its next call. A warm
+//! instance must never keep another capsule from running: when an instantiation finds the
+//! pool full, the least recently used idle instance of any capsule is dropped and the
+//! instantiation tried again. So idle capsules pin no slots, and any number of them load.
+
+use std::sync::{Mutex, Weak};
+
+use capsid_core::sync::lock;
+
+use crate::capsule::LoadedCapsule;
+
+/// The registry's loaded capsules, for taking back their idle instances.
+#[derive(Debug, Default)]
+pub(crate) struct Warmth {
+    capsules: Mutex<Vec<Weak<LoadedCapsule>>>,
+}
+
+impl Warmth {
+    /// Counts `capsule`'s idle instances as reclaimable (forgotten once it is dropped).
+    pub(crate) fn register(&self, capsule: Weak<LoadedCapsule>) {
+        let mut capsules = lock(&self.capsules);
+        capsules.retain(|c| c.strong_count() > 0);
+        capsules.push(capsule);
+    }
+
+    /// Drops the least recently used idle instance of any capsule, freeing its slot; whether
+    /// there was one.
+    pub(crate) fn reclaim(&self) -> bool {
+        let live: Vec<_> = lock(&self.capsules)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        live.iter()
+            .filter(|c| c.idle_instances() > 0)
+            .min_by_key(|c| c.last_used())
+            .is_some_and(|c| c.drop_oldest_idle())
+    }
+}
