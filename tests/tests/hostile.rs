@@ -168,7 +168,24 @@ async fn a_cancelled_spin_stops_at_once_and_its_capsule_stays_ready() {
             .any(|e| e.capsule == "spin" && e.action == "capsule.failed"),
         "a cancelled call is not a failure"
     );
-    // A call cancelled before it starts never runs.
+    // A call cancelled before it starts never runs, not even a quick one with an effect.
+    rt.load("counter").await;
+    let gave_up = CallControl::new();
+    gave_up.cancel();
+    let counter = id("counter");
+    let not_counted = rt
+        .registry
+        .call_tool_with(&counter, "increment", "{}", &gave_up)
+        .await;
+    assert!(
+        matches!(not_counted, Err(CapsuleError::Cancelled { .. })),
+        "{not_counted:?}"
+    );
+    assert_eq!(
+        rt.call("counter", "get", json!({})).await,
+        json!({ "count": 0 })
+    );
+    // Nor does one that waits for an instance.
     let cancelled_early = CallControl::new();
     cancelled_early.cancel();
     let refused = rt

@@ -238,14 +238,35 @@ impl LoadedCapsule {
         *lock(&self.last_used)
     }
 
-    /// Drops its least recently used idle instance, freeing the instance slot; whether it
-    /// had one.
-    pub(crate) fn drop_oldest_idle(&self) -> bool {
-        let oldest = {
+    /// Whether it has an idle instance it could give up ([`LoadedCapsule::release_idle`]).
+    pub(crate) fn has_releasable(&self) -> bool {
+        lock(&self.idle)
+            .iter()
+            .any(|w| !w.store.data().holds_children())
+    }
+
+    /// Gives up its least recently used idle instance that holds no background children
+    /// (dropping one that does would kill them): its `shutdown` runs under the deadline, then
+    /// it is dropped and its instance slot is free. Whether it had one.
+    pub(crate) async fn release_idle(&self) -> bool {
+        let taken = {
             let mut idle = lock(&self.idle);
-            (!idle.is_empty()).then(|| idle.remove(0))
+            idle.iter()
+                .position(|w| !w.store.data().holds_children())
+                .map(|i| idle.remove(i))
         };
-        oldest.is_some()
+        let Some(mut warm) = taken else {
+            return false;
+        };
+        if let Err(e) = self
+            .run(&mut warm, &Call::Shutdown, &CallControl::default())
+            .await
+        {
+            self.cx
+                .log
+                .push(LogLevel::Warn, LogSource::Host, &e.to_string());
+        }
+        true
     }
 
     /// How long no call has run: `None` while one is running.
@@ -408,7 +429,7 @@ impl LoadedCapsule {
                         .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
                         .is_some();
                     // Another instantiation may take the freed slot first: try a few times.
-                    if full && reclaimed < MAX_SLOT_RECLAIMS && self.warmth.reclaim() {
+                    if full && reclaimed < MAX_SLOT_RECLAIMS && self.warmth.reclaim().await {
                         reclaimed += 1;
                         continue;
                     }
@@ -449,8 +470,9 @@ impl LoadedCapsule {
     ) -> Result<Option<String>, CapsuleError> {
         self.ensure_ready()?;
         let permit = tokio::select! {
-            permit = tokio::time::timeout(self.timeout(), self.permits.acquire()) => permit,
+            biased;
             () = control.cancellation() => return Err(self.cancelled()),
+            permit = tokio::time::timeout(self.timeout(), self.permits.acquire()) => permit,
         };
         let Ok(Ok(_permit)) = permit else {
             return Err(CapsuleError::Busy {
@@ -458,8 +480,12 @@ impl LoadedCapsule {
                 max_instances: self.manifest.limits.max_instances,
             });
         };
-        // The capsule may have failed or begun unloading while this call waited.
+        // The capsule may have failed or begun unloading while this call waited, and its
+        // caller may have given up.
         self.ensure_ready()?;
+        if control.is_cancelled() {
+            return Err(self.cancelled());
+        }
         let idle = lock(&self.idle).pop();
         let mut warm = match idle {
             Some(w) => w,

@@ -3,6 +3,7 @@
 //! instance must never keep another capsule from running: when an instantiation finds the
 //! pool full, the least recently used idle instance of any capsule is dropped and the
 //! instantiation tried again. So idle capsules pin no slots, and any number of them load.
+//! An instance that holds background children is never taken: dropping it would kill them.
 
 use std::sync::{Mutex, Weak};
 
@@ -24,16 +25,22 @@ impl Warmth {
         capsules.push(capsule);
     }
 
-    /// Drops the least recently used idle instance of any capsule, freeing its slot; whether
-    /// there was one.
-    pub(crate) fn reclaim(&self) -> bool {
-        let live: Vec<_> = lock(&self.capsules)
+    /// Frees one instance slot: the idle instance of the least recently used capsule that
+    /// can give one up (an instance holding background children is never taken). Whether one
+    /// was freed.
+    pub(crate) async fn reclaim(&self) -> bool {
+        let mut live: Vec<_> = lock(&self.capsules)
             .iter()
             .filter_map(Weak::upgrade)
+            .filter(|c| c.has_releasable())
             .collect();
-        live.iter()
-            .filter(|c| c.idle_instances() > 0)
-            .min_by_key(|c| c.last_used())
-            .is_some_and(|c| c.drop_oldest_idle())
+        live.sort_by_key(|c| c.last_used());
+        for capsule in live {
+            // Another call may have taken its idle instance meanwhile: try the next one.
+            if capsule.release_idle().await {
+                return true;
+            }
+        }
+        false
     }
 }

@@ -31,7 +31,10 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
             as_user,
         } => call(client, &capsule, tool, &input, as_user, as_json).await,
         Command::Tools { as_user } => {
-            let tools = client.call::<ToolList>(&ToolListParams { as_user }).await?;
+            let via = capsid_protocol::methods::Via::Daemon;
+            let tools = client
+                .call::<ToolList>(&ToolListParams { as_user, via })
+                .await?;
             if as_json {
                 output::json(&tools);
             } else {

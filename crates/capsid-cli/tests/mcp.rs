@@ -263,6 +263,30 @@ async fn a_cancelled_call_stops_the_guest_and_leaves_its_capsule_ready() {
     });
     let shown = home.json(&["capsule", "show", "spin"]);
     assert_eq!(shown["state"], "ready", "{shown}");
+
+    // A call that is sending progress when it is cancelled is recorded as cancelled too.
+    home.install("counter");
+    let slow = CallToolRequestParams::new("counter.count-to")
+        .with_arguments(arguments(json!({ "to": 1000, "step_ms": 100 })));
+    let handle = session
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(CallToolRequest::new(slow)),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    common::until("the slow call runs", || {
+        recorded(&home, "tool.call").len() == 2
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    handle.cancel(None).await.unwrap();
+    common::until("both calls are recorded as cancelled", || {
+        recorded(&home, "tool.result")
+            .iter()
+            .filter(|d| d["outcome"] == "cancelled")
+            .count()
+            == 2
+    });
     assert!(
         recorded(&home, "capsule.failed").is_empty(),
         "a cancelled call is not a failure"
@@ -408,11 +432,19 @@ async fn over_http_only_a_live_bearer_token_reaches_tools_and_it_acts_as_its_use
         Some(json!({ "greeting": "Hello, http!" }))
     );
     // Not granted to the token's user: as if it were not there.
-    assert!(
-        session
-            .call_tool(CallToolRequestParams::new("counter.get"))
-            .await
-            .is_err()
+    let refused = session
+        .call_tool(CallToolRequestParams::new("counter.get"))
+        .await
+        .unwrap_err()
+        .to_string();
+    let absent = session
+        .call_tool(CallToolRequestParams::new("nosuch.get"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        refused.replace("counter", "X"),
+        absent.replace("nosuch", "X")
     );
     session.cancel().await.unwrap();
 
@@ -448,7 +480,7 @@ async fn over_http_only_a_live_bearer_token_reaches_tools_and_it_acts_as_its_use
         "the token is never recorded"
     );
     let calls = recorded(&home, "tool.call");
-    assert!(calls.iter().any(|d| d["door"] == "mcp"), "{calls:?}");
+    assert!(calls.iter().any(|d| d["door"] == "mcp-http"), "{calls:?}");
     server.kill().await.unwrap();
     home.ok(&["stop"]);
 }
@@ -463,6 +495,19 @@ async fn over_http_bad_input_gets_the_protocols_error_and_the_server_keeps_servi
     let (mut server, url) = http_server(&home, &[]).await;
     let authority = url.trim_start_matches("http://").split('/').next().unwrap();
     let bearer = format!("Authorization: Bearer {token}\r\n");
+    let fds = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let pid = server.id().unwrap();
+    let at_start = fds(pid);
+
+    // Dev trust lets a local `mcp` session call everything; it never reaches a token.
+    let session = http_session(&url, &token).await;
+    assert!(session.list_all_tools().await.unwrap().is_empty());
+    session.cancel().await.unwrap();
+    home.ok(&["cap", "grant", "tool://hello/*", "exec", "--user", "mcp"]);
 
     let (status, ..) = raw_http(&url, &post(authority, &bearer, "{not json")).await;
     assert!((400..500).contains(&status), "malformed JSON: {status}");
@@ -532,26 +577,20 @@ async fn over_http_bad_input_gets_the_protocols_error_and_the_server_keeps_servi
     session.cancel().await.unwrap();
     drop(stuck);
 
-    // 200 sessions at once; afterwards the server holds no more descriptors than before,
-    // but for the daemon connections it keeps idle.
-    let fds = |pid: u32| {
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    };
-    let pid = server.id().unwrap();
-    let before = fds(pid);
+    // 200 sessions at once, each initialised; once they are gone the server holds no more
+    // descriptors than at the start, but for the daemon connections it keeps idle.
     let mut opened = Vec::new();
     for _ in 0..200 {
-        let (url, request) = (url.clone(), post(authority, &bearer, INITIALIZE));
-        opened.push(tokio::spawn(
-            async move { raw_http(&url, &request).await.0 },
-        ));
+        let (url, token) = (url.clone(), token.clone());
+        opened.push(tokio::spawn(async move {
+            let session = http_session(&url, &token).await;
+            session.cancel().await.unwrap();
+        }));
     }
-    for status in opened {
-        assert_eq!(status.await.unwrap(), 200);
+    for session in opened {
+        session.await.unwrap();
     }
-    let bound = before + capsid_core::limits::MCP_IDLE_DAEMON_CONNECTIONS;
+    let bound = at_start + capsid_core::limits::MCP_IDLE_DAEMON_CONNECTIONS;
     common::until("the server's descriptors are back", || fds(pid) <= bound);
     server.kill().await.unwrap();
     home.ok(&["stop"]);

@@ -333,6 +333,11 @@ pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
 /// How long a graceful stop waits for requests in flight before it shuts the kernel down.
 pub const DAEMON_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a connection's requests get to end once its client stops taking answers, before
+/// they are aborted: its tool calls are cancelled then, and a cancelled call ends (and is
+/// recorded as cancelled) within `HOST_CALL_GRACE`.
+pub const DAEMON_CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long boot waits for the capsules of one phase (uplink first, then the rest) to be
 /// ready, unless the config says otherwise.
 pub const DEFAULT_BOOT_TIMEOUT_MS: u64 = 60_000;
@@ -384,6 +389,13 @@ pub const DAEMON_FD_RESERVE: u64 = 256;
 /// cancelled call's connection is closed, which is how the daemon learns of it); more
 /// requests wait their turn.
 pub const MCP_DAEMON_CONNECTIONS: usize = 64;
+
+/// Token checks one MCP bridge runs at once (on connections apart from calls').
+pub const MCP_TOKEN_CHECKS_AT_ONCE: usize = 8;
+
+/// MCP sessions of one bridge that follow tool changes at once (each on a daemon connection
+/// of its own); later sessions are not told of changes.
+pub const MCP_FOLLOWS: usize = 256;
 
 /// Idle daemon connections an MCP bridge keeps for the next requests.
 pub const MCP_IDLE_DAEMON_CONNECTIONS: usize = 16;

@@ -24,8 +24,10 @@ pub enum Door {
     Api,
     /// The daemon's `tool.call` (what `capsid call` uses).
     Daemon,
-    /// The MCP bridge.
+    /// The MCP bridge on stdio.
     Mcp,
+    /// The MCP bridge over HTTP (a bearer token's user).
+    McpHttp,
 }
 
 impl Door {
@@ -35,6 +37,7 @@ impl Door {
             Self::Api => "api",
             Self::Daemon => "daemon",
             Self::Mcp => "mcp",
+            Self::McpHttp => "mcp-http",
         }
     }
 }
@@ -152,9 +155,7 @@ impl Kernel {
     ) -> Result<String, KernelError> {
         self.open()?;
         let operator = caller.principal == self.principal();
-        // Dev trust lets the MCP user call every tool, decided here at each call (never a
-        // stored grant that would outlive the dev session).
-        let dev_mcp = self.config().dev && caller.principal == self.mcp_principal();
+        let dev_mcp = self.dev_trusts(caller.principal, caller.door);
         let no_such_tool = || {
             KernelError::Capsule(CapsuleError::UnknownTool {
                 capsule: name.clone(),
@@ -255,12 +256,18 @@ impl Kernel {
         Ok(())
     }
 
-    /// The tools of ready capsules that `principal` may call (every one, for the
-    /// operator), in capsule then manifest order. Listing decides nothing and records
+    /// Whether dev trust lets `principal` call every tool through `door`: only the MCP
+    /// user, only from a local door (never HTTP, whose tokens may be anyone's), decided at
+    /// each call (never a stored grant that would outlive the dev session).
+    fn dev_trusts(&self, principal: Principal, door: Door) -> bool {
+        self.config().dev && principal == self.mcp_principal() && door != Door::McpHttp
+    }
+
+    /// The tools of ready capsules that `principal` may call through `door` (every one, for
+    /// the operator), in capsule then manifest order. Listing decides nothing and records
     /// nothing: each call is still checked.
-    pub async fn tools_for(&self, principal: Principal) -> Vec<ToolInfo> {
-        let operator = principal == self.principal()
-            || (self.config().dev && principal == self.mcp_principal());
+    pub async fn tools_for(&self, principal: Principal, door: Door) -> Vec<ToolInfo> {
+        let operator = principal == self.principal() || self.dev_trusts(principal, door);
         let subject = Subject {
             principal,
             capsule: None,

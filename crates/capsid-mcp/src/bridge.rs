@@ -22,6 +22,9 @@ use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
 
 use crate::daemon::Daemon;
+
+/// How often a session's follow checks that the session is still there.
+const SESSION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::tools::{answer, mcp_tool, unknown_tool};
 
 /// Whom a session's requests act as.
@@ -61,6 +64,15 @@ impl Bridge {
                 .and_then(|parts| parts.extensions.get::<TokenUser>())
                 .map(|t| t.0.clone())
                 .ok_or_else(|| ErrorData::invalid_request("no bearer token", None)),
+        }
+    }
+
+    /// The door its requests come through, as the daemon records it (dev trust reaches
+    /// stdio sessions, never HTTP ones).
+    fn via(&self) -> Via {
+        match self.acting {
+            Acting::As(_) => Via::Mcp,
+            Acting::Bearer => Via::McpHttp,
         }
     }
 
@@ -128,16 +140,13 @@ async fn call_reporting(
     Err(ClientError::Closed)
 }
 
-/// Follows the tool set of `user` on `watch` and calls `changed` at each change after the
-/// first, until either side goes away.
-async fn follow_changes<F, Fut>(mut watch: Client, user: String, announce: F)
+/// Follows the tool set `params` names on `watch` and calls `announce` at each change after
+/// the first, until either side goes away.
+async fn follow_changes<F, Fut>(mut watch: Client, params: ToolListParams, announce: F)
 where
     F: Fn() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let params = ToolListParams {
-        as_user: Some(user),
-    };
     let Ok(mut changes) = watch.follow::<ToolChangesFollow>(&params).await else {
         return;
     };
@@ -167,15 +176,37 @@ impl ServerHandler for Bridge {
         let Ok(user) = self.user(&context.extensions) else {
             return;
         };
+        let Some(follow) = self.daemon.follow_turn() else {
+            tracing::warn!("too many sessions follow tool changes: this one is not told of them");
+            return;
+        };
         let Ok(watch) = self.daemon.connect().await else {
             tracing::warn!("cannot follow tool changes: the daemon does not answer");
             return;
         };
+        let params = ToolListParams {
+            as_user: Some(user),
+            via: self.via(),
+        };
         let peer = context.peer;
-        tokio::spawn(follow_changes(watch, user, move || {
-            let peer = peer.clone();
-            async move { peer.notify_tool_list_changed().await.is_ok() }
-        }));
+        tokio::spawn(async move {
+            let announcer = peer.clone();
+            let changes = follow_changes(watch, params, move || {
+                let peer = announcer.clone();
+                async move { peer.notify_tool_list_changed().await.is_ok() }
+            });
+            // A session that ends quietly (an HTTP client gone) frees its follow too.
+            let closed = async {
+                while !peer.is_transport_closed() {
+                    tokio::time::sleep(SESSION_CHECK_INTERVAL).await;
+                }
+            };
+            tokio::select! {
+                () = changes => {}
+                () = closed => {}
+            }
+            drop(follow);
+        });
     }
 
     fn accepted_subscription_filter(
@@ -193,14 +224,24 @@ impl ServerHandler for Bridge {
             context.cancelled().await;
             return Ok(());
         }
+        let Some(_follow) = self.daemon.follow_turn() else {
+            return Err(ErrorData::internal_error(
+                "too many sessions follow tool changes; try later",
+                None,
+            ));
+        };
         let watch = self
             .daemon
             .connect()
             .await
             .map_err(|e| ErrorData::internal_error(e.to_string(), None))?;
+        let params = ToolListParams {
+            as_user: Some(user),
+            via: self.via(),
+        };
         let sink = context.sink().clone();
         tokio::select! {
-            () = follow_changes(watch, user, move || {
+            () = follow_changes(watch, params, move || {
                 let sink = sink.clone();
                 async move { sink.notify_tool_list_changed().await.is_ok() }
             }) => {}
@@ -216,6 +257,7 @@ impl ServerHandler for Bridge {
     ) -> Result<ListToolsResult, ErrorData> {
         let params = ToolListParams {
             as_user: Some(self.user(&context.extensions)?),
+            via: self.via(),
         };
         let tools = self
             .ask::<ToolList>(&params)
@@ -254,7 +296,7 @@ impl ServerHandler for Bridge {
             input,
             as_user: Some(user),
             client: context.client_info().map(|c| c.name),
-            via: Via::Mcp,
+            via: self.via(),
         };
         match self.run_call(&params, &context).await {
             Some(result) => answer(name, result).map(CallToolResponse::from),

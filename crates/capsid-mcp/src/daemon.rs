@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use capsid_core::CapsidHome;
-use capsid_core::limits::{MCP_DAEMON_CONNECTIONS, MCP_IDLE_DAEMON_CONNECTIONS};
+use capsid_core::limits::{
+    MCP_DAEMON_CONNECTIONS, MCP_FOLLOWS, MCP_IDLE_DAEMON_CONNECTIONS, MCP_TOKEN_CHECKS_AT_ONCE,
+};
 use capsid_core::sync::lock;
 use capsid_protocol::{Client, ClientError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -17,6 +19,10 @@ pub struct Daemon {
     fingerprint: String,
     idle: std::sync::Mutex<Vec<Client>>,
     turns: Arc<Semaphore>,
+    /// Token checks have turns of their own, so calls in flight never hold back the next
+    /// request's authentication (or its cancellation).
+    checks: Arc<Semaphore>,
+    follows: Arc<Semaphore>,
 }
 
 impl Daemon {
@@ -28,7 +34,14 @@ impl Daemon {
             fingerprint,
             idle: std::sync::Mutex::new(first.into_iter().collect()),
             turns: Arc::new(Semaphore::new(MCP_DAEMON_CONNECTIONS)),
+            checks: Arc::new(Semaphore::new(MCP_TOKEN_CHECKS_AT_ONCE)),
+            follows: Arc::new(Semaphore::new(MCP_FOLLOWS)),
         })
+    }
+
+    /// A turn to follow tool changes for one session (`MCP_FOLLOWS` at once), if one is free.
+    pub(crate) fn follow_turn(&self) -> Option<OwnedSemaphorePermit> {
+        self.follows.clone().try_acquire_owned().ok()
     }
 
     /// A new connection of its own (for a follow that lasts a session).
@@ -38,9 +51,17 @@ impl Daemon {
 
     /// A connection for one request: an idle one, else a new one.
     pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, ClientError> {
-        // The semaphore is never closed.
-        let turn = self
-            .turns
+        self.lease_on(&self.turns).await
+    }
+
+    /// A connection for one token check.
+    pub(crate) async fn lease_check(self: &Arc<Self>) -> Result<Lease, ClientError> {
+        self.lease_on(&self.checks).await
+    }
+
+    async fn lease_on(self: &Arc<Self>, turns: &Arc<Semaphore>) -> Result<Lease, ClientError> {
+        // The semaphores are never closed.
+        let turn = turns
             .clone()
             .acquire_owned()
             .await

@@ -144,7 +144,7 @@ impl Gate {
         {
             return Ok(user.clone());
         }
-        let mut lease = self.daemon.lease().await?;
+        let mut lease = self.daemon.lease_check().await?;
         let outcome = lease
             .client()
             .call::<McpTokenCheck>(&TokenCheckParams { token })
@@ -216,6 +216,11 @@ pub async fn serve_http(
             },
             () = stop.cancelled() => return Ok(()),
         };
+        // Answers go out as written: Nagle's delay would hold an SSE event back until the
+        // client's delayed acknowledgement.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let gate = gate.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

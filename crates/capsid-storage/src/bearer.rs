@@ -38,12 +38,20 @@ pub struct BearerToken {
 }
 
 /// A token just minted: the record to store, and the token to show once.
-#[derive(Debug)]
 pub struct MintedToken {
     /// The record.
     pub record: BearerToken,
     /// The token, for the operator to hand to the client. Never stored nor logged.
     pub token: String,
+}
+
+impl std::fmt::Debug for MintedToken {
+    /// The record only: the token is a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("record", &self.record)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a token could not be minted.

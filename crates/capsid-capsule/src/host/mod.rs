@@ -267,6 +267,13 @@ pub(crate) struct HostState {
     pub control: crate::CallControl,
 }
 
+impl HostState {
+    /// Whether this instance holds background children (they die with it).
+    pub(crate) fn holds_children(&self) -> bool {
+        self.backgrounds > 0
+    }
+}
+
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

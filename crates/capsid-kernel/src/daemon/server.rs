@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capsid_core::limits::{
-    DAEMON_AUDIT_READS_AT_ONCE, DAEMON_DRAIN_TIMEOUT, DAEMON_FD_RESERVE, DAEMON_FRAME_TIMEOUT,
-    DAEMON_HELLO_TIMEOUT, DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT, MAX_DAEMON_BUFFERED_BYTES,
-    MAX_DAEMON_CONNECTIONS, MAX_FRAME_BYTES, MAX_HELLO_BYTES, MAX_REQUESTS_PER_CONNECTION,
+    DAEMON_AUDIT_READS_AT_ONCE, DAEMON_CANCEL_GRACE, DAEMON_DRAIN_TIMEOUT, DAEMON_FD_RESERVE,
+    DAEMON_FRAME_TIMEOUT, DAEMON_HELLO_TIMEOUT, DAEMON_PROTOCOL_VERSION, DAEMON_WRITE_TIMEOUT,
+    MAX_DAEMON_BUFFERED_BYTES, MAX_DAEMON_CONNECTIONS, MAX_FRAME_BYTES, MAX_HELLO_BYTES,
+    MAX_REQUESTS_PER_CONNECTION,
 };
 use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
@@ -404,8 +405,14 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         tokio::select! {
             done = tasks.join_next() => if done.is_none() { break },
             _ = &mut write_task => {
-                tasks.abort_all();
-                while tasks.join_next().await.is_some() {}
+                // The client takes no more answers: its calls are cancelled and given the
+                // time to end as cancelled (and be recorded so) before the rest is aborted.
+                gone.cancel();
+                let drained = async { while tasks.join_next().await.is_some() {} };
+                if tokio::time::timeout(DAEMON_CANCEL_GRACE, drained).await.is_err() {
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
                 return;
             }
         }

@@ -27,7 +27,7 @@ pub(super) async fn list(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolD
     let who = principal(shared, p.as_user.as_deref()).await?;
     Ok(shared
         .kernel
-        .tools_for(who)
+        .tools_for(who, door(p.via))
         .await
         .into_iter()
         .map(|t| ToolDef {
@@ -46,13 +46,18 @@ pub(super) async fn list(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolD
         .collect())
 }
 
+fn door(via: Via) -> Door {
+    match via {
+        Via::Daemon => Door::Daemon,
+        Via::Mcp => Door::Mcp,
+        Via::McpHttp => Door::McpHttp,
+    }
+}
+
 async fn caller(shared: &Shared, p: &ToolCallParams) -> Answer<ToolCaller> {
     Ok(ToolCaller {
         principal: principal(shared, p.as_user.as_deref()).await?,
-        door: match p.via {
-            Via::Daemon => Door::Daemon,
-            Via::Mcp => Door::Mcp,
-        },
+        door: door(p.via),
         client: p.client.clone(),
     })
 }
@@ -93,18 +98,24 @@ fn progress_frame(id: u64, progress: &Progress) -> Option<Response> {
 }
 
 /// Sends the latest report at most every `PROGRESS_REPORT_INTERVAL`, until the call ends.
+/// Only reports that move forward are sent (MCP requires progress to increase).
 async fn forward_progress(
     id: u64,
     mut reports: watch::Receiver<Option<Progress>>,
     out: mpsc::Sender<Response>,
 ) {
+    let mut sent: Option<u64> = None;
     while reports.changed().await.is_ok() {
         let latest = reports.borrow_and_update().clone();
-        if let Some(frame) = latest.as_ref().and_then(|p| progress_frame(id, p))
+        let Some(progress) = latest.filter(|p| sent.is_none_or(|s| p.done > s)) else {
+            continue;
+        };
+        if let Some(frame) = progress_frame(id, &progress)
             && out.send(frame).await.is_err()
         {
             return;
         }
+        sent = Some(progress.done);
         tokio::time::sleep(PROGRESS_REPORT_INTERVAL).await;
     }
 }
@@ -180,7 +191,7 @@ pub(super) async fn follow_changes(
     };
     let mut last: Option<ToolSet> = None;
     loop {
-        let now = tool_set(&shared.kernel.tools_for(who).await);
+        let now = tool_set(&shared.kernel.tools_for(who, door(p.via)).await);
         if last.as_ref() != Some(&now) {
             let Ok(value) = serde_json::to_value(&now) else {
                 return;

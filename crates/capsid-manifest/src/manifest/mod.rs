@@ -584,13 +584,21 @@ fn tools(cx: &Ctx<'_>, raw: Vec<raw::RawTool>) -> Result<Vec<Tool>, ManifestErro
                 Some(s) => serde_json::to_value(s.get_ref())
                     .map_err(|e| cx.at("tool.input_schema", &s, e))?,
             };
-            let output_schema = t
-                .output_schema
-                .map(|s| {
-                    serde_json::to_value(s.get_ref())
-                        .map_err(|e| cx.at("tool.output_schema", &s, e))
-                })
-                .transpose()?;
+            let output_schema = match t.output_schema {
+                None => None,
+                Some(s) => {
+                    let schema = serde_json::to_value(s.get_ref())
+                        .map_err(|e| cx.at("tool.output_schema", &s, e))?;
+                    if schema.get("type").and_then(serde_json::Value::as_str) != Some("object") {
+                        return Err(cx.at(
+                            "tool.output_schema",
+                            &s,
+                            "must describe an object (type = \"object\"): a tool's structured answer is an object",
+                        ));
+                    }
+                    Some(schema)
+                }
+            };
             let annotations =
                 t.annotations
                     .map_or_else(ToolAnnotations::default, |a| ToolAnnotations {

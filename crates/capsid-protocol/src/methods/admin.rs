@@ -194,7 +194,7 @@ pub struct TokenCreateParams {
 }
 
 /// `mcp.token.create`: the token, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenCreated {
     /// Its id, for `mcp.token.revoke`.
     pub id: String,
@@ -228,11 +228,27 @@ pub struct TokenRevokeParams {
 }
 
 /// `mcp.token.check` params.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCheckParams {
     /// The token a request presented.
     pub token: String,
+}
+
+// The token is a secret: never in `Debug` output, so never in a log line.
+impl std::fmt::Debug for TokenCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCreated")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for TokenCheckParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenCheckParams").finish_non_exhaustive()
+    }
 }
 
 /// `mcp.token.check`: the user a live token acts as.
@@ -252,6 +268,19 @@ pub struct Stopping {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_never_show_in_debug_output() {
+        let created = TokenCreated {
+            id: "0123".into(),
+            token: "capsid_0123_secret".into(),
+            user: "u".into(),
+        };
+        let check = TokenCheckParams {
+            token: "capsid_0123_secret".into(),
+        };
+        assert!(!format!("{created:?} {check:?}").contains("secret"));
+    }
 
     #[test]
     fn a_tail_over_the_limit_is_refused_not_cut() {

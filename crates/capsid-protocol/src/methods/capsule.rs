@@ -260,8 +260,10 @@ pub enum Via {
     /// The daemon's own clients (`capsid call`).
     #[default]
     Daemon,
-    /// The MCP bridge.
+    /// The MCP bridge on stdio: a client the operator started on this machine.
     Mcp,
+    /// The MCP bridge over HTTP: a client holding a bearer token. Dev trust never reaches it.
+    McpHttp,
 }
 
 /// `tool.list` params.
@@ -271,6 +273,9 @@ pub struct ToolListParams {
     /// List what this user may call (absent: the operator, who may call everything).
     #[serde(default)]
     pub as_user: Option<String>,
+    /// Through which door the user would call (dev trust reaches only some).
+    #[serde(default)]
+    pub via: Via,
 }
 
 /// `tool.changes.follow`: which set of tools a user may call, as a fingerprint that changes
