@@ -324,4 +324,9 @@ async fn more_capsules_than_instance_slots_all_load_and_answer() {
         .filter(|c| c.state != capsid_capsule::CapsuleState::Ready)
         .count();
     assert_eq!(failed, 0);
+    let counts = rt.registry.counts();
+    assert_eq!(
+        (counts.known, counts.ready, counts.failed),
+        (count, count, 0)
+    );
 }

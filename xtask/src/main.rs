@@ -17,7 +17,9 @@ mod layers;
 mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
-const BENCH_GROUPS: &[&str] = &["audit", "storage", "capsule", "process", "kernel", "mcp"];
+const BENCH_GROUPS: &[&str] = &[
+    "audit", "storage", "capsule", "process", "kernel", "mcp", "density",
+];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
 const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];
@@ -336,14 +338,15 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
     };
     let out = root.join("target").join("capsid-bench");
     let out_str = out.to_str().context("target path is not UTF-8")?;
-    let capsules = if groups.contains(&"capsule") || groups.contains(&"mcp") {
+    // These groups drive the real binary, built as released.
+    let drives_binary = groups.iter().any(|g| ["mcp", "density"].contains(g));
+    let capsules = if groups.contains(&"capsule") || drives_binary {
         build_capsules(root)?
     } else {
         capsules_out(root)
     };
-    // `mcp` drives the real binary, built as released.
     let bin = root.join("target").join("release").join("capsid");
-    if groups.contains(&"mcp") {
+    if drives_binary {
         cargo(
             root,
             &["build", "--release", "--locked", "--package", "capsid-cli"],

@@ -4,6 +4,7 @@
 
 mod audit;
 mod capsule;
+mod density;
 mod kernel;
 mod mcp;
 mod process;
@@ -31,6 +32,7 @@ fn main() -> Result<()> {
         "process" => process::run()?,
         "kernel" => kernel::run()?,
         "mcp" => mcp::run()?,
+        "density" => density::run()?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);

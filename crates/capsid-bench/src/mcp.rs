@@ -33,9 +33,9 @@ pub fn run() -> Result<Vec<Row>> {
 }
 
 /// The `capsid` binary `cargo xtask bench mcp` built.
-fn capsid_bin() -> Result<PathBuf> {
+pub(crate) fn capsid_bin() -> Result<PathBuf> {
     let bin = PathBuf::from(std::env::var("CAPSID_BIN").context(
-        "CAPSID_BIN is not set: run this group through `cargo xtask bench mcp`, which builds capsid",
+        "CAPSID_BIN is not set: run this group through `cargo xtask bench <group>`, which builds capsid",
     )?);
     if !bin.is_file() {
         bail!("CAPSID_BIN {} is not a file", bin.display());

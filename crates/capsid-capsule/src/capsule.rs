@@ -291,6 +291,11 @@ impl LoadedCapsule {
         read(&self.state).clone()
     }
 
+    /// `f` of its current state, without copying it.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&CapsuleState) -> R) -> R {
+        f(&read(&self.state))
+    }
+
     pub(crate) fn set_state(&self, state: CapsuleState) {
         *write(&self.state) = state;
     }

@@ -45,4 +45,4 @@ pub use grants::{
 pub use host::HostServices;
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use native::NativeCapsule;
-pub use registry::{CapsuleInfo, NativeStatus, Registry};
+pub use registry::{CapsuleCounts, CapsuleInfo, NativeStatus, Registry};

@@ -26,6 +26,17 @@ use crate::native::NativeCapsule;
 use crate::warmth::Warmth;
 use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
+/// How many capsules a registry knows, by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapsuleCounts {
+    /// Every capsule, whatever its state.
+    pub known: usize,
+    /// Ready to serve.
+    pub ready: usize,
+    /// Failed (to load, or since).
+    pub failed: usize,
+}
+
 /// What the registry reports about a capsule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapsuleInfo {
@@ -547,6 +558,37 @@ impl Registry {
         self.get(name)?
             .call_tool_with(tool, input_json, control)
             .await
+    }
+
+    /// How many capsules the registry knows and how many are ready or failed, read without
+    /// copying anything (what a `status` asks, as often as clients like).
+    pub fn counts(&self) -> CapsuleCounts {
+        let slots = self.read_slots();
+        let mut counts = CapsuleCounts {
+            known: slots.len(),
+            ready: 0,
+            failed: 0,
+        };
+        for slot in slots.values() {
+            let (ready, failed) = match slot {
+                Slot::Loaded { capsule } => capsule.with_state(|s| {
+                    (
+                        *s == CapsuleState::Ready,
+                        matches!(s, CapsuleState::Failed(_)),
+                    )
+                }),
+                Slot::Native { native } => match native.health() {
+                    Health::Failed { .. } => (false, true),
+                    Health::Stopped => (false, false),
+                    _ => (true, false),
+                },
+                Slot::Loading { .. } => (false, false),
+                Slot::LoadFailed { .. } => (false, true),
+            };
+            counts.ready += usize::from(ready);
+            counts.failed += usize::from(failed);
+        }
+        counts
     }
 
     /// Every capsule the registry knows, by name.

@@ -297,8 +297,9 @@ pub const SANDBOX_ETC_FILES: &[&str] = &[
 pub const NATIVE_OPEN_FILES: u64 = 1024;
 
 /// The daemon protocol's version; a client speaking another is refused at hello. (2: typed
-/// methods, kebab-case error codes, tool answers tagged JSON or text, follows as methods.)
-pub const DAEMON_PROTOCOL_VERSION: u32 = 2;
+/// methods, kebab-case error codes, tool answers tagged JSON or text, follows as methods. 3:
+/// `tool.run`, `mcp.token.*`, the `via` of tool lists, `status` counting boot's loads.)
+pub const DAEMON_PROTOCOL_VERSION: u32 = 3;
 
 /// Longest client name (an MCP client's `clientInfo.name`) recorded with a tool call, in
 /// bytes; longer ones are cut.

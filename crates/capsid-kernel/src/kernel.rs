@@ -257,10 +257,7 @@ impl Kernel {
 
     /// The kernel's state at a glance.
     pub fn status(&self) -> KernelStatus {
-        let capsules = self.registry().list();
-        let count = |f: fn(&capsid_capsule::CapsuleState) -> bool| {
-            capsules.iter().filter(|c| f(&c.state)).count()
-        };
+        let counts = self.registry().counts();
         KernelStatus {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id(),
@@ -275,9 +272,9 @@ impl Kernel {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
-            capsules: capsules.len(),
-            ready: count(|s| *s == capsid_capsule::CapsuleState::Ready),
-            failed: count(|s| matches!(s, capsid_capsule::CapsuleState::Failed(_))),
+            capsules: counts.known,
+            ready: counts.ready,
+            failed: counts.failed,
         }
     }
 

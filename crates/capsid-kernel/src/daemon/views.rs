@@ -24,7 +24,7 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
         config_fingerprint: s.config_fingerprint,
         uptime_ms: s.uptime_ms,
         boot: BootSummary {
-            loaded: s.boot.loaded,
+            loaded: s.boot.loaded.len(),
             failed: s
                 .boot
                 .failed

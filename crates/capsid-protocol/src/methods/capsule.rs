@@ -36,8 +36,9 @@ pub struct StatusResult {
 /// What boot did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootSummary {
-    /// Capsules loaded, in load order.
-    pub loaded: Vec<String>,
+    /// How many capsules boot loaded (their names: `capsule.list`; a count keeps `status`
+    /// the same size however many are installed).
+    pub loaded: usize,
     /// Capsules (or capsule folders) that failed to load, and why.
     pub failed: Vec<FailedLoad>,
     /// Whether a phase ran past the boot timeout.
