@@ -67,8 +67,8 @@ pub struct KernelStatus {
     pub config_fingerprint: String,
     /// Milliseconds since boot began.
     pub uptime_ms: u64,
-    /// What boot loaded.
-    pub boot: BootReport,
+    /// What boot loaded (shared: a status does not copy it).
+    pub boot: Arc<BootReport>,
     /// Capsules known, and how many are ready.
     pub capsules: usize,
     /// Capsules ready to serve.
@@ -98,7 +98,7 @@ pub(crate) struct Inner {
     parts: KernelParts,
     fingerprint: String,
     started: Instant,
-    boot: Mutex<BootReport>,
+    boot: Mutex<Arc<BootReport>>,
     closing: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Capsules the idle monitor unloaded: loaded again at their next call.
@@ -159,7 +159,7 @@ impl Kernel {
             .inner
             .boot
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = report;
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(report);
         let monitors = crate::monitor::start(self);
         self.inner
             .tasks

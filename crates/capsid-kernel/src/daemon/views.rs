@@ -28,14 +28,17 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
             failed: s
                 .boot
                 .failed
-                .into_iter()
-                .map(|(name, reason)| FailedLoad { name, reason })
+                .iter()
+                .map(|(name, reason)| FailedLoad {
+                    name: name.clone(),
+                    reason: reason.clone(),
+                })
                 .collect(),
             timed_out: s.boot.timed_out,
             boot_ms: s.boot.boot_ms,
-            audit_problems: s.boot.audit_problems,
+            audit_problems: s.boot.audit_problems.clone(),
             audit_read_only: s.boot.audit_read_only,
-            unrecorded: s.boot.unrecorded,
+            unrecorded: s.boot.unrecorded.clone(),
         },
         capsules: s.capsules,
         ready: s.ready,
