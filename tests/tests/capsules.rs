@@ -329,4 +329,13 @@ async fn more_capsules_than_instance_slots_all_load_and_answer() {
         (counts.known, counts.ready, counts.failed),
         (count, count, 0)
     );
+    // Every copy runs the one compiled component; it goes when the last copy does.
+    assert_eq!(rt.engine.shared_components(), 1);
+    for n in 0..count {
+        rt.registry
+            .unload(&id(&format!("hello-{n}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(rt.engine.shared_components(), 0);
 }

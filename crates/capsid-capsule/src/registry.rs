@@ -198,7 +198,22 @@ impl Registry {
     /// [`Trust::Dev`]. On failure the capsule is listed as failed with the reason, and the
     /// error is returned.
     pub async fn load(&self, dir: &Path, trust: Trust) -> Result<CapsuleInfo, CapsuleError> {
-        self.load_as(dir, trust, None).await
+        let loaded = self.load_as(dir, trust, None).await;
+        self.forget_unused_components();
+        loaded
+    }
+
+    /// Lets the engine drop the compiled components no loaded capsule uses any more.
+    fn forget_unused_components(&self) {
+        let slots = self.read_slots();
+        let in_use = slots
+            .values()
+            .filter_map(|slot| match slot {
+                Slot::Loaded { capsule } => Some(capsule.blake3.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.engine.keep_shared(&in_use);
     }
 
     /// [`Registry::load`] of a capsule being loaded again: once its first instance is
@@ -210,7 +225,9 @@ impl Registry {
         trust: Trust,
         restart: Restart,
     ) -> Result<CapsuleInfo, CapsuleError> {
-        self.load_as(dir, trust, Some(restart)).await
+        let loaded = self.load_as(dir, trust, Some(restart)).await;
+        self.forget_unused_components();
+        loaded
     }
 
     async fn load_as(
@@ -510,6 +527,7 @@ impl Registry {
         capsule.shut_down().await;
         self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);
+        self.forget_unused_components();
         let _ = self
             .record_lifecycle(
                 name,

@@ -4,15 +4,17 @@
 
 mod cache;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
     EPOCH_TICK, MAX_CAPSULE_MEMORY_MB, MAX_COMPONENT_BYTES, MAX_LIVE_INSTANCES,
 };
+use capsid_core::sync::lock;
 use capsid_crypto::KeyPair;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -24,7 +26,8 @@ use crate::error::CapsuleError;
 pub enum LoadKind {
     /// Compiled from the `.wasm` (and written to the cache).
     Compiled,
-    /// Read back from the signed compiled cache.
+    /// Read back from the signed compiled cache, or shared with a loaded capsule of the same
+    /// component (same blake3).
     Cached,
 }
 
@@ -53,6 +56,9 @@ pub struct CapsuleEngine {
     engine: Engine,
     cache: cache::CompiledCache,
     stop_ticker: Arc<AtomicBool>,
+    /// Components loaded capsules use, by blake3: copies of one component (a capsule
+    /// installed under several names) share its compiled code instead of each holding one.
+    shared: Mutex<HashMap<String, Component>>,
 }
 
 impl std::fmt::Debug for CapsuleEngine {
@@ -103,6 +109,7 @@ impl CapsuleEngine {
             engine,
             cache: cache::CompiledCache::new(cache_dir.to_owned(), key),
             stop_ticker,
+            shared: Mutex::default(),
         })
     }
 
@@ -145,7 +152,9 @@ impl CapsuleEngine {
                 actual: blake3,
             });
         }
-        if let Some(component) = self.cache.get(&self.engine, &blake3) {
+        let shared = lock(&self.shared).get(&blake3).cloned();
+        if let Some(component) = shared.or_else(|| self.cache.get(&self.engine, &blake3)) {
+            lock(&self.shared).insert(blake3.clone(), component.clone());
             return Ok(LoadedComponent {
                 component,
                 blake3,
@@ -162,11 +171,23 @@ impl CapsuleEngine {
             reason: format!("{e:#}"),
         })?;
         self.cache.put(&blake3, &component);
+        lock(&self.shared).insert(blake3.clone(), component.clone());
         Ok(LoadedComponent {
             component,
             blake3,
             kind: LoadKind::Compiled,
         })
+    }
+
+    /// How many compiled components the loaded capsules use (copies of one count once).
+    pub fn shared_components(&self) -> usize {
+        lock(&self.shared).len()
+    }
+
+    /// Forgets the shared components whose blake3 is not in `in_use` (the last capsule using
+    /// one is gone; its memory goes with it).
+    pub(crate) fn keep_shared(&self, in_use: &HashSet<&str>) {
+        lock(&self.shared).retain(|blake3, _| in_use.contains(blake3.as_str()));
     }
 
     /// The cache file a component with this blake3 would use.
