@@ -16,7 +16,7 @@ use capsid_protocol::methods::{DaemonStop, Status};
 use capsid_protocol::{Hello, Method, NoParams, Request};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::report::Row;
+use crate::report::{Row, percentile};
 
 /// Round trips measured for latency, per side.
 const LATENCY_TRIPS: usize = 20_000;
@@ -87,16 +87,6 @@ fn echo_server(path: &Path, reply: Vec<u8>) -> Result<()> {
         }
     });
     Ok(())
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
 }
 
 async fn latencies(s: &mut UnixStream, request: &[u8]) -> Result<Vec<Duration>> {

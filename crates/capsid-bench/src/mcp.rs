@@ -19,7 +19,7 @@ use rmcp::model::CallToolRequestParams;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
-use crate::report::Row;
+use crate::report::{Row, percentile};
 
 /// Round trips measured for latency, per side.
 const LATENCY_TRIPS: usize = 3_000;
@@ -58,16 +58,6 @@ fn mcp_greet() -> CallToolRequestParams {
     let mut arguments = rmcp::model::JsonObject::new();
     arguments.insert("name".into(), json!("bench"));
     CallToolRequestParams::new("hello.greet").with_arguments(arguments)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e6
 }
 
 #[allow(clippy::cast_precision_loss)]

@@ -34,6 +34,17 @@ impl Row {
     }
 }
 
+/// The `p` quantile (0..=1) of sorted `sorted`, in µs.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
 /// The runtime every group measures on: two workers, as on the 2-core machines the targets
 /// are set for.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -17,14 +17,7 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use common::{CAPSID, Home, PATIENCE};
-
-fn arguments(value: Value) -> rmcp::model::JsonObject {
-    match value {
-        Value::Object(map) => map,
-        _ => panic!("arguments must be an object"),
-    }
-}
+use common::{CAPSID, Home, PATIENCE, arguments};
 
 /// Installs a copy of built capsule `name` whose manifest `edit` changed.
 fn install_edited(home: &Home, name: &str, edit: impl Fn(String) -> String) {

@@ -14,7 +14,7 @@ use capsid_protocol::methods::{
 use capsid_protocol::{Client, ErrorCode, Method, NoParams};
 use serde_json::{Value, json};
 
-use common::{CAPSID, Home, frame, next, welcomed};
+use common::{CAPSID, Home, arguments, frame, next, welcomed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
@@ -220,13 +220,6 @@ async fn mcp_session(
         .args(["mcp", "serve", "--as", user]);
     let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
     ().serve(transport).await.unwrap()
-}
-
-fn arguments(value: Value) -> rmcp::model::JsonObject {
-    match value {
-        Value::Object(map) => map,
-        _ => panic!("arguments must be an object"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

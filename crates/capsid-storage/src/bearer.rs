@@ -9,11 +9,10 @@
 use std::sync::Arc;
 
 use capsid_core::PrincipalId;
-use capsid_core::limits::MAX_KV_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 
 use crate::error::KvError;
-use crate::kv::KvStore;
+use crate::kv::{KvStore, corrupt, json_records};
 
 const BEARER_TAG: u8 = 0x04;
 const TOKEN: u8 = b't';
@@ -75,13 +74,6 @@ fn parse_id(id: &str) -> Option<[u8; ID_BYTES]> {
     let mut out = [0u8; ID_BYTES];
     hex::decode_to_slice(id, &mut out).ok()?;
     Some(out)
-}
-
-fn corrupt(key: &[u8], e: impl std::fmt::Display) -> KvError {
-    KvError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    }
 }
 
 impl BearerTokenStore {
@@ -165,23 +157,7 @@ impl BearerTokenStore {
 
     /// Every live token.
     pub async fn list(&self) -> Result<Vec<BearerToken>, KvError> {
-        let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .kv
-                .list(&[BEARER_TAG, TOKEN], after.as_deref(), MAX_KV_LIST_LIMIT)
-                .await?;
-            for key in &page.keys {
-                if let Some(v) = self.kv.get(key).await? {
-                    out.push(serde_json::from_slice(&v).map_err(|e| corrupt(key, e))?);
-                }
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
-        }
+        json_records(self.kv.as_ref(), &[BEARER_TAG, TOKEN]).await
     }
 }
 

@@ -10,7 +10,7 @@ use capsid_core::limits::MAX_KV_LIST_LIMIT;
 use serde::{Deserialize, Serialize};
 
 use crate::error::KvError;
-use crate::kv::KvStore;
+use crate::kv::{KvStore, corrupt, json_records};
 
 const IDENTITY_TAG: u8 = 0x02;
 const USER: u8 = b'u';
@@ -77,13 +77,6 @@ fn link_key(platform: &str, platform_user_id: &str) -> Result<Vec<u8>, KvError> 
     let mut k = link_prefix(Some(platform));
     k.extend_from_slice(platform_user_id.as_bytes());
     Ok(k)
-}
-
-fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> KvError {
-    KvError::Corrupt {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: reason.to_string(),
-    }
 }
 
 fn decode_link_key(key: &[u8], user: &[u8]) -> Result<Link, KvError> {
@@ -173,23 +166,7 @@ impl IdentityStore {
 
     /// Every user.
     pub async fn users(&self) -> Result<Vec<User>, KvError> {
-        let mut out = Vec::new();
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let page = self
-                .kv
-                .list(&[IDENTITY_TAG, USER], after.as_deref(), MAX_KV_LIST_LIMIT)
-                .await?;
-            for key in &page.keys {
-                if let Some(v) = self.kv.get(key).await? {
-                    out.push(serde_json::from_slice(&v).map_err(|e| corrupt(key, e))?);
-                }
-            }
-            match page.next {
-                Some(n) => after = Some(n),
-                None => return Ok(out),
-            }
-        }
+        json_records(self.kv.as_ref(), &[IDENTITY_TAG, USER]).await
     }
 
     /// Every link, optionally of one platform only.

@@ -146,3 +146,38 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+/// A stored record that does not decode: the error naming its key.
+pub(crate) fn corrupt(key: &[u8], reason: impl std::fmt::Display) -> KvError {
+    KvError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Every JSON record stored under `prefix`, in key order, page by page.
+pub(crate) async fn json_records<T: serde::de::DeserializeOwned>(
+    kv: &dyn KvStore,
+    prefix: &[u8],
+) -> Result<Vec<T>, KvError> {
+    let mut out = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = kv
+            .list(
+                prefix,
+                after.as_deref(),
+                capsid_core::limits::MAX_KV_LIST_LIMIT,
+            )
+            .await?;
+        for key in &page.keys {
+            if let Some(v) = kv.get(key).await? {
+                out.push(serde_json::from_slice(&v).map_err(|e| corrupt(key, e))?);
+            }
+        }
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return Ok(out),
+        }
+    }
+}

@@ -163,3 +163,11 @@ pub(crate) fn until(what: &str, mut done: impl FnMut() -> bool) {
     }
     panic!("never: {what}");
 }
+
+/// A JSON object literal as MCP tool arguments.
+pub(crate) fn arguments(value: Value) -> rmcp::model::JsonObject {
+    match value {
+        Value::Object(map) => map,
+        _ => panic!("arguments must be an object"),
+    }
+}
