@@ -255,17 +255,10 @@ impl LoadedCapsule {
                 .position(|w| !w.store.data().holds_children())
                 .map(|i| idle.remove(i))
         };
-        let Some(mut warm) = taken else {
+        let Some(warm) = taken else {
             return false;
         };
-        if let Err(e) = self
-            .run(&mut warm, &Call::Shutdown, &CallControl::default())
-            .await
-        {
-            self.cx
-                .log
-                .push(LogLevel::Warn, LogSource::Host, &e.to_string());
-        }
+        self.shut_down_instance(warm).await;
         true
     }
 
@@ -590,6 +583,19 @@ impl LoadedCapsule {
             .map(|_| ())
     }
 
+    /// Runs `shutdown` on an instance about to be dropped (under the deadline; a failure is
+    /// logged, the instance goes either way).
+    async fn shut_down_instance(&self, mut warm: Warm) {
+        if let Err(e) = self
+            .run(&mut warm, &Call::Shutdown, &CallControl::default())
+            .await
+        {
+            self.cx
+                .log
+                .push(LogLevel::Warn, LogSource::Host, &e.to_string());
+        }
+    }
+
     /// Stops the dispatchers and calls `shutdown` on every idle instance (each under the
     /// deadline); busy instances are dropped when their call returns.
     pub(crate) async fn shut_down(&self) {
@@ -598,15 +604,8 @@ impl LoadedCapsule {
             task.abort();
         }
         let idle: Vec<Warm> = lock(&self.idle).drain(..).collect();
-        for mut warm in idle {
-            if let Err(e) = self
-                .run(&mut warm, &Call::Shutdown, &CallControl::default())
-                .await
-            {
-                self.cx
-                    .log
-                    .push(LogLevel::Warn, LogSource::Host, &e.to_string());
-            }
+        for warm in idle {
+            self.shut_down_instance(warm).await;
         }
     }
 }

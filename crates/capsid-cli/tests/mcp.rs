@@ -404,15 +404,10 @@ async fn over_http_only_a_live_bearer_token_reaches_tools_and_it_acts_as_its_use
 
     let (mut server, url) = http_server(&home, &[]).await;
     let session = http_session(&url, &token).await;
-    let mut names: Vec<String> = session
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.into_owned())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["hello.echo", "hello.greet", "hello.whoami"]);
+    assert_eq!(
+        common::tool_names(&session).await,
+        ["hello.echo", "hello.greet", "hello.whoami"]
+    );
     let greeted = session
         .call_tool(
             CallToolRequestParams::new("hello.greet")

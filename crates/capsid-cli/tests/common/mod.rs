@@ -171,3 +171,16 @@ pub(crate) fn arguments(value: Value) -> rmcp::model::JsonObject {
         _ => panic!("arguments must be an object"),
     }
 }
+
+/// The names of the tools an MCP session lists, sorted.
+pub(crate) async fn tool_names(session: &rmcp::Peer<rmcp::RoleClient>) -> Vec<String> {
+    let mut names: Vec<String> = session
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.into_owned())
+        .collect();
+    names.sort();
+    names
+}
