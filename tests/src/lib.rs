@@ -16,6 +16,8 @@ use capsid_events::EventBus;
 use capsid_storage::{KvStore, MemoryKvStore};
 use capsid_vfs::OverlayVfs;
 
+pub mod web;
+
 /// The folder of built capsules: `$CAPSID_CAPSULES_DIR` (set by `cargo xtask test`), else
 /// `target/capsules`. Panics — never skips — when it is missing.
 pub fn capsules_dir() -> PathBuf {
@@ -149,6 +151,12 @@ pub struct Runtime {
 impl Runtime {
     /// A fresh runtime with an empty workspace.
     pub async fn new() -> Self {
+        Self::with_http(capsid_capsule::OutboundHttp::new()).await
+    }
+
+    /// A fresh runtime whose capsules' outbound HTTP is `http` (a resolver of the test's
+    /// own, a test CA among the roots).
+    pub async fn with_http(http: capsid_capsule::OutboundHttp) -> Self {
         let home = tempfile::tempdir().expect("temp home");
         let workspace = home.path().join("workspace");
         std::fs::create_dir_all(&workspace).expect("workspace");
@@ -182,6 +190,7 @@ impl Runtime {
                 bus: bus.clone(),
                 principal,
                 sandbox_identity: capsid_process::SandboxIdentity::default(),
+                http: Arc::new(http),
             },
         )
         .expect("registry");
@@ -206,6 +215,33 @@ impl Runtime {
             .load(&capsules_dir().join(name), Trust::Dev)
             .await
             .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    }
+
+    /// Loads a copy of the `fetch` sample granted exactly `origins` (its manifest's `http`
+    /// list rewritten; a `call_timeout_ms` in `extra` replaces the manifest's), with dev
+    /// trust, `extra` appended to its `[limits]`.
+    pub async fn load_fetch(&self, origins: &[String], extra: &str) {
+        let dir = copy_capsule("fetch", &self.home.path().join("capsule-copies"));
+        let manifest = dir.join("Capsule.toml");
+        let text = std::fs::read_to_string(&manifest).expect("read manifest");
+        let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+        let mut rewritten = String::new();
+        for line in text.lines() {
+            if line.starts_with("http = ") {
+                rewritten.push_str("http = [");
+                rewritten.push_str(&list.join(", "));
+                rewritten.push_str("]\n");
+            } else if !(line.starts_with("call_timeout_ms") && extra.contains("call_timeout_ms")) {
+                rewritten.push_str(line);
+                rewritten.push('\n');
+            }
+        }
+        rewritten.push_str(extra);
+        std::fs::write(&manifest, rewritten).expect("write manifest");
+        self.registry
+            .load(&dir, Trust::Dev)
+            .await
+            .unwrap_or_else(|e| panic!("loading fetch: {e}"));
     }
 
     /// Unloads `name` and loads it again from the same directory with dev trust (what the

@@ -18,7 +18,7 @@ mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
 const BENCH_GROUPS: &[&str] = &[
-    "audit", "storage", "capsule", "process", "kernel", "mcp", "density",
+    "audit", "storage", "capsule", "process", "kernel", "http", "mcp", "density",
 ];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).

@@ -50,7 +50,7 @@ pub mod __bindings {
         pub_export_macro: true,
         export_macro_name: "export_capsule_bindings",
         default_bindings_module: "::capsid_guest::__bindings",
-        with: { "wasi:io/poll@0.2.6": generate },
+        generate_all,
     });
 }
 

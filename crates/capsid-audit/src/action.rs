@@ -112,3 +112,10 @@ pub const PROCESS_EXITED: &str = "process.exited";
 pub const PROCESS_EXPIRED: &str = "process.expired";
 /// An exited persistent process was forgotten after its retention.
 pub const PROCESS_FORGOTTEN: &str = "process.forgotten";
+
+/// A capsule's outbound HTTP request checked against `net://` (method, origin, path): an
+/// allow is recorded before the request is sent; a refusal after the check (an internal
+/// address, the in-flight cap) is recorded as a denial under the same action.
+pub const HTTP_REQUEST: &str = "http.request";
+/// How an allowed outbound HTTP request ended: status, bytes each way, duration, or error.
+pub const HTTP_RESPONSE: &str = "http.response";

@@ -5,6 +5,7 @@
 mod audit;
 mod capsule;
 mod density;
+mod http;
 mod kernel;
 mod mcp;
 mod process;
@@ -31,6 +32,7 @@ fn main() -> Result<()> {
         "capsule" => capsule::run()?,
         "process" => process::run()?,
         "kernel" => kernel::run()?,
+        "http" => http::run()?,
         "mcp" => mcp::run()?,
         "density" => density::run()?,
         other => bail!("unknown bench group {other:?}"),

@@ -15,7 +15,7 @@ use capsid_core::limits::{MAX_RESOURCE_BYTES, MAX_RESOURCE_SEGMENTS, MAX_SEGMENT
 use crate::error::{ParseError, show};
 
 /// Schemes capsid knows.
-const SCHEMES: &[&str] = &["fs", "process", "ipc", "kv", "tool"];
+const SCHEMES: &[&str] = &["fs", "process", "ipc", "kv", "tool", "net"];
 
 /// A concrete resource a capsule asks to act on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,7 +65,7 @@ fn split<'a>(what: &'static str, input: &'a str) -> Result<Parts<'a>, ParseError
         .split_once("://")
         .ok_or_else(|| err("expected scheme://authority/path"))?;
     if !SCHEMES.contains(&scheme) {
-        return Err(err("unknown scheme (fs, process, ipc, kv, tool)"));
+        return Err(err("unknown scheme (fs, process, ipc, kv, tool, net)"));
     }
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -195,6 +195,15 @@ impl Pattern {
             )
     }
 
+    /// Path segment `index` (0 is the first after the authority) when it is written out
+    /// with no glob: `Some("127.0.0.1")` for segment 0 of `net://http/127.0.0.1/8080`.
+    pub fn literal_segment(&self, index: usize) -> Option<&str> {
+        match self.segments.get(index)? {
+            Segment::Literal(l) => Some(l),
+            Segment::Glob(_) | Segment::AnyDepth => None,
+        }
+    }
+
     /// The pattern's text, exactly as parsed (it is canonical: parsing never rewrites).
     pub fn as_str(&self) -> &str {
         &self.text
@@ -227,6 +236,37 @@ mod tests {
         assert!(Resource::parse("tool://*/get").is_err());
         assert!(Pattern::parse("tool://**/get").is_err());
         assert!(Pattern::parse("tool://Counter/get").is_err());
+    }
+
+    #[test]
+    fn net_patterns_glob_within_the_host_and_never_across_schemes() {
+        assert!(m(
+            "net://https/*.example.com/8443",
+            "net://https/api.example.com/8443"
+        ));
+        assert!(!m(
+            "net://https/*.example.com/8443",
+            "net://https/example.com/8443"
+        ));
+        assert!(!m(
+            "net://https/*.example.com/8443",
+            "net://http/api.example.com/8443"
+        ));
+        assert!(!m(
+            "net://https/*.example.com/8443",
+            "net://https/api.example.com/443"
+        ));
+        assert!(m("net://http/localhost/*", "net://http/localhost/8080"));
+        assert!(Pattern::parse("net://*/example.com/443").is_err());
+        let p = Pattern::parse("net://http/127.0.0.1/*").unwrap();
+        assert_eq!(p.literal_segment(0), Some("127.0.0.1"));
+        assert_eq!(p.literal_segment(1), None);
+        assert_eq!(
+            Pattern::parse("net://http/*/80")
+                .unwrap()
+                .literal_segment(0),
+            None
+        );
         // Elsewhere the authority names the kind of grant: it never globs.
         assert!(Pattern::parse("process://*/git").is_err());
         assert!(Pattern::parse("fs://work*/notes/**").is_err());

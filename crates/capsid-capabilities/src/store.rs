@@ -420,6 +420,37 @@ impl CapabilityStore {
         )
     }
 
+    /// The patterns of `subject`'s usable capabilities that allow `action` on `resource`,
+    /// deciding nothing (a single-use capability is not spent). For rules that depend on
+    /// how a grant is written, not only on what it covers: an outbound request to an
+    /// internal address needs a grant that names that address literally.
+    pub async fn patterns_allowing(
+        &self,
+        subject: &Subject,
+        action: Permissions,
+        resource: &str,
+    ) -> Vec<Pattern> {
+        let Ok(resource) = Resource::parse(resource) else {
+            return Vec::new();
+        };
+        let Ok(caps) = self.verified_for(&subject.principal).await else {
+            return Vec::new();
+        };
+        let now = now_ms();
+        caps.iter()
+            .filter(|cap| {
+                cap.capsule
+                    .as_ref()
+                    .is_none_or(|c| Some(c) == subject.capsule.as_ref())
+                    && cap.permissions.contains(action)
+                    && !expired(cap, now)
+                    && cap.pattern.matches(&resource)
+                    && !self.is_revoked(&cap.id)
+            })
+            .map(|cap| cap.pattern.clone())
+            .collect()
+    }
+
     async fn decide(
         &self,
         subject: &Subject,

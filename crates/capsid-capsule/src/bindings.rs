@@ -19,8 +19,11 @@ wasmtime::component::bindgen!({
     },
     exports: { default: async },
     with: {
-        // One `pollable` with the WASI host, so a capsule's `wasi:io/poll` waits on ours.
-        "wasi:io/poll": wasmtime_wasi::p2::bindings::io::poll,
+        // One `pollable` with the WASI host, so a capsule's `wasi:io/poll` waits on ours;
+        // `wasi:http` is wasmtime-wasi-http's, sending through our hook (`crate::http`).
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
+        "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "capsid:host/process.background": crate::host::BackgroundChild,
     },
 });

@@ -55,8 +55,8 @@ pub fn network_resource(capsule: &CapsuleId) -> String {
     format!("process://network/{capsule}")
 }
 
-/// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc` and `process` lists,
-/// and, for a native capsule, its own program.
+/// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc`, `process` and `http`
+/// lists, and, for a native capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
     let caps = &manifest.capabilities;
     let mut out = vec![Request {
@@ -94,6 +94,8 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
         (&caps.fs_write, Permissions::WRITE),
         (&caps.ipc_publish, Permissions::PUBLISH),
         (&caps.ipc_subscribe, Permissions::SUBSCRIBE),
+        // Sending a request to an origin is an action, like starting a program or a tool.
+        (&caps.http, Permissions::EXEC),
     ];
     for (patterns, permissions) in groups {
         out.extend(patterns.iter().map(|p| Request {

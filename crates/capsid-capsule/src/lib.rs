@@ -6,7 +6,7 @@
 //! - [`CapsuleEngine`] is the one wasmtime engine (component model, async, pooling allocator,
 //!   epoch deadlines) with its signed compiled-component cache.
 //! - The host side of `wit/host.wit` lives in one module per interface (`host/`), generated
-//!   bindings in `bindings.rs`.
+//!   bindings in `bindings.rs`; outbound `wasi:http` requests are checked and sent by `http/`.
 //! - [`Registry`] loads capsules (grants per [`Trust`], compile, instantiate, subscribe),
 //!   calls their tools and unloads them; `dispatch.rs` delivers bus events to them.
 //!
@@ -29,6 +29,7 @@ mod engine;
 mod error;
 mod grants;
 mod host;
+mod http;
 mod logbuf;
 mod native;
 mod registry;
@@ -43,6 +44,7 @@ pub use grants::{
     plan_grants, requested,
 };
 pub use host::HostServices;
+pub use http::{HttpSetupError, OutboundHttp, Resolve, SystemResolver};
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use native::NativeCapsule;
 pub use registry::{CapsuleCounts, CapsuleInfo, NativeStatus, Registry};

@@ -104,6 +104,7 @@ impl Registry {
         let link =
             |e: wasmtime::Error| CapsuleError::Engine(format!("linking host interfaces: {e}"));
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link)?;
         link_capsid_host(&mut linker).map_err(link)?;
         let (events, received) = tokio::sync::mpsc::unbounded_channel();
         let processes = Arc::new(ProcessTable::new(Some(events)));
@@ -378,6 +379,9 @@ impl Registry {
             process_sandbox: manifest.capabilities.process_sandbox,
             uplink: manifest.capabilities.uplink,
             processes: self.processes.clone(),
+            http_inflight: Arc::new(tokio::sync::Semaphore::new(
+                capsid_core::limits::MAX_HTTP_INFLIGHT,
+            )),
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,

@@ -417,3 +417,27 @@ pub const MCP_TOKEN_CHECK_ENTRIES: usize = 64;
 /// Largest HTTP request body the MCP bridge reads: a tool's largest input and the JSON-RPC
 /// envelope around it.
 pub const MCP_MAX_REQUEST_BYTES: usize = MAX_TOOL_INPUT_BYTES + 64 * 1024;
+
+/// Most bytes of one HTTP response body a capsule reads: the body ends with
+/// `HTTP-response-body-size` at this many bytes, counted as they stream in.
+pub const MAX_HTTP_RESPONSE_BYTES: u64 = 64 << 20;
+
+/// Most bytes of one HTTP request body a capsule sends.
+pub const MAX_HTTP_REQUEST_BYTES: u64 = 16 << 20;
+
+/// HTTP requests one capsule may have open at once (sent, with a response body not yet
+/// finished or dropped); more wait their turn, up to the call's deadline.
+pub const MAX_HTTP_INFLIGHT: usize = 16;
+
+/// Longest an outbound HTTP request may take to resolve its host, connect and finish TLS
+/// (a capsule may ask for less; the call's deadline is always the ceiling).
+pub const HTTP_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest from a request sent to its response's headers (a capsule may ask for less).
+pub const HTTP_FIRST_BYTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Longest a response body may go without a byte (a capsule may ask for less).
+pub const HTTP_BETWEEN_BYTES_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Largest file of extra TLS roots an operator may configure (`[http] extra_roots`).
+pub const MAX_HTTP_ROOTS_FILE_BYTES: u64 = 1 << 20;

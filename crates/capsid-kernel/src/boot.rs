@@ -35,6 +35,7 @@ pub struct KernelBuilder {
     workspace: Option<PathBuf>,
     config: Option<KernelConfig>,
     bus: Option<EventBus>,
+    resolver: Option<Arc<dyn capsid_capsule::Resolve>>,
 }
 
 /// The home (laid out), its config (validated) and the workspace (created), each from the
@@ -70,6 +71,14 @@ impl KernelBuilder {
     #[must_use]
     pub fn bus(mut self, bus: EventBus) -> Self {
         self.bus = Some(bus);
+        self
+    }
+
+    /// How capsules' outbound HTTP requests resolve host names (default: the operating
+    /// system's). Every address is vetted before it is connected to, whoever answers.
+    #[must_use]
+    pub fn resolver(mut self, resolver: Arc<dyn capsid_capsule::Resolve>) -> Self {
+        self.resolver = Some(resolver);
         self
     }
 
@@ -135,6 +144,15 @@ impl KernelBuilder {
             Arc::new(copy()),
         )?);
         let bus = self.bus.unwrap_or_default();
+        let mut http = capsid_capsule::OutboundHttp::new()
+            .with_extra_roots(&config.http.extra_roots)
+            .map_err(|e| KernelError::Config {
+                path: home.config_path(),
+                message: format!("[http] extra_roots: {e}"),
+            })?;
+        if let Some(resolver) = self.resolver {
+            http = http.with_resolver(resolver);
+        }
         let services = HostServices {
             capabilities: capabilities.clone(),
             audit: audit.clone(),
@@ -148,6 +166,7 @@ impl KernelBuilder {
                 uid: config.sandbox.uid,
                 gid: config.sandbox.gid,
             },
+            http: Arc::new(http),
         };
         let registry = Registry::new(engine, services)?;
         apply_operator_env(&registry, &config);

@@ -101,6 +101,17 @@ pub struct KernelConfig {
     pub capsules: BTreeMap<String, CapsuleConfig>,
     /// The OS sandbox capsules' programs run in.
     pub sandbox: SandboxConfig,
+    /// Capsules' outbound HTTP.
+    pub http: HttpConfig,
+}
+
+/// Capsules' outbound HTTP (`[http]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// PEM files of certificates trusted as TLS roots besides the platform's (a private CA).
+    /// Only the operator sets these; no capsule can add a root or turn verification off.
+    pub extra_roots: Vec<PathBuf>,
 }
 
 /// The OS sandbox (`[sandbox]`): who a sandboxed program is inside it.
@@ -134,6 +145,7 @@ impl Default for KernelConfig {
             hot_reload: true,
             capsules: BTreeMap::new(),
             sandbox: SandboxConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }

@@ -31,7 +31,9 @@ mod tool;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
-pub use config::{CapsuleConfig, HealthConfig, KernelConfig, SandboxConfig, TamperPolicy};
+pub use config::{
+    CapsuleConfig, HealthConfig, HttpConfig, KernelConfig, SandboxConfig, TamperPolicy,
+};
 pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};

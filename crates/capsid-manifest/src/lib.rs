@@ -18,6 +18,6 @@ mod order;
 pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use manifest::{
     Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, NativeQuotaAction,
-    SandboxPolicy, Tool, ToolAnnotations,
+    SandboxPolicy, Tool, ToolAnnotations, net_resource,
 };
 pub use order::{DependencyError, load_order};

@@ -35,6 +35,7 @@ use capsid_vfs::Vfs;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::WitError;
 use crate::logbuf::{CapsuleLog, LogSource, sanitize};
@@ -60,6 +61,8 @@ pub struct HostServices {
     pub principal: Principal,
     /// Who sandboxed programs are inside their sandbox (`[sandbox]` in `config.toml`).
     pub sandbox_identity: capsid_process::SandboxIdentity,
+    /// How capsules' outbound HTTP requests resolve names and verify TLS.
+    pub http: Arc<crate::http::OutboundHttp>,
 }
 
 impl std::fmt::Debug for HostServices {
@@ -158,6 +161,9 @@ pub(crate) struct CapsuleContext {
     pub uplink: bool,
     /// The runtime's persistent processes (this capsule sees only its own).
     pub processes: Arc<capsid_process::ProcessTable>,
+    /// Its outbound HTTP requests open at once, over all its instances
+    /// (`MAX_HTTP_INFLIGHT`).
+    pub http_inflight: Arc<tokio::sync::Semaphore>,
 }
 
 impl CapsuleContext {
@@ -256,6 +262,8 @@ impl ResourceLimiter for MemoryLimiter {
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http_ctx: WasiHttpCtx,
+    http: crate::http::HttpHooks,
     /// Background children this instance holds.
     backgrounds: usize,
     pub limiter: MemoryLimiter,
@@ -283,11 +291,24 @@ impl WasiView for HostState {
     }
 }
 
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        // Requests sent during a call are bounded by that call's deadline.
+        self.http.deadline = self.deadline;
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
 impl crate::bindings::capsid::host::types::Host for HostState {}
 
 /// A store for one new instance of the capsule in `cx`: WASI with nothing granted (no
-/// preopened directories, no environment, no arguments, no network, stdin closed; stdout and
-/// stderr go to the capsule's log) and memory limited to `memory_mb`.
+/// preopened directories, no environment, no arguments, no sockets, stdin closed; stdout and
+/// stderr go to the capsule's log), outbound HTTP only as its `net://` grants allow, and
+/// memory limited to `memory_mb`.
 pub(crate) fn new_store(
     engine: &wasmtime::Engine,
     cx: Arc<CapsuleContext>,
@@ -306,6 +327,8 @@ pub(crate) fn new_store(
         HostState {
             wasi,
             table: ResourceTable::new(),
+            http_ctx: WasiHttpCtx::new(),
+            http: crate::http::HttpHooks::new(cx.clone()),
             backgrounds: 0,
             limiter: MemoryLimiter {
                 max_bytes,

@@ -1,6 +1,9 @@
 //! `Capsule.toml` (DESIGN 3.2): parsing and validation into a [`Manifest`].
 
+mod origin;
 mod raw;
+
+pub use origin::net_resource;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -104,6 +107,8 @@ pub struct Capabilities {
     /// `process://network/<capsule>` is granted, and boot loads it (with what it requires)
     /// before the other capsules.
     pub uplink: bool,
+    /// Origins it may send HTTP requests to, as `net://<scheme>/<host>/<port>` patterns.
+    pub http: Vec<Pattern>,
 }
 
 /// Resource limits of an instance, with defaults filled in.
@@ -448,6 +453,15 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
             DEFAULT_KV_QUOTA_BYTES,
         )?,
         uplink: raw.uplink,
+        http: raw
+            .http
+            .iter()
+            .map(|o| {
+                let uri = origin::origin_pattern(o.get_ref())
+                    .map_err(|e| cx.at("capabilities.http", o, e))?;
+                Pattern::parse(&uri).map_err(|e| cx.at("capabilities.http", o, e))
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

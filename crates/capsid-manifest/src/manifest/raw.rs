@@ -70,6 +70,8 @@ pub(super) struct RawCapabilities {
     pub kv_quota_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub uplink: bool,
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,0 +1,263 @@
+//! The bodies of a capsule's request and response, bounded and counted, and the record of
+//! how the request ended.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capsid_audit::{Decision, action};
+use capsid_core::limits::{MAX_HTTP_REQUEST_BYTES, MAX_HTTP_RESPONSE_BYTES};
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+use wasmtime_wasi_http::{Error as HttpError, WasiBody};
+
+use crate::host::CapsuleContext;
+
+/// Bytes of the request body handed to the connection, and whether it went over the cap.
+#[derive(Debug, Default)]
+pub(crate) struct BytesSent {
+    bytes: AtomicU64,
+    over: AtomicBool,
+}
+
+/// How an allowed request ended, recorded once as `http.response` (status, bytes each way,
+/// duration, outcome). The record is appended without holding up the capsule: the allow
+/// before the request was durable already.
+pub(crate) struct Completion {
+    cx: Arc<CapsuleContext>,
+    resource: String,
+    details: serde_json::Value,
+    started: Instant,
+    sent: Arc<BytesSent>,
+    status: AtomicU16,
+}
+
+impl Completion {
+    pub(crate) fn new(
+        cx: Arc<CapsuleContext>,
+        resource: String,
+        details: serde_json::Value,
+        started: Instant,
+    ) -> Self {
+        Self {
+            cx,
+            resource,
+            details,
+            started,
+            sent: Arc::default(),
+            status: AtomicU16::new(0),
+        }
+    }
+
+    pub(crate) fn sent(&self) -> Arc<BytesSent> {
+        self.sent.clone()
+    }
+
+    pub(crate) fn sent_too_much(&self) -> bool {
+        self.sent.over.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::Relaxed);
+    }
+
+    /// The request failed before its response: `error` says how.
+    pub(crate) fn failed(self, error: &HttpError) {
+        self.record(0, &format!("failed: {error}"));
+    }
+
+    fn record(self, received: u64, outcome: &str) {
+        let mut details = self.details;
+        let status = self.status.load(Ordering::Relaxed);
+        details["status"] = if status == 0 {
+            serde_json::Value::Null
+        } else {
+            status.into()
+        };
+        details["bytes_sent"] = self.sent.bytes.load(Ordering::Relaxed).into();
+        details["bytes_received"] = received.into();
+        details["duration_ms"] = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .into();
+        details["outcome"] = outcome.into();
+        let (cx, resource) = (self.cx, self.resource);
+        // Bodies end (and are dropped) on the runtime; outside one there is nothing to
+        // append with, and the allow before the request stands as its record.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = cx
+                    .note(action::HTTP_RESPONSE, &resource, Decision::Info, &details)
+                    .await;
+            });
+        }
+    }
+}
+
+/// A capsule's request body, counted, ending in `HTTP-request-body-size` past the cap.
+pub(crate) struct RequestBody {
+    inner: WasiBody,
+    sent: Arc<BytesSent>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: WasiBody, sent: Arc<BytesSent>) -> Self {
+        Self { inner, sent }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
+            let n = data.map_or(0, |d| d.len() as u64);
+            let total = self.sent.bytes.fetch_add(n, Ordering::Relaxed) + n;
+            if total > MAX_HTTP_REQUEST_BYTES {
+                self.sent.over.store(true, Ordering::Relaxed);
+                return Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(Some(
+                    MAX_HTTP_REQUEST_BYTES,
+                )))));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How long a response body may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyLimits {
+    /// Longest without a byte.
+    pub between_bytes: Duration,
+    /// The call's deadline.
+    pub deadline: Instant,
+}
+
+/// A response body as the capsule reads it: at most `MAX_HTTP_RESPONSE_BYTES` (the bytes
+/// up to the cap are delivered, then `HTTP-response-body-size`), a timeout between bytes
+/// and at the call's deadline, and the capsule's in-flight slot held until it ends.
+pub(crate) struct ResponseBody {
+    incoming: hyper::body::Incoming,
+    received: u64,
+    /// The cap was reached inside the body: the next read is the error.
+    cut: bool,
+    idle: Pin<Box<Sleep>>,
+    between_bytes: Duration,
+    deadline: Pin<Box<Sleep>>,
+    _slot: OwnedSemaphorePermit,
+    completion: Option<Completion>,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(
+        incoming: hyper::body::Incoming,
+        limits: BodyLimits,
+        slot: OwnedSemaphorePermit,
+        completion: Completion,
+    ) -> Self {
+        Self {
+            incoming,
+            received: 0,
+            cut: false,
+            idle: Box::pin(tokio::time::sleep(limits.between_bytes)),
+            between_bytes: limits.between_bytes,
+            deadline: Box::pin(tokio::time::sleep_until(limits.deadline.into())),
+            _slot: slot,
+            completion: Some(completion),
+        }
+    }
+
+    fn end(&mut self, outcome: &str) {
+        if let Some(c) = self.completion.take() {
+            c.record(self.received, outcome);
+        }
+    }
+
+    fn fail(&mut self, error: HttpError) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        self.end(&format!("failed: {error}"));
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let this = &mut *self;
+        if this.cut {
+            return this.fail(HttpError::HttpResponseBodySize(Some(
+                MAX_HTTP_RESPONSE_BYTES,
+            )));
+        }
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.end("complete");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(HttpError::from(e)),
+            Poll::Ready(Some(Ok(frame))) => {
+                let frame = match frame.into_data() {
+                    Ok(mut data) => {
+                        let room = MAX_HTTP_RESPONSE_BYTES - this.received;
+                        if data.len() as u64 > room {
+                            // `room` is below `data.len()`, a usize.
+                            data.truncate(usize::try_from(room).unwrap_or(0));
+                            this.cut = true;
+                        }
+                        this.received += data.len() as u64;
+                        Frame::data(data)
+                    }
+                    Err(trailers) => trailers,
+                };
+                let next = tokio::time::Instant::now() + this.between_bytes;
+                this.idle.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    return this.fail(HttpError::HttpResponseTimeout);
+                }
+                if this.idle.as_mut().poll(cx).is_ready() {
+                    return this.fail(HttpError::ConnectionReadTimeout);
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.cut && self.incoming.is_end_stream()
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled: its end is already known.
+        let outcome = if !self.cut && self.incoming.is_end_stream() {
+            "complete"
+        } else {
+            "dropped before its end"
+        };
+        self.end(outcome);
+    }
+}
