@@ -52,6 +52,36 @@ pub fn copy_capsule(name: &str, into: &Path) -> PathBuf {
     to
 }
 
+/// A copy of the `fetch` sample under `into`, its manifest asking for exactly `origins`
+/// (its `http` list rewritten) and ending with `extra`, which lands in `[limits]` (the
+/// manifest's last table; a `call_timeout_ms` there replaces the manifest's).
+pub fn fetch_copy(into: &Path, origins: &[String], extra: &str) -> PathBuf {
+    let dir = copy_capsule("fetch", into);
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    assert!(
+        text.rsplit("\n[")
+            .next()
+            .is_some_and(|t| t.starts_with("limits]")),
+        "fetch's manifest must end with its [limits] table"
+    );
+    let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+    let mut rewritten = String::new();
+    for line in text.lines() {
+        if line.starts_with("http = ") {
+            rewritten.push_str("http = [");
+            rewritten.push_str(&list.join(", "));
+            rewritten.push_str("]\n");
+        } else if !(line.starts_with("call_timeout_ms") && extra.contains("call_timeout_ms")) {
+            rewritten.push_str(line);
+            rewritten.push('\n');
+        }
+    }
+    rewritten.push_str(extra);
+    std::fs::write(&manifest, rewritten).expect("write manifest");
+    dir
+}
+
 /// A private home for a kernel or daemon (0700, as capsid requires of a folder holding its
 /// key) inside a temporary folder that goes with it.
 #[allow(missing_debug_implementations)]
@@ -217,27 +247,9 @@ impl Runtime {
             .unwrap_or_else(|e| panic!("loading {name}: {e}"))
     }
 
-    /// Loads a copy of the `fetch` sample granted exactly `origins` (its manifest's `http`
-    /// list rewritten; a `call_timeout_ms` in `extra` replaces the manifest's), with dev
-    /// trust, `extra` appended to its `[limits]`.
+    /// Loads a copy of the `fetch` sample ([`fetch_copy`]) with dev trust.
     pub async fn load_fetch(&self, origins: &[String], extra: &str) {
-        let dir = copy_capsule("fetch", &self.home.path().join("capsule-copies"));
-        let manifest = dir.join("Capsule.toml");
-        let text = std::fs::read_to_string(&manifest).expect("read manifest");
-        let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
-        let mut rewritten = String::new();
-        for line in text.lines() {
-            if line.starts_with("http = ") {
-                rewritten.push_str("http = [");
-                rewritten.push_str(&list.join(", "));
-                rewritten.push_str("]\n");
-            } else if !(line.starts_with("call_timeout_ms") && extra.contains("call_timeout_ms")) {
-                rewritten.push_str(line);
-                rewritten.push('\n');
-            }
-        }
-        rewritten.push_str(extra);
-        std::fs::write(&manifest, rewritten).expect("write manifest");
+        let dir = fetch_copy(&self.home.path().join("capsule-copies"), origins, extra);
         self.registry
             .load(&dir, Trust::Dev)
             .await

@@ -159,7 +159,13 @@ async fn route(req: hyper::Request<hyper::body::Incoming>, seen: &Seen) -> Reply
     let path = req.uri().path().to_owned();
     seen.paths.lock().expect("paths").push(path.clone());
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (req.method().as_str(), parts.as_slice()) {
+    let method = req.method().clone();
+    // Every request body is read before the answer (`wstd` streams even a GET's empty body,
+    // chunked): answering first and closing with it unread would reset the connection.
+    let Ok(body) = req.into_body().collect().await else {
+        return text(400, "body");
+    };
+    match (method.as_str(), parts.as_slice()) {
         ("GET", ["bytes", n]) => match n.parse::<u64>() {
             Ok(n) => {
                 let mut reply = hyper::Response::new(Repeat { left: n }.boxed());
@@ -193,10 +199,7 @@ async fn route(req: hyper::Request<hyper::body::Incoming>, seen: &Seen) -> Reply
             seen.waiting.fetch_sub(1, Ordering::SeqCst);
             text(200, "ok")
         }
-        ("POST", ["echo"]) => match req.into_body().collect().await {
-            Ok(body) => text(200, body.to_bytes().len().to_string()),
-            Err(_) => text(400, "body"),
-        },
+        ("POST", ["echo"]) => text(200, body.to_bytes().len().to_string()),
         _ => text(404, "not found"),
     }
 }

@@ -35,6 +35,25 @@ async fn boot(home: &Path, config: KernelConfig) -> Kernel {
         .unwrap_or_else(|e| panic!("boot: {e}"))
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_refuses_extra_tls_roots_it_cannot_read_naming_the_file() {
+    let home = PrivateHome::new();
+    let missing = home.path().join("no-such-ca.pem");
+    let mut config = dev_config();
+    config.http.extra_roots = vec![missing.clone()];
+    let err = Kernel::builder()
+        .home(home.path())
+        .config(config)
+        .build()
+        .await
+        .expect_err("unreadable roots");
+    let text = err.to_string();
+    assert!(
+        text.contains("extra_roots") && text.contains(&missing.display().to_string()),
+        "{text}"
+    );
+}
+
 fn install_copy(home: &Path, name: &str) {
     let capsules = home.join("capsules");
     std::fs::create_dir_all(&capsules).unwrap();

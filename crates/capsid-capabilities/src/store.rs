@@ -420,9 +420,9 @@ impl CapabilityStore {
         )
     }
 
-    /// The patterns of `subject`'s usable capabilities that allow `action` on `resource`,
-    /// deciding nothing (a single-use capability is not spent). For rules that depend on
-    /// how a grant is written, not only on what it covers: an outbound request to an
+    /// The patterns of `subject`'s standing capabilities (single-use ones left out, spent
+    /// or not) that allow `action` on `resource`, deciding nothing. For rules that depend
+    /// on how a grant is written, not only on what it covers: an outbound request to an
     /// internal address needs a grant that names that address literally.
     pub async fn patterns_allowing(
         &self,
@@ -442,6 +442,7 @@ impl CapabilityStore {
                 cap.capsule
                     .as_ref()
                     .is_none_or(|c| Some(c) == subject.capsule.as_ref())
+                    && !cap.single_use
                     && cap.permissions.contains(action)
                     && !expired(cap, now)
                     && cap.pattern.matches(&resource)

@@ -382,6 +382,9 @@ impl Registry {
             http_inflight: Arc::new(tokio::sync::Semaphore::new(
                 capsid_core::limits::MAX_HTTP_INFLIGHT,
             )),
+            http_queued: Arc::new(tokio::sync::Semaphore::new(
+                capsid_core::limits::MAX_HTTP_QUEUED,
+            )),
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,

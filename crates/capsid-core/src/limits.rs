@@ -441,3 +441,15 @@ pub const HTTP_BETWEEN_BYTES_TIMEOUT: std::time::Duration = std::time::Duration:
 
 /// Largest file of extra TLS roots an operator may configure (`[http] extra_roots`).
 pub const MAX_HTTP_ROOTS_FILE_BYTES: u64 = 1 << 20;
+
+/// HTTP requests one capsule may have made and not yet ended, waiting for a connection slot
+/// or not; one more fails at once with `connection-limit-reached`.
+pub const MAX_HTTP_QUEUED: usize = 256;
+
+/// How long before its call's deadline a capsule's HTTP request gives up, so the capsule
+/// hears of the timeout in time to answer rather than being cut off with it.
+pub const HTTP_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Longest the host keeps a refused HTTP request's body open, so a capsule still writing it
+/// reads the refusal's error code rather than a closed stream.
+pub const HTTP_REFUSED_BODY_LINGER: std::time::Duration = std::time::Duration::from_secs(2);

@@ -65,6 +65,31 @@ fn settle(
     Ok((home, config, workspace))
 }
 
+/// Capsules' outbound HTTP: the operator's extra roots (relative to the home) and the
+/// embedder's resolver, if any.
+fn outbound_http(
+    home: &CapsidHome,
+    config: &KernelConfig,
+    resolver: Option<Arc<dyn capsid_capsule::Resolve>>,
+) -> Result<capsid_capsule::OutboundHttp, KernelError> {
+    let roots: Vec<PathBuf> = config
+        .http
+        .extra_roots
+        .iter()
+        .map(|p| home.root().join(p))
+        .collect();
+    let http = capsid_capsule::OutboundHttp::new()
+        .with_extra_roots(&roots)
+        .map_err(|e| KernelError::Config {
+            path: home.config_path(),
+            message: format!("[http] extra_roots: {e}"),
+        })?;
+    Ok(match resolver {
+        Some(resolver) => http.with_resolver(resolver),
+        None => http,
+    })
+}
+
 impl KernelBuilder {
     /// The event bus (default: a new one). Giving one lets the embedding program subscribe
     /// before boot, to the `capsules.loaded` event for one.
@@ -144,15 +169,7 @@ impl KernelBuilder {
             Arc::new(copy()),
         )?);
         let bus = self.bus.unwrap_or_default();
-        let mut http = capsid_capsule::OutboundHttp::new()
-            .with_extra_roots(&config.http.extra_roots)
-            .map_err(|e| KernelError::Config {
-                path: home.config_path(),
-                message: format!("[http] extra_roots: {e}"),
-            })?;
-        if let Some(resolver) = self.resolver {
-            http = http.with_resolver(resolver);
-        }
+        let http = outbound_http(&home, &config, self.resolver)?;
         let services = HostServices {
             capabilities: capabilities.clone(),
             audit: audit.clone(),

@@ -109,8 +109,9 @@ pub struct KernelConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// PEM files of certificates trusted as TLS roots besides the platform's (a private CA).
-    /// Only the operator sets these; no capsule can add a root or turn verification off.
+    /// PEM files of certificates trusted as TLS roots besides the platform's (a private CA),
+    /// absolute or relative to the home. Only the operator sets these; no capsule can add a
+    /// root or turn verification off.
     pub extra_roots: Vec<PathBuf>,
 }
 
@@ -255,5 +256,14 @@ mod tests {
         assert!(KernelConfig::parse("dve = true").is_err());
         assert!(KernelConfig::parse("audit_tamper = \"ignore\"").is_err());
         assert!(KernelConfig::parse("[health]\nrestart_initial_ms = 0").is_err());
+        assert!(KernelConfig::parse("[http]\nverify_tls = false").is_err());
+    }
+
+    #[test]
+    fn extra_tls_roots_are_the_operators_to_name() {
+        let c = KernelConfig::parse("[http]\nextra_roots = [\"/etc/capsid/ca.pem\"]")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.http.extra_roots, [PathBuf::from("/etc/capsid/ca.pem")]);
+        assert_ne!(c.fingerprint(), KernelConfig::default().fingerprint());
     }
 }

@@ -19,6 +19,8 @@ struct Get {
     url: String,
     method: Option<String>,
     body: Option<String>,
+    /// Sends this many bytes of `y` as the body instead of `body`.
+    body_bytes: Option<usize>,
     keep: Option<usize>,
     between_bytes_ms: Option<u64>,
 }
@@ -49,7 +51,10 @@ async fn fetch(input: Get) -> Result<Fetched, Error> {
     let request = Request::builder()
         .method(input.method.as_deref().unwrap_or("GET"))
         .uri(&input.url)
-        .body(Body::from(input.body.unwrap_or_default()))
+        .body(match input.body_bytes {
+            Some(n) => Body::from(vec![b'y'; n]),
+            None => Body::from(input.body.unwrap_or_default()),
+        })
         .map_err(|e| bad(&e))?;
     let mut client = Client::new();
     if let Some(ms) = input.between_bytes_ms {
@@ -123,6 +128,7 @@ fn get_many(Json(input): Json<GetMany>) -> Result<Json<Many>, Error> {
                         url,
                         method: None,
                         body: None,
+                        body_bytes: None,
                         keep: Some(0),
                         between_bytes_ms: None,
                     })

@@ -164,6 +164,9 @@ pub(crate) struct CapsuleContext {
     /// Its outbound HTTP requests open at once, over all its instances
     /// (`MAX_HTTP_INFLIGHT`).
     pub http_inflight: Arc<tokio::sync::Semaphore>,
+    /// Its outbound HTTP requests made and not yet ended, connected or not
+    /// (`MAX_HTTP_QUEUED`).
+    pub http_queued: Arc<tokio::sync::Semaphore>,
 }
 
 impl CapsuleContext {

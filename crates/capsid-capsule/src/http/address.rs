@@ -21,6 +21,8 @@ fn internal_v4(ip: Ipv4Addr) -> Option<&'static str> {
         // 169.254.169.254 and its neighbours: the cloud metadata services live here.
         _ if ip.is_link_local() => "link-local (cloud metadata)",
         (100, 64..=127, _) => "shared address space (CGNAT)",
+        // Azure's platform endpoint: public space, but a metadata service all the same.
+        (168, 63, 129) if ip.octets()[3] == 16 => "cloud metadata",
         _ if ip.is_multicast() || ip.is_broadcast() => "multicast",
         (0, _, _) => "unspecified",
         // IETF protocol assignments, documentation, benchmarking, future use.
@@ -44,6 +46,9 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
     if s[0] == 0x2002 {
         return internal_v4(Ipv4Addr::from((u32::from(s[1]) << 16) | u32::from(s[2])));
+    }
+    if let [0x64, 0xff9b, 1, ..] = s {
+        return Some("local-use NAT64");
     }
     Some(match s[0] {
         _ if ip.is_loopback() => "loopback",
@@ -91,6 +96,8 @@ mod tests {
             ("64:ff9b::a00:1", "private"),
             ("2002:a00:1::", "private"),
             ("2001:db8::1", "reserved"),
+            ("64:ff9b:1::a00:1", "local-use NAT64"),
+            ("168.63.129.16", "cloud metadata"),
         ] {
             assert_eq!(kind(addr), Some(want), "{addr}");
         }

@@ -25,15 +25,21 @@ pub(crate) struct BytesSent {
 }
 
 /// How an allowed request ended, recorded once as `http.response` (status, bytes each way,
-/// duration, outcome). The record is appended without holding up the capsule: the allow
-/// before the request was durable already.
+/// duration, the address connected to, outcome), also when it is abandoned on the way (the
+/// capsule dropped it, its call ended). The record is appended without holding up the
+/// capsule: the allow before the request was durable already.
 pub(crate) struct Completion {
+    what: Option<Ended>,
+    sent: Arc<BytesSent>,
+    status: AtomicU16,
+    peer: std::sync::OnceLock<std::net::SocketAddr>,
+}
+
+struct Ended {
     cx: Arc<CapsuleContext>,
     resource: String,
     details: serde_json::Value,
     started: Instant,
-    sent: Arc<BytesSent>,
-    status: AtomicU16,
 }
 
 impl Completion {
@@ -44,12 +50,15 @@ impl Completion {
         started: Instant,
     ) -> Self {
         Self {
-            cx,
-            resource,
-            details,
-            started,
+            what: Some(Ended {
+                cx,
+                resource,
+                details,
+                started,
+            }),
             sent: Arc::default(),
             status: AtomicU16::new(0),
+            peer: std::sync::OnceLock::new(),
         }
     }
 
@@ -65,28 +74,40 @@ impl Completion {
         self.status.store(status, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_peer(&self, peer: std::net::SocketAddr) {
+        let _ = self.peer.set(peer);
+    }
+
     /// The request failed before its response: `error` says how.
-    pub(crate) fn failed(self, error: &HttpError) {
+    pub(crate) fn failed(mut self, error: &HttpError) {
         self.record(0, &format!("failed: {error}"));
     }
 
-    fn record(self, received: u64, outcome: &str) {
-        let mut details = self.details;
+    fn record(&mut self, received: u64, outcome: &str) {
+        let Some(Ended {
+            cx,
+            resource,
+            mut details,
+            started,
+        }) = self.what.take()
+        else {
+            return;
+        };
         let status = self.status.load(Ordering::Relaxed);
         details["status"] = if status == 0 {
             serde_json::Value::Null
         } else {
             status.into()
         };
+        details["connected"] = self.peer.get().map(ToString::to_string).into();
         details["bytes_sent"] = self.sent.bytes.load(Ordering::Relaxed).into();
         details["bytes_received"] = received.into();
-        details["duration_ms"] = u64::try_from(self.started.elapsed().as_millis())
+        details["duration_ms"] = u64::try_from(started.elapsed().as_millis())
             .unwrap_or(u64::MAX)
             .into();
         details["outcome"] = outcome.into();
-        let (cx, resource) = (self.cx, self.resource);
-        // Bodies end (and are dropped) on the runtime; outside one there is nothing to
-        // append with, and the allow before the request stands as its record.
+        // Requests end on the runtime; outside one there is nothing to append with, and the
+        // allow before the request stands as its record.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = cx
@@ -94,6 +115,12 @@ impl Completion {
                     .await;
             });
         }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        self.record(0, "abandoned before its response");
     }
 }
 
@@ -120,13 +147,14 @@ impl Body for RequestBody {
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             let n = data.map_or(0, |d| d.len() as u64);
-            let total = self.sent.bytes.fetch_add(n, Ordering::Relaxed) + n;
-            if total > MAX_HTTP_REQUEST_BYTES {
+            let before = self.sent.bytes.load(Ordering::Relaxed);
+            if before + n > MAX_HTTP_REQUEST_BYTES {
                 self.sent.over.store(true, Ordering::Relaxed);
                 return Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(Some(
                     MAX_HTTP_REQUEST_BYTES,
                 )))));
             }
+            self.sent.bytes.store(before + n, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
@@ -149,18 +177,24 @@ pub(crate) struct BodyLimits {
     pub deadline: Instant,
 }
 
+/// The request's places among its capsule's open requests and its connections, given back
+/// when the response body ends.
+pub(crate) type Slots = (Option<OwnedSemaphorePermit>, OwnedSemaphorePermit);
+
 /// A response body as the capsule reads it: at most `MAX_HTTP_RESPONSE_BYTES` (the bytes
 /// up to the cap are delivered, then `HTTP-response-body-size`), a timeout between bytes
-/// and at the call's deadline, and the capsule's in-flight slot held until it ends.
+/// and at the call's deadline, and the capsule's slots held until it ends.
 pub(crate) struct ResponseBody {
     incoming: hyper::body::Incoming,
     received: u64,
     /// The cap was reached inside the body: the next read is the error.
     cut: bool,
+    /// It ended (completely or with an error): nothing more is read.
+    ended: bool,
     idle: Pin<Box<Sleep>>,
     between_bytes: Duration,
     deadline: Pin<Box<Sleep>>,
-    _slot: OwnedSemaphorePermit,
+    slots: Option<Slots>,
     completion: Option<Completion>,
 }
 
@@ -168,23 +202,26 @@ impl ResponseBody {
     pub(crate) fn new(
         incoming: hyper::body::Incoming,
         limits: BodyLimits,
-        slot: OwnedSemaphorePermit,
+        slots: Slots,
         completion: Completion,
     ) -> Self {
         Self {
             incoming,
             received: 0,
             cut: false,
+            ended: false,
             idle: Box::pin(tokio::time::sleep(limits.between_bytes)),
             between_bytes: limits.between_bytes,
             deadline: Box::pin(tokio::time::sleep_until(limits.deadline.into())),
-            _slot: slot,
+            slots: Some(slots),
             completion: Some(completion),
         }
     }
 
     fn end(&mut self, outcome: &str) {
-        if let Some(c) = self.completion.take() {
+        self.ended = true;
+        self.slots = None;
+        if let Some(mut c) = self.completion.take() {
             c.record(self.received, outcome);
         }
     }
@@ -204,6 +241,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if this.cut {
             return this.fail(HttpError::HttpResponseBodySize(Some(
                 MAX_HTTP_RESPONSE_BYTES,
@@ -246,7 +286,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        !self.cut && self.incoming.is_end_stream()
+        self.ended || (!self.cut && self.incoming.is_end_stream())
     }
 }
 

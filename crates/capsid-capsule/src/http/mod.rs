@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use capsid_core::limits::MAX_HTTP_ROOTS_FILE_BYTES;
+use capsid_core::limits::{HTTP_DEADLINE_MARGIN, MAX_HTTP_ROOTS_FILE_BYTES};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiHttpHooks};
 
 use crate::host::CapsuleContext;
@@ -73,7 +73,7 @@ pub struct OutboundHttp {
     resolver: Arc<dyn Resolve>,
     extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// Built on the first `https` request: reading the platform's roots costs boot nothing.
-    tls: OnceLock<Arc<rustls::ClientConfig>>,
+    tls: OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl Default for OutboundHttp {
@@ -129,36 +129,34 @@ impl OutboundHttp {
         self
     }
 
-    fn tls(&self) -> Arc<rustls::ClientConfig> {
-        self.tls
-            .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                let platform = rustls_native_certs::load_native_certs();
-                for e in &platform.errors {
-                    tracing::warn!(error = %e, "reading the platform's TLS roots");
-                }
-                let (added, ignored) = roots.add_parsable_certificates(platform.certs);
-                let (extra, bad) = roots.add_parsable_certificates(self.extra_roots.clone());
-                tracing::debug!(added, ignored, extra, bad, "TLS roots for capsules");
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map(|b| b.with_root_certificates(roots).with_no_client_auth());
-                match config {
-                    Ok(c) => Arc::new(c),
-                    // The ring provider supports the default versions; if that ever changes,
-                    // a config with no roots refuses every certificate rather than none.
-                    Err(e) => {
-                        tracing::error!(error = %e, "building the TLS configuration");
-                        Arc::new(
-                            rustls::ClientConfig::builder()
-                                .with_root_certificates(rustls::RootCertStore::empty())
-                                .with_no_client_auth(),
-                        )
-                    }
-                }
-            })
-            .clone()
+    /// The TLS configuration, built on first use on a blocking thread (reading the
+    /// platform's roots is file I/O).
+    pub(crate) async fn tls(self: &Arc<Self>) -> Result<Arc<rustls::ClientConfig>, HttpError> {
+        let built = if let Some(built) = self.tls.get() {
+            built.clone()
+        } else {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || this.tls.get_or_init(|| this.build_tls()).clone())
+                .await
+                .map_err(|e| HttpError::InternalError(Some(e.to_string())))?
+        };
+        built.map_err(|e| HttpError::InternalError(Some(e)))
+    }
+
+    fn build_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        let platform = rustls_native_certs::load_native_certs();
+        for e in &platform.errors {
+            tracing::warn!(error = %e, "reading the platform's TLS roots");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(platform.certs);
+        let (extra, bad) = roots.add_parsable_certificates(self.extra_roots.clone());
+        tracing::debug!(added, ignored, extra, bad, "TLS roots for capsules");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+            .map_err(|e| format!("building the TLS configuration: {e}"))
     }
 }
 
@@ -185,6 +183,28 @@ impl WasiHttpHooks for HttpHooks {
         options: Option<RequestOptions>,
         _body_sent: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> Box<dyn Future<Output = send::Sent> + Send> {
-        Box::new(send::send(self.cx.clone(), self.deadline, request, options))
+        // Taken here, synchronously: a capsule looping on `handle` cannot pile up requests
+        // (each a task and host memory outside its own limit) faster than they end.
+        let Ok(queued) = self.cx.http_queued.clone().try_acquire_owned() else {
+            return Box::new(async { Err(HttpError::ConnectionLimitReached) });
+        };
+        // The capsule hears of a timeout in time to answer, before its call is cut.
+        let deadline = self
+            .deadline
+            .checked_sub(HTTP_DEADLINE_MARGIN)
+            .unwrap_or(self.deadline);
+        let cx = self.cx.clone();
+        let (head, body) = request.into_parts();
+        Box::new(async move {
+            let mut unsent = send::Unsent {
+                body: Some(body),
+                queued: Some(queued),
+            };
+            let sent = send::send(cx, deadline, head, &mut unsent, options).await;
+            if sent.is_err() {
+                unsent.linger(deadline);
+            }
+            sent
+        })
     }
 }

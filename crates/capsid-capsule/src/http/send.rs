@@ -8,11 +8,12 @@ use capsid_audit::{Decision, action};
 use capsid_capabilities::Permissions;
 use capsid_core::limits::{
     HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT,
-    MAX_HTTP_REQUEST_BYTES,
+    HTTP_REFUSED_BODY_LINGER, MAX_HTTP_REQUEST_BYTES,
 };
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout_at;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
@@ -45,10 +46,24 @@ impl Target {
             "http" => ("http", 80),
             _ => return None,
         };
-        let host = uri.host()?.to_ascii_lowercase();
+        let authority = uri.authority()?;
+        // Credentials in the authority would reach the server in `Host`; a port that does
+        // not parse must not turn into the default one.
+        if authority.as_str().contains('@') || (uri.port().is_some() && uri.port_u16().is_none()) {
+            return None;
+        }
         let port = uri.port_u16().unwrap_or(default_port);
+        if port == 0 {
+            return None;
+        }
+        let mut host = authority.host().to_ascii_lowercase();
         let literal = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            Some(v6) => Some(IpAddr::V6(v6.parse().ok()?)),
+            Some(v6) => {
+                let v6: std::net::Ipv6Addr = v6.parse().ok()?;
+                // One spelling per address, as grants write it (`[::1]`, not `[0::1]`).
+                host = format!("[{v6}]");
+                Some(IpAddr::V6(v6))
+            }
             None => host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4),
         };
         let resource = capsid_manifest::net_resource(scheme, &host, &port.to_string());
@@ -72,38 +87,52 @@ fn bounded(wanted: Option<Duration>, max: Duration, deadline: Instant) -> Instan
     (Instant::now() + wanted).min(deadline)
 }
 
-/// Sends `request` for the capsule in `cx`, within the call's `deadline`.
+/// What a request holds until it is sent: its body (the capsule may still be writing it)
+/// and its place among the capsule's open requests. Whatever a failed request did not take
+/// is kept a moment longer ([`Unsent::linger`]).
+pub(crate) struct Unsent {
+    pub(crate) body: Option<WasiBody>,
+    pub(crate) queued: Option<OwnedSemaphorePermit>,
+}
+
+impl Unsent {
+    /// Keeps what is left until shortly before `deadline` (at most
+    /// `HTTP_REFUSED_BODY_LINGER`): a capsule still writing the body of a refused request
+    /// then finishes it and reads the refusal's error code, rather than a closed stream.
+    /// The place among open requests goes with it, so refusals cannot pile up.
+    pub(crate) fn linger(self, deadline: Instant) {
+        if self.body.is_none() && self.queued.is_none() {
+            return;
+        }
+        let until = deadline.min(Instant::now() + HTTP_REFUSED_BODY_LINGER);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+                drop(self);
+            });
+        }
+    }
+}
+
+/// Sends the request of `head` and `unsent.body` for the capsule in `cx`, within
+/// `deadline`; it takes `unsent`'s body when it sends it and its place among the open
+/// requests for the response body, which holds it until it ends.
 pub(crate) async fn send(
     cx: Arc<CapsuleContext>,
     deadline: Instant,
-    request: http::Request<WasiBody>,
+    head: http::request::Parts,
+    unsent: &mut Unsent,
     options: Option<RequestOptions>,
 ) -> Sent {
     let started = Instant::now();
-    let Some(target) = Target::of(request.uri()) else {
+    let Some(target) = Target::of(&head.uri) else {
         return Err(HttpError::HttpRequestUriInvalid);
     };
     let mut details = serde_json::json!({
-        "method": audit_text(request.method().as_str()),
+        "method": audit_text(head.method.as_str()),
         "origin": target.origin(),
-        "path": audit_text(request.uri().path()),
+        "path": audit_text(head.uri.path()),
     });
-    let subject = &cx.subject;
-    if cx
-        .services
-        .authorize(
-            subject,
-            action::HTTP_REQUEST,
-            Permissions::EXEC,
-            &target.resource,
-            false,
-            details.clone(),
-        )
-        .await
-        .is_err()
-    {
-        return Err(HttpError::HttpRequestDenied);
-    }
     let refuse = async |details: &mut serde_json::Value, why: String, error: HttpError| {
         details["reason"] = why.into();
         let _ = cx
@@ -116,15 +145,30 @@ pub(crate) async fn send(
             .await;
         Err(error)
     };
-    let Ok(Ok(permit)) =
+    // A connection slot before the check, so a grant revoked while the request waited for
+    // one is seen.
+    let Ok(Ok(connection)) =
         timeout_at(deadline.into(), cx.http_inflight.clone().acquire_owned()).await
     else {
         let why = "the capsule's open requests stayed at the limit until the deadline".into();
         return refuse(&mut details, why, HttpError::ConnectionLimitReached).await;
     };
+    let grant = cx
+        .services
+        .authorize(
+            &cx.subject,
+            action::HTTP_REQUEST,
+            Permissions::EXEC,
+            &target.resource,
+            false,
+            details.clone(),
+        )
+        .await
+        .map_err(|_| HttpError::HttpRequestDenied)?;
+    details["grant"] = grant.to_string().into();
     let opt = options.unwrap_or_default();
     let connect_by = bounded(opt.connect_timeout, HTTP_CONNECT_TIMEOUT, deadline);
-    let addrs = match vetted_addresses(&cx, &target, connect_by).await {
+    let addrs = match vetted_addresses(&cx, &target, connect_by, &mut details).await {
         Ok(addrs) => addrs,
         Err((why, error)) => return refuse(&mut details, why, error).await,
     };
@@ -142,10 +186,19 @@ pub(crate) async fn send(
         return Err(HttpError::HttpRequestDenied);
     }
     let completion = Completion::new(cx.clone(), target.resource.clone(), details, started);
-    let tls = (target.scheme == "https").then(|| cx.services.http.tls());
     let sent = async {
-        let stream = connect(&addrs, &target, tls, connect_by).await?;
+        let tls = match target.scheme {
+            "https" => Some(cx.services.http.tls().await?),
+            _ => None,
+        };
+        let (stream, peer) = connect(&addrs, &target, tls, connect_by).await?;
+        completion.set_peer(peer);
         let first_byte_by = bounded(opt.first_byte_timeout, HTTP_FIRST_BYTE_TIMEOUT, deadline);
+        let body = unsent
+            .body
+            .take()
+            .ok_or_else(|| HttpError::InternalError(Some("the request body is gone".into())))?;
+        let request = http::Request::from_parts(head, body);
         exchange(stream, request, &completion, first_byte_by).await
     };
     match sent.await {
@@ -158,8 +211,9 @@ pub(crate) async fn send(
                     }),
                 deadline,
             };
+            let slots = (unsent.queued.take(), connection);
             let response = response.map(|incoming| {
-                ResponseBody::new(incoming, limits, permit, completion).boxed_unsync()
+                ResponseBody::new(incoming, limits, slots, completion).boxed_unsync()
             });
             Ok((response, io))
         }
@@ -178,6 +232,7 @@ async fn vetted_addresses(
     cx: &CapsuleContext,
     target: &Target,
     by: Instant,
+    details: &mut serde_json::Value,
 ) -> Result<Vec<SocketAddr>, (String, HttpError)> {
     let candidates: Vec<SocketAddr> = if let Some(ip) = target.literal {
         vec![SocketAddr::new(ip, target.port)]
@@ -198,10 +253,16 @@ async fn vetted_addresses(
     let mut allowed = Vec::with_capacity(candidates.len());
     let mut refused = None;
     for addr in candidates {
-        match internal_kind(addr.ip()) {
-            None => allowed.push(addr),
-            Some(_) if granted_literally(cx, target, addr.ip()).await => allowed.push(addr),
-            Some(kind) => {
+        let Some(kind) = internal_kind(addr.ip()) else {
+            allowed.push(addr);
+            continue;
+        };
+        match granted_literally(cx, target, addr.ip()).await {
+            Some(pattern) => {
+                details["internal_grant"] = pattern.into();
+                allowed.push(addr);
+            }
+            None => {
                 refused.get_or_insert((addr, kind));
             }
         }
@@ -219,9 +280,9 @@ async fn vetted_addresses(
     }
 }
 
-/// Whether the capsule holds a grant for `target`'s scheme and port that names `ip` itself
-/// (no glob in the host), or `localhost` when `ip` is a loopback address.
-async fn granted_literally(cx: &CapsuleContext, target: &Target, ip: IpAddr) -> bool {
+/// The pattern of a grant of the capsule for `target`'s scheme and port that names `ip`
+/// itself (no glob in the host), or `localhost` when `ip` is a loopback address.
+async fn granted_literally(cx: &CapsuleContext, target: &Target, ip: IpAddr) -> Option<String> {
     let port = target.port.to_string();
     let ip_host = match ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -238,14 +299,14 @@ async fn granted_literally(cx: &CapsuleContext, target: &Target, ip: IpAddr) -> 
             .capabilities
             .patterns_allowing(&cx.subject, Permissions::EXEC, &resource)
             .await;
-        if patterns
+        if let Some(p) = patterns
             .iter()
-            .any(|p| p.literal_segment(0) == Some(host.as_str()))
+            .find(|p| p.literal_segment(0) == Some(host.as_str()))
         {
-            return true;
+            return Some(p.as_str().to_owned());
         }
     }
-    false
+    None
 }
 
 fn dns_error() -> HttpError {
@@ -258,29 +319,32 @@ fn dns_error() -> HttpError {
 trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
-/// A connection to the first of `addrs` that answers, with TLS for `https`.
+/// A connection to the first of `addrs` that answers (each tried for its share of the time
+/// left, so an unreachable first address leaves time for the next), with TLS for `https`.
 async fn connect(
     addrs: &[SocketAddr],
     target: &Target,
     tls: Option<Arc<rustls::ClientConfig>>,
     by: Instant,
-) -> Result<Box<dyn Io>, HttpError> {
+) -> Result<(Box<dyn Io>, SocketAddr), HttpError> {
     let mut last = HttpError::ConnectionRefused;
     let mut tcp = None;
-    for addr in addrs {
-        match timeout_at(by.into(), TcpStream::connect(addr)).await {
+    for (i, addr) in addrs.iter().enumerate() {
+        let left = by.saturating_duration_since(Instant::now());
+        let tries_left = u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        match tokio::time::timeout(left / tries_left, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
-                tcp = Some(s);
+                tcp = Some((s, *addr));
                 break;
             }
             Ok(Err(e)) => last = HttpError::Connect(e),
-            Err(_) => return Err(HttpError::ConnectionTimeout),
+            Err(_) => last = HttpError::ConnectionTimeout,
         }
     }
-    let tcp = tcp.ok_or(last)?;
+    let (tcp, peer) = tcp.ok_or(last)?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok(Box::new(tcp));
+        return Ok((Box::new(tcp), peer));
     };
     let name = match target.literal {
         Some(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
@@ -289,7 +353,7 @@ async fn connect(
     };
     let connector = tokio_rustls::TlsConnector::from(tls);
     match timeout_at(by.into(), connector.connect(name, tcp)).await {
-        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Ok(stream)) => Ok((Box::new(stream), peer)),
         Ok(Err(e)) => Err(tls_error(&e)),
         Err(_) => Err(HttpError::ConnectionTimeout),
     }

@@ -47,14 +47,15 @@ fn split_host_port(authority: &str) -> Result<(String, Option<&str>), &'static s
         let (addr, after) = rest
             .split_once(']')
             .ok_or("an IPv6 address needs its closing ']'")?;
-        if addr.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err("not an IPv6 address between '[' and ']'");
-        }
+        let addr: std::net::Ipv6Addr = addr
+            .parse()
+            .map_err(|_| "not an IPv6 address between '[' and ']'")?;
         let port = match after {
             "" => None,
             p => Some(p.strip_prefix(':').ok_or("expected :port after ']'")?),
         };
-        return Ok((format!("[{}]", addr.to_ascii_lowercase()), port));
+        // The one spelling the runtime checks requests against (`[::1]`, never `[0::1]`).
+        return Ok((format!("[{addr}]"), port));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, Some(p)),
@@ -69,6 +70,15 @@ fn split_host_port(authority: &str) -> Result<(String, Option<&str>), &'static s
         && host.split('.').all(|label| !label.is_empty());
     if !valid {
         return Err("the host must be a name (letters, digits, '-', '.', '*') or an IP address");
+    }
+    // `127.1` or `2130706433` would be looked up as names and never match a request for the
+    // address they spell: a numeric host must be a dotted-quad IPv4 address.
+    let numeric = host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+    if numeric && host.parse::<std::net::Ipv4Addr>().is_err() {
+        return Err("a numeric host must be a dotted-quad IPv4 address (127.0.0.1)");
     }
     Ok((host, port))
 }
@@ -95,6 +105,8 @@ mod tests {
         );
         assert_eq!(ok("http://localhost:*"), "net://http/localhost/*");
         assert_eq!(ok("http://[::1]:9000"), "net://http/[::1]/9000");
+        assert_eq!(ok("http://[0:0::1]:9000"), "net://http/[::1]/9000");
+        assert_eq!(ok("http://[FD00::1]"), "net://http/[fd00::1]/80");
         assert_eq!(ok("http://example.com"), "net://http/example.com/80");
     }
 
@@ -117,6 +129,9 @@ mod tests {
             "http://[::1",
             "http://[nope]:80",
             "http://[::1]80",
+            "http://127.1:8080",
+            "http://2130706433",
+            "http://127.000.000.001",
         ] {
             assert!(origin_pattern(bad).is_err(), "{bad} was accepted");
         }
