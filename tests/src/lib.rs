@@ -52,34 +52,58 @@ pub fn copy_capsule(name: &str, into: &Path) -> PathBuf {
     to
 }
 
+/// A copy of built capsule `name` under `into`, its manifest passed through `edit`.
+pub fn capsule_copy_with(name: &str, into: &Path, edit: impl FnOnce(&str) -> String) -> PathBuf {
+    let dir = copy_capsule(name, into);
+    let manifest = dir.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    std::fs::write(&manifest, edit(&text)).expect("write manifest");
+    dir
+}
+
 /// A copy of the `fetch` sample under `into`, its manifest asking for exactly `origins`
 /// (its `http` list rewritten) and ending with `extra`, which lands in `[limits]` (the
 /// manifest's last table; a `call_timeout_ms` there replaces the manifest's).
 pub fn fetch_copy(into: &Path, origins: &[String], extra: &str) -> PathBuf {
-    let dir = copy_capsule("fetch", into);
-    let manifest = dir.join("Capsule.toml");
-    let text = std::fs::read_to_string(&manifest).expect("read manifest");
-    assert!(
-        text.rsplit("\n[")
-            .next()
-            .is_some_and(|t| t.starts_with("limits]")),
-        "fetch's manifest must end with its [limits] table"
-    );
-    let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
-    let mut rewritten = String::new();
-    for line in text.lines() {
-        if line.starts_with("http = ") {
-            rewritten.push_str("http = [");
-            rewritten.push_str(&list.join(", "));
-            rewritten.push_str("]\n");
-        } else if !(line.starts_with("call_timeout_ms") && extra.contains("call_timeout_ms")) {
-            rewritten.push_str(line);
-            rewritten.push('\n');
+    capsule_copy_with("fetch", into, |text| {
+        assert!(
+            text.rsplit("\n[")
+                .next()
+                .is_some_and(|t| t.starts_with("limits]")),
+            "fetch's manifest must end with its [limits] table"
+        );
+        let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+        let mut rewritten = String::new();
+        for line in text.lines() {
+            if line.starts_with("http = ") {
+                rewritten.push_str("http = [");
+                rewritten.push_str(&list.join(", "));
+                rewritten.push_str("]\n");
+            } else if !(line.starts_with("call_timeout_ms") && extra.contains("call_timeout_ms")) {
+                rewritten.push_str(line);
+                rewritten.push('\n');
+            }
         }
-    }
-    rewritten.push_str(extra);
-    std::fs::write(&manifest, rewritten).expect("write manifest");
-    dir
+        rewritten.push_str(extra);
+        rewritten
+    })
+}
+
+/// A copy of the `fetch` sample under `into` granted no origin but allowed to `ask` for
+/// `resource` (`net://http/127.0.0.1/<port>`), with `limits` appended to its `[limits]`
+/// (a `call_timeout_ms` there replaces the manifest's).
+pub fn fetch_asking_copy(into: &Path, resource: &str, limits: &str) -> PathBuf {
+    let copy = fetch_copy(into, &[], limits);
+    let manifest = copy.join("Capsule.toml");
+    let text = std::fs::read_to_string(&manifest).expect("read manifest");
+    let asking = text.replacen(
+        "http = []\n",
+        &format!("http = []\nask = [{resource:?}]\n"),
+        1,
+    );
+    assert_ne!(asking, text, "fetch's manifest has its http list");
+    std::fs::write(&manifest, asking).expect("write manifest");
+    copy
 }
 
 /// A private home for a kernel or daemon (0700, as capsid requires of a folder holding its
@@ -221,6 +245,9 @@ impl Runtime {
                 principal,
                 sandbox_identity: capsid_process::SandboxIdentity::default(),
                 http: Arc::new(http),
+                approvals: Arc::new(capsid_capsule::Approvals::new(
+                    std::time::Duration::from_secs(10),
+                )),
             },
         )
         .expect("registry");

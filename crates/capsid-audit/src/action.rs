@@ -119,3 +119,13 @@ pub const PROCESS_FORGOTTEN: &str = "process.forgotten";
 pub const HTTP_REQUEST: &str = "http.request";
 /// How an allowed outbound HTTP request ended: status, bytes each way, duration, or error.
 pub const HTTP_RESPONSE: &str = "http.response";
+
+/// A call was parked for a person's approval (a check on a resource the capsule may `ask`
+/// for, or `approval.request`): the request's id, resource, description and argument digest.
+pub const APPROVAL_REQUESTED: &str = "approval.requested";
+/// A person decided an approval request (who, and `once`, `always` or `deny`).
+pub const APPROVAL_DECIDED: &str = "approval.decided";
+/// An approval request ended without a decision (timed out, or its capsule went away): denied.
+pub const APPROVAL_EXPIRED: &str = "approval.expired";
+/// Approval requests refused at once because too many were waiting (one entry per burst).
+pub const APPROVAL_REFUSED: &str = "approval.refused";

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::{HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
+
+/// How often a call whose deadline is suspended is looked at again.
+const SUSPENDED_RECHECK: Duration = Duration::from_millis(100);
 use capsid_core::sync::{lock, read, write};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -20,7 +23,7 @@ use wasmtime::Store;
 use wasmtime::Trap;
 
 use crate::bindings::{CapsuleExports, CapsulePre, InstantiateError, WitError, WitRestartCause};
-use crate::control::CallControl;
+use crate::control::{CURRENT_CALL, CallControl};
 use crate::engine::{LoadKind, LoadedComponent};
 use crate::error::{CapsuleError, GuestError};
 use crate::host::{CapsuleContext, HostState, MemoryLimitHit, new_store};
@@ -149,6 +152,33 @@ fn arm(store: &mut Store<HostState>, timeout: Duration, control: CallControl) {
     data.limiter.hit = false;
     data.control = control;
     store.set_epoch_deadline(1);
+}
+
+/// `work`, cut off once `limit` has passed, not counting the time its deadline was
+/// suspended (`control` waiting for a person's approval).
+async fn watchdog<T>(
+    work: impl Future<Output = T>,
+    limit: Duration,
+    control: &CallControl,
+) -> Result<T, tokio::time::error::Elapsed> {
+    let started = tokio::time::Instant::now();
+    tokio::pin!(work);
+    loop {
+        let (moved, suspended) = control.deadline_moved();
+        let due = started + limit + moved;
+        // While suspended the deadline is not known yet: look again a little later.
+        let wake = if suspended {
+            tokio::time::Instant::now() + SUSPENDED_RECHECK
+        } else {
+            due
+        };
+        match tokio::time::timeout_at(wake, &mut work).await {
+            Ok(out) => return Ok(out),
+            // Past the deadline, unless a wait began or ended meanwhile.
+            Err(elapsed) if control.deadline_moved() == (moved, false) => return Err(elapsed),
+            Err(_) => {}
+        }
+    }
 }
 
 async fn invoke(
@@ -333,15 +363,16 @@ impl LoadedCapsule {
         let timeout = self.timeout();
         arm(&mut warm.store, timeout, control.clone());
         let outcome = {
-            let invoked = tokio::time::timeout(timeout + HOST_CALL_GRACE, invoke(warm, call));
-            tokio::pin!(invoked);
+            let invoked = CURRENT_CALL.scope(control.clone(), invoke(warm, call));
+            let watched = watchdog(invoked, timeout + HOST_CALL_GRACE, control);
+            tokio::pin!(watched);
             tokio::select! {
                 biased;
-                outcome = &mut invoked => outcome,
+                outcome = &mut watched => outcome,
                 () = control.cancellation() => {
                     // Running wasm stops at the next epoch tick; a host call in progress is
                     // cut after the grace.
-                    match tokio::time::timeout(HOST_CALL_GRACE, &mut invoked).await {
+                    match tokio::time::timeout(HOST_CALL_GRACE, &mut watched).await {
                         Ok(outcome) => outcome,
                         Err(_) => return Err(self.cancelled()),
                     }

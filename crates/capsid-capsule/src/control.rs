@@ -1,7 +1,11 @@
 //! What the caller of one tool call holds while it runs: a way to cancel it, and the latest
 //! progress its capsule reported through `capsid:host/progress`.
 
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use capsid_core::limits::MAX_PROGRESS_MESSAGE_BYTES;
+use capsid_core::sync::lock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +26,40 @@ pub struct Progress {
 pub struct CallControl {
     cancelled: CancellationToken,
     progress: Option<watch::Sender<Option<Progress>>>,
+    suspension: Arc<Mutex<Suspension>>,
+}
+
+/// Time the call's deadline was suspended for (a person deciding an approval).
+#[derive(Debug, Default)]
+struct Suspension {
+    /// Since when, while suspended.
+    since: Option<Instant>,
+    /// Waits that are over, added up.
+    total: Duration,
+    /// Waits under way (a call may wait on several at once).
+    depth: u32,
+}
+
+/// Holds a call's deadline still until dropped ([`CallControl::suspend`]).
+#[derive(Debug)]
+pub(crate) struct Suspended(CallControl);
+
+impl Drop for Suspended {
+    fn drop(&mut self) {
+        let mut s = lock(&self.0.suspension);
+        s.depth = s.depth.saturating_sub(1);
+        if s.depth == 0
+            && let Some(since) = s.since.take()
+        {
+            s.total += since.elapsed();
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The call the current task is running, for host calls that must reach it (an approval
+    /// wait suspends its deadline).
+    pub(crate) static CURRENT_CALL: CallControl;
 }
 
 impl CallControl {
@@ -35,7 +73,7 @@ impl CallControl {
     pub fn cancelled_by(token: &CancellationToken) -> Self {
         Self {
             cancelled: token.child_token(),
-            progress: None,
+            ..Self::default()
         }
     }
 
@@ -62,6 +100,24 @@ impl CallControl {
         let (tx, rx) = watch::channel(None);
         self.progress = Some(tx);
         rx
+    }
+
+    /// Suspends the call's deadline until the guard is dropped: time spent waiting for a
+    /// person is not the capsule's time.
+    pub(crate) fn suspend(&self) -> Suspended {
+        let mut s = lock(&self.suspension);
+        if s.depth == 0 {
+            s.since = Some(Instant::now());
+        }
+        s.depth += 1;
+        Suspended(self.clone())
+    }
+
+    /// How far the call's deadline has moved (waits over so far), and whether it is
+    /// suspended now.
+    pub(crate) fn deadline_moved(&self) -> (Duration, bool) {
+        let s = lock(&self.suspension);
+        (s.total, s.depth > 0)
     }
 
     /// Passes on a report, if anyone watches.
@@ -102,6 +158,22 @@ mod tests {
         let message = latest.message.unwrap_or_default();
         assert!(message.len() <= MAX_PROGRESS_MESSAGE_BYTES);
         assert!(message.len() > MAX_PROGRESS_MESSAGE_BYTES - 2);
+    }
+
+    #[test]
+    fn a_suspended_deadline_moves_by_the_time_waited_once_all_waits_end() {
+        let control = CallControl::new();
+        let first = control.suspend();
+        let second = control.clone().suspend();
+        std::thread::sleep(Duration::from_millis(20));
+        drop(first);
+        assert_eq!(control.deadline_moved(), (Duration::ZERO, true));
+        drop(second);
+        let (moved, suspended) = control.deadline_moved();
+        assert!(
+            !suspended && moved >= Duration::from_millis(20),
+            "{moved:?}"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //!   verifies.
 #![deny(missing_docs)]
 
+mod approval;
 mod bindings;
 mod capsule;
 mod control;
@@ -35,6 +36,7 @@ mod native;
 mod registry;
 mod warmth;
 
+pub use approval::{ApprovalError, ApprovalRequest, Approvals, Claimed, Verdict};
 pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
 pub use control::{CallControl, Progress};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
@@ -43,7 +45,7 @@ pub use grants::{
     GrantChange, Request, Trust, exec_resource, kv_resource, network_resource, persistent_resource,
     plan_grants, requested,
 };
-pub use host::HostServices;
+pub use host::{APPROVAL_REQUESTED_TOPIC, HostServices};
 pub use http::{HttpSetupError, OutboundHttp, Resolve, SystemResolver};
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use native::NativeCapsule;

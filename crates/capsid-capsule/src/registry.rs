@@ -385,6 +385,7 @@ impl Registry {
             http_queued: Arc::new(tokio::sync::Semaphore::new(
                 capsid_core::limits::MAX_HTTP_QUEUED,
             )),
+            ask: manifest.capabilities.ask.clone(),
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,
@@ -531,6 +532,7 @@ impl Registry {
         // after the stop below.
         let owner = self.owner(name);
         self.processes.close(&owner);
+        self.services.approvals.withdraw_capsule(name);
         capsule.shut_down().await;
         self.processes.stop_all(&owner, DEFAULT_STOP_GRACE).await;
         self.write_slots().remove(name);

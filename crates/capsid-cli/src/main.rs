@@ -1,6 +1,7 @@
 //! `capsid`: runs the daemon (`capsid daemon`, `capsid start`) and drives it over its Unix
 //! socket. Every read command takes `--json`; errors are one line on stderr and exit 1.
 
+mod approve;
 mod commands;
 mod daemon;
 mod mcp;
@@ -110,6 +111,39 @@ pub(crate) enum Command {
     /// Model Context Protocol: capsule tools for agents.
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// Calls waiting for a person's approval: `ls`, `show <id>`, or decide one with
+    /// `<id> --once | --always | --deny`.
+    Approve(ApproveArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct ApproveArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<ApproveCommand>,
+    /// The request to decide (from `capsid approve ls`).
+    pub(crate) id: Option<String>,
+    /// Allow this one call.
+    #[arg(long)]
+    pub(crate) once: bool,
+    /// Allow it and grant the resource to the capsule from now on (`capsid cap revoke`
+    /// takes it back).
+    #[arg(long)]
+    pub(crate) always: bool,
+    /// Refuse it.
+    #[arg(long)]
+    pub(crate) deny: bool,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ApproveCommand {
+    /// The calls waiting, oldest first.
+    Ls,
+    /// One waiting call.
+    Show {
+        /// Its id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]

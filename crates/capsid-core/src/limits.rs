@@ -453,3 +453,17 @@ pub const HTTP_DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_
 /// Longest the host keeps a refused HTTP request's body open, so a capsule still writing it
 /// reads the refusal's error code rather than a closed stream.
 pub const HTTP_REFUSED_BODY_LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Approval requests one principal may have waiting at once; more are denied at once.
+pub const MAX_PENDING_APPROVALS: usize = 16;
+
+/// How long a call waits for a person to decide an approval request, unless `config.toml`
+/// says otherwise (`approval_timeout_ms`); no decision by then is a denial. The call's own
+/// deadline is suspended while it waits.
+pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 120_000;
+
+/// Longest `approval_timeout_ms` may be.
+pub const MAX_APPROVAL_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Longest reason a capsule may give with an approval request (`approval.request`).
+pub const MAX_APPROVAL_REASON_BYTES: usize = 1024;

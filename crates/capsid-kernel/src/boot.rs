@@ -184,6 +184,9 @@ impl KernelBuilder {
                 gid: config.sandbox.gid,
             },
             http: Arc::new(http),
+            approvals: Arc::new(capsid_capsule::Approvals::new(
+                std::time::Duration::from_millis(config.approval_timeout_ms),
+            )),
         };
         let registry = Registry::new(engine, services)?;
         apply_operator_env(&registry, &config);

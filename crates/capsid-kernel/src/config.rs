@@ -103,6 +103,9 @@ pub struct KernelConfig {
     pub sandbox: SandboxConfig,
     /// Capsules' outbound HTTP.
     pub http: HttpConfig,
+    /// How long a call waits for a person to decide an approval request before it is
+    /// denied (its own deadline suspended meanwhile).
+    pub approval_timeout_ms: u64,
 }
 
 /// Capsules' outbound HTTP (`[http]`).
@@ -147,6 +150,7 @@ impl Default for KernelConfig {
             capsules: BTreeMap::new(),
             sandbox: SandboxConfig::default(),
             http: HttpConfig::default(),
+            approval_timeout_ms: capsid_core::limits::DEFAULT_APPROVAL_TIMEOUT_MS,
         }
     }
 }
@@ -195,6 +199,12 @@ impl KernelConfig {
             return Err(
                 "[sandbox]: uid and gid must not be 0 (a sandboxed program is never root)".into(),
             );
+        }
+        if !(1..=capsid_core::limits::MAX_APPROVAL_TIMEOUT_MS).contains(&self.approval_timeout_ms) {
+            return Err(format!(
+                "approval_timeout_ms must be from 1 to {}",
+                capsid_core::limits::MAX_APPROVAL_TIMEOUT_MS
+            ));
         }
         if self.boot_timeout_ms == 0 {
             return Err("boot_timeout_ms must be at least 1".into());

@@ -49,6 +49,9 @@ pub enum KernelError {
     /// Installing a capsule failed.
     #[error(transparent)]
     Install(#[from] crate::install::InstallError),
+    /// An approval request is not pending.
+    #[error(transparent)]
+    Approval(#[from] capsid_capsule::ApprovalError),
     /// An allowed action could not be recorded, so it was not done.
     #[error("refused: the audit log could not record it: {0}")]
     Unrecorded(String),

@@ -18,6 +18,7 @@
 //!   daemon file behind.
 #![deny(missing_docs)]
 
+mod approvals;
 mod bearer;
 pub mod boot;
 mod config;

@@ -7,6 +7,7 @@
 //! cannot be written the call is denied. Reads that are allowed are not recorded: they change
 //! nothing, and recording them would put an `fsync` on every `kv.get`.
 
+mod ask;
 mod fs;
 mod ipc;
 mod kv;
@@ -15,6 +16,8 @@ mod persistent;
 mod process;
 mod progress;
 
+pub use ask::APPROVAL_REQUESTED_TOPIC;
+pub(crate) use ask::Asked;
 pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;
 mod stdio;
@@ -63,6 +66,8 @@ pub struct HostServices {
     pub sandbox_identity: capsid_process::SandboxIdentity,
     /// How capsules' outbound HTTP requests resolve names and verify TLS.
     pub http: Arc<crate::http::OutboundHttp>,
+    /// Calls waiting for a person's approval.
+    pub approvals: Arc<crate::approval::Approvals>,
 }
 
 impl std::fmt::Debug for HostServices {
@@ -167,11 +172,14 @@ pub(crate) struct CapsuleContext {
     /// Its outbound HTTP requests made and not yet ended, connected or not
     /// (`MAX_HTTP_QUEUED`).
     pub http_queued: Arc<tokio::sync::Semaphore>,
+    /// What its manifest lets it ask a person for (`[capabilities] ask`).
+    pub ask: Vec<capsid_capabilities::Pattern>,
 }
 
 impl CapsuleContext {
-    /// Checks `permission` on `resource` for this capsule ([`HostServices::authorize`]).
-    /// Denials are audited; allows are audited (durably, before returning) when
+    /// Checks `permission` on `resource` for this capsule ([`HostServices::authorize`]),
+    /// asking a person first when the capsule may ask for it and holds no grant
+    /// (`ask.rs`). Denials are audited; allows are audited (durably, before returning) when
     /// `effectful`. A failed audit write denies.
     pub(crate) async fn authorize(
         &self,
@@ -180,6 +188,19 @@ impl CapsuleContext {
         resource: &str,
         effectful: bool,
     ) -> Result<(), WitError> {
+        match self.ask_if_needed(op, permission, resource).await {
+            Asked::Unasked => {}
+            Asked::Refused => return Err(WitError::Denied),
+            Asked::Approved { id } => {
+                if effectful {
+                    let details = serde_json::json!({ "approval": id });
+                    self.note(op, resource, capsid_audit::Decision::Allow, &details)
+                        .await
+                        .map_err(|_| WitError::Denied)?;
+                }
+                return Ok(());
+            }
+        }
         self.services
             .authorize(
                 &self.subject,
@@ -298,6 +319,7 @@ impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         // Requests sent during a call are bounded by that call's deadline.
         self.http.deadline = self.deadline;
+        self.http.control = self.control.clone();
         WasiHttpCtxView {
             ctx: &mut self.http_ctx,
             table: &mut self.table,
@@ -349,8 +371,9 @@ pub(crate) fn new_store(
     // caller has cancelled it.
     store.epoch_deadline_callback(|cx| {
         let data = cx.data();
+        let (moved, _) = data.control.deadline_moved();
         Ok(
-            if Instant::now() >= data.deadline || data.control.is_cancelled() {
+            if Instant::now() >= data.deadline + moved || data.control.is_cancelled() {
                 UpdateDeadline::Interrupt
             } else {
                 UpdateDeadline::Yield(1)

@@ -165,6 +165,8 @@ impl OutboundHttp {
 pub(crate) struct HttpHooks {
     cx: Arc<CapsuleContext>,
     pub(crate) deadline: Instant,
+    /// The call the requests are made in (an approval it waits for moves its deadline).
+    pub(crate) control: crate::CallControl,
 }
 
 impl HttpHooks {
@@ -172,6 +174,7 @@ impl HttpHooks {
         Self {
             cx,
             deadline: Instant::now(),
+            control: crate::CallControl::default(),
         }
     }
 }
@@ -194,8 +197,10 @@ impl WasiHttpHooks for HttpHooks {
             .checked_sub(HTTP_DEADLINE_MARGIN)
             .unwrap_or(self.deadline);
         let cx = self.cx.clone();
+        let control = self.control.clone();
         let (head, body) = request.into_parts();
-        Box::new(async move {
+        // The request runs in a task of its own: it is told which call it belongs to.
+        Box::new(crate::control::CURRENT_CALL.scope(control, async move {
             let mut unsent = send::Unsent {
                 body: Some(body),
                 queued: Some(queued),
@@ -205,6 +210,6 @@ impl WasiHttpHooks for HttpHooks {
                 unsent.linger(deadline);
             }
             sent
-        })
+        }))
     }
 }

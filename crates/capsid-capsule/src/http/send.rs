@@ -20,7 +20,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody};
 
 use super::address::internal_kind;
 use super::body::{BodyLimits, Completion, RequestBody, ResponseBody};
-use crate::host::{CapsuleContext, audit_text};
+use crate::host::{Asked, CapsuleContext, audit_text};
 
 /// What drives a connection while its response body is read.
 type ConnectionIo = Box<dyn Future<Output = Result<(), HttpError>> + Send>;
@@ -133,44 +133,13 @@ pub(crate) async fn send(
         "origin": target.origin(),
         "path": audit_text(head.uri.path()),
     });
-    let refuse = async |details: &mut serde_json::Value, why: String, error: HttpError| {
-        details["reason"] = why.into();
-        let _ = cx
-            .note(
-                action::HTTP_REQUEST,
-                &target.resource,
-                Decision::Deny,
-                details,
-            )
-            .await;
-        Err(error)
-    };
-    // A connection slot before the check, so a grant revoked while the request waited for
-    // one is seen.
-    let Ok(Ok(connection)) =
-        timeout_at(deadline.into(), cx.http_inflight.clone().acquire_owned()).await
-    else {
-        let why = "the capsule's open requests stayed at the limit until the deadline".into();
-        return refuse(&mut details, why, HttpError::ConnectionLimitReached).await;
-    };
-    let grant = cx
-        .services
-        .authorize(
-            &cx.subject,
-            action::HTTP_REQUEST,
-            Permissions::EXEC,
-            &target.resource,
-            false,
-            details.clone(),
-        )
-        .await
-        .map_err(|_| HttpError::HttpRequestDenied)?;
-    details["grant"] = grant.to_string().into();
+    let (connection, deadline) = admit(&cx, &target, deadline, &mut details).await?;
     let opt = options.unwrap_or_default();
     let connect_by = bounded(opt.connect_timeout, HTTP_CONNECT_TIMEOUT, deadline);
-    let addrs = match vetted_addresses(&cx, &target, connect_by, &mut details).await {
+    let approved = details.get("approval").is_some();
+    let addrs = match vetted_addresses(&cx, &target, connect_by, approved, &mut details).await {
         Ok(addrs) => addrs,
-        Err((why, error)) => return refuse(&mut details, why, error).await,
+        Err((why, error)) => return Err(refuse(&cx, &target, &mut details, why, error).await),
     };
     details["addresses"] = addrs.iter().map(ToString::to_string).collect();
     if cx
@@ -224,6 +193,72 @@ pub(crate) async fn send(
     }
 }
 
+/// Lets the request in: a person asked first where the capsule may ask (no connection slot
+/// is held while they decide; the deadline moves on by the time they took), then a
+/// connection slot, then the check (after the slot, so a grant revoked while the request
+/// waited for one is seen). Answers the slot and the deadline as moved.
+async fn admit(
+    cx: &CapsuleContext,
+    target: &Target,
+    deadline: Instant,
+    details: &mut serde_json::Value,
+) -> Result<(OwnedSemaphorePermit, Instant), HttpError> {
+    let moved = current_deadline_moved();
+    let approval = match cx
+        .ask_if_needed(action::HTTP_REQUEST, Permissions::EXEC, &target.resource)
+        .await
+    {
+        Asked::Refused => return Err(HttpError::HttpRequestDenied),
+        Asked::Approved { id } => Some(id),
+        Asked::Unasked => None,
+    };
+    let deadline = deadline + current_deadline_moved().saturating_sub(moved);
+    let Ok(Ok(connection)) =
+        timeout_at(deadline.into(), cx.http_inflight.clone().acquire_owned()).await
+    else {
+        let why = "the capsule's open requests stayed at the limit until the deadline".into();
+        return Err(refuse(cx, target, details, why, HttpError::ConnectionLimitReached).await);
+    };
+    if let Some(id) = approval {
+        details["approval"] = id.into();
+    } else {
+        let grant = cx
+            .services
+            .authorize(
+                &cx.subject,
+                action::HTTP_REQUEST,
+                Permissions::EXEC,
+                &target.resource,
+                false,
+                details.clone(),
+            )
+            .await
+            .map_err(|_| HttpError::HttpRequestDenied)?;
+        details["grant"] = grant.to_string().into();
+    }
+    Ok((connection, deadline))
+}
+
+/// Records a refusal after the check (`why`), and answers `error`.
+async fn refuse(
+    cx: &CapsuleContext,
+    target: &Target,
+    details: &mut serde_json::Value,
+    why: String,
+    error: HttpError,
+) -> HttpError {
+    details["reason"] = why.into();
+    let _ = cx
+        .note(
+            action::HTTP_REQUEST,
+            &target.resource,
+            Decision::Deny,
+            details,
+        )
+        .await;
+    error
+}
+
 /// The addresses `target` may be reached at: an IP literal as it is, `localhost` as the
 /// loopback addresses, a name as the resolver answers. An internal address is kept only
 /// when a grant names it literally ([`granted_literally`]); none left is a refusal with the
@@ -232,6 +267,7 @@ async fn vetted_addresses(
     cx: &CapsuleContext,
     target: &Target,
     by: Instant,
+    approved: bool,
     details: &mut serde_json::Value,
 ) -> Result<Vec<SocketAddr>, (String, HttpError)> {
     let candidates: Vec<SocketAddr> = if let Some(ip) = target.literal {
@@ -257,6 +293,15 @@ async fn vetted_addresses(
             allowed.push(addr);
             continue;
         };
+        // A person approved this very origin: when its host is the address (or
+        // `localhost`, for loopback) they named it literally.
+        let named = target.literal == Some(addr.ip())
+            || (target.host == "localhost" && addr.ip().is_loopback());
+        if approved && named {
+            details["internal_grant"] = "approval".into();
+            allowed.push(addr);
+            continue;
+        }
         match granted_literally(cx, target, addr.ip()).await {
             Some(pattern) => {
                 details["internal_grant"] = pattern.into();
@@ -278,6 +323,13 @@ async fn vetted_addresses(
         (true, None) => Err(("the name has no address".into(), dns_error())),
         (false, _) => Ok(allowed),
     }
+}
+
+/// How far the current call's deadline has moved (approvals waited for).
+fn current_deadline_moved() -> std::time::Duration {
+    crate::control::CURRENT_CALL
+        .try_with(|c| c.deadline_moved().0)
+        .unwrap_or_default()
 }
 
 /// The pattern of a grant of the capsule for `target`'s scheme and port that names `ip`

@@ -10,15 +10,16 @@ use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES}
 use capsid_core::{CapsuleId, Principal};
 use capsid_process::Stream;
 use capsid_protocol::methods::{
-    AuditEntry, AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
-    CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
-    CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
-    ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
-    IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
-    LogParams, McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream,
-    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
-    PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
-    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
+    ApprovalDecide, ApprovalList, ApprovalShow, AuditEntry, AuditExport, AuditTail, AuditVerify,
+    CapGrant, CapList, CapRevoke, CapsuleDetail, CapsuleInstall, CapsuleList, CapsuleLoad,
+    CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow, CapsuleUnload,
+    CapsuleView, DaemonStop, Delivery, EventPublish, ExportParams, ExportResult, GrantListParams,
+    GrantParams, GrantView, Granted, Identities, IdentityLink, IdentityList, InstallParams,
+    InstallResult, LinkParams, LinkView, LogPage, LogParams, McpTokenCheck, McpTokenCreate,
+    McpTokenList, McpTokenRevoke, OutputStream, ProcessList, ProcessLogParams, ProcessLogs,
+    ProcessLogsFollow, ProcessOutput, ProcessView, PublishParams, RevokeParams, Status, Stopping,
+    TailParams, ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, UserView,
+    VerifyResult,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
 use super::views::{self, failed, invalid, kernel_error};
-use super::{tokens, tools};
+use super::{approvals, tokens, tools};
 
 type Answer<T> = Result<T, WireError>;
 
@@ -136,6 +137,15 @@ async fn answer(
             run::<McpTokenRevoke, _>(request, |p| tokens::revoke(s, p)).await
         }
         MethodId::McpTokenCheck => run::<McpTokenCheck, _>(request, |p| tokens::check(s, p)).await,
+        MethodId::ApprovalList => {
+            run::<ApprovalList, _>(request, |_| async { Ok(approvals::list(s)) }).await
+        }
+        MethodId::ApprovalShow => {
+            run::<ApprovalShow, _>(request, |p| async move { approvals::show(s, &p) }).await
+        }
+        MethodId::ApprovalDecide => {
+            run::<ApprovalDecide, _>(request, |p| approvals::decide(s, p)).await
+        }
         MethodId::CapsuleLogsFollow => {
             let p = request.params::<CapsuleLogsFollow>()?;
             follow_logs(s, request.id, p, out).await;

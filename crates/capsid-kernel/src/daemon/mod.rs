@@ -11,6 +11,7 @@
 //! error frame and never read; a client that stops reading is dropped at a timeout, and a
 //! misbehaving client costs only its own connection.
 
+mod approvals;
 mod files;
 mod methods;
 mod server;

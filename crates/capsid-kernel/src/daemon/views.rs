@@ -117,6 +117,7 @@ pub(crate) fn log_line(l: &LogLine) -> capsid_protocol::methods::LogLine {
 pub(crate) fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
         KernelError::NotInstalled(_)
+        | KernelError::Approval(_)
         | KernelError::UnknownUser(_)
         | KernelError::UnknownToken(_)
         | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => ErrorCode::NotFound,

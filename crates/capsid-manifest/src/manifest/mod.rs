@@ -109,6 +109,10 @@ pub struct Capabilities {
     pub uplink: bool,
     /// Origins it may send HTTP requests to, as `net://<scheme>/<host>/<port>` patterns.
     pub http: Vec<Pattern>,
+    /// Resources it may ask a person for when it needs them (any kind, as capability
+    /// patterns: `fs://workspace/**`, `net://https/*/443`); a check that fails on one of
+    /// these waits for an approval instead of being denied. Granting nothing.
+    pub ask: Vec<Pattern>,
 }
 
 /// Resource limits of an instance, with defaults filled in.
@@ -461,6 +465,11 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
                     .map_err(|e| cx.at("capabilities.http", o, e))?;
                 Pattern::parse(&uri).map_err(|e| cx.at("capabilities.http", o, e))
             })
+            .collect::<Result<_, _>>()?,
+        ask: raw
+            .ask
+            .iter()
+            .map(|p| Pattern::parse(p.get_ref()).map_err(|e| cx.at("capabilities.ask", p, e)))
             .collect::<Result<_, _>>()?,
     })
 }

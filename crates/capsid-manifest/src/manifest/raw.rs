@@ -72,6 +72,8 @@ pub(super) struct RawCapabilities {
     pub uplink: bool,
     #[serde(default)]
     pub http: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub ask: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

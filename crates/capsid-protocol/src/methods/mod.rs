@@ -6,10 +6,12 @@
 //! [`MethodId`] names them all; the daemon matches on it, never on a string.
 
 mod admin;
+mod approval;
 mod capsule;
 mod process;
 
 pub use admin::*;
+pub use approval::*;
 pub use capsule::*;
 pub use process::*;
 
@@ -180,6 +182,15 @@ methods! {
     /// The user a bearer token acts as; `unauthorized` for anything but a live token.
     McpTokenCheck = "mcp.token.check" (TokenCheckParams) -> TokenOwner
         { read_only: true, inline: false, streaming: false }
+    /// The calls waiting for a person's approval, oldest first.
+    ApprovalList = "approval.list" (NoParams) -> Vec<ApprovalView>
+        { read_only: true, inline: true, streaming: false }
+    /// One waiting call.
+    ApprovalShow = "approval.show" (ApprovalShowParams) -> ApprovalView
+        { read_only: true, inline: true, streaming: false }
+    /// Decides a waiting call (recorded, naming who decided, before the call hears it).
+    ApprovalDecide = "approval.decide" (ApprovalDecideParams) -> ApprovalView
+        { read_only: false, inline: false, streaming: false }
     /// Stops the daemon: it drains requests in flight and unloads every capsule.
     DaemonStop = "daemon.stop" (NoParams) -> Stopping
         { read_only: true, inline: false, streaming: false }

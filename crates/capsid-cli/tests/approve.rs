@@ -1,0 +1,70 @@
+//! `capsid approve` against a real daemon: a capsule's request waits, the CLI lists it,
+//! refuses to decide without a decision, decides it once, and finds it gone afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use capsid_integration_tests::fetch_asking_copy;
+use capsid_integration_tests::web::WebServer;
+use serde_json::Value;
+
+use common::{CAPSID, Home, until};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
+    let web = WebServer::start().await;
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    let copies = home.path.join("copies");
+    let resource = format!("net://http/127.0.0.1/{}", web.addr.port());
+    let fetch = fetch_asking_copy(&copies, &resource, "");
+    home.ok(&["capsule", "install", fetch.to_str().unwrap()]);
+
+    let input = format!(r#"{{"url":"{}"}}"#, web.url("http", "/bytes/5"));
+    let call = Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["call", "fetch", "get", "--input", &input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut waiting = Value::Null;
+    until("the request is listed", || {
+        waiting = home.json(&["approve", "ls"]);
+        waiting.as_array().is_some_and(|w| !w.is_empty())
+    });
+    let request = &waiting[0];
+    assert_eq!(request["capsule"], "fetch");
+    assert_eq!(request["resource"], resource.as_str());
+    let id = request["id"].as_str().unwrap();
+    assert!(home.ok(&["approve", "ls"]).contains(id), "a human table");
+    assert_eq!(home.json(&["approve", "show", id])["id"], id);
+
+    let undecided = home.run(&["approve", id]);
+    assert!(!undecided.status.success());
+    assert!(
+        String::from_utf8_lossy(&undecided.stderr).contains("--once, --always or --deny"),
+        "{undecided:?}"
+    );
+    let decided = home.ok(&["approve", id, "--once"]);
+    assert!(decided.contains("allowed once"), "{decided}");
+    let out = call.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.contains("\"status\": 200") || answer.contains("\"status\":200"),
+        "{answer}"
+    );
+
+    let again = home.run(&["approve", id, "--deny"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is pending"),
+        "{again:?}"
+    );
+    let tail = home.ok(&["audit", "tail", "-n", "50"]);
+    assert!(tail.contains("approval.decided"), "{tail}");
+    home.ok(&["stop"]);
+}

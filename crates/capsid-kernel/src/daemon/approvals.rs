@@ -1,0 +1,56 @@
+//! The daemon's `approval.*` methods: the operator sees and decides calls waiting for a
+//! person. Decisions made here are the operator's (the kernel's principal).
+
+use capsid_capsule::{ApprovalRequest, Verdict};
+use capsid_protocol::WireError;
+use capsid_protocol::methods::{
+    ApprovalDecideParams, ApprovalDecision, ApprovalShowParams, ApprovalView,
+};
+
+use super::server::Shared;
+use super::views::kernel_error;
+
+type Answer<T> = Result<T, WireError>;
+
+fn view(r: ApprovalRequest) -> ApprovalView {
+    ApprovalView {
+        id: r.id,
+        principal: r.principal.to_string(),
+        capsule: r.capsule.to_string(),
+        resource: r.resource,
+        permission: r.permission.to_string(),
+        description: r.description,
+        digest: r.digest,
+        requested_ms: r.requested_ms,
+        expires_ms: r.expires_ms,
+    }
+}
+
+/// `approval.list`.
+pub(super) fn list(shared: &Shared) -> Vec<ApprovalView> {
+    shared.kernel.approvals().into_iter().map(view).collect()
+}
+
+/// `approval.show`.
+pub(super) fn show(shared: &Shared, p: &ApprovalShowParams) -> Answer<ApprovalView> {
+    shared
+        .kernel
+        .approval(&p.id)
+        .map(view)
+        .map_err(|e| kernel_error(&e))
+}
+
+/// `approval.decide`.
+pub(super) async fn decide(shared: &Shared, p: ApprovalDecideParams) -> Answer<ApprovalView> {
+    let verdict = match p.decision {
+        ApprovalDecision::Once => Verdict::Once,
+        ApprovalDecision::Always => Verdict::Always,
+        ApprovalDecision::Deny => Verdict::Deny,
+    };
+    let kernel = &shared.kernel;
+    kernel
+        .decide_approval(&p.id, verdict, kernel.principal())
+        .await
+        .map(view)
+        .map_err(|e| kernel_error(&e))
+}

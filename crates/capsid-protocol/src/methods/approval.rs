@@ -1,0 +1,57 @@
+//! Params and results of the `approval.*` methods: calls waiting for a person's decision.
+
+use serde::{Deserialize, Serialize};
+
+/// One call waiting for a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    /// Its id: what `approval.decide` takes.
+    pub id: String,
+    /// On whose authority the call runs.
+    pub principal: String,
+    /// The capsule asking.
+    pub capsule: String,
+    /// The resource it needs.
+    pub resource: String,
+    /// What it needs to do to it (`read`, `write`, `exec`...).
+    pub permission: String,
+    /// The call: host function, permission and resource.
+    pub description: String,
+    /// blake3 (hex) of the call as described.
+    pub digest: String,
+    /// When it was asked, ms since the Unix epoch.
+    pub requested_ms: i64,
+    /// When it is denied if nobody decides, ms since the Unix epoch.
+    pub expires_ms: i64,
+}
+
+/// `approval.show` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalShowParams {
+    /// The request's id.
+    pub id: String,
+}
+
+/// A decision on an approval request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalDecision {
+    /// Allow this one call.
+    Once,
+    /// Allow it and grant the resource to the capsule from now on (revocable with
+    /// `cap.revoke`).
+    Always,
+    /// Refuse it.
+    Deny,
+}
+
+/// `approval.decide` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalDecideParams {
+    /// The request's id.
+    pub id: String,
+    /// The decision.
+    pub decision: ApprovalDecision,
+}

@@ -1,0 +1,374 @@
+//! Approvals end to end: a real capsule's host call on a resource it may `ask` for waits
+//! for a person; each decision (once, always, deny), the timeout, the suspended deadline,
+//! the cap on waiting requests, a capsule unloaded while it waits, and what each leaves in
+//! the audit log. The kernel-level decision path (recorded, naming who decided; an `always`
+//! that outlives a restart and is taken back with `revoke`) is at the end.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capsid_capsule::{ApprovalRequest, Trust, Verdict};
+use capsid_core::limits::MAX_PENDING_APPROVALS;
+use capsid_integration_tests::web::WebServer;
+use capsid_integration_tests::{PrivateHome, Runtime, capsule_copy_with, fetch_asking_copy, id};
+use serde_json::{Value, json};
+
+/// `fetch`, granted no origin but allowed to ask for `web`'s, with `limits` added.
+fn asking_fetch(into: &std::path::Path, web: &WebServer, limits: &str) -> std::path::PathBuf {
+    fetch_asking_copy(
+        into,
+        &format!("net://http/127.0.0.1/{}", web.addr.port()),
+        limits,
+    )
+}
+
+async fn load_asking(rt: &Arc<Runtime>, web: &WebServer, limits: &str) {
+    let dir = asking_fetch(&rt.home.path().join("copies"), web, limits);
+    rt.registry
+        .load(&dir, Trust::Dev)
+        .await
+        .unwrap_or_else(|e| panic!("loading fetch: {e}"));
+}
+
+/// Calls `fetch.get` of `url` in the background.
+fn get_later(rt: &Arc<Runtime>, url: String) -> tokio::task::JoinHandle<Value> {
+    let rt = rt.clone();
+    tokio::spawn(async move { rt.call("fetch", "get", json!({ "url": url })).await })
+}
+
+/// Waits until `n` requests are pending and answers them.
+async fn pending(rt: &Runtime, n: usize) -> Vec<ApprovalRequest> {
+    let approvals = &rt.registry.services().approvals;
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list = approvals.list();
+        if list.len() >= n {
+            return list;
+        }
+        assert!(Instant::now() < until, "{n} requests never came: {list:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn decide(rt: &Runtime, id: &str, verdict: Verdict) {
+    rt.registry
+        .services()
+        .approvals
+        .decide(id, verdict)
+        .expect("pending");
+}
+
+fn actions(rt: &Runtime) -> Vec<(String, String)> {
+    rt.audit_entries()
+        .into_iter()
+        .filter(|e| e.capsule == "fetch")
+        .map(|e| (e.action, e.decision))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_allows_the_waiting_call_only() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let url = web.url("http", "/bytes/3");
+    let call = get_later(&rt, url.clone());
+    let asked = pending(&rt, 1).await;
+    let request = &asked[0];
+    assert_eq!(request.capsule.as_str(), "fetch");
+    assert_eq!(
+        request.resource,
+        format!("net://http/127.0.0.1/{}", web.addr.port())
+    );
+    assert!(request.description.contains("http.request"), "{request:?}");
+    assert_eq!(request.digest.len(), 64);
+    assert!(
+        web.seen.paths().is_empty(),
+        "nothing is sent while it waits"
+    );
+    decide(&rt, &request.id, Verdict::Once);
+    let answer = call.await.unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(
+        actions(&rt).contains(&("approval.requested".into(), "info".into())),
+        "{:?}",
+        actions(&rt)
+    );
+
+    // Once is once: the next call asks again.
+    let call = get_later(&rt, url);
+    let asked = pending(&rt, 1).await;
+    decide(&rt, &asked[0].id, Verdict::Deny);
+    let answer = call.await.unwrap();
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HttpRequestDenied")),
+        "{answer}"
+    );
+    assert_eq!(web.seen.paths().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_write_waits_for_its_approval_past_the_call_deadline() {
+    let rt = Arc::new(Runtime::new().await);
+    let dir = capsule_copy_with("notes", &rt.home.path().join("copies"), |text| {
+        let text = text.replace(
+            "fs_write = [\"workspace://notes/**\"]",
+            "ask = [\"fs://workspace/notes/**\"]",
+        );
+        format!("{text}\n[limits]\ncall_timeout_ms = 300\n")
+    });
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let call = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            rt.registry
+                .call_tool(&id("notes"), "add", r#"{"name":"todo","text":"milk"}"#)
+                .await
+        })
+    };
+    // `add` makes the folder, then writes the file: each asks, and each is decided only
+    // after the call's 300 ms deadline would have passed.
+    let mut asked = Vec::new();
+    while !call.is_finished() {
+        if let Some(a) = rt.registry.services().approvals.list().pop() {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            decide(&rt, &a.id, Verdict::Once);
+            asked.push(a);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    call.await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("notes.add: {e}"));
+    let file = asked
+        .iter()
+        .find(|a| a.resource == "fs://workspace/notes/todo.md")
+        .unwrap_or_else(|| panic!("the file write never asked: {asked:?}"));
+    assert_eq!(file.capsule.as_str(), "notes");
+    let write = rt
+        .audit_entries()
+        .into_iter()
+        .find(|e| e.capsule == "notes" && e.action == "fs.write" && e.decision == "allow")
+        .expect("the write is recorded");
+    assert!(write.details.contains(&file.id), "{write:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_grants_the_resource_until_revoked() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let url = web.url("http", "/bytes/3");
+    let call = get_later(&rt, url.clone());
+    let asked = pending(&rt, 1).await;
+    decide(&rt, &asked[0].id, Verdict::Always);
+    assert_eq!(call.await.unwrap()["status"], 200);
+    // No asking now: the grant stands.
+    let answer = rt.call("fetch", "get", json!({ "url": url })).await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    let grant = rt
+        .caps
+        .list(&rt.principal)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| g.capability.pattern.as_str() == asked[0].resource)
+        .expect("the approved grant");
+    assert_eq!(grant.capability.capsule, Some(id("fetch")));
+    let granted = rt
+        .audit_entries()
+        .into_iter()
+        .find(|e| e.action == "cap.grant")
+        .expect("the grant is recorded");
+    assert!(granted.details.contains(&asked[0].id), "{granted:?}");
+
+    rt.caps.revoke(grant.capability.id).await.unwrap();
+    let call = get_later(&rt, url);
+    let asked = pending(&rt, 1).await;
+    decide(&rt, &asked[0].id, Verdict::Deny);
+    assert!(call.await.unwrap()["error"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_deciding_denies_and_the_deadline_waits_for_the_person() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    // A 500 ms call deadline, and a person who takes 1.5 s: the call still succeeds.
+    load_asking(&rt, &web, "call_timeout_ms = 500\n").await;
+    let url = web.url("http", "/bytes/3");
+    let call = get_later(&rt, url.clone());
+    let asked = pending(&rt, 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    decide(&rt, &asked[0].id, Verdict::Once);
+    assert_eq!(call.await.unwrap()["status"], 200);
+
+    rt.registry
+        .services()
+        .approvals
+        .set_timeout(Duration::from_millis(300));
+    let answer = rt.call("fetch", "get", json!({ "url": url })).await;
+    assert!(answer["error"].is_string(), "{answer}");
+    assert!(rt.registry.services().approvals.list().is_empty());
+    assert!(
+        actions(&rt).contains(&("approval.expired".into(), "deny".into())),
+        "{:?}",
+        actions(&rt)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_is_capped_and_recorded_once() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let flood = {
+        let rt = rt.clone();
+        let url = web.url("http", "/bytes/1");
+        tokio::spawn(async move {
+            rt.call("fetch", "get-many", json!({ "url": url, "count": 40 }))
+                .await
+        })
+    };
+    let asked = pending(&rt, MAX_PENDING_APPROVALS).await;
+    // Give the rest time to be refused, then check none more were parked.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        rt.registry.services().approvals.list().len(),
+        MAX_PENDING_APPROVALS
+    );
+    for a in &asked {
+        decide(&rt, &a.id, Verdict::Deny);
+    }
+    let answer = flood.await.unwrap();
+    assert_eq!(answer["failed"], 40, "{answer}");
+    let refused = actions(&rt)
+        .into_iter()
+        .filter(|(a, _)| a == "approval.refused")
+        .count();
+    assert_eq!(refused, 1, "a burst is recorded once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_the_capsule_withdraws_what_it_waits_for() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let call = get_later(&rt, web.url("http", "/bytes/1"));
+    let asked = pending(&rt, 1).await;
+    rt.registry.unload(&id("fetch")).await.unwrap();
+    assert!(call.await.unwrap()["error"].is_string());
+    assert!(
+        rt.registry
+            .services()
+            .approvals
+            .decide(&asked[0].id, Verdict::Once)
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kernel_decisions_are_recorded_and_an_always_outlives_a_restart() {
+    let web = WebServer::start().await;
+    let home = PrivateHome::new();
+    asking_fetch(&home.path().join("capsules"), &web, "");
+    let config = || capsid_kernel::KernelConfig {
+        dev: true,
+        hot_reload: false,
+        ..capsid_kernel::KernelConfig::default()
+    };
+    let boot = || async {
+        Arc::new(
+            capsid_kernel::Kernel::builder()
+                .home(home.path())
+                .config(config())
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("boot: {e}")),
+        )
+    };
+    let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
+    let call = |kernel: &Arc<capsid_kernel::Kernel>| {
+        let (kernel, input) = (kernel.clone(), input.clone());
+        tokio::spawn(async move {
+            let out = kernel.call_tool(&id("fetch"), "get", &input).await.unwrap();
+            serde_json::from_str::<Value>(&out).unwrap()
+        })
+    };
+    let waiting = |kernel: &Arc<capsid_kernel::Kernel>| {
+        let kernel = kernel.clone();
+        async move {
+            for _ in 0..500 {
+                if let Some(a) = kernel.approvals().into_iter().next() {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("nothing asked");
+        }
+    };
+
+    let kernel = boot().await;
+    let pending_call = call(&kernel);
+    let asked = waiting(&kernel).await;
+    // Two people decide at once: one decision is taken, the other finds it gone.
+    let (a, b) = tokio::join!(
+        kernel.decide_approval(&asked.id, Verdict::Always, kernel.principal()),
+        kernel.decide_approval(&asked.id, Verdict::Deny, kernel.principal()),
+    );
+    assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
+    let answer = pending_call.await.unwrap();
+    let always_won = a.is_ok();
+    assert_eq!(answer["status"] == 200, always_won, "{answer}");
+    let decided: Vec<String> = capsid_audit::tail(kernel.audit().path(), 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "approval.decided")
+        .map(|e| e.details)
+        .collect();
+    assert_eq!(
+        decided.len(),
+        1,
+        "only the decision taken is recorded as one"
+    );
+    assert!(
+        decided[0].contains(&kernel.principal().to_string()),
+        "{decided:?}"
+    );
+    if !always_won {
+        let pending_call = call(&kernel);
+        let asked = waiting(&kernel).await;
+        kernel
+            .decide_approval(&asked.id, Verdict::Always, kernel.principal())
+            .await
+            .unwrap();
+        assert_eq!(pending_call.await.unwrap()["status"], 200);
+    }
+    kernel.shutdown().await;
+    drop(kernel);
+
+    // The grant outlives the restart (dev trust does not take back what a person gave)...
+    let kernel = boot().await;
+    let out = kernel.call_tool(&id("fetch"), "get", &input).await.unwrap();
+    assert!(out.contains("\"status\":200"), "{out}");
+    // ...until the operator revokes it.
+    let grant = kernel
+        .capabilities()
+        .list(&kernel.principal())
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| !g.revoked && g.capability.pattern.as_str() == asked.resource)
+        .expect("the approved grant");
+    kernel.revoke(grant.capability.id).await.unwrap();
+    let pending_call = call(&kernel);
+    let asked = waiting(&kernel).await;
+    kernel
+        .decide_approval(&asked.id, Verdict::Deny, kernel.principal())
+        .await
+        .unwrap();
+    assert!(pending_call.await.unwrap()["error"].is_string());
+    kernel.shutdown().await;
+}
