@@ -157,6 +157,44 @@ async fn a_file_write_waits_for_its_approval_past_the_call_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_ahead_once_lets_the_next_action_through_once() {
+    let web = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let resource = format!("net://http/127.0.0.1/{}", web.addr.port());
+    let ask = |uri: &str| {
+        let rt = rt.clone();
+        let input = json!({ "uri": uri, "permission": "exec", "reason": "a big download" });
+        tokio::spawn(async move { rt.call("fetch", "ask", input).await })
+    };
+    // Not listed under `ask`: denied at once, nobody asked.
+    let answer = ask("net://https/example.com/443").await.unwrap();
+    assert_eq!(answer["decision"], "denied");
+    assert!(rt.registry.services().approvals.list().is_empty());
+
+    let asking = ask(&resource);
+    let asked = pending(&rt, 1).await;
+    assert!(asked[0].description.contains("a big download"), "{asked:?}");
+    decide(&rt, &asked[0].id, Verdict::Once);
+    assert_eq!(asking.await.unwrap()["decision"], "once");
+    // The next request passes without asking, by the single-use grant...
+    let answer = rt
+        .call(
+            "fetch",
+            "get",
+            json!({ "url": web.url("http", "/bytes/1") }),
+        )
+        .await;
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert!(rt.registry.services().approvals.list().is_empty());
+    // ...and the one after asks again.
+    let call = get_later(&rt, web.url("http", "/bytes/1"));
+    let asked = pending(&rt, 1).await;
+    decide(&rt, &asked[0].id, Verdict::Deny);
+    assert!(call.await.unwrap()["error"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_grants_the_resource_until_revoked() {
     let web = WebServer::start().await;
     let rt = Arc::new(Runtime::new().await);
@@ -252,6 +290,46 @@ async fn a_flood_of_requests_is_capped_and_recorded_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_askable_resources_are_asked_for_and_a_cancelled_call_leaves_nothing_waiting() {
+    let web = WebServer::start().await;
+    let other = WebServer::start().await;
+    let rt = Arc::new(Runtime::new().await);
+    load_asking(&rt, &web, "").await;
+    let answer = rt
+        .call(
+            "fetch",
+            "get",
+            json!({ "url": other.url("http", "/bytes/1") }),
+        )
+        .await;
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HttpRequestDenied")),
+        "{answer}"
+    );
+    assert!(rt.registry.services().approvals.list().is_empty());
+
+    let control = capsid_capsule::CallControl::new();
+    let call = {
+        let (rt, control) = (rt.clone(), control.clone());
+        let input = json!({ "url": web.url("http", "/bytes/1") }).to_string();
+        tokio::spawn(async move {
+            rt.registry
+                .call_tool_with(&id("fetch"), "get", &input, &control)
+                .await
+        })
+    };
+    pending(&rt, 1).await;
+    control.cancel();
+    assert!(call.await.unwrap().is_err(), "cancelled");
+    assert!(
+        rt.registry.services().approvals.list().is_empty(),
+        "the cancelled call's request went with it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unloading_the_capsule_withdraws_what_it_waits_for() {
     let web = WebServer::start().await;
     let rt = Arc::new(Runtime::new().await);
@@ -270,6 +348,7 @@ async fn unloading_the_capsule_withdraws_what_it_waits_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // One story: the race, the record, the restart, the revoke.
 async fn kernel_decisions_are_recorded_and_an_always_outlives_a_restart() {
     let web = WebServer::start().await;
     let home = PrivateHome::new();
@@ -314,10 +393,18 @@ async fn kernel_decisions_are_recorded_and_an_always_outlives_a_restart() {
     let pending_call = call(&kernel);
     let asked = waiting(&kernel).await;
     // Two people decide at once: one decision is taken, the other finds it gone.
-    let (a, b) = tokio::join!(
-        kernel.decide_approval(&asked.id, Verdict::Always, kernel.principal()),
-        kernel.decide_approval(&asked.id, Verdict::Deny, kernel.principal()),
-    );
+    let start = Arc::new(tokio::sync::Barrier::new(2));
+    let person = |verdict| {
+        let (kernel, start, id) = (kernel.clone(), start.clone(), asked.id.clone());
+        tokio::spawn(async move {
+            start.wait().await;
+            kernel
+                .decide_approval(&id, verdict, kernel.principal())
+                .await
+        })
+    };
+    let (a, b) = (person(Verdict::Always), person(Verdict::Deny));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
     let answer = pending_call.await.unwrap();
     let always_won = a.is_ok();

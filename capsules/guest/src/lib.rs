@@ -69,7 +69,7 @@ pub use __bindings::exports::capsid::host::lifecycle::Guest as __Lifecycle;
 pub use __bindings::exports::capsid::host::lifecycle::RestartCause;
 
 pub use __bindings::capsid::host::types::Error;
-pub use __bindings::capsid::host::{fs, ipc, kv, log, process, progress, sys};
+pub use __bindings::capsid::host::{approval, fs, ipc, kv, log, process, progress, sys};
 /// `wasi:io/poll`: wait on several `process` pollables (and WASI's) at once.
 pub use __bindings::wasi::io::poll;
 

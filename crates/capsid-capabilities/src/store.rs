@@ -420,6 +420,15 @@ impl CapabilityStore {
         )
     }
 
+    /// Capability `id` of `principal` as stored (verified; revoked, spent or expired ones
+    /// included), or `None`.
+    pub async fn capability(&self, principal: &Principal, id: CapabilityId) -> Option<Capability> {
+        let bytes = self.kv.get(&key(TOKEN, &id)).await.ok()??;
+        self.verify(&bytes)
+            .ok()
+            .filter(|c| c.id == id && c.principal == *principal)
+    }
+
     /// The patterns of `subject`'s standing capabilities (single-use ones left out, spent
     /// or not) that allow `action` on `resource`, deciding nothing. For rules that depend
     /// on how a grant is written, not only on what it covers: an outbound request to an

@@ -85,6 +85,8 @@ pub(crate) enum Outcome {
 struct Pending {
     request: ApprovalRequest,
     answer: oneshot::Sender<Verdict>,
+    /// Listed and decidable only once its request is recorded ([`Waiting::reveal`]).
+    visible: bool,
 }
 
 /// The approval requests pending on one runtime.
@@ -94,6 +96,8 @@ pub struct Approvals {
     /// Principals whose last request was refused for being one too many: a burst is
     /// recorded once.
     refusing: Mutex<std::collections::HashSet<Principal>>,
+    /// Capsules being unloaded or failed: they may not ask until loaded again.
+    closed: Mutex<std::collections::HashSet<CapsuleId>>,
     timeout: Mutex<Duration>,
 }
 
@@ -114,17 +118,37 @@ pub struct Claimed {
 }
 
 impl Claimed {
-    /// Tells the waiting call. It may have timed out just now: then it hears nothing and
-    /// stays denied.
-    pub fn answer(self, verdict: Verdict) {
-        let _ = self.answer.send(verdict);
+    /// Tells the waiting call; false when it is gone (its call ended meanwhile, after
+    /// `CLAIM_GRACE` if it timed out): then the decision changed nothing.
+    pub fn answer(self, verdict: Verdict) -> bool {
+        self.answer.send(verdict).is_ok()
     }
 }
 
-/// A request registered and waiting.
+/// How long a call whose wait timed out still listens, when its request was claimed just
+/// before: a decision being recorded then still reaches it.
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
+
+/// A request registered and waiting; dropped (its call went away), it is withdrawn.
 pub(crate) struct Waiting {
     pub(crate) request: ApprovalRequest,
     answer: oneshot::Receiver<Verdict>,
+    approvals: std::sync::Arc<Approvals>,
+}
+
+impl Waiting {
+    /// Makes the request listed and decidable: call once it is recorded.
+    pub(crate) fn reveal(&self) {
+        if let Some(p) = lock(&self.approvals.pending).get_mut(&self.request.id) {
+            p.visible = true;
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        lock(&self.approvals.pending).remove(&self.request.id);
+    }
 }
 
 /// Why a request could not be made.
@@ -132,6 +156,8 @@ pub(crate) enum Refused {
     /// The principal has `MAX_PENDING_APPROVALS` waiting; `first` when this begins a burst
     /// (the one to record).
     TooMany { first: bool },
+    /// The capsule is being unloaded, or failed.
+    Closed,
 }
 
 impl Approvals {
@@ -157,6 +183,7 @@ impl Approvals {
     pub fn list(&self) -> Vec<ApprovalRequest> {
         let mut all: Vec<ApprovalRequest> = lock(&self.pending)
             .values()
+            .filter(|p| p.visible)
             .map(|p| p.request.clone())
             .collect();
         all.sort_by(|a, b| a.id.cmp(&b.id));
@@ -165,23 +192,34 @@ impl Approvals {
 
     /// Pending request `id`.
     pub fn get(&self, id: &str) -> Option<ApprovalRequest> {
-        lock(&self.pending).get(id).map(|p| p.request.clone())
+        lock(&self.pending)
+            .get(id)
+            .filter(|p| p.visible)
+            .map(|p| p.request.clone())
     }
 
-    /// Decides request `id`: the waiting call goes on with `verdict`. Of concurrent
-    /// decisions on one request exactly one is taken; the others find it gone.
+    /// Decides request `id`, unrecorded: the waiting call goes on with `verdict`. Of
+    /// concurrent decisions on one request exactly one is taken; the others find it gone.
+    /// For embedders and tests; the kernel's `decide_approval` records who decided.
     pub fn decide(&self, id: &str, verdict: Verdict) -> Result<ApprovalRequest, ApprovalError> {
         let claimed = self.claim(id)?;
         let request = claimed.request.clone();
-        claimed.answer(verdict);
-        Ok(request)
+        if claimed.answer(verdict) {
+            Ok(request)
+        } else {
+            Err(ApprovalError::NotPending(id.to_owned()))
+        }
     }
 
     /// Takes request `id` out of the pending ones to decide it, so that nobody else can:
     /// record the decision, then [`Claimed::answer`]. Dropped unanswered, the call is
     /// denied.
     pub fn claim(&self, id: &str) -> Result<Claimed, ApprovalError> {
-        let pending = lock(&self.pending)
+        let mut all = lock(&self.pending);
+        if !all.get(id).is_some_and(|p| p.visible) {
+            return Err(ApprovalError::NotPending(id.to_owned()));
+        }
+        let pending = all
             .remove(id)
             .ok_or_else(|| ApprovalError::NotPending(id.to_owned()))?;
         Ok(Claimed {
@@ -190,8 +228,15 @@ impl Approvals {
         })
     }
 
-    /// Registers `request` (its id, times and digest filled in by the caller).
-    pub(crate) fn open(&self, request: ApprovalRequest) -> Result<Waiting, Refused> {
+    /// Registers `request` (its id, times and digest filled in by the caller), not yet
+    /// listed: [`Waiting::reveal`] it once it is recorded.
+    pub(crate) fn open(
+        self: &std::sync::Arc<Self>,
+        request: ApprovalRequest,
+    ) -> Result<Waiting, Refused> {
+        if lock(&self.closed).contains(&request.capsule) {
+            return Err(Refused::Closed);
+        }
         let mut pending = lock(&self.pending);
         let mine = pending
             .values()
@@ -208,30 +253,49 @@ impl Approvals {
             Pending {
                 request: request.clone(),
                 answer: tx,
+                visible: false,
             },
         );
         Ok(Waiting {
             request,
             answer: rx,
+            approvals: self.clone(),
         })
     }
 
-    /// Waits for `waiting`'s decision, at most the timeout.
-    pub(crate) async fn wait(&self, waiting: Waiting) -> Outcome {
-        let Waiting { request, answer } = waiting;
-        let outcome = match tokio::time::timeout(self.timeout(), answer).await {
+    /// Waits for `waiting`'s decision, at most `timeout`.
+    pub(crate) async fn wait(&self, mut waiting: Waiting, timeout: Duration) -> Outcome {
+        let id = waiting.request.id.clone();
+        let answer = &mut waiting.answer;
+        match tokio::time::timeout(timeout, &mut *answer).await {
             Ok(Ok(verdict)) => Outcome::Decided(verdict),
             Ok(Err(_)) => Outcome::Withdrawn,
-            Err(_) => Outcome::TimedOut,
-        };
-        // Still there when it timed out; a decision racing the timeout finds it gone.
-        lock(&self.pending).remove(&request.id);
-        outcome
+            Err(_) => {
+                // Still pending: it ends here. Claimed just now: its decision is being
+                // recorded, and still counts if it comes within the grace.
+                if lock(&self.pending).remove(&id).is_some() {
+                    return Outcome::TimedOut;
+                }
+                match tokio::time::timeout(CLAIM_GRACE, answer).await {
+                    Ok(Ok(verdict)) => Outcome::Decided(verdict),
+                    _ => Outcome::TimedOut,
+                }
+            }
+        }
     }
 
-    /// Withdraws every request of `capsule` (it is being unloaded): their calls are denied.
+    /// Withdraws every request of `capsule` and refuses new ones until [`reopen`]: it is
+    /// being unloaded, or failed. Their calls are denied.
+    ///
+    /// [`reopen`]: Approvals::reopen
     pub(crate) fn withdraw_capsule(&self, capsule: &CapsuleId) {
+        lock(&self.closed).insert(capsule.clone());
         lock(&self.pending).retain(|_, p| p.request.capsule != *capsule);
+    }
+
+    /// Lets `capsule` ask again (it was loaded).
+    pub(crate) fn reopen(&self, capsule: &CapsuleId) {
+        lock(&self.closed).remove(capsule);
     }
 }
 
@@ -259,6 +323,8 @@ mod tests {
         let Ok(waiting) = approvals.open(request("r1", Principal::System)) else {
             panic!("refused");
         };
+        assert!(approvals.list().is_empty(), "unlisted until revealed");
+        waiting.reveal();
         let deciders: Vec<_> = [Verdict::Once, Verdict::Deny, Verdict::Always]
             .into_iter()
             .map(|v| {
@@ -272,39 +338,63 @@ mod tests {
             .filter(|won| *won)
             .count();
         assert_eq!(won, 1);
-        assert!(matches!(approvals.wait(waiting).await, Outcome::Decided(_)));
+        let timeout = approvals.timeout();
+        assert!(matches!(
+            approvals.wait(waiting, timeout).await,
+            Outcome::Decided(_)
+        ));
         assert!(approvals.list().is_empty());
     }
 
     #[tokio::test]
     async fn undecided_requests_time_out_and_withdrawn_ones_end() {
-        let approvals = Approvals::new(Duration::from_millis(20));
+        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_millis(20)));
         let Ok(waiting) = approvals.open(request("r1", Principal::System)) else {
             panic!("refused");
         };
-        assert_eq!(approvals.wait(waiting).await, Outcome::TimedOut);
+        waiting.reveal();
+        let short = Duration::from_millis(20);
+        assert_eq!(approvals.wait(waiting, short).await, Outcome::TimedOut);
         assert!(approvals.decide("r1", Verdict::Once).is_err());
         let Ok(waiting) = approvals.open(request("r2", Principal::System)) else {
             panic!("refused");
         };
-        approvals.withdraw_capsule(&waiting.request.capsule);
-        assert_eq!(approvals.wait(waiting).await, Outcome::Withdrawn);
+        waiting.reveal();
+        let capsule = waiting.request.capsule.clone();
+        approvals.withdraw_capsule(&capsule);
+        assert_eq!(approvals.wait(waiting, short).await, Outcome::Withdrawn);
+        assert!(
+            approvals.open(request("r3", Principal::System)).is_err(),
+            "a withdrawn capsule may not ask until reopened"
+        );
+        approvals.reopen(&capsule);
+        let Ok(dropped) = approvals.open(request("r4", Principal::System)) else {
+            panic!("refused after reopening");
+        };
+        dropped.reveal();
+        assert_eq!(approvals.list().len(), 1);
+        drop(dropped);
+        assert!(
+            approvals.list().is_empty(),
+            "a dropped wait leaves nothing pending"
+        );
     }
 
     #[test]
     fn a_principal_may_have_only_so_many_waiting_and_a_burst_is_reported_once() {
-        let approvals = Approvals::new(Duration::from_secs(5));
+        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_secs(5)));
         let mut held = Vec::new();
         for i in 0..MAX_PENDING_APPROVALS {
             match approvals.open(request(&format!("r{i}"), Principal::System)) {
                 Ok(w) => held.push(w),
-                Err(Refused::TooMany { .. }) => panic!("refused early"),
+                Err(Refused::TooMany { .. } | Refused::Closed) => panic!("refused early"),
             }
         }
         let firsts: Vec<bool> = (0..3)
             .map(
                 |_| match approvals.open(request("over", Principal::System)) {
                     Err(Refused::TooMany { first }) => first,
+                    Err(Refused::Closed) => panic!("closed"),
                     Ok(_) => panic!("one too many was accepted"),
                 },
             )

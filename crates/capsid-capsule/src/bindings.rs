@@ -13,6 +13,7 @@ wasmtime::component::bindgen!({
         "capsid:host/fs": async,
         "capsid:host/ipc": async,
         "capsid:host/process": async,
+        "capsid:host/approval": async,
         // Only a full resource table can fail these: a trap, not an answer for the guest.
         "capsid:host/process.[method]background.subscribe-exit": async | trappable,
         "capsid:host/process.[method]background.subscribe-output": async | trappable,
@@ -106,7 +107,7 @@ impl CapsulePre {
 pub(crate) fn link_capsid_host(
     linker: &mut wasmtime::component::Linker<crate::host::HostState>,
 ) -> wasmtime::Result<()> {
-    use capsid::host::{fs, ipc, kv, log, process, progress, sys, types};
+    use capsid::host::{approval, fs, ipc, kv, log, process, progress, sys, types};
     use wasmtime::component::HasSelf;
     fn state(s: &mut crate::host::HostState) -> &mut crate::host::HostState {
         s
@@ -119,5 +120,6 @@ pub(crate) fn link_capsid_host(
     ipc::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     process::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     progress::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    approval::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     Ok(())
 }

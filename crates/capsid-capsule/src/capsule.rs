@@ -361,6 +361,7 @@ impl LoadedCapsule {
         control: &CallControl,
     ) -> Result<Option<String>, CapsuleError> {
         let timeout = self.timeout();
+        let control = &control.asking(matches!(call, Call::Tool { .. } | Call::Event { .. }));
         arm(&mut warm.store, timeout, control.clone());
         let outcome = {
             let invoked = CURRENT_CALL.scope(control.clone(), invoke(warm, call));
@@ -540,6 +541,9 @@ impl LoadedCapsule {
 
     async fn fail_if_fatal(&self, error: CapsuleError) -> CapsuleError {
         if error.is_fatal() {
+            // A failed capsule waits for nobody: what it asked is withdrawn (reloading
+            // lets it ask again).
+            self.cx.services.approvals.withdraw_capsule(self.name());
             let reason = error.to_string();
             self.set_state(CapsuleState::Failed(reason.clone()));
             lock(&self.idle).clear();

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use capsid_core::limits::MAX_PROGRESS_MESSAGE_BYTES;
+use capsid_core::limits::{MAX_CALL_APPROVAL_WAIT, MAX_PROGRESS_MESSAGE_BYTES};
 use capsid_core::sync::lock;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,9 @@ pub struct CallControl {
     cancelled: CancellationToken,
     progress: Option<watch::Sender<Option<Progress>>>,
     suspension: Arc<Mutex<Suspension>>,
+    /// Whether the call may wait for a person (tool calls and events; not `init`,
+    /// `restart` or `shutdown`, which must not hold up a load or an unload).
+    may_ask: bool,
 }
 
 /// Time the call's deadline was suspended for (a person deciding an approval).
@@ -102,15 +105,30 @@ impl CallControl {
         rx
     }
 
-    /// Suspends the call's deadline until the guard is dropped: time spent waiting for a
-    /// person is not the capsule's time.
-    pub(crate) fn suspend(&self) -> Suspended {
+    /// This call's control, allowed (or not) to wait for a person.
+    pub(crate) fn asking(&self, may_ask: bool) -> Self {
+        Self {
+            may_ask,
+            ..self.clone()
+        }
+    }
+
+    /// Suspends the call's deadline until the guard is dropped (time spent waiting for a
+    /// person is not the capsule's time), if the call may wait for one and has not waited
+    /// `MAX_CALL_APPROVAL_WAIT` already; `None` otherwise.
+    pub(crate) fn suspend(&self) -> Option<Suspended> {
+        if !self.may_ask {
+            return None;
+        }
         let mut s = lock(&self.suspension);
+        if s.total >= MAX_CALL_APPROVAL_WAIT {
+            return None;
+        }
         if s.depth == 0 {
             s.since = Some(Instant::now());
         }
         s.depth += 1;
-        Suspended(self.clone())
+        Some(Suspended(self.clone()))
     }
 
     /// How far the call's deadline has moved (waits over so far), and whether it is
@@ -162,9 +180,14 @@ mod tests {
 
     #[test]
     fn a_suspended_deadline_moves_by_the_time_waited_once_all_waits_end() {
-        let control = CallControl::new();
+        assert!(
+            CallControl::new().suspend().is_none(),
+            "not a call that may ask"
+        );
+        let control = CallControl::new().asking(true);
         let first = control.suspend();
         let second = control.clone().suspend();
+        assert!(first.is_some() && second.is_some());
         std::thread::sleep(Duration::from_millis(20));
         drop(first);
         assert_eq!(control.deadline_moved(), (Duration::ZERO, true));

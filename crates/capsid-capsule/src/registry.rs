@@ -254,8 +254,10 @@ impl Registry {
                 },
             );
         }
-        // A capsule loaded anew may start persistent processes again (unload closed it).
+        // A capsule loaded anew may start persistent processes and ask for approvals again
+        // (unload or a failure closed it).
         self.processes.reopen(&self.owner(&name));
+        self.services.approvals.reopen(&name);
         // If this future is dropped mid-load, the slot must not stay `Loading` forever.
         let guard = LoadingGuard {
             registry: self,

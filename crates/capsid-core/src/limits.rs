@@ -467,3 +467,7 @@ pub const MAX_APPROVAL_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Longest reason a capsule may give with an approval request (`approval.request`).
 pub const MAX_APPROVAL_REASON_BYTES: usize = 1024;
+
+/// Longest one call may wait for people's approvals, all its waits together: past it, the
+/// call's further asks are denied at once (its deadline moves no more).
+pub const MAX_CALL_APPROVAL_WAIT: std::time::Duration = std::time::Duration::from_mins(10);

@@ -1,7 +1,7 @@
 //! Deciding approval requests: the operator (through the daemon or the API) decides what a
-//! capsule asked for. The decision is recorded, naming who decided, before the waiting call
-//! hears it; a request gone meanwhile (decided by someone else, timed out) gets a second
-//! entry saying so.
+//! capsule asked for. The request is claimed (nobody else can decide it), the decision
+//! recorded naming who decided, then the waiting call hears it; a call that ended meanwhile
+//! gets a second entry saying the decision changed nothing.
 
 use capsid_audit::action;
 use capsid_capsule::{ApprovalRequest, Verdict};
@@ -50,7 +50,15 @@ impl Kernel {
         // Unanswered when the record fails: dropping the claim denies the call.
         self.note(action::APPROVAL_DECIDED, &request.resource, details)
             .await?;
-        claimed.answer(verdict);
+        if !claimed.answer(verdict) {
+            // The call ended while the decision was being recorded: it changed nothing.
+            let gone =
+                json!({ "id": id, "reason": "the call had ended; the decision changed nothing" });
+            let _ = self
+                .note(action::OPERATOR_FAILED, &request.resource, gone)
+                .await;
+            return Err(capsid_capsule::ApprovalError::NotPending(id.to_owned()).into());
+        }
         Ok(request)
     }
 }

@@ -162,12 +162,37 @@ fn get_many(Json(input): Json<GetMany>) -> Result<Json<Many>, Error> {
     Ok(Json(many))
 }
 
+#[derive(Deserialize)]
+struct Ask {
+    uri: String,
+    permission: String,
+    reason: String,
+}
+
+#[derive(Serialize)]
+struct Asked {
+    decision: &'static str,
+}
+
+/// Asks a person ahead, as a capsule would before a long download.
+fn ask(Json(input): Json<Ask>) -> Result<Json<Asked>, Error> {
+    use capsid_guest::approval::{Decision, request};
+    let decision = match request(&input.uri, &input.permission, &input.reason) {
+        Decision::AlreadyGranted => "already-granted",
+        Decision::Once => "once",
+        Decision::Always => "always",
+        Decision::Denied => "denied",
+    };
+    Ok(Json(Asked { decision }))
+}
+
 struct Fetch;
 
 impl Capsule for Fetch {
     const TOOLS: Tools = capsid_guest::tools! {
         "get" => get,
         "get-many" => get_many,
+        "ask" => ask,
     };
 }
 

@@ -5,7 +5,9 @@
 //! undecided (`approval.expired`); the decision itself is recorded by whoever decides.
 
 use capsid_audit::{Decision, action};
-use capsid_capabilities::{DenyReason, Permissions, Resource};
+use capsid_capabilities::{Permissions, Resource};
+
+use capsid_core::limits::MAX_APPROVAL_REASON_BYTES;
 
 use super::{CapsuleContext, audit_text};
 use crate::approval::{ApprovalRequest, Outcome, Refused, Verdict};
@@ -19,11 +21,17 @@ pub const APPROVAL_REQUESTED_TOPIC: &str = "kernel.approval.requested";
 pub(crate) enum Asked {
     /// The resource is not askable, or is granted already: check it as usual.
     Unasked,
-    /// A person allowed it (`once` or `always`), approval `id`.
-    Approved { id: String },
+    /// A person allowed it, approval `id`.
+    Approved { id: String, verdict: Verdict },
     /// Refused: denied, timed out, withdrawn, or too many waiting.
     Refused,
 }
+
+/// The audit action of a capsule asking ahead (`approval.request`).
+const ASK_AHEAD: &str = "approval.request";
+
+/// `approval.request` found nothing to ask: the capsule holds a grant already.
+pub(crate) struct AlreadyGranted;
 
 impl CapsuleContext {
     /// Whether the manifest lets this capsule ask for `resource`.
@@ -40,23 +48,91 @@ impl CapsuleContext {
         op: &str,
         permission: Permissions,
         resource: &str,
+        note: Option<&str>,
     ) -> Asked {
         if !self.may_ask(resource) {
             return Asked::Unasked;
         }
-        let services = &self.services;
-        match services
+        // Deciding nothing: a single-use grant is spent by the check that follows.
+        if self
+            .services
             .capabilities
-            .check(&self.subject, permission, resource)
+            .would_allow(&self.subject, permission, resource)
             .await
         {
-            capsid_capabilities::Decision::Deny(DenyReason::NoGrant) => {}
-            _ => return Asked::Unasked,
+            return Asked::Unasked;
         }
+        self.ask(op, permission, resource, note, false).await
+    }
+
+    /// `approval.request`: asks ahead for `permission` on `resource`, telling the person
+    /// `reason`. Not askable is denied at once (recorded); held already is said so.
+    pub(crate) async fn ask_ahead(
+        &self,
+        permission: Permissions,
+        resource: &str,
+        reason: &str,
+    ) -> Result<Verdict, AlreadyGranted> {
+        if !self.may_ask(resource) {
+            self.record_refusal(ASK_AHEAD, resource, "not listed under [capabilities] ask")
+                .await;
+            return Ok(Verdict::Deny);
+        }
+        let capabilities = &self.services.capabilities;
+        if capabilities
+            .would_allow(&self.subject, permission, resource)
+            .await
+        {
+            return Err(AlreadyGranted);
+        }
+        let mut end = reason.len().min(MAX_APPROVAL_REASON_BYTES);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        match self
+            .ask(ASK_AHEAD, permission, resource, Some(&reason[..end]), true)
+            .await
+        {
+            Asked::Approved { verdict, .. } => Ok(verdict),
+            Asked::Refused | Asked::Unasked => Ok(Verdict::Deny),
+        }
+    }
+
+    /// Parks a request for `permission` on `resource` made by host function `op` (with
+    /// `note` for the person: a reason, or what the call carries) and waits for its
+    /// decision. A `once` asked `ahead` becomes a single-use grant, so the action it was
+    /// asked for passes its check; asked by a failed check it lets that call through itself.
+    async fn ask(
+        &self,
+        op: &str,
+        permission: Permissions,
+        resource: &str,
+        note: Option<&str>,
+        ahead: bool,
+    ) -> Asked {
+        let services = &self.services;
+        // Only a tool call or an event may wait for a person, and not past its budget.
+        let Some(suspended) = CURRENT_CALL
+            .try_with(crate::CallControl::suspend)
+            .ok()
+            .flatten()
+        else {
+            let why = "this call may not wait for a person (not a tool call or event, or it \
+                       has waited long enough)";
+            self.record_refusal(op, resource, why).await;
+            return Asked::Refused;
+        };
         let now = now_ms();
         let timeout = services.approvals.timeout();
-        let description = format!("{op}: {permission} {}", audit_text(resource));
-        let digest = blake3::hash(format!("{op}\0{permission}\0{resource}").as_bytes());
+        let description = match note {
+            None => format!("{op}: {permission} {}", audit_text(resource)),
+            Some(why) => format!(
+                "{op}: {permission} {} ({})",
+                audit_text(resource),
+                audit_text(why)
+            ),
+        };
+        let digest = blake3::hash(format!("{description}\0{resource}").as_bytes());
         let request = ApprovalRequest {
             id: uuid::Uuid::now_v7().to_string(),
             principal: self.subject.principal,
@@ -70,6 +146,7 @@ impl CapsuleContext {
         };
         let waiting = match services.approvals.open(request) {
             Ok(w) => w,
+            Err(Refused::Closed) => return Asked::Refused,
             Err(Refused::TooMany { first }) => {
                 if first {
                     let details =
@@ -99,10 +176,10 @@ impl CapsuleContext {
             .await
             .is_err()
         {
-            // Unrecorded, it may not wait for anyone: withdrawn, and so denied.
-            let _ = services.approvals.decide(&id, Verdict::Deny);
+            // Unrecorded, it may not wait for anyone: dropping it withdraws it, unseen.
             return Asked::Refused;
         }
+        waiting.reveal();
         let mut event = details;
         event["capsule"] = self.name.to_string().into();
         event["resource"] = resource.into();
@@ -111,18 +188,43 @@ impl CapsuleContext {
             event.to_string().into_bytes(),
             None,
         );
-        let suspended = CURRENT_CALL.try_with(crate::CallControl::suspend).ok();
-        let outcome = services.approvals.wait(waiting).await;
+        let outcome = services.approvals.wait(waiting, timeout).await;
         drop(suspended);
+        self.settle(outcome, id, permission, resource, op, ahead)
+            .await
+    }
+
+    /// What a decision (or none) comes to for the call, recorded where it refuses or
+    /// grants.
+    async fn settle(
+        &self,
+        outcome: Outcome,
+        id: String,
+        permission: Permissions,
+        resource: &str,
+        op: &str,
+        ahead: bool,
+    ) -> Asked {
         match outcome {
-            Outcome::Decided(Verdict::Once) => Asked::Approved { id },
-            Outcome::Decided(Verdict::Always) => {
-                match self.grant_approved(&id, permission, resource).await {
-                    Ok(()) => Asked::Approved { id },
+            Outcome::Decided(Verdict::Once) if !ahead => Asked::Approved {
+                id,
+                verdict: Verdict::Once,
+            },
+            Outcome::Decided(verdict @ (Verdict::Once | Verdict::Always)) => {
+                let single_use = verdict == Verdict::Once;
+                match self
+                    .grant_approved(&id, permission, resource, single_use)
+                    .await
+                {
+                    Ok(()) => Asked::Approved { id, verdict },
                     Err(()) => Asked::Refused,
                 }
             }
-            Outcome::Decided(Verdict::Deny) => Asked::Refused,
+            Outcome::Decided(Verdict::Deny) => {
+                let why = format!("a person denied it (approval {id})");
+                self.record_refusal(op, resource, &why).await;
+                Asked::Refused
+            }
             Outcome::TimedOut | Outcome::Withdrawn => {
                 let reason = if outcome == Outcome::TimedOut {
                     "nobody decided in time"
@@ -138,13 +240,14 @@ impl CapsuleContext {
         }
     }
 
-    /// An `always` decision: the resource granted to this capsule, recorded (naming the
-    /// approval) before it is stored.
+    /// An `always` decision (or a `once` asked ahead, `single_use`): the resource granted
+    /// to this capsule, recorded (naming the approval) before it is stored.
     async fn grant_approved(
         &self,
         approval: &str,
         permission: Permissions,
         resource: &str,
+        single_use: bool,
     ) -> Result<(), ()> {
         let store = &self.services.capabilities;
         let cap = store
@@ -154,13 +257,14 @@ impl CapsuleContext {
                 resource,
                 permission,
                 None,
-                false,
+                single_use,
             )
             .map_err(|_| ())?;
         let details = serde_json::json!({
             "id": cap.id.to_string(),
             "pattern": cap.pattern.as_str(),
             "permissions": cap.permissions.to_string(),
+            "single_use": single_use,
             "approval": approval,
         });
         self.note(action::CAP_GRANT, resource, Decision::Allow, &details)

@@ -7,6 +7,7 @@
 //! cannot be written the call is denied. Reads that are allowed are not recorded: they change
 //! nothing, and recording them would put an `fsync` on every `kv.get`.
 
+mod approval;
 mod ask;
 mod fs;
 mod ipc;
@@ -188,10 +189,10 @@ impl CapsuleContext {
         resource: &str,
         effectful: bool,
     ) -> Result<(), WitError> {
-        match self.ask_if_needed(op, permission, resource).await {
+        match self.ask_if_needed(op, permission, resource, None).await {
             Asked::Unasked => {}
             Asked::Refused => return Err(WitError::Denied),
-            Asked::Approved { id } => {
+            Asked::Approved { id, .. } => {
                 if effectful {
                     let details = serde_json::json!({ "approval": id });
                     self.note(op, resource, capsid_audit::Decision::Allow, &details)
@@ -318,7 +319,7 @@ impl WasiView for HostState {
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         // Requests sent during a call are bounded by that call's deadline.
-        self.http.deadline = self.deadline;
+        self.http.deadline = self.deadline + self.control.deadline_moved().0;
         self.http.control = self.control.clone();
         WasiHttpCtxView {
             ctx: &mut self.http_ctx,

@@ -136,7 +136,8 @@ pub(crate) async fn send(
     let (connection, deadline) = admit(&cx, &target, deadline, &mut details).await?;
     let opt = options.unwrap_or_default();
     let connect_by = bounded(opt.connect_timeout, HTTP_CONNECT_TIMEOUT, deadline);
-    let approved = details.get("approval").is_some();
+    // Asked for and approved, or granted, by this very origin.
+    let approved = details.get("approval").is_some() || details.get("literal_grant").is_some();
     let addrs = match vetted_addresses(&cx, &target, connect_by, approved, &mut details).await {
         Ok(addrs) => addrs,
         Err((why, error)) => return Err(refuse(&cx, &target, &mut details, why, error).await),
@@ -204,12 +205,23 @@ async fn admit(
     details: &mut serde_json::Value,
 ) -> Result<(OwnedSemaphorePermit, Instant), HttpError> {
     let moved = current_deadline_moved();
+    // The person sees the method and the path (never the query).
+    let call = format!(
+        "{} {}",
+        details["method"].as_str().unwrap_or_default(),
+        details["path"].as_str().unwrap_or_default()
+    );
     let approval = match cx
-        .ask_if_needed(action::HTTP_REQUEST, Permissions::EXEC, &target.resource)
+        .ask_if_needed(
+            action::HTTP_REQUEST,
+            Permissions::EXEC,
+            &target.resource,
+            Some(&call),
+        )
         .await
     {
         Asked::Refused => return Err(HttpError::HttpRequestDenied),
-        Asked::Approved { id } => Some(id),
+        Asked::Approved { id, .. } => Some(id),
         Asked::Unasked => None,
     };
     let deadline = deadline + current_deadline_moved().saturating_sub(moved);
@@ -235,6 +247,17 @@ async fn admit(
             .await
             .map_err(|_| HttpError::HttpRequestDenied)?;
         details["grant"] = grant.to_string().into();
+        // The grant that allowed it names the host itself (a single-use one asked for
+        // ahead is spent by now, so it is looked up by id).
+        let literal = cx
+            .services
+            .capabilities
+            .capability(&cx.subject.principal, grant)
+            .await
+            .is_some_and(|c| c.pattern.literal_segment(0) == Some(target.host.as_str()));
+        if literal {
+            details["literal_grant"] = true.into();
+        }
     }
     Ok((connection, deadline))
 }
@@ -293,8 +316,8 @@ async fn vetted_addresses(
             allowed.push(addr);
             continue;
         };
-        // A person approved this very origin: when its host is the address (or
-        // `localhost`, for loopback) they named it literally.
+        // A person approved, or a grant names, this very origin: when its host is the
+        // address (or `localhost`, for loopback) it is named literally.
         let named = target.literal == Some(addr.ip())
             || (target.host == "localhost" && addr.ip().is_loopback());
         if approved && named {
