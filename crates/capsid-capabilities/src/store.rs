@@ -24,6 +24,7 @@ const TOKEN: u8 = b't';
 const BY_PRINCIPAL: u8 = b'p';
 const REVOKED: u8 = b'r';
 const SPENT: u8 = b's';
+const APPROVED: u8 = b'a';
 
 /// Who is asking: a principal, acting through a capsule or directly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,6 +99,9 @@ pub struct Grant {
     pub capability: Capability,
     /// Whether it has been revoked.
     pub revoked: bool,
+    /// The approval request a person made it by, if they did (not the operator, not a
+    /// manifest).
+    pub approval: Option<String>,
 }
 
 /// Persists capabilities and answers checks. Share it behind an `Arc`.
@@ -231,23 +235,46 @@ impl CapabilityStore {
     /// Signs and stores a capability [`issue`](Self::issue)d by this store: checks that
     /// start after this returns see it.
     pub async fn persist(&self, cap: &Capability) -> Result<(), CapabilityError> {
+        self.persist_with(cap, None).await
+    }
+
+    /// Stores `cap` as made by a person's decision on approval request `approval` (listed
+    /// with it, so it is never taken for one a manifest asked for).
+    pub async fn persist_approved(
+        &self,
+        cap: &Capability,
+        approval: &str,
+    ) -> Result<(), CapabilityError> {
+        self.persist_with(cap, Some(approval)).await
+    }
+
+    async fn persist_with(
+        &self,
+        cap: &Capability,
+        approval: Option<&str>,
+    ) -> Result<(), CapabilityError> {
         if cap.issuer != self.key.key_id() {
             return Err(CapabilityError::InvalidGrant("issued by another key"));
         }
         let mut index = principal_prefix(&cap.principal);
         index.extend_from_slice(cap.id.0.as_bytes());
-        self.kv
-            .batch(&[
-                BatchOp::Set {
-                    key: key(TOKEN, &cap.id),
-                    value: cap.sign(&self.key),
-                },
-                BatchOp::Set {
-                    key: index,
-                    value: Vec::new(),
-                },
-            ])
-            .await?;
+        let mut ops = vec![
+            BatchOp::Set {
+                key: key(TOKEN, &cap.id),
+                value: cap.sign(&self.key),
+            },
+            BatchOp::Set {
+                key: index,
+                value: Vec::new(),
+            },
+        ];
+        if let Some(approval) = approval {
+            ops.push(BatchOp::Set {
+                key: key(APPROVED, &cap.id),
+                value: approval.as_bytes().to_vec(),
+            });
+        }
+        self.kv.batch(&ops).await?;
         // The next check of this principal reloads, seeing the new grant; a load already
         // under way sees the counter move and does not cache what it read.
         self.grants.fetch_add(1, Ordering::AcqRel);
@@ -278,9 +305,15 @@ impl CapabilityStore {
         let mut out = Vec::new();
         for cap in self.load(principal).await? {
             let revoked = self.is_revoked(&cap.id);
+            let approval = self
+                .kv
+                .get(&key(APPROVED, &cap.id))
+                .await?
+                .map(|a| String::from_utf8_lossy(&a).into_owned());
             out.push(Grant {
                 capability: cap,
                 revoked,
+                approval,
             });
         }
         Ok(out)

@@ -145,16 +145,15 @@ pub async fn plan_grants(
     // Under dev trust the manifest is the whole truth for grants scoped to this capsule: what
     // it no longer asks for is revoked, so a narrowed manifest narrows the capsule.
     // Grants a person made by approving an `ask` are not the manifest's: they stay.
-    let approved = |c: &capsid_capabilities::Capability| {
-        capsid_capabilities::Resource::parse(c.pattern.as_str())
-            .is_ok_and(|r| manifest.capabilities.ask.iter().any(|p| p.matches(&r)))
-    };
     for g in &existing {
         let c = &g.capability;
         let still_asked = requests
             .iter()
             .any(|r| c.pattern.as_str() == r.pattern && c.permissions == r.permissions);
-        if !g.revoked && c.capsule.as_ref() == Some(&manifest.name) && !still_asked && !approved(c)
+        if !g.revoked
+            && c.capsule.as_ref() == Some(&manifest.name)
+            && !still_asked
+            && g.approval.is_none()
         {
             changes.push(GrantChange::Revoke(c.clone()));
         }

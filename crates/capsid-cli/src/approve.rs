@@ -32,6 +32,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                 output::table(&["id", "capsule", "asks for", "expires in"], &rows);
             }
         }
+        (Some(ApproveCommand::Watch), _) => watch(client).await?,
         (Some(ApproveCommand::Show { id }), _) => {
             let a = client
                 .call::<ApprovalShow>(&ApprovalShowParams { id })
@@ -62,6 +63,76 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
         (None, None) => bail!("name a request to decide, or `capsid approve ls`"),
     }
     Ok(())
+}
+
+/// How often `watch` looks for new requests.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `capsid approve watch`: each request that comes to wait is shown and decided by the
+/// answer typed (`o`nce, `a`lways, `d`eny, `s`kip); ends when stdin does.
+async fn watch(client: &mut Client) -> Result<()> {
+    use std::io::Write;
+    let mut lines = stdin_lines();
+    let mut seen = std::collections::HashSet::new();
+    eprintln!("watching for approval requests (Ctrl-D to stop)");
+    loop {
+        let waiting = client.ask::<ApprovalList>().await?;
+        let Some(next) = waiting.into_iter().find(|a| !seen.contains(&a.id)) else {
+            // Nothing to ask about: a line typed now is not an answer, but an end is.
+            tokio::select! {
+                () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                line = lines.recv() => match line {
+                    None => return Ok(()),
+                    Some(_) => println!("nothing is waiting"),
+                },
+            }
+            continue;
+        };
+        seen.insert(next.id.clone());
+        println!();
+        show(&next, false);
+        let decision = loop {
+            print!("[o]nce, [a]lways, [d]eny, [s]kip? ");
+            std::io::stdout().flush()?;
+            let Some(line) = lines.recv().await else {
+                return Ok(());
+            };
+            match line.trim() {
+                "o" | "once" => break Some(ApprovalDecision::Once),
+                "a" | "always" => break Some(ApprovalDecision::Always),
+                "d" | "deny" => break Some(ApprovalDecision::Deny),
+                "s" | "skip" => break None,
+                _ => println!("answer o, a, d or s"),
+            }
+        };
+        let Some(decision) = decision else {
+            continue;
+        };
+        let params = ApprovalDecideParams {
+            id: next.id.clone(),
+            decision,
+        };
+        match client.call::<ApprovalDecide>(&params).await {
+            Ok(a) => println!("decided: {} ({})", a.description, a.capsule),
+            // Decided elsewhere, or expired, while the prompt was up.
+            Err(e) => println!("not decided: {e}"),
+        }
+    }
+}
+
+/// stdin's lines as they are typed; the channel closes when stdin ends.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    use tokio::io::AsyncBufReadExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).await.is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 fn seconds_left(a: &ApprovalView) -> String {

@@ -139,6 +139,9 @@ pub(crate) struct ApproveArgs {
 pub(crate) enum ApproveCommand {
     /// The calls waiting, oldest first.
     Ls,
+    /// Prompts for each call as it comes to wait: once, always, deny or skip (until stdin
+    /// ends).
+    Watch,
     /// One waiting call.
     Show {
         /// Its id.

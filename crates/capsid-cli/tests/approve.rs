@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 
 use capsid_integration_tests::fetch_asking_copy;
@@ -11,6 +12,22 @@ use capsid_integration_tests::web::WebServer;
 use serde_json::Value;
 
 use common::{CAPSID, Home, until};
+
+/// Reads `from` until what was read contains `needle` (a prompt ends without a newline).
+fn read_until(from: &mut impl Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        match from.read(&mut byte) {
+            Ok(1) => seen.push(byte[0]),
+            other => panic!(
+                "ended before {needle:?} ({other:?}): {}",
+                String::from_utf8_lossy(&seen)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
@@ -66,5 +83,53 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     );
     let tail = home.ok(&["audit", "tail", "-n", "50"]);
     assert!(tail.contains("approval.decided"), "{tail}");
+
+    // `approve watch` prompts as requests come, and decides what is typed.
+    let mut watch = Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["approve", "watch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let call = Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["call", "fetch", "get", "--input", &input])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    until("the second request is listed", || {
+        home.json(&["approve", "ls"])
+            .as_array()
+            .is_some_and(|w| !w.is_empty())
+    });
+    let mut stdin = watch.stdin.take().unwrap();
+    let mut stdout = watch.stdout.take().unwrap();
+    let mut shown = String::new();
+    shown += &read_until(&mut stdout, "[s]kip? ");
+    stdin.write_all(b"maybe\n").unwrap();
+    shown += &read_until(&mut stdout, "[s]kip? ");
+    stdin.write_all(b"a\n").unwrap();
+    shown += &read_until(&mut stdout, "decided:");
+    let out = call.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(answer.contains("200"), "{answer}");
+    assert!(shown.contains("answer o, a, d or s"), "{shown}");
+    drop(stdin);
+    let ended = watch.wait().unwrap();
+    assert!(ended.success(), "the watch ends with its stdin");
+    let grants = home.json(&["cap", "ls"]);
+    assert!(
+        grants
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["pattern"] == resource.as_str() && g["approval"].is_string()),
+        "{grants}"
+    );
     home.ok(&["stop"]);
 }

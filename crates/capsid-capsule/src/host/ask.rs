@@ -270,7 +270,7 @@ impl CapsuleContext {
         self.note(action::CAP_GRANT, resource, Decision::Allow, &details)
             .await
             .map_err(|_| ())?;
-        store.persist(&cap).await.map_err(|_| ())
+        store.persist_approved(&cap, approval).await.map_err(|_| ())
     }
 }
 

@@ -392,6 +392,7 @@ async fn grants(shared: &Shared, p: GrantListParams) -> Answer<Vec<GrantView>> {
             pattern: g.capability.pattern.as_str().to_owned(),
             permissions: g.capability.permissions.to_string(),
             revoked: g.revoked,
+            approval: g.approval.clone(),
         })
         .collect())
 }

@@ -139,6 +139,9 @@ pub struct GrantView {
     pub permissions: String,
     /// Whether it was revoked.
     pub revoked: bool,
+    /// The approval request a person made it by (`capsid approve --always`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 /// `identity.list`: users and platform links.
