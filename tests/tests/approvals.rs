@@ -51,6 +51,19 @@ async fn pending(rt: &Runtime, n: usize) -> Vec<ApprovalRequest> {
     }
 }
 
+/// Calls `fetch.get` of `url`, waits for the request it makes, decides it with `verdict`:
+/// the request and the call's answer.
+async fn ask_and_decide(
+    rt: &Arc<Runtime>,
+    url: &str,
+    verdict: Verdict,
+) -> (ApprovalRequest, Value) {
+    let call = get_later(rt, url.to_owned());
+    let asked = pending(rt, 1).await.remove(0);
+    decide(rt, &asked.id, verdict);
+    (asked, call.await.unwrap())
+}
+
 fn decide(rt: &Runtime, id: &str, verdict: Verdict) {
     rt.registry
         .services()
@@ -97,10 +110,7 @@ async fn once_allows_the_waiting_call_only() {
     );
 
     // Once is once: the next call asks again.
-    let call = get_later(&rt, url);
-    let asked = pending(&rt, 1).await;
-    decide(&rt, &asked[0].id, Verdict::Deny);
-    let answer = call.await.unwrap();
+    let (_, answer) = ask_and_decide(&rt, &url, Verdict::Deny).await;
     assert!(
         answer["error"]
             .as_str()
@@ -188,10 +198,8 @@ async fn asking_ahead_once_lets_the_next_action_through_once() {
     assert_eq!(answer["status"], 200, "{answer}");
     assert!(rt.registry.services().approvals.list().is_empty());
     // ...and the one after asks again.
-    let call = get_later(&rt, web.url("http", "/bytes/1"));
-    let asked = pending(&rt, 1).await;
-    decide(&rt, &asked[0].id, Verdict::Deny);
-    assert!(call.await.unwrap()["error"].is_string());
+    let (_, answer) = ask_and_decide(&rt, &web.url("http", "/bytes/1"), Verdict::Deny).await;
+    assert!(answer["error"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,10 +208,9 @@ async fn always_grants_the_resource_until_revoked() {
     let rt = Arc::new(Runtime::new().await);
     load_asking(&rt, &web, "").await;
     let url = web.url("http", "/bytes/3");
-    let call = get_later(&rt, url.clone());
-    let asked = pending(&rt, 1).await;
-    decide(&rt, &asked[0].id, Verdict::Always);
-    assert_eq!(call.await.unwrap()["status"], 200);
+    let (asked, answer) = ask_and_decide(&rt, &url, Verdict::Always).await;
+    assert_eq!(answer["status"], 200);
+    let asked = [asked];
     // No asking now: the grant stands.
     let answer = rt.call("fetch", "get", json!({ "url": url })).await;
     assert_eq!(answer["status"], 200, "{answer}");
@@ -229,10 +236,8 @@ async fn always_grants_the_resource_until_revoked() {
     assert!(granted.details.contains(&asked[0].id), "{granted:?}");
 
     rt.caps.revoke(grant.capability.id).await.unwrap();
-    let call = get_later(&rt, url);
-    let asked = pending(&rt, 1).await;
-    decide(&rt, &asked[0].id, Verdict::Deny);
-    assert!(call.await.unwrap()["error"].is_string());
+    let (_, answer) = ask_and_decide(&rt, &url, Verdict::Deny).await;
+    assert!(answer["error"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,19 @@ use serde_json::Value;
 
 use common::{CAPSID, Home, until};
 
+/// `capsid <args>` on `home`, started with its stdio piped.
+fn capsid(home: &Home, args: &[&str]) -> std::process::Child {
+    Command::new(CAPSID)
+        .arg("--home")
+        .arg(&home.path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Reads `from` until what was read contains `needle` (a prompt ends without a newline).
 fn read_until(from: &mut impl Read, needle: &str) -> String {
     let mut seen = Vec::new();
@@ -40,14 +53,7 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     home.ok(&["capsule", "install", fetch.to_str().unwrap()]);
 
     let input = format!(r#"{{"url":"{}"}}"#, web.url("http", "/bytes/5"));
-    let call = Command::new(CAPSID)
-        .arg("--home")
-        .arg(&home.path)
-        .args(["call", "fetch", "get", "--input", &input])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let call = capsid(&home, &["call", "fetch", "get", "--input", &input]);
     let mut waiting = Value::Null;
     until("the request is listed", || {
         waiting = home.json(&["approve", "ls"]);
@@ -85,23 +91,8 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     assert!(tail.contains("approval.decided"), "{tail}");
 
     // `approve watch` prompts as requests come, and decides what is typed.
-    let mut watch = Command::new(CAPSID)
-        .arg("--home")
-        .arg(&home.path)
-        .args(["approve", "watch"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let call = Command::new(CAPSID)
-        .arg("--home")
-        .arg(&home.path)
-        .args(["call", "fetch", "get", "--input", &input])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut watch = capsid(&home, &["approve", "watch"]);
+    let call = capsid(&home, &["call", "fetch", "get", "--input", &input]);
     until("the second request is listed", || {
         home.json(&["approve", "ls"])
             .as_array()
