@@ -303,13 +303,22 @@ impl CapabilityStore {
     /// Every capability of `principal`, verified, with its revocation state.
     pub async fn list(&self, principal: &Principal) -> Result<Vec<Grant>, CapabilityError> {
         let mut out = Vec::new();
+        // One scan for the few grants a person made, rather than a read per grant.
+        let approved: HashSet<Vec<u8>> = list_all(self.kv.as_ref(), &[TAG, APPROVED])
+            .await?
+            .into_iter()
+            .collect();
         for cap in self.load(principal).await? {
             let revoked = self.is_revoked(&cap.id);
-            let approval = self
-                .kv
-                .get(&key(APPROVED, &cap.id))
-                .await?
-                .map(|a| String::from_utf8_lossy(&a).into_owned());
+            let marker = key(APPROVED, &cap.id);
+            let approval = if approved.contains(&marker) {
+                self.kv
+                    .get(&marker)
+                    .await?
+                    .map(|a| String::from_utf8_lossy(&a).into_owned())
+            } else {
+                None
+            };
             out.push(Grant {
                 capability: cap,
                 revoked,
