@@ -247,6 +247,7 @@ impl Runtime {
                 http: Arc::new(http),
                 approvals: Arc::new(capsid_capsule::Approvals::new(
                     std::time::Duration::from_secs(10),
+                    capsid_storage::RefusalStore::new(kv.clone()),
                 )),
             },
         )

@@ -474,3 +474,73 @@ async fn kernel_decisions_are_recorded_and_an_always_outlives_a_restart() {
     assert!(pending_call.await.unwrap()["error"].is_string());
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_refusal_denies_without_asking_until_forgotten_and_outlives_a_restart() {
+    let web = WebServer::start().await;
+    let home = PrivateHome::new();
+    asking_fetch(&home.path().join("capsules"), &web, "");
+    let boot = || async {
+        Arc::new(
+            capsid_kernel::Kernel::builder()
+                .home(home.path())
+                .config(capsid_kernel::KernelConfig {
+                    dev: true,
+                    hot_reload: false,
+                    ..capsid_kernel::KernelConfig::default()
+                })
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("boot: {e}")),
+        )
+    };
+    let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
+    let get = |kernel: Arc<capsid_kernel::Kernel>, input: String| {
+        tokio::spawn(async move {
+            let out = kernel.call_tool(&id("fetch"), "get", &input).await.unwrap();
+            serde_json::from_str::<Value>(&out).unwrap()
+        })
+    };
+    let kernel = boot().await;
+    let call = get(kernel.clone(), input.clone());
+    let asked = loop {
+        if let Some(a) = kernel.approvals().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    kernel
+        .decide_approval(&asked.id, Verdict::DenyAlways, kernel.principal())
+        .await
+        .unwrap();
+    assert!(call.await.unwrap()["error"].is_string());
+    let refusals = kernel.refusals().await.unwrap();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].resource, asked.resource);
+    kernel.shutdown().await;
+    drop(kernel);
+
+    // Refused standing, after a restart too: denied at once, nobody asked.
+    let kernel = boot().await;
+    let answer = get(kernel.clone(), input.clone()).await.unwrap();
+    assert!(answer["error"].is_string(), "{answer}");
+    assert!(kernel.approvals().is_empty());
+    assert!(web.seen.paths().is_empty());
+
+    // Forgotten: it asks again.
+    kernel.forget_refusal(&asked.id).await.unwrap();
+    assert!(kernel.forget_refusal(&asked.id).await.is_err());
+    let call = get(kernel.clone(), input);
+    let asked = loop {
+        if let Some(a) = kernel.approvals().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    kernel
+        .decide_approval(&asked.id, Verdict::Once, kernel.principal())
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap()["status"], 200);
+    kernel.shutdown().await;
+}

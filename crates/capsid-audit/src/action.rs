@@ -129,3 +129,5 @@ pub const APPROVAL_DECIDED: &str = "approval.decided";
 pub const APPROVAL_EXPIRED: &str = "approval.expired";
 /// Approval requests refused at once because too many were waiting (one entry per burst).
 pub const APPROVAL_REFUSED: &str = "approval.refused";
+/// The operator removed a standing refusal (a `deny-always`): the capsule may ask again.
+pub const APPROVAL_REFUSAL_FORGET: &str = "approval.refusal.forget";

@@ -16,6 +16,7 @@ use capsid_capabilities::Permissions;
 use capsid_core::limits::MAX_PENDING_APPROVALS;
 use capsid_core::sync::lock;
 use capsid_core::{CapsuleId, Principal};
+use capsid_storage::{KvError, RefusalStore, StandingRefusal};
 use tokio::sync::oneshot;
 
 /// One call waiting for a person.
@@ -50,6 +51,9 @@ pub enum Verdict {
     Always,
     /// Refuse it.
     Deny,
+    /// Refuse it, and the capsule's later requests for the same resource and permission
+    /// without asking (a standing refusal, until the operator removes it).
+    DenyAlways,
 }
 
 impl Verdict {
@@ -59,6 +63,7 @@ impl Verdict {
             Self::Once => "once",
             Self::Always => "always",
             Self::Deny => "deny",
+            Self::DenyAlways => "deny-always",
         }
     }
 }
@@ -69,6 +74,9 @@ pub enum ApprovalError {
     /// No such request is pending: never made, decided already, timed out, or withdrawn.
     #[error("no approval request {0} is pending (decided, expired or never made)")]
     NotPending(String),
+    /// No such standing refusal.
+    #[error("no standing refusal {0} (see `capsid approve refusals`)")]
+    NoSuchRefusal(String),
 }
 
 /// How waiting for a decision ended.
@@ -89,8 +97,7 @@ struct Pending {
     visible: bool,
 }
 
-/// The approval requests pending on one runtime.
-#[derive(Default)]
+/// The approval requests pending on one runtime, and the standing refusals.
 pub struct Approvals {
     pending: Mutex<BTreeMap<String, Pending>>,
     /// Principals whose last request was refused for being one too many: a burst is
@@ -99,6 +106,10 @@ pub struct Approvals {
     /// Capsules being unloaded or failed: they may not ask until loaded again.
     closed: Mutex<std::collections::HashSet<CapsuleId>>,
     timeout: Mutex<Duration>,
+    /// Where standing refusals are kept.
+    refusal_store: RefusalStore,
+    /// The standing refusals, read on first use.
+    refusals: tokio::sync::RwLock<Option<Vec<StandingRefusal>>>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -161,12 +172,60 @@ pub(crate) enum Refused {
 }
 
 impl Approvals {
-    /// No request pending; undecided requests are denied after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
+    /// No request pending; undecided requests are denied after `timeout`; standing
+    /// refusals (`deny-always`) kept in `refusals`.
+    pub fn new(timeout: Duration, refusals: RefusalStore) -> Self {
         Self {
+            pending: Mutex::default(),
+            refusing: Mutex::default(),
+            closed: Mutex::default(),
             timeout: Mutex::new(timeout),
-            ..Self::default()
+            refusal_store: refusals,
+            refusals: tokio::sync::RwLock::default(),
         }
+    }
+
+    /// The standing refusals.
+    pub async fn refusals(&self) -> Result<Vec<StandingRefusal>, KvError> {
+        if let Some(cached) = self.refusals.read().await.as_ref() {
+            return Ok(cached.clone());
+        }
+        let mut cache = self.refusals.write().await;
+        let all = self.refusal_store.list().await?;
+        *cache = Some(all.clone());
+        Ok(all)
+    }
+
+    /// Keeps `refusal` (the kernel stores it when a person decides `deny-always`).
+    pub async fn refuse_always(&self, refusal: StandingRefusal) -> Result<(), KvError> {
+        let mut cache = self.refusals.write().await;
+        self.refusal_store.add(&refusal).await?;
+        *cache = None;
+        Ok(())
+    }
+
+    /// Removes standing refusal `id`; false when there is none.
+    pub async fn forget_refusal(&self, id: &str) -> Result<bool, KvError> {
+        let mut cache = self.refusals.write().await;
+        let removed = self.refusal_store.remove(id).await?;
+        *cache = None;
+        Ok(removed)
+    }
+
+    /// The standing refusal covering `request`'s principal, capsule, resource and
+    /// permission, if any. An unreadable store refuses everything (fails closed).
+    pub(crate) async fn refused(&self, request: &ApprovalRequest) -> Option<String> {
+        let Ok(all) = self.refusals().await else {
+            return Some("the standing refusals could not be read".into());
+        };
+        all.into_iter()
+            .find(|r| {
+                r.principal == request.principal.to_string()
+                    && r.capsule == request.capsule.as_str()
+                    && r.resource == request.resource
+                    && r.permission == request.permission.to_string()
+            })
+            .map(|r| r.id)
     }
 
     /// How long a request waits for a decision.
@@ -303,6 +362,10 @@ impl Approvals {
 mod tests {
     use super::*;
 
+    fn store() -> RefusalStore {
+        RefusalStore::new(std::sync::Arc::new(capsid_storage::MemoryKvStore::new()))
+    }
+
     fn request(id: &str, principal: Principal) -> ApprovalRequest {
         ApprovalRequest {
             id: id.to_owned(),
@@ -319,7 +382,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_decision_wins_and_the_waiter_hears_it() {
-        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_secs(5)));
+        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_secs(5), store()));
         let Ok(waiting) = approvals.open(request("r1", Principal::System)) else {
             panic!("refused");
         };
@@ -348,7 +411,7 @@ mod tests {
 
     #[tokio::test]
     async fn undecided_requests_time_out_and_withdrawn_ones_end() {
-        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_millis(20)));
+        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_millis(20), store()));
         let Ok(waiting) = approvals.open(request("r1", Principal::System)) else {
             panic!("refused");
         };
@@ -382,7 +445,7 @@ mod tests {
 
     #[test]
     fn a_principal_may_have_only_so_many_waiting_and_a_burst_is_reported_once() {
-        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_secs(5)));
+        let approvals = std::sync::Arc::new(Approvals::new(Duration::from_secs(5), store()));
         let mut held = Vec::new();
         for i in 0..MAX_PENDING_APPROVALS {
             match approvals.open(request(&format!("r{i}"), Principal::System)) {

@@ -3,8 +3,8 @@
 use anyhow::{Result, bail};
 use capsid_protocol::Client;
 use capsid_protocol::methods::{
-    ApprovalDecide, ApprovalDecideParams, ApprovalDecision, ApprovalList, ApprovalShow,
-    ApprovalShowParams, ApprovalView,
+    ApprovalDecide, ApprovalDecideParams, ApprovalDecision, ApprovalForget, ApprovalForgetParams,
+    ApprovalList, ApprovalRefusals, ApprovalShow, ApprovalShowParams, ApprovalView,
 };
 
 use crate::output;
@@ -33,6 +33,31 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
             }
         }
         (Some(ApproveCommand::Watch), _) => watch(client).await?,
+        (Some(ApproveCommand::Refusals), _) => {
+            let all = client.ask::<ApprovalRefusals>().await?;
+            if as_json {
+                output::json(&all);
+            } else {
+                let rows: Vec<_> = all
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.capsule.clone(),
+                            r.permission.clone(),
+                            r.resource.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["id", "capsule", "permission", "resource"], &rows);
+            }
+        }
+        (Some(ApproveCommand::Forget { id }), _) => {
+            client
+                .call::<ApprovalForget>(&ApprovalForgetParams { id: id.clone() })
+                .await?;
+            println!("forgotten: {id}; the capsule may ask again");
+        }
         (Some(ApproveCommand::Show { id }), _) => {
             let a = client
                 .call::<ApprovalShow>(&ApprovalShowParams { id })
@@ -44,7 +69,8 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                 (true, false, false) => ApprovalDecision::Once,
                 (false, true, false) => ApprovalDecision::Always,
                 (false, false, true) => ApprovalDecision::Deny,
-                _ => bail!("say how to decide {id}: exactly one of --once, --always or --deny"),
+                (false, true, true) => ApprovalDecision::DenyAlways,
+                _ => bail!("say how to decide {id}: --once, --always, --deny, or --deny --always"),
             };
             let a = client
                 .call::<ApprovalDecide>(&ApprovalDecideParams { id, decision })
@@ -56,6 +82,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                     ApprovalDecision::Once => "allowed once",
                     ApprovalDecision::Always => "allowed from now on",
                     ApprovalDecision::Deny => "denied",
+                    ApprovalDecision::DenyAlways => "denied from now on",
                 };
                 println!("{word}: {} ({})", a.description, a.capsule);
             }

@@ -130,7 +130,8 @@ pub(crate) struct ApproveArgs {
     /// takes it back).
     #[arg(long)]
     pub(crate) always: bool,
-    /// Refuse it.
+    /// Refuse it (with `--always`: and the capsule's later requests for the same thing,
+    /// until `capsid approve forget <id>`).
     #[arg(long)]
     pub(crate) deny: bool,
 }
@@ -142,6 +143,13 @@ pub(crate) enum ApproveCommand {
     /// Prompts for each call as it comes to wait: once, always, deny or skip (until stdin
     /// ends).
     Watch,
+    /// The standing refusals (`--deny --always` decisions).
+    Refusals,
+    /// Removes a standing refusal: the capsule may ask again.
+    Forget {
+        /// The refusal's id (from `capsid approve refusals`).
+        id: String,
+    },
     /// One waiting call.
     Show {
         /// Its id.

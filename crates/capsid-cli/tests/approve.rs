@@ -69,7 +69,7 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     let undecided = home.run(&["approve", id]);
     assert!(!undecided.status.success());
     assert!(
-        String::from_utf8_lossy(&undecided.stderr).contains("--once, --always or --deny"),
+        String::from_utf8_lossy(&undecided.stderr).contains("say how to decide"),
         "{undecided:?}"
     );
     let decided = home.ok(&["approve", id, "--once"]);
@@ -122,5 +122,9 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
             .any(|g| g["pattern"] == resource.as_str() && g["approval"].is_string()),
         "{grants}"
     );
+    let refusals = home.json(&["approve", "refusals"]);
+    assert_eq!(refusals, serde_json::json!([]));
+    let unknown = home.run(&["approve", "forget", "no-such-refusal"]);
+    assert!(!unknown.status.success());
     home.ok(&["stop"]);
 }

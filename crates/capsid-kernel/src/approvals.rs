@@ -38,7 +38,8 @@ impl Kernel {
         by: Principal,
     ) -> Result<ApprovalRequest, KernelError> {
         self.open_recording()?;
-        let claimed = self.registry().services().approvals.claim(id)?;
+        let approvals = &self.registry().services().approvals;
+        let claimed = approvals.claim(id)?;
         let request = claimed.request.clone();
         let details = json!({
             "id": id,
@@ -50,6 +51,24 @@ impl Kernel {
         // Unanswered when the record fails: dropping the claim denies the call.
         self.note(action::APPROVAL_DECIDED, &request.resource, details)
             .await?;
+        if verdict == Verdict::DenyAlways {
+            let refusal = capsid_storage::StandingRefusal {
+                id: id.to_owned(),
+                principal: request.principal.to_string(),
+                capsule: request.capsule.to_string(),
+                resource: request.resource.clone(),
+                permission: request.permission.to_string(),
+                decided_by: by.to_string(),
+                decided_ms: now_ms(),
+            };
+            if let Err(e) = approvals.refuse_always(refusal).await {
+                // The call is still denied; only the "always" is lost, and said so.
+                let failed = json!({ "id": id, "error": e.to_string() });
+                let _ = self
+                    .note(action::OPERATOR_FAILED, &request.resource, failed)
+                    .await;
+            }
+        }
         if !claimed.answer(verdict) {
             // The call ended while the decision was being recorded: it changed nothing.
             let gone =
@@ -61,4 +80,38 @@ impl Kernel {
         }
         Ok(request)
     }
+}
+
+impl Kernel {
+    /// The standing refusals (`deny-always` decisions).
+    pub async fn refusals(&self) -> Result<Vec<capsid_storage::StandingRefusal>, KernelError> {
+        Ok(self.registry().services().approvals.refusals().await?)
+    }
+
+    /// Removes standing refusal `id` (recorded first): the capsule may ask again.
+    pub async fn forget_refusal(&self, id: &str) -> Result<(), KernelError> {
+        self.open_recording()?;
+        let approvals = &self.registry().services().approvals;
+        if !approvals.refusals().await?.iter().any(|r| r.id == id) {
+            return Err(capsid_capsule::ApprovalError::NoSuchRefusal(id.to_owned()).into());
+        }
+        self.record_then(
+            action::APPROVAL_REFUSAL_FORGET,
+            &format!("refusal://{id}"),
+            json!({}),
+            async {
+                approvals.forget_refusal(id).await?;
+                Ok(())
+            },
+        )
+        .await
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }

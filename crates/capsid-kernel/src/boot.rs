@@ -186,6 +186,7 @@ impl KernelBuilder {
             http: Arc::new(http),
             approvals: Arc::new(capsid_capsule::Approvals::new(
                 std::time::Duration::from_millis(config.approval_timeout_ms),
+                capsid_storage::RefusalStore::new(kv.clone()),
             )),
         };
         let registry = Registry::new(engine, services)?;

@@ -16,6 +16,7 @@ mod error;
 mod identity;
 mod kv;
 mod memory;
+mod refusal;
 mod scoped;
 mod surreal;
 
@@ -24,5 +25,6 @@ pub use error::{KvError, QuotaKind};
 pub use identity::{IdentityStore, Link, User};
 pub use kv::{BatchOp, KvStore, Page, check_key, check_value};
 pub use memory::MemoryKvStore;
+pub use refusal::{RefusalStore, StandingRefusal};
 pub use scoped::{Quota, ScopedKvStore};
 pub use surreal::{Durability, SurrealKvStore};

@@ -18,7 +18,7 @@ impl Host for HostState {
             Err(super::ask::AlreadyGranted) => Decision::AlreadyGranted,
             Ok(Verdict::Once) => Decision::Once,
             Ok(Verdict::Always) => Decision::Always,
-            Ok(Verdict::Deny) => Decision::Denied,
+            Ok(Verdict::Deny | Verdict::DenyAlways) => Decision::Denied,
         }
     }
 }

@@ -144,6 +144,11 @@ impl CapsuleContext {
             requested_ms: now,
             expires_ms: now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
         };
+        if let Some(refusal) = services.approvals.refused(&request).await {
+            let why = format!("a standing refusal ({refusal})");
+            self.record_refusal(op, resource, &why).await;
+            return Asked::Refused;
+        }
         let waiting = match services.approvals.open(request) {
             Ok(w) => w,
             Err(Refused::Closed) => return Asked::Refused,
@@ -220,7 +225,7 @@ impl CapsuleContext {
                     Err(()) => Asked::Refused,
                 }
             }
-            Outcome::Decided(Verdict::Deny) => {
+            Outcome::Decided(Verdict::Deny | Verdict::DenyAlways) => {
                 let why = format!("a person denied it (approval {id})");
                 self.record_refusal(op, resource, &why).await;
                 Asked::Refused

@@ -125,14 +125,24 @@ impl Drop for Completion {
 }
 
 /// A capsule's request body, counted, ending in `HTTP-request-body-size` past the cap.
+/// Dropped before its end (the exchange failed, or the server answered without reading it),
+/// it is kept open a moment longer, so the capsule still writing it reads the response or
+/// the real error rather than a closed stream.
 pub(crate) struct RequestBody {
-    inner: WasiBody,
+    inner: Option<WasiBody>,
     sent: Arc<BytesSent>,
+    ended: bool,
+    linger_until: Instant,
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: WasiBody, sent: Arc<BytesSent>) -> Self {
-        Self { inner, sent }
+    pub(crate) fn new(inner: WasiBody, sent: Arc<BytesSent>, linger_until: Instant) -> Self {
+        Self {
+            inner: Some(inner),
+            sent,
+            ended: false,
+            linger_until,
+        }
     }
 }
 
@@ -144,7 +154,13 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(inner).poll_frame(cx));
+        if frame.is_none() {
+            self.ended = true;
+        }
         if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
             let n = data.map_or(0, |d| d.len() as u64);
             let before = self.sent.bytes.load(Ordering::Relaxed);
@@ -160,11 +176,31 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if self.ended || self.sent.over.load(Ordering::Relaxed) {
+            return;
+        }
+        let until = self.linger_until;
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+                drop(inner);
+            });
+        }
     }
 }
 

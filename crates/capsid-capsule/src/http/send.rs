@@ -474,7 +474,8 @@ async fn exchange(
         .path_and_query(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
         .build()
         .map_err(|_| HttpError::HttpRequestUriInvalid)?;
-    let body = RequestBody::new(body, completion.sent());
+    let linger_until = (Instant::now() + HTTP_REFUSED_BODY_LINGER).min(first_byte_by);
+    let body = RequestBody::new(body, completion.sent(), linger_until);
     let request = http::Request::from_parts(parts, body);
     let mut conn = Box::pin(conn);
     let mut conn_done = false;

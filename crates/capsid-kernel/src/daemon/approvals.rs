@@ -2,10 +2,11 @@
 //! person. Decisions made here are the operator's (the kernel's principal).
 
 use capsid_capsule::{ApprovalRequest, Verdict};
-use capsid_protocol::WireError;
 use capsid_protocol::methods::{
-    ApprovalDecideParams, ApprovalDecision, ApprovalShowParams, ApprovalView,
+    ApprovalDecideParams, ApprovalDecision, ApprovalForgetParams, ApprovalShowParams, ApprovalView,
+    RefusalView,
 };
+use capsid_protocol::{Done, WireError};
 
 use super::server::Shared;
 use super::views::kernel_error;
@@ -46,6 +47,7 @@ pub(super) async fn decide(shared: &Shared, p: ApprovalDecideParams) -> Answer<A
         ApprovalDecision::Once => Verdict::Once,
         ApprovalDecision::Always => Verdict::Always,
         ApprovalDecision::Deny => Verdict::Deny,
+        ApprovalDecision::DenyAlways => Verdict::DenyAlways,
     };
     let kernel = &shared.kernel;
     kernel
@@ -53,4 +55,35 @@ pub(super) async fn decide(shared: &Shared, p: ApprovalDecideParams) -> Answer<A
         .await
         .map(view)
         .map_err(|e| kernel_error(&e))
+}
+
+/// `approval.refusals`.
+pub(super) async fn refusals(shared: &Shared) -> Answer<Vec<RefusalView>> {
+    let all = shared
+        .kernel
+        .refusals()
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(all
+        .into_iter()
+        .map(|r| RefusalView {
+            id: r.id,
+            principal: r.principal,
+            capsule: r.capsule,
+            resource: r.resource,
+            permission: r.permission,
+            decided_by: r.decided_by,
+            decided_ms: r.decided_ms,
+        })
+        .collect())
+}
+
+/// `approval.forget`.
+pub(super) async fn forget(shared: &Shared, p: ApprovalForgetParams) -> Answer<Done> {
+    shared
+        .kernel
+        .forget_refusal(&p.id)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(Done {})
 }

@@ -10,16 +10,16 @@ use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES}
 use capsid_core::{CapsuleId, Principal};
 use capsid_process::Stream;
 use capsid_protocol::methods::{
-    ApprovalDecide, ApprovalList, ApprovalShow, AuditEntry, AuditExport, AuditTail, AuditVerify,
-    CapGrant, CapList, CapRevoke, CapsuleDetail, CapsuleInstall, CapsuleList, CapsuleLoad,
-    CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow, CapsuleUnload,
-    CapsuleView, DaemonStop, Delivery, EventPublish, ExportParams, ExportResult, GrantListParams,
-    GrantParams, GrantView, Granted, Identities, IdentityLink, IdentityList, InstallParams,
-    InstallResult, LinkParams, LinkView, LogPage, LogParams, McpTokenCheck, McpTokenCreate,
-    McpTokenList, McpTokenRevoke, OutputStream, ProcessList, ProcessLogParams, ProcessLogs,
-    ProcessLogsFollow, ProcessOutput, ProcessView, PublishParams, RevokeParams, Status, Stopping,
-    TailParams, ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, UserView,
-    VerifyResult,
+    ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow, AuditEntry,
+    AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
+    CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
+    CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
+    ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
+    IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
+    LogParams, McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream,
+    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
+    PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
+    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -145,6 +145,12 @@ async fn answer(
         }
         MethodId::ApprovalDecide => {
             run::<ApprovalDecide, _>(request, |p| approvals::decide(s, p)).await
+        }
+        MethodId::ApprovalRefusals => {
+            run::<ApprovalRefusals, _>(request, |_| approvals::refusals(s)).await
+        }
+        MethodId::ApprovalForget => {
+            run::<ApprovalForget, _>(request, |p| approvals::forget(s, p)).await
         }
         MethodId::CapsuleLogsFollow => {
             let p = request.params::<CapsuleLogsFollow>()?;

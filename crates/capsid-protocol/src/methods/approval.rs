@@ -44,6 +44,9 @@ pub enum ApprovalDecision {
     Always,
     /// Refuse it.
     Deny,
+    /// Refuse it, and the capsule's later requests for the same resource and permission
+    /// without asking, until `approval.forget` removes the refusal.
+    DenyAlways,
 }
 
 /// `approval.decide` params.
@@ -54,4 +57,31 @@ pub struct ApprovalDecideParams {
     pub id: String,
     /// The decision.
     pub decision: ApprovalDecision,
+}
+
+/// A standing refusal (a `deny-always` decision).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalView {
+    /// Its id (the request it was decided on): what `approval.forget` takes.
+    pub id: String,
+    /// Whose calls it refuses.
+    pub principal: String,
+    /// The capsule it refuses.
+    pub capsule: String,
+    /// The resource it refuses.
+    pub resource: String,
+    /// The permission it refuses.
+    pub permission: String,
+    /// Who decided it.
+    pub decided_by: String,
+    /// When, ms since the Unix epoch.
+    pub decided_ms: i64,
+}
+
+/// `approval.forget` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalForgetParams {
+    /// The refusal's id.
+    pub id: String,
 }

@@ -191,6 +191,12 @@ methods! {
     /// Decides a waiting call (recorded, naming who decided, before the call hears it).
     ApprovalDecide = "approval.decide" (ApprovalDecideParams) -> ApprovalView
         { read_only: false, inline: false, streaming: false }
+    /// The standing refusals (`deny-always` decisions).
+    ApprovalRefusals = "approval.refusals" (NoParams) -> Vec<RefusalView>
+        { read_only: true, inline: false, streaming: false }
+    /// Removes a standing refusal (recorded): the capsule may ask again.
+    ApprovalForget = "approval.forget" (ApprovalForgetParams) -> Done
+        { read_only: false, inline: false, streaming: false }
     /// Stops the daemon: it drains requests in flight and unloads every capsule.
     DaemonStop = "daemon.stop" (NoParams) -> Stopping
         { read_only: true, inline: false, streaming: false }
