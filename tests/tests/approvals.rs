@@ -503,12 +503,7 @@ async fn a_standing_refusal_denies_without_asking_until_forgotten_and_outlives_a
     };
     let kernel = boot().await;
     let call = get(kernel.clone(), input.clone());
-    let asked = loop {
-        if let Some(a) = kernel.approvals().into_iter().next() {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let asked = first_waiting(&kernel).await;
     kernel
         .decide_approval(&asked.id, Verdict::DenyAlways, kernel.principal())
         .await
@@ -526,21 +521,36 @@ async fn a_standing_refusal_denies_without_asking_until_forgotten_and_outlives_a
     assert!(answer["error"].is_string(), "{answer}");
     assert!(kernel.approvals().is_empty());
     assert!(web.seen.paths().is_empty());
+    // Asking for more than was refused is refused too, unasked.
+    let wider = json!({ "uri": asked.resource, "permission": "read,exec", "reason": "again" });
+    let out = kernel
+        .call_tool(&id("fetch"), "ask", &wider.to_string())
+        .await
+        .unwrap();
+    assert!(out.contains("denied"), "{out}");
+    assert!(kernel.approvals().is_empty());
 
     // Forgotten: it asks again.
     kernel.forget_refusal(&asked.id).await.unwrap();
     assert!(kernel.forget_refusal(&asked.id).await.is_err());
     let call = get(kernel.clone(), input);
-    let asked = loop {
-        if let Some(a) = kernel.approvals().into_iter().next() {
-            break a;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let asked = first_waiting(&kernel).await;
     kernel
         .decide_approval(&asked.id, Verdict::Once, kernel.principal())
         .await
         .unwrap();
     assert_eq!(call.await.unwrap()["status"], 200);
     kernel.shutdown().await;
+}
+
+/// The first request waiting on `kernel`, within 10 s.
+async fn first_waiting(kernel: &capsid_kernel::Kernel) -> ApprovalRequest {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(a) = kernel.approvals().into_iter().next() {
+            return a;
+        }
+        assert!(Instant::now() < until, "nothing asked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -120,6 +120,22 @@ impl std::fmt::Debug for Approvals {
     }
 }
 
+/// Whether standing `refusal` covers `request`: same principal, capsule and resource, and a
+/// permission in common (asking for `read,exec` where `exec` was refused is refused too).
+fn covers(refusal: &StandingRefusal, request: &ApprovalRequest) -> bool {
+    // A permission that no longer parses refuses everything (fails closed).
+    let every = Permissions::READ
+        .union(Permissions::WRITE)
+        .union(Permissions::EXEC)
+        .union(Permissions::PUBLISH)
+        .union(Permissions::SUBSCRIBE);
+    let refused = refusal.permission.parse::<Permissions>().unwrap_or(every);
+    refusal.principal == request.principal.to_string()
+        && refusal.capsule == request.capsule.as_str()
+        && refusal.resource == request.resource
+        && refused.bits() & request.permission.bits() != 0
+}
+
 /// A request taken out of the pending ones to be decided ([`Approvals::claim`]).
 #[derive(Debug)]
 pub struct Claimed {
@@ -204,6 +220,11 @@ impl Approvals {
         Ok(())
     }
 
+    /// Whether standing refusal `id` exists (read from the store, whatever else is there).
+    pub async fn has_refusal(&self, id: &str) -> Result<bool, KvError> {
+        self.refusal_store.exists(id).await
+    }
+
     /// Removes standing refusal `id`; false when there is none.
     pub async fn forget_refusal(&self, id: &str) -> Result<bool, KvError> {
         let mut cache = self.refusals.write().await;
@@ -218,14 +239,22 @@ impl Approvals {
         let Ok(all) = self.refusals().await else {
             return Some("the standing refusals could not be read".into());
         };
-        all.into_iter()
-            .find(|r| {
-                r.principal == request.principal.to_string()
-                    && r.capsule == request.capsule.as_str()
-                    && r.resource == request.resource
-                    && r.permission == request.permission.to_string()
-            })
-            .map(|r| r.id)
+        all.into_iter().find(|r| covers(r, request)).map(|r| r.id)
+    }
+
+    /// Denies every pending request `refusal` covers (a `deny-always` just made): nobody
+    /// is asked again about them.
+    pub fn deny_covered(&self, refusal: &StandingRefusal) {
+        let ids: Vec<String> = lock(&self.pending)
+            .values()
+            .filter(|p| p.visible && covers(refusal, &p.request))
+            .map(|p| p.request.id.clone())
+            .collect();
+        for id in ids {
+            if let Ok(claimed) = self.claim(&id) {
+                claimed.answer(Verdict::Deny);
+            }
+        }
     }
 
     /// How long a request waits for a decision.

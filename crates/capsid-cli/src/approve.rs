@@ -147,14 +147,14 @@ async fn watch(client: &mut Client) -> Result<()> {
     }
 }
 
-/// stdin's lines as they are typed; the channel closes when stdin ends.
+/// stdin's lines as they are typed; the channel closes when stdin ends. Read on a thread of
+/// its own: a read in progress must not hold up the exit when `watch` ends on an error.
 fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
-    use tokio::io::AsyncBufReadExt;
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            if tx.send(line).await.is_err() {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
                 break;
             }
         }

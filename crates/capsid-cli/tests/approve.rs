@@ -110,6 +110,7 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     let answer = String::from_utf8_lossy(&out.stdout);
     assert!(answer.contains("200"), "{answer}");
     assert!(shown.contains("answer o, a, d or s"), "{shown}");
+    assert!(!shown.contains("not decided"), "{shown}");
     drop(stdin);
     let ended = watch.wait().unwrap();
     assert!(ended.success(), "the watch ends with its stdin");
@@ -125,6 +126,9 @@ async fn the_cli_lists_and_decides_what_a_capsule_asks_for() {
     let refusals = home.json(&["approve", "refusals"]);
     assert_eq!(refusals, serde_json::json!([]));
     let unknown = home.run(&["approve", "forget", "no-such-refusal"]);
-    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no standing refusal"),
+        "{unknown:?}"
+    );
     home.ok(&["stop"]);
 }

@@ -61,13 +61,17 @@ impl Kernel {
                 decided_by: by.to_string(),
                 decided_ms: now_ms(),
             };
-            if let Err(e) = approvals.refuse_always(refusal).await {
-                // The call is still denied; only the "always" is lost, and said so.
+            if let Err(e) = approvals.refuse_always(refusal.clone()).await {
+                // The call is still denied; the "always" is lost, and the operator told.
+                claimed.answer(Verdict::Deny);
                 let failed = json!({ "id": id, "error": e.to_string() });
                 let _ = self
                     .note(action::OPERATOR_FAILED, &request.resource, failed)
                     .await;
+                return Err(e.into());
             }
+            // What else waits for the same thing is refused with it, unasked.
+            approvals.deny_covered(&refusal);
         }
         if !claimed.answer(verdict) {
             // The call ended while the decision was being recorded: it changed nothing.
@@ -92,7 +96,7 @@ impl Kernel {
     pub async fn forget_refusal(&self, id: &str) -> Result<(), KernelError> {
         self.open_recording()?;
         let approvals = &self.registry().services().approvals;
-        if !approvals.refusals().await?.iter().any(|r| r.id == id) {
+        if !approvals.has_refusal(id).await? {
             return Err(capsid_capsule::ApprovalError::NoSuchRefusal(id.to_owned()).into());
         }
         self.record_then(

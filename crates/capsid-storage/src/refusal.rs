@@ -68,9 +68,27 @@ impl RefusalStore {
         Ok(true)
     }
 
-    /// Every standing refusal.
+    /// Whether refusal `id` exists.
+    pub async fn exists(&self, id: &str) -> Result<bool, KvError> {
+        self.kv.exists(&refusal_key(id)).await
+    }
+
+    /// Every standing refusal that reads. A record that does not decode is left out and
+    /// logged (the operator can still `remove` it by id), so one bad record cannot block
+    /// every request.
     pub async fn list(&self) -> Result<Vec<StandingRefusal>, KvError> {
-        json_records(self.kv.as_ref(), &[REFUSAL_TAG, REFUSAL]).await
+        let raw: Vec<serde_json::Value> =
+            json_records(self.kv.as_ref(), &[REFUSAL_TAG, REFUSAL]).await?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|v| match serde_json::from_value(v) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a standing refusal record does not read");
+                    None
+                }
+            })
+            .collect())
     }
 }
 

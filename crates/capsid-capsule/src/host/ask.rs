@@ -185,6 +185,12 @@ impl CapsuleContext {
             return Asked::Refused;
         }
         waiting.reveal();
+        // A standing refusal made while this was being recorded covers it too.
+        if let Some(refusal) = services.approvals.refused(&waiting.request).await {
+            let why = format!("a standing refusal ({refusal})");
+            self.record_refusal(op, resource, &why).await;
+            return Asked::Refused;
+        }
         let mut event = details;
         event["capsule"] = self.name.to_string().into();
         event["resource"] = resource.into();

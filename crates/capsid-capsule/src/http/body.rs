@@ -191,7 +191,8 @@ impl Drop for RequestBody {
         let Some(inner) = self.inner.take() else {
             return;
         };
-        if self.ended || self.sent.over.load(Ordering::Relaxed) {
+        // Ended, cut at the cap, or known to hold nothing more: nothing to keep open.
+        if self.ended || self.sent.over.load(Ordering::Relaxed) || inner.is_end_stream() {
             return;
         }
         let until = self.linger_until;
