@@ -6,9 +6,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use capsid_core::limits::{CAPABILITY_CLOCK_SKEW_MS, MAX_KV_LIST_LIMIT};
+use capsid_core::time::now_ms;
 use capsid_core::{CapsuleId, Principal};
 use capsid_crypto::{KeyId, KeyPair, PublicKey};
 use capsid_storage::{BatchOp, KvError, KvStore};
@@ -130,14 +130,6 @@ fn principal_prefix(p: &Principal) -> Vec<u8> {
     k.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
     k.extend_from_slice(text.as_bytes());
     k
-}
-
-/// Milliseconds since the Unix epoch.
-pub(crate) fn now_ms() -> i64 {
-    let since = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn expired(cap: &Capability, now: i64) -> bool {

@@ -163,9 +163,7 @@ fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
 }
 
 fn seconds_left(a: &ApprovalView) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let now = capsid_core::time::now_ms();
     format!("{}s", (a.expires_ms - now).max(0) / 1000)
 }
 

@@ -59,7 +59,7 @@ impl Kernel {
                 resource: request.resource.clone(),
                 permission: request.permission.to_string(),
                 decided_by: by.to_string(),
-                decided_ms: now_ms(),
+                decided_ms: capsid_core::time::now_ms(),
             };
             if let Err(e) = approvals.refuse_always(refusal.clone()).await {
                 // The call is still denied; the "always" is lost, and the operator told.
@@ -110,12 +110,4 @@ impl Kernel {
         )
         .await
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }

@@ -122,7 +122,7 @@ impl CapsuleContext {
             self.record_refusal(op, resource, why).await;
             return Asked::Refused;
         };
-        let now = now_ms();
+        let now = capsid_core::time::now_ms();
         let timeout = services.approvals.timeout();
         let description = match note {
             None => format!("{op}: {permission} {}", audit_text(resource)),
@@ -283,12 +283,4 @@ impl CapsuleContext {
             .map_err(|_| ())?;
         store.persist_approved(&cap, approval).await.map_err(|_| ())
     }
-}
-
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
