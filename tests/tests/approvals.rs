@@ -164,6 +164,28 @@ async fn a_file_write_waits_for_its_approval_past_the_call_deadline() {
         .find(|e| e.capsule == "notes" && e.action == "fs.write" && e.decision == "allow")
         .expect("the write is recorded");
     assert!(write.details.contains(&file.id), "{write:?}");
+    // The person saw how much it writes, and the digest covers what: other bytes to the
+    // same file are another request, with another digest.
+    assert!(file.description.contains("bytes, blake3 "), "{file:?}");
+    let other = {
+        let rt = rt.clone();
+        tokio::spawn(async move {
+            rt.registry
+                .call_tool(&id("notes"), "add", r#"{"name":"todo","text":"eggs"}"#)
+                .await
+        })
+    };
+    let again = loop {
+        let a = pending(&rt, 1).await.remove(0);
+        if a.resource == file.resource {
+            break a;
+        }
+        decide(&rt, &a.id, Verdict::Once);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_ne!(again.digest, file.digest, "another write, another digest");
+    decide(&rt, &again.id, Verdict::Deny);
+    assert!(other.await.unwrap().is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,4 +575,124 @@ async fn first_waiting(kernel: &capsid_kernel::Kernel) -> ApprovalRequest {
         assert!(Instant::now() < until, "nothing asked");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // One story: a session's grant, its end, a restart.
+async fn a_session_approval_lasts_while_the_callers_session_does_and_not_past_a_restart() {
+    let web = WebServer::start().await;
+    let home = PrivateHome::new();
+    asking_fetch(&home.path().join("capsules"), &web, "");
+    let boot = || async {
+        Arc::new(
+            capsid_kernel::Kernel::builder()
+                .home(home.path())
+                .config(capsid_kernel::KernelConfig {
+                    dev: true,
+                    hot_reload: false,
+                    ..capsid_kernel::KernelConfig::default()
+                })
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("boot: {e}")),
+        )
+    };
+    let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
+    let get = |kernel: Arc<capsid_kernel::Kernel>| {
+        let input = input.clone();
+        tokio::spawn(async move {
+            let out = kernel.call_tool(&id("fetch"), "get", &input).await.unwrap();
+            serde_json::from_str::<Value>(&out).unwrap()
+        })
+    };
+    let session_grants = |kernel: Arc<capsid_kernel::Kernel>| async move {
+        kernel
+            .capabilities()
+            .list(&kernel.principal())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|g| g.capability.session.is_some())
+            .count()
+    };
+    let kernel = boot().await;
+    let hold = kernel.hold_session(kernel.principal());
+    let call = get(kernel.clone());
+    let asked = first_waiting(&kernel).await;
+    assert_eq!(asked.session, Some(hold.id()));
+    assert_eq!(asked.caller, Some(kernel.principal()));
+    // Someone else may not decide what the operator's call asked: not pending, for them.
+    let stranger = capsid_core::Principal::User(capsid_core::PrincipalId::new());
+    assert!(
+        kernel
+            .decide_approval(&asked.id, Verdict::Once, stranger)
+            .await
+            .is_err()
+    );
+    kernel
+        .decide_approval(&asked.id, Verdict::Session, kernel.principal())
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap()["status"], 200);
+    // Within the session, the token answers: nobody is asked.
+    let answer = get(kernel.clone()).await.unwrap();
+    assert_eq!(answer["status"], 200, "{answer}");
+    assert_eq!(session_grants(kernel.clone()).await, 1);
+
+    // Another connection of the same principal keeps it; the last one closing ends it.
+    let second = kernel.hold_session(kernel.principal());
+    drop(hold);
+    assert_eq!(get(kernel.clone()).await.unwrap()["status"], 200);
+    drop(second);
+    let call = get(kernel.clone());
+    let asked = first_waiting(&kernel).await;
+    assert_eq!(asked.session, None, "no session: the call came from none");
+    let refused = kernel
+        .decide_approval(&asked.id, Verdict::Session, kernel.principal())
+        .await;
+    assert!(refused.is_err(), "session without a session");
+    kernel
+        .decide_approval(&asked.id, Verdict::Deny, kernel.principal())
+        .await
+        .unwrap();
+    assert!(call.await.unwrap()["error"].is_string());
+    let ended = || {
+        capsid_audit::tail(kernel.audit().path(), 1000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == "approval.session.ended")
+            .count()
+    };
+    for _ in 0..200 {
+        if ended() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(ended(), 1, "the session's end is recorded with its grant");
+    assert_eq!(session_grants(kernel.clone()).await, 0);
+
+    // A session grant left by a run that ended (or was killed) is not honoured and is
+    // removed at the next boot.
+    let _hold = kernel.hold_session(kernel.principal());
+    let call = get(kernel.clone());
+    let asked = first_waiting(&kernel).await;
+    kernel
+        .decide_approval(&asked.id, Verdict::Session, kernel.principal())
+        .await
+        .unwrap();
+    assert_eq!(call.await.unwrap()["status"], 200);
+    kernel.shutdown().await;
+    drop(kernel);
+    let kernel = boot().await;
+    assert_eq!(session_grants(kernel.clone()).await, 0);
+    let _hold = kernel.hold_session(kernel.principal());
+    let call = get(kernel.clone());
+    let asked = first_waiting(&kernel).await;
+    kernel
+        .decide_approval(&asked.id, Verdict::Deny, kernel.principal())
+        .await
+        .unwrap();
+    assert!(call.await.unwrap()["error"].is_string());
+    kernel.shutdown().await;
 }

@@ -123,7 +123,8 @@ pub const HTTP_RESPONSE: &str = "http.response";
 /// A call was parked for a person's approval (a check on a resource the capsule may `ask`
 /// for, or `approval.request`): the request's id, resource, description and argument digest.
 pub const APPROVAL_REQUESTED: &str = "approval.requested";
-/// A person decided an approval request (who, and `once`, `always` or `deny`).
+/// A person decided an approval request (who, and `once`, `session`, `always`, `deny` or
+/// `deny-always`).
 pub const APPROVAL_DECIDED: &str = "approval.decided";
 /// An approval request ended without a decision (timed out, or its capsule went away): denied.
 pub const APPROVAL_EXPIRED: &str = "approval.expired";
@@ -131,3 +132,6 @@ pub const APPROVAL_EXPIRED: &str = "approval.expired";
 pub const APPROVAL_REFUSED: &str = "approval.refused";
 /// The operator removed a standing refusal (a `deny-always`): the capsule may ask again.
 pub const APPROVAL_REFUSAL_FORGET: &str = "approval.refusal.forget";
+/// A client session ended (its principal's last connection closed, or a restart found it
+/// over) and the grants approved for it were removed: the session and the grant ids.
+pub const APPROVAL_SESSION_ENDED: &str = "approval.session.ended";

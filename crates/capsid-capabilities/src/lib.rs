@@ -13,6 +13,8 @@
 //!   can match a pattern it is not literally under;
 //! - a token's signature is verified once, then its verdict is cached until it expires or is
 //!   revoked; a revocation takes effect for every check that starts after `revoke` returns;
+//! - a token bound to a session allows nothing once that session has ended, nor after a
+//!   restart (sessions live in memory only);
 //! - single-use tokens are spent with a compare-and-swap, so a replay under concurrency is
 //!   allowed exactly once.
 #![deny(missing_docs)]

@@ -1,7 +1,8 @@
 //! The capability store: grants persisted in KV, a global revocation set, and `check`.
 //!
 //! KV key space `0x03`: `t·id` token bytes, `p·len·principal·id` index by principal,
-//! `r·id` revoked, `s·id` spent (single use).
+//! `r·id` revoked, `s·id` spent (single use), `a·id` the approval a person made it by,
+//! `S·session·id` the grants bound to a session (value: the holder's principal).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use capsid_core::limits::{CAPABILITY_CLOCK_SKEW_MS, MAX_KV_LIST_LIMIT};
 use capsid_core::time::now_ms;
-use capsid_core::{CapsuleId, Principal};
+use capsid_core::{CapsuleId, ClientSessionId, Principal};
 use capsid_crypto::{KeyId, KeyPair, PublicKey};
 use capsid_storage::{BatchOp, KvError, KvStore};
 use uuid::Uuid;
@@ -25,6 +26,7 @@ const BY_PRINCIPAL: u8 = b'p';
 const REVOKED: u8 = b'r';
 const SPENT: u8 = b's';
 const APPROVED: u8 = b'a';
+const BY_SESSION: u8 = b'S';
 
 /// Who is asking: a principal, acting through a capsule or directly.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -113,6 +115,9 @@ pub struct CapabilityStore {
     /// Verified, unexpired, unrevoked capabilities per principal, loaded on first check.
     verified: RwLock<HashMap<Principal, Arc<Vec<Capability>>>>,
     revoked: RwLock<HashSet<CapabilityId>>,
+    /// Sessions whose grants are honoured: begun and not ended, in this process. A grant
+    /// bound to any other session allows nothing (after a crash, none is live).
+    live_sessions: RwLock<HashSet<ClientSessionId>>,
     /// Grants made so far; a load that saw it change does not fill the cache.
     grants: AtomicU64,
 }
@@ -129,6 +134,13 @@ fn principal_prefix(p: &Principal) -> Vec<u8> {
     // Principal texts are short ("system" or "user:<uuid>"), well under 255 bytes.
     k.push(u8::try_from(text.len()).unwrap_or(u8::MAX));
     k.extend_from_slice(text.as_bytes());
+    k
+}
+
+fn session_key(session: ClientSessionId, id: &CapabilityId) -> Vec<u8> {
+    let mut k = vec![TAG, BY_SESSION];
+    k.extend_from_slice(session.as_uuid().as_bytes());
+    k.extend_from_slice(id.0.as_bytes());
     k
 }
 
@@ -164,6 +176,7 @@ impl CapabilityStore {
             issuers,
             verified: RwLock::default(),
             revoked: RwLock::new(revoked),
+            live_sessions: RwLock::default(),
             grants: AtomicU64::new(0),
         })
     }
@@ -221,6 +234,7 @@ impl CapabilityStore {
             expires_at,
             single_use,
             issuer: self.key.key_id(),
+            session: None,
         })
     }
 
@@ -248,6 +262,9 @@ impl CapabilityStore {
         if cap.issuer != self.key.key_id() {
             return Err(CapabilityError::InvalidGrant("issued by another key"));
         }
+        if cap.session.is_some_and(|s| !self.session_live(s)) {
+            return Err(CapabilityError::InvalidGrant("its session has ended"));
+        }
         let mut index = principal_prefix(&cap.principal);
         index.extend_from_slice(cap.id.0.as_bytes());
         let mut ops = vec![
@@ -264,6 +281,12 @@ impl CapabilityStore {
             ops.push(BatchOp::Set {
                 key: key(APPROVED, &cap.id),
                 value: approval.as_bytes().to_vec(),
+            });
+        }
+        if let Some(session) = cap.session {
+            ops.push(BatchOp::Set {
+                key: session_key(session, &cap.id),
+                value: cap.principal.to_string().into_bytes(),
             });
         }
         self.kv.batch(&ops).await?;
@@ -481,18 +504,29 @@ impl CapabilityStore {
         };
         let now = now_ms();
         caps.iter()
-            .filter(|cap| {
-                cap.capsule
-                    .as_ref()
-                    .is_none_or(|c| Some(c) == subject.capsule.as_ref())
-                    && !cap.single_use
-                    && cap.permissions.contains(action)
-                    && !expired(cap, now)
-                    && cap.pattern.matches(&resource)
-                    && !self.is_revoked(&cap.id)
-            })
+            .filter(|cap| !cap.single_use && self.applies(cap, subject, action, &resource, now))
             .map(|cap| cap.pattern.clone())
             .collect()
+    }
+
+    /// Whether `cap` allows `subject` `action` on `resource` now (single use aside): its
+    /// capsule, permissions, pattern, expiry, revocation and session all agree.
+    fn applies(
+        &self,
+        cap: &Capability,
+        subject: &Subject,
+        action: Permissions,
+        resource: &Resource,
+        now: i64,
+    ) -> bool {
+        cap.capsule
+            .as_ref()
+            .is_none_or(|c| Some(c) == subject.capsule.as_ref())
+            && cap.permissions.contains(action)
+            && !expired(cap, now)
+            && cap.pattern.matches(resource)
+            && !self.is_revoked(&cap.id)
+            && cap.session.is_none_or(|s| self.session_live(s))
     }
 
     async fn decide(
@@ -517,15 +551,7 @@ impl CapabilityStore {
         let now = now_ms();
         let mut spent = false;
         for cap in caps.iter() {
-            let applies = cap
-                .capsule
-                .as_ref()
-                .is_none_or(|c| Some(c) == subject.capsule.as_ref())
-                && cap.permissions.contains(action)
-                && !expired(cap, now)
-                && cap.pattern.matches(&resource)
-                && !self.is_revoked(&cap.id);
-            if !applies {
+            if !self.applies(cap, subject, action, &resource, now) {
                 continue;
             }
             if !cap.single_use {
@@ -557,6 +583,97 @@ impl CapabilityStore {
         } else {
             DenyReason::NoGrant
         }))
+    }
+
+    /// Honours grants bound to `session` from now on, until [`end_session`](Self::end_session).
+    pub fn begin_session(&self, session: ClientSessionId) {
+        if let Ok(mut live) = self.live_sessions.write() {
+            live.insert(session);
+        }
+    }
+
+    /// Whether grants bound to `session` are honoured. A poisoned lock fails closed.
+    pub fn session_live(&self, session: ClientSessionId) -> bool {
+        self.live_sessions
+            .read()
+            .is_ok_and(|live| live.contains(&session))
+    }
+
+    /// Closes `session`: its grants allow nothing from now on (they stay stored until
+    /// [`end_session`](Self::end_session) or [`forget_ended_sessions`](Self::forget_ended_sessions)).
+    pub fn close_session(&self, session: ClientSessionId) {
+        if let Ok(mut live) = self.live_sessions.write() {
+            live.remove(&session);
+        }
+    }
+
+    /// Ends `session`: [closes](Self::close_session) it, then removes its grants from the
+    /// store. Returns the ids removed.
+    pub async fn end_session(
+        &self,
+        session: ClientSessionId,
+    ) -> Result<Vec<CapabilityId>, CapabilityError> {
+        self.close_session(session);
+        let mut prefix = vec![TAG, BY_SESSION];
+        prefix.extend_from_slice(session.as_uuid().as_bytes());
+        self.forget_session_grants(&prefix).await
+    }
+
+    /// Removes the grants of every session not live now (kept from a run that ended, or
+    /// crashed, before its sessions did). Returns the ids removed.
+    pub async fn forget_ended_sessions(&self) -> Result<Vec<CapabilityId>, CapabilityError> {
+        self.forget_session_grants(&[TAG, BY_SESSION]).await
+    }
+
+    /// Removes the session grants indexed under `prefix` whose session is not live.
+    async fn forget_session_grants(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<CapabilityId>, CapabilityError> {
+        let mut removed = Vec::new();
+        for index in list_all(self.kv.as_ref(), prefix).await? {
+            let (Some(session), Some(id)) = (
+                index
+                    .get(2..18)
+                    .and_then(|b| Uuid::from_slice(b).ok())
+                    .map(ClientSessionId::from),
+                index
+                    .get(18..34)
+                    .and_then(|b| Uuid::from_slice(b).ok())
+                    .map(CapabilityId),
+            ) else {
+                continue;
+            };
+            if self.session_live(session) {
+                continue;
+            }
+            let holder = self.kv.get(&index).await?.unwrap_or_default();
+            let mut ops = vec![
+                BatchOp::Delete {
+                    key: key(TOKEN, &id),
+                },
+                BatchOp::Delete {
+                    key: key(APPROVED, &id),
+                },
+                BatchOp::Delete { key: index },
+            ];
+            let holder = String::from_utf8_lossy(&holder).parse::<Principal>().ok();
+            if let Some(holder) = holder {
+                let mut by_principal = principal_prefix(&holder);
+                by_principal.extend_from_slice(id.0.as_bytes());
+                ops.push(BatchOp::Delete { key: by_principal });
+            }
+            self.kv.batch(&ops).await?;
+            if let Ok(mut v) = self.verified.write() {
+                for caps in v.values_mut() {
+                    if caps.iter().any(|c| c.id == id) {
+                        *caps = Arc::new(caps.iter().filter(|c| c.id != id).cloned().collect());
+                    }
+                }
+            }
+            removed.push(id);
+        }
+        Ok(removed)
     }
 
     /// Marks a single-use capability spent; true for exactly one caller.
@@ -616,6 +733,7 @@ mod tests {
                 expires_at: Some(expires_at),
                 single_use: false,
                 issuer: signer.key_id(),
+                session: None,
             };
             let mut index = principal_prefix(&alice);
             index.extend_from_slice(cap.id.0.as_bytes());

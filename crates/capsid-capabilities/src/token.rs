@@ -6,13 +6,17 @@
 //! u32  permissions            i64 issued_at (unix ms)
 //! u8   has_expiry (0|1)       i64 expires_at (unix ms; present only if has_expiry)
 //! u8   single_use (0|1)       [32] issuer key id
+//! [16] session id             (version 2 only: a token that lives only as long as a session)
 //! [64] ed25519 signature over blake3_derive_key("capsid 2026-11 capability token v1", all of the above)
 //! ```
+//!
+//! A token bound to no session is written as version 1, so tokens issued before sessions
+//! existed keep their bytes; one bound to a session is version 2.
 //!
 //! Decoding is strict: unknown versions, flags other than 0 or 1, non-canonical patterns,
 //! trailing bytes and truncation are all refused.
 
-use capsid_core::{CapsuleId, Principal};
+use capsid_core::{CapsuleId, ClientSessionId, Principal};
 use capsid_crypto::{Digest, KeyId, KeyPair, PublicKey, Signature, domain, hash};
 use uuid::Uuid;
 
@@ -21,6 +25,7 @@ use crate::pattern::Pattern;
 
 const MAGIC: &[u8; 4] = b"CPCT";
 const VERSION: u8 = 1;
+const VERSION_SESSION: u8 = 2;
 
 /// A capability's id (UUID v7: time ordered).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -143,6 +148,8 @@ pub struct Capability {
     pub single_use: bool,
     /// The issuing key.
     pub issuer: KeyId,
+    /// The session it lives for, if it ends with one (an approval given `--session`).
+    pub session: Option<ClientSessionId>,
 }
 
 fn lp(out: &mut Vec<u8>, bytes: &[u8]) {
@@ -156,7 +163,11 @@ impl Capability {
     fn body(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(128 + self.pattern.as_str().len());
         out.extend_from_slice(MAGIC);
-        out.push(VERSION);
+        out.push(if self.session.is_some() {
+            VERSION_SESSION
+        } else {
+            VERSION
+        });
         out.extend_from_slice(self.id.0.as_bytes());
         lp(&mut out, self.principal.to_string().as_bytes());
         lp(
@@ -178,6 +189,9 @@ impl Capability {
         }
         out.push(u8::from(self.single_use));
         out.extend_from_slice(self.issuer.as_bytes());
+        if let Some(session) = self.session {
+            out.extend_from_slice(session.as_uuid().as_bytes());
+        }
         out
     }
 
@@ -199,7 +213,8 @@ impl Capability {
         if r.take(4)? != MAGIC {
             return Err(TokenError::Malformed("not a capability token"));
         }
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != VERSION_SESSION {
             return Err(TokenError::Malformed("unknown token version"));
         }
         let id = CapabilityId(
@@ -231,6 +246,11 @@ impl Capability {
             _ => return Err(TokenError::Malformed("bad single-use flag")),
         };
         let issuer = KeyId(r.array()?);
+        let session = if version == VERSION_SESSION {
+            Some(ClientSessionId::from(Uuid::from_bytes(r.array()?)))
+        } else {
+            None
+        };
         let signature = Signature(r.array()?);
         if r.at != bytes.len() {
             return Err(TokenError::Malformed("trailing bytes"));
@@ -245,6 +265,7 @@ impl Capability {
             expires_at,
             single_use,
             issuer,
+            session,
         };
         Ok((cap, signature))
     }

@@ -9,7 +9,7 @@ use capsid_capabilities::{
     AuditLogSink, Capability, CapabilityStore, Check, Decision, Denied, DenyReason, Permissions,
     RecordAllow, Subject, TokenError,
 };
-use capsid_core::{CapsuleId, Principal, PrincipalId, SessionId};
+use capsid_core::{CapsuleId, ClientSessionId, Principal, PrincipalId, SessionId};
 use capsid_crypto::KeyPair;
 use capsid_storage::{KvStore, MemoryKvStore};
 use proptest::prelude::*;
@@ -431,6 +431,7 @@ proptest! {
             expires_at: Some(2),
             single_use: false,
             issuer: key.key_id(),
+            session: (bit % 2 == 0).then(ClientSessionId::new),
         };
         let mut bytes = cap.sign(&key);
         let bit = bit % (bytes.len() * 8);
@@ -473,4 +474,98 @@ async fn showing_what_is_allowed_never_spends_a_single_use_grant() {
             .would_allow(&s, Permissions::EXEC, "tool://hello/greet")
             .await
     );
+}
+
+/// A session grant of `pattern` to alice through capsule `notes`, persisted.
+async fn session_grant(f: &Fx, session: ClientSessionId, pattern: &str) -> Capability {
+    let mut cap = f
+        .store
+        .issue(
+            f.alice,
+            Some(CapsuleId::new("notes").unwrap()),
+            pattern,
+            Permissions::WRITE,
+            None,
+            false,
+        )
+        .unwrap();
+    cap.session = Some(session);
+    f.store.persist(&cap).await.unwrap();
+    cap
+}
+
+#[tokio::test]
+async fn a_session_grant_allows_only_while_its_session_lives() {
+    let f = fx().await;
+    let s = via(f.alice, "notes");
+    let (mine, other) = (ClientSessionId::new(), ClientSessionId::new());
+    let mut unborn = f
+        .store
+        .issue(
+            f.alice,
+            None,
+            "kv://capsule/x",
+            Permissions::WRITE,
+            None,
+            false,
+        )
+        .unwrap();
+    unborn.session = Some(mine);
+    assert!(
+        f.store.persist(&unborn).await.is_err(),
+        "a grant for a session not begun is refused"
+    );
+    f.store.begin_session(mine);
+    f.store.begin_session(other);
+    let cap = session_grant(&f, mine, "kv://capsule/notes").await;
+    let kept = session_grant(&f, other, "kv://capsule/other").await;
+    let listed = f.store.list(&f.alice).await.unwrap();
+    assert!(
+        listed.iter().any(|g| g.capability == cap),
+        "listed with its session"
+    );
+    assert!(
+        f.store
+            .check(&s, Permissions::WRITE, "kv://capsule/notes")
+            .await
+            .is_allowed()
+    );
+    assert_eq!(f.store.end_session(mine).await.unwrap(), vec![cap.id]);
+    assert_eq!(
+        f.store
+            .check(&s, Permissions::WRITE, "kv://capsule/notes")
+            .await,
+        Decision::Deny(DenyReason::NoGrant)
+    );
+    assert!(
+        f.store
+            .list(&f.alice)
+            .await
+            .unwrap()
+            .iter()
+            .all(|g| g.capability.id != cap.id)
+    );
+    assert!(
+        f.store
+            .check(&s, Permissions::WRITE, "kv://capsule/other")
+            .await
+            .is_allowed(),
+        "another session's grant is untouched"
+    );
+    // A restart: sessions live in memory only, so nothing from before is honoured, and the
+    // leftovers are removed.
+    let reopened = CapabilityStore::open(f.kv.clone(), f.key.clone(), &[])
+        .await
+        .unwrap();
+    assert!(
+        !reopened
+            .check(&s, Permissions::WRITE, "kv://capsule/other")
+            .await
+            .is_allowed()
+    );
+    assert_eq!(
+        reopened.forget_ended_sessions().await.unwrap(),
+        vec![kept.id]
+    );
+    assert!(reopened.list(&f.alice).await.unwrap().is_empty());
 }

@@ -3,8 +3,9 @@
 //! A check that fails on a resource the capsule's manifest lists under `ask` does not deny:
 //! the call waits (its deadline suspended) while an [`ApprovalRequest`] is pending here,
 //! until someone [`decide`](Approvals::decide)s it or `approval_timeout_ms` passes (a
-//! denial). Decisions: `once` allows this one call; `always` grants the resource to the
-//! capsule as a stored, revocable capability; `deny` refuses. Exactly one decision wins per
+//! denial). Decisions: `once` allows this one call; `session` grants the resource to the
+//! capsule for as long as the caller's client session lasts; `always` grants it as a
+//! stored, revocable capability; `deny` refuses. Exactly one decision wins per
 //! request. The kernel records who decided before it decides; this module keeps only what
 //! is pending.
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use capsid_capabilities::Permissions;
 use capsid_core::limits::MAX_PENDING_APPROVALS;
 use capsid_core::sync::lock;
-use capsid_core::{CapsuleId, Principal};
+use capsid_core::{CapsuleId, ClientSessionId, Principal};
 use capsid_storage::{KvError, RefusalStore, StandingRefusal};
 use tokio::sync::oneshot;
 
@@ -40,6 +41,11 @@ pub struct ApprovalRequest {
     pub requested_ms: i64,
     /// When it is denied if nobody decides (unix ms).
     pub expires_ms: i64,
+    /// Who called the tool that asks, when a client did.
+    pub caller: Option<Principal>,
+    /// The client session the call came from, if it came from one (not an event, not the
+    /// embedding program): what a `session` decision is bound to.
+    pub session: Option<ClientSessionId>,
 }
 
 /// A person's decision.
@@ -47,6 +53,9 @@ pub struct ApprovalRequest {
 pub enum Verdict {
     /// Allow this one call.
     Once,
+    /// Allow it, and grant the resource to the capsule until the caller's client session
+    /// ends.
+    Session,
     /// Allow it, and grant the resource to the capsule from now on.
     Always,
     /// Refuse it.
@@ -61,6 +70,7 @@ impl Verdict {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Once => "once",
+            Self::Session => "session",
             Self::Always => "always",
             Self::Deny => "deny",
             Self::DenyAlways => "deny-always",
@@ -74,6 +84,11 @@ pub enum ApprovalError {
     /// No such request is pending: never made, decided already, timed out, or withdrawn.
     #[error("no approval request {0} is pending (decided, expired or never made)")]
     NotPending(String),
+    /// `session` was decided for a request that came from no client session.
+    #[error(
+        "approval request {0} came from no client session (an event or the embedding program): decide once or always"
+    )]
+    NoSession(String),
     /// No such standing refusal.
     #[error("no standing refusal {0} (see `capsid approve refusals`)")]
     NoSuchRefusal(String),
@@ -290,7 +305,7 @@ impl Approvals {
     /// concurrent decisions on one request exactly one is taken; the others find it gone.
     /// For embedders and tests; the kernel's `decide_approval` records who decided.
     pub fn decide(&self, id: &str, verdict: Verdict) -> Result<ApprovalRequest, ApprovalError> {
-        let claimed = self.claim(id)?;
+        let claimed = self.claim_for(id, verdict, None)?;
         let request = claimed.request.clone();
         if claimed.answer(verdict) {
             Ok(request)
@@ -303,9 +318,28 @@ impl Approvals {
     /// record the decision, then [`Claimed::answer`]. Dropped unanswered, the call is
     /// denied.
     pub fn claim(&self, id: &str) -> Result<Claimed, ApprovalError> {
+        self.claim_for(id, Verdict::Deny, None)
+    }
+
+    /// [`claim`](Self::claim)s request `id` to decide `verdict`, for `caller` only when
+    /// given (a user may decide only what its own calls asked; anything else is not pending
+    /// for it). A `session` decision on a request from no session is refused; either way a
+    /// refused claim leaves the request pending.
+    pub fn claim_for(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        caller: Option<Principal>,
+    ) -> Result<Claimed, ApprovalError> {
         let mut all = lock(&self.pending);
-        if !all.get(id).is_some_and(|p| p.visible) {
+        let Some(pending) = all
+            .get(id)
+            .filter(|p| p.visible && caller.is_none_or(|c| p.request.caller == Some(c)))
+        else {
             return Err(ApprovalError::NotPending(id.to_owned()));
+        };
+        if verdict == Verdict::Session && pending.request.session.is_none() {
+            return Err(ApprovalError::NoSession(id.to_owned()));
         }
         let pending = all
             .remove(id)
@@ -406,6 +440,8 @@ mod tests {
             digest: String::new(),
             requested_ms: 0,
             expires_ms: 0,
+            caller: None,
+            session: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use capsid_core::limits::{MAX_CALL_APPROVAL_WAIT, MAX_PROGRESS_MESSAGE_BYTES};
 use capsid_core::sync::lock;
+use capsid_core::{ClientSessionId, Principal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +31,10 @@ pub struct CallControl {
     /// Whether the call may wait for a person (tool calls and events; not `init`,
     /// `restart` or `shutdown`, which must not hold up a load or an unload).
     may_ask: bool,
+    /// Who called, when a client did.
+    caller: Option<Principal>,
+    /// The caller's client session, if the call came from one.
+    session: Option<ClientSessionId>,
 }
 
 /// Time the call's deadline was suspended for (a person deciding an approval).
@@ -78,6 +83,22 @@ impl CallControl {
             cancelled: token.child_token(),
             ..Self::default()
         }
+    }
+
+    /// This call, made by `caller` from its client `session` (what an approval given for
+    /// the session is bound to).
+    #[must_use]
+    pub fn called_by(&self, caller: Principal, session: Option<ClientSessionId>) -> Self {
+        Self {
+            caller: Some(caller),
+            session,
+            ..self.clone()
+        }
+    }
+
+    /// Who called and from which client session, when a client did.
+    pub(crate) fn caller(&self) -> (Option<Principal>, Option<ClientSessionId>) {
+        (self.caller, self.session)
     }
 
     /// Cancels the call: a guest running wasm is interrupted at the next epoch tick, one

@@ -10,7 +10,8 @@ use capsid_protocol::methods::{
 use crate::output;
 use crate::{ApproveArgs, ApproveCommand};
 
-/// `capsid approve ls | show <id> | <id> --once|--always|--deny`.
+/// `capsid approve ls | show <id> | watch | refusals | forget <id> | <id>
+/// --once|--session|--always|--deny [--always]`.
 pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: bool) -> Result<()> {
     match (args.command, args.id) {
         (Some(ApproveCommand::Ls), _) => {
@@ -24,7 +25,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                         vec![
                             a.id.clone(),
                             a.capsule.clone(),
-                            a.description.clone(),
+                            output::printable(&a.description),
                             seconds_left(a),
                         ]
                     })
@@ -45,7 +46,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                             r.id.clone(),
                             r.capsule.clone(),
                             r.permission.clone(),
-                            r.resource.clone(),
+                            output::printable(&r.resource),
                         ]
                     })
                     .collect();
@@ -65,26 +66,37 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
             show(&a, as_json);
         }
         (None, Some(id)) => {
-            let decision = match (args.once, args.always, args.deny) {
-                (true, false, false) => ApprovalDecision::Once,
-                (false, true, false) => ApprovalDecision::Always,
-                (false, false, true) => ApprovalDecision::Deny,
-                (false, true, true) => ApprovalDecision::DenyAlways,
-                _ => bail!("say how to decide {id}: --once, --always, --deny, or --deny --always"),
+            let decision = match (args.once, args.session, args.always, args.deny) {
+                (true, false, false, false) => ApprovalDecision::Once,
+                (false, true, false, false) => ApprovalDecision::Session,
+                (false, false, true, false) => ApprovalDecision::Always,
+                (false, false, false, true) => ApprovalDecision::Deny,
+                (false, false, true, true) => ApprovalDecision::DenyAlways,
+                _ => bail!(
+                    "say how to decide {id}: --once, --session, --always, --deny, or --deny --always"
+                ),
             };
-            let a = client
-                .call::<ApprovalDecide>(&ApprovalDecideParams { id, decision })
-                .await?;
+            let params = ApprovalDecideParams {
+                id,
+                decision,
+                as_user: None,
+            };
+            let a = client.call::<ApprovalDecide>(&params).await?;
             if as_json {
                 output::json(&a);
             } else {
                 let word = match decision {
                     ApprovalDecision::Once => "allowed once",
+                    ApprovalDecision::Session => "allowed for the caller's session",
                     ApprovalDecision::Always => "allowed from now on",
                     ApprovalDecision::Deny => "denied",
                     ApprovalDecision::DenyAlways => "denied from now on",
                 };
-                println!("{word}: {} ({})", a.description, a.capsule);
+                println!(
+                    "{word}: {} ({})",
+                    output::printable(&a.description),
+                    a.capsule
+                );
             }
         }
         (None, None) => bail!("name a request to decide, or `capsid approve ls`"),
@@ -96,7 +108,8 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
 const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `capsid approve watch`: each request that comes to wait is shown and decided by the
-/// answer typed (`o`nce, `a`lways, `d`eny, `s`kip); ends when stdin does.
+/// answer typed (`o`nce, s`e`ssion, `a`lways, `d`eny, deny al`w`ays, `s`kip); ends when
+/// stdin does.
 async fn watch(client: &mut Client) -> Result<()> {
     use std::io::Write;
     let mut lines = stdin_lines();
@@ -118,18 +131,28 @@ async fn watch(client: &mut Client) -> Result<()> {
         seen.insert(next.id.clone());
         println!();
         show(&next, false);
+        // `session` only where the call came from a client session.
+        let prompt = if next.session.is_some() {
+            "[o]nce, s[e]ssion, [a]lways, [d]eny, deny al[w]ays, [s]kip? "
+        } else {
+            "[o]nce, [a]lways, [d]eny, deny al[w]ays, [s]kip? "
+        };
         let decision = loop {
-            print!("[o]nce, [a]lways, [d]eny, [s]kip? ");
+            print!("{prompt}");
             std::io::stdout().flush()?;
             let Some(line) = lines.recv().await else {
                 return Ok(());
             };
             match line.trim() {
                 "o" | "once" => break Some(ApprovalDecision::Once),
+                "e" | "session" if next.session.is_some() => {
+                    break Some(ApprovalDecision::Session);
+                }
                 "a" | "always" => break Some(ApprovalDecision::Always),
                 "d" | "deny" => break Some(ApprovalDecision::Deny),
+                "w" | "deny-always" => break Some(ApprovalDecision::DenyAlways),
                 "s" | "skip" => break None,
-                _ => println!("answer o, a, d or s"),
+                _ => println!("answer with one of the letters in brackets"),
             }
         };
         let Some(decision) = decision else {
@@ -138,9 +161,14 @@ async fn watch(client: &mut Client) -> Result<()> {
         let params = ApprovalDecideParams {
             id: next.id.clone(),
             decision,
+            as_user: None,
         };
         match client.call::<ApprovalDecide>(&params).await {
-            Ok(a) => println!("decided: {} ({})", a.description, a.capsule),
+            Ok(a) => println!(
+                "decided: {} ({})",
+                output::printable(&a.description),
+                a.capsule
+            ),
             // Decided elsewhere, or expired, while the prompt was up.
             Err(e) => println!("not decided: {e}"),
         }
@@ -175,8 +203,18 @@ fn show(a: &ApprovalView, as_json: bool) {
     println!("id:          {}", a.id);
     println!("capsule:     {}", a.capsule);
     println!("principal:   {}", a.principal);
-    println!("asks for:    {} on {}", a.permission, a.resource);
-    println!("call:        {}", a.description);
+    if let Some(caller) = &a.caller {
+        println!("called by:   {caller}");
+    }
+    if let Some(session) = &a.session {
+        println!("session:     {session} (may be decided --session)");
+    }
+    println!(
+        "asks for:    {} on {}",
+        a.permission,
+        output::printable(&a.resource)
+    );
+    println!("call:        {}", output::printable(&a.description));
     println!("digest:      {}", a.digest);
     println!("expires in:  {}", seconds_left(a));
 }

@@ -111,13 +111,14 @@ pub(crate) enum Command {
     /// Model Context Protocol: capsule tools for agents.
     #[command(subcommand)]
     Mcp(McpCommand),
-    /// Calls waiting for a person's approval: `ls`, `show <id>`, or decide one with
-    /// `<id> --once | --always | --deny`.
+    /// Calls waiting for a person's approval: `ls`, `show <id>`, `watch`, or decide one with
+    /// `<id> --once | --session | --always | --deny`.
     Approve(ApproveArgs),
 }
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
+#[allow(clippy::struct_excessive_bools)] // Each is a switch on the command line.
 pub(crate) struct ApproveArgs {
     #[command(subcommand)]
     pub(crate) command: Option<ApproveCommand>,
@@ -126,6 +127,10 @@ pub(crate) struct ApproveArgs {
     /// Allow this one call.
     #[arg(long)]
     pub(crate) once: bool,
+    /// Allow it, and grant the resource to the capsule until the caller's session ends
+    /// (its last connection to the daemon closes, or the daemon stops).
+    #[arg(long)]
+    pub(crate) session: bool,
     /// Allow it and grant the resource to the capsule from now on (`capsid cap revoke`
     /// takes it back).
     #[arg(long)]
@@ -140,8 +145,8 @@ pub(crate) struct ApproveArgs {
 pub(crate) enum ApproveCommand {
     /// The calls waiting, oldest first.
     Ls,
-    /// Prompts for each call as it comes to wait: once, always, deny or skip (until stdin
-    /// ends).
+    /// Prompts for each call as it comes to wait: once, session, always, deny, deny
+    /// always, or skip (until stdin ends).
     Watch,
     /// The standing refusals (`--deny --always` decisions).
     Refusals,

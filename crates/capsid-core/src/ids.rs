@@ -89,6 +89,13 @@ uuid_id!(
 );
 
 uuid_id!(
+    /// A client session: from a principal's first connection to the daemon (or the MCP
+    /// bridge) to its last one closing. An approval given "for the session" ends with it.
+    ClientSessionId,
+    "client session id"
+);
+
+uuid_id!(
     /// A user (human or platform identity) on whose behalf capsules act.
     PrincipalId,
     "principal id"

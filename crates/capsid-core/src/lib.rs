@@ -18,5 +18,5 @@ pub mod time;
 
 pub use error::{HomeError, IdError};
 pub use home::CapsidHome;
-pub use ids::{CapsuleId, PrincipalId, ProcessId, SessionId};
+pub use ids::{CapsuleId, ClientSessionId, PrincipalId, ProcessId, SessionId};
 pub use principal::Principal;

@@ -39,7 +39,9 @@ impl Kernel {
     ) -> Result<ApprovalRequest, KernelError> {
         self.open_recording()?;
         let approvals = &self.registry().services().approvals;
-        let claimed = approvals.claim(id)?;
+        // Anyone but the operator decides only what their own calls asked.
+        let only_for = (by != self.principal()).then_some(by);
+        let claimed = approvals.claim_for(id, verdict, only_for)?;
         let request = claimed.request.clone();
         let details = json!({
             "id": id,

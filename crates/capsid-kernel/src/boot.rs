@@ -205,6 +205,8 @@ impl KernelBuilder {
                 )
                 .await?;
         }
+        // No session is live yet: grants a run left bound to its sessions go.
+        let ended = capabilities.forget_ended_sessions().await?;
         let kernel = Kernel::assemble(KernelParts {
             home,
             config,
@@ -220,6 +222,7 @@ impl KernelBuilder {
             principal,
             mcp_principal,
         });
+        kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)
     }

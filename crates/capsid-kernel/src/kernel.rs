@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     sources: Mutex<std::collections::HashMap<CapsuleId, [u8; 32]>>,
     /// How many times each capsule has been reloaded: what its `restart` hook is told.
     restarts: Mutex<std::collections::HashMap<CapsuleId, u32>>,
+    /// The live client sessions.
+    pub(crate) sessions: crate::sessions::Sessions,
 }
 
 /// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
@@ -150,6 +152,7 @@ impl Kernel {
                 installing: tokio::sync::Mutex::new(()),
                 sources: Mutex::default(),
                 restarts: Mutex::default(),
+                sessions: crate::sessions::Sessions::default(),
             }),
         }
     }

@@ -28,6 +28,7 @@ mod install;
 mod kernel;
 mod monitor;
 mod operator;
+mod sessions;
 mod tool;
 mod watch;
 
@@ -39,4 +40,5 @@ pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
+pub use sessions::SessionHold;
 pub use tool::{Door, ToolCaller, ToolInfo, tool_resource};

@@ -210,7 +210,9 @@ impl Kernel {
             }
         }
         let started = Instant::now();
-        let mut result = self.run_tool(name, tool, input, control).await;
+        // What the capsule asks a person for may be granted for this caller's session.
+        let control = control.called_by(caller.principal, self.client_session(caller.principal));
+        let mut result = self.run_tool(name, tool, input, &control).await;
         let details = json!({
             "outcome": outcome(&result),
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),

@@ -180,6 +180,7 @@ fn ask(Json(input): Json<Ask>) -> Result<Json<Asked>, Error> {
     let decision = match request(&input.uri, &input.permission, &input.reason) {
         Decision::AlreadyGranted => "already-granted",
         Decision::Once => "once",
+        Decision::Session => "session",
         Decision::Always => "always",
         Decision::Denied => "denied",
     };

@@ -17,6 +17,7 @@ impl Host for HostState {
         match self.cx.ask_ahead(permission, &resource, &reason).await {
             Err(super::ask::AlreadyGranted) => Decision::AlreadyGranted,
             Ok(Verdict::Once) => Decision::Once,
+            Ok(Verdict::Session) => Decision::Session,
             Ok(Verdict::Always) => Decision::Always,
             Ok(Verdict::Deny | Verdict::DenyAlways) => Decision::Denied,
         }

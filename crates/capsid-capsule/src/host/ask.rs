@@ -4,9 +4,12 @@
 //! grant an `always` makes (`cap.grant`, naming the approval), and a request that ended
 //! undecided (`approval.expired`); the decision itself is recorded by whoever decides.
 
+use std::fmt::Write as _;
+
 use capsid_audit::{Decision, action};
 use capsid_capabilities::{Permissions, Resource};
 
+use capsid_core::ClientSessionId;
 use capsid_core::limits::MAX_APPROVAL_REASON_BYTES;
 
 use super::{CapsuleContext, audit_text};
@@ -27,6 +30,69 @@ pub(crate) enum Asked {
     Refused,
 }
 
+/// What the person is shown of a call, and its digest: blake3 of the description, the
+/// resource and (for a write) the whole content, so an approval of one write's bytes is
+/// never taken for another's.
+fn describe(
+    op: &str,
+    permission: Permissions,
+    resource: &str,
+    note: Option<&str>,
+    carries: Option<&[&[u8]]>,
+) -> (String, String) {
+    let mut description = format!("{op}: {permission} {}", audit_text(resource));
+    if let Some(why) = note {
+        let _ = write!(description, " ({})", audit_text(why));
+    }
+    let content = carries.map(|parts| {
+        let mut hash = blake3::Hasher::new();
+        for part in parts {
+            hash.update(&(part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        (
+            parts.iter().map(|p| p.len()).sum::<usize>(),
+            hash.finalize(),
+        )
+    });
+    if let Some((len, hash)) = &content {
+        let hex = hash.to_hex();
+        let _ = write!(description, " [{len} bytes, blake3 {}…]", &hex[..16]);
+    }
+    let mut digest = blake3::Hasher::new();
+    for part in [description.as_bytes(), resource.as_bytes()] {
+        digest.update(&(part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+    if let Some((_, hash)) = &content {
+        digest.update(hash.as_bytes());
+    }
+    (description, digest.finalize().to_hex().to_string())
+}
+
+/// A request that was waited on, for [`CapsuleContext::settle`].
+struct Asking<'a> {
+    id: String,
+    permission: Permissions,
+    resource: &'a str,
+    /// The host function that asked.
+    op: &'a str,
+    /// Asked ahead (`approval.request`), not by a failed check.
+    ahead: bool,
+    session: Option<ClientSessionId>,
+}
+
+/// How long an approved grant lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lasting {
+    /// One use.
+    Once,
+    /// Until the client session ends.
+    Session(ClientSessionId),
+    /// Until revoked.
+    Always,
+}
+
 /// The audit action of a capsule asking ahead (`approval.request`).
 const ASK_AHEAD: &str = "approval.request";
 
@@ -42,13 +108,15 @@ impl CapsuleContext {
 
     /// Asks a person for `permission` on `resource` when the capsule may ask for it and
     /// holds no grant for it; [`Asked::Unasked`] otherwise. `op` is the host function
-    /// (its audit action).
+    /// (its audit action); `note` says what the call does, `carries` the bytes it would
+    /// write (counted and hashed into the request's digest, never shown).
     pub(crate) async fn ask_if_needed(
         &self,
         op: &str,
         permission: Permissions,
         resource: &str,
         note: Option<&str>,
+        carries: Option<&[&[u8]]>,
     ) -> Asked {
         if !self.may_ask(resource) {
             return Asked::Unasked;
@@ -62,7 +130,8 @@ impl CapsuleContext {
         {
             return Asked::Unasked;
         }
-        self.ask(op, permission, resource, note, false).await
+        self.ask(op, permission, resource, note, carries, false)
+            .await
     }
 
     /// `approval.request`: asks ahead for `permission` on `resource`, telling the person
@@ -90,7 +159,14 @@ impl CapsuleContext {
             end -= 1;
         }
         match self
-            .ask(ASK_AHEAD, permission, resource, Some(&reason[..end]), true)
+            .ask(
+                ASK_AHEAD,
+                permission,
+                resource,
+                Some(&reason[..end]),
+                None,
+                true,
+            )
             .await
         {
             Asked::Approved { verdict, .. } => Ok(verdict),
@@ -108,12 +184,13 @@ impl CapsuleContext {
         permission: Permissions,
         resource: &str,
         note: Option<&str>,
+        carries: Option<&[&[u8]]>,
         ahead: bool,
     ) -> Asked {
         let services = &self.services;
         // Only a tool call or an event may wait for a person, and not past its budget.
-        let Some(suspended) = CURRENT_CALL
-            .try_with(crate::CallControl::suspend)
+        let Some((suspended, (caller, session))) = CURRENT_CALL
+            .try_with(|call| call.suspend().map(|s| (s, call.caller())))
             .ok()
             .flatten()
         else {
@@ -124,15 +201,7 @@ impl CapsuleContext {
         };
         let now = capsid_core::time::now_ms();
         let timeout = services.approvals.timeout();
-        let description = match note {
-            None => format!("{op}: {permission} {}", audit_text(resource)),
-            Some(why) => format!(
-                "{op}: {permission} {} ({})",
-                audit_text(resource),
-                audit_text(why)
-            ),
-        };
-        let digest = blake3::hash(format!("{description}\0{resource}").as_bytes());
+        let (description, digest) = describe(op, permission, resource, note, carries);
         let request = ApprovalRequest {
             id: uuid::Uuid::now_v7().to_string(),
             principal: self.subject.principal,
@@ -140,9 +209,11 @@ impl CapsuleContext {
             resource: resource.to_owned(),
             permission,
             description,
-            digest: digest.to_hex().to_string(),
+            digest,
             requested_ms: now,
             expires_ms: now.saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX)),
+            caller,
+            session,
         };
         if let Some(refusal) = services.approvals.refused(&request).await {
             let why = format!("a standing refusal ({refusal})");
@@ -201,30 +272,45 @@ impl CapsuleContext {
         );
         let outcome = services.approvals.wait(waiting, timeout).await;
         drop(suspended);
-        self.settle(outcome, id, permission, resource, op, ahead)
-            .await
+        let asked = Asking {
+            id,
+            permission,
+            resource,
+            op,
+            ahead,
+            session,
+        };
+        self.settle(outcome, asked).await
     }
 
     /// What a decision (or none) comes to for the call, recorded where it refuses or
     /// grants.
-    async fn settle(
-        &self,
-        outcome: Outcome,
-        id: String,
-        permission: Permissions,
-        resource: &str,
-        op: &str,
-        ahead: bool,
-    ) -> Asked {
+    async fn settle(&self, outcome: Outcome, asked: Asking<'_>) -> Asked {
+        let Asking {
+            id,
+            permission,
+            resource,
+            op,
+            ahead,
+            session,
+        } = asked;
         match outcome {
             Outcome::Decided(Verdict::Once) if !ahead => Asked::Approved {
                 id,
                 verdict: Verdict::Once,
             },
-            Outcome::Decided(verdict @ (Verdict::Once | Verdict::Always)) => {
-                let single_use = verdict == Verdict::Once;
+            Outcome::Decided(verdict @ (Verdict::Once | Verdict::Session | Verdict::Always)) => {
+                let lasting = match verdict {
+                    Verdict::Once => Lasting::Once,
+                    Verdict::Session => match session {
+                        Some(session) => Lasting::Session(session),
+                        // Refused when decided (`claim_for`): no session, nothing to bind.
+                        None => return Asked::Refused,
+                    },
+                    _ => Lasting::Always,
+                };
                 match self
-                    .grant_approved(&id, permission, resource, single_use)
+                    .grant_approved(&id, permission, resource, lasting)
                     .await
                 {
                     Ok(()) => Asked::Approved { id, verdict },
@@ -251,17 +337,18 @@ impl CapsuleContext {
         }
     }
 
-    /// An `always` decision (or a `once` asked ahead, `single_use`): the resource granted
-    /// to this capsule, recorded (naming the approval) before it is stored.
+    /// A `session` or `always` decision (or a `once` asked ahead): the resource granted to
+    /// this capsule, recorded (naming the approval) before it is stored.
     async fn grant_approved(
         &self,
         approval: &str,
         permission: Permissions,
         resource: &str,
-        single_use: bool,
+        lasting: Lasting,
     ) -> Result<(), ()> {
         let store = &self.services.capabilities;
-        let cap = store
+        let single_use = lasting == Lasting::Once;
+        let mut cap = store
             .issue(
                 self.subject.principal,
                 Some(self.name.clone()),
@@ -271,11 +358,15 @@ impl CapsuleContext {
                 single_use,
             )
             .map_err(|_| ())?;
+        if let Lasting::Session(session) = lasting {
+            cap.session = Some(session);
+        }
         let details = serde_json::json!({
             "id": cap.id.to_string(),
             "pattern": cap.pattern.as_str(),
             "permissions": cap.permissions.to_string(),
             "single_use": single_use,
+            "session": cap.session.map(|s| s.to_string()),
             "approval": approval,
         });
         self.note(action::CAP_GRANT, resource, Decision::Allow, &details)

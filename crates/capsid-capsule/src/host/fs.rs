@@ -43,6 +43,17 @@ impl CapsuleContext {
         permission: Permissions,
         path: &str,
     ) -> Result<VfsPath, WitError> {
+        self.fs_path_writing(op, permission, path, None).await
+    }
+
+    /// [`fs_path`](Self::fs_path) for a call that writes `carries` to the file.
+    async fn fs_path_writing(
+        &self,
+        op: &str,
+        permission: Permissions,
+        path: &str,
+        carries: Option<&[&[u8]]>,
+    ) -> Result<VfsPath, WitError> {
         if path.len() > MAX_FS_PATH_BYTES {
             return Err(WitError::Invalid(format!(
                 "a path of {} bytes is over the limit of {MAX_FS_PATH_BYTES}",
@@ -50,7 +61,7 @@ impl CapsuleContext {
             )));
         }
         let effectful = permission != Permissions::READ;
-        self.authorize(op, permission, &resource(path), effectful)
+        self.authorize_writing(op, permission, &resource(path), effectful, carries)
             .await?;
         if path.is_empty() {
             return Ok(VfsPath::root());
@@ -151,7 +162,12 @@ impl Host for HostState {
         }
         let cx = &self.cx;
         let p = cx
-            .fs_path(capsid_audit::action::FS_WRITE, Permissions::WRITE, &path)
+            .fs_path_writing(
+                capsid_audit::action::FS_WRITE,
+                Permissions::WRITE,
+                &path,
+                Some(&[&data]),
+            )
             .await?;
         match cx.services.vfs.write(&p, data).await {
             Ok(()) => Ok(()),
@@ -165,7 +181,12 @@ impl Host for HostState {
         }
         let cx = &self.cx;
         let p = cx
-            .fs_path(capsid_audit::action::FS_APPEND, Permissions::WRITE, &path)
+            .fs_path_writing(
+                capsid_audit::action::FS_APPEND,
+                Permissions::WRITE,
+                &path,
+                Some(&[&data]),
+            )
             .await?;
         match cx.services.vfs.append(&p, data).await {
             Ok(()) => Ok(()),

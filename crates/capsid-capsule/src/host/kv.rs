@@ -61,11 +61,12 @@ impl Host for HostState {
     async fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> Result<(), WitError> {
         check(&key, Some(&value))?;
         let cx = &self.cx;
-        cx.authorize(
+        cx.authorize_writing(
             capsid_audit::action::KV_SET,
             Permissions::WRITE,
             &cx.kv_resource,
             true,
+            Some(&[&key, &value]),
         )
         .await?;
         cx.kv.set(&key, &value).await.map_err(guest_error)

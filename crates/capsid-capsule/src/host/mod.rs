@@ -189,7 +189,24 @@ impl CapsuleContext {
         resource: &str,
         effectful: bool,
     ) -> Result<(), WitError> {
-        match self.ask_if_needed(op, permission, resource, None).await {
+        self.authorize_writing(op, permission, resource, effectful, None)
+            .await
+    }
+
+    /// [`authorize`](Self::authorize) for a call that writes `carries`: a person asked
+    /// about it approves those bytes (their blake3 is in the request's digest).
+    pub(crate) async fn authorize_writing(
+        &self,
+        op: &str,
+        permission: Permissions,
+        resource: &str,
+        effectful: bool,
+        carries: Option<&[&[u8]]>,
+    ) -> Result<(), WitError> {
+        match self
+            .ask_if_needed(op, permission, resource, None, carries)
+            .await
+        {
             Asked::Unasked => {}
             Asked::Refused => return Err(WitError::Denied),
             Asked::Approved { id, .. } => {

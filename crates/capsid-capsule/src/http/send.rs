@@ -217,6 +217,7 @@ async fn admit(
             Permissions::EXEC,
             &target.resource,
             Some(&call),
+            None,
         )
         .await
     {

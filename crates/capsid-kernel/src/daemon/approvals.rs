@@ -24,6 +24,8 @@ fn view(r: ApprovalRequest) -> ApprovalView {
         digest: r.digest,
         requested_ms: r.requested_ms,
         expires_ms: r.expires_ms,
+        caller: r.caller.map(|c| c.to_string()),
+        session: r.session.map(|s| s.to_string()),
     }
 }
 
@@ -45,13 +47,18 @@ pub(super) fn show(shared: &Shared, p: &ApprovalShowParams) -> Answer<ApprovalVi
 pub(super) async fn decide(shared: &Shared, p: ApprovalDecideParams) -> Answer<ApprovalView> {
     let verdict = match p.decision {
         ApprovalDecision::Once => Verdict::Once,
+        ApprovalDecision::Session => Verdict::Session,
         ApprovalDecision::Always => Verdict::Always,
         ApprovalDecision::Deny => Verdict::Deny,
         ApprovalDecision::DenyAlways => Verdict::DenyAlways,
     };
     let kernel = &shared.kernel;
+    let by = match p.as_user.as_deref() {
+        None => kernel.principal(),
+        Some(user) => super::methods::principal(shared, Some(user)).await?,
+    };
     kernel
-        .decide_approval(&p.id, verdict, kernel.principal())
+        .decide_approval(&p.id, verdict, by)
         .await
         .map(view)
         .map_err(|e| kernel_error(&e))

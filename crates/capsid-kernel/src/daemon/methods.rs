@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use super::server::Peer;
 use capsid_capabilities::{CapabilityId, Permissions};
 use capsid_capsule::CapsuleError;
 use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES};
@@ -23,7 +24,6 @@ use capsid_protocol::methods::{
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
-use tokio_util::sync::CancellationToken;
 
 use super::server::Shared;
 use super::views::{self, failed, invalid, kernel_error};
@@ -32,13 +32,13 @@ use super::{approvals, tokens, tools};
 type Answer<T> = Result<T, WireError>;
 
 /// Answers `request` (for `method`, already looked up) on `out`: several frames for a stream.
-/// `gone` is cancelled when the connection's client goes away (its tool calls with it).
+/// `peer` is the connection: its client going away cancels its tool calls.
 pub(crate) async fn dispatch(
     shared: &Shared,
     method: Option<MethodId>,
     request: Request,
     out: &mpsc::Sender<Response>,
-    gone: &CancellationToken,
+    peer: &Peer,
 ) {
     let id = request.id;
     let answer = match method {
@@ -54,10 +54,16 @@ pub(crate) async fn dispatch(
                     .join(", ")
             ),
         )),
-        Some(method) => match admit(shared, method) {
-            Err(e) => Err(e),
-            Ok(()) => answer(shared, method, &request, out, gone).await,
-        },
+        Some(method) => {
+            if let Err(e) = admit(shared, method) {
+                Err(e)
+            } else {
+                if acts_for_operator(method) {
+                    peer.acting_for(&shared.kernel, shared.kernel.principal());
+                }
+                answer(shared, method, &request, out, peer).await
+            }
+        }
     };
     let response = match answer {
         Ok(Some(v)) => Response::ok(id, v),
@@ -84,13 +90,26 @@ fn admit(shared: &Shared, method: MethodId) -> Answer<()> {
     Ok(())
 }
 
+/// Whether `method` acts for the operator: every one but the tool methods (which act for
+/// the user they name, or the operator) and the bridge's token checks (which act for no one).
+fn acts_for_operator(method: MethodId) -> bool {
+    !matches!(
+        method,
+        MethodId::ToolList
+            | MethodId::ToolCall
+            | MethodId::ToolRun
+            | MethodId::ToolChangesFollow
+            | MethodId::McpTokenCheck
+    )
+}
+
 /// The one answer of a unary method (`Ok(None)`: a stream, already answered on `out`).
 async fn answer(
     shared: &Shared,
     method: MethodId,
     request: &Request,
     out: &mpsc::Sender<Response>,
-    gone: &CancellationToken,
+    peer: &Peer,
 ) -> Answer<Option<serde_json::Value>> {
     let s = shared;
     let value = match method {
@@ -106,11 +125,11 @@ async fn answer(
         MethodId::CapsuleLogs => {
             run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
         }
-        MethodId::ToolList => run::<ToolList, _>(request, |p| tools::list(s, p)).await,
-        MethodId::ToolCall => run::<ToolCall, _>(request, |p| tools::call(s, p, gone)).await,
+        MethodId::ToolList => run::<ToolList, _>(request, |p| tools::list(s, p, peer)).await,
+        MethodId::ToolCall => run::<ToolCall, _>(request, |p| tools::call(s, p, peer)).await,
         MethodId::ToolRun => {
             let p = request.params::<ToolRun>()?;
-            tools::run(s, request.id, p, gone, out).await;
+            tools::run(s, request.id, p, peer, out).await;
             return Ok(None);
         }
         MethodId::EventPublish => run::<EventPublish, _>(request, |p| publish(s, p)).await,
@@ -159,7 +178,7 @@ async fn answer(
         }
         MethodId::ToolChangesFollow => {
             let p = request.params::<ToolChangesFollow>()?;
-            tools::follow_changes(s, request.id, p, out).await;
+            tools::follow_changes(s, request.id, p, peer, out).await;
             return Ok(None);
         }
         MethodId::ProcessLogsFollow => {
@@ -399,6 +418,7 @@ async fn grants(shared: &Shared, p: GrantListParams) -> Answer<Vec<GrantView>> {
             permissions: g.capability.permissions.to_string(),
             revoked: g.revoked,
             approval: g.approval.clone(),
+            session: g.capability.session.map(|s| s.to_string()),
         })
         .collect())
 }

@@ -297,6 +297,32 @@ async fn write_responses(
     let _ = writer.shutdown().await;
 }
 
+/// One connection's state, as its requests see it.
+pub(crate) struct Peer {
+    /// Cancelled when the client goes away (its tool calls with it).
+    pub gone: CancellationToken,
+    /// The client sessions this connection keeps live: one per principal it has acted for.
+    holds: std::sync::Mutex<std::collections::HashMap<capsid_core::Principal, crate::SessionHold>>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        Self {
+            gone: CancellationToken::new(),
+            holds: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Notes that this connection acts for `principal`: it keeps `principal`'s client
+    /// session live until it closes.
+    pub fn acting_for(&self, kernel: &Kernel, principal: capsid_core::Principal) {
+        let mut holds = capsid_core::sync::lock(&self.holds);
+        holds
+            .entry(principal)
+            .or_insert_with(|| kernel.hold_session(principal));
+    }
+}
+
 /// Counts a request as in flight until dropped (finished or aborted).
 struct InFlight(Arc<Shared>);
 
@@ -326,8 +352,10 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         return;
     }
     let requests = Arc::new(Semaphore::new(MAX_REQUESTS_PER_CONNECTION));
-    // Cancelled when the client goes away: its tool calls stop as cancelled, recorded so.
-    let gone = CancellationToken::new();
+    // `gone` is cancelled when the client goes away: its tool calls stop as cancelled,
+    // recorded so. The client sessions it holds end when the last request is over.
+    let peer = Arc::new(Peer::new());
+    let gone = peer.gone.clone();
     let mut tasks = JoinSet::new();
     // Streams (follows) end only when their client does: they are aborted when it goes,
     // since a quiet one would never learn it by failing to write.
@@ -375,14 +403,14 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
         if method.is_some_and(MethodId::inline) {
             // A task of its own would cost more than the answer.
             let counted = InFlight::new(shared.clone());
-            methods::dispatch(&shared, method, request, &out, &gone).await;
+            methods::dispatch(&shared, method, request, &out, &peer).await;
             drop((held, counted));
             continue;
         }
         let Ok(permit) = requests.clone().acquire_owned().await else {
             break;
         };
-        let (shared, out, gone) = (shared.clone(), out.clone(), gone.clone());
+        let (shared, out, peer) = (shared.clone(), out.clone(), peer.clone());
         let counted = InFlight::new(shared.clone());
         // `tool.run` streams but ends by itself, and its call must be recorded as it ends:
         // it is cancelled with the connection, not aborted.
@@ -392,7 +420,7 @@ async fn connection(mut stream: UnixStream, shared: Arc<Shared>) {
             &mut tasks
         };
         set.spawn(async move {
-            methods::dispatch(&shared, method, request, &out, &gone).await;
+            methods::dispatch(&shared, method, request, &out, &peer).await;
             drop((permit, held, counted));
         });
     }

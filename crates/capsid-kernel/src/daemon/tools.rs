@@ -13,18 +13,28 @@ use capsid_protocol::methods::{
 };
 use capsid_protocol::{Response, WireError};
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
-use super::methods::principal;
-use super::server::Shared;
+use super::server::{Peer, Shared};
 use super::views::kernel_error;
 use crate::tool::{Door, ToolCaller, ToolInfo};
 
 type Answer<T> = Result<T, WireError>;
 
+/// The principal `user` names (the operator when `None`), whom the connection `peer` now
+/// acts for.
+async fn acting(
+    shared: &Shared,
+    peer: &Peer,
+    user: Option<&str>,
+) -> Answer<capsid_core::Principal> {
+    let who = super::methods::principal(shared, user).await?;
+    peer.acting_for(&shared.kernel, who);
+    Ok(who)
+}
+
 /// `tool.list`: the tools `p.as_user` may call.
-pub(super) async fn list(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolDef>> {
-    let who = principal(shared, p.as_user.as_deref()).await?;
+pub(super) async fn list(shared: &Shared, p: ToolListParams, peer: &Peer) -> Answer<Vec<ToolDef>> {
+    let who = acting(shared, peer, p.as_user.as_deref()).await?;
     Ok(shared
         .kernel
         .tools_for(who, door(p.via))
@@ -54,21 +64,22 @@ fn door(via: Via) -> Door {
     }
 }
 
-async fn caller(shared: &Shared, p: &ToolCallParams) -> Answer<ToolCaller> {
+async fn caller(shared: &Shared, p: &ToolCallParams, peer: &Peer) -> Answer<ToolCaller> {
     Ok(ToolCaller {
-        principal: principal(shared, p.as_user.as_deref()).await?,
+        principal: acting(shared, peer, p.as_user.as_deref()).await?,
         door: door(p.via),
         client: p.client.clone(),
     })
 }
 
-/// Runs the call `p` under `control`.
+/// Runs the call `p` from `peer` under `control`.
 async fn call_with(
     shared: &Shared,
     p: ToolCallParams,
+    peer: &Peer,
     control: &CallControl,
 ) -> Answer<ToolOutput> {
-    let caller = caller(shared, &p).await?;
+    let caller = caller(shared, &p, peer).await?;
     let answer = shared
         .kernel
         .call_tool_as(&caller, &p.capsule, &p.tool, &p.input.to_string(), control)
@@ -77,13 +88,9 @@ async fn call_with(
     Ok(ToolOutput::from_answer(answer))
 }
 
-/// `tool.call`: one call, cancelled if its connection's client goes away (`gone`).
-pub(super) async fn call(
-    shared: &Shared,
-    p: ToolCallParams,
-    gone: &CancellationToken,
-) -> Answer<ToolOutput> {
-    call_with(shared, p, &CallControl::cancelled_by(gone)).await
+/// `tool.call`: one call, cancelled if its connection's client goes away.
+pub(super) async fn call(shared: &Shared, p: ToolCallParams, peer: &Peer) -> Answer<ToolOutput> {
+    call_with(shared, p, peer, &CallControl::cancelled_by(&peer.gone)).await
 }
 
 fn progress_frame(id: u64, progress: &Progress) -> Option<Response> {
@@ -125,13 +132,13 @@ pub(super) async fn run(
     shared: &Shared,
     id: u64,
     p: ToolCallParams,
-    gone: &CancellationToken,
+    peer: &Peer,
     out: &mpsc::Sender<Response>,
 ) {
-    let mut control = CallControl::cancelled_by(gone);
+    let mut control = CallControl::cancelled_by(&peer.gone);
     let reports = control.watch_progress();
     let forwarder = tokio::spawn(forward_progress(id, reports, out.clone()));
-    let answer = call_with(shared, p, &control).await;
+    let answer = call_with(shared, p, peer, &control).await;
     // No progress frame may follow the answer.
     drop(control);
     forwarder.abort();
@@ -180,9 +187,10 @@ pub(super) async fn follow_changes(
     shared: &Shared,
     id: u64,
     p: ToolListParams,
+    peer: &Peer,
     out: &mpsc::Sender<Response>,
 ) {
-    let who = match principal(shared, p.as_user.as_deref()).await {
+    let who = match acting(shared, peer, p.as_user.as_deref()).await {
         Ok(who) => who,
         Err(e) => {
             let _ = out.send(Response::err(Some(id), e)).await;

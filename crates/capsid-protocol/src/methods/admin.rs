@@ -139,9 +139,13 @@ pub struct GrantView {
     pub permissions: String,
     /// Whether it was revoked.
     pub revoked: bool,
-    /// The approval request a person made it by (`capsid approve --always`), if any.
+    /// The approval request a person made it by (`capsid approve --always` or
+    /// `--session`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// The client session it ends with, if it was approved for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// `identity.list`: users and platform links.

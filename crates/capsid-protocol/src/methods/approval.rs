@@ -23,6 +23,12 @@ pub struct ApprovalView {
     pub requested_ms: i64,
     /// When it is denied if nobody decides, ms since the Unix epoch.
     pub expires_ms: i64,
+    /// Who called the tool that asks, when a client did (`user:<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
+    /// The caller's client session, when it has one: only then may it be decided `session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// `approval.show` params.
@@ -39,6 +45,9 @@ pub struct ApprovalShowParams {
 pub enum ApprovalDecision {
     /// Allow this one call.
     Once,
+    /// Allow it and grant the resource to the capsule until the caller's client session
+    /// ends (its last connection to the daemon closes, or the daemon stops).
+    Session,
     /// Allow it and grant the resource to the capsule from now on (revocable with
     /// `cap.revoke`).
     Always,
@@ -57,6 +66,10 @@ pub struct ApprovalDecideParams {
     pub id: String,
     /// The decision.
     pub decision: ApprovalDecision,
+    /// Deciding as this user (name or id) rather than the operator: only a request whose
+    /// call that user made may be decided so (the MCP bridge asking its client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_user: Option<String>,
 }
 
 /// A standing refusal (a `deny-always` decision).
