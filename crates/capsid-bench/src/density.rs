@@ -113,6 +113,7 @@ fn greet(n: usize) -> Result<ToolCallParams> {
         as_user: None,
         client: None,
         via: Via::Daemon,
+        approvals: false,
     })
 }
 

@@ -51,6 +51,7 @@ fn greet_params() -> Result<ToolCallParams> {
         as_user: Some("mcp".into()),
         client: None,
         via: Via::Daemon,
+        approvals: false,
     })
 }
 

@@ -1,13 +1,18 @@
-//! What the caller of one tool call holds while it runs: a way to cancel it, and the latest
-//! progress its capsule reported through `capsid:host/progress`.
+//! What the caller of one tool call holds while it runs: a way to cancel it, the latest
+//! progress its capsule reported through `capsid:host/progress`, and the approval requests
+//! it waits on.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use capsid_core::limits::{MAX_CALL_APPROVAL_WAIT, MAX_PROGRESS_MESSAGE_BYTES};
+use capsid_core::limits::{
+    MAX_CALL_APPROVAL_WAIT, MAX_PENDING_APPROVALS, MAX_PROGRESS_MESSAGE_BYTES,
+};
 use capsid_core::sync::lock;
 use capsid_core::{ClientSessionId, Principal};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::approval::ApprovalRequest;
 use tokio_util::sync::CancellationToken;
 
 /// How far a tool call is, as its capsule last reported.
@@ -27,6 +32,8 @@ pub struct Progress {
 pub struct CallControl {
     cancelled: CancellationToken,
     progress: Option<watch::Sender<Option<Progress>>>,
+    /// Where the approval requests the call waits on are told, if anyone listens.
+    approvals: Option<mpsc::Sender<ApprovalRequest>>,
     suspension: Arc<Mutex<Suspension>>,
     /// Whether the call may wait for a person (tool calls and events; not `init`,
     /// `restart` or `shutdown`, which must not hold up a load or an unload).
@@ -124,6 +131,22 @@ impl CallControl {
         let (tx, rx) = watch::channel(None);
         self.progress = Some(tx);
         rx
+    }
+
+    /// Starts telling the caller of each approval request the call comes to wait on (so
+    /// it can ask its own person: the MCP bridge's elicitation). Requests beyond what the
+    /// receiver holds unread are not told (they are listed all the same).
+    pub fn watch_approvals(&mut self) -> mpsc::Receiver<ApprovalRequest> {
+        let (tx, rx) = mpsc::channel(MAX_PENDING_APPROVALS);
+        self.approvals = Some(tx);
+        rx
+    }
+
+    /// Tells whoever watches this call's approvals of `request`, now waiting.
+    pub(crate) fn announce(&self, request: &ApprovalRequest) {
+        if let Some(tx) = &self.approvals {
+            let _ = tx.try_send(request.clone());
+        }
     }
 
     /// This call's control, allowed (or not) to wait for a person.

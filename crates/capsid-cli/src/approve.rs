@@ -7,6 +7,8 @@ use capsid_protocol::methods::{
     ApprovalList, ApprovalRefusals, ApprovalShow, ApprovalShowParams, ApprovalView,
 };
 
+use capsid_core::text::printable;
+
 use crate::output;
 use crate::{ApproveArgs, ApproveCommand};
 
@@ -25,7 +27,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                         vec![
                             a.id.clone(),
                             a.capsule.clone(),
-                            output::printable(&a.description),
+                            printable(&a.description),
                             seconds_left(a),
                         ]
                     })
@@ -46,7 +48,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                             r.id.clone(),
                             r.capsule.clone(),
                             r.permission.clone(),
-                            output::printable(&r.resource),
+                            printable(&r.resource),
                         ]
                     })
                     .collect();
@@ -92,11 +94,7 @@ pub(crate) async fn approve(client: &mut Client, args: ApproveArgs, as_json: boo
                     ApprovalDecision::Deny => "denied",
                     ApprovalDecision::DenyAlways => "denied from now on",
                 };
-                println!(
-                    "{word}: {} ({})",
-                    output::printable(&a.description),
-                    a.capsule
-                );
+                println!("{word}: {} ({})", printable(&a.description), a.capsule);
             }
         }
         (None, None) => bail!("name a request to decide, or `capsid approve ls`"),
@@ -164,11 +162,7 @@ async fn watch(client: &mut Client) -> Result<()> {
             as_user: None,
         };
         match client.call::<ApprovalDecide>(&params).await {
-            Ok(a) => println!(
-                "decided: {} ({})",
-                output::printable(&a.description),
-                a.capsule
-            ),
+            Ok(a) => println!("decided: {} ({})", printable(&a.description), a.capsule),
             // Decided elsewhere, or expired, while the prompt was up.
             Err(e) => println!("not decided: {e}"),
         }
@@ -212,9 +206,9 @@ fn show(a: &ApprovalView, as_json: bool) {
     println!(
         "asks for:    {} on {}",
         a.permission,
-        output::printable(&a.resource)
+        printable(&a.resource)
     );
-    println!("call:        {}", output::printable(&a.description));
+    println!("call:        {}", printable(&a.description));
     println!("digest:      {}", a.digest);
     println!("expires in:  {}", seconds_left(a));
 }

@@ -187,6 +187,7 @@ async fn call(
         as_user,
         client: None,
         via: Via::Daemon,
+        approvals: false,
     };
     let answer = client.call::<ToolCall>(&params).await?;
     match answer {

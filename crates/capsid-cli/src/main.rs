@@ -374,7 +374,8 @@ async fn run(cli: Cli) -> Result<()> {
                 capsid_mcp::Daemon::new(home.clone(), local_fingerprint(&home), Some(client));
             match http {
                 None => {
-                    let bridge = capsid_mcp::Bridge::new(daemon, capsid_mcp::Acting::As(as_user));
+                    let bridge = capsid_mcp::Bridge::new(daemon, capsid_mcp::Acting::As(as_user))
+                        .map_err(capsid_mcp::ServeError::Random)?;
                     Ok(capsid_mcp::serve_stdio(bridge).await?)
                 }
                 Some(addr) => {

@@ -32,6 +32,7 @@ async fn typed_calls_answer_typed_results_and_errors_keep_their_kind() {
         as_user: None,
         client: None,
         via: Via::Daemon,
+        approvals: false,
     };
 
     let greeted = client
@@ -162,6 +163,7 @@ async fn a_user_calls_only_the_tools_granted_and_every_call_is_recorded_whicheve
         as_user: Some("mcp".into()),
         client: Some("test-agent".into()),
         via: Via::Mcp,
+        approvals: false,
     };
     // Not granted and not there answer alike: no oracle for what is installed.
     let denied = client

@@ -400,6 +400,9 @@ pub const MCP_FOLLOWS: usize = 256;
 
 /// Idle daemon connections an MCP bridge keeps for the next requests.
 pub const MCP_IDLE_DAEMON_CONNECTIONS: usize = 16;
+/// 2026-07-28 calls a bridge keeps waiting while their clients answer an approval (an
+/// input-required result out, the retry not yet in); more are answered "try again later".
+pub const MCP_PARKED_CALLS: usize = 256;
 
 /// HTTP connections the MCP bridge serves at once; more wait to be accepted.
 pub const MCP_HTTP_MAX_CONNECTIONS: usize = 512;

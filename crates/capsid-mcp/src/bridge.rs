@@ -1,31 +1,38 @@
 //! The MCP server handler: `tools/list` and `tools/call` answered through the daemon's
 //! `tool.list`, `tool.call` and `tool.run`, as the session's user; the tool list's changes
 //! announced both ways MCP has (`notifications/tools/list_changed` after `initialize`, and
-//! `subscriptions/listen` in 2026-07-28).
+//! `subscriptions/listen` in 2026-07-28); a call that waits for an approval asked of the
+//! client's person when the client can be asked (`approvals.rs`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use capsid_core::CapsuleId;
-use capsid_core::limits::MAX_TOOL_INPUT_BYTES;
+use capsid_core::limits::{MAX_TOOL_INPUT_BYTES, MCP_PARKED_CALLS};
+use capsid_core::sync::lock;
 use capsid_protocol::methods::{
-    ToolCall, ToolCallParams, ToolChangesFollow, ToolList, ToolListParams, ToolOutput, ToolRun,
-    ToolRunFrame, Via,
+    ApprovalDecide, ApprovalDecideParams, ApprovalDecision, ApprovalView, ToolCall, ToolCallParams,
+    ToolChangesFollow, ToolList, ToolListParams, ToolOutput, ToolProgress, Via,
 };
 use capsid_protocol::{Client, ClientError, Method};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, Extensions, Implementation,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ElicitRequest, ElicitResult,
+    Extensions, Implementation, InputRequest, InputRequests, InputRequiredResult, InputResponses,
     ListToolsResult, PaginatedRequestParams, ProgressNotificationParam, ProgressToken,
-    ServerCapabilities, ServerConfig, SubscriptionFilter,
+    ProtocolVersion, ServerCapabilities, ServerConfig, SubscriptionFilter,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
 use serde_json::Value;
+use tokio::task::JoinSet;
 
+use crate::approvals::{self, Answered, Binding, StateSeal};
+use crate::calls::{CallEvent, RunningCall};
 use crate::daemon::Daemon;
+use crate::tools::{answer, mcp_tool, unknown_tool};
 
 /// How often a session's follow checks that the session is still there.
 const SESSION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-use crate::tools::{answer, mcp_tool, unknown_tool};
 
 /// Whom a session's requests act as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,17 +49,28 @@ pub enum Acting {
 #[derive(Debug, Clone)]
 pub(crate) struct TokenUser(pub String);
 
-/// An MCP server over the home's daemon. Cloning shares its connections.
+/// An MCP server over the home's daemon. Cloning shares its connections and the calls
+/// parked for their clients' answers.
 #[derive(Debug, Clone)]
 pub struct Bridge {
     daemon: Arc<Daemon>,
     acting: Acting,
+    /// Seals 2026 clients' request states.
+    seal: Arc<StateSeal>,
+    /// 2026 calls waiting for their clients' answers, by approval id.
+    parked: Arc<Mutex<HashMap<String, Parked>>>,
 }
 
 impl Bridge {
-    /// A bridge answering through `daemon`, acting as `acting` says.
-    pub fn new(daemon: Arc<Daemon>, acting: Acting) -> Self {
-        Self { daemon, acting }
+    /// A bridge answering through `daemon`, acting as `acting` says. Fails only when the
+    /// system cannot give a random secret for sealing request states.
+    pub fn new(daemon: Arc<Daemon>, acting: Acting) -> Result<Self, getrandom::Error> {
+        Ok(Self {
+            daemon,
+            acting,
+            seal: Arc::new(StateSeal::new()?),
+            parked: Arc::default(),
+        })
     }
 
     /// The user a request acts as. A bearer session without a token user fails closed.
@@ -84,9 +102,9 @@ impl Bridge {
         outcome
     }
 
-    /// Runs a tool call until it answers or `context` is cancelled; progress goes to the
-    /// client when it asked for it. A cancelled call's connection is closed: the daemon
-    /// stops the guest and records the call as cancelled.
+    /// Runs a plain `tool.call` until it answers or `context` is cancelled (`None`). A
+    /// cancelled call's connection is closed: the daemon stops the guest and records the
+    /// call as cancelled.
     async fn run_call(
         &self,
         params: &ToolCallParams,
@@ -96,10 +114,9 @@ impl Bridge {
             Ok(lease) => lease,
             Err(e) => return Some(Err(e)),
         };
-        let progress = context.meta.get_progress_token();
         let client = lease.client();
         let outcome = tokio::select! {
-            outcome = call_reporting(client, params, progress, &context.peer) => Some(outcome),
+            outcome = client.call::<ToolCall>(params) => Some(outcome),
             () = context.ct.cancelled() => None,
         };
         // Cancelled: the lease is dropped, closing its connection.
@@ -107,37 +124,150 @@ impl Bridge {
         lease.keep_if(&outcome);
         Some(outcome)
     }
-}
 
-/// `tool.call`, or `tool.run` with its progress passed to `peer` under `token`.
-async fn call_reporting(
-    client: &mut Client,
-    params: &ToolCallParams,
-    token: Option<ProgressToken>,
-    peer: &Peer<RoleServer>,
-) -> Result<ToolOutput, ClientError> {
-    let Some(token) = token else {
-        return client.call::<ToolCall>(params).await;
-    };
-    let mut frames = client.follow::<ToolRun>(params).await?;
-    while let Some(frame) = frames.next().await? {
-        match frame {
-            ToolRunFrame::Done(output) => return Ok(output),
-            ToolRunFrame::Progress(p) => {
-                #[allow(clippy::cast_precision_loss)]
-                let mut note = ProgressNotificationParam::new(token.clone(), p.done as f64);
-                #[allow(clippy::cast_precision_loss)]
-                {
-                    note.total = p.total.map(|t| t as f64);
+    /// Follows `call` to its answer: progress to the client when it asked for it, each
+    /// approval request to the client's person as `asking` says. Cancelled with `context`.
+    async fn drive(
+        &self,
+        mut call: RunningCall,
+        turn: Turn,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let progress = context.meta.get_progress_token();
+        // Forms under way (2025 sessions): each ends by deciding, or by saying "cancel".
+        let mut forms: JoinSet<Answered> = JoinSet::new();
+        loop {
+            let event = tokio::select! {
+                event = call.next() => event,
+                Some(Ok(Answered::Cancel)) = forms.join_next() => return Ok(cancelled()),
+                () = context.ct.cancelled() => return Ok(cancelled()),
+            };
+            match event {
+                CallEvent::Done(result) => {
+                    return answer(&turn.name, result).map(CallToolResponse::from);
                 }
-                note.message = p.message;
-                if let Err(e) = peer.notify_progress(note).await {
-                    tracing::debug!(error = %e, "progress not delivered");
+                CallEvent::Progress(p) => {
+                    if let Some(token) = &progress {
+                        notify_progress(&context.peer, token.clone(), p).await;
+                    }
                 }
+                CallEvent::Approval(view) => match turn.asking {
+                    Asking::Form => {
+                        let (bridge, peer, user) =
+                            (self.clone(), context.peer.clone(), turn.user.clone());
+                        forms.spawn(async move { bridge.ask_form(&peer, &view, &user).await });
+                    }
+                    Asking::InputRequired => return self.park(call, view, turn),
+                    Asking::Nobody => {}
+                },
             }
         }
     }
-    Err(ClientError::Closed)
+
+    /// Asks `peer`'s person about `view` with `elicitation/create` (until the request
+    /// expires) and decides what they answered as `user`.
+    async fn ask_form(&self, peer: &Peer<RoleServer>, view: &ApprovalView, user: &str) -> Answered {
+        let Ok(form) = approvals::form(view) else {
+            return Answered::Nothing;
+        };
+        let left = u64::try_from(view.expires_ms - capsid_core::time::now_ms()).unwrap_or(0);
+        let asked = peer
+            .create_elicitation_with_timeout(form, Some(std::time::Duration::from_millis(left)))
+            .await;
+        let outcome = match asked {
+            Ok(result) => approvals::answered(view, &result),
+            Err(e) => {
+                tracing::debug!(error = %e, "the client gave no answer; the timeout decides");
+                Answered::Nothing
+            }
+        };
+        if let Answered::Decide(decision) = outcome {
+            self.decide(&view.id, decision, user).await;
+        }
+        outcome
+    }
+
+    /// Decides approval `id` as `user` (who may decide only what its own calls asked).
+    async fn decide(&self, id: &str, decision: ApprovalDecision, user: &str) {
+        let params = ApprovalDecideParams {
+            id: id.to_owned(),
+            decision,
+            as_user: Some(user.to_owned()),
+        };
+        if let Err(e) = self.ask::<ApprovalDecide>(&params).await {
+            // Decided elsewhere or expired meanwhile: the call hears whichever came first.
+            tracing::debug!(approval = id, error = %e, "the client's decision was not taken");
+        }
+    }
+
+    /// Parks `call` (waiting on `view`) and answers the 2026 client with an input-required
+    /// result: the form, and a sealed state that brings the retry back to this call.
+    fn park(
+        &self,
+        call: RunningCall,
+        view: ApprovalView,
+        turn: Turn,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let form = approvals::form(&view)
+            .map_err(|e| ErrorData::internal_error(format!("cannot ask: {e}"), None))?;
+        let state = self.seal.seal(&view.id, view.expires_ms, &turn.binding);
+        {
+            let mut parked = lock(&self.parked);
+            let now = capsid_core::time::now_ms();
+            // Calls whose approval expired are over: dropping them cancels them.
+            parked.retain(|_, p| p.view.expires_ms >= now);
+            if parked.len() >= MCP_PARKED_CALLS {
+                return Err(ErrorData::internal_error(
+                    "too many calls wait for their clients' answers; try again later",
+                    None,
+                ));
+            }
+            parked.insert(view.id.clone(), Parked { call, view, turn });
+        }
+        let mut requests = InputRequests::new();
+        requests.insert(
+            approvals::INPUT_KEY.to_owned(),
+            InputRequest::Elicitation(ElicitRequest::new(form)),
+        );
+        Ok(CallToolResponse::from(InputRequiredResult::new(
+            Some(requests),
+            Some(state),
+        )))
+    }
+
+    /// A 2026 client's retry: the call its sealed `state` names, given the answer in
+    /// `responses`, followed again.
+    async fn resume(
+        &self,
+        state: &str,
+        responses: Option<&InputResponses>,
+        turn: &Turn,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let refused = || {
+            ErrorData::invalid_params(
+                "requestState does not name a call of yours that is waiting (altered, expired, \
+                 for another tool or arguments, or already answered)",
+                None,
+            )
+        };
+        let id = self.seal.open(state, &turn.binding).ok_or_else(refused)?;
+        let parked = lock(&self.parked).remove(&id).ok_or_else(refused)?;
+        let result = responses
+            .and_then(|r| r.get(approvals::INPUT_KEY))
+            .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok());
+        match result.map(|r| approvals::answered(&parked.view, &r)) {
+            Some(Answered::Decide(decision)) => {
+                self.decide(&parked.view.id, decision, &turn.user).await;
+            }
+            Some(Answered::Cancel) => return Ok(cancelled()),
+            // No usable answer: asked again.
+            Some(Answered::Nothing) | None => {
+                return self.park(parked.call, parked.view, parked.turn);
+            }
+        }
+        self.drive(parked.call, parked.turn, context).await
+    }
 }
 
 /// Follows the tool set `params` names on `watch` and calls `announce` at each change after
@@ -290,6 +420,17 @@ impl ServerHandler for Bridge {
                 None,
             ));
         }
+        let turn = Turn {
+            name: name.to_owned(),
+            binding: Binding::new(&user, name, &input),
+            asking: Asking::of(&context),
+            user: user.clone(),
+        };
+        if let Some(state) = request.request_state.as_deref() {
+            return self
+                .resume(state, request.input_responses.as_ref(), &turn, &context)
+                .await;
+        }
         let params = ToolCallParams {
             capsule,
             tool: tool.to_owned(),
@@ -297,13 +438,87 @@ impl ServerHandler for Bridge {
             as_user: Some(user),
             client: context.client_info().map(|c| c.name),
             via: self.via(),
+            approvals: turn.asking != Asking::Nobody,
         };
+        if params.approvals || context.meta.get_progress_token().is_some() {
+            let call = RunningCall::start(self.daemon.clone(), params);
+            return self.drive(call, turn, &context).await;
+        }
         match self.run_call(&params, &context).await {
             Some(result) => answer(name, result).map(CallToolResponse::from),
-            // The client asked for no answer; this one is dropped by the SDK.
-            None => Ok(CallToolResponse::from(CallToolResult::error(vec![
-                rmcp::model::ContentBlock::text("cancelled"),
-            ]))),
+            None => Ok(cancelled()),
         }
     }
+}
+
+/// The answer to a cancelled call (the client asked for none; the SDK drops it).
+fn cancelled() -> CallToolResponse {
+    CallToolResponse::from(CallToolResult::error(vec![
+        rmcp::model::ContentBlock::text("cancelled"),
+    ]))
+}
+
+/// Passes progress `p` on to `peer` under `token`.
+async fn notify_progress(peer: &Peer<RoleServer>, token: ProgressToken, p: ToolProgress) {
+    #[allow(clippy::cast_precision_loss)]
+    let mut note = ProgressNotificationParam::new(token, p.done as f64);
+    #[allow(clippy::cast_precision_loss)]
+    {
+        note.total = p.total.map(|t| t as f64);
+    }
+    note.message = p.message;
+    if let Err(e) = peer.notify_progress(note).await {
+        tracing::debug!(error = %e, "progress not delivered");
+    }
+}
+
+/// How the client's person can be asked about an approval its call waits on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    /// Not at all (no form elicitation): the operator's channels or the timeout decide.
+    Nobody,
+    /// `elicitation/create` while the call waits (sessions before 2026-07-28).
+    Form,
+    /// An input-required result, and a retry with the answer (2026-07-28).
+    InputRequired,
+}
+
+impl Asking {
+    fn of(context: &RequestContext<RoleServer>) -> Self {
+        let form = context
+            .client_capabilities()
+            .and_then(|c| c.elicitation)
+            .is_some_and(|e| e.form.is_some() || e.url.is_none());
+        if !form {
+            return Self::Nobody;
+        }
+        let stateless = context
+            .protocol_version()
+            .is_some_and(|v| v.as_str() >= ProtocolVersion::V_2026_07_28.as_str());
+        if stateless {
+            Self::InputRequired
+        } else {
+            Self::Form
+        }
+    }
+}
+
+/// One `tools/call` as the bridge serves it.
+#[derive(Debug, Clone)]
+struct Turn {
+    /// `<capsule>.<tool>`.
+    name: String,
+    /// The user it acts as.
+    user: String,
+    /// What a sealed request state for it is bound to.
+    binding: Binding,
+    asking: Asking,
+}
+
+/// A 2026 call waiting for its client's answer to an approval.
+#[derive(Debug)]
+struct Parked {
+    call: RunningCall,
+    view: ApprovalView,
+    turn: Turn,
 }

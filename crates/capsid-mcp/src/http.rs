@@ -188,7 +188,7 @@ pub async fn serve_http(
         .with_json_response(true)
         .with_max_request_body_bytes(MCP_MAX_REQUEST_BYTES)
         .with_cancellation_token(stop.child_token());
-    let bridge = Bridge::new(daemon.clone(), Acting::Bearer);
+    let bridge = Bridge::new(daemon.clone(), Acting::Bearer).map_err(ServeError::Random)?;
     let mcp = StreamableHttpService::new(
         move || Ok(bridge.clone()),
         Arc::new(LocalSessionManager::default()),

@@ -19,7 +19,9 @@
 //!   protocol and nothing else.
 #![deny(missing_docs)]
 
+mod approvals;
 mod bridge;
+mod calls;
 mod daemon;
 mod http;
 mod tools;
@@ -46,6 +48,9 @@ pub enum ServeError {
     /// The HTTP address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// The system gave no random secret to seal request states with.
+    #[error("no random secret for the MCP bridge: {0}")]
+    Random(getrandom::Error),
 }
 
 /// Serves MCP on stdin/stdout until the client goes away. A line over

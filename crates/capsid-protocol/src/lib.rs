@@ -23,6 +23,7 @@
 //!     as_user: None,
 //!     client: None,
 //!     via: capsid_protocol::methods::Via::Daemon,
+//!     approvals: false,
 //! };
 //! let answer = client.call::<ToolCall>(&params).await?;
 //! # let _ = answer; Ok(()) }

@@ -262,6 +262,7 @@ impl CapsuleContext {
             self.record_refusal(op, resource, &why).await;
             return Asked::Refused;
         }
+        let _ = CURRENT_CALL.try_with(|call| call.announce(&waiting.request));
         let mut event = details;
         event["capsule"] = self.name.to_string().into();
         event["resource"] = resource.into();

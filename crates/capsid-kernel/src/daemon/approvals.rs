@@ -13,7 +13,7 @@ use super::views::kernel_error;
 
 type Answer<T> = Result<T, WireError>;
 
-fn view(r: ApprovalRequest) -> ApprovalView {
+pub(super) fn view(r: ApprovalRequest) -> ApprovalView {
     ApprovalView {
         id: r.id,
         principal: r.principal.to_string(),

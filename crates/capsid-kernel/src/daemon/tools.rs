@@ -127,7 +127,27 @@ async fn forward_progress(
     }
 }
 
-/// `tool.run`: the call, its progress frames, then its answer as the last frame.
+/// Sends each approval request the call comes to wait on as a frame, until the call ends.
+async fn forward_approvals(
+    id: u64,
+    mut asked: mpsc::Receiver<capsid_capsule::ApprovalRequest>,
+    out: mpsc::Sender<Response>,
+) {
+    while let Some(request) = asked.recv().await {
+        let frame = ToolRunFrame::Approval(super::approvals::view(request));
+        let Ok(value) = serde_json::to_value(frame) else {
+            continue;
+        };
+        let mut response = Response::ok(id, value);
+        response.more = true;
+        if out.send(response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `tool.run`: the call, its progress frames (and, when asked for, its approval requests),
+/// then its answer as the last frame.
 pub(super) async fn run(
     shared: &Shared,
     id: u64,
@@ -138,11 +158,22 @@ pub(super) async fn run(
     let mut control = CallControl::cancelled_by(&peer.gone);
     let reports = control.watch_progress();
     let forwarder = tokio::spawn(forward_progress(id, reports, out.clone()));
+    let asks = p.approvals.then(|| {
+        tokio::spawn(forward_approvals(
+            id,
+            control.watch_approvals(),
+            out.clone(),
+        ))
+    });
     let answer = call_with(shared, p, peer, &control).await;
-    // No progress frame may follow the answer.
+    // No frame may follow the answer.
     drop(control);
     forwarder.abort();
     let _ = forwarder.await;
+    if let Some(asks) = asks {
+        asks.abort();
+        let _ = asks.await;
+    }
     let response = match answer.and_then(|output| {
         serde_json::to_value(ToolRunFrame::Done(output)).map_err(super::views::failed)
     }) {

@@ -252,6 +252,10 @@ pub struct ToolCallParams {
     /// Through which door the call came (recorded).
     #[serde(default)]
     pub via: Via,
+    /// `tool.run` only: send each approval request the call comes to wait on as an
+    /// `approval` frame, so the client can ask its person (the MCP bridge's elicitation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approvals: bool,
 }
 
 /// The door a tool call came through.
@@ -347,12 +351,16 @@ impl ToolOutput {
     }
 }
 
-/// One frame of `tool.run`: progress while the tool runs, then its answer.
+/// One frame of `tool.run`: progress and approval requests while the tool runs, then its
+/// answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ToolRunFrame {
     /// How far the tool is, as its capsule last reported.
     Progress(ToolProgress),
+    /// The call waits for a person's decision on this request (sent when the call asked
+    /// for `approvals`); `approval.decide` answers it.
+    Approval(super::ApprovalView),
     /// The tool's answer (the last frame).
     Done(ToolOutput),
 }
