@@ -4,7 +4,8 @@
 //! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
 //! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/,
 //!                              checking each answers the tools its Capsule.toml declares
-//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel); tables and JSON in target/capsid-bench/
+//! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel,
+//!                              http, mcp, density, approvals); tables and JSON in target/capsid-bench/
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
 
@@ -18,7 +19,15 @@ mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
 const BENCH_GROUPS: &[&str] = &[
-    "audit", "storage", "capsule", "process", "kernel", "http", "mcp", "density",
+    "audit",
+    "storage",
+    "capsule",
+    "process",
+    "kernel",
+    "http",
+    "mcp",
+    "density",
+    "approvals",
 ];
 
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).

@@ -2,6 +2,7 @@
 //! the same run, the raw floor it is compared with; it prints a table and writes
 //! `<dir>/<group>.json` (DESIGN section 4).
 
+mod approvals;
 mod audit;
 mod capsule;
 mod density;
@@ -34,6 +35,7 @@ fn main() -> Result<()> {
         "kernel" => kernel::run()?,
         "http" => http::run()?,
         "mcp" => mcp::run()?,
+        "approvals" => approvals::run()?,
         "density" => density::run()?,
         other => bail!("unknown bench group {other:?}"),
     };

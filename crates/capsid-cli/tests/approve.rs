@@ -1,5 +1,7 @@
 //! `capsid approve` against a real daemon: a capsule's request waits, the CLI lists it,
-//! refuses to decide without a decision, decides it once, and finds it gone afterwards.
+//! refuses to decide without a decision, and decides it (once, always from the prompt of
+//! `approve watch`, for the session, deny, deny always); a session's grant ends with its last
+//! connection and with a killed daemon.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -162,7 +164,7 @@ fn call_unasked(home: &Home, input: &str) -> String {
 
 /// Runs `capsid call fetch get` on `input`, waits for its request, decides it with `how`:
 /// the request, and the call's answer.
-fn call_and_decide(home: &Home, input: &str, how: &str) -> (Value, String) {
+fn call_and_decide(home: &Home, input: &str, how: &[&str]) -> (Value, String) {
     let call = capsid(home, &["call", "fetch", "get", "--input", input]);
     let mut waiting = Value::Null;
     until("the request is listed", || {
@@ -170,7 +172,9 @@ fn call_and_decide(home: &Home, input: &str, how: &str) -> (Value, String) {
         waiting.as_array().is_some_and(|w| !w.is_empty())
     });
     let request = waiting[0].clone();
-    home.ok(&["approve", request["id"].as_str().unwrap(), how]);
+    let mut args = vec!["approve", request["id"].as_str().unwrap()];
+    args.extend(how);
+    home.ok(&args);
     let out = call.wait_with_output().unwrap();
     (request, String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -197,7 +201,7 @@ async fn a_session_approval_ends_with_the_last_connection_and_with_a_killed_daem
     // Decided for the session while another connection of the operator's is open: later
     // calls pass on the token, nobody asked.
     let held = keeper(&home).await;
-    let (request, answer) = call_and_decide(&home, &input, "--session");
+    let (request, answer) = call_and_decide(&home, &input, &["--session"]);
     assert!(request["session"].is_string(), "{request}");
     assert!(answer.contains("200"), "{answer}");
     assert_eq!(session_grants(&home), 1);
@@ -217,16 +221,22 @@ async fn a_session_approval_ends_with_the_last_connection_and_with_a_killed_daem
     home.ok(&["start", "--dev"]);
     assert_eq!(session_grants(&home), 0, "removed at boot");
     let held = keeper(&home).await;
-    let (_, answer) = call_and_decide(&home, &input, "--deny");
+    let (_, answer) = call_and_decide(&home, &input, &["--deny"]);
     assert!(!answer.contains("200"), "asked again and denied: {answer}");
 
     // The last connection closing ends it.
-    let (_, answer) = call_and_decide(&home, &input, "--session");
+    let (_, answer) = call_and_decide(&home, &input, &["--session"]);
     assert!(answer.contains("200"), "{answer}");
     assert!(call_unasked(&home, &input).contains("200"));
     drop(held);
     until("the session's grant is gone", || session_grants(&home) == 0);
-    let (_, answer) = call_and_decide(&home, &input, "--deny");
+    let (request, answer) = call_and_decide(&home, &input, &["--deny", "--always"]);
     assert!(!answer.contains("200"), "asked again and denied: {answer}");
+    // Refused standing: the next call is denied without asking, until forgotten.
+    let refusals = home.json(&["approve", "refusals"]);
+    assert_eq!(refusals[0]["id"], request["id"], "{refusals}");
+    assert!(!call_unasked(&home, &input).contains("200"));
+    home.ok(&["approve", "forget", request["id"].as_str().unwrap()]);
+    assert_eq!(home.json(&["approve", "refusals"]), serde_json::json!([]));
     home.ok(&["stop"]);
 }
