@@ -598,10 +598,17 @@ async fn a_session_approval_lasts_while_the_callers_session_does_and_not_past_a_
         )
     };
     let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
+    // As the daemon calls for its operator's connections (the embedding program's own
+    // calls come from no client session).
     let get = |kernel: Arc<capsid_kernel::Kernel>| {
         let input = input.clone();
         tokio::spawn(async move {
-            let out = kernel.call_tool(&id("fetch"), "get", &input).await.unwrap();
+            let caller = kernel.operator(capsid_kernel::Door::Daemon);
+            let control = capsid_capsule::CallControl::new();
+            let out = kernel
+                .call_tool_as(&caller, &id("fetch"), "get", &input, &control)
+                .await
+                .unwrap();
             serde_json::from_str::<Value>(&out).unwrap()
         })
     };
@@ -694,5 +701,64 @@ async fn a_session_approval_lasts_while_the_callers_session_does_and_not_past_a_
         .await
         .unwrap();
     assert!(call.await.unwrap()["error"].is_string());
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_decides_only_its_own_calls_and_never_for_everyone() {
+    let web = WebServer::start().await;
+    let home = PrivateHome::new();
+    asking_fetch(&home.path().join("capsules"), &web, "");
+    let kernel = Arc::new(
+        capsid_kernel::Kernel::builder()
+            .home(home.path())
+            .config(capsid_kernel::KernelConfig {
+                dev: true,
+                hot_reload: false,
+                ..capsid_kernel::KernelConfig::default()
+            })
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("boot: {e}")),
+    );
+    // The MCP user (dev trust lets it call every tool over stdio) calls; it may decide.
+    let mcp = kernel.mcp_principal();
+    let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
+    let call = {
+        let (kernel, input) = (kernel.clone(), input.clone());
+        tokio::spawn(async move {
+            let caller = capsid_kernel::ToolCaller {
+                principal: kernel.mcp_principal(),
+                door: capsid_kernel::Door::Mcp,
+                client: None,
+            };
+            let control = capsid_capsule::CallControl::new();
+            kernel
+                .call_tool_as(&caller, &id("fetch"), "get", &input, &control)
+                .await
+                .unwrap()
+        })
+    };
+    let asked = first_waiting(&kernel).await;
+    assert_eq!(asked.caller, Some(mcp));
+    for verdict in [Verdict::Always, Verdict::DenyAlways] {
+        let refused = kernel.decide_approval(&asked.id, verdict, mcp).await;
+        assert!(
+            matches!(
+                refused,
+                Err(capsid_kernel::KernelError::Approval(
+                    capsid_capsule::ApprovalError::OperatorOnly { .. }
+                ))
+            ),
+            "{verdict:?}: {refused:?}"
+        );
+    }
+    assert_eq!(kernel.approvals().len(), 1, "still pending");
+    kernel
+        .decide_approval(&asked.id, Verdict::Once, mcp)
+        .await
+        .unwrap();
+    assert!(call.await.unwrap().contains("\"status\":200"));
+    assert!(kernel.refusals().await.unwrap().is_empty());
     kernel.shutdown().await;
 }

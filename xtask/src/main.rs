@@ -4,6 +4,7 @@
 //! cargo xtask test             fmt check, clippy -D warnings, build the capsules, every test
 //! cargo xtask build-capsules   build capsules/ for wasm32-wasip2 into target/capsules/<name>/,
 //!                              checking each answers the tools its Capsule.toml declares
+//! cargo xtask bench audit-scale [N]  the audit log's costs at N entries (default 1,000,000)
 //! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel,
 //!                              http, mcp, density, approvals); tables and JSON in target/capsid-bench/
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
@@ -30,6 +31,9 @@ const BENCH_GROUPS: &[&str] = &[
     "approvals",
 ];
 
+/// Groups run only when named (too long for a run of every group).
+const LONG_BENCH_GROUPS: &[&str] = &["audit-scale"];
+
 /// Folders under `capsules/` that hold one capsule each (a `Capsule.toml` beside its crate).
 const CAPSULE_GROUPS: &[&str] = &["samples", "hostile", "bench"];
 
@@ -42,7 +46,11 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(&root),
         Some("build-capsules") => build_capsules(&root).map(|_| ()),
-        Some("bench") => bench(&root, args.get(1).map(String::as_str)),
+        Some("bench") => bench(
+            &root,
+            args.get(1).map(String::as_str),
+            args.get(2).map(String::as_str),
+        ),
         Some("run") => run(&root),
         Some("help" | "--help" | "-h") | None => {
             print!("{}", usage());
@@ -56,7 +64,8 @@ fn usage() -> String {
     format!(
         "usage: cargo xtask <command>\n  test            fmt check, clippy -D warnings, capsules, all tests\n  \
          build-capsules  build capsules/ for wasm32-wasip2 into target/capsules/, check their tools\n  \
-         bench [group]   benchmarks; groups: {}\n  run             start capsid\n",
+         bench [group]   benchmarks; groups: {}\n  \
+         bench audit-scale [N]  the audit log at N entries (default 1,000,000)\n  run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )
 }
@@ -336,15 +345,22 @@ fn test_guest_sdk(root: &Path) -> Result<()> {
     cargo(root, &[&["test"], &guest[..]].concat())
 }
 
-fn bench(root: &Path, group: Option<&str>) -> Result<()> {
+/// `cargo xtask bench [group] [N]`: every group of [`BENCH_GROUPS`], or one (`N`, the size
+/// of `audit-scale`).
+fn bench(root: &Path, group: Option<&str>, size: Option<&str>) -> Result<()> {
     let groups: Vec<&str> = match group {
         None => BENCH_GROUPS.to_vec(),
-        Some(g) if BENCH_GROUPS.contains(&g) => vec![g],
+        Some(g) if BENCH_GROUPS.contains(&g) || LONG_BENCH_GROUPS.contains(&g) => vec![g],
         Some(g) => bail!(
-            "unknown bench group {g:?}; groups: {}",
-            BENCH_GROUPS.join(", ")
+            "unknown bench group {g:?}; groups: {}, {}",
+            BENCH_GROUPS.join(", "),
+            LONG_BENCH_GROUPS.join(", ")
         ),
     };
+    let size = size.unwrap_or("");
+    if !size.is_empty() && size.parse::<u64>().is_err() {
+        bail!("the bench size must be a number, not {size:?}");
+    }
     let out = root.join("target").join("capsid-bench");
     let out_str = out.to_str().context("target path is not UTF-8")?;
     // These groups drive the real binary, built as released.
@@ -375,7 +391,11 @@ fn bench(root: &Path, group: Option<&str>) -> Result<()> {
                 "--out",
                 out_str,
             ],
-            &[("CAPSID_CAPSULES_DIR", &capsules), ("CAPSID_BIN", &bin)],
+            &[
+                ("CAPSID_CAPSULES_DIR", &capsules),
+                ("CAPSID_BIN", &bin),
+                ("CAPSID_BENCH_N", Path::new(size)),
+            ],
         )?;
     }
     Ok(())

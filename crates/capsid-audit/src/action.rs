@@ -7,6 +7,10 @@ pub const LOG_CREATE: &str = "audit.log.create";
 pub const CHAIN_OPEN: &str = "audit.chain.open";
 /// The runtime key was rotated.
 pub const KEY_ROTATE: &str = "audit.key.rotate";
+/// A checkpoint in the system chain: how many entries and chains the log held just before
+/// it and a digest of every chain's head then, so that an open verifies only what follows
+/// the last checkpoint (`capsid audit verify` still checks everything, checkpoints included).
+pub const CHECKPOINT: &str = "audit.checkpoint";
 /// A tampered log was set aside at boot (`audit_tamper = "quarantine"`).
 pub const TAMPERED: &str = "audit.tampered";
 /// The log was exported by the operator.

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod action;
+mod checkpoint;
 pub mod entry;
 mod error;
 mod export;

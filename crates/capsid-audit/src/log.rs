@@ -12,9 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{ChainId, EntryRef, Record};
 use crate::error::AuditError;
-use crate::verify::{Snapshot, VerifyReport, verify_snapshot};
+use crate::verify::{HeadRow, VerifyReport, verify_snapshot};
 use crate::writer::{self, Command, Head};
-use crate::{schema, store};
+use crate::{checkpoint, schema, store};
 
 /// An open audit log with its writer thread (none when opened read-only).
 ///
@@ -33,8 +33,11 @@ impl AuditLog {
     /// Opens the log at `path`, creating it (with `key` pinned as its genesis key) if the file
     /// does not exist or is an empty database.
     ///
-    /// An existing log is verified in full first. If anything is wrong the log is refused with
-    /// [`AuditError::Tampered`] carrying the report, and nothing is written; if `key` is not
+    /// An existing log is verified first: from its newest checkpoint on when it has one (the
+    /// checkpoint's signature and claims, then every entry after it), in full otherwise.
+    /// [`verify_all`](Self::verify_all) always checks everything. If anything is wrong the
+    /// log is refused with [`AuditError::Tampered`] carrying the report, and nothing is
+    /// written; if `key` is not
     /// the log's current key (its genesis key, or the key it was last rotated to) it is
     /// refused with [`AuditError::UntrustedKey`]. This call
     /// blocks (SQLite I/O and verification); from async code, run it on a blocking thread.
@@ -45,8 +48,10 @@ impl AuditLog {
         // that is refused is left exactly as found, its WAL included.
         let existing = match schema::open_existing_ro(&path)? {
             Some(ro) => {
-                let snap = store::read_snapshot(&ro, &path)?;
-                let report = verify_snapshot(&snap);
+                let report = match checkpoint::verify_from_checkpoint(&ro, &path)? {
+                    Some(report) => report,
+                    None => verify_snapshot(&store::read_snapshot(&ro, &path)?),
+                };
                 if !report.is_valid() {
                     return Err(AuditError::Tampered {
                         path,
@@ -59,14 +64,14 @@ impl AuditLog {
                         key_id: key.key_id().to_string(),
                     });
                 }
-                Some(snap)
+                Some(store::read_heads(&ro, &path)?)
             }
             None => None,
         };
         let (mut conn, is_new) = schema::open_rw(&path)?;
         let (key, heads) = match existing {
             // Unchanged since it was verified: the writer lock keeps other capsids out.
-            Some(snap) if !is_new => (key, heads_of(&snap)),
+            Some(heads) if !is_new => (key, heads_of(&heads)),
             None if is_new => writer::create(&mut conn, &path, key)?,
             // Something other than capsid changed the file between the two opens.
             _ => {
@@ -219,8 +224,8 @@ fn lock_writer(db: &Path) -> Result<std::fs::File, AuditError> {
     }
 }
 
-fn heads_of(snap: &Snapshot) -> HashMap<String, Head> {
-    snap.heads
+fn heads_of(heads: &[HeadRow]) -> HashMap<String, Head> {
+    heads
         .iter()
         .filter_map(|h| {
             Some((

@@ -33,52 +33,26 @@ fn seq(v: ValueRef<'_>) -> u64 {
     int(v).and_then(|i| u64::try_from(i).ok()).unwrap_or(0)
 }
 
-/// Reads keys, heads and entries in one read transaction, so they are mutually consistent.
-pub(crate) fn read_snapshot(conn: &Connection, path: &Path) -> Result<Snapshot, AuditError> {
+/// The columns [`read_entries`] selects, in order.
+const ENTRY_COLUMNS: &str = "id, chain, seq, time_ns, principal, capsule, action, resource, \
+    decision, details, prev_hash, key_id, hash, signature";
+
+/// The entries `tail` selects (`WHERE ... ORDER BY ...`, the rest of the query), as stored.
+pub(crate) fn read_entries<P: rusqlite::Params>(
+    conn: &Connection,
+    path: &Path,
+    tail: &str,
+    params: P,
+) -> Result<Vec<StoredEntry>, AuditError> {
     let err = sqlite_err(path);
-    let tx = conn.unchecked_transaction().map_err(&err)?;
-    let mut snap = Snapshot::default();
-
-    let mut stmt = tx
-        .prepare("SELECT key_id, public_key, introduced_by FROM trusted_keys ORDER BY rowid")
+    let mut stmt = conn
+        .prepare(&format!("SELECT {ENTRY_COLUMNS} FROM entries {tail}"))
         .map_err(&err)?;
-    let mut rows = stmt.query([]).map_err(&err)?;
-    while let Some(r) = rows.next().map_err(&err)? {
-        snap.keys.push(KeyRow {
-            key_id: bytes(r.get_ref(0).map_err(&err)?),
-            public_key: bytes(r.get_ref(1).map_err(&err)?),
-            introduced_by: int(r.get_ref(2).map_err(&err)?).and_then(|i| u64::try_from(i).ok()),
-        });
-    }
-    drop(rows);
-    drop(stmt);
-
-    let mut stmt = tx
-        .prepare("SELECT chain, head_seq, head_hash, key_id, signature FROM chains")
-        .map_err(&err)?;
-    let mut rows = stmt.query([]).map_err(&err)?;
-    while let Some(r) = rows.next().map_err(&err)? {
-        snap.heads.push(HeadRow {
-            chain: String::from_utf8_lossy(&bytes(r.get_ref(0).map_err(&err)?)).into_owned(),
-            seq: seq(r.get_ref(1).map_err(&err)?),
-            hash: bytes(r.get_ref(2).map_err(&err)?),
-            key_id: bytes(r.get_ref(3).map_err(&err)?),
-            signature: bytes(r.get_ref(4).map_err(&err)?),
-        });
-    }
-    drop(rows);
-    drop(stmt);
-
-    let mut stmt = tx
-        .prepare(
-            "SELECT id, chain, seq, time_ns, principal, capsule, action, resource, decision, details,
-                    prev_hash, key_id, hash, signature FROM entries ORDER BY id",
-        )
-        .map_err(&err)?;
-    let mut rows = stmt.query([]).map_err(&err)?;
+    let mut rows = stmt.query(params).map_err(&err)?;
+    let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(&err)? {
         let col = |i| r.get_ref(i).map_err(&err);
-        snap.entries.push(StoredEntry {
+        out.push(StoredEntry {
             position: int(col(0)?).unwrap_or(0),
             chain: String::from_utf8_lossy(&bytes(col(1)?)).into_owned(),
             seq: seq(col(2)?),
@@ -95,5 +69,56 @@ pub(crate) fn read_snapshot(conn: &Connection, path: &Path) -> Result<Snapshot, 
             signature: bytes(col(13)?),
         });
     }
+    Ok(out)
+}
+
+/// The pinned keys, as stored.
+pub(crate) fn read_keys(conn: &Connection, path: &Path) -> Result<Vec<KeyRow>, AuditError> {
+    let err = sqlite_err(path);
+    let mut stmt = conn
+        .prepare("SELECT key_id, public_key, introduced_by FROM trusted_keys ORDER BY rowid")
+        .map_err(&err)?;
+    let mut rows = stmt.query([]).map_err(&err)?;
+    let mut keys = Vec::new();
+    while let Some(r) = rows.next().map_err(&err)? {
+        keys.push(KeyRow {
+            key_id: bytes(r.get_ref(0).map_err(&err)?),
+            public_key: bytes(r.get_ref(1).map_err(&err)?),
+            introduced_by: int(r.get_ref(2).map_err(&err)?).and_then(|i| u64::try_from(i).ok()),
+        });
+    }
+    Ok(keys)
+}
+
+/// The chain heads, as stored.
+pub(crate) fn read_heads(conn: &Connection, path: &Path) -> Result<Vec<HeadRow>, AuditError> {
+    let err = sqlite_err(path);
+    let mut stmt = conn
+        .prepare("SELECT chain, head_seq, head_hash, key_id, signature FROM chains")
+        .map_err(&err)?;
+    let mut rows = stmt.query([]).map_err(&err)?;
+    let mut heads = Vec::new();
+    while let Some(r) = rows.next().map_err(&err)? {
+        heads.push(HeadRow {
+            chain: String::from_utf8_lossy(&bytes(r.get_ref(0).map_err(&err)?)).into_owned(),
+            seq: seq(r.get_ref(1).map_err(&err)?),
+            hash: bytes(r.get_ref(2).map_err(&err)?),
+            key_id: bytes(r.get_ref(3).map_err(&err)?),
+            signature: bytes(r.get_ref(4).map_err(&err)?),
+        });
+    }
+    Ok(heads)
+}
+
+/// Reads keys, heads and entries in one read transaction, so they are mutually consistent.
+pub(crate) fn read_snapshot(conn: &Connection, path: &Path) -> Result<Snapshot, AuditError> {
+    let err = sqlite_err(path);
+    let tx = conn.unchecked_transaction().map_err(&err)?;
+    let mut snap = Snapshot {
+        keys: read_keys(&tx, path)?,
+        heads: read_heads(&tx, path)?,
+        entries: Vec::new(),
+    };
+    snap.entries = read_entries(&tx, path, "ORDER BY id", [])?;
     Ok(snap)
 }

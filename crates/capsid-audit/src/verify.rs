@@ -112,6 +112,12 @@ pub enum Problem {
     },
     /// The chain was opened in the system chain but none of it remains.
     ChainMissing,
+    /// A checkpoint's claim (entries, chains, the digest of every head) does not match what
+    /// is stored before it: entries before it were removed, added or changed.
+    CheckpointMismatch {
+        /// The checkpoint entry's sequence in the system chain.
+        seq: u64,
+    },
     /// The chain exists but was never opened in the system chain.
     Unregistered,
 }
@@ -148,6 +154,10 @@ impl fmt::Display for Problem {
                 write!(f, "seq {seq}: does not match the signed chain head")
             }
             Self::ChainMissing => f.write_str("chain opened in the system chain is gone"),
+            Self::CheckpointMismatch { seq } => write!(
+                f,
+                "seq {seq}: checkpoint does not match the entries stored before it (run a full `capsid audit verify`)"
+            ),
             Self::Unregistered => f.write_str("chain was never opened in the system chain"),
         }
     }
@@ -276,9 +286,23 @@ impl fmt::Display for VerifyReport {
     }
 }
 
+impl VerifyReport {
+    /// The report made of `keys`' problems and `chains`' reports under `trust`.
+    pub(crate) fn new(keys: Vec<KeyProblem>, chains: Vec<ChainReport>, trust: Trust) -> Self {
+        let mut trusted: Vec<KeyId> = trust.keys.into_keys().collect();
+        trusted.sort();
+        Self {
+            keys,
+            chains,
+            trusted,
+            current: trust.current,
+        }
+    }
+}
+
 /// Which keys the log trusts, in the order they were introduced.
-struct Trust {
-    keys: HashMap<KeyId, PublicKey>,
+pub(crate) struct Trust {
+    pub(crate) keys: HashMap<KeyId, PublicKey>,
     /// Genesis is 0; each valid rotation adds one.
     rank: HashMap<KeyId, u32>,
     /// The newest trusted key: the only one that may sign chain heads.
@@ -287,7 +311,7 @@ struct Trust {
 
 /// Per-entry integrity, before position is considered.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Integrity {
+pub(crate) enum Integrity {
     Intact,
     Changed,
     UnknownKey,
@@ -325,11 +349,20 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
     );
     names.insert(SYSTEM_CHAIN);
 
+    let claims = crate::checkpoint::check_claims(&snap.entries, |e| {
+        integrity(e, &trust.keys) == Integrity::Intact
+    });
     let reports = names
         .into_iter()
         .map(|name| {
             let rows = chains.get(name).map(Vec::as_slice).unwrap_or_default();
-            let mut problems = verify_chain(name, rows, heads.get(name).copied(), &trust);
+            let genesis = genesis_hash(name);
+            let start = (0, genesis.as_bytes().as_slice());
+            let mut problems = verify_chain(name, rows, heads.get(name).copied(), &trust, start);
+            if name == SYSTEM_CHAIN {
+                problems.extend(claims.iter().cloned());
+                problems.sort_by_key(problem_order);
+            }
             let is_registered = name == SYSTEM_CHAIN || registered.contains(name.as_bytes());
             if !is_registered {
                 problems.insert(0, Problem::Unregistered);
@@ -343,20 +376,12 @@ pub(crate) fn verify_snapshot(snap: &Snapshot) -> VerifyReport {
             }
         })
         .collect();
-    let current = trust.current;
-    let mut trusted: Vec<KeyId> = trust.keys.into_keys().collect();
-    trusted.sort();
-    VerifyReport {
-        keys: key_problems,
-        chains: reports,
-        trusted,
-        current,
-    }
+    VerifyReport::new(key_problems, reports, trust)
 }
 
 /// Works out which pinned keys are trusted: the single genesis key, then every key introduced
 /// by an intact rotation entry signed by the key in force at that point.
-fn trusted_keys(rows: &[KeyRow], system: &[&StoredEntry]) -> (Trust, Vec<KeyProblem>) {
+pub(crate) fn trusted_keys(rows: &[KeyRow], system: &[&StoredEntry]) -> (Trust, Vec<KeyProblem>) {
     let mut problems = Vec::new();
     let mut pinned: HashMap<KeyId, (PublicKey, Option<u64>)> = HashMap::new();
     for row in rows {
@@ -441,7 +466,7 @@ fn hash_matches(e: &StoredEntry) -> bool {
 }
 
 /// Integrity of a single entry with an individual (strict) signature check.
-fn integrity(e: &StoredEntry, trusted: &HashMap<KeyId, PublicKey>) -> Integrity {
+pub(crate) fn integrity(e: &StoredEntry, trusted: &HashMap<KeyId, PublicKey>) -> Integrity {
     if !hash_matches(e) {
         return Integrity::Changed;
     }
@@ -501,7 +526,11 @@ fn integrity_all(rows: &[&StoredEntry], trusted: &HashMap<KeyId, PublicKey>) -> 
 
 /// The head's `(seq, hash)` if it is signed by the log's current key: a rotation re-signs
 /// every head, so a retired key can never extend a chain.
-fn valid_head<'a>(chain: &str, head: &'a HeadRow, trust: &Trust) -> Option<(u64, &'a [u8])> {
+pub(crate) fn valid_head<'a>(
+    chain: &str,
+    head: &'a HeadRow,
+    trust: &Trust,
+) -> Option<(u64, &'a [u8])> {
     let id = KeyId::from_slice(&head.key_id).filter(|id| Some(*id) == trust.current)?;
     let pk = trust.keys.get(&id)?;
     let sig = Signature::from_slice(&head.signature)?;
@@ -510,11 +539,15 @@ fn valid_head<'a>(chain: &str, head: &'a HeadRow, trust: &Trust) -> Option<(u64,
     Some((head.seq, head.hash.as_slice()))
 }
 
-fn verify_chain(
+/// Verifies `rows` (one chain's, in storage order) as the chain's entries after `start`
+/// (the sequence and hash they follow: `(0, genesis)` for a whole chain, a checkpoint's head
+/// for what follows it), against its signed `head`.
+pub(crate) fn verify_chain(
     chain: &str,
     rows: &[&StoredEntry],
     head: Option<&HeadRow>,
     trust: &Trust,
+    start: (u64, &[u8]),
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     if rows.is_empty() && head.is_none() {
@@ -537,13 +570,13 @@ fn verify_chain(
 
     let limit = signed_head.map(|(s, _)| s);
     let seqs = effective_seqs(rows, &status);
-    let genuine = pick_genuine(rows, &seqs, &status, limit, &mut problems);
+    let genuine = pick_genuine(rows, &seqs, &status, (start.0, limit), &mut problems);
     check_storage_order(&seqs, &genuine, &mut problems);
 
     // Walk the chain in sequence order.
-    let mut expected_seq: u64 = 1;
+    let mut expected_seq: u64 = start.0.saturating_add(1);
     let mut newest_rank = 0;
-    let mut expected_prev: Option<Vec<u8>> = Some(genesis_hash(chain).0.to_vec());
+    let mut expected_prev: Option<Vec<u8>> = Some(start.1.to_vec());
     for (&seq, &i) in &genuine {
         let e = rows[i];
         if seq > expected_seq {
@@ -627,13 +660,14 @@ fn effective_seqs(rows: &[&StoredEntry], status: &[Integrity]) -> Vec<u64> {
 }
 
 /// Picks one genuine row per sequence number: intact first, then the one its successor links
-/// to, then the earliest stored. Every other claimant, and every row past the signed head, is
-/// reported as inserted.
+/// to, then the earliest stored. Every other claimant, every row at or before `floor` (the
+/// sequence the rows follow) and every row past the signed head `limit` is reported as
+/// inserted.
 fn pick_genuine(
     rows: &[&StoredEntry],
     seqs: &[u64],
     status: &[Integrity],
-    limit: Option<u64>,
+    (floor, limit): (u64, Option<u64>),
     problems: &mut Vec<Problem>,
 ) -> BTreeMap<u64, usize> {
     let mut by_seq: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
@@ -642,7 +676,7 @@ fn pick_genuine(
     }
     let mut genuine = BTreeMap::new();
     for (&seq, claimants) in &by_seq {
-        if seq == 0 || limit.is_some_and(|l| seq > l) {
+        if seq <= floor || limit.is_some_and(|l| seq > l) {
             problems.extend(claimants.iter().map(|_| Problem::Inserted { seq }));
             continue;
         }
@@ -696,6 +730,7 @@ fn problem_order(p: &Problem) -> (u64, u8) {
         Problem::NoHead | Problem::HeadInvalid | Problem::ChainMissing | Problem::Unregistered => {
             (0, 0)
         }
+        Problem::CheckpointMismatch { seq } => (*seq, 5),
         Problem::Missing { first_seq, .. } => (*first_seq, 1),
         Problem::Reordered { seq, .. } => (*seq, 2),
         Problem::Inserted { seq } => (*seq, 3),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use capsid_capsule::Verdict;
 use capsid_core::CapsuleId;
-use capsid_kernel::{Kernel, KernelConfig};
+use capsid_kernel::{Door, Kernel, KernelConfig};
 
 use crate::report::{Row, percentile};
 
@@ -63,7 +63,6 @@ pub fn run() -> Result<Vec<Row>> {
                 approved.push(a);
             }
         }
-        ensure!(kernel.approvals().is_empty(), "a measured call asked");
         drop(session);
         kernel.shutdown().await;
         granted.sort();
@@ -92,12 +91,7 @@ pub fn run() -> Result<Vec<Row>> {
 async fn approve_for_session(kernel: &Kernel) -> Result<()> {
     let call = {
         let kernel = kernel.clone();
-        tokio::spawn(async move {
-            kernel
-                .call_tool(&CapsuleId::new("notes-asks")?, "add", INPUT)
-                .await
-                .map_err(anyhow::Error::from)
-        })
+        tokio::spawn(async move { call(&kernel, &CapsuleId::new("notes-asks")?).await })
     };
     let until = Instant::now() + Duration::from_secs(30);
     while !call.is_finished() {
@@ -113,9 +107,20 @@ async fn approve_for_session(kernel: &Kernel) -> Result<()> {
     Ok(())
 }
 
+/// One `add` on `capsule`, as the daemon's operator connection calls it (from the
+/// operator's client session).
+async fn call(kernel: &Kernel, capsule: &CapsuleId) -> Result<()> {
+    let caller = kernel.operator(Door::Daemon);
+    let control = capsid_capsule::CallControl::new();
+    kernel
+        .call_tool_as(&caller, capsule, "add", INPUT, &control)
+        .await?;
+    Ok(())
+}
+
 /// How long one `add` on `capsule` takes.
 async fn timed(kernel: &Kernel, capsule: &CapsuleId) -> Result<Duration> {
     let start = Instant::now();
-    kernel.call_tool(capsule, "add", INPUT).await?;
+    call(kernel, capsule).await?;
     Ok(start.elapsed())
 }

@@ -27,7 +27,8 @@ const PRODUCERS: u64 = 16;
 /// Entries appended by the single producer (each is its own durable commit, so fewer).
 const SINGLE_PRODUCER_ENTRIES: u64 = 4_000;
 
-fn record(i: u64) -> Result<Record> {
+/// Entry `i` of a benchmark log: a capability decision of the usual size.
+pub(crate) fn record(i: u64) -> Result<Record> {
     Ok(Record::new(
         Principal::System,
         "capability.check",
@@ -174,7 +175,8 @@ fn verify_rate(path: &std::path::Path) -> Result<(u64, f64)> {
     Ok((report.entries(), report.entries() as f64 / secs))
 }
 
-fn verify_floor(n: u64) -> Result<f64> {
+/// Strict ed25519 verifications per second over `n` signatures: the floor of a full verify.
+pub(crate) fn verify_floor(n: u64) -> Result<f64> {
     let key = KeyPair::generate()?;
     let pk = key.public_key();
     let msgs: Vec<[u8; 32]> = (0..n)

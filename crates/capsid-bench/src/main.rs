@@ -4,6 +4,7 @@
 
 mod approvals;
 mod audit;
+mod audit_scale;
 mod capsule;
 mod density;
 mod http;
@@ -36,6 +37,7 @@ fn main() -> Result<()> {
         "http" => http::run()?,
         "mcp" => mcp::run()?,
         "approvals" => approvals::run()?,
+        "audit-scale" => audit_scale::run()?,
         "density" => density::run()?,
         other => bail!("unknown bench group {other:?}"),
     };

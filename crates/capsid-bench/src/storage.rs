@@ -170,6 +170,7 @@ async fn capability_rows() -> Result<Vec<Row>> {
     let subject = Subject {
         principal: alice,
         capsule: Some(notes),
+        session: None,
     };
     let resource = "fs://workspace/notes/2026/11/today.md";
     anyhow::ensure!(

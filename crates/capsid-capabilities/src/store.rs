@@ -35,6 +35,9 @@ pub struct Subject {
     pub principal: Principal,
     /// Through which capsule, if any.
     pub capsule: Option<CapsuleId>,
+    /// From which client session, if the action is part of a call a client made: only then
+    /// does a grant bound to that session apply.
+    pub session: Option<ClientSessionId>,
 }
 
 /// The answer to a check.
@@ -290,6 +293,16 @@ impl CapabilityStore {
             });
         }
         self.kv.batch(&ops).await?;
+        if let Some(session) = cap.session
+            && !self.session_live(session)
+        {
+            // Ended while this was written: its removal may have run before the write
+            // landed, so remove it here (it never allowed anything: checks want it live).
+            let mut prefix = vec![TAG, BY_SESSION];
+            prefix.extend_from_slice(session.as_uuid().as_bytes());
+            self.forget_session_grants(&prefix).await?;
+            return Err(CapabilityError::InvalidGrant("its session has ended"));
+        }
         // The next check of this principal reloads, seeing the new grant; a load already
         // under way sees the counter move and does not cache what it read.
         self.grants.fetch_add(1, Ordering::AcqRel);
@@ -526,7 +539,9 @@ impl CapabilityStore {
             && !expired(cap, now)
             && cap.pattern.matches(resource)
             && !self.is_revoked(&cap.id)
-            && cap.session.is_none_or(|s| self.session_live(s))
+            && cap
+                .session
+                .is_none_or(|s| subject.session == Some(s) && self.session_live(s))
     }
 
     async fn decide(
@@ -753,6 +768,7 @@ mod tests {
             let subject = Subject {
                 principal: alice,
                 capsule: None,
+                session: None,
             };
             let d = store
                 .check(&subject, Permissions::READ, "kv://capsule/notes")

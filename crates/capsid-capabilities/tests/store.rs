@@ -39,6 +39,7 @@ fn via(p: Principal, capsule: &str) -> Subject {
     Subject {
         principal: p,
         capsule: Some(CapsuleId::new(capsule).unwrap()),
+        session: None,
     }
 }
 
@@ -497,8 +498,12 @@ async fn session_grant(f: &Fx, session: ClientSessionId, pattern: &str) -> Capab
 #[tokio::test]
 async fn a_session_grant_allows_only_while_its_session_lives() {
     let f = fx().await;
-    let s = via(f.alice, "notes");
     let (mine, other) = (ClientSessionId::new(), ClientSessionId::new());
+    let from = |session| Subject {
+        session: Some(session),
+        ..via(f.alice, "notes")
+    };
+    let s = from(mine);
     let mut unborn = f
         .store
         .issue(
@@ -530,6 +535,16 @@ async fn a_session_grant_allows_only_while_its_session_lives() {
             .await
             .is_allowed()
     );
+    // A session's grant serves only calls from that session.
+    for stranger in [from(other), via(f.alice, "notes")] {
+        assert!(
+            !f.store
+                .check(&stranger, Permissions::WRITE, "kv://capsule/notes")
+                .await
+                .is_allowed(),
+            "{stranger:?}"
+        );
+    }
     assert_eq!(f.store.end_session(mine).await.unwrap(), vec![cap.id]);
     assert_eq!(
         f.store
@@ -547,7 +562,7 @@ async fn a_session_grant_allows_only_while_its_session_lives() {
     );
     assert!(
         f.store
-            .check(&s, Permissions::WRITE, "kv://capsule/other")
+            .check(&from(other), Permissions::WRITE, "kv://capsule/other")
             .await
             .is_allowed(),
         "another session's grant is untouched"
@@ -559,7 +574,7 @@ async fn a_session_grant_allows_only_while_its_session_lives() {
         .unwrap();
     assert!(
         !reopened
-            .check(&s, Permissions::WRITE, "kv://capsule/other")
+            .check(&from(other), Permissions::WRITE, "kv://capsule/other")
             .await
             .is_allowed()
     );

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use capsid_capabilities::Permissions;
-use capsid_core::limits::MAX_PENDING_APPROVALS;
+use capsid_core::limits::{MAX_PENDING_APPROVALS, MAX_PENDING_APPROVALS_PER_CALLER};
 use capsid_core::sync::lock;
 use capsid_core::{CapsuleId, ClientSessionId, Principal};
 use capsid_storage::{KvError, RefusalStore, StandingRefusal};
@@ -84,6 +84,16 @@ pub enum ApprovalError {
     /// No such request is pending: never made, decided already, timed out, or withdrawn.
     #[error("no approval request {0} is pending (decided, expired or never made)")]
     NotPending(String),
+    /// A user other than the operator decided what would outlast its own calls.
+    #[error(
+        "only the operator may decide {verdict} on approval request {id}: it outlasts the caller's own calls"
+    )]
+    OperatorOnly {
+        /// The request.
+        id: String,
+        /// The decision refused.
+        verdict: &'static str,
+    },
     /// `session` was decided for a request that came from no client session.
     #[error(
         "approval request {0} came from no client session (an event or the embedding program): decide once or always"
@@ -322,9 +332,11 @@ impl Approvals {
     }
 
     /// [`claim`](Self::claim)s request `id` to decide `verdict`, for `caller` only when
-    /// given (a user may decide only what its own calls asked; anything else is not pending
-    /// for it). A `session` decision on a request from no session is refused; either way a
-    /// refused claim leaves the request pending.
+    /// given: a user may decide only what its own calls asked (anything else is not pending
+    /// for it), and only for those calls (`once`, `session`, `deny`; `always` and
+    /// `deny-always` bind the capsule for everyone and are the operator's). A `session`
+    /// decision on a request from no session is refused; a refused claim leaves the request
+    /// pending.
     pub fn claim_for(
         &self,
         id: &str,
@@ -338,6 +350,12 @@ impl Approvals {
         else {
             return Err(ApprovalError::NotPending(id.to_owned()));
         };
+        if caller.is_some() && matches!(verdict, Verdict::Always | Verdict::DenyAlways) {
+            return Err(ApprovalError::OperatorOnly {
+                id: id.to_owned(),
+                verdict: verdict.as_str(),
+            });
+        }
         if verdict == Verdict::Session && pending.request.session.is_none() {
             return Err(ApprovalError::NoSession(id.to_owned()));
         }
@@ -364,7 +382,14 @@ impl Approvals {
             .values()
             .filter(|p| p.request.principal == request.principal)
             .count();
-        if mine >= MAX_PENDING_APPROVALS {
+        // One caller may fill only part of the principal's share: others can still ask.
+        let callers = request.caller.map_or(0, |c| {
+            pending
+                .values()
+                .filter(|p| p.request.caller == Some(c))
+                .count()
+        });
+        if mine >= MAX_PENDING_APPROVALS || callers >= MAX_PENDING_APPROVALS_PER_CALLER {
             let first = lock(&self.refusing).insert(request.principal);
             return Err(Refused::TooMany { first });
         }

@@ -46,6 +46,7 @@ async fn authorize_start(
     let subject = Subject {
         principal: services.principal,
         capsule: Some(name.clone()),
+        session: None,
     };
     let details = serde_json::json!({ "native": true, "restart": restart });
     match services

@@ -371,6 +371,7 @@ impl Registry {
             subject: Subject {
                 principal: services.principal,
                 capsule: Some(name.clone()),
+                session: None,
             },
             services: services.clone(),
             kv,
@@ -467,6 +468,7 @@ impl Registry {
         let subject = Subject {
             principal: self.services.principal,
             capsule: Some(name.clone()),
+            session: None,
         };
         self.services
             .record(

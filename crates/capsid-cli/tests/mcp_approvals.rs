@@ -167,6 +167,30 @@ async fn a_2025_client_is_asked_by_elicitation_and_its_answer_decides() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_decision_from_an_mcp_client_ends_when_it_disconnects() {
+    let web = WebServer::start().await;
+    let home = home_with_asking_fetch(&web);
+    let person = Person::answering(&["session"]);
+    let session = session_2025(&home, person.clone()).await;
+    let first = session.call_tool(get(&web)).await.unwrap();
+    assert!(text(&first).contains("200"), "{first:?}");
+    // For the rest of this client's session, the token answers: nobody is asked.
+    let again = session.call_tool(get(&web)).await.unwrap();
+    assert!(text(&again).contains("200"), "{again:?}");
+    assert_eq!(person.shown.lock().unwrap().len(), 1);
+    session.cancel().await.unwrap();
+
+    // Disconnected: the next client is asked again (and declines).
+    let later = Person::answering(&["decline"]);
+    let next = session_2025(&home, later.clone()).await;
+    let denied = next.call_tool(get(&web)).await.unwrap();
+    assert!(text(&denied).contains("HttpRequestDenied"), "{denied:?}");
+    assert_eq!(later.shown.lock().unwrap().len(), 1);
+    next.cancel().await.unwrap();
+    home.ok(&["stop"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_2026_client_answers_an_input_required_round_trip_bound_to_its_call() {
     let web = WebServer::start().await;
     let home = home_with_asking_fetch(&web);
@@ -182,6 +206,13 @@ async fn a_2026_client_answers_an_input_required_round_trip_bound_to_its_call() 
     let CallToolResponse::InputRequired(asked) = first else {
         panic!("expected input_required, got {first:?}");
     };
+    let offered = serde_json::to_string(&asked.input_requests).unwrap();
+    assert!(
+        offered.contains("\"once\"")
+            && !offered.contains("\"always\"")
+            && !offered.contains("\"session\""),
+        "a stateless client is offered once or deny: {offered}"
+    );
     let state = asked.request_state.clone().unwrap();
     let requests = asked.input_requests.clone().unwrap();
     let key = requests.keys().next().unwrap().clone();

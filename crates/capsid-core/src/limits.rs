@@ -13,6 +13,14 @@ pub const MAX_AUDIT_DETAILS_BYTES: usize = 64 * 1024;
 /// Most entries the audit writer folds into one group-commit transaction.
 pub const MAX_AUDIT_BATCH: usize = 4096;
 
+/// Entries between two audit checkpoints: an open verifies at most about this many entries
+/// (what followed the last checkpoint), however long the log.
+pub const AUDIT_CHECKPOINT_INTERVAL: u64 = 16 * 1024;
+
+/// Entries since the last checkpoint above which a clean stop writes one too (fewer are
+/// verified at the next open in no time).
+pub const AUDIT_CHECKPOINT_AT_STOP: u64 = 1024;
+
 /// Signed batches that may wait for the audit committer; it folds all waiting ones into one
 /// transaction.
 pub const MAX_AUDIT_PIPELINE: usize = 64;
@@ -401,8 +409,13 @@ pub const MCP_FOLLOWS: usize = 256;
 /// Idle daemon connections an MCP bridge keeps for the next requests.
 pub const MCP_IDLE_DAEMON_CONNECTIONS: usize = 16;
 /// 2026-07-28 calls a bridge keeps waiting while their clients answer an approval (an
-/// input-required result out, the retry not yet in); more are answered "try again later".
-pub const MCP_PARKED_CALLS: usize = 256;
+/// input-required result out, the retry not yet in; each holds a daemon connection, so at
+/// most half of them); more are answered "try again later".
+pub const MCP_PARKED_CALLS: usize = MCP_DAEMON_CONNECTIONS / 2;
+
+/// Approval decisions a bridge sends at once, on turns of their own (never held up by the
+/// calls waiting for them).
+pub const MCP_DECISIONS_AT_ONCE: usize = 8;
 
 /// HTTP connections the MCP bridge serves at once; more wait to be accepted.
 pub const MCP_HTTP_MAX_CONNECTIONS: usize = 512;
@@ -459,6 +472,9 @@ pub const HTTP_REFUSED_BODY_LINGER: std::time::Duration = std::time::Duration::f
 
 /// Approval requests one principal may have waiting at once; more are denied at once.
 pub const MAX_PENDING_APPROVALS: usize = 16;
+
+/// Of those, most that one caller's calls may hold (one client cannot take every slot).
+pub const MAX_PENDING_APPROVALS_PER_CALLER: usize = MAX_PENDING_APPROVALS / 2;
 
 /// How long a call waits for a person to decide an approval request, unless `config.toml`
 /// says otherwise (`approval_timeout_ms`); no decision by then is a denial. The call's own

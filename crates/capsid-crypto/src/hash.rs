@@ -33,6 +33,8 @@ pub mod domain {
     pub const CAPABILITY: Domain = Domain("capsid 2026-11 capability token v1");
     /// A persistent process id, as the process table stores it (never the id itself).
     pub const PROCESS_ID: Domain = Domain("capsid 2026-11 persistent process id v1");
+    /// The chain heads an audit checkpoint covers (sorted by chain).
+    pub const AUDIT_CHECKPOINT: Domain = Domain("capsid 2026-12 audit checkpoint v1");
     /// A compiled component in the on-disk cache (what the runtime key signs).
     pub const COMPILED_COMPONENT: Domain = Domain("capsid 2026-11 compiled component v1");
 }

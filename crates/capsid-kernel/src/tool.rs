@@ -175,6 +175,7 @@ impl Kernel {
         let subject = Subject {
             principal: caller.principal,
             capsule: None,
+            session: None,
         };
         if operator || dev_mcp {
             let decision = if operator {
@@ -210,8 +211,13 @@ impl Kernel {
             }
         }
         let started = Instant::now();
-        // What the capsule asks a person for may be granted for this caller's session.
-        let control = control.called_by(caller.principal, self.client_session(caller.principal));
+        // What the capsule asks a person for may be granted for this caller's session; the
+        // embedding program's calls come from no client session.
+        let session = match caller.door {
+            Door::Api => None,
+            _ => self.client_session(caller.principal),
+        };
+        let control = control.called_by(caller.principal, session);
         let mut result = self.run_tool(name, tool, input, &control).await;
         let details = json!({
             "outcome": outcome(&result),
@@ -273,6 +279,7 @@ impl Kernel {
         let subject = Subject {
             principal,
             capsule: None,
+            session: None,
         };
         let mut out = Vec::new();
         let mut capsules = self.capsules();

@@ -5,7 +5,8 @@
 //! bridge process), expires with the approval, and is bound to the user, the tool and the
 //! digest of its arguments: it cannot be replayed by another user, for another tool, or
 //! with other arguments. The answer is decided through the daemon as the session's user,
-//! who may decide only what its own calls asked.
+//! who may decide only what its own calls asked, and only for them: `once`, `session` (2025
+//! sessions, whose end the daemon sees) or `deny`; `always` stays the operator's.
 
 use capsid_core::text::printable;
 use capsid_protocol::methods::{ApprovalDecision, ApprovalView};
@@ -18,18 +19,23 @@ const FIELD: &str = "decision";
 /// The key of the approval in an input-required result's `inputRequests`.
 pub(crate) const INPUT_KEY: &str = "approval";
 
-/// The answers offered for `request` (`session` only when its call came from a session).
-fn choices(request: &ApprovalView) -> Vec<&'static str> {
+/// The answers offered for `request`: `session` only when its call came from a session and
+/// `sessions` says the client has one the daemon can see end (a 2025 session, whose tool
+/// list follow holds it; a stateless 2026 client never disconnects).
+fn choices(request: &ApprovalView, sessions: bool) -> Vec<&'static str> {
     let mut all = vec!["once"];
-    if request.session.is_some() {
+    if sessions && request.session.is_some() {
         all.push("session");
     }
-    all.extend(["always", "deny"]);
+    all.push("deny");
     all
 }
 
-/// The form asking about `request`.
-pub(crate) fn form(request: &ApprovalView) -> Result<ElicitRequestParams, serde_json::Error> {
+/// The form asking about `request` (`sessions`: see [`choices`]).
+pub(crate) fn form(
+    request: &ApprovalView,
+    sessions: bool,
+) -> Result<ElicitRequestParams, serde_json::Error> {
     let left = (request.expires_ms - capsid_core::time::now_ms()).max(0) / 1000;
     let message = format!(
         "Capsule {} asks: {}. Undecided, it is denied in {left} s.",
@@ -42,8 +48,8 @@ pub(crate) fn form(request: &ApprovalView) -> Result<ElicitRequestParams, serde_
             FIELD: {
                 "type": "string",
                 "title": "Decision",
-                "description": "once: this call; session: until you disconnect; always: from now on (revocable); deny",
-                "enum": choices(request),
+                "description": "once: this call; session: until you disconnect; deny",
+                "enum": choices(request, sessions),
             }
         },
         "required": [FIELD],
@@ -66,8 +72,8 @@ pub(crate) enum Answered {
     Nothing,
 }
 
-/// What `result` decides about `request`. Declining is a denial.
-pub(crate) fn answered(request: &ApprovalView, result: &ElicitResult) -> Answered {
+/// What `result` decides about `request` (asked with `sessions`). Declining is a denial.
+pub(crate) fn answered(request: &ApprovalView, sessions: bool, result: &ElicitResult) -> Answered {
     match &result.action {
         ElicitationAction::Decline => Answered::Decide(ApprovalDecision::Deny),
         ElicitationAction::Cancel => Answered::Cancel,
@@ -81,11 +87,10 @@ pub(crate) fn answered(request: &ApprovalView, result: &ElicitResult) -> Answere
                 .as_ref()
                 .and_then(|c| c.get(FIELD))
                 .and_then(serde_json::Value::as_str)
-                .filter(|c| choices(request).contains(c));
+                .filter(|c| choices(request, sessions).contains(c));
             match chosen {
                 Some("once") => Answered::Decide(ApprovalDecision::Once),
                 Some("session") => Answered::Decide(ApprovalDecision::Session),
-                Some("always") => Answered::Decide(ApprovalDecision::Always),
                 Some("deny") => Answered::Decide(ApprovalDecision::Deny),
                 _ => Answered::Nothing,
             }
@@ -245,28 +250,45 @@ mod tests {
         let accept = |d: &str| {
             ElicitResult::new(ElicitationAction::Accept).with_content(json!({ FIELD: d }))
         };
+        let (with_session, without) = (view(true), view(false));
         assert_eq!(
-            answered(&view(true), &accept("session")),
+            answered(&with_session, true, &accept("session")),
             Answered::Decide(ApprovalDecision::Session)
         );
+        for (request, sessions, answer) in [
+            (&without, true, "session"),
+            (&with_session, false, "session"),
+            (&with_session, true, "always"),
+            (&without, true, "sudo"),
+        ] {
+            assert_eq!(
+                answered(request, sessions, &accept(answer)),
+                Answered::Nothing,
+                "{answer} is not offered"
+            );
+        }
         assert_eq!(
-            answered(&view(false), &accept("session")),
-            Answered::Nothing
-        );
-        assert_eq!(answered(&view(false), &accept("sudo")), Answered::Nothing);
-        assert_eq!(
-            answered(&view(false), &ElicitResult::new(ElicitationAction::Decline)),
+            answered(
+                &without,
+                true,
+                &ElicitResult::new(ElicitationAction::Decline)
+            ),
             Answered::Decide(ApprovalDecision::Deny)
         );
         assert_eq!(
-            answered(&view(false), &ElicitResult::new(ElicitationAction::Cancel)),
+            answered(
+                &without,
+                true,
+                &ElicitResult::new(ElicitationAction::Cancel)
+            ),
             Answered::Cancel
         );
-        let asked = form(&view(true)).unwrap_or_else(|e| panic!("{e}"));
+        let asked = form(&with_session, true).unwrap_or_else(|e| panic!("{e}"));
         let text = serde_json::to_string(&asked).unwrap_or_default();
         assert!(
             text.contains("\"session\"") && text.contains("fetch"),
             "{text}"
         );
+        assert!(!text.contains("\"always\""), "{text}");
     }
 }

@@ -167,7 +167,7 @@ impl Bridge {
     /// Asks `peer`'s person about `view` with `elicitation/create` (until the request
     /// expires) and decides what they answered as `user`.
     async fn ask_form(&self, peer: &Peer<RoleServer>, view: &ApprovalView, user: &str) -> Answered {
-        let Ok(form) = approvals::form(view) else {
+        let Ok(form) = approvals::form(view, true) else {
             return Answered::Nothing;
         };
         let left = u64::try_from(view.expires_ms - capsid_core::time::now_ms()).unwrap_or(0);
@@ -175,7 +175,7 @@ impl Bridge {
             .create_elicitation_with_timeout(form, Some(std::time::Duration::from_millis(left)))
             .await;
         let outcome = match asked {
-            Ok(result) => approvals::answered(view, &result),
+            Ok(result) => approvals::answered(view, true, &result),
             Err(e) => {
                 tracing::debug!(error = %e, "the client gave no answer; the timeout decides");
                 Answered::Nothing
@@ -194,7 +194,15 @@ impl Bridge {
             decision,
             as_user: Some(user.to_owned()),
         };
-        if let Err(e) = self.ask::<ApprovalDecide>(&params).await {
+        let decided = match self.daemon.lease_decision().await {
+            Ok(mut lease) => {
+                let outcome = lease.client().call::<ApprovalDecide>(&params).await;
+                lease.keep_if(&outcome);
+                outcome.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = decided {
             // Decided elsewhere or expired meanwhile: the call hears whichever came first.
             tracing::debug!(approval = id, error = %e, "the client's decision was not taken");
         }
@@ -208,9 +216,11 @@ impl Bridge {
         view: ApprovalView,
         turn: Turn,
     ) -> Result<CallToolResponse, ErrorData> {
-        let form = approvals::form(&view)
+        let form = approvals::form(&view, false)
             .map_err(|e| ErrorData::internal_error(format!("cannot ask: {e}"), None))?;
         let state = self.seal.seal(&view.id, view.expires_ms, &turn.binding);
+        let id = view.id.clone();
+        let left = u64::try_from(view.expires_ms - capsid_core::time::now_ms()).unwrap_or(0);
         {
             let mut parked = lock(&self.parked);
             let now = capsid_core::time::now_ms();
@@ -222,8 +232,17 @@ impl Bridge {
                     None,
                 ));
             }
-            parked.insert(view.id.clone(), Parked { call, view, turn });
+            parked.insert(id.clone(), Parked { call, view, turn });
         }
+        // Unanswered by its expiry, it goes (and its call is cancelled) without waiting for
+        // another call to park.
+        let parked = Arc::downgrade(&self.parked);
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(left)).await;
+            if let Some(parked) = parked.upgrade() {
+                lock(&parked).remove(&id);
+            }
+        });
         let mut requests = InputRequests::new();
         requests.insert(
             approvals::INPUT_KEY.to_owned(),
@@ -256,7 +275,7 @@ impl Bridge {
         let result = responses
             .and_then(|r| r.get(approvals::INPUT_KEY))
             .and_then(|v| serde_json::from_value::<ElicitResult>(v.clone()).ok());
-        match result.map(|r| approvals::answered(&parked.view, &r)) {
+        match result.map(|r| approvals::answered(&parked.view, false, &r)) {
             Some(Answered::Decide(decision)) => {
                 self.decide(&parked.view.id, decision, &turn.user).await;
             }

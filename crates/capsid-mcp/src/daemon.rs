@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use capsid_core::CapsidHome;
 use capsid_core::limits::{
-    MCP_DAEMON_CONNECTIONS, MCP_FOLLOWS, MCP_IDLE_DAEMON_CONNECTIONS, MCP_TOKEN_CHECKS_AT_ONCE,
+    MCP_DAEMON_CONNECTIONS, MCP_DECISIONS_AT_ONCE, MCP_FOLLOWS, MCP_IDLE_DAEMON_CONNECTIONS,
+    MCP_TOKEN_CHECKS_AT_ONCE,
 };
 use capsid_core::sync::lock;
 use capsid_protocol::{Client, ClientError};
@@ -22,6 +23,8 @@ pub struct Daemon {
     /// Token checks have turns of their own, so calls in flight never hold back the next
     /// request's authentication (or its cancellation).
     checks: Arc<Semaphore>,
+    /// So do approval decisions: the calls they would free hold the request turns.
+    decisions: Arc<Semaphore>,
     follows: Arc<Semaphore>,
 }
 
@@ -35,6 +38,7 @@ impl Daemon {
             idle: std::sync::Mutex::new(first.into_iter().collect()),
             turns: Arc::new(Semaphore::new(MCP_DAEMON_CONNECTIONS)),
             checks: Arc::new(Semaphore::new(MCP_TOKEN_CHECKS_AT_ONCE)),
+            decisions: Arc::new(Semaphore::new(MCP_DECISIONS_AT_ONCE)),
             follows: Arc::new(Semaphore::new(MCP_FOLLOWS)),
         })
     }
@@ -57,6 +61,11 @@ impl Daemon {
     /// A connection for one token check.
     pub(crate) async fn lease_check(self: &Arc<Self>) -> Result<Lease, ClientError> {
         self.lease_on(&self.checks).await
+    }
+
+    /// A connection for one approval decision.
+    pub(crate) async fn lease_decision(self: &Arc<Self>) -> Result<Lease, ClientError> {
+        self.lease_on(&self.decisions).await
     }
 
     async fn lease_on(self: &Arc<Self>, turns: &Arc<Semaphore>) -> Result<Lease, ClientError> {

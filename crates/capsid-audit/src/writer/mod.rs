@@ -145,6 +145,13 @@ fn run_stager(
         }
         send(&mut stager, path, appends, to_commit, resync);
     }
+    // A clean stop: the next open verifies from here.
+    take_resync(&mut stager, resync);
+    if let Some(prepared) = stager.stage_checkpoint()
+        && let Err(sync_mpsc::SendError(prepared)) = to_commit.send(prepared)
+    {
+        prepared.fail(path, &AuditError::WriterStopped(path.to_owned()));
+    }
 }
 
 fn take_resync(stager: &mut Stager, resync: &Mutex<Resync>) {

@@ -8,6 +8,7 @@ use capsid_core::Principal;
 use capsid_crypto::{Digest, KeyId, KeyPair, Signature};
 
 use super::{Head, Reply};
+use crate::checkpoint::{ACTION_CHECKPOINT, Claim};
 use crate::entry::{
     ChainId, Decision, EntryFields, EntryRef, Record, entry_hash, genesis_hash, head_message,
 };
@@ -15,6 +16,7 @@ use crate::error::AuditError;
 use crate::verify::{
     ACTION_CHAIN_OPEN, ACTION_KEY_ROTATE, ACTION_LOG_CREATE, KEY_RESOURCE_PREFIX, SYSTEM_CHAIN,
 };
+use capsid_core::limits::{AUDIT_CHECKPOINT_AT_STOP, AUDIT_CHECKPOINT_INTERVAL};
 
 /// An entry hashed, chained and signed, ready to insert.
 pub(super) struct Row {
@@ -84,6 +86,8 @@ pub(super) struct Stager {
     key_id: KeyId,
     heads: HashMap<String, Head>,
     generation: u64,
+    /// Entries staged since the last checkpoint.
+    since_checkpoint: u64,
 }
 
 /// Entries of one batch before signing.
@@ -104,6 +108,7 @@ impl Stager {
             key,
             heads,
             generation: 0,
+            since_checkpoint: 0,
         }
     }
 
@@ -170,7 +175,42 @@ impl Stager {
             ));
             drafts.push(draft);
         }
+        self.since_checkpoint = self.since_checkpoint.saturating_add(drafts.len() as u64);
+        if self.since_checkpoint >= AUDIT_CHECKPOINT_INTERVAL
+            && let Some(checkpoint) = self.checkpoint_draft(now)
+        {
+            drafts.push(checkpoint);
+        }
         self.finish(drafts, replies, None, None, None)
+    }
+
+    /// A checkpoint on its own (the writer stopping cleanly), if more than
+    /// `AUDIT_CHECKPOINT_AT_STOP` entries were staged since the last one.
+    pub fn stage_checkpoint(&mut self) -> Option<Prepared> {
+        if self.since_checkpoint <= AUDIT_CHECKPOINT_AT_STOP {
+            return None;
+        }
+        let draft = self.checkpoint_draft(now_ns())?;
+        Some(self.finish(vec![draft], Vec::new(), None, None, None))
+    }
+
+    /// The checkpoint entry claiming the heads staged so far (itself excluded).
+    fn checkpoint_draft(&mut self, now: i64) -> Option<Draft> {
+        let claim = Claim::of(
+            self.heads
+                .iter()
+                .map(|(chain, h)| (chain.as_str(), h.seq, h.hash.as_bytes().as_slice())),
+        );
+        let record = Record::new(
+            Principal::System,
+            ACTION_CHECKPOINT,
+            "audit://checkpoint",
+            Decision::Info,
+        )
+        .and_then(|r| r.details(&claim.details()))
+        .ok()?;
+        self.since_checkpoint = 0;
+        Some(self.draft(SYSTEM_CHAIN, record, now))
     }
 
     /// The rotation entry, signed by the current key; every chain head re-signed by the new

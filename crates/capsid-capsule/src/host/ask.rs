@@ -125,7 +125,7 @@ impl CapsuleContext {
         if self
             .services
             .capabilities
-            .would_allow(&self.subject, permission, resource)
+            .would_allow(&self.subject_now(), permission, resource)
             .await
         {
             return Asked::Unasked;
@@ -149,7 +149,7 @@ impl CapsuleContext {
         }
         let capabilities = &self.services.capabilities;
         if capabilities
-            .would_allow(&self.subject, permission, resource)
+            .would_allow(&self.subject_now(), permission, resource)
             .await
         {
             return Err(AlreadyGranted);

@@ -221,7 +221,7 @@ impl CapsuleContext {
         }
         self.services
             .authorize(
-                &self.subject,
+                &self.subject_now(),
                 op,
                 permission,
                 resource,
@@ -231,6 +231,22 @@ impl CapsuleContext {
             .await
             .map(|_| ())
             .map_err(|_| WitError::Denied)
+    }
+
+    /// Who acts now: this capsule, from the client session of the tool call it runs, if a
+    /// client made it (only then does a grant approved for that session apply).
+    pub(crate) fn subject_now(&self) -> std::borrow::Cow<'_, Subject> {
+        let session = crate::control::CURRENT_CALL
+            .try_with(|call| call.caller().1)
+            .ok()
+            .flatten();
+        match session {
+            Some(session) => std::borrow::Cow::Owned(Subject {
+                session: Some(session),
+                ..self.subject.clone()
+            }),
+            None => std::borrow::Cow::Borrowed(&self.subject),
+        }
     }
 
     /// Records a refusal: a denied check, or an effect the host refused after the check (a

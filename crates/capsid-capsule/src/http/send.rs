@@ -238,7 +238,7 @@ async fn admit(
         let grant = cx
             .services
             .authorize(
-                &cx.subject,
+                &cx.subject_now(),
                 action::HTTP_REQUEST,
                 Permissions::EXEC,
                 &target.resource,
@@ -373,7 +373,7 @@ async fn granted_literally(cx: &CapsuleContext, target: &Target, ip: IpAddr) -> 
         let patterns = cx
             .services
             .capabilities
-            .patterns_allowing(&cx.subject, Permissions::EXEC, &resource)
+            .patterns_allowing(&cx.subject_now(), Permissions::EXEC, &resource)
             .await;
         if let Some(p) = patterns
             .iter()

@@ -90,8 +90,10 @@ fn admit(shared: &Shared, method: MethodId) -> Answer<()> {
     Ok(())
 }
 
-/// Whether `method` acts for the operator: every one but the tool methods (which act for
-/// the user they name, or the operator) and the bridge's token checks (which act for no one).
+/// Whether `method` makes its connection one of the operator's (holding the operator's
+/// client session until it closes): every one but the tool methods (which hold their
+/// caller's session while they run), the bridge's token checks and decisions (which act
+/// for no one, or for a user, on pooled connections).
 fn acts_for_operator(method: MethodId) -> bool {
     !matches!(
         method,
@@ -100,6 +102,7 @@ fn acts_for_operator(method: MethodId) -> bool {
             | MethodId::ToolRun
             | MethodId::ToolChangesFollow
             | MethodId::McpTokenCheck
+            | MethodId::ApprovalDecide
     )
 }
 
@@ -125,7 +128,7 @@ async fn answer(
         MethodId::CapsuleLogs => {
             run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
         }
-        MethodId::ToolList => run::<ToolList, _>(request, |p| tools::list(s, p, peer)).await,
+        MethodId::ToolList => run::<ToolList, _>(request, |p| tools::list(s, p)).await,
         MethodId::ToolCall => run::<ToolCall, _>(request, |p| tools::call(s, p, peer)).await,
         MethodId::ToolRun => {
             let p = request.params::<ToolRun>()?;
@@ -178,7 +181,7 @@ async fn answer(
         }
         MethodId::ToolChangesFollow => {
             let p = request.params::<ToolChangesFollow>()?;
-            tools::follow_changes(s, request.id, p, peer, out).await;
+            tools::follow_changes(s, request.id, p, out).await;
             return Ok(None);
         }
         MethodId::ProcessLogsFollow => {

@@ -20,21 +20,20 @@ use crate::tool::{Door, ToolCaller, ToolInfo};
 
 type Answer<T> = Result<T, WireError>;
 
-/// The principal `user` names (the operator when `None`), whom the connection `peer` now
-/// acts for.
+/// The principal `user` names (the operator when `None`), and a hold on its client session
+/// for as long as the request runs: a pooled connection (the MCP bridge's) serves many users
+/// in turn and must keep none of their sessions alive once it is idle.
 async fn acting(
     shared: &Shared,
-    peer: &Peer,
     user: Option<&str>,
-) -> Answer<capsid_core::Principal> {
+) -> Answer<(capsid_core::Principal, crate::SessionHold)> {
     let who = super::methods::principal(shared, user).await?;
-    peer.acting_for(&shared.kernel, who);
-    Ok(who)
+    Ok((who, shared.kernel.hold_session(who)))
 }
 
 /// `tool.list`: the tools `p.as_user` may call.
-pub(super) async fn list(shared: &Shared, p: ToolListParams, peer: &Peer) -> Answer<Vec<ToolDef>> {
-    let who = acting(shared, peer, p.as_user.as_deref()).await?;
+pub(super) async fn list(shared: &Shared, p: ToolListParams) -> Answer<Vec<ToolDef>> {
+    let who = super::methods::principal(shared, p.as_user.as_deref()).await?;
     Ok(shared
         .kernel
         .tools_for(who, door(p.via))
@@ -64,22 +63,18 @@ fn door(via: Via) -> Door {
     }
 }
 
-async fn caller(shared: &Shared, p: &ToolCallParams, peer: &Peer) -> Answer<ToolCaller> {
-    Ok(ToolCaller {
-        principal: acting(shared, peer, p.as_user.as_deref()).await?,
-        door: door(p.via),
-        client: p.client.clone(),
-    })
-}
-
-/// Runs the call `p` from `peer` under `control`.
+/// Runs the call `p` under `control`, holding its caller's client session while it runs.
 async fn call_with(
     shared: &Shared,
     p: ToolCallParams,
-    peer: &Peer,
     control: &CallControl,
 ) -> Answer<ToolOutput> {
-    let caller = caller(shared, &p, peer).await?;
+    let (principal, _session) = acting(shared, p.as_user.as_deref()).await?;
+    let caller = ToolCaller {
+        principal,
+        door: door(p.via),
+        client: p.client.clone(),
+    };
     let answer = shared
         .kernel
         .call_tool_as(&caller, &p.capsule, &p.tool, &p.input.to_string(), control)
@@ -90,7 +85,7 @@ async fn call_with(
 
 /// `tool.call`: one call, cancelled if its connection's client goes away.
 pub(super) async fn call(shared: &Shared, p: ToolCallParams, peer: &Peer) -> Answer<ToolOutput> {
-    call_with(shared, p, peer, &CallControl::cancelled_by(&peer.gone)).await
+    call_with(shared, p, &CallControl::cancelled_by(&peer.gone)).await
 }
 
 fn progress_frame(id: u64, progress: &Progress) -> Option<Response> {
@@ -165,7 +160,7 @@ pub(super) async fn run(
             out.clone(),
         ))
     });
-    let answer = call_with(shared, p, peer, &control).await;
+    let answer = call_with(shared, p, &control).await;
     // No frame may follow the answer.
     drop(control);
     forwarder.abort();
@@ -218,10 +213,10 @@ pub(super) async fn follow_changes(
     shared: &Shared,
     id: u64,
     p: ToolListParams,
-    peer: &Peer,
     out: &mpsc::Sender<Response>,
 ) {
-    let who = match acting(shared, peer, p.as_user.as_deref()).await {
+    // Held while it streams: an MCP session's follow is what keeps its user's session live.
+    let (who, _session) = match acting(shared, p.as_user.as_deref()).await {
         Ok(who) => who,
         Err(e) => {
             let _ = out.send(Response::err(Some(id), e)).await;
