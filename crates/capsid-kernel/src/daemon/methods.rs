@@ -59,7 +59,7 @@ pub(crate) async fn dispatch(
                 Err(e)
             } else {
                 if acts_for_operator(method) {
-                    peer.acting_for(&shared.kernel, shared.kernel.principal());
+                    peer.acting_for_operator(&shared.kernel);
                 }
                 answer(shared, method, &request, out, peer).await
             }

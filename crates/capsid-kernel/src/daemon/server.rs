@@ -301,25 +301,24 @@ async fn write_responses(
 pub(crate) struct Peer {
     /// Cancelled when the client goes away (its tool calls with it).
     pub gone: CancellationToken,
-    /// The client sessions this connection keeps live: one per principal it has acted for.
-    holds: std::sync::Mutex<std::collections::HashMap<capsid_core::Principal, crate::SessionHold>>,
+    /// The operator's client session, held from the first request that acts for the
+    /// operator until the connection closes.
+    operator: std::sync::OnceLock<crate::SessionHold>,
 }
 
 impl Peer {
     fn new() -> Self {
         Self {
             gone: CancellationToken::new(),
-            holds: std::sync::Mutex::default(),
+            operator: std::sync::OnceLock::new(),
         }
     }
 
-    /// Notes that this connection acts for `principal`: it keeps `principal`'s client
+    /// Notes that this connection acts for the operator: it keeps the operator's client
     /// session live until it closes.
-    pub fn acting_for(&self, kernel: &Kernel, principal: capsid_core::Principal) {
-        let mut holds = capsid_core::sync::lock(&self.holds);
-        holds
-            .entry(principal)
-            .or_insert_with(|| kernel.hold_session(principal));
+    pub fn acting_for_operator(&self, kernel: &Kernel) {
+        self.operator
+            .get_or_init(|| kernel.hold_session(kernel.principal()));
     }
 }
 
