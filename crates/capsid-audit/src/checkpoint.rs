@@ -6,10 +6,12 @@
 //!
 //! [`verify_from_checkpoint`] is what an open does: it verifies the newest intact checkpoint
 //! (its signature under the log's trusted keys), checks the log still holds what it claims
-//! (an index lookup per chain for the head it had, a count of the rows stored before it,
-//! the digest recomputed), then verifies entry by entry only what was stored after it. A
-//! change to an entry before the checkpoint that keeps counts and heads is left to the full
-//! verification (`capsid audit verify`), which also checks every checkpoint's claims.
+//! (an index lookup per chain for the head it had, the digest and counts recomputed), then
+//! verifies entry by entry only what was stored after it. Its cost grows with the entries
+//! since the checkpoint and the number of chains, never with the rows before it: a row
+//! removed or changed before the checkpoint that leaves every chain's head in place is left
+//! to the full verification (`capsid audit verify`), which also checks every checkpoint's
+//! claims.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -22,8 +24,8 @@ use crate::error::AuditError;
 use crate::schema::sqlite_err;
 use crate::store::{read_entries, read_heads, read_keys};
 use crate::verify::{
-    ACTION_CHAIN_OPEN, ACTION_KEY_ROTATE, ChainReport, Integrity, Problem, SYSTEM_CHAIN,
-    VerifyReport, integrity, trusted_keys, valid_head, verify_chain,
+    ACTION_CHAIN_OPEN, ACTION_KEY_ROTATE, ChainReport, HeadRow, Integrity, Problem, SYSTEM_CHAIN,
+    Trust, VerifyReport, integrity, trusted_keys, valid_head, verify_chain,
 };
 
 /// Action of a checkpoint entry.
@@ -133,28 +135,45 @@ fn anchors(
     Ok(anchors)
 }
 
-/// Whether what is stored before the checkpoint at `position` is what it claims: the
-/// digest of the heads in `anchors`, their count, and the number of rows.
-fn claim_holds(
-    conn: &Connection,
-    path: &Path,
-    claim: &Claim,
-    anchors: &HashMap<String, (u64, Vec<u8>)>,
-    position: i64,
-) -> Result<bool, AuditError> {
-    let stored_before: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM entries WHERE id < ?1",
-            [position],
-            |r| r.get(0),
-        )
-        .map_err(sqlite_err(path))?;
-    let found = Claim::of(
-        anchors
-            .iter()
-            .map(|(c, (s, h))| (c.as_str(), *s, h.as_slice())),
-    );
-    Ok(found == *claim && u64::try_from(stored_before).ok() == Some(claim.entries))
+/// The report on chain `name`: its `rows` after the checkpoint, which follow `anchor` (its
+/// head then; none if it had none), against its signed `head`.
+fn chain_since(
+    name: &str,
+    rows: &[&StoredEntry],
+    anchor: Option<(u64, &[u8])>,
+    head: Option<&HeadRow>,
+    trust: &Trust,
+) -> ChainReport {
+    let problems = if rows.is_empty() {
+        // Nothing since the checkpoint: its signed head must be the one it had.
+        match (head, anchor) {
+            (Some(h), Some((seq, hash))) => match valid_head(name, h, trust) {
+                None => vec![Problem::HeadInvalid],
+                Some((s, hh)) if s == seq && hh == hash => Vec::new(),
+                Some(_) => vec![Problem::HeadMismatch { seq }],
+            },
+            _ => vec![Problem::ChainMissing],
+        }
+    } else {
+        let genesis = genesis_hash(name);
+        let start = anchor.unwrap_or((0, genesis.as_bytes()));
+        verify_chain(name, rows, head, trust, start)
+    };
+    ChainReport {
+        chain: name.to_owned(),
+        entries: rows.len() as u64,
+        problems,
+    }
+}
+
+/// What [`verify_from_checkpoint`] found.
+pub(crate) struct Verified {
+    /// The verdict.
+    pub report: VerifyReport,
+    /// The chain heads, read in the same transaction as what was verified.
+    pub heads: Vec<HeadRow>,
+    /// Entries stored after the newest checkpoint (its own included).
+    pub since_checkpoint: u64,
 }
 
 /// Verifies the log from its newest intact checkpoint on (see the module docs). `None`
@@ -162,14 +181,18 @@ fn claim_holds(
 pub(crate) fn verify_from_checkpoint(
     conn: &Connection,
     path: &Path,
-) -> Result<Option<VerifyReport>, AuditError> {
+) -> Result<Option<Verified>, AuditError> {
     let err = sqlite_err(path);
     let tx = conn.unchecked_transaction().map_err(&err)?;
     let keys = read_keys(&tx, path)?;
+    // Only the rotations the pinned keys name (an index lookup each, not a scan of the
+    // system chain): a rotation whose key is not pinned trusts nothing, and what that key
+    // signed is reported as signed by an unknown key.
     let rotations = read_entries(
         &tx,
         path,
-        "WHERE chain = ?1 AND action = ?2 ORDER BY seq",
+        "WHERE chain = ?1 AND action = ?2 AND seq IN \
+         (SELECT introduced_by FROM trusted_keys WHERE introduced_by IS NOT NULL) ORDER BY seq",
         (SYSTEM_CHAIN, ACTION_KEY_ROTATE),
     )?;
     let (trust, key_problems) = trusted_keys(&keys, &rotations.iter().collect::<Vec<_>>());
@@ -195,15 +218,6 @@ pub(crate) fn verify_from_checkpoint(
         [checkpoint.position],
     )?;
     let heads = read_heads(&tx, path)?;
-
-    // Every chain's head just before the checkpoint, from what is stored now.
-    let mut names: Vec<String> = heads.iter().map(|h| h.chain.clone()).collect();
-    names.extend(tail.iter().map(|e| e.chain.clone()));
-    names.sort();
-    names.dedup();
-    let anchors = anchors(&tx, path, &names, checkpoint.position)?;
-    let holds = claim_holds(&tx, path, &claim, &anchors, checkpoint.position)?;
-
     let mut rows: BTreeMap<&str, Vec<&StoredEntry>> = BTreeMap::new();
     for e in &tail {
         rows.entry(e.chain.as_str()).or_default().push(e);
@@ -216,6 +230,27 @@ pub(crate) fn verify_from_checkpoint(
         .filter(|e| integrity(e, &trust.keys) == Integrity::Intact)
         .map(|e| e.resource.as_slice())
         .collect();
+
+    // Every chain there is reason to expect: those with a head, rows after the checkpoint,
+    // or an opening after it (a chain opened and then deleted whole is missing).
+    let mut names: Vec<String> = heads.iter().map(|h| h.chain.clone()).collect();
+    names.extend(tail.iter().map(|e| e.chain.clone()));
+    names.extend(
+        opened
+            .iter()
+            .filter_map(|r| std::str::from_utf8(r).ok())
+            .map(str::to_owned),
+    );
+    names.sort();
+    names.dedup();
+    // Every chain's head just before the checkpoint, from what is stored now.
+    let anchors = anchors(&tx, path, &names, checkpoint.position)?;
+    let found = Claim::of(
+        anchors
+            .iter()
+            .map(|(c, (s, h))| (c.as_str(), *s, h.as_slice())),
+    );
+    let holds = found == claim;
     let head_of: HashMap<&str, _> = heads.iter().map(|h| (h.chain.as_str(), h)).collect();
     let chains = names
         .iter()
@@ -226,38 +261,22 @@ pub(crate) fn verify_from_checkpoint(
                 .unwrap_or_default();
             let anchor = anchors.get(name).map(|(s, h)| (*s, h.as_slice()));
             let head = head_of.get(name.as_str()).copied();
-            let mut problems = if mine.is_empty() {
-                // Nothing since the checkpoint: its signed head must be the one it had.
-                match (head, anchor) {
-                    (Some(h), Some((seq, hash))) => match valid_head(name, h, &trust) {
-                        None => vec![Problem::HeadInvalid],
-                        Some((s, hh)) if s == seq && hh == hash => Vec::new(),
-                        Some(_) => vec![Problem::HeadMismatch { seq }],
-                    },
-                    _ => vec![Problem::ChainMissing],
-                }
-            } else {
-                let genesis = genesis_hash(name);
-                let start = anchor.unwrap_or((0, genesis.as_bytes()));
-                verify_chain(name, mine, head, &trust, start)
-            };
+            let mut report = chain_since(name, mine, anchor, head, &trust);
             if anchor.is_none() && name != SYSTEM_CHAIN && !opened.contains(&name.as_bytes()) {
-                problems.insert(0, Problem::Unregistered);
+                report.problems.insert(0, Problem::Unregistered);
             }
             if name == SYSTEM_CHAIN && !holds {
-                problems.insert(
-                    0,
-                    Problem::CheckpointMismatch {
-                        seq: checkpoint.seq,
-                    },
-                );
+                let seq = checkpoint.seq;
+                report
+                    .problems
+                    .insert(0, Problem::CheckpointMismatch { seq });
             }
-            ChainReport {
-                chain: name.clone(),
-                entries: mine.len() as u64,
-                problems,
-            }
+            report
         })
         .collect();
-    Ok(Some(VerifyReport::new(key_problems, chains, trust)))
+    Ok(Some(Verified {
+        report: VerifyReport::new(key_problems, chains, trust),
+        heads,
+        since_checkpoint: tail.len() as u64,
+    }))
 }

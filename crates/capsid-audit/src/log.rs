@@ -48,10 +48,17 @@ impl AuditLog {
         // that is refused is left exactly as found, its WAL included.
         let existing = match schema::open_existing_ro(&path)? {
             Some(ro) => {
-                let report = match checkpoint::verify_from_checkpoint(&ro, &path)? {
-                    Some(report) => report,
-                    None => verify_snapshot(&store::read_snapshot(&ro, &path)?),
+                let verified = if let Some(v) = checkpoint::verify_from_checkpoint(&ro, &path)? {
+                    v
+                } else {
+                    let snap = store::read_snapshot(&ro, &path)?;
+                    checkpoint::Verified {
+                        report: verify_snapshot(&snap),
+                        since_checkpoint: snap.entries.len() as u64,
+                        heads: snap.heads,
+                    }
                 };
+                let report = verified.report;
                 if !report.is_valid() {
                     return Err(AuditError::Tampered {
                         path,
@@ -64,15 +71,19 @@ impl AuditLog {
                         key_id: key.key_id().to_string(),
                     });
                 }
-                Some(store::read_heads(&ro, &path)?)
+                // The heads read with what was verified, and how far the last checkpoint is.
+                Some((verified.heads, verified.since_checkpoint))
             }
             None => None,
         };
         let (mut conn, is_new) = schema::open_rw(&path)?;
-        let (key, heads) = match existing {
+        let (key, heads, since_checkpoint) = match existing {
             // Unchanged since it was verified: the writer lock keeps other capsids out.
-            Some(heads) if !is_new => (key, heads_of(&heads)),
-            None if is_new => writer::create(&mut conn, &path, key)?,
+            Some((heads, since)) if !is_new => (key, heads_of(&heads), since),
+            None if is_new => {
+                let (key, heads) = writer::create(&mut conn, &path, key)?;
+                (key, heads, 0)
+            }
             // Something other than capsid changed the file between the two opens.
             _ => {
                 return Err(AuditError::Io {
@@ -84,7 +95,12 @@ impl AuditLog {
             }
         };
         let (tx, rx) = mpsc::channel(AUDIT_QUEUE_DEPTH);
-        let handle = writer::spawn(conn, path.clone(), key, heads, rx, lock).map_err(|source| {
+        let start = writer::Start {
+            key,
+            heads,
+            since_checkpoint,
+        };
+        let handle = writer::spawn(conn, path.clone(), start, rx, lock).map_err(|source| {
             AuditError::Io {
                 path: path.clone(),
                 source,

@@ -108,7 +108,7 @@ async fn a_clean_stop_checkpoints_and_the_next_open_starts_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_removed_before_a_checkpoint_are_refused_at_open() {
+async fn a_row_removed_before_a_checkpoint_is_found_by_the_full_verification() {
     let fx = fixture(PAST_STOP).await;
     fx.sql()
         .execute(
@@ -116,13 +116,13 @@ async fn rows_removed_before_a_checkpoint_are_refused_at_open() {
             [fx.chain()],
         )
         .unwrap();
-    let at_open = refused_with(&fx);
-    assert!(
-        at_open
-            .iter()
-            .any(|p| p.contains("checkpoint does not match")),
-        "{at_open:?}"
-    );
+    // Every head is where the checkpoint says: the open, which reads nothing before the
+    // checkpoint but the heads, passes; the full verification finds the gap.
+    AuditLog::open(&fx.path, fx.key())
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
     let full = verify_database(&fx.path).unwrap();
     assert_eq!(
         full.chain(&fx.chain()).unwrap().problems,
@@ -132,6 +132,47 @@ async fn rows_removed_before_a_checkpoint_are_refused_at_open() {
         }],
         "{full}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_opened_after_the_checkpoint_and_deleted_is_missing_at_open() {
+    let fx = fixture(PAST_STOP).await;
+    let log = AuditLog::open(&fx.path, fx.key()).unwrap();
+    let later = ChainId::Session(SessionId::new());
+    log.append(later, record(1)).await.unwrap();
+    log.close().await.unwrap();
+    let sql = fx.sql();
+    sql.execute("DELETE FROM entries WHERE chain = ?1", [later.to_string()])
+        .unwrap();
+    sql.execute("DELETE FROM chains WHERE chain = ?1", [later.to_string()])
+        .unwrap();
+    assert_eq!(
+        refused_with(&fx),
+        vec![format!(
+            "chain {later}: chain opened in the system chain is gone"
+        )]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_on_a_long_log_without_a_checkpoint_writes_one_at_stop() {
+    // Under the stop threshold: no checkpoint yet.
+    let fx = fixture(AUDIT_CHECKPOINT_AT_STOP - 10).await;
+    assert!(checkpoints(&fx).is_empty());
+    // A run of a few entries more: what follows the last checkpoint now passes the
+    // threshold, counted across the restart.
+    let log = AuditLog::open(&fx.path, fx.key()).unwrap();
+    for i in 0..20 {
+        log.append(
+            ChainId::Session(fx.session),
+            record(AUDIT_CHECKPOINT_AT_STOP + i),
+        )
+        .await
+        .unwrap();
+    }
+    log.close().await.unwrap();
+    assert_eq!(checkpoints(&fx).len(), 1);
+    assert!(verify_database(&fx.path).unwrap().is_valid());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +186,12 @@ async fn a_truncated_chain_before_a_checkpoint_is_refused_at_open() {
         )
         .unwrap();
     let at_open = refused_with(&fx);
-    assert!(!at_open.is_empty());
+    assert!(
+        at_open
+            .iter()
+            .any(|p| p.contains("checkpoint does not match")),
+        "the chain's head before the checkpoint moved: {at_open:?}"
+    );
     let full = verify_database(&fx.path).unwrap();
     assert!(!full.is_valid(), "{full}");
     assert!(
@@ -169,12 +215,15 @@ async fn entries_after_the_checkpoint_are_verified_one_by_one_at_open() {
     }
     log.close().await.unwrap();
     let edited = PAST_STOP + 3;
-    fx.sql()
-        .execute(
+    let sql = fx.sql();
+    for seq in [5, edited] {
+        sql.execute(
             "UPDATE entries SET resource = 'res://forged' WHERE chain = ?1 AND seq = ?2",
-            rusqlite::params![fx.chain(), i64::try_from(edited).unwrap()],
+            rusqlite::params![fx.chain(), i64::try_from(seq).unwrap()],
         )
         .unwrap();
+    }
+    // Only what follows the checkpoint is read at open (seq 5 is the full verify's).
     let at_open = refused_with(&fx);
     assert_eq!(
         at_open,
@@ -236,4 +285,29 @@ async fn a_busy_log_checkpoints_every_interval_without_stopping() {
         .close()
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotated_after_a_checkpoint_opens_the_log_and_checkpoints_on() {
+    let fx = fixture(PAST_STOP).await;
+    let log = Arc::new(AuditLog::open(&fx.path, fx.key()).unwrap());
+    let new_key = KeyPair::generate().unwrap();
+    let new_secret = *new_key.to_secret_bytes();
+    log.rotate_key(new_key).await.unwrap();
+    append_many(&log, ChainId::Session(fx.session), PAST_STOP + 1, PAST_STOP).await;
+    log.shutdown().await.unwrap();
+    assert_eq!(checkpoints(&fx).len(), 2, "one signed by each key");
+    // The newest checkpoint is signed by the new key: the open starts there and trusts
+    // only the new key to write.
+    let old = AuditLog::open(&fx.path, fx.key());
+    assert!(
+        matches!(old, Err(AuditError::UntrustedKey { .. })),
+        "{old:?}"
+    );
+    AuditLog::open(&fx.path, KeyPair::from_secret_bytes(&new_secret))
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    assert!(verify_database(&fx.path).unwrap().is_valid());
 }

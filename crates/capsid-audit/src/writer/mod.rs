@@ -77,13 +77,20 @@ pub(crate) fn create(
     Ok(stager.into_parts())
 }
 
+/// Where the write path starts from: the signing key, the chain heads, and how many entries
+/// follow the last checkpoint (so the next one comes on time across restarts).
+pub(crate) struct Start {
+    pub key: KeyPair,
+    pub heads: HashMap<String, Head>,
+    pub since_checkpoint: u64,
+}
+
 /// Starts the stager and committer threads. They stop once every sender of `rx` is dropped
 /// and what was queued is committed; `lock` is released then.
 pub(crate) fn spawn(
     conn: Connection,
     path: PathBuf,
-    key: KeyPair,
-    heads: HashMap<String, Head>,
+    start: Start,
     rx: mpsc::Receiver<Command>,
     lock: File,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -97,7 +104,9 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("capsid-audit-stage".into())
         .spawn(move || {
-            run_stager(Stager::new(key, heads), &path, rx, &to_commit, &resync);
+            let mut stager = Stager::new(start.key, start.heads);
+            stager.after_checkpoint(start.since_checkpoint);
+            run_stager(stager, &path, rx, &to_commit, &resync);
             drop(to_commit);
             // The committer finishes what it holds; a panic there already failed its replies.
             let _ = committer.join();

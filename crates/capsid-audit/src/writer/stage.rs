@@ -124,10 +124,18 @@ impl Stager {
         self.generation
     }
 
-    /// Continues from the committed heads after a failed batch.
+    /// Continues from the committed heads after a failed batch. A checkpoint staged in the
+    /// lost batches is lost with them: the next batch writes one.
     pub fn resync(&mut self, generation: u64, heads: HashMap<String, Head>) {
         self.generation = generation;
         self.heads = heads;
+        self.since_checkpoint = self.since_checkpoint.max(AUDIT_CHECKPOINT_INTERVAL);
+    }
+
+    /// Counts `entries` already stored after the last checkpoint (or in a log that has
+    /// none).
+    pub fn after_checkpoint(&mut self, entries: u64) {
+        self.since_checkpoint = entries;
     }
 
     pub fn switch_key(&mut self, key: KeyPair) {
