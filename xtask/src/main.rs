@@ -7,6 +7,7 @@
 //! cargo xtask bench audit-scale [N]  the audit log's costs at N entries (default 1,000,000)
 //! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel,
 //!                              http, mcp, density, approvals); tables and JSON in target/capsid-bench/
+//! cargo xtask fuzz <target> [--time S]  one fuzz target for S seconds (nightly, cargo-fuzz)
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
 
@@ -15,6 +16,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod fuzz;
 mod layers;
 mod tools;
 
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
             args.get(2).map(String::as_str),
         ),
         Some("run") => run(&root),
+        Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{}", usage());
             Ok(())
@@ -65,7 +68,9 @@ fn usage() -> String {
         "usage: cargo xtask <command>\n  test            fmt check, clippy -D warnings, capsules, all tests\n  \
          build-capsules  build capsules/ for wasm32-wasip2 into target/capsules/, check their tools\n  \
          bench [group]   benchmarks; groups: {}\n  \
-         bench audit-scale [N]  the audit log at N entries (default 1,000,000)\n  run             start capsid\n",
+         bench audit-scale [N]  the audit log at N entries (default 1,000,000)\n  \
+         fuzz <target> [--time S]  one fuzz target for S seconds (nightly; installs it)\n  \
+         run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )
 }

@@ -87,6 +87,12 @@ macro_rules! methods {
             pub fn streaming(self) -> bool {
                 match self { $( MethodId::$ty => $stream, )* }
             }
+
+            /// Decodes `request`'s params as this method's and drops them: the check every
+            /// request meets before anything acts on it (and what the protocol fuzzer drives).
+            pub fn check_params(self, request: &crate::Request) -> Result<(), crate::WireError> {
+                match self { $( MethodId::$ty => request.params::<$ty>().map(drop), )* }
+            }
         }
     };
 }

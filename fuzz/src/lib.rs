@@ -1,0 +1,200 @@
+//! What capsid's fuzzers feed, one function per target, shared by the libFuzzer binaries in
+//! `fuzz/libfuzzer/` (`cargo xtask fuzz <target>`) and by the replay of every committed
+//! corpus that `cargo xtask test` runs on stable (`tests/replay.rs`). Each target must never
+//! panic on any input; the asserts in them are the properties a crash reports.
+#![deny(missing_docs)]
+// A target's asserts are its properties: a panic is exactly what the fuzzer reports.
+#![allow(clippy::missing_panics_doc)]
+
+use std::path::Path;
+
+/// What a fuzzer feeds one input to.
+pub type Target = fn(&[u8]);
+
+/// Every target: its name (the corpus folder and libFuzzer binary) and what it runs.
+pub const TARGETS: &[(&str, Target)] = &[
+    ("manifest", manifest),
+    ("frame", frame),
+    ("pattern", pattern),
+    ("vfs-path", vfs_path),
+    ("token", token),
+    ("audit-export", audit_export),
+];
+
+/// A manifest as `Capsule.toml` text: parsed or refused, never a panic.
+pub fn manifest(data: &[u8]) {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = capsid_manifest::Manifest::parse(Path::new("Capsule.toml"), text);
+    }
+}
+
+thread_local! {
+    /// One runtime per fuzzing thread: building one per input would cost more than it.
+    static RUNTIME: Option<tokio::runtime::Runtime> = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok();
+}
+
+/// Bytes as a client would send them to the daemon: frames read as the daemon reads them
+/// (hello-sized and full-sized caps), each decoded as a request, its method looked up and its
+/// params decoded as that method's.
+pub fn frame(data: &[u8]) {
+    use capsid_core::limits::{MAX_FRAME_BYTES, MAX_HELLO_BYTES};
+    use capsid_protocol::frame::read_frame_limited;
+    RUNTIME.with(|rt| {
+        let Some(rt) = rt else { return };
+        rt.block_on(async {
+            let mut hello_reader = data;
+            let hello = read_frame_limited(
+                &mut hello_reader,
+                MAX_HELLO_BYTES,
+                std::time::Duration::from_secs(1),
+            )
+            .await;
+            if let Ok(Some(body)) = hello {
+                assert!(body.len() <= MAX_HELLO_BYTES);
+                let _ = serde_json::from_slice::<capsid_protocol::Hello>(&body);
+            }
+            let mut reader = data;
+            while let Ok(Some(body)) = read_frame_limited(
+                &mut reader,
+                MAX_FRAME_BYTES,
+                std::time::Duration::from_secs(1),
+            )
+            .await
+            {
+                assert!(body.len() <= MAX_FRAME_BYTES);
+                let Ok(request) = serde_json::from_slice::<capsid_protocol::Request>(&body) else {
+                    continue;
+                };
+                if let Some(method) = capsid_protocol::MethodId::from_name(&request.method) {
+                    let _ = method.check_params(&request);
+                }
+            }
+        });
+    });
+}
+
+/// Two texts split at the first NUL: a pattern and a resource. Both parse strictly or not
+/// at all; when both parse and are small enough for the model, `matches` must agree with a
+/// plain recursive model of the documented grammar (`*` within a segment, `**` for any
+/// number of whole segments).
+pub fn pattern(data: &[u8]) {
+    use capsid_capabilities::{Pattern, Resource};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let (pattern_text, resource_text) = text.split_once('\0').unwrap_or((text, ""));
+    let pattern = Pattern::parse(pattern_text);
+    let resource = Resource::parse(resource_text);
+    if let Ok(p) = &pattern {
+        // A parsed pattern prints as it was written, and parses back the same.
+        assert_eq!(p.as_str(), pattern_text);
+        assert_eq!(Pattern::parse(p.as_str()).as_ref(), Ok(p));
+    }
+    let (Ok(p), Ok(r)) = (pattern, resource) else {
+        return;
+    };
+    if pattern_text.len() > 256 || resource_text.len() > 256 {
+        return;
+    }
+    assert_eq!(
+        p.matches(&r),
+        model::matches(pattern_text, resource_text),
+        "{pattern_text:?} against {resource_text:?}"
+    );
+}
+
+/// A workspace path: parsed or refused; a parsed one prints as a path that parses back to
+/// itself and holds no `.`, `..` or empty segment (the root prints as nothing).
+pub fn vfs_path(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(path) = capsid_vfs::VfsPath::parse(text) {
+        let shown = path.to_string();
+        assert!(
+            capsid_vfs::VfsPath::parse(&shown).is_ok_and(|again| again == path),
+            "{shown:?} does not parse back to itself"
+        );
+        // The root prints as nothing; any other path as its segments.
+        assert!(
+            shown.is_empty()
+                || shown
+                    .split('/')
+                    .all(|s| !s.is_empty() && s != "." && s != ".."),
+            "{shown:?}"
+        );
+    }
+}
+
+/// Token bytes: decoded strictly or refused. A decoded token's signed part is its canonical
+/// encoding (re-encoding gives the same bytes), and it never verifies under a key that did
+/// not sign it.
+pub fn token(data: &[u8]) {
+    use capsid_capabilities::Capability;
+    let Ok((cap, _)) = Capability::decode(data) else {
+        return;
+    };
+    let key = capsid_crypto::KeyPair::from_secret_bytes(&[7; 32]);
+    let again = cap.sign(&key);
+    let body = data.len().saturating_sub(64);
+    assert_eq!(&again[..again.len() - 64], &data[..body], "not canonical");
+    let stranger = capsid_crypto::KeyPair::from_secret_bytes(&[9; 32]);
+    assert!(Capability::verify(data, &stranger.public_key()).is_err());
+}
+
+/// An audit log export (JSON lines) as found in a file: verified or refused, never a panic.
+pub fn audit_export(data: &[u8]) {
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let path = dir.path().join("audit.jsonl");
+    if std::fs::write(&path, data).is_ok() {
+        let _ = capsid_audit::verify_export(&path);
+    }
+}
+
+/// A model of pattern matching, written from the grammar alone.
+mod model {
+    /// Whether `pattern` matches `resource` (both already known to parse).
+    pub fn matches(pattern: &str, resource: &str) -> bool {
+        let (Some((ps, pa, pp)), Some((rs, ra, rp))) = (split(pattern), split(resource)) else {
+            return false;
+        };
+        ps == rs && glob(pa.as_bytes(), ra.as_bytes()) && segments(&pp, &rp)
+    }
+
+    fn split(text: &str) -> Option<(&str, &str, Vec<&str>)> {
+        let (scheme, rest) = text.split_once("://")?;
+        let (authority, path) = rest
+            .split_once('/')
+            .map_or((rest, None), |(a, p)| (a, Some(p)));
+        Some((
+            scheme,
+            authority,
+            path.map(|p| p.split('/').collect()).unwrap_or_default(),
+        ))
+    }
+
+    fn segments(pattern: &[&str], resource: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => resource.is_empty(),
+            Some((&"**", rest)) => (0..=resource.len()).any(|k| segments(rest, &resource[k..])),
+            Some((p, rest)) => {
+                !resource.is_empty()
+                    && glob(p.as_bytes(), resource[0].as_bytes())
+                    && segments(rest, &resource[1..])
+            }
+        }
+    }
+
+    fn glob(pattern: &[u8], text: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) => (0..=text.len()).any(|k| glob(rest, &text[k..])),
+            Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+        }
+    }
+}

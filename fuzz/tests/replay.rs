@@ -1,0 +1,24 @@
+//! Replays every committed fuzz corpus (`fuzz/corpus/<target>/`) through its target on
+//! stable: an input that once crashed a target, kept in its corpus, keeps it fixed. A target
+//! without a corpus fails here, loudly, rather than passing on nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+#[test]
+fn every_corpus_replays_without_a_crash() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    for (name, target) in capsid_fuzz::TARGETS {
+        let dir = root.join(name);
+        let inputs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("no corpus for {name} at {}: {e}", dir.display()))
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        assert!(!inputs.is_empty(), "the corpus of {name} is empty");
+        for input in inputs {
+            let data = std::fs::read(&input).unwrap();
+            let outcome = std::panic::catch_unwind(|| target(&data));
+            assert!(outcome.is_ok(), "{name} crashed on {}", input.display());
+        }
+    }
+}
