@@ -27,6 +27,21 @@ fn main() {
             session,
         };
     let tokens = corpus.join("token");
+    let mut user = token(None, false, None);
+    user.principal = Principal::User(capsid_core::PrincipalId::new());
+    let signed = user.sign(&key);
+    std::fs::write(tokens.join("v1-user"), &signed).unwrap();
+    // The same token with its principal's UUID in capitals: another spelling of the same
+    // token, which decoding must refuse (found by the canonical-encoding property).
+    let text = user.principal.to_string();
+    let at = signed
+        .windows(text.len())
+        .position(|w| w == text.as_bytes())
+        .unwrap();
+    let mut shouted = signed.clone();
+    shouted[at..at + text.len()]
+        .copy_from_slice(format!("user:{}", text["user:".len()..].to_uppercase()).as_bytes());
+    std::fs::write(tokens.join("v1-user-uppercase-uuid"), shouted).unwrap();
     std::fs::write(tokens.join("v1"), token(None, false, None).sign(&key)).unwrap();
     std::fs::write(
         tokens.join("v1-single-use-expiring"),

@@ -77,9 +77,9 @@ pub fn frame(data: &[u8]) {
 }
 
 /// Two texts split at the first NUL: a pattern and a resource. Both parse strictly or not
-/// at all; when both parse and are small enough for the model, `matches` must agree with a
-/// plain recursive model of the documented grammar (`*` within a segment, `**` for any
-/// number of whole segments).
+/// at all; a parsed pattern parses back the same, a parsed resource prints as its text; when
+/// both parse, `matches` must agree with a model of the documented grammar (`*` within a
+/// segment, `**` for any number of whole segments) written as plain dynamic programming.
 pub fn pattern(data: &[u8]) {
     use capsid_capabilities::{Pattern, Resource};
     let Ok(text) = std::str::from_utf8(data) else {
@@ -89,16 +89,16 @@ pub fn pattern(data: &[u8]) {
     let pattern = Pattern::parse(pattern_text);
     let resource = Resource::parse(resource_text);
     if let Ok(p) = &pattern {
-        // A parsed pattern prints as it was written, and parses back the same.
-        assert_eq!(p.as_str(), pattern_text);
+        // A parsed pattern parses back the same.
         assert_eq!(Pattern::parse(p.as_str()).as_ref(), Ok(p));
+    }
+    if let Ok(r) = &resource {
+        // A resource is rebuilt from its parts: they must print as what was parsed.
+        assert_eq!(r.to_string(), resource_text);
     }
     let (Ok(p), Ok(r)) = (pattern, resource) else {
         return;
     };
-    if pattern_text.len() > 256 || resource_text.len() > 256 {
-        return;
-    }
     assert_eq!(
         p.matches(&r),
         model::matches(pattern_text, resource_text),
@@ -106,43 +106,54 @@ pub fn pattern(data: &[u8]) {
     );
 }
 
-/// A workspace path: parsed or refused; a parsed one prints as a path that parses back to
-/// itself and holds no `.`, `..` or empty segment (the root prints as nothing).
+/// A workspace path: parsed or refused. A parsed one prints exactly as the text it came
+/// from, and every part of it is a plain name on the host (never `/`, `.`, `..` or a prefix):
+/// nothing a capsule writes can resolve outside the workspace.
 pub fn vfs_path(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
     if let Ok(path) = capsid_vfs::VfsPath::parse(text) {
         let shown = path.to_string();
+        assert_eq!(shown, text);
         assert!(
-            capsid_vfs::VfsPath::parse(&shown).is_ok_and(|again| again == path),
-            "{shown:?} does not parse back to itself"
-        );
-        // The root prints as nothing; any other path as its segments.
-        assert!(
-            shown.is_empty()
-                || shown
-                    .split('/')
-                    .all(|s| !s.is_empty() && s != "." && s != ".."),
+            Path::new(&shown)
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
             "{shown:?}"
         );
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
     }
 }
 
+thread_local! {
+    /// The key the token seeds are signed with, and one that signed nothing.
+    static KEYS: (capsid_crypto::KeyPair, capsid_crypto::KeyPair) = (
+        capsid_crypto::KeyPair::from_secret_bytes(&[7; 32]),
+        capsid_crypto::KeyPair::from_secret_bytes(&[9; 32]),
+    );
+}
+
 /// Token bytes: decoded strictly or refused. A decoded token's signed part is its canonical
-/// encoding (re-encoding gives the same bytes), and it never verifies under a key that did
-/// not sign it.
+/// encoding (re-encoding gives the same bytes); it verifies under the seeds' key exactly when
+/// its bytes are what that key signs (ed25519 signatures are deterministic and checked
+/// strictly), and never under a key that signed nothing.
 pub fn token(data: &[u8]) {
     use capsid_capabilities::Capability;
     let Ok((cap, _)) = Capability::decode(data) else {
         return;
     };
-    let key = capsid_crypto::KeyPair::from_secret_bytes(&[7; 32]);
-    let again = cap.sign(&key);
-    let body = data.len().saturating_sub(64);
-    assert_eq!(&again[..again.len() - 64], &data[..body], "not canonical");
-    let stranger = capsid_crypto::KeyPair::from_secret_bytes(&[9; 32]);
-    assert!(Capability::verify(data, &stranger.public_key()).is_err());
+    KEYS.with(|(key, stranger)| {
+        let again = cap.sign(key);
+        let body = data.len().saturating_sub(64);
+        assert_eq!(&again[..again.len() - 64], &data[..body], "not canonical");
+        assert_eq!(
+            Capability::verify(data, &key.public_key()).is_ok(),
+            again == data,
+            "verified a token the key did not sign, or refused one it did"
+        );
+        assert!(Capability::verify(data, &stranger.public_key()).is_err());
+    });
 }
 
 /// An audit log export (JSON lines) as found in a file: verified or refused, never a panic.
@@ -178,23 +189,40 @@ mod model {
         ))
     }
 
+    /// Whether the segments of `pattern` match those of `resource`: `table[i][j]` says
+    /// whether `pattern[i..]` matches `resource[j..]`.
     fn segments(pattern: &[&str], resource: &[&str]) -> bool {
-        match pattern.split_first() {
-            None => resource.is_empty(),
-            Some((&"**", rest)) => (0..=resource.len()).any(|k| segments(rest, &resource[k..])),
-            Some((p, rest)) => {
-                !resource.is_empty()
-                    && glob(p.as_bytes(), resource[0].as_bytes())
-                    && segments(rest, &resource[1..])
+        let (p, r) = (pattern.len(), resource.len());
+        let mut table = vec![vec![false; r + 1]; p + 1];
+        table[p][r] = true;
+        for i in (0..p).rev() {
+            for j in (0..=r).rev() {
+                table[i][j] = if pattern[i] == "**" {
+                    table[i + 1][j] || (j < r && table[i][j + 1])
+                } else {
+                    j < r
+                        && glob(pattern[i].as_bytes(), resource[j].as_bytes())
+                        && table[i + 1][j + 1]
+                };
             }
         }
+        table[0][0]
     }
 
+    /// Whether `pattern` (`*` for any run of bytes) matches all of `text`, the same way.
     fn glob(pattern: &[u8], text: &[u8]) -> bool {
-        match pattern.split_first() {
-            None => text.is_empty(),
-            Some((b'*', rest)) => (0..=text.len()).any(|k| glob(rest, &text[k..])),
-            Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+        let (p, t) = (pattern.len(), text.len());
+        let mut table = vec![vec![false; t + 1]; p + 1];
+        table[p][t] = true;
+        for i in (0..p).rev() {
+            for j in (0..=t).rev() {
+                table[i][j] = if pattern[i] == b'*' {
+                    table[i + 1][j] || (j < t && table[i][j + 1])
+                } else {
+                    j < t && pattern[i] == text[j] && table[i + 1][j + 1]
+                };
+            }
         }
+        table[0][0]
     }
 }

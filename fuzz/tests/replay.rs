@@ -8,6 +8,18 @@ use std::path::Path;
 #[test]
 fn every_corpus_replays_without_a_crash() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    // `cargo xtask fuzz` knows the targets by their corpus folders: the two lists agree.
+    let mut folders: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let mut names: Vec<String> = capsid_fuzz::TARGETS
+        .iter()
+        .map(|(n, _)| (*n).to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(folders, names, "corpus folders and targets differ");
     for (name, target) in capsid_fuzz::TARGETS {
         let dir = root.join(name);
         let inputs: Vec<_> = std::fs::read_dir(&dir)

@@ -390,21 +390,7 @@ async fn kernel_decisions_are_recorded_and_an_always_outlives_a_restart() {
     let web = WebServer::start().await;
     let home = PrivateHome::new();
     asking_fetch(&home.path().join("capsules"), &web, "");
-    let config = || capsid_kernel::KernelConfig {
-        dev: true,
-        hot_reload: false,
-        ..capsid_kernel::KernelConfig::default()
-    };
-    let boot = || async {
-        Arc::new(
-            capsid_kernel::Kernel::builder()
-                .home(home.path())
-                .config(config())
-                .build()
-                .await
-                .unwrap_or_else(|e| panic!("boot: {e}")),
-        )
-    };
+    let boot = || dev_kernel(&home);
     let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
     let call = |kernel: &Arc<capsid_kernel::Kernel>| {
         let (kernel, input) = (kernel.clone(), input.clone());
@@ -502,20 +488,7 @@ async fn a_standing_refusal_denies_without_asking_until_forgotten_and_outlives_a
     let web = WebServer::start().await;
     let home = PrivateHome::new();
     asking_fetch(&home.path().join("capsules"), &web, "");
-    let boot = || async {
-        Arc::new(
-            capsid_kernel::Kernel::builder()
-                .home(home.path())
-                .config(capsid_kernel::KernelConfig {
-                    dev: true,
-                    hot_reload: false,
-                    ..capsid_kernel::KernelConfig::default()
-                })
-                .build()
-                .await
-                .unwrap_or_else(|e| panic!("boot: {e}")),
-        )
-    };
+    let boot = || dev_kernel(&home);
     let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
     let get = |kernel: Arc<capsid_kernel::Kernel>, input: String| {
         tokio::spawn(async move {
@@ -565,6 +538,22 @@ async fn a_standing_refusal_denies_without_asking_until_forgotten_and_outlives_a
     kernel.shutdown().await;
 }
 
+/// A kernel booted on `home` in dev mode (manifests' requests granted), without hot reload.
+async fn dev_kernel(home: &PrivateHome) -> Arc<capsid_kernel::Kernel> {
+    Arc::new(
+        capsid_kernel::Kernel::builder()
+            .home(home.path())
+            .config(capsid_kernel::KernelConfig {
+                dev: true,
+                hot_reload: false,
+                ..capsid_kernel::KernelConfig::default()
+            })
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("boot: {e}")),
+    )
+}
+
 /// The first request waiting on `kernel`, within 10 s.
 async fn first_waiting(kernel: &capsid_kernel::Kernel) -> ApprovalRequest {
     let until = Instant::now() + Duration::from_secs(10);
@@ -583,20 +572,7 @@ async fn a_session_approval_lasts_while_the_callers_session_does_and_not_past_a_
     let web = WebServer::start().await;
     let home = PrivateHome::new();
     asking_fetch(&home.path().join("capsules"), &web, "");
-    let boot = || async {
-        Arc::new(
-            capsid_kernel::Kernel::builder()
-                .home(home.path())
-                .config(capsid_kernel::KernelConfig {
-                    dev: true,
-                    hot_reload: false,
-                    ..capsid_kernel::KernelConfig::default()
-                })
-                .build()
-                .await
-                .unwrap_or_else(|e| panic!("boot: {e}")),
-        )
-    };
+    let boot = || dev_kernel(&home);
     let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();
     // As the daemon calls for its operator's connections (the embedding program's own
     // calls come from no client session).
@@ -709,18 +685,7 @@ async fn a_user_decides_only_its_own_calls_and_never_for_everyone() {
     let web = WebServer::start().await;
     let home = PrivateHome::new();
     asking_fetch(&home.path().join("capsules"), &web, "");
-    let kernel = Arc::new(
-        capsid_kernel::Kernel::builder()
-            .home(home.path())
-            .config(capsid_kernel::KernelConfig {
-                dev: true,
-                hot_reload: false,
-                ..capsid_kernel::KernelConfig::default()
-            })
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("boot: {e}")),
-    );
+    let kernel = dev_kernel(&home).await;
     // The MCP user (dev trust lets it call every tool over stdio) calls; it may decide.
     let mcp = kernel.mcp_principal();
     let input = json!({ "url": web.url("http", "/bytes/2") }).to_string();

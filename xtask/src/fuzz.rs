@@ -71,12 +71,16 @@ pub fn fuzz(root: &Path, args: &[String]) -> Result<()> {
     if !known.contains(target) {
         bail!("no fuzz target {target:?}; targets: {}", known.join(", "));
     }
-    let seconds = match (args.get(1).map(String::as_str), args.get(2)) {
-        (None, _) => DEFAULT_SECONDS,
-        (Some("--time"), Some(s)) => s
+    let usage = "usage: cargo xtask fuzz <target> [--time SECONDS]";
+    let seconds = match (args.get(1).map(String::as_str), args.get(2), args.len()) {
+        (None, _, _) => DEFAULT_SECONDS,
+        (Some("--time"), Some(s), 3) => s
             .parse()
-            .with_context(|| format!("--time takes seconds, not {s:?}"))?,
-        _ => bail!("usage: cargo xtask fuzz <target> [--time SECONDS]"),
+            .ok()
+            // libFuzzer reads 0 as "no limit": a run that never ends.
+            .filter(|&n: &u64| n > 0)
+            .with_context(|| format!("--time takes a number of seconds over 0, not {s:?}"))?,
+        _ => bail!("{usage}"),
     };
     prepare(root)?;
     let scratch = root.join("fuzz/libfuzzer/corpus").join(target);

@@ -220,10 +220,15 @@ impl Capability {
         let id = CapabilityId(
             Uuid::from_slice(r.take(16)?).map_err(|_| TokenError::Malformed("bad id"))?,
         );
-        let principal = r
-            .text()?
+        let principal_text = r.text()?;
+        let principal: Principal = principal_text
             .parse()
             .map_err(|_| TokenError::Malformed("bad principal"))?;
+        // One token, one encoding: a principal spelled otherwise (an uppercase or braced
+        // UUID) is refused, as every other non-canonical field is.
+        if principal.to_string() != principal_text {
+            return Err(TokenError::Malformed("non-canonical principal"));
+        }
         let capsule = match r.text()? {
             "" => None,
             name => Some(CapsuleId::new(name).map_err(|_| TokenError::Malformed("bad capsule"))?),
