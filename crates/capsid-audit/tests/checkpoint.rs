@@ -26,22 +26,37 @@ async fn append_many(log: &Arc<AuditLog>, chain: ChainId, from: u64, n: u64) {
     }
 }
 
-/// A log with `n` entries in one session chain, stopped cleanly.
-async fn fixture(n: u64) -> Fixture {
+/// A new log, open, and the fixture that names it.
+fn new_log() -> (Fixture, Arc<AuditLog>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");
     let key = KeyPair::generate().unwrap();
     let secret = *key.to_secret_bytes();
-    let session = SessionId::new();
     let log = Arc::new(AuditLog::open(&path, key).unwrap());
-    append_many(&log, ChainId::Session(session), 1, n).await;
-    log.shutdown().await.unwrap();
-    Fixture {
+    let fx = Fixture {
         dir,
         path,
         secret,
-        session,
-    }
+        session: SessionId::new(),
+    };
+    (fx, log)
+}
+
+/// A log with `n` entries in one session chain, stopped cleanly.
+async fn fixture(n: u64) -> Fixture {
+    let (fx, log) = new_log();
+    append_many(&log, ChainId::Session(fx.session), 1, n).await;
+    log.shutdown().await.unwrap();
+    fx
+}
+
+/// Opens the log with its own key, which must succeed, and closes it.
+async fn opens(fx: &Fixture) {
+    AuditLog::open(&fx.path, fx.key())
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
 }
 
 fn checkpoints(fx: &Fixture) -> Vec<u64> {
@@ -100,11 +115,7 @@ async fn a_clean_stop_checkpoints_and_the_next_open_starts_there() {
         vec![Problem::ChangedField { seq: 7 }],
         "{full}"
     );
-    AuditLog::open(&fx.path, fx.key())
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    opens(&fx).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +129,7 @@ async fn a_row_removed_before_a_checkpoint_is_found_by_the_full_verification() {
         .unwrap();
     // Every head is where the checkpoint says: the open, which reads nothing before the
     // checkpoint but the heads, passes; the full verification finds the gap.
-    AuditLog::open(&fx.path, fx.key())
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    opens(&fx).await;
     let full = verify_database(&fx.path).unwrap();
     assert_eq!(
         full.chain(&fx.chain()).unwrap().problems,
@@ -257,34 +264,19 @@ async fn a_checkpoint_that_was_changed_is_no_starting_point() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_log_checkpoints_every_interval_without_stopping() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("audit.db");
-    let key = KeyPair::generate().unwrap();
-    let secret = *key.to_secret_bytes();
-    let session = SessionId::new();
-    let log = Arc::new(AuditLog::open(&path, key).unwrap());
+    let (fx, log) = new_log();
     append_many(
         &log,
-        ChainId::Session(session),
+        ChainId::Session(fx.session),
         1,
         AUDIT_CHECKPOINT_INTERVAL + 5,
     )
     .await;
-    let fx = Fixture {
-        dir,
-        path,
-        secret,
-        session,
-    };
     // Read while the log is open (WAL readers see what committed).
     assert_eq!(checkpoints(&fx).len(), 1);
     log.shutdown().await.unwrap();
     assert!(verify_database(&fx.path).unwrap().is_valid());
-    AuditLog::open(&fx.path, fx.key())
-        .unwrap()
-        .close()
-        .await
-        .unwrap();
+    opens(&fx).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
