@@ -16,6 +16,7 @@ use capsid_events::EventBus;
 use capsid_storage::{KvStore, MemoryKvStore};
 use capsid_vfs::OverlayVfs;
 
+pub mod overlay_storm;
 pub mod web;
 
 /// The folder of built capsules: `$CAPSID_CAPSULES_DIR` (set by `cargo xtask test`), else

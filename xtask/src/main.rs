@@ -8,6 +8,7 @@
 //! cargo xtask bench [group]    run benchmarks (groups: audit, storage, capsule, process, kernel,
 //!                              http, mcp, density, approvals); tables and JSON in target/capsid-bench/
 //! cargo xtask fuzz <target> [--time S]  one fuzz target for S seconds (nightly, cargo-fuzz)
+//! cargo xtask soak crash [--rounds N]    the kill -9 suites, N rounds each (default 50)
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
 
@@ -18,6 +19,7 @@ use anyhow::{Context, Result, bail};
 
 mod fuzz;
 mod layers;
+mod soak;
 mod tools;
 
 /// Benchmark groups `cargo xtask bench` knows, in the order `bench` with no group runs them.
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
         ),
         Some("run") => run(&root),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
+        Some("soak") => soak::soak(&root, &args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{}", usage());
             Ok(())
@@ -70,6 +73,7 @@ fn usage() -> String {
          bench [group]   benchmarks; groups: {}\n  \
          bench audit-scale [N]  the audit log at N entries (default 1,000,000)\n  \
          fuzz <target> [--time S]  one fuzz target for S seconds (nightly; installs it)\n  \
+         soak crash [--rounds N]  the kill -9 suites, N rounds each (default 50)\n  \
          run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )

@@ -13,6 +13,25 @@ use crate::error::VfsError;
 use crate::path::VfsPath;
 use crate::{DirEntry, EntryKind, Metadata, Vfs};
 
+/// Where [`HostVfs::replace_with`] fills its temporary file before renaming it into place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Staging<'a> {
+    /// Beside the target, named `<prefix><random>`: a leftover is found by its prefix.
+    Beside(&'a str),
+    /// At the root of another directory on the same filesystem, where a leftover is never
+    /// seen (the overlay's work directory, for its upper layer).
+    In(&'a HostVfs),
+}
+
+/// Whether [`HostVfs::replace_with`] fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sync {
+    /// Survives a crash of the machine once it returns.
+    Durable,
+    /// Survives the death of the process only (the page cache holds it).
+    Process,
+}
+
 /// A VFS over one host directory.
 #[derive(Debug, Clone)]
 pub struct HostVfs {
@@ -223,26 +242,32 @@ impl HostVfs {
             .map_err(|e| VfsError::from_io(from, e))
     }
 
-    /// Streams `src`'s file at `from` into this VFS at `to`, atomically (see
-    /// [`write_atomic_with`](Self::write_atomic_with)). No whole-file buffer: any size works.
+    /// Streams `src`'s file at `from` into this VFS at `to`, atomically and durably (see
+    /// [`replace_with`](Self::replace_with)). No whole-file buffer: any size works.
     pub(crate) fn copy_in_atomic(
         &self,
         src: &Self,
         from: &VfsPath,
         to: &VfsPath,
+        staging: Staging<'_>,
     ) -> Result<(), VfsError> {
         let mut input = src
             .dir
             .open(from.to_host())
             .map_err(|e| VfsError::from_io(from, e))?;
-        self.write_atomic_with(to, |out| io::copy(&mut input, out).map(|_| ()))
+        self.replace_with(to, staging, Sync::Durable, |out| {
+            io::copy(&mut input, out).map(|_| ())
+        })
     }
 
-    /// Replaces `to` atomically: fills a temporary file in the same directory, fsyncs it,
-    /// renames it over `to`, fsyncs the directory. Readers see the old or the new file, whole.
-    pub(crate) fn write_atomic_with(
+    /// Replaces `to` atomically: fills a temporary file where `staging` says, renames it over
+    /// `to`, and with [`Sync::Durable`] fsyncs the file before and the directory after.
+    /// Readers, and a reader after a crash, see the old or the new file, whole.
+    pub(crate) fn replace_with(
         &self,
         to: &VfsPath,
+        staging: Staging<'_>,
+        sync: Sync,
         fill: impl FnOnce(&mut cap_std::fs::File) -> io::Result<()>,
     ) -> Result<(), VfsError> {
         let parent = to.parent().unwrap_or_default();
@@ -251,23 +276,51 @@ impl HostVfs {
             path: to.to_string(),
             source: io::Error::other(e.to_string()),
         })?;
-        let tmp = parent.join(&format!(".capsid-tmp-{}", hex::encode(nonce)))?;
+        let nonce = hex::encode(nonce);
+        let (dir, tmp) = match staging {
+            Staging::Beside(prefix) => (self, parent.join(&format!("{prefix}{nonce}"))?),
+            Staging::In(other) => (other, VfsPath::parse(&nonce)?),
+        };
         let mut o = OpenOptions::new();
         o.write(true).create_new(true).follow(FollowSymlinks::No);
         let result = (|| {
-            let mut out = self
+            let mut out = dir
                 .dir
                 .open_with(tmp.to_host(), &o)
                 .map_err(|e| VfsError::from_io(to, e))?;
             fill(&mut out).map_err(|e| VfsError::from_io(to, e))?;
-            out.sync_all().map_err(|e| VfsError::from_io(to, e))?;
-            self.rename_sync(&tmp, to)?;
-            self.sync_dir(&parent)
+            if sync == Sync::Durable {
+                out.sync_all().map_err(|e| VfsError::from_io(to, e))?;
+            }
+            refuse_root(to)?;
+            dir.dir
+                .rename(tmp.to_host(), &self.dir, to.to_host())
+                .map_err(|e| VfsError::from_io(to, e))?;
+            if sync == Sync::Durable {
+                self.sync_dir(&parent)?;
+            }
+            Ok(())
         })();
         if result.is_err() {
-            let _ = self.dir.remove_file(tmp.to_host());
+            let _ = dir.dir.remove_file(tmp.to_host());
         }
         result
+    }
+
+    /// Removes the files directly in `dir` whose names start with `prefix` (what an
+    /// interrupted [`replace_with`](Self::replace_with) left there); a missing `dir` has none.
+    pub(crate) fn remove_prefixed(&self, dir: &VfsPath, prefix: &str) -> Result<(), VfsError> {
+        let entries = match self.read_dir_sync(dir) {
+            Ok(entries) => entries,
+            Err(VfsError::NotFound(_) | VfsError::NotADirectory(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            if e.kind == EntryKind::File && e.name.starts_with(prefix) {
+                self.remove_file_sync(&dir.join(&e.name)?)?;
+            }
+        }
+        Ok(())
     }
 
     /// Opens a file for streaming reads.

@@ -218,6 +218,77 @@ async fn a_commit_interrupted_anywhere_in_phase_one_changes_nothing_visible() {
 }
 
 #[tokio::test]
+async fn an_open_finishes_a_killed_commit_and_removes_only_its_temporary_files() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"changed".to_vec())
+        .await
+        .unwrap();
+    f.vfs.remove_file(&p("top")).await.unwrap();
+    let intended = snapshot(&f.vfs).await;
+    // As a commit killed while copying docs/a.md down leaves it: its record, its temporary
+    // file beside the target, and a file of the user's that only looks alike.
+    let prefix = ".capsid-commit-0123456789abcdef-";
+    std::fs::write(f.tmp.path().join("work/commit-pending"), prefix).unwrap();
+    std::fs::write(f.lower(&format!("docs/{prefix}1f2e")), b"chang").unwrap();
+    std::fs::write(f.lower("docs/.capsid-commit-mine"), b"the user's").unwrap();
+    std::fs::remove_file(f.lower("top")).unwrap();
+
+    let reopened = f.reopen();
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"changed");
+    assert!(!f.lower(&format!("docs/{prefix}1f2e")).exists());
+    assert_eq!(
+        std::fs::read(f.lower("docs/.capsid-commit-mine")).unwrap(),
+        b"the user's"
+    );
+    assert!(!f.tmp.path().join("work/commit-pending").exists());
+    let mut expected = intended;
+    expected.push((
+        "docs/.capsid-commit-mine".into(),
+        Some(b"the user's".to_vec()),
+    ));
+    expected.sort();
+    assert_eq!(snapshot(&reopened).await, expected);
+    assert!(reopened.diff().await.unwrap().is_empty(), "finished");
+}
+
+#[tokio::test]
+async fn a_commit_record_that_is_not_ours_is_refused_not_acted_on() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"changed".to_vec())
+        .await
+        .unwrap();
+    let pending = f.tmp.path().join("work/commit-pending");
+    std::fs::write(&pending, b"docs/").unwrap();
+    let err =
+        OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work")).unwrap_err();
+    assert!(matches!(err, VfsError::State { .. }), "{err}");
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"lower a");
+    assert_eq!(std::fs::read(&pending).unwrap(), b"docs/");
+}
+
+#[tokio::test]
+async fn a_write_never_leaves_its_staging_file_in_the_merged_view() {
+    let f = fx();
+    f.vfs.write(&p("new"), b"n".to_vec()).await.unwrap();
+    // A killed writer's half-filled file stays in the work directory's staging area, which
+    // the next open empties.
+    let staging = f.tmp.path().join("work/staging");
+    std::fs::write(staging.join("0011223344556677"), b"half").unwrap();
+    let reopened = f.reopen();
+    assert_eq!(std::fs::read_dir(&staging).unwrap().count(), 0);
+    let names: Vec<String> = reopened
+        .read_dir(&p(""))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["docs", "new", "top"]);
+}
+
+#[tokio::test]
 async fn fs_errors_match_a_real_filesystem() {
     let f = fx();
     assert!(matches!(

@@ -4,10 +4,18 @@ use std::collections::BTreeMap;
 use std::io::Read;
 
 use super::Core;
+use super::state::WORK_TEMP_PREFIX;
 use crate::EntryKind;
 use crate::error::VfsError;
-use crate::host::HostVfs;
+use crate::host::{HostVfs, Staging, Sync};
 use crate::path::VfsPath;
+
+/// The work directory's record of a commit under way: the name prefix of the temporary
+/// files it fills in the lower layer, so the next open removes any a kill left behind.
+const PENDING_FILE: &str = "commit-pending";
+
+/// Name prefix of a commit's temporary files in the lower layer (then random hex and `-`).
+const COMMIT_TEMP_PREFIX: &str = ".capsid-commit-";
 
 /// How a path differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,6 +133,20 @@ impl Core {
     /// still shadow it, so the merged view never changes; phase 2 drops the markers in one
     /// atomic write, then empties the upper layer, whose content now equals the lower's.
     pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
+        self.remove_commit_leftovers()?;
+        self.apply()
+    }
+
+    /// Finishes a commit a killed process left half done (it was decided; the merged view
+    /// still shows it whole), so the lower layer is never left half-committed after an open.
+    pub(super) fn finish_interrupted_commit(&mut self) -> Result<(), VfsError> {
+        if self.remove_commit_leftovers()? {
+            self.apply()?;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self) -> Result<Vec<Change>, VfsError> {
         let changes = self.diff()?;
         for c in &changes {
             if c.kind == ChangeKind::Deleted
@@ -134,6 +156,7 @@ impl Core {
                 return Err(VfsError::Unaddressable(c.path.to_string()));
             }
         }
+        let prefix = self.begin_commit()?;
         let mut deletions: Vec<&Change> = changes
             .iter()
             .filter(|c| c.kind == ChangeKind::Deleted)
@@ -159,11 +182,65 @@ impl Core {
                     }
                     Err(e) => return Err(e),
                 },
-                _ => self.lower.copy_in_atomic(&self.upper, &c.path, &c.path)?,
+                _ => self.lower.copy_in_atomic(
+                    &self.upper,
+                    &c.path,
+                    &c.path,
+                    Staging::Beside(&prefix),
+                )?,
             }
         }
         self.discard()?;
+        self.work.remove_file_sync(&pending_path()?)?;
         Ok(changes)
+    }
+
+    /// Records a commit under way; its temporary files' name prefix.
+    fn begin_commit(&self) -> Result<String, VfsError> {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| VfsError::Io {
+            path: PENDING_FILE.into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let prefix = format!("{COMMIT_TEMP_PREFIX}{}-", hex::encode(nonce));
+        self.work.replace_with(
+            &pending_path()?,
+            Staging::Beside(WORK_TEMP_PREFIX),
+            Sync::Durable,
+            |f| std::io::Write::write_all(f, prefix.as_bytes()),
+        )?;
+        Ok(prefix)
+    }
+
+    /// After a commit was killed: removes the temporary files it left in the lower layer;
+    /// whether one was under way. They can only be beside a file still to commit (the merged
+    /// view, and so the diff, is what it was when that commit began), and only files named
+    /// with its prefix are removed.
+    fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
+        let pending = pending_path()?;
+        let prefix = match self.work.read_sync(&pending) {
+            Ok(bytes) => bytes,
+            Err(VfsError::NotFound(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let prefix = std::str::from_utf8(&prefix)
+            .ok()
+            .filter(|p| is_commit_prefix(p))
+            .ok_or_else(|| VfsError::State {
+                path: self.work.root().join(PENDING_FILE).display().to_string(),
+                reason: "not a commit's temporary-file prefix".into(),
+            })?;
+        let parents: std::collections::BTreeSet<VfsPath> = self
+            .diff()?
+            .into_iter()
+            .filter(|c| c.kind != ChangeKind::Deleted && c.entry == EntryKind::File)
+            .map(|c| c.path.parent().unwrap_or_default())
+            .collect();
+        for parent in parents {
+            self.lower.remove_prefixed(&parent, prefix)?;
+        }
+        self.work.remove_file_sync(&pending)?;
+        Ok(true)
     }
 
     pub(super) fn discard(&mut self) -> Result<(), VfsError> {
@@ -178,4 +255,15 @@ impl Core {
         }
         Ok(())
     }
+}
+
+fn pending_path() -> Result<VfsPath, VfsError> {
+    VfsPath::parse(PENDING_FILE)
+}
+
+/// Whether `p` is `.capsid-commit-<16 hex>-`, as [`Core::begin_commit`] makes them.
+fn is_commit_prefix(p: &str) -> bool {
+    p.strip_prefix(COMMIT_TEMP_PREFIX)
+        .and_then(|rest| rest.strip_suffix('-'))
+        .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }

@@ -18,9 +18,13 @@ pub use commit::{Change, ChangeKind};
 use state::Marker;
 
 use crate::error::VfsError;
-use crate::host::HostVfs;
+use crate::host::{HostVfs, Staging, Sync};
 use crate::path::VfsPath;
 use crate::{DirEntry, EntryKind, Metadata, Vfs};
+
+/// Where the upper layer's files are filled before they are renamed into place (inside the
+/// work directory, so a leftover of a killed process is never part of the merged view).
+const STAGING_DIR: &str = "staging";
 
 /// An overlay VFS: `lower` read-only until `commit`, changes kept in `work/upper`.
 #[derive(Debug, Clone)]
@@ -33,12 +37,14 @@ struct Core {
     lower: HostVfs,
     upper: HostVfs,
     work: HostVfs,
+    staging: HostVfs,
     markers: BTreeMap<VfsPath, Marker>,
 }
 
 impl OverlayVfs {
     /// Opens an overlay of `lower` (an existing directory), keeping changes and state in
-    /// `work` (created if missing; must not be inside `lower`).
+    /// `work` (created if missing; must not be inside `lower`). A commit a killed process
+    /// left half done is finished first.
     pub fn open(lower: &Path, work: &Path) -> Result<Self, VfsError> {
         std::fs::create_dir_all(work).map_err(|e| VfsError::from_io(&work.display(), e))?;
         let canonical =
@@ -51,16 +57,26 @@ impl OverlayVfs {
             });
         }
         let upper_dir = work.join("upper");
-        std::fs::create_dir_all(&upper_dir)
-            .map_err(|e| VfsError::from_io(&upper_dir.display(), e))?;
+        let staging_dir = work.join(STAGING_DIR);
+        // What a killed writer left half-filled was never renamed into the upper layer.
+        match std::fs::remove_dir_all(&staging_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(VfsError::from_io(&staging_dir.display(), e)),
+        }
+        for dir in [&upper_dir, &staging_dir] {
+            std::fs::create_dir_all(dir).map_err(|e| VfsError::from_io(&dir.display(), e))?;
+        }
         let work = HostVfs::open(work)?;
         let markers = state::load(&work)?;
-        let core = Core {
+        let mut core = Core {
             lower: HostVfs::open(lower)?,
             upper: HostVfs::open(&upper_dir)?,
             work,
+            staging: HostVfs::open(&staging_dir)?,
             markers,
         };
+        core.finish_interrupted_commit()?;
         Ok(Self {
             core: Arc::new(Mutex::new(core)),
         })
@@ -92,7 +108,8 @@ impl OverlayVfs {
     }
 
     /// Applies every change to the lower layer (each file atomically), then empties the upper
-    /// layer. If interrupted, the merged view is unchanged and `commit` can be run again.
+    /// layer. If interrupted, the merged view is unchanged, and the next `commit` or `open`
+    /// finishes the job (an open of an overlay whose commit was killed completes it).
     pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
         self.with(Core::commit).await
     }
@@ -216,7 +233,10 @@ impl Core {
             return Err(VfsError::IsADirectory(p.to_string()));
         }
         self.upper_dir(&parent, p)?;
-        self.upper.write_sync(p, data)?;
+        self.upper
+            .replace_with(p, Staging::In(&self.staging), Sync::Process, |f| {
+                std::io::Write::write_all(f, data)
+            })?;
         self.created(p)
     }
 
@@ -229,7 +249,8 @@ impl Core {
             (None, Some(_)) => {
                 let parent = self.require_parent_dir(p)?;
                 self.upper_dir(&parent, p)?;
-                self.upper.copy_in_atomic(&self.lower, p, p)?;
+                self.upper
+                    .copy_in_atomic(&self.lower, p, p, Staging::In(&self.staging))?;
                 self.upper.append_sync(p, data)
             }
             (None, None) => self.write(p, data),
@@ -364,11 +385,13 @@ impl Core {
         }
         let parent = self.require_parent_dir(to)?;
         self.upper_dir(&parent, to)?;
-        if self.upper.try_stat(from)?.is_some() {
-            self.upper.copy_in_atomic(&self.upper, from, to)?;
+        let source = if self.upper.try_stat(from)?.is_some() {
+            &self.upper
         } else {
-            self.upper.copy_in_atomic(&self.lower, from, to)?;
-        }
+            &self.lower
+        };
+        self.upper
+            .copy_in_atomic(source, from, to, Staging::In(&self.staging))?;
         self.created(to)
     }
 }

@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::VfsError;
-use crate::host::HostVfs;
+use crate::host::{HostVfs, Staging, Sync};
 use crate::path::VfsPath;
 
 /// File name of the persisted markers inside the overlay's work directory.
 const STATE_FILE: &str = "overlay-state.json";
 const STATE_VERSION: u32 = 1;
+
+/// Name prefix of the work directory's own temporary files.
+pub(crate) const WORK_TEMP_PREFIX: &str = ".capsid-tmp-";
 
 /// What the overlay remembers about a path of the lower layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +62,10 @@ pub(crate) fn save(work: &HostVfs, markers: &BTreeMap<VfsPath, Marker>) -> Resul
         path: STATE_FILE.into(),
         reason: e.to_string(),
     })?;
-    work.write_atomic_with(&VfsPath::parse(STATE_FILE)?, |f| {
-        std::io::Write::write_all(f, &bytes)
-    })
+    work.replace_with(
+        &VfsPath::parse(STATE_FILE)?,
+        Staging::Beside(WORK_TEMP_PREFIX),
+        Sync::Durable,
+        |f| std::io::Write::write_all(f, &bytes),
+    )
 }

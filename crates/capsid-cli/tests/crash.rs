@@ -1,0 +1,413 @@
+//! Kill -9 suites against the real daemon: it is killed at a random moment while clients
+//! append, or while its capsules run children, and the next daemon is checked.
+//!
+//! - Every publish and tool call answered before the kill is in the audit log afterwards,
+//!   and the log verifies; the counter's kv value is at least every count it answered and at
+//!   most one more per call sent (never torn, never behind an acknowledgement).
+//! - Background children, persistent processes, what they forked and native capsules (each
+//!   in the sandbox) are gone after the next boot, and so are the dead daemon's cgroups.
+//!
+//! Each suite runs `CAPSID_CRASH_ROUNDS` rounds (a few by default; `cargo xtask soak crash
+//! --rounds N` runs more) and prints what it counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capsid_core::home::CapsidHome;
+use capsid_protocol::Client;
+use capsid_protocol::methods::{
+    EventPublish, PublishParams, ToolCall, ToolCallParams, ToolOutput, Via,
+};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use common::{Home, PATIENCE, until};
+
+/// The environment variable that sets how many rounds each suite runs.
+const ROUNDS_VAR: &str = "CAPSID_CRASH_ROUNDS";
+
+/// Rounds when [`ROUNDS_VAR`] is unset: enough to catch a regression in `cargo xtask test`.
+const DEFAULT_ROUNDS: usize = 2;
+
+/// Clients appending at once: half publish, half call a tool that writes kv.
+const CLIENTS: usize = 8;
+
+/// Acknowledgements to wait for before the random delay that ends in the kill.
+const ACKS_BEFORE_KILL: usize = 16;
+
+/// The longest random delay between those acknowledgements and the kill.
+const MAX_KILL_DELAY_MS: u64 = 400;
+
+fn rounds() -> usize {
+    std::env::var(ROUNDS_VAR).map_or(DEFAULT_ROUNDS, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{ROUNDS_VAR}={v:?} is not a number of rounds"))
+    })
+}
+
+/// A small random source (splitmix64), seeded from the clock and printed, so a failing
+/// round's timing can be told apart from the others.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let seed = u64::try_from(nanos % u128::from(u64::MAX)).unwrap();
+        println!("crash suite seed {seed}");
+        Self(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (z ^ (z >> 31)) % n
+    }
+}
+
+/// What the clients of one round sent and what was answered.
+#[derive(Debug, Default)]
+struct Acks {
+    /// Topics whose publish was answered.
+    published: Vec<String>,
+    /// blake3 of each answered increment's input, as the tool.call entry records it.
+    called: Vec<String>,
+    /// The counts the answered increments returned.
+    counts: Vec<u64>,
+    /// Increments sent, answered or not.
+    increments_sent: u64,
+}
+
+impl Acks {
+    fn answered(&self) -> usize {
+        self.published.len() + self.called.len()
+    }
+}
+
+fn kill_daemon(home: &Home) {
+    let pid = home.pid().expect("the daemon's pid file");
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    until("the killed daemon is gone", || {
+        kill(Pid::from_raw(pid), None).is_err()
+    });
+}
+
+async fn client(home: &Home) -> Client {
+    Client::connect(&CapsidHome::at(&home.path), String::new())
+        .await
+        .unwrap()
+}
+
+/// One client's loop until its connection fails (the daemon was killed).
+async fn append(home: CapsidHome, round: usize, n: usize, acks: Arc<Mutex<Acks>>) {
+    let Ok(mut client) = Client::connect(&home, String::new()).await else {
+        return;
+    };
+    for i in 0.. {
+        let tag = format!("r{round}.c{n}.n{i}");
+        if n.is_multiple_of(2) {
+            let topic = format!("crash.{tag}");
+            let params = PublishParams {
+                topic: topic.clone(),
+                payload: Value::String(tag),
+            };
+            if client.call::<EventPublish>(&params).await.is_err() {
+                return;
+            }
+            acks.lock().unwrap().published.push(topic);
+        } else {
+            let input = json!({ "by": 1, "tag": tag });
+            let hash = blake3::hash(input.to_string().as_bytes())
+                .to_hex()
+                .to_string();
+            acks.lock().unwrap().increments_sent += 1;
+            let Ok(output) = client
+                .call::<ToolCall>(&call("counter", "increment", input))
+                .await
+            else {
+                return;
+            };
+            let count = count_of(&output);
+            let mut acks = acks.lock().unwrap();
+            acks.called.push(hash);
+            acks.counts.push(count);
+        }
+    }
+}
+
+fn call(capsule: &str, tool: &str, input: Value) -> ToolCallParams {
+    ToolCallParams {
+        capsule: capsule.parse().unwrap(),
+        tool: tool.to_owned(),
+        input,
+        as_user: None,
+        client: None,
+        via: Via::default(),
+        approvals: false,
+    }
+}
+
+fn count_of(output: &ToolOutput) -> u64 {
+    match output {
+        ToolOutput::Json(v) => v["count"].as_u64().unwrap_or_else(|| panic!("{v}")),
+        ToolOutput::Text(t) => panic!("counter answered text {t:?}"),
+    }
+}
+
+async fn count(home: &Home) -> u64 {
+    let output = client(home)
+        .await
+        .call::<ToolCall>(&call("counter", "get", json!({})))
+        .await
+        .unwrap();
+    count_of(&output)
+}
+
+/// `(action, resource, details)` of every entry in the home's audit log, read while the
+/// daemon runs (the log is SQLite in WAL mode: a reader sees every committed entry).
+fn entries(home: &Home) -> Vec<(String, String, Value)> {
+    let db = CapsidHome::at(&home.path).audit_db_path();
+    let sql =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = sql
+        .prepare("SELECT action, resource, details FROM entries")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let details: String = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            serde_json::from_str(&details).unwrap(),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_write_answered_before_a_kill_is_there_after_it() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("counter");
+    let mut rng = Rng::seeded();
+    let (mut total_published, mut total_called) = (0, 0);
+    for round in 0..rounds() {
+        let before = count(&home).await;
+        let acks = Arc::new(Mutex::new(Acks::default()));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|n| tokio::spawn(append(CapsidHome::at(&home.path), round, n, acks.clone())))
+            .collect();
+        let waited = std::time::Instant::now();
+        while acks.lock().unwrap().answered() < ACKS_BEFORE_KILL {
+            assert!(waited.elapsed() < PATIENCE, "the clients made no progress");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(MAX_KILL_DELAY_MS))).await;
+        kill_daemon(&home);
+        for c in clients {
+            tokio::time::timeout(PATIENCE, c).await.unwrap().unwrap();
+        }
+        let acks = std::mem::take(&mut *acks.lock().unwrap());
+
+        home.ok(&["start", "--dev"]);
+        let verified = home.json(&["audit", "verify"]);
+        assert_eq!(verified["valid"], true, "round {round}: {verified}");
+        let entries = entries(&home);
+        let published: HashSet<&str> = entries
+            .iter()
+            .filter(|(action, ..)| action == "event.publish")
+            .filter_map(|(_, resource, _)| resource.strip_prefix("ipc://publish/"))
+            .collect();
+        let called: HashSet<&str> = entries
+            .iter()
+            .filter(|(action, ..)| action == "tool.call")
+            .filter_map(|(.., details)| details["input_blake3"].as_str())
+            .collect();
+        let lost_publishes: Vec<_> = acks
+            .published
+            .iter()
+            .filter(|t| !published.contains(t.as_str()))
+            .collect();
+        let lost_calls = acks
+            .called
+            .iter()
+            .filter(|h| !called.contains(h.as_str()))
+            .count();
+        assert!(
+            lost_publishes.is_empty() && lost_calls == 0,
+            "round {round}: answered but not in the log: {lost_publishes:?} and {lost_calls} calls"
+        );
+        let after = count(&home).await;
+        let highest = acks.counts.iter().copied().max().unwrap_or(before);
+        assert!(
+            highest <= after && after <= before + acks.increments_sent,
+            "round {round}: the count is {after}: it was {before}, {} increments were sent and \
+             {highest} was answered",
+            acks.increments_sent
+        );
+        total_published += acks.published.len();
+        total_called += acks.called.len();
+    }
+    home.ok(&["stop"]);
+    println!(
+        "crash suite appends: {} rounds, {total_published} answered publishes and \
+         {total_called} answered kv-writing calls, none lost; every log verified",
+        rounds()
+    );
+}
+
+/// The `pids` cgroups daemon `pid` made (each is named `<pid>-<start time>-<random>`).
+fn cgroups_of(pid: i32) -> Vec<PathBuf> {
+    let roots = [
+        Path::new("/sys/fs/cgroup/pids/capsid"),
+        Path::new("/sys/fs/cgroup/capsid"),
+    ];
+    let prefix = format!("{pid}-");
+    roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root).ok())
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Whether `pid` runs `program` and is not a zombie.
+fn running(pid: u32, program: &str) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let zombie = stat
+        .rfind(')')
+        .is_some_and(|i| stat[i + 2..].starts_with('Z'));
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    !zombie && String::from_utf8_lossy(&cmdline).contains(program)
+}
+
+/// Pids of live processes running `sleep <seconds>` itself (not the sandbox around it).
+fn sleeping(seconds: u64) -> Vec<u32> {
+    let wanted = seconds.to_string();
+    capsid_integration_tests::live_processes()
+        .into_iter()
+        .filter(|p| {
+            let args: Vec<&[u8]> = p.cmdline.split(|&b| b == 0).collect();
+            matches!(args.as_slice(), [program, n, b""]
+                if program.ends_with(b"sleep") && *n == wanted.as_bytes())
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// A native capsule that runs `sleep <seconds>`.
+fn native_sleeper(root: &Path, seconds: u64) -> PathBuf {
+    let dir = root.join("sleeper");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        format!(
+            "[package]\nname = \"sleeper\"\nversion = \"1.0.0\"\n\n[native]\n\
+             command = [\"sleep\", \"{seconds}\"]\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+async fn tool(home: &Home, capsule: &str, name: &str, input: Value) -> Value {
+    match client(home)
+        .await
+        .call::<ToolCall>(&call(capsule, name, input))
+        .await
+        .unwrap_or_else(|e| panic!("{capsule}.{name}: {e}"))
+    {
+        ToolOutput::Json(v) => v,
+        ToolOutput::Text(t) => panic!("{capsule}.{name} answered text {t:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
+    assert!(
+        capsid_process::pids_limit_available(),
+        "this suite needs a writable cgroup pids controller (/sys/fs/cgroup/pids or cgroup v2)"
+    );
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("runner");
+    // Durations unlikely to be running already, so their processes can be found by name.
+    let native_seconds = 800_000 + u64::from(std::process::id() % 100_000);
+    let forked_seconds = native_seconds + 100_000;
+    let copies = tempfile::tempdir().unwrap();
+    let sleeper = native_sleeper(copies.path(), native_seconds);
+    home.ok(&["capsule", "install", sleeper.to_str().unwrap()]);
+    let mut left_behind = 0;
+    for round in 0..rounds() {
+        let kept = tool(&home, "runner", "start", json!({})).await["pid"]
+            .as_u64()
+            .unwrap();
+        let repl = tool(&home, "runner", "repl-start", json!({})).await;
+        let repl_id = repl["id"].as_str().unwrap_or_else(|| panic!("{repl}"));
+        // The persistent sh forks a sleep of its own, which the daemon never sees.
+        tool(
+            &home,
+            "runner",
+            "repl-eval",
+            json!({ "id": repl_id, "line": format!("sleep {forked_seconds} &") }),
+        )
+        .await;
+        let children = [u32::try_from(kept).unwrap()];
+        until("every child runs", || {
+            children.iter().all(|&p| running(p, "sleep"))
+                && sleeping(native_seconds).len() == 1
+                && sleeping(forked_seconds).len() == 1
+        });
+        let daemon = home.pid().unwrap();
+        let native = sleeping(native_seconds);
+        assert!(
+            !cgroups_of(daemon).is_empty(),
+            "round {round}: the daemon's children have cgroups"
+        );
+
+        kill_daemon(&home);
+        home.ok(&["start", "--dev"]);
+        // What the killed daemon left is swept at boot, before it is ready.
+        let still: Vec<_> = children
+            .iter()
+            .chain(&native)
+            .filter(|&&p| running(p, "sleep"))
+            .collect();
+        let forked = sleeping(forked_seconds);
+        let cgroups = cgroups_of(daemon);
+        left_behind += still.len() + forked.len() + cgroups.len();
+        assert!(
+            still.is_empty() && forked.is_empty() && cgroups.is_empty(),
+            "round {round}: left behind: children or the native capsule {still:?}, the sh's own \
+             sleep {forked:?}, cgroups {cgroups:?}"
+        );
+        // The new daemon started the native capsule again: once.
+        until("the native capsule runs again", || {
+            sleeping(native_seconds).len() == 1
+        });
+    }
+    home.ok(&["stop"]);
+    until("the stopped daemon's native capsule is gone", || {
+        sleeping(native_seconds).is_empty()
+    });
+    println!(
+        "crash suite children: {} rounds, {left_behind} processes or cgroups left behind",
+        rounds()
+    );
+}
