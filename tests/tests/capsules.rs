@@ -339,3 +339,77 @@ async fn more_capsules_than_instance_slots_all_load_and_answer() {
     }
     assert_eq!(rt.engine.shared_components(), 0);
 }
+
+/// `(known, ready, failed)` as `status` reads them (kept live), and as a count of `list`.
+fn counts_both_ways(rt: &Runtime) -> ((usize, usize, usize), (usize, usize, usize)) {
+    let live = rt.registry.counts();
+    let list = rt.registry.list();
+    let recount = (
+        list.len(),
+        list.iter()
+            .filter(|c| match &c.native {
+                Some(n) => !matches!(
+                    n.health,
+                    capsid_process::Health::Failed { .. } | capsid_process::Health::Stopped
+                ),
+                None => c.state == CapsuleState::Ready,
+            })
+            .count(),
+        list.iter()
+            .filter(|c| match &c.native {
+                Some(n) => matches!(n.health, capsid_process::Health::Failed { .. }),
+                None => matches!(c.state, CapsuleState::Failed(_)),
+            })
+            .count(),
+    );
+    ((live.known, live.ready, live.failed), recount)
+}
+
+#[tokio::test]
+async fn the_live_counts_follow_every_load_failure_reload_and_unload() {
+    let rt = Runtime::new().await;
+    let step = |what: &str, expected: (usize, usize, usize)| {
+        let (live, recount) = counts_both_ways(&rt);
+        assert_eq!(live, recount, "{what}: kept counts vs a recount");
+        assert_eq!(live, expected, "{what}");
+    };
+    step("empty", (0, 0, 0));
+    rt.load("hello").await;
+    rt.load("counter").await;
+    step("two loaded", (2, 2, 0));
+    let warped = capsules_dir().join("warped");
+    assert!(rt.registry.load(&warped, Trust::Dev).await.is_err());
+    step("a load failed", (3, 2, 1));
+    rt.call("counter", "refuse-restarts", json!({})).await;
+    let dir = rt.registry.info(&id("counter")).unwrap().dir;
+    rt.registry.unload(&id("counter")).await.unwrap();
+    step("unloaded", (2, 1, 1));
+    let restart = capsid_capsule::Restart {
+        cause: capsid_capsule::RestartCause::Reload,
+        count: 1,
+    };
+    assert!(
+        rt.registry
+            .load_restarted(&dir, Trust::Dev, restart)
+            .await
+            .is_err(),
+        "the restart hook refused"
+    );
+    step("its reload failed", (3, 1, 2));
+    rt.reload("hello").await;
+    step("hello reloaded", (3, 1, 2));
+    rt.registry.unload(&id("warped")).await.unwrap();
+    rt.registry.unload(&id("counter")).await.unwrap();
+    step("the failed ones unloaded", (1, 1, 0));
+    let native = rt.home.path().join("native-true");
+    std::fs::create_dir_all(&native).unwrap();
+    std::fs::write(
+        native.join("Capsule.toml"),
+        "[package]\nname = \"native-true\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"sleep\", \"30\"]\n",
+    )
+    .unwrap();
+    rt.registry.load(&native, Trust::Dev).await.unwrap();
+    step("a native capsule runs", (2, 2, 0));
+    rt.registry.unload(&id("native-true")).await.unwrap();
+    step("and is unloaded", (1, 1, 0));
+}

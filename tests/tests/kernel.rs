@@ -646,3 +646,39 @@ async fn an_install_that_cannot_be_recorded_puts_the_previous_copy_back() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_commit_a_killed_kernel_left_half_done_is_finished_and_recorded_at_boot() {
+    use capsid_vfs::{Vfs, VfsPath};
+    let home = PrivateHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    let workspace = kernel.workspace().to_owned();
+    kernel
+        .overlay()
+        .write(&VfsPath::parse("report.md").unwrap(), b"done".to_vec())
+        .await
+        .unwrap();
+    kernel.shutdown().await;
+    // As a kernel killed in the middle of committing leaves it: the record is written, the
+    // file not yet copied down.
+    let work = capsid_core::CapsidHome::at(home.path())
+        .state_dir()
+        .join("overlay");
+    std::fs::write(
+        work.join("commit-pending"),
+        ".capsid-commit-00112233aabbccdd-",
+    )
+    .unwrap();
+    assert!(!workspace.join("report.md").exists());
+
+    let kernel = boot(home.path(), dev_config()).await;
+    assert_eq!(std::fs::read(workspace.join("report.md")).unwrap(), b"done");
+    let recovered: Vec<_> = capsid_audit::tail(kernel.audit().path(), 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "workspace.commit.recovered")
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(recovered[0].details.contains("report.md"), "{recovered:?}");
+    kernel.shutdown().await;
+}

@@ -154,7 +154,12 @@ fn run_and_kill_writer(lower: &Path, work: &Path, round: usize) -> u64 {
             committed = n.parse().unwrap();
         }
     }
-    assert!(!writer.wait().unwrap().success(), "the writer was killed");
+    let status = writer.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(Signal::SIGKILL as i32),
+        "the writer was killed, not ended by an error of its own: {status}"
+    );
     committed
 }
 
@@ -193,11 +198,9 @@ async fn a_commit_killed_midway_leaves_whole_files_and_commits_again() {
                 &lower_after_open,
                 &merged,
             );
-        } else if committed == 0 {
-            assert!(
-                lower_after_open.is_empty(),
-                "round {round}: nothing was committed"
-            );
+        } else if committed == 0 && lower_after_open.is_empty() {
+            // Killed before its first commit began (or before it said it had ended: then
+            // the lower layer holds generation 1, checked below).
         } else {
             check_generations(
                 &format!("round {round}: lower"),

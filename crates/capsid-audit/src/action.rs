@@ -22,6 +22,8 @@ pub const KERNEL_BOOT: &str = "kernel.boot";
 pub const KERNEL_SHUTDOWN: &str = "kernel.shutdown";
 /// Boot's sweep killed what a dead host left behind.
 pub const PROCESS_SWEPT: &str = "process.swept";
+/// Opening the workspace overlay finished a commit a killed kernel left half done.
+pub const WORKSPACE_COMMIT_RECOVERED: &str = "workspace.commit.recovered";
 
 /// A capability check, allowed or denied (by the capability store's own sink).
 pub const CAPABILITY_CHECK: &str = "capability.check";

@@ -17,6 +17,7 @@ use capsid_core::limits::{HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT
 /// How often a call whose deadline is suspended is looked at again.
 const SUSPENDED_RECHECK: Duration = Duration::from_millis(100);
 use capsid_core::sync::{lock, read, write};
+use capsid_core::tally::{Standing, Tally, TallyMember};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use wasmtime::Store;
@@ -51,6 +52,17 @@ impl std::fmt::Display for CapsuleState {
             Self::Ready => f.write_str("ready"),
             Self::Failed(reason) => write!(f, "failed ({reason})"),
             Self::Unloading => f.write_str("unloading"),
+        }
+    }
+}
+
+impl CapsuleState {
+    /// How `status` counts it.
+    pub(crate) fn standing(&self) -> Standing {
+        match self {
+            Self::Ready => Standing::Ready,
+            Self::Failed(_) => Standing::Failed,
+            Self::Loading | Self::Unloading => Standing::Other,
         }
     }
 }
@@ -220,6 +232,8 @@ pub struct LoadedCapsule {
     idle: Mutex<Vec<Warm>>,
     permits: Semaphore,
     state: RwLock<CapsuleState>,
+    /// Its place in the registry's live counts, moved with `state` under its lock.
+    tally: TallyMember,
     pub(crate) dispatchers: Mutex<Vec<JoinHandle<()>>>,
     /// When its last call (tool or event) ended, or when it loaded.
     last_used: Mutex<std::time::Instant>,
@@ -257,6 +271,7 @@ impl LoadedCapsule {
             idle: Mutex::default(),
             permits,
             state: RwLock::new(CapsuleState::Loading),
+            tally: TallyMember::default(),
             dispatchers: Mutex::default(),
             last_used: Mutex::new(std::time::Instant::now()),
             warmth,
@@ -314,13 +329,23 @@ impl LoadedCapsule {
         read(&self.state).clone()
     }
 
-    /// `f` of its current state, without copying it.
-    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&CapsuleState) -> R) -> R {
-        f(&read(&self.state))
+    pub(crate) fn set_state(&self, state: CapsuleState) {
+        let mut current = write(&self.state);
+        let from = current.standing();
+        *current = state;
+        self.tally.moved(from, current.standing());
     }
 
-    pub(crate) fn set_state(&self, state: CapsuleState) {
-        *write(&self.state) = state;
+    /// Counts it in `tally` from now on, as its state moves.
+    pub(crate) fn join_tally(&self, tally: Arc<Tally>) {
+        let current = write(&self.state);
+        self.tally.join(tally, current.standing());
+    }
+
+    /// Stops counting it.
+    pub(crate) fn leave_tally(&self) {
+        let current = write(&self.state);
+        self.tally.leave(current.standing());
     }
 
     /// Its manifest.

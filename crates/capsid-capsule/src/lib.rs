@@ -34,6 +34,7 @@ mod http;
 mod logbuf;
 mod native;
 mod registry;
+mod slots;
 mod warmth;
 
 pub use approval::{ApprovalError, ApprovalRequest, Approvals, Claimed, Verdict};

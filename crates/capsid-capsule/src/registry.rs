@@ -23,6 +23,7 @@ use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::native::NativeCapsule;
+use crate::slots::{Slot, Slots};
 use crate::warmth::Warmth;
 use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
@@ -67,19 +68,12 @@ pub struct NativeStatus {
     pub restarts: u32,
 }
 
-enum Slot {
-    Loading { dir: PathBuf },
-    Loaded { capsule: Arc<LoadedCapsule> },
-    Native { native: Arc<NativeCapsule> },
-    LoadFailed { dir: PathBuf, reason: String },
-}
-
 /// Capsules by name, and the engine and services they run on.
 pub struct Registry {
     engine: Arc<CapsuleEngine>,
     linker: Linker<HostState>,
     services: HostServices,
-    slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>>,
+    slots: Arc<RwLock<Slots>>,
     processes: Arc<ProcessTable>,
     /// The operator's values for capsules' `[env]` keys, by capsule (never logged).
     operator_env: RwLock<BTreeMap<CapsuleId, BTreeMap<String, String>>>,
@@ -108,7 +102,7 @@ impl Registry {
         link_capsid_host(&mut linker).map_err(link)?;
         let (events, received) = tokio::sync::mpsc::unbounded_channel();
         let processes = Arc::new(ProcessTable::new(Some(events)));
-        let slots: Arc<RwLock<BTreeMap<CapsuleId, Slot>>> = Arc::default();
+        let slots: Arc<RwLock<Slots>> = Arc::default();
         if tokio::runtime::Handle::try_current().is_ok() {
             processes.start_reaper();
             tokio::spawn(deliver_process_events(Arc::downgrade(&slots), received));
@@ -136,11 +130,11 @@ impl Registry {
 
     // The slot map is never held across an await, so a plain lock serves (and a dropped load
     // can fix its slot synchronously).
-    fn read_slots(&self) -> RwLockReadGuard<'_, BTreeMap<CapsuleId, Slot>> {
+    fn read_slots(&self) -> RwLockReadGuard<'_, Slots> {
         self.slots.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write_slots(&self) -> RwLockWriteGuard<'_, BTreeMap<CapsuleId, Slot>> {
+    fn write_slots(&self) -> RwLockWriteGuard<'_, Slots> {
         self.slots.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -594,32 +588,7 @@ impl Registry {
     /// How many capsules the registry knows and how many are ready or failed, read without
     /// copying anything (what a `status` asks, as often as clients like).
     pub fn counts(&self) -> CapsuleCounts {
-        let slots = self.read_slots();
-        let mut counts = CapsuleCounts {
-            known: slots.len(),
-            ready: 0,
-            failed: 0,
-        };
-        for slot in slots.values() {
-            let (ready, failed) = match slot {
-                Slot::Loaded { capsule } => capsule.with_state(|s| {
-                    (
-                        *s == CapsuleState::Ready,
-                        matches!(s, CapsuleState::Failed(_)),
-                    )
-                }),
-                Slot::Native { native } => match native.health() {
-                    Health::Failed { .. } => (false, true),
-                    Health::Stopped => (false, false),
-                    _ => (true, false),
-                },
-                Slot::Loading { .. } => (false, false),
-                Slot::LoadFailed { .. } => (false, true),
-            };
-            counts.ready += usize::from(ready);
-            counts.failed += usize::from(failed);
-        }
-        counts
+        self.read_slots().counts()
     }
 
     /// Every capsule the registry knows, by name.
@@ -703,7 +672,7 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
 /// Hands each lifecycle event of a watched persistent process to its capsule's
 /// `handle-event` (topic `process.<kind>`), in order, until the registry is gone.
 async fn deliver_process_events(
-    slots: std::sync::Weak<RwLock<BTreeMap<CapsuleId, Slot>>>,
+    slots: std::sync::Weak<RwLock<Slots>>,
     mut events: tokio::sync::mpsc::UnboundedReceiver<TableEvent>,
 ) {
     while let Some(event) = events.recv().await {

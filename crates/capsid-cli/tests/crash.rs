@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capsid_core::home::CapsidHome;
-use capsid_protocol::Client;
 use capsid_protocol::methods::{
     EventPublish, PublishParams, ToolCall, ToolCallParams, ToolOutput, Via,
 };
+use capsid_protocol::{Client, ClientError};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
@@ -97,9 +97,25 @@ impl Acks {
 fn kill_daemon(home: &Home) {
     let pid = home.pid().expect("the daemon's pid file");
     kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    // Gone means reaped: a zombie still holds the pid `capsid start` checks.
     until("the killed daemon is gone", || {
         kill(Pid::from_raw(pid), None).is_err()
     });
+}
+
+/// Whether a client's failure is the daemon going away (the kill), not an answer.
+fn daemon_gone(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. }
+        | ClientError::Closed
+        | ClientError::Frame(_)
+        | ClientError::Send(_) => true,
+        ClientError::Daemon(_)
+        | ClientError::Refused(_)
+        | ClientError::Token { .. }
+        | ClientError::Decode { .. }
+        | ClientError::Encode { .. } => false,
+    }
 }
 
 async fn client(home: &Home) -> Client {
@@ -110,8 +126,10 @@ async fn client(home: &Home) -> Client {
 
 /// One client's loop until its connection fails (the daemon was killed).
 async fn append(home: CapsidHome, round: usize, n: usize, acks: Arc<Mutex<Acks>>) {
-    let Ok(mut client) = Client::connect(&home, String::new()).await else {
-        return;
+    let mut client = match Client::connect(&home, String::new()).await {
+        Ok(client) => client,
+        Err(e) if daemon_gone(&e) => return,
+        Err(e) => panic!("client {n}: {e}"),
     };
     for i in 0.. {
         let tag = format!("r{round}.c{n}.n{i}");
@@ -121,8 +139,10 @@ async fn append(home: CapsidHome, round: usize, n: usize, acks: Arc<Mutex<Acks>>
                 topic: topic.clone(),
                 payload: Value::String(tag),
             };
-            if client.call::<EventPublish>(&params).await.is_err() {
-                return;
+            match client.call::<EventPublish>(&params).await {
+                Ok(_) => {}
+                Err(e) if daemon_gone(&e) => return,
+                Err(e) => panic!("client {n}: publish answered {e}"),
             }
             acks.lock().unwrap().published.push(topic);
         } else {
@@ -131,11 +151,13 @@ async fn append(home: CapsidHome, round: usize, n: usize, acks: Arc<Mutex<Acks>>
                 .to_hex()
                 .to_string();
             acks.lock().unwrap().increments_sent += 1;
-            let Ok(output) = client
+            let output = match client
                 .call::<ToolCall>(&call("counter", "increment", input))
                 .await
-            else {
-                return;
+            {
+                Ok(output) => output,
+                Err(e) if daemon_gone(&e) => return,
+                Err(e) => panic!("client {n}: increment answered {e}"),
             };
             let count = count_of(&output);
             let mut acks = acks.lock().unwrap();
@@ -383,7 +405,8 @@ async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
 
         kill_daemon(&home);
         home.ok(&["start", "--dev"]);
-        // What the killed daemon left is swept at boot, before it is ready.
+        // Sandboxed children die with their sandbox when the daemon does; the cgroups they
+        // ran in are what the boot sweep (before ready) must remove.
         let still: Vec<_> = children
             .iter()
             .chain(&native)

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod limits;
 pub mod principal;
 pub mod sync;
+pub mod tally;
 pub mod text;
 pub mod time;
 

@@ -21,6 +21,10 @@ pub const AUDIT_CHECKPOINT_INTERVAL: u64 = 16 * 1024;
 /// verified at the next open in no time).
 pub const AUDIT_CHECKPOINT_AT_STOP: u64 = 1024;
 
+/// Paths named in the audit entry of a workspace commit finished at boot (the entry counts
+/// them all).
+pub const MAX_RECOVERED_PATHS_RECORDED: usize = 64;
+
 /// Signed batches that may wait for the audit committer; it folds all waiting ones into one
 /// transaction.
 pub const MAX_AUDIT_PIPELINE: usize = 64;

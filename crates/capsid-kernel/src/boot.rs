@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
 use capsid_capsule::{CapsuleEngine, HostServices, Registry};
+use capsid_core::limits::MAX_RECOVERED_PATHS_RECORDED;
 use capsid_core::{CapsidHome, CapsuleId, Principal, SessionId};
 use capsid_crypto::KeyPair;
 use capsid_events::EventBus;
@@ -163,6 +164,7 @@ impl KernelBuilder {
             let record = system(capsid_audit::action::TAMPERED, Decision::Info, details)?;
             audit.append(chain, record).await?;
         }
+        record_recovered_commit(&audit, chain, &overlay).await?;
         let unrecorded = contain_processes(&audit, &chain).await?;
         let engine = Arc::new(CapsuleEngine::new(
             &home.compiled_cache_dir(),
@@ -513,4 +515,32 @@ fn uplink_closure(manifests: &[Manifest]) -> Vec<CapsuleId> {
         i += 1;
     }
     out
+}
+
+/// Records what opening the overlay applied to finish a commit a killed kernel left half
+/// done, if anything: the workspace changed at boot, and the log must say so.
+async fn record_recovered_commit(
+    audit: &AuditLog,
+    chain: ChainId,
+    overlay: &OverlayVfs,
+) -> Result<(), KernelError> {
+    let changes = overlay.recovered_commit();
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = changes
+        .iter()
+        .take(MAX_RECOVERED_PATHS_RECORDED)
+        .map(|c| c.path.to_string())
+        .collect();
+    let details = serde_json::json!({ "changes": changes.len(), "paths": paths });
+    let record = Record::new(
+        Principal::System,
+        capsid_audit::action::WORKSPACE_COMMIT_RECOVERED,
+        "kernel://boot",
+        Decision::Info,
+    )
+    .and_then(|r| r.details(&details))?;
+    audit.append(chain, record).await?;
+    Ok(())
 }

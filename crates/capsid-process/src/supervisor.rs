@@ -14,6 +14,7 @@ use capsid_core::limits::{
     SUPERVISOR_HEALTHY_AFTER, SUPERVISOR_HISTORY, SUPERVISOR_INITIAL_BACKOFF,
     SUPERVISOR_MAX_BACKOFF, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_SAMPLE_EVERY,
 };
+use capsid_core::tally::{Standing, Tally, TallyMember};
 use tokio::sync::watch;
 
 use crate::child::{Child, ExitInfo};
@@ -96,6 +97,18 @@ pub enum Health {
     Stopped,
 }
 
+impl Health {
+    /// How its owner's `status` counts it: failed when given up on, not serving when
+    /// stopped, serving otherwise (between restarts included).
+    pub fn standing(&self) -> Standing {
+        match self {
+            Self::Failed { .. } => Standing::Failed,
+            Self::Stopped => Standing::Other,
+            _ => Standing::Ready,
+        }
+    }
+}
+
 /// One sample of the program's group.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
@@ -112,6 +125,8 @@ pub struct Sample {
 #[derive(Debug)]
 struct State {
     health: Health,
+    /// Its place in its owner's live counts, moved with `health` under the same lock.
+    tally: TallyMember,
     restarts: u32,
     breaches: u64,
     current: Option<Arc<Child>>,
@@ -168,6 +183,7 @@ impl Supervisor {
             name: name.to_owned(),
             state: Mutex::new(State {
                 health: Health::Starting,
+                tally: TallyMember::default(),
                 restarts: 0,
                 breaches: 0,
                 current: None,
@@ -184,7 +200,22 @@ impl Supervisor {
     }
 
     fn set(&self, health: Health) {
-        self.lock().health = health;
+        let mut s = self.lock();
+        let from = s.health.standing();
+        s.tally.moved(from, health.standing());
+        s.health = health;
+    }
+
+    /// Counts it in `tally` from now on, as its health moves.
+    pub fn join_tally(&self, tally: Arc<Tally>) {
+        let s = self.lock();
+        s.tally.join(tally, s.health.standing());
+    }
+
+    /// Stops counting it.
+    pub fn leave_tally(&self) {
+        let s = self.lock();
+        s.tally.leave(s.health.standing());
     }
 
     /// Its health.
@@ -251,7 +282,9 @@ impl Supervisor {
                     {
                         let mut s = self.lock();
                         s.current = Some(child.clone());
-                        s.health = Health::Running { pid: child.pid() };
+                        let running = Health::Running { pid: child.pid() };
+                        s.tally.moved(s.health.standing(), running.standing());
+                        s.health = running;
                     }
                     let Some(exit) = self.watch(&child, &policy, &quota, &mut stopped).await else {
                         self.set(Health::Stopped);

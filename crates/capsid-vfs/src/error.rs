@@ -47,6 +47,18 @@ pub enum VfsError {
         /// What is wrong.
         reason: String,
     },
+    /// A commit a killed process left half done could not be finished when the overlay was
+    /// opened; the overlay stays closed (its record is kept) until it can be.
+    #[error(
+        "overlay {work}: a commit interrupted by a crash could not be finished ({source}); \
+         fix the cause and open it again"
+    )]
+    InterruptedCommit {
+        /// The overlay's work directory.
+        work: String,
+        /// Why finishing it failed.
+        source: Box<VfsError>,
+    },
     /// Any other I/O error.
     #[error("{path}: {source}")]
     Io {

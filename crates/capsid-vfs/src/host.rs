@@ -262,7 +262,8 @@ impl HostVfs {
 
     /// Replaces `to` atomically: fills a temporary file where `staging` says, renames it over
     /// `to`, and with [`Sync::Durable`] fsyncs the file before and the directory after.
-    /// Readers, and a reader after a crash, see the old or the new file, whole.
+    /// Readers, and with [`Sync::Durable`] a reader after a machine crash, see the old or
+    /// the new file, whole (with [`Sync::Process`] a machine crash may leave it empty).
     pub(crate) fn replace_with(
         &self,
         to: &VfsPath,
@@ -308,25 +309,36 @@ impl HostVfs {
     }
 
     /// Removes the files directly in `dir` whose names start with `prefix` (what an
-    /// interrupted [`replace_with`](Self::replace_with) left there); a missing `dir` has none.
-    pub(crate) fn remove_prefixed(&self, dir: &VfsPath, prefix: &str) -> Result<(), VfsError> {
+    /// interrupted [`replace_with`](Self::replace_with) left there); whether it removed any.
+    /// A missing `dir` has none.
+    pub(crate) fn remove_prefixed(&self, dir: &VfsPath, prefix: &str) -> Result<bool, VfsError> {
         let entries = match self.read_dir_sync(dir) {
             Ok(entries) => entries,
-            Err(VfsError::NotFound(_) | VfsError::NotADirectory(_)) => return Ok(()),
+            Err(VfsError::NotFound(_) | VfsError::NotADirectory(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
+        let mut removed = false;
         for e in entries {
             if e.kind == EntryKind::File && e.name.starts_with(prefix) {
                 self.remove_file_sync(&dir.join(&e.name)?)?;
+                removed = true;
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Opens a file for streaming reads.
     pub(crate) fn open_read(&self, p: &VfsPath) -> Result<cap_std::fs::File, VfsError> {
         self.dir
             .open(p.to_host())
+            .map_err(|e| VfsError::from_io(p, e))
+    }
+
+    /// Fsyncs a file.
+    pub(crate) fn sync_file(&self, p: &VfsPath) -> Result<(), VfsError> {
+        self.dir
+            .open(p.to_host())
+            .and_then(|f| f.sync_all())
             .map_err(|e| VfsError::from_io(p, e))
     }
 

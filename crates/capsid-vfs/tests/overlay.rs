@@ -235,6 +235,16 @@ async fn an_open_finishes_a_killed_commit_and_removes_only_its_temporary_files()
     std::fs::remove_file(f.lower("top")).unwrap();
 
     let reopened = f.reopen();
+    let recovered: Vec<String> = reopened
+        .recovered_commit()
+        .iter()
+        .map(|c| c.path.to_string())
+        .collect();
+    assert_eq!(
+        recovered,
+        ["docs/a.md"],
+        "what the open applied, for the audit log"
+    );
     assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"changed");
     assert!(!f.lower(&format!("docs/{prefix}1f2e")).exists());
     assert_eq!(
@@ -263,9 +273,45 @@ async fn a_commit_record_that_is_not_ours_is_refused_not_acted_on() {
     std::fs::write(&pending, b"docs/").unwrap();
     let err =
         OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work")).unwrap_err();
-    assert!(matches!(err, VfsError::State { .. }), "{err}");
+    assert!(
+        matches!(&err, VfsError::InterruptedCommit { source, .. }
+            if matches!(**source, VfsError::State { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("could not be finished"), "{err}");
     assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"lower a");
     assert_eq!(std::fs::read(&pending).unwrap(), b"docs/");
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_no_record_for_a_later_open_to_roll_forward() {
+    let f = fx();
+    f.vfs.write(&p("a.txt"), b"a".to_vec()).await.unwrap();
+    f.vfs.write(&p("z.txt"), b"z".to_vec()).await.unwrap();
+    // Behind the overlay's back, the upper z.txt becomes a link to a directory: copying it
+    // down fails after the commit has begun (a.txt is already down).
+    let upper = f.tmp.path().join("work/upper");
+    std::fs::remove_file(upper.join("z.txt")).unwrap();
+    std::fs::create_dir(upper.join("a-dir")).unwrap();
+    std::os::unix::fs::symlink("a-dir", upper.join("z.txt")).unwrap();
+    assert!(f.vfs.commit().await.is_err());
+    assert_eq!(
+        std::fs::read(f.lower("a.txt")).unwrap(),
+        b"a",
+        "the commit had begun"
+    );
+    assert!(!f.tmp.path().join("work/commit-pending").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(f.lower(""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(".capsid-commit-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A later write, then a restart: nothing is committed that nobody committed.
+    f.vfs.write(&p("later"), b"later".to_vec()).await.unwrap();
+    let reopened = f.reopen();
+    assert!(reopened.recovered_commit().is_empty());
+    assert!(!f.lower("later").exists());
 }
 
 #[tokio::test]

@@ -127,7 +127,10 @@ impl CapsuleContext {
             | VfsError::IsADirectory(_)
             | VfsError::NotADirectory(_)
             | VfsError::NotEmpty(_) => WitError::Invalid(e.to_string()),
-            VfsError::Unaddressable(_) | VfsError::State { .. } | VfsError::Io { .. } => {
+            VfsError::Unaddressable(_)
+            | VfsError::State { .. }
+            | VfsError::InterruptedCommit { .. }
+            | VfsError::Io { .. } => {
                 tracing::error!(capsule = %self.name, op, error = %e, "capsule fs call failed");
                 WitError::Internal("filesystem error".into())
             }

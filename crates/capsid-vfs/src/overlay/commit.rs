@@ -132,18 +132,34 @@ impl Core {
     /// Phase 1 applies every change to the lower layer while the upper layer and markers
     /// still shadow it, so the merged view never changes; phase 2 drops the markers in one
     /// atomic write, then empties the upper layer, whose content now equals the lower's.
+    /// A commit that fails is abandoned (its record and temporary files removed), so nothing
+    /// rolls it forward later with writes made since; the merged view is unchanged and
+    /// `commit` can be run again.
     pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
-        self.apply()
+        let applied = self.apply();
+        if applied.is_err() {
+            // The failure is what the caller needs to hear; a leftover this misses is
+            // removed by the next commit's or open's sweep.
+            let _ = self.remove_commit_leftovers();
+            let _ = self.end_commit();
+        }
+        applied
     }
 
-    /// Finishes a commit a killed process left half done (it was decided; the merged view
-    /// still shows it whole), so the lower layer is never left half-committed after an open.
-    pub(super) fn finish_interrupted_commit(&mut self) -> Result<(), VfsError> {
-        if self.remove_commit_leftovers()? {
-            self.apply()?;
-        }
-        Ok(())
+    /// Finishes a commit a killed process left half done (it was decided, and nothing could
+    /// write after it: the merged view, so the diff, is what it was), so the lower layer is
+    /// never left half-committed after an open. What it applied, if anything.
+    pub(super) fn finish_interrupted_commit(&mut self) -> Result<Vec<Change>, VfsError> {
+        let finished = match self.remove_commit_leftovers() {
+            Ok(false) => return Ok(Vec::new()),
+            Ok(true) => self.apply(),
+            Err(e) => Err(e),
+        };
+        finished.map_err(|e| VfsError::InterruptedCommit {
+            work: self.work.root().display().to_string(),
+            source: Box::new(e),
+        })
     }
 
     fn apply(&mut self) -> Result<Vec<Change>, VfsError> {
@@ -156,6 +172,7 @@ impl Core {
                 return Err(VfsError::Unaddressable(c.path.to_string()));
             }
         }
+        self.sync_upper(&changes)?;
         let prefix = self.begin_commit()?;
         let mut deletions: Vec<&Change> = changes
             .iter()
@@ -191,11 +208,29 @@ impl Core {
             }
         }
         self.discard()?;
-        self.work.remove_file_sync(&pending_path()?)?;
+        self.end_commit()?;
         Ok(changes)
     }
 
-    /// Records a commit under way; its temporary files' name prefix.
+    /// Makes the upper layer's files to be copied down durable (they are written for the
+    /// process only), so a roll-forward after a machine crash copies what was written, never
+    /// an empty file.
+    fn sync_upper(&self, changes: &[Change]) -> Result<(), VfsError> {
+        let mut dirs = std::collections::BTreeSet::new();
+        for c in changes.iter().filter(|c| c.kind != ChangeKind::Deleted) {
+            if c.entry == EntryKind::File {
+                self.upper.sync_file(&c.path)?;
+            }
+            dirs.extend(c.path.ancestors_and_self().skip(1));
+        }
+        for dir in dirs.into_iter().rev() {
+            self.upper.sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Records a commit under way (replacing a record left by one interrupted); its
+    /// temporary files' name prefix.
     fn begin_commit(&self) -> Result<String, VfsError> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| VfsError::Io {
@@ -212,10 +247,20 @@ impl Core {
         Ok(prefix)
     }
 
-    /// After a commit was killed: removes the temporary files it left in the lower layer;
-    /// whether one was under way. They can only be beside a file still to commit (the merged
-    /// view, and so the diff, is what it was when that commit began), and only files named
-    /// with its prefix are removed.
+    /// Removes the record of a commit, durably (a record that came back after a machine
+    /// crash would roll later writes forward).
+    fn end_commit(&self) -> Result<(), VfsError> {
+        match self.work.remove_file_sync(&pending_path()?) {
+            Ok(()) | Err(VfsError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.work.sync_dir(&VfsPath::root())
+    }
+
+    /// Removes the temporary files an interrupted commit left in the lower layer, durably;
+    /// whether a commit's record is there (it stays until a commit ends). They can only be
+    /// beside a file still to commit (the merged view, and so the diff, is what it was when
+    /// that commit began), and only files named with its prefix are removed.
     fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
         let pending = pending_path()?;
         let prefix = match self.work.read_sync(&pending) {
@@ -237,9 +282,10 @@ impl Core {
             .map(|c| c.path.parent().unwrap_or_default())
             .collect();
         for parent in parents {
-            self.lower.remove_prefixed(&parent, prefix)?;
+            if self.lower.remove_prefixed(&parent, prefix)? {
+                self.lower.sync_dir(&parent)?;
+            }
         }
-        self.work.remove_file_sync(&pending)?;
         Ok(true)
     }
 

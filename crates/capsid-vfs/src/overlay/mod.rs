@@ -30,6 +30,8 @@ const STAGING_DIR: &str = "staging";
 #[derive(Debug, Clone)]
 pub struct OverlayVfs {
     core: Arc<Mutex<Core>>,
+    /// What the open applied to finish a commit a killed process left half done.
+    recovered: Arc<Vec<Change>>,
 }
 
 #[derive(Debug)]
@@ -76,10 +78,17 @@ impl OverlayVfs {
             staging: HostVfs::open(&staging_dir)?,
             markers,
         };
-        core.finish_interrupted_commit()?;
+        let recovered = core.finish_interrupted_commit()?;
         Ok(Self {
             core: Arc::new(Mutex::new(core)),
+            recovered: Arc::new(recovered),
         })
+    }
+
+    /// What [`open`](Self::open) applied to the lower layer to finish a commit a killed
+    /// process left half done (empty when there was none), for its owner to record.
+    pub fn recovered_commit(&self) -> &[Change] {
+        &self.recovered
     }
 
     /// Runs `f` on the core on a blocking thread, holding the overlay's lock.
@@ -108,8 +117,8 @@ impl OverlayVfs {
     }
 
     /// Applies every change to the lower layer (each file atomically), then empties the upper
-    /// layer. If interrupted, the merged view is unchanged, and the next `commit` or `open`
-    /// finishes the job (an open of an overlay whose commit was killed completes it).
+    /// layer. If it fails, the merged view is unchanged and `commit` can be run again; if the
+    /// process is killed during it, the next `open` finishes it.
     pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
         self.with(Core::commit).await
     }
