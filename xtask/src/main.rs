@@ -9,6 +9,7 @@
 //!                              http, mcp, density, approvals); tables and JSON in target/capsid-bench/
 //! cargo xtask fuzz <target> [--time S]  one fuzz target for S seconds (nightly, cargo-fuzz)
 //! cargo xtask soak crash [--rounds N]    the kill -9 suites, N rounds each (default 50)
+//! cargo xtask soak mixed --minutes M     the release daemon under a mixed load for M minutes
 //! cargo xtask run              build the samples and capsid, serve them from a dev home under target/
 //! ```
 
@@ -74,6 +75,7 @@ fn usage() -> String {
          bench audit-scale [N]  the audit log at N entries (default 1,000,000)\n  \
          fuzz <target> [--time S]  one fuzz target for S seconds (nightly; installs it)\n  \
          soak crash [--rounds N]  the kill -9 suites, N rounds each (default 50)\n  \
+         soak mixed --minutes M   the daemon under a mixed load for M minutes, checking growth\n  \
          run             start capsid\n",
         BENCH_GROUPS.join(", ")
     )

@@ -55,7 +55,8 @@ fn rss_kib(pid: u32) -> Result<f64> {
     Ok(kib)
 }
 
-struct Daemon {
+/// The real daemon, a child process on its own home (killed if dropped running).
+pub(crate) struct Daemon {
     child: tokio::process::Child,
     home: PathBuf,
     boot_ms: f64,
@@ -63,11 +64,17 @@ struct Daemon {
 
 impl Daemon {
     async fn start(bin: &Path, home: &Path) -> Result<Self> {
+        Self::start_with(bin, home, &[]).await
+    }
+
+    /// Starts `capsid --home <home> daemon <extra>` and waits until it is ready.
+    pub(crate) async fn start_with(bin: &Path, home: &Path, extra: &[&str]) -> Result<Self> {
         let begun = Instant::now();
         let mut child = tokio::process::Command::new(bin)
             .arg("--home")
             .arg(home)
             .arg("daemon")
+            .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -90,7 +97,13 @@ impl Daemon {
         })
     }
 
-    async fn client(&self) -> Result<Client> {
+    /// Its pid.
+    pub(crate) fn pid(&self) -> Result<u32> {
+        self.child.id().context("the daemon is gone")
+    }
+
+    /// A client of it.
+    pub(crate) async fn client(&self) -> Result<Client> {
         Ok(Client::connect(&CapsidHome::at(&self.home), String::new()).await?)
     }
 
@@ -98,7 +111,8 @@ impl Daemon {
         rss_kib(self.child.id().context("the daemon is gone")?)
     }
 
-    async fn stop(mut self) -> Result<()> {
+    /// Asks it to stop and waits until it has.
+    pub(crate) async fn stop(mut self) -> Result<()> {
         self.client().await?.ask::<DaemonStop>().await?;
         self.child.wait().await?;
         Ok(())

@@ -12,6 +12,7 @@ mod kernel;
 mod mcp;
 mod process;
 mod report;
+mod soak;
 mod storage;
 
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ fn main() -> Result<()> {
         "approvals" => approvals::run()?,
         "audit-scale" => audit_scale::run()?,
         "density" => density::run()?,
+        "soak-mixed" => soak::run(&out)?,
         other => bail!("unknown bench group {other:?}"),
     };
     report::print_table(&group, &rows);
