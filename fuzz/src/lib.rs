@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("vfs-path", vfs_path),
     ("token", token),
     ("audit-export", audit_export),
+    ("audit-db", audit_db),
 ];
 
 /// A manifest as `Capsule.toml` text: parsed or refused, never a panic.
@@ -165,6 +166,156 @@ pub fn audit_export(data: &[u8]) {
     if std::fs::write(&path, data).is_ok() {
         let _ = capsid_audit::verify_export(&path);
     }
+}
+
+/// The `entries` columns an `audit-db` input may overwrite, with how its bytes become a value.
+const ENTRY_COLUMNS: &[(&str, ColumnKind)] = &[
+    ("chain", ColumnKind::Text),
+    ("seq", ColumnKind::Integer),
+    ("time_ns", ColumnKind::Integer),
+    ("principal", ColumnKind::Text),
+    ("capsule", ColumnKind::Text),
+    ("action", ColumnKind::Text),
+    ("resource", ColumnKind::Text),
+    ("decision", ColumnKind::Text),
+    ("details", ColumnKind::Text),
+    ("prev_hash", ColumnKind::Blob),
+    ("key_id", ColumnKind::Blob),
+    ("hash", ColumnKind::Blob),
+    ("signature", ColumnKind::Blob),
+];
+
+#[derive(Clone, Copy)]
+enum ColumnKind {
+    Text,
+    Integer,
+    Blob,
+}
+
+/// A small signed audit log (two chains), made once per process: the database file's bytes
+/// after a clean close.
+// The harness's own setup: without its seed log no input can be judged, so it stops loudly.
+#[allow(clippy::expect_used)]
+fn audit_db_image() -> &'static [u8] {
+    static IMAGE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db = dir.path().join("audit.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let key = capsid_crypto::KeyPair::from_secret_bytes(&[7; 32]);
+            let log = capsid_audit::AuditLog::open(&db, key).expect("a new audit log");
+            let session = capsid_audit::ChainId::Session(capsid_core::SessionId::new());
+            for (chain, n) in [
+                (session, 0),
+                (capsid_audit::ChainId::System, 1),
+                (session, 2),
+            ] {
+                let record = capsid_audit::Record::new(
+                    capsid_core::Principal::System,
+                    "fuzz.seed",
+                    &format!("kv://fuzz/{n}"),
+                    capsid_audit::Decision::Allow,
+                )
+                .expect("a record");
+                log.append(chain, record).await.expect("an append");
+            }
+            log.close().await.expect("a clean close");
+        });
+        std::fs::read(&db).expect("the audit database")
+    })
+}
+
+/// An audit database changed behind the log's back, then verified in full. The first byte
+/// picks how: odd, bytes of the file are flipped (`offset`, `xor` pairs: the verifier must
+/// refuse or accept, never panic); even, one field of one entry is overwritten through SQL,
+/// and a field that really changed must be found (every field is covered by an entry's hash,
+/// signature or place in its chain).
+pub fn audit_db(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(dir) = tempfile::tempdir() else {
+        return;
+    };
+    let db = dir.path().join("audit.db");
+    if mode % 2 == 1 {
+        let mut image = audit_db_image().to_vec();
+        let len = image.len().max(1);
+        for pair in rest.chunks_exact(3) {
+            let offset = usize::from(u16::from_le_bytes([pair[0], pair[1]]));
+            if let Some(byte) = image.get_mut(offset % len) {
+                *byte ^= pair[2];
+            }
+        }
+        if std::fs::write(&db, &image).is_ok() {
+            let _ = capsid_audit::verify_database(&db);
+        }
+        return;
+    }
+    let image = audit_db_image();
+    let Some(changed) = overwrite_entry(&db, image, rest) else {
+        return;
+    };
+    let Ok(report) = capsid_audit::verify_database(&db) else {
+        return;
+    };
+    if changed {
+        assert!(
+            !report.is_valid(),
+            "a field of an entry changed and the log verified"
+        );
+    } else {
+        assert!(
+            report.is_valid(),
+            "an untouched log failed to verify: {report}"
+        );
+    }
+}
+
+/// Whether `data`, as an SQL-mode `audit-db` input, really changes a field of an entry (for
+/// the replay's check that the seeds exercise the property).
+pub fn audit_db_changes_an_entry(data: &[u8]) -> bool {
+    let (Some((&mode, rest)), Ok(dir)) = (data.split_first(), tempfile::tempdir()) else {
+        return false;
+    };
+    mode % 2 == 0
+        && overwrite_entry(&dir.path().join("audit.db"), audit_db_image(), rest) == Some(true)
+}
+
+/// Writes `image` to `db` and overwrites one field of one entry as `input` says
+/// (`row`, `column`, value bytes); whether the field changed, or `None` when the input is too
+/// short or the file cannot be written.
+fn overwrite_entry(db: &Path, image: &[u8], input: &[u8]) -> Option<bool> {
+    let [row, column, value @ ..] = input else {
+        return None;
+    };
+    std::fs::write(db, image).ok()?;
+    let (name, kind) = ENTRY_COLUMNS[usize::from(*column) % ENTRY_COLUMNS.len()];
+    let sql = rusqlite::Connection::open(db).ok()?;
+    let rows: i64 = sql
+        .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+        .ok()?;
+    let id = 1 + i64::from(*row) % rows.max(1);
+    let query = format!("UPDATE entries SET {name} = ?1 WHERE id = ?2 AND {name} IS NOT ?1");
+    let changed = match kind {
+        ColumnKind::Text => sql.execute(
+            &query,
+            rusqlite::params![String::from_utf8_lossy(value), id],
+        ),
+        ColumnKind::Integer => {
+            let mut n = [0u8; 8];
+            for (to, from) in n.iter_mut().zip(value) {
+                *to = *from;
+            }
+            sql.execute(&query, rusqlite::params![i64::from_le_bytes(n), id])
+        }
+        ColumnKind::Blob => sql.execute(&query, rusqlite::params![value, id]),
+    };
+    // Refused by the schema (a duplicate `(chain, seq)`, say): nothing changed.
+    Some(changed.is_ok_and(|n| n > 0))
 }
 
 /// A model of pattern matching, written from the grammar alone.

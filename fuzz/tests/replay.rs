@@ -34,3 +34,20 @@ fn every_corpus_replays_without_a_crash() {
         }
     }
 }
+
+#[test]
+fn the_audit_db_seeds_really_change_an_entry() {
+    // Each SQL seed overwrites a field with a different value: were the update refused or a
+    // no-op, the target's "changed, so it must not verify" property would go unexercised.
+    for seed in ["sql-details", "sql-hash", "sql-seq", "sql-chain"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("corpus")
+            .join("audit-db")
+            .join(seed);
+        let data = std::fs::read(&path).unwrap();
+        assert!(
+            capsid_fuzz::audit_db_changes_an_entry(&data),
+            "{seed} changes nothing"
+        );
+    }
+}
