@@ -372,8 +372,6 @@ fn bench(root: &Path, group: Option<&str>, size: Option<&str>) -> Result<()> {
     if !size.is_empty() && size.parse::<u64>().is_err() {
         bail!("the bench size must be a number, not {size:?}");
     }
-    let out = root.join("target").join("capsid-bench");
-    let out_str = out.to_str().context("target path is not UTF-8")?;
     // These groups drive the real binary, built as released.
     let drives_binary = groups.iter().any(|g| ["mcp", "density"].contains(g));
     let capsules = if groups.contains(&"capsule") || drives_binary {
@@ -381,27 +379,15 @@ fn bench(root: &Path, group: Option<&str>, size: Option<&str>) -> Result<()> {
     } else {
         capsules_out(root)
     };
-    let bin = root.join("target").join("release").join("capsid");
-    if drives_binary {
-        cargo(
-            root,
-            &["build", "--release", "--locked", "--package", "capsid-cli"],
-        )?;
-    }
+    let bin = if drives_binary {
+        build_release_capsid(root)?
+    } else {
+        release_capsid(root)
+    };
     for g in groups {
-        cargo_with(
+        run_bench(
             root,
-            &[
-                "run",
-                "--release",
-                "--locked",
-                "--package",
-                "capsid-bench",
-                "--",
-                g,
-                "--out",
-                out_str,
-            ],
+            g,
             &[
                 ("CAPSID_CAPSULES_DIR", &capsules),
                 ("CAPSID_BIN", &bin),
@@ -410,4 +396,39 @@ fn bench(root: &Path, group: Option<&str>, size: Option<&str>) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Where the released `capsid` binary is built.
+fn release_capsid(root: &Path) -> PathBuf {
+    root.join("target").join("release").join("capsid")
+}
+
+/// Builds the released `capsid` binary (what the groups that drive it run); its path.
+fn build_release_capsid(root: &Path) -> Result<PathBuf> {
+    cargo(
+        root,
+        &["build", "--release", "--locked", "--package", "capsid-cli"],
+    )?;
+    Ok(release_capsid(root))
+}
+
+/// Runs `capsid-bench <group>`, released, writing into `target/capsid-bench/`, with `env`.
+fn run_bench(root: &Path, group: &str, env: &[(&str, &Path)]) -> Result<()> {
+    let out = root.join("target").join("capsid-bench");
+    let out = out.to_str().context("target path is not UTF-8")?;
+    cargo_with(
+        root,
+        &[
+            "run",
+            "--release",
+            "--locked",
+            "--package",
+            "capsid-bench",
+            "--",
+            group,
+            "--out",
+            out,
+        ],
+        env,
+    )
 }

@@ -38,15 +38,7 @@ pub(crate) fn soak(root: &Path, args: &[String]) -> Result<()> {
 fn crash(root: &Path, args: &[String]) -> Result<()> {
     let rounds = match args {
         [] => DEFAULT_CRASH_ROUNDS,
-        [flag, n] if flag == "--rounds" => {
-            let n: u32 = n
-                .parse()
-                .with_context(|| format!("--rounds takes a number, not {n:?}"))?;
-            if n == 0 {
-                bail!("--rounds must be at least 1");
-            }
-            n
-        }
+        [flag, n] if flag == "--rounds" => at_least_one(flag, n)?,
         _ => bail!("usage: cargo xtask soak crash [--rounds N]"),
     };
     let capsules = crate::build_capsules(root)?;
@@ -77,43 +69,30 @@ fn crash(root: &Path, args: &[String]) -> Result<()> {
 
 fn mixed(root: &Path, args: &[String]) -> Result<()> {
     let minutes = match args {
-        [flag, m] if flag == "--minutes" => {
-            let m: u32 = m
-                .parse()
-                .with_context(|| format!("--minutes takes a number, not {m:?}"))?;
-            if m == 0 {
-                bail!("--minutes must be at least 1");
-            }
-            m
-        }
+        [flag, m] if flag == "--minutes" => at_least_one(flag, m)?,
         _ => bail!("usage: cargo xtask soak mixed --minutes M"),
     };
     let capsules = crate::build_capsules(root)?;
-    crate::cargo(
-        root,
-        &["build", "--release", "--locked", "--package", "capsid-cli"],
-    )?;
-    let bin = root.join("target").join("release").join("capsid");
-    let out = root.join("target").join("capsid-bench");
-    let out = out.to_str().context("target path is not UTF-8")?;
+    let bin = crate::build_release_capsid(root)?;
     let minutes = minutes.to_string();
-    crate::cargo_with(
+    crate::run_bench(
         root,
-        &[
-            "run",
-            "--release",
-            "--locked",
-            "--package",
-            "capsid-bench",
-            "--",
-            "soak-mixed",
-            "--out",
-            out,
-        ],
+        "soak-mixed",
         &[
             ("CAPSID_CAPSULES_DIR", &capsules),
             ("CAPSID_BIN", &bin),
             ("CAPSID_SOAK_MINUTES", Path::new(&minutes)),
         ],
     )
+}
+
+/// `value` of `flag` as a number of at least 1.
+fn at_least_one(flag: &str, value: &str) -> Result<u32> {
+    let n: u32 = value
+        .parse()
+        .with_context(|| format!("{flag} takes a number, not {value:?}"))?;
+    if n == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    Ok(n)
 }
