@@ -682,3 +682,48 @@ async fn a_workspace_commit_a_killed_kernel_left_half_done_is_finished_and_recor
     assert!(recovered[0].details.contains("report.md"), "{recovered:?}");
     kernel.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_finished_at_a_read_only_boot_is_reported_as_unrecorded() {
+    use capsid_vfs::{Vfs, VfsPath};
+    let home = PrivateHome::new();
+    let kernel = boot(home.path(), dev_config()).await;
+    let (db, workspace) = (
+        kernel.audit().path().to_owned(),
+        kernel.workspace().to_owned(),
+    );
+    kernel
+        .overlay()
+        .write(&VfsPath::parse("late.md").unwrap(), b"late".to_vec())
+        .await
+        .unwrap();
+    kernel.shutdown().await;
+    drop(kernel);
+    tamper_leaving_wal(
+        &db,
+        "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
+    );
+    let work = capsid_core::CapsidHome::at(home.path())
+        .state_dir()
+        .join("overlay");
+    std::fs::write(
+        work.join("commit-pending"),
+        ".capsid-commit-00112233aabbccdd-",
+    )
+    .unwrap();
+
+    let read_only = KernelConfig {
+        audit_tamper: TamperPolicy::ReadOnly,
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), read_only).await;
+    assert_eq!(std::fs::read(workspace.join("late.md")).unwrap(), b"late");
+    let unrecorded = kernel.status().boot.unrecorded.clone();
+    assert!(
+        unrecorded
+            .iter()
+            .any(|u| u.starts_with("workspace.commit.recovered") && u.contains("late.md")),
+        "{unrecorded:?}"
+    );
+    kernel.shutdown().await;
+}

@@ -8,8 +8,10 @@
 //!
 //! It fails when an operation fails, or when growth does not level off: the peak of memory,
 //! descriptors or threads in the last third of the run above the middle third's by more
-//! than a margin, or the audit log growing faster in the last third than in the middle one.
-//! The samples go to `<out>/soak-mixed.csv`.
+//! than a margin, the audit log growing faster or taking more room per entry in the last
+//! third than in the middle one, or the daemon serving the same load more slowly (wall-clock
+//! throughput). The memory trend over the last two thirds is reported, not judged. The
+//! samples go to `<out>/soak-mixed.csv`, also when the run fails.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -51,9 +53,11 @@ const RSS_MARGIN_KIB: f64 = 8.0 * 1024.0;
 const RSS_MARGIN_RATIO: f64 = 0.10;
 const FD_MARGIN: f64 = 8.0;
 const THREAD_MARGIN: f64 = 4.0;
-/// How much faster the audit log may grow (entries per second) in the last third than in
-/// the middle one.
+/// How much faster the audit log may grow (entries per second, and bytes per entry) in the
+/// last third than in the middle one.
 const AUDIT_RATE_MARGIN: f64 = 1.25;
+/// The share of the middle third's throughput the last third must keep.
+const THROUGHPUT_FLOOR: f64 = 0.8;
 
 /// The name the reinstalled copy of `hello` goes by.
 const COPY: &str = "hello-soak";
@@ -62,6 +66,8 @@ const COPY: &str = "hello-soak";
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     second: u64,
+    /// Wall time since the load began, in seconds (a second of load may overrun).
+    elapsed_s: f64,
     rss_kib: f64,
     fds: f64,
     threads: f64,
@@ -132,13 +138,20 @@ fn status_field(pid: u32, field: &str) -> Result<f64> {
 }
 
 #[allow(clippy::cast_precision_loss)]
-fn sample(pid: u32, home: &Path, second: u64, operations: u64) -> Result<Sample> {
+fn sample(
+    pid: u32,
+    home: &Path,
+    second: u64,
+    elapsed: Duration,
+    operations: u64,
+) -> Result<Sample> {
     let db = CapsidHome::at(home).audit_db_path();
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let mut wal = db.as_os_str().to_owned();
     wal.push("-wal");
     Ok(Sample {
         second,
+        elapsed_s: elapsed.as_secs_f64(),
         rss_kib: status_field(pid, "VmRSS")?,
         fds: std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as f64,
         threads: status_field(pid, "Threads")?,
@@ -240,35 +253,51 @@ async fn soak(out: &Path, length: Duration) -> Result<Vec<Row>> {
     let pid = daemon.pid()?;
     let mut client = daemon.client().await?;
     reinstall(&mut client, &copy, true).await?;
-    let begun = Instant::now();
     let mut samples = Vec::new();
+    let loaded = load(&mut client, &bin, &home, &copy, pid, length, &mut samples).await;
+    // The samples are worth reading most when the load failed.
+    write_csv(out, &samples)?;
+    loaded?;
+    daemon.stop().await?;
+    verdict(&samples)
+}
+
+/// The steady load for `length`, sampling each second into `samples`.
+async fn load(
+    client: &mut Client,
+    bin: &Path,
+    home: &Path,
+    copy: &Path,
+    pid: u32,
+    length: Duration,
+    samples: &mut Vec<Sample>,
+) -> Result<()> {
+    let begun = Instant::now();
     let mut operations = 0;
     for second in 1.. {
         let tick = begun + Duration::from_secs(second);
-        operations += one_second(&mut client, second)
+        operations += one_second(client, second)
             .await
             .with_context(|| format!("second {second}"))?;
         if second.is_multiple_of(INSTALL_EVERY) {
-            reinstall(&mut client, &copy, false)
+            reinstall(client, copy, false)
                 .await
                 .with_context(|| format!("reinstalling {COPY} at second {second}"))?;
             operations += 2;
         }
         if second.is_multiple_of(MCP_EVERY) {
-            mcp_session(&bin, &home)
+            mcp_session(bin, home)
                 .await
                 .with_context(|| format!("the MCP session at second {second}"))?;
             operations += 1;
         }
         tokio::time::sleep_until(tick.into()).await;
-        samples.push(sample(pid, &home, second, operations)?);
+        samples.push(sample(pid, home, second, begun.elapsed(), operations)?);
         if begun.elapsed() >= length {
-            break;
+            return Ok(());
         }
     }
-    write_csv(out, &samples)?;
-    daemon.stop().await?;
-    verdict(&samples)
+    Ok(())
 }
 
 fn write_csv(out: &Path, samples: &[Sample]) -> Result<()> {
@@ -290,13 +319,28 @@ fn peak(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     samples.iter().map(f).fold(f64::MIN, f64::max)
 }
 
-/// How fast `f` grew per second over `samples` (first to last).
-#[allow(clippy::cast_precision_loss)]
+/// How fast `f` grew per second of wall time over `samples` (first to last).
 fn rate(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     match (samples.first(), samples.last()) {
-        (Some(a), Some(b)) if b.second > a.second => (f(b) - f(a)) / (b.second - a.second) as f64,
+        (Some(a), Some(b)) if b.elapsed_s > a.elapsed_s => {
+            (f(b) - f(a)) / (b.elapsed_s - a.elapsed_s)
+        }
         _ => 0.0,
     }
+}
+
+/// The least-squares slope of `f` against wall time over `samples`, per minute.
+fn slope_per_minute(samples: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let n = samples.len() as f64;
+    let mean_t = samples.iter().map(|s| s.elapsed_s).sum::<f64>() / n;
+    let mean_y = samples.iter().map(&f).sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for s in samples {
+        num += (s.elapsed_s - mean_t) * (f(s) - mean_y);
+        den += (s.elapsed_s - mean_t).powi(2);
+    }
+    if den > 0.0 { num / den * 60.0 } else { 0.0 }
 }
 
 fn verdict(samples: &[Sample]) -> Result<Vec<Row>> {
@@ -343,21 +387,42 @@ fn verdict(samples: &[Sample]) -> Result<Vec<Row>> {
             "the audit log grows faster: {before:.0} then {after:.0} entries/s"
         ));
     }
-    let ops = rate(samples, |s| {
-        #[allow(clippy::cast_precision_loss)]
-        let n = s.operations as f64;
-        n
-    });
     #[allow(clippy::cast_precision_loss)]
-    let planned =
-        (GREETS_PER_SECOND + INCREMENTS_PER_SECOND + PUBLISHES_PER_SECOND + SPAWNS_PER_SECOND)
-            as f64;
+    let ops = |s: &Sample| s.operations as f64;
+    let (before, after) = (rate(middle, ops), rate(last, ops));
     rows.push(Row::new(
-        "operations per second, whole run",
-        ops,
+        "operations per wall-clock second, last third",
+        after,
         "ops/s",
-        "planned steady load",
-        planned,
+        "the same, middle third",
+        before,
+    ));
+    if after < before * THROUGHPUT_FLOOR {
+        failures.push(format!(
+            "the daemon slowed down: {before:.1} then {after:.1} operations/s"
+        ));
+    }
+    let per_entry =
+        |s: Option<&Sample>| s.map_or(0.0, |s| s.audit_bytes / s.audit_entries.max(1.0));
+    let (before, after) = (per_entry(middle.last()), per_entry(last.last()));
+    rows.push(Row::new(
+        "audit log bytes on disk per entry (with its WAL), at the end",
+        after,
+        "B",
+        "the same, at the end of the middle third",
+        before,
+    ));
+    if after > before * AUDIT_RATE_MARGIN {
+        failures.push(format!(
+            "the audit log takes more room per entry: {before:.0} then {after:.0} bytes"
+        ));
+    }
+    rows.push(Row::new(
+        "daemon memory trend over the last two thirds",
+        slope_per_minute(&samples[third..], |s| s.rss_kib),
+        "KiB/min",
+        "none (reported, not judged: allocator noise)",
+        0.0,
     ));
     if !failures.is_empty() {
         crate::report::print_table("soak-mixed", &rows);

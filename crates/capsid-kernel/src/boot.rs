@@ -164,8 +164,8 @@ impl KernelBuilder {
             let record = system(capsid_audit::action::TAMPERED, Decision::Info, details)?;
             audit.append(chain, record).await?;
         }
-        record_recovered_commit(&audit, chain, &overlay).await?;
-        let unrecorded = contain_processes(&audit, &chain).await?;
+        let mut unrecorded = record_recovered_commit(&audit, chain, &overlay).await?;
+        unrecorded.extend(contain_processes(&audit, &chain).await?);
         let engine = Arc::new(CapsuleEngine::new(
             &home.compiled_cache_dir(),
             Arc::new(copy()),
@@ -518,15 +518,16 @@ fn uplink_closure(manifests: &[Manifest]) -> Vec<CapsuleId> {
 }
 
 /// Records what opening the overlay applied to finish a commit a killed kernel left half
-/// done, if anything: the workspace changed at boot, and the log must say so.
+/// done, if anything: the workspace changed at boot, and the log must say so (or, when it is
+/// read-only, the boot report: what could not be recorded).
 async fn record_recovered_commit(
     audit: &AuditLog,
     chain: ChainId,
     overlay: &OverlayVfs,
-) -> Result<(), KernelError> {
+) -> Result<Vec<String>, KernelError> {
     let changes = overlay.recovered_commit();
     if changes.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let paths: Vec<String> = changes
         .iter()
@@ -541,6 +542,10 @@ async fn record_recovered_commit(
         Decision::Info,
     )
     .and_then(|r| r.details(&details))?;
+    if audit.is_read_only() {
+        tracing::error!(%details, "finished an interrupted workspace commit; not recorded (the audit log is read-only)");
+        return Ok(vec![format!("workspace.commit.recovered {details}")]);
+    }
     audit.append(chain, record).await?;
-    Ok(())
+    Ok(Vec::new())
 }

@@ -51,7 +51,9 @@ pub enum VfsError {
     /// opened; the overlay stays closed (its record is kept) until it can be.
     #[error(
         "overlay {work}: a commit interrupted by a crash could not be finished ({source}); \
-         fix the cause and open it again"
+         fix the cause and open it again, or give the commit up by removing \
+         {work}/commit-pending (the merged view stays; the workspace keeps what the commit \
+         had already written)"
     )]
     InterruptedCommit {
         /// The overlay's work directory.

@@ -137,14 +137,26 @@ impl Core {
     /// `commit` can be run again.
     pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
-        let applied = self.apply();
-        if applied.is_err() {
-            // The failure is what the caller needs to hear; a leftover this misses is
-            // removed by the next commit's or open's sweep.
-            let _ = self.remove_commit_leftovers();
-            let _ = self.end_commit();
+        let failed = match self.apply() {
+            Ok(changes) => return Ok(changes),
+            Err(e) => e,
+        };
+        // Abandon it; if even that fails, the record would roll later writes forward at the
+        // next open, so say so rather than return the first failure alone.
+        match self
+            .remove_commit_leftovers()
+            .and_then(|_| self.end_commit())
+        {
+            Ok(()) => Err(failed),
+            Err(abandoning) => Err(VfsError::State {
+                path: self.work.root().join(PENDING_FILE).display().to_string(),
+                reason: format!(
+                    "the commit failed ({failed}) and its record could not be removed \
+                     ({abandoning}); remove that file before the overlay is opened again, or \
+                     the next open applies every change made since"
+                ),
+            }),
         }
-        applied
     }
 
     /// Finishes a commit a killed process left half done (it was decided, and nothing could
@@ -218,10 +230,16 @@ impl Core {
     fn sync_upper(&self, changes: &[Change]) -> Result<(), VfsError> {
         let mut dirs = std::collections::BTreeSet::new();
         for c in changes.iter().filter(|c| c.kind != ChangeKind::Deleted) {
-            if c.entry == EntryKind::File {
-                self.upper.sync_file(&c.path)?;
+            match c.entry {
+                EntryKind::File => self.upper.sync_file(&c.path)?,
+                EntryKind::Dir => {
+                    dirs.insert(c.path.clone());
+                }
+                EntryKind::Symlink => {}
             }
-            dirs.extend(c.path.ancestors_and_self().skip(1));
+            // Its parent and theirs, up to the root: where its name was written.
+            let depth = c.path.segments().len();
+            dirs.extend(c.path.ancestors_and_self().take(depth));
         }
         for dir in dirs.into_iter().rev() {
             self.upper.sync_dir(&dir)?;
