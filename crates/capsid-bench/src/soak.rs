@@ -302,12 +302,20 @@ async fn load(
 
 fn write_csv(out: &Path, samples: &[Sample]) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    let mut csv = String::from("second,rss_kib,fds,threads,audit_bytes,audit_entries,operations\n");
+    let mut csv =
+        String::from("second,elapsed_s,rss_kib,fds,threads,audit_bytes,audit_entries,operations\n");
     for s in samples {
         writeln!(
             csv,
-            "{},{},{},{},{},{},{}",
-            s.second, s.rss_kib, s.fds, s.threads, s.audit_bytes, s.audit_entries, s.operations
+            "{},{:.3},{},{},{},{},{},{}",
+            s.second,
+            s.elapsed_s,
+            s.rss_kib,
+            s.fds,
+            s.threads,
+            s.audit_bytes,
+            s.audit_entries,
+            s.operations
         )?;
     }
     let path = out.join("soak-mixed.csv");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use capsid_core::limits::{MAX_KV_CONFLICT_RETRIES, MAX_KV_KEY_BYTES};
+use capsid_core::limits::{KV_MEMTABLE_BYTES, MAX_KV_CONFLICT_RETRIES, MAX_KV_KEY_BYTES};
 use surrealkv::{LSMIterator as _, Mode, Transaction, Tree, TreeBuilder};
 
 use crate::error::KvError;
@@ -62,6 +62,7 @@ impl SurrealKvStore {
     pub async fn open(dir: &Path, durability: Durability) -> Result<Self, KvError> {
         let tree = TreeBuilder::new()
             .with_path(dir.to_owned())
+            .with_max_memtable_size(KV_MEMTABLE_BYTES)
             .build_async()
             .await
             .map_err(|e| KvError::Backend {
