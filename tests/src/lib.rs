@@ -40,6 +40,19 @@ pub fn capsules_dir() -> PathBuf {
     dir
 }
 
+/// The environment variable that sets how many rounds each kill -9 suite runs (`cargo xtask
+/// soak crash --rounds N` sets it).
+pub const CRASH_ROUNDS_VAR: &str = "CAPSID_CRASH_ROUNDS";
+
+/// Rounds a kill -9 suite runs: [`CRASH_ROUNDS_VAR`], else `default` (what `cargo xtask test`
+/// runs). Panics on a value that is not a number, rather than run a default silently.
+pub fn crash_rounds(default: usize) -> usize {
+    std::env::var(CRASH_ROUNDS_VAR).map_or(default, |v| {
+        v.parse()
+            .unwrap_or_else(|_| panic!("{CRASH_ROUNDS_VAR}={v:?} is not a number of rounds"))
+    })
+}
+
 /// A copy of built capsule `name` in a fresh folder under `into`, so a test may edit or
 /// corrupt it without touching the build output.
 pub fn copy_capsule(name: &str, into: &Path) -> PathBuf {

@@ -647,6 +647,19 @@ async fn an_install_that_cannot_be_recorded_puts_the_previous_copy_back() {
     kernel.shutdown().await;
 }
 
+/// Leaves the home's workspace overlay as a kernel killed in the middle of committing does:
+/// the commit's record written, nothing copied down yet.
+fn leave_commit_interrupted(home: &Path) {
+    let work = capsid_core::CapsidHome::at(home)
+        .state_dir()
+        .join("overlay");
+    std::fs::write(
+        work.join("commit-pending"),
+        ".capsid-commit-00112233aabbccdd-",
+    )
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workspace_commit_a_killed_kernel_left_half_done_is_finished_and_recorded_at_boot() {
     use capsid_vfs::{Vfs, VfsPath};
@@ -659,16 +672,7 @@ async fn a_workspace_commit_a_killed_kernel_left_half_done_is_finished_and_recor
         .await
         .unwrap();
     kernel.shutdown().await;
-    // As a kernel killed in the middle of committing leaves it: the record is written, the
-    // file not yet copied down.
-    let work = capsid_core::CapsidHome::at(home.path())
-        .state_dir()
-        .join("overlay");
-    std::fs::write(
-        work.join("commit-pending"),
-        ".capsid-commit-00112233aabbccdd-",
-    )
-    .unwrap();
+    leave_commit_interrupted(home.path());
     assert!(!workspace.join("report.md").exists());
 
     let kernel = boot(home.path(), dev_config()).await;
@@ -703,14 +707,7 @@ async fn a_commit_finished_at_a_read_only_boot_is_reported_as_unrecorded() {
         &db,
         "UPDATE entries SET action = 'nothing.happened' WHERE action = 'kernel.boot'",
     );
-    let work = capsid_core::CapsidHome::at(home.path())
-        .state_dir()
-        .join("overlay");
-    std::fs::write(
-        work.join("commit-pending"),
-        ".capsid-commit-00112233aabbccdd-",
-    )
-    .unwrap();
+    leave_commit_interrupted(home.path());
 
     let read_only = KernelConfig {
         audit_tamper: TamperPolicy::ReadOnly,

@@ -18,20 +18,14 @@ use capsid_vfs::{OverlayVfs, Vfs, VfsPath};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The environment variable that sets how many rounds the suite runs.
-const ROUNDS_VAR: &str = "CAPSID_CRASH_ROUNDS";
-
-/// Rounds when [`ROUNDS_VAR`] is unset.
+/// Rounds when `CAPSID_CRASH_ROUNDS` is unset.
 const DEFAULT_ROUNDS: usize = 3;
 
 /// The most commits a round waits for before its random delay.
 const MAX_COMMITS_BEFORE_KILL: u64 = 8;
 
 fn rounds() -> usize {
-    std::env::var(ROUNDS_VAR).map_or(DEFAULT_ROUNDS, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{ROUNDS_VAR}={v:?} is not a number of rounds"))
-    })
+    capsid_integration_tests::crash_rounds(DEFAULT_ROUNDS)
 }
 
 /// A random number below `n`, from the clock's nanoseconds (timing varies anyway).

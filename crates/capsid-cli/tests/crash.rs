@@ -29,10 +29,7 @@ use serde_json::{Value, json};
 
 use common::{Home, PATIENCE, until};
 
-/// The environment variable that sets how many rounds each suite runs.
-const ROUNDS_VAR: &str = "CAPSID_CRASH_ROUNDS";
-
-/// Rounds when [`ROUNDS_VAR`] is unset: enough to catch a regression in `cargo xtask test`.
+/// Rounds when `CAPSID_CRASH_ROUNDS` is unset: enough to catch a regression in `cargo xtask test`.
 const DEFAULT_ROUNDS: usize = 2;
 
 /// Clients appending at once: half publish, half call a tool that writes kv.
@@ -45,10 +42,7 @@ const ACKS_BEFORE_KILL: usize = 16;
 const MAX_KILL_DELAY_MS: u64 = 400;
 
 fn rounds() -> usize {
-    std::env::var(ROUNDS_VAR).map_or(DEFAULT_ROUNDS, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{ROUNDS_VAR}={v:?} is not a number of rounds"))
-    })
+    capsid_integration_tests::crash_rounds(DEFAULT_ROUNDS)
 }
 
 /// A small random source (splitmix64), seeded from the clock and printed, so a failing

@@ -155,13 +155,9 @@ impl KernelBuilder {
         let principal = Principal::User(root.id);
         let mcp_principal = Principal::User(identity.bootstrap_mcp_user().await?.id);
         let chain = ChainId::Session(SessionId::new());
-        let system = |action: &str, decision, details: serde_json::Value| {
-            Record::new(Principal::System, action, "kernel://boot", decision)
-                .and_then(|r| r.details(&details))
-        };
         if let AuditFinding::Quarantined { kept, problems } = &found {
             let details = serde_json::json!({ "kept": kept, "problems": problems });
-            let record = system(capsid_audit::action::TAMPERED, Decision::Info, details)?;
+            let record = boot_record(capsid_audit::action::TAMPERED, &details)?;
             audit.append(chain, record).await?;
         }
         let mut unrecorded = record_recovered_commit(&audit, chain, &overlay).await?;
@@ -203,7 +199,7 @@ impl KernelBuilder {
             audit
                 .append(
                     chain,
-                    system(capsid_audit::action::KERNEL_BOOT, Decision::Info, details)?,
+                    boot_record(capsid_audit::action::KERNEL_BOOT, &details)?,
                 )
                 .await?;
         }
@@ -394,13 +390,7 @@ async fn contain_processes(audit: &AuditLog, chain: &ChainId) -> Result<Vec<Stri
         let details = serde_json::json!({
             "killed": swept.killed, "removed": swept.removed, "stuck": swept.stuck,
         });
-        let record = Record::new(
-            Principal::System,
-            capsid_audit::action::PROCESS_SWEPT,
-            "kernel://boot",
-            Decision::Info,
-        )
-        .and_then(|r| r.details(&details))?;
+        let record = boot_record(capsid_audit::action::PROCESS_SWEPT, &details)?;
         if audit.is_read_only() {
             tracing::error!(%details, "killed what dead hosts left behind; not recorded (the audit log is read-only)");
             return Ok(vec![format!("process.swept {details}")]);
@@ -535,17 +525,20 @@ async fn record_recovered_commit(
         .map(|c| c.path.to_string())
         .collect();
     let details = serde_json::json!({ "changes": changes.len(), "paths": paths });
-    let record = Record::new(
-        Principal::System,
-        capsid_audit::action::WORKSPACE_COMMIT_RECOVERED,
-        "kernel://boot",
-        Decision::Info,
-    )
-    .and_then(|r| r.details(&details))?;
+    let record = boot_record(capsid_audit::action::WORKSPACE_COMMIT_RECOVERED, &details)?;
     if audit.is_read_only() {
         tracing::error!(%details, "finished an interrupted workspace commit; not recorded (the audit log is read-only)");
         return Ok(vec![format!("workspace.commit.recovered {details}")]);
     }
     audit.append(chain, record).await?;
     Ok(Vec::new())
+}
+
+/// A record of what boot did: the system's, on `kernel://boot`, for information.
+fn boot_record(
+    action: &str,
+    details: &serde_json::Value,
+) -> Result<Record, capsid_audit::AuditError> {
+    Record::new(Principal::System, action, "kernel://boot", Decision::Info)
+        .and_then(|r| r.details(details))
 }
