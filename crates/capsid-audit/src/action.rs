@@ -62,6 +62,14 @@ pub const HEALTH_GAVE_UP: &str = "health.gave-up";
 pub const TOOL_CALL: &str = "tool.call";
 /// How a tool call ended (outcome, duration), recorded after it.
 pub const TOOL_RESULT: &str = "tool.result";
+/// An MCP capsule's tool definition pinned (first seen under dev trust, or accepted by the
+/// operator after review); details name the digest and who pinned it.
+pub const MCP_TOOL_PINNED: &str = "mcp.tool.pinned";
+/// An MCP capsule's server presents a tool never pinned: hidden until reviewed.
+pub const MCP_TOOL_PENDING: &str = "mcp.tool.pending";
+/// An MCP capsule's server presents a tool whose definition differs from its pin: hidden
+/// until the operator accepts the change.
+pub const MCP_TOOL_CHANGED: &str = "mcp.tool.changed";
 
 /// The operator published an event.
 pub const EVENT_PUBLISH: &str = "event.publish";

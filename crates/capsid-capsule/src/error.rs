@@ -192,6 +192,54 @@ pub enum CapsuleError {
         /// The limit.
         max: usize,
     },
+    /// A native or MCP capsule's program file does not have the blake3 its manifest pins.
+    #[error(
+        "capsule {capsule}: {program} has blake3 {found} but the manifest pins {expected}; \
+         check what changed it, then update binary_blake3"
+    )]
+    BinaryMismatch {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// The program file.
+        program: String,
+        /// The pin.
+        expected: String,
+        /// What the file hashes to (or why it could not be read).
+        found: String,
+    },
+    /// An MCP capsule's server cannot answer: not connected yet, restarting, or it broke
+    /// the protocol or the connection during the call.
+    #[error("capsule {capsule}: its MCP server {message}")]
+    McpServer {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// What went wrong.
+        message: String,
+    },
+    /// An MCP capsule's tool answered with an error (`isError`, or a JSON-RPC error).
+    #[error("capsule {capsule}: tool {tool} failed: {message}")]
+    ToolFailed {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// The tool.
+        tool: String,
+        /// What it said.
+        message: String,
+    },
+    /// An MCP capsule's tool is new or changed its definition, and waits for the operator's
+    /// review before it can be called.
+    #[error(
+        "capsule {capsule}: tool {tool} is {why} and waits for review: \
+         run `capsid capsule review {capsule}`"
+    )]
+    ToolPendingReview {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// The tool.
+        tool: String,
+        /// "new" or "changed".
+        why: &'static str,
+    },
     /// No capsule of that name is loaded.
     #[error("no capsule named {0} is loaded")]
     NotLoaded(CapsuleId),

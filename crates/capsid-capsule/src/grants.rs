@@ -56,7 +56,7 @@ pub fn network_resource(capsule: &CapsuleId) -> String {
 }
 
 /// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc`, `process` and `http`
-/// lists, and, for a native capsule, its own program.
+/// lists, and, for a native or MCP capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
     let caps = &manifest.capabilities;
     let mut out = vec![Request {
@@ -64,10 +64,10 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
         permissions: Permissions::READ.union(Permissions::WRITE),
     }];
     let programs = caps.process.iter().map(String::as_str);
-    let own = match &manifest.component {
-        capsid_manifest::Component::Native { command, .. } => command.first().map(String::as_str),
-        capsid_manifest::Component::Wasm { .. } => None,
-    };
+    let own = manifest
+        .component
+        .program()
+        .and_then(|p| p.command.first().map(String::as_str));
     if caps.process_persistent {
         out.push(Request {
             pattern: persistent_resource(&manifest.name),

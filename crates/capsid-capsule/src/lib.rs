@@ -32,6 +32,7 @@ mod grants;
 mod host;
 mod http;
 mod logbuf;
+mod mcp;
 mod native;
 mod registry;
 mod slots;
@@ -49,5 +50,6 @@ pub use grants::{
 pub use host::{APPROVAL_REQUESTED_TOPIC, HostServices};
 pub use http::{HttpSetupError, OutboundHttp, Resolve, SystemResolver};
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
+pub use mcp::{McpCapsule, PendingTool, ToolChange};
 pub use native::NativeCapsule;
-pub use registry::{CapsuleCounts, CapsuleInfo, NativeStatus, Registry};
+pub use registry::{CapsuleCounts, CapsuleInfo, McpStatus, NativeStatus, Registry};

@@ -2,13 +2,16 @@
 //! and supervises ([`Supervisor`]): restarted on failure with backoff up to a cap, health,
 //! restart count and a CPU/RSS history visible, memory (`limits.memory_mb`) and processes
 //! (`[native] max_processes`) watched, a breach logged or killed (`[native] quota_action`).
+//! [`supervise`] is also how an MCP capsule's server is run (`mcp/`).
 //!
 //! Starting one needs the same `process://exec/...` capability a capsule's own spawn would,
 //! checked and recorded at every start, restarts included; under dev trust the manifest's
-//! command is granted, otherwise an operator must have granted it. The program runs in the
-//! OS sandbox where `bwrap` is installed, without network unless `uplink` is granted
-//! (`process://network/<capsule>`), with the ceilings a capsule's
-//! children get. It writes the workspace directly, not through the overlay.
+//! command is granted, otherwise an operator must have granted it. A `binary_blake3` pin is
+//! checked against the program file before every start (a mismatch is refused and
+//! recorded). The program runs in the OS sandbox where `bwrap` is installed, without network
+//! unless `uplink` is granted (`process://network/<capsule>`), with the ceilings a capsule's
+//! children get and the manifest's `[env]` keys. It writes the workspace directly, not
+//! through the overlay.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,13 +21,14 @@ use capsid_capabilities::{Denied, Permissions, Subject};
 use capsid_core::CapsuleId;
 use capsid_core::limits::{MAX_CAPSULE_CHILD_PIDS, NATIVE_OPEN_FILES};
 use capsid_process::{
-    Health, Quota, QuotaAction, RestartPolicy, Sample, SpawnSpec, StartGate, Supervisor,
+    DeclaredEnv, Health, Quota, QuotaAction, RestartPolicy, Sample, SpawnSpec, StartGate,
+    Supervisor,
 };
 
 use crate::error::CapsuleError;
 use crate::grants::{exec_resource, network_resource};
 use crate::host::HostServices;
-use capsid_manifest::{Component, Manifest, NativeQuotaAction};
+use capsid_manifest::{Manifest, NativeProgram, NativeQuotaAction};
 
 /// A supervised native capsule.
 #[derive(Debug)]
@@ -32,6 +36,14 @@ pub struct NativeCapsule {
     pub(crate) manifest: Manifest,
     pub(crate) dir: PathBuf,
     supervisor: Arc<Supervisor>,
+}
+
+fn subject(services: &HostServices, name: &CapsuleId) -> Subject {
+    Subject {
+        principal: services.principal,
+        capsule: Some(name.clone()),
+        session: None,
+    }
 }
 
 /// Checks native capsule `name`'s capability to start `resource` and records the decision
@@ -43,15 +55,10 @@ async fn authorize_start(
     resource: &str,
     restart: bool,
 ) -> Result<(), CapsuleError> {
-    let subject = Subject {
-        principal: services.principal,
-        capsule: Some(name.clone()),
-        session: None,
-    };
     let details = serde_json::json!({ "native": true, "restart": restart });
     match services
         .authorize(
-            &subject,
+            &subject(services, name),
             capsid_audit::action::PROCESS_SPAWN,
             Permissions::EXEC,
             resource,
@@ -73,82 +80,178 @@ async fn authorize_start(
     }
 }
 
+/// Hashes the program `program` names and compares it with the manifest's pin; a mismatch
+/// (or a file that cannot be read) refuses the start and is recorded as a denied spawn.
+async fn check_binary(
+    services: &HostServices,
+    name: &CapsuleId,
+    program: &str,
+    pin: &str,
+) -> Result<(), CapsuleError> {
+    let path = capsid_process::resolve_program(program).map_err(|e| CapsuleError::Setup {
+        capsule: name.clone(),
+        what: "finding its program",
+        message: e.to_string(),
+    })?;
+    let hashed = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(std::fs::File::open(path)?)?;
+            Ok(hasher.finalize().to_hex().to_string())
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r)
+    };
+    let found = match hashed {
+        Ok(found) if found == pin => return Ok(()),
+        Ok(found) => found,
+        Err(e) => format!("unreadable: {e}"),
+    };
+    let details = serde_json::json!({
+        "native": true,
+        "reason": "binary_blake3 mismatch",
+        "expected": pin,
+        "found": found,
+    });
+    let resource = exec_resource(program);
+    // Refused whether or not the refusal could be recorded.
+    let _ = services
+        .record(
+            &subject(services, name),
+            capsid_audit::action::PROCESS_SPAWN,
+            &resource,
+            capsid_audit::Decision::Deny,
+            &details,
+        )
+        .await;
+    Err(CapsuleError::BinaryMismatch {
+        capsule: name.clone(),
+        program: path.display().to_string(),
+        expected: pin.to_owned(),
+        found,
+    })
+}
+
+/// How a supervised program's stdio is wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProgramStdio {
+    /// No stdin; stdout and stderr into the capsule's rings (a native capsule).
+    Rings,
+    /// Stdin and stdout as pipes for a protocol, stderr into its ring (an MCP server).
+    Protocol,
+}
+
+/// Checks the capability to run `program`'s command (and its pin), then starts supervising
+/// it with `env` as its declared environment; every restart is checked (and recorded), and
+/// its pin compared, again, so a revoked grant or a changed file stops the restarts.
+pub(crate) async fn supervise(
+    manifest: &Manifest,
+    program: &NativeProgram,
+    env: Vec<(String, String)>,
+    stdio: ProgramStdio,
+    services: &HostServices,
+) -> Result<Arc<Supervisor>, CapsuleError> {
+    let name = manifest.name.clone();
+    let (command, args) = program
+        .command
+        .split_first()
+        .ok_or_else(|| CapsuleError::NotWasm(name.clone()))?;
+    let resource = exec_resource(command);
+    if let Some(pin) = &program.binary_blake3 {
+        check_binary(services, &name, command, pin).await?;
+    }
+    authorize_start(services, &name, &resource, false).await?;
+    let mut spec =
+        SpawnSpec::new(command.clone(), services.workspace.clone()).args(args.iter().cloned());
+    spec.declared_env = DeclaredEnv(env);
+    if stdio == ProgramStdio::Protocol {
+        spec.stdin = true;
+        spec.stdout_piped = true;
+    }
+    // The network only when asked for and granted; a refusal is recorded, and the
+    // program runs without it.
+    let network = manifest.capabilities.uplink
+        && authorize_start(services, &name, &network_resource(&name), false)
+            .await
+            .is_ok();
+    spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox, network);
+    spec.sandbox_identity = services.sandbox_identity;
+    // The same ceilings a capsule's own children get: open files, and (where the host can
+    // enforce it) tasks.
+    spec.limits.open_files = Some(NATIVE_OPEN_FILES);
+    if capsid_process::pids_limit_available() {
+        spec.limits.pids = Some(MAX_CAPSULE_CHILD_PIDS);
+    }
+    let policy = RestartPolicy {
+        initial_backoff: std::time::Duration::from_millis(program.restart_initial_ms),
+        max_backoff: std::time::Duration::from_millis(program.restart_max_ms),
+        max_restarts: program.max_restarts,
+        ..RestartPolicy::default()
+    };
+    let quota = Quota {
+        memory_bytes: Some(manifest.limits.memory_mb << 20),
+        processes: program.max_processes.map(|n| n as usize),
+        action: match program.quota_action {
+            NativeQuotaAction::Log => QuotaAction::Log,
+            NativeQuotaAction::Kill => QuotaAction::Kill,
+        },
+    };
+    // The first start was checked just above; every later one is checked again.
+    let checked_once = Arc::new(AtomicBool::new(true));
+    let (gate_services, gate_name, gate_command, gate_pin) = (
+        services.clone(),
+        name.clone(),
+        command.clone(),
+        program.binary_blake3.clone(),
+    );
+    let gate: StartGate = Arc::new(move || {
+        let (services, name, command, pin, first) = (
+            gate_services.clone(),
+            gate_name.clone(),
+            gate_command.clone(),
+            gate_pin.clone(),
+            checked_once.swap(false, Ordering::AcqRel),
+        );
+        Box::pin(async move {
+            if first {
+                return Ok(());
+            }
+            if let Some(pin) = &pin {
+                check_binary(&services, &name, &command, pin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            authorize_start(&services, &name, &exec_resource(&command), true)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    Ok(Supervisor::start(
+        name.as_str(),
+        spec,
+        policy,
+        quota,
+        Some(gate),
+    ))
+}
+
 impl NativeCapsule {
-    /// Checks the capability to run the manifest's command, then starts supervising it; every
-    /// restart is checked (and recorded) again, so a revoked grant stops the restarts.
+    /// Checks the capability to run the manifest's command, then starts supervising it.
     pub(crate) async fn start(
         manifest: Manifest,
         dir: PathBuf,
+        env: Vec<(String, String)>,
         services: &HostServices,
     ) -> Result<Self, CapsuleError> {
-        let Component::Native {
-            command,
-            restart_initial_ms,
-            restart_max_ms,
-            max_restarts,
-            quota_action,
-            max_processes,
-        } = &manifest.component
-        else {
-            return Err(CapsuleError::NotWasm(manifest.name.clone()));
-        };
-        let name = manifest.name.clone();
-        let (program, args) = command
-            .split_first()
-            .ok_or_else(|| CapsuleError::NotWasm(name.clone()))?;
-        let resource = exec_resource(program);
-        authorize_start(services, &name, &resource, false).await?;
-        let mut spec =
-            SpawnSpec::new(program.clone(), services.workspace.clone()).args(args.iter().cloned());
-        // The network only when asked for and granted; a refusal is recorded, and the
-        // program runs without it.
-        let network = manifest.capabilities.uplink
-            && authorize_start(services, &name, &network_resource(&name), false)
-                .await
-                .is_ok();
-        spec.sandbox = crate::host::sandbox_for(manifest.capabilities.process_sandbox, network);
-        spec.sandbox_identity = services.sandbox_identity;
-        // The same ceilings a capsule's own children get: open files, and (where the host can
-        // enforce it) tasks.
-        spec.limits.open_files = Some(NATIVE_OPEN_FILES);
-        if capsid_process::pids_limit_available() {
-            spec.limits.pids = Some(MAX_CAPSULE_CHILD_PIDS);
-        }
-        let policy = RestartPolicy {
-            initial_backoff: std::time::Duration::from_millis(*restart_initial_ms),
-            max_backoff: std::time::Duration::from_millis(*restart_max_ms),
-            max_restarts: *max_restarts,
-            ..RestartPolicy::default()
-        };
-        let quota = Quota {
-            memory_bytes: Some(manifest.limits.memory_mb << 20),
-            processes: max_processes.map(|n| n as usize),
-            action: match quota_action {
-                NativeQuotaAction::Log => QuotaAction::Log,
-                NativeQuotaAction::Kill => QuotaAction::Kill,
-            },
-        };
-        // The first start was checked just above; every later one is checked again.
-        let checked_once = Arc::new(AtomicBool::new(true));
-        let (gate_services, gate_name, gate_resource) =
-            (services.clone(), name.clone(), resource.clone());
-        let gate: StartGate = Arc::new(move || {
-            let (services, name, resource, first) = (
-                gate_services.clone(),
-                gate_name.clone(),
-                gate_resource.clone(),
-                checked_once.swap(false, Ordering::AcqRel),
-            );
-            Box::pin(async move {
-                if first {
-                    return Ok(());
-                }
-                authorize_start(&services, &name, &resource, true)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
-        let supervisor = Supervisor::start(name.as_str(), spec, policy, quota, Some(gate));
+        let program = manifest
+            .component
+            .program()
+            .ok_or_else(|| CapsuleError::NotWasm(manifest.name.clone()))?
+            .clone();
+        let supervisor =
+            supervise(&manifest, &program, env, ProgramStdio::Rings, services).await?;
         Ok(Self {
             manifest,
             dir,

@@ -22,6 +22,7 @@ use crate::error::CapsuleError;
 use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
+use crate::mcp::McpCapsule;
 use crate::native::NativeCapsule;
 use crate::slots::{Slot, Slots};
 use crate::warmth::Warmth;
@@ -55,8 +56,19 @@ pub struct CapsuleInfo {
     pub blake3: Option<String>,
     /// Whether the component was compiled or read from the cache, once loaded.
     pub load_kind: Option<LoadKind>,
-    /// For a native capsule: its supervisor's view.
+    /// For a native or MCP capsule: its supervisor's view of the program.
     pub native: Option<NativeStatus>,
+    /// For an MCP capsule: its connection and review.
+    pub mcp: Option<McpStatus>,
+}
+
+/// How an MCP capsule's server stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct McpStatus {
+    /// Whether a server is connected and its tools listed.
+    pub connected: bool,
+    /// Tools waiting for the operator's review.
+    pub pending_review: Vec<String>,
 }
 
 /// How a native capsule's supervision stands.
@@ -237,7 +249,12 @@ impl Registry {
             let mut slots = self.write_slots();
             if matches!(
                 slots.get(&name),
-                Some(Slot::Loading { .. } | Slot::Loaded { .. } | Slot::Native { .. })
+                Some(
+                    Slot::Loading { .. }
+                        | Slot::Loaded { .. }
+                        | Slot::Native { .. }
+                        | Slot::Mcp { .. }
+                )
             ) {
                 return Err(CapsuleError::AlreadyLoaded(name));
             }
@@ -258,14 +275,14 @@ impl Registry {
             name: Some(name.clone()),
             dir: dir.to_owned(),
         };
-        let loaded = if matches!(manifest.component, Component::Native { .. }) {
-            self.build_native(manifest, dir, trust)
+        let loaded = match manifest.component {
+            Component::Native(_) | Component::Mcp(_) => self
+                .build_program(manifest, dir, trust)
+                .await,
+            Component::Wasm { .. } => self
+                .build(manifest, dir, trust, restart)
                 .await
-                .map(|native| Slot::Native { native })
-        } else {
-            self.build(manifest, dir, trust, restart)
-                .await
-                .map(|capsule| Slot::Loaded { capsule })
+                .map(|capsule| Slot::Loaded { capsule }),
         };
         guard.disarm();
         if loaded.is_err() {
@@ -294,27 +311,44 @@ impl Registry {
         }
     }
 
-    async fn build_native(
+    /// Starts a native or MCP capsule's program under supervision.
+    async fn build_program(
         &self,
         manifest: Manifest,
         dir: &Path,
         trust: Trust,
-    ) -> Result<Arc<NativeCapsule>, CapsuleError> {
+    ) -> Result<Slot, CapsuleError> {
         let services = &self.services;
         if trust == Trust::Dev {
             self.grant_requested(&manifest).await?;
         }
         let name = manifest.name.clone();
-        let native = NativeCapsule::start(manifest, dir.to_owned(), services).await?;
-        let details = serde_json::json!({ "native": true, "trust": format!("{trust:?}") });
-        self.record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
+        let env = self.resolve_env(&manifest)?;
+        let (slot, kind) = if matches!(manifest.component, Component::Mcp(_)) {
+            let mcp = McpCapsule::start(manifest, dir.to_owned(), env, trust, services).await?;
+            (Slot::Mcp { mcp: Arc::new(mcp) }, "mcp")
+        } else {
+            let native = NativeCapsule::start(manifest, dir.to_owned(), env, services).await?;
+            (
+                Slot::Native {
+                    native: Arc::new(native),
+                },
+                "native",
+            )
+        };
+        let details = serde_json::json!({ kind: true, "trust": format!("{trust:?}") });
+        if let Err(message) = self
+            .record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
             .await
-            .map_err(|message| CapsuleError::Setup {
+        {
+            stop_program(&slot).await;
+            return Err(CapsuleError::Setup {
                 capsule: name,
                 what: "recording the load",
                 message,
-            })?;
-        Ok(Arc::new(native))
+            });
+        }
+        Ok(slot)
     }
 
     async fn build(
@@ -327,7 +361,7 @@ impl Registry {
         let name = manifest.name.clone();
         let (wasm, pin) = match &manifest.component {
             Component::Wasm { path, blake3 } => (dir.join(path), blake3.clone()),
-            Component::Native { .. } => return Err(CapsuleError::NotWasm(name)),
+            Component::Native(_) | Component::Mcp(_) => return Err(CapsuleError::NotWasm(name)),
         };
         let services = &self.services;
         let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
@@ -489,10 +523,11 @@ impl Registry {
                 slots.remove(name);
                 Ok(Unloaded::Nothing)
             }
-            Some(Slot::Native { native, .. }) => {
-                let native = native.clone();
-                slots.remove(name);
-                Ok(Unloaded::Native(native))
+            Some(Slot::Native { .. } | Slot::Mcp { .. }) => {
+                let Some(slot) = slots.remove(name) else {
+                    return Err(CapsuleError::NotLoaded(name.clone()));
+                };
+                Ok(Unloaded::Program(slot))
             }
             Some(Slot::Loaded { capsule, .. }) => {
                 if capsule.state() == CapsuleState::Unloading {
@@ -513,13 +548,14 @@ impl Registry {
         let unloading = self.take_for_unload(name)?;
         let capsule = match unloading {
             Unloaded::Wasm(capsule) => capsule,
-            Unloaded::Native(native) => {
-                native.stop().await;
+            Unloaded::Program(slot) => {
+                stop_program(&slot).await;
+                let kind = if matches!(slot, Slot::Mcp { .. }) { "mcp" } else { "native" };
                 let _ = self
                     .record_lifecycle(
                         name,
                         capsid_audit::action::CAPSULE_UNLOAD,
-                        &serde_json::json!({ "native": true }),
+                        &serde_json::json!({ kind: true }),
                     )
                     .await;
                 return Ok(());
@@ -549,7 +585,7 @@ impl Registry {
     pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
-            Some(Slot::Native { .. }) => Err(CapsuleError::NotWasm(name.clone())),
+            Some(Slot::Native { .. } | Slot::Mcp { .. }) => Err(CapsuleError::NotWasm(name.clone())),
             Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
                 capsule: name.clone(),
                 state: CapsuleState::Loading.to_string(),
@@ -562,6 +598,35 @@ impl Registry {
         }
     }
 
+    /// The MCP capsule called `name`, if that is what it is.
+    pub fn mcp(&self, name: &CapsuleId) -> Option<Arc<McpCapsule>> {
+        match self.read_slots().get(name) {
+            Some(Slot::Mcp { mcp }) => Some(mcp.clone()),
+            _ => None,
+        }
+    }
+
+    /// The tools capsule `name` offers now: its manifest's, or for an MCP capsule the
+    /// server's accepted ones. Empty for a capsule that is not ready.
+    pub fn tools(&self, name: &CapsuleId) -> Vec<capsid_manifest::Tool> {
+        match self.read_slots().get(name) {
+            Some(Slot::Loaded { capsule }) if capsule.state() == CapsuleState::Ready => {
+                capsule.manifest.tools.clone()
+            }
+            Some(Slot::Mcp { mcp }) => mcp.tools(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The log of capsule `name` (a WebAssembly or MCP capsule; a native capsule's output is
+    /// its process's).
+    pub fn log(&self, name: &CapsuleId) -> Result<CapsuleLog, CapsuleError> {
+        if let Some(mcp) = self.mcp(name) {
+            return Ok(mcp.log().clone());
+        }
+        Ok(self.get(name)?.log().clone())
+    }
+
     /// Runs `tool` of capsule `name` on `input_json`.
     pub async fn call_tool(
         &self,
@@ -569,7 +634,8 @@ impl Registry {
         tool: &str,
         input_json: &str,
     ) -> Result<String, CapsuleError> {
-        self.get(name)?.call_tool(tool, input_json).await
+        self.call_tool_with(name, tool, input_json, &crate::CallControl::default())
+            .await
     }
 
     /// Runs `tool` of capsule `name` on `input_json` for a caller holding `control`.
@@ -580,6 +646,9 @@ impl Registry {
         input_json: &str,
         control: &crate::CallControl,
     ) -> Result<String, CapsuleError> {
+        if let Some(mcp) = self.mcp(name) {
+            return mcp.call(tool, input_json, control).await;
+        }
         self.get(name)?
             .call_tool_with(tool, input_json, control)
             .await
@@ -609,6 +678,7 @@ fn slot_info(name: &CapsuleId, slot: &Slot) -> CapsuleInfo {
     match slot {
         Slot::Loaded { capsule, .. } => info(capsule),
         Slot::Native { native, .. } => native_info(native),
+        Slot::Mcp { mcp } => mcp_info(mcp),
         Slot::Loading { dir } => bare(name, dir, CapsuleState::Loading),
         Slot::LoadFailed { dir, reason, .. } => {
             bare(name, dir, CapsuleState::Failed(reason.clone()))
@@ -616,13 +686,39 @@ fn slot_info(name: &CapsuleId, slot: &Slot) -> CapsuleInfo {
     }
 }
 
-fn native_info(native: &NativeCapsule) -> CapsuleInfo {
-    let health = native.health();
-    let state = match &health {
+/// A supervised program's state as a capsule's.
+fn program_state(health: &Health) -> CapsuleState {
+    match health {
         Health::Failed { reason } => CapsuleState::Failed(reason.clone()),
         Health::Stopped => CapsuleState::Unloading,
         _ => CapsuleState::Ready,
-    };
+    }
+}
+
+fn mcp_info(mcp: &McpCapsule) -> CapsuleInfo {
+    let health = mcp.health();
+    CapsuleInfo {
+        name: mcp.manifest.name.clone(),
+        version: Some(mcp.manifest.version.clone()),
+        dir: mcp.dir.clone(),
+        state: program_state(&health),
+        tools: mcp.tools().into_iter().map(|t| t.name).collect(),
+        blake3: None,
+        load_kind: None,
+        native: Some(NativeStatus {
+            health,
+            restarts: mcp.restarts(),
+        }),
+        mcp: Some(McpStatus {
+            connected: mcp.connected(),
+            pending_review: mcp.pending().into_iter().map(|p| p.tool).collect(),
+        }),
+    }
+}
+
+fn native_info(native: &NativeCapsule) -> CapsuleInfo {
+    let health = native.health();
+    let state = program_state(&health);
     CapsuleInfo {
         name: native.manifest.name.clone(),
         version: Some(native.manifest.version.clone()),
@@ -635,6 +731,7 @@ fn native_info(native: &NativeCapsule) -> CapsuleInfo {
             health,
             restarts: native.restarts(),
         }),
+        mcp: None,
     }
 }
 
@@ -653,6 +750,7 @@ fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
         blake3: Some(capsule.blake3.clone()),
         load_kind: Some(capsule.load_kind),
         native: None,
+        mcp: None,
     }
 }
 
@@ -666,6 +764,7 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
         blake3: None,
         load_kind: None,
         native: None,
+        mcp: None,
     }
 }
 
@@ -719,8 +818,18 @@ async fn deliver_process_events(
 /// What `unload` found to shut down, taken out of the slot map under its lock.
 enum Unloaded {
     Wasm(Arc<LoadedCapsule>),
-    Native(Arc<NativeCapsule>),
+    /// A native or MCP capsule's slot.
+    Program(Slot),
     Nothing,
+}
+
+/// Stops a native or MCP capsule's program.
+async fn stop_program(slot: &Slot) {
+    match slot {
+        Slot::Native { native } => native.stop().await,
+        Slot::Mcp { mcp } => mcp.stop().await,
+        _ => {}
+    }
 }
 
 /// Marks a load that never finished (its future was dropped) as failed.

@@ -10,6 +10,7 @@ use capsid_core::CapsuleId;
 use capsid_core::tally::{Standing, Tally};
 
 use crate::capsule::LoadedCapsule;
+use crate::mcp::McpCapsule;
 use crate::native::NativeCapsule;
 use crate::registry::CapsuleCounts;
 
@@ -18,6 +19,7 @@ pub(crate) enum Slot {
     Loading { dir: PathBuf },
     Loaded { capsule: Arc<LoadedCapsule> },
     Native { native: Arc<NativeCapsule> },
+    Mcp { mcp: Arc<McpCapsule> },
     LoadFailed { dir: PathBuf, reason: String },
 }
 
@@ -53,6 +55,7 @@ impl Slots {
         match &old {
             Slot::Loaded { capsule } => capsule.leave_tally(),
             Slot::Native { native } => native.supervisor().leave_tally(),
+            Slot::Mcp { mcp } => mcp.supervisor().leave_tally(),
             Slot::LoadFailed { .. } => self.tally.remove(Standing::Failed),
             Slot::Loading { .. } => {}
         }
@@ -63,6 +66,7 @@ impl Slots {
         match slot {
             Slot::Loaded { capsule } => capsule.join_tally(self.tally.clone()),
             Slot::Native { native } => native.supervisor().join_tally(self.tally.clone()),
+            Slot::Mcp { mcp } => mcp.supervisor().join_tally(self.tally.clone()),
             Slot::LoadFailed { .. } => self.tally.add(Standing::Failed),
             Slot::Loading { .. } => {}
         }

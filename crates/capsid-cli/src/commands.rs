@@ -111,7 +111,7 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
     }
 }
 
-fn capsule_id(name: &str) -> Result<CapsuleId> {
+pub(crate) fn capsule_id(name: &str) -> Result<CapsuleId> {
     CapsuleId::new(name).map_err(|e| anyhow!("{e}"))
 }
 
@@ -260,6 +260,9 @@ async fn capsule(client: &mut Client, c: CapsuleCommand, as_json: bool) -> Resul
             };
             with_spinner::<CapsuleReload>(client, &params, &format!("reloading {name}")).await?
         }
+        CapsuleCommand::Review { name, accept } => {
+            return crate::review::review(client, &name, accept, as_json).await;
+        }
         CapsuleCommand::Install { dir } => {
             let dir = std::path::absolute(&dir).context("the capsule directory")?;
             let installed =
@@ -313,6 +316,22 @@ fn print_capsule(c: &CapsuleView) {
     }
     if let Some(n) = &c.native {
         field("health", format!("{} ({} restarts)", n.health, n.restarts));
+    }
+    if let Some(m) = &c.mcp {
+        field(
+            "server",
+            if m.connected { "connected" } else { "not connected" }.into(),
+        );
+        if !m.pending_review.is_empty() {
+            field(
+                "review",
+                format!(
+                    "{} (hidden until `capsid capsule review {}`)",
+                    m.pending_review.join(","),
+                    c.name
+                ),
+            );
+        }
     }
 }
 

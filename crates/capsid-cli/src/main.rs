@@ -6,6 +6,7 @@ mod commands;
 mod daemon;
 mod mcp;
 mod output;
+mod review;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -249,6 +250,15 @@ pub(crate) enum CapsuleCommand {
     Install {
         /// The capsule's directory (with its Capsule.toml).
         dir: PathBuf,
+    },
+    /// Show the tools of an [mcp] capsule that wait for review (new, or changed since they
+    /// were pinned), with what changed; `--accept` pins exactly what is shown.
+    Review {
+        /// The MCP capsule.
+        name: String,
+        /// Accept every definition shown: pinned, and callable from then on.
+        #[arg(long)]
+        accept: bool,
     },
 }
 

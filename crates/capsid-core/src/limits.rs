@@ -500,3 +500,26 @@ pub const MAX_APPROVAL_REASON_BYTES: usize = 1024;
 /// Longest one call may wait for people's approvals, all its waits together: past it, the
 /// call's further asks are denied at once (its deadline moves no more).
 pub const MAX_CALL_APPROVAL_WAIT: std::time::Duration = std::time::Duration::from_mins(10);
+
+/// Largest answer one tool call may return (an MCP capsule's result as the kernel passes it
+/// on); a bigger one is refused as too large.
+pub const MAX_TOOL_RESULT_BYTES: usize = 1 << 20;
+
+/// Longest line (one JSON-RPC message) read from an MCP capsule's server; a longer one is
+/// dropped unread, so a call it answered ends at its deadline.
+pub const MCP_MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// How long an MCP capsule's server has to answer `initialize` and list its tools after it
+/// starts; one that does not is killed (and restarted per its policy).
+pub const MCP_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most tools one MCP capsule may list; the rest are left out (and logged).
+pub const MAX_MCP_TOOLS: usize = 256;
+
+/// Largest definition (name, description, schemas) of one MCP tool; a bigger one is left
+/// out (and logged).
+pub const MAX_MCP_TOOL_DEFINITION_BYTES: usize = 64 * 1024;
+
+/// Shortest time between two refreshes of an MCP capsule's tool list: a server that floods
+/// `notifications/tools/list_changed` gets one list per interval.
+pub const MCP_TOOL_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

@@ -75,6 +75,9 @@ pub enum KernelError {
         /// The account on it.
         platform_user_id: String,
     },
+    /// Only an `[mcp]` capsule has tools to review.
+    #[error("capsule {0} is not a loaded [mcp] capsule; only those have tools to review")]
+    NotMcp(CapsuleId),
     /// No capsule of this name is installed in the home.
     #[error("capsule {0} is not installed (no capsules/{0}/Capsule.toml in the home)")]
     NotInstalled(CapsuleId),

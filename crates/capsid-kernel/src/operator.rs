@@ -1,4 +1,5 @@
-//! What the operator changes by hand: capability grants and revocations, identity links.
+//! What the operator changes by hand: capability grants and revocations, identity links,
+//! and reviewed MCP tool definitions.
 //! Each is recorded durably *before* it takes effect, so no change is ever unrecorded; one
 //! that then fails gets a second entry ([`action::OPERATOR_FAILED`]) saying why.
 
@@ -11,6 +12,31 @@ use crate::error::KernelError;
 use crate::kernel::Kernel;
 
 impl Kernel {
+    /// The tools of MCP capsule `name` that wait for review.
+    pub fn review(&self, name: &CapsuleId) -> Result<Vec<capsid_capsule::PendingTool>, KernelError> {
+        let mcp = self
+            .registry()
+            .mcp(name)
+            .ok_or_else(|| KernelError::NotMcp(name.clone()))?;
+        Ok(mcp.pending())
+    }
+
+    /// Accepts the reviewed definitions `digests` of MCP capsule `name`: each is recorded
+    /// (`mcp.tool.pinned`, by the operator) before it is pinned, and is callable from then on.
+    /// A digest no longer pending refuses the whole acceptance.
+    pub async fn accept_review(
+        &self,
+        name: &CapsuleId,
+        digests: &[String],
+    ) -> Result<Vec<String>, KernelError> {
+        self.open_recording()?;
+        let mcp = self
+            .registry()
+            .mcp(name)
+            .ok_or_else(|| KernelError::NotMcp(name.clone()))?;
+        Ok(mcp.accept(digests).await?)
+    }
+
     /// Grants `to` (through `capsule`, or any capsule) `permissions` on `pattern`.
     pub async fn grant(
         &self,

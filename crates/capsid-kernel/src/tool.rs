@@ -75,13 +75,14 @@ pub fn tool_resource(capsule: &CapsuleId, tool: &str) -> String {
     format!("tool://{capsule}/{tool}")
 }
 
-/// Whether `tool` can be a tool's name (`[a-z0-9_-]`, 1 to 64 bytes, as manifests require):
-/// anything else is no tool, and is answered so before anything is recorded.
+/// Whether `tool` can be a tool's name (`[A-Za-z0-9_-]`, 1 to 64 bytes: what manifests
+/// allow, and MCP servers' names in upper case too): anything else is no tool, and is
+/// answered so before anything is recorded.
 fn plausible_tool(tool: &str) -> bool {
     (1..=64).contains(&tool.len())
         && tool
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A client's name as recorded: control characters escaped, cut to
@@ -100,7 +101,9 @@ fn outcome(result: &Result<String, KernelError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(KernelError::Capsule(e)) => match e {
-            CapsuleError::Guest { .. } => "tool-error",
+            CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => "tool-error",
+            CapsuleError::ToolPendingReview { .. } => "pending-review",
+            CapsuleError::McpServer { .. } => "server-failed",
             CapsuleError::Timeout { .. } => "timeout",
             CapsuleError::Trap { .. } | CapsuleError::MemoryLimit { .. } => "capsule-failed",
             CapsuleError::Busy { .. } | CapsuleError::RuntimeFull { .. } => "busy",
@@ -222,6 +225,7 @@ impl Kernel {
         let details = json!({
             "outcome": outcome(&result),
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "bytes": result.as_ref().map_or(0, String::len),
         });
         self.record_tool(
             caller.principal,
@@ -239,7 +243,8 @@ impl Kernel {
                 | KernelError::Capsule(
                     CapsuleError::NotLoaded(_)
                     | CapsuleError::NotWasm(_)
-                    | CapsuleError::UnknownTool { .. },
+                    | CapsuleError::UnknownTool { .. }
+                    | CapsuleError::ToolPendingReview { .. },
                 ) => no_such_tool(),
                 other => other,
             });
@@ -288,10 +293,7 @@ impl Kernel {
             .into_iter()
             .filter(|c| c.state == CapsuleState::Ready)
         {
-            let Ok(capsule) = self.registry().get(&info.name) else {
-                continue;
-            };
-            for tool in &capsule.manifest().tools {
+            for tool in &self.registry().tools(&info.name) {
                 let allowed = operator
                     || self
                         .capabilities()

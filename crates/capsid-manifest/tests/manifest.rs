@@ -103,10 +103,43 @@ fn defaults_fill_what_is_left_out() {
     )
     .unwrap();
     assert!(
-        matches!(m.component, Component::Native { ref command, .. } if command == &["/bin/true"])
+        matches!(m.component, Component::Native(ref p) if p.command == ["/bin/true"] && p.binary_blake3.is_none())
     );
     assert_eq!(m.limits.max_instances, 1);
     assert!(m.capabilities.fs_read.is_empty() && m.requires.is_empty() && m.tools.is_empty());
+}
+
+#[test]
+fn an_mcp_capsule_is_a_supervised_program_with_a_pin_and_no_declared_tools() {
+    let pin = "ab".repeat(32);
+    let text = format!(
+        "[package]\nname = \"github\"\nversion = \"1.0.0\"\n[mcp]\ncommand = [\"/usr/bin/python3\", \"-m\", \"server\"]\nbinary_blake3 = \"{pin}\"\nmax_restarts = 2\n[env.GITHUB_TOKEN]\nsecret = true\n"
+    );
+    let m = parse(&text).unwrap();
+    let Component::Mcp(program) = &m.component else {
+        panic!("not an [mcp] capsule: {:?}", m.component);
+    };
+    assert_eq!(program.command, ["/usr/bin/python3", "-m", "server"]);
+    assert_eq!(program.binary_blake3.as_deref(), Some(pin.as_str()));
+    assert_eq!(program.max_restarts, 2);
+    assert_eq!(m.component.program(), Some(program));
+
+    let with_tool = format!("{text}[[tool]]\nname = \"search\"\n");
+    let err = parse(&with_tool).unwrap_err();
+    assert_eq!(err.key, "tool");
+    assert!(err.message.contains("its server lists"), "{err}");
+
+    let bad_pin = text.replace(&pin, "ABC");
+    let err = parse(&bad_pin).unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("mcp.binary_blake3", 6));
+
+    let both = format!("{text}[native]\ncommand = [\"/bin/true\"]\n");
+    let err = parse(&both).unwrap_err();
+    assert_eq!(err.key, "mcp");
+    assert!(err.message.contains("not several"), "{err}");
+
+    let empty = text.replace("command = [\"/usr/bin/python3\", \"-m\", \"server\"]", "command = []");
+    assert_eq!(parse(&empty).unwrap_err().key, "mcp.command");
 }
 
 /// Replaces `from` with `to` in the full manifest and returns the error's (key, line).

@@ -197,10 +197,21 @@ pub struct Child {
     shared: Arc<Shared>,
     program: String,
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
+    /// Stdout as a pipe, when the spec asked for it piped (until taken).
+    stdout_pipe: Mutex<Option<pipe::Receiver>>,
     stdout: Arc<OutputRing>,
     stderr: Arc<OutputRing>,
     exit: watch::Receiver<Option<ExitInfo>>,
     pumps: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A child's stdin and stdout as pipes, to speak a protocol over (MCP's stdio transport).
+#[derive(Debug)]
+pub struct Stdio {
+    /// Its stdin.
+    pub stdin: pipe::Sender,
+    /// Its stdout.
+    pub stdout: pipe::Receiver,
 }
 
 /// Grows an output pipe towards `PROCESS_PIPE_BYTES` (bounded by the ring). Best effort: the
@@ -300,10 +311,17 @@ impl Child {
         let ring = |()| Arc::new(OutputRing::new(spec.ring_bytes, spec.ring_policy));
         let (stdout, stderr) = (ring(()), ring(()));
         let mut pumps = Vec::with_capacity(2);
+        let mut stdout_pipe = None;
         for (fd, ring) in [(child.stdout, &stdout), (child.stderr, &stderr)] {
             grow_pipe(&fd, spec.ring_bytes);
             let rx = pipe::Receiver::from_owned_fd(fd).map_err(os("reading the child's output"))?;
-            pumps.push(tokio::spawn(pump(rx, ring.clone())));
+            if spec.stdout_piped && Arc::ptr_eq(ring, &stdout) {
+                // Its ring stays empty and is closed: the output goes to whoever takes it.
+                stdout.close();
+                stdout_pipe = Some(rx);
+            } else {
+                pumps.push(tokio::spawn(pump(rx, ring.clone())));
+            }
         }
         let stdin = match child.stdin {
             Some(fd) => {
@@ -317,6 +335,7 @@ impl Child {
             shared,
             program: spec.program.clone(),
             stdin: tokio::sync::Mutex::new(stdin),
+            stdout_pipe: Mutex::new(stdout_pipe),
             stdout,
             stderr,
             exit,
@@ -357,6 +376,20 @@ impl Child {
         pipe.write_all(bytes)
             .await
             .map_err(|e| ProcessError::Stdin(e.to_string()))
+    }
+
+    /// Takes its stdin and stdout pipes, when it was spawned with both (`stdin` and
+    /// `stdout_piped`); `None` after the first time. Its stdin is then the taker's alone.
+    pub async fn take_stdio(&self) -> Option<Stdio> {
+        let mut stdin = self.stdin.lock().await;
+        let mut stdout = lock(&self.stdout_pipe);
+        if stdin.is_none() || stdout.is_none() {
+            return None;
+        }
+        Some(Stdio {
+            stdin: stdin.take()?,
+            stdout: stdout.take()?,
+        })
     }
 
     /// Closes stdin (the child sees end of input). Closing twice is fine.

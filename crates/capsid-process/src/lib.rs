@@ -44,13 +44,15 @@ mod supervisor;
 mod sys;
 mod table;
 
-pub use child::{Child, ExitInfo};
+pub use child::{Child, ExitInfo, Stdio};
 pub use error::ProcessError;
 pub use nix::sys::signal::Signal;
 pub use orphans::become_subreaper;
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
-pub use spec::{ResourceLimits, RingPolicy, Sandbox, SandboxIdentity, SpawnSpec, resolve_program};
+pub use spec::{
+    DeclaredEnv, ResourceLimits, RingPolicy, Sandbox, SandboxIdentity, SpawnSpec, resolve_program,
+};
 pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, StartGate, Supervisor};
 pub use table::{
     Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,

@@ -88,8 +88,17 @@ pub struct SpawnSpec {
     pub cwd: Option<String>,
     /// The directory the child is confined to work in.
     pub workspace: PathBuf,
+    /// Variables the capsule's manifest declares (`[env]`), valued by the operator or the
+    /// manifest's default: passed as given (a server's token, say), never shown by `Debug`,
+    /// and never `PATH`, `HOME` or a dynamic loader variable (`LD_*`).
+    pub declared_env: DeclaredEnv,
     /// Whether stdin is a pipe the caller can write (else `/dev/null`).
     pub stdin: bool,
+    /// Whether stdout is handed to the caller as a pipe ([`Child::take_stdio`]) instead of
+    /// pumped into its ring: for a protocol spoken over stdio, MCP's.
+    ///
+    /// [`Child::take_stdio`]: crate::Child::take_stdio
+    pub stdout_piped: bool,
     /// Limits applied before exec.
     pub limits: ResourceLimits,
     /// Size of each of the stdout and stderr rings, in bytes.
@@ -110,9 +119,11 @@ impl SpawnSpec {
             program: program.into(),
             args: Vec::new(),
             env: Vec::new(),
+            declared_env: DeclaredEnv::default(),
             cwd: None,
             workspace: workspace.into(),
             stdin: false,
+            stdout_piped: false,
             limits: ResourceLimits::default(),
             ring_bytes: DEFAULT_OUTPUT_RING_BYTES,
             ring_policy: RingPolicy::DropOldest,
@@ -127,6 +138,23 @@ impl SpawnSpec {
         self.args.extend(args.into_iter().map(Into::into));
         self
     }
+}
+
+/// The variables a manifest declares, with their values; `Debug` shows only the names
+/// (values may be secrets).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct DeclaredEnv(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for DeclaredEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+    }
+}
+
+/// Whether `name` may not be set through a manifest's `[env]`: the two the runtime fixes,
+/// and the dynamic loader's, which would change what the granted program runs.
+fn reserved_env(name: &str) -> bool {
+    name == "PATH" || name == "HOME" || name.starts_with("LD_")
 }
 
 /// A spec that passed every check, with its program resolved and its environment built.
@@ -225,13 +253,19 @@ impl SpawnSpec {
         if self.args.iter().any(|a| has_nul(a)) {
             return Err(invalid("an argument holds NUL"));
         }
-        if self.env.len() > MAX_PROCESS_ENV_VARS {
+        let declared = &self.declared_env.0;
+        if self.env.len() + declared.len() > MAX_PROCESS_ENV_VARS {
             return Err(invalid(format!(
                 "{} environment variables, at most {MAX_PROCESS_ENV_VARS}",
-                self.env.len()
+                self.env.len() + declared.len()
             )));
         }
-        let env_bytes: usize = self.env.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let env_bytes: usize = self
+            .env
+            .iter()
+            .chain(declared)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         if env_bytes > MAX_PROCESS_ENV_BYTES {
             return Err(invalid(format!(
                 "{env_bytes} bytes of environment, at most {MAX_PROCESS_ENV_BYTES}"
@@ -248,6 +282,20 @@ impl SpawnSpec {
                 return Err(invalid(format!("environment variable {k} holds NUL")));
             }
         }
+        for (k, v) in declared {
+            let name_ok = !k.is_empty()
+                && k
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            if !name_ok || reserved_env(k) {
+                return Err(invalid(format!(
+                    "environment variable {k:?} cannot be declared (names are [A-Z0-9_], and never PATH, HOME or LD_*)"
+                )));
+            }
+            if has_nul(v) {
+                return Err(invalid(format!("environment variable {k} holds NUL")));
+            }
+        }
         if !(MIN_OUTPUT_RING_BYTES..=MAX_OUTPUT_RING_BYTES).contains(&self.ring_bytes) {
             return Err(invalid(format!(
                 "ring of {} bytes, allowed {MIN_OUTPUT_RING_BYTES}..={MAX_OUTPUT_RING_BYTES}",
@@ -255,6 +303,7 @@ impl SpawnSpec {
             )));
         }
         let mut env = self.env.clone();
+        env.extend(declared.iter().cloned());
         env.push(("PATH".into(), PROCESS_DEFAULT_PATH.into()));
         env.push(("HOME".into(), PROCESS_HOME.into()));
         let (workspace, cwd) = resolve_cwd(&self.workspace, self.cwd.as_deref())?;

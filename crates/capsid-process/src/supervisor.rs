@@ -147,6 +147,8 @@ pub struct Supervisor {
     name: String,
     state: Mutex<State>,
     stop: watch::Sender<bool>,
+    /// Each child as it starts, for whoever speaks to it ([`Supervisor::starts`]).
+    started: watch::Sender<Option<Arc<Child>>>,
 }
 
 fn now_ms() -> u64 {
@@ -190,6 +192,7 @@ impl Supervisor {
                 history: VecDeque::new(),
             }),
             stop,
+            started: watch::channel(None).0,
         });
         tokio::spawn(sup.clone().run(spec, policy, quota, gate, stopped));
         sup
@@ -243,6 +246,12 @@ impl Supervisor {
         self.lock().current.clone()
     }
 
+    /// Each child as it starts (the first and every restart): what speaks to the program
+    /// over its stdio (an MCP capsule's client) waits here for the next one.
+    pub fn starts(&self) -> watch::Receiver<Option<Arc<Child>>> {
+        self.started.subscribe()
+    }
+
     /// Stops it: no more restarts, the running child's group is killed.
     pub async fn stop(&self) {
         let _ = self.stop.send(true);
@@ -286,6 +295,7 @@ impl Supervisor {
                         s.tally.moved(s.health.standing(), running.standing());
                         s.health = running;
                     }
+                    self.started.send_replace(Some(child.clone()));
                     let Some(exit) = self.watch(&child, &policy, &quota, &mut stopped).await else {
                         self.set(Health::Stopped);
                         return;

@@ -14,13 +14,14 @@ use capsid_protocol::methods::{
     ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow, AuditEntry,
     AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
     CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
-    CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
+    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
     ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
     IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
     LogParams, McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream,
     ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
     PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
-    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
+    ToolDescription, ToolList, ToolRun, UserView, VerifyResult, PendingToolView,
+    ReviewAcceptParams, ReviewAccepted,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -121,6 +122,12 @@ async fn answer(
         MethodId::CapsuleShow => {
             run::<CapsuleShow, _>(request, |p| async move { show(s, &p) }).await
         }
+        MethodId::CapsuleReview => {
+            run::<CapsuleReview, _>(request, |p| async move { review(s, &p) }).await
+        }
+        MethodId::CapsuleReviewAccept => {
+            run::<CapsuleReviewAccept, _>(request, |p| accept_review(s, p)).await
+        }
         MethodId::CapsuleLoad => run::<CapsuleLoad, _>(request, |p| load(s, p)).await,
         MethodId::CapsuleUnload => run::<CapsuleUnload, _>(request, |p| unload(s, p)).await,
         MethodId::CapsuleReload => run::<CapsuleReload, _>(request, |p| reload(s, p)).await,
@@ -220,19 +227,51 @@ fn list(shared: &Shared) -> Vec<CapsuleView> {
 fn show(shared: &Shared, p: &CapsuleParams) -> Answer<CapsuleDetail> {
     let registry = shared.kernel.registry();
     let info = registry.info(&p.name).ok_or_else(|| not_loaded(&p.name))?;
-    let manifest = registry.get(&p.name).ok().map(|c| c.manifest().clone());
+    // An MCP capsule's tools are its server's accepted ones; a wasm capsule's, its manifest's.
+    let (description, tools) = match registry.mcp(&p.name) {
+        Some(mcp) => (Some(mcp.manifest().description.clone()), mcp.tools()),
+        None => match registry.get(&p.name) {
+            Ok(c) => (Some(c.manifest().description.clone()), c.manifest().tools.clone()),
+            Err(_) => (None, Vec::new()),
+        },
+    };
     Ok(CapsuleDetail {
         capsule: views::capsule(&info),
-        description: manifest.as_ref().map(|m| m.description.clone()),
-        tool_descriptions: manifest
+        description,
+        tool_descriptions: tools
             .iter()
-            .flat_map(|m| &m.tools)
             .map(|t| ToolDescription {
                 name: t.name.clone(),
                 description: t.description.clone(),
             })
             .collect(),
     })
+}
+
+fn review(shared: &Shared, p: &CapsuleParams) -> Answer<Vec<PendingToolView>> {
+    let pending = shared
+        .kernel
+        .review(&p.name)
+        .map_err(|e| kernel_error(&e))?;
+    Ok(pending
+        .into_iter()
+        .map(|t| PendingToolView {
+            tool: t.tool,
+            change: t.change.as_str().to_owned(),
+            pinned: t.pinned,
+            presented: t.presented,
+            digest: t.digest,
+        })
+        .collect())
+}
+
+async fn accept_review(shared: &Shared, p: ReviewAcceptParams) -> Answer<ReviewAccepted> {
+    let accepted = shared
+        .kernel
+        .accept_review(&p.name, &p.digests)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(ReviewAccepted { accepted })
 }
 
 async fn load(shared: &Shared, p: CapsuleParams) -> Answer<CapsuleView> {
@@ -495,11 +534,11 @@ fn processes(shared: &Shared) -> Vec<ProcessView> {
 
 /// A capsule's log lines after `after`, and where to continue from.
 fn log_page(shared: &Shared, name: &CapsuleId, after: u64) -> Answer<LogPage> {
-    let capsule = shared.kernel.registry().get(name).map_err(|e| match e {
+    let log = shared.kernel.registry().log(name).map_err(|e| match e {
         CapsuleError::NotLoaded(_) => not_loaded(name),
         other => WireError::new(views::capsule_error_code(&other), other.to_string()),
     })?;
-    let lines = capsule.log().since(after);
+    let lines = log.since(after);
     let next = lines.last().map_or(after, |l| l.seq);
     Ok(LogPage {
         lines: lines.iter().map(views::log_line).collect(),

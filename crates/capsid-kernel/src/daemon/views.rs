@@ -5,7 +5,7 @@ use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState, LoadKind, LogLine}
 use capsid_process::Health;
 use capsid_protocol::methods::{
     BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LoadKindView, LogLevel,
-    LogSource, NativeView, StatusResult,
+    LogSource, McpView, NativeView, StatusResult,
 };
 use capsid_protocol::{ErrorCode, WireError};
 
@@ -69,6 +69,10 @@ pub(crate) fn capsule(info: &CapsuleInfo) -> CapsuleView {
             health: health(&n.health),
             restarts: n.restarts,
         }),
+        mcp: info.mcp.as_ref().map(|m| McpView {
+            connected: m.connected,
+            pending_review: m.pending_review.clone(),
+        }),
     }
 }
 
@@ -117,6 +121,7 @@ pub(crate) fn log_line(l: &LogLine) -> capsid_protocol::methods::LogLine {
 pub(crate) fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
         KernelError::NotInstalled(_)
+        | KernelError::NotMcp(_)
         | KernelError::Approval(_)
         | KernelError::UnknownUser(_)
         | KernelError::UnknownToken(_)
@@ -155,17 +160,20 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::NotReady { .. } => ErrorCode::NotReady,
         CapsuleError::Timeout { .. } => ErrorCode::Timeout,
         CapsuleError::MemoryLimit { .. } | CapsuleError::Trap { .. } => ErrorCode::CapsuleFailed,
-        CapsuleError::Guest { .. } => ErrorCode::ToolError,
+        CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => ErrorCode::ToolError,
+        CapsuleError::ToolPendingReview { .. } => ErrorCode::NotReady,
         CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,
         CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
         CapsuleError::Manifest(_)
         | CapsuleError::PinMismatch { .. }
         | CapsuleError::InvalidComponent { .. }
         | CapsuleError::WrongWorld { .. }
+        | CapsuleError::BinaryMismatch { .. }
         | CapsuleError::NotWasm(_) => ErrorCode::Invalid,
-        CapsuleError::Read { .. } | CapsuleError::Setup { .. } | CapsuleError::Engine(_) => {
-            ErrorCode::Failed
-        }
+        CapsuleError::Read { .. }
+        | CapsuleError::Setup { .. }
+        | CapsuleError::Engine(_)
+        | CapsuleError::McpServer { .. } => ErrorCode::Failed,
     }
 }
 

@@ -47,21 +47,40 @@ pub enum Component {
         /// The expected blake3 of the file (lowercase hex), if pinned.
         blake3: Option<String>,
     },
-    /// A native program, supervised by the runtime.
-    Native {
-        /// The program and its arguments.
-        command: Vec<String>,
-        /// First wait before a restart after a failure, in milliseconds.
-        restart_initial_ms: u64,
-        /// Longest wait between restarts, in milliseconds.
-        restart_max_ms: u64,
-        /// Failed restarts in a row before the capsule is marked failed.
-        max_restarts: u32,
-        /// What a breach of its memory (`limits.memory_mb`) or process quota does.
-        quota_action: NativeQuotaAction,
-        /// Live processes its group may have before that counts as a breach.
-        max_processes: Option<u32>,
-    },
+    /// A native program, supervised by the runtime (`[native]`).
+    Native(NativeProgram),
+    /// An MCP server, supervised as a native program is and spoken to over its stdio
+    /// (`[mcp]`); its tools are the ones it lists.
+    Mcp(NativeProgram),
+}
+
+/// A supervised program: the `[native]` and `[mcp]` tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativeProgram {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// The expected blake3 of the program file (lowercase hex): checked before every start.
+    pub binary_blake3: Option<String>,
+    /// First wait before a restart after a failure, in milliseconds.
+    pub restart_initial_ms: u64,
+    /// Longest wait between restarts, in milliseconds.
+    pub restart_max_ms: u64,
+    /// Failed restarts in a row before the capsule is marked failed.
+    pub max_restarts: u32,
+    /// What a breach of its memory (`limits.memory_mb`) or process quota does.
+    pub quota_action: NativeQuotaAction,
+    /// Live processes its group may have before that counts as a breach.
+    pub max_processes: Option<u32>,
+}
+
+impl Component {
+    /// The supervised program, for `[native]` and `[mcp]` capsules.
+    pub fn program(&self) -> Option<&NativeProgram> {
+        match self {
+            Self::Wasm { .. } => None,
+            Self::Native(p) | Self::Mcp(p) => Some(p),
+        }
+    }
 }
 
 /// What a native capsule's quota breach does (`[native] quota_action`).
@@ -180,7 +199,7 @@ pub struct Manifest {
     pub version: semver::Version,
     /// `package.description`.
     pub description: String,
-    /// `[component]` or `[native]`.
+    /// `[component]`, `[native]` or `[mcp]`.
     pub component: Component,
     /// `[capabilities]`.
     pub capabilities: Capabilities,
@@ -282,21 +301,38 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
             format!("not a semantic version: {e}"),
         )
     })?;
-    let component = match (raw.component, raw.native) {
-        (Some(c), None) => wasm_component(cx, &c)?,
-        (None, Some(n)) => native_component(cx, &n)?,
-        (Some(c), Some(_)) => {
-            return Err(cx.at(
-                "component",
-                &c,
-                "give either [component] or [native], not both",
-            ));
+    let component = match (raw.component, raw.native, raw.mcp) {
+        (Some(c), None, None) => wasm_component(cx, &c)?,
+        (None, Some(n), None) => Component::Native(native_program(cx, "native", &n)?),
+        (None, None, Some(m)) => {
+            if let Some(tool) = raw.tools.first() {
+                return Err(cx.at(
+                    "tool",
+                    &tool.name,
+                    "an [mcp] capsule's tools are the ones its server lists: remove [[tool]]",
+                ));
+            }
+            Component::Mcp(native_program(cx, "mcp", &m)?)
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(cx.err(
                 "component",
                 &(0..0),
-                "missing: add [component] wasm = \"...\" or [native] command = [...]",
+                "missing: add [component] wasm = \"...\", [native] command = [...] or [mcp] command = [...]",
+            ));
+        }
+        (_, _, Some(m)) => {
+            return Err(cx.at(
+                "mcp",
+                &m,
+                "give one of [component], [native] and [mcp], not several",
+            ));
+        }
+        (Some(c), Some(_), None) => {
+            return Err(cx.at(
+                "component",
+                &c,
+                "give one of [component], [native] and [mcp], not several",
             ));
         }
     };
@@ -349,18 +385,7 @@ fn wasm_component(
             "must be a relative path inside the capsule directory ending in .wasm",
         ));
     }
-    let blake3 = match &c.blake3 {
-        None => None,
-        Some(h)
-            if h.get_ref().len() == 64
-                && h.get_ref()
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
-        {
-            Some(h.get_ref().clone())
-        }
-        Some(h) => return Err(cx.at("component.blake3", h, "must be 64 lowercase hex digits")),
-    };
+    let blake3 = blake3_pin(cx, "component.blake3", c.blake3.as_ref())?;
     Ok(Component::Wasm {
         path: PathBuf::from(wasm),
         blake3,
@@ -474,12 +499,37 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
     })
 }
 
-/// The `[native]` table: a program and its supervision.
-fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Component, ManifestError> {
+/// A blake3 pin: 64 lowercase hex digits.
+fn blake3_pin(
+    cx: &Ctx<'_>,
+    key: &str,
+    pin: Option<&Spanned<String>>,
+) -> Result<Option<String>, ManifestError> {
+    match pin {
+        None => Ok(None),
+        Some(h)
+            if h.get_ref().len() == 64
+                && h.get_ref()
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+        {
+            Ok(Some(h.get_ref().clone()))
+        }
+        Some(h) => Err(cx.at(key, h, "must be 64 lowercase hex digits")),
+    }
+}
+
+/// The `[native]` or `[mcp]` table (`table` names it): a program and its supervision.
+fn native_program(
+    cx: &Ctx<'_>,
+    table: &str,
+    n: &Spanned<raw::RawNative>,
+) -> Result<NativeProgram, ManifestError> {
+    let key = |k: &str| format!("{table}.{k}");
     let command = n.get_ref().command.get_ref().clone();
     if command.first().is_none_or(String::is_empty) {
         return Err(cx.at(
-            "native.command",
+            &key("command"),
             &n.get_ref().command,
             "must name a program",
         ));
@@ -488,18 +538,19 @@ fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Compone
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let restart_initial_ms = bounded(
         cx,
-        "native.restart_initial_ms",
+        &key("restart_initial_ms"),
         n.restart_initial_ms.as_ref(),
         1,
         ms(SUPERVISOR_MAX_BACKOFF),
         ms(SUPERVISOR_INITIAL_BACKOFF),
     )?;
-    Ok(Component::Native {
+    Ok(NativeProgram {
+        binary_blake3: blake3_pin(cx, &key("binary_blake3"), n.binary_blake3.as_ref())?,
         command,
         restart_initial_ms,
         restart_max_ms: bounded(
             cx,
-            "native.restart_max_ms",
+            &key("restart_max_ms"),
             n.restart_max_ms.as_ref(),
             restart_initial_ms,
             ms(SUPERVISOR_MAX_BACKOFF),
@@ -507,7 +558,7 @@ fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Compone
         )?,
         max_restarts: bounded(
             cx,
-            "native.max_restarts",
+            &key("max_restarts"),
             n.max_restarts.as_ref(),
             0,
             1000,
@@ -518,7 +569,11 @@ fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Compone
             Some(v) if v.get_ref() == "log" => NativeQuotaAction::Log,
             Some(v) if v.get_ref() == "kill" => NativeQuotaAction::Kill,
             Some(v) => {
-                return Err(cx.at("native.quota_action", v, "expected \"log\" or \"kill\""));
+                return Err(cx.at(
+                    &key("quota_action"),
+                    v,
+                    "expected \"log\" or \"kill\"",
+                ));
             }
         },
         max_processes: n
@@ -527,7 +582,7 @@ fn native_component(cx: &Ctx<'_>, n: &Spanned<raw::RawNative>) -> Result<Compone
             .map(|v| {
                 bounded(
                     cx,
-                    "native.max_processes",
+                    &key("max_processes"),
                     Some(v),
                     1,
                     u32::try_from(MAX_CAPSULE_CHILD_PIDS).unwrap_or(u32::MAX),

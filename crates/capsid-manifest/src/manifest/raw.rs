@@ -12,6 +12,7 @@ pub(super) struct RawManifest {
     pub package: RawPackage,
     pub component: Option<Spanned<RawComponent>>,
     pub native: Option<Spanned<RawNative>>,
+    pub mcp: Option<Spanned<RawNative>>,
     #[serde(default)]
     pub capabilities: RawCapabilities,
     #[serde(default)]
@@ -44,6 +45,7 @@ pub(super) struct RawComponent {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawNative {
     pub command: Spanned<Vec<String>>,
+    pub binary_blake3: Option<Spanned<String>>,
     pub restart_initial_ms: Option<Spanned<u64>>,
     pub restart_max_ms: Option<Spanned<u64>>,
     pub max_restarts: Option<Spanned<u32>>,

@@ -133,8 +133,52 @@ pub struct CapsuleView {
     pub blake3: Option<String>,
     /// Compiled or cached, once loaded.
     pub load_kind: Option<LoadKindView>,
-    /// For a native capsule: how its supervision stands.
+    /// For a native or MCP capsule: how its program's supervision stands.
     pub native: Option<NativeView>,
+    /// For an MCP capsule: its connection and the tools waiting for review.
+    #[serde(default)]
+    pub mcp: Option<McpView>,
+}
+
+/// How an MCP capsule's server stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpView {
+    /// Whether a server is connected and its tools listed.
+    pub connected: bool,
+    /// Tools hidden until the operator reviews them (`capsule.review`).
+    pub pending_review: Vec<String>,
+}
+
+/// A tool of an MCP capsule that waits for review.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingToolView {
+    /// The tool's name.
+    pub tool: String,
+    /// `new` (never pinned) or `changed` (differs from its pin).
+    pub change: String,
+    /// The definition pinned so far, for a changed tool (name, description, schemas).
+    pub pinned: Option<Value>,
+    /// The definition the server presents now.
+    pub presented: Value,
+    /// The presented definition's blake3: what accepting it names.
+    pub digest: String,
+}
+
+/// Params of `capsule.review.accept`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewAcceptParams {
+    /// The MCP capsule.
+    pub name: CapsuleId,
+    /// The digests of the reviewed definitions to accept (as `capsule.review` showed them).
+    pub digests: Vec<String>,
+}
+
+/// What `capsule.review.accept` accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReviewAccepted {
+    /// The tools now pinned and callable.
+    pub accepted: Vec<String>,
 }
 
 /// How a native capsule's supervision stands.

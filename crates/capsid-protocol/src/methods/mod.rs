@@ -119,6 +119,13 @@ methods! {
     /// Installs the capsule in a directory into the home and loads it.
     CapsuleInstall = "capsule.install" (InstallParams) -> InstallResult
         { read_only: false, inline: false, streaming: false }
+    /// An MCP capsule's tools that wait for review, with their pinned and presented
+    /// definitions.
+    CapsuleReview = "capsule.review" (CapsuleParams) -> Vec<PendingToolView>
+        { read_only: true, inline: true, streaming: false }
+    /// Accepts reviewed tool definitions of an MCP capsule (by digest): pinned, callable.
+    CapsuleReviewAccept = "capsule.review.accept" (ReviewAcceptParams) -> ReviewAccepted
+        { read_only: false, inline: false, streaming: false }
     /// A capsule's log lines after a position.
     CapsuleLogs = "capsule.logs" (LogParams) -> LogPage
         { read_only: true, inline: false, streaming: false }

@@ -1,0 +1,526 @@
+//! MCP capsules (`[mcp] command = [...]`): an existing MCP server run as a capsule. Its
+//! program is started and supervised exactly as a native capsule's is (`native.rs`: exec
+//! grant, pin, sandbox, no network unless granted, restarts per its policy), with stdin and
+//! stdout kept as the MCP stdio transport and stderr read into the capsule's log. rmcp's
+//! client speaks to it (`client.rs`).
+//!
+//! Its tools are the ones the server lists, but only as far as they were accepted: the
+//! first time a tool is seen its definition (name, description, schemas; `definition.rs`)
+//! is pinned by blake3 under dev trust, otherwise it waits for review; a tool whose
+//! definition later differs from its pin (a server rewriting its own description to steer an
+//! agent) is hidden until the operator accepts the change (`capsid capsule review`). Each
+//! of those is recorded. Calls are bounded: the capsule's `call_timeout_ms` (the request is
+//! cancelled on the server), `MAX_TOOL_RESULT_BYTES` for the answer, and the caller's
+//! cancellation.
+
+mod client;
+mod definition;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use capsid_audit::{Decision, action};
+use capsid_capabilities::Subject;
+use capsid_core::CapsuleId;
+use capsid_core::sync::lock;
+use capsid_manifest::{Manifest, Tool};
+use capsid_process::{Health, Supervisor};
+use capsid_storage::{PinnedTool, ToolPinStore};
+use rmcp::model::{CallToolRequestParams, NumberOrString, ProgressToken, RequestParamsMeta};
+use rmcp::service::{Peer, RoleClient, ServiceError};
+use serde_json::Value;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::control::CallControl;
+use crate::error::CapsuleError;
+use crate::grants::Trust;
+use crate::host::HostServices;
+use crate::logbuf::{CapsuleLog, LogLevel, LogSource};
+use crate::native::{ProgramStdio, supervise};
+use definition::Presented;
+
+/// Whether a tool waiting for review is new or changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChange {
+    /// Never pinned.
+    New,
+    /// Pinned, and the server now presents a different definition.
+    Changed,
+}
+
+impl ToolChange {
+    /// Its name in messages and records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::New => "new",
+            Self::Changed => "changed",
+        }
+    }
+}
+
+/// A tool of an MCP capsule that waits for the operator's review.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingTool {
+    /// The tool's name.
+    pub tool: String,
+    /// New or changed.
+    pub change: ToolChange,
+    /// The definition pinned so far (for a changed tool).
+    pub pinned: Option<Value>,
+    /// The definition the server presents now.
+    pub presented: Value,
+    /// Its digest: what accepting it names.
+    pub digest: String,
+}
+
+/// The server's tools as last listed, sorted into those that may be called and those that
+/// wait for review.
+#[derive(Debug, Default)]
+struct ToolBook {
+    callable: Vec<Tool>,
+    /// With each, the tool it would become once accepted.
+    pending: Vec<(PendingTool, Tool)>,
+    /// Digests already recorded as pending, so a server listing the same change again and
+    /// again adds one record, not one per list.
+    noticed: BTreeSet<String>,
+}
+
+/// What the capsule's connection task and its callers share.
+pub(crate) struct Shared {
+    name: CapsuleId,
+    trust: Trust,
+    services: HostServices,
+    pins: ToolPinStore,
+    log: CapsuleLog,
+    /// The connected server, while there is one.
+    peer: watch::Sender<Option<Peer<RoleClient>>>,
+    book: Mutex<ToolBook>,
+    /// Running calls by progress token, to pass the server's progress on.
+    calls: Mutex<HashMap<i64, CallControl>>,
+    next_call: AtomicI64,
+    /// Set by `notifications/tools/list_changed`.
+    refresh: Notify,
+}
+
+/// A supervised MCP server whose tools are capsid tools.
+pub struct McpCapsule {
+    pub(crate) manifest: Manifest,
+    pub(crate) dir: PathBuf,
+    supervisor: Arc<Supervisor>,
+    shared: Arc<Shared>,
+    connection: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for McpCapsule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpCapsule")
+            .field("name", &self.manifest.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Removes a call from the progress map when it ends, however it ends.
+struct CallEntry<'a> {
+    shared: &'a Shared,
+    id: i64,
+}
+
+impl Drop for CallEntry<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.calls).remove(&self.id);
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(capsid_core::time::now_ms()).unwrap_or(i64::MAX)
+}
+
+impl Shared {
+    fn subject(&self) -> Subject {
+        Subject {
+            principal: self.services.principal,
+            capsule: Some(self.name.clone()),
+            session: None,
+        }
+    }
+
+    fn resource(&self, tool: &str) -> String {
+        format!("tool://{}/{tool}", self.name)
+    }
+
+    async fn record(&self, action: &str, tool: &str, details: &Value) -> Result<(), String> {
+        self.services
+            .record(
+                &self.subject(),
+                action,
+                &self.resource(tool),
+                Decision::Info,
+                details,
+            )
+            .await
+    }
+
+    /// Sorts a fresh listing into callable and pending tools, pinning new ones under dev
+    /// trust. Anything that cannot be checked (a pin that does not read, a record that
+    /// cannot be written) leaves its tool hidden.
+    pub(crate) async fn sort_tools(&self, listed: Vec<Presented>) {
+        let mut callable = Vec::new();
+        let mut pending = Vec::new();
+        for p in listed {
+            let name = p.tool.name.clone();
+            let pin = match self.pins.get(self.name.as_str(), &name).await {
+                Ok(pin) => pin,
+                Err(e) => {
+                    self.log.push(
+                        LogLevel::Error,
+                        LogSource::Host,
+                        &format!("tool {name} hidden: its pin does not read: {e}"),
+                    );
+                    continue;
+                }
+            };
+            match pin {
+                Some(pin) if pin.digest == p.digest => callable.push(p.tool),
+                Some(pin) => pending.push((
+                    PendingTool {
+                        tool: name,
+                        change: ToolChange::Changed,
+                        pinned: Some(pin.definition),
+                        presented: p.definition,
+                        digest: p.digest,
+                    },
+                    p.tool,
+                )),
+                None if self.trust == Trust::Dev => match self.pin(&p, "dev").await {
+                    Ok(()) => callable.push(p.tool),
+                    Err(e) => self.log.push(
+                        LogLevel::Error,
+                        LogSource::Host,
+                        &format!("tool {name} hidden: it could not be pinned: {e}"),
+                    ),
+                },
+                None => pending.push((
+                    PendingTool {
+                        tool: name,
+                        change: ToolChange::New,
+                        pinned: None,
+                        presented: p.definition,
+                        digest: p.digest,
+                    },
+                    p.tool,
+                )),
+            }
+        }
+        for (p, _) in &pending {
+            let first_time = !lock(&self.book).noticed.contains(&p.digest);
+            if !first_time {
+                continue;
+            }
+            let (action, level) = match p.change {
+                ToolChange::Changed => (action::MCP_TOOL_CHANGED, LogLevel::Warn),
+                ToolChange::New => (action::MCP_TOOL_PENDING, LogLevel::Info),
+            };
+            self.log.push(
+                level,
+                LogSource::Host,
+                &format!(
+                    "tool {} is {} and hidden until reviewed: capsid capsule review {}",
+                    p.tool,
+                    p.change.as_str(),
+                    self.name
+                ),
+            );
+            let details = serde_json::json!({ "digest": p.digest, "change": p.change.as_str() });
+            // Hidden whether or not this could be recorded; it is tried again at the next list.
+            if self.record(action, &p.tool, &details).await.is_ok() {
+                lock(&self.book).noticed.insert(p.digest.clone());
+            }
+        }
+        let mut book = lock(&self.book);
+        book.callable = callable;
+        book.pending = pending;
+    }
+
+    /// Records, then stores, `presented` as its tool's pin.
+    async fn pin(&self, presented: &Presented, by: &str) -> Result<(), String> {
+        let details = serde_json::json!({ "digest": presented.digest, "by": by });
+        self.record(action::MCP_TOOL_PINNED, &presented.tool.name, &details)
+            .await?;
+        self.pins
+            .put(&PinnedTool {
+                capsule: self.name.to_string(),
+                tool: presented.tool.name.clone(),
+                digest: presented.digest.clone(),
+                definition: presented.definition.clone(),
+                pinned_by: by.to_owned(),
+                pinned_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn progress(&self, token: &ProgressToken, done: f64, total: Option<f64>, message: Option<String>) {
+        let NumberOrString::Number(id) = &token.0 else {
+            return;
+        };
+        if let Some(control) = lock(&self.calls).get(id) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let whole = |v: f64| v.max(0.0).min(u64::MAX as f64) as u64;
+            control.report(whole(done), total.map(whole), message);
+        }
+    }
+}
+
+impl McpCapsule {
+    /// Checks the capability to run the manifest's command, starts supervising it, and
+    /// speaks MCP to each start of it from then on.
+    pub(crate) async fn start(
+        manifest: Manifest,
+        dir: PathBuf,
+        env: Vec<(String, String)>,
+        trust: Trust,
+        services: &HostServices,
+    ) -> Result<Self, CapsuleError> {
+        let program = manifest
+            .component
+            .program()
+            .ok_or_else(|| CapsuleError::NotWasm(manifest.name.clone()))?
+            .clone();
+        let supervisor =
+            supervise(&manifest, &program, env, ProgramStdio::Protocol, services).await?;
+        let shared = Arc::new(Shared {
+            name: manifest.name.clone(),
+            trust,
+            services: services.clone(),
+            pins: ToolPinStore::new(services.kv.clone()),
+            log: CapsuleLog::new(manifest.name.clone()),
+            peer: watch::channel(None).0,
+            book: Mutex::default(),
+            calls: Mutex::default(),
+            next_call: AtomicI64::new(1),
+            refresh: Notify::new(),
+        });
+        let connection = tokio::spawn(client::serve(shared.clone(), supervisor.clone()));
+        Ok(Self {
+            manifest,
+            dir,
+            supervisor,
+            shared,
+            connection: Mutex::new(Some(connection)),
+        })
+    }
+
+    /// Its manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Its supervisor's view of the server program.
+    pub fn health(&self) -> Health {
+        self.supervisor.health()
+    }
+
+    /// Restarts so far.
+    pub fn restarts(&self) -> u32 {
+        self.supervisor.restarts()
+    }
+
+    /// Its supervisor.
+    pub fn supervisor(&self) -> &Arc<Supervisor> {
+        &self.supervisor
+    }
+
+    /// Its log: the server's stderr, its MCP log messages, and what the runtime says of it.
+    pub fn log(&self) -> &CapsuleLog {
+        &self.shared.log
+    }
+
+    /// Whether a server is connected and its tools listed.
+    pub fn connected(&self) -> bool {
+        self.shared.peer.borrow().is_some()
+    }
+
+    /// The tools that may be called now, in the server's order.
+    pub fn tools(&self) -> Vec<Tool> {
+        lock(&self.shared.book).callable.clone()
+    }
+
+    /// The tools that wait for review.
+    pub fn pending(&self) -> Vec<PendingTool> {
+        lock(&self.shared.book)
+            .pending
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Accepts the pending tools whose digests are `digests` (what a review showed): each is
+    /// recorded, pinned and callable from now on. A digest that is not pending (the server
+    /// changed again since the review) is refused, naming it, and nothing is accepted.
+    pub async fn accept(&self, digests: &[String]) -> Result<Vec<String>, CapsuleError> {
+        let chosen: Vec<(PendingTool, Tool)> = {
+            let book = lock(&self.shared.book);
+            if let Some(stale) = digests
+                .iter()
+                .find(|d| !book.pending.iter().any(|(p, _)| &p.digest == *d))
+            {
+                return Err(CapsuleError::Setup {
+                    capsule: self.manifest.name.clone(),
+                    what: "accepting reviewed tools",
+                    message: format!(
+                        "{stale} is not pending review (did the server change it again?): review again"
+                    ),
+                });
+            }
+            book.pending
+                .iter()
+                .filter(|(p, _)| digests.contains(&p.digest))
+                .cloned()
+                .collect()
+        };
+        let mut accepted = Vec::new();
+        for (p, tool) in chosen {
+            let presented = Presented {
+                tool,
+                definition: p.presented.clone(),
+                digest: p.digest.clone(),
+            };
+            self.shared
+                .pin(&presented, "operator")
+                .await
+                .map_err(|message| CapsuleError::Setup {
+                    capsule: self.manifest.name.clone(),
+                    what: "pinning a reviewed tool",
+                    message,
+                })?;
+            let mut book = lock(&self.shared.book);
+            book.pending.retain(|(q, _)| q.digest != p.digest);
+            book.callable.retain(|t| t.name != presented.tool.name);
+            book.callable.push(presented.tool);
+            accepted.push(p.tool);
+        }
+        Ok(accepted)
+    }
+
+    /// Calls `tool` with `input_json` (a JSON object) within the capsule's deadline.
+    pub(crate) async fn call(
+        &self,
+        tool: &str,
+        input_json: &str,
+        control: &CallControl,
+    ) -> Result<String, CapsuleError> {
+        let name = &self.manifest.name;
+        {
+            let book = lock(&self.shared.book);
+            if !book.callable.iter().any(|t| t.name == tool) {
+                return Err(match book.pending.iter().find(|(p, _)| p.tool == tool) {
+                    Some(p) => CapsuleError::ToolPendingReview {
+                        capsule: name.clone(),
+                        tool: tool.to_owned(),
+                        why: p.0.change.as_str(),
+                    },
+                    None => CapsuleError::UnknownTool {
+                        capsule: name.clone(),
+                        tool: tool.to_owned(),
+                    },
+                });
+            }
+        }
+        let arguments = match serde_json::from_str::<Value>(if input_json.trim().is_empty() {
+            "{}"
+        } else {
+            input_json
+        }) {
+            Ok(Value::Object(map)) => map,
+            _ => {
+                return Err(CapsuleError::ToolFailed {
+                    capsule: name.clone(),
+                    tool: tool.to_owned(),
+                    message: "its input must be a JSON object".into(),
+                });
+            }
+        };
+        let timeout_ms = self.manifest.limits.call_timeout_ms;
+        let deadline = tokio::time::Instant::from_std(Instant::now())
+            + Duration::from_millis(timeout_ms);
+        let timeout = || CapsuleError::Timeout {
+            capsule: name.clone(),
+            timeout_ms,
+        };
+        let cancelled = || CapsuleError::Cancelled {
+            capsule: name.clone(),
+        };
+        // A call right after a load or a restart waits for the server, within its deadline.
+        let mut peers = self.shared.peer.subscribe();
+        let peer = tokio::select! {
+            peer = peers.wait_for(Option::is_some) => match peer {
+                Ok(p) => p.clone(),
+                Err(_) => None,
+            },
+            () = tokio::time::sleep_until(deadline) => return Err(timeout()),
+            () = control.cancellation() => return Err(cancelled()),
+        };
+        let Some(peer) = peer else {
+            return Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: "is stopped".into(),
+            });
+        };
+        let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.calls).insert(id, control.clone());
+        let _entry = CallEntry {
+            shared: &self.shared,
+            id,
+        };
+        let mut params = CallToolRequestParams::new(tool.to_owned());
+        params.arguments = Some(arguments);
+        params.set_progress_token(ProgressToken(NumberOrString::Number(id)));
+        // Dropping the request future (deadline, cancellation) cancels it on the server.
+        let answered = tokio::select! {
+            answered = peer.call_tool(params) => answered,
+            () = tokio::time::sleep_until(deadline) => return Err(timeout()),
+            () = control.cancellation() => return Err(cancelled()),
+        };
+        match answered {
+            Ok(result) if result.is_error == Some(true) => Err(CapsuleError::ToolFailed {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+                message: definition::error_text(&result),
+            }),
+            Ok(result) => definition::answer_text(&result).map_err(|len| CapsuleError::TooBig {
+                capsule: name.clone(),
+                what: "tool result",
+                len,
+                max: capsid_core::limits::MAX_TOOL_RESULT_BYTES,
+            }),
+            Err(ServiceError::McpError(e)) => Err(CapsuleError::ToolFailed {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+                message: e.message.chars().take(4096).collect(),
+            }),
+            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+                Err(CapsuleError::McpServer {
+                    capsule: name.clone(),
+                    message: "closed the connection during the call".into(),
+                })
+            }
+            Err(other) => Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: other.to_string(),
+            }),
+        }
+    }
+
+    /// Stops the server and the connection to it.
+    pub(crate) async fn stop(&self) {
+        if let Some(task) = lock(&self.connection).take() {
+            task.abort();
+        }
+        self.shared.peer.send_replace(None);
+        self.supervisor.stop().await;
+    }
+}
