@@ -276,7 +276,7 @@ impl Registry {
             dir: dir.to_owned(),
         };
         let loaded = match manifest.component {
-            Component::Native(_) | Component::Mcp(_) => self
+            Component::Native(_) | Component::Mcp { .. } => self
                 .build_program(manifest, dir, trust)
                 .await,
             Component::Wasm { .. } => self
@@ -324,7 +324,7 @@ impl Registry {
         }
         let name = manifest.name.clone();
         let env = self.resolve_env(&manifest)?;
-        let (slot, kind) = if matches!(manifest.component, Component::Mcp(_)) {
+        let (slot, kind) = if matches!(manifest.component, Component::Mcp { .. }) {
             let mcp = McpCapsule::start(manifest, dir.to_owned(), env, trust, services).await?;
             (Slot::Mcp { mcp: Arc::new(mcp) }, "mcp")
         } else {
@@ -361,7 +361,7 @@ impl Registry {
         let name = manifest.name.clone();
         let (wasm, pin) = match &manifest.component {
             Component::Wasm { path, blake3 } => (dir.join(path), blake3.clone()),
-            Component::Native(_) | Component::Mcp(_) => return Err(CapsuleError::NotWasm(name)),
+            Component::Native(_) | Component::Mcp { .. } => return Err(CapsuleError::NotWasm(name)),
         };
         let services = &self.services;
         let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;

@@ -510,8 +510,12 @@ pub const MAX_TOOL_RESULT_BYTES: usize = 1 << 20;
 pub const MCP_MAX_MESSAGE_BYTES: usize = 4 << 20;
 
 /// How long an MCP capsule's server has to answer `initialize` and list its tools after it
-/// starts; one that does not is killed (and restarted per its policy).
-pub const MCP_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// starts, unless its manifest says otherwise (`[mcp] startup_timeout_ms`); one that does
+/// not is killed (and restarted per its policy). A later tool list has as long.
+pub const DEFAULT_MCP_STARTUP_TIMEOUT_MS: u64 = 10_000;
+
+/// Longest `[mcp] startup_timeout_ms` may be.
+pub const MAX_MCP_STARTUP_TIMEOUT_MS: u64 = 120_000;
 
 /// Most tools one MCP capsule may list; the rest are left out (and logged).
 pub const MAX_MCP_TOOLS: usize = 256;

@@ -116,12 +116,20 @@ fn an_mcp_capsule_is_a_supervised_program_with_a_pin_and_no_declared_tools() {
         "[package]\nname = \"github\"\nversion = \"1.0.0\"\n[mcp]\ncommand = [\"/usr/bin/python3\", \"-m\", \"server\"]\nbinary_blake3 = \"{pin}\"\nmax_restarts = 2\n[env.GITHUB_TOKEN]\nsecret = true\n"
     );
     let m = parse(&text).unwrap();
-    let Component::Mcp(program) = &m.component else {
+    let Component::Mcp {
+        program,
+        startup_timeout_ms,
+    } = &m.component
+    else {
         panic!("not an [mcp] capsule: {:?}", m.component);
     };
     assert_eq!(program.command, ["/usr/bin/python3", "-m", "server"]);
     assert_eq!(program.binary_blake3.as_deref(), Some(pin.as_str()));
     assert_eq!(program.max_restarts, 2);
+    assert_eq!(
+        *startup_timeout_ms,
+        capsid_core::limits::DEFAULT_MCP_STARTUP_TIMEOUT_MS
+    );
     assert_eq!(m.component.program(), Some(program));
 
     let with_tool = format!("{text}[[tool]]\nname = \"search\"\n");
@@ -137,6 +145,12 @@ fn an_mcp_capsule_is_a_supervised_program_with_a_pin_and_no_declared_tools() {
     let err = parse(&both).unwrap_err();
     assert_eq!(err.key, "mcp");
     assert!(err.message.contains("not several"), "{err}");
+
+    let native_timeout = "[package]\nname = \"n\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"/bin/true\"]\nstartup_timeout_ms = 5\n";
+    assert_eq!(
+        parse(native_timeout).unwrap_err().key,
+        "native.startup_timeout_ms"
+    );
 
     let empty = text.replace("command = [\"/usr/bin/python3\", \"-m\", \"server\"]", "command = []");
     assert_eq!(parse(&empty).unwrap_err().key, "mcp.command");

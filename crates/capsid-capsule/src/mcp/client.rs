@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use capsid_core::limits::{
-    MAX_MCP_TOOLS, MCP_HANDSHAKE_TIMEOUT, MCP_MAX_MESSAGE_BYTES, MCP_TOOL_REFRESH_INTERVAL,
-};
+use capsid_core::limits::{MAX_MCP_TOOLS, MCP_MAX_MESSAGE_BYTES, MCP_TOOL_REFRESH_INTERVAL};
 use capsid_process::{Child, Signal, Supervisor};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProtocolVersion,
@@ -80,9 +78,9 @@ impl ClientHandler for Handler {
 
 /// Lists the server's tools and sorts them (pins, review); `Err` when it does not answer.
 async fn refresh(shared: &Shared, peer: &Peer<RoleClient>) -> Result<(), String> {
-    let listed = tokio::time::timeout(MCP_HANDSHAKE_TIMEOUT, peer.list_all_tools())
+    let listed = tokio::time::timeout(shared.startup, peer.list_all_tools())
         .await
-        .map_err(|_| format!("did not list its tools within {MCP_HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|_| format!("did not list its tools within {:?}", shared.startup))?
         .map_err(|e| format!("listing its tools failed: {e}"))?;
     if listed.len() > MAX_MCP_TOOLS {
         shared.log.push(
@@ -193,9 +191,9 @@ async fn speak(shared: &Arc<Shared>, child: &Arc<Child>) -> Result<(), String> {
     let handler = Handler {
         shared: shared.clone(),
     };
-    let running = tokio::time::timeout(MCP_HANDSHAKE_TIMEOUT, handler.serve(transport))
+    let running = tokio::time::timeout(shared.startup, handler.serve(transport))
         .await
-        .map_err(|_| format!("did not complete the handshake within {MCP_HANDSHAKE_TIMEOUT:?}"))?
+        .map_err(|_| format!("did not complete the handshake within {:?}", shared.startup))?
         .map_err(|e| format!("failed the handshake: {e}"))?;
     let peer = running.peer().clone();
     // Until it is handed to its task below, dropping `running` closes the service.

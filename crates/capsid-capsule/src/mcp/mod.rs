@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     next_call: AtomicI64,
     /// Set by `notifications/tools/list_changed`.
     refresh: Notify,
+    /// How long a start has to shake hands and list its tools (`startup_timeout_ms`).
+    startup: Duration,
 }
 
 /// A supervised MCP server whose tools are capsid tools.
@@ -285,13 +287,16 @@ impl McpCapsule {
         trust: Trust,
         services: &HostServices,
     ) -> Result<Self, CapsuleError> {
-        let program = manifest
-            .component
-            .program()
-            .ok_or_else(|| CapsuleError::NotWasm(manifest.name.clone()))?
-            .clone();
+        let capsid_manifest::Component::Mcp {
+            program,
+            startup_timeout_ms,
+        } = &manifest.component
+        else {
+            return Err(CapsuleError::NotWasm(manifest.name.clone()));
+        };
+        let startup = Duration::from_millis(*startup_timeout_ms);
         let supervisor =
-            supervise(&manifest, &program, env, ProgramStdio::Protocol, services).await?;
+            supervise(&manifest, program, env, ProgramStdio::Protocol, services).await?;
         let shared = Arc::new(Shared {
             name: manifest.name.clone(),
             trust,
@@ -303,6 +308,7 @@ impl McpCapsule {
             calls: Mutex::default(),
             next_call: AtomicI64::new(1),
             refresh: Notify::new(),
+            startup,
         });
         let connection = tokio::spawn(client::serve(shared.clone(), supervisor.clone()));
         Ok(Self {
@@ -414,6 +420,12 @@ impl McpCapsule {
         control: &CallControl,
     ) -> Result<String, CapsuleError> {
         let name = &self.manifest.name;
+        if let Health::Failed { reason } = self.supervisor.health() {
+            return Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: format!("has failed: {reason}"),
+            });
+        }
         {
             let book = lock(&self.shared.book);
             if !book.callable.iter().any(|t| t.name == tool) {

@@ -15,6 +15,7 @@ use capsid_capabilities::Pattern;
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, DEFAULT_KV_QUOTA_BYTES,
+    DEFAULT_MCP_STARTUP_TIMEOUT_MS, MAX_MCP_STARTUP_TIMEOUT_MS,
     MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB,
     MAX_KV_QUOTA_BYTES, MAX_MANIFEST_BYTES, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
     SUPERVISOR_MAX_RESTARTS,
@@ -51,7 +52,12 @@ pub enum Component {
     Native(NativeProgram),
     /// An MCP server, supervised as a native program is and spoken to over its stdio
     /// (`[mcp]`); its tools are the ones it lists.
-    Mcp(NativeProgram),
+    Mcp {
+        /// The server program.
+        program: NativeProgram,
+        /// How long each start has to complete the MCP handshake and list its tools.
+        startup_timeout_ms: u64,
+    },
 }
 
 /// A supervised program: the `[native]` and `[mcp]` tables.
@@ -78,7 +84,7 @@ impl Component {
     pub fn program(&self) -> Option<&NativeProgram> {
         match self {
             Self::Wasm { .. } => None,
-            Self::Native(p) | Self::Mcp(p) => Some(p),
+            Self::Native(p) | Self::Mcp { program: p, .. } => Some(p),
         }
     }
 }
@@ -303,7 +309,16 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
     })?;
     let component = match (raw.component, raw.native, raw.mcp) {
         (Some(c), None, None) => wasm_component(cx, &c)?,
-        (None, Some(n), None) => Component::Native(native_program(cx, "native", &n)?),
+        (None, Some(n), None) => {
+            if let Some(t) = &n.get_ref().startup_timeout_ms {
+                return Err(cx.at(
+                    "native.startup_timeout_ms",
+                    t,
+                    "only an [mcp] capsule has a startup timeout",
+                ));
+            }
+            Component::Native(native_program(cx, "native", &n)?)
+        }
         (None, None, Some(m)) => {
             if let Some(tool) = raw.tools.first() {
                 return Err(cx.at(
@@ -312,7 +327,17 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
                     "an [mcp] capsule's tools are the ones its server lists: remove [[tool]]",
                 ));
             }
-            Component::Mcp(native_program(cx, "mcp", &m)?)
+            Component::Mcp {
+                program: native_program(cx, "mcp", &m)?,
+                startup_timeout_ms: bounded(
+                    cx,
+                    "mcp.startup_timeout_ms",
+                    m.get_ref().startup_timeout_ms.as_ref(),
+                    1,
+                    MAX_MCP_STARTUP_TIMEOUT_MS,
+                    DEFAULT_MCP_STARTUP_TIMEOUT_MS,
+                )?,
+            }
         }
         (None, None, None) => {
             return Err(cx.err(

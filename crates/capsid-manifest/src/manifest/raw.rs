@@ -46,6 +46,8 @@ pub(super) struct RawComponent {
 pub(super) struct RawNative {
     pub command: Spanned<Vec<String>>,
     pub binary_blake3: Option<Spanned<String>>,
+    /// `[mcp]` only.
+    pub startup_timeout_ms: Option<Spanned<u64>>,
     pub restart_initial_ms: Option<Spanned<u64>>,
     pub restart_max_ms: Option<Spanned<u64>>,
     pub max_restarts: Option<Spanned<u32>>,

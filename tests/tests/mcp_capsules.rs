@@ -1,0 +1,368 @@
+//! `[mcp]` capsules: an MCP server (`src/bin/mcp-fixture.rs`, built with rmcp) run as a
+//! capsule: supervised and sandboxed, its tools pinned and reviewed, its calls bounded, and
+//! hostile servers contained (rewritten descriptions, floods, huge answers, garbage, silence,
+//! exits mid-call, snooping).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use capsid_capsule::{CallControl, CapsuleError, CapsuleState, ToolChange, Trust};
+use capsid_integration_tests::{Runtime, id};
+use capsid_process::Health;
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_mcp-fixture");
+
+/// Writes an `[mcp]` capsule running the fixture in `mode`; `extra` goes into `[mcp]`, and
+/// `tail` after it (other tables).
+fn mcp_capsule(root: &Path, name: &str, mode: &str, extra: &str, tail: &str) -> PathBuf {
+    let dir = root.join("capsules").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"1.0.0\"\n\n[mcp]\ncommand = [\"{FIXTURE}\", \"{mode}\"]\nrestart_initial_ms = 20\nrestart_max_ms = 100\n{extra}\n{tail}"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Waits until `name`'s server is connected with its tools listed.
+async fn connected(rt: &Runtime, name: &str) {
+    for _ in 0..1_000 {
+        if rt.registry.mcp(&id(name)).is_some_and(|m| m.connected()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let log: Vec<String> = rt
+        .registry
+        .log(&id(name))
+        .map(|l| l.since(0).into_iter().map(|l| l.message).collect())
+        .unwrap_or_default();
+    panic!("{name} never connected; its log: {log:#?}");
+}
+
+async fn call(rt: &Runtime, name: &str, tool: &str, input: &str) -> Result<String, CapsuleError> {
+    rt.registry.call_tool(&id(name), tool, input).await
+}
+
+fn actions(rt: &Runtime) -> Vec<String> {
+    rt.audit_entries().into_iter().map(|e| e.action).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_well_behaved_server_is_pinned_listed_and_called() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "good", "", "");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    let info = rt.registry.info(&id("fixture")).unwrap();
+    assert_eq!(info.state, CapsuleState::Ready);
+    assert!(info.tools.contains(&"echo".to_owned()), "{info:?}");
+    assert!(info.mcp.as_ref().is_some_and(|m| m.connected && m.pending_review.is_empty()));
+
+    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"hi"}"#).await.unwrap(), "hi");
+    let sum: serde_json::Value =
+        serde_json::from_str(&call(&rt, "fixture", "add", r#"{"a":2,"b":3}"#).await.unwrap())
+            .unwrap();
+    assert_eq!(sum["sum"], 5.0);
+    let failed = call(&rt, "fixture", "fail", "{}").await.unwrap_err();
+    assert!(
+        matches!(&failed, CapsuleError::ToolFailed { message, .. } if message.contains("as asked")),
+        "{failed}"
+    );
+    assert!(matches!(
+        call(&rt, "fixture", "nope", "{}").await,
+        Err(CapsuleError::UnknownTool { .. })
+    ));
+    assert!(matches!(
+        call(&rt, "fixture", "echo", "[1]").await,
+        Err(CapsuleError::ToolFailed { .. })
+    ));
+
+    // Dev trust pinned every tool it was shown, each on the record; the start was checked
+    // and recorded as a spawn.
+    let acts = actions(&rt);
+    let pinned = acts.iter().filter(|a| *a == "mcp.tool.pinned").count();
+    assert_eq!(pinned, info.tools.len(), "{acts:?}");
+    assert!(acts.iter().any(|a| a == "process.spawn"), "{acts:?}");
+    // The server's stderr is the capsule's log.
+    let log = rt.registry.log(&id("fixture")).unwrap().since(0);
+    assert!(log.iter().any(|l| l.message.contains("mcp-fixture starting")), "{log:?}");
+
+    rt.registry.unload(&id("fixture")).await.unwrap();
+    assert!(rt.registry.info(&id("fixture")).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_progress_reaches_the_caller() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "good", "", "");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    let mut control = CallControl::new();
+    let mut progress = control.watch_progress();
+    let answer = rt
+        .registry
+        .call_tool_with(&id("fixture"), "progress", r#"{"steps":5}"#, &control)
+        .await
+        .unwrap();
+    assert_eq!(answer, "5 steps");
+    let last = progress.borrow_and_update().clone().expect("no progress passed on");
+    assert_eq!((last.done, last.total), (5, Some(5)));
+    assert_eq!(last.message.as_deref(), Some("step 5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_past_their_deadline_or_over_the_size_cap_are_refused_and_the_server_serves_on() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "fixture",
+        "good",
+        "",
+        "[limits]\ncall_timeout_ms = 700\n",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    assert!(matches!(
+        call(&rt, "fixture", "silent", "{}").await,
+        Err(CapsuleError::Timeout { timeout_ms: 700, .. })
+    ));
+    assert!(matches!(
+        call(&rt, "fixture", "slow", r#"{"ms":5000}"#).await,
+        Err(CapsuleError::Timeout { .. })
+    ));
+    // Over the result cap, under the message cap: read, then refused.
+    let cap = capsid_core::limits::MAX_TOOL_RESULT_BYTES;
+    let over = format!(r#"{{"bytes":{}}}"#, cap + 1);
+    assert!(matches!(
+        call(&rt, "fixture", "huge", &over).await,
+        Err(CapsuleError::TooBig { len, .. }) if len == cap + 1
+    ));
+    // Over the message cap: dropped unread, so the call ends at its deadline.
+    let way_over = format!(
+        r#"{{"bytes":{}}}"#,
+        capsid_core::limits::MCP_MAX_MESSAGE_BYTES + 1
+    );
+    assert!(matches!(
+        call(&rt, "fixture", "huge", &way_over).await,
+        Err(CapsuleError::Timeout { .. })
+    ));
+    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"still"}"#).await.unwrap(), "still");
+    assert_eq!(rt.registry.info(&id("fixture")).unwrap().native.unwrap().restarts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_exits_mid_call_is_restarted_and_serves_again() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "good", "", "");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    let err = call(&rt, "fixture", "exit", "{}").await.unwrap_err();
+    assert!(matches!(err, CapsuleError::McpServer { .. }), "{err}");
+    // The next call waits for the restarted server.
+    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"back"}"#).await.unwrap(), "back");
+    assert!(rt.registry.info(&id("fixture")).unwrap().native.unwrap().restarts >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_description_hides_its_tool_until_the_operator_accepts_it() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "rewrite", "", "");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    let mcp = rt.registry.mcp(&id("fixture")).unwrap();
+    // The server rewrites `echo` 300 ms after its first list.
+    for _ in 0..500 {
+        if !mcp.pending().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pending = mcp.pending();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    let echo = &pending[0];
+    assert_eq!((echo.tool.as_str(), echo.change), ("echo", ToolChange::Changed));
+    assert_eq!(echo.pinned.as_ref().unwrap()["description"], "Echo text.");
+    assert!(echo.presented["description"].as_str().unwrap().contains("id_rsa"));
+    // Hidden: not listed, not callable; the new tool was pinned under dev trust.
+    let tools: Vec<String> = rt.registry.tools(&id("fixture")).into_iter().map(|t| t.name).collect();
+    assert!(!tools.contains(&"echo".to_owned()) && tools.contains(&"steal".to_owned()), "{tools:?}");
+    assert!(matches!(
+        call(&rt, "fixture", "echo", r#"{"text":"x"}"#).await,
+        Err(CapsuleError::ToolPendingReview { why: "changed", .. })
+    ));
+    assert_eq!(actions(&rt).iter().filter(|a| *a == "mcp.tool.changed").count(), 1);
+
+    // A digest that is not pending accepts nothing.
+    assert!(mcp.accept(&["00".repeat(32)]).await.is_err());
+    assert_eq!(mcp.pending().len(), 1);
+    assert_eq!(mcp.accept(&[echo.digest.clone()]).await.unwrap(), ["echo"]);
+    assert!(mcp.pending().is_empty());
+    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"ok"}"#).await.unwrap(), "ok");
+    let accepted = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.action == "mcp.tool.pinned" && e.details.contains("operator"))
+        .count();
+    assert_eq!(accepted, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_dev_trust_every_new_tool_waits_for_review() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "good", "", "");
+    let exec = capsid_capsule::exec_resource(FIXTURE);
+    rt.caps
+        .grant(
+            rt.principal,
+            Some(id("fixture")),
+            &exec,
+            capsid_capabilities::Permissions::EXEC,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    rt.registry.load(&dir, Trust::Granted).await.unwrap();
+    connected(&rt, "fixture").await;
+    let mcp = rt.registry.mcp(&id("fixture")).unwrap();
+    assert!(mcp.tools().is_empty());
+    let pending = mcp.pending();
+    assert!(pending.iter().all(|p| p.change == ToolChange::New && p.pinned.is_none()));
+    assert!(matches!(
+        call(&rt, "fixture", "echo", "{}").await,
+        Err(CapsuleError::ToolPendingReview { why: "new", .. })
+    ));
+    let digests: Vec<String> = pending.iter().map(|p| p.digest.clone()).collect();
+    mcp.accept(&digests).await.unwrap();
+    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"ok"}"#).await.unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_notifications_and_garbage_on_stdout_cost_only_their_own_lines() {
+    let rt = Runtime::new().await;
+    for (name, mode) in [("flood", "flood"), ("garbage", "garbage")] {
+        let dir = mcp_capsule(rt.home.path(), name, mode, "", "");
+        rt.registry.load(&dir, Trust::Dev).await.unwrap();
+        connected(&rt, name).await;
+    }
+    for i in 0..20 {
+        for name in ["flood", "garbage"] {
+            let text = format!("{name} {i}");
+            let input = serde_json::json!({ "text": text }).to_string();
+            assert_eq!(call(&rt, name, "echo", &input).await.unwrap(), text);
+        }
+    }
+    for name in ["flood", "garbage"] {
+        let info = rt.registry.info(&id(name)).unwrap();
+        assert_eq!(info.native.unwrap().restarts, 0, "{name}");
+        assert!(info.mcp.unwrap().pending_review.is_empty(), "{name}");
+    }
+    // Thousands of list-changed notifications made a few lists, and no records.
+    let acts = actions(&rt);
+    assert!(!acts.iter().any(|a| a == "mcp.tool.changed"), "{acts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_shakes_hands_is_restarted_then_failed() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "mute",
+        "mute",
+        "startup_timeout_ms = 200\nmax_restarts = 1\n",
+        "",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let mut health = Health::Starting;
+    for _ in 0..1_000 {
+        health = rt.registry.info(&id("mute")).unwrap().native.unwrap().health;
+        if matches!(health, Health::Failed { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(health, Health::Failed { .. }), "{health:?}");
+    assert!(matches!(
+        rt.registry.info(&id("mute")).unwrap().state,
+        CapsuleState::Failed(_)
+    ));
+    assert!(matches!(
+        call(&rt, "mute", "echo", "{}").await,
+        Err(CapsuleError::McpServer { .. })
+    ));
+    let log = rt.registry.log(&id("mute")).unwrap().since(0);
+    assert!(log.iter().any(|l| l.message.contains("handshake")), "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_holds_an_mcp_server_and_its_env_stays_out_of_the_log() {
+    let rt = Runtime::new().await;
+    let secret_file = rt.home.path().join("outside-the-workspace");
+    std::fs::write(&secret_file, "private").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "snoop",
+        "good",
+        "",
+        "[capabilities]\nprocess_sandbox = \"required\"\n[env.FIXTURE_TOKEN]\ndefault = \"tok-sekrit-4711\"\n",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "snoop").await;
+    let input = serde_json::json!({ "read": secret_file, "port": port }).to_string();
+    let seen: serde_json::Value =
+        serde_json::from_str(&call(&rt, "snoop", "snoop", &input).await.unwrap()).unwrap();
+    assert!(seen["file"].as_str().unwrap().starts_with("error"), "{seen}");
+    assert!(seen["ssh"].as_str().unwrap().starts_with("error"), "{seen}");
+    assert!(seen["net"].as_str().unwrap().starts_with("error"), "{seen}");
+    assert_eq!(seen["home"], capsid_core::limits::PROCESS_HOME);
+    assert!(listener.accept().is_err(), "the sandboxed server reached the host's loopback");
+    // The declared variable reached the server (the fixture's snoop reports it), and its
+    // value is nowhere in the audit log.
+    assert_eq!(seen["token"], "tok-sekrit-4711");
+    assert!(
+        rt.audit_entries()
+            .iter()
+            .all(|e| !e.details.contains("tok-sekrit") && !e.resource.contains("tok-sekrit"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_program_that_does_not_match_its_pin_never_starts() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "pinned",
+        "good",
+        &format!("binary_blake3 = \"{}\"\n", "ab".repeat(32)),
+        "",
+    );
+    let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    assert!(matches!(err, CapsuleError::BinaryMismatch { .. }), "{err}");
+    let denied = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.action == "process.spawn" && e.decision == "deny")
+        .count();
+    assert_eq!(denied, 1);
+
+    // With the right pin it starts.
+    let right = blake3::hash(&std::fs::read(FIXTURE).unwrap()).to_hex().to_string();
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "pinned",
+        "good",
+        &format!("binary_blake3 = \"{right}\"\n"),
+        "",
+    );
+    rt.registry.unload(&id("pinned")).await.unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "pinned").await;
+}
