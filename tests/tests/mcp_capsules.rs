@@ -366,3 +366,62 @@ async fn a_program_that_does_not_match_its_pin_never_starts() {
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "pinned").await;
 }
+
+/// The Python MCP server in `tests/fixtures/mcp-python` (the official SDK, nothing of
+/// capsid) needs the system Python with the `mcp` package, as `.ci/run` installs it.
+fn system_python_with_mcp() -> &'static str {
+    const PYTHON: &str = "/usr/bin/python3";
+    let found = std::process::Command::new(PYTHON)
+        .args(["-I", "-c", "import mcp.server.mcpserver"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "{PYTHON} cannot import the `mcp` package: install it as .ci/run does \
+         ({PYTHON} -m pip install --break-system-packages mcp==2.3.0)"
+    );
+    PYTHON
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_server_written_with_the_official_sdk_runs_unchanged() {
+    let python = system_python_with_mcp();
+    let rt = Runtime::new().await;
+    // The server's file goes into the workspace: the only place of the host's beyond the
+    // system directories that its sandbox shows it.
+    let script = rt.workspace.join("words_server.py");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mcp-python/server.py"),
+        &script,
+    )
+    .unwrap();
+    let dir = rt.home.path().join("capsules").join("words");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        format!(
+            "[package]\nname = \"words\"\nversion = \"1.0.0\"\n\n[mcp]\ncommand = [\"{python}\", \"-I\", \"{}\"]\nstartup_timeout_ms = 30000\n\n[capabilities]\nprocess_sandbox = \"required\"\n\n[limits]\ncall_timeout_ms = 30000\n",
+            script.display()
+        ),
+    )
+    .unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "words").await;
+    let tools: Vec<String> = rt.registry.tools(&id("words")).into_iter().map(|t| t.name).collect();
+    assert_eq!(tools, ["word_count", "shout"]);
+    let counted: serde_json::Value = serde_json::from_str(
+        &call(&rt, "words", "word_count", r#"{"text":"one two three"}"#)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(counted["result"], 3);
+    let shouted = call(&rt, "words", "shout", r#"{"text":"quiet"}"#).await.unwrap();
+    assert!(shouted.contains("QUIET"), "{shouted}");
+    // Missing arguments are the server's to refuse: an error answer, not a failure.
+    assert!(matches!(
+        call(&rt, "words", "shout", "{}").await,
+        Err(CapsuleError::ToolFailed { .. })
+    ));
+    assert_eq!(rt.registry.info(&id("words")).unwrap().native.unwrap().restarts, 0);
+}
