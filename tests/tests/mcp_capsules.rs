@@ -425,3 +425,86 @@ async fn a_python_server_written_with_the_official_sdk_runs_unchanged() {
     ));
     assert_eq!(rt.registry.info(&id("words")).unwrap().native.unwrap().restarts, 0);
 }
+
+/// Through the kernel, as the daemon and `capsid mcp serve` reach it: an MCP capsule's tools
+/// are listed and called like any capsule's, checked for anyone but the operator, and
+/// recorded before and after (the input's blake3; the outcome, duration and bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_kernel_mcp_tools_are_listed_checked_and_recorded() {
+    use capsid_kernel::{Door, Kernel, KernelConfig, KernelError, ToolCaller};
+    let home = capsid_integration_tests::PrivateHome::new();
+    mcp_capsule(home.path(), "fixture", "good", "", "");
+    let kernel = Kernel::builder()
+        .home(home.path())
+        .config(KernelConfig {
+            dev: true,
+            hot_reload: false,
+            ..KernelConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    for _ in 0..1_000 {
+        if kernel.registry().mcp(&id("fixture")).is_some_and(|m| m.connected()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listed = kernel.tools_for(kernel.principal(), Door::Daemon).await;
+    let echo = listed
+        .iter()
+        .find(|t| t.capsule == id("fixture") && t.tool == "echo")
+        .expect("echo listed");
+    assert_eq!(echo.description, "Echo text.");
+    assert_eq!(echo.input_schema["properties"]["text"]["type"], "string");
+
+    let out = kernel
+        .call_tool(&id("fixture"), "echo", r#"{"text":"through"}"#)
+        .await
+        .unwrap();
+    assert_eq!(out, "through");
+    let entries = capsid_audit::tail(kernel.audit().path(), 10_000).unwrap();
+    let call = entries.iter().rev().find(|e| e.action == "tool.call").unwrap();
+    let input_blake3 = blake3::hash(br#"{"text":"through"}"#).to_hex().to_string();
+    assert!(call.details.contains(&input_blake3), "{}", call.details);
+    let result = entries.iter().rev().find(|e| e.action == "tool.result").unwrap();
+    let details: serde_json::Value = serde_json::from_str(&result.details).unwrap();
+    assert_eq!((details["outcome"].as_str(), details["bytes"].as_u64()), (Some("ok"), Some(7)));
+
+    // A user (over HTTP, where dev trust never applies) sees and calls only what it holds.
+    let user = ToolCaller {
+        principal: kernel.mcp_principal(),
+        door: Door::McpHttp,
+        client: Some("agent".into()),
+    };
+    assert!(kernel.tools_for(user.principal, user.door).await.is_empty());
+    let control = CallControl::new();
+    assert!(matches!(
+        kernel
+            .call_tool_as(&user, &id("fixture"), "echo", r#"{"text":"x"}"#, &control)
+            .await,
+        Err(KernelError::Capsule(CapsuleError::UnknownTool { .. }))
+    ));
+    kernel
+        .grant(
+            user.principal,
+            None,
+            "tool://fixture/echo",
+            capsid_capabilities::Permissions::EXEC,
+        )
+        .await
+        .unwrap();
+    let out = kernel
+        .call_tool_as(&user, &id("fixture"), "echo", r#"{"text":"granted"}"#, &control)
+        .await
+        .unwrap();
+    assert_eq!(out, "granted");
+    let mine: Vec<String> = kernel
+        .tools_for(user.principal, user.door)
+        .await
+        .into_iter()
+        .map(|t| t.tool)
+        .collect();
+    assert_eq!(mine, ["echo"]);
+    kernel.shutdown().await;
+}
