@@ -189,6 +189,25 @@ pub fn tamper_leaving_wal(db: &Path, sql: &str) -> (Vec<u8>, Vec<u8>) {
     (db_bytes, wal_bytes)
 }
 
+/// The `mcp-fixture` MCP server (`src/bin/mcp-fixture.rs`), for suites of other crates: it
+/// is built beside their test executables by `cargo test --workspace`.
+pub fn mcp_fixture() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable");
+    // target/<profile>/deps/<test> -> target/<profile>/mcp-fixture
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("mcp-fixture"))
+        .expect("the target directory");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p capsid-integration-tests --bin mcp-fixture` \
+         (`cargo test --workspace` does)",
+        path.display()
+    );
+    path
+}
+
 /// One runtime over a temporary home.
 #[allow(missing_debug_implementations)]
 pub struct Runtime {
