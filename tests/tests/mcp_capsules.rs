@@ -61,12 +61,24 @@ async fn a_well_behaved_server_is_pinned_listed_and_called() {
     let info = rt.registry.info(&id("fixture")).unwrap();
     assert_eq!(info.state, CapsuleState::Ready);
     assert!(info.tools.contains(&"echo".to_owned()), "{info:?}");
-    assert!(info.mcp.as_ref().is_some_and(|m| m.connected && m.pending_review.is_empty()));
+    assert!(
+        info.mcp
+            .as_ref()
+            .is_some_and(|m| m.connected && m.pending_review.is_empty())
+    );
 
-    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"hi"}"#).await.unwrap(), "hi");
-    let sum: serde_json::Value =
-        serde_json::from_str(&call(&rt, "fixture", "add", r#"{"a":2,"b":3}"#).await.unwrap())
-            .unwrap();
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"hi"}"#)
+            .await
+            .unwrap(),
+        "hi"
+    );
+    let sum: serde_json::Value = serde_json::from_str(
+        &call(&rt, "fixture", "add", r#"{"a":2,"b":3}"#)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(sum["sum"], 5.0);
     let failed = call(&rt, "fixture", "fail", "{}").await.unwrap_err();
     assert!(
@@ -90,7 +102,11 @@ async fn a_well_behaved_server_is_pinned_listed_and_called() {
     assert!(acts.iter().any(|a| a == "process.spawn"), "{acts:?}");
     // The server's stderr is the capsule's log.
     let log = rt.registry.log(&id("fixture")).unwrap().since(0);
-    assert!(log.iter().any(|l| l.message.contains("mcp-fixture starting")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.message.contains("mcp-fixture starting")),
+        "{log:?}"
+    );
 
     rt.registry.unload(&id("fixture")).await.unwrap();
     assert!(rt.registry.info(&id("fixture")).is_none());
@@ -110,7 +126,10 @@ async fn a_servers_progress_reaches_the_caller() {
         .await
         .unwrap();
     assert_eq!(answer, "5 steps");
-    let last = progress.borrow_and_update().clone().expect("no progress passed on");
+    let last = progress
+        .borrow_and_update()
+        .clone()
+        .expect("no progress passed on");
     assert_eq!((last.done, last.total), (5, Some(5)));
     assert_eq!(last.message.as_deref(), Some("step 5"));
 }
@@ -129,7 +148,10 @@ async fn calls_past_their_deadline_or_over_the_size_cap_are_refused_and_the_serv
     connected(&rt, "fixture").await;
     assert!(matches!(
         call(&rt, "fixture", "silent", "{}").await,
-        Err(CapsuleError::Timeout { timeout_ms: 700, .. })
+        Err(CapsuleError::Timeout {
+            timeout_ms: 700,
+            ..
+        })
     ));
     assert!(matches!(
         call(&rt, "fixture", "slow", r#"{"ms":5000}"#).await,
@@ -151,8 +173,21 @@ async fn calls_past_their_deadline_or_over_the_size_cap_are_refused_and_the_serv
         call(&rt, "fixture", "huge", &way_over).await,
         Err(CapsuleError::Timeout { .. })
     ));
-    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"still"}"#).await.unwrap(), "still");
-    assert_eq!(rt.registry.info(&id("fixture")).unwrap().native.unwrap().restarts, 0);
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"still"}"#)
+            .await
+            .unwrap(),
+        "still"
+    );
+    assert_eq!(
+        rt.registry
+            .info(&id("fixture"))
+            .unwrap()
+            .native
+            .unwrap()
+            .restarts,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,8 +199,21 @@ async fn a_server_that_exits_mid_call_is_restarted_and_serves_again() {
     let err = call(&rt, "fixture", "exit", "{}").await.unwrap_err();
     assert!(matches!(err, CapsuleError::McpServer { .. }), "{err}");
     // The next call waits for the restarted server.
-    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"back"}"#).await.unwrap(), "back");
-    assert!(rt.registry.info(&id("fixture")).unwrap().native.unwrap().restarts >= 1);
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"back"}"#)
+            .await
+            .unwrap(),
+        "back"
+    );
+    assert!(
+        rt.registry
+            .info(&id("fixture"))
+            .unwrap()
+            .native
+            .unwrap()
+            .restarts
+            >= 1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,24 +233,56 @@ async fn a_rewritten_description_hides_its_tool_until_the_operator_accepts_it() 
     let pending = mcp.pending();
     assert_eq!(pending.len(), 1, "{pending:?}");
     let echo = &pending[0];
-    assert_eq!((echo.tool.as_str(), echo.change), ("echo", ToolChange::Changed));
+    assert_eq!(
+        (echo.tool.as_str(), echo.change),
+        ("echo", ToolChange::Changed)
+    );
     assert_eq!(echo.pinned.as_ref().unwrap()["description"], "Echo text.");
-    assert!(echo.presented["description"].as_str().unwrap().contains("id_rsa"));
+    assert!(
+        echo.presented["description"]
+            .as_str()
+            .unwrap()
+            .contains("id_rsa")
+    );
     // Hidden: not listed, not callable; the new tool was pinned under dev trust.
-    let tools: Vec<String> = rt.registry.tools(&id("fixture")).into_iter().map(|t| t.name).collect();
-    assert!(!tools.contains(&"echo".to_owned()) && tools.contains(&"steal".to_owned()), "{tools:?}");
+    let tools: Vec<String> = rt
+        .registry
+        .tools(&id("fixture"))
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert!(
+        !tools.contains(&"echo".to_owned()) && tools.contains(&"steal".to_owned()),
+        "{tools:?}"
+    );
     assert!(matches!(
         call(&rt, "fixture", "echo", r#"{"text":"x"}"#).await,
         Err(CapsuleError::ToolPendingReview { why: "changed", .. })
     ));
-    assert_eq!(actions(&rt).iter().filter(|a| *a == "mcp.tool.changed").count(), 1);
+    assert_eq!(
+        actions(&rt)
+            .iter()
+            .filter(|a| *a == "mcp.tool.changed")
+            .count(),
+        1
+    );
 
     // A digest that is not pending accepts nothing.
     assert!(mcp.accept(&["00".repeat(32)]).await.is_err());
     assert_eq!(mcp.pending().len(), 1);
-    assert_eq!(mcp.accept(&[echo.digest.clone()]).await.unwrap(), ["echo"]);
+    assert_eq!(
+        mcp.accept(std::slice::from_ref(&echo.digest))
+            .await
+            .unwrap(),
+        ["echo"]
+    );
     assert!(mcp.pending().is_empty());
-    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"ok"}"#).await.unwrap(), "ok");
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"ok"}"#)
+            .await
+            .unwrap(),
+        "ok"
+    );
     let accepted = rt
         .audit_entries()
         .into_iter()
@@ -232,14 +312,23 @@ async fn without_dev_trust_every_new_tool_waits_for_review() {
     let mcp = rt.registry.mcp(&id("fixture")).unwrap();
     assert!(mcp.tools().is_empty());
     let pending = mcp.pending();
-    assert!(pending.iter().all(|p| p.change == ToolChange::New && p.pinned.is_none()));
+    assert!(
+        pending
+            .iter()
+            .all(|p| p.change == ToolChange::New && p.pinned.is_none())
+    );
     assert!(matches!(
         call(&rt, "fixture", "echo", "{}").await,
         Err(CapsuleError::ToolPendingReview { why: "new", .. })
     ));
     let digests: Vec<String> = pending.iter().map(|p| p.digest.clone()).collect();
     mcp.accept(&digests).await.unwrap();
-    assert_eq!(call(&rt, "fixture", "echo", r#"{"text":"ok"}"#).await.unwrap(), "ok");
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"ok"}"#)
+            .await
+            .unwrap(),
+        "ok"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,7 +369,13 @@ async fn a_server_that_never_shakes_hands_is_restarted_then_failed() {
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     let mut health = Health::Starting;
     for _ in 0..1_000 {
-        health = rt.registry.info(&id("mute")).unwrap().native.unwrap().health;
+        health = rt
+            .registry
+            .info(&id("mute"))
+            .unwrap()
+            .native
+            .unwrap()
+            .health;
         if matches!(health, Health::Failed { .. }) {
             break;
         }
@@ -296,7 +391,10 @@ async fn a_server_that_never_shakes_hands_is_restarted_then_failed() {
         Err(CapsuleError::McpServer { .. })
     ));
     let log = rt.registry.log(&id("mute")).unwrap().since(0);
-    assert!(log.iter().any(|l| l.message.contains("handshake")), "{log:?}");
+    assert!(
+        log.iter().any(|l| l.message.contains("handshake")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,11 +417,17 @@ async fn the_sandbox_holds_an_mcp_server_and_its_env_stays_out_of_the_log() {
     let input = serde_json::json!({ "read": secret_file, "port": port }).to_string();
     let seen: serde_json::Value =
         serde_json::from_str(&call(&rt, "snoop", "snoop", &input).await.unwrap()).unwrap();
-    assert!(seen["file"].as_str().unwrap().starts_with("error"), "{seen}");
+    assert!(
+        seen["file"].as_str().unwrap().starts_with("error"),
+        "{seen}"
+    );
     assert!(seen["ssh"].as_str().unwrap().starts_with("error"), "{seen}");
     assert!(seen["net"].as_str().unwrap().starts_with("error"), "{seen}");
     assert_eq!(seen["home"], capsid_core::limits::PROCESS_HOME);
-    assert!(listener.accept().is_err(), "the sandboxed server reached the host's loopback");
+    assert!(
+        listener.accept().is_err(),
+        "the sandboxed server reached the host's loopback"
+    );
     // The declared variable reached the server (the fixture's snoop reports it), and its
     // value is nowhere in the audit log.
     assert_eq!(seen["token"], "tok-sekrit-4711");
@@ -354,7 +458,9 @@ async fn a_program_that_does_not_match_its_pin_never_starts() {
     assert_eq!(denied, 1);
 
     // With the right pin it starts.
-    let right = blake3::hash(&std::fs::read(FIXTURE).unwrap()).to_hex().to_string();
+    let right = blake3::hash(&std::fs::read(FIXTURE).unwrap())
+        .to_hex()
+        .to_string();
     let dir = mcp_capsule(
         rt.home.path(),
         "pinned",
@@ -407,7 +513,12 @@ async fn a_python_server_written_with_the_official_sdk_runs_unchanged() {
     .unwrap();
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "words").await;
-    let tools: Vec<String> = rt.registry.tools(&id("words")).into_iter().map(|t| t.name).collect();
+    let tools: Vec<String> = rt
+        .registry
+        .tools(&id("words"))
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
     assert_eq!(tools, ["word_count", "shout"]);
     let counted: serde_json::Value = serde_json::from_str(
         &call(&rt, "words", "word_count", r#"{"text":"one two three"}"#)
@@ -416,14 +527,24 @@ async fn a_python_server_written_with_the_official_sdk_runs_unchanged() {
     )
     .unwrap();
     assert_eq!(counted["result"], 3);
-    let shouted = call(&rt, "words", "shout", r#"{"text":"quiet"}"#).await.unwrap();
+    let shouted = call(&rt, "words", "shout", r#"{"text":"quiet"}"#)
+        .await
+        .unwrap();
     assert!(shouted.contains("QUIET"), "{shouted}");
     // Missing arguments are the server's to refuse: an error answer, not a failure.
     assert!(matches!(
         call(&rt, "words", "shout", "{}").await,
         Err(CapsuleError::ToolFailed { .. })
     ));
-    assert_eq!(rt.registry.info(&id("words")).unwrap().native.unwrap().restarts, 0);
+    assert_eq!(
+        rt.registry
+            .info(&id("words"))
+            .unwrap()
+            .native
+            .unwrap()
+            .restarts,
+        0
+    );
 }
 
 /// Through the kernel, as the daemon and `capsid mcp serve` reach it: an MCP capsule's tools
@@ -445,7 +566,11 @@ async fn through_the_kernel_mcp_tools_are_listed_checked_and_recorded() {
         .await
         .unwrap();
     for _ in 0..1_000 {
-        if kernel.registry().mcp(&id("fixture")).is_some_and(|m| m.connected()) {
+        if kernel
+            .registry()
+            .mcp(&id("fixture"))
+            .is_some_and(|m| m.connected())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -464,12 +589,23 @@ async fn through_the_kernel_mcp_tools_are_listed_checked_and_recorded() {
         .unwrap();
     assert_eq!(out, "through");
     let entries = capsid_audit::tail(kernel.audit().path(), 10_000).unwrap();
-    let call = entries.iter().rev().find(|e| e.action == "tool.call").unwrap();
+    let call = entries
+        .iter()
+        .rev()
+        .find(|e| e.action == "tool.call")
+        .unwrap();
     let input_blake3 = blake3::hash(br#"{"text":"through"}"#).to_hex().to_string();
     assert!(call.details.contains(&input_blake3), "{}", call.details);
-    let result = entries.iter().rev().find(|e| e.action == "tool.result").unwrap();
+    let result = entries
+        .iter()
+        .rev()
+        .find(|e| e.action == "tool.result")
+        .unwrap();
     let details: serde_json::Value = serde_json::from_str(&result.details).unwrap();
-    assert_eq!((details["outcome"].as_str(), details["bytes"].as_u64()), (Some("ok"), Some(7)));
+    assert_eq!(
+        (details["outcome"].as_str(), details["bytes"].as_u64()),
+        (Some("ok"), Some(7))
+    );
 
     // A user (over HTTP, where dev trust never applies) sees and calls only what it holds.
     let user = ToolCaller {
@@ -495,7 +631,13 @@ async fn through_the_kernel_mcp_tools_are_listed_checked_and_recorded() {
         .await
         .unwrap();
     let out = kernel
-        .call_tool_as(&user, &id("fixture"), "echo", r#"{"text":"granted"}"#, &control)
+        .call_tool_as(
+            &user,
+            &id("fixture"),
+            "echo",
+            r#"{"text":"granted"}"#,
+            &control,
+        )
         .await
         .unwrap();
     assert_eq!(out, "granted");

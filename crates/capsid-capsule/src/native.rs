@@ -250,8 +250,7 @@ impl NativeCapsule {
             .program()
             .ok_or_else(|| CapsuleError::NotWasm(manifest.name.clone()))?
             .clone();
-        let supervisor =
-            supervise(&manifest, &program, env, ProgramStdio::Rings, services).await?;
+        let supervisor = supervise(&manifest, &program, env, ProgramStdio::Rings, services).await?;
         Ok(Self {
             manifest,
             dir,

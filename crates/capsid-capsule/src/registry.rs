@@ -276,9 +276,9 @@ impl Registry {
             dir: dir.to_owned(),
         };
         let loaded = match manifest.component {
-            Component::Native(_) | Component::Mcp { .. } => self
-                .build_program(manifest, dir, trust)
-                .await,
+            Component::Native(_) | Component::Mcp { .. } => {
+                self.build_program(manifest, dir, trust).await
+            }
             Component::Wasm { .. } => self
                 .build(manifest, dir, trust, restart)
                 .await
@@ -361,7 +361,9 @@ impl Registry {
         let name = manifest.name.clone();
         let (wasm, pin) = match &manifest.component {
             Component::Wasm { path, blake3 } => (dir.join(path), blake3.clone()),
-            Component::Native(_) | Component::Mcp { .. } => return Err(CapsuleError::NotWasm(name)),
+            Component::Native(_) | Component::Mcp { .. } => {
+                return Err(CapsuleError::NotWasm(name));
+            }
         };
         let services = &self.services;
         let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
@@ -550,7 +552,11 @@ impl Registry {
             Unloaded::Wasm(capsule) => capsule,
             Unloaded::Program(slot) => {
                 stop_program(&slot).await;
-                let kind = if matches!(slot, Slot::Mcp { .. }) { "mcp" } else { "native" };
+                let kind = if matches!(slot, Slot::Mcp { .. }) {
+                    "mcp"
+                } else {
+                    "native"
+                };
                 let _ = self
                     .record_lifecycle(
                         name,
@@ -585,7 +591,9 @@ impl Registry {
     pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         match self.read_slots().get(name) {
             Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
-            Some(Slot::Native { .. } | Slot::Mcp { .. }) => Err(CapsuleError::NotWasm(name.clone())),
+            Some(Slot::Native { .. } | Slot::Mcp { .. }) => {
+                Err(CapsuleError::NotWasm(name.clone()))
+            }
             Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
                 capsule: name.clone(),
                 state: CapsuleState::Loading.to_string(),

@@ -320,7 +320,12 @@ fn print_capsule(c: &CapsuleView) {
     if let Some(m) = &c.mcp {
         field(
             "server",
-            if m.connected { "connected" } else { "not connected" }.into(),
+            if m.connected {
+                "connected"
+            } else {
+                "not connected"
+            }
+            .into(),
         );
         if !m.pending_review.is_empty() {
             field(

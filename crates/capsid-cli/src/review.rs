@@ -27,12 +27,7 @@ fn shown(value: Option<&Value>) -> String {
 }
 
 fn print_pending(t: &PendingToolView) {
-    println!(
-        "{} ({}) digest {}",
-        printable(&t.tool),
-        t.change,
-        t.digest
-    );
+    println!("{} ({}) digest {}", printable(&t.tool), t.change, t.digest);
     for field in FIELDS {
         let now = t.presented.get(field);
         match &t.pinned {

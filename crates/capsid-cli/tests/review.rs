@@ -45,10 +45,14 @@ fn a_changed_tool_is_hidden_shown_in_review_and_accepted() {
     let accepted = home.ok(&["capsule", "review", "fixture", "--accept"]);
     assert!(accepted.contains("accepted: echo"), "{accepted}");
     assert_eq!(
-        home.ok(&["call", "fixture", "echo", "--input", r#"{"text":"back"}"#]).trim(),
+        home.ok(&["call", "fixture", "echo", "--input", r#"{"text":"back"}"#])
+            .trim(),
         "back"
     );
-    assert!(home.ok(&["capsule", "review", "fixture"]).contains("nothing of fixture waits"));
+    assert!(
+        home.ok(&["capsule", "review", "fixture"])
+            .contains("nothing of fixture waits")
+    );
     // A capsule that is not an MCP one has nothing to review, and says so.
     let out = home.run(&["capsule", "review", "nosuch"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loaded [mcp] capsule"));

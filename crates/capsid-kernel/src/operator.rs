@@ -13,7 +13,10 @@ use crate::kernel::Kernel;
 
 impl Kernel {
     /// The tools of MCP capsule `name` that wait for review.
-    pub fn review(&self, name: &CapsuleId) -> Result<Vec<capsid_capsule::PendingTool>, KernelError> {
+    pub fn review(
+        &self,
+        name: &CapsuleId,
+    ) -> Result<Vec<capsid_capsule::PendingTool>, KernelError> {
         let mcp = self
             .registry()
             .mcp(name)

@@ -18,7 +18,6 @@ mod order;
 pub use discovery::{Discovery, MANIFEST_FILE, discover};
 pub use manifest::{
     Capabilities, Component, EnvVar, Limits, Manifest, ManifestError, NativeProgram,
-    NativeQuotaAction,
-    SandboxPolicy, Tool, ToolAnnotations, net_resource,
+    NativeQuotaAction, SandboxPolicy, Tool, ToolAnnotations, net_resource,
 };
 pub use order::{DependencyError, load_order};

@@ -152,7 +152,10 @@ fn an_mcp_capsule_is_a_supervised_program_with_a_pin_and_no_declared_tools() {
         "native.startup_timeout_ms"
     );
 
-    let empty = text.replace("command = [\"/usr/bin/python3\", \"-m\", \"server\"]", "command = []");
+    let empty = text.replace(
+        "command = [\"/usr/bin/python3\", \"-m\", \"server\"]",
+        "command = []",
+    );
     assert_eq!(parse(&empty).unwrap_err().key, "mcp.command");
 }
 

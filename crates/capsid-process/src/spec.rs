@@ -147,7 +147,9 @@ pub struct DeclaredEnv(pub Vec<(String, String)>);
 
 impl std::fmt::Debug for DeclaredEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|(k, _)| k)).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| k))
+            .finish()
     }
 }
 
@@ -284,8 +286,7 @@ impl SpawnSpec {
         }
         for (k, v) in declared {
             let name_ok = !k.is_empty()
-                && k
-                    .bytes()
+                && k.bytes()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
             if !name_ok || reserved_env(k) {
                 return Err(invalid(format!(

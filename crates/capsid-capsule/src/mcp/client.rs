@@ -95,7 +95,11 @@ async fn refresh(shared: &Shared, peer: &Peer<RoleClient>) -> Result<(), String>
     let mut usable = Vec::new();
     for tool in listed.iter().take(MAX_MCP_TOOLS) {
         match definition::present(tool) {
-            Ok(p) if usable.iter().any(|u: &definition::Presented| u.tool.name == p.tool.name) => {
+            Ok(p)
+                if usable
+                    .iter()
+                    .any(|u: &definition::Presented| u.tool.name == p.tool.name) =>
+            {
                 shared.log.push(
                     LogLevel::Warn,
                     LogSource::Host,

@@ -80,15 +80,15 @@ pub(crate) fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable>
         return Err(Unusable::TooBig(bytes.len()));
     }
     let digest = hash(domain::MCP_TOOL_DEFINITION, &bytes).to_string();
-    let annotations = listed.annotations.as_ref().map_or_else(
-        ToolAnnotations::default,
-        |a| ToolAnnotations {
+    let annotations = listed
+        .annotations
+        .as_ref()
+        .map_or_else(ToolAnnotations::default, |a| ToolAnnotations {
             read_only: a.read_only_hint,
             destructive: a.destructive_hint,
             idempotent: a.idempotent_hint,
             open_world: a.open_world_hint,
-        },
-    );
+        });
     Ok(Presented {
         tool: Tool {
             name,

@@ -137,10 +137,6 @@ impl Drop for CallEntry<'_> {
     }
 }
 
-fn now_ms() -> i64 {
-    i64::try_from(capsid_core::time::now_ms()).unwrap_or(i64::MAX)
-}
-
 impl Shared {
     fn subject(&self) -> Subject {
         Subject {
@@ -259,19 +255,26 @@ impl Shared {
                 digest: presented.digest.clone(),
                 definition: presented.definition.clone(),
                 pinned_by: by.to_owned(),
-                pinned_ms: now_ms(),
+                pinned_ms: capsid_core::time::now_ms(),
             })
             .await
             .map_err(|e| e.to_string())
     }
 
-    pub(crate) fn progress(&self, token: &ProgressToken, done: f64, total: Option<f64>, message: Option<String>) {
+    pub(crate) fn progress(
+        &self,
+        token: &ProgressToken,
+        done: f64,
+        total: Option<f64>,
+        message: Option<String>,
+    ) {
         let NumberOrString::Number(id) = &token.0 else {
             return;
         };
         if let Some(control) = lock(&self.calls).get(id) {
             #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let whole = |v: f64| v.max(0.0).min(u64::MAX as f64) as u64;
+            // `as` saturates (and maps NaN to 0): a server's odd numbers stay in range.
+            let whole = |v: f64| v.max(0.0) as u64;
             control.report(whole(done), total.map(whole), message);
         }
     }
@@ -412,6 +415,33 @@ impl McpCapsule {
         Ok(accepted)
     }
 
+    /// Whether `tool` may be called now: the server has not failed, and the tool is listed
+    /// and accepted.
+    fn check_callable(&self, tool: &str) -> Result<(), CapsuleError> {
+        let name = &self.manifest.name;
+        if let Health::Failed { reason } = self.supervisor.health() {
+            return Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: format!("has failed: {reason}"),
+            });
+        }
+        let book = lock(&self.shared.book);
+        if book.callable.iter().any(|t| t.name == tool) {
+            return Ok(());
+        }
+        Err(match book.pending.iter().find(|(p, _)| p.tool == tool) {
+            Some(p) => CapsuleError::ToolPendingReview {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+                why: p.0.change.as_str(),
+            },
+            None => CapsuleError::UnknownTool {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+            },
+        })
+    }
+
     /// Calls `tool` with `input_json` (a JSON object) within the capsule's deadline.
     pub(crate) async fn call(
         &self,
@@ -420,45 +450,11 @@ impl McpCapsule {
         control: &CallControl,
     ) -> Result<String, CapsuleError> {
         let name = &self.manifest.name;
-        if let Health::Failed { reason } = self.supervisor.health() {
-            return Err(CapsuleError::McpServer {
-                capsule: name.clone(),
-                message: format!("has failed: {reason}"),
-            });
-        }
-        {
-            let book = lock(&self.shared.book);
-            if !book.callable.iter().any(|t| t.name == tool) {
-                return Err(match book.pending.iter().find(|(p, _)| p.tool == tool) {
-                    Some(p) => CapsuleError::ToolPendingReview {
-                        capsule: name.clone(),
-                        tool: tool.to_owned(),
-                        why: p.0.change.as_str(),
-                    },
-                    None => CapsuleError::UnknownTool {
-                        capsule: name.clone(),
-                        tool: tool.to_owned(),
-                    },
-                });
-            }
-        }
-        let arguments = match serde_json::from_str::<Value>(if input_json.trim().is_empty() {
-            "{}"
-        } else {
-            input_json
-        }) {
-            Ok(Value::Object(map)) => map,
-            _ => {
-                return Err(CapsuleError::ToolFailed {
-                    capsule: name.clone(),
-                    tool: tool.to_owned(),
-                    message: "its input must be a JSON object".into(),
-                });
-            }
-        };
+        self.check_callable(tool)?;
+        let arguments = arguments(name, tool, input_json)?;
         let timeout_ms = self.manifest.limits.call_timeout_ms;
-        let deadline = tokio::time::Instant::from_std(Instant::now())
-            + Duration::from_millis(timeout_ms);
+        let deadline =
+            tokio::time::Instant::from_std(Instant::now()) + Duration::from_millis(timeout_ms);
         let timeout = || CapsuleError::Timeout {
             capsule: name.clone(),
             timeout_ms,
@@ -497,34 +493,7 @@ impl McpCapsule {
             () = tokio::time::sleep_until(deadline) => return Err(timeout()),
             () = control.cancellation() => return Err(cancelled()),
         };
-        match answered {
-            Ok(result) if result.is_error == Some(true) => Err(CapsuleError::ToolFailed {
-                capsule: name.clone(),
-                tool: tool.to_owned(),
-                message: definition::error_text(&result),
-            }),
-            Ok(result) => definition::answer_text(&result).map_err(|len| CapsuleError::TooBig {
-                capsule: name.clone(),
-                what: "tool result",
-                len,
-                max: capsid_core::limits::MAX_TOOL_RESULT_BYTES,
-            }),
-            Err(ServiceError::McpError(e)) => Err(CapsuleError::ToolFailed {
-                capsule: name.clone(),
-                tool: tool.to_owned(),
-                message: e.message.chars().take(4096).collect(),
-            }),
-            Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
-                Err(CapsuleError::McpServer {
-                    capsule: name.clone(),
-                    message: "closed the connection during the call".into(),
-                })
-            }
-            Err(other) => Err(CapsuleError::McpServer {
-                capsule: name.clone(),
-                message: other.to_string(),
-            }),
-        }
+        answer(name, tool, answered)
     }
 
     /// Stops the server and the connection to it.
@@ -535,4 +504,61 @@ impl McpCapsule {
         self.shared.peer.send_replace(None);
         self.supervisor.stop().await;
     }
+}
+
+/// A call's outcome as the kernel passes it on.
+fn answer(
+    name: &CapsuleId,
+    tool: &str,
+    answered: Result<rmcp::model::CallToolResult, ServiceError>,
+) -> Result<String, CapsuleError> {
+    match answered {
+        Ok(result) if result.is_error == Some(true) => Err(CapsuleError::ToolFailed {
+            capsule: name.clone(),
+            tool: tool.to_owned(),
+            message: definition::error_text(&result),
+        }),
+        Ok(result) => definition::answer_text(&result).map_err(|len| CapsuleError::TooBig {
+            capsule: name.clone(),
+            what: "tool result",
+            len,
+            max: capsid_core::limits::MAX_TOOL_RESULT_BYTES,
+        }),
+        Err(ServiceError::McpError(e)) => Err(CapsuleError::ToolFailed {
+            capsule: name.clone(),
+            tool: tool.to_owned(),
+            message: e.message.chars().take(4096).collect(),
+        }),
+        Err(ServiceError::TransportClosed | ServiceError::TransportSend(_)) => {
+            Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: "closed the connection during the call".into(),
+            })
+        }
+        Err(other) => Err(CapsuleError::McpServer {
+            capsule: name.clone(),
+            message: other.to_string(),
+        }),
+    }
+}
+
+/// A call's input as MCP arguments: a JSON object (empty input is an empty object).
+fn arguments(
+    name: &CapsuleId,
+    tool: &str,
+    input_json: &str,
+) -> Result<serde_json::Map<String, Value>, CapsuleError> {
+    let text = if input_json.trim().is_empty() {
+        "{}"
+    } else {
+        input_json
+    };
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+        return Err(CapsuleError::ToolFailed {
+            capsule: name.clone(),
+            tool: tool.to_owned(),
+            message: "its input must be a JSON object".into(),
+        });
+    };
+    Ok(map)
 }

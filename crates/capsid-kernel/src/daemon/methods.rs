@@ -14,14 +14,14 @@ use capsid_protocol::methods::{
     ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow, AuditEntry,
     AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
     CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
-    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleUnload, CapsuleView, DaemonStop, Delivery, EventPublish,
-    ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted, Identities,
-    IdentityLink, IdentityList, InstallParams, InstallResult, LinkParams, LinkView, LogPage,
-    LogParams, McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream,
-    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
-    PublishParams, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
-    ToolDescription, ToolList, ToolRun, UserView, VerifyResult, PendingToolView,
-    ReviewAcceptParams, ReviewAccepted,
+    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleUnload, CapsuleView,
+    DaemonStop, Delivery, EventPublish, ExportParams, ExportResult, GrantListParams, GrantParams,
+    GrantView, Granted, Identities, IdentityLink, IdentityList, InstallParams, InstallResult,
+    LinkParams, LinkView, LogPage, LogParams, McpTokenCheck, McpTokenCreate, McpTokenList,
+    McpTokenRevoke, OutputStream, PendingToolView, ProcessList, ProcessLogParams, ProcessLogs,
+    ProcessLogsFollow, ProcessOutput, ProcessView, PublishParams, ReviewAcceptParams,
+    ReviewAccepted, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
+    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -231,7 +231,10 @@ fn show(shared: &Shared, p: &CapsuleParams) -> Answer<CapsuleDetail> {
     let (description, tools) = match registry.mcp(&p.name) {
         Some(mcp) => (Some(mcp.manifest().description.clone()), mcp.tools()),
         None => match registry.get(&p.name) {
-            Ok(c) => (Some(c.manifest().description.clone()), c.manifest().tools.clone()),
+            Ok(c) => (
+                Some(c.manifest().description.clone()),
+                c.manifest().tools.clone(),
+            ),
             Err(_) => (None, Vec::new()),
         },
     };

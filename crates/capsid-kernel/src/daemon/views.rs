@@ -157,11 +157,12 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::Denied { .. } => ErrorCode::Denied,
         CapsuleError::Busy { .. } | CapsuleError::RuntimeFull { .. } => ErrorCode::Busy,
         CapsuleError::TooBig { .. } | CapsuleError::TooLarge { .. } => ErrorCode::TooLarge,
-        CapsuleError::NotReady { .. } => ErrorCode::NotReady,
+        CapsuleError::NotReady { .. } | CapsuleError::ToolPendingReview { .. } => {
+            ErrorCode::NotReady
+        }
         CapsuleError::Timeout { .. } => ErrorCode::Timeout,
         CapsuleError::MemoryLimit { .. } | CapsuleError::Trap { .. } => ErrorCode::CapsuleFailed,
         CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => ErrorCode::ToolError,
-        CapsuleError::ToolPendingReview { .. } => ErrorCode::NotReady,
         CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,
         CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
         CapsuleError::Manifest(_)

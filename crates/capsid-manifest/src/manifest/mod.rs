@@ -15,9 +15,9 @@ use capsid_capabilities::Pattern;
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
     DEFAULT_CALL_TIMEOUT_MS, DEFAULT_CAPSULE_MEMORY_MB, DEFAULT_KV_QUOTA_BYTES,
-    DEFAULT_MCP_STARTUP_TIMEOUT_MS, MAX_MCP_STARTUP_TIMEOUT_MS,
-    MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_CHILD_PIDS, MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB,
-    MAX_KV_QUOTA_BYTES, MAX_MANIFEST_BYTES, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
+    DEFAULT_MCP_STARTUP_TIMEOUT_MS, MAX_CALL_TIMEOUT_MS, MAX_CAPSULE_CHILD_PIDS,
+    MAX_CAPSULE_INSTANCES, MAX_CAPSULE_MEMORY_MB, MAX_KV_QUOTA_BYTES, MAX_MANIFEST_BYTES,
+    MAX_MCP_STARTUP_TIMEOUT_MS, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
     SUPERVISOR_MAX_RESTARTS,
 };
 use toml::Spanned;
@@ -553,11 +553,7 @@ fn native_program(
     let key = |k: &str| format!("{table}.{k}");
     let command = n.get_ref().command.get_ref().clone();
     if command.first().is_none_or(String::is_empty) {
-        return Err(cx.at(
-            &key("command"),
-            &n.get_ref().command,
-            "must name a program",
-        ));
+        return Err(cx.at(&key("command"), &n.get_ref().command, "must name a program"));
     }
     let n = n.get_ref();
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -594,11 +590,7 @@ fn native_program(
             Some(v) if v.get_ref() == "log" => NativeQuotaAction::Log,
             Some(v) if v.get_ref() == "kill" => NativeQuotaAction::Kill,
             Some(v) => {
-                return Err(cx.at(
-                    &key("quota_action"),
-                    v,
-                    "expected \"log\" or \"kill\"",
-                ));
+                return Err(cx.at(&key("quota_action"), v, "expected \"log\" or \"kill\""));
             }
         },
         max_processes: n
