@@ -391,6 +391,7 @@ fn bench(root: &Path, group: Option<&str>, size: Option<&str>) -> Result<()> {
             &[
                 ("CAPSID_CAPSULES_DIR", &capsules),
                 ("CAPSID_BIN", &bin),
+                ("CAPSID_MCP_FIXTURE", &release_mcp_fixture(root)),
                 ("CAPSID_BENCH_N", Path::new(size)),
             ],
         )?;
@@ -403,11 +404,29 @@ fn release_capsid(root: &Path) -> PathBuf {
     root.join("target").join("release").join("capsid")
 }
 
-/// Builds the released `capsid` binary (what the groups that drive it run); its path.
+/// Where the released MCP fixture server (`tests/src/bin/mcp-fixture.rs`) is built.
+fn release_mcp_fixture(root: &Path) -> PathBuf {
+    root.join("target").join("release").join("mcp-fixture")
+}
+
+/// Builds the released `capsid` binary (what the groups that drive it run), and the MCP
+/// fixture server the `mcp` group runs as a capsule; the binary's path.
 fn build_release_capsid(root: &Path) -> Result<PathBuf> {
     cargo(
         root,
-        &["build", "--release", "--locked", "--package", "capsid-cli"],
+        &[
+            "build",
+            "--release",
+            "--locked",
+            "--package",
+            "capsid-cli",
+            "--package",
+            "capsid-integration-tests",
+            "--bin",
+            "capsid",
+            "--bin",
+            "mcp-fixture",
+        ],
     )?;
     Ok(release_capsid(root))
 }

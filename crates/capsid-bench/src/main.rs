@@ -10,6 +10,7 @@ mod density;
 mod http;
 mod kernel;
 mod mcp;
+mod mcp_capsule;
 mod process;
 mod report;
 mod soak;

@@ -2,7 +2,8 @@
 //! rmcp client on its stdio) against the same call over the daemon's socket (`tool.call`), and
 //! calls per second with 8 concurrent Streamable HTTP sessions against 8 daemon-socket
 //! clients. The daemon runs in this process; the tool is `hello.greet`, granted to the `mcp`
-//! user both ways go through.
+//! user both ways go through. Then an `[mcp]` capsule's call against a bare MCP client
+//! (`mcp_capsule.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,12 +68,19 @@ fn per_second(n: usize, elapsed: Duration) -> f64 {
 }
 
 /// A daemon in this process on a fresh home with `hello` installed and granted to `mcp`.
-async fn daemon(tmp: &Path) -> Result<(PathBuf, tokio::task::JoinHandle<std::io::Result<()>>)> {
+async fn daemon(
+    tmp: &Path,
+) -> Result<(
+    PathBuf,
+    Kernel,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
     use std::os::unix::fs::PermissionsExt;
     let home = tmp.join("home");
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
     capsid_integration_tests::copy_capsule("hello", &home.join("capsules"));
+    crate::mcp_capsule::install_fixture(&home)?;
     let files = RunFiles::acquire(&CapsidHome::at(&home))?;
     let kernel = Kernel::builder()
         .home(&home)
@@ -87,11 +95,11 @@ async fn daemon(tmp: &Path) -> Result<(PathBuf, tokio::task::JoinHandle<std::io:
             Permissions::EXEC,
         )
         .await?;
-    let server = tokio::spawn(serve(kernel, files, DaemonOptions::default()));
+    let server = tokio::spawn(serve(kernel.clone(), files, DaemonOptions::default()));
     while !CapsidHome::at(&home).ready_path().exists() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok((home, server))
+    Ok((home, kernel, server))
 }
 
 async fn connect(home: &Path) -> Result<Client> {
@@ -246,7 +254,7 @@ async fn http_throughput(url: &str, token: &str, protocol: Protocol) -> Result<f
 async fn rows() -> Result<Vec<Row>> {
     let bin = capsid_bin()?;
     let tmp = tempfile::tempdir()?;
-    let (home, server) = daemon(tmp.path()).await?;
+    let (home, kernel, server) = daemon(tmp.path()).await?;
 
     let ours = stdio_latencies(&home, &bin).await?;
     let floor = daemon_latencies(&home).await?;
@@ -275,6 +283,8 @@ async fn rows() -> Result<Vec<Row>> {
             direct,
         ));
     }
+
+    rows.extend(crate::mcp_capsule::rows(&kernel, tmp.path()).await?);
 
     let mut stop = connect(&home).await?;
     stop.ask::<DaemonStop>().await?;

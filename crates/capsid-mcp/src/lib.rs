@@ -15,8 +15,8 @@
 //! - `tools/list` shows only what the user may call, and a tool it may not call is answered
 //!   exactly as one that does not exist;
 //! - an HTTP request without a live bearer token reaches nothing;
-//! - only this crate speaks MCP (it alone depends on `rmcp`); on stdio, stdout carries the
-//!   protocol and nothing else.
+//! - only this crate serves MCP (the one other user of `rmcp`, `capsid-capsule`, is a client
+//!   of `[mcp]` capsules' servers); on stdio, stdout carries the protocol and nothing else.
 #![deny(missing_docs)]
 
 mod approvals;
