@@ -52,6 +52,13 @@ fn actions(rt: &Runtime) -> Vec<String> {
     rt.audit_entries().into_iter().map(|e| e.action).collect()
 }
 
+/// Whatever a server did, the audit log still verifies whole.
+fn log_verifies(rt: &Runtime) {
+    let report = capsid_audit::verify_database(rt.audit.path()).unwrap();
+    let problems = report.problems();
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_well_behaved_server_is_pinned_listed_and_called() {
     let rt = Runtime::new().await;
@@ -217,6 +224,47 @@ async fn a_server_that_exits_mid_call_is_restarted_and_serves_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_a_restart_ends_when_the_capsule_is_unloaded() {
+    let rt = Runtime::new().await;
+    // After its first failure the server waits 30 s to restart.
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "fixture",
+        "good",
+        "restart_initial_ms = 30000\nrestart_max_ms = 30000\n",
+        "[limits]\ncall_timeout_ms = 120000\n",
+    );
+    // `mcp_capsule` already wrote restart keys: this capsule's are the later, longer ones.
+    let manifest = std::fs::read_to_string(dir.join("Capsule.toml")).unwrap();
+    let manifest = manifest.replace("restart_initial_ms = 20\nrestart_max_ms = 100\n", "");
+    std::fs::write(dir.join("Capsule.toml"), manifest).unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    assert!(call(&rt, "fixture", "exit", "{}").await.is_err());
+    let registry = std::sync::Arc::new(rt);
+    let waiting = {
+        let rt = registry.clone();
+        tokio::spawn(async move { call(&rt, "fixture", "echo", r#"{"text":"x"}"#).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the call should wait for the restart"
+    );
+    let started = std::time::Instant::now();
+    registry.registry.unload(&id("fixture")).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting call ended with the unload")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(CapsuleError::McpServer { .. })),
+        "{ended:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_description_hides_its_tool_until_the_operator_accepts_it() {
     let rt = Runtime::new().await;
     let dir = mcp_capsule(rt.home.path(), "fixture", "rewrite", "", "");
@@ -351,9 +399,17 @@ async fn a_flood_of_notifications_and_garbage_on_stdout_cost_only_their_own_line
         assert_eq!(info.native.unwrap().restarts, 0, "{name}");
         assert!(info.mcp.unwrap().pending_review.is_empty(), "{name}");
     }
-    // Thousands of list-changed notifications made a few lists, and no records.
-    let acts = actions(&rt);
-    assert!(!acts.iter().any(|a| a == "mcp.tool.changed"), "{acts:?}");
+    // The flood's log lines reached the capsule's log ring, bounded, under their level.
+    let flood_log = rt.registry.log(&id("flood")).unwrap().since(0);
+    assert!(
+        flood_log
+            .iter()
+            .any(|l| l.message.starts_with("flood line")
+                && l.level == capsid_capsule::LogLevel::Error),
+        "no MCP log line kept"
+    );
+    assert!(flood_log.len() <= capsid_core::limits::CAPSULE_LOG_LINES);
+    log_verifies(&rt);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

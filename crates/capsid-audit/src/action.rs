@@ -70,6 +70,9 @@ pub const MCP_TOOL_PENDING: &str = "mcp.tool.pending";
 /// An MCP capsule's server presents a tool whose definition differs from its pin: hidden
 /// until the operator accepts the change.
 pub const MCP_TOOL_CHANGED: &str = "mcp.tool.changed";
+/// The operator accepted reviewed MCP tool definitions (details: their digests); each is
+/// then pinned with its own `mcp.tool.pinned`.
+pub const MCP_TOOL_REVIEW_ACCEPT: &str = "mcp.tool.review.accept";
 
 /// The operator published an event.
 pub const EVENT_PUBLISH: &str = "event.publish";

@@ -104,6 +104,16 @@ impl CapsuleLog {
             LogLevel::Warn => tracing::warn!(capsule, ?source, "{message}"),
             LogLevel::Error => tracing::error!(capsule, ?source, "{message}"),
         }
+        self.keep(level, source, message);
+    }
+
+    /// Appends a line (sanitized and cut) to the ring only: for what a native program writes
+    /// as fast as it likes, which must not flood the runtime's own log.
+    pub fn push_quiet(&self, level: LogLevel, source: LogSource, message: &str) {
+        self.keep(level, source, sanitize(message, MAX_LOG_LINE_BYTES));
+    }
+
+    fn keep(&self, level: LogLevel, source: LogSource, message: String) {
         let time_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

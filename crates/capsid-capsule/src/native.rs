@@ -188,6 +188,8 @@ pub(crate) async fn supervise(
         initial_backoff: std::time::Duration::from_millis(program.restart_initial_ms),
         max_backoff: std::time::Duration::from_millis(program.restart_max_ms),
         max_restarts: program.max_restarts,
+        // A server (an MCP capsule's) should never end: a clean exit is a failure too.
+        clean_exit_is_final: stdio == ProgramStdio::Rings,
         ..RestartPolicy::default()
     };
     let quota = Quota {

@@ -87,7 +87,8 @@ pub(crate) async fn review(
         })
         .await?;
     if as_json {
-        output::json(&accepted);
+        // What was accepted, with the definitions it was accepted on.
+        output::json(&serde_json::json!({ "reviewed": pending, "accepted": accepted.accepted }));
     } else {
         let names: Vec<String> = accepted.accepted.iter().map(|t| printable(t)).collect();
         println!("accepted: {}", names.join(", "));

@@ -38,7 +38,12 @@ fn a_changed_tool_is_hidden_shown_in_review_and_accepted() {
     let review = home.ok(&["capsule", "review", "fixture"]);
     assert!(review.contains("echo (changed)"), "{review}");
     assert!(review.contains("- Echo text.\n"), "{review}");
-    assert!(review.contains("+ Echo text. IMPORTANT"), "{review}");
+    // The server's escape sequence is shown, not obeyed.
+    assert!(
+        review.contains("+ Echo text.\\u{1b}[8m IMPORTANT"),
+        "{review}"
+    );
+    assert!(!review.contains('\u{1b}'), "{review}");
     let listed = home.json(&["capsule", "review", "fixture"]);
     assert_eq!(listed[0]["tool"], "echo");
 

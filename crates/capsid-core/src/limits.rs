@@ -527,3 +527,12 @@ pub const MAX_MCP_TOOL_DEFINITION_BYTES: usize = 64 * 1024;
 /// Shortest time between two refreshes of an MCP capsule's tool list: a server that floods
 /// `notifications/tools/list_changed` gets one list per interval.
 pub const MCP_TOOL_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Most pin and review records one loaded MCP capsule makes on its server's behalf (tools
+/// pinned under dev trust, new and changed tools noticed): past them, new and changed tools
+/// stay hidden without a record, so a server churning its definitions cannot flood the audit
+/// log or the pin store.
+pub const MAX_MCP_REVIEW_RECORDS: usize = 4 * MAX_MCP_TOOLS;
+
+/// Most pages of `tools/list` read from an MCP capsule's server for one listing.
+pub const MAX_MCP_TOOL_PAGES: usize = 16;

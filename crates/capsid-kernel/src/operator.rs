@@ -24,9 +24,10 @@ impl Kernel {
         Ok(mcp.pending())
     }
 
-    /// Accepts the reviewed definitions `digests` of MCP capsule `name`: each is recorded
-    /// (`mcp.tool.pinned`, by the operator) before it is pinned, and is callable from then on.
-    /// A digest no longer pending refuses the whole acceptance.
+    /// Accepts the reviewed definitions `digests` of MCP capsule `name`: the operator's
+    /// acceptance is recorded (`mcp.tool.review.accept`), then each definition (its own
+    /// `mcp.tool.pinned`) before it is pinned; it is callable from then on. A digest no longer
+    /// pending refuses the whole acceptance before anything is pinned.
     pub async fn accept_review(
         &self,
         name: &CapsuleId,
@@ -37,7 +38,14 @@ impl Kernel {
             .registry()
             .mcp(name)
             .ok_or_else(|| KernelError::NotMcp(name.clone()))?;
-        Ok(mcp.accept(digests).await?)
+        let details = json!({ "digests": digests });
+        self.record_then(
+            action::MCP_TOOL_REVIEW_ACCEPT,
+            &format!("capsule://{name}"),
+            details,
+            async { Ok(mcp.accept(digests).await?) },
+        )
+        .await
     }
 
     /// Grants `to` (through `capsule`, or any capsule) `permissions` on `pattern`.

@@ -152,6 +152,10 @@ fn an_mcp_capsule_is_a_supervised_program_with_a_pin_and_no_declared_tools() {
         "native.startup_timeout_ms"
     );
 
+    let loader = text.replace("[env.GITHUB_TOKEN]", "[env.LD_PRELOAD]");
+    let err = parse(&loader).unwrap_err();
+    assert_eq!((err.key.as_str(), err.line), ("env", 8));
+
     let empty = text.replace(
         "command = [\"/usr/bin/python3\", \"-m\", \"server\"]",
         "command = []",

@@ -160,7 +160,7 @@ fn reserved_env(name: &str) -> bool {
 }
 
 /// A spec that passed every check, with its program resolved and its environment built.
-#[derive(Debug)]
+/// Not `Debug`: its environment holds declared values, which may be secrets.
 pub(crate) struct Checked {
     pub program: PathBuf,
     /// The canonical workspace.

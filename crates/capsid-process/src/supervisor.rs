@@ -2,8 +2,9 @@
 //! exponential backoff and a cap on restarts, health and restart count, a short history of
 //! CPU and memory, and quotas that are logged or enforced.
 //!
-//! A clean exit (code 0) is final: the program finished. Any other end is a failure and is
-//! retried after `initial_backoff`, doubling up to `max_backoff`, at most `max_restarts`
+//! A clean exit (code 0) is final: the program finished (unless the policy says a clean exit
+//! is a failure too, as for a server that should never end). Any other end is a failure and
+//! is retried after `initial_backoff`, doubling up to `max_backoff`, at most `max_restarts`
 //! times in a row; a run that lasted `healthy_after` starts the count again.
 
 use std::collections::VecDeque;
@@ -34,6 +35,8 @@ pub struct RestartPolicy {
     pub healthy_after: Duration,
     /// How often CPU and memory are sampled (and quotas checked).
     pub sample_every: Duration,
+    /// Whether a clean exit (code 0) is final; when not, it is restarted as a failure.
+    pub clean_exit_is_final: bool,
 }
 
 impl Default for RestartPolicy {
@@ -44,6 +47,7 @@ impl Default for RestartPolicy {
             max_restarts: SUPERVISOR_MAX_RESTARTS,
             healthy_after: SUPERVISOR_HEALTHY_AFTER,
             sample_every: SUPERVISOR_SAMPLE_EVERY,
+            clean_exit_is_final: true,
         }
     }
 }
@@ -300,7 +304,7 @@ impl Supervisor {
                         self.set(Health::Stopped);
                         return;
                     };
-                    if exit.is_some_and(|e| e.success()) {
+                    if policy.clean_exit_is_final && exit.is_some_and(|e| e.success()) {
                         self.set(Health::Finished);
                         return;
                     }

@@ -13,6 +13,7 @@ fn fast() -> RestartPolicy {
         max_restarts: 3,
         healthy_after: Duration::from_mins(1),
         sample_every: Duration::from_millis(50),
+        clean_exit_is_final: true,
     }
 }
 
@@ -67,6 +68,28 @@ async fn a_clean_exit_is_final() {
     let child = sup.current().unwrap();
     let (_, out, _) = child.wait_with_output().await;
     assert_eq!(out, b"done\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_exit_is_a_failure_when_the_policy_says_so() {
+    let ws = tempfile::tempdir().unwrap();
+    let policy = RestartPolicy {
+        clean_exit_is_final: false,
+        ..fast()
+    };
+    let sup = Supervisor::start(
+        "server",
+        sh(ws.path(), "exit 0"),
+        policy,
+        Quota::default(),
+        None,
+    );
+    let health = until(&sup, "failed", |h| matches!(h, Health::Failed { .. })).await;
+    assert!(
+        matches!(&health, Health::Failed { reason } if reason.contains("code 0")),
+        "{health:?}"
+    );
+    assert_eq!(sup.restarts(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

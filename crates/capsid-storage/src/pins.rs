@@ -24,7 +24,8 @@ pub struct PinnedTool {
     pub digest: String,
     /// The definition itself, to show what changed.
     pub definition: serde_json::Value,
-    /// Who accepted it (`dev` for dev trust, else the operator's principal).
+    /// Who accepted it: `dev` (dev trust pinned it when first seen) or `operator` (accepted
+    /// after review).
     pub pinned_by: String,
     /// When, in milliseconds since the Unix epoch.
     pub pinned_ms: i64,

@@ -6,14 +6,18 @@
 
 use std::sync::Arc;
 
-use capsid_core::limits::{MAX_MCP_TOOLS, MCP_MAX_MESSAGE_BYTES, MCP_TOOL_REFRESH_INTERVAL};
+use capsid_core::limits::{
+    MAX_MCP_TOOL_PAGES, MAX_MCP_TOOLS, MCP_MAX_MESSAGE_BYTES, MCP_TOOL_REFRESH_INTERVAL,
+};
 use capsid_process::{Child, Signal, Supervisor};
 use rmcp::model::{
-    ClientCapabilities, ClientConfig, Implementation, ProgressNotificationParam, ProtocolVersion,
+    ClientCapabilities, ClientConfig, Implementation, PaginatedRequestParams,
+    ProgressNotificationParam, ProtocolVersion,
 };
 use rmcp::service::{NotificationContext, Peer, RoleClient};
 use rmcp::transport::async_rw::AsyncRwTransport;
 use rmcp::{ClientHandler, ServiceExt};
+use tokio::time::Instant;
 
 use super::Shared;
 use super::definition;
@@ -72,34 +76,58 @@ impl ClientHandler for Handler {
             serde_json::Value::String(s) => s,
             other => other.to_string(),
         };
-        self.shared.log.push(level, LogSource::Guest, &text);
+        // The server writes as often as it likes: into its log ring, not the runtime's log.
+        self.shared.log.push_quiet(level, LogSource::Guest, &text);
     }
 }
 
-/// Lists the server's tools and sorts them (pins, review); `Err` when it does not answer.
-async fn refresh(shared: &Shared, peer: &Peer<RoleClient>) -> Result<(), String> {
-    let listed = tokio::time::timeout(shared.startup, peer.list_all_tools())
-        .await
-        .map_err(|_| format!("did not list its tools within {:?}", shared.startup))?
-        .map_err(|e| format!("listing its tools failed: {e}"))?;
-    if listed.len() > MAX_MCP_TOOLS {
-        shared.log.push(
-            LogLevel::Warn,
-            LogSource::Host,
-            &format!(
-                "the server lists {} tools; only the first {MAX_MCP_TOOLS} are used",
-                listed.len()
-            ),
-        );
+/// The server's tools, page by page until `deadline`, at most `MAX_MCP_TOOLS` of them from
+/// at most `MAX_MCP_TOOL_PAGES` pages (a server with endless pages is cut short, logged).
+async fn list(
+    shared: &Shared,
+    peer: &Peer<RoleClient>,
+    deadline: Instant,
+) -> Result<Vec<rmcp::model::Tool>, String> {
+    let mut listed = Vec::new();
+    let mut cursor = None;
+    for _ in 0..MAX_MCP_TOOL_PAGES {
+        let params = PaginatedRequestParams::default().with_cursor(cursor.take());
+        let page = tokio::time::timeout_at(deadline, peer.list_tools(Some(params)))
+            .await
+            .map_err(|_| format!("did not list its tools within {:?}", shared.startup))?
+            .map_err(|e| format!("listing its tools failed: {e}"))?;
+        listed.extend(page.tools);
+        if listed.len() >= MAX_MCP_TOOLS {
+            break;
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return Ok(listed),
+        }
     }
-    let mut usable = Vec::new();
-    for tool in listed.iter().take(MAX_MCP_TOOLS) {
+    shared.log.push(
+        LogLevel::Warn,
+        LogSource::Host,
+        &format!(
+            "the server's tool list goes on past {MAX_MCP_TOOLS} tools or {MAX_MCP_TOOL_PAGES} pages; the rest is left out"
+        ),
+    );
+    listed.truncate(MAX_MCP_TOOLS);
+    Ok(listed)
+}
+
+/// Lists the server's tools (by `deadline`) and sorts them (pins, review); `Err` when it
+/// does not answer.
+async fn refresh(
+    shared: &Shared,
+    peer: &Peer<RoleClient>,
+    deadline: Instant,
+) -> Result<(), String> {
+    let listed = list(shared, peer, deadline).await?;
+    let mut usable: Vec<definition::Presented> = Vec::new();
+    for tool in &listed {
         match definition::present(tool) {
-            Ok(p)
-                if usable
-                    .iter()
-                    .any(|u: &definition::Presented| u.tool.name == p.tool.name) =>
-            {
+            Ok(p) if usable.iter().any(|u| u.tool.name == p.tool.name) => {
                 shared.log.push(
                     LogLevel::Warn,
                     LogSource::Host,
@@ -132,18 +160,24 @@ async fn read_stderr(shared: Arc<Shared>, child: Arc<Child>) {
         while let Some(end) = partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = partial.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line[..end]);
-            shared.log.push(LogLevel::Info, LogSource::Stderr, &text);
+            shared
+                .log
+                .push_quiet(LogLevel::Info, LogSource::Stderr, &text);
         }
         // A line longer than a log line is cut where the log would cut it anyway.
         if partial.len() > capsid_core::limits::MAX_LOG_LINE_BYTES {
             let text = String::from_utf8_lossy(&partial).into_owned();
-            shared.log.push(LogLevel::Info, LogSource::Stderr, &text);
+            shared
+                .log
+                .push_quiet(LogLevel::Info, LogSource::Stderr, &text);
             partial.clear();
         }
     }
     if !partial.is_empty() {
         let text = String::from_utf8_lossy(&partial).into_owned();
-        shared.log.push(LogLevel::Info, LogSource::Stderr, &text);
+        shared
+            .log
+            .push_quiet(LogLevel::Info, LogSource::Stderr, &text);
     }
 }
 
@@ -195,13 +229,15 @@ async fn speak(shared: &Arc<Shared>, child: &Arc<Child>) -> Result<(), String> {
     let handler = Handler {
         shared: shared.clone(),
     };
-    let running = tokio::time::timeout(shared.startup, handler.serve(transport))
+    // One deadline for the handshake and the first list together.
+    let deadline = Instant::now() + shared.startup;
+    let running = tokio::time::timeout_at(deadline, handler.serve(transport))
         .await
         .map_err(|_| format!("did not complete the handshake within {:?}", shared.startup))?
         .map_err(|e| format!("failed the handshake: {e}"))?;
     let peer = running.peer().clone();
     // Until it is handed to its task below, dropping `running` closes the service.
-    refresh(shared, &peer).await?;
+    refresh(shared, &peer, deadline).await?;
     shared.peer.send_replace(Some(peer.clone()));
     let mut ended = tokio::spawn(running.waiting());
     // However this conversation ends, the service task goes (and closes the service).
@@ -211,7 +247,7 @@ async fn speak(shared: &Arc<Shared>, child: &Arc<Child>) -> Result<(), String> {
             _ = &mut ended => return Err("closed the connection".into()),
             _ = child.wait(None) => return Ok(()),
             () = shared.refresh.notified() => {
-                if let Err(why) = refresh(shared, &peer).await {
+                if let Err(why) = refresh(shared, &peer, Instant::now() + shared.startup).await {
                     shared.log.push(LogLevel::Warn, LogSource::Host, &why);
                 }
                 // However often the server says its list changed, it is listed at most

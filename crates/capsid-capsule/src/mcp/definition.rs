@@ -1,5 +1,6 @@
 //! An MCP tool as capsid sees it: its definition in canonical form (what is pinned and
-//! hashed), the manifest-style [`Tool`] the kernel lists, and a call's answer as text.
+//! hashed: everything of it an agent is shown), the manifest-style [`Tool`] the kernel lists,
+//! and a call's answer as text.
 
 use capsid_core::limits::{MAX_MCP_TOOL_DEFINITION_BYTES, MAX_TOOL_RESULT_BYTES};
 use capsid_crypto::{domain, hash};
@@ -12,8 +13,9 @@ use serde_json::{Map, Value};
 pub(crate) struct Presented {
     /// What the kernel lists and calls.
     pub tool: Tool,
-    /// The definition that is pinned: name, description, input and output schemas, in
-    /// canonical form (object keys sorted at every depth).
+    /// The definition that is pinned: name, title, description, input and output schemas
+    /// and annotations (hints agents act on), in canonical form (object keys sorted at
+    /// every depth).
     pub definition: Value,
     /// blake3 of the definition's canonical bytes, hex.
     pub digest: String,
@@ -70,9 +72,11 @@ pub(crate) fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable>
         .map(|s| Value::Object((**s).clone()));
     let definition = canonical(&serde_json::json!({
         "name": name,
+        "title": listed.title,
         "description": description,
         "inputSchema": input_schema,
         "outputSchema": output_schema,
+        "annotations": listed.annotations,
     }));
     // Serialising a `Value` cannot fail; an empty encoding would only make it unusable.
     let bytes = serde_json::to_vec(&definition).unwrap_or_default();
@@ -167,6 +171,20 @@ mod tests {
         assert!(digest(&a).is_some());
         assert_eq!(digest(&a), digest(&b));
         assert_ne!(digest(&a), digest(&c));
+    }
+
+    #[test]
+    fn a_flipped_hint_changes_the_digest() {
+        let plain = tool(serde_json::json!({
+            "name": "rm", "description": "Remove a file", "inputSchema": { "type": "object" },
+            "annotations": { "destructiveHint": true }
+        }));
+        let flipped = tool(serde_json::json!({
+            "name": "rm", "description": "Remove a file", "inputSchema": { "type": "object" },
+            "annotations": { "destructiveHint": false }
+        }));
+        let digest = |t| present(t).map(|p| p.digest).ok();
+        assert_ne!(digest(&plain), digest(&flipped));
     }
 
     #[test]

@@ -18,13 +18,14 @@ mod definition;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capsid_audit::{Decision, action};
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
+use capsid_core::limits::MAX_MCP_REVIEW_RECORDS;
 use capsid_core::sync::lock;
 use capsid_manifest::{Manifest, Tool};
 use capsid_process::{Health, Supervisor};
@@ -84,8 +85,8 @@ struct ToolBook {
     callable: Vec<Tool>,
     /// With each, the tool it would become once accepted.
     pending: Vec<(PendingTool, Tool)>,
-    /// Digests already recorded as pending, so a server listing the same change again and
-    /// again adds one record, not one per list.
+    /// Digests of pending tools already recorded, so a server listing the same change
+    /// again and again adds one record, not one per list (kept to what is pending).
     noticed: BTreeSet<String>,
 }
 
@@ -106,6 +107,15 @@ pub(crate) struct Shared {
     refresh: Notify,
     /// How long a start has to shake hands and list its tools (`startup_timeout_ms`).
     startup: Duration,
+    /// Held while the book is re-sorted or tools are accepted, so neither overwrites the
+    /// other's work.
+    sorting: tokio::sync::Mutex<()>,
+    /// Pin and review records still allowed ([`MAX_MCP_REVIEW_RECORDS`]).
+    records_left: AtomicUsize,
+    /// Whether the log has said the records are spent.
+    records_spent_said: AtomicBool,
+    /// Set once the capsule is stopped: calls waiting for a server give up.
+    stopped: AtomicBool,
 }
 
 /// A supervised MCP server whose tools are capsid tools.
@@ -166,6 +176,7 @@ impl Shared {
     /// trust. Anything that cannot be checked (a pin that does not read, a record that
     /// cannot be written) leaves its tool hidden.
     pub(crate) async fn sort_tools(&self, listed: Vec<Presented>) {
+        let _sorting = self.sorting.lock().await;
         let mut callable = Vec::new();
         let mut pending = Vec::new();
         for p in listed {
@@ -193,14 +204,16 @@ impl Shared {
                     },
                     p.tool,
                 )),
-                None if self.trust == Trust::Dev => match self.pin(&p, "dev").await {
-                    Ok(()) => callable.push(p.tool),
-                    Err(e) => self.log.push(
-                        LogLevel::Error,
-                        LogSource::Host,
-                        &format!("tool {name} hidden: it could not be pinned: {e}"),
-                    ),
-                },
+                None if self.trust == Trust::Dev && self.take_record() => {
+                    match self.pin(&p, "dev").await {
+                        Ok(()) => callable.push(p.tool),
+                        Err(e) => self.log.push(
+                            LogLevel::Error,
+                            LogSource::Host,
+                            &format!("tool {name} hidden: it could not be pinned: {e}"),
+                        ),
+                    }
+                }
                 None => pending.push((
                     PendingTool {
                         tool: name,
@@ -215,7 +228,7 @@ impl Shared {
         }
         for (p, _) in &pending {
             let first_time = !lock(&self.book).noticed.contains(&p.digest);
-            if !first_time {
+            if !first_time || !self.take_record() {
                 continue;
             }
             let (action, level) = match p.change {
@@ -239,8 +252,31 @@ impl Shared {
             }
         }
         let mut book = lock(&self.book);
+        book.noticed
+            .retain(|d| pending.iter().any(|(p, _)| &p.digest == d));
         book.callable = callable;
         book.pending = pending;
+    }
+
+    /// Takes one of the records the server may still cause; false (logged the first time)
+    /// once they are spent.
+    fn take_record(&self) -> bool {
+        let taken = self
+            .records_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if !taken && !self.records_spent_said.swap(true, Ordering::AcqRel) {
+            self.log.push(
+                LogLevel::Error,
+                LogSource::Host,
+                &format!(
+                    "the server changed its tools too often ({MAX_MCP_REVIEW_RECORDS} records): \
+                     its new and changed tools stay hidden unrecorded; reload {} to start again",
+                    self.name
+                ),
+            );
+        }
+        taken
     }
 
     /// Records, then stores, `presented` as its tool's pin.
@@ -312,6 +348,10 @@ impl McpCapsule {
             next_call: AtomicI64::new(1),
             refresh: Notify::new(),
             startup,
+            sorting: tokio::sync::Mutex::new(()),
+            records_left: AtomicUsize::new(MAX_MCP_REVIEW_RECORDS),
+            records_spent_said: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         let connection = tokio::spawn(client::serve(shared.clone(), supervisor.clone()));
         Ok(Self {
@@ -371,6 +411,9 @@ impl McpCapsule {
     /// recorded, pinned and callable from now on. A digest that is not pending (the server
     /// changed again since the review) is refused, naming it, and nothing is accepted.
     pub async fn accept(&self, digests: &[String]) -> Result<Vec<String>, CapsuleError> {
+        // No listing re-sorts the book while this runs: what is checked here is what is
+        // promoted below.
+        let _sorting = self.shared.sorting.lock().await;
         let chosen: Vec<(PendingTool, Tool)> = {
             let book = lock(&self.shared.book);
             if let Some(stale) = digests
@@ -419,11 +462,20 @@ impl McpCapsule {
     /// and accepted.
     fn check_callable(&self, tool: &str) -> Result<(), CapsuleError> {
         let name = &self.manifest.name;
-        if let Health::Failed { reason } = self.supervisor.health() {
-            return Err(CapsuleError::McpServer {
-                capsule: name.clone(),
-                message: format!("has failed: {reason}"),
-            });
+        match self.supervisor.health() {
+            Health::Failed { reason } => {
+                return Err(CapsuleError::McpServer {
+                    capsule: name.clone(),
+                    message: format!("has failed: {reason}"),
+                });
+            }
+            Health::Stopped | Health::Finished => {
+                return Err(CapsuleError::McpServer {
+                    capsule: name.clone(),
+                    message: "is stopped".into(),
+                });
+            }
+            _ => {}
         }
         let book = lock(&self.shared.book);
         if book.callable.iter().any(|t| t.name == tool) {
@@ -462,22 +514,29 @@ impl McpCapsule {
         let cancelled = || CapsuleError::Cancelled {
             capsule: name.clone(),
         };
+        let stopped = || CapsuleError::McpServer {
+            capsule: name.clone(),
+            message: "is stopped".into(),
+        };
         // A call right after a load or a restart waits for the server, within its deadline.
         let mut peers = self.shared.peer.subscribe();
-        let peer = tokio::select! {
-            peer = peers.wait_for(Option::is_some) => match peer {
-                Ok(p) => p.clone(),
-                Err(_) => None,
-            },
-            () = tokio::time::sleep_until(deadline) => return Err(timeout()),
-            () = control.cancellation() => return Err(cancelled()),
+        let peer = loop {
+            if self.shared.stopped.load(Ordering::Acquire) {
+                return Err(stopped());
+            }
+            if let Some(peer) = peers.borrow_and_update().clone() {
+                break peer;
+            }
+            tokio::select! {
+                changed = peers.changed() => if changed.is_err() {
+                    return Err(stopped());
+                },
+                () = tokio::time::sleep_until(deadline) => return Err(timeout()),
+                () = control.cancellation() => return Err(cancelled()),
+            }
         };
-        let Some(peer) = peer else {
-            return Err(CapsuleError::McpServer {
-                capsule: name.clone(),
-                message: "is stopped".into(),
-            });
-        };
+        // The server that answers may be a new start, with its own list: check again.
+        self.check_callable(tool)?;
         let id = self.shared.next_call.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.calls).insert(id, control.clone());
         let _entry = CallEntry {
@@ -498,9 +557,11 @@ impl McpCapsule {
 
     /// Stops the server and the connection to it.
     pub(crate) async fn stop(&self) {
+        self.shared.stopped.store(true, Ordering::Release);
         if let Some(task) = lock(&self.connection).take() {
             task.abort();
         }
+        // Wakes the calls waiting for a server: they see `stopped`.
         self.shared.peer.send_replace(None);
         self.supervisor.stop().await;
     }

@@ -378,6 +378,7 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
             Ok(id)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let env = env(cx, raw.env, component.program().is_some())?;
     Ok(Manifest {
         file: cx.file.to_owned(),
         name,
@@ -388,7 +389,7 @@ fn validate(cx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
         requires,
         limits: limits(cx, &raw.limits)?,
         tools: tools(cx, raw.tools)?,
-        env: env(cx, raw.env)?,
+        env,
     })
 }
 
@@ -713,9 +714,13 @@ fn tools(cx: &Ctx<'_>, raw: Vec<raw::RawTool>) -> Result<Vec<Tool>, ManifestErro
         .collect()
 }
 
+/// The `[env]` keys. For a native or MCP capsule (`program`) they become its program's
+/// environment, so the ones the runtime fixes (`PATH`, `HOME`) and the dynamic loader's
+/// (`LD_*`) are refused.
 fn env(
     cx: &Ctx<'_>,
     raw: std::collections::BTreeMap<Spanned<String>, raw::RawEnv>,
+    program: bool,
 ) -> Result<Vec<EnvVar>, ManifestError> {
     raw.into_iter()
         .map(|(k, v)| {
@@ -729,6 +734,13 @@ fn env(
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
             if !valid {
                 return Err(cx.at("env", &k, "variable names are [A-Z_][A-Z0-9_]*"));
+            }
+            if program && (name == "PATH" || name == "HOME" || name.starts_with("LD_")) {
+                return Err(cx.at(
+                    "env",
+                    &k,
+                    "a program's PATH and HOME are fixed, and LD_* would change what it runs",
+                ));
             }
             if let (true, Some(d)) = (v.secret, &v.default) {
                 return Err(cx.at(

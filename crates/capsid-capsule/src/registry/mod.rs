@@ -23,9 +23,11 @@ use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::mcp::McpCapsule;
-use crate::native::NativeCapsule;
 use crate::slots::{Slot, Slots};
 use crate::warmth::Warmth;
+use programs::{mcp_info, native_info, stop_program};
+
+mod programs;
 use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
 /// How many capsules a registry knows, by state.
@@ -309,46 +311,6 @@ impl Registry {
                 Err(e)
             }
         }
-    }
-
-    /// Starts a native or MCP capsule's program under supervision.
-    async fn build_program(
-        &self,
-        manifest: Manifest,
-        dir: &Path,
-        trust: Trust,
-    ) -> Result<Slot, CapsuleError> {
-        let services = &self.services;
-        if trust == Trust::Dev {
-            self.grant_requested(&manifest).await?;
-        }
-        let name = manifest.name.clone();
-        let env = self.resolve_env(&manifest)?;
-        let (slot, kind) = if matches!(manifest.component, Component::Mcp { .. }) {
-            let mcp = McpCapsule::start(manifest, dir.to_owned(), env, trust, services).await?;
-            (Slot::Mcp { mcp: Arc::new(mcp) }, "mcp")
-        } else {
-            let native = NativeCapsule::start(manifest, dir.to_owned(), env, services).await?;
-            (
-                Slot::Native {
-                    native: Arc::new(native),
-                },
-                "native",
-            )
-        };
-        let details = serde_json::json!({ kind: true, "trust": format!("{trust:?}") });
-        if let Err(message) = self
-            .record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
-            .await
-        {
-            stop_program(&slot).await;
-            return Err(CapsuleError::Setup {
-                capsule: name,
-                what: "recording the load",
-                message,
-            });
-        }
-        Ok(slot)
     }
 
     async fn build(
@@ -694,55 +656,6 @@ fn slot_info(name: &CapsuleId, slot: &Slot) -> CapsuleInfo {
     }
 }
 
-/// A supervised program's state as a capsule's.
-fn program_state(health: &Health) -> CapsuleState {
-    match health {
-        Health::Failed { reason } => CapsuleState::Failed(reason.clone()),
-        Health::Stopped => CapsuleState::Unloading,
-        _ => CapsuleState::Ready,
-    }
-}
-
-fn mcp_info(mcp: &McpCapsule) -> CapsuleInfo {
-    let health = mcp.health();
-    CapsuleInfo {
-        name: mcp.manifest.name.clone(),
-        version: Some(mcp.manifest.version.clone()),
-        dir: mcp.dir.clone(),
-        state: program_state(&health),
-        tools: mcp.tools().into_iter().map(|t| t.name).collect(),
-        blake3: None,
-        load_kind: None,
-        native: Some(NativeStatus {
-            health,
-            restarts: mcp.restarts(),
-        }),
-        mcp: Some(McpStatus {
-            connected: mcp.connected(),
-            pending_review: mcp.pending().into_iter().map(|p| p.tool).collect(),
-        }),
-    }
-}
-
-fn native_info(native: &NativeCapsule) -> CapsuleInfo {
-    let health = native.health();
-    let state = program_state(&health);
-    CapsuleInfo {
-        name: native.manifest.name.clone(),
-        version: Some(native.manifest.version.clone()),
-        dir: native.dir.clone(),
-        state,
-        tools: Vec::new(),
-        blake3: None,
-        load_kind: None,
-        native: Some(NativeStatus {
-            health,
-            restarts: native.restarts(),
-        }),
-        mcp: None,
-    }
-}
-
 fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
     CapsuleInfo {
         name: capsule.name().clone(),
@@ -829,15 +742,6 @@ enum Unloaded {
     /// A native or MCP capsule's slot.
     Program(Slot),
     Nothing,
-}
-
-/// Stops a native or MCP capsule's program.
-async fn stop_program(slot: &Slot) {
-    match slot {
-        Slot::Native { native } => native.stop().await,
-        Slot::Mcp { mcp } => mcp.stop().await,
-        _ => {}
-    }
 }
 
 /// Marks a load that never finished (its future was dropped) as failed.
