@@ -160,12 +160,22 @@ async fn calls_past_their_deadline_or_over_the_size_cap_are_refused_and_the_serv
             ..
         })
     ));
+    // The request was cancelled on the server, not left running there.
+    let mut cancelled = String::new();
+    for _ in 0..200 {
+        cancelled = call(&rt, "fixture", "cancelled", "{}").await.unwrap();
+        if cancelled == "1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cancelled, "1", "the server never heard of the cancellation");
     assert!(matches!(
         call(&rt, "fixture", "slow", r#"{"ms":5000}"#).await,
         Err(CapsuleError::Timeout { .. })
     ));
     // Over the result cap, under the message cap: read, then refused.
-    let cap = capsid_core::limits::MAX_TOOL_RESULT_BYTES;
+    let cap = capsid_core::limits::MAX_TOOL_OUTPUT_BYTES;
     let over = format!(r#"{{"bytes":{}}}"#, cap + 1);
     assert!(matches!(
         call(&rt, "fixture", "huge", &over).await,
@@ -513,20 +523,57 @@ async fn a_program_that_does_not_match_its_pin_never_starts() {
         .count();
     assert_eq!(denied, 1);
 
-    // With the right pin it starts.
-    let right = blake3::hash(&std::fs::read(FIXTURE).unwrap())
+    // With the right pin it starts; a program changed behind its back is refused at the
+    // next start (the restart after a crash), recorded, and the capsule fails.
+    let program = rt.home.path().join("fixture-copy");
+    std::fs::copy(FIXTURE, &program).unwrap();
+    let right = blake3::hash(&std::fs::read(&program).unwrap())
         .to_hex()
         .to_string();
-    let dir = mcp_capsule(
-        rt.home.path(),
-        "pinned",
-        "good",
-        &format!("binary_blake3 = \"{right}\"\n"),
-        "",
-    );
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        format!(
+            "[package]\nname = \"pinned\"\nversion = \"1.0.0\"\n\n[mcp]\ncommand = [\"{}\", \"good\"]\nbinary_blake3 = \"{right}\"\nrestart_initial_ms = 20\n",
+            program.display()
+        ),
+    )
+    .unwrap();
     rt.registry.unload(&id("pinned")).await.unwrap();
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "pinned").await;
+    // One byte more: the same program to the loader, another file to the pin.
+    // (Renamed over it: a running program's file cannot be written.)
+    let mut bytes = std::fs::read(&program).unwrap();
+    bytes.push(0);
+    let changed = rt.home.path().join("fixture-changed");
+    std::fs::write(&changed, bytes).unwrap();
+    std::fs::set_permissions(&changed, std::fs::metadata(&program).unwrap().permissions()).unwrap();
+    std::fs::rename(&changed, &program).unwrap();
+    assert!(call(&rt, "pinned", "exit", "{}").await.is_err());
+    let mut health = Health::Starting;
+    for _ in 0..500 {
+        health = rt
+            .registry
+            .info(&id("pinned"))
+            .unwrap()
+            .native
+            .unwrap()
+            .health;
+        if matches!(health, Health::Failed { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        matches!(&health, Health::Failed { reason } if reason.contains("binary_blake3")),
+        "{health:?}"
+    );
+    let denied = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.action == "process.spawn" && e.decision == "deny")
+        .count();
+    assert_eq!(denied, 2);
 }
 
 /// The Python MCP server in `tests/fixtures/mcp-python` (the official SDK, nothing of

@@ -125,7 +125,8 @@ pub const MAX_LIVE_INSTANCES: u32 = 256;
 /// Largest `input-json` handed to `call-tool`, in bytes.
 pub const MAX_TOOL_INPUT_BYTES: usize = 1024 * 1024;
 
-/// Largest result a tool may return, in bytes; a larger one is an error.
+/// Largest result a tool may return, in bytes (a WebAssembly capsule's, or an MCP capsule's
+/// answer as the kernel passes it on); a larger one is an error.
 pub const MAX_TOOL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Bytes of a progress message a capsule reports (`progress.report`); longer ones are cut.
@@ -501,13 +502,11 @@ pub const MAX_APPROVAL_REASON_BYTES: usize = 1024;
 /// call's further asks are denied at once (its deadline moves no more).
 pub const MAX_CALL_APPROVAL_WAIT: std::time::Duration = std::time::Duration::from_mins(10);
 
-/// Largest answer one tool call may return (an MCP capsule's result as the kernel passes it
-/// on); a bigger one is refused as too large.
-pub const MAX_TOOL_RESULT_BYTES: usize = 1 << 20;
-
-/// Longest line (one JSON-RPC message) read from an MCP capsule's server; a longer one is
-/// dropped unread, so a call it answered ends at its deadline.
-pub const MCP_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// Longest line (one JSON-RPC message) read from an MCP capsule's server: room for the
+/// largest answer a tool may give (`MAX_TOOL_OUTPUT_BYTES`) twice (as text and structured
+/// content) and its envelope. A longer one is dropped unread, so a call it answered ends at
+/// its deadline.
+pub const MCP_MAX_MESSAGE_BYTES: usize = 2 * MAX_TOOL_OUTPUT_BYTES + 64 * 1024;
 
 /// How long an MCP capsule's server has to answer `initialize` and list its tools after it
 /// starts, unless its manifest says otherwise (`[mcp] startup_timeout_ms`); one that does

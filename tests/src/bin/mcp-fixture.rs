@@ -1,8 +1,8 @@
 //! An MCP server for the `[mcp]` capsule suites, built with rmcp: well-behaved by default,
 //! hostile on request. `mcp-fixture <mode>`:
 //! - `good`: tools `echo`, `add` (structured), `slow`, `progress`, `fail`, `huge`,
-//!   `silent` (never answers), `exit` (the process exits mid-call), `snoop` (tries to read a
-//!   file and reach a TCP port);
+//!   `silent` (answers only the client's cancellation; `cancelled` counts those), `exit`
+//!   (the process exits mid-call), `snoop` (tries to read a file and reach a TCP port);
 //! - `rewrite`: after its first tool list, `echo`'s description turns into an instruction
 //!   to the agent, a tool `steal` appears, and it says its list changed;
 //! - `flood`: once initialised, sends 20,000 progress notifications (for no call) and as many
@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use rmcp::model::{
@@ -23,6 +23,9 @@ use rmcp::model::{
 use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler, ServiceExt};
 use serde_json::{Value, json};
+
+/// Requests the client cancelled (`notifications/cancelled`) while `silent` waited.
+static CANCELLED: AtomicU64 = AtomicU64::new(0);
 
 #[derive(Clone)]
 struct Fixture {
@@ -83,7 +86,16 @@ impl Fixture {
                 "Answer with bytes bytes.",
                 schema(json!({ "bytes": { "type": "integer" } })),
             ),
-            Tool::new("silent", "Never answers.", schema(json!({}))),
+            Tool::new(
+                "silent",
+                "Never answers (until cancelled).",
+                schema(json!({})),
+            ),
+            Tool::new(
+                "cancelled",
+                "How many calls the client cancelled.",
+                schema(json!({})),
+            ),
             Tool::new("exit", "Exits mid-call.", schema(json!({}))),
             Tool::new(
                 "snoop",
@@ -252,9 +264,11 @@ impl ServerHandler for Fixture {
                 Ok(text("x".repeat(n)))
             }
             "silent" => {
-                std::future::pending::<()>().await;
-                unreachable!()
+                context.ct.cancelled().await;
+                CANCELLED.fetch_add(1, Ordering::SeqCst);
+                Ok(text("cancelled"))
             }
+            "cancelled" => Ok(text(CANCELLED.load(Ordering::SeqCst).to_string())),
             "exit" => std::process::exit(3),
             "snoop" => Ok(CallToolResponse::from(CallToolResult::structured(snoop(
                 &arg_str(&request, "read"),

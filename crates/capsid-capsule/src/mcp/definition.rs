@@ -2,7 +2,7 @@
 //! hashed: everything of it an agent is shown), the manifest-style [`Tool`] the kernel lists,
 //! and a call's answer as text.
 
-use capsid_core::limits::{MAX_MCP_TOOL_DEFINITION_BYTES, MAX_TOOL_RESULT_BYTES};
+use capsid_core::limits::{MAX_MCP_TOOL_DEFINITION_BYTES, MAX_TOOL_OUTPUT_BYTES};
 use capsid_crypto::{domain, hash};
 use capsid_manifest::{Tool, ToolAnnotations};
 use rmcp::model::{CallToolResult, ContentBlock};
@@ -108,7 +108,7 @@ pub(crate) fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable>
 
 /// A call's answer as the kernel passes it on: the structured content when there is some,
 /// else the text blocks joined by newlines when every block is text, else the content
-/// blocks as JSON. `Err(len)` when that is over `MAX_TOOL_RESULT_BYTES`.
+/// blocks as JSON. `Err(len)` when that is over `MAX_TOOL_OUTPUT_BYTES`.
 pub(crate) fn answer_text(result: &CallToolResult) -> Result<String, usize> {
     let text = if let Some(structured) = &result.structured_content {
         structured.to_string()
@@ -122,7 +122,7 @@ pub(crate) fn answer_text(result: &CallToolResult) -> Result<String, usize> {
     } else {
         serde_json::to_string(&result.content).unwrap_or_default()
     };
-    if text.len() > MAX_TOOL_RESULT_BYTES {
+    if text.len() > MAX_TOOL_OUTPUT_BYTES {
         return Err(text.len());
     }
     Ok(text)
@@ -220,9 +220,9 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer_text(&texts), Ok("a\nb".into()));
         let huge: CallToolResult = serde_json::from_value(serde_json::json!({
-            "content": [{ "type": "text", "text": "x".repeat(MAX_TOOL_RESULT_BYTES + 1) }]
+            "content": [{ "type": "text", "text": "x".repeat(MAX_TOOL_OUTPUT_BYTES + 1) }]
         }))
         .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(answer_text(&huge), Err(MAX_TOOL_RESULT_BYTES + 1));
+        assert_eq!(answer_text(&huge), Err(MAX_TOOL_OUTPUT_BYTES + 1));
     }
 }

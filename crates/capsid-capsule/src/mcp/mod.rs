@@ -10,7 +10,7 @@
 //! definition later differs from its pin (a server rewriting its own description to steer an
 //! agent) is hidden until the operator accepts the change (`capsid capsule review`). Each
 //! of those is recorded. Calls are bounded: the capsule's `call_timeout_ms` (the request is
-//! cancelled on the server), `MAX_TOOL_RESULT_BYTES` for the answer, and the caller's
+//! cancelled on the server), `MAX_TOOL_OUTPUT_BYTES` for the answer, and the caller's
 //! cancellation.
 
 mod client;
@@ -524,7 +524,11 @@ impl McpCapsule {
             if self.shared.stopped.load(Ordering::Acquire) {
                 return Err(stopped());
             }
-            if let Some(peer) = peers.borrow_and_update().clone() {
+            // A connection whose server just went away may still be published for a moment:
+            // it is no server to call.
+            if let Some(peer) = peers.borrow_and_update().clone()
+                && !peer.is_transport_closed()
+            {
                 break peer;
             }
             tokio::select! {
@@ -583,7 +587,7 @@ fn answer(
             capsule: name.clone(),
             what: "tool result",
             len,
-            max: capsid_core::limits::MAX_TOOL_RESULT_BYTES,
+            max: capsid_core::limits::MAX_TOOL_OUTPUT_BYTES,
         }),
         Err(ServiceError::McpError(e)) => Err(CapsuleError::ToolFailed {
             capsule: name.clone(),
