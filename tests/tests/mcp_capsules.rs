@@ -44,6 +44,19 @@ async fn connected(rt: &Runtime, name: &str) {
     panic!("{name} never connected; its log: {log:#?}");
 }
 
+/// Waits (up to 10 s) until `name`'s server is given up on; its health then, whatever it is.
+async fn given_up(rt: &Runtime, name: &str) -> Health {
+    let mut health = Health::Starting;
+    for _ in 0..1_000 {
+        health = rt.registry.info(&id(name)).unwrap().native.unwrap().health;
+        if matches!(health, Health::Failed { .. }) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    health
+}
+
 async fn call(rt: &Runtime, name: &str, tool: &str, input: &str) -> Result<String, CapsuleError> {
     rt.registry.call_tool(&id(name), tool, input).await
 }
@@ -350,6 +363,30 @@ async fn a_rewritten_description_hides_its_tool_until_the_operator_accepts_it() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_a_restarted_server_changed_is_not_called() {
+    let rt = Runtime::new().await;
+    let dir = mcp_capsule(rt.home.path(), "fixture", "restart-rewrites", "", "");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "fixture").await;
+    assert_eq!(
+        call(&rt, "fixture", "echo", r#"{"text":"first"}"#)
+            .await
+            .unwrap(),
+        "first"
+    );
+    assert!(call(&rt, "fixture", "exit", "{}").await.is_err());
+    // This call passes the check against the first start's list, waits for the second start,
+    // whose list changed `echo`: it is refused, not run.
+    let err = call(&rt, "fixture", "echo", r#"{"text":"second"}"#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, CapsuleError::ToolPendingReview { why: "changed", .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_dev_trust_every_new_tool_waits_for_review() {
     let rt = Runtime::new().await;
     let dir = mcp_capsule(rt.home.path(), "fixture", "good", "", "");
@@ -433,20 +470,7 @@ async fn a_server_that_never_shakes_hands_is_restarted_then_failed() {
         "",
     );
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
-    let mut health = Health::Starting;
-    for _ in 0..1_000 {
-        health = rt
-            .registry
-            .info(&id("mute"))
-            .unwrap()
-            .native
-            .unwrap()
-            .health;
-        if matches!(health, Health::Failed { .. }) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let health = given_up(&rt, "mute").await;
     assert!(matches!(health, Health::Failed { .. }), "{health:?}");
     assert!(matches!(
         rt.registry.info(&id("mute")).unwrap().state,
@@ -550,20 +574,7 @@ async fn a_program_that_does_not_match_its_pin_never_starts() {
     std::fs::set_permissions(&changed, std::fs::metadata(&program).unwrap().permissions()).unwrap();
     std::fs::rename(&changed, &program).unwrap();
     assert!(call(&rt, "pinned", "exit", "{}").await.is_err());
-    let mut health = Health::Starting;
-    for _ in 0..500 {
-        health = rt
-            .registry
-            .info(&id("pinned"))
-            .unwrap()
-            .native
-            .unwrap()
-            .health;
-        if matches!(health, Health::Failed { .. }) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let health = given_up(&rt, "pinned").await;
     assert!(
         matches!(&health, Health::Failed { reason } if reason.contains("binary_blake3")),
         "{health:?}"

@@ -13,8 +13,22 @@ use serde_json::Value;
 use crate::commands::capsule_id;
 use crate::output;
 
-/// The fields of a definition, in the order they are shown.
-const FIELDS: [&str; 4] = ["name", "description", "inputSchema", "outputSchema"];
+/// The fields of a definition shown first, in this order; any other field (title,
+/// annotations, whatever a later definition holds) follows by name. Every field is shown.
+const FIRST: [&str; 4] = ["name", "description", "inputSchema", "outputSchema"];
+
+/// Every field of `pinned` and `presented`, `FIRST` first.
+fn fields<'a>(pinned: Option<&'a Value>, presented: &'a Value) -> Vec<&'a str> {
+    let mut rest: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for v in pinned.into_iter().chain(std::iter::once(presented)) {
+        if let Some(map) = v.as_object() {
+            rest.extend(map.keys().map(String::as_str));
+        }
+    }
+    let mut out: Vec<&str> = FIRST.to_vec();
+    out.extend(rest.into_iter().filter(|k| !FIRST.contains(k)));
+    out
+}
 
 /// One field as shown: text as itself, anything else as pretty JSON; escaped either way
 /// (a server's text must not drive the terminal).
@@ -28,7 +42,7 @@ fn shown(value: Option<&Value>) -> String {
 
 fn print_pending(t: &PendingToolView) {
     println!("{} ({}) digest {}", printable(&t.tool), t.change, t.digest);
-    for field in FIELDS {
+    for field in fields(t.pinned.as_ref(), &t.presented) {
         let now = t.presented.get(field);
         match &t.pinned {
             None => println!("  {field}: {}", indent(&shown(now))),

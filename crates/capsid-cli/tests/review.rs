@@ -44,6 +44,12 @@ fn a_changed_tool_is_hidden_shown_in_review_and_accepted() {
         "{review}"
     );
     assert!(!review.contains('\u{1b}'), "{review}");
+    // A flipped hint is shown as well: nothing pinned goes unseen.
+    assert!(
+        review.contains("  annotations:\n  - (none)\n  + {"),
+        "{review}"
+    );
+    assert!(review.contains("destructiveHint"), "{review}");
     let listed = home.json(&["capsule", "review", "fixture"]);
     assert_eq!(listed[0]["tool"], "echo");
 

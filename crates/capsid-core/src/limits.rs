@@ -535,3 +535,7 @@ pub const MAX_MCP_REVIEW_RECORDS: usize = 4 * MAX_MCP_TOOLS;
 
 /// Most pages of `tools/list` read from an MCP capsule's server for one listing.
 pub const MAX_MCP_TOOL_PAGES: usize = 16;
+
+/// How often a call waiting for an MCP capsule's server (starting, or restarting) looks
+/// again whether the server was given up on or stopped.
+pub const MCP_SERVER_WAIT_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);

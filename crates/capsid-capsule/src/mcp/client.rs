@@ -97,15 +97,13 @@ async fn list(
             .map_err(|_| format!("did not list its tools within {:?}", shared.startup))?
             .map_err(|e| format!("listing its tools failed: {e}"))?;
         listed.extend(page.tools);
-        if listed.len() >= MAX_MCP_TOOLS {
-            break;
-        }
         match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return Ok(listed),
+            None if listed.len() <= MAX_MCP_TOOLS => return Ok(listed),
+            Some(next) if listed.len() < MAX_MCP_TOOLS => cursor = Some(next),
+            _ => break,
         }
     }
-    shared.log.push(
+    shared.log.push_quiet(
         LogLevel::Warn,
         LogSource::Host,
         &format!(
@@ -128,14 +126,14 @@ async fn refresh(
     for tool in &listed {
         match definition::present(tool) {
             Ok(p) if usable.iter().any(|u| u.tool.name == p.tool.name) => {
-                shared.log.push(
+                shared.log.push_quiet(
                     LogLevel::Warn,
                     LogSource::Host,
                     &format!("tool {} is listed twice; the first is used", p.tool.name),
                 );
             }
             Ok(p) => usable.push(p),
-            Err(why) => shared.log.push(
+            Err(why) => shared.log.push_quiet(
                 LogLevel::Warn,
                 LogSource::Host,
                 &format!("a tool is left out: {why}"),
@@ -248,7 +246,7 @@ async fn speak(shared: &Arc<Shared>, child: &Arc<Child>) -> Result<(), String> {
             _ = child.wait(None) => return Ok(()),
             () = shared.refresh.notified() => {
                 if let Err(why) = refresh(shared, &peer, Instant::now() + shared.startup).await {
-                    shared.log.push(LogLevel::Warn, LogSource::Host, &why);
+                    shared.log.push_quiet(LogLevel::Warn, LogSource::Host, &why);
                 }
                 // However often the server says its list changed, it is listed at most
                 // once per interval.

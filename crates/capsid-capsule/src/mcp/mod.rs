@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use capsid_audit::{Decision, action};
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
-use capsid_core::limits::MAX_MCP_REVIEW_RECORDS;
+use capsid_core::limits::{MAX_MCP_REVIEW_RECORDS, MCP_SERVER_WAIT_RECHECK};
 use capsid_core::sync::lock;
 use capsid_manifest::{Manifest, Tool};
 use capsid_process::{Health, Supervisor};
@@ -86,7 +86,8 @@ struct ToolBook {
     /// With each, the tool it would become once accepted.
     pending: Vec<(PendingTool, Tool)>,
     /// Digests of pending tools already recorded, so a server listing the same change
-    /// again and again adds one record, not one per list (kept to what is pending).
+    /// again and again (or flipping back and forth) adds one record, not one per list.
+    /// Each entry cost a record, so the records budget bounds it.
     noticed: BTreeSet<String>,
 }
 
@@ -207,11 +208,26 @@ impl Shared {
                 None if self.trust == Trust::Dev && self.take_record() => {
                     match self.pin(&p, "dev").await {
                         Ok(()) => callable.push(p.tool),
-                        Err(e) => self.log.push(
-                            LogLevel::Error,
-                            LogSource::Host,
-                            &format!("tool {name} hidden: it could not be pinned: {e}"),
-                        ),
+                        Err(e) => {
+                            // Not pinned: it waits for review like any new tool.
+                            self.log.push(
+                                LogLevel::Error,
+                                LogSource::Host,
+                                &format!(
+                                    "tool {name} waits for review: it could not be pinned: {e}"
+                                ),
+                            );
+                            pending.push((
+                                PendingTool {
+                                    tool: name,
+                                    change: ToolChange::New,
+                                    pinned: None,
+                                    presented: p.definition,
+                                    digest: p.digest,
+                                },
+                                p.tool,
+                            ));
+                        }
                     }
                 }
                 None => pending.push((
@@ -252,8 +268,6 @@ impl Shared {
             }
         }
         let mut book = lock(&self.book);
-        book.noticed
-            .retain(|d| pending.iter().any(|(p, _)| &p.digest == d));
         book.callable = callable;
         book.pending = pending;
     }
@@ -451,6 +465,7 @@ impl McpCapsule {
                 })?;
             let mut book = lock(&self.shared.book);
             book.pending.retain(|(q, _)| q.digest != p.digest);
+            book.noticed.remove(&p.digest);
             book.callable.retain(|t| t.name != presented.tool.name);
             book.callable.push(presented.tool);
             accepted.push(p.tool);
@@ -461,22 +476,8 @@ impl McpCapsule {
     /// Whether `tool` may be called now: the server has not failed, and the tool is listed
     /// and accepted.
     fn check_callable(&self, tool: &str) -> Result<(), CapsuleError> {
+        self.check_running()?;
         let name = &self.manifest.name;
-        match self.supervisor.health() {
-            Health::Failed { reason } => {
-                return Err(CapsuleError::McpServer {
-                    capsule: name.clone(),
-                    message: format!("has failed: {reason}"),
-                });
-            }
-            Health::Stopped | Health::Finished => {
-                return Err(CapsuleError::McpServer {
-                    capsule: name.clone(),
-                    message: "is stopped".into(),
-                });
-            }
-            _ => {}
-        }
         let book = lock(&self.shared.book);
         if book.callable.iter().any(|t| t.name == tool) {
             return Ok(());
@@ -492,6 +493,28 @@ impl McpCapsule {
                 tool: tool.to_owned(),
             },
         })
+    }
+
+    /// Whether its server still runs or will be restarted: not given up on, not stopped.
+    fn check_running(&self) -> Result<(), CapsuleError> {
+        let name = &self.manifest.name;
+        if self.shared.stopped.load(Ordering::Acquire) {
+            return Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: "is stopped".into(),
+            });
+        }
+        match self.supervisor.health() {
+            Health::Failed { reason } => Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: format!("has failed: {reason}"),
+            }),
+            Health::Stopped | Health::Finished => Err(CapsuleError::McpServer {
+                capsule: name.clone(),
+                message: "is stopped".into(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Calls `tool` with `input_json` (a JSON object) within the capsule's deadline.
@@ -514,27 +537,23 @@ impl McpCapsule {
         let cancelled = || CapsuleError::Cancelled {
             capsule: name.clone(),
         };
-        let stopped = || CapsuleError::McpServer {
-            capsule: name.clone(),
-            message: "is stopped".into(),
-        };
-        // A call right after a load or a restart waits for the server, within its deadline.
+        // A call right after a load or a restart waits for the server, within its deadline;
+        // a stop or the supervisor giving up ends the wait (looked at again every
+        // `MCP_SERVER_WAIT_RECHECK`, as nothing is published when a server is given up on).
         let mut peers = self.shared.peer.subscribe();
         let peer = loop {
-            if self.shared.stopped.load(Ordering::Acquire) {
-                return Err(stopped());
-            }
+            let published = peers.borrow_and_update().clone();
+            self.check_running()?;
             // A connection whose server just went away may still be published for a moment:
             // it is no server to call.
-            if let Some(peer) = peers.borrow_and_update().clone()
+            if let Some(peer) = published
                 && !peer.is_transport_closed()
             {
                 break peer;
             }
             tokio::select! {
-                changed = peers.changed() => if changed.is_err() {
-                    return Err(stopped());
-                },
+                _ = peers.changed() => {}
+                () = tokio::time::sleep(MCP_SERVER_WAIT_RECHECK) => {}
                 () = tokio::time::sleep_until(deadline) => return Err(timeout()),
                 () = control.cancellation() => return Err(cancelled()),
             }

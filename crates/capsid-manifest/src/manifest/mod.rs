@@ -716,7 +716,8 @@ fn tools(cx: &Ctx<'_>, raw: Vec<raw::RawTool>) -> Result<Vec<Tool>, ManifestErro
 
 /// The `[env]` keys. For a native or MCP capsule (`program`) they become its program's
 /// environment, so the ones the runtime fixes (`PATH`, `HOME`) and the dynamic loader's
-/// (`LD_*`) are refused.
+/// (`LD_*`) are refused. (Not a boundary: the manifest names the program's arguments too;
+/// the grant is to run the program.)
 fn env(
     cx: &Ctx<'_>,
     raw: std::collections::BTreeMap<Spanned<String>, raw::RawEnv>,
@@ -739,7 +740,7 @@ fn env(
                 return Err(cx.at(
                     "env",
                     &k,
-                    "a program's PATH and HOME are fixed, and LD_* would change what it runs",
+                    "a program's PATH and HOME are fixed by the runtime, and LD_* belongs to the dynamic loader",
                 ));
             }
             if let (true, Some(d)) = (v.secret, &v.default) {
