@@ -5,8 +5,8 @@
 //! client speaks to it (`client.rs`).
 //!
 //! Its tools are the ones the server lists, but only as far as they were accepted: the
-//! first time a tool is seen its definition (name, description, schemas; `definition.rs`)
-//! is pinned by blake3 under dev trust, otherwise it waits for review; a tool whose
+//! first time a tool is seen its definition (everything an agent is shown of it;
+//! `definition.rs`) is pinned by blake3 under dev trust, otherwise it waits for review; a tool whose
 //! definition later differs from its pin (a server rewriting its own description to steer an
 //! agent) is hidden until the operator accepts the change (`capsid capsule review`). Each
 //! of those is recorded. Calls are bounded: the capsule's `call_timeout_ms` (the request is
