@@ -529,6 +529,36 @@ async fn the_sandbox_holds_an_mcp_server_and_its_env_stays_out_of_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_uplink_granted_the_sandboxed_server_shares_the_hosts_network() {
+    let rt = Runtime::new().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Dev trust grants what the manifest asks: `process://network/net`.
+    let dir = mcp_capsule(
+        rt.home.path(),
+        "net",
+        "good",
+        "",
+        "[capabilities]\nprocess_sandbox = \"required\"\nuplink = true\n",
+    );
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    connected(&rt, "net").await;
+    let input = serde_json::json!({ "read": "/nonexistent", "port": port }).to_string();
+    let seen: serde_json::Value =
+        serde_json::from_str(&call(&rt, "net", "snoop", &input).await.unwrap()).unwrap();
+    assert_eq!(seen["net"], "connected", "{seen}");
+    assert!(listener.accept().is_ok());
+    // Still in the sandbox: only the network was added.
+    assert!(seen["ssh"].as_str().unwrap().starts_with("error"), "{seen}");
+    let network_checks = rt
+        .audit_entries()
+        .into_iter()
+        .filter(|e| e.resource == "process://network/net" && e.decision == "allow")
+        .count();
+    assert_eq!(network_checks, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_program_that_does_not_match_its_pin_never_starts() {
     let rt = Runtime::new().await;
     let dir = mcp_capsule(
