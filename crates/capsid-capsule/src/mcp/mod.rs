@@ -195,16 +195,7 @@ impl Shared {
             };
             match pin {
                 Some(pin) if pin.digest == p.digest => callable.push(p.tool),
-                Some(pin) => pending.push((
-                    PendingTool {
-                        tool: name,
-                        change: ToolChange::Changed,
-                        pinned: Some(pin.definition),
-                        presented: p.definition,
-                        digest: p.digest,
-                    },
-                    p.tool,
-                )),
+                Some(pin) => pending.push(waiting(p, Some(pin.definition))),
                 None if self.trust == Trust::Dev && self.take_record() => {
                     match self.pin(&p, "dev").await {
                         Ok(()) => callable.push(p.tool),
@@ -217,29 +208,11 @@ impl Shared {
                                     "tool {name} waits for review: it could not be pinned: {e}"
                                 ),
                             );
-                            pending.push((
-                                PendingTool {
-                                    tool: name,
-                                    change: ToolChange::New,
-                                    pinned: None,
-                                    presented: p.definition,
-                                    digest: p.digest,
-                                },
-                                p.tool,
-                            ));
+                            pending.push(waiting(p, None));
                         }
                     }
                 }
-                None => pending.push((
-                    PendingTool {
-                        tool: name,
-                        change: ToolChange::New,
-                        pinned: None,
-                        presented: p.definition,
-                        digest: p.digest,
-                    },
-                    p.tool,
-                )),
+                None => pending.push(waiting(p, None)),
             }
         }
         for (p, _) in &pending {
@@ -645,4 +618,23 @@ fn arguments(
         });
     };
     Ok(map)
+}
+
+/// A presented tool waiting for review: changed from `pinned`, or new when there is no pin;
+/// with the tool it becomes once accepted.
+fn waiting(presented: Presented, pinned: Option<Value>) -> (PendingTool, Tool) {
+    (
+        PendingTool {
+            tool: presented.tool.name.clone(),
+            change: if pinned.is_some() {
+                ToolChange::Changed
+            } else {
+                ToolChange::New
+            },
+            pinned,
+            presented: presented.definition,
+            digest: presented.digest,
+        },
+        presented.tool,
+    )
 }
