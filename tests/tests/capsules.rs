@@ -274,6 +274,7 @@ async fn capsules_built_by_xtask_are_all_present() {
         "flood",
         "guess",
         "hostcalls",
+        "relay",
     ] {
         assert!(
             dir.join(name).join(format!("{name}.wasm")).is_file(),

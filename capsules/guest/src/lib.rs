@@ -34,7 +34,8 @@
 //! that wants the raw name and JSON text overrides [`Capsule::call_tool`] instead. A capsule
 //! that wants to know when it is reloaded implements [`Capsule::restart`].
 //!
-//! The host interfaces are re-exported as modules ([`kv`], [`fs`], [`ipc`], [`sys`], [`log`]);
+//! The host interfaces are re-exported as modules ([`kv`], [`fs`], [`ipc`], [`sys`], [`log`],
+//! [`tools`] to call other capsules' tools, ...);
 //! every call is checked against the capsule's grants, so expect [`Error::Denied`] for
 //! anything the operator did not grant.
 #![deny(missing_docs)]
@@ -54,11 +55,11 @@ pub mod __bindings {
     });
 }
 
-mod tools;
+mod handlers;
 
 #[doc(hidden)]
-pub use tools::{__check_tool_names, __tool_names_section};
-pub use tools::{FromInput, Handler, IntoOutput, Json, RawJson, Tool, Tools, dispatch};
+pub use handlers::{__check_tool_names, __tool_names_section};
+pub use handlers::{FromInput, Handler, IntoOutput, Json, RawJson, Tool, Tools, dispatch};
 
 #[doc(hidden)]
 pub use __bindings::exports::capsid::host::guest::Guest as __Guest;
@@ -69,7 +70,7 @@ pub use __bindings::exports::capsid::host::lifecycle::Guest as __Lifecycle;
 pub use __bindings::exports::capsid::host::lifecycle::RestartCause;
 
 pub use __bindings::capsid::host::types::Error;
-pub use __bindings::capsid::host::{approval, fs, ipc, kv, log, process, progress, sys};
+pub use __bindings::capsid::host::{approval, fs, ipc, kv, log, process, progress, sys, tools};
 /// `wasi:io/poll`: wait on several `process` pollables (and WASI's) at once.
 pub use __bindings::wasi::io::poll;
 

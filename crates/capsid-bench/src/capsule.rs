@@ -1,5 +1,6 @@
 //! `capsule`: warm `call-tool` latency against raw wasmtime on the same engine, guest-to-host
-//! call cost, and cold (compile) against cached load. Needs the capsules built by
+//! call cost, cold (compile) against cached load, and a capsule calling another's tool
+//! (`capsule_tools.rs`). Needs the capsules built by
 //! `cargo xtask build-capsules` (`cargo xtask bench capsule` builds them first).
 
 use std::path::Path;
@@ -31,6 +32,7 @@ pub fn run() -> Result<Vec<Row>> {
         let mut rows = latency_rows().await?;
         rows.extend(host_call_rows().await?);
         rows.extend(load_rows().await?);
+        rows.extend(crate::capsule_tools::rows().await?);
         Ok(rows)
     })
 }

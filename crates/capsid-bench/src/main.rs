@@ -6,6 +6,7 @@ mod approvals;
 mod audit;
 mod audit_scale;
 mod capsule;
+mod capsule_tools;
 mod density;
 mod http;
 mod kernel;

@@ -14,6 +14,7 @@ wasmtime::component::bindgen!({
         "capsid:host/ipc": async,
         "capsid:host/process": async,
         "capsid:host/approval": async,
+        "capsid:host/tools": async,
         // Only a full resource table can fail these: a trap, not an answer for the guest.
         "capsid:host/process.[method]background.subscribe-exit": async | trappable,
         "capsid:host/process.[method]background.subscribe-output": async | trappable,
@@ -107,7 +108,7 @@ impl CapsulePre {
 pub(crate) fn link_capsid_host(
     linker: &mut wasmtime::component::Linker<crate::host::HostState>,
 ) -> wasmtime::Result<()> {
-    use capsid::host::{approval, fs, ipc, kv, log, process, progress, sys, types};
+    use capsid::host::{approval, fs, ipc, kv, log, process, progress, sys, tools, types};
     use wasmtime::component::HasSelf;
     fn state(s: &mut crate::host::HostState) -> &mut crate::host::HostState {
         s
@@ -121,5 +122,6 @@ pub(crate) fn link_capsid_host(
     process::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     progress::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     approval::add_to_linker::<_, HasSelf<_>>(linker, state)?;
+    tools::add_to_linker::<_, HasSelf<_>>(linker, state)?;
     Ok(())
 }

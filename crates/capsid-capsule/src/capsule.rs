@@ -156,28 +156,30 @@ struct Warm {
     exports: CapsuleExports,
 }
 
-/// Starts the clock of one call: its deadline and its caller's cancellation, checked at
-/// every epoch tick, and a fresh memory-limit flag.
-fn arm(store: &mut Store<HostState>, timeout: Duration, control: CallControl) {
+/// Starts the clock of one call: its deadline (`deadline`, moved later by the time the
+/// call's chain waits for a person) and its caller's cancellation, checked at every epoch
+/// tick, and a fresh memory-limit flag.
+fn arm(store: &mut Store<HostState>, deadline: std::time::Instant, control: CallControl) {
     let data = store.data_mut();
-    data.deadline = std::time::Instant::now() + timeout;
+    data.deadline = deadline;
     data.limiter.hit = false;
     data.control = control;
     store.set_epoch_deadline(1);
 }
 
-/// `work`, cut off once `limit` has passed, not counting the time its deadline was
-/// suspended (`control` waiting for a person's approval).
+/// `work`, cut off once `deadline` and then `grace` have passed, the deadline moved by the
+/// time it was suspended (`control`'s chain waiting for a person's approval).
 async fn watchdog<T>(
     work: impl Future<Output = T>,
-    limit: Duration,
+    deadline: std::time::Instant,
+    grace: Duration,
     control: &CallControl,
 ) -> Result<T, tokio::time::error::Elapsed> {
-    let started = tokio::time::Instant::now();
+    let deadline = tokio::time::Instant::from_std(deadline) + grace;
     tokio::pin!(work);
     loop {
         let (moved, suspended) = control.deadline_moved();
-        let due = started + limit + moved;
+        let due = deadline + moved;
         // While suspended the deadline is not known yet: look again a little later.
         let wake = if suspended {
             tokio::time::Instant::now() + SUSPENDED_RECHECK
@@ -385,12 +387,12 @@ impl LoadedCapsule {
         call: &Call<'_>,
         control: &CallControl,
     ) -> Result<Option<String>, CapsuleError> {
-        let timeout = self.timeout();
         let control = &control.asking(matches!(call, Call::Tool { .. } | Call::Event { .. }));
-        arm(&mut warm.store, timeout, control.clone());
+        let (deadline, capped) = control.deadline_for(self.timeout());
+        arm(&mut warm.store, deadline, control.clone());
         let outcome = {
             let invoked = CURRENT_CALL.scope(control.clone(), invoke(warm, call));
-            let watched = watchdog(invoked, timeout + HOST_CALL_GRACE, control);
+            let watched = watchdog(invoked, deadline, HOST_CALL_GRACE, control);
             tokio::pin!(watched);
             tokio::select! {
                 biased;
@@ -409,8 +411,8 @@ impl LoadedCapsule {
         warm.store.data_mut().control = CallControl::default();
         match outcome {
             Err(_) if control.is_cancelled() => Err(self.cancelled()),
-            Err(_) => Err(self.timeout_error()),
-            Ok(Err(trap)) => Err(self.classify(&trap, &warm.store, control)),
+            Err(_) => Err(self.timeout_error(capped)),
+            Ok(Err(trap)) => Err(self.classify(&trap, &warm.store, control, capped)),
             Ok(Ok(Err(e))) => Err(CapsuleError::Guest {
                 capsule: self.name().clone(),
                 call: call.name(),
@@ -420,7 +422,13 @@ impl LoadedCapsule {
         }
     }
 
-    fn timeout_error(&self) -> CapsuleError {
+    /// The deadline passed: the capsule's own (`capped` false), or its calling capsule's.
+    fn timeout_error(&self, capped: bool) -> CapsuleError {
+        if capped {
+            return CapsuleError::CallerDeadline {
+                capsule: self.name().clone(),
+            };
+        }
         CapsuleError::Timeout {
             capsule: self.name().clone(),
             timeout_ms: self.manifest.limits.call_timeout_ms,
@@ -438,6 +446,7 @@ impl LoadedCapsule {
         error: &wasmtime::Error,
         store: &Store<HostState>,
         control: &CallControl,
+        capped: bool,
     ) -> CapsuleError {
         if error
             .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -457,7 +466,7 @@ impl LoadedCapsule {
             return if control.is_cancelled() {
                 self.cancelled()
             } else {
-                self.timeout_error()
+                self.timeout_error(capped)
             };
         }
         CapsuleError::Trap {
@@ -476,7 +485,8 @@ impl LoadedCapsule {
                 self.cx.clone(),
                 self.manifest.limits.memory_mb,
             );
-            arm(&mut store, self.timeout(), CallControl::default());
+            let deadline = std::time::Instant::now() + self.timeout();
+            arm(&mut store, deadline, CallControl::default());
             match self.pre.instantiate_async(&mut store).await {
                 Ok(e) => break (store, e),
                 Err(InstantiateError::Instantiate(e)) => {
@@ -488,7 +498,7 @@ impl LoadedCapsule {
                         reclaimed += 1;
                         continue;
                     }
-                    return Err(self.classify(&e, &store, &CallControl::default()));
+                    return Err(self.classify(&e, &store, &CallControl::default(), false));
                 }
                 Err(InstantiateError::Exports(e)) => {
                     return Err(CapsuleError::WrongWorld {
@@ -554,7 +564,9 @@ impl LoadedCapsule {
         match ran {
             Err(e) if e.is_fatal() => Err(self.fail_if_fatal(e).await),
             // Its instance was stopped mid-call: dropped, with its background children.
-            Err(e @ CapsuleError::Cancelled { .. }) => Err(e),
+            Err(e @ (CapsuleError::Cancelled { .. } | CapsuleError::CallerDeadline { .. })) => {
+                Err(e)
+            }
             result => {
                 if self.state() == CapsuleState::Ready {
                     lock(&self.idle).push(warm);

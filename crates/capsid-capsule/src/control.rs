@@ -9,7 +9,7 @@ use capsid_core::limits::{
     MAX_CALL_APPROVAL_WAIT, MAX_PENDING_APPROVALS, MAX_PROGRESS_MESSAGE_BYTES,
 };
 use capsid_core::sync::lock;
-use capsid_core::{ClientSessionId, Principal};
+use capsid_core::{CapsuleId, ClientSessionId, Principal};
 use tokio::sync::{mpsc, watch};
 
 use crate::approval::ApprovalRequest;
@@ -42,6 +42,12 @@ pub struct CallControl {
     caller: Option<Principal>,
     /// The caller's client session, if the call came from one.
     session: Option<ClientSessionId>,
+    /// For a call one capsule made to another's tool (`capsid:host/tools`): the capsules
+    /// it came through, first caller first; empty for a call from outside.
+    chain: Arc<[CapsuleId]>,
+    /// The latest the call may end, not counting time suspended (its caller's deadline,
+    /// for a call a capsule made); the callee's own deadline applies too.
+    not_after: Option<Instant>,
 }
 
 /// Time the call's deadline was suspended for (a person deciding an approval).
@@ -100,6 +106,43 @@ impl CallControl {
             caller: Some(caller),
             session,
             ..self.clone()
+        }
+    }
+
+    /// The call `via` (running this call) makes to another capsule's tool: cancelled with
+    /// this one (or alone), ending by `not_after` at the latest, for the same client and
+    /// session, its approvals told to the same listener and its waits for a person
+    /// suspending this call's deadline too (one suspension for the whole chain). The
+    /// callee's progress is its own, not passed on.
+    pub(crate) fn nested(&self, via: &CapsuleId, not_after: Instant) -> Self {
+        let mut chain = self.chain.to_vec();
+        chain.push(via.clone());
+        Self {
+            cancelled: self.cancelled.child_token(),
+            progress: None,
+            chain: chain.into(),
+            not_after: Some(self.not_after.map_or(not_after, |n| n.min(not_after))),
+            ..self.clone()
+        }
+    }
+
+    /// The capsules this call came through (empty for a call from outside).
+    pub(crate) fn chain(&self) -> &[CapsuleId] {
+        &self.chain
+    }
+
+    /// When a call that may run for `timeout` from now must end, not counting time
+    /// suspended from now on: the earlier of that and the caller's deadline, and whether
+    /// the caller's came first. Time this call's chain was suspended before now is taken
+    /// off, as it is added back to every deadline of the chain
+    /// ([`deadline_moved`](Self::deadline_moved)).
+    pub(crate) fn deadline_for(&self, timeout: Duration) -> (Instant, bool) {
+        let now = Instant::now();
+        let (moved, _) = self.deadline_moved();
+        let own = (now + timeout).checked_sub(moved).unwrap_or(now);
+        match self.not_after {
+            Some(cap) if cap < own => (cap, true),
+            _ => (own, false),
         }
     }
 

@@ -172,6 +172,14 @@ pub enum CapsuleError {
         /// The capsule.
         capsule: CapsuleId,
     },
+    /// A call another capsule made ran out of that caller's time (the caller's deadline
+    /// came before the capsule's own). Not the capsule's fault: its instance is dropped,
+    /// and it is not marked failed.
+    #[error("capsule {capsule}: the calling capsule's deadline passed")]
+    CallerDeadline {
+        /// The capsule called.
+        capsule: CapsuleId,
+    },
     /// No such tool is declared in the manifest.
     #[error("capsule {capsule} has no tool named {tool:?}")]
     UnknownTool {
@@ -269,5 +277,22 @@ impl CapsuleError {
             self,
             Self::Timeout { .. } | Self::MemoryLimit { .. } | Self::Trap { .. }
         )
+    }
+
+    /// How a tool call that ended in this error is recorded (`outcome` of `tool.result`).
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Guest { .. } | Self::ToolFailed { .. } => "tool-error",
+            Self::ToolPendingReview { .. } => "pending-review",
+            Self::McpServer { .. } => "server-failed",
+            Self::Timeout { .. } | Self::CallerDeadline { .. } => "timeout",
+            Self::Trap { .. } | Self::MemoryLimit { .. } => "capsule-failed",
+            Self::Busy { .. } | Self::RuntimeFull { .. } => "busy",
+            Self::TooBig { .. } => "too-large",
+            Self::UnknownTool { .. } => "unknown-tool",
+            Self::NotReady { .. } => "not-ready",
+            Self::Cancelled { .. } => "cancelled",
+            _ => "failed",
+        }
     }
 }

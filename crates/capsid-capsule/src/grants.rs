@@ -55,8 +55,23 @@ pub fn network_resource(capsule: &CapsuleId) -> String {
     format!("process://network/{capsule}")
 }
 
-/// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc`, `process` and `http`
-/// lists, and, for a native or MCP capsule, its own program.
+/// The resource calling `tool` of `capsule` is checked against.
+pub fn tool_resource(capsule: &CapsuleId, tool: &str) -> String {
+    format!("tool://{capsule}/{tool}")
+}
+
+/// Whether `tool` can be a tool's name (`[A-Za-z0-9_-]`, 1 to 64 bytes: what manifests
+/// allow, and MCP servers' names in upper case too): anything else is no tool, and is
+/// answered so before anything is recorded.
+pub fn is_tool_name(tool: &str) -> bool {
+    (1..=64).contains(&tool.len())
+        && tool
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Everything `manifest` asks for: its KV namespace, its `fs`, `ipc`, `process`, `http` and
+/// `tools` lists, and, for a native or MCP capsule, its own program.
 pub fn requested(manifest: &Manifest) -> Vec<Request> {
     let caps = &manifest.capabilities;
     let mut out = vec![Request {
@@ -96,6 +111,7 @@ pub fn requested(manifest: &Manifest) -> Vec<Request> {
         (&caps.ipc_subscribe, Permissions::SUBSCRIBE),
         // Sending a request to an origin is an action, like starting a program or a tool.
         (&caps.http, Permissions::EXEC),
+        (&caps.tools, Permissions::EXEC),
     ];
     for (patterns, permissions) in groups {
         out.extend(patterns.iter().map(|p| Request {

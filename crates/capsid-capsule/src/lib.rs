@@ -44,8 +44,8 @@ pub use control::{CallControl, Progress};
 pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
 pub use error::{CapsuleError, GuestError};
 pub use grants::{
-    GrantChange, Request, Trust, exec_resource, kv_resource, network_resource, persistent_resource,
-    plan_grants, requested,
+    GrantChange, Request, Trust, exec_resource, is_tool_name, kv_resource, network_resource,
+    persistent_resource, plan_grants, requested, tool_resource,
 };
 pub use host::{APPROVAL_REQUESTED_TOPIC, HostServices};
 pub use http::{HttpSetupError, OutboundHttp, Resolve, SystemResolver};

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use capsid_core::CapsuleId;
 use capsid_core::tally::{Standing, Tally};
 
-use crate::capsule::LoadedCapsule;
+use crate::capsule::{CapsuleState, LoadedCapsule};
+use crate::control::CallControl;
+use crate::error::CapsuleError;
 use crate::mcp::McpCapsule;
 use crate::native::NativeCapsule;
 use crate::registry::CapsuleCounts;
@@ -21,6 +23,28 @@ pub(crate) enum Slot {
     Native { native: Arc<NativeCapsule> },
     Mcp { mcp: Arc<McpCapsule> },
     LoadFailed { dir: PathBuf, reason: String },
+}
+
+/// A capsule whose tools can be called: a WebAssembly capsule or an MCP server.
+#[derive(Clone)]
+pub(crate) enum Callee {
+    Wasm(Arc<LoadedCapsule>),
+    Mcp(Arc<McpCapsule>),
+}
+
+impl Callee {
+    /// Runs `tool` on `input_json` for a caller holding `control`.
+    pub(crate) async fn call(
+        &self,
+        tool: &str,
+        input_json: &str,
+        control: &CallControl,
+    ) -> Result<String, CapsuleError> {
+        match self {
+            Self::Wasm(capsule) => capsule.call_tool_with(tool, input_json, control).await,
+            Self::Mcp(mcp) => mcp.call(tool, input_json, control).await,
+        }
+    }
 }
 
 /// Capsules by name. Reads go through `Deref` to the map; every change goes through
@@ -69,6 +93,37 @@ impl Slots {
             Slot::Mcp { mcp } => mcp.supervisor().join_tally(self.tally.clone()),
             Slot::LoadFailed { .. } => self.tally.add(Standing::Failed),
             Slot::Loading { .. } => {}
+        }
+    }
+
+    /// Capsule `name`, to call its tools; why not, when it cannot be (not loaded, not
+    /// ready, native).
+    pub(crate) fn callee(&self, name: &CapsuleId) -> Result<Callee, CapsuleError> {
+        match self.map.get(name) {
+            Some(Slot::Loaded { capsule }) => Ok(Callee::Wasm(capsule.clone())),
+            Some(Slot::Mcp { mcp }) => Ok(Callee::Mcp(mcp.clone())),
+            Some(Slot::Native { .. }) => Err(CapsuleError::NotWasm(name.clone())),
+            Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
+                capsule: name.clone(),
+                state: CapsuleState::Loading.to_string(),
+            }),
+            Some(Slot::LoadFailed { reason, .. }) => Err(CapsuleError::NotReady {
+                capsule: name.clone(),
+                state: CapsuleState::Failed(reason.clone()).to_string(),
+            }),
+            None => Err(CapsuleError::NotLoaded(name.clone())),
+        }
+    }
+
+    /// The tools capsule `name` offers now: its manifest's, or for an MCP capsule the
+    /// server's accepted ones. None for a capsule that is not ready.
+    pub(crate) fn tools(&self, name: &CapsuleId) -> Vec<capsid_manifest::Tool> {
+        match self.map.get(name) {
+            Some(Slot::Loaded { capsule }) if capsule.state() == CapsuleState::Ready => {
+                capsule.manifest.tools.clone()
+            }
+            Some(Slot::Mcp { mcp }) => mcp.tools(),
+            _ => Vec::new(),
         }
     }
 

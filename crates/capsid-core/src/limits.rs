@@ -129,6 +129,11 @@ pub const MAX_TOOL_INPUT_BYTES: usize = 1024 * 1024;
 /// answer as the kernel passes it on); a larger one is an error.
 pub const MAX_TOOL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
+/// How many capsules deep tool calls may nest through `capsid:host/tools` (the first
+/// callee is depth 1): a call that would go deeper is refused (`too-deep`), so a chain of
+/// capsules calling each other ends even where no capsule repeats.
+pub const MAX_TOOL_CALL_DEPTH: usize = 8;
+
 /// Bytes of a progress message a capsule reports (`progress.report`); longer ones are cut.
 pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;
 

@@ -33,6 +33,7 @@ mod tool;
 mod watch;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
+pub use capsid_capsule::tool_resource;
 pub use config::{
     CapsuleConfig, HealthConfig, HttpConfig, KernelConfig, SandboxConfig, TamperPolicy,
 };
@@ -41,4 +42,4 @@ pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
 pub use sessions::SessionHold;
-pub use tool::{Door, ToolCaller, ToolInfo, tool_resource};
+pub use tool::{Door, ToolCaller, ToolInfo};

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
 use capsid_capabilities::{Check, Denied, Permissions, RecordAllow, Subject};
-use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
+use capsid_capsule::{CallControl, CapsuleError, CapsuleState, is_tool_name, tool_resource};
 use capsid_core::limits::MAX_CLIENT_NAME_BYTES;
 use capsid_core::{CapsuleId, Principal, PrincipalId};
 use serde_json::json;
@@ -70,21 +70,6 @@ pub struct ToolInfo {
     pub annotations: capsid_manifest::ToolAnnotations,
 }
 
-/// The resource calling `tool` of `capsule` is checked against.
-pub fn tool_resource(capsule: &CapsuleId, tool: &str) -> String {
-    format!("tool://{capsule}/{tool}")
-}
-
-/// Whether `tool` can be a tool's name (`[A-Za-z0-9_-]`, 1 to 64 bytes: what manifests
-/// allow, and MCP servers' names in upper case too): anything else is no tool, and is
-/// answered so before anything is recorded.
-fn plausible_tool(tool: &str) -> bool {
-    (1..=64).contains(&tool.len())
-        && tool
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// A client's name as recorded: control characters escaped, cut to
 /// `MAX_CLIENT_NAME_BYTES` (a client must not be able to make its records fail).
 fn client_name(name: &str) -> String {
@@ -100,19 +85,7 @@ fn client_name(name: &str) -> String {
 fn outcome(result: &Result<String, KernelError>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(KernelError::Capsule(e)) => match e {
-            CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => "tool-error",
-            CapsuleError::ToolPendingReview { .. } => "pending-review",
-            CapsuleError::McpServer { .. } => "server-failed",
-            CapsuleError::Timeout { .. } => "timeout",
-            CapsuleError::Trap { .. } | CapsuleError::MemoryLimit { .. } => "capsule-failed",
-            CapsuleError::Busy { .. } | CapsuleError::RuntimeFull { .. } => "busy",
-            CapsuleError::TooBig { .. } => "too-large",
-            CapsuleError::UnknownTool { .. } => "unknown-tool",
-            CapsuleError::NotReady { .. } => "not-ready",
-            CapsuleError::Cancelled { .. } => "cancelled",
-            _ => "failed",
-        },
+        Err(KernelError::Capsule(e)) => e.outcome(),
         Err(_) => "failed",
     }
 }
@@ -165,7 +138,7 @@ impl Kernel {
                 tool: tool.to_owned(),
             })
         };
-        if !plausible_tool(tool) {
+        if !is_tool_name(tool) {
             return Err(no_such_tool());
         }
         let resource = tool_resource(name, tool);

@@ -24,6 +24,7 @@ ipc_publish = ["notes.*"]
 ipc_subscribe = ["files.changed"]
 kv_quota_bytes = 1048576
 uplink = false
+tools = ["github/*", "*/read"]
 
 [dependencies]
 requires = ["storage-helper"]
@@ -74,6 +75,13 @@ fn a_complete_manifest_parses() {
         "ipc://subscribe/files.changed"
     );
     assert_eq!(m.capabilities.process, ["git", "/usr/bin/python3"]);
+    let tools: Vec<&str> = m
+        .capabilities
+        .tools
+        .iter()
+        .map(capsid_capabilities::Pattern::as_str)
+        .collect();
+    assert_eq!(tools, ["tool://github/*", "tool://*/read"]);
     assert_eq!(m.requires[0].as_str(), "storage-helper");
     assert_eq!(
         (
@@ -235,6 +243,24 @@ fn every_refusal_names_key_and_line() {
             "ipc_publish = [\"a/b\"]",
             "capabilities.ipc_publish",
             "ipc_publish = [\"a/b",
+        ),
+        (
+            "tools = [\"github/*\", ",
+            "tools = [\"github\", ",
+            "capabilities.tools",
+            "tools = [\"github\"",
+        ),
+        (
+            "tools = [\"github/*\", ",
+            "tools = [\"github/a/b\", ",
+            "capabilities.tools",
+            "tools = [\"github/a",
+        ),
+        (
+            "tools = [\"github/*\", ",
+            "tools = [\"git hub/*\", ",
+            "capabilities.tools",
+            "tools = [\"git hub",
         ),
         (
             "memory_mb = 128",

@@ -1,5 +1,5 @@
 //! The host side of the capsule WIT, one module per interface (`log`, `sys`, `kv`, `fs`,
-//! `ipc`), plus the per-instance state and the one place capability checks and their audit
+//! `ipc`, `tools`, ...), plus the per-instance state and the one place capability checks and their audit
 //! entries are made ([`CapsuleContext::authorize`]).
 //!
 //! Audit policy: every denial is recorded; an allow is recorded when the call has an effect
@@ -23,6 +23,9 @@ pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;
 mod stdio;
 mod sys;
+mod tools;
+
+pub(crate) use tools::Callees;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -175,6 +178,8 @@ pub(crate) struct CapsuleContext {
     pub http_queued: Arc<tokio::sync::Semaphore>,
     /// What its manifest lets it ask a person for (`[capabilities] ask`).
     pub ask: Vec<capsid_capabilities::Pattern>,
+    /// The capsules whose tools it may call (`capsid:host/tools`), as grants allow.
+    pub callees: Callees,
 }
 
 impl CapsuleContext {
@@ -203,18 +208,45 @@ impl CapsuleContext {
         effectful: bool,
         carries: Option<&[&[u8]]>,
     ) -> Result<(), WitError> {
+        self.authorize_detailed(
+            op,
+            permission,
+            resource,
+            effectful,
+            carries,
+            serde_json::json!({}),
+        )
+        .await
+        .map_err(|_| WitError::Denied)
+    }
+
+    /// [`authorize_writing`](Self::authorize_writing) with `details` (a JSON object) in its
+    /// record; why it refused: denied, or the record could not be written.
+    pub(crate) async fn authorize_detailed(
+        &self,
+        op: &str,
+        permission: Permissions,
+        resource: &str,
+        effectful: bool,
+        carries: Option<&[&[u8]]>,
+        mut details: serde_json::Value,
+    ) -> Result<(), Denied> {
         match self
             .ask_if_needed(op, permission, resource, None, carries)
             .await
         {
             Asked::Unasked => {}
-            Asked::Refused => return Err(WitError::Denied),
+            Asked::Refused => {
+                return Err(Denied::NotGranted(capsid_capabilities::DenyReason::NoGrant));
+            }
             Asked::Approved { id, .. } => {
                 if effectful {
-                    let details = serde_json::json!({ "approval": id });
+                    if let Some(fields) = details.as_object_mut() {
+                        fields.insert("approval".into(), serde_json::json!(id));
+                    }
                     self.note(op, resource, capsid_audit::Decision::Allow, &details)
                         .await
-                        .map_err(|_| WitError::Denied)?;
+                        .map_err(Denied::Unrecorded)?;
                 }
                 return Ok(());
             }
@@ -226,11 +258,10 @@ impl CapsuleContext {
                 permission,
                 resource,
                 effectful,
-                serde_json::json!({}),
+                details,
             )
             .await
             .map(|_| ())
-            .map_err(|_| WitError::Denied)
     }
 
     /// Who acts now: this capsule, from the client session of the tool call it runs, if a

@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capsid_audit::{Decision, action};
 use capsid_capabilities::Subject;
@@ -490,7 +490,8 @@ impl McpCapsule {
         }
     }
 
-    /// Calls `tool` with `input_json` (a JSON object) within the capsule's deadline.
+    /// Calls `tool` with `input_json` (a JSON object) within the capsule's deadline (and its
+    /// caller's, for a call from another capsule).
     pub(crate) async fn call(
         &self,
         tool: &str,
@@ -501,11 +502,20 @@ impl McpCapsule {
         self.check_callable(tool)?;
         let arguments = arguments(name, tool, input_json)?;
         let timeout_ms = self.manifest.limits.call_timeout_ms;
-        let deadline =
-            tokio::time::Instant::from_std(Instant::now()) + Duration::from_millis(timeout_ms);
-        let timeout = || CapsuleError::Timeout {
-            capsule: name.clone(),
-            timeout_ms,
+        // A capsule's call to this server ends by its caller's deadline too.
+        let (deadline, capped) = control.deadline_for(Duration::from_millis(timeout_ms));
+        let deadline = tokio::time::Instant::from_std(deadline + control.deadline_moved().0);
+        let timeout = || {
+            if capped {
+                CapsuleError::CallerDeadline {
+                    capsule: name.clone(),
+                }
+            } else {
+                CapsuleError::Timeout {
+                    capsule: name.clone(),
+                    timeout_ms,
+                }
+            }
         };
         let cancelled = || CapsuleError::Cancelled {
             capsule: name.clone(),

@@ -23,7 +23,7 @@ use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::mcp::McpCapsule;
-use crate::slots::{Slot, Slots};
+use crate::slots::{Callee, Slot, Slots};
 use crate::warmth::Warmth;
 use programs::{mcp_info, native_info, stop_program};
 
@@ -381,6 +381,7 @@ impl Registry {
                 capsid_core::limits::MAX_HTTP_QUEUED,
             )),
             ask: manifest.capabilities.ask.clone(),
+            callees: Arc::downgrade(&self.slots),
         });
         let capsule = Arc::new(LoadedCapsule::new(
             manifest,
@@ -551,20 +552,9 @@ impl Registry {
 
     /// The loaded capsule called `name`.
     pub fn get(&self, name: &CapsuleId) -> Result<Arc<LoadedCapsule>, CapsuleError> {
-        match self.read_slots().get(name) {
-            Some(Slot::Loaded { capsule, .. }) => Ok(capsule.clone()),
-            Some(Slot::Native { .. } | Slot::Mcp { .. }) => {
-                Err(CapsuleError::NotWasm(name.clone()))
-            }
-            Some(Slot::Loading { .. }) => Err(CapsuleError::NotReady {
-                capsule: name.clone(),
-                state: CapsuleState::Loading.to_string(),
-            }),
-            Some(Slot::LoadFailed { reason, .. }) => Err(CapsuleError::NotReady {
-                capsule: name.clone(),
-                state: CapsuleState::Failed(reason.clone()).to_string(),
-            }),
-            None => Err(CapsuleError::NotLoaded(name.clone())),
+        match self.read_slots().callee(name)? {
+            Callee::Wasm(capsule) => Ok(capsule),
+            Callee::Mcp(_) => Err(CapsuleError::NotWasm(name.clone())),
         }
     }
 
@@ -579,13 +569,7 @@ impl Registry {
     /// The tools capsule `name` offers now: its manifest's, or for an MCP capsule the
     /// server's accepted ones. Empty for a capsule that is not ready.
     pub fn tools(&self, name: &CapsuleId) -> Vec<capsid_manifest::Tool> {
-        match self.read_slots().get(name) {
-            Some(Slot::Loaded { capsule }) if capsule.state() == CapsuleState::Ready => {
-                capsule.manifest.tools.clone()
-            }
-            Some(Slot::Mcp { mcp }) => mcp.tools(),
-            _ => Vec::new(),
-        }
+        self.read_slots().tools(name)
     }
 
     /// The log of capsule `name` (a WebAssembly or MCP capsule; a native capsule's output is
@@ -616,12 +600,8 @@ impl Registry {
         input_json: &str,
         control: &crate::CallControl,
     ) -> Result<String, CapsuleError> {
-        if let Some(mcp) = self.mcp(name) {
-            return mcp.call(tool, input_json, control).await;
-        }
-        self.get(name)?
-            .call_tool_with(tool, input_json, control)
-            .await
+        let callee = self.read_slots().callee(name)?;
+        callee.call(tool, input_json, control).await
     }
 
     /// How many capsules the registry knows and how many are ready or failed, read without

@@ -160,7 +160,7 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::NotReady { .. } | CapsuleError::ToolPendingReview { .. } => {
             ErrorCode::NotReady
         }
-        CapsuleError::Timeout { .. } => ErrorCode::Timeout,
+        CapsuleError::Timeout { .. } | CapsuleError::CallerDeadline { .. } => ErrorCode::Timeout,
         CapsuleError::MemoryLimit { .. } | CapsuleError::Trap { .. } => ErrorCode::CapsuleFailed,
         CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => ErrorCode::ToolError,
         CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,

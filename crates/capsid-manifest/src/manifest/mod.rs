@@ -138,6 +138,9 @@ pub struct Capabilities {
     /// patterns: `fs://workspace/**`, `net://https/*/443`); a check that fails on one of
     /// these waits for an approval instead of being denied. Granting nothing.
     pub ask: Vec<Pattern>,
+    /// Other capsules' tools it may call through `capsid:host/tools`, as
+    /// `tool://<capsule>/<tool>` patterns (written `github/*` in the manifest).
+    pub tools: Vec<Pattern>,
 }
 
 /// Resource limits of an instance, with defaults filled in.
@@ -522,7 +525,24 @@ fn capabilities(cx: &Ctx<'_>, raw: &raw::RawCapabilities) -> Result<Capabilities
             .iter()
             .map(|p| Pattern::parse(p.get_ref()).map_err(|e| cx.at("capabilities.ask", p, e)))
             .collect::<Result<_, _>>()?,
+        tools: raw
+            .tools
+            .iter()
+            .map(|t| tool_pattern(t.get_ref()).map_err(|e| cx.at("capabilities.tools", t, e)))
+            .collect::<Result<_, _>>()?,
     })
+}
+
+/// `[capabilities] tools` entry `<capsule>/<tool>` (either may be or contain `*`) as its
+/// `tool://` pattern.
+fn tool_pattern(entry: &str) -> Result<Pattern, String> {
+    const EXPECTED: &str = "expected <capsule>/<tool>, either may use * (github/*, notes/read)";
+    match entry.split_once('/') {
+        Some((capsule, tool)) if !capsule.is_empty() && !tool.is_empty() && !tool.contains('/') => {
+            Pattern::parse(&format!("tool://{entry}")).map_err(|e| e.to_string())
+        }
+        _ => Err(EXPECTED.to_owned()),
+    }
 }
 
 /// A blake3 pin: 64 lowercase hex digits.

@@ -78,6 +78,8 @@ pub(super) struct RawCapabilities {
     pub http: Vec<Spanned<String>>,
     #[serde(default)]
     pub ask: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tools: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -1,0 +1,326 @@
+//! Capsules calling other capsules' tools through `capsid:host/tools` (the `relay` sample):
+//! granted calls run as the callee, denied ones are recorded and tell nothing, cycles and
+//! chains that are too deep are refused, a callee ends by its caller's deadline without
+//! being failed for it, and an MCP server's tool is called the same way.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use capsid_capsule::{CapsuleError, CapsuleState, Trust};
+use capsid_core::limits::MAX_TOOL_CALL_DEPTH;
+use capsid_integration_tests::{AuditRow, Runtime, capsule_copy_with, id};
+use serde_json::{Value, json};
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_mcp-fixture");
+
+/// A copy of `relay` named `name`, asking for exactly `tools`, with `limits` as its
+/// `[limits]` table's body.
+fn relay_copy(root: &Path, name: &str, tools: &str, limits: &str) -> PathBuf {
+    capsule_copy_with("relay", &root.join(name), |m| {
+        let m = m
+            .replacen("name = \"relay\"", &format!("name = \"{name}\""), 1)
+            .replace("tools = [\"hello/*\"]", &format!("tools = {tools}"));
+        format!("{m}\n[limits]\n{limits}\n")
+    })
+}
+
+/// What `relay.relay` answers for calling `tool` of `capsule` with `input`.
+async fn relay(rt: &Runtime, via: &str, capsule: &str, tool: &str, input: Value) -> Value {
+    rt.call(
+        via,
+        "relay",
+        json!({ "capsule": capsule, "tool": tool, "input": input }),
+    )
+    .await
+}
+
+fn records<'a>(audit: &'a [AuditRow], action: &str, resource: &str) -> Vec<&'a AuditRow> {
+    audit
+        .iter()
+        .filter(|e| e.action == action && e.resource == resource)
+        .collect()
+}
+
+fn details(row: &AuditRow) -> Value {
+    serde_json::from_str(&row.details).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_call_runs_as_the_callee_and_is_recorded_before_and_after() {
+    let rt = Runtime::new().await;
+    rt.load("hello").await;
+    rt.load("counter").await;
+    rt.load("relay").await;
+
+    let out = relay(&rt, "relay", "hello", "whoami", json!({})).await;
+    assert_eq!(
+        out,
+        json!({ "ok": { "principal": "system", "capsule": "hello" } }),
+        "the callee runs as itself, not as its caller"
+    );
+    let out = relay(&rt, "relay", "hello", "greet", json!({ "name": "Ada" })).await;
+    assert_eq!(out, json!({ "ok": { "greeting": "Hello, Ada!" } }));
+
+    // It lists what it may call: hello's tools, not counter's, not its own.
+    let listed = rt.call("relay", "list", json!({})).await;
+    let listed: Vec<(String, String)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["capsule"].as_str().unwrap().to_owned(),
+                t["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let hello = |t: &str| ("hello".to_owned(), t.to_owned());
+    assert_eq!(listed, [hello("greet"), hello("whoami"), hello("echo")]);
+
+    let audit = rt.audit_entries();
+    let calls = records(&audit, "tool.call", "tool://hello/greet");
+    assert_eq!(calls.len(), 1, "{audit:#?}");
+    assert_eq!(
+        (calls[0].capsule.as_str(), calls[0].decision.as_str()),
+        ("relay", "allow")
+    );
+    let input = json!({ "name": "Ada" }).to_string();
+    let call = details(calls[0]);
+    assert_eq!(call["door"], "capsule");
+    assert_eq!(call["chain"], json!(["relay"]));
+    assert_eq!(
+        call["input_blake3"],
+        blake3::hash(input.as_bytes()).to_hex().to_string()
+    );
+    assert!(
+        call["grant"].is_string(),
+        "the grant that allowed it: {call}"
+    );
+    let results = records(&audit, "tool.result", "tool://hello/greet");
+    assert_eq!(results.len(), 1, "{audit:#?}");
+    let result = details(results[0]);
+    assert_eq!(result["outcome"], "ok");
+    assert_eq!(
+        result["bytes"],
+        json!({ "greeting": "Hello, Ada!" }).to_string().len()
+    );
+    let at = |row: &AuditRow| audit.iter().position(|e| e == row).unwrap();
+    assert!(at(calls[0]) < at(results[0]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_not_granted_is_denied_recorded_and_tells_nothing_of_what_exists() {
+    let rt = Runtime::new().await;
+    rt.load("hello").await;
+    rt.load("counter").await;
+    rt.load("relay").await;
+
+    // counter exists, nosuch does not: the same answer for both.
+    let denied = json!({ "error": "denied", "message": "" });
+    assert_eq!(
+        relay(&rt, "relay", "counter", "count-to", json!({ "to": 1 })).await,
+        denied
+    );
+    assert_eq!(
+        relay(&rt, "relay", "nosuch", "tool", json!({})).await,
+        denied
+    );
+    // Granted (hello/*), but hello has no such tool.
+    assert_eq!(
+        relay(&rt, "relay", "hello", "nosuch", json!({})).await["error"],
+        "not-found"
+    );
+    // Not names at all: refused before anything is checked or recorded.
+    for (capsule, tool) in [("Hello World", "greet"), ("hello", "gr/eet"), ("hello", "")] {
+        assert_eq!(
+            relay(&rt, "relay", capsule, tool, json!({})).await["error"],
+            "invalid",
+            "{capsule:?} {tool:?}"
+        );
+    }
+
+    let audit = rt.audit_entries();
+    for resource in ["tool://counter/count-to", "tool://nosuch/tool"] {
+        let calls = records(&audit, "tool.call", resource);
+        assert_eq!(calls.len(), 1, "{resource}: {audit:#?}");
+        assert_eq!(
+            (calls[0].capsule.as_str(), calls[0].decision.as_str()),
+            ("relay", "deny")
+        );
+        assert!(records(&audit, "tool.result", resource).is_empty());
+    }
+    let missing = records(&audit, "tool.result", "tool://hello/nosuch");
+    assert_eq!(details(missing[0])["outcome"], "unknown-tool");
+    assert!(
+        !audit.iter().any(|e| e.resource.contains("gr/eet")
+            || e.resource.contains("Hello World")
+            || e.resource == "tool://hello/"),
+        "{audit:#?}"
+    );
+    assert_eq!(
+        rt.registry.info(&id("counter")).unwrap().state,
+        CapsuleState::Ready
+    );
+}
+
+/// The input that makes `chain[0]` relay through the rest of `chain` to `last`'s `tool`.
+fn through(chain: &[String], last: (&str, &str)) -> (String, Value) {
+    let mut input = json!({});
+    let mut target = last;
+    for via in chain[1..].iter().rev() {
+        input = json!({ "capsule": target.0, "tool": target.1, "input": input });
+        target = (via.as_str(), "relay");
+    }
+    (
+        chain[0].clone(),
+        json!({ "capsule": target.0, "tool": target.1, "input": input }),
+    )
+}
+
+/// What `answer` (nested `{"ok": ...}` once per relay after the first) finally says.
+fn innermost(mut answer: Value, relays: usize) -> Value {
+    for _ in 1..relays {
+        answer = answer["ok"].take();
+    }
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_is_refused_and_so_is_a_chain_deeper_than_the_limit() {
+    let rt = Runtime::new().await;
+    let root = rt.home.path().join("relays");
+    let names: Vec<String> = (1..=MAX_TOOL_CALL_DEPTH).map(|i| format!("r{i}")).collect();
+    for name in &names {
+        let dir = relay_copy(&root, name, r#"["*/*"]"#, "");
+        rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    }
+    rt.load("hello").await;
+
+    // r1 -> r2 -> r1: refused where it would close the loop.
+    let (first, input) = through(&names[..2], ("r1", "relay"));
+    let out = rt.call(&first, "relay", input).await;
+    assert_eq!(
+        innermost(out, 2),
+        json!({ "error": "cycle", "message": "" })
+    );
+    let audit = rt.audit_entries();
+    let refused = records(&audit, "tool.call", "tool://r1/relay");
+    let refused: Vec<_> = refused.iter().filter(|r| r.decision == "deny").collect();
+    assert_eq!(refused.len(), 1, "{audit:#?}");
+    assert_eq!(refused[0].capsule, "r2");
+    assert!(
+        details(refused[0])["reason"]
+            .as_str()
+            .unwrap()
+            .contains("r1 -> r2 -> r1"),
+        "{refused:?}"
+    );
+
+    // Calling itself is a cycle too.
+    let out = relay(&rt, "r1", "r1", "list", json!({})).await;
+    assert_eq!(out["error"], "cycle");
+
+    // r1 -> ... -> r7 -> hello: hello is capsule 8 of the chain, the deepest allowed.
+    let deepest = MAX_TOOL_CALL_DEPTH - 1;
+    let (first, input) = through(&names[..deepest], ("hello", "greet"));
+    let out = rt.call(&first, "relay", input).await;
+    assert_eq!(
+        innermost(out, deepest),
+        json!({ "ok": { "greeting": "Hello, world!" } })
+    );
+    // r1 -> ... -> r8 -> hello: one too deep, refused by r8.
+    let (first, input) = through(&names, ("hello", "greet"));
+    let out = rt.call(&first, "relay", input).await;
+    assert_eq!(
+        innermost(out, MAX_TOOL_CALL_DEPTH),
+        json!({ "error": "too-deep", "message": "" })
+    );
+    let audit = rt.audit_entries();
+    let chain = |row: &&AuditRow| details(row)["chain"].as_array().map_or(0, Vec::len);
+    let greets = records(&audit, "tool.call", "tool://hello/greet");
+    assert_eq!(
+        greets.iter().map(chain).collect::<Vec<_>>(),
+        [deepest, 0],
+        "the allowed call names its whole chain; the refusal has a reason instead: {greets:#?}"
+    );
+    assert_eq!(greets[1].capsule, format!("r{MAX_TOOL_CALL_DEPTH}"));
+    assert_eq!(greets[1].decision, "deny");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_ends_by_its_callers_deadline_and_is_not_failed_for_it() {
+    let rt = Runtime::new().await;
+    let root = rt.home.path().join("copies");
+    // spin's own deadline is far off; the relay's is 300 ms.
+    let spin = capsule_copy_with("spin", &root, |m| {
+        m.replace("call_timeout_ms = 200", "call_timeout_ms = 60000")
+    });
+    rt.registry.load(&spin, Trust::Dev).await.unwrap();
+    let dir = relay_copy(&root, "hasty", r#"["spin/*"]"#, "call_timeout_ms = 300");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+
+    let started = Instant::now();
+    let input = json!({ "capsule": "spin", "tool": "spin" }).to_string();
+    let result = rt.registry.call_tool(&id("hasty"), "relay", &input).await;
+    let took = started.elapsed();
+    // The relay's own time ran out while it waited: it is told `timeout`, and is cut
+    // itself at its next epoch tick unless it answered first.
+    match &result {
+        Err(CapsuleError::Timeout { .. }) => {}
+        Ok(answer) => assert_eq!(
+            serde_json::from_str::<Value>(answer).unwrap(),
+            json!({ "error": "timeout", "message": "" })
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // spin was cut at the relay's deadline, and stays ready: not its fault.
+    assert_eq!(
+        rt.registry.info(&id("spin")).unwrap().state,
+        CapsuleState::Ready
+    );
+    let audit = rt.audit_entries();
+    let results = records(&audit, "tool.result", "tool://spin/spin");
+    assert_eq!(results.len(), 1, "{audit:#?}");
+    assert_eq!(details(results[0])["outcome"], "timeout");
+    assert!(
+        !audit
+            .iter()
+            .any(|e| e.action == "capsule.failed" && e.capsule == "spin"),
+        "{audit:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_calls_an_mcp_servers_tool() {
+    let rt = Runtime::new().await;
+    let dir = rt.home.path().join("capsules").join("fixture");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Capsule.toml"),
+        format!(
+            "[package]\nname = \"fixture\"\nversion = \"1.0.0\"\n\n[mcp]\ncommand = [\"{FIXTURE}\", \"good\"]\n"
+        ),
+    )
+    .unwrap();
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let root = rt.home.path().join("copies");
+    let relay_dir = relay_copy(&root, "caller", r#"["fixture/echo", "fixture/fail"]"#, "");
+    rt.registry.load(&relay_dir, Trust::Dev).await.unwrap();
+
+    // The first call waits for the server to be up, within its deadline.
+    let out = relay(&rt, "caller", "fixture", "echo", json!({ "text": "hi" })).await;
+    assert_eq!(out, json!({ "ok": "hi" }));
+    let out = relay(&rt, "caller", "fixture", "fail", json!({})).await;
+    assert_eq!(out["error"], "failed", "{out}");
+    // Granted only echo and fail.
+    let out = relay(&rt, "caller", "fixture", "add", json!({ "a": 1, "b": 2 })).await;
+    assert_eq!(out["error"], "denied");
+
+    let audit = rt.audit_entries();
+    let results = records(&audit, "tool.result", "tool://fixture/echo");
+    assert_eq!(results.len(), 1, "{audit:#?}");
+    assert_eq!(results[0].capsule, "caller");
+    assert_eq!(details(results[0])["outcome"], "ok");
+}
