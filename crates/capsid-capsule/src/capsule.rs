@@ -534,16 +534,23 @@ impl LoadedCapsule {
         control: &CallControl,
     ) -> Result<Option<String>, CapsuleError> {
         self.ensure_ready()?;
+        // A call from another capsule waits no longer than its caller may.
+        let (until, capped) = control.deadline_for(self.timeout());
+        let until = tokio::time::Instant::from_std(until);
         let permit = tokio::select! {
             biased;
             () = control.cancellation() => return Err(self.cancelled()),
-            permit = tokio::time::timeout(self.timeout(), self.permits.acquire()) => permit,
+            permit = tokio::time::timeout_at(until, self.permits.acquire()) => permit,
         };
-        let Ok(Ok(_permit)) = permit else {
-            return Err(CapsuleError::Busy {
-                capsule: self.name().clone(),
-                max_instances: self.manifest.limits.max_instances,
-            });
+        let _permit = match permit {
+            Ok(Ok(permit)) => permit,
+            Err(_) if capped => return Err(self.timeout_error(true)),
+            _ => {
+                return Err(CapsuleError::Busy {
+                    capsule: self.name().clone(),
+                    max_instances: self.manifest.limits.max_instances,
+                });
+            }
         };
         // The capsule may have failed or begun unloading while this call waited, and its
         // caller may have given up.
@@ -554,6 +561,12 @@ impl LoadedCapsule {
         let idle = lock(&self.idle).pop();
         let mut warm = match idle {
             Some(w) => w,
+            None if capped => match tokio::time::timeout_at(until, self.instantiate()).await {
+                Ok(Ok(w)) => w,
+                Ok(Err(e)) => return Err(self.fail_if_fatal(e).await),
+                // Its `init` was cut by the calling capsule's deadline, not its own.
+                Err(_) => return Err(self.timeout_error(true)),
+            },
             None => match self.instantiate().await {
                 Ok(w) => w,
                 Err(e) => return Err(self.fail_if_fatal(e).await),

@@ -48,6 +48,9 @@ pub struct CallControl {
     /// The latest the call may end, not counting time suspended (its caller's deadline,
     /// for a call a capsule made); the callee's own deadline applies too.
     not_after: Option<Instant>,
+    /// For a call a capsule made: whether its caller may wait for a person. A callee of a
+    /// capsule's `init` must not wait for one any more than the `init` itself.
+    caller_may_ask: Option<bool>,
 }
 
 /// Time the call's deadline was suspended for (a person deciding an approval).
@@ -112,8 +115,8 @@ impl CallControl {
     /// The call `via` (running this call) makes to another capsule's tool: cancelled with
     /// this one (or alone), ending by `not_after` at the latest, for the same client and
     /// session, its approvals told to the same listener and its waits for a person
-    /// suspending this call's deadline too (one suspension for the whole chain). The
-    /// callee's progress is its own, not passed on.
+    /// suspending this call's deadline too (one suspension for the whole chain), and only
+    /// where this call may wait for one. The callee's progress is its own, not passed on.
     pub(crate) fn nested(&self, via: &CapsuleId, not_after: Instant) -> Self {
         let mut chain = self.chain.to_vec();
         chain.push(via.clone());
@@ -122,6 +125,7 @@ impl CallControl {
             progress: None,
             chain: chain.into(),
             not_after: Some(self.not_after.map_or(not_after, |n| n.min(not_after))),
+            caller_may_ask: Some(self.may_ask),
             ..self.clone()
         }
     }
@@ -192,10 +196,11 @@ impl CallControl {
         }
     }
 
-    /// This call's control, allowed (or not) to wait for a person.
+    /// This call's control, allowed (or not) to wait for a person; never when its calling
+    /// capsule may not.
     pub(crate) fn asking(&self, may_ask: bool) -> Self {
         Self {
-            may_ask,
+            may_ask: may_ask && self.caller_may_ask.unwrap_or(true),
             ..self.clone()
         }
     }
@@ -284,6 +289,31 @@ mod tests {
             !suspended && moved >= Duration::from_millis(20),
             "{moved:?}"
         );
+    }
+
+    #[test]
+    fn a_nested_call_carries_the_chain_the_earlier_deadline_and_the_callers_asking() {
+        let a = CapsuleId::new("a").unwrap_or_else(|e| panic!("{e}"));
+        let b = CapsuleId::new("b").unwrap_or_else(|e| panic!("{e}"));
+        let soon = Instant::now() + Duration::from_secs(1);
+        let later = soon + Duration::from_mins(1);
+        let tool_call = CallControl::new().asking(true);
+        let first = tool_call.nested(&a, soon);
+        let second = first.asking(true).nested(&b, later);
+        assert_eq!(second.chain(), [a.clone(), b]);
+        // The callee's own long timeout is capped by the chain's earliest deadline.
+        assert_eq!(second.deadline_for(Duration::from_hours(1)), (soon, true));
+        assert!(!second.deadline_for(Duration::ZERO).1);
+        // A callee of a tool call may wait for a person; a callee of `init` may not.
+        assert!(first.asking(true).suspend().is_some());
+        let init = CallControl::new().asking(false);
+        assert!(init.nested(&a, soon).asking(true).suspend().is_none());
+        // Cancelling the caller cancels the callee, not the other way round.
+        let callee = tool_call.nested(&a, soon);
+        callee.cancel();
+        assert!(!tool_call.is_cancelled());
+        tool_call.cancel();
+        assert!(first.is_cancelled());
     }
 
     #[test]

@@ -53,3 +53,4 @@ pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use mcp::{McpCapsule, PendingTool, ToolChange};
 pub use native::NativeCapsule;
 pub use registry::{CapsuleCounts, CapsuleInfo, McpStatus, NativeStatus, Registry};
+pub use slots::CapsuleWaker;

@@ -53,6 +53,19 @@ impl Callee {
 pub(crate) struct Slots {
     map: BTreeMap<CapsuleId, Slot>,
     tally: Arc<Tally>,
+    /// What loads a capsule its host unloaded while idle, for a capsule calling its tools.
+    pub(crate) waker: Option<Arc<dyn CapsuleWaker>>,
+}
+
+/// Brings back a capsule that its host unloaded while it was idle (the kernel's idle
+/// monitor), when another capsule calls one of its tools: the host's own way of waking it,
+/// as for a call from a client.
+pub trait CapsuleWaker: Send + Sync {
+    /// Loads `name` again if its host unloaded it while idle; does nothing otherwise.
+    fn wake<'a>(
+        &'a self,
+        name: &'a CapsuleId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
 impl std::ops::Deref for Slots {
@@ -122,7 +135,11 @@ impl Slots {
             Some(Slot::Loaded { capsule }) if capsule.state() == CapsuleState::Ready => {
                 capsule.manifest.tools.clone()
             }
-            Some(Slot::Mcp { mcp }) => mcp.tools(),
+            Some(Slot::Mcp { mcp })
+                if crate::registry::program_state(&mcp.health()) == CapsuleState::Ready =>
+            {
+                mcp.tools()
+            }
             _ => Vec::new(),
         }
     }

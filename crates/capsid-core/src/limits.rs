@@ -129,10 +129,15 @@ pub const MAX_TOOL_INPUT_BYTES: usize = 1024 * 1024;
 /// answer as the kernel passes it on); a larger one is an error.
 pub const MAX_TOOL_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 
-/// How many capsules deep tool calls may nest through `capsid:host/tools` (the first
-/// callee is depth 1): a call that would go deeper is refused (`too-deep`), so a chain of
-/// capsules calling each other ends even where no capsule repeats.
+/// How many capsules one chain of tool calls through `capsid:host/tools` may hold, the
+/// capsule a client called counting as 1: a call that would make it longer is refused
+/// (`too-deep`), so a chain of capsules calling each other ends even where none repeats.
 pub const MAX_TOOL_CALL_DEPTH: usize = 8;
+
+/// The time a capsule keeps for itself when it calls another capsule's tool: the callee
+/// must end this long before the caller's deadline, so the caller can still act on a
+/// `timeout` (rather than be cut, and failed, the moment its callee is).
+pub const TOOL_CALL_RESERVE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bytes of a progress message a capsule reports (`progress.report`); longer ones are cut.
 pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 1024;

@@ -116,6 +116,25 @@ pub(crate) struct Inner {
     pub(crate) sessions: crate::sessions::Sessions,
 }
 
+/// Wakes capsules the idle monitor unloaded, for capsules calling their tools.
+struct IdleWaker(std::sync::Weak<Inner>);
+
+impl capsid_capsule::CapsuleWaker for IdleWaker {
+    fn wake<'a>(
+        &'a self,
+        name: &'a CapsuleId,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(inner) = self.0.upgrade() {
+                let kernel = Kernel { inner };
+                if let Err(e) = kernel.wake(name).await {
+                    tracing::warn!(capsule = %name, error = %e, "waking an idle capsule failed");
+                }
+            }
+        })
+    }
+}
+
 /// A booted kernel. Clones share it; [`Kernel::shutdown`] ends it for all of them.
 #[derive(Clone)]
 pub struct Kernel {
@@ -139,7 +158,7 @@ impl Kernel {
 
     pub(crate) fn assemble(parts: KernelParts) -> Self {
         let fingerprint = parts.config.fingerprint();
-        Self {
+        let kernel = Self {
             inner: Arc::new(Inner {
                 parts,
                 fingerprint,
@@ -154,7 +173,11 @@ impl Kernel {
                 restarts: Mutex::default(),
                 sessions: crate::sessions::Sessions::default(),
             }),
-        }
+        };
+        // A capsule calling an idle capsule's tool wakes it as a client's call does.
+        let waker = IdleWaker(Arc::downgrade(&kernel.inner));
+        kernel.registry().set_waker(Arc::new(waker));
+        kernel
     }
 
     pub(crate) fn finish_boot(&self, report: BootReport) {
@@ -422,6 +445,15 @@ impl Kernel {
         control: &CallControl,
     ) -> Result<String, KernelError> {
         self.open()?;
+        self.wake(name).await?;
+        Ok(self
+            .registry()
+            .call_tool_with(name, tool, input, control)
+            .await?)
+    }
+
+    /// Loads capsule `name` again if the idle monitor unloaded it.
+    async fn wake(&self, name: &CapsuleId) -> Result<(), KernelError> {
         if self.idled().contains(name) {
             let _waking = self.inner.waking.lock().await;
             if self.idled().contains(name) && self.registry().info(name).is_none() {
@@ -429,10 +461,7 @@ impl Kernel {
             }
             self.idled().remove(name);
         }
-        Ok(self
-            .registry()
-            .call_tool_with(name, tool, input, control)
-            .await?)
+        Ok(())
     }
 
     /// Publishes an event as the operator (recorded in the audit log). Topics under

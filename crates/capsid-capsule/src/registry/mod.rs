@@ -23,8 +23,9 @@ use crate::grants::{GrantChange, Trust, kv_resource, plan_grants};
 use crate::host::{CapsuleContext, HostServices, HostState};
 use crate::logbuf::CapsuleLog;
 use crate::mcp::McpCapsule;
-use crate::slots::{Callee, Slot, Slots};
+use crate::slots::{Callee, CapsuleWaker, Slot, Slots};
 use crate::warmth::Warmth;
+pub(crate) use programs::program_state;
 use programs::{mcp_info, native_info, stop_program};
 
 mod programs;
@@ -196,6 +197,12 @@ impl Registry {
     /// The persistent processes capsules started.
     pub fn processes(&self) -> &Arc<ProcessTable> {
         &self.processes
+    }
+
+    /// Sets what wakes a capsule the host unloaded while idle when another capsule calls
+    /// one of its tools (`capsid:host/tools`); without one, such a capsule is not found.
+    pub fn set_waker(&self, waker: Arc<dyn CapsuleWaker>) {
+        self.write_slots().waker = Some(waker);
     }
 
     /// The services capsules run with.

@@ -58,7 +58,8 @@ impl Registry {
 }
 
 /// A supervised program's state as a capsule's.
-fn program_state(health: &Health) -> CapsuleState {
+/// A supervised program's health as a capsule state.
+pub(crate) fn program_state(health: &Health) -> CapsuleState {
     match health {
         Health::Failed { reason } => CapsuleState::Failed(reason.clone()),
         Health::Stopped => CapsuleState::Unloading,
