@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use capsid_audit::{Decision, Record};
 use capsid_capsule::{CapsuleState, Trust};
 use capsid_core::limits::MAX_TOOL_CALL_DEPTH;
 use capsid_integration_tests::{AuditRow, Runtime, capsule_copy_with, id};
@@ -33,6 +34,20 @@ async fn relay(rt: &Runtime, via: &str, capsule: &str, tool: &str, input: Value)
         json!({ "capsule": capsule, "tool": tool, "input": input }),
     )
     .await
+}
+
+/// The audit log once everything queued so far is in it: a call's `tool.result` is queued,
+/// in the log ahead of whatever is appended durably after it.
+async fn settled(rt: &Runtime) -> Vec<AuditRow> {
+    let marker = Record::new(
+        rt.principal,
+        "test.marker",
+        "test://settled",
+        Decision::Info,
+    )
+    .unwrap();
+    rt.audit.append(rt.chain, marker).await.unwrap();
+    rt.audit_entries()
 }
 
 fn records<'a>(audit: &'a [AuditRow], action: &str, resource: &str) -> Vec<&'a AuditRow> {
@@ -78,7 +93,7 @@ async fn a_granted_call_runs_as_the_callee_and_is_recorded_before_and_after() {
     let hello = |t: &str| ("hello".to_owned(), t.to_owned());
     assert_eq!(listed, [hello("greet"), hello("whoami"), hello("echo")]);
 
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     let calls = records(&audit, "tool.call", "tool://hello/greet");
     assert_eq!(calls.len(), 1, "{audit:#?}");
     assert_eq!(
@@ -140,7 +155,7 @@ async fn a_call_not_granted_is_denied_recorded_and_tells_nothing_of_what_exists(
         );
     }
 
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     for resource in ["tool://counter/count-to", "tool://nosuch/tool"] {
         let calls = records(&audit, "tool.call", resource);
         assert_eq!(calls.len(), 1, "{resource}: {audit:#?}");
@@ -206,7 +221,7 @@ async fn a_cycle_is_refused_and_so_is_a_chain_deeper_than_the_limit() {
     );
     // Refused after the check (only a capsule that may call r1 learns of the cycle), and
     // recorded as such.
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     let calls = records(&audit, "tool.call", "tool://r1/relay");
     assert_eq!(calls.len(), 1, "{audit:#?}");
     assert_eq!(
@@ -236,7 +251,7 @@ async fn a_cycle_is_refused_and_so_is_a_chain_deeper_than_the_limit() {
         innermost(out, MAX_TOOL_CALL_DEPTH),
         json!({ "error": "too-deep", "message": "" })
     );
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     let chain = |row: &&AuditRow| details(row)["chain"].as_array().map_or(0, Vec::len);
     let greets = records(&audit, "tool.call", "tool://hello/greet");
     assert_eq!(
@@ -277,7 +292,7 @@ async fn a_callee_ends_before_its_callers_deadline_and_is_not_failed_for_it() {
             "{name}"
         );
     }
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     let results = records(&audit, "tool.result", "tool://spin/spin");
     assert_eq!(results.len(), 1, "{audit:#?}");
     assert_eq!(details(results[0])["outcome"], "timeout");
@@ -315,7 +330,7 @@ async fn the_callee_gets_none_of_its_callers_grants() {
     .await;
     assert_eq!(out["error"], "failed", "{out}");
     assert!(out["message"].as_str().unwrap().contains("denied"), "{out}");
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     assert!(
         audit.iter().any(|e| e.capsule == "notes"
             && e.decision == "deny"
@@ -356,7 +371,7 @@ async fn a_capsule_calls_an_mcp_servers_tool() {
     let out = relay(&rt, "caller", "fixture", "add", json!({ "a": 1, "b": 2 })).await;
     assert_eq!(out["error"], "denied");
 
-    let audit = rt.audit_entries();
+    let audit = settled(&rt).await;
     let results = records(&audit, "tool.result", "tool://fixture/echo");
     assert_eq!(results.len(), 1, "{audit:#?}");
     assert_eq!(results[0].capsule, "caller");

@@ -475,6 +475,30 @@ async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_calling_an_idle_capsules_tool_wakes_it() {
+    let home = PrivateHome::new();
+    install_copy(home.path(), "hello");
+    install_copy(home.path(), "relay");
+    let config = KernelConfig {
+        idle_timeout_ms: Some(200),
+        ..dev_config()
+    };
+    let kernel = boot(home.path(), config).await;
+    let input = r#"{"capsule":"hello","tool":"greet","input":{"name":"c"}}"#;
+    until("hello is unloaded while idle", || {
+        kernel.registry().info(&id("hello")).is_none()
+    })
+    .await;
+    // relay (woken by the kernel's call, if it was idle too) wakes hello by calling it.
+    let out = kernel
+        .call_tool(&id("relay"), "relay", input)
+        .await
+        .unwrap();
+    assert_eq!(out, r#"{"ok":{"greeting":"Hello, c!"}}"#);
+    kernel.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capsule_with_a_missing_requirement_fails_alone_and_kernel_topics_are_reserved() {
     let home = PrivateHome::new();
     install_copy(home.path(), "hello");

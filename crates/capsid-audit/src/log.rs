@@ -156,6 +156,22 @@ impl AuditLog {
         answer.await.map_err(|_| self.stopped())?
     }
 
+    /// Queues `record` for `chain` and returns once it is queued, not once it is durable.
+    /// The writer commits in order, so it is in the log ahead of every entry appended after
+    /// it, and durable with the next commit. For a record whose consequences are recorded
+    /// after it (a tool's result, handed to a capsule whose next effects are checked and
+    /// recorded durably): a crash can lose it only with nothing that followed from it. A
+    /// commit that fails is logged by the writer, as it has no caller left to tell.
+    pub async fn append_queued(&self, chain: ChainId, record: Record) -> Result<(), AuditError> {
+        let (reply, _unheard) = oneshot::channel();
+        self.send(Command::Append {
+            chain,
+            record,
+            reply,
+        })
+        .await
+    }
+
     /// Trusts `new_key` from now on: records the rotation in the system chain, signed by the
     /// current key, and signs every later entry with `new_key`.
     pub async fn rotate_key(&self, new_key: KeyPair) -> Result<EntryRef, AuditError> {

@@ -290,3 +290,34 @@ async fn a_failed_commit_loses_nothing_acknowledged_and_the_writer_recovers() {
     assert!(report.is_valid(), "{report}");
     assert_eq!(report.chain(&chain.to_string()).unwrap().entries, 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_appends_are_committed_in_order_ahead_of_the_next_durable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    for i in 1..=5 {
+        log.append_queued(chain, record(i)).await.unwrap();
+    }
+    // Once a later append is durable, every queued one is in the log before it.
+    assert_eq!(log.append(chain, record(6)).await.unwrap().seq, 6);
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    let resources: Vec<String> = sql
+        .prepare("SELECT resource FROM entries WHERE chain = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([chain.to_string()], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<String> = (1..=6).map(|i| format!("res://{i}")).collect();
+    assert_eq!(resources, expected);
+    log.close().await.unwrap();
+    assert!(verify_database(&path).unwrap().is_valid());
+    // A closed log refuses a queued append as it refuses any.
+    let (read_only, _) = AuditLog::open_read_only(&path).unwrap();
+    assert!(matches!(
+        read_only.append_queued(chain, record(7)).await,
+        Err(AuditError::ReadOnly(_))
+    ));
+}

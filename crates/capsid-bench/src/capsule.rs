@@ -60,6 +60,45 @@ fn wt<T>(result: wasmtime::Result<T>) -> Result<T> {
 struct RawState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: NoRequests,
+}
+
+/// The raw floor sends no request (the `echo` tool makes none).
+struct NoRequests;
+
+/// What a request sent through [`NoRequests`] gets: a refusal.
+type Refused = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                ),
+                wasmtime_wasi_http::Error,
+            >,
+        > + Send,
+>;
+
+impl wasmtime_wasi_http::WasiHttpHooks for NoRequests {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _body_sent: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Refused {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for RawState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
 }
 
 impl WasiView for RawState {
@@ -71,8 +110,43 @@ impl WasiView for RawState {
     }
 }
 
+/// Links every function of the component's `capsid:` imports as a trap, and their resources
+/// as host resources. (`Linker::define_unknown_imports_as_traps` would also stub the WASI
+/// interfaces the component imports at a newer patch version than the WASI host's, breaking
+/// their shared resources.)
+fn trap_capsid_imports(linker: &mut Linker<RawState>, component: &Component) -> Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    let engine = component.engine();
+    for (name, item) in component.component_type().imports(engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        if !name.starts_with("capsid:") {
+            continue;
+        }
+        let mut stubs = wt(linker.instance(name))?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let called = format!("{name}#{export}");
+                    wt(stubs.func_new(export, move |_, _, _, _| {
+                        Err(wasmtime::Error::msg(format!("{called} is not linked")))
+                    }))?;
+                }
+                ComponentItem::Resource(_) => wt(stubs.resource(
+                    export,
+                    wasmtime::component::ResourceType::host::<()>(),
+                    |_, _| Ok(()),
+                ))?,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Raw wasmtime on the same engine: a fresh store and instance for each call, `call-tool`
-/// through the dynamic API, capsid's imports linked as traps (the `echo` tool calls none).
+/// through the dynamic API, capsid's own imports linked as traps (the `echo` tool calls none).
 /// With `reuse`, one instance serves every call instead (the floor of a warm call).
 async fn raw_latencies(
     engine: &wasmtime::Engine,
@@ -81,7 +155,11 @@ async fn raw_latencies(
 ) -> Result<Vec<Duration>> {
     let mut linker = Linker::<RawState>::new(engine);
     wt(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
-    wt(linker.define_unknown_imports_as_traps(component))?;
+    // `wasi:http` shares `wasi:io`'s resources, so it is linked, not trapped.
+    wt(wasmtime_wasi_http::p2::add_only_http_to_linker_async(
+        &mut linker,
+    ))?;
+    trap_capsid_imports(&mut linker, component)?;
     let pre = wt(linker.instantiate_pre(component))?;
     let new_store = || {
         let mut store = Store::new(
@@ -89,6 +167,8 @@ async fn raw_latencies(
             RawState {
                 wasi: WasiCtx::builder().build(),
                 table: ResourceTable::new(),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                hooks: NoRequests,
             },
         );
         store.set_epoch_deadline(CapsuleEngine::ticks(Duration::from_mins(1)));

@@ -134,12 +134,7 @@ impl HostServices {
         decision: capsid_audit::Decision,
         details: &serde_json::Value,
     ) -> Result<(), String> {
-        let mut record = Record::new(subject.principal, action, &audit_text(resource), decision)
-            .and_then(|r| r.details(details))
-            .map_err(|e| e.to_string())?;
-        if let Some(c) = &subject.capsule {
-            record = record.capsule(c.clone());
-        }
+        let record = entry(subject, action, resource, decision, details)?;
         self.audit
             .append(self.chain, record)
             .await
@@ -149,6 +144,43 @@ impl HostServices {
                 e.to_string()
             })
     }
+
+    /// Queues one audit entry for `subject` ([`AuditLog::append_queued`]): in the log ahead
+    /// of anything recorded after it, durable with the next commit.
+    pub(crate) async fn record_queued(
+        &self,
+        subject: &Subject,
+        action: &str,
+        resource: &str,
+        decision: capsid_audit::Decision,
+        details: &serde_json::Value,
+    ) -> Result<(), String> {
+        let record = entry(subject, action, resource, decision, details)?;
+        self.audit
+            .append_queued(self.chain, record)
+            .await
+            .map_err(|e| {
+                tracing::error!(action, error = %e, "audit append failed");
+                e.to_string()
+            })
+    }
+}
+
+/// The audit entry of `action` on `resource` by `subject`.
+fn entry(
+    subject: &Subject,
+    action: &str,
+    resource: &str,
+    decision: capsid_audit::Decision,
+    details: &serde_json::Value,
+) -> Result<Record, String> {
+    let mut record = Record::new(subject.principal, action, &audit_text(resource), decision)
+        .and_then(|r| r.details(details))
+        .map_err(|e| e.to_string())?;
+    if let Some(c) = &subject.capsule {
+        record = record.capsule(c.clone());
+    }
+    Ok(record)
 }
 
 /// What the host knows about one loaded capsule; shared by its instances.

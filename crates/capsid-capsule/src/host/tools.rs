@@ -80,7 +80,8 @@ fn refusal_outcome(e: &CallError) -> &'static str {
 
 /// Writes a call's `tool.result`: when the call ends, or, if the caller is dropped first
 /// (its own deadline or cancellation), as `abandoned` from a task of its own, so no
-/// recorded call is left without an outcome.
+/// recorded call is left without an outcome. Queued in order, not waited for
+/// ([`AuditLog::append_queued`](capsid_audit::AuditLog::append_queued)).
 struct ResultRecord {
     cx: Arc<CapsuleContext>,
     resource: String,
@@ -97,19 +98,32 @@ impl ResultRecord {
         })
     }
 
+    /// Queued, not waited for: the caller's next effects are recorded durably after it,
+    /// so nothing that follows from this result is in the log without it.
     async fn write(mut self, outcome: &str, bytes: usize) -> Result<(), CallError> {
         self.written = true;
         let details = self.details(outcome, bytes);
-        self.cx
-            .note(
-                action::TOOL_RESULT,
-                &self.resource,
-                Decision::Info,
-                &details,
-            )
+        queue_result(&self.cx, &self.resource, &details)
             .await
             .map_err(|_| CallError::Internal("the call's result could not be recorded".into()))
     }
+}
+
+/// Queues `tool.result` on `resource` for the capsule of `cx`.
+async fn queue_result(
+    cx: &CapsuleContext,
+    resource: &str,
+    details: &serde_json::Value,
+) -> Result<(), String> {
+    cx.services
+        .record_queued(
+            &cx.subject,
+            action::TOOL_RESULT,
+            resource,
+            Decision::Info,
+            details,
+        )
+        .await
 }
 
 impl Drop for ResultRecord {
@@ -123,9 +137,7 @@ impl Drop for ResultRecord {
         let details = self.details("abandoned", 0);
         let (cx, resource) = (self.cx.clone(), std::mem::take(&mut self.resource));
         runtime.spawn(async move {
-            let _ = cx
-                .note(action::TOOL_RESULT, &resource, Decision::Info, &details)
-                .await;
+            let _ = queue_result(&cx, &resource, &details).await;
         });
     }
 }
