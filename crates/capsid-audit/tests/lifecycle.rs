@@ -321,3 +321,29 @@ async fn queued_appends_are_committed_in_order_ahead_of_the_next_durable_one() {
         Err(AuditError::ReadOnly(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_append_is_committed_with_nothing_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    log.append_queued(chain, record(1)).await.unwrap();
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    let count = || -> i64 {
+        sql.query_row(
+            "SELECT COUNT(*) FROM entries WHERE chain = ?1",
+            [chain.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    for _ in 0..200 {
+        if count() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(count(), 1, "committed once the window passed, unasked");
+    log.close().await.unwrap();
+}

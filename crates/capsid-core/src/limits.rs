@@ -13,6 +13,10 @@ pub const MAX_AUDIT_DETAILS_BYTES: usize = 64 * 1024;
 /// Most entries the audit writer folds into one group-commit transaction.
 pub const MAX_AUDIT_BATCH: usize = 4096;
 
+/// How long the audit writer holds a batch of queued appends only (nobody waiting on them,
+/// `AuditLog::append_queued`) for an append someone waits on, so both share one commit.
+pub const QUEUED_APPEND_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Entries between two audit checkpoints: an open verifies at most about this many entries
 /// (what followed the last checkpoint), however long the log.
 pub const AUDIT_CHECKPOINT_INTERVAL: u64 = 16 * 1024;

@@ -2,7 +2,8 @@
 //!
 //! The **stager** thread owns the signing key and the chain heads. It drains every queued
 //! append (up to `MAX_AUDIT_BATCH`), assigns sequence numbers, hashes and signs, and hands the
-//! prepared batch on. The **committer** thread owns the SQLite connection: it takes every
+//! prepared batch on. A batch of appends nobody waits on (`append_queued`) is held up to
+//! `QUEUED_APPEND_WINDOW` for one somebody does, so the two share a commit. The **committer** thread owns the SQLite connection: it takes every
 //! prepared batch waiting (up to `MAX_AUDIT_PIPELINE`), inserts them in one transaction,
 //! commits durably, then answers every append in them. While one group waits on `fsync` the
 //! next batches are being signed, so the two costs overlap instead of adding up.
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
 use std::thread::JoinHandle;
 
-use capsid_core::limits::{MAX_AUDIT_BATCH, MAX_AUDIT_PIPELINE};
+use capsid_core::limits::{MAX_AUDIT_BATCH, MAX_AUDIT_PIPELINE, QUEUED_APPEND_WINDOW};
 use capsid_crypto::{Digest, KeyPair};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -130,6 +131,9 @@ fn run_stager(
                 Err(_) => break,
             }
         }
+        if only_queued(&batch) {
+            wait_for_a_waiter(&mut rx, &mut batch);
+        }
         let mut appends = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
@@ -160,6 +164,34 @@ fn run_stager(
         && let Err(sync_mpsc::SendError(prepared)) = to_commit.send(prepared)
     {
         prepared.fail(path, &AuditError::WriterStopped(path.to_owned()));
+    }
+}
+
+/// Whether every command of `batch` is an append nobody waits on.
+fn only_queued(batch: &[Command]) -> bool {
+    batch.iter().all(|cmd| match cmd {
+        Command::Append { reply, .. } => reply.is_closed(),
+        _ => false,
+    })
+}
+
+/// Waits up to `QUEUED_APPEND_WINDOW` for a command to join a batch of queued appends, so
+/// an append someone waits on shares their commit rather than waiting behind it.
+fn wait_for_a_waiter(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
+    // Short sleeps: the stager runs on a plain thread, and the window is short.
+    const POLL: std::time::Duration = std::time::Duration::from_micros(50);
+    let until = std::time::Instant::now() + QUEUED_APPEND_WINDOW;
+    while batch.len() < MAX_AUDIT_BATCH && std::time::Instant::now() < until {
+        match rx.try_recv() {
+            Ok(cmd) => {
+                batch.push(cmd);
+                if !only_queued(batch) {
+                    return;
+                }
+            }
+            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(POLL),
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+        }
     }
 }
 
