@@ -163,7 +163,9 @@ impl AuditLog {
     /// recorded durably): a crash can lose it only with nothing that followed from it. A
     /// commit that fails is logged by the writer, as it has no caller left to tell.
     pub async fn append_queued(&self, chain: ChainId, record: Record) -> Result<(), AuditError> {
-        let (reply, _unheard) = oneshot::channel();
+        // Nobody listens, and the writer sees that before it sees the record.
+        let (reply, unheard) = oneshot::channel();
+        drop(unheard);
         self.send(Command::Append {
             chain,
             record,
