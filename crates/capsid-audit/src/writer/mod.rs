@@ -123,6 +123,11 @@ fn run_stager(
     resync: &Mutex<Resync>,
 ) {
     let mut batch = Vec::with_capacity(MAX_AUDIT_BATCH);
+    // Without it, queued appends are committed at once, as any other.
+    let clock = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .ok();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_AUDIT_BATCH {
@@ -131,8 +136,10 @@ fn run_stager(
                 Err(_) => break,
             }
         }
-        if only_queued(&batch) {
-            wait_for_a_waiter(&mut rx, &mut batch);
+        if let Some(clock) = &clock
+            && only_queued(&batch)
+        {
+            wait_for_a_waiter(clock, &mut rx, &mut batch);
         }
         let mut appends = Vec::new();
         for cmd in batch.drain(..) {
@@ -176,21 +183,24 @@ fn only_queued(batch: &[Command]) -> bool {
 }
 
 /// Waits up to `QUEUED_APPEND_WINDOW` for a command to join a batch of queued appends, so
-/// an append someone waits on shares their commit rather than waiting behind it.
-fn wait_for_a_waiter(rx: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
-    // Short sleeps: the stager runs on a plain thread, and the window is short.
-    const POLL: std::time::Duration = std::time::Duration::from_micros(50);
-    let until = std::time::Instant::now() + QUEUED_APPEND_WINDOW;
-    while batch.len() < MAX_AUDIT_BATCH && std::time::Instant::now() < until {
-        match rx.try_recv() {
-            Ok(cmd) => {
+/// an append someone waits on shares their commit rather than waiting behind it. `clock` is
+/// the stager's own small runtime, for a wait that ends the moment a command arrives.
+fn wait_for_a_waiter(
+    clock: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<Command>,
+    batch: &mut Vec<Command>,
+) {
+    let until = tokio::time::Instant::now() + QUEUED_APPEND_WINDOW;
+    while batch.len() < MAX_AUDIT_BATCH {
+        match clock.block_on(tokio::time::timeout_at(until, rx.recv())) {
+            Ok(Some(cmd)) => {
                 batch.push(cmd);
                 if !only_queued(batch) {
                     return;
                 }
             }
-            Err(mpsc::error::TryRecvError::Empty) => std::thread::sleep(POLL),
-            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            // Closed, or the window is over.
+            Ok(None) | Err(_) => return,
         }
     }
 }
