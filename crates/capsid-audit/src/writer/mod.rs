@@ -192,7 +192,8 @@ fn wait_for_a_waiter(
 ) {
     let until = tokio::time::Instant::now() + QUEUED_APPEND_WINDOW;
     while batch.len() < MAX_AUDIT_BATCH {
-        match clock.block_on(tokio::time::timeout_at(until, rx.recv())) {
+        // The timer is made inside the runtime, whose clock it needs.
+        match clock.block_on(async { tokio::time::timeout_at(until, rx.recv()).await }) {
             Ok(Some(cmd)) => {
                 batch.push(cmd);
                 if !only_queued(batch) {
