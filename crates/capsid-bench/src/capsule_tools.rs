@@ -2,7 +2,8 @@
 //! `capsid:host/tools` (`relay` calling `hello`'s `echo`), against the parts it is made of,
 //! measured in the same run on the same audit log: the direct `call-tool` of `hello`'s
 //! `echo`, the relay's own call when it makes none (a capsule name it refuses before
-//! anything is checked or recorded), and one durable audit append.
+//! anything is checked or recorded, and a call it is denied: the check and one durable
+//! record), and one durable audit append.
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,11 @@ pub(crate) async fn rows() -> Result<Vec<Row>> {
         a.contains(r#""error":"invalid""#)
     })
     .await?;
+    let denied_input = json!({ "capsule": "nosuch", "tool": "echo" }).to_string();
+    let denied = latencies(&rt, "relay", "relay", &denied_input, |a| {
+        a.contains(r#""error":"denied""#)
+    })
+    .await?;
     let append = append_latencies(&rt).await?;
 
     let (direct_p50, append_p50) = (percentile(&direct, 0.5), percentile(&append, 0.5));
@@ -95,6 +101,13 @@ pub(crate) async fn rows() -> Result<Vec<Row>> {
         Row::new(
             "[tools] relay's own call, refusing before any record p50",
             percentile(&unrecorded, 0.5),
+            "µs",
+            "direct call-tool of hello echo p50",
+            direct_p50,
+        ),
+        Row::new(
+            "[tools] relay's own call, denied (check + one durable record) p50",
+            percentile(&denied, 0.5),
             "µs",
             "direct call-tool of hello echo p50",
             direct_p50,
