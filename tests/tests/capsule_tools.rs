@@ -230,6 +230,7 @@ async fn a_cycle_is_refused_and_so_is_a_chain_deeper_than_the_limit() {
     );
     assert_eq!(details(calls[0])["chain"], json!(["r1", "r2"]));
     let results = records(&audit, "tool.result", "tool://r1/relay");
+    assert_eq!(results.len(), 1, "{audit:#?}");
     assert_eq!(details(results[0])["outcome"], "cycle");
 
     // Calling itself is a cycle too.
@@ -300,6 +301,53 @@ async fn a_callee_ends_before_its_callers_deadline_and_is_not_failed_for_it() {
         !audit.iter().any(|e| e.action == "capsule.failed"),
         "{audit:#?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_busy_callee_ends_before_the_callers_deadline() {
+    let rt = Runtime::new().await;
+    let root = rt.home.path().join("copies");
+    // One instance of spin, held by a client's call for as long as the test needs.
+    let spin = capsule_copy_with("spin", &root, |m| {
+        m.replace(
+            "call_timeout_ms = 200",
+            "call_timeout_ms = 60000\nmax_instances = 1",
+        )
+    });
+    rt.registry.load(&spin, Trust::Dev).await.unwrap();
+    let dir = relay_copy(&root, "hasty", r#"["spin/*"]"#, "call_timeout_ms = 1000");
+    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let holder = capsid_capsule::CallControl::new();
+    let held = {
+        let registry = &rt.registry;
+        let holder = holder.clone();
+        async move {
+            registry
+                .call_tool_with(&id("spin"), "spin", "{}", &holder)
+                .await
+        }
+    };
+    let waiting = async {
+        // Let the holder take the one instance first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let out = relay(&rt, "hasty", "spin", "spin", json!({})).await;
+        let took = started.elapsed();
+        holder.cancel();
+        (out, took)
+    };
+    let (held, (out, took)) = tokio::join!(held, waiting);
+    assert!(held.is_err(), "the holder was cancelled: {held:?}");
+    // The wait for spin's instance ended within the relay's time, not spin's minute.
+    assert_eq!(out, json!({ "error": "timeout", "message": "" }));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    for name in ["spin", "hasty"] {
+        assert_eq!(
+            rt.registry.info(&id(name)).unwrap().state,
+            CapsuleState::Ready,
+            "{name}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

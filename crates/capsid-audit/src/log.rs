@@ -157,11 +157,13 @@ impl AuditLog {
     }
 
     /// Queues `record` for `chain` and returns once it is queued, not once it is durable.
-    /// The writer commits in order, so it is in the log ahead of every entry appended after
-    /// it, and durable with the next commit. For a record whose consequences are recorded
-    /// after it (a tool's result, handed to a capsule whose next effects are checked and
-    /// recorded durably): a crash can lose it only with nothing that followed from it. A
-    /// commit that fails is logged by the writer, as it has no caller left to tell.
+    /// The writer commits in order, so once committed it is in the log ahead of every entry
+    /// appended after it, and it is durable with the next commit. For a record whose
+    /// consequences are recorded after it (a tool's result, handed to a capsule whose next
+    /// effects are checked and recorded durably): a crash can lose it only with nothing
+    /// that followed from it. If its batch fails to commit it is lost and the writer logs
+    /// the failure (nobody waits to be told); entries appended after the writer has
+    /// recovered from the failure commit without it.
     pub async fn append_queued(&self, chain: ChainId, record: Record) -> Result<(), AuditError> {
         // Nobody listens, and the writer sees that before it sees the record.
         let (reply, unheard) = oneshot::channel();

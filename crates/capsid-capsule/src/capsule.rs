@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use capsid_core::CapsuleId;
-use capsid_core::limits::{HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES};
+use capsid_core::limits::{
+    HOST_CALL_GRACE, MAX_TOOL_INPUT_BYTES, MAX_TOOL_OUTPUT_BYTES, TOOL_CALL_RESERVE,
+};
 
 /// How often a call whose deadline is suspended is looked at again.
 const SUSPENDED_RECHECK: Duration = Duration::from_millis(100);
@@ -390,9 +392,16 @@ impl LoadedCapsule {
         let control = &control.asking(matches!(call, Call::Tool { .. } | Call::Event { .. }));
         let (deadline, capped) = control.deadline_for(self.timeout());
         arm(&mut warm.store, deadline, control.clone());
+        // A host call running past a calling capsule's deadline is cut within that
+        // capsule's reserve, so the caller still has time to answer.
+        let grace = if capped {
+            HOST_CALL_GRACE.min(TOOL_CALL_RESERVE / 2)
+        } else {
+            HOST_CALL_GRACE
+        };
         let outcome = {
             let invoked = CURRENT_CALL.scope(control.clone(), invoke(warm, call));
-            let watched = watchdog(invoked, deadline, HOST_CALL_GRACE, control);
+            let watched = watchdog(invoked, deadline, grace, control);
             tokio::pin!(watched);
             tokio::select! {
                 biased;
@@ -536,7 +545,8 @@ impl LoadedCapsule {
         self.ensure_ready()?;
         // A call from another capsule waits no longer than its caller may.
         let (until, capped) = control.deadline_for(self.timeout());
-        let until = tokio::time::Instant::from_std(until);
+        // The deadline as of now: moved by the time the chain has waited for a person.
+        let until = tokio::time::Instant::from_std(until + control.deadline_moved().0);
         let permit = tokio::select! {
             biased;
             () = control.cancellation() => return Err(self.cancelled()),

@@ -133,6 +133,14 @@ impl Committer {
             let (fresh, stale): (Vec<_>, Vec<_>) = group
                 .into_iter()
                 .partition(|p| p.generation == self.generation);
+            if !stale.is_empty() {
+                // Their appends may have nobody waiting to be told (queued ones).
+                tracing::error!(
+                    path = %self.path.display(),
+                    batches = stale.len(),
+                    "audit batches dropped: an earlier batch they build on failed to commit"
+                );
+            }
             for prepared in stale {
                 let e = AuditError::Io {
                     path: self.path.clone(),

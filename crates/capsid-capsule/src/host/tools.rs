@@ -99,13 +99,14 @@ impl ResultRecord {
     }
 
     /// Queued, not waited for: the caller's next effects are recorded durably after it,
-    /// so nothing that follows from this result is in the log without it.
+    /// so nothing that follows from this result is in the log without it (unless its
+    /// commit fails, which the writer logs).
     async fn write(mut self, outcome: &str, bytes: usize) -> Result<(), CallError> {
-        self.written = true;
         let details = self.details(outcome, bytes);
-        queue_result(&self.cx, &self.resource, &details)
-            .await
-            .map_err(|_| CallError::Internal("the call's result could not be recorded".into()))
+        let queued = queue_result(&self.cx, &self.resource, &details).await;
+        // Only now: dropped while queueing, it is recorded as abandoned.
+        self.written = true;
+        queued.map_err(|_| CallError::Internal("the call's result could not be recorded".into()))
     }
 }
 
@@ -215,7 +216,7 @@ async fn call_tool(
         return Err(refused);
     }
     let not_after = not_after.unwrap_or(deadline);
-    let result = match find(cx, &callee).await {
+    let result = match find(cx, &callee, control, not_after).await {
         Ok(found) => {
             let nested = control.nested(&cx.name, not_after);
             found.call(tool, input, &nested).await
@@ -234,8 +235,14 @@ async fn call_tool(
     }
 }
 
-/// The capsule called `name`, woken first if its host unloaded it while idle.
-async fn find(cx: &CapsuleContext, name: &CapsuleId) -> Result<Callee, CapsuleError> {
+/// The capsule called `name`, woken first (by `not_after`, for `control`'s chain) if its
+/// host unloaded it while idle.
+async fn find(
+    cx: &CapsuleContext,
+    name: &CapsuleId,
+    control: &CallControl,
+    not_after: Instant,
+) -> Result<Callee, CapsuleError> {
     let Some(slots) = cx.callees.upgrade() else {
         return Err(CapsuleError::NotLoaded(name.clone()));
     };
@@ -245,7 +252,16 @@ async fn find(cx: &CapsuleContext, name: &CapsuleId) -> Result<Callee, CapsuleEr
     };
     match (found, waker) {
         (Err(CapsuleError::NotLoaded(_)), Some(waker)) => {
-            waker.wake(name).await;
+            // Bounded by the callee's deadline, so the caller keeps its reserve.
+            let until = tokio::time::Instant::from_std(not_after + control.deadline_moved().0);
+            if tokio::time::timeout_at(until, waker.wake(name))
+                .await
+                .is_err()
+            {
+                return Err(CapsuleError::CallerDeadline {
+                    capsule: name.clone(),
+                });
+            }
             slots
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
