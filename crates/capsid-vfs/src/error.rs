@@ -39,6 +39,15 @@ pub enum VfsError {
     /// changing anything rather than delete what nobody could see.
     #[error("{0}: holds entries with names the VFS cannot address; remove them by hand")]
     Unaddressable(String),
+    /// Paths the overlay changed whose lower file changed too since it first did (someone
+    /// wrote the workspace directly): committing would overwrite that.
+    #[error(
+        "{} changed in the workspace since capsules first changed them: {}; review them, \
+         then commit overwriting them (or discard the capsules' changes)",
+        if .0.len() == 1 { "1 path".to_owned() } else { format!("{} paths", .0.len()) },
+        .0.join(", ")
+    )]
+    Conflicts(Vec<String>),
     /// The overlay's persisted state is unreadable.
     #[error("overlay state {path}: {reason}")]
     State {

@@ -443,3 +443,108 @@ async fn a_work_directory_inside_the_lower_layer_is_refused() {
     let err = OverlayVfs::open(&lower, &lower.join(".capsid")).unwrap_err();
     assert!(matches!(err, VfsError::InvalidPath { .. }), "{err}");
 }
+
+#[tokio::test]
+async fn a_commit_refuses_to_overwrite_what_changed_behind_the_overlays_back() {
+    let f = fx();
+    f.vfs
+        .append(&p("docs/a.md"), b" + capsule".to_vec())
+        .await
+        .unwrap();
+    f.vfs
+        .write(&p("docs/b.md"), b"capsule b".to_vec())
+        .await
+        .unwrap();
+    f.vfs.remove_file(&p("top")).await.unwrap();
+    f.vfs
+        .write(&p("quiet"), b"nobody else".to_vec())
+        .await
+        .unwrap();
+    assert!(f.vfs.conflicts().await.unwrap().is_empty());
+    // Someone edits the workspace directly meanwhile: the file the capsule changed, a file
+    // where the capsule added one, the file the capsule deleted.
+    std::fs::write(f.lower("docs/a.md"), b"the user's edit").unwrap();
+    std::fs::write(f.lower("docs/b.md"), b"the user's b").unwrap();
+    std::fs::write(f.lower("top"), b"the user's top").unwrap();
+    let expected = vec![p("docs/a.md"), p("docs/b.md"), p("top")];
+    assert_eq!(f.vfs.conflicts().await.unwrap(), expected);
+    // Remembered across a reopen.
+    let again = f.reopen();
+    assert_eq!(again.conflicts().await.unwrap(), expected);
+    let refused = again.commit().await;
+    assert!(
+        matches!(&refused, Err(VfsError::Conflicts(paths)) if paths == &["docs/a.md", "docs/b.md", "top"]),
+        "{refused:?}"
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.starts_with("3 paths changed"), "{message}");
+    // Nothing was written: the user's edits stand, the capsule's changes wait.
+    assert_eq!(
+        std::fs::read(f.lower("docs/a.md")).unwrap(),
+        b"the user's edit"
+    );
+    assert!(!f.lower("quiet").exists());
+    assert_eq!(
+        again.read(&p("docs/a.md")).await.unwrap(),
+        b"lower a + capsule"
+    );
+    // Overwriting is a decision the caller makes.
+    again.commit_overwriting().await.unwrap();
+    assert_eq!(
+        std::fs::read(f.lower("docs/a.md")).unwrap(),
+        b"lower a + capsule"
+    );
+    assert_eq!(std::fs::read(f.lower("docs/b.md")).unwrap(), b"capsule b");
+    assert!(!f.lower("top").exists());
+    assert_eq!(std::fs::read(f.lower("quiet")).unwrap(), b"nobody else");
+    // A commit starts the bases afresh.
+    again
+        .write(&p("docs/a.md"), b"second".to_vec())
+        .await
+        .unwrap();
+    assert!(again.conflicts().await.unwrap().is_empty());
+    again.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_directory_removed_whole_conflicts_with_a_file_changed_inside_it() {
+    let f = fx();
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    std::fs::write(f.lower("docs/old/x"), b"the user's x").unwrap();
+    assert_eq!(f.vfs.conflicts().await.unwrap(), vec![p("docs/old/x")]);
+    assert!(matches!(f.vfs.commit().await, Err(VfsError::Conflicts(_))));
+    assert_eq!(
+        std::fs::read(f.lower("docs/old/x")).unwrap(),
+        b"the user's x"
+    );
+    // Discarding drops the capsule's side, and what it remembered.
+    f.vfs.discard().await.unwrap();
+    assert!(f.vfs.conflicts().await.unwrap().is_empty());
+    assert_eq!(f.vfs.read(&p("docs/old/x")).await.unwrap(), b"the user's x");
+}
+
+#[tokio::test]
+async fn a_bases_line_cut_short_by_a_crash_is_dropped_and_a_bad_one_refused() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"capsule".to_vec())
+        .await
+        .unwrap();
+    let bases = f.tmp.path().join("work/overlay-bases.jsonl");
+    let whole = std::fs::read(&bases).unwrap();
+    assert!(whole.ends_with(b"\n"), "{whole:?}");
+    // A crash mid-append leaves a partial last line: dropped, the rest kept.
+    let mut torn = whole.clone();
+    torn.extend_from_slice(br#"{"path":"top","ba"#);
+    std::fs::write(&bases, &torn).unwrap();
+    let again = f.reopen();
+    std::fs::write(f.lower("docs/a.md"), b"the user's").unwrap();
+    assert_eq!(again.conflicts().await.unwrap(), vec![p("docs/a.md")]);
+    // A whole line that is not a base is refused, naming the file.
+    std::fs::write(&bases, b"{\"path\":\"docs/a.md\"}\n").unwrap();
+    let refused = OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work"));
+    assert!(
+        matches!(&refused, Err(VfsError::State { path, .. }) if path.ends_with("overlay-bases.jsonl")),
+        "{refused:?}"
+    );
+}

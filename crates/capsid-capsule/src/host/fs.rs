@@ -127,7 +127,9 @@ impl CapsuleContext {
             | VfsError::IsADirectory(_)
             | VfsError::NotADirectory(_)
             | VfsError::NotEmpty(_) => WitError::Invalid(e.to_string()),
+            // Only a commit gives this, never a capsule's own call.
             VfsError::Unaddressable(_)
+            | VfsError::Conflicts(_)
             | VfsError::State { .. }
             | VfsError::InterruptedCommit { .. }
             | VfsError::Io { .. } => {

@@ -40,7 +40,7 @@ pub struct Change {
 }
 
 /// Every path below `root` of a tree, with its kind, listed by `list`.
-fn walk(
+pub(super) fn walk(
     list: &dyn Fn(&VfsPath) -> Result<Vec<crate::DirEntry>, VfsError>,
     root: &VfsPath,
     out: &mut BTreeMap<VfsPath, EntryKind>,
@@ -129,14 +129,23 @@ impl Core {
         Ok(changes)
     }
 
-    /// Phase 1 applies every change to the lower layer while the upper layer and markers
-    /// still shadow it, so the merged view never changes; phase 2 drops the markers in one
+    /// Refuses, changing nothing, when `refuse_conflicts` and a change's lower path changed
+    /// behind the overlay's back. Phase 1 applies every change to the lower layer while the
+    /// upper layer and markers still shadow it, so the merged view never changes; phase 2 drops the markers in one
     /// atomic write, then empties the upper layer, whose content now equals the lower's.
     /// A commit that fails is abandoned (its record and temporary files removed), so nothing
     /// rolls it forward later with writes made since; the merged view is unchanged and
     /// `commit` can be run again.
-    pub(super) fn commit(&mut self) -> Result<Vec<Change>, VfsError> {
+    pub(super) fn commit(&mut self, refuse_conflicts: bool) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
+        if refuse_conflicts {
+            let conflicts = self.conflicts_in(&self.diff()?)?;
+            if !conflicts.is_empty() {
+                return Err(VfsError::Conflicts(
+                    conflicts.iter().map(ToString::to_string).collect(),
+                ));
+            }
+        }
         let failed = match self.apply() {
             Ok(changes) => return Ok(changes),
             Err(e) => e,
@@ -219,6 +228,7 @@ impl Core {
                 )?,
             }
         }
+        // Dropping the markers (and the bases, whose changes are now the lower layer's).
         self.discard()?;
         self.end_commit()?;
         Ok(changes)
@@ -310,6 +320,7 @@ impl Core {
     pub(super) fn discard(&mut self) -> Result<(), VfsError> {
         self.markers.clear();
         self.persist()?;
+        self.forget_bases()?;
         for e in self.upper.read_dir_sync(&VfsPath::root())? {
             let p = VfsPath::root().join(&e.name)?;
             match e.kind {

@@ -5,6 +5,7 @@
 //! path deleted and then recreated in the upper layer). Writes go to the upper layer, with
 //! copy-up on first append to a lower file (streamed). Only `commit` writes the lower layer.
 
+mod base;
 mod commit;
 mod state;
 
@@ -41,6 +42,8 @@ struct Core {
     work: HostVfs,
     staging: HostVfs,
     markers: BTreeMap<VfsPath, Marker>,
+    /// What the lower layer held where the overlay changed it, when it first did.
+    bases: BTreeMap<VfsPath, base::Base>,
 }
 
 impl OverlayVfs {
@@ -71,12 +74,14 @@ impl OverlayVfs {
         }
         let work = HostVfs::open(work)?;
         let markers = state::load(&work)?;
+        let bases = base::load(&work)?;
         let mut core = Core {
             lower: HostVfs::open(lower)?,
             upper: HostVfs::open(&upper_dir)?,
             work,
             staging: HostVfs::open(&staging_dir)?,
             markers,
+            bases,
         };
         let recovered = core.finish_interrupted_commit()?;
         Ok(Self {
@@ -118,9 +123,27 @@ impl OverlayVfs {
 
     /// Applies every change to the lower layer (each file atomically), then empties the upper
     /// layer. If it fails, the merged view is unchanged and `commit` can be run again; if the
-    /// process is killed during it, the next `open` finishes it.
+    /// process is killed during it, the next `open` finishes it. A change to a path whose
+    /// lower file changed since the overlay first changed it (see
+    /// [`conflicts`](Self::conflicts)) refuses the whole commit with
+    /// [`VfsError::Conflicts`], changing nothing.
     pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
-        self.with(Core::commit).await
+        self.with(|c| c.commit(true)).await
+    }
+
+    /// [`commit`](Self::commit), overwriting what changed behind the overlay's back.
+    pub async fn commit_overwriting(&self) -> Result<Vec<Change>, VfsError> {
+        self.with(|c| c.commit(false)).await
+    }
+
+    /// The changed paths whose lower layer is no longer what it was when the overlay first
+    /// changed them (something else wrote the workspace since), sorted.
+    pub async fn conflicts(&self) -> Result<Vec<VfsPath>, VfsError> {
+        self.with(|c| {
+            let changes = c.diff()?;
+            c.conflicts_in(&changes)
+        })
+        .await
     }
 
     /// Drops every change.
@@ -242,6 +265,7 @@ impl Core {
             return Err(VfsError::IsADirectory(p.to_string()));
         }
         self.upper_dir(&parent, p)?;
+        self.remember(p)?;
         self.upper
             .replace_with(p, Staging::In(&self.staging), Sync::Process, |f| {
                 std::io::Write::write_all(f, data)
@@ -254,10 +278,14 @@ impl Core {
             (Some(m), _) | (None, Some(m)) if m.kind == EntryKind::Dir => {
                 Err(VfsError::IsADirectory(p.to_string()))
             }
-            (Some(_), _) => self.upper.append_sync(p, data),
+            (Some(_), _) => {
+                self.remember(p)?;
+                self.upper.append_sync(p, data)
+            }
             (None, Some(_)) => {
                 let parent = self.require_parent_dir(p)?;
                 self.upper_dir(&parent, p)?;
+                self.remember(p)?;
                 self.upper
                     .copy_in_atomic(&self.lower, p, p, Staging::In(&self.staging))?;
                 self.upper.append_sync(p, data)
@@ -272,6 +300,7 @@ impl Core {
             return Err(VfsError::AlreadyExists(p.to_string()));
         }
         self.upper_dir(&parent, p)?;
+        self.remember(p)?;
         self.upper.create_dir_sync(p)?;
         self.created(p)
     }
@@ -326,6 +355,7 @@ impl Core {
         }
         let lower_visible = self.lower_stat(p)?.is_some();
         let in_upper = self.upper.try_stat(p)?.is_some();
+        self.remember(p)?;
         // Whiteout first: a crash after it cannot bring the lower version back.
         self.deleted(p, lower_visible)?;
         if in_upper {
@@ -351,6 +381,11 @@ impl Core {
         }
         let lower_visible = self.lower_stat(p)?.is_some();
         let in_upper = self.upper.try_stat(p)?.is_some();
+        if lower_visible {
+            self.remember_tree(p)?;
+        } else {
+            self.remember(p)?;
+        }
         self.deleted(p, lower_visible)?;
         if in_upper {
             self.upper.remove_dir_all_sync(p)?;
@@ -394,6 +429,7 @@ impl Core {
         }
         let parent = self.require_parent_dir(to)?;
         self.upper_dir(&parent, to)?;
+        self.remember(to)?;
         let source = if self.upper.try_stat(from)?.is_some() {
             &self.upper
         } else {
