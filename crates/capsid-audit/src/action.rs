@@ -24,6 +24,11 @@ pub const KERNEL_SHUTDOWN: &str = "kernel.shutdown";
 pub const PROCESS_SWEPT: &str = "process.swept";
 /// Opening the workspace overlay finished a commit a killed kernel left half done.
 pub const WORKSPACE_COMMIT_RECOVERED: &str = "workspace.commit.recovered";
+/// The operator committed capsules' changes to the workspace (every path, with the blake3 of
+/// each file written; a long list spans several entries, all before the commit).
+pub const WORKSPACE_COMMIT: &str = "workspace.commit";
+/// The operator discarded capsules' changes to the workspace (every path dropped).
+pub const WORKSPACE_DISCARD: &str = "workspace.discard";
 
 /// A capability check, allowed or denied (by the capability store's own sink).
 pub const CAPABILITY_CHECK: &str = "capability.check";

@@ -104,6 +104,7 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
         }
         Command::Mcp(McpCommand::Token(t)) => crate::mcp::token(client, t, as_json).await,
         Command::Approve(a) => crate::approve::approve(client, a, as_json).await,
+        Command::Ws(w) => crate::workspace::ws(client, w, as_json).await,
         Command::Daemon { .. }
         | Command::Start { .. }
         | Command::Stop

@@ -7,6 +7,7 @@ mod daemon;
 mod mcp;
 mod output;
 mod review;
+mod workspace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +116,23 @@ pub(crate) enum Command {
     /// Calls waiting for a person's approval: `ls`, `show <id>`, `watch`, or decide one with
     /// `<id> --once | --session | --always | --deny`.
     Approve(ApproveArgs),
+    /// What capsules wrote to the workspace: `status`, `commit`, `discard`.
+    #[command(subcommand)]
+    Ws(WsCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum WsCommand {
+    /// The paths capsules changed, not yet in the workspace, with conflicts.
+    Status,
+    /// Writes capsules' changes into the workspace (recorded first, path by path).
+    Commit {
+        /// Also where the workspace changed too since a capsule first changed it.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Drops capsules' changes (recorded first, path by path).
+    Discard,
 }
 
 #[derive(clap::Args)]

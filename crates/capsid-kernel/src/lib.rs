@@ -31,6 +31,7 @@ mod operator;
 mod sessions;
 mod tool;
 mod watch;
+mod workspace;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
 pub use capsid_capsule::tool_resource;
@@ -43,3 +44,4 @@ pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUT
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
 pub use sessions::SessionHold;
 pub use tool::{Door, ToolCaller, ToolInfo};
+pub use workspace::WorkspaceChange;

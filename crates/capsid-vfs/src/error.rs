@@ -48,6 +48,9 @@ pub enum VfsError {
         .0.join(", ")
     )]
     Conflicts(Vec<String>),
+    /// The overlay changed between a commit's plan and the commit.
+    #[error("the workspace changed since the commit was planned; review it again")]
+    ChangedSincePlan,
     /// The overlay's persisted state is unreadable.
     #[error("overlay state {path}: {reason}")]
     State {

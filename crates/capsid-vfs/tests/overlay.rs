@@ -548,3 +548,38 @@ async fn a_bases_line_cut_short_by_a_crash_is_dropped_and_a_bad_one_refused() {
         "{refused:?}"
     );
 }
+
+#[tokio::test]
+async fn a_planned_commit_applies_exactly_what_was_planned_or_nothing() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"planned".to_vec())
+        .await
+        .unwrap();
+    let plan = f.vfs.plan_commit().await.unwrap();
+    assert_eq!(
+        plan.changes,
+        vec![change("docs/a.md", ChangeKind::Modified, EntryKind::File)]
+    );
+    assert_eq!(
+        plan.hashes.get(&p("docs/a.md")),
+        Some(&blake3::hash(b"planned").to_hex().to_string())
+    );
+    assert!(plan.conflicts.is_empty());
+    // Written after the plan: the plan no longer describes the overlay.
+    f.vfs
+        .write(&p("docs/a.md"), b"later".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.vfs.commit_plan(plan, false).await,
+        Err(VfsError::ChangedSincePlan)
+    ));
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"lower a");
+    let plan = f.vfs.plan_commit().await.unwrap();
+    assert_eq!(
+        f.vfs.commit_plan(plan.clone(), false).await.unwrap(),
+        plan.changes
+    );
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"later");
+}

@@ -130,6 +130,7 @@ impl CapsuleContext {
             // Only a commit gives this, never a capsule's own call.
             VfsError::Unaddressable(_)
             | VfsError::Conflicts(_)
+            | VfsError::ChangedSincePlan
             | VfsError::State { .. }
             | VfsError::InterruptedCommit { .. }
             | VfsError::Io { .. } => {

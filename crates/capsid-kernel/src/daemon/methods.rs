@@ -21,13 +21,15 @@ use capsid_protocol::methods::{
     McpTokenRevoke, OutputStream, PendingToolView, ProcessList, ProcessLogParams, ProcessLogs,
     ProcessLogsFollow, ProcessOutput, ProcessView, PublishParams, ReviewAcceptParams,
     ReviewAccepted, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
-    ToolDescription, ToolList, ToolRun, UserView, VerifyResult,
+    ToolDescription, ToolList, ToolRun, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiscard,
+    WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
 
 use super::server::Shared;
 use super::views::{self, failed, invalid, kernel_error};
+use super::workspace;
 use super::{approvals, tokens, tools};
 
 type Answer<T> = Result<T, WireError>;
@@ -166,6 +168,15 @@ async fn answer(
             run::<McpTokenRevoke, _>(request, |p| tokens::revoke(s, p)).await
         }
         MethodId::McpTokenCheck => run::<McpTokenCheck, _>(request, |p| tokens::check(s, p)).await,
+        MethodId::WorkspaceStatus => {
+            run::<WorkspaceStatus, _>(request, |_| workspace::status(s)).await
+        }
+        MethodId::WorkspaceCommit => {
+            run::<WorkspaceCommit, _>(request, |p| workspace::commit(s, p)).await
+        }
+        MethodId::WorkspaceDiscard => {
+            run::<WorkspaceDiscard, _>(request, |_| workspace::discard(s)).await
+        }
         MethodId::ApprovalList => {
             run::<ApprovalList, _>(request, |_| async { Ok(approvals::list(s)) }).await
         }

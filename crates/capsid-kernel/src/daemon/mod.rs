@@ -18,6 +18,7 @@ mod server;
 mod tokens;
 mod tools;
 mod views;
+mod workspace;
 
 pub use files::RunFiles;
 pub use server::{DaemonOptions, serve};

@@ -135,7 +135,10 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
                 ErrorCode::Invalid
             }
         },
-        KernelError::AlreadyLinked { .. } => ErrorCode::Conflict,
+        KernelError::AlreadyLinked { .. }
+        | KernelError::Vfs(
+            capsid_vfs::VfsError::Conflicts(_) | capsid_vfs::VfsError::ChangedSincePlan,
+        ) => ErrorCode::Conflict,
         KernelError::AmbiguousUser(_)
         | KernelError::Capabilities(
             CapabilityError::Pattern(_) | CapabilityError::InvalidGrant(_),

@@ -9,11 +9,13 @@ mod admin;
 mod approval;
 mod capsule;
 mod process;
+mod workspace;
 
 pub use admin::*;
 pub use approval::*;
 pub use capsule::*;
 pub use process::*;
+pub use workspace::*;
 
 use serde::{Deserialize, Serialize};
 
@@ -195,6 +197,16 @@ methods! {
     /// The user a bearer token acts as; `unauthorized` for anything but a live token.
     McpTokenCheck = "mcp.token.check" (TokenCheckParams) -> TokenOwner
         { read_only: true, inline: false, streaming: false }
+    /// What capsules changed in the workspace and not yet committed, with conflicts.
+    WorkspaceStatus = "workspace.status" (NoParams) -> Vec<WorkspaceChangeView>
+        { read_only: true, inline: false, streaming: false }
+    /// Commits capsules' changes to the workspace (recorded first, path by path); refused
+    /// over conflicts unless `overwrite`.
+    WorkspaceCommit = "workspace.commit" (WorkspaceCommitParams) -> Vec<WorkspaceChangeView>
+        { read_only: false, inline: false, streaming: false }
+    /// Drops capsules' changes to the workspace (recorded first, path by path).
+    WorkspaceDiscard = "workspace.discard" (NoParams) -> Vec<WorkspaceChangeView>
+        { read_only: false, inline: false, streaming: false }
     /// The calls waiting for a person's approval, oldest first.
     ApprovalList = "approval.list" (NoParams) -> Vec<ApprovalView>
         { read_only: true, inline: true, streaming: false }

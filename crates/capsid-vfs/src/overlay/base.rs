@@ -38,8 +38,9 @@ fn base_of(lower: &HostVfs, p: &VfsPath) -> Result<Base, VfsError> {
     })
 }
 
-fn file_hash(lower: &HostVfs, p: &VfsPath) -> Result<String, VfsError> {
-    let mut file = lower.open_read(p)?;
+/// The blake3 (hex) of file `p` of `layer`.
+pub(super) fn file_hash(layer: &HostVfs, p: &VfsPath) -> Result<String, VfsError> {
+    let mut file = layer.open_read(p)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -289,7 +289,7 @@ impl Core {
     /// whether a commit's record is there (it stays until a commit ends). They can only be
     /// beside a file still to commit (the merged view, and so the diff, is what it was when
     /// that commit began), and only files named with its prefix are removed.
-    fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
+    pub(super) fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
         let pending = pending_path()?;
         let prefix = match self.work.read_sync(&pending) {
             Ok(bytes) => bytes,

@@ -136,6 +136,31 @@ impl OverlayVfs {
         self.with(|c| c.commit(false)).await
     }
 
+    /// What a commit would apply now: the changes, the blake3 of each file it would write,
+    /// and the conflicts; for a caller that records it before applying it
+    /// ([`commit_plan`](Self::commit_plan)).
+    pub async fn plan_commit(&self) -> Result<CommitPlan, VfsError> {
+        self.with(|c| c.plan()).await
+    }
+
+    /// Commits, if `plan` still describes the overlay exactly (else
+    /// [`VfsError::ChangedSincePlan`], changing nothing): what was recorded is what is
+    /// applied. Its conflicts refuse it unless `overwrite`.
+    pub async fn commit_plan(
+        &self,
+        plan: CommitPlan,
+        overwrite: bool,
+    ) -> Result<Vec<Change>, VfsError> {
+        self.with(move |c| {
+            c.remove_commit_leftovers()?;
+            if c.plan()? != plan {
+                return Err(VfsError::ChangedSincePlan);
+            }
+            c.commit(!overwrite)
+        })
+        .await
+    }
+
     /// The changed paths whose lower layer is no longer what it was when the overlay first
     /// changed them (something else wrote the workspace since), sorted.
     pub async fn conflicts(&self) -> Result<Vec<VfsPath>, VfsError> {
@@ -152,11 +177,39 @@ impl OverlayVfs {
     }
 }
 
+/// What committing the overlay would do, taken at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPlan {
+    /// The changes, sorted by path.
+    pub changes: Vec<Change>,
+    /// The blake3 (hex) of each added or modified file's new content.
+    pub hashes: BTreeMap<VfsPath, String>,
+    /// The changed paths that changed in the lower layer too since the overlay first
+    /// changed them.
+    pub conflicts: Vec<VfsPath>,
+}
+
 fn not_found(p: &VfsPath) -> VfsError {
     VfsError::NotFound(p.to_string())
 }
 
 impl Core {
+    fn plan(&self) -> Result<CommitPlan, VfsError> {
+        let changes = self.diff()?;
+        let mut hashes = BTreeMap::new();
+        for c in &changes {
+            if c.kind != ChangeKind::Deleted && c.entry == EntryKind::File {
+                hashes.insert(c.path.clone(), base::file_hash(&self.upper, &c.path)?);
+            }
+        }
+        let conflicts = self.conflicts_in(&changes)?;
+        Ok(CommitPlan {
+            changes,
+            hashes,
+            conflicts,
+        })
+    }
+
     fn persist(&self) -> Result<(), VfsError> {
         state::save(&self.work, &self.markers)
     }

@@ -1,0 +1,96 @@
+//! `capsid ws` on the real daemon: what the `notes` sample writes waits in the overlay,
+//! `ws status` shows it, `ws commit` lands it in the workspace (recorded path by path with
+//! its blake3), `ws discard` drops it, and a file the workspace changed too is a conflict,
+//! refused until `--overwrite`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::Home;
+use serde_json::json;
+
+fn add_note(home: &Home, name: &str, text: &str) {
+    let input = json!({ "name": name, "text": text }).to_string();
+    home.ok(&["call", "notes", "add", "--input", &input]);
+}
+
+#[test]
+fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    let workspace = home.path.join("workspace");
+
+    add_note(&home, "a", "first");
+    assert!(
+        !workspace.join("notes/a.md").exists(),
+        "waits in the overlay"
+    );
+    let status = home.json(&["ws", "status"]);
+    let paths: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["notes", "notes/a.md"]);
+    let note = &status[1];
+    assert_eq!(note["change"], "added");
+    assert_eq!(note["blake3"], blake3::hash(b"first").to_hex().to_string());
+    let shown = home.ok(&["ws", "status"]);
+    assert!(
+        shown.contains("added") && shown.contains("notes/a.md"),
+        "{shown}"
+    );
+
+    let committed = home.ok(&["ws", "commit"]);
+    assert!(committed.contains("committed 2 path(s)"), "{committed}");
+    assert_eq!(
+        std::fs::read(workspace.join("notes/a.md")).unwrap(),
+        b"first"
+    );
+    assert!(home.ok(&["ws", "status"]).contains("no changes"));
+    let tail = home.json(&["audit", "tail", "-n", "50"]);
+    let record = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "workspace.commit")
+        .unwrap_or_else(|| panic!("no workspace.commit in {tail:#}"));
+    let details = record["details"].to_string();
+    assert!(
+        details.contains("notes/a.md")
+            && details.contains(&blake3::hash(b"first").to_hex().to_string()),
+        "{details}"
+    );
+
+    // Discarded: the workspace keeps what it had.
+    add_note(&home, "b", "dropped");
+    home.ok(&["ws", "discard"]);
+    assert!(!workspace.join("notes/b.md").exists());
+    assert!(home.ok(&["ws", "status"]).contains("no changes"));
+
+    // The capsule changes a, and so does someone in the workspace: a conflict.
+    add_note(&home, "a", "the capsule's");
+    std::fs::write(workspace.join("notes/a.md"), b"the user's").unwrap();
+    let status = home.json(&["ws", "status"]);
+    assert_eq!(status[0]["path"], "notes/a.md");
+    assert_eq!(status[0]["conflict"], true);
+    let refused = home.run(&["ws", "commit"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("notes/a.md") && err.contains("changed in the workspace"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(workspace.join("notes/a.md")).unwrap(),
+        b"the user's"
+    );
+    home.ok(&["ws", "commit", "--overwrite"]);
+    assert_eq!(
+        std::fs::read(workspace.join("notes/a.md")).unwrap(),
+        b"the capsule's"
+    );
+    home.ok(&["stop"]);
+}

@@ -1,0 +1,193 @@
+//! Reviewing what capsules wrote: the workspace overlay's changes (with the paths that
+//! changed behind its back, its conflicts), committed to the workspace or discarded by the
+//! operator. Both are recorded before they happen, path by path; a commit applies exactly
+//! what was recorded or nothing ([`OverlayVfs::commit_plan`]).
+//!
+//! [`OverlayVfs::commit_plan`]: capsid_vfs::OverlayVfs::commit_plan
+
+use capsid_audit::action;
+use capsid_core::limits::MAX_AUDIT_DETAILS_BYTES;
+use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError};
+use serde_json::{Value, json};
+
+use crate::error::KernelError;
+use crate::kernel::Kernel;
+
+/// The resource workspace actions are recorded on.
+const WORKSPACE_RESOURCE: &str = "fs://workspace";
+
+/// One path capsules changed, as review shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkspaceChange {
+    /// The path, relative to the workspace.
+    pub path: String,
+    /// Added, modified or deleted.
+    pub kind: ChangeKind,
+    /// A file, directory or symlink (what the deleted path was, for a deletion).
+    pub entry: EntryKind,
+    /// The blake3 of the file's new content (added and modified files).
+    pub blake3: Option<String>,
+    /// Whether the workspace's own copy changed too since capsules first changed it: a
+    /// commit refuses to overwrite it unless told to.
+    pub conflict: bool,
+}
+
+fn kind_name(kind: ChangeKind) -> &'static str {
+    match kind {
+        ChangeKind::Added => "added",
+        ChangeKind::Modified => "modified",
+        ChangeKind::Deleted => "deleted",
+    }
+}
+
+/// `plan`'s changes as review shows them.
+fn review(plan: &CommitPlan) -> Vec<WorkspaceChange> {
+    plan.changes
+        .iter()
+        .map(|c: &Change| WorkspaceChange {
+            path: c.path.to_string(),
+            kind: c.kind,
+            entry: c.entry,
+            blake3: plan.hashes.get(&c.path).cloned(),
+            conflict: plan.conflicts.contains(&c.path),
+        })
+        .collect()
+}
+
+/// The records of an action on `changes`: as many entries as their paths need, each
+/// within the audit log's details limit.
+fn parts(changes: &[WorkspaceChange], extra: &Value) -> Vec<Value> {
+    // Room for the other fields of each entry.
+    const BUDGET: usize = MAX_AUDIT_DETAILS_BYTES / 2;
+    let mut groups: Vec<Vec<Value>> = vec![Vec::new()];
+    let mut used = 0;
+    for c in changes {
+        let item = json!({
+            "path": c.path,
+            "change": kind_name(c.kind),
+            "blake3": c.blake3,
+            "conflict": c.conflict,
+        });
+        let size = item.to_string().len();
+        if used + size > BUDGET && groups.last().is_some_and(|g| !g.is_empty()) {
+            groups.push(Vec::new());
+            used = 0;
+        }
+        used += size;
+        if let Some(group) = groups.last_mut() {
+            group.push(item);
+        }
+    }
+    let total = groups.len();
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, paths)| {
+            let mut details = extra.clone();
+            if let Some(fields) = details.as_object_mut() {
+                fields.insert("paths".into(), Value::Array(paths));
+                fields.insert("part".into(), json!(i + 1));
+                fields.insert("parts".into(), json!(total));
+            }
+            details
+        })
+        .collect()
+}
+
+impl Kernel {
+    /// What capsules changed in the workspace and not yet committed, sorted by path.
+    pub async fn workspace_status(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
+        self.open()?;
+        Ok(review(&self.overlay().plan_commit().await?))
+    }
+
+    /// Commits capsules' changes to the workspace: recorded path by path (with each
+    /// file's blake3), then applied exactly as recorded. Paths changed in the workspace
+    /// too since capsules first changed them refuse it, unless `overwrite`.
+    pub async fn workspace_commit(
+        &self,
+        overwrite: bool,
+    ) -> Result<Vec<WorkspaceChange>, KernelError> {
+        self.open_recording()?;
+        let plan = self.overlay().plan_commit().await?;
+        let changes = review(&plan);
+        if !overwrite && !plan.conflicts.is_empty() {
+            return Err(VfsError::Conflicts(
+                plan.conflicts.iter().map(ToString::to_string).collect(),
+            )
+            .into());
+        }
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let mut records = parts(&changes, &json!({ "overwrite": overwrite }));
+        let last = records.pop().unwrap_or_else(|| json!({}));
+        for details in records {
+            self.note(action::WORKSPACE_COMMIT, WORKSPACE_RESOURCE, details)
+                .await?;
+        }
+        let overlay = self.overlay().clone();
+        self.record_then(
+            action::WORKSPACE_COMMIT,
+            WORKSPACE_RESOURCE,
+            last,
+            async move { Ok(overlay.commit_plan(plan, overwrite).await?) },
+        )
+        .await?;
+        Ok(changes)
+    }
+
+    /// Drops every change capsules made to the workspace, recorded first path by path.
+    pub async fn workspace_discard(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
+        self.open_recording()?;
+        let changes = review(&self.overlay().plan_commit().await?);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let mut records = parts(&changes, &json!({}));
+        let last = records.pop().unwrap_or_else(|| json!({}));
+        for details in records {
+            self.note(action::WORKSPACE_DISCARD, WORKSPACE_RESOURCE, details)
+                .await?;
+        }
+        let overlay = self.overlay().clone();
+        self.record_then(
+            action::WORKSPACE_DISCARD,
+            WORKSPACE_RESOURCE,
+            last,
+            async move { Ok(overlay.discard().await?) },
+        )
+        .await?;
+        Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lists_are_split_into_records_within_the_limit() {
+        let changes: Vec<WorkspaceChange> = (0..2_000)
+            .map(|i| WorkspaceChange {
+                path: format!("notes/a-rather-long-folder-name/note-{i:05}.md"),
+                kind: ChangeKind::Added,
+                entry: EntryKind::File,
+                blake3: Some("ab".repeat(32)),
+                conflict: false,
+            })
+            .collect();
+        let records = parts(&changes, &json!({ "overwrite": false }));
+        assert!(records.len() > 1);
+        let mut seen = 0;
+        for (i, r) in records.iter().enumerate() {
+            assert!(r.to_string().len() <= MAX_AUDIT_DETAILS_BYTES);
+            assert_eq!(r["part"], json!(i + 1));
+            assert_eq!(r["parts"], json!(records.len()));
+            assert_eq!(r["overwrite"], json!(false));
+            seen += r["paths"].as_array().map_or(0, Vec::len);
+        }
+        assert_eq!(seen, changes.len());
+        assert_eq!(parts(&[], &json!({})).len(), 1);
+    }
+}
