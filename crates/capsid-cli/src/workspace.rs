@@ -31,7 +31,7 @@ fn print(changes: &[WorkspaceChangeView]) {
 
 /// Runs `command`.
 pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -> Result<()> {
-    let (changes, done) = match command {
+    let (review, done) = match command {
         WsCommand::Status => (client.call::<WorkspaceStatus>(&NoParams {}).await?, None),
         WsCommand::Commit { overwrite } => (
             client
@@ -45,19 +45,23 @@ pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -
         ),
     };
     if as_json {
-        output::json(&changes);
+        output::json(&review);
         return Ok(());
     }
-    if changes.is_empty() {
+    if review.total == 0 {
         println!("no changes waiting in the workspace overlay");
         return Ok(());
     }
-    print(&changes);
+    print(&review.changes);
+    let listed = review.changes.len() as u64;
+    if listed < review.total {
+        println!("(the first {listed} of {} paths)", review.total);
+    }
     if let Some(what) = done {
-        println!("{what} {} path(s)", changes.len());
+        println!("{what} {} path(s)", review.total);
         return Ok(());
     }
-    let conflicts = changes.iter().filter(|c| c.conflict).count();
+    let conflicts = review.conflicts;
     if conflicts > 0 {
         println!(
             "{conflicts} conflict(s): the workspace changed there too; \

@@ -27,6 +27,11 @@ fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
         "waits in the overlay"
     );
     let status = home.json(&["ws", "status"]);
+    assert_eq!(
+        (status["total"].as_u64(), status["conflicts"].as_u64()),
+        (Some(2), Some(0))
+    );
+    let status = &status["changes"];
     let paths: Vec<&str> = status
         .as_array()
         .unwrap()
@@ -74,8 +79,9 @@ fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
     add_note(&home, "a", "the capsule's");
     std::fs::write(workspace.join("notes/a.md"), b"the user's").unwrap();
     let status = home.json(&["ws", "status"]);
-    assert_eq!(status[0]["path"], "notes/a.md");
-    assert_eq!(status[0]["conflict"], true);
+    assert_eq!(status["conflicts"], 1);
+    assert_eq!(status["changes"][0]["path"], "notes/a.md");
+    assert_eq!(status["changes"][0]["conflict"], true);
     let refused = home.run(&["ws", "commit"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);

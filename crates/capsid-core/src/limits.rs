@@ -17,6 +17,10 @@ pub const MAX_AUDIT_BATCH: usize = 4096;
 /// `AuditLog::append_queued`) for an append someone waits on, so both share one commit.
 pub const QUEUED_APPEND_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Changed paths a `workspace.*` answer lists (each about 200 bytes on the wire, well
+/// within a frame); the answer says how many there are in all.
+pub const MAX_WORKSPACE_LISTED: usize = 10_000;
+
 /// Entries between two audit checkpoints: an open verifies at most about this many entries
 /// (what followed the last checkpoint), however long the log.
 pub const AUDIT_CHECKPOINT_INTERVAL: u64 = 16 * 1024;

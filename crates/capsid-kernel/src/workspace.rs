@@ -140,7 +140,8 @@ impl Kernel {
     /// Drops every change capsules made to the workspace, recorded first path by path.
     pub async fn workspace_discard(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
-        let changes = review(&self.overlay().plan_commit().await?);
+        let plan = self.overlay().plan_commit().await?;
+        let changes = review(&plan);
         if changes.is_empty() {
             return Ok(changes);
         }
@@ -155,7 +156,7 @@ impl Kernel {
             action::WORKSPACE_DISCARD,
             WORKSPACE_RESOURCE,
             last,
-            async move { Ok(overlay.discard().await?) },
+            async move { Ok(overlay.discard_plan(plan).await?) },
         )
         .await?;
         Ok(changes)

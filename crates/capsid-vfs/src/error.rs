@@ -41,12 +41,7 @@ pub enum VfsError {
     Unaddressable(String),
     /// Paths the overlay changed whose lower file changed too since it first did (someone
     /// wrote the workspace directly): committing would overwrite that.
-    #[error(
-        "{} changed in the workspace since capsules first changed them: {}; review them, \
-         then commit overwriting them (or discard the capsules' changes)",
-        if .0.len() == 1 { "1 path".to_owned() } else { format!("{} paths", .0.len()) },
-        .0.join(", ")
-    )]
+    #[error("{}", conflicts_message(.0))]
     Conflicts(Vec<String>),
     /// The overlay changed between a commit's plan and the commit.
     #[error("the workspace changed since the commit was planned; review it again")]
@@ -102,5 +97,45 @@ impl VfsError {
             io::ErrorKind::DirectoryNotEmpty => Self::NotEmpty(path),
             _ => Self::Io { path, source: e },
         }
+    }
+}
+
+/// The line a conflict refusal says: how many paths, the first few of them.
+fn conflicts_message(paths: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let count = if paths.len() == 1 {
+        "1 path".to_owned()
+    } else {
+        format!("{} paths", paths.len())
+    };
+    let listed = paths
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = match paths.len().checked_sub(SHOWN) {
+        Some(n) if n > 0 => format!(" and {n} more"),
+        _ => String::new(),
+    };
+    format!(
+        "{count} changed in the workspace since capsules first changed them: {listed}{more}; \
+         review them, then commit overwriting them (or discard the capsules' changes)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_conflict_list_names_the_first_paths_and_counts_the_rest() {
+        let paths: Vec<String> = (0..25).map(|i| format!("p{i}")).collect();
+        let line = VfsError::Conflicts(paths).to_string();
+        assert!(line.starts_with("25 paths changed"), "{line}");
+        assert!(line.contains("p0, p1,") && line.contains("p9 and 15 more;"), "{line}");
+        assert!(!line.contains("p10"), "{line}");
+        let one = VfsError::Conflicts(vec!["a".into()]).to_string();
+        assert!(one.starts_with("1 path changed") && one.contains(": a;"), "{one}");
     }
 }

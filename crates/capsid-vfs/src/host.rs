@@ -39,6 +39,19 @@ pub struct HostVfs {
     root: PathBuf,
 }
 
+/// What a path is when a symbolic link is not followed ([`HostVfs::lstat_kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LinkKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A FIFO, socket or device.
+    Other,
+}
+
 fn kind_of(ft: cap_std::fs::FileType) -> EntryKind {
     if ft.is_dir() {
         EntryKind::Dir
@@ -168,6 +181,32 @@ impl HostVfs {
             Ok(m) => Ok(m.file_type().is_symlink()),
             Err(e) => match VfsError::from_io(p, e) {
                 VfsError::NotFound(_) | VfsError::NotADirectory(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// What `p` itself is, not following a symbolic link (`None`: nothing there); a file
+    /// only when it is a regular one.
+    pub(crate) fn lstat_kind(&self, p: &VfsPath) -> Result<Option<LinkKind>, VfsError> {
+        if p.is_root() {
+            return Ok(Some(LinkKind::Dir));
+        }
+        match self.dir.symlink_metadata(p.to_host()) {
+            Ok(m) => {
+                let ft = m.file_type();
+                Ok(Some(if ft.is_symlink() {
+                    LinkKind::Symlink
+                } else if ft.is_dir() {
+                    LinkKind::Dir
+                } else if ft.is_file() {
+                    LinkKind::File
+                } else {
+                    LinkKind::Other
+                }))
+            }
+            Err(e) => match VfsError::from_io(p, e) {
+                VfsError::NotFound(_) | VfsError::NotADirectory(_) => Ok(None),
                 other => Err(other),
             },
         }

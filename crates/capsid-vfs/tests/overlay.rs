@@ -583,3 +583,63 @@ async fn a_planned_commit_applies_exactly_what_was_planned_or_nothing() {
     );
     assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"later");
 }
+
+#[tokio::test]
+async fn a_file_added_inside_a_directory_the_overlay_removed_is_a_conflict() {
+    let f = fx();
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    // Someone adds a file there afterwards: committing the removal would delete it.
+    std::fs::write(f.lower("docs/old/new"), b"the user's new").unwrap();
+    assert_eq!(f.vfs.conflicts().await.unwrap(), vec![p("docs/old/new")]);
+    assert!(matches!(f.vfs.commit().await, Err(VfsError::Conflicts(_))));
+    assert_eq!(
+        std::fs::read(f.lower("docs/old/new")).unwrap(),
+        b"the user's new"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_tree_with_a_link_leading_out_neither_follows_nor_fails() {
+    let f = fx();
+    std::os::unix::fs::symlink("/etc", f.lower("docs/old/out")).unwrap();
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    assert!(f.vfs.conflicts().await.unwrap().is_empty());
+    f.vfs.commit().await.unwrap();
+    assert!(!f.lower("docs/old").exists());
+    assert!(std::path::Path::new("/etc/passwd").exists());
+}
+
+#[tokio::test]
+async fn a_cut_line_is_cut_off_so_the_next_base_is_a_line_of_its_own() {
+    let f = fx();
+    f.vfs.write(&p("docs/a.md"), b"one".to_vec()).await.unwrap();
+    let bases = f.tmp.path().join("work/overlay-bases.jsonl");
+    let mut torn = std::fs::read(&bases).unwrap();
+    torn.extend_from_slice(br#"{"path":"top""#);
+    std::fs::write(&bases, &torn).unwrap();
+    let again = f.reopen();
+    again.write(&p("top"), b"two".to_vec()).await.unwrap();
+    // Opens again: the new line did not land on the cut one.
+    let third = f.reopen();
+    std::fs::write(f.lower("top"), b"the user's top").unwrap();
+    assert_eq!(third.conflicts().await.unwrap(), vec![p("top")]);
+}
+
+#[tokio::test]
+async fn a_planned_discard_drops_exactly_what_was_planned_or_nothing() {
+    let f = fx();
+    f.vfs.write(&p("docs/a.md"), b"one".to_vec()).await.unwrap();
+    let plan = f.vfs.plan_commit().await.unwrap();
+    f.vfs
+        .write(&p("docs/c.md"), b"later".to_vec())
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.vfs.discard_plan(plan).await,
+        Err(VfsError::ChangedSincePlan)
+    ));
+    assert_eq!(f.vfs.read(&p("docs/c.md")).await.unwrap(), b"later");
+    let plan = f.vfs.plan_commit().await.unwrap();
+    f.vfs.discard_plan(plan).await.unwrap();
+    assert!(f.vfs.diff().await.unwrap().is_empty());
+}

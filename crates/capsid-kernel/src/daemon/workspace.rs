@@ -1,8 +1,9 @@
 //! The daemon's `workspace.*` methods: the operator reviews what capsules wrote and commits
 //! or discards it ([`Kernel::workspace_status`](crate::Kernel::workspace_status) and after).
 
+use capsid_core::limits::MAX_WORKSPACE_LISTED;
 use capsid_protocol::WireError;
-use capsid_protocol::methods::{WorkspaceChangeView, WorkspaceCommitParams};
+use capsid_protocol::methods::{WorkspaceChangeView, WorkspaceCommitParams, WorkspaceReview};
 use capsid_vfs::{ChangeKind, EntryKind};
 
 use super::server::Shared;
@@ -31,24 +32,32 @@ fn view(c: WorkspaceChange) -> WorkspaceChangeView {
     }
 }
 
-fn views(changes: Vec<WorkspaceChange>) -> Vec<WorkspaceChangeView> {
-    changes.into_iter().map(view).collect()
+/// The answer: every change counted, the first `MAX_WORKSPACE_LISTED` listed.
+fn views(changes: Vec<WorkspaceChange>) -> WorkspaceReview {
+    let total = changes.len() as u64;
+    let conflicts = changes.iter().filter(|c| c.conflict).count() as u64;
+    WorkspaceReview {
+        changes: changes
+            .into_iter()
+            .take(MAX_WORKSPACE_LISTED)
+            .map(view)
+            .collect(),
+        total,
+        conflicts,
+    }
 }
 
-pub(super) async fn status(shared: &Shared) -> Answer<Vec<WorkspaceChangeView>> {
+pub(super) async fn status(shared: &Shared) -> Answer<WorkspaceReview> {
     let changes = shared.kernel.workspace_status().await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
 }
 
-pub(super) async fn commit(
-    shared: &Shared,
-    p: WorkspaceCommitParams,
-) -> Answer<Vec<WorkspaceChangeView>> {
+pub(super) async fn commit(shared: &Shared, p: WorkspaceCommitParams) -> Answer<WorkspaceReview> {
     let changes = shared.kernel.workspace_commit(p.overwrite).await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
 }
 
-pub(super) async fn discard(shared: &Shared) -> Answer<Vec<WorkspaceChangeView>> {
+pub(super) async fn discard(shared: &Shared) -> Answer<WorkspaceReview> {
     let changes = shared.kernel.workspace_discard().await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
 }

@@ -198,14 +198,14 @@ methods! {
     McpTokenCheck = "mcp.token.check" (TokenCheckParams) -> TokenOwner
         { read_only: true, inline: false, streaming: false }
     /// What capsules changed in the workspace and not yet committed, with conflicts.
-    WorkspaceStatus = "workspace.status" (NoParams) -> Vec<WorkspaceChangeView>
+    WorkspaceStatus = "workspace.status" (NoParams) -> WorkspaceReview
         { read_only: true, inline: false, streaming: false }
     /// Commits capsules' changes to the workspace (recorded first, path by path); refused
     /// over conflicts unless `overwrite`.
-    WorkspaceCommit = "workspace.commit" (WorkspaceCommitParams) -> Vec<WorkspaceChangeView>
+    WorkspaceCommit = "workspace.commit" (WorkspaceCommitParams) -> WorkspaceReview
         { read_only: false, inline: false, streaming: false }
     /// Drops capsules' changes to the workspace (recorded first, path by path).
-    WorkspaceDiscard = "workspace.discard" (NoParams) -> Vec<WorkspaceChangeView>
+    WorkspaceDiscard = "workspace.discard" (NoParams) -> WorkspaceReview
         { read_only: false, inline: false, streaming: false }
     /// The calls waiting for a person's approval, oldest first.
     ApprovalList = "approval.list" (NoParams) -> Vec<ApprovalView>

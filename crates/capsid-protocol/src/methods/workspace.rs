@@ -27,3 +27,15 @@ pub struct WorkspaceCommitParams {
     #[serde(default)]
     pub overwrite: bool,
 }
+
+/// What a `workspace.*` method answers: the changed paths (the first
+/// `MAX_WORKSPACE_LISTED` of them, by path), and how many there are in all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceReview {
+    /// The paths, sorted; at most `MAX_WORKSPACE_LISTED`.
+    pub changes: Vec<WorkspaceChangeView>,
+    /// Changed paths in all.
+    pub total: u64,
+    /// Conflicts among them, in all.
+    pub conflicts: u64,
+}

@@ -9,9 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Core;
 use super::commit::{Change, walk};
-use crate::EntryKind;
 use crate::error::VfsError;
-use crate::host::HostVfs;
+use crate::host::{HostVfs, LinkKind, Staging, Sync};
 use crate::path::VfsPath;
 
 /// The lower layer at one path, as the overlay first saw it.
@@ -24,17 +23,21 @@ pub(crate) enum Base {
     Dir,
     /// A symbolic link (never followed).
     Symlink,
-    /// A file with this blake3.
+    /// A FIFO, socket or device (never opened).
+    Special,
+    /// A regular file with this blake3.
     File(String),
 }
 
-/// The lower layer at `p` now.
+/// The lower layer at `p` now. A link is not followed and nothing but a regular file is
+/// opened (a FIFO would block the overlay).
 fn base_of(lower: &HostVfs, p: &VfsPath) -> Result<Base, VfsError> {
-    Ok(match lower.try_stat(p)?.map(|m| m.kind) {
+    Ok(match lower.lstat_kind(p)? {
         None => Base::Absent,
-        Some(EntryKind::Dir) => Base::Dir,
-        Some(EntryKind::Symlink) => Base::Symlink,
-        Some(EntryKind::File) => Base::File(file_hash(lower, p)?),
+        Some(LinkKind::Dir) => Base::Dir,
+        Some(LinkKind::Symlink) => Base::Symlink,
+        Some(LinkKind::Other) => Base::Special,
+        Some(LinkKind::File) => Base::File(file_hash(lower, p)?),
     })
 }
 
@@ -78,11 +81,20 @@ pub(super) fn load(work: &HostVfs) -> Result<BTreeMap<VfsPath, Base>, VfsError> 
         Err(e) => return Err(e),
     };
     let shown = work.root().join(BASES_FILE).display().to_string();
-    // Only whole lines: an unterminated last one is a write a crash cut short.
+    // Only whole lines: an unterminated last one is a write a crash (or a full disk) cut
+    // short. It is cut off the file too, or the next line would be appended to it.
     let whole = bytes
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(&bytes[..0], |end| &bytes[..=end]);
+    if whole.len() < bytes.len() {
+        work.replace_with(
+            &bases_path()?,
+            Staging::Beside(super::state::WORK_TEMP_PREFIX),
+            Sync::Durable,
+            |f| std::io::Write::write_all(f, whole),
+        )?;
+    }
     let mut bases = BTreeMap::new();
     for (i, line) in whole.split(|&b| b == b'\n').enumerate() {
         if line.is_empty() {
@@ -113,7 +125,7 @@ impl Core {
     /// (a directory about to be removed whole).
     pub(super) fn remember_tree(&mut self, p: &VfsPath) -> Result<(), VfsError> {
         let mut below = BTreeMap::new();
-        if self.lower.try_stat(p)?.map(|m| m.kind) == Some(EntryKind::Dir) {
+        if self.lower.lstat_kind(p)? == Some(LinkKind::Dir) {
             walk(&|d| self.lower.read_dir_sync(d), p, &mut below)?;
         }
         for path in std::iter::once(p.clone()).chain(below.into_keys()) {
@@ -150,14 +162,33 @@ impl Core {
     }
 
     /// The paths of `changes` whose lower layer is no longer what the overlay first saw
-    /// there: something else changed them since. A path with nothing remembered (changed
-    /// before the overlay kept bases) is not one.
-    pub(super) fn conflicts_in(&self, changes: &[Change]) -> Result<Vec<VfsPath>, VfsError> {
-        let mut out = Vec::new();
+    /// there: something else changed them since. A path with no base of its own below one
+    /// that has one (inside a directory the overlay removed or made) had nothing there then.
+    /// A path the overlay never touched before bases were kept is not one; nor is one whose
+    /// lower layer already holds what the overlay would write (`hashes`: a commit that
+    /// failed part way).
+    pub(super) fn conflicts_in(
+        &self,
+        changes: &[Change],
+        hashes: &BTreeMap<VfsPath, String>,
+    ) -> Result<Vec<VfsPath>, VfsError> {
+        let mut out: Vec<VfsPath> = Vec::new();
         for c in changes {
-            if let Some(base) = self.bases.get(&c.path)
-                && base_of(&self.lower, &c.path)? != *base
-            {
+            let base = match self.bases.get(&c.path) {
+                Some(base) => base.clone(),
+                None if c
+                    .path
+                    .ancestors_and_self()
+                    .any(|a| a != c.path && self.bases.contains_key(&a)) =>
+                {
+                    Base::Absent
+                }
+                None => continue,
+            };
+            let now = base_of(&self.lower, &c.path)?;
+            let already =
+                matches!((&now, hashes.get(&c.path)), (Base::File(h), Some(new)) if h == new);
+            if now != base && !already && out.last() != Some(&c.path) {
                 out.push(c.path.clone());
             }
         }

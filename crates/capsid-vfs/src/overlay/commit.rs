@@ -139,7 +139,7 @@ impl Core {
     pub(super) fn commit(&mut self, refuse_conflicts: bool) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
         if refuse_conflicts {
-            let conflicts = self.conflicts_in(&self.diff()?)?;
+            let conflicts = self.plan()?.conflicts;
             if !conflicts.is_empty() {
                 return Err(VfsError::Conflicts(
                     conflicts.iter().map(ToString::to_string).collect(),

@@ -164,16 +164,24 @@ impl OverlayVfs {
     /// The changed paths whose lower layer is no longer what it was when the overlay first
     /// changed them (something else wrote the workspace since), sorted.
     pub async fn conflicts(&self) -> Result<Vec<VfsPath>, VfsError> {
-        self.with(|c| {
-            let changes = c.diff()?;
-            c.conflicts_in(&changes)
-        })
-        .await
+        self.with(|c| Ok(c.plan()?.conflicts)).await
     }
 
     /// Drops every change.
     pub async fn discard(&self) -> Result<(), VfsError> {
         self.with(Core::discard).await
+    }
+
+    /// Drops every change, if `plan` still describes the overlay exactly (else
+    /// [`VfsError::ChangedSincePlan`], dropping nothing): what was recorded is what goes.
+    pub async fn discard_plan(&self, plan: CommitPlan) -> Result<(), VfsError> {
+        self.with(move |c| {
+            if c.plan()? != plan {
+                return Err(VfsError::ChangedSincePlan);
+            }
+            c.discard()
+        })
+        .await
     }
 }
 
@@ -194,7 +202,7 @@ fn not_found(p: &VfsPath) -> VfsError {
 }
 
 impl Core {
-    fn plan(&self) -> Result<CommitPlan, VfsError> {
+    pub(super) fn plan(&self) -> Result<CommitPlan, VfsError> {
         let changes = self.diff()?;
         let mut hashes = BTreeMap::new();
         for c in &changes {
@@ -202,7 +210,7 @@ impl Core {
                 hashes.insert(c.path.clone(), base::file_hash(&self.upper, &c.path)?);
             }
         }
-        let conflicts = self.conflicts_in(&changes)?;
+        let conflicts = self.conflicts_in(&changes, &hashes)?;
         Ok(CommitPlan {
             changes,
             hashes,
