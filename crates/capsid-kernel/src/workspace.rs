@@ -120,19 +120,11 @@ impl Kernel {
         if changes.is_empty() {
             return Ok(changes);
         }
-        let mut records = parts(&changes, &json!({ "overwrite": overwrite }));
-        let last = records.pop().unwrap_or_else(|| json!({}));
-        for details in records {
-            self.note(action::WORKSPACE_COMMIT, WORKSPACE_RESOURCE, details)
-                .await?;
-        }
         let overlay = self.overlay().clone();
-        self.record_then(
-            action::WORKSPACE_COMMIT,
-            WORKSPACE_RESOURCE,
-            last,
-            async move { Ok(overlay.commit_plan(plan, overwrite).await?) },
-        )
+        let extra = json!({ "overwrite": overwrite });
+        self.record_changes_then(action::WORKSPACE_COMMIT, &changes, &extra, async move {
+            Ok(overlay.commit_plan(plan, overwrite).await.map(|_| ())?)
+        })
         .await?;
         Ok(changes)
     }
@@ -145,21 +137,33 @@ impl Kernel {
         if changes.is_empty() {
             return Ok(changes);
         }
-        let mut records = parts(&changes, &json!({}));
-        let last = records.pop().unwrap_or_else(|| json!({}));
-        for details in records {
-            self.note(action::WORKSPACE_DISCARD, WORKSPACE_RESOURCE, details)
-                .await?;
-        }
         let overlay = self.overlay().clone();
-        self.record_then(
+        self.record_changes_then(
             action::WORKSPACE_DISCARD,
-            WORKSPACE_RESOURCE,
-            last,
+            &changes,
+            &json!({}),
             async move { Ok(overlay.discard_plan(plan).await?) },
         )
         .await?;
         Ok(changes)
+    }
+
+    /// Records `action` on `changes` (as many entries as their paths need, each with
+    /// `extra`), then runs `effect` ([`Kernel::record_then`] for the last entry).
+    async fn record_changes_then(
+        &self,
+        action: &str,
+        changes: &[WorkspaceChange],
+        extra: &Value,
+        effect: impl Future<Output = Result<(), KernelError>>,
+    ) -> Result<(), KernelError> {
+        let mut records = parts(changes, extra);
+        let last = records.pop().unwrap_or_else(|| extra.clone());
+        for details in records {
+            self.note(action, WORKSPACE_RESOURCE, details).await?;
+        }
+        self.record_then(action, WORKSPACE_RESOURCE, last, effect)
+            .await
     }
 }
 

@@ -133,9 +133,15 @@ mod tests {
         let paths: Vec<String> = (0..25).map(|i| format!("p{i}")).collect();
         let line = VfsError::Conflicts(paths).to_string();
         assert!(line.starts_with("25 paths changed"), "{line}");
-        assert!(line.contains("p0, p1,") && line.contains("p9 and 15 more;"), "{line}");
+        assert!(
+            line.contains("p0, p1,") && line.contains("p9 and 15 more;"),
+            "{line}"
+        );
         assert!(!line.contains("p10"), "{line}");
         let one = VfsError::Conflicts(vec!["a".into()]).to_string();
-        assert!(one.starts_with("1 path changed") && one.contains(": a;"), "{one}");
+        assert!(
+            one.starts_with("1 path changed") && one.contains(": a;"),
+            "{one}"
+        );
     }
 }

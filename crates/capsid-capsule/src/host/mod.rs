@@ -135,14 +135,8 @@ impl HostServices {
         details: &serde_json::Value,
     ) -> Result<(), String> {
         let record = entry(subject, action, resource, decision, details)?;
-        self.audit
-            .append(self.chain, record)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                tracing::error!(action, error = %e, "audit append failed; denying");
-                e.to_string()
-            })
+        let appended = self.audit.append(self.chain, record).await.map(|_| ());
+        logged(action, appended, "audit append failed; denying")
     }
 
     /// Queues one audit entry for `subject` ([`AuditLog::append_queued`]): in the log ahead
@@ -156,14 +150,21 @@ impl HostServices {
         details: &serde_json::Value,
     ) -> Result<(), String> {
         let record = entry(subject, action, resource, decision, details)?;
-        self.audit
-            .append_queued(self.chain, record)
-            .await
-            .map_err(|e| {
-                tracing::error!(action, error = %e, "audit append failed");
-                e.to_string()
-            })
+        let queued = self.audit.append_queued(self.chain, record).await;
+        logged(action, queued, "audit append failed")
     }
+}
+
+/// An append's failure, logged (`what`) and as text.
+fn logged(
+    action: &str,
+    result: Result<(), capsid_audit::AuditError>,
+    what: &str,
+) -> Result<(), String> {
+    result.map_err(|e| {
+        tracing::error!(action, error = %e, "{what}");
+        e.to_string()
+    })
 }
 
 /// The audit entry of `action` on `resource` by `subject`.
