@@ -425,3 +425,45 @@ async fn a_capsule_calls_an_mcp_servers_tool() {
     assert_eq!(results[0].capsule, "caller");
     assert_eq!(details(results[0])["outcome"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_cannot_be_recorded_is_refused_before_the_callee_runs() {
+    let rt = Runtime::new().await;
+    rt.load("hello").await;
+    rt.load("relay").await;
+    assert_eq!(
+        relay(
+            &rt,
+            "relay",
+            "hello",
+            "greet",
+            json!({ "name": "recorded" })
+        )
+        .await,
+        json!({ "ok": { "greeting": "Hello, recorded!" } })
+    );
+    // The audit log stops taking entries: no call may run unrecorded.
+    rt.audit.shutdown().await.unwrap();
+    let out = relay(
+        &rt,
+        "relay",
+        "hello",
+        "greet",
+        json!({ "name": "unrecorded" }),
+    )
+    .await;
+    assert_eq!(out["error"], "internal", "{out}");
+    let lines: Vec<String> = rt
+        .registry
+        .log(&id("hello"))
+        .unwrap()
+        .since(0)
+        .into_iter()
+        .map(|l| l.message)
+        .collect();
+    assert!(lines.iter().any(|l| l == "greeting recorded"), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("unrecorded")),
+        "hello never ran: {lines:?}"
+    );
+}
