@@ -268,17 +268,26 @@ async fn a_cycle_is_refused_and_so_is_a_chain_deeper_than_the_limit() {
     assert_eq!(outcomes, [json!("ok"), json!("too-deep")]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_callee_ends_before_its_callers_deadline_and_is_not_failed_for_it() {
+/// A runtime with `spin` (its own deadline a minute off, `spin_limits` added to its
+/// `[limits]`) and `hasty`, a relay allowed spin's tools whose deadline is one second.
+async fn hasty_and_spin(spin_limits: &str) -> Runtime {
     let rt = Runtime::new().await;
     let root = rt.home.path().join("copies");
-    // spin's own deadline is a minute off; the relay's is one second.
     let spin = capsule_copy_with("spin", &root, |m| {
-        m.replace("call_timeout_ms = 200", "call_timeout_ms = 60000")
+        m.replace(
+            "call_timeout_ms = 200",
+            &format!("call_timeout_ms = 60000\n{spin_limits}"),
+        )
     });
     rt.registry.load(&spin, Trust::Dev).await.unwrap();
     let dir = relay_copy(&root, "hasty", r#"["spin/*"]"#, "call_timeout_ms = 1000");
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    rt
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_ends_before_its_callers_deadline_and_is_not_failed_for_it() {
+    let rt = hasty_and_spin("").await;
 
     let started = Instant::now();
     let out = relay(&rt, "hasty", "spin", "spin", json!({})).await;
@@ -305,18 +314,8 @@ async fn a_callee_ends_before_its_callers_deadline_and_is_not_failed_for_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_for_a_busy_callee_ends_before_the_callers_deadline() {
-    let rt = Runtime::new().await;
-    let root = rt.home.path().join("copies");
     // One instance of spin, held by a client's call for as long as the test needs.
-    let spin = capsule_copy_with("spin", &root, |m| {
-        m.replace(
-            "call_timeout_ms = 200",
-            "call_timeout_ms = 60000\nmax_instances = 1",
-        )
-    });
-    rt.registry.load(&spin, Trust::Dev).await.unwrap();
-    let dir = relay_copy(&root, "hasty", r#"["spin/*"]"#, "call_timeout_ms = 1000");
-    rt.registry.load(&dir, Trust::Dev).await.unwrap();
+    let rt = hasty_and_spin("max_instances = 1").await;
     let holder = capsid_capsule::CallControl::new();
     let held = {
         let registry = &rt.registry;
