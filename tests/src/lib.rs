@@ -20,8 +20,16 @@ pub mod overlay_storm;
 pub mod web;
 
 /// The folder of built capsules: `$CAPSID_CAPSULES_DIR` (set by `cargo xtask test`), else
-/// `target/capsules`. Panics — never skips — when it is missing.
+/// `target/capsules`, each capsule signed by [`samples_key`]. Panics — never skips — when it
+/// is missing.
 pub fn capsules_dir() -> PathBuf {
+    let dir = capsules_dir_unsigned();
+    static SIGNED: std::sync::Once = std::sync::Once::new();
+    SIGNED.call_once(|| sign_all(&dir));
+    dir
+}
+
+fn capsules_dir_unsigned() -> PathBuf {
     let dir = std::env::var_os("CAPSID_CAPSULES_DIR").map_or_else(
         || {
             Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,6 +46,62 @@ pub fn capsules_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// The publisher key the sample capsules are signed with (`.samples-publisher.key` in the
+/// built capsules' folder, made on first use): the key test homes trust, as an operator
+/// trusts a publisher's.
+pub fn samples_key() -> KeyPair {
+    let dir = capsules_dir_unsigned();
+    capsid_crypto::load_or_generate_key_file(&dir.join(".samples-publisher.key"))
+        .expect("the samples' publisher key")
+}
+
+/// The name test homes trust [`samples_key`] under.
+pub const SAMPLES_SIGNER: &str = "samples";
+
+/// Signs the capsule in `dir` with [`samples_key`] (after a test edited its manifest, as a
+/// publisher signs a new version).
+pub fn sign(dir: &Path) {
+    capsid_signing::sign_capsule(dir, &samples_key())
+        .unwrap_or_else(|e| panic!("signing {}: {e}", dir.display()));
+}
+
+/// Signs every built capsule with [`samples_key`] where its signature is not already
+/// exactly that (signatures are deterministic; each is written whole, so test processes
+/// doing this at once agree).
+fn sign_all(dir: &Path) {
+    let key = capsid_crypto::load_or_generate_key_file(&dir.join(".samples-publisher.key"))
+        .expect("the samples' publisher key");
+    for entry in std::fs::read_dir(dir).expect("list built capsules") {
+        let capsule = entry.expect("built capsule entry").path();
+        if !capsule.join("Capsule.toml").is_file() {
+            continue;
+        }
+        let contents = capsid_signing::CapsuleContents::read(&capsule)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", capsule.display()));
+        let text = contents.sign(&key).to_text();
+        let file = capsule.join(capsid_signing::SIGNATURE_FILE);
+        if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
+            capsid_core::file::write_atomic(&file, text.as_bytes(), 0o644)
+                .unwrap_or_else(|e| panic!("signing {}: {e}", capsule.display()));
+        }
+    }
+}
+
+/// Makes the home at `home` trust [`samples_key`] (as `samples`), as `capsid trust add`
+/// would, before its kernel boots.
+pub fn trust_samples(home: &Path) {
+    let store = capsid_signing::TrustStore::open(&home.join("trust")).expect("trust store");
+    let public: String = samples_key()
+        .public_key()
+        .to_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let key = capsid_signing::TrustedKey::new(SAMPLES_SIGNER, &public, Vec::new(), 1)
+        .expect("samples key");
+    store.add(key).expect("trusting the samples key");
 }
 
 /// The environment variable that sets how many rounds each kill -9 suite runs (`cargo xtask
@@ -72,6 +136,7 @@ pub fn capsule_copy_with(name: &str, into: &Path, edit: impl FnOnce(&str) -> Str
     let manifest = dir.join("Capsule.toml");
     let text = std::fs::read_to_string(&manifest).expect("read manifest");
     std::fs::write(&manifest, edit(&text)).expect("write manifest");
+    sign(&dir);
     dir
 }
 
@@ -117,6 +182,7 @@ pub fn fetch_asking_copy(into: &Path, resource: &str, limits: &str) -> PathBuf {
     );
     assert_ne!(asking, text, "fetch's manifest has its http list");
     std::fs::write(&manifest, asking).expect("write manifest");
+    sign(&copy);
     copy
 }
 
@@ -137,6 +203,7 @@ impl PrivateHome {
         std::fs::create_dir(&path).expect("home");
         std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .expect("home mode");
+        trust_samples(&path);
         Self { _tmp: tmp, path }
     }
 
@@ -247,6 +314,7 @@ impl Runtime {
         let home = tempfile::tempdir().expect("temp home");
         let workspace = home.path().join("workspace");
         std::fs::create_dir_all(&workspace).expect("workspace");
+        trust_samples(home.path());
         let secret = *KeyPair::generate().expect("key").to_secret_bytes();
         let key = || KeyPair::from_secret_bytes(&secret);
         let audit =
@@ -281,6 +349,14 @@ impl Runtime {
                 approvals: Arc::new(capsid_capsule::Approvals::new(
                     std::time::Duration::from_secs(10),
                     capsid_storage::RefusalStore::new(kv.clone()),
+                )),
+                signatures: Arc::new(capsid_signing::SignatureCheck::new(
+                    capsid_signing::Require::Trusted,
+                    key().public_key(),
+                    Arc::new(
+                        capsid_signing::TrustStore::open(&home.path().join("trust"))
+                            .expect("trust store"),
+                    ),
                 )),
             },
         )

@@ -404,6 +404,7 @@ async fn a_capsule_calls_an_mcp_servers_tool() {
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     let root = rt.home.path().join("copies");
     let relay_dir = relay_copy(&root, "caller", r#"["fixture/echo", "fixture/fail"]"#, "");

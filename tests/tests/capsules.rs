@@ -306,6 +306,7 @@ async fn more_capsules_than_instance_slots_all_load_and_answer() {
             text.replacen("name = \"hello\"", &format!("name = \"{name}\""), 1),
         )
         .unwrap();
+        capsid_integration_tests::sign(&dir);
         rt.registry
             .load(&dir, capsid_capsule::Trust::Dev)
             .await
@@ -409,6 +410,7 @@ async fn the_live_counts_follow_every_load_failure_reload_and_unload() {
         "[package]\nname = \"native-true\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"sleep\", \"30\"]\n",
     )
     .unwrap();
+    capsid_integration_tests::sign(&native);
     rt.registry.load(&native, Trust::Dev).await.unwrap();
     step("a native capsule runs", (2, 2, 0));
     rt.registry.unload(&id("native-true")).await.unwrap();

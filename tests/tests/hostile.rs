@@ -141,6 +141,7 @@ async fn a_cancelled_spin_stops_at_once_and_its_capsule_stays_ready() {
     let text = std::fs::read_to_string(&manifest).unwrap();
     let patient = text.replace("call_timeout_ms = 200", "call_timeout_ms = 60000");
     std::fs::write(&manifest, patient).unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     let control = CallControl::new();
     let canceller = control.clone();
@@ -295,6 +296,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
 
     let garbage = copy_capsule("hello", &rt.home.path().join("garbage"));
     std::fs::write(garbage.join("hello.wasm"), b"\0asm but not really").unwrap();
+    capsid_integration_tests::sign(&garbage);
     let err = rt.registry.load(&garbage, Trust::Dev).await.unwrap_err();
     assert!(
         matches!(err, CapsuleError::InvalidComponent { .. }),
@@ -310,9 +312,27 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
         &format!("wasm = \"hello.wasm\"\nblake3 = \"{}\"", "0".repeat(64)),
     );
     std::fs::write(&manifest, text).unwrap();
+    // Signed as pinned (a publisher signing what the manifest says): the engine finds the
+    // component is not the one signed.
+    let source = std::fs::read(&manifest).unwrap();
+    let signature = capsid_signing::CapsuleSignature::sign(
+        &capsid_integration_tests::samples_key(),
+        "hello",
+        "0.1.0",
+        capsid_crypto::Digest(*blake3::hash(&source).as_bytes()),
+        Some(capsid_crypto::Digest([0; 32])),
+    );
+    std::fs::write(pinned.join("Capsule.sig"), signature.to_text()).unwrap();
     let err = rt.registry.load(&pinned, Trust::Dev).await.unwrap_err();
-    assert!(matches!(err, CapsuleError::PinMismatch { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            CapsuleError::Signature(capsid_signing::SigningError::Tampered { .. })
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().starts_with("capsule hello:"), "{err}");
+    assert!(err.to_string().contains("hello.wasm"), "{err}");
     rt.registry.unload(&id("hello")).await.unwrap();
 
     let native = rt.home.path().join("native");
@@ -322,6 +342,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
         "[package]\nname = \"nat\"\nversion = \"1.0.0\"\n[native]\ncommand = [\"/bin/true\"]\n",
     )
     .unwrap();
+    capsid_integration_tests::sign(&native);
     rt.registry.load(&native, Trust::Dev).await.unwrap();
     let err = rt
         .registry
@@ -483,6 +504,7 @@ async fn spinning_capsules_do_not_stall_the_others() {
         "call_timeout_ms = 3000\nmax_instances = 2",
     );
     std::fs::write(&manifest, text).unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     rt.load("hello").await;
     let registry = &rt.registry;
@@ -523,6 +545,7 @@ async fn a_recursive_removal_needs_the_whole_tree_granted() {
         "fs_write = [\"workspace://notes\", \"workspace://notes/*.md\"]",
     );
     std::fs::write(&manifest, text).unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     let err = rt
         .registry
@@ -581,6 +604,7 @@ async fn a_narrowed_manifest_narrows_the_grants_on_reload() {
         .unwrap()
         .replace("ipc_publish = [\"echo.out\"]\n", "");
     std::fs::write(&manifest, text).unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.reload("echo").await;
     let after = live(&rt).await;
     assert!(

@@ -236,7 +236,7 @@ async fn install_validates_first_and_refuses_a_loaded_name() {
         "[package]\nname = \"Broken!\"\n",
     )
     .unwrap();
-    let err = kernel.install(&broken).await.unwrap_err();
+    let err = kernel.install(&broken, false).await.unwrap_err();
     assert!(err.to_string().contains("Capsule.toml"), "{err}");
     assert!(!home.path().join("capsules").join("broken").exists());
 
@@ -245,22 +245,25 @@ async fn install_validates_first_and_refuses_a_loaded_name() {
     let linked = staging.path().join("linked");
     std::fs::create_dir_all(&linked).unwrap();
     std::os::unix::fs::symlink("/dev/zero", linked.join("Capsule.toml")).unwrap();
-    let err = kernel.install(&linked).await.unwrap_err();
+    let err = kernel.install(&linked, false).await.unwrap_err();
     assert!(err.to_string().contains("Capsule.toml"), "{err}");
     let piped = staging.path().join("piped");
     std::fs::create_dir_all(&piped).unwrap();
     nix::unistd::mkfifo(&piped.join("Capsule.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(30), kernel.install(&piped))
+    let err = tokio::time::timeout(Duration::from_secs(30), kernel.install(&piped, false))
         .await
         .expect("a FIFO manifest does not block")
         .unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
 
-    let installed = kernel.install(&capsules_dir().join("hello")).await.unwrap();
+    let installed = kernel
+        .install(&capsules_dir().join("hello"), false)
+        .await
+        .unwrap();
     assert_eq!(installed.capsule.state, CapsuleState::Ready);
     assert!(home.path().join("capsules/hello/hello.wasm").is_file());
     let again = kernel
-        .install(&capsules_dir().join("hello"))
+        .install(&capsules_dir().join("hello"), false)
         .await
         .unwrap_err();
     assert!(again.to_string().contains("unload it first"), "{again}");
@@ -325,8 +328,12 @@ async fn a_failed_capsule_is_reloaded_then_given_up_on_at_the_cap() {
 async fn hot_reload_reloads_only_when_the_files_really_change() {
     let home = PrivateHome::new();
     install_copy(home.path(), "counter");
+    // A developer's loop: files edited and rebuilt, not signed each time.
     let config = KernelConfig {
         hot_reload: true,
+        signing: capsid_kernel::SigningConfig {
+            require: capsid_signing::Require::Off,
+        },
         ..dev_config()
     };
     let kernel = boot(home.path(), config).await;
@@ -510,6 +517,7 @@ async fn a_capsule_with_a_missing_requirement_fails_alone_and_kernel_topics_are_
         format!("{text}\n[dependencies]\nrequires = [\"absent\"]\n"),
     )
     .unwrap();
+    capsid_integration_tests::sign(&home.path().join("capsules/echo"));
     let kernel = boot(home.path(), dev_config()).await;
     let status = kernel.status();
     assert_eq!(status.boot.loaded, ["hello"]);
@@ -642,7 +650,10 @@ async fn an_operator_change_that_cannot_be_recorded_is_not_made() {
 async fn an_install_that_cannot_be_recorded_puts_the_previous_copy_back() {
     let home = PrivateHome::new();
     let kernel = boot(home.path(), dev_config()).await;
-    kernel.install(&capsules_dir().join("hello")).await.unwrap();
+    kernel
+        .install(&capsules_dir().join("hello"), false)
+        .await
+        .unwrap();
     kernel.unload(&id("hello")).await.unwrap();
     let installed = home.path().join("capsules/hello/Capsule.toml");
     let before = std::fs::read_to_string(&installed).unwrap();
@@ -654,9 +665,10 @@ async fn an_install_that_cannot_be_recorded_puts_the_previous_copy_back() {
     let bumped = text.replace("version = \"0.1.0\"", "version = \"0.2.0\"");
     assert_ne!(bumped, text, "the new copy differs");
     std::fs::write(&manifest, bumped).unwrap();
+    capsid_integration_tests::sign(&newer);
     // The log stops taking entries: the install cannot be recorded, so it does not land.
     kernel.audit().shutdown().await.unwrap();
-    assert!(kernel.install(&newer).await.is_err());
+    assert!(kernel.install(&newer, false).await.is_err());
     assert_eq!(
         std::fs::read_to_string(&installed).unwrap(),
         before,

@@ -25,6 +25,7 @@ fn mcp_capsule(root: &Path, name: &str, mode: &str, extra: &str, tail: &str) -> 
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     dir
 }
 
@@ -261,6 +262,7 @@ async fn a_call_waiting_for_a_restart_ends_when_the_capsule_is_unloaded() {
     let manifest = std::fs::read_to_string(dir.join("Capsule.toml")).unwrap();
     let manifest = manifest.replace("restart_initial_ms = 20\nrestart_max_ms = 100\n", "");
     std::fs::write(dir.join("Capsule.toml"), manifest).unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "fixture").await;
     assert!(call(&rt, "fixture", "exit", "{}").await.is_err());
@@ -592,6 +594,7 @@ async fn a_program_that_does_not_match_its_pin_never_starts() {
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.unload(&id("pinned")).await.unwrap();
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "pinned").await;
@@ -655,6 +658,7 @@ async fn a_python_server_written_with_the_official_sdk_runs_unchanged() {
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry.load(&dir, Trust::Dev).await.unwrap();
     connected(&rt, "words").await;
     let tools: Vec<String> = rt

@@ -19,6 +19,7 @@ fn native_capsule(root: &Path, name: &str, command: &str, extra: &str) -> std::p
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     dir
 }
 

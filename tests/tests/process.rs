@@ -355,6 +355,7 @@ async fn children_reach_the_network_only_when_uplink_is_granted() {
         text.replace("[capabilities]\n", "[capabilities]\nuplink = true\n"),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     rt.registry
         .load(&dir, capsid_capsule::Trust::Dev)
         .await

@@ -29,6 +29,10 @@ const EDGES: &[(&str, &[&str])] = &[
     ),
     ("capsid-manifest", &["capsid-capabilities", "capsid-core"]),
     (
+        "capsid-signing",
+        &["capsid-core", "capsid-crypto", "capsid-manifest"],
+    ),
+    (
         "capsid-capsule",
         &[
             "capsid-audit",
@@ -38,6 +42,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-events",
             "capsid-manifest",
             "capsid-process",
+            "capsid-signing",
             "capsid-storage",
             "capsid-vfs",
         ],
@@ -54,6 +59,7 @@ const EDGES: &[(&str, &[&str])] = &[
             "capsid-manifest",
             "capsid-process",
             "capsid-protocol",
+            "capsid-signing",
             "capsid-storage",
             "capsid-vfs",
         ],
@@ -63,9 +69,11 @@ const EDGES: &[(&str, &[&str])] = &[
         "capsid-cli",
         &[
             "capsid-core",
+            "capsid-crypto",
             "capsid-kernel",
             "capsid-mcp",
             "capsid-protocol",
+            "capsid-signing",
         ],
     ),
 ];

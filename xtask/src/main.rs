@@ -150,6 +150,16 @@ fn run(root: &Path) -> Result<()> {
     // The home holds the runtime key: capsid refuses a home others can read.
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
         .with_context(|| format!("cannot set the mode of {}", home.display()))?;
+    // A developer's loop rebuilds capsules without signing each build; only dev mode (which
+    // `run` starts) may turn the check off. An edited config is left as it is.
+    let config = home.join("config.toml");
+    if !config.exists() {
+        std::fs::write(
+            &config,
+            "# Written by `cargo xtask run`: capsules rebuilt here are not signed.\n[signing]\nrequire = \"off\"\n",
+        )
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    }
     let samples_dir = root.join("capsules").join("samples");
     let mut samples = Vec::new();
     for entry in std::fs::read_dir(&samples_dir)

@@ -51,6 +51,12 @@ pub const OPERATOR_FAILED: &str = "operator.failed";
 
 /// A capsule was installed into the home.
 pub const CAPSULE_INSTALL: &str = "capsule.install";
+/// The operator signed a capsule with the runtime key (`capsid capsule sign`).
+pub const CAPSULE_SIGN: &str = "capsule.sign";
+/// The operator trusted a key to sign capsules (`capsid trust add`).
+pub const TRUST_ADD: &str = "trust.add";
+/// The operator stopped trusting a key (`capsid trust rm`).
+pub const TRUST_REMOVE: &str = "trust.remove";
 /// A capsule was loaded (or reloaded).
 pub const CAPSULE_LOAD: &str = "capsule.load";
 /// A capsule was unloaded.

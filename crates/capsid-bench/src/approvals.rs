@@ -26,6 +26,7 @@ pub fn run() -> Result<Vec<Row>> {
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+            capsid_integration_tests::trust_samples(&home);
         }
         // `notes` as built (a standing grant for notes/**), and a copy that must ask.
         capsid_integration_tests::copy_capsule("notes", &capsules);
@@ -38,6 +39,7 @@ pub fn run() -> Result<Vec<Row>> {
                 "ask = [\"fs://workspace/notes/**\"]",
             );
         std::fs::write(&manifest, text)?;
+        capsid_integration_tests::sign(&asks);
         std::fs::rename(&asks, capsules.join("notes-asks"))?;
 
         let kernel = Kernel::builder()

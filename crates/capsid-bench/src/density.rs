@@ -31,6 +31,7 @@ fn home_with(tmp: &Path, count: usize) -> Result<PathBuf> {
     let home = tmp.join(format!("home-{count}"));
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    capsid_integration_tests::trust_samples(&home);
     let built = capsid_integration_tests::capsules_dir().join("hello");
     let manifest = std::fs::read_to_string(built.join("Capsule.toml"))?;
     for n in 0..count {
@@ -40,6 +41,7 @@ fn home_with(tmp: &Path, count: usize) -> Result<PathBuf> {
         std::fs::copy(built.join("hello.wasm"), dir.join("hello.wasm"))?;
         let renamed = manifest.replacen("name = \"hello\"", &format!("name = \"{name}\""), 1);
         std::fs::write(dir.join("Capsule.toml"), renamed)?;
+        capsid_integration_tests::sign(&dir);
     }
     Ok(home)
 }

@@ -44,6 +44,7 @@ fn new_home(tmp: &Path) -> Result<std::path::PathBuf> {
     let home = tmp.join("home");
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    capsid_integration_tests::trust_samples(&home);
     Ok(home)
 }
 

@@ -79,6 +79,7 @@ async fn daemon(
     let home = tmp.join("home");
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    capsid_integration_tests::trust_samples(&home);
     capsid_integration_tests::copy_capsule("hello", &home.join("capsules"));
     crate::mcp_capsule::install_fixture(&home)?;
     let files = RunFiles::acquire(&CapsidHome::at(&home))?;

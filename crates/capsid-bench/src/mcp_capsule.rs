@@ -48,6 +48,7 @@ pub(crate) fn install_fixture(home: &Path) -> Result<()> {
             bin.display()
         ),
     )?;
+    capsid_integration_tests::sign(&dir);
     Ok(())
 }
 

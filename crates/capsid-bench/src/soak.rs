@@ -92,6 +92,7 @@ fn home(tmp: &Path) -> Result<(PathBuf, PathBuf)> {
     let home = tmp.join("home");
     std::fs::create_dir(&home)?;
     std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))?;
+    capsid_integration_tests::trust_samples(&home);
     let built = capsid_integration_tests::capsules_dir();
     for name in ["hello", "counter", "runner"] {
         let dir = home.join("capsules").join(name);
@@ -112,6 +113,7 @@ fn home(tmp: &Path) -> Result<(PathBuf, PathBuf)> {
         copy.join("Capsule.toml"),
         manifest.replacen("name = \"hello\"", &format!("name = \"{COPY}\""), 1),
     )?;
+    capsid_integration_tests::sign(&copy);
     Ok((home, copy))
 }
 
@@ -217,6 +219,7 @@ async fn reinstall(client: &mut Client, copy: &Path, first: bool) -> Result<()> 
     }
     let params = InstallParams {
         dir: copy.to_owned(),
+        accept: false,
     };
     client.call::<CapsuleInstall>(&params).await?;
     Ok(())

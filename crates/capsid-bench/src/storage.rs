@@ -1,5 +1,8 @@
 //! `storage`: scoped KV against raw SurrealKV, capability checks warm and cold, overlay file
-//! I/O against direct file I/O. Floors are measured in the same run on the same disk.
+//! I/O against direct file I/O, the signature check a load makes against the cached load it
+//! is part of, and a workspace commit of many small files against writing them with
+//! `std::fs` plus the fsyncs a commit owes. Floors are measured in the same run on the same
+//! disk.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +34,16 @@ const COLD_CHECKS: u64 = 2_000;
 const FILE_BYTES: usize = 64 * 1024 * 1024;
 /// Repetitions of each file measurement.
 const FILE_ROUNDS: u32 = 6;
+/// Signature checks measured (each one a load's).
+const SIGNATURE_CHECKS: usize = 2_000;
+/// Cached loads (unload, then load again) measured beside them.
+const CACHED_LOADS: usize = 60;
+/// Small files one measured commit lands.
+const COMMIT_FILES: usize = 1_000;
+/// Size of each of them.
+const COMMIT_FILE_BYTES: usize = 1_024;
+/// Commits measured (and as many floors, interleaved).
+const COMMIT_ROUNDS: usize = 5;
 
 #[allow(clippy::cast_precision_loss)]
 fn rate(n: u64, start: Instant) -> f64 {
@@ -46,6 +59,8 @@ pub fn run() -> Result<Vec<Row>> {
     let mut rows = rt.block_on(kv_rows())?;
     rows.extend(rt.block_on(capability_rows())?);
     rows.extend(rt.block_on(overlay_rows())?);
+    rows.extend(rt.block_on(signature_rows())?);
+    rows.extend(rt.block_on(commit_rows())?);
     Ok(rows)
 }
 
@@ -271,4 +286,94 @@ async fn overlay_rows() -> Result<Vec<Row>> {
             mb / direct_write_s,
         ),
     ])
+}
+
+fn median(mut v: Vec<std::time::Duration>) -> std::time::Duration {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn micros(d: std::time::Duration) -> f64 {
+    d.as_nanos() as f64 / 1_000.0
+}
+
+/// The check every load makes (signed `hello`, its key trusted), against a whole cached load
+/// of the same capsule (which includes one such check).
+async fn signature_rows() -> Result<Vec<Row>> {
+    let rt = capsid_integration_tests::Runtime::new().await;
+    let dir = capsid_integration_tests::capsules_dir().join("hello");
+    let check = rt.registry.services().signatures.clone();
+    let file = dir.join(capsid_manifest::MANIFEST_FILE);
+    let mut checks = Vec::with_capacity(SIGNATURE_CHECKS);
+    for _ in 0..SIGNATURE_CHECKS {
+        let start = Instant::now();
+        // What a load does: read the manifest once, parse it, check the signature over it.
+        let source = capsid_manifest::Manifest::read_source(&file)?;
+        let manifest = capsid_manifest::Manifest::parse(&file, &source)?;
+        std::hint::black_box(check.check(&dir, &manifest, source.as_bytes(), false)?);
+        checks.push(start.elapsed());
+    }
+    let name = CapsuleId::new("hello")?;
+    rt.registry.load(&dir, capsid_capsule::Trust::Dev).await?;
+    let mut loads = Vec::with_capacity(CACHED_LOADS);
+    for _ in 0..CACHED_LOADS {
+        rt.registry.unload(&name).await?;
+        let start = Instant::now();
+        let info = rt.registry.load(&dir, capsid_capsule::Trust::Dev).await?;
+        loads.push(start.elapsed());
+        anyhow::ensure!(
+            info.load_kind == Some(capsid_capsule::LoadKind::Cached),
+            "expected a cached load"
+        );
+    }
+    Ok(vec![Row::new(
+        "signature check per load (hello, trusted key)",
+        micros(median(checks)),
+        "µs",
+        "cached capsule load (hello), check included",
+        micros(median(loads)),
+    )])
+}
+
+/// A commit of many small files through the overlay, against writing them with `std::fs`
+/// and syncing each file and the directory (what a commit must do to be durable).
+async fn commit_rows() -> Result<Vec<Row>> {
+    let dir = tempfile::tempdir()?;
+    let data = vec![0x42_u8; COMMIT_FILE_BYTES];
+    let (mut commits, mut floors) = (Vec::new(), Vec::new());
+    for round in 0..COMMIT_ROUNDS {
+        let lower = dir.path().join(format!("lower-{round}"));
+        std::fs::create_dir_all(lower.join("notes"))?;
+        let overlay = OverlayVfs::open(&lower, &dir.path().join(format!("work-{round}")))?;
+        for i in 0..COMMIT_FILES {
+            overlay
+                .write(&VfsPath::parse(&format!("notes/{i}.md"))?, data.clone())
+                .await?;
+        }
+        let start = Instant::now();
+        let changes = overlay.commit().await?;
+        commits.push(start.elapsed());
+        anyhow::ensure!(changes.len() == COMMIT_FILES, "{} changes", changes.len());
+
+        let plain = dir.path().join(format!("plain-{round}"));
+        std::fs::create_dir_all(&plain)?;
+        let start = Instant::now();
+        for i in 0..COMMIT_FILES {
+            let path = plain.join(format!("{i}.md"));
+            std::fs::write(&path, &data)?;
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+        std::fs::File::open(&plain)?.sync_all()?;
+        floors.push(start.elapsed());
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1_000.0;
+    Ok(vec![Row::new(
+        "workspace commit, 1,000 files of 1 KiB",
+        ms(median(commits)),
+        "ms",
+        "std::fs::write + fsync each + fsync dir",
+        ms(median(floors)),
+    )])
 }

@@ -267,6 +267,9 @@ pub enum CapsuleError {
     /// The engine itself failed.
     #[error("engine: {0}")]
     Engine(String),
+    /// The capsule's signature is missing, wrong, or by a key not trusted for it.
+    #[error(transparent)]
+    Signature(#[from] capsid_signing::SigningError),
 }
 
 impl CapsuleError {

@@ -105,6 +105,10 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
         Command::Mcp(McpCommand::Token(t)) => crate::mcp::token(client, t, as_json).await,
         Command::Approve(a) => crate::approve::approve(client, a, as_json).await,
         Command::Ws(w) => crate::workspace::ws(client, w, as_json).await,
+        Command::Trust(t) => crate::trust::trust(client, t, as_json).await,
+        Command::Key(crate::KeyCommand::Generate { file }) => {
+            crate::trust::generate(&file, as_json)
+        }
         Command::Daemon { .. }
         | Command::Start { .. }
         | Command::Stop
@@ -264,15 +268,41 @@ async fn capsule(client: &mut Client, c: CapsuleCommand, as_json: bool) -> Resul
         CapsuleCommand::Review { name, accept } => {
             return crate::review::review(client, &name, accept, as_json).await;
         }
-        CapsuleCommand::Install { dir } => {
+        CapsuleCommand::Sign { dir, key: None } => {
+            return crate::trust::sign(client, dir, as_json).await;
+        }
+        CapsuleCommand::Sign {
+            dir,
+            key: Some(key),
+        } => {
+            return crate::trust::sign_with(&dir, &key, as_json);
+        }
+        CapsuleCommand::Verify { dir } => return crate::trust::verify(client, dir, as_json).await,
+        CapsuleCommand::Install { dir, accept } => {
             let dir = std::path::absolute(&dir).context("the capsule directory")?;
-            let installed =
-                with_spinner::<CapsuleInstall>(client, &InstallParams { dir }, "installing")
-                    .await?;
+            let params = InstallParams { dir, accept };
+            let installed = with_spinner::<CapsuleInstall>(client, &params, "installing").await?;
             if as_json {
                 output::json(&installed);
             } else {
                 print_capsule(&installed.capsule);
+                println!("{:<12}{}", "requests", installed.requests.join(", "));
+                if let Some(change) = &installed.accepted {
+                    if let Some(was) = &change.signer_was {
+                        let was = was
+                            .as_ref()
+                            .map_or_else(|| "unsigned".to_owned(), ToString::to_string);
+                        println!("{:<12}the signer changed (was {was})", "accepted");
+                    }
+                    if !change.added_requests.is_empty() {
+                        println!(
+                            "{:<12}new requests: {}",
+                            "accepted",
+                            change.added_requests.join(", ")
+                        );
+                    }
+                }
+                println!("(requests are not grants: `capsid cap grant` gives what you choose)");
                 if !installed.left_out.is_empty() {
                     let left: Vec<_> = installed
                         .left_out
@@ -314,6 +344,9 @@ fn print_capsule(c: &CapsuleView) {
     }
     if let Some(k) = c.load_kind {
         field("load_kind", k.to_string());
+    }
+    if let Some(s) = &c.signer {
+        field("signed by", s.to_string());
     }
     if let Some(n) = &c.native {
         field("health", format!("{} ({} restarts)", n.health, n.restarts));

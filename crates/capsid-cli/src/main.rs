@@ -7,6 +7,7 @@ mod daemon;
 mod mcp;
 mod output;
 mod review;
+mod trust;
 mod workspace;
 
 use std::path::PathBuf;
@@ -119,6 +120,43 @@ pub(crate) enum Command {
     /// What capsules wrote to the workspace: `status`, `commit`, `discard`.
     #[command(subcommand)]
     Ws(WsCommand),
+    /// Publisher keys, for signing capsules.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// The keys this home trusts to sign capsules (the runtime key always is).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Create a publisher key file (mode 0600; never over an existing file) and print its
+    /// public key, which hosts trust with `capsid trust add`.
+    Generate {
+        /// The key file to create.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TrustCommand {
+    /// The trusted keys, the runtime key first.
+    Ls,
+    /// Trust a key to sign capsules (recorded). It grants nothing.
+    Add {
+        /// A name for it (a-z, 0-9, -).
+        name: String,
+        /// Its public key (64 hex characters, as `capsid key generate` printed).
+        public_key: String,
+        /// Trust it only for capsules whose names match (`acme-*`); repeatable.
+        #[arg(long = "capsules", value_name = "PATTERN")]
+        capsules: Vec<String>,
+    },
+    /// Stop trusting a key (recorded): capsules it signed no longer load.
+    Rm {
+        /// Its name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,7 +166,7 @@ pub(crate) enum WsCommand {
     /// Writes capsules' changes into the workspace (recorded first, path by path).
     Commit {
         /// Also where the workspace changed too since a capsule first changed it.
-        #[arg(long)]
+        #[arg(long, alias = "force")]
         overwrite: bool,
     },
     /// Drops capsules' changes (recorded first, path by path).
@@ -264,9 +302,27 @@ pub(crate) enum CapsuleCommand {
         /// The capsule.
         name: String,
     },
-    /// Install the capsule in a directory and load it.
+    /// Install the capsule in a directory and load it: shows who signed it and what it
+    /// asks for, and keeps a receipt of both.
     Install {
         /// The capsule's directory (with its Capsule.toml).
+        dir: PathBuf,
+        /// Accept another signer, or wider requests, than the copy installed before had.
+        #[arg(long)]
+        accept: bool,
+    },
+    /// Sign the capsule in a directory: with the runtime key (for a capsule you reviewed;
+    /// recorded), or with a publisher's key file.
+    Sign {
+        /// The capsule's directory.
+        dir: PathBuf,
+        /// A publisher key file (`capsid key generate`); signs here, without the daemon.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Check the capsule in a directory as a load on this host would.
+    Verify {
+        /// The capsule's directory.
         dir: PathBuf,
     },
     /// Show the tools of an [mcp] capsule that wait for review (new, or changed since they
@@ -385,6 +441,11 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Start { dev } => daemon::start(&home, dev).await,
         Command::Stop => daemon::stop(&home).await,
+        Command::Key(KeyCommand::Generate { file }) => trust::generate(&file, cli.json),
+        Command::Capsule(CapsuleCommand::Sign {
+            dir,
+            key: Some(key),
+        }) => trust::sign_with(&dir, &key, cli.json),
         Command::Mcp(McpCommand::Serve {
             as_user,
             no_start,

@@ -339,6 +339,7 @@ fn native_sleeper(root: &Path, seconds: u64) -> PathBuf {
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&dir);
     dir
 }
 

@@ -25,6 +25,7 @@ fn install_edited(home: &Home, name: &str, edit: impl Fn(String) -> String) {
     let manifest = to.join("Capsule.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, edit(text)).unwrap();
+    capsid_integration_tests::sign(&to);
     home.ok(&["capsule", "install", to.to_str().unwrap()]);
 }
 

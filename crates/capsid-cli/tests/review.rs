@@ -22,6 +22,7 @@ fn a_changed_tool_is_hidden_shown_in_review_and_accepted() {
         ),
     )
     .unwrap();
+    capsid_integration_tests::sign(&src);
     home.ok(&["capsule", "install", src.to_str().unwrap()]);
     until("echo waits for review", || {
         let shown = home.json(&["capsule", "show", "fixture"]);

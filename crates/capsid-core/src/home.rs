@@ -73,6 +73,8 @@ impl CapsidHome {
             (self.state_dir(), SECRET_DIR_MODE),
             (self.kv_dir(), SECRET_DIR_MODE),
             (self.run_dir(), SECRET_DIR_MODE),
+            (self.trust_dir(), SECRET_DIR_MODE),
+            (self.receipts_dir(), SECRET_DIR_MODE),
             (self.capsules_dir(), PLAIN_DIR_MODE),
             (self.compiled_cache_dir(), PLAIN_DIR_MODE),
         ];
@@ -105,6 +107,14 @@ impl CapsidHome {
     /// `state/audit.db`: the audit log.
     pub fn audit_db_path(&self) -> PathBuf {
         self.state_dir().join("audit.db")
+    }
+    /// `trust/`: the keys whose capsule signatures the operator trusts, a file each.
+    pub fn trust_dir(&self) -> PathBuf {
+        self.root.join("trust")
+    }
+    /// `state/receipts/`: what each install accepted (signer, requests), a file per capsule.
+    pub fn receipts_dir(&self) -> PathBuf {
+        self.state_dir().join("receipts")
     }
     /// `capsules/`: installed capsules.
     pub fn capsules_dir(&self) -> PathBuf {
@@ -196,6 +206,8 @@ mod tests {
             home.state_dir(),
             home.kv_dir(),
             home.run_dir(),
+            home.trust_dir(),
+            home.receipts_dir(),
         ] {
             assert_eq!(mode(&d), 0o700, "{}", d.display());
         }

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod file;
 pub mod glob;
 pub mod home;
 pub mod ids;

@@ -557,3 +557,21 @@ pub const MAX_MCP_TOOL_PAGES: usize = 16;
 /// How often a call waiting for an MCP capsule's server (starting, or restarting) looks
 /// again whether the server was given up on or stopped.
 pub const MCP_SERVER_WAIT_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Largest `Capsule.sig` read, in bytes (a real one is under 1 KiB).
+pub const MAX_SIGNATURE_FILE_BYTES: u64 = 8 * 1024;
+
+/// Longest name of a trusted key (`capsid trust add <name>`): `[a-z0-9-]`, like a capsule's.
+pub const MAX_TRUST_NAME_LEN: usize = 64;
+
+/// Most keys one home's trust store holds.
+pub const MAX_TRUSTED_KEYS: usize = 1024;
+
+/// Largest file of the trust store (`trust/<name>.toml`), in bytes.
+pub const MAX_TRUST_FILE_BYTES: u64 = 16 * 1024;
+
+/// Most capsule-name patterns one trusted key may be limited to (`--capsules`).
+pub const MAX_TRUST_SCOPE_PATTERNS: usize = 64;
+
+/// Largest install receipt (`state/receipts/<name>.json`), in bytes.
+pub const MAX_RECEIPT_BYTES: u64 = 1024 * 1024;

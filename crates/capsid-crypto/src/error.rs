@@ -14,7 +14,7 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key file does not hold exactly one 32-byte ed25519 secret.
-    #[error("key file {path} holds {found} bytes, expected 32: it is not a capsid runtime key")]
+    #[error("key file {path} holds {found} bytes, expected 32: it is not a capsid key")]
     WrongLength {
         /// The file at fault.
         path: PathBuf,

@@ -37,6 +37,8 @@ pub mod domain {
     pub const AUDIT_CHECKPOINT: Domain = Domain("capsid 2026-12 audit checkpoint v1");
     /// A compiled component in the on-disk cache (what the runtime key signs).
     pub const COMPILED_COMPONENT: Domain = Domain("capsid 2026-11 compiled component v1");
+    /// A capsule's signature fields (`Capsule.sig`): what its signer signs.
+    pub const CAPSULE_SIGNATURE: Domain = Domain("capsid 2026-12 capsule signature v1");
     /// An MCP tool's definition (name, description, schemas) as pinned.
     pub const MCP_TOOL_DEFINITION: Domain = Domain("capsid 2026-12 mcp tool definition v1");
 }

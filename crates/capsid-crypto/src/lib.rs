@@ -13,10 +13,13 @@
 
 mod error;
 mod hash;
+mod key_file;
 mod keys;
-mod runtime_key;
 
 pub use error::{KeyError, SignatureError};
 pub use hash::{Digest, Domain, DomainHasher, domain, hash};
+pub use key_file::{
+    RUNTIME_KEY_FILE, generate_key_file, load_key_file, load_or_generate_key_file,
+    load_or_generate_runtime_key,
+};
 pub use keys::{KeyId, KeyPair, PublicKey, Signature, verify_batch};
-pub use runtime_key::{RUNTIME_KEY_FILE, load_or_generate_runtime_key};

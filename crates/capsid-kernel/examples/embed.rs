@@ -44,7 +44,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("boot: {}", String::from_utf8_lossy(&event.payload));
     }
 
-    let info = kernel.install(&PathBuf::from(capsule_dir)).await?.capsule;
+    // Every load checks who signed the capsule. This program reviewed the capsule it was
+    // given, so it signs it with the home's runtime key (always trusted; recorded); a host
+    // would rather trust its publishers' keys (`kernel.trust_add(...)`).
+    let dir = std::path::absolute(PathBuf::from(capsule_dir))?;
+    kernel.sign_capsule(&dir).await?;
+    let info = kernel.install(&dir, false).await?.capsule;
     println!("installed {} ({} tools)", info.name, info.tools.len());
     let output = kernel.call_tool(&info.name, &tool, &input).await?;
     println!("{}.{tool} -> {output}", info.name);

@@ -19,6 +19,7 @@ use capsid_core::{CapsidHome, CapsuleId, Principal, SessionId};
 use capsid_crypto::KeyPair;
 use capsid_events::EventBus;
 use capsid_manifest::{Manifest, discover, load_order};
+use capsid_signing::{SignatureCheck, TrustStore};
 use capsid_storage::{Durability, IdentityStore, KvStore, SurrealKvStore};
 use capsid_vfs::OverlayVfs;
 
@@ -168,6 +169,15 @@ impl KernelBuilder {
         )?);
         let bus = self.bus.unwrap_or_default();
         let http = outbound_http(&home, &config, self.resolver)?;
+        let trust = {
+            let dir = home.trust_dir();
+            Arc::new(blocking(move || TrustStore::open(&dir)).await??)
+        };
+        let signatures = Arc::new(SignatureCheck::new(
+            config.signing.require,
+            key.public_key(),
+            trust,
+        ));
         let services = HostServices {
             capabilities: capabilities.clone(),
             audit: audit.clone(),
@@ -186,6 +196,7 @@ impl KernelBuilder {
                 std::time::Duration::from_millis(config.approval_timeout_ms),
                 capsid_storage::RefusalStore::new(kv.clone()),
             )),
+            signatures,
         };
         let registry = Registry::new(engine, services)?;
         apply_operator_env(&registry, &config);
@@ -219,6 +230,7 @@ impl KernelBuilder {
             chain,
             principal,
             mcp_principal,
+            runtime_key: Arc::new(key),
         });
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
@@ -260,7 +272,7 @@ fn apply_operator_env(registry: &Registry, config: &KernelConfig) {
 }
 
 /// Runs blocking setup off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, KernelError> {
     tokio::task::spawn_blocking(f)

@@ -106,6 +106,18 @@ pub struct KernelConfig {
     /// How long a call waits for a person to decide an approval request before it is
     /// denied (its own deadline suspended meanwhile).
     pub approval_timeout_ms: u64,
+    /// Which capsules may load, by who signed them.
+    pub signing: SigningConfig,
+}
+
+/// Capsule signatures (`[signing]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SigningConfig {
+    /// `trusted` (the default): signed by the runtime key or a trusted key whose trust
+    /// covers the capsule; `any`: signed by any key, unchanged since; `off`: not checked,
+    /// which only dev mode allows.
+    pub require: capsid_signing::Require,
 }
 
 /// Capsules' outbound HTTP (`[http]`).
@@ -151,6 +163,7 @@ impl Default for KernelConfig {
             sandbox: SandboxConfig::default(),
             http: HttpConfig::default(),
             approval_timeout_ms: capsid_core::limits::DEFAULT_APPROVAL_TIMEOUT_MS,
+            signing: SigningConfig::default(),
         }
     }
 }
@@ -177,12 +190,24 @@ impl KernelConfig {
     /// Parses `config.toml` text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let config: Self = toml::from_str(text).map_err(|e| e.to_string())?;
-        config.validate()?;
+        config.validate_values()?;
         Ok(config)
     }
 
-    /// Checks the values serde cannot: boot checks a config given in code the same way.
+    /// Checks the values serde cannot, and how they go together: what boot checks of the
+    /// configuration it runs with (the file's, with the command line's `--dev` applied).
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_values()?;
+        if self.signing.require == capsid_signing::Require::Off && !self.dev {
+            return Err(
+                "[signing] require = \"off\" needs dev mode (`dev = true`, or the daemon's --dev): a host that is not a developer's checks who signed its capsules".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks each value on its own (what reading the file checks: `--dev` may come later).
+    fn validate_values(&self) -> Result<(), String> {
         if self.idle_timeout_ms == Some(0) {
             return Err(
                 "idle_timeout_ms must be at least 1 (leave it out to keep capsules loaded)".into(),
@@ -259,6 +284,25 @@ mod tests {
         assert_eq!(c.capsules["hello"].env["GREETING"], "Howdy");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(KernelConfig::parse("[capsules.\"Bad Name\"]").is_err());
+    }
+
+    #[test]
+    fn signing_defaults_to_trusted_and_is_off_only_in_dev_mode() {
+        use capsid_signing::Require;
+        assert_eq!(KernelConfig::default().signing.require, Require::Trusted);
+        let any =
+            KernelConfig::parse("[signing]\nrequire = \"any\"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(any.signing.require, Require::Any);
+        // The file may say off and leave dev mode to the command line; boot checks both.
+        let off =
+            KernelConfig::parse("[signing]\nrequire = \"off\"").unwrap_or_else(|e| panic!("{e}"));
+        let err = off.validate().unwrap_err();
+        assert!(err.contains("dev mode"), "{err}");
+        let dev = KernelConfig::parse("dev = true\n[signing]\nrequire = \"off\"")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(dev.signing.require, Require::Off);
+        dev.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert!(KernelConfig::parse("[signing]\nrequire = \"none\"").is_err());
     }
 
     #[test]

@@ -99,6 +99,20 @@ pub enum KernelError {
         /// The reserved prefix it starts with.
         prefix: &'static str,
     },
+    /// The trust store cannot be opened or changed.
+    #[error(transparent)]
+    Trust(#[from] capsid_signing::TrustError),
+    /// A capsule's signature is missing, wrong or untrusted, or it could not be signed.
+    #[error(transparent)]
+    Signing(#[from] capsid_signing::SigningError),
+    /// An install receipt cannot be read or written.
+    #[error("install receipt {}: {message}", path.display())]
+    Receipt {
+        /// The receipt file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The kernel is shutting down.
     #[error("the kernel is shutting down")]
     ShuttingDown,

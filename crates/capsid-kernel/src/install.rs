@@ -12,6 +12,7 @@ use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
+use crate::receipts::{self, Receipt, ReceiptChange};
 
 /// Why an install failed. Nothing of the home changed, unless said otherwise.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,20 @@ pub enum InstallError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The capsule installed before was accepted with another signer or fewer requests:
+    /// installing this copy needs the operator's `accept`.
+    #[error(
+        "installing {}: capsule {name} was installed before, and {change}: review this and run the install again with --accept",
+        dir.display()
+    )]
+    NeedsAccept {
+        /// The directory being installed.
+        dir: PathBuf,
+        /// The capsule.
+        name: CapsuleId,
+        /// How it differs from what was accepted.
+        change: ReceiptChange,
+    },
     /// The install failed and the copy installed before could not be put back: the home
     /// holds the new copy (unloaded) and the old one stays at `kept`.
     #[error(
@@ -74,6 +89,10 @@ pub enum InstallError {
 pub struct Installed {
     /// The capsule, loaded.
     pub capsule: CapsuleInfo,
+    /// What was accepted: the signer and the requests, as kept in the receipt.
+    pub receipt: Receipt,
+    /// How it differs from the copy installed before, when that needed accepting.
+    pub accepted: Option<ReceiptChange>,
     /// The files copied, relative to the capsule's directory.
     pub files: Vec<PathBuf>,
     /// Entries of the directory that are not part of the capsule and were not copied.
@@ -223,12 +242,14 @@ fn unique_suffix() -> String {
 
 impl Kernel {
     /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. Only its
-    /// manifest and component are copied (what else the folder holds is reported in
-    /// [`Installed::left_out`]); the manifest is validated and the component checked before
-    /// anything is copied; a capsule of that name that is loaded must be unloaded first. A
-    /// copy already installed is kept until the new one is recorded and loaded, and put
-    /// back if either fails.
-    pub async fn install(&self, from: &Path) -> Result<Installed, KernelError> {
+    /// manifest, component and signature are copied (what else the folder holds is
+    /// reported in [`Installed::left_out`]); the manifest is validated and the signature
+    /// checked (the component hashed) before anything is copied; a capsule of that name
+    /// that is loaded must be unloaded first. A capsule installed before with another
+    /// signer, or asking for less, needs `accept` ([`InstallError::NeedsAccept`] shows the
+    /// difference). A copy already installed is kept until the new one is recorded, loaded
+    /// and its receipt kept, and put back if any of these fails.
+    pub async fn install(&self, from: &Path, accept: bool) -> Result<Installed, KernelError> {
         self.open_recording()?;
         let _one_at_a_time = self.inner.installing.lock().await;
         let dir = from.to_owned();
@@ -246,7 +267,40 @@ impl Kernel {
         if self.registry().info(&name).is_some() {
             return Err(InstallError::Loaded { dir, name }.into());
         }
-        let files = capsule_files(&manifest);
+        let (contents, checked) = self.verify_capsule(from).await?;
+        let receipt = Receipt {
+            name: name.clone(),
+            version: contents.manifest.version.to_string(),
+            manifest_blake3: contents.manifest_blake3.to_string(),
+            component_blake3: contents.component_blake3.map(|d| d.to_string()),
+            signer: checked.signer.clone(),
+            requests: receipts::requests(&contents.manifest),
+            accepted_at_ms: u64::try_from(capsid_core::time::now_ms()).unwrap_or_default(),
+        };
+        let receipts_dir = self.home().receipts_dir();
+        let before = {
+            let (dir, name) = (receipts_dir.clone(), name.clone());
+            tokio::task::spawn_blocking(move || receipts::read(&dir, &name))
+                .await
+                .map_err(|e| task_failed(from, &e))??
+        };
+        let change = before
+            .map(|b| receipt.change_from(&b))
+            .filter(|c| !c.is_empty());
+        if let Some(change) = &change
+            && !accept
+        {
+            return Err(InstallError::NeedsAccept {
+                dir,
+                name,
+                change: change.clone(),
+            }
+            .into());
+        }
+        let mut files = capsule_files(&manifest);
+        if checked.signer.is_some() {
+            files.push(PathBuf::from(capsid_signing::SIGNATURE_FILE));
+        }
         let left_out = left_out(from, &files).map_err(|source| InstallError::Io {
             dir: dir.clone(),
             path: dir.clone(),
@@ -275,12 +329,28 @@ impl Kernel {
             .note(
                 action::CAPSULE_INSTALL,
                 &format!("capsule://{name}"),
-                serde_json::json!({ "from": from, "files": files, "left_out": left_out }),
+                serde_json::json!({
+                    "from": from,
+                    "files": files,
+                    "left_out": left_out,
+                    "signer": receipt.signer,
+                    "requests": receipt.requests,
+                    "accepted": change,
+                }),
             )
             .await;
         let recorded_ok = recorded.is_ok();
         let outcome = match recorded {
-            Ok(()) => self.load(&name).await,
+            Ok(()) => match self.load(&name).await {
+                Ok(capsule) => {
+                    let (dir, kept) = (receipts_dir, receipt.clone());
+                    match tokio::task::spawn_blocking(move || receipts::write(&dir, &kept)).await {
+                        Ok(written) => written.map(|()| capsule),
+                        Err(e) => Err(task_failed(from, &e).into()),
+                    }
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match outcome {
@@ -288,6 +358,8 @@ impl Kernel {
                 swap.keep();
                 Ok(Installed {
                     capsule,
+                    receipt,
+                    accepted: change,
                     files,
                     left_out,
                 })
@@ -296,20 +368,9 @@ impl Kernel {
                 // The copy installed before comes back, unloaded as it was; a recorded
                 // install that did not happen says so.
                 if recorded_ok {
-                    let failed = serde_json::json!({
-                        "action": action::CAPSULE_INSTALL,
-                        "error": e.to_string(),
-                    });
-                    if let Err(note) = self
-                        .note(
-                            action::OPERATOR_FAILED,
-                            &format!("capsule://{name}"),
-                            failed,
-                        )
-                        .await
-                    {
-                        tracing::warn!(error = %note, capsule = %name, "recording a failed install");
-                    }
+                    let resource = format!("capsule://{name}");
+                    self.record_failure(action::CAPSULE_INSTALL, &resource, &e)
+                        .await;
                 }
                 let _ = self.registry().unload(&name).await;
                 match swap.undo(&e, |a, b| std::fs::rename(a, b)) {

@@ -92,6 +92,8 @@ pub(crate) struct KernelParts {
     pub principal: Principal,
     /// The user MCP sessions act as by default.
     pub mcp_principal: Principal,
+    /// The runtime key: what `capsule.sign` signs reviewed capsules with.
+    pub runtime_key: Arc<capsid_crypto::KeyPair>,
 }
 
 pub(crate) struct Inner {

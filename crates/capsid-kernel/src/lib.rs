@@ -28,20 +28,24 @@ mod install;
 mod kernel;
 mod monitor;
 mod operator;
+mod receipts;
 mod sessions;
 mod tool;
+mod trust;
 mod watch;
 mod workspace;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
 pub use capsid_capsule::tool_resource;
 pub use config::{
-    CapsuleConfig, HealthConfig, HttpConfig, KernelConfig, SandboxConfig, TamperPolicy,
+    CapsuleConfig, HealthConfig, HttpConfig, KernelConfig, SandboxConfig, SigningConfig,
+    TamperPolicy,
 };
 pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
+pub use receipts::{Receipt, ReceiptChange};
 pub use sessions::SessionHold;
 pub use tool::{Door, ToolCaller, ToolInfo};
 pub use workspace::WorkspaceChange;

@@ -106,6 +106,9 @@ pub enum ErrorCode {
     Conflict,
     /// A capability check refused it.
     Denied,
+    /// The capsule's signature is missing, does not match its files, or is by a key this
+    /// home does not trust for it (the message says what to run).
+    Untrusted,
     /// Every instance, slot or connection is in use; try again.
     Busy,
     /// The capsule is not ready (loading, unloading, or failed until reloaded).
@@ -145,6 +148,7 @@ impl ErrorCode {
             Self::Invalid => "invalid",
             Self::Conflict => "conflict",
             Self::Denied => "denied",
+            Self::Untrusted => "untrusted",
             Self::Busy => "busy",
             Self::NotReady => "not-ready",
             Self::Timeout => "timeout",

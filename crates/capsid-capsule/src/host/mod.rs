@@ -72,6 +72,9 @@ pub struct HostServices {
     pub http: Arc<crate::http::OutboundHttp>,
     /// Calls waiting for a person's approval.
     pub approvals: Arc<crate::approval::Approvals>,
+    /// Who may sign the capsules loaded: checked at every load, before anything is
+    /// compiled or read from the compiled cache.
+    pub signatures: Arc<capsid_signing::SignatureCheck>,
 }
 
 impl std::fmt::Debug for HostServices {

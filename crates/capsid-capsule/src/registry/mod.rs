@@ -11,6 +11,7 @@ use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
 use capsid_core::limits::DEFAULT_STOP_GRACE;
 use capsid_process::{EventKind, Health, Owner, ProcessTable, TableEvent};
+use capsid_signing::{Checked, Signer};
 use capsid_storage::{Quota, ScopedKvStore};
 use wasmtime::component::Linker;
 
@@ -63,6 +64,8 @@ pub struct CapsuleInfo {
     pub native: Option<NativeStatus>,
     /// For an MCP capsule: its connection and review.
     pub mcp: Option<McpStatus>,
+    /// Who signed it, once loaded (none when signature checks are off).
+    pub signer: Option<Signer>,
 }
 
 /// How an MCP capsule's server stands.
@@ -94,6 +97,8 @@ pub struct Registry {
     operator_env: RwLock<BTreeMap<CapsuleId, BTreeMap<String, String>>>,
     /// Loaded capsules' idle instances, taken back when the instance pool is full.
     warmth: Arc<Warmth>,
+    /// Who signed each loaded capsule, as its load's check found.
+    signers: RwLock<BTreeMap<CapsuleId, Signer>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -130,6 +135,7 @@ impl Registry {
             processes,
             operator_env: RwLock::default(),
             warmth: Arc::default(),
+            signers: RwLock::default(),
         })
     }
 
@@ -252,7 +258,9 @@ impl Registry {
         trust: Trust,
         restart: Option<Restart>,
     ) -> Result<CapsuleInfo, CapsuleError> {
-        let manifest = Manifest::load(&dir.join(MANIFEST_FILE))?;
+        let file = dir.join(MANIFEST_FILE);
+        let source = Manifest::read_source(&file)?;
+        let manifest = Manifest::parse(&file, &source)?;
         let name = manifest.name.clone();
         {
             let mut slots = self.write_slots();
@@ -284,14 +292,21 @@ impl Registry {
             name: Some(name.clone()),
             dir: dir.to_owned(),
         };
-        let loaded = match manifest.component {
-            Component::Native(_) | Component::Mcp { .. } => {
-                self.build_program(manifest, dir, trust).await
-            }
-            Component::Wasm { .. } => self
-                .build(manifest, dir, trust, restart)
+        let checked =
+            self.services
+                .signatures
+                .check(dir, &manifest, source.as_bytes(), trust == Trust::Dev);
+        capsid_core::sync::write(&self.signers).remove(&name);
+        let loaded = match (checked, &manifest.component) {
+            (Err(e), _) => Err(e.into()),
+            (Ok(checked), Component::Native(_) | Component::Mcp { .. }) => self
+                .build_program(manifest, dir, trust, &checked)
                 .await
-                .map(|capsule| Slot::Loaded { capsule }),
+                .map(|slot| (slot, checked)),
+            (Ok(checked), Component::Wasm { .. }) => self
+                .build(manifest, dir, trust, restart, &checked)
+                .await
+                .map(|capsule| (Slot::Loaded { capsule }, checked)),
         };
         guard.disarm();
         if loaded.is_err() {
@@ -302,8 +317,12 @@ impl Registry {
         }
         let mut slots = self.write_slots();
         match loaded {
-            Ok(slot) => {
-                let info = slot_info(&name, &slot);
+            Ok((slot, checked)) => {
+                let mut info = slot_info(&name, &slot);
+                if let Some(signer) = checked.signer {
+                    info.signer = Some(signer.clone());
+                    capsid_core::sync::write(&self.signers).insert(name.clone(), signer);
+                }
                 slots.insert(name, slot);
                 Ok(info)
             }
@@ -326,6 +345,7 @@ impl Registry {
         dir: &Path,
         trust: Trust,
         restart: Option<Restart>,
+        checked: &Checked,
     ) -> Result<Arc<LoadedCapsule>, CapsuleError> {
         let name = manifest.name.clone();
         let (wasm, pin) = match &manifest.component {
@@ -335,7 +355,32 @@ impl Registry {
             }
         };
         let services = &self.services;
-        let component = self.engine.load(&name, &wasm, pin.as_deref()).await?;
+        // The signed hash, when there is one, is the pin: the bytes compiled are the bytes
+        // signed, hashed once.
+        let component = match (&checked.component_pin, &checked.signer) {
+            (Some(signed), Some(signer)) => self
+                .engine
+                .load(&name, &wasm, Some(signed))
+                .await
+                .map_err(|e| match e {
+                    CapsuleError::PinMismatch {
+                        capsule,
+                        path,
+                        expected,
+                        actual,
+                    } => capsid_signing::SigningError::Tampered {
+                        capsule,
+                        dir: dir.to_owned(),
+                        file: path,
+                        signer: signer.to_string(),
+                        expected,
+                        actual,
+                    }
+                    .into(),
+                    other => other,
+                })?,
+            _ => self.engine.load(&name, &wasm, pin.as_deref()).await?,
+        };
         let wrong_world = |e: wasmtime::Error| CapsuleError::WrongWorld {
             capsule: name.clone(),
             reason: format!("{e:#}"),
@@ -410,6 +455,7 @@ impl Registry {
             "blake3": capsule.blake3,
             "version": capsule.manifest.version.to_string(),
             "trust": format!("{trust:?}"),
+            "signer": checked.signer,
             "restart": restart.map(|r| serde_json::json!({
                 "cause": r.cause.as_str(), "count": r.count,
             })),
@@ -518,6 +564,7 @@ impl Registry {
     /// happens it is listed as `unloading` and its name cannot be loaded again.
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), CapsuleError> {
         let unloading = self.take_for_unload(name)?;
+        capsid_core::sync::write(&self.signers).remove(name);
         let capsule = match unloading {
             Unloaded::Wasm(capsule) => capsule,
             Unloaded::Program(slot) => {
@@ -619,9 +666,14 @@ impl Registry {
 
     /// Every capsule the registry knows, by name.
     pub fn list(&self) -> Vec<CapsuleInfo> {
+        let signers = capsid_core::sync::read(&self.signers);
         self.read_slots()
             .iter()
-            .map(|(name, slot)| slot_info(name, slot))
+            .map(|(name, slot)| {
+                let mut info = slot_info(name, slot);
+                info.signer = signers.get(name).cloned();
+                info
+            })
             .collect()
     }
 
@@ -659,6 +711,7 @@ fn info(capsule: &LoadedCapsule) -> CapsuleInfo {
         load_kind: Some(capsule.load_kind),
         native: None,
         mcp: None,
+        signer: None,
     }
 }
 
@@ -673,6 +726,7 @@ fn bare(name: &CapsuleId, dir: &Path, state: CapsuleState) -> CapsuleInfo {
         load_kind: None,
         native: None,
         mcp: None,
+        signer: None,
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use capsid_manifest::{Component, Manifest};
 use capsid_process::Health;
+use capsid_signing::Checked;
 
 use super::{CapsuleInfo, McpStatus, NativeStatus, Registry};
 use crate::capsule::CapsuleState;
@@ -22,6 +23,7 @@ impl Registry {
         manifest: Manifest,
         dir: &Path,
         trust: Trust,
+        checked: &Checked,
     ) -> Result<Slot, CapsuleError> {
         let services = &self.services;
         if trust == Trust::Dev {
@@ -41,7 +43,11 @@ impl Registry {
                 "native",
             )
         };
-        let details = serde_json::json!({ kind: true, "trust": format!("{trust:?}") });
+        let details = serde_json::json!({
+            kind: true,
+            "trust": format!("{trust:?}"),
+            "signer": checked.signer,
+        });
         if let Err(message) = self
             .record_lifecycle(&name, capsid_audit::action::CAPSULE_LOAD, &details)
             .await
@@ -85,6 +91,7 @@ pub(super) fn mcp_info(mcp: &McpCapsule) -> CapsuleInfo {
             connected: mcp.connected(),
             pending_review: mcp.pending().into_iter().map(|p| p.tool).collect(),
         }),
+        signer: None,
     }
 }
 
@@ -104,6 +111,7 @@ pub(super) fn native_info(native: &NativeCapsule) -> CapsuleInfo {
             restarts: native.restarts(),
         }),
         mcp: None,
+        signer: None,
     }
 }
 

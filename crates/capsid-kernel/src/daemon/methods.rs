@@ -14,20 +14,21 @@ use capsid_protocol::methods::{
     ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow, AuditEntry,
     AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
     CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
-    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleUnload, CapsuleView,
-    DaemonStop, Delivery, EventPublish, ExportParams, ExportResult, GrantListParams, GrantParams,
-    GrantView, Granted, Identities, IdentityLink, IdentityList, InstallParams, InstallResult,
-    LinkParams, LinkView, LogPage, LogParams, McpTokenCheck, McpTokenCreate, McpTokenList,
-    McpTokenRevoke, OutputStream, PendingToolView, ProcessList, ProcessLogParams, ProcessLogs,
-    ProcessLogsFollow, ProcessOutput, ProcessView, PublishParams, ReviewAcceptParams,
-    ReviewAccepted, RevokeParams, Status, Stopping, TailParams, ToolCall, ToolChangesFollow,
-    ToolDescription, ToolList, ToolRun, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiscard,
-    WorkspaceStatus,
+    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleSign, CapsuleUnload,
+    CapsuleVerify, CapsuleView, DaemonStop, Delivery, EventPublish, ExportParams, ExportResult,
+    GrantListParams, GrantParams, GrantView, Granted, Identities, IdentityLink, IdentityList,
+    InstallChangeView, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
+    McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream, PendingToolView,
+    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
+    PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams, Status, Stopping, TailParams,
+    ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, TrustAdd, TrustList,
+    TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiscard, WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
 
 use super::server::Shared;
+use super::trust;
 use super::views::{self, failed, invalid, kernel_error};
 use super::workspace;
 use super::{approvals, tokens, tools};
@@ -134,6 +135,11 @@ async fn answer(
         MethodId::CapsuleUnload => run::<CapsuleUnload, _>(request, |p| unload(s, p)).await,
         MethodId::CapsuleReload => run::<CapsuleReload, _>(request, |p| reload(s, p)).await,
         MethodId::CapsuleInstall => run::<CapsuleInstall, _>(request, |p| install(s, p)).await,
+        MethodId::CapsuleSign => run::<CapsuleSign, _>(request, |p| trust::sign(s, p)).await,
+        MethodId::CapsuleVerify => run::<CapsuleVerify, _>(request, |p| trust::verify(s, p)).await,
+        MethodId::TrustList => run::<TrustList, _>(request, |_| async { Ok(trust::list(s)) }).await,
+        MethodId::TrustAdd => run::<TrustAdd, _>(request, |p| trust::add(s, p)).await,
+        MethodId::TrustRemove => run::<TrustRemove, _>(request, |p| trust::remove(s, p)).await,
         MethodId::CapsuleLogs => {
             run::<CapsuleLogs, _>(request, |p| async move { log_page(s, &p.name, p.after) }).await
         }
@@ -313,11 +319,17 @@ async fn install(shared: &Shared, p: InstallParams) -> Answer<InstallResult> {
     }
     let installed = shared
         .kernel
-        .install(&p.dir)
+        .install(&p.dir, p.accept)
         .await
         .map_err(|e| kernel_error(&e))?;
     Ok(InstallResult {
         capsule: views::capsule(&installed.capsule),
+        signer: installed.receipt.signer.as_ref().map(views::signer),
+        requests: installed.receipt.requests,
+        accepted: installed.accepted.map(|c| InstallChangeView {
+            signer_was: c.signer_was.map(|s| s.as_ref().map(views::signer)),
+            added_requests: c.added_requests,
+        }),
         installed: installed.files,
         left_out: installed.left_out,
     })

@@ -17,6 +17,7 @@ mod methods;
 mod server;
 mod tokens;
 mod tools;
+mod trust;
 mod views;
 mod workspace;
 

@@ -73,6 +73,16 @@ pub(crate) fn capsule(info: &CapsuleInfo) -> CapsuleView {
             connected: m.connected,
             pending_review: m.pending_review.clone(),
         }),
+        signer: info.signer.as_ref().map(signer),
+    }
+}
+
+/// The wire form of a capsule's signer.
+pub(crate) fn signer(s: &capsid_signing::Signer) -> capsid_protocol::methods::SignerView {
+    capsid_protocol::methods::SignerView {
+        key_id: s.key_id.clone(),
+        name: s.name.clone(),
+        trusted: s.trusted,
     }
 }
 
@@ -129,7 +139,7 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         KernelError::ShuttingDown => ErrorCode::ShuttingDown,
         KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
         KernelError::Install(i) => match i {
-            InstallError::Loaded { .. } => ErrorCode::Conflict,
+            InstallError::Loaded { .. } | InstallError::NeedsAccept { .. } => ErrorCode::Conflict,
             InstallError::Io { .. } | InstallError::Stranded { .. } => ErrorCode::Failed,
             InstallError::Manifest { .. } | InstallError::MissingComponent { .. } => {
                 ErrorCode::Invalid
@@ -147,6 +157,18 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         | KernelError::Event(_)
         | KernelError::ReservedTopic { .. } => ErrorCode::Invalid,
         KernelError::Capsule(c) => capsule_error_code(c),
+        KernelError::Signing(_) => ErrorCode::Untrusted,
+        KernelError::Trust(
+            capsid_signing::TrustError::NameTaken(_) | capsid_signing::TrustError::KeyTaken(_),
+        ) => ErrorCode::Conflict,
+        KernelError::Trust(capsid_signing::TrustError::NotFound(_)) => ErrorCode::NotFound,
+        KernelError::Trust(
+            capsid_signing::TrustError::BadName(_)
+            | capsid_signing::TrustError::Reserved
+            | capsid_signing::TrustError::BadKey(_)
+            | capsid_signing::TrustError::BadScope(_)
+            | capsid_signing::TrustError::Full(_),
+        ) => ErrorCode::Invalid,
         _ => ErrorCode::Failed,
     };
     WireError::new(code, e.to_string())
@@ -168,6 +190,7 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => ErrorCode::ToolError,
         CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,
         CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
+        CapsuleError::Signature(_) => ErrorCode::Untrusted,
         CapsuleError::Manifest(_)
         | CapsuleError::PinMismatch { .. }
         | CapsuleError::InvalidComponent { .. }

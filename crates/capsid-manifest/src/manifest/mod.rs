@@ -8,7 +8,6 @@ pub use origin::net_resource;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::ops::Range;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use capsid_capabilities::Pattern;
@@ -251,36 +250,29 @@ impl Ctx<'_> {
 impl Manifest {
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Self, ManifestError> {
+        let source = Self::read_source(file)?;
+        Self::parse(file, &source)
+    }
+
+    /// Reads `file`'s text as [`Manifest::load`] does (a regular file, never through a
+    /// symlink, at most `MAX_MANIFEST_BYTES`, UTF-8), without parsing it: for a caller that
+    /// must hash exactly the bytes it then parses.
+    pub fn read_source(file: &Path) -> Result<String, ManifestError> {
         let io = |e: &dyn fmt::Display| ManifestError {
             file: file.to_owned(),
             key: String::new(),
             line: 0,
             message: e.to_string(),
         };
-        // Not through a symlink, and without blocking on a FIFO: the file is checked to be a
-        // regular one on the descriptor itself, and read no further than the limit.
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(file)
-            .map_err(|e| io(&e))?;
-        let meta = f.metadata().map_err(|e| io(&e))?;
-        if !meta.is_file() {
-            return Err(io(&"not a regular file"));
-        }
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(f, MAX_MANIFEST_BYTES + 1),
-            &mut bytes,
-        )
-        .map_err(|e| io(&e))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(io(&format!(
-                "manifest is over the {MAX_MANIFEST_BYTES}-byte limit"
-            )));
-        }
-        let source = String::from_utf8(bytes).map_err(|e| io(&e))?;
-        Self::parse(file, &source)
+        let bytes =
+            capsid_core::file::read_regular(file, MAX_MANIFEST_BYTES).map_err(|e| match e {
+                capsid_core::file::ReadError::Io { source, .. } => io(&source),
+                capsid_core::file::ReadError::NotAFile { .. } => io(&"not a regular file"),
+                capsid_core::file::ReadError::TooLarge { .. } => io(&format!(
+                    "manifest is over the {MAX_MANIFEST_BYTES}-byte limit"
+                )),
+            })?;
+        String::from_utf8(bytes).map_err(|e| io(&e))
     }
 
     /// Parses and validates manifest text; `file` is only used to name errors.

@@ -138,6 +138,9 @@ pub struct CapsuleView {
     /// For an MCP capsule: its connection and the tools waiting for review.
     #[serde(default)]
     pub mcp: Option<McpView>,
+    /// Who signed it, once loaded (none when signature checks are off).
+    #[serde(default)]
+    pub signer: Option<super::SignerView>,
 }
 
 /// How an MCP capsule's server stands.
@@ -262,6 +265,10 @@ pub struct ToolDescription {
 pub struct InstallParams {
     /// The capsule's directory (absolute), holding its `Capsule.toml`.
     pub dir: PathBuf,
+    /// Accept a signer or requests that differ from what the copy installed before was
+    /// accepted with (refused otherwise, showing the difference).
+    #[serde(default)]
+    pub accept: bool,
 }
 
 /// `capsule.install`: the capsule as loaded, and what of its directory was not installed.
@@ -269,6 +276,13 @@ pub struct InstallParams {
 pub struct InstallResult {
     /// The capsule, loaded.
     pub capsule: CapsuleView,
+    /// Who signed it (none when signature checks are off).
+    pub signer: Option<super::SignerView>,
+    /// Its capability requests, as accepted (`<pattern> <permissions>`, `ask <pattern>`).
+    /// Accepting them grants nothing: grants stay the operator's.
+    pub requests: Vec<String>,
+    /// How it differs from the copy installed before, when that was accepted.
+    pub accepted: Option<super::InstallChangeView>,
     /// Files installed, relative to the capsule's directory.
     pub installed: Vec<PathBuf>,
     /// Entries of the directory left out (not part of the capsule), relative to it.

@@ -9,12 +9,14 @@ mod admin;
 mod approval;
 mod capsule;
 mod process;
+mod trust;
 mod workspace;
 
 pub use admin::*;
 pub use approval::*;
 pub use capsule::*;
 pub use process::*;
+pub use trust::*;
 pub use workspace::*;
 
 use serde::{Deserialize, Serialize};
@@ -120,6 +122,22 @@ methods! {
         { read_only: false, inline: false, streaming: false }
     /// Installs the capsule in a directory into the home and loads it.
     CapsuleInstall = "capsule.install" (InstallParams) -> InstallResult
+        { read_only: false, inline: false, streaming: false }
+    /// Signs the capsule in a directory with the runtime key (recorded): for a capsule the
+    /// operator reviewed.
+    CapsuleSign = "capsule.sign" (CapsuleDirParams) -> Signed
+        { read_only: false, inline: false, streaming: false }
+    /// Checks the capsule in a directory as a load would (its component hashed too).
+    CapsuleVerify = "capsule.verify" (CapsuleDirParams) -> Verified
+        { read_only: true, inline: false, streaming: false }
+    /// The keys trusted to sign capsules, the runtime key first.
+    TrustList = "trust.ls" (NoParams) -> Vec<TrustedKeyView>
+        { read_only: true, inline: false, streaming: false }
+    /// Trusts a key to sign capsules (recorded).
+    TrustAdd = "trust.add" (TrustAddParams) -> TrustedKeyView
+        { read_only: false, inline: false, streaming: false }
+    /// Stops trusting a key (recorded): the next load of a capsule it signed is refused.
+    TrustRemove = "trust.rm" (TrustNameParams) -> TrustedKeyView
         { read_only: false, inline: false, streaming: false }
     /// An MCP capsule's tools that wait for review, with their pinned and presented
     /// definitions.

@@ -1,4 +1,5 @@
-//! The runtime key file: `keys/runtime.key`, 32 raw secret bytes, mode 0600.
+//! Key files: 32 raw secret bytes, mode 0600. The runtime key is `keys/runtime.key`; a
+//! publisher's key (`capsid key generate`) is the same format wherever its owner keeps it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
@@ -23,13 +24,25 @@ const KEY_FILE_MODE: u32 = 0o600;
 /// race loads the winner's key. An existing key file that is not a regular file, is not exactly
 /// 32 bytes, or is open to group or others is an error naming the path; it is never replaced.
 pub fn load_or_generate_runtime_key(dir: &Path) -> Result<KeyPair, KeyError> {
-    let path = dir.join(RUNTIME_KEY_FILE);
-    match load(&path) {
-        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-            generate(dir, &path)
-        }
+    load_or_generate_key_file(&dir.join(RUNTIME_KEY_FILE))
+}
+
+/// Loads the key file at `path`, or creates it with a fresh key if it does not exist, with
+/// the guarantees of [`load_or_generate_runtime_key`].
+pub fn load_or_generate_key_file(path: &Path) -> Result<KeyPair, KeyError> {
+    match load_key_file(path) {
+        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => generate(path),
         other => other,
     }
+}
+
+/// Creates a key file at `path` with a fresh key. An existing file is never replaced: it is
+/// an error (`AlreadyExists`) naming the path.
+pub fn generate_key_file(path: &Path) -> Result<KeyPair, KeyError> {
+    let key = KeyPair::generate()?;
+    write_new_file(path, &key.to_secret_bytes()[..])?;
+    sync_parent(path)?;
+    Ok(key)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -39,7 +52,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
     }
 }
 
-fn load(path: &Path) -> Result<KeyPair, KeyError> {
+/// Loads the key file at `path`: a regular file (never followed through a symlink), mode
+/// 0600 or stricter, exactly 32 bytes. Anything else is an error naming the path.
+pub fn load_key_file(path: &Path) -> Result<KeyPair, KeyError> {
     // O_NOFOLLOW: a symlink planted at the key path is refused rather than followed.
     let file = OpenOptions::new()
         .read(true)
@@ -85,9 +100,21 @@ fn load(path: &Path) -> Result<KeyPair, KeyError> {
     Ok(KeyPair::from_secret_bytes(&secret))
 }
 
-fn generate(dir: &Path, path: &Path) -> Result<KeyPair, KeyError> {
+fn sync_parent(path: &Path) -> Result<(), KeyError> {
+    let dir = parent(path);
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn generate(path: &Path) -> Result<KeyPair, KeyError> {
     let key = KeyPair::generate()?;
-    let tmp = temp_path(dir)?;
+    let tmp = temp_path(path)?;
     // Errors name the key path the operator knows, not the private temporary file.
     let written = write_new_file(&tmp, &key.to_secret_bytes()[..]).map_err(|e| match e {
         KeyError::Io { source, .. } => KeyError::Io {
@@ -100,12 +127,12 @@ fn generate(dir: &Path, path: &Path) -> Result<KeyPair, KeyError> {
     let _ = fs::remove_file(&tmp);
     match linked {
         Ok(()) => {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            sync_parent(path)?;
             Ok(key)
         }
-        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => load(path),
+        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
+            load_key_file(path)
+        }
         Err(e) => Err(e),
     }
 }
@@ -121,10 +148,13 @@ fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     file.sync_all().map_err(io(path))
 }
 
-fn temp_path(dir: &Path) -> Result<PathBuf, KeyError> {
+fn temp_path(path: &Path) -> Result<PathBuf, KeyError> {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(KeyError::Random)?;
-    Ok(dir.join(format!(".{RUNTIME_KEY_FILE}.{}.tmp", hex::encode(nonce))))
+    let name = path
+        .file_name()
+        .map_or_else(|| "key".into(), |n| n.to_string_lossy());
+    Ok(parent(path).join(format!(".{name}.{}.tmp", hex::encode(nonce))))
 }
 
 #[cfg(test)]
@@ -197,6 +227,22 @@ mod tests {
             load_or_generate_runtime_key(tmp.path()),
             Err(KeyError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn a_generated_key_file_is_never_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("publisher.key");
+        let key = generate_key_file(&path).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let again = generate_key_file(&path).unwrap_err();
+        assert!(
+            matches!(again, KeyError::Io { ref source, .. } if source.kind() == ErrorKind::AlreadyExists)
+        );
+        assert_eq!(load_key_file(&path).unwrap().public_key(), key.public_key());
     }
 
     #[test]
