@@ -23,8 +23,8 @@ pub mod web;
 /// `target/capsules`, each capsule signed by [`samples_key`]. Panics — never skips — when it
 /// is missing.
 pub fn capsules_dir() -> PathBuf {
-    let dir = capsules_dir_unsigned();
     static SIGNED: std::sync::Once = std::sync::Once::new();
+    let dir = capsules_dir_unsigned();
     SIGNED.call_once(|| sign_all(&dir));
     dir
 }
@@ -93,12 +93,7 @@ fn sign_all(dir: &Path) {
 /// would, before its kernel boots.
 pub fn trust_samples(home: &Path) {
     let store = capsid_signing::TrustStore::open(&home.join("trust")).expect("trust store");
-    let public: String = samples_key()
-        .public_key()
-        .to_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let public = hex::encode(samples_key().public_key().to_bytes());
     let key = capsid_signing::TrustedKey::new(SAMPLES_SIGNER, &public, Vec::new(), 1)
         .expect("samples key");
     store.add(key).expect("trusting the samples key");

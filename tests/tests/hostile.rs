@@ -325,10 +325,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
     std::fs::write(pinned.join("Capsule.sig"), signature.to_text()).unwrap();
     let err = rt.registry.load(&pinned, Trust::Dev).await.unwrap_err();
     assert!(
-        matches!(
-            err,
-            CapsuleError::Signature(capsid_signing::SigningError::Tampered { .. })
-        ),
+        matches!(&err, CapsuleError::Signature(e) if matches!(**e, capsid_signing::SigningError::Tampered { .. })),
         "{err:?}"
     );
     assert!(err.to_string().starts_with("capsule hello:"), "{err}");

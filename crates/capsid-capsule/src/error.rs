@@ -269,7 +269,13 @@ pub enum CapsuleError {
     Engine(String),
     /// The capsule's signature is missing, wrong, or by a key not trusted for it.
     #[error(transparent)]
-    Signature(#[from] capsid_signing::SigningError),
+    Signature(Box<capsid_signing::SigningError>),
+}
+
+impl From<capsid_signing::SigningError> for CapsuleError {
+    fn from(e: capsid_signing::SigningError) -> Self {
+        Self::Signature(Box::new(e))
+    }
 }
 
 impl CapsuleError {

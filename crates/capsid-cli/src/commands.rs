@@ -279,50 +279,61 @@ async fn capsule(client: &mut Client, c: CapsuleCommand, as_json: bool) -> Resul
         }
         CapsuleCommand::Verify { dir } => return crate::trust::verify(client, dir, as_json).await,
         CapsuleCommand::Install { dir, accept } => {
-            let dir = std::path::absolute(&dir).context("the capsule directory")?;
-            let params = InstallParams { dir, accept };
-            let installed = with_spinner::<CapsuleInstall>(client, &params, "installing").await?;
-            if as_json {
-                output::json(&installed);
-            } else {
-                print_capsule(&installed.capsule);
-                println!("{:<12}{}", "requests", installed.requests.join(", "));
-                if let Some(change) = &installed.accepted {
-                    if let Some(was) = &change.signer_was {
-                        let was = was
-                            .as_ref()
-                            .map_or_else(|| "unsigned".to_owned(), ToString::to_string);
-                        println!("{:<12}the signer changed (was {was})", "accepted");
-                    }
-                    if !change.added_requests.is_empty() {
-                        println!(
-                            "{:<12}new requests: {}",
-                            "accepted",
-                            change.added_requests.join(", ")
-                        );
-                    }
-                }
-                println!("(requests are not grants: `capsid cap grant` gives what you choose)");
-                if !installed.left_out.is_empty() {
-                    let left: Vec<_> = installed
-                        .left_out
-                        .iter()
-                        .map(|p| p.display().to_string())
-                        .collect();
-                    println!(
-                        "{:<12}{} (not part of the capsule)",
-                        "left out",
-                        left.join(", ")
-                    );
-                }
-            }
-            return Ok(());
+            return install(client, &dir, accept, as_json).await;
         }
     };
     if as_json {
         output::json(&view);
     } else {
         print_capsule(&view);
+    }
+    Ok(())
+}
+
+/// `capsid capsule install`: the capsule as loaded, who signed it, what it asks for, and what
+/// was accepted anew.
+async fn install(
+    client: &mut Client,
+    dir: &std::path::Path,
+    accept: bool,
+    as_json: bool,
+) -> Result<()> {
+    let dir = std::path::absolute(dir).context("the capsule directory")?;
+    let params = InstallParams { dir, accept };
+    let installed = with_spinner::<CapsuleInstall>(client, &params, "installing").await?;
+    if as_json {
+        output::json(&installed);
+    } else {
+        print_capsule(&installed.capsule);
+        println!("{:<12}{}", "requests", installed.requests.join(", "));
+        if let Some(change) = &installed.accepted {
+            if let Some(was) = &change.signer_was {
+                let was = was
+                    .as_ref()
+                    .map_or_else(|| "unsigned".to_owned(), ToString::to_string);
+                println!("{:<12}the signer changed (was {was})", "accepted");
+            }
+            if !change.added_requests.is_empty() {
+                println!(
+                    "{:<12}new requests: {}",
+                    "accepted",
+                    change.added_requests.join(", ")
+                );
+            }
+        }
+        println!("(requests are not grants: `capsid cap grant` gives what you choose)");
+        if !installed.left_out.is_empty() {
+            let left: Vec<_> = installed
+                .left_out
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            println!(
+                "{:<12}{} (not part of the capsule)",
+                "left out",
+                left.join(", ")
+            );
+        }
     }
     Ok(())
 }

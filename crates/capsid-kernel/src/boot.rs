@@ -169,15 +169,7 @@ impl KernelBuilder {
         )?);
         let bus = self.bus.unwrap_or_default();
         let http = outbound_http(&home, &config, self.resolver)?;
-        let trust = {
-            let dir = home.trust_dir();
-            Arc::new(blocking(move || TrustStore::open(&dir)).await??)
-        };
-        let signatures = Arc::new(SignatureCheck::new(
-            config.signing.require,
-            key.public_key(),
-            trust,
-        ));
+        let signatures = signature_check(&home, &config, &key).await?;
         let services = HostServices {
             capabilities: capabilities.clone(),
             audit: audit.clone(),
@@ -236,6 +228,22 @@ impl KernelBuilder {
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)
     }
+}
+
+/// The check every load makes: what the config requires, the runtime key, the trust store
+/// (a store file that is malformed or open to others stops the boot, naming it).
+async fn signature_check(
+    home: &CapsidHome,
+    config: &KernelConfig,
+    key: &KeyPair,
+) -> Result<Arc<SignatureCheck>, KernelError> {
+    let dir = home.trust_dir();
+    let trust = Arc::new(blocking(move || TrustStore::open(&dir)).await??);
+    Ok(Arc::new(SignatureCheck::new(
+        config.signing.require,
+        key.public_key(),
+        trust,
+    )))
 }
 
 /// Loads the capsules (none over a read-only audit log), then publishes and keeps the

@@ -48,7 +48,7 @@ pub enum KernelError {
     Event(#[from] capsid_events::EventError),
     /// Installing a capsule failed.
     #[error(transparent)]
-    Install(#[from] crate::install::InstallError),
+    Install(Box<crate::install::InstallError>),
     /// An approval request is not pending.
     #[error(transparent)]
     Approval(#[from] capsid_capsule::ApprovalError),
@@ -104,7 +104,7 @@ pub enum KernelError {
     Trust(#[from] capsid_signing::TrustError),
     /// A capsule's signature is missing, wrong or untrusted, or it could not be signed.
     #[error(transparent)]
-    Signing(#[from] capsid_signing::SigningError),
+    Signing(Box<capsid_signing::SigningError>),
     /// An install receipt cannot be read or written.
     #[error("install receipt {}: {message}", path.display())]
     Receipt {
@@ -116,6 +116,18 @@ pub enum KernelError {
     /// The kernel is shutting down.
     #[error("the kernel is shutting down")]
     ShuttingDown,
+}
+
+impl From<crate::install::InstallError> for KernelError {
+    fn from(e: crate::install::InstallError) -> Self {
+        Self::Install(Box::new(e))
+    }
+}
+
+impl From<capsid_signing::SigningError> for KernelError {
+    fn from(e: capsid_signing::SigningError) -> Self {
+        Self::Signing(Box::new(e))
+    }
 }
 
 /// Wraps an I/O error with its path.

@@ -63,7 +63,7 @@ pub enum InstallError {
         /// The capsule.
         name: CapsuleId,
         /// How it differs from what was accepted.
-        change: ReceiptChange,
+        change: Box<ReceiptChange>,
     },
     /// The install failed and the copy installed before could not be put back: the home
     /// holds the new copy (unloaded) and the old one stays at `kept`.
@@ -241,6 +241,61 @@ fn unique_suffix() -> String {
 }
 
 impl Kernel {
+    /// The receipt installing the capsule `name` in `from` would keep (its signature checked,
+    /// its component hashed), and how it differs from the receipt kept before, if it does:
+    /// refused unless `accept`.
+    async fn receipt_for(
+        &self,
+        from: &Path,
+        name: &CapsuleId,
+        accept: bool,
+    ) -> Result<(Receipt, Option<ReceiptChange>), KernelError> {
+        let (contents, checked) = self.verify_capsule(from).await?;
+        let receipt = Receipt {
+            name: name.clone(),
+            version: contents.manifest.version.to_string(),
+            manifest_blake3: contents.manifest_blake3.to_string(),
+            component_blake3: contents.component_blake3.map(|d| d.to_string()),
+            signer: checked.signer,
+            requests: receipts::requests(&contents.manifest),
+            accepted_at_ms: u64::try_from(capsid_core::time::now_ms()).unwrap_or_default(),
+        };
+        let before = {
+            let (dir, name) = (self.home().receipts_dir(), name.clone());
+            tokio::task::spawn_blocking(move || receipts::read(&dir, &name))
+                .await
+                .map_err(|e| task_failed(from, &e))??
+        };
+        let change = before
+            .map(|b| receipt.change_from(&b))
+            .filter(|c| !c.is_empty());
+        if let Some(change) = &change
+            && !accept
+        {
+            return Err(InstallError::NeedsAccept {
+                dir: from.to_owned(),
+                name: name.clone(),
+                change: Box::new(change.clone()),
+            }
+            .into());
+        }
+        Ok((receipt, change))
+    }
+
+    /// Loads the capsule just installed, then keeps its receipt.
+    async fn load_and_keep(
+        &self,
+        from: &Path,
+        receipt: &Receipt,
+    ) -> Result<CapsuleInfo, KernelError> {
+        let capsule = self.load(&receipt.name).await?;
+        let (dir, kept) = (self.home().receipts_dir(), receipt.clone());
+        match tokio::task::spawn_blocking(move || receipts::write(&dir, &kept)).await {
+            Ok(written) => written.map(|()| capsule),
+            Err(e) => Err(task_failed(from, &e).into()),
+        }
+    }
+
     /// Installs the capsule in `from` into `<home>/capsules/<name>` and loads it. Only its
     /// manifest, component and signature are copied (what else the folder holds is
     /// reported in [`Installed::left_out`]); the manifest is validated and the signature
@@ -267,38 +322,9 @@ impl Kernel {
         if self.registry().info(&name).is_some() {
             return Err(InstallError::Loaded { dir, name }.into());
         }
-        let (contents, checked) = self.verify_capsule(from).await?;
-        let receipt = Receipt {
-            name: name.clone(),
-            version: contents.manifest.version.to_string(),
-            manifest_blake3: contents.manifest_blake3.to_string(),
-            component_blake3: contents.component_blake3.map(|d| d.to_string()),
-            signer: checked.signer.clone(),
-            requests: receipts::requests(&contents.manifest),
-            accepted_at_ms: u64::try_from(capsid_core::time::now_ms()).unwrap_or_default(),
-        };
-        let receipts_dir = self.home().receipts_dir();
-        let before = {
-            let (dir, name) = (receipts_dir.clone(), name.clone());
-            tokio::task::spawn_blocking(move || receipts::read(&dir, &name))
-                .await
-                .map_err(|e| task_failed(from, &e))??
-        };
-        let change = before
-            .map(|b| receipt.change_from(&b))
-            .filter(|c| !c.is_empty());
-        if let Some(change) = &change
-            && !accept
-        {
-            return Err(InstallError::NeedsAccept {
-                dir,
-                name,
-                change: change.clone(),
-            }
-            .into());
-        }
+        let (receipt, change) = self.receipt_for(from, &name, accept).await?;
         let mut files = capsule_files(&manifest);
-        if checked.signer.is_some() {
+        if receipt.signer.is_some() {
             files.push(PathBuf::from(capsid_signing::SIGNATURE_FILE));
         }
         let left_out = left_out(from, &files).map_err(|source| InstallError::Io {
@@ -341,16 +367,7 @@ impl Kernel {
             .await;
         let recorded_ok = recorded.is_ok();
         let outcome = match recorded {
-            Ok(()) => match self.load(&name).await {
-                Ok(capsule) => {
-                    let (dir, kept) = (receipts_dir, receipt.clone());
-                    match tokio::task::spawn_blocking(move || receipts::write(&dir, &kept)).await {
-                        Ok(written) => written.map(|()| capsule),
-                        Err(e) => Err(task_failed(from, &e).into()),
-                    }
-                }
-                Err(e) => Err(e),
-            },
+            Ok(()) => self.load_and_keep(from, &receipt).await,
             Err(e) => Err(e),
         };
         match outcome {

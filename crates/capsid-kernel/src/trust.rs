@@ -89,7 +89,8 @@ impl Kernel {
     pub async fn sign_capsule(&self, dir: &Path) -> Result<CapsuleSignature, KernelError> {
         self.open_recording()?;
         let owned = dir.to_owned();
-        let contents = blocking(move || CapsuleContents::read(&owned)).await??;
+        let contents =
+            blocking(move || CapsuleContents::read(&owned).map_err(KernelError::from)).await??;
         let signature = contents.sign(&self.parts().runtime_key);
         self.note(
             action::CAPSULE_SIGN,
@@ -124,7 +125,7 @@ impl Kernel {
         let check = self.signatures().clone();
         let dev = self.config().dev;
         let owned = dir.to_owned();
-        Ok(blocking(move || check.check_dir(&owned, dev)).await??)
+        blocking(move || check.check_dir(&owned, dev).map_err(KernelError::from)).await?
     }
 
     /// After a recorded operator action failed: records that it did not happen (on

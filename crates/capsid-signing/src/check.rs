@@ -147,7 +147,6 @@ impl SignatureCheck {
         if actual != sig.manifest_blake3 {
             return Err(SigningError::Tampered {
                 capsule,
-                dir: dir.to_owned(),
                 file: manifest.file.clone(),
                 signer: signer.to_string(),
                 expected: sig.manifest_blake3.to_string(),
@@ -157,7 +156,7 @@ impl SignatureCheck {
         if sig.name != manifest.name.as_str() || sig.version != manifest.version.to_string() {
             return Err(SigningError::WrongPackage {
                 capsule,
-                version: manifest.version.clone(),
+                version: manifest.version.to_string(),
                 dir: dir.to_owned(),
                 signed_name: sig.name,
                 signed_version: sig.version,
@@ -165,14 +164,14 @@ impl SignatureCheck {
         }
         let component_pin = match &manifest.component {
             Component::Wasm { blake3, .. } => {
-                let Some(signed) = sig.component_blake3 else {
+                let Some(component) = sig.component_blake3 else {
                     return Err(bad("it names no component hash".into()));
                 };
-                let signed = signed.to_string();
-                if blake3.as_ref().is_some_and(|pin| *pin != signed) {
+                let component = component.to_string();
+                if blake3.as_ref().is_some_and(|pin| *pin != component) {
                     return Err(bad("its component hash is not the manifest's pin".into()));
                 }
-                Some(signed)
+                Some(component)
             }
             Component::Native(program) | Component::Mcp { program, .. } => {
                 let pinned = program
@@ -229,7 +228,6 @@ impl SignatureCheck {
         {
             return Err(SigningError::Tampered {
                 capsule: contents.manifest.name.clone(),
-                dir: dir.to_owned(),
                 file: dir.join(path),
                 signer: signer.to_string(),
                 expected: pin.clone(),

@@ -37,14 +37,12 @@ pub enum SigningError {
     },
     /// A file the signature covers changed since it was signed.
     #[error(
-        "capsule {capsule}: {} changed since it was signed by {signer} (blake3 {actual}, signed {expected}): restore the signed files, or review the change and run `capsid capsule sign {}`",
-        file.display(), dir.display()
+        "capsule {capsule}: {} changed since it was signed by {signer} (blake3 {actual}, signed {expected}): restore the signed files, or review the change and sign the capsule again (`capsid capsule sign <its directory>`)",
+        file.display()
     )]
     Tampered {
         /// The capsule.
         capsule: CapsuleId,
-        /// Its directory.
-        dir: PathBuf,
         /// The file that changed.
         file: PathBuf,
         /// Who signed it (key id, and name when trusted).
@@ -63,7 +61,7 @@ pub enum SigningError {
         /// The capsule, as its manifest names it.
         capsule: CapsuleId,
         /// Its version, as its manifest says.
-        version: semver::Version,
+        version: String,
         /// Its directory.
         dir: PathBuf,
         /// The name the signature covers.

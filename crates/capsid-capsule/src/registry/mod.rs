@@ -355,32 +355,9 @@ impl Registry {
             }
         };
         let services = &self.services;
-        // The signed hash, when there is one, is the pin: the bytes compiled are the bytes
-        // signed, hashed once.
-        let component = match (&checked.component_pin, &checked.signer) {
-            (Some(signed), Some(signer)) => self
-                .engine
-                .load(&name, &wasm, Some(signed))
-                .await
-                .map_err(|e| match e {
-                    CapsuleError::PinMismatch {
-                        capsule,
-                        path,
-                        expected,
-                        actual,
-                    } => capsid_signing::SigningError::Tampered {
-                        capsule,
-                        dir: dir.to_owned(),
-                        file: path,
-                        signer: signer.to_string(),
-                        expected,
-                        actual,
-                    }
-                    .into(),
-                    other => other,
-                })?,
-            _ => self.engine.load(&name, &wasm, pin.as_deref()).await?,
-        };
+        let component = self
+            .load_component(&name, &wasm, pin.as_deref(), checked)
+            .await?;
         let wrong_world = |e: wasmtime::Error| CapsuleError::WrongWorld {
             capsule: name.clone(),
             reason: format!("{e:#}"),
@@ -468,6 +445,39 @@ impl Registry {
                 message,
             })?;
         Ok(capsule)
+    }
+
+    /// The compiled component in `wasm`. The signed hash, when there is one, is the pin: the
+    /// bytes compiled are the bytes signed, hashed once, and a difference is tampering.
+    async fn load_component(
+        &self,
+        name: &CapsuleId,
+        wasm: &Path,
+        manifest_pin: Option<&str>,
+        checked: &Checked,
+    ) -> Result<crate::engine::LoadedComponent, CapsuleError> {
+        let (Some(signed_hash), Some(signer)) = (&checked.component_pin, &checked.signer) else {
+            return self.engine.load(name, wasm, manifest_pin).await;
+        };
+        self.engine
+            .load(name, wasm, Some(signed_hash))
+            .await
+            .map_err(|e| match e {
+                CapsuleError::PinMismatch {
+                    capsule,
+                    path,
+                    expected,
+                    actual,
+                } => capsid_signing::SigningError::Tampered {
+                    capsule,
+                    file: path,
+                    signer: signer.to_string(),
+                    expected,
+                    actual,
+                }
+                .into(),
+                other => other,
+            })
     }
 
     /// Makes the grant changes `manifest` asks for (dev trust), each recorded on its own

@@ -138,7 +138,7 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         | KernelError::Kv(capsid_storage::KvError::UnknownUser(_)) => ErrorCode::NotFound,
         KernelError::ShuttingDown => ErrorCode::ShuttingDown,
         KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
-        KernelError::Install(i) => match i {
+        KernelError::Install(i) => match &**i {
             InstallError::Loaded { .. } | InstallError::NeedsAccept { .. } => ErrorCode::Conflict,
             InstallError::Io { .. } | InstallError::Stranded { .. } => ErrorCode::Failed,
             InstallError::Manifest { .. } | InstallError::MissingComponent { .. } => {
@@ -157,21 +157,39 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         | KernelError::Event(_)
         | KernelError::ReservedTopic { .. } => ErrorCode::Invalid,
         KernelError::Capsule(c) => capsule_error_code(c),
-        KernelError::Signing(_) => ErrorCode::Untrusted,
-        KernelError::Trust(
-            capsid_signing::TrustError::NameTaken(_) | capsid_signing::TrustError::KeyTaken(_),
-        ) => ErrorCode::Conflict,
-        KernelError::Trust(capsid_signing::TrustError::NotFound(_)) => ErrorCode::NotFound,
-        KernelError::Trust(
-            capsid_signing::TrustError::BadName(_)
-            | capsid_signing::TrustError::Reserved
-            | capsid_signing::TrustError::BadKey(_)
-            | capsid_signing::TrustError::BadScope(_)
-            | capsid_signing::TrustError::Full(_),
-        ) => ErrorCode::Invalid,
+        KernelError::Signing(s) => signing_error_code(s),
+        KernelError::Trust(t) => trust_error_code(t),
         _ => ErrorCode::Failed,
     };
     WireError::new(code, e.to_string())
+}
+
+/// What kind of failure a signature problem is: the capsule is not trusted, unless the
+/// files could not be read (or signed) at all.
+fn signing_error_code(e: &capsid_signing::SigningError) -> ErrorCode {
+    use capsid_signing::SigningError;
+    match e {
+        SigningError::Io { .. } => ErrorCode::Failed,
+        SigningError::Manifest(_) => ErrorCode::Invalid,
+        _ => ErrorCode::Untrusted,
+    }
+}
+
+/// What kind of failure a trust store refusal is.
+fn trust_error_code(e: &capsid_signing::TrustError) -> ErrorCode {
+    use capsid_signing::TrustError;
+    match e {
+        TrustError::NameTaken(_) | TrustError::KeyTaken(_) => ErrorCode::Conflict,
+        TrustError::NotFound(_) => ErrorCode::NotFound,
+        TrustError::BadName(_)
+        | TrustError::Reserved
+        | TrustError::BadKey(_)
+        | TrustError::BadScope(_)
+        | TrustError::Full(_) => ErrorCode::Invalid,
+        TrustError::Io { .. } | TrustError::InsecureMode { .. } | TrustError::Malformed { .. } => {
+            ErrorCode::Failed
+        }
+    }
 }
 
 /// What kind of failure a capsule error is, for its caller.
@@ -190,7 +208,7 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         CapsuleError::Guest { .. } | CapsuleError::ToolFailed { .. } => ErrorCode::ToolError,
         CapsuleError::Cancelled { .. } => ErrorCode::Cancelled,
         CapsuleError::AlreadyLoaded(_) => ErrorCode::Conflict,
-        CapsuleError::Signature(_) => ErrorCode::Untrusted,
+        CapsuleError::Signature(s) => signing_error_code(s),
         CapsuleError::Manifest(_)
         | CapsuleError::PinMismatch { .. }
         | CapsuleError::InvalidComponent { .. }
