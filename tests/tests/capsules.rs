@@ -243,6 +243,7 @@ async fn a_changed_component_is_compiled_again() {
     let mut bytes = std::fs::read(&wasm).unwrap();
     bytes.extend_from_slice(&[0x00, 0x06, 0x04, b'n', b'o', b't', b'e', b'!']);
     std::fs::write(&wasm, &bytes).unwrap();
+    capsid_integration_tests::sign(&dir);
     let second = rt.registry.load(&dir, Trust::Dev).await.unwrap();
     assert_ne!(first.blake3, second.blake3);
     assert_eq!(second.load_kind, Some(LoadKind::Compiled));

@@ -33,5 +33,5 @@ pub use entry::{ChainId, Decision, EntryRef, Record};
 pub use error::AuditError;
 pub use export::{export_database, verify_export};
 pub use log::{AuditLog, verify_database};
-pub use tail::{EntryView, tail};
+pub use tail::{EntryView, tail, workspace_writers};
 pub use verify::{ChainReport, KeyProblem, Problem, VerifyReport};

@@ -117,7 +117,7 @@ pub(crate) enum Command {
     /// Calls waiting for a person's approval: `ls`, `show <id>`, `watch`, or decide one with
     /// `<id> --once | --session | --always | --deny`.
     Approve(ApproveArgs),
-    /// What capsules wrote to the workspace: `status`, `commit`, `discard`.
+    /// What capsules wrote to the workspace: `status`, `diff`, `commit`, `discard`.
     #[command(subcommand)]
     Ws(WsCommand),
     /// Publisher keys, for signing capsules.
@@ -161,8 +161,21 @@ pub(crate) enum TrustCommand {
 
 #[derive(Subcommand)]
 pub(crate) enum WsCommand {
-    /// The paths capsules changed, not yet in the workspace, with conflicts.
-    Status,
+    /// The paths capsules changed, not yet in the workspace, with conflicts and who
+    /// changed each.
+    Status {
+        /// Only the changes at or below these workspace paths.
+        paths: Vec<String>,
+    },
+    /// How each changed file differs from the workspace's copy: a unified diff of text,
+    /// sizes for anything else.
+    Diff {
+        /// Sizes and line counts only.
+        #[arg(long)]
+        stat: bool,
+        /// Only the changes at or below these workspace paths.
+        paths: Vec<String>,
+    },
     /// Writes capsules' changes into the workspace (recorded first, path by path).
     Commit {
         /// Also where the workspace changed too since a capsule first changed it.

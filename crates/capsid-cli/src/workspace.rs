@@ -7,8 +7,8 @@ use anyhow::Result;
 use capsid_core::text::printable;
 use capsid_protocol::Client;
 use capsid_protocol::methods::{
-    NoParams, WorkspaceChangeView, WorkspaceCommit, WorkspaceCommitParams, WorkspaceDiscard,
-    WorkspaceStatus,
+    FileDiffView, NoParams, WorkspaceChangeView, WorkspaceCommit, WorkspaceCommitParams,
+    WorkspaceDiff, WorkspaceDiffParams, WorkspaceDiscard, WorkspacePathsParams, WorkspaceStatus,
 };
 
 use crate::WsCommand;
@@ -23,16 +23,114 @@ fn print(changes: &[WorkspaceChangeView]) {
                 c.entry.clone(),
                 if c.conflict { "conflict" } else { "" }.to_owned(),
                 printable(&c.path),
+                writers(c),
             ]
         })
         .collect();
-    output::table(&["change", "entry", "", "path"], &rows);
+    output::table(&["change", "entry", "", "path", "by"], &rows);
+}
+
+fn writers(c: &WorkspaceChangeView) -> String {
+    if c.writers.is_empty() {
+        "?".to_owned()
+    } else {
+        printable(&c.writers.join(","))
+    }
+}
+
+fn size(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), |b| format!("{b} B"))
+}
+
+/// `capsid ws diff`: each file's unified diff (or sizes), or with `--stat` a line each.
+async fn diff(client: &mut Client, paths: Vec<String>, stat: bool, as_json: bool) -> Result<()> {
+    let answer = client
+        .call::<WorkspaceDiff>(&WorkspaceDiffParams { paths, stat })
+        .await?;
+    if as_json {
+        output::json(&answer);
+        return Ok(());
+    }
+    if answer.total == 0 {
+        println!("no changes waiting in the workspace overlay");
+        return Ok(());
+    }
+    if stat {
+        let rows: Vec<Vec<String>> = answer
+            .files
+            .iter()
+            .map(|f| {
+                vec![
+                    f.change.change.clone(),
+                    printable(&f.change.path),
+                    if f.binary {
+                        "binary".to_owned()
+                    } else {
+                        format!("+{} -{}", f.added_lines, f.removed_lines)
+                    },
+                    format!("{} -> {}", size(f.before_bytes), size(f.after_bytes)),
+                    writers(&f.change),
+                ]
+            })
+            .collect();
+        output::table(&["change", "path", "lines", "size", "by"], &rows);
+    } else {
+        for f in &answer.files {
+            print_file(f);
+        }
+    }
+    let listed = answer.files.len() as u64;
+    if listed < answer.total {
+        println!("(the first {listed} of {} paths)", answer.total);
+    }
+    Ok(())
+}
+
+fn print_file(f: &FileDiffView) {
+    let c = &f.change;
+    let conflict = if c.conflict { ", conflict" } else { "" };
+    println!(
+        "{} {} {} (by {}{conflict})",
+        c.change,
+        c.entry,
+        printable(&c.path),
+        writers(c)
+    );
+    if c.entry != "file" {
+        return;
+    }
+    match &f.diff {
+        // Capsules wrote it: each line escaped, so it cannot drive the terminal.
+        Some(text) => {
+            for line in text.lines() {
+                println!("{}", printable(line));
+            }
+        }
+        None if f.binary => println!(
+            "binary: {} -> {}",
+            size(f.before_bytes),
+            size(f.after_bytes)
+        ),
+        None => println!(
+            "+{} -{} lines, {} -> {} (too large to show)",
+            f.added_lines,
+            f.removed_lines,
+            size(f.before_bytes),
+            size(f.after_bytes)
+        ),
+    }
 }
 
 /// Runs `command`.
 pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -> Result<()> {
     let (review, done) = match command {
-        WsCommand::Status => (client.call::<WorkspaceStatus>(&NoParams {}).await?, None),
+        WsCommand::Diff { stat, paths } => return diff(client, paths, stat, as_json).await,
+        WsCommand::Status { paths } => (
+            client
+                .call::<WorkspaceStatus>(&WorkspacePathsParams { paths })
+                .await?,
+            None,
+        ),
         WsCommand::Commit { overwrite } => (
             client
                 .call::<WorkspaceCommit>(&WorkspaceCommitParams { overwrite })

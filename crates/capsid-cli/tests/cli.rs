@@ -233,7 +233,8 @@ fn a_rebuilt_capsule_is_hot_reloaded_and_a_failing_one_restarted_with_backoff() 
     let home = Home::new();
     std::fs::write(
         home.path.join("config.toml"),
-        "[health]\nrestart_initial_ms = 20\nrestart_max_ms = 80\nmax_attempts = 2\n",
+        // A developer's loop: rebuilt capsules are not signed each time.
+        "[health]\nrestart_initial_ms = 20\nrestart_max_ms = 80\nmax_attempts = 2\n\n[signing]\nrequire = \"off\"\n",
     )
     .unwrap();
     home.ok(&["start", "--dev"]);

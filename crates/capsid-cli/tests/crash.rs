@@ -429,3 +429,121 @@ async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
         rounds()
     );
 }
+
+/// Notes each round writes before its commit is killed: enough for the commit to take a
+/// while (every file synced), so the kill lands inside it as often as around it.
+const COMMIT_NOTES: usize = 120;
+
+/// The random delay between starting `capsid ws commit` and the kill: from the CLI's own
+/// start-up (nothing asked yet) to past the commit's end.
+const COMMIT_KILL_DELAY_MS: std::ops::Range<u64> = 40..260;
+
+/// The files `ws status` lists, with their blake3.
+fn pending_files(home: &Home) -> Vec<(String, String)> {
+    let status = home.json(&["ws", "status"]);
+    assert_eq!(
+        status["total"].as_u64().unwrap(),
+        status["changes"].as_array().unwrap().len() as u64,
+        "every change listed"
+    );
+    let mut files: Vec<(String, String)> = status["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["entry"] == "file")
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_owned(),
+                c["blake3"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    let workspace = home.path.join("workspace");
+    let mut rng = Rng::seeded();
+    let (mut landed, mut recovered, mut not_begun) = (0, 0, 0);
+    for round in 0..rounds() {
+        let mut client = client(&home).await;
+        for n in 0..COMMIT_NOTES {
+            let input = json!({ "name": format!("r{round}-{n}"), "text": format!("round {round}, note {n}") });
+            client
+                .call::<ToolCall>(&call("notes", "add", input))
+                .await
+                .unwrap();
+        }
+        // This round's notes, and any an earlier round's kill left waiting.
+        let written = pending_files(&home);
+        assert!(
+            written.len() >= COMMIT_NOTES,
+            "round {round}: {}",
+            written.len()
+        );
+        let recoveries = |home: &Home| {
+            entries(home)
+                .iter()
+                .filter(|(action, ..)| action == "workspace.commit.recovered")
+                .count()
+        };
+        let recoveries_before = recoveries(&home);
+
+        let mut commit = std::process::Command::new(common::CAPSID)
+            .arg("--home")
+            .arg(&home.path)
+            .args(["ws", "commit"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = COMMIT_KILL_DELAY_MS.start
+            + rng.below(COMMIT_KILL_DELAY_MS.end - COMMIT_KILL_DELAY_MS.start);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        kill_daemon(&home);
+        let _ = commit.wait();
+        home.ok(&["start", "--dev"]);
+
+        let in_workspace: Vec<bool> = written
+            .iter()
+            .map(|(path, blake3)| {
+                std::fs::read(workspace.join(path))
+                    .is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == blake3)
+            })
+            .collect();
+        let still_pending = pending_files(&home);
+        if in_workspace.iter().all(|&w| w) {
+            assert!(
+                still_pending.is_empty(),
+                "round {round}: landed, yet {still_pending:?} wait"
+            );
+            if recoveries(&home) > recoveries_before {
+                recovered += 1;
+            } else {
+                landed += 1;
+            }
+        } else {
+            assert!(
+                in_workspace.iter().all(|&w| !w),
+                "round {round}: {} of {} notes landed",
+                in_workspace.iter().filter(|&&w| w).count(),
+                written.len()
+            );
+            assert_eq!(still_pending, written, "round {round}: what waits changed");
+            not_begun += 1;
+        }
+        let verified = home.json(&["audit", "verify"]);
+        assert_eq!(verified["valid"], true, "round {round}: {verified}");
+    }
+    home.ok(&["stop"]);
+    println!(
+        "crash suite commits: {} rounds of {COMMIT_NOTES} notes: {landed} landed before the kill, \
+         {recovered} finished at the next boot, {not_begun} not begun; never part of one",
+        rounds()
+    );
+}

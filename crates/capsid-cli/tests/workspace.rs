@@ -100,3 +100,87 @@ fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
     );
     home.ok(&["stop"]);
 }
+
+#[test]
+fn ws_diff_shows_text_changes_sizes_and_who_wrote_them() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    let workspace = home.path.join("workspace");
+    std::fs::create_dir_all(workspace.join("notes")).unwrap();
+    std::fs::write(workspace.join("notes/b.md"), "one\ntwo\n").unwrap();
+
+    add_note(&home, "a", "first\n");
+    let input = json!({ "name": "b", "text": "three\n" }).to_string();
+    home.ok(&["call", "notes", "append", "--input", &input]);
+
+    let diff = home.json(&["ws", "diff"]);
+    assert_eq!(diff["total"], 2, "{diff:#}");
+    let files = diff["files"].as_array().unwrap();
+    let a = &files[0];
+    assert_eq!(
+        (a["path"].as_str(), a["change"].as_str()),
+        (Some("notes/a.md"), Some("added"))
+    );
+    assert_eq!(a["writers"], json!(["notes"]));
+    assert_eq!(
+        (a["added_lines"].as_u64(), a["before_bytes"].is_null()),
+        (Some(1), true)
+    );
+    assert!(a["diff"].as_str().unwrap().contains("+first"), "{a:#}");
+    let b = &files[1];
+    assert_eq!(b["change"], "modified");
+    assert_eq!(
+        (b["before_bytes"].as_u64(), b["after_bytes"].as_u64()),
+        (Some(8), Some(14))
+    );
+    assert_eq!(
+        (b["added_lines"].as_u64(), b["removed_lines"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let text = b["diff"].as_str().unwrap();
+    assert!(
+        text.starts_with("--- a/notes/b.md\n+++ b/notes/b.md\n"),
+        "{text}"
+    );
+    assert!(text.contains(" two\n+three\n"), "{text}");
+
+    // Filtered by path, and as a line each.
+    let only_b = home.json(&["ws", "diff", "--stat", "notes/b.md"]);
+    assert_eq!(only_b["total"], 1);
+    assert!(only_b["files"][0]["diff"].is_null());
+    let stat = home.ok(&["ws", "diff", "--stat"]);
+    assert!(stat.contains("+1 -0") && stat.contains("notes"), "{stat}");
+    let shown = home.ok(&["ws", "diff", "notes/b.md"]);
+    assert!(
+        shown.contains("+three") && !shown.contains("notes/a.md"),
+        "{shown}"
+    );
+    let status = home.json(&["ws", "status", "notes/a.md"]);
+    assert_eq!(status["total"], 1);
+    assert_eq!(status["changes"][0]["writers"], json!(["notes"]));
+
+    // After a commit, who wrote what starts over.
+    home.ok(&["ws", "commit"]);
+    let input = json!({ "name": "b", "text": "four\n" }).to_string();
+    home.ok(&["call", "notes", "append", "--input", &input]);
+    let status = home.json(&["ws", "status"]);
+    assert_eq!(status["total"], 1, "{status:#}");
+    assert_eq!(status["changes"][0]["writers"], json!(["notes"]));
+    let record = home.json(&["audit", "tail", "-n", "60"]);
+    let commit = record
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "workspace.commit")
+        .unwrap();
+    assert!(
+        commit["details"]
+            .as_str()
+            .unwrap()
+            .contains("\"writers\":[\"notes\"]"),
+        "{commit}"
+    );
+    home.ok(&["stop"]);
+}

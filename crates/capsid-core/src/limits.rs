@@ -575,3 +575,10 @@ pub const MAX_TRUST_SCOPE_PATTERNS: usize = 64;
 
 /// Largest install receipt (`state/receipts/<name>.json`), in bytes.
 pub const MAX_RECEIPT_BYTES: u64 = 1024 * 1024;
+
+/// Largest workspace file `ws diff` reads for a text diff; a bigger one shows sizes only.
+pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Most text one `workspace.diff` answer carries (well under `MAX_FRAME_BYTES`); files past
+/// it show sizes and line counts only.
+pub const MAX_DIFF_TEXT_BYTES: usize = 4 * 1024 * 1024;

@@ -34,6 +34,7 @@ mod tool;
 mod trust;
 mod watch;
 mod workspace;
+mod workspace_diff;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
 pub use capsid_capsule::tool_resource;
@@ -49,3 +50,4 @@ pub use receipts::{Receipt, ReceiptChange};
 pub use sessions::SessionHold;
 pub use tool::{Door, ToolCaller, ToolInfo};
 pub use workspace::WorkspaceChange;
+pub use workspace_diff::FileDiff;

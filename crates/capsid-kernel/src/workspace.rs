@@ -30,6 +30,9 @@ pub struct WorkspaceChange {
     /// Whether the workspace's own copy changed too since capsules first changed it: a
     /// commit refuses to overwrite it unless told to.
     pub conflict: bool,
+    /// The capsules the audit log shows changing it since the workspace was last committed
+    /// or discarded (empty where none is known).
+    pub writers: Vec<String>,
 }
 
 fn kind_name(kind: ChangeKind) -> &'static str {
@@ -50,6 +53,7 @@ fn review(plan: &CommitPlan) -> Vec<WorkspaceChange> {
             entry: c.entry,
             blake3: plan.hashes.get(&c.path).cloned(),
             conflict: plan.conflicts.contains(&c.path),
+            writers: Vec::new(),
         })
         .collect()
 }
@@ -67,6 +71,7 @@ fn parts(changes: &[WorkspaceChange], extra: &Value) -> Vec<Value> {
             "change": kind_name(c.kind),
             "blake3": c.blake3,
             "conflict": c.conflict,
+            "writers": c.writers,
         });
         let size = item.to_string().len();
         if used + size > BUDGET && groups.last().is_some_and(|g| !g.is_empty()) {
@@ -95,10 +100,53 @@ fn parts(changes: &[WorkspaceChange], extra: &Value) -> Vec<Value> {
 }
 
 impl Kernel {
-    /// What capsules changed in the workspace and not yet committed, sorted by path.
+    /// What capsules changed in the workspace and not yet committed, sorted by path, with
+    /// who changed each.
     pub async fn workspace_status(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
+        self.workspace_status_of(&[]).await
+    }
+
+    /// [`Kernel::workspace_status`] of the paths at or below `filters` (workspace paths).
+    pub async fn workspace_status_of(
+        &self,
+        filters: &[String],
+    ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open()?;
-        Ok(review(&self.overlay().plan_commit().await?))
+        let filters = filters
+            .iter()
+            .map(|f| capsid_vfs::VfsPath::parse(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut changes = review(&self.overlay().plan_commit().await?);
+        changes.retain(|c| crate::workspace_diff::selected(&c.path, &filters));
+        self.attribute(&mut changes).await;
+        Ok(changes)
+    }
+
+    /// Fills in who changed each path, from the audit log (a log that cannot be read leaves
+    /// them unknown: attribution is a help for review, never a gate).
+    async fn attribute(&self, changes: &mut [WorkspaceChange]) {
+        if changes.is_empty() {
+            return;
+        }
+        let db = self.audit().path().to_owned();
+        let writers =
+            match tokio::task::spawn_blocking(move || capsid_audit::workspace_writers(&db)).await {
+                Ok(Ok(writers)) => writers,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "reading who changed the workspace");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading who changed the workspace");
+                    return;
+                }
+            };
+        for c in changes {
+            let resource = format!("{WORKSPACE_RESOURCE}/{}", c.path);
+            if let Some(found) = writers.get(&resource) {
+                c.writers = found.iter().cloned().collect();
+            }
+        }
     }
 
     /// Commits capsules' changes to the workspace: recorded path by path (with each
@@ -110,7 +158,8 @@ impl Kernel {
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
         let plan = self.overlay().plan_commit().await?;
-        let changes = review(&plan);
+        let mut changes = review(&plan);
+        self.attribute(&mut changes).await;
         if !overwrite && !plan.conflicts.is_empty() {
             return Err(VfsError::Conflicts(
                 plan.conflicts.iter().map(ToString::to_string).collect(),
@@ -133,7 +182,8 @@ impl Kernel {
     pub async fn workspace_discard(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
         let plan = self.overlay().plan_commit().await?;
-        let changes = review(&plan);
+        let mut changes = review(&plan);
+        self.attribute(&mut changes).await;
         if changes.is_empty() {
             return Ok(changes);
         }
@@ -180,6 +230,7 @@ mod tests {
                 entry: EntryKind::File,
                 blake3: Some("ab".repeat(32)),
                 conflict: false,
+                writers: vec!["notes".into()],
             })
             .collect();
         let records = parts(&changes, &json!({ "overwrite": false }));

@@ -21,7 +21,7 @@ use async_trait::async_trait;
 
 pub use error::VfsError;
 pub use host::HostVfs;
-pub use overlay::{Change, ChangeKind, CommitPlan, OverlayVfs};
+pub use overlay::{Change, ChangeKind, CommitPlan, FileSide, OverlayVfs};
 pub use path::VfsPath;
 
 /// What a path names.

@@ -22,7 +22,8 @@ use capsid_protocol::methods::{
     ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
     PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams, Status, Stopping, TailParams,
     ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, TrustAdd, TrustList,
-    TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiscard, WorkspaceStatus,
+    TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiff, WorkspaceDiscard,
+    WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -111,6 +112,8 @@ fn acts_for_operator(method: MethodId) -> bool {
 }
 
 /// The one answer of a unary method (`Ok(None)`: a stream, already answered on `out`).
+// The dispatch table: one arm per method, matched exhaustively, grows with the protocol.
+#[allow(clippy::too_many_lines)]
 async fn answer(
     shared: &Shared,
     method: MethodId,
@@ -175,7 +178,10 @@ async fn answer(
         }
         MethodId::McpTokenCheck => run::<McpTokenCheck, _>(request, |p| tokens::check(s, p)).await,
         MethodId::WorkspaceStatus => {
-            run::<WorkspaceStatus, _>(request, |_| workspace::status(s)).await
+            run::<WorkspaceStatus, _>(request, |p| workspace::status(s, p)).await
+        }
+        MethodId::WorkspaceDiff => {
+            run::<WorkspaceDiff, _>(request, |p| workspace::diff(s, p)).await
         }
         MethodId::WorkspaceCommit => {
             run::<WorkspaceCommit, _>(request, |p| workspace::commit(s, p)).await

@@ -3,7 +3,10 @@
 
 use capsid_core::limits::MAX_WORKSPACE_LISTED;
 use capsid_protocol::WireError;
-use capsid_protocol::methods::{WorkspaceChangeView, WorkspaceCommitParams, WorkspaceReview};
+use capsid_protocol::methods::{
+    FileDiffView, WorkspaceChangeView, WorkspaceCommitParams, WorkspaceDiffParams,
+    WorkspaceDiffResult, WorkspacePathsParams, WorkspaceReview,
+};
 use capsid_vfs::{ChangeKind, EntryKind};
 
 use super::server::Shared;
@@ -29,6 +32,7 @@ fn view(c: WorkspaceChange) -> WorkspaceChangeView {
         .to_owned(),
         blake3: c.blake3,
         conflict: c.conflict,
+        writers: c.writers,
     }
 }
 
@@ -47,9 +51,34 @@ fn views(changes: Vec<WorkspaceChange>) -> WorkspaceReview {
     }
 }
 
-pub(super) async fn status(shared: &Shared) -> Answer<WorkspaceReview> {
-    let changes = shared.kernel.workspace_status().await;
+pub(super) async fn status(shared: &Shared, p: WorkspacePathsParams) -> Answer<WorkspaceReview> {
+    let changes = shared.kernel.workspace_status_of(&p.paths).await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
+}
+
+pub(super) async fn diff(shared: &Shared, p: WorkspaceDiffParams) -> Answer<WorkspaceDiffResult> {
+    let files = shared
+        .kernel
+        .workspace_diff(&p.paths, !p.stat)
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    Ok(WorkspaceDiffResult {
+        total: files.len() as u64,
+        files: files
+            .into_iter()
+            .take(MAX_WORKSPACE_LISTED)
+            .map(|f| FileDiffView {
+                change: view(f.change),
+                before_bytes: f.before_len,
+                after_bytes: f.after_len,
+                binary: f.binary,
+                added_lines: f.added_lines,
+                removed_lines: f.removed_lines,
+                diff: f.text,
+                left_out: f.left_out,
+            })
+            .collect(),
+    })
 }
 
 pub(super) async fn commit(shared: &Shared, p: WorkspaceCommitParams) -> Answer<WorkspaceReview> {

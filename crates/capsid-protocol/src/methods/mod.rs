@@ -216,7 +216,11 @@ methods! {
     McpTokenCheck = "mcp.token.check" (TokenCheckParams) -> TokenOwner
         { read_only: true, inline: false, streaming: false }
     /// What capsules changed in the workspace and not yet committed, with conflicts.
-    WorkspaceStatus = "workspace.status" (NoParams) -> WorkspaceReview
+    WorkspaceStatus = "workspace.status" (WorkspacePathsParams) -> WorkspaceReview
+        { read_only: true, inline: false, streaming: false }
+    /// How each changed file differs from the workspace's copy: sizes, line counts, who
+    /// changed it, and (unless `stat`) a unified diff of text.
+    WorkspaceDiff = "workspace.diff" (WorkspaceDiffParams) -> WorkspaceDiffResult
         { read_only: true, inline: false, streaming: false }
     /// Commits capsules' changes to the workspace (recorded first, path by path); refused
     /// over conflicts unless `overwrite`.

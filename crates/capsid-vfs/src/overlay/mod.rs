@@ -185,6 +185,49 @@ impl OverlayVfs {
     }
 }
 
+/// One side of a changed file, for review.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSide {
+    /// Its size in bytes.
+    pub len: u64,
+    /// Its content, when it is at most the limit asked for.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl OverlayVfs {
+    /// The workspace's copy of `p` (the lower layer) and the merged view's, for review:
+    /// each `None` where no regular file is there, read whole only when at most `limit`
+    /// bytes, both under one lock.
+    pub async fn sides(
+        &self,
+        p: &VfsPath,
+        limit: u64,
+    ) -> Result<(Option<FileSide>, Option<FileSide>), VfsError> {
+        let p = p.clone();
+        self.with(move |c| {
+            let side = |layer: &HostVfs| -> Result<Option<FileSide>, VfsError> {
+                match layer.try_stat(&p)? {
+                    Some(m) if m.kind == EntryKind::File => Ok(Some(FileSide {
+                        len: m.len,
+                        bytes: (m.len <= limit).then(|| layer.read_sync(&p)).transpose()?,
+                    })),
+                    _ => Ok(None),
+                }
+            };
+            let before = side(&c.lower)?;
+            let after = if c.upper.try_stat(&p)?.is_some() {
+                side(&c.upper)?
+            } else if c.lower_hidden(&p) {
+                None
+            } else {
+                before.clone()
+            };
+            Ok((before, after))
+        })
+        .await
+    }
+}
+
 /// What committing the overlay would do, taken at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitPlan {
