@@ -84,7 +84,7 @@ fn sign_all(dir: &Path) {
         }
         let contents = capsid_signing::CapsuleContents::read(&capsule)
             .unwrap_or_else(|e| panic!("reading {}: {e}", capsule.display()));
-        let text = contents.sign(&key).to_text();
+        let text = contents.sign(&key).to_text().expect("signature text");
         let file = capsule.join(capsid_signing::SIGNATURE_FILE);
         if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
             capsid_core::file::write_atomic(&file, text.as_bytes(), 0o644)

@@ -322,7 +322,7 @@ async fn bad_components_and_bad_calls_are_typed_errors_naming_the_capsule() {
         capsid_crypto::Digest(*blake3::hash(&source).as_bytes()),
         Some(capsid_crypto::Digest([0; 32])),
     );
-    std::fs::write(pinned.join("Capsule.sig"), signature.to_text()).unwrap();
+    std::fs::write(pinned.join("Capsule.sig"), signature.to_text().unwrap()).unwrap();
     let err = rt.registry.load(&pinned, Trust::Dev).await.unwrap_err();
     assert!(
         matches!(&err, CapsuleError::Signature(e) if matches!(**e, capsid_signing::SigningError::Tampered { .. })),

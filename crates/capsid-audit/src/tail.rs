@@ -60,25 +60,37 @@ pub fn tail(db: &Path, n: usize) -> Result<Vec<EntryView>, AuditError> {
     rows.collect::<Result<_, _>>().map_err(err)
 }
 
-/// Which capsules changed each workspace path since the operator last reviewed the
-/// workspace: the allowed `fs.*` effects recorded after the newest `workspace.commit`,
-/// `workspace.discard` or `workspace.commit.recovered` entry, as `resource → capsules`
-/// (`fs://workspace/<path>`, capsule names sorted). A view for review, read-only and
-/// unverified, like [`tail`].
+/// Which capsules changed each of the `wanted` workspace resources (`fs://workspace/<path>`)
+/// since the operator last reviewed the workspace: the allowed `fs.*` effects recorded
+/// after the newest review that took effect (a `workspace.commit` or `workspace.discard`
+/// whose last part no `operator.failed` followed before the next review, or a
+/// `workspace.commit.recovered`), as `resource → capsules` (sorted). Only `wanted`
+/// resources are kept, so what capsules wrote elsewhere costs no memory. A view for review,
+/// read-only and unverified, like [`tail`].
 pub fn workspace_writers(
     db: &Path,
+    wanted: &std::collections::BTreeSet<String>,
 ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>, AuditError> {
     let conn = schema::open_ro(db)?;
     let err = schema::sqlite_err(db);
-    // Newest first, stopping at the first review: recent reviews make this short.
+    // Newest first, stopping at the first review that took effect: recent reviews make it
+    // short. A review recorded in parts counts at its last part.
     let since: i64 = conn
         .query_row(
-            "SELECT COALESCE((SELECT id FROM entries WHERE action IN (?1, ?2, ?3) \
-             ORDER BY id DESC LIMIT 1), 0)",
+            "SELECT COALESCE((SELECT e.id FROM entries e \
+               WHERE e.action IN (?1, ?2, ?3) \
+                 AND json_extract(e.details, '$.part') IS json_extract(e.details, '$.parts') \
+                 AND NOT EXISTS (SELECT 1 FROM entries f \
+                   WHERE f.id > e.id AND f.action = ?4 \
+                     AND json_extract(f.details, '$.action') = e.action \
+                     AND f.id < COALESCE((SELECT MIN(g.id) FROM entries g \
+                       WHERE g.id > e.id AND g.action IN (?1, ?2, ?3)), 9223372036854775807)) \
+               ORDER BY e.id DESC LIMIT 1), 0)",
             [
                 crate::action::WORKSPACE_COMMIT,
                 crate::action::WORKSPACE_DISCARD,
                 crate::action::WORKSPACE_COMMIT_RECOVERED,
+                crate::action::OPERATOR_FAILED,
             ],
             |r| r.get(0),
         )
@@ -107,7 +119,9 @@ pub fn workspace_writers(
         std::collections::BTreeMap::new();
     for row in rows {
         let (resource, capsule) = row.map_err(&err)?;
-        out.entry(resource).or_default().insert(capsule);
+        if wanted.contains(&resource) {
+            out.entry(resource).or_default().insert(capsule);
+        }
     }
     Ok(out)
 }

@@ -307,8 +307,9 @@ async fn install(
         print_capsule(&installed.capsule);
         println!("{:<12}{}", "requests", installed.requests.join(", "));
         if let Some(change) = &installed.accepted {
-            if let Some(was) = &change.signer_was {
-                let was = was
+            if change.signer_changed {
+                let was = change
+                    .signer_was
                     .as_ref()
                     .map_or_else(|| "unsigned".to_owned(), ToString::to_string);
                 println!("{:<12}the signer changed (was {was})", "accepted");

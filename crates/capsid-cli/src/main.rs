@@ -152,7 +152,8 @@ pub(crate) enum TrustCommand {
         #[arg(long = "capsules", value_name = "PATTERN")]
         capsules: Vec<String>,
     },
-    /// Stop trusting a key (recorded): capsules it signed no longer load.
+    /// Stop trusting a key (recorded): what it signed is refused at its next load (loaded
+    /// capsules run on until then).
     Rm {
         /// Its name.
         name: String,

@@ -38,12 +38,22 @@ fn writers(c: &WorkspaceChangeView) -> String {
     }
 }
 
+/// `+A -R`, or `?` for a file too large to count.
+fn lines(f: &FileDiffView) -> String {
+    if f.left_out && f.added_lines == 0 && f.removed_lines == 0 {
+        "?".to_owned()
+    } else {
+        format!("+{} -{}", f.added_lines, f.removed_lines)
+    }
+}
+
 fn size(bytes: Option<u64>) -> String {
     bytes.map_or_else(|| "-".to_owned(), |b| format!("{b} B"))
 }
 
 /// `capsid ws diff`: each file's unified diff (or sizes), or with `--stat` a line each.
 async fn diff(client: &mut Client, paths: Vec<String>, stat: bool, as_json: bool) -> Result<()> {
+    let filtered = !paths.is_empty();
     let answer = client
         .call::<WorkspaceDiff>(&WorkspaceDiffParams { paths, stat })
         .await?;
@@ -52,7 +62,7 @@ async fn diff(client: &mut Client, paths: Vec<String>, stat: bool, as_json: bool
         return Ok(());
     }
     if answer.total == 0 {
-        println!("no changes waiting in the workspace overlay");
+        println!("{}", nothing(filtered));
         return Ok(());
     }
     if stat {
@@ -66,7 +76,7 @@ async fn diff(client: &mut Client, paths: Vec<String>, stat: bool, as_json: bool
                     if f.binary {
                         "binary".to_owned()
                     } else {
-                        format!("+{} -{}", f.added_lines, f.removed_lines)
+                        lines(f)
                     },
                     format!("{} -> {}", size(f.before_bytes), size(f.after_bytes)),
                     writers(&f.change),
@@ -102,8 +112,9 @@ fn print_file(f: &FileDiffView) {
     match &f.diff {
         // Capsules wrote it: each line escaped, so it cannot drive the terminal.
         Some(text) => {
-            for line in text.lines() {
-                println!("{}", printable(line));
+            // A line's own `\r` stays visible (escaped): a line-ending change shows.
+            for line in text.split_inclusive('\n') {
+                println!("{}", printable(line.strip_suffix('\n').unwrap_or(line)));
             }
         }
         None if f.binary => println!(
@@ -112,17 +123,25 @@ fn print_file(f: &FileDiffView) {
             size(f.after_bytes)
         ),
         None => println!(
-            "+{} -{} lines, {} -> {} (too large to show)",
-            f.added_lines,
-            f.removed_lines,
+            "{} lines, {} -> {} (too large to show here)",
+            lines(f),
             size(f.before_bytes),
             size(f.after_bytes)
         ),
     }
 }
 
+fn nothing(filtered: bool) -> &'static str {
+    if filtered {
+        "no changes waiting under those paths"
+    } else {
+        "no changes waiting in the workspace overlay"
+    }
+}
+
 /// Runs `command`.
 pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -> Result<()> {
+    let filtered = matches!(&command, WsCommand::Status { paths } if !paths.is_empty());
     let (review, done) = match command {
         WsCommand::Diff { stat, paths } => return diff(client, paths, stat, as_json).await,
         WsCommand::Status { paths } => (
@@ -147,7 +166,7 @@ pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -
         return Ok(());
     }
     if review.total == 0 {
-        println!("no changes waiting in the workspace overlay");
+        println!("{}", nothing(filtered));
         return Ok(());
     }
     print(&review.changes);

@@ -462,6 +462,34 @@ fn pending_files(home: &Home) -> Vec<(String, String)> {
     files
 }
 
+/// Kills the daemon while `commit` runs: in even rounds after a random delay from its start,
+/// in odd ones as soon as the overlay's record of a commit under way (`pending`) appears.
+/// Whether that record was there at the kill.
+async fn kill_during_commit(
+    home: &Home,
+    commit: &mut std::process::Child,
+    round: usize,
+    rng: &mut Rng,
+    pending: &Path,
+) -> bool {
+    if round.is_multiple_of(2) {
+        let delay = COMMIT_KILL_DELAY_MS.start
+            + rng.below(COMMIT_KILL_DELAY_MS.end - COMMIT_KILL_DELAY_MS.start);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    } else {
+        let waited = std::time::Instant::now();
+        while !pending.exists() && waited.elapsed() < PATIENCE {
+            if commit.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+    let mid_commit = pending.exists();
+    kill_daemon(home);
+    mid_commit
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     let home = Home::new();
@@ -470,6 +498,10 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     let workspace = home.path.join("workspace");
     let mut rng = Rng::seeded();
     let (mut landed, mut recovered, mut not_begun) = (0, 0, 0);
+    // The overlay's record of a commit under way: there from the moment it starts writing
+    // the workspace until it is done.
+    let pending = home.path.join("state/overlay/commit-pending");
+    let mut killed_mid_commit = 0;
     for round in 0..rounds() {
         let mut client = client(&home).await;
         for n in 0..COMMIT_NOTES {
@@ -502,11 +534,10 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let delay = COMMIT_KILL_DELAY_MS.start
-            + rng.below(COMMIT_KILL_DELAY_MS.end - COMMIT_KILL_DELAY_MS.start);
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        kill_daemon(&home);
-        let _ = commit.wait();
+        if kill_during_commit(&home, &mut commit, round, &mut rng, &pending).await {
+            killed_mid_commit += 1;
+        }
+        let answered_success = commit.wait().unwrap().success();
         home.ok(&["start", "--dev"]);
 
         let in_workspace: Vec<bool> = written
@@ -517,6 +548,10 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
             })
             .collect();
         let still_pending = pending_files(&home);
+        assert!(
+            !answered_success || in_workspace.iter().all(|&w| w),
+            "round {round}: the commit answered success, yet it did not land"
+        );
         if in_workspace.iter().all(|&w| w) {
             assert!(
                 still_pending.is_empty(),
@@ -543,7 +578,14 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     home.ok(&["stop"]);
     println!(
         "crash suite commits: {} rounds of {COMMIT_NOTES} notes: {landed} landed before the kill, \
-         {recovered} finished at the next boot, {not_begun} not begun; never part of one",
+         {recovered} finished at the next boot ({killed_mid_commit} killed while the commit's \
+         record was there), {not_begun} not begun; never part of one",
         rounds()
     );
+    if rounds() >= 2 {
+        assert!(
+            killed_mid_commit > 0,
+            "no round killed the daemon inside a commit: the suite did not test what it says"
+        );
+    }
 }

@@ -141,8 +141,13 @@ fn a_changed_component_manifest_or_signature_is_refused_at_load() {
         .lines()
         .find(|l| l.starts_with("signature = "))
         .unwrap();
-    let digit = line.chars().nth(13).unwrap();
-    let flipped = line.replacen(digit, if digit == '0' { "1" } else { "0" }, 1);
+    let value = line
+        .strip_prefix("signature = \"")
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap();
+    let first = if value.starts_with('0') { "1" } else { "0" };
+    let flipped = format!("signature = \"{first}{}\"", &value[1..]);
+    assert_ne!(flipped, line);
     std::fs::write(&sig, signed.replace(line, &flipped)).unwrap();
     let err = fails(&home, &["capsule", "reload", "hello"]);
     assert!(err.contains("is not a valid signature"), "{err}");

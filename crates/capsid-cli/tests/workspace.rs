@@ -160,13 +160,28 @@ fn ws_diff_shows_text_changes_sizes_and_who_wrote_them() {
     assert_eq!(status["total"], 1);
     assert_eq!(status["changes"][0]["writers"], json!(["notes"]));
 
-    // After a commit, who wrote what starts over.
+    // A second capsule writes b too: both are named.
+    let copy =
+        capsid_integration_tests::capsule_copy_with("notes", &home.path.join("copies"), |m| {
+            m.replacen("name = \"notes\"", "name = \"scribe\"", 1)
+        });
+    home.ok(&["capsule", "install", copy.to_str().unwrap()]);
+    let input = json!({ "name": "b", "text": "by the scribe\n" }).to_string();
+    home.ok(&["call", "scribe", "append", "--input", &input]);
+    let status = home.json(&["ws", "status", "notes/b.md"]);
+    assert_eq!(status["changes"][0]["writers"], json!(["notes", "scribe"]));
+
+    // After a commit, who wrote what starts over: the scribe wrote before it.
     home.ok(&["ws", "commit"]);
     let input = json!({ "name": "b", "text": "four\n" }).to_string();
     home.ok(&["call", "notes", "append", "--input", &input]);
     let status = home.json(&["ws", "status"]);
     assert_eq!(status["total"], 1, "{status:#}");
     assert_eq!(status["changes"][0]["writers"], json!(["notes"]));
+    assert!(
+        home.ok(&["ws", "status", "elsewhere/"])
+            .contains("under those paths")
+    );
     let record = home.json(&["audit", "tail", "-n", "60"]);
     let commit = record
         .as_array()
@@ -179,7 +194,7 @@ fn ws_diff_shows_text_changes_sizes_and_who_wrote_them() {
         commit["details"]
             .as_str()
             .unwrap()
-            .contains("\"writers\":[\"notes\"]"),
+            .contains("\"writers\":[\"notes\",\"scribe\"]"),
         "{commit}"
     );
     home.ok(&["stop"]);

@@ -579,6 +579,14 @@ pub const MAX_RECEIPT_BYTES: u64 = 1024 * 1024;
 /// Largest workspace file `ws diff` reads for a text diff; a bigger one shows sizes only.
 pub const MAX_DIFF_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Most text one `workspace.diff` answer carries (well under `MAX_FRAME_BYTES`); files past
-/// it show sizes and line counts only.
+/// Most diff text one `workspace.diff` answer carries, counted as encoded (JSON escapes a
+/// control character into six bytes); files past it show sizes and line counts only.
 pub const MAX_DIFF_TEXT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most bytes the listed entries of one `workspace.*` answer take, encoded, diff text
+/// included: with the rest of the answer, well under `MAX_FRAME_BYTES`. Entries past it are
+/// counted in the answer's `total`, not listed.
+pub const MAX_REVIEW_ANSWER_BYTES: usize = 6 * 1024 * 1024;
+
+/// Most workspace paths one `workspace.status` or `workspace.diff` may be limited to.
+pub const MAX_WORKSPACE_FILTERS: usize = 1024;

@@ -39,10 +39,7 @@ pub fn load_or_generate_key_file(path: &Path) -> Result<KeyPair, KeyError> {
 /// Creates a key file at `path` with a fresh key. An existing file is never replaced: it is
 /// an error (`AlreadyExists`) naming the path.
 pub fn generate_key_file(path: &Path) -> Result<KeyPair, KeyError> {
-    let key = KeyPair::generate()?;
-    write_new_file(path, &key.to_secret_bytes()[..])?;
-    sync_parent(path)?;
-    Ok(key)
+    create(path)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError + '_ {
@@ -113,6 +110,17 @@ fn parent(path: &Path) -> &Path {
 }
 
 fn generate(path: &Path) -> Result<KeyPair, KeyError> {
+    match create(path) {
+        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
+            load_key_file(path)
+        }
+        other => other,
+    }
+}
+
+/// A fresh key written to a private temporary file, synced, then linked into place only if
+/// nothing is there (an existing file is `AlreadyExists`): the path never holds part of a key.
+fn create(path: &Path) -> Result<KeyPair, KeyError> {
     let key = KeyPair::generate()?;
     let tmp = temp_path(path)?;
     // Errors name the key path the operator knows, not the private temporary file.
@@ -125,16 +133,9 @@ fn generate(path: &Path) -> Result<KeyPair, KeyError> {
     });
     let linked = written.and_then(|()| fs::hard_link(&tmp, path).map_err(io(path)));
     let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => {
-            sync_parent(path)?;
-            Ok(key)
-        }
-        Err(KeyError::Io { source, .. }) if source.kind() == ErrorKind::AlreadyExists => {
-            load_key_file(path)
-        }
-        Err(e) => Err(e),
-    }
+    linked?;
+    sync_parent(path)?;
+    Ok(key)
 }
 
 fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {

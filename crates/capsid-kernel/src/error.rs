@@ -113,6 +113,9 @@ pub enum KernelError {
         /// What is wrong.
         message: String,
     },
+    /// More workspace paths asked for than one request may name.
+    #[error("at most {0} paths may be named at once")]
+    TooManyPaths(usize),
     /// The kernel is shutting down.
     #[error("the kernel is shutting down")]
     ShuttingDown,

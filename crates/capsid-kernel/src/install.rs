@@ -13,6 +13,7 @@ use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 use crate::error::KernelError;
 use crate::kernel::Kernel;
 use crate::receipts::{self, Receipt, ReceiptChange};
+use capsid_signing::CapsuleContents;
 
 /// Why an install failed. Nothing of the home changed, unless said otherwise.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,15 @@ pub enum InstallError {
         name: CapsuleId,
         /// How it differs from what was accepted.
         change: Box<ReceiptChange>,
+    },
+    /// The capsule's files changed while it was being installed (after they were checked).
+    #[error(
+        "installing {}: its files changed while it was being installed; run the install again",
+        dir.display()
+    )]
+    Changed {
+        /// The directory being installed.
+        dir: PathBuf,
     },
     /// The install failed and the copy installed before could not be put back: the home
     /// holds the new copy (unloaded) and the old one stays at `kept`.
@@ -221,6 +231,25 @@ fn stage(dir: &Path, files: &[PathBuf], to: &Path) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// Checks that the copy staged in `staging` is the one checked (`checked`, read from
+/// `dir`): the same manifest and component bytes.
+fn same_as_checked(
+    dir: &Path,
+    staging: &Path,
+    checked: &CapsuleContents,
+) -> Result<(), InstallError> {
+    let changed = || InstallError::Changed {
+        dir: dir.to_owned(),
+    };
+    let staged = CapsuleContents::read_as_found(staging).map_err(|_| changed())?;
+    if staged.manifest_blake3 != checked.manifest_blake3
+        || staged.component_blake3 != checked.component_blake3
+    {
+        return Err(changed());
+    }
+    Ok(())
+}
+
 /// A blocking step that panicked, as the install's failure.
 fn task_failed(dir: &Path, e: &tokio::task::JoinError) -> InstallError {
     InstallError::Io {
@@ -249,8 +278,14 @@ impl Kernel {
         from: &Path,
         name: &CapsuleId,
         accept: bool,
-    ) -> Result<(Receipt, Option<ReceiptChange>), KernelError> {
+    ) -> Result<(CapsuleContents, Receipt, Option<ReceiptChange>), KernelError> {
         let (contents, checked) = self.verify_capsule(from).await?;
+        if contents.manifest.name != *name {
+            return Err(InstallError::Changed {
+                dir: from.to_owned(),
+            }
+            .into());
+        }
         let receipt = Receipt {
             name: name.clone(),
             version: contents.manifest.version.to_string(),
@@ -279,7 +314,7 @@ impl Kernel {
             }
             .into());
         }
-        Ok((receipt, change))
+        Ok((contents, receipt, change))
     }
 
     /// Loads the capsule just installed, then keeps its receipt.
@@ -322,9 +357,13 @@ impl Kernel {
         if self.registry().info(&name).is_some() {
             return Err(InstallError::Loaded { dir, name }.into());
         }
-        let (receipt, change) = self.receipt_for(from, &name, accept).await?;
+        let (contents, receipt, change) = self.receipt_for(from, &name, accept).await?;
         let mut files = capsule_files(&manifest);
-        if receipt.signer.is_some() {
+        if from
+            .join(capsid_signing::SIGNATURE_FILE)
+            .symlink_metadata()
+            .is_ok_and(|m| m.is_file())
+        {
             files.push(PathBuf::from(capsid_signing::SIGNATURE_FILE));
         }
         let left_out = left_out(from, &files).map_err(|source| InstallError::Io {
@@ -340,7 +379,11 @@ impl Kernel {
         let swap = {
             let (dir, files, target) = (dir.clone(), files.clone(), target.clone());
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = stage(&dir, &files, &staging) {
+                // What was checked and accepted must be what lands: the staged copy is
+                // compared with it (a folder changed meanwhile is refused).
+                let staged = stage(&dir, &files, &staging)
+                    .and_then(|()| same_as_checked(&dir, &staging, &contents));
+                if let Err(e) = staged {
                     let _ = std::fs::remove_dir_all(&staging);
                     return Err(e);
                 }
@@ -526,6 +569,25 @@ mod tests {
             left_out(&src, &files).unwrap(),
             [PathBuf::from("node_modules"), PathBuf::from("target")]
         );
+    }
+
+    #[test]
+    fn a_staged_copy_that_differs_from_the_checked_one_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let manifest =
+            "[package]\nname = \"x\"\nversion = \"1.0.0\"\n\n[component]\nwasm = \"x.wasm\"\n";
+        let (src, staged) = (tmp.path().join("src"), tmp.path().join("staged"));
+        for (dir, wasm) in [(&src, "checked"), (&staged, "swapped")] {
+            write(&dir.join("Capsule.toml"), manifest);
+            write(&dir.join("x.wasm"), wasm);
+        }
+        let checked = CapsuleContents::read_as_found(&src).unwrap();
+        assert!(matches!(
+            same_as_checked(&src, &staged, &checked),
+            Err(InstallError::Changed { .. })
+        ));
+        write(&staged.join("x.wasm"), "checked");
+        same_as_checked(&src, &staged, &checked).unwrap();
     }
 
     #[test]

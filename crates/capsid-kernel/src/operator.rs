@@ -131,10 +131,7 @@ impl Kernel {
         match effect.await {
             Ok(v) => Ok(v),
             Err(e) => {
-                let failed = json!({ "action": action, "error": e.to_string() });
-                if let Err(note) = self.note(action::OPERATOR_FAILED, resource, failed).await {
-                    tracing::warn!(error = %note, %action, %resource, "recording a failed action");
-                }
+                self.record_failure(action, resource, &e).await;
                 Err(e)
             }
         }

@@ -36,8 +36,10 @@ pub struct Receipt {
 /// How an install differs from the receipt of the one before.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReceiptChange {
-    /// The signer before, when the signer changed (`None` inside: it was unsigned).
-    pub signer_was: Option<Option<Signer>>,
+    /// Whether the signer changed.
+    pub signer_changed: bool,
+    /// The signer before, when it changed (none: it was unsigned).
+    pub signer_was: Option<Signer>,
     /// Requests the new copy makes that the receipt does not hold.
     pub added_requests: Vec<String>,
 }
@@ -45,15 +47,16 @@ pub struct ReceiptChange {
 impl ReceiptChange {
     /// Whether nothing needs accepting.
     pub fn is_empty(&self) -> bool {
-        self.signer_was.is_none() && self.added_requests.is_empty()
+        !self.signer_changed && self.added_requests.is_empty()
     }
 }
 
 impl std::fmt::Display for ReceiptChange {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
-        if let Some(was) = &self.signer_was {
-            let was = was
+        if self.signer_changed {
+            let was = self
+                .signer_was
                 .as_ref()
                 .map_or_else(|| "unsigned".to_owned(), ToString::to_string);
             parts.push(format!("the signer changed (was {was})"));
@@ -90,8 +93,14 @@ impl Receipt {
     /// What `self` (the new install) changes from `before`.
     pub fn change_from(&self, before: &Receipt) -> ReceiptChange {
         let key = |s: &Option<Signer>| s.as_ref().map(|s| s.key_id.clone());
+        let signer_changed = key(&self.signer) != key(&before.signer);
         ReceiptChange {
-            signer_was: (key(&self.signer) != key(&before.signer)).then(|| before.signer.clone()),
+            signer_changed,
+            signer_was: if signer_changed {
+                before.signer.clone()
+            } else {
+                None
+            },
             added_requests: self
                 .requests
                 .iter()
@@ -175,7 +184,12 @@ mod tests {
         let wider = receipt(Some(signer("a")), &["kv://notes rw", "fs://y r"]);
         assert_eq!(wider.change_from(&before).added_requests, ["fs://y r"]);
         let resigned = receipt(Some(signer("b")), &["kv://notes rw"]).change_from(&before);
-        assert_eq!(resigned.signer_was, Some(Some(signer("a"))));
+        assert!(resigned.signer_changed);
+        assert_eq!(resigned.signer_was, Some(signer("a")));
+        let from_unsigned = receipt(Some(signer("a")), &["kv://notes rw"])
+            .change_from(&receipt(None, &["kv://notes rw"]));
+        assert!(from_unsigned.signer_changed && from_unsigned.signer_was.is_none());
+        assert!(from_unsigned.to_string().contains("was unsigned"));
         assert!(resigned.to_string().contains("the signer changed"));
     }
 

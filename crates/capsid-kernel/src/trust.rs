@@ -105,7 +105,7 @@ impl Kernel {
         )
         .await?;
         let file = dir.join(SIGNATURE_FILE);
-        let text = signature.to_text();
+        let text = signature.to_text()?;
         let written = blocking(move || {
             capsid_core::file::write_atomic(&file, text.as_bytes(), 0o644)
                 .map_err(|source| KernelError::Io { path: file, source })
@@ -132,7 +132,7 @@ impl Kernel {
     /// `resource`, as `operator.failed`), and returns the failure.
     pub(crate) async fn failed_after_record<E: Into<KernelError>>(
         &self,
-        what: &'static str,
+        what: &str,
         resource: &str,
         result: Result<(), E>,
     ) -> Result<(), KernelError> {
@@ -144,7 +144,7 @@ impl Kernel {
 
     /// Records that a recorded operator action `what` on `resource` did not happen, and
     /// why (a failure to record that is logged: the action's own error is what matters).
-    pub(crate) async fn record_failure(&self, what: &'static str, resource: &str, e: &KernelError) {
+    pub(crate) async fn record_failure(&self, what: &str, resource: &str, e: &KernelError) {
         let details = serde_json::json!({ "action": what, "error": e.to_string() });
         if let Err(note) = self.note(action::OPERATOR_FAILED, resource, details).await {
             tracing::warn!(error = %note, action = what, resource, "recording a failed operator action");

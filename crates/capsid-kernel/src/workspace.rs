@@ -6,7 +6,7 @@
 //! [`OverlayVfs::commit_plan`]: capsid_vfs::OverlayVfs::commit_plan
 
 use capsid_audit::action;
-use capsid_core::limits::MAX_AUDIT_DETAILS_BYTES;
+use capsid_core::limits::{MAX_AUDIT_DETAILS_BYTES, MAX_WORKSPACE_FILTERS};
 use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError};
 use serde_json::{Value, json};
 
@@ -112,9 +112,13 @@ impl Kernel {
         filters: &[String],
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open()?;
+        if filters.len() > MAX_WORKSPACE_FILTERS {
+            return Err(KernelError::TooManyPaths(MAX_WORKSPACE_FILTERS));
+        }
+        // `notes/` (as shells complete it) is `notes`; `/` is the whole workspace.
         let filters = filters
             .iter()
-            .map(|f| capsid_vfs::VfsPath::parse(f))
+            .map(|f| capsid_vfs::VfsPath::parse(f.trim_end_matches('/')))
             .collect::<Result<Vec<_>, _>>()?;
         let mut changes = review(&self.overlay().plan_commit().await?);
         changes.retain(|c| crate::workspace_diff::selected(&c.path, &filters));
@@ -122,28 +126,50 @@ impl Kernel {
         Ok(changes)
     }
 
-    /// Fills in who changed each path, from the audit log (a log that cannot be read leaves
-    /// them unknown: attribution is a help for review, never a gate).
+    /// Fills in who changed each path, from the audit log: the capsules recorded changing
+    /// it, else (a directory renamed, removed or made along the way, which is recorded at
+    /// its top) its nearest ancestor. A log that cannot be read leaves them unknown:
+    /// attribution helps review, it is never a gate.
     async fn attribute(&self, changes: &mut [WorkspaceChange]) {
         if changes.is_empty() {
             return;
         }
+        let resource = |path: &str| format!("{WORKSPACE_RESOURCE}/{path}");
+        let ancestors = |path: &str| -> Vec<String> {
+            let mut out = vec![path.to_owned()];
+            let mut at = path;
+            while let Some((parent, _)) = at.rsplit_once('/') {
+                out.push(parent.to_owned());
+                at = parent;
+            }
+            out
+        };
+        let wanted: std::collections::BTreeSet<String> = changes
+            .iter()
+            .flat_map(|c| ancestors(&c.path))
+            .map(|p| resource(&p))
+            .collect();
         let db = self.audit().path().to_owned();
-        let writers =
-            match tokio::task::spawn_blocking(move || capsid_audit::workspace_writers(&db)).await {
-                Ok(Ok(writers)) => writers,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "reading who changed the workspace");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading who changed the workspace");
-                    return;
-                }
-            };
+        let writers = match tokio::task::spawn_blocking(move || {
+            capsid_audit::workspace_writers(&db, &wanted)
+        })
+        .await
+        {
+            Ok(Ok(writers)) => writers,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "reading who changed the workspace");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading who changed the workspace");
+                return;
+            }
+        };
         for c in changes {
-            let resource = format!("{WORKSPACE_RESOURCE}/{}", c.path);
-            if let Some(found) = writers.get(&resource) {
+            if let Some(found) = ancestors(&c.path)
+                .iter()
+                .find_map(|p| writers.get(&resource(p)))
+            {
                 c.writers = found.iter().cloned().collect();
             }
         }

@@ -2,7 +2,7 @@
 //! the overlay's, as a unified diff for text and as sizes for anything else, with who
 //! changed it. A view for review: nothing here changes or records anything.
 
-use capsid_core::limits::{MAX_DIFF_FILE_BYTES, MAX_DIFF_TEXT_BYTES};
+use capsid_core::limits::{MAX_DIFF_FILE_BYTES, MAX_DIFF_TEXT_BYTES, MAX_WORKSPACE_LISTED};
 use capsid_vfs::{EntryKind, FileSide, VfsPath};
 
 use crate::error::KernelError;
@@ -86,14 +86,20 @@ fn file_diff(
         }
     }
     if with_text {
+        if *budget == 0 {
+            out.left_out = true;
+            return out;
+        }
         let path = &out.change.path;
         let unified = diff
             .unified_diff()
             .context_radius(3)
             .header(&format!("a/{path}"), &format!("b/{path}"))
             .to_string();
-        if unified.len() <= *budget {
-            *budget -= unified.len();
+        // Counted as it travels: JSON escapes each control character into six bytes.
+        let size = serde_json::to_string(&unified).map_or(usize::MAX, |s| s.len());
+        if size <= *budget {
+            *budget -= size;
             out.text = Some(unified);
         } else {
             out.left_out = true;
@@ -115,43 +121,70 @@ pub(crate) fn selected(path: &str, filters: &[VfsPath]) -> bool {
         })
 }
 
+/// A change shown without reading its file: a directory or link, or a file whose sides
+/// could not be read (`left_out`).
+fn unread(change: WorkspaceChange, left_out: bool) -> FileDiff {
+    FileDiff {
+        before_len: None,
+        after_len: None,
+        binary: false,
+        added_lines: 0,
+        removed_lines: 0,
+        text: None,
+        left_out,
+        change,
+    }
+}
+
 impl Kernel {
-    /// How each changed file under `filters` differs between the workspace and the overlay
-    /// (every changed path, with no filter): sizes and line counts, and with `with_text` a
-    /// unified diff for text files, within the answer's budget.
+    /// How the first `MAX_WORKSPACE_LISTED` changed paths under `filters` differ between
+    /// the workspace and the overlay (every changed path, with no filter), and how many
+    /// changed paths there are: sizes and line counts, and with `with_text` a unified diff
+    /// for text files, within the answer's budget. Each file's two sides are read under one
+    /// lock; the diffing runs off the async workers.
     pub async fn workspace_diff(
         &self,
         filters: &[String],
         with_text: bool,
-    ) -> Result<Vec<FileDiff>, KernelError> {
-        let changes = self.workspace_status_of(filters).await?;
+    ) -> Result<(Vec<FileDiff>, usize), KernelError> {
+        let mut changes = self.workspace_status_of(filters).await?;
+        let total = changes.len();
+        changes.truncate(MAX_WORKSPACE_LISTED);
         let mut budget = MAX_DIFF_TEXT_BYTES;
         let mut out = Vec::with_capacity(changes.len());
         for change in changes {
             if change.entry != EntryKind::File {
-                out.push(FileDiff {
-                    before_len: None,
-                    after_len: None,
-                    binary: false,
-                    added_lines: 0,
-                    removed_lines: 0,
-                    text: None,
-                    left_out: false,
-                    change,
-                });
+                out.push(unread(change, false));
                 continue;
             }
             let path = VfsPath::parse(&change.path).map_err(KernelError::from)?;
-            let (before, after) = self.overlay().sides(&path, MAX_DIFF_FILE_BYTES).await?;
-            out.push(file_diff(
-                change,
-                before.as_ref(),
-                after.as_ref(),
-                with_text,
-                &mut budget,
-            ));
+            let sides = self.overlay().sides(&path, MAX_DIFF_FILE_BYTES).await;
+            let Ok((before, after)) = sides else {
+                // One file that cannot be read (gone, or a link meanwhile) does not hide the
+                // others.
+                out.push(unread(change, true));
+                continue;
+            };
+            let (diffed, left) = tokio::task::spawn_blocking(move || {
+                let mut budget = budget;
+                let d = file_diff(
+                    change,
+                    before.as_ref(),
+                    after.as_ref(),
+                    with_text,
+                    &mut budget,
+                );
+                (d, budget)
+            })
+            .await
+            .map_err(|e| KernelError::Io {
+                path: path.to_string().into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            budget = left;
+            out.push(diffed);
         }
-        Ok(out)
+        Ok((out, total))
     }
 }
 

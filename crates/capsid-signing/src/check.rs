@@ -158,8 +158,9 @@ impl SignatureCheck {
                 capsule,
                 version: manifest.version.to_string(),
                 dir: dir.to_owned(),
-                signed_name: sig.name,
-                signed_version: sig.version,
+                // From the file, not yet trusted: shown escaped.
+                signed_name: capsid_core::text::printable(&sig.name),
+                signed_version: capsid_core::text::printable(&sig.version),
             });
         }
         let component_pin = match &manifest.component {
@@ -217,7 +218,7 @@ impl SignatureCheck {
         dir: &Path,
         dev: bool,
     ) -> Result<(CapsuleContents, Checked), SigningError> {
-        let contents = CapsuleContents::read(dir)?;
+        let contents = CapsuleContents::read_as_found(dir)?;
         let checked = self.check(dir, &contents.manifest, contents.source.as_bytes(), dev)?;
         if let (Some(pin), Some(signer), Component::Wasm { path, .. }, Some(actual)) = (
             &checked.component_pin,
@@ -406,6 +407,23 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_pinned_component_is_tampering_not_a_bad_pin() {
+        let f = fixture();
+        let wasm = std::fs::read(f.dir.join("c.wasm")).unwrap();
+        let pin = blake3::hash(&wasm).to_hex().to_string();
+        let pinned = MANIFEST.replace(
+            "wasm = \"c.wasm\"",
+            &format!("wasm = \"c.wasm\"\nblake3 = \"{pin}\""),
+        );
+        std::fs::write(f.dir.join(MANIFEST_FILE), pinned).unwrap();
+        sign_capsule(&f.dir, &f.runtime).unwrap();
+        std::fs::write(f.dir.join("c.wasm"), b"\0asm swapped").unwrap();
+        let check = SignatureCheck::new(Require::Trusted, f.runtime.public_key(), f.store.clone());
+        let err = check.check_dir(&f.dir, false).unwrap_err();
+        assert!(matches!(err, SigningError::Tampered { .. }), "{err}");
+    }
+
+    #[test]
     fn a_signature_made_for_another_package_is_refused() {
         let f = fixture();
         let source = std::fs::read(f.dir.join(MANIFEST_FILE)).unwrap();
@@ -417,7 +435,7 @@ mod tests {
             Digest(*blake3::hash(&source).as_bytes()),
             Some(Digest(*blake3::hash(&wasm).as_bytes())),
         );
-        std::fs::write(f.dir.join(SIGNATURE_FILE), sig.to_text()).unwrap();
+        std::fs::write(f.dir.join(SIGNATURE_FILE), sig.to_text().unwrap()).unwrap();
         let err = f.check(Require::Trusted, false).unwrap_err();
         assert!(matches!(err, SigningError::WrongPackage { .. }), "{err}");
         assert!(err.to_string().contains("acme-other"));

@@ -29,32 +29,45 @@ pub struct CapsuleContents {
 }
 
 impl CapsuleContents {
-    /// Reads the capsule in `dir`: its manifest, and its component hashed in full.
+    /// Reads the capsule in `dir`: its manifest, and its component hashed in full, which
+    /// must match the manifest's `blake3` pin if it has one (what signing needs).
     pub fn read(dir: &Path) -> Result<Self, SigningError> {
+        let contents = Self::read_as_found(dir)?;
+        if let (
+            Component::Wasm {
+                path,
+                blake3: Some(pin),
+            },
+            Some(actual),
+        ) = (&contents.manifest.component, contents.component_blake3)
+            && *pin != actual.to_string()
+        {
+            return Err(SigningError::Io {
+                dir: dir.to_owned(),
+                message: format!(
+                    "{} has blake3 {actual} but the manifest pins {pin}: fix the pin",
+                    dir.join(path).display()
+                ),
+            });
+        }
+        Ok(contents)
+    }
+
+    /// [`CapsuleContents::read`] without comparing the component with the manifest's pin
+    /// (a check compares it with what was signed, and reports a difference as tampering).
+    pub fn read_as_found(dir: &Path) -> Result<Self, SigningError> {
         let file = dir.join(MANIFEST_FILE);
         let source = Manifest::read_source(&file)?;
         let manifest = Manifest::parse(&file, &source)?;
         let manifest_blake3 = Digest(*blake3::hash(source.as_bytes()).as_bytes());
         let component_blake3 = match &manifest.component {
-            Component::Wasm { path, blake3 } => {
+            Component::Wasm { path, .. } => {
                 let path = dir.join(path);
                 let bytes =
                     read_regular(&path, MAX_COMPONENT_BYTES).map_err(|e| SigningError::Io {
                         dir: dir.to_owned(),
                         message: e.to_string(),
                     })?;
-                let actual = blake3::hash(&bytes).to_hex().to_string();
-                if let Some(pin) = blake3
-                    && *pin != actual
-                {
-                    return Err(SigningError::Io {
-                        dir: dir.to_owned(),
-                        message: format!(
-                            "{} has blake3 {actual} but the manifest pins {pin}: fix the pin",
-                            path.display()
-                        ),
-                    });
-                }
                 Some(Digest(*blake3::hash(&bytes).as_bytes()))
             }
             Component::Native(program) | Component::Mcp { program, .. } => program
@@ -95,11 +108,10 @@ pub fn sign_capsule(dir: &Path, key: &KeyPair) -> Result<CapsuleSignature, Signi
     let contents = CapsuleContents::read(dir)?;
     let signature = contents.sign(key);
     let file = dir.join(SIGNATURE_FILE);
-    write_atomic(&file, signature.to_text().as_bytes(), SIGNATURE_FILE_MODE).map_err(|e| {
-        SigningError::Io {
-            dir: dir.to_owned(),
-            message: format!("{}: {e}", file.display()),
-        }
+    let text = signature.to_text()?;
+    write_atomic(&file, text.as_bytes(), SIGNATURE_FILE_MODE).map_err(|e| SigningError::Io {
+        dir: dir.to_owned(),
+        message: format!("{}: {e}", file.display()),
     })?;
     Ok(signature)
 }

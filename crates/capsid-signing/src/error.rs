@@ -111,6 +111,9 @@ pub enum SigningError {
         /// What failed, naming the file.
         message: String,
     },
+    /// A signature could not be written as text.
+    #[error("encoding Capsule.sig: {0}")]
+    Encode(String),
     /// The manifest of the capsule being signed is invalid.
     #[error(transparent)]
     Manifest(#[from] capsid_manifest::ManifestError),

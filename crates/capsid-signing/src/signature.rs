@@ -20,6 +20,8 @@
 use capsid_crypto::{Digest, KeyPair, PublicKey, Signature, domain, hash};
 use serde::{Deserialize, Serialize};
 
+use crate::error::SigningError;
+
 /// The signature file's name, beside `Capsule.toml`.
 pub const SIGNATURE_FILE: &str = "Capsule.sig";
 
@@ -153,7 +155,7 @@ impl CapsuleSignature {
     }
 
     /// The file's text.
-    pub fn to_text(&self) -> String {
+    pub fn to_text(&self) -> Result<String, SigningError> {
         let raw = SignatureText {
             format: SIGNATURE_FORMAT,
             algorithm: SIGNATURE_ALGORITHM.into(),
@@ -165,8 +167,10 @@ impl CapsuleSignature {
             component_blake3: self.component_blake3.map(|d| d.to_string()),
             signature: hex::encode(self.signature.as_bytes()),
         };
-        let body = toml::to_string(&raw).unwrap_or_default();
-        format!("# capsid capsule signature: `capsid capsule verify <dir>` checks it.\n{body}")
+        let body = toml::to_string(&raw).map_err(|e| SigningError::Encode(e.to_string()))?;
+        Ok(format!(
+            "# capsid capsule signature: `capsid capsule verify <dir>` checks it.\n{body}"
+        ))
     }
 }
 
@@ -178,6 +182,20 @@ fn message(
     manifest: &Digest,
     component: Option<Digest>,
 ) -> Digest {
+    hash(
+        domain::CAPSULE_SIGNATURE,
+        &encoded(public_key, name, version, manifest, component),
+    )
+}
+
+/// The fields, each length-prefixed.
+fn encoded(
+    public_key: &PublicKey,
+    name: &str,
+    version: &str,
+    manifest: &Digest,
+    component: Option<Digest>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let mut field = |bytes: &[u8]| {
         out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
@@ -193,7 +211,7 @@ fn message(
         Some(c) => field(c.as_bytes()),
         None => field(&[]),
     }
-    hash(domain::CAPSULE_SIGNATURE, &out)
+    out
 }
 
 #[cfg(test)]
@@ -215,7 +233,7 @@ mod tests {
     #[test]
     fn a_signature_round_trips_through_its_text_and_verifies() {
         let (_, sig) = signed();
-        let back = CapsuleSignature::parse(&sig.to_text()).unwrap();
+        let back = CapsuleSignature::parse(&sig.to_text().unwrap()).unwrap();
         assert_eq!(back, sig);
         assert!(back.verify());
         let unpinned = CapsuleSignature::sign(
@@ -225,7 +243,7 @@ mod tests {
             Digest([3; 32]),
             None,
         );
-        let back = CapsuleSignature::parse(&unpinned.to_text()).unwrap();
+        let back = CapsuleSignature::parse(&unpinned.to_text().unwrap()).unwrap();
         assert!(back.verify() && back.component_blake3.is_none());
     }
 
@@ -240,7 +258,7 @@ mod tests {
         changed[4].public_key = KeyPair::generate().unwrap().public_key();
         for c in changed {
             assert!(!c.verify(), "{c:?}");
-            let text = c.to_text();
+            let text = c.to_text().unwrap();
             assert!(!CapsuleSignature::parse(&text).unwrap().verify());
         }
     }
@@ -248,7 +266,7 @@ mod tests {
     #[test]
     fn malformed_text_is_refused_with_the_field_named() {
         let (_, sig) = signed();
-        let text = sig.to_text();
+        let text = sig.to_text().unwrap();
         let cases = [
             (text.replace("format = 1", "format = 2"), "format 2"),
             (text.replace("\"ed25519\"", "\"rsa\""), "algorithm"),
@@ -270,11 +288,26 @@ mod tests {
     }
 
     #[test]
-    fn a_signature_for_another_purpose_does_not_pass() {
+    fn the_same_fields_signed_for_another_purpose_do_not_pass() {
         let (key, sig) = signed();
-        // The same bytes signed raw, without the domain: not a capsule signature.
-        let mut raw = sig.clone();
-        raw.signature = key.sign(sig.manifest_blake3.as_bytes());
-        assert!(!raw.verify());
+        let fields = encoded(
+            &sig.public_key,
+            &sig.name,
+            &sig.version,
+            &sig.manifest_blake3,
+            sig.component_blake3,
+        );
+        // Exactly these fields, hashed in another domain, or signed as they are.
+        for message in [
+            hash(domain::CAPABILITY, &fields).as_bytes().to_vec(),
+            fields.clone(),
+        ] {
+            let mut other = sig.clone();
+            other.signature = key.sign(&message);
+            assert!(!other.verify());
+        }
+        let mut same = sig.clone();
+        same.signature = key.sign(hash(domain::CAPSULE_SIGNATURE, &fields).as_bytes());
+        assert!(same.verify(), "the control: the right domain verifies");
     }
 }

@@ -217,8 +217,12 @@ impl TrustStore {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        write_atomic(&path, text.as_bytes(), FILE_MODE)
-            .map_err(|source| TrustError::Io { path, source })?;
+        if let Err(source) = write_atomic(&path, text.as_bytes(), FILE_MODE) {
+            // It may have landed before the failure (a directory sync that failed): fail
+            // closed, so a key refused now is not trusted after the next boot either.
+            let _ = std::fs::remove_file(&path);
+            return Err(TrustError::Io { path, source });
+        }
         write(&self.keys).insert(key.name.clone(), key);
         Ok(())
     }
@@ -235,10 +239,12 @@ impl TrustStore {
             source,
         };
         std::fs::remove_file(&path).map_err(io)?;
+        // The file is gone: fail closed and stop trusting it now, even if making that
+        // durable fails below (which is reported).
+        write(&self.keys).remove(name);
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
-        write(&self.keys).remove(name);
         Ok(key)
     }
 

@@ -315,14 +315,22 @@ impl Registry {
             self.processes.close(&owner);
             self.processes.stop_all(&owner, Duration::ZERO).await;
         }
+        // Never held with the slots' lock: `list` takes the two in the other order.
+        if let Ok((
+            _,
+            Checked {
+                signer: Some(signer),
+                ..
+            },
+        )) = &loaded
+        {
+            capsid_core::sync::write(&self.signers).insert(name.clone(), signer.clone());
+        }
         let mut slots = self.write_slots();
         match loaded {
             Ok((slot, checked)) => {
                 let mut info = slot_info(&name, &slot);
-                if let Some(signer) = checked.signer {
-                    info.signer = Some(signer.clone());
-                    capsid_core::sync::write(&self.signers).insert(name.clone(), signer);
-                }
+                info.signer = checked.signer;
                 slots.insert(name, slot);
                 Ok(info)
             }
@@ -676,15 +684,17 @@ impl Registry {
 
     /// Every capsule the registry knows, by name.
     pub fn list(&self) -> Vec<CapsuleInfo> {
-        let signers = capsid_core::sync::read(&self.signers);
-        self.read_slots()
+        // One lock at a time (a load takes them in the other order).
+        let mut infos: Vec<CapsuleInfo> = self
+            .read_slots()
             .iter()
-            .map(|(name, slot)| {
-                let mut info = slot_info(name, slot);
-                info.signer = signers.get(name).cloned();
-                info
-            })
-            .collect()
+            .map(|(name, slot)| slot_info(name, slot))
+            .collect();
+        let signers = capsid_core::sync::read(&self.signers);
+        for info in &mut infos {
+            info.signer = signers.get(&info.name).cloned();
+        }
+        infos
     }
 
     /// What the registry knows about `name`.

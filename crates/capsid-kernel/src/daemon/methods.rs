@@ -333,7 +333,8 @@ async fn install(shared: &Shared, p: InstallParams) -> Answer<InstallResult> {
         signer: installed.receipt.signer.as_ref().map(views::signer),
         requests: installed.receipt.requests,
         accepted: installed.accepted.map(|c| InstallChangeView {
-            signer_was: c.signer_was.map(|s| s.as_ref().map(views::signer)),
+            signer_changed: c.signer_changed,
+            signer_was: c.signer_was.as_ref().map(views::signer),
             added_requests: c.added_requests,
         }),
         installed: installed.files,

@@ -140,7 +140,9 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         KernelError::Audit(capsid_audit::AuditError::ReadOnly(_)) => ErrorCode::ReadOnly,
         KernelError::Install(i) => match &**i {
             InstallError::Loaded { .. } | InstallError::NeedsAccept { .. } => ErrorCode::Conflict,
-            InstallError::Io { .. } | InstallError::Stranded { .. } => ErrorCode::Failed,
+            InstallError::Io { .. }
+            | InstallError::Stranded { .. }
+            | InstallError::Changed { .. } => ErrorCode::Failed,
             InstallError::Manifest { .. } | InstallError::MissingComponent { .. } => {
                 ErrorCode::Invalid
             }
@@ -155,7 +157,9 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         )
         | KernelError::Manifest(_)
         | KernelError::Event(_)
-        | KernelError::ReservedTopic { .. } => ErrorCode::Invalid,
+        | KernelError::ReservedTopic { .. }
+        | KernelError::TooManyPaths(_)
+        | KernelError::Vfs(capsid_vfs::VfsError::InvalidPath { .. }) => ErrorCode::Invalid,
         KernelError::Capsule(c) => capsule_error_code(c),
         KernelError::Signing(s) => signing_error_code(s),
         KernelError::Trust(t) => trust_error_code(t),

@@ -101,8 +101,10 @@ pub struct TrustedKeyView {
 /// How an install differs from what the copy before it was accepted with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallChangeView {
-    /// The signer before, when it changed (`None` inside: it was unsigned).
-    pub signer_was: Option<Option<SignerView>>,
+    /// Whether the signer changed.
+    pub signer_changed: bool,
+    /// The signer before, when it changed (none: it was unsigned).
+    pub signer_was: Option<SignerView>,
     /// Requests the new copy makes that were not accepted before.
     pub added_requests: Vec<String>,
 }

@@ -196,8 +196,9 @@ pub struct FileSide {
 
 impl OverlayVfs {
     /// The workspace's copy of `p` (the lower layer) and the merged view's, for review:
-    /// each `None` where no regular file is there, read whole only when at most `limit`
-    /// bytes, both under one lock.
+    /// each `None` where no regular file is there (a link is not followed), read whole only
+    /// when at most `limit` bytes (counted on the open file: one that grows is not read past
+    /// it), both under one lock.
     pub async fn sides(
         &self,
         p: &VfsPath,
@@ -206,13 +207,23 @@ impl OverlayVfs {
         let p = p.clone();
         self.with(move |c| {
             let side = |layer: &HostVfs| -> Result<Option<FileSide>, VfsError> {
-                match layer.try_stat(&p)? {
-                    Some(m) if m.kind == EntryKind::File => Ok(Some(FileSide {
-                        len: m.len,
-                        bytes: (m.len <= limit).then(|| layer.read_sync(&p)).transpose()?,
-                    })),
-                    _ => Ok(None),
+                if layer.lstat_kind(&p)? != Some(crate::host::LinkKind::File) {
+                    return Ok(None);
                 }
+                let file = layer.open_read(&p)?;
+                let io = |e| VfsError::from_io(&p, e);
+                let len = file.metadata().map_err(io)?.len();
+                let mut bytes = None;
+                if len <= limit {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(file, limit.saturating_add(1)),
+                        &mut buf,
+                    )
+                    .map_err(io)?;
+                    bytes = (buf.len() as u64 <= limit).then_some(buf);
+                }
+                Ok(Some(FileSide { len, bytes }))
             };
             let before = side(&c.lower)?;
             let after = if c.upper.try_stat(&p)?.is_some() {
