@@ -643,3 +643,173 @@ async fn a_planned_discard_drops_exactly_what_was_planned_or_nothing() {
     f.vfs.discard_plan(plan).await.unwrap();
     assert!(f.vfs.diff().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_commit_of_some_paths_lands_them_keeps_the_rest_and_lets_the_workspace_show_through() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"capsule a".to_vec())
+        .await
+        .unwrap();
+    f.vfs.create_dir_all(&p("new/deep")).await.unwrap();
+    f.vfs
+        .write(&p("new/deep/n.md"), b"n".to_vec())
+        .await
+        .unwrap();
+    f.vfs
+        .write(&p("new/other.md"), b"o".to_vec())
+        .await
+        .unwrap();
+    f.vfs.remove_file(&p("top")).await.unwrap();
+
+    // One file in a new folder: the folders above come along, its neighbour does not.
+    let plan = f
+        .vfs
+        .plan_commit_under(vec![p("new/deep/n.md")])
+        .await
+        .unwrap();
+    let applied = f.vfs.commit_plan(plan, false).await.unwrap();
+    assert_eq!(
+        applied,
+        [
+            change("new", ChangeKind::Added, EntryKind::Dir),
+            change("new/deep", ChangeKind::Added, EntryKind::Dir),
+            change("new/deep/n.md", ChangeKind::Added, EntryKind::File),
+        ]
+    );
+    assert_eq!(std::fs::read(f.lower("new/deep/n.md")).unwrap(), b"n");
+    assert!(!f.lower("new/other.md").exists());
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"lower a");
+    let left: Vec<_> = f.vfs.diff().await.unwrap();
+    assert_eq!(
+        left,
+        [
+            change("docs/a.md", ChangeKind::Modified, EntryKind::File),
+            change("new/other.md", ChangeKind::Added, EntryKind::File),
+            change("top", ChangeKind::Deleted, EntryKind::File),
+        ]
+    );
+    // What was committed is the workspace's again: an edit there shows through.
+    std::fs::write(f.lower("new/deep/n.md"), b"edited by a person").unwrap();
+    assert_eq!(
+        f.vfs.read(&p("new/deep/n.md")).await.unwrap(),
+        b"edited by a person"
+    );
+    // A removal, committed alone: a file a person puts back there shows through.
+    let plan = f.vfs.plan_commit_under(vec![p("top")]).await.unwrap();
+    f.vfs.commit_plan(plan, false).await.unwrap();
+    assert!(!f.lower("top").exists());
+    std::fs::write(f.lower("top"), b"back").unwrap();
+    assert_eq!(f.vfs.read(&p("top")).await.unwrap(), b"back");
+    // And it all survives a reopen.
+    let again = f.reopen();
+    assert_eq!(again.read(&p("docs/a.md")).await.unwrap(), b"capsule a");
+    assert_eq!(
+        again.diff().await.unwrap(),
+        [
+            change("docs/a.md", ChangeKind::Modified, EntryKind::File),
+            change("new/other.md", ChangeKind::Added, EntryKind::File),
+        ],
+        "the person's edit is the workspace's own, not a change"
+    );
+}
+
+#[tokio::test]
+async fn a_discard_of_some_paths_brings_back_the_workspaces_copy_there_only() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"capsule a".to_vec())
+        .await
+        .unwrap();
+    f.vfs.write(&p("docs/b.md"), b"b".to_vec()).await.unwrap();
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    let plan = f
+        .vfs
+        .plan_discard_under(vec![p("docs/a.md"), p("docs/old")])
+        .await
+        .unwrap();
+    f.vfs.discard_plan(plan).await.unwrap();
+    assert_eq!(f.vfs.read(&p("docs/a.md")).await.unwrap(), b"lower a");
+    assert_eq!(f.vfs.read(&p("docs/old/x")).await.unwrap(), b"old x");
+    assert_eq!(
+        f.vfs.diff().await.unwrap(),
+        [change("docs/b.md", ChangeKind::Added, EntryKind::File)]
+    );
+
+    // A file inside a folder capsules removed cannot come back alone.
+    f.vfs.remove_dir_all(&p("docs/old")).await.unwrap();
+    let refused = f.vfs.plan_discard_under(vec![p("docs/old/x")]).await;
+    assert!(
+        matches!(refused, Err(VfsError::RemovedAbove { .. })),
+        "{refused:?}"
+    );
+    // A plan that no longer describes its paths is refused, changing nothing; a change
+    // elsewhere does not matter to it.
+    let plan = f.vfs.plan_discard_under(vec![p("docs/old")]).await.unwrap();
+    f.vfs.write(&p("docs/c.md"), b"c".to_vec()).await.unwrap();
+    f.vfs.create_dir(&p("docs/old")).await.unwrap();
+    assert!(matches!(
+        f.vfs.discard_plan(plan).await,
+        Err(VfsError::ChangedSincePlan)
+    ));
+    assert!(f.vfs.exists(&p("docs/old")).await.unwrap());
+    assert!(!f.vfs.exists(&p("docs/old/x")).await.unwrap());
+    let plan = f.vfs.plan_discard_under(vec![p("docs/old")]).await.unwrap();
+    f.vfs.discard_plan(plan).await.unwrap();
+    assert_eq!(f.vfs.read(&p("docs/old/x")).await.unwrap(), b"old x");
+    assert!(f.vfs.exists(&p("docs/c.md")).await.unwrap());
+}
+
+#[tokio::test]
+async fn an_open_finishes_a_killed_commit_of_some_paths_and_only_those() {
+    let f = fx();
+    f.vfs
+        .write(&p("docs/a.md"), b"changed".to_vec())
+        .await
+        .unwrap();
+    f.vfs.write(&p("new.md"), b"new".to_vec()).await.unwrap();
+    f.vfs.remove_file(&p("top")).await.unwrap();
+    let intended = snapshot(&f.vfs).await;
+    // As a commit of `docs` and `top` killed after removing `top` leaves it: its record
+    // names the paths it is limited to.
+    let prefix = ".capsid-commit-0123456789abcdef-";
+    std::fs::write(
+        f.tmp.path().join("work/commit-pending"),
+        format!("{prefix}\ndocs\ntop"),
+    )
+    .unwrap();
+    std::fs::remove_file(f.lower("top")).unwrap();
+
+    let reopened = f.reopen();
+    let recovered: Vec<String> = reopened
+        .recovered_commit()
+        .iter()
+        .map(|c| c.path.to_string())
+        .collect();
+    assert_eq!(
+        recovered,
+        ["docs/a.md"],
+        "top was done; new.md is not in it"
+    );
+    assert_eq!(std::fs::read(f.lower("docs/a.md")).unwrap(), b"changed");
+    assert!(
+        !f.lower("new.md").exists(),
+        "outside the commit: still waiting"
+    );
+    assert_eq!(
+        snapshot(&reopened).await,
+        intended,
+        "the merged view never moved"
+    );
+    assert_eq!(
+        reopened.diff().await.unwrap(),
+        [change("new.md", ChangeKind::Added, EntryKind::File)]
+    );
+    // A record whose paths are not paths is refused, never guessed at.
+    std::fs::write(
+        f.tmp.path().join("work/commit-pending"),
+        format!("{prefix}\n../etc"),
+    )
+    .unwrap();
+    assert!(OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work")).is_err());
+}
