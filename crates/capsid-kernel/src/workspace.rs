@@ -7,7 +7,7 @@
 
 use capsid_audit::action;
 use capsid_core::limits::{MAX_AUDIT_DETAILS_BYTES, MAX_WORKSPACE_FILTERS};
-use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError, VfsPath};
+use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError};
 use serde_json::{Value, json};
 
 use crate::error::KernelError;
@@ -99,23 +99,6 @@ fn parts(changes: &[WorkspaceChange], extra: &Value) -> Vec<Value> {
         .collect()
 }
 
-/// The paths `plan` is limited to, as recorded (empty: all).
-fn paths_of(plan: &CommitPlan) -> Vec<String> {
-    plan.scope.iter().map(ToString::to_string).collect()
-}
-
-/// Workspace paths a review is limited to, parsed (all, when empty).
-fn scope(paths: &[String]) -> Result<Vec<VfsPath>, KernelError> {
-    if paths.len() > MAX_WORKSPACE_FILTERS {
-        return Err(KernelError::TooManyPaths(MAX_WORKSPACE_FILTERS));
-    }
-    // `notes/` (as shells complete it) is `notes`; `/` is the whole workspace.
-    Ok(paths
-        .iter()
-        .map(|f| VfsPath::parse(f.trim_end_matches('/')))
-        .collect::<Result<Vec<_>, _>>()?)
-}
-
 impl Kernel {
     /// What capsules changed in the workspace and not yet committed, sorted by path, with
     /// who changed each.
@@ -129,7 +112,14 @@ impl Kernel {
         filters: &[String],
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open()?;
-        let filters = scope(filters)?;
+        if filters.len() > MAX_WORKSPACE_FILTERS {
+            return Err(KernelError::TooManyPaths(MAX_WORKSPACE_FILTERS));
+        }
+        // `notes/` (as shells complete it) is `notes`; `/` is the whole workspace.
+        let filters = filters
+            .iter()
+            .map(|f| capsid_vfs::VfsPath::parse(f.trim_end_matches('/')))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut changes = review(&self.overlay().plan_commit().await?);
         changes.retain(|c| crate::workspace_diff::selected(&c.path, &filters));
         self.attribute(&mut changes).await;
@@ -185,18 +175,15 @@ impl Kernel {
         }
     }
 
-    /// Commits capsules' changes to the workspace (those at or below `paths`, with the
-    /// folders above them they need; all, with none): recorded path by path (with each
+    /// Commits capsules' changes to the workspace: recorded path by path (with each
     /// file's blake3), then applied exactly as recorded. Paths changed in the workspace
     /// too since capsules first changed them refuse it, unless `overwrite`.
     pub async fn workspace_commit(
         &self,
         overwrite: bool,
-        paths: &[String],
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
-        let scope = scope(paths)?;
-        let plan = self.overlay().plan_commit_under(scope).await?;
+        let plan = self.overlay().plan_commit().await?;
         let mut changes = review(&plan);
         self.attribute(&mut changes).await;
         if !overwrite && !plan.conflicts.is_empty() {
@@ -209,7 +196,7 @@ impl Kernel {
             return Ok(changes);
         }
         let overlay = self.overlay().clone();
-        let extra = json!({ "overwrite": overwrite, "limited_to": paths_of(&plan) });
+        let extra = json!({ "overwrite": overwrite });
         self.record_changes_then(action::WORKSPACE_COMMIT, &changes, &extra, async move {
             Ok(overlay.commit_plan(plan, overwrite).await.map(|_| ())?)
         })
@@ -217,25 +204,22 @@ impl Kernel {
         Ok(changes)
     }
 
-    /// Drops the changes capsules made to the workspace at or below `paths` (all, with
-    /// none), recorded first path by path.
-    pub async fn workspace_discard(
-        &self,
-        paths: &[String],
-    ) -> Result<Vec<WorkspaceChange>, KernelError> {
+    /// Drops every change capsules made to the workspace, recorded first path by path.
+    pub async fn workspace_discard(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
-        let scope = scope(paths)?;
-        let plan = self.overlay().plan_discard_under(scope).await?;
+        let plan = self.overlay().plan_commit().await?;
         let mut changes = review(&plan);
         self.attribute(&mut changes).await;
         if changes.is_empty() {
             return Ok(changes);
         }
         let overlay = self.overlay().clone();
-        let extra = json!({ "limited_to": paths_of(&plan) });
-        self.record_changes_then(action::WORKSPACE_DISCARD, &changes, &extra, async move {
-            Ok(overlay.discard_plan(plan).await?)
-        })
+        self.record_changes_then(
+            action::WORKSPACE_DISCARD,
+            &changes,
+            &json!({}),
+            async move { Ok(overlay.discard_plan(plan).await?) },
+        )
         .await?;
         Ok(changes)
     }

@@ -13,15 +13,6 @@ pub enum VfsError {
         /// The rule it broke.
         reason: &'static str,
     },
-    /// A discard of a path inside a directory capsules removed, which the discard leaves
-    /// removed: the path cannot come back alone.
-    #[error("{path}: capsules removed {dir}, which holds it; discard {dir} instead")]
-    RemovedAbove {
-        /// The path, escaped.
-        path: String,
-        /// The removed directory above it.
-        dir: String,
-    },
     /// Nothing at this path.
     #[error("{0}: no such file or directory")]
     NotFound(String),

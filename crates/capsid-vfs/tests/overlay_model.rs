@@ -25,8 +25,6 @@ enum Op {
     Diff,
     Commit,
     Discard,
-    CommitUnder(usize),
-    DiscardUnder(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -42,12 +40,10 @@ fn op() -> impl Strategy<Value = Op> {
         i.clone().prop_map(Op::Read),
         i.clone().prop_map(Op::List),
         i.clone().prop_map(Op::MkdirAll),
-        i.clone().prop_map(Op::Exists),
+        i.prop_map(Op::Exists),
         Just(Op::Diff),
         Just(Op::Commit),
         Just(Op::Discard),
-        i.clone().prop_map(Op::CommitUnder),
-        i.prop_map(Op::DiscardUnder),
     ]
 }
 
@@ -81,80 +77,8 @@ impl Layers {
                 Outcome::Done
             }
             Op::Diff => Outcome::Changes(self.diff()),
-            Op::CommitUnder(i) => {
-                let applied = self.commit_scope(PATHS[*i]);
-                // Removals first, deepest first; then additions, shallowest first.
-                let mut removals: Vec<&Change> = applied
-                    .iter()
-                    .filter(|c| c.kind == ChangeKind::Deleted)
-                    .collect();
-                removals.sort_by_key(|c| std::cmp::Reverse(c.path.segments().len()));
-                for c in removals {
-                    self.lower.0.remove(&c.path.to_string());
-                }
-                for c in applied.iter().filter(|c| c.kind != ChangeKind::Deleted) {
-                    let p = c.path.to_string();
-                    let node = self.merged.0[&p].clone();
-                    self.lower.0.insert(p, node);
-                }
-                Outcome::Changes(applied)
-            }
-            Op::DiscardUnder(i) => {
-                let scope = PATHS[*i];
-                let diff = self.diff();
-                let selected: Vec<&Change> =
-                    diff.iter().filter(|c| is_under(&c.path, scope)).collect();
-                // A path inside a directory capsules removed cannot come back alone.
-                for c in selected.iter().filter(|c| c.kind != ChangeKind::Added) {
-                    let p = c.path.to_string();
-                    let blocked = diff.iter().any(|d| {
-                        d.kind == ChangeKind::Deleted
-                            && !selected.contains(&d)
-                            && p.starts_with(&format!("{}/", d.path))
-                    });
-                    if blocked {
-                        return Outcome::Err("removed-above");
-                    }
-                }
-                for c in selected.iter().filter(|c| c.kind == ChangeKind::Added) {
-                    let p = c.path.to_string();
-                    self.merged
-                        .0
-                        .retain(|k, _| *k != p && !k.starts_with(&format!("{p}/")));
-                }
-                for c in selected.iter().filter(|c| c.kind != ChangeKind::Added) {
-                    let p = c.path.to_string();
-                    let node = self.lower.0[&p].clone();
-                    self.merged.0.insert(p, node);
-                }
-                Outcome::Done
-            }
             other => self.merged.apply(other),
         }
-    }
-
-    /// What a commit of `scope` applies: the changes at or below it, those of a removed
-    /// directory above it (whole), and those at a directory above it.
-    fn commit_scope(&self, scope: &str) -> Vec<Change> {
-        let diff = self.diff();
-        let scope_path = VfsPath::parse(scope).unwrap();
-        let mut wide = vec![scope_path.clone()];
-        if let Some(d) = scope_path.ancestors_and_self().find(|a| {
-            diff.iter()
-                .any(|c| c.path == *a && c.kind == ChangeKind::Deleted && c.entry == EntryKind::Dir)
-        }) {
-            wide.push(d);
-        }
-        let inside = |p: &VfsPath| wide.iter().any(|w| p.starts_with(w));
-        let above: Vec<VfsPath> = diff
-            .iter()
-            .filter(|c| inside(&c.path))
-            .flat_map(|c| c.path.ancestors_and_self().collect::<Vec<_>>())
-            .collect();
-        diff.iter()
-            .filter(|c| inside(&c.path) || above.contains(&c.path))
-            .cloned()
-            .collect()
     }
 
     fn diff(&self) -> Vec<Change> {
@@ -210,13 +134,8 @@ fn class(e: &VfsError) -> &'static str {
         VfsError::NotADirectory(_) => "not-dir",
         VfsError::NotEmpty(_) => "not-empty",
         VfsError::InvalidPath { .. } => "invalid",
-        VfsError::RemovedAbove { .. } => "removed-above",
         other => panic!("unexpected error {other}"),
     }
-}
-
-fn is_under(p: &VfsPath, scope: &str) -> bool {
-    p.starts_with(&VfsPath::parse(scope).unwrap())
 }
 
 fn parent(p: &str) -> &str {
@@ -293,9 +212,7 @@ impl Model {
             Op::Rename(a, b) => self.rename(PATHS[*a], PATHS[*b]),
             Op::MkdirAll(i) => self.mkdir_all(PATHS[*i]),
             Op::Exists(i) => Ok(Outcome::Flag(self.get(PATHS[*i]).is_some())),
-            Op::Diff | Op::Commit | Op::Discard | Op::CommitUnder(_) | Op::DiscardUnder(_) => {
-                unreachable!("handled by Layers")
-            }
+            Op::Diff | Op::Commit | Op::Discard => unreachable!("handled by Layers"),
             Op::Read(i) => match self.get(PATHS[*i]) {
                 None => Err("not-found"),
                 Some(Node::Dir) => Err("is-dir"),
@@ -423,17 +340,6 @@ async fn run(vfs: &OverlayVfs, op: &Op) -> Outcome {
             .await
             .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Changes),
         Op::Discard => done(vfs.discard().await),
-        Op::CommitUnder(i) => match vfs.plan_commit_under(vec![p(i)]).await {
-            Ok(plan) => vfs
-                .commit_plan(plan, false)
-                .await
-                .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Changes),
-            Err(e) => Outcome::Err(class(&e)),
-        },
-        Op::DiscardUnder(i) => match vfs.plan_discard_under(vec![p(i)]).await {
-            Ok(plan) => done(vfs.discard_plan(plan).await),
-            Err(e) => Outcome::Err(class(&e)),
-        },
     }
 }
 

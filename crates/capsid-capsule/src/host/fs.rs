@@ -127,9 +127,8 @@ impl CapsuleContext {
             | VfsError::IsADirectory(_)
             | VfsError::NotADirectory(_)
             | VfsError::NotEmpty(_) => WitError::Invalid(e.to_string()),
-            // Only a commit or discard gives this, never a capsule's own call.
+            // Only a commit gives this, never a capsule's own call.
             VfsError::Unaddressable(_)
-            | VfsError::RemovedAbove { .. }
             | VfsError::Conflicts(_)
             | VfsError::ChangedSincePlan
             | VfsError::State { .. }

@@ -152,40 +152,6 @@ impl Core {
         Ok(())
     }
 
-    /// Forgets the bases of `paths` (after a commit or discard of them), rewriting the file
-    /// whole with what is left.
-    pub(super) fn forget_bases_of<'a>(
-        &mut self,
-        paths: impl Iterator<Item = &'a VfsPath>,
-    ) -> Result<(), VfsError> {
-        let before = self.bases.len();
-        for p in paths {
-            self.bases.remove(p);
-        }
-        if self.bases.len() == before {
-            return Ok(());
-        }
-        let mut text = Vec::new();
-        for (path, base) in &self.bases {
-            let line = serde_json::to_vec(&Line {
-                path: path.clone(),
-                base: base.clone(),
-            })
-            .map_err(|e| VfsError::State {
-                path: BASES_FILE.into(),
-                reason: e.to_string(),
-            })?;
-            text.extend_from_slice(&line);
-            text.push(b'\n');
-        }
-        self.work.replace_with(
-            &bases_path()?,
-            Staging::Beside(super::state::WORK_TEMP_PREFIX),
-            Sync::Durable,
-            |f| std::io::Write::write_all(f, &text),
-        )
-    }
-
     /// Forgets every base (after a commit or a discard).
     pub(super) fn forget_bases(&mut self) -> Result<(), VfsError> {
         self.bases.clear();

@@ -11,8 +11,7 @@ use crate::host::{HostVfs, Staging, Sync};
 use crate::path::VfsPath;
 
 /// The work directory's record of a commit under way: the name prefix of the temporary
-/// files it fills in the lower layer, so the next open removes any a kill left behind, then
-/// (a line each) the paths it is limited to, so the next open finishes exactly that commit.
+/// files it fills in the lower layer, so the next open removes any a kill left behind.
 const PENDING_FILE: &str = "commit-pending";
 
 /// Name prefix of a commit's temporary files in the lower layer (then random hex and `-`).
@@ -137,21 +136,17 @@ impl Core {
     /// A commit that fails is abandoned (its record and temporary files removed), so nothing
     /// rolls it forward later with writes made since; the merged view is unchanged and
     /// `commit` can be run again.
-    pub(super) fn commit(
-        &mut self,
-        refuse_conflicts: bool,
-        scope: &[VfsPath],
-    ) -> Result<Vec<Change>, VfsError> {
+    pub(super) fn commit(&mut self, refuse_conflicts: bool) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
         if refuse_conflicts {
-            let conflicts = self.plan_under(scope)?.conflicts;
+            let conflicts = self.plan()?.conflicts;
             if !conflicts.is_empty() {
                 return Err(VfsError::Conflicts(
                     conflicts.iter().map(ToString::to_string).collect(),
                 ));
             }
         }
-        let failed = match self.apply(scope) {
+        let failed = match self.apply() {
             Ok(changes) => return Ok(changes),
             Err(e) => e,
         };
@@ -178,8 +173,8 @@ impl Core {
     /// never left half-committed after an open. What it applied, if anything.
     pub(super) fn finish_interrupted_commit(&mut self) -> Result<Vec<Change>, VfsError> {
         let finished = match self.remove_commit_leftovers() {
-            Ok(None) => return Ok(Vec::new()),
-            Ok(Some(scope)) => self.apply(&scope),
+            Ok(false) => return Ok(Vec::new()),
+            Ok(true) => self.apply(),
             Err(e) => Err(e),
         };
         finished.map_err(|e| VfsError::InterruptedCommit {
@@ -188,8 +183,8 @@ impl Core {
         })
     }
 
-    fn apply(&mut self, scope: &[VfsPath]) -> Result<Vec<Change>, VfsError> {
-        let changes = super::scope::commit_scope(&self.diff()?, scope);
+    fn apply(&mut self) -> Result<Vec<Change>, VfsError> {
+        let changes = self.diff()?;
         for c in &changes {
             if c.kind == ChangeKind::Deleted
                 && c.entry == EntryKind::Dir
@@ -199,7 +194,7 @@ impl Core {
             }
         }
         self.sync_upper(&changes)?;
-        let prefix = self.begin_commit(scope)?;
+        let prefix = self.begin_commit()?;
         let mut deletions: Vec<&Change> = changes
             .iter()
             .filter(|c| c.kind == ChangeKind::Deleted)
@@ -233,13 +228,8 @@ impl Core {
                 )?,
             }
         }
-        // Dropping the markers (and the bases, whose changes are now the lower layer's); of
-        // a commit of some paths, only what it applied.
-        if scope.is_empty() {
-            self.discard()?;
-        } else {
-            self.settle_partial_commit(&changes)?;
-        }
+        // Dropping the markers (and the bases, whose changes are now the lower layer's).
+        self.discard()?;
         self.end_commit()?;
         Ok(changes)
     }
@@ -269,23 +259,18 @@ impl Core {
 
     /// Records a commit under way (replacing a record left by one interrupted); its
     /// temporary files' name prefix.
-    fn begin_commit(&self, scope: &[VfsPath]) -> Result<String, VfsError> {
+    fn begin_commit(&self) -> Result<String, VfsError> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| VfsError::Io {
             path: PENDING_FILE.into(),
             source: std::io::Error::other(e.to_string()),
         })?;
         let prefix = format!("{COMMIT_TEMP_PREFIX}{}-", hex::encode(nonce));
-        let mut record = prefix.clone();
-        for p in scope {
-            record.push('\n');
-            record.push_str(&p.to_string());
-        }
         self.work.replace_with(
             &pending_path()?,
             Staging::Beside(WORK_TEMP_PREFIX),
             Sync::Durable,
-            |f| std::io::Write::write_all(f, record.as_bytes()),
+            |f| std::io::Write::write_all(f, prefix.as_bytes()),
         )?;
         Ok(prefix)
     }
@@ -301,31 +286,23 @@ impl Core {
     }
 
     /// Removes the temporary files an interrupted commit left in the lower layer, durably;
-    /// the paths the commit of the record there is limited to, if a record is there (it
-    /// stays until a commit ends; empty: the whole overlay). They can only be
+    /// whether a commit's record is there (it stays until a commit ends). They can only be
     /// beside a file still to commit (the merged view, and so the diff, is what it was when
     /// that commit began), and only files named with its prefix are removed.
-    pub(super) fn remove_commit_leftovers(&self) -> Result<Option<Vec<VfsPath>>, VfsError> {
+    pub(super) fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
         let pending = pending_path()?;
-        let record = match self.work.read_sync(&pending) {
+        let prefix = match self.work.read_sync(&pending) {
             Ok(bytes) => bytes,
-            Err(VfsError::NotFound(_)) => return Ok(None),
+            Err(VfsError::NotFound(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        let bad = |reason: &str| VfsError::State {
-            path: self.work.root().join(PENDING_FILE).display().to_string(),
-            reason: reason.into(),
-        };
-        let record = std::str::from_utf8(&record).map_err(|_| bad("not text"))?;
-        let mut lines = record.split('\n');
-        let prefix = lines
-            .next()
+        let prefix = std::str::from_utf8(&prefix)
+            .ok()
             .filter(|p| is_commit_prefix(p))
-            .ok_or_else(|| bad("not a commit's temporary-file prefix"))?;
-        let scope = lines
-            .map(VfsPath::parse)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| bad("a path it is limited to is not a workspace path"))?;
+            .ok_or_else(|| VfsError::State {
+                path: self.work.root().join(PENDING_FILE).display().to_string(),
+                reason: "not a commit's temporary-file prefix".into(),
+            })?;
         let parents: std::collections::BTreeSet<VfsPath> = self
             .diff()?
             .into_iter()
@@ -337,7 +314,7 @@ impl Core {
                 self.lower.sync_dir(&parent)?;
             }
         }
-        Ok(Some(scope))
+        Ok(true)
     }
 
     pub(super) fn discard(&mut self) -> Result<(), VfsError> {

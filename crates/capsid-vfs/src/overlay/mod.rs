@@ -7,7 +7,6 @@
 
 mod base;
 mod commit;
-mod scope;
 mod state;
 
 use std::collections::{BTreeMap, btree_map::Entry};
@@ -129,34 +128,19 @@ impl OverlayVfs {
     /// [`conflicts`](Self::conflicts)) refuses the whole commit with
     /// [`VfsError::Conflicts`], changing nothing.
     pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
-        self.with(|c| c.commit(true, &[])).await
+        self.with(|c| c.commit(true)).await
     }
 
     /// [`commit`](Self::commit), overwriting what changed behind the overlay's back.
     pub async fn commit_overwriting(&self) -> Result<Vec<Change>, VfsError> {
-        self.with(|c| c.commit(false, &[])).await
+        self.with(|c| c.commit(false)).await
     }
 
     /// What a commit would apply now: the changes, the blake3 of each file it would write,
     /// and the conflicts; for a caller that records it before applying it
     /// ([`commit_plan`](Self::commit_plan)).
     pub async fn plan_commit(&self) -> Result<CommitPlan, VfsError> {
-        self.plan_commit_under(Vec::new()).await
-    }
-
-    /// [`plan_commit`](Self::plan_commit) of the paths at or below `scope` only (all, when
-    /// empty), with what they cannot be committed without: a directory above them that
-    /// capsules made (created first), or one they removed (removed whole). The rest stays
-    /// in the overlay.
-    pub async fn plan_commit_under(&self, scope: Vec<VfsPath>) -> Result<CommitPlan, VfsError> {
-        self.with(move |c| c.plan_under(&scope)).await
-    }
-
-    /// What discarding the paths at or below `scope` (all, when empty) would undo, as a
-    /// plan for [`discard_plan`](Self::discard_plan). A path inside a directory capsules
-    /// removed cannot come back alone ([`VfsError::RemovedAbove`]).
-    pub async fn plan_discard_under(&self, scope: Vec<VfsPath>) -> Result<CommitPlan, VfsError> {
-        self.with(move |c| c.plan_discard(&scope)).await
+        self.with(|c| c.plan()).await
     }
 
     /// Commits, if `plan` still describes the overlay exactly (else
@@ -169,10 +153,10 @@ impl OverlayVfs {
     ) -> Result<Vec<Change>, VfsError> {
         self.with(move |c| {
             c.remove_commit_leftovers()?;
-            if c.plan_under(&plan.scope)? != plan {
+            if c.plan()? != plan {
                 return Err(VfsError::ChangedSincePlan);
             }
-            c.commit(!overwrite, &plan.scope)
+            c.commit(!overwrite)
         })
         .await
     }
@@ -188,20 +172,14 @@ impl OverlayVfs {
         self.with(Core::discard).await
     }
 
-    /// Drops the changes of `plan` (from [`plan_discard_under`](Self::plan_discard_under),
-    /// or [`plan_commit`](Self::plan_commit) for every change), if it still describes the
-    /// overlay exactly (else [`VfsError::ChangedSincePlan`], dropping nothing): what was
-    /// recorded is what goes.
+    /// Drops every change, if `plan` still describes the overlay exactly (else
+    /// [`VfsError::ChangedSincePlan`], dropping nothing): what was recorded is what goes.
     pub async fn discard_plan(&self, plan: CommitPlan) -> Result<(), VfsError> {
         self.with(move |c| {
-            if c.plan_discard(&plan.scope)? != plan {
+            if c.plan()? != plan {
                 return Err(VfsError::ChangedSincePlan);
             }
-            if plan.scope.is_empty() {
-                c.discard()
-            } else {
-                c.discard_some(&plan.changes)
-            }
+            c.discard()
         })
         .await
     }
@@ -271,8 +249,6 @@ pub struct CommitPlan {
     /// The changed paths that changed in the lower layer too since the overlay first
     /// changed them.
     pub conflicts: Vec<VfsPath>,
-    /// The paths it is limited to (at or below each); empty: the whole overlay.
-    pub scope: Vec<VfsPath>,
 }
 
 fn not_found(p: &VfsPath) -> VfsError {
@@ -281,22 +257,7 @@ fn not_found(p: &VfsPath) -> VfsError {
 
 impl Core {
     pub(super) fn plan(&self) -> Result<CommitPlan, VfsError> {
-        self.plan_under(&[])
-    }
-
-    /// The plan of a commit of `scope` ([`scope::commit_scope`]).
-    pub(super) fn plan_under(&self, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
-        let changes = scope::commit_scope(&self.diff()?, scope);
-        self.plan_of(changes, scope)
-    }
-
-    /// The plan of a discard of `scope` ([`scope::discard_scope`]).
-    pub(super) fn plan_discard(&self, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
-        let changes = scope::discard_scope(&self.diff()?, scope)?;
-        self.plan_of(changes, scope)
-    }
-
-    fn plan_of(&self, changes: Vec<Change>, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
+        let changes = self.diff()?;
         let mut hashes = BTreeMap::new();
         for c in &changes {
             if c.kind != ChangeKind::Deleted && c.entry == EntryKind::File {
@@ -308,7 +269,6 @@ impl Core {
             changes,
             hashes,
             conflicts,
-            scope: scope.to_vec(),
         })
     }
 
