@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use capsid_core::file::read_regular;
-use capsid_core::limits::MAX_SIGNATURE_FILE_BYTES;
+use capsid_core::limits::{MAX_SIGNATURE_FILE_BYTES, MAX_VERIFIED_SIGNATURES};
 use capsid_crypto::{Digest, PublicKey};
 use capsid_manifest::{Component, Manifest};
 use serde::{Deserialize, Serialize};
@@ -74,11 +74,15 @@ pub struct Checked {
 
 /// The signature policy of a home: what it requires, the runtime key (always trusted) and
 /// the trust store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct SignatureCheck {
     require: Require,
     runtime: PublicKey,
     store: Arc<TrustStore>,
+    /// blake3 of `Capsule.sig` texts whose signature verified: whether one does depends on
+    /// its text alone, so a capsule loaded again is not verified again. Who signed it is
+    /// looked up afresh every time (a key removed since is not trusted).
+    verified: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl SignatureCheck {
@@ -88,7 +92,25 @@ impl SignatureCheck {
             require,
             runtime,
             store,
+            verified: std::sync::Mutex::default(),
         }
+    }
+
+    /// Whether `sig`, parsed from `text`, verifies: remembered once it does.
+    fn verifies(&self, text: &str, sig: &CapsuleSignature) -> bool {
+        let key = *blake3::hash(text.as_bytes()).as_bytes();
+        if capsid_core::sync::lock(&self.verified).contains(&key) {
+            return true;
+        }
+        if !sig.verify() {
+            return false;
+        }
+        let mut verified = capsid_core::sync::lock(&self.verified);
+        if verified.len() >= MAX_VERIFIED_SIGNATURES {
+            verified.clear();
+        }
+        verified.insert(key);
+        true
     }
 
     /// What it requires.
@@ -139,7 +161,7 @@ impl SignatureCheck {
             Err(e) => return Err(bad(e.to_string())),
         };
         let sig = CapsuleSignature::parse(&text).map_err(bad)?;
-        if !sig.verify() {
+        if !self.verifies(&text, &sig) {
             return Err(bad("its signature does not verify under its key".into()));
         }
         let signer = self.signer(&sig, manifest.name.as_str());
