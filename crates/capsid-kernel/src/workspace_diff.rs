@@ -56,16 +56,9 @@ fn file_diff(
     with_text: bool,
     budget: &mut usize,
 ) -> FileDiff {
-    let mut out = FileDiff {
-        before_len: before.map(|s| s.len),
-        after_len: after.map(|s| s.len),
-        binary: false,
-        added_lines: 0,
-        removed_lines: 0,
-        text: None,
-        left_out: false,
-        change,
-    };
+    let mut out = unread(change, false);
+    out.before_len = before.map(|s| s.len);
+    out.after_len = after.map(|s| s.len);
     let (old, new) = match (text(before), text(after)) {
         (Err(()), _) | (_, Err(())) => {
             out.binary = true;

@@ -29,4 +29,4 @@ pub use check::{Checked, Require, SignatureCheck, Signer};
 pub use contents::{CapsuleContents, sign_capsule};
 pub use error::{SigningError, TrustError};
 pub use signature::{CapsuleSignature, SIGNATURE_ALGORITHM, SIGNATURE_FILE, SIGNATURE_FORMAT};
-pub use trust::{RUNTIME_SIGNER, TrustStore, TrustedKey, check_trust_name};
+pub use trust::{RUNTIME_SIGNER, TrustStore, TrustedKey};

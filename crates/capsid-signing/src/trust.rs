@@ -59,7 +59,7 @@ struct TrustFile {
 
 /// Checks a trusted key's name: 1 to 64 of `a-z`, `0-9`, `-`, not starting with `-`, and
 /// not `runtime`.
-pub fn check_trust_name(name: &str) -> Result<(), TrustError> {
+fn check_trust_name(name: &str) -> Result<(), TrustError> {
     let ok = !name.is_empty()
         && name.len() <= MAX_TRUST_NAME_LEN
         && !name.starts_with('-')
