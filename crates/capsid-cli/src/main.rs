@@ -182,9 +182,15 @@ pub(crate) enum WsCommand {
         /// Also where the workspace changed too since a capsule first changed it.
         #[arg(long, alias = "force")]
         overwrite: bool,
+        /// Only the changes at or below these workspace paths (and the folders above them
+        /// they need); the rest keeps waiting.
+        paths: Vec<String>,
     },
     /// Drops capsules' changes (recorded first, path by path).
-    Discard,
+    Discard {
+        /// Only the changes at or below these workspace paths.
+        paths: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]

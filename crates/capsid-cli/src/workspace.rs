@@ -7,8 +7,8 @@ use anyhow::Result;
 use capsid_core::text::printable;
 use capsid_protocol::Client;
 use capsid_protocol::methods::{
-    FileDiffView, NoParams, WorkspaceChangeView, WorkspaceCommit, WorkspaceCommitParams,
-    WorkspaceDiff, WorkspaceDiffParams, WorkspaceDiscard, WorkspacePathsParams, WorkspaceStatus,
+    FileDiffView, WorkspaceChangeView, WorkspaceCommit, WorkspaceCommitParams, WorkspaceDiff,
+    WorkspaceDiffParams, WorkspaceDiscard, WorkspacePathsParams, WorkspaceStatus,
 };
 
 use crate::WsCommand;
@@ -141,7 +141,9 @@ fn nothing(filtered: bool) -> &'static str {
 
 /// Runs `command`.
 pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -> Result<()> {
-    let filtered = matches!(&command, WsCommand::Status { paths } if !paths.is_empty());
+    let filtered = matches!(&command,
+        WsCommand::Status { paths } | WsCommand::Commit { paths, .. } | WsCommand::Discard { paths }
+            if !paths.is_empty());
     let (review, done) = match command {
         WsCommand::Diff { stat, paths } => return diff(client, paths, stat, as_json).await,
         WsCommand::Status { paths } => (
@@ -150,14 +152,16 @@ pub(crate) async fn ws(client: &mut Client, command: WsCommand, as_json: bool) -
                 .await?,
             None,
         ),
-        WsCommand::Commit { overwrite } => (
+        WsCommand::Commit { overwrite, paths } => (
             client
-                .call::<WorkspaceCommit>(&WorkspaceCommitParams { overwrite })
+                .call::<WorkspaceCommit>(&WorkspaceCommitParams { overwrite, paths })
                 .await?,
             Some("committed"),
         ),
-        WsCommand::Discard => (
-            client.call::<WorkspaceDiscard>(&NoParams {}).await?,
+        WsCommand::Discard { paths } => (
+            client
+                .call::<WorkspaceDiscard>(&WorkspacePathsParams { paths })
+                .await?,
             Some("discarded"),
         ),
     };

@@ -490,12 +490,59 @@ async fn kill_during_commit(
     mid_commit
 }
 
+/// Whether the notes `written` (committed by a daemon killed at some point) all landed in
+/// the workspace, with `left` still waiting; else none did, and all wait. Anything between
+/// fails the test.
+fn landed_whole(
+    home: &Home,
+    round: usize,
+    written: &[(String, String)],
+    left: &[(String, String)],
+    answered_success: bool,
+) -> bool {
+    let workspace = home.path.join("workspace");
+    let in_workspace: Vec<bool> = written
+        .iter()
+        .map(|(path, blake3)| {
+            std::fs::read(workspace.join(path))
+                .is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == blake3)
+        })
+        .collect();
+    let still_pending = pending_files(home);
+    assert!(
+        !answered_success || in_workspace.iter().all(|&w| w),
+        "round {round}: the commit answered success, yet it did not land"
+    );
+    assert!(
+        left.iter().all(|(path, _)| !workspace.join(path).exists()),
+        "round {round}: a note outside the paths committed landed"
+    );
+    if in_workspace.iter().all(|&w| w) {
+        assert_eq!(
+            still_pending, left,
+            "round {round}: landed, yet other than the rest waits"
+        );
+        return true;
+    }
+    assert!(
+        in_workspace.iter().all(|&w| !w),
+        "round {round}: {} of {} notes landed",
+        in_workspace.iter().filter(|&&w| w).count(),
+        written.len()
+    );
+    assert_eq!(
+        still_pending,
+        [written, left].concat(),
+        "round {round}: what waits changed"
+    );
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     let home = Home::new();
     home.ok(&["start", "--dev"]);
     home.install("notes");
-    let workspace = home.path.join("workspace");
     let mut rng = Rng::seeded();
     let (mut landed, mut recovered, mut not_begun) = (0, 0, 0);
     // The overlay's record of a commit under way: there from the moment it starts writing
@@ -525,11 +572,25 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
                 .count()
         };
         let recoveries_before = recoveries(&home);
+        // Odd rounds commit half the notes by path: that half lands whole or not at all, and
+        // the other half keeps waiting either way.
+        let taken = if round % 2 == 1 {
+            written.len() / 2
+        } else {
+            written.len()
+        };
+        let (written, left) = written.split_at(taken);
+        let scope: Vec<&str> = if left.is_empty() {
+            Vec::new()
+        } else {
+            written.iter().map(|(path, _)| path.as_str()).collect()
+        };
 
         let mut commit = std::process::Command::new(common::CAPSID)
             .arg("--home")
             .arg(&home.path)
             .args(["ws", "commit"])
+            .args(&scope)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -540,36 +601,13 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
         let answered_success = commit.wait().unwrap().success();
         home.ok(&["start", "--dev"]);
 
-        let in_workspace: Vec<bool> = written
-            .iter()
-            .map(|(path, blake3)| {
-                std::fs::read(workspace.join(path))
-                    .is_ok_and(|bytes| blake3::hash(&bytes).to_hex().as_str() == blake3)
-            })
-            .collect();
-        let still_pending = pending_files(&home);
-        assert!(
-            !answered_success || in_workspace.iter().all(|&w| w),
-            "round {round}: the commit answered success, yet it did not land"
-        );
-        if in_workspace.iter().all(|&w| w) {
-            assert!(
-                still_pending.is_empty(),
-                "round {round}: landed, yet {still_pending:?} wait"
-            );
+        if landed_whole(&home, round, written, left, answered_success) {
             if recoveries(&home) > recoveries_before {
                 recovered += 1;
             } else {
                 landed += 1;
             }
         } else {
-            assert!(
-                in_workspace.iter().all(|&w| !w),
-                "round {round}: {} of {} notes landed",
-                in_workspace.iter().filter(|&&w| w).count(),
-                written.len()
-            );
-            assert_eq!(still_pending, written, "round {round}: what waits changed");
             not_begun += 1;
         }
         let verified = home.json(&["audit", "verify"]);
@@ -577,7 +615,8 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     }
     home.ok(&["stop"]);
     println!(
-        "crash suite commits: {} rounds of {COMMIT_NOTES} notes: {landed} landed before the kill, \
+        "crash suite commits: {} rounds of {COMMIT_NOTES} notes (odd rounds: half, by path): \
+         {landed} landed before the kill, \
          {recovered} finished at the next boot ({killed_mid_commit} killed while the commit's \
          record was there), {not_begun} not begun; never part of one",
         rounds()

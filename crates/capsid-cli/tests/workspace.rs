@@ -199,3 +199,60 @@ fn ws_diff_shows_text_changes_sizes_and_who_wrote_them() {
     );
     home.ok(&["stop"]);
 }
+
+#[test]
+fn ws_commit_and_discard_take_paths_and_leave_the_rest_waiting() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    let workspace = home.path.join("workspace");
+    for name in ["a", "b", "c"] {
+        add_note(&home, name, name);
+    }
+    // The folder `notes` comes along with the one file committed.
+    let committed = home.json(&["ws", "commit", "notes/a.md"]);
+    let paths: Vec<&str> = committed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["notes", "notes/a.md"]);
+    assert_eq!(std::fs::read(workspace.join("notes/a.md")).unwrap(), b"a");
+    assert!(!workspace.join("notes/b.md").exists());
+    home.ok(&["ws", "discard", "notes/b.md"]);
+    let status = home.json(&["ws", "status"]);
+    assert_eq!(status["total"], 1, "{status:#}");
+    assert_eq!(status["changes"][0]["path"], "notes/c.md");
+    let tail = home.json(&["audit", "tail", "-n", "40"]);
+    let discard = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["action"] == "workspace.discard")
+        .unwrap();
+    let details = discard["details"].as_str().unwrap();
+    assert!(
+        details.contains("\"limited_to\":[\"notes/b.md\"]") && details.contains("notes/b.md"),
+        "{details}"
+    );
+    // A file inside a folder capsules removed cannot come back alone.
+    home.ok(&["ws", "commit"]);
+    home.ok(&["call", "notes", "tidy"]);
+    let refused = home.run(&["ws", "discard", "notes/a.md"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("name notes instead"), "{err}");
+    home.ok(&["ws", "discard", "notes"]);
+    assert!(home.ok(&["ws", "status"]).contains("no changes"));
+    let read = home.ok(&[
+        "call",
+        "notes",
+        "read",
+        "--input",
+        &json!({ "name": "a" }).to_string(),
+    ]);
+    assert!(read.contains("\"a\""), "{read}");
+    home.ok(&["stop"]);
+}

@@ -7,7 +7,7 @@
 
 use capsid_audit::action;
 use capsid_core::limits::{MAX_AUDIT_DETAILS_BYTES, MAX_WORKSPACE_FILTERS};
-use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError};
+use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError, VfsPath};
 use serde_json::{Value, json};
 
 use crate::error::KernelError;
@@ -99,6 +99,23 @@ fn parts(changes: &[WorkspaceChange], extra: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// The paths `plan` is limited to, as recorded (empty: all).
+fn paths_of(plan: &CommitPlan) -> Vec<String> {
+    plan.scope.iter().map(ToString::to_string).collect()
+}
+
+/// Workspace paths a review is limited to, parsed (all, when empty).
+fn scope(paths: &[String]) -> Result<Vec<VfsPath>, KernelError> {
+    if paths.len() > MAX_WORKSPACE_FILTERS {
+        return Err(KernelError::TooManyPaths(MAX_WORKSPACE_FILTERS));
+    }
+    // `notes/` (as shells complete it) is `notes`; `/` is the whole workspace.
+    Ok(paths
+        .iter()
+        .map(|f| VfsPath::parse(f.trim_end_matches('/')))
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
 impl Kernel {
     /// What capsules changed in the workspace and not yet committed, sorted by path, with
     /// who changed each.
@@ -112,14 +129,7 @@ impl Kernel {
         filters: &[String],
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open()?;
-        if filters.len() > MAX_WORKSPACE_FILTERS {
-            return Err(KernelError::TooManyPaths(MAX_WORKSPACE_FILTERS));
-        }
-        // `notes/` (as shells complete it) is `notes`; `/` is the whole workspace.
-        let filters = filters
-            .iter()
-            .map(|f| capsid_vfs::VfsPath::parse(f.trim_end_matches('/')))
-            .collect::<Result<Vec<_>, _>>()?;
+        let filters = scope(filters)?;
         let mut changes = review(&self.overlay().plan_commit().await?);
         changes.retain(|c| crate::workspace_diff::selected(&c.path, &filters));
         self.attribute(&mut changes).await;
@@ -175,15 +185,18 @@ impl Kernel {
         }
     }
 
-    /// Commits capsules' changes to the workspace: recorded path by path (with each
+    /// Commits capsules' changes to the workspace (those at or below `paths`, with the
+    /// folders above them they need; all, with none): recorded path by path (with each
     /// file's blake3), then applied exactly as recorded. Paths changed in the workspace
     /// too since capsules first changed them refuse it, unless `overwrite`.
     pub async fn workspace_commit(
         &self,
         overwrite: bool,
+        paths: &[String],
     ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
-        let plan = self.overlay().plan_commit().await?;
+        let scope = scope(paths)?;
+        let plan = self.overlay().plan_commit_of(scope).await?;
         let mut changes = review(&plan);
         self.attribute(&mut changes).await;
         if !overwrite && !plan.conflicts.is_empty() {
@@ -196,7 +209,7 @@ impl Kernel {
             return Ok(changes);
         }
         let overlay = self.overlay().clone();
-        let extra = json!({ "overwrite": overwrite });
+        let extra = json!({ "overwrite": overwrite, "limited_to": paths_of(&plan) });
         self.record_changes_then(action::WORKSPACE_COMMIT, &changes, &extra, async move {
             Ok(overlay.commit_plan(plan, overwrite).await.map(|_| ())?)
         })
@@ -204,22 +217,25 @@ impl Kernel {
         Ok(changes)
     }
 
-    /// Drops every change capsules made to the workspace, recorded first path by path.
-    pub async fn workspace_discard(&self) -> Result<Vec<WorkspaceChange>, KernelError> {
+    /// Drops the changes capsules made to the workspace at or below `paths` (all, with
+    /// none), recorded first path by path.
+    pub async fn workspace_discard(
+        &self,
+        paths: &[String],
+    ) -> Result<Vec<WorkspaceChange>, KernelError> {
         self.open_recording()?;
-        let plan = self.overlay().plan_commit().await?;
+        let scope = scope(paths)?;
+        let plan = self.overlay().plan_discard_of(scope).await?;
         let mut changes = review(&plan);
         self.attribute(&mut changes).await;
         if changes.is_empty() {
             return Ok(changes);
         }
         let overlay = self.overlay().clone();
-        self.record_changes_then(
-            action::WORKSPACE_DISCARD,
-            &changes,
-            &json!({}),
-            async move { Ok(overlay.discard_plan(plan).await?) },
-        )
+        let extra = json!({ "limited_to": paths_of(&plan) });
+        self.record_changes_then(action::WORKSPACE_DISCARD, &changes, &extra, async move {
+            Ok(overlay.discard_plan(plan).await?)
+        })
         .await?;
         Ok(changes)
     }

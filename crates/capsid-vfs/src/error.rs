@@ -13,6 +13,18 @@ pub enum VfsError {
         /// The rule it broke.
         reason: &'static str,
     },
+    /// A path to commit or discard alone lies inside a directory capsules removed or
+    /// replaced, which hides the workspace's copy of everything below it.
+    #[error("{path}: capsules removed or replaced {dir}, which holds it; name {dir} instead")]
+    ReplacedAbove {
+        /// The path.
+        path: String,
+        /// The directory above it.
+        dir: String,
+    },
+    /// A path to commit or discard has no change at or below it.
+    #[error("{0}: no change at or below it to commit or discard")]
+    Unchanged(String),
     /// Nothing at this path.
     #[error("{0}: no such file or directory")]
     NotFound(String),

@@ -127,8 +127,10 @@ impl CapsuleContext {
             | VfsError::IsADirectory(_)
             | VfsError::NotADirectory(_)
             | VfsError::NotEmpty(_) => WitError::Invalid(e.to_string()),
-            // Only a commit gives this, never a capsule's own call.
+            // Only a commit or discard gives this, never a capsule's own call.
             VfsError::Unaddressable(_)
+            | VfsError::ReplacedAbove { .. }
+            | VfsError::Unchanged(_)
             | VfsError::Conflicts(_)
             | VfsError::ChangedSincePlan
             | VfsError::State { .. }

@@ -187,7 +187,7 @@ async fn answer(
             run::<WorkspaceCommit, _>(request, |p| workspace::commit(s, p)).await
         }
         MethodId::WorkspaceDiscard => {
-            run::<WorkspaceDiscard, _>(request, |_| workspace::discard(s)).await
+            run::<WorkspaceDiscard, _>(request, |p| workspace::discard(s, p)).await
         }
         MethodId::ApprovalList => {
             run::<ApprovalList, _>(request, |_| async { Ok(approvals::list(s)) }).await

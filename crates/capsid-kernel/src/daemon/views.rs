@@ -159,7 +159,11 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
         | KernelError::Event(_)
         | KernelError::ReservedTopic { .. }
         | KernelError::TooManyPaths(_)
-        | KernelError::Vfs(capsid_vfs::VfsError::InvalidPath { .. }) => ErrorCode::Invalid,
+        | KernelError::Vfs(
+            capsid_vfs::VfsError::InvalidPath { .. }
+            | capsid_vfs::VfsError::ReplacedAbove { .. }
+            | capsid_vfs::VfsError::Unchanged(_),
+        ) => ErrorCode::Invalid,
         KernelError::Capsule(c) => capsule_error_code(c),
         KernelError::Signing(s) => signing_error_code(s),
         KernelError::Trust(t) => trust_error_code(t),

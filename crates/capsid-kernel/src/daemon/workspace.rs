@@ -90,11 +90,11 @@ pub(super) async fn diff(shared: &Shared, p: WorkspaceDiffParams) -> Answer<Work
 }
 
 pub(super) async fn commit(shared: &Shared, p: WorkspaceCommitParams) -> Answer<WorkspaceReview> {
-    let changes = shared.kernel.workspace_commit(p.overwrite).await;
+    let changes = shared.kernel.workspace_commit(p.overwrite, &p.paths).await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
 }
 
-pub(super) async fn discard(shared: &Shared) -> Answer<WorkspaceReview> {
-    let changes = shared.kernel.workspace_discard().await;
+pub(super) async fn discard(shared: &Shared, p: WorkspacePathsParams) -> Answer<WorkspaceReview> {
+    let changes = shared.kernel.workspace_discard(&p.paths).await;
     Ok(views(changes.map_err(|e| kernel_error(&e))?))
 }

@@ -227,7 +227,7 @@ methods! {
     WorkspaceCommit = "workspace.commit" (WorkspaceCommitParams) -> WorkspaceReview
         { read_only: false, inline: false, streaming: false }
     /// Drops capsules' changes to the workspace (recorded first, path by path).
-    WorkspaceDiscard = "workspace.discard" (NoParams) -> WorkspaceReview
+    WorkspaceDiscard = "workspace.discard" (WorkspacePathsParams) -> WorkspaceReview
         { read_only: false, inline: false, streaming: false }
     /// The calls waiting for a person's approval, oldest first.
     ApprovalList = "approval.list" (NoParams) -> Vec<ApprovalView>

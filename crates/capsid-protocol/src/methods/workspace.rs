@@ -77,12 +77,16 @@ pub struct WorkspaceDiffResult {
 }
 
 /// Params of `workspace.commit`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceCommitParams {
     /// Commit over paths that changed in the workspace too (conflicts).
     #[serde(default)]
     pub overwrite: bool,
+    /// Workspace paths: commit the changes at or below them (with the folders above them
+    /// they need) and leave the rest waiting; all, when empty.
+    #[serde(default)]
+    pub paths: Vec<String>,
 }
 
 /// What a `workspace.*` method answers: the changed paths (the first

@@ -69,6 +69,20 @@ struct Line {
     base: Base,
 }
 
+/// One line of the bases file, with its newline.
+fn line_of(path: &VfsPath, base: &Base) -> Result<Vec<u8>, VfsError> {
+    let mut line = serde_json::to_vec(&Line {
+        path: path.clone(),
+        base: base.clone(),
+    })
+    .map_err(|e| VfsError::State {
+        path: BASES_FILE.into(),
+        reason: e.to_string(),
+    })?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 fn bases_path() -> Result<VfsPath, VfsError> {
     VfsPath::parse(BASES_FILE)
 }
@@ -138,18 +152,33 @@ impl Core {
     }
 
     fn keep_base(&mut self, path: VfsPath, base: Base) -> Result<(), VfsError> {
-        let mut line = serde_json::to_vec(&Line {
-            path: path.clone(),
-            base: base.clone(),
-        })
-        .map_err(|e| VfsError::State {
-            path: BASES_FILE.into(),
-            reason: e.to_string(),
-        })?;
-        line.push(b'\n');
+        let line = line_of(&path, &base)?;
         self.work.append_sync(&bases_path()?, &line)?;
         self.bases.insert(path, base);
         Ok(())
+    }
+
+    /// Forgets the bases of the paths `gone` picks (after a commit or discard of them),
+    /// rewriting the file whole with the rest.
+    pub(super) fn forget_bases_where(
+        &mut self,
+        gone: impl Fn(&VfsPath) -> bool,
+    ) -> Result<(), VfsError> {
+        let before = self.bases.len();
+        self.bases.retain(|p, _| !gone(p));
+        if self.bases.len() == before {
+            return Ok(());
+        }
+        let mut text = Vec::new();
+        for (path, base) in &self.bases {
+            text.extend_from_slice(&line_of(path, base)?);
+        }
+        self.work.replace_with(
+            &bases_path()?,
+            Staging::Beside(super::state::WORK_TEMP_PREFIX),
+            Sync::Durable,
+            |f| std::io::Write::write_all(f, &text),
+        )
     }
 
     /// Forgets every base (after a commit or a discard).

@@ -11,7 +11,8 @@ use crate::host::{HostVfs, Staging, Sync};
 use crate::path::VfsPath;
 
 /// The work directory's record of a commit under way: the name prefix of the temporary
-/// files it fills in the lower layer, so the next open removes any a kill left behind.
+/// files it fills in the lower layer, so the next open removes any a kill left behind, then
+/// (a line each) the paths it is limited to, so the next open finishes exactly that commit.
 const PENDING_FILE: &str = "commit-pending";
 
 /// Name prefix of a commit's temporary files in the lower layer (then random hex and `-`).
@@ -136,17 +137,25 @@ impl Core {
     /// A commit that fails is abandoned (its record and temporary files removed), so nothing
     /// rolls it forward later with writes made since; the merged view is unchanged and
     /// `commit` can be run again.
-    pub(super) fn commit(&mut self, refuse_conflicts: bool) -> Result<Vec<Change>, VfsError> {
+    /// Of a `scope` (see [`super::scope`]), only the changes it takes are applied, and
+    /// only what the overlay holds at or below it is dropped.
+    pub(super) fn commit(
+        &mut self,
+        refuse_conflicts: bool,
+        scope: &[VfsPath],
+    ) -> Result<Vec<Change>, VfsError> {
         self.remove_commit_leftovers()?;
         if refuse_conflicts {
-            let conflicts = self.plan()?.conflicts;
+            let conflicts = self.plan_commit(scope)?.conflicts;
             if !conflicts.is_empty() {
                 return Err(VfsError::Conflicts(
                     conflicts.iter().map(ToString::to_string).collect(),
                 ));
             }
+        } else if !scope.is_empty() {
+            self.check_scope(&self.diff()?, scope)?;
         }
-        let failed = match self.apply() {
+        let failed = match self.apply(scope) {
             Ok(changes) => return Ok(changes),
             Err(e) => e,
         };
@@ -173,8 +182,8 @@ impl Core {
     /// never left half-committed after an open. What it applied, if anything.
     pub(super) fn finish_interrupted_commit(&mut self) -> Result<Vec<Change>, VfsError> {
         let finished = match self.remove_commit_leftovers() {
-            Ok(false) => return Ok(Vec::new()),
-            Ok(true) => self.apply(),
+            Ok(None) => return Ok(Vec::new()),
+            Ok(Some(scope)) => self.apply(&scope),
             Err(e) => Err(e),
         };
         finished.map_err(|e| VfsError::InterruptedCommit {
@@ -183,8 +192,8 @@ impl Core {
         })
     }
 
-    fn apply(&mut self) -> Result<Vec<Change>, VfsError> {
-        let changes = self.diff()?;
+    fn apply(&mut self, scope: &[VfsPath]) -> Result<Vec<Change>, VfsError> {
+        let changes = super::scope::commit_set(&self.diff()?, scope);
         for c in &changes {
             if c.kind == ChangeKind::Deleted
                 && c.entry == EntryKind::Dir
@@ -194,7 +203,7 @@ impl Core {
             }
         }
         self.sync_upper(&changes)?;
-        let prefix = self.begin_commit()?;
+        let prefix = self.begin_commit(scope)?;
         let mut deletions: Vec<&Change> = changes
             .iter()
             .filter(|c| c.kind == ChangeKind::Deleted)
@@ -228,8 +237,13 @@ impl Core {
                 )?,
             }
         }
-        // Dropping the markers (and the bases, whose changes are now the lower layer's).
-        self.discard()?;
+        // Dropping the markers (and the bases, whose changes are now the lower layer's); of
+        // a scope, only what the overlay holds at or below it.
+        if scope.is_empty() {
+            self.discard()?;
+        } else {
+            self.settle(scope, true)?;
+        }
         self.end_commit()?;
         Ok(changes)
     }
@@ -257,20 +271,21 @@ impl Core {
         Ok(())
     }
 
-    /// Records a commit under way (replacing a record left by one interrupted); its
-    /// temporary files' name prefix.
-    fn begin_commit(&self) -> Result<String, VfsError> {
+    /// Records a commit of `scope` under way (replacing a record left by one interrupted);
+    /// its temporary files' name prefix.
+    fn begin_commit(&self, scope: &[VfsPath]) -> Result<String, VfsError> {
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).map_err(|e| VfsError::Io {
             path: PENDING_FILE.into(),
             source: std::io::Error::other(e.to_string()),
         })?;
         let prefix = format!("{COMMIT_TEMP_PREFIX}{}-", hex::encode(nonce));
+        let record = format!("{prefix}{}", super::scope::scope_lines(scope));
         self.work.replace_with(
             &pending_path()?,
             Staging::Beside(WORK_TEMP_PREFIX),
             Sync::Durable,
-            |f| std::io::Write::write_all(f, prefix.as_bytes()),
+            |f| std::io::Write::write_all(f, record.as_bytes()),
         )?;
         Ok(prefix)
     }
@@ -286,23 +301,29 @@ impl Core {
     }
 
     /// Removes the temporary files an interrupted commit left in the lower layer, durably;
-    /// whether a commit's record is there (it stays until a commit ends). They can only be
-    /// beside a file still to commit (the merged view, and so the diff, is what it was when
-    /// that commit began), and only files named with its prefix are removed.
-    pub(super) fn remove_commit_leftovers(&self) -> Result<bool, VfsError> {
+    /// the scope of the commit whose record is there, if one is (it stays until a commit
+    /// ends; an empty scope is the whole overlay). They can only be beside a file still to
+    /// commit (the merged view, and so the diff, is what it was when that commit began), and
+    /// only files named with its prefix are removed.
+    pub(super) fn remove_commit_leftovers(&self) -> Result<Option<Vec<VfsPath>>, VfsError> {
         let pending = pending_path()?;
-        let prefix = match self.work.read_sync(&pending) {
+        let record = match self.work.read_sync(&pending) {
             Ok(bytes) => bytes,
-            Err(VfsError::NotFound(_)) => return Ok(false),
+            Err(VfsError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let prefix = std::str::from_utf8(&prefix)
-            .ok()
+        let shown = || self.work.root().join(PENDING_FILE).display().to_string();
+        let bad = |reason: &str| VfsError::State {
+            path: shown(),
+            reason: reason.into(),
+        };
+        let record = std::str::from_utf8(&record).map_err(|_| bad("not text"))?;
+        let mut lines = record.split('\n');
+        let prefix = lines
+            .next()
             .filter(|p| is_commit_prefix(p))
-            .ok_or_else(|| VfsError::State {
-                path: self.work.root().join(PENDING_FILE).display().to_string(),
-                reason: "not a commit's temporary-file prefix".into(),
-            })?;
+            .ok_or_else(|| bad("not a commit's temporary-file prefix"))?;
+        let scope = super::scope::parse_scope(lines, &shown)?;
         let parents: std::collections::BTreeSet<VfsPath> = self
             .diff()?
             .into_iter()
@@ -314,7 +335,7 @@ impl Core {
                 self.lower.sync_dir(&parent)?;
             }
         }
-        Ok(true)
+        Ok(Some(scope))
     }
 
     pub(super) fn discard(&mut self) -> Result<(), VfsError> {

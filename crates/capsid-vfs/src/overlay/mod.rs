@@ -4,9 +4,11 @@
 //! one of its ancestors carries a marker (a whiteout for a deletion, an opaque marker for a
 //! path deleted and then recreated in the upper layer). Writes go to the upper layer, with
 //! copy-up on first append to a lower file (streamed). Only `commit` writes the lower layer.
+//! A commit or discard may take some paths only (a scope, see `scope`).
 
 mod base;
 mod commit;
+mod scope;
 mod state;
 
 use std::collections::{BTreeMap, btree_map::Entry};
@@ -48,8 +50,8 @@ struct Core {
 
 impl OverlayVfs {
     /// Opens an overlay of `lower` (an existing directory), keeping changes and state in
-    /// `work` (created if missing; must not be inside `lower`). A commit a killed process
-    /// left half done is finished first.
+    /// `work` (created if missing; must not be inside `lower`). A commit or discard a
+    /// killed process left half done is finished first.
     pub fn open(lower: &Path, work: &Path) -> Result<Self, VfsError> {
         std::fs::create_dir_all(work).map_err(|e| VfsError::from_io(&work.display(), e))?;
         let canonical =
@@ -84,6 +86,7 @@ impl OverlayVfs {
             bases,
         };
         let recovered = core.finish_interrupted_commit()?;
+        core.finish_interrupted_discard()?;
         Ok(Self {
             core: Arc::new(Mutex::new(core)),
             recovered: Arc::new(recovered),
@@ -128,12 +131,12 @@ impl OverlayVfs {
     /// [`conflicts`](Self::conflicts)) refuses the whole commit with
     /// [`VfsError::Conflicts`], changing nothing.
     pub async fn commit(&self) -> Result<Vec<Change>, VfsError> {
-        self.with(|c| c.commit(true)).await
+        self.with(|c| c.commit(true, &[])).await
     }
 
     /// [`commit`](Self::commit), overwriting what changed behind the overlay's back.
     pub async fn commit_overwriting(&self) -> Result<Vec<Change>, VfsError> {
-        self.with(|c| c.commit(false)).await
+        self.with(|c| c.commit(false, &[])).await
     }
 
     /// What a commit would apply now: the changes, the blake3 of each file it would write,
@@ -143,9 +146,27 @@ impl OverlayVfs {
         self.with(|c| c.plan()).await
     }
 
-    /// Commits, if `plan` still describes the overlay exactly (else
-    /// [`VfsError::ChangedSincePlan`], changing nothing): what was recorded is what is
-    /// applied. Its conflicts refuse it unless `overwrite`.
+    /// [`plan_commit`](Self::plan_commit) of the changes at or below the paths of `scope`
+    /// (all, when it is empty or holds the root), with the directories above them the
+    /// workspace lacks; the rest stays in the overlay. A path inside a directory capsules
+    /// removed or replaced is refused ([`VfsError::ReplacedAbove`]), as is one with no
+    /// change at or below it ([`VfsError::Unchanged`]).
+    pub async fn plan_commit_of(&self, scope: Vec<VfsPath>) -> Result<CommitPlan, VfsError> {
+        self.with(move |c| c.plan_commit(&scope::normalize(scope)))
+            .await
+    }
+
+    /// What discarding the changes at or below the paths of `scope` (all, when it is empty
+    /// or holds the root) would drop, as a plan for [`discard_plan`](Self::discard_plan);
+    /// refused as [`plan_commit_of`](Self::plan_commit_of) refuses.
+    pub async fn plan_discard_of(&self, scope: Vec<VfsPath>) -> Result<CommitPlan, VfsError> {
+        self.with(move |c| c.plan_discard(&scope::normalize(scope)))
+            .await
+    }
+
+    /// Commits what `plan` takes (all, or its scope), if it still describes the overlay
+    /// exactly (else [`VfsError::ChangedSincePlan`], changing nothing): what was recorded is
+    /// what is applied. Its conflicts refuse it unless `overwrite`.
     pub async fn commit_plan(
         &self,
         plan: CommitPlan,
@@ -153,10 +174,10 @@ impl OverlayVfs {
     ) -> Result<Vec<Change>, VfsError> {
         self.with(move |c| {
             c.remove_commit_leftovers()?;
-            if c.plan()? != plan {
+            if c.plan_commit(&plan.scope)? != plan {
                 return Err(VfsError::ChangedSincePlan);
             }
-            c.commit(!overwrite)
+            c.commit(!overwrite, &plan.scope)
         })
         .await
     }
@@ -167,19 +188,21 @@ impl OverlayVfs {
         self.with(|c| Ok(c.plan()?.conflicts)).await
     }
 
-    /// Drops every change.
+    /// Drops every change. If the process is killed during it, the next `open` finishes it.
     pub async fn discard(&self) -> Result<(), VfsError> {
-        self.with(Core::discard).await
+        self.with(|c| c.discard_scope(&[])).await
     }
 
-    /// Drops every change, if `plan` still describes the overlay exactly (else
-    /// [`VfsError::ChangedSincePlan`], dropping nothing): what was recorded is what goes.
+    /// Drops the changes of `plan` (from [`plan_discard_of`](Self::plan_discard_of), or
+    /// [`plan_commit`](Self::plan_commit) for all), if it still describes the overlay exactly
+    /// (else [`VfsError::ChangedSincePlan`], dropping nothing): what was recorded is what
+    /// goes.
     pub async fn discard_plan(&self, plan: CommitPlan) -> Result<(), VfsError> {
         self.with(move |c| {
-            if c.plan()? != plan {
+            if c.plan_discard(&plan.scope)? != plan {
                 return Err(VfsError::ChangedSincePlan);
             }
-            c.discard()
+            c.discard_scope(&plan.scope)
         })
         .await
     }
@@ -228,7 +251,7 @@ impl OverlayVfs {
             let before = side(&c.lower)?;
             let after = if c.upper.try_stat(&p)?.is_some() {
                 side(&c.upper)?
-            } else if c.lower_hidden(&p) {
+            } else if c.lower_stat(&p)?.is_none() {
                 None
             } else {
                 before.clone()
@@ -249,6 +272,9 @@ pub struct CommitPlan {
     /// The changed paths that changed in the lower layer too since the overlay first
     /// changed them.
     pub conflicts: Vec<VfsPath>,
+    /// The paths it is limited to (the changes at or below each), sorted, none below
+    /// another; empty: the whole overlay.
+    pub scope: Vec<VfsPath>,
 }
 
 fn not_found(p: &VfsPath) -> VfsError {
@@ -257,7 +283,24 @@ fn not_found(p: &VfsPath) -> VfsError {
 
 impl Core {
     pub(super) fn plan(&self) -> Result<CommitPlan, VfsError> {
-        let changes = self.diff()?;
+        self.plan_commit(&[])
+    }
+
+    /// The plan of a commit of `scope` (normalized).
+    pub(super) fn plan_commit(&self, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
+        let all = self.diff()?;
+        self.check_scope(&all, scope)?;
+        self.plan_of(scope::commit_set(&all, scope), scope)
+    }
+
+    /// The plan of a discard of `scope` (normalized).
+    pub(super) fn plan_discard(&self, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
+        let all = self.diff()?;
+        self.check_scope(&all, scope)?;
+        self.plan_of(scope::discard_set(&all, scope), scope)
+    }
+
+    fn plan_of(&self, changes: Vec<Change>, scope: &[VfsPath]) -> Result<CommitPlan, VfsError> {
         let mut hashes = BTreeMap::new();
         for c in &changes {
             if c.kind != ChangeKind::Deleted && c.entry == EntryKind::File {
@@ -269,6 +312,7 @@ impl Core {
             changes,
             hashes,
             conflicts,
+            scope: scope.to_vec(),
         })
     }
 
@@ -282,12 +326,25 @@ impl Core {
             .any(|a| self.markers.contains_key(&a))
     }
 
+    /// The lower layer's `p`, unless the merged view hides it: a marker at or above it, or
+    /// something other than a directory above it in the upper layer (the workspace can gain
+    /// `c/d` behind the overlay's back after a capsule wrote a file `c`).
     fn lower_stat(&self, p: &VfsPath) -> Result<Option<Metadata>, VfsError> {
         if self.lower_hidden(p) {
-            Ok(None)
-        } else {
-            self.lower.try_stat(p)
+            return Ok(None);
         }
+        let Some(found) = self.lower.try_stat(p)? else {
+            return Ok(None);
+        };
+        let mut above = p.parent();
+        while let Some(a) = above.filter(|a| !a.is_root()) {
+            match self.upper.lstat_kind(&a)? {
+                Some(crate::host::LinkKind::Dir) => break,
+                Some(_) => return Ok(None),
+                None => above = a.parent(),
+            }
+        }
+        Ok(Some(found))
     }
 
     fn stat(&self, p: &VfsPath) -> Result<Option<Metadata>, VfsError> {
