@@ -24,6 +24,11 @@ pub const KERNEL_SHUTDOWN: &str = "kernel.shutdown";
 pub const PROCESS_SWEPT: &str = "process.swept";
 /// Opening the workspace overlay finished a commit a killed kernel left half done.
 pub const WORKSPACE_COMMIT_RECOVERED: &str = "workspace.commit.recovered";
+/// The resource workspace reviews are recorded on; a workspace path `p` is
+/// `fs://workspace/p` in the records of capsules' file effects.
+pub const WORKSPACE_RESOURCE: &str = "fs://workspace";
+/// Opening the workspace overlay finished a discard a killed kernel left half done.
+pub const WORKSPACE_DISCARD_RECOVERED: &str = "workspace.discard.recovered";
 /// The operator committed capsules' changes to the workspace (every path, with the blake3 of
 /// each file written; a long list spans several entries, all before the commit).
 pub const WORKSPACE_COMMIT: &str = "workspace.commit";

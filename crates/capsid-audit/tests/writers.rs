@@ -10,6 +10,7 @@ use capsid_crypto::KeyPair;
 use serde_json::json;
 
 const PATH: &str = "fs://workspace/notes/a.md";
+const OTHER: &str = "fs://workspace/notes/b.md";
 
 async fn write(log: &AuditLog, chain: ChainId, capsule: &str, resource: &str, decision: Decision) {
     let r = Record::new(Principal::System, action::FS_WRITE, resource, decision)
@@ -91,5 +92,51 @@ async fn only_reviews_that_took_effect_start_attribution_over() {
     )
     .await;
     assert!(writers(&log).is_empty());
+    log.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_of_some_paths_starts_attribution_over_there_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path().join("audit.db"), KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    let both = || -> Vec<(String, Vec<String>)> {
+        let wanted: BTreeSet<String> = [PATH.to_owned(), OTHER.to_owned()].into();
+        workspace_writers(log.path(), &wanted)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect()))
+            .collect()
+    };
+    write(&log, chain, "alpha", PATH, Decision::Allow).await;
+    write(&log, chain, "alpha", OTHER, Decision::Allow).await;
+    // `notes/a` is not above `notes/a.md`.
+    let limited = |paths: &[&str]| json!({ "part": 1, "parts": 1, "limited_to": paths });
+    operator(&log, chain, action::WORKSPACE_COMMIT, limited(&["notes/a"])).await;
+    assert_eq!(both().len(), 2);
+    operator(
+        &log,
+        chain,
+        action::WORKSPACE_COMMIT,
+        limited(&["notes/a.md"]),
+    )
+    .await;
+    assert_eq!(both(), [(OTHER.to_owned(), vec!["alpha".to_owned()])]);
+    write(&log, chain, "beta", PATH, Decision::Allow).await;
+    assert_eq!(writers(&log), ["beta"]);
+    // A discard finished at boot, limited to the folder, covers both.
+    operator(
+        &log,
+        chain,
+        action::WORKSPACE_DISCARD_RECOVERED,
+        json!({ "limited_to": ["notes"] }),
+    )
+    .await;
+    assert!(both().is_empty());
+    // A whole review ends the search: scoped ones before it are not consulted.
+    write(&log, chain, "gamma", OTHER, Decision::Allow).await;
+    operator(&log, chain, action::WORKSPACE_DISCARD, limited(&[])).await;
+    write(&log, chain, "delta", OTHER, Decision::Allow).await;
+    assert_eq!(both(), [(OTHER.to_owned(), vec!["delta".to_owned()])]);
     log.shutdown().await.unwrap();
 }

@@ -462,9 +462,9 @@ fn pending_files(home: &Home) -> Vec<(String, String)> {
     files
 }
 
-/// Kills the daemon while `commit` runs: in even rounds after a random delay from its start,
-/// in odd ones as soon as the overlay's record of a commit under way (`pending`) appears.
-/// Whether that record was there at the kill.
+/// Kills the daemon while `commit` (a commit or discard) runs: in even rounds after a random
+/// delay from its start, in odd ones as soon as the overlay's record of it under way
+/// (`pending`) appears. Whether that record was there at the kill.
 async fn kill_during_commit(
     home: &Home,
     commit: &mut std::process::Child,
@@ -572,9 +572,10 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
                 .count()
         };
         let recoveries_before = recoveries(&home);
-        // Odd rounds commit half the notes by path: that half lands whole or not at all, and
-        // the other half keeps waiting either way.
-        let taken = if round % 2 == 1 {
+        // Rounds 1 and 2 of every 4 commit half the notes by path (so both kinds of kill
+        // meet both kinds of commit): that half lands whole or not at all, and the other half
+        // keeps waiting either way.
+        let taken = if matches!(round % 4, 1 | 2) {
             written.len() / 2
         } else {
             written.len()
@@ -615,7 +616,7 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
     }
     home.ok(&["stop"]);
     println!(
-        "crash suite commits: {} rounds of {COMMIT_NOTES} notes (odd rounds: half, by path): \
+        "crash suite commits: {} rounds of {COMMIT_NOTES} notes (half of them half, by path): \
          {landed} landed before the kill, \
          {recovered} finished at the next boot ({killed_mid_commit} killed while the commit's \
          record was there), {not_begun} not begun; never part of one",
@@ -627,4 +628,85 @@ async fn a_commit_killed_anywhere_lands_whole_or_not_at_all() {
             "no round killed the daemon inside a commit: the suite did not test what it says"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discard_killed_anywhere_drops_its_paths_whole_or_not_at_all() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    let mut rng = Rng::seeded();
+    let pending = home.path.join("state/overlay/discard-pending");
+    let (mut dropped, mut kept, mut killed_mid_discard, mut recovered) = (0, 0, 0, 0);
+    for round in 0..rounds() {
+        let mut client = client(&home).await;
+        for n in 0..COMMIT_NOTES {
+            let input = json!({ "name": format!("d{round}-{n}"), "text": format!("round {round}, note {n}") });
+            client
+                .call::<ToolCall>(&call("notes", "add", input))
+                .await
+                .unwrap();
+        }
+        let waiting = pending_files(&home);
+        let (named, rest) = waiting.split_at(waiting.len() / 2);
+        let mut discard = std::process::Command::new(common::CAPSID)
+            .arg("--home")
+            .arg(&home.path)
+            .args(["ws", "discard"])
+            .args(named.iter().map(|(path, _)| path.as_str()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let recoveries = |home: &Home| {
+            entries(home)
+                .iter()
+                .filter(|(action, ..)| action == "workspace.discard.recovered")
+                .count()
+        };
+        let recoveries_before = recoveries(&home);
+        let mid = kill_during_commit(&home, &mut discard, round, &mut rng, &pending).await;
+        killed_mid_discard += usize::from(mid);
+        let answered_success = discard.wait().unwrap().success();
+        home.ok(&["start", "--dev"]);
+        // A kill seen mid-discard is one finished at boot, bar the instant between seeing
+        // the record and the kill: counted over all rounds.
+        let recovered_now = recoveries(&home) - recoveries_before;
+        assert!(
+            recovered_now <= 1,
+            "round {round}: {recovered_now} recoveries"
+        );
+        recovered += recovered_now;
+        let still = pending_files(&home);
+        if still == rest {
+            dropped += 1;
+        } else {
+            assert!(
+                !answered_success,
+                "round {round}: the discard answered success, yet {} of its paths wait",
+                still.len() - rest.len()
+            );
+            assert_eq!(
+                still, waiting,
+                "round {round}: part of the discard happened"
+            );
+            kept += 1;
+        }
+        assert!(!pending.exists(), "round {round}: the boot left the record");
+        let verified = home.json(&["audit", "verify"]);
+        assert_eq!(verified["valid"], true, "round {round}: {verified}");
+        // The next round starts from nothing waiting.
+        home.ok(&["ws", "discard"]);
+    }
+    home.ok(&["stop"]);
+    println!(
+        "crash suite discards: {} rounds of {COMMIT_NOTES} notes, half discarded by path: \
+         {dropped} dropped ({killed_mid_discard} killed while the record was there, \
+         {recovered} finished at the next boot), {kept} not begun; never part of one",
+        rounds()
+    );
+    assert!(
+        killed_mid_discard == 0 || recovered > 0,
+        "discards killed mid-way, yet no boot recorded finishing one"
+    );
 }

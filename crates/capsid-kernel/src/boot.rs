@@ -527,31 +527,46 @@ fn uplink_closure(manifests: &[Manifest]) -> Vec<CapsuleId> {
     out
 }
 
-/// Records what opening the overlay applied to finish a commit a killed kernel left half
-/// done, if anything: the workspace changed at boot, and the log must say so (or, when it is
-/// read-only, the boot report: what could not be recorded).
+/// Records what opening the overlay finished of a commit or discard a killed kernel left
+/// half done, if anything: the workspace (or what capsules see) changed at boot, and the
+/// log must say so (or, when it is read-only, the boot report: what could not be recorded).
 async fn record_recovered_commit(
     audit: &AuditLog,
     chain: ChainId,
     overlay: &OverlayVfs,
 ) -> Result<Vec<String>, KernelError> {
+    let limited_to = |scope: &[capsid_vfs::VfsPath]| -> Vec<String> {
+        scope.iter().map(ToString::to_string).collect()
+    };
+    let mut finished = Vec::new();
     let changes = overlay.recovered_commit();
-    if changes.is_empty() {
-        return Ok(Vec::new());
+    if !changes.is_empty() {
+        let paths: Vec<String> = changes
+            .iter()
+            .take(MAX_RECOVERED_PATHS_RECORDED)
+            .map(|c| c.path.to_string())
+            .collect();
+        let details = serde_json::json!({
+            "changes": changes.len(),
+            "paths": paths,
+            "limited_to": limited_to(overlay.recovered_commit_scope()),
+        });
+        finished.push((capsid_audit::action::WORKSPACE_COMMIT_RECOVERED, details));
     }
-    let paths: Vec<String> = changes
-        .iter()
-        .take(MAX_RECOVERED_PATHS_RECORDED)
-        .map(|c| c.path.to_string())
-        .collect();
-    let details = serde_json::json!({ "changes": changes.len(), "paths": paths });
-    let record = boot_record(capsid_audit::action::WORKSPACE_COMMIT_RECOVERED, &details)?;
-    if audit.is_read_only() {
-        tracing::error!(%details, "finished an interrupted workspace commit; not recorded (the audit log is read-only)");
-        return Ok(vec![format!("workspace.commit.recovered {details}")]);
+    if let Some(scope) = overlay.recovered_discard() {
+        let details = serde_json::json!({ "limited_to": limited_to(scope) });
+        finished.push((capsid_audit::action::WORKSPACE_DISCARD_RECOVERED, details));
     }
-    audit.append(chain, record).await?;
-    Ok(Vec::new())
+    let mut unrecorded = Vec::new();
+    for (action, details) in finished {
+        if audit.is_read_only() {
+            tracing::error!(%details, action, "finished an interrupted workspace review; not recorded (the audit log is read-only)");
+            unrecorded.push(format!("{action} {details}"));
+            continue;
+        }
+        audit.append(chain, boot_record(action, &details)?).await?;
+    }
+    Ok(unrecorded)
 }
 
 /// A record of what boot did: the system's, on `kernel://boot`, for information.

@@ -5,16 +5,13 @@
 //!
 //! [`OverlayVfs::commit_plan`]: capsid_vfs::OverlayVfs::commit_plan
 
-use capsid_audit::action;
+use capsid_audit::action::{self, WORKSPACE_RESOURCE};
 use capsid_core::limits::{MAX_AUDIT_DETAILS_BYTES, MAX_WORKSPACE_FILTERS};
 use capsid_vfs::{Change, ChangeKind, CommitPlan, EntryKind, VfsError, VfsPath};
 use serde_json::{Value, json};
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-
-/// The resource workspace actions are recorded on.
-const WORKSPACE_RESOURCE: &str = "fs://workspace";
 
 /// One path capsules changed, as review shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,9 +13,13 @@ pub enum VfsError {
         /// The rule it broke.
         reason: &'static str,
     },
-    /// A path to commit or discard alone lies inside a directory capsules removed or
-    /// replaced, which hides the workspace's copy of everything below it.
-    #[error("{path}: capsules removed or replaced {dir}, which holds it; name {dir} instead")]
+    /// A path to commit or discard alone lies inside a directory removed or replaced (by
+    /// capsules, or in the workspace), which hides or stands in the way of the workspace's
+    /// copy below it.
+    #[error(
+        "{path}: {dir} above it was removed or replaced (by capsules, or in the workspace); \
+         name {dir} instead"
+    )]
     ReplacedAbove {
         /// The path.
         path: String,
@@ -79,6 +83,22 @@ pub enum VfsError {
         work: String,
         /// Why finishing it failed.
         source: Box<VfsError>,
+    },
+    /// A commit or discard failed part way, past the point where it can only go forward
+    /// (the workspace, or the record that finishes it, already holds it); the overlay refuses
+    /// every call until it is opened again, which finishes it.
+    #[error(
+        "overlay {work}: a {what} failed part way ({cause}); fix the cause and restart the \
+         daemon (open the overlay again), which finishes the {what}; until then the overlay \
+         refuses every call"
+    )]
+    Unfinished {
+        /// The overlay's work directory.
+        work: String,
+        /// `commit` or `discard`.
+        what: &'static str,
+        /// Why it failed.
+        cause: String,
     },
     /// Any other I/O error.
     #[error("{path}: {source}")]

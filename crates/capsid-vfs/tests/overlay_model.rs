@@ -34,8 +34,8 @@ enum Op {
     Diff,
     Commit,
     Discard,
-    /// Commit (overwriting conflicts) at or below these paths ([`Harness::scope`]).
-    CommitSome(Vec<usize>),
+    /// Commit at or below these paths ([`Harness::scope`]), overwriting conflicts or not.
+    CommitSome(Vec<usize>, bool),
     /// Discard at or below these paths ([`Harness::scope`]).
     DiscardSome(Vec<usize>),
     /// Write a file straight into the lower layer (with the folders it needs).
@@ -61,7 +61,11 @@ fn op() -> impl Strategy<Value = Op> {
         Just(Op::Diff),
         Just(Op::Commit),
         Just(Op::Discard),
-        prop::collection::vec(0..4 * PATHS.len(), 1..3).prop_map(Op::CommitSome),
+        (
+            prop::collection::vec(0..4 * PATHS.len(), 1..3),
+            any::<bool>()
+        )
+            .prop_map(|(s, overwrite)| Op::CommitSome(s, overwrite)),
         prop::collection::vec(0..4 * PATHS.len(), 1..3).prop_map(Op::DiscardSome),
         (i.clone(), any::<u8>()).prop_map(|(p, b)| Op::LowerWrite(p, b)),
         i.prop_map(Op::LowerRemove),
@@ -237,7 +241,7 @@ impl Model {
             Op::Diff
             | Op::Commit
             | Op::Discard
-            | Op::CommitSome(_)
+            | Op::CommitSome(..)
             | Op::DiscardSome(_)
             | Op::LowerWrite(..)
             | Op::LowerRemove(_) => unreachable!("handled by Layers or the runner"),
@@ -368,7 +372,7 @@ async fn run(vfs: &OverlayVfs, op: &Op) -> Outcome {
             .await
             .map_or_else(|e| Outcome::Err(class(&e)), Outcome::Changes),
         Op::Discard => done(vfs.discard().await),
-        Op::CommitSome(_) | Op::DiscardSome(_) | Op::LowerWrite(..) | Op::LowerRemove(_) => {
+        Op::CommitSome(..) | Op::DiscardSome(_) | Op::LowerWrite(..) | Op::LowerRemove(_) => {
             unreachable!("checked by their properties")
         }
     }
@@ -462,6 +466,12 @@ struct Harness<'a> {
     vfs: OverlayVfs,
     lower: &'a Path,
     model: Layers,
+    /// Paths the overlay was asked to remove (or move away): only there can it have
+    /// replaced a folder.
+    removed: std::collections::BTreeSet<String>,
+    /// Whether the lower layer was edited behind the overlay's back since the last whole
+    /// commit or discard: only then may a commit meet conflicts.
+    lower_edited: bool,
 }
 
 impl Harness<'_> {
@@ -505,6 +515,17 @@ impl Harness<'_> {
                     what,
                     e
                 );
+                let deleted_there = self
+                    .model
+                    .diff()
+                    .iter()
+                    .any(|c| c.path.to_string() == *dir && c.kind == ChangeKind::Deleted);
+                prop_assert!(
+                    self.removed.contains(dir) || deleted_there,
+                    "{}: {} was never removed nor replaced",
+                    what,
+                    dir
+                );
             }
             other => prop_assert!(false, "{}: unexpected {}", what, other),
         }
@@ -524,7 +545,41 @@ impl Harness<'_> {
             .collect()
     }
 
-    async fn commit_some(&mut self, idx: &[usize], what: &str) -> Result<(), TestCaseError> {
+    /// After a commit or discard of `scope`, the overlay holds nothing there: an edit of
+    /// the workspace at a scope path shows at once. Each path the lower layer has is probed
+    /// (a file rewritten, a folder given a file), then put back.
+    async fn probe(&self, scope: &[&str], what: &str) -> Result<(), TestCaseError> {
+        for s in scope {
+            let host = self.lower.join(s);
+            let (probed, at) = match std::fs::symlink_metadata(&host) {
+                Ok(m) if m.is_dir() => (host.join("probe"), format!("{s}/probe")),
+                Ok(_) => (host.clone(), (*s).to_owned()),
+                Err(_) => continue,
+            };
+            let old = std::fs::read(&probed).ok();
+            std::fs::write(&probed, b"probe").unwrap();
+            let seen = self.vfs.read(&VfsPath::parse(&at).unwrap()).await;
+            match old {
+                Some(old) => std::fs::write(&probed, old).unwrap(),
+                None => std::fs::remove_file(&probed).unwrap(),
+            }
+            prop_assert_eq!(
+                seen.ok(),
+                Some(b"probe".to_vec()),
+                "{}: the workspace's edit at {} is hidden",
+                what,
+                at
+            );
+        }
+        Ok(())
+    }
+
+    async fn commit_some(
+        &mut self,
+        idx: &[usize],
+        overwrite: bool,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
         let owned = self.scope(idx);
         let scope: Vec<&str> = owned.iter().map(String::as_str).collect();
         let parsed = scope.iter().map(|p| VfsPath::parse(p).unwrap()).collect();
@@ -541,7 +596,17 @@ impl Harness<'_> {
                     && scope.iter().any(|s| above(&p, s)))
         };
         let expected: Vec<Change> = self.model.diff().into_iter().filter(takes).collect();
-        let applied = self.vfs.commit_plan(plan, true).await;
+        let had_conflicts = !plan.conflicts.is_empty();
+        let applied = self.vfs.commit_plan(plan, overwrite).await;
+        if let Err(VfsError::Conflicts(_)) = &applied {
+            prop_assert!(
+                !overwrite && had_conflicts && self.lower_edited,
+                "{}: conflicts without an edit behind the overlay's back",
+                what
+            );
+            SCOPED_REFUSED.fetch_add(1, Ordering::Relaxed);
+            return self.agrees(what).await;
+        }
         prop_assert_eq!(
             applied.as_ref().ok(),
             Some(&expected),
@@ -561,7 +626,8 @@ impl Harness<'_> {
         }
         self.model.lower = now;
         SCOPED_DONE.fetch_add(1, Ordering::Relaxed);
-        self.agrees(what).await
+        self.agrees(what).await?;
+        self.probe(&scope, what).await
     }
 
     async fn discard_some(&mut self, idx: &[usize], what: &str) -> Result<(), TestCaseError> {
@@ -590,7 +656,8 @@ impl Harness<'_> {
             }
         }
         SCOPED_DONE.fetch_add(1, Ordering::Relaxed);
-        self.agrees(what).await
+        self.agrees(what).await?;
+        self.probe(&scope, what).await
     }
 
     /// An edit of the lower layer changes the merged view at most on the edited path, below
@@ -618,12 +685,20 @@ impl Harness<'_> {
         Ok(())
     }
 
-    async fn step(&mut self, n: usize, op: &Op, lower_edited: bool) -> Result<(), TestCaseError> {
+    async fn step(&mut self, n: usize, op: &Op) -> Result<(), TestCaseError> {
         let what = format!("op #{n} {op:?}");
         match op {
-            Op::CommitSome(idx) => return self.commit_some(idx, &what).await,
+            Op::CommitSome(idx, overwrite) => {
+                return self.commit_some(idx, *overwrite, &what).await;
+            }
             Op::DiscardSome(idx) => return self.discard_some(idx, &what).await,
-            Op::LowerWrite(..) | Op::LowerRemove(_) => return self.lower_edit(op, &what).await,
+            Op::LowerWrite(..) | Op::LowerRemove(_) => {
+                self.lower_edited = true;
+                return self.lower_edit(op, &what).await;
+            }
+            Op::RemoveFile(i) | Op::RemoveDir(i) | Op::RemoveDirAll(i) | Op::Rename(i, _) => {
+                self.removed.insert(PATHS[*i].to_owned());
+            }
             _ => {}
         }
         let mut next = self.model.clone();
@@ -632,7 +707,7 @@ impl Harness<'_> {
         if got == Outcome::Err("conflicts") {
             // Only an edit behind the overlay's back makes one; the commit changed nothing.
             prop_assert!(
-                lower_edited,
+                self.lower_edited,
                 "{}: conflicts without an edit of the lower layer",
                 what
             );
@@ -640,6 +715,9 @@ impl Harness<'_> {
         }
         prop_assert_eq!(&got, &expected, "{}", what);
         self.model = next;
+        if matches!(op, Op::Commit | Op::Discard) {
+            self.lower_edited = false;
+        }
         // The lower layer changes only by commit, and then to exactly the merged view.
         prop_assert_eq!(
             &host_tree(self.lower),
@@ -670,11 +748,11 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
                 lower: start.clone(),
                 merged: start,
             },
+            removed: std::collections::BTreeSet::new(),
+            lower_edited: false,
         };
-        let mut lower_edited = false;
         for (n, op) in ops.iter().enumerate() {
-            lower_edited |= matches!(op, Op::LowerWrite(..) | Op::LowerRemove(_));
-            h.step(n, op, lower_edited).await?;
+            h.step(n, op).await?;
         }
         // A restart sees the same merged view (markers are persisted).
         h.vfs = OverlayVfs::open(&lower, &tmp.path().join("work")).unwrap();

@@ -236,3 +236,91 @@ async fn an_open_finishes_a_killed_discard_of_some_paths() {
     let e = OverlayVfs::open(&f.tmp.path().join("lower"), &f.tmp.path().join("work")).unwrap_err();
     assert!(matches!(e, VfsError::State { .. }), "{e}");
 }
+
+/// Makes the overlay's next save of its markers fail (a directory with something in it
+/// where the state file goes: no rename replaces that, even for root); what to put back.
+fn break_marker_saves(f: &Fx) -> Vec<u8> {
+    let state = f.work("overlay-state.json");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir_all(state.join("in-the-way")).unwrap();
+    saved
+}
+
+fn mend_marker_saves(f: &Fx, saved: &[u8]) {
+    let state = f.work("overlay-state.json");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, saved).unwrap();
+}
+
+#[tokio::test]
+async fn a_discard_that_fails_part_way_stops_the_overlay_until_an_open_finishes_it() {
+    let f = fx().await;
+    let plan = f
+        .vfs
+        .plan_discard_of(vec![p("top"), p("docs")])
+        .await
+        .unwrap();
+    let saved = break_marker_saves(&f);
+    let e = f.vfs.discard_plan(plan).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VfsError::Unfinished {
+                what: "discard",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // Nothing more may be written that the open would then drop.
+    let refused = f.vfs.write(&p("docs/later.md"), b"x".to_vec()).await;
+    assert!(
+        matches!(refused, Err(VfsError::Unfinished { .. })),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        f.vfs.diff().await,
+        Err(VfsError::Unfinished { .. })
+    ));
+    mend_marker_saves(&f, &saved);
+    let reopened = f.reopen();
+    assert_eq!(
+        reopened.recovered_discard(),
+        Some(&[p("docs"), p("top")][..])
+    );
+    assert_eq!(reopened.read(&p("top")).await.unwrap(), b"top");
+    assert_eq!(reopened.read(&p("docs/a.md")).await.unwrap(), b"lower a");
+    assert_eq!(
+        f.changed(&reopened).await,
+        ["new", "new/g", "new/sub", "new/sub/f"]
+    );
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_after_the_workspace_holds_it_is_finished_not_abandoned() {
+    let f = fx().await;
+    let plan = f.vfs.plan_commit_of(vec![p("top")]).await.unwrap();
+    let saved = break_marker_saves(&f);
+    let e = f.vfs.commit_plan(plan, false).await.unwrap_err();
+    assert!(
+        matches!(e, VfsError::Unfinished { what: "commit", .. }),
+        "{e}"
+    );
+    assert!(!f.lower("top").exists(), "the workspace holds the commit");
+    assert!(matches!(
+        f.vfs.write(&p("new/h"), b"h".to_vec()).await,
+        Err(VfsError::Unfinished { .. })
+    ));
+    mend_marker_saves(&f, &saved);
+    let reopened = f.reopen();
+    assert!(!f.work("commit-pending").exists());
+    assert!(!reopened.exists(&p("top")).await.unwrap());
+    // Nothing of the overlay's is left at `top`: the workspace's new file shows.
+    std::fs::write(f.lower("top"), b"new top").unwrap();
+    assert_eq!(reopened.read(&p("top")).await.unwrap(), b"new top");
+    assert_eq!(
+        f.changed(&reopened).await,
+        ["docs/a.md", "new", "new/g", "new/sub", "new/sub/f"]
+    );
+}

@@ -135,6 +135,7 @@ impl CapsuleContext {
             | VfsError::ChangedSincePlan
             | VfsError::State { .. }
             | VfsError::InterruptedCommit { .. }
+            | VfsError::Unfinished { .. }
             | VfsError::Io { .. } => {
                 tracing::error!(capsule = %self.name, op, error = %e, "capsule fs call failed");
                 WitError::Internal("filesystem error".into())

@@ -155,35 +155,40 @@ impl Core {
         } else if !scope.is_empty() {
             self.check_scope(&self.diff()?, scope)?;
         }
-        let failed = match self.apply(scope) {
-            Ok(changes) => return Ok(changes),
+        let failed = match self.apply_changes(scope) {
+            Ok(changes) => match self.settle_commit(scope) {
+                Ok(()) => return Ok(changes),
+                // The workspace holds it now: it can only go forward.
+                Err(e) => return Err(self.unfinished("commit", &e)),
+            },
             Err(e) => e,
         };
-        // Abandon it; if even that fails, the record would roll later writes forward at the
-        // next open, so say so rather than return the first failure alone.
+        // Abandon it. If even that fails, its record stays, and the next open finishes it:
+        // no write may come before, or that open would apply it too.
         match self
             .remove_commit_leftovers()
             .and_then(|_| self.end_commit())
         {
             Ok(()) => Err(failed),
-            Err(abandoning) => Err(VfsError::State {
-                path: self.work.root().join(PENDING_FILE).display().to_string(),
-                reason: format!(
-                    "the commit failed ({failed}) and its record could not be removed \
-                     ({abandoning}); remove that file before the overlay is opened again, or \
-                     the next open applies every change made since"
-                ),
-            }),
+            Err(abandoning) => Err(self.unfinished(
+                "commit",
+                &format!("{failed}; then removing its record: {abandoning}"),
+            )),
         }
     }
 
     /// Finishes a commit a killed process left half done (it was decided, and nothing could
     /// write after it: the merged view, so the diff, is what it was), so the lower layer is
-    /// never left half-committed after an open. What it applied, if anything.
-    pub(super) fn finish_interrupted_commit(&mut self) -> Result<Vec<Change>, VfsError> {
+    /// never left half-committed after an open. What it applied, if anything, and the
+    /// paths it was limited to.
+    pub(super) fn finish_interrupted_commit(
+        &mut self,
+    ) -> Result<(Vec<Change>, Vec<VfsPath>), VfsError> {
         let finished = match self.remove_commit_leftovers() {
-            Ok(None) => return Ok(Vec::new()),
-            Ok(Some(scope)) => self.apply(&scope),
+            Ok(None) => return Ok((Vec::new(), Vec::new())),
+            Ok(Some(scope)) => self
+                .apply_changes(&scope)
+                .and_then(|changes| self.settle_commit(&scope).map(|()| (changes, scope))),
             Err(e) => Err(e),
         };
         finished.map_err(|e| VfsError::InterruptedCommit {
@@ -192,7 +197,9 @@ impl Core {
         })
     }
 
-    fn apply(&mut self, scope: &[VfsPath]) -> Result<Vec<Change>, VfsError> {
+    /// Phase 1: records the commit, then applies its changes to the lower layer (the merged
+    /// view does not change). What it applied.
+    fn apply_changes(&mut self, scope: &[VfsPath]) -> Result<Vec<Change>, VfsError> {
         let changes = super::scope::commit_set(&self.diff()?, scope);
         for c in &changes {
             if c.kind == ChangeKind::Deleted
@@ -237,15 +244,19 @@ impl Core {
                 )?,
             }
         }
-        // Dropping the markers (and the bases, whose changes are now the lower layer's); of
-        // a scope, only what the overlay holds at or below it.
+        Ok(changes)
+    }
+
+    /// Phase 2: drops the markers (and the bases, whose changes are now the lower layer's)
+    /// and the upper copies, of a scope only what the overlay holds at or below it; then
+    /// the record.
+    fn settle_commit(&mut self, scope: &[VfsPath]) -> Result<(), VfsError> {
         if scope.is_empty() {
             self.discard()?;
         } else {
             self.settle(scope, true)?;
         }
-        self.end_commit()?;
-        Ok(changes)
+        self.end_commit()
     }
 
     /// Makes the upper layer's files to be copied down durable (they are written for the

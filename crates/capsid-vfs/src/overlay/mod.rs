@@ -33,8 +33,16 @@ const STAGING_DIR: &str = "staging";
 #[derive(Debug, Clone)]
 pub struct OverlayVfs {
     core: Arc<Mutex<Core>>,
-    /// What the open applied to finish a commit a killed process left half done.
-    recovered: Arc<Vec<Change>>,
+    /// What the open finished that a killed process left half done.
+    recovered: Arc<Recovered>,
+}
+
+/// What [`OverlayVfs::open`] finished that a killed process left half done.
+#[derive(Debug, Default)]
+struct Recovered {
+    commit: Vec<Change>,
+    commit_scope: Vec<VfsPath>,
+    discard: Option<Vec<VfsPath>>,
 }
 
 #[derive(Debug)]
@@ -46,6 +54,9 @@ struct Core {
     markers: BTreeMap<VfsPath, Marker>,
     /// What the lower layer held where the overlay changed it, when it first did.
     bases: BTreeMap<VfsPath, base::Base>,
+    /// A commit or discard that failed past the point where it can only go forward: which,
+    /// and why. Every call is refused until the overlay is opened again, which finishes it.
+    unfinished: Option<(&'static str, String)>,
 }
 
 impl OverlayVfs {
@@ -84,19 +95,36 @@ impl OverlayVfs {
             staging: HostVfs::open(&staging_dir)?,
             markers,
             bases,
+            unfinished: None,
         };
-        let recovered = core.finish_interrupted_commit()?;
-        core.finish_interrupted_discard()?;
+        let (commit, commit_scope) = core.finish_interrupted_commit()?;
+        let discard = core.finish_interrupted_discard()?;
         Ok(Self {
             core: Arc::new(Mutex::new(core)),
-            recovered: Arc::new(recovered),
+            recovered: Arc::new(Recovered {
+                commit,
+                commit_scope,
+                discard,
+            }),
         })
     }
 
     /// What [`open`](Self::open) applied to the lower layer to finish a commit a killed
     /// process left half done (empty when there was none), for its owner to record.
     pub fn recovered_commit(&self) -> &[Change] {
-        &self.recovered
+        &self.recovered.commit
+    }
+
+    /// The paths the commit [`recovered_commit`](Self::recovered_commit) finished was
+    /// limited to (none: it was whole).
+    pub fn recovered_commit_scope(&self) -> &[VfsPath] {
+        &self.recovered.commit_scope
+    }
+
+    /// The paths of a discard a killed process left half done that [`open`](Self::open)
+    /// finished (empty: a whole discard), if it finished one, for its owner to record.
+    pub fn recovered_discard(&self) -> Option<&[VfsPath]> {
+        self.recovered.discard.as_deref()
     }
 
     /// Runs `f` on the core on a blocking thread, holding the overlay's lock.
@@ -110,6 +138,9 @@ impl OverlayVfs {
                 path: "overlay".into(),
                 reason: "lock poisoned by a panic".into(),
             })?;
+            if let Some((what, cause)) = &guard.unfinished {
+                return Err(guard.unfinished_error(what, cause.clone()));
+            }
             f(&mut guard)
         })
         .await
@@ -314,6 +345,23 @@ impl Core {
             conflicts,
             scope: scope.to_vec(),
         })
+    }
+
+    /// Marks a commit or discard that failed past the point where it can only go forward:
+    /// every call is refused from now on, so nothing is written that the next open, which
+    /// finishes it, would take along. The error to return.
+    fn unfinished(&mut self, what: &'static str, cause: &dyn std::fmt::Display) -> VfsError {
+        let cause = cause.to_string();
+        self.unfinished = Some((what, cause.clone()));
+        self.unfinished_error(what, cause)
+    }
+
+    fn unfinished_error(&self, what: &'static str, cause: String) -> VfsError {
+        VfsError::Unfinished {
+            work: self.work.root().display().to_string(),
+            what,
+            cause,
+        }
     }
 
     fn persist(&self) -> Result<(), VfsError> {

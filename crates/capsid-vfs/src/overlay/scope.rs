@@ -195,7 +195,9 @@ impl Core {
             Sync::Durable,
             |f| std::io::Write::write_all(f, record.trim_start().as_bytes()),
         )?;
+        // Decided: it can only go forward.
         self.finish_discard(scope)
+            .map_err(|e| self.unfinished("discard", &e))
     }
 
     fn finish_discard(&mut self, scope: &[VfsPath]) -> Result<(), VfsError> {
@@ -211,11 +213,12 @@ impl Core {
         self.work.sync_dir(&VfsPath::root())
     }
 
-    /// Finishes a discard a killed process left half done, if its record is there.
-    pub(super) fn finish_interrupted_discard(&mut self) -> Result<(), VfsError> {
+    /// Finishes a discard a killed process left half done, if its record is there; the
+    /// paths it was limited to (none: everything), if it was.
+    pub(super) fn finish_interrupted_discard(&mut self) -> Result<Option<Vec<VfsPath>>, VfsError> {
         let record = match self.work.read_sync(&discard_pending_path()?) {
             Ok(bytes) => bytes,
-            Err(VfsError::NotFound(_)) => return Ok(()),
+            Err(VfsError::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
         let shown = || {
@@ -234,7 +237,8 @@ impl Core {
         } else {
             parse_scope(text.split('\n'), &shown)?
         };
-        self.finish_discard(&scope)
+        self.finish_discard(&scope)?;
+        Ok(Some(scope))
     }
 }
 
