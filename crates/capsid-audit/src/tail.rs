@@ -66,7 +66,9 @@ pub fn tail(db: &Path, n: usize) -> Result<Vec<EntryView>, AuditError> {
 /// review is a `workspace.commit` or `workspace.discard` whose last part no
 /// `operator.failed` followed before the next review, or a `workspace.commit.recovered` or
 /// `workspace.discard.recovered`; one limited to some paths (`limited_to`) takes effect
-/// on the resources at or below them only. Only `wanted` resources are kept, so what
+/// on the resources at or below them only (at most
+/// [`MAX_ATTRIBUTION_REVIEWS`](capsid_core::limits::MAX_ATTRIBUTION_REVIEWS) of those are
+/// read; the oldest of them then counts as whole). Only `wanted` resources are kept, so what
 /// capsules wrote elsewhere costs no memory. A view for review, read-only and unverified,
 /// like [`tail`].
 pub fn workspace_writers(
@@ -75,8 +77,8 @@ pub fn workspace_writers(
 ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeSet<String>>, AuditError> {
     let conn = schema::open_ro(db)?;
     let err = schema::sqlite_err(db);
-    // The reviews that took effect, newest first, down to the newest whole one: recent
-    // reviews make it short. A review recorded in parts counts at its last part.
+    // The reviews that took effect, newest first, down to the newest whole one (or a
+    // bounded number of scoped ones). A review recorded in parts counts at its last part.
     let mut stmt = conn
         .prepare(
             "SELECT e.id, COALESCE(json_extract(e.details, '$.limited_to'), '[]') \
@@ -109,7 +111,7 @@ pub fn workspace_writers(
     for row in rows {
         let (id, limited_to) = row.map_err(&err)?;
         let paths: Vec<String> = serde_json::from_str(&limited_to).unwrap_or_default();
-        if paths.is_empty() {
+        if paths.is_empty() || limited.len() >= capsid_core::limits::MAX_ATTRIBUTION_REVIEWS {
             since = id;
             break;
         }

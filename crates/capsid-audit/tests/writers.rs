@@ -133,8 +133,24 @@ async fn a_review_of_some_paths_starts_attribution_over_there_only() {
     )
     .await;
     assert!(both().is_empty());
-    // A whole review ends the search: scoped ones before it are not consulted.
+    // A scoped review that failed starts nothing over.
     write(&log, chain, "gamma", OTHER, Decision::Allow).await;
+    operator(
+        &log,
+        chain,
+        action::WORKSPACE_DISCARD,
+        limited(&["notes/b.md"]),
+    )
+    .await;
+    operator(
+        &log,
+        chain,
+        action::OPERATOR_FAILED,
+        json!({ "action": action::WORKSPACE_DISCARD }),
+    )
+    .await;
+    assert_eq!(both(), [(OTHER.to_owned(), vec!["gamma".to_owned()])]);
+    // A whole one starts everything over.
     operator(&log, chain, action::WORKSPACE_DISCARD, limited(&[])).await;
     write(&log, chain, "delta", OTHER, Decision::Allow).await;
     assert_eq!(both(), [(OTHER.to_owned(), vec!["delta".to_owned()])]);

@@ -670,7 +670,8 @@ async fn a_discard_killed_anywhere_drops_its_paths_whole_or_not_at_all() {
         let answered_success = discard.wait().unwrap().success();
         home.ok(&["start", "--dev"]);
         // A kill seen mid-discard is one finished at boot, bar the instant between seeing
-        // the record and the kill: counted over all rounds.
+        // the record and the kill (so counted, not asserted; `workspace.rs` checks the
+        // record deterministically).
         let recovered_now = recoveries(&home) - recoveries_before;
         assert!(
             recovered_now <= 1,
@@ -704,9 +705,5 @@ async fn a_discard_killed_anywhere_drops_its_paths_whole_or_not_at_all() {
          {dropped} dropped ({killed_mid_discard} killed while the record was there, \
          {recovered} finished at the next boot), {kept} not begun; never part of one",
         rounds()
-    );
-    assert!(
-        killed_mid_discard == 0 || recovered > 0,
-        "discards killed mid-way, yet no boot recorded finishing one"
     );
 }

@@ -256,3 +256,44 @@ fn ws_commit_and_discard_take_paths_and_leave_the_rest_waiting() {
     assert!(read.contains("\"a\""), "{read}");
     home.ok(&["stop"]);
 }
+
+#[test]
+fn a_review_a_kill_left_half_done_is_finished_at_boot_and_recorded() {
+    let home = Home::new();
+    home.ok(&["start", "--dev"]);
+    home.install("notes");
+    for name in ["a", "b"] {
+        add_note(&home, name, name);
+    }
+    home.ok(&["stop"]);
+    // As a daemon killed right after recording a discard of `notes/b.md` leaves it.
+    let overlay = home.path.join("state/overlay");
+    std::fs::write(overlay.join("discard-pending"), "notes/b.md").unwrap();
+    home.ok(&["start", "--dev"]);
+    assert!(!overlay.join("discard-pending").exists());
+    let status = home.json(&["ws", "status"]);
+    let paths: Vec<&str> = status["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["notes", "notes/a.md"]);
+    let tail = home.json(&["audit", "tail", "-n", "20"]);
+    let recovered = tail
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "workspace.discard.recovered")
+        .expect("boot records the discard it finished");
+    let details: serde_json::Value =
+        serde_json::from_str(recovered["details"].as_str().unwrap()).unwrap();
+    assert_eq!(details["limited_to"], json!(["notes/b.md"]));
+    // Who wrote `notes/a.md` is still known; the discard covered `notes/b.md` only.
+    assert_eq!(
+        status["changes"][1]["writers"],
+        json!(["notes"]),
+        "{status:#}"
+    );
+    home.ok(&["stop"]);
+}

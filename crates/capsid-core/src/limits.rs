@@ -591,6 +591,11 @@ pub const MAX_REVIEW_ANSWER_BYTES: usize = 6 * 1024 * 1024;
 /// Most workspace paths one `workspace.status` or `workspace.diff` may be limited to.
 pub const MAX_WORKSPACE_FILTERS: usize = 1024;
 
+/// Most reviews of some paths that "who wrote it" looks back through for the newest whole
+/// one; past them it starts at the oldest it read (forgetting older writers rather than
+/// reading the whole log on every `ws status`).
+pub const MAX_ATTRIBUTION_REVIEWS: usize = 256;
+
 /// Most verified `Capsule.sig` texts a host remembers (so a capsule loaded again is not
 /// verified again); past it, it starts over.
 pub const MAX_VERIFIED_SIGNATURES: usize = 16 * 1024;

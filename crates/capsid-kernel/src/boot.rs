@@ -540,7 +540,7 @@ async fn record_recovered_commit(
     };
     let mut finished = Vec::new();
     let changes = overlay.recovered_commit();
-    if !changes.is_empty() {
+    if let Some(scope) = overlay.recovered_commit_scope() {
         let paths: Vec<String> = changes
             .iter()
             .take(MAX_RECOVERED_PATHS_RECORDED)
@@ -549,7 +549,7 @@ async fn record_recovered_commit(
         let details = serde_json::json!({
             "changes": changes.len(),
             "paths": paths,
-            "limited_to": limited_to(overlay.recovered_commit_scope()),
+            "limited_to": limited_to(scope),
         });
         finished.push((capsid_audit::action::WORKSPACE_COMMIT_RECOVERED, details));
     }

@@ -546,15 +546,23 @@ impl Harness<'_> {
     }
 
     /// After a commit or discard of `scope`, the overlay holds nothing there: an edit of
-    /// the workspace at a scope path shows at once. Each path the lower layer has is probed
-    /// (a file rewritten, a folder given a file), then put back.
+    /// the workspace at a scope path shows at once. Each path is probed (a file rewritten, a
+    /// folder given a file, a file made where there is none inside a folder both layers
+    /// show), then put back.
     async fn probe(&self, scope: &[&str], what: &str) -> Result<(), TestCaseError> {
         for s in scope {
             let host = self.lower.join(s);
             let (probed, at) = match std::fs::symlink_metadata(&host) {
                 Ok(m) if m.is_dir() => (host.join("probe"), format!("{s}/probe")),
                 Ok(_) => (host.clone(), (*s).to_owned()),
-                Err(_) => continue,
+                Err(_) => {
+                    let folder = parent(s);
+                    let shown = |m: &Model| m.get(folder) == Some(&Node::Dir);
+                    if !shown(&self.model.lower) || !shown(&self.model.merged) {
+                        continue;
+                    }
+                    (host.clone(), (*s).to_owned())
+                }
             };
             let old = std::fs::read(&probed).ok();
             std::fs::write(&probed, b"probe").unwrap();
@@ -597,6 +605,14 @@ impl Harness<'_> {
         };
         let expected: Vec<Change> = self.model.diff().into_iter().filter(takes).collect();
         let had_conflicts = !plan.conflicts.is_empty();
+        prop_assert!(
+            plan.conflicts
+                .iter()
+                .all(|p| expected.iter().any(|c| c.path == *p)),
+            "{}: conflicts {:?} outside what it commits",
+            what,
+            plan.conflicts
+        );
         let applied = self.vfs.commit_plan(plan, overwrite).await;
         if let Err(VfsError::Conflicts(_)) = &applied {
             prop_assert!(

@@ -315,6 +315,9 @@ async fn a_commit_that_fails_after_the_workspace_holds_it_is_finished_not_abando
     mend_marker_saves(&f, &saved);
     let reopened = f.reopen();
     assert!(!f.work("commit-pending").exists());
+    // Finished with nothing left to apply, and still reported, for the log.
+    assert_eq!(reopened.recovered_commit_scope(), Some(&[p("top")][..]));
+    assert!(reopened.recovered_commit().is_empty());
     assert!(!reopened.exists(&p("top")).await.unwrap());
     // Nothing of the overlay's is left at `top`: the workspace's new file shows.
     std::fs::write(f.lower("top"), b"new top").unwrap();

@@ -18,6 +18,9 @@ const PENDING_FILE: &str = "commit-pending";
 /// Name prefix of a commit's temporary files in the lower layer (then random hex and `-`).
 const COMMIT_TEMP_PREFIX: &str = ".capsid-commit-";
 
+/// A commit an open finished: what it applied, and the paths it was limited to.
+pub(super) type FinishedCommit = (Vec<Change>, Vec<VfsPath>);
+
 /// How a path differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ChangeKind {
@@ -183,15 +186,15 @@ impl Core {
     /// paths it was limited to.
     pub(super) fn finish_interrupted_commit(
         &mut self,
-    ) -> Result<(Vec<Change>, Vec<VfsPath>), VfsError> {
+    ) -> Result<Option<FinishedCommit>, VfsError> {
         let finished = match self.remove_commit_leftovers() {
-            Ok(None) => return Ok((Vec::new(), Vec::new())),
+            Ok(None) => return Ok(None),
             Ok(Some(scope)) => self
                 .apply_changes(&scope)
                 .and_then(|changes| self.settle_commit(&scope).map(|()| (changes, scope))),
             Err(e) => Err(e),
         };
-        finished.map_err(|e| VfsError::InterruptedCommit {
+        finished.map(Some).map_err(|e| VfsError::InterruptedCommit {
             work: self.work.root().display().to_string(),
             source: Box::new(e),
         })

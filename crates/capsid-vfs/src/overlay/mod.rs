@@ -41,7 +41,8 @@ pub struct OverlayVfs {
 #[derive(Debug, Default)]
 struct Recovered {
     commit: Vec<Change>,
-    commit_scope: Vec<VfsPath>,
+    /// The scope of the commit finished, if one was (even with nothing left to apply).
+    commit_scope: Option<Vec<VfsPath>>,
     discard: Option<Vec<VfsPath>>,
 }
 
@@ -97,7 +98,10 @@ impl OverlayVfs {
             bases,
             unfinished: None,
         };
-        let (commit, commit_scope) = core.finish_interrupted_commit()?;
+        let (commit, commit_scope) = match core.finish_interrupted_commit()? {
+            Some((commit, scope)) => (commit, Some(scope)),
+            None => (Vec::new(), None),
+        };
         let discard = core.finish_interrupted_discard()?;
         Ok(Self {
             core: Arc::new(Mutex::new(core)),
@@ -115,10 +119,11 @@ impl OverlayVfs {
         &self.recovered.commit
     }
 
-    /// The paths the commit [`recovered_commit`](Self::recovered_commit) finished was
-    /// limited to (none: it was whole).
-    pub fn recovered_commit_scope(&self) -> &[VfsPath] {
-        &self.recovered.commit_scope
+    /// The paths of a commit a killed process left half done that [`open`](Self::open)
+    /// finished (empty: a whole commit), if it finished one, even with nothing left to apply
+    /// to the workspace ([`recovered_commit`](Self::recovered_commit) is then empty).
+    pub fn recovered_commit_scope(&self) -> Option<&[VfsPath]> {
+        self.recovered.commit_scope.as_deref()
     }
 
     /// The paths of a discard a killed process left half done that [`open`](Self::open)

@@ -188,13 +188,18 @@ impl Core {
     /// Drops the changes at or below `scope` (everything, when empty), recorded first so
     /// that a kill part way is finished by the next open rather than left half done.
     pub(super) fn discard_scope(&mut self, scope: &[VfsPath]) -> Result<(), VfsError> {
-        let record = scope_lines(scope);
-        self.work.replace_with(
-            &discard_pending_path()?,
-            Staging::Beside(WORK_TEMP_PREFIX),
-            Sync::Durable,
-            |f| std::io::Write::write_all(f, record.trim_start().as_bytes()),
-        )?;
+        let lines = scope_lines(scope);
+        let record = lines.strip_prefix('\n').unwrap_or(&lines);
+        // A failure may come after the record is in place (its folder's sync): from here
+        // the discard can only go forward.
+        self.work
+            .replace_with(
+                &discard_pending_path()?,
+                Staging::Beside(WORK_TEMP_PREFIX),
+                Sync::Durable,
+                |f| std::io::Write::write_all(f, record.as_bytes()),
+            )
+            .map_err(|e| self.unfinished("discard", &e))?;
         // Decided: it can only go forward.
         self.finish_discard(scope)
             .map_err(|e| self.unfinished("discard", &e))
