@@ -8,6 +8,7 @@ mod audit_scale;
 mod capsule;
 mod capsule_tools;
 mod density;
+mod density_large;
 mod http;
 mod kernel;
 mod mcp;

@@ -83,18 +83,27 @@ impl CompiledCache {
         unsafe { Component::deserialize(engine, artifact) }.map_err(|e| e.to_string())
     }
 
-    /// Writes `component` under `blake3`, atomically (temporary file, fsync, rename). A
-    /// failure only costs a recompile next time, so it is logged, not returned.
-    pub(super) fn put(&self, blake3: &str, component: &Component) {
+    /// Writes `artifact` (a serialized component) under `blake3`, atomically (temporary
+    /// file, fsync, rename). A failure only costs a recompile next time, so it is logged,
+    /// not returned.
+    pub(super) fn put(&self, blake3: &str, artifact: &[u8]) {
         let path = self.path(blake3);
-        if let Err(e) = self.write(&path, blake3, component) {
+        if let Err(e) = self.write(&path, blake3, artifact) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled cache entry");
         }
     }
 
-    fn write(&self, path: &Path, blake3: &str, component: &Component) -> Result<(), String> {
-        let artifact = component.serialize().map_err(|e| e.to_string())?;
-        let digest = signed_digest(blake3, &artifact);
+    /// The component `artifact` is, for `engine`: an artifact this process has just
+    /// compiled (with the same settings), never one read from anywhere.
+    pub(super) fn adopt(engine: &Engine, artifact: &[u8]) -> Result<Component, String> {
+        // SAFETY: `artifact` is `Component::serialize`'s output, made by this process a
+        // moment ago from an engine configured as `engine` is; wasmtime still checks its
+        // engine and version header.
+        unsafe { Component::deserialize(engine, artifact) }.map_err(|e| e.to_string())
+    }
+
+    fn write(&self, path: &Path, blake3: &str, artifact: &[u8]) -> Result<(), String> {
+        let digest = signed_digest(blake3, artifact);
         let signature = self.key.sign(digest.as_bytes());
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut tmp = tempfile_in(&self.dir).map_err(|e| e.to_string())?;
@@ -102,7 +111,7 @@ impl CompiledCache {
             tmp.1.write_all(MAGIC)?;
             tmp.1.write_all(&[VERSION])?;
             tmp.1.write_all(signature.as_bytes())?;
-            tmp.1.write_all(&artifact)?;
+            tmp.1.write_all(artifact)?;
             tmp.1.sync_all()?;
             std::fs::rename(&tmp.0, path)
         })();

@@ -184,9 +184,7 @@ impl Core {
     /// write after it: the merged view, so the diff, is what it was), so the lower layer is
     /// never left half-committed after an open. What it applied, if anything, and the
     /// paths it was limited to.
-    pub(super) fn finish_interrupted_commit(
-        &mut self,
-    ) -> Result<Option<FinishedCommit>, VfsError> {
+    pub(super) fn finish_interrupted_commit(&mut self) -> Result<Option<FinishedCommit>, VfsError> {
         let finished = match self.remove_commit_leftovers() {
             Ok(None) => return Ok(None),
             Ok(Some(scope)) => self
