@@ -6,10 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use capsid_core::CapsuleId;
-use capsid_protocol::methods::{
-    CapsuleInstall, InstallParams, ToolCall, ToolCallParams, ToolOutput, Via,
-};
+use capsid_protocol::methods::{CapsuleInstall, InstallParams, ToolCall, ToolOutput};
 use serde_json::json;
 
 use crate::density::{Daemon, rss_kib, settle};
@@ -18,8 +15,8 @@ use crate::report::Row;
 /// The componentize-py the bench was written against.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
-/// Builds the Python capsule into `tmp/hello-py`, signed with the samples key.
-fn build(tmp: &Path) -> Result<PathBuf> {
+/// Builds the Python capsule into `tmp/hello-py`, signed with the samples key; its folder.
+pub(crate) fn build(tmp: &Path) -> Result<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let source = root.join("capsules/python/hello");
     let out = tmp.join("hello-py");
@@ -52,21 +49,13 @@ fn build(tmp: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-fn greet() -> Result<ToolCallParams> {
-    Ok(ToolCallParams {
-        capsule: CapsuleId::new("hello-py")?,
-        tool: "greet".into(),
-        input: json!({ "name": "density" }),
-        as_user: None,
-        client: None,
-        via: Via::Daemon,
-        approvals: false,
-    })
-}
-
 /// The daemon's memory (MiB) once idle after `greet` ran.
 async fn memory_after_a_call(daemon: &Daemon) -> Result<f64> {
-    let answer = daemon.client().await?.call::<ToolCall>(&greet()?).await?;
+    let answer = daemon
+        .client()
+        .await?
+        .call::<ToolCall>(&crate::density::greet("hello-py")?)
+        .await?;
     if answer != ToolOutput::Json(json!({ "greeting": "Hello, density!" })) {
         bail!("hello-py answered {answer:?}");
     }
@@ -74,9 +63,11 @@ async fn memory_after_a_call(daemon: &Daemon) -> Result<f64> {
     Ok(rss_kib(daemon.pid()?)? / 1024.0)
 }
 
-pub(crate) async fn rows(bin: &Path, tmp: &Path) -> Result<Vec<Row>> {
+/// The large component's rows: the daemon's memory with the capsule built in `dir`
+/// ([`build`]) installed, against a warm restart, and that against no capsule.
+pub(crate) async fn rows(bin: &Path, tmp: &Path, dir: &Path) -> Result<Vec<Row>> {
     use std::os::unix::fs::PermissionsExt;
-    let dir = build(tmp)?;
+    let dir = dir.to_owned();
     #[allow(clippy::cast_precision_loss)]
     let mb = std::fs::metadata(dir.join("hello_py.wasm"))?.len() as f64 / 1e6;
     let home = tmp.join("home-large");

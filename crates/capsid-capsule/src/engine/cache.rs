@@ -32,6 +32,7 @@ fn signed_digest(blake3: &str, artifact: &[u8]) -> Digest {
         .finalize()
 }
 
+#[derive(Clone)]
 pub(super) struct CompiledCache {
     dir: PathBuf,
     key: Arc<KeyPair>,
@@ -91,15 +92,6 @@ impl CompiledCache {
         if let Err(e) = self.write(&path, blake3, artifact) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compiled cache entry");
         }
-    }
-
-    /// The component `artifact` is, for `engine`: an artifact this process has just
-    /// compiled (with the same settings), never one read from anywhere.
-    pub(super) fn adopt(engine: &Engine, artifact: &[u8]) -> Result<Component, String> {
-        // SAFETY: `artifact` is `Component::serialize`'s output, made by this process a
-        // moment ago from an engine configured as `engine` is; wasmtime still checks its
-        // engine and version header.
-        unsafe { Component::deserialize(engine, artifact) }.map_err(|e| e.to_string())
     }
 
     fn write(&self, path: &Path, blake3: &str, artifact: &[u8]) -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! the signed on-disk cache ([`cache`]).
 
 mod cache;
+mod compile;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -67,25 +68,6 @@ impl std::fmt::Debug for CapsuleEngine {
             .field("cache", &self.cache.dir())
             .finish_non_exhaustive()
     }
-}
-
-/// The configuration components are compiled with, by an engine made for one compile and
-/// dropped after it (see [`compile`]): the runtime's, allocating on demand since it
-/// instantiates nothing.
-fn compile_config() -> Config {
-    let mut config = config();
-    config.allocation_strategy(InstanceAllocationStrategy::OnDemand);
-    config
-}
-
-/// Compiles `bytes` on an engine of its own and returns the serialized component. The
-/// compiler keeps buffers for reuse as long as its engine lives (tens of MiB for a large
-/// component, on top of what glibc keeps of the freed rest): this engine, and they, are
-/// dropped when done.
-fn compile(bytes: &[u8]) -> Result<Vec<u8>, String> {
-    let compiler = Engine::new(&compile_config()).map_err(|e| e.to_string())?;
-    let component = Component::new(&compiler, bytes).map_err(|e| format!("{e:#}"))?;
-    component.serialize().map_err(|e| e.to_string())
 }
 
 fn config() -> Config {
@@ -180,22 +162,24 @@ impl CapsuleEngine {
                 kind: LoadKind::Cached,
             });
         }
-        let engine = self.engine.clone();
+        let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), blake3.clone());
         let compiled = tokio::task::spawn_blocking(move || {
-            let artifact = compile(&bytes)?;
-            let component = cache::CompiledCache::adopt(&engine, &artifact)?;
-            Ok::<_, String>((component, artifact))
+            let compiled = compile::compile(&engine, &config(), &bytes)?;
+            cache.put(&key, &compiled.artifact);
+            drop(compiled.artifact);
+            compile::release_freed_memory();
+            Ok(compiled.component)
         })
         .await
         .map_err(|e| CapsuleError::Engine(format!("compiler task failed: {e}")))?;
-        let (component, artifact) = compiled.map_err(|reason| CapsuleError::InvalidComponent {
-            capsule: capsule.clone(),
-            path: wasm.to_owned(),
-            reason,
+        let component = compiled.map_err(|failure| match failure {
+            compile::Failure::Invalid(reason) => CapsuleError::InvalidComponent {
+                capsule: capsule.clone(),
+                path: wasm.to_owned(),
+                reason,
+            },
+            compile::Failure::Runtime(reason) => CapsuleError::Engine(reason),
         })?;
-        self.cache.put(&blake3, &artifact);
-        drop(artifact);
-        release_freed_memory();
         lock(&self.shared).insert(blake3.clone(), component.clone());
         Ok(LoadedComponent {
             component,
@@ -218,20 +202,6 @@ impl CapsuleEngine {
     /// The cache file a component with this blake3 would use.
     pub fn cache_path(&self, blake3: &str) -> PathBuf {
         self.cache.path(blake3)
-    }
-}
-
-/// Hands the heap memory freed since back to the OS. Compiling a large component allocates
-/// hundreds of MiB that the compiler frees at once, but glibc keeps freed memory for reuse:
-/// without this an 18 MB Python component leaves the daemon at 380 MiB, against 84 MiB
-/// after a restart that reads the same component from the cache.
-// `malloc_trim` is a C function, so calling it is `unsafe`; it has no preconditions.
-#[allow(unsafe_code)]
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only returns free heap pages to the OS; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }
 
