@@ -14,6 +14,16 @@ fn add_note(home: &Home, name: &str, text: &str) {
     home.ok(&["call", "notes", "add", "--input", &input]);
 }
 
+/// The paths a `ws` answer lists, in order.
+fn paths(review: &serde_json::Value) -> Vec<&str> {
+    review["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
     let home = Home::new();
@@ -31,14 +41,8 @@ fn capsules_writes_are_reviewed_committed_discarded_and_conflicts_refused() {
         (status["total"].as_u64(), status["conflicts"].as_u64()),
         (Some(2), Some(0))
     );
+    assert_eq!(paths(&status), ["notes", "notes/a.md"]);
     let status = &status["changes"];
-    let paths: Vec<&str> = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["notes", "notes/a.md"]);
     let note = &status[1];
     assert_eq!(note["change"], "added");
     assert_eq!(note["blake3"], blake3::hash(b"first").to_hex().to_string());
@@ -211,13 +215,7 @@ fn ws_commit_and_discard_take_paths_and_leave_the_rest_waiting() {
     }
     // The folder `notes` comes along with the one file committed.
     let committed = home.json(&["ws", "commit", "notes/a.md"]);
-    let paths: Vec<&str> = committed["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["notes", "notes/a.md"]);
+    assert_eq!(paths(&committed), ["notes", "notes/a.md"]);
     assert_eq!(std::fs::read(workspace.join("notes/a.md")).unwrap(), b"a");
     assert!(!workspace.join("notes/b.md").exists());
     home.ok(&["ws", "discard", "notes/b.md"]);
@@ -272,13 +270,7 @@ fn a_review_a_kill_left_half_done_is_finished_at_boot_and_recorded() {
     home.ok(&["start", "--dev"]);
     assert!(!overlay.join("discard-pending").exists());
     let status = home.json(&["ws", "status"]);
-    let paths: Vec<&str> = status["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["notes", "notes/a.md"]);
+    assert_eq!(paths(&status), ["notes", "notes/a.md"]);
     let tail = home.json(&["audit", "tail", "-n", "20"]);
     let recovered = tail
         .as_array()
