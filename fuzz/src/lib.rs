@@ -8,6 +8,10 @@
 
 use std::path::Path;
 
+mod mcp;
+
+pub use mcp::{mcp_client, mcp_server};
+
 /// What a fuzzer feeds one input to.
 pub type Target = fn(&[u8]);
 
@@ -20,6 +24,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("token", token),
     ("audit-export", audit_export),
     ("audit-db", audit_db),
+    ("mcp-client", mcp_client),
+    ("mcp-server", mcp_server),
 ];
 
 /// A manifest as `Capsule.toml` text: parsed or refused, never a panic.

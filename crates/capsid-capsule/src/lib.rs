@@ -54,3 +54,11 @@ pub use mcp::{McpCapsule, PendingTool, ToolChange};
 pub use native::NativeCapsule;
 pub use registry::{CapsuleCounts, CapsuleInfo, McpStatus, NativeStatus, Registry};
 pub use slots::CapsuleWaker;
+
+/// How a contained MCP server's messages are read, reachable by `capsid-fuzz`: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::mcp::definition::{
+        Presented, Unusable, answer_text, error_text, present, usable_name,
+    };
+}

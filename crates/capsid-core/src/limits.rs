@@ -241,6 +241,16 @@ pub const PROCESS_ENV_ALLOW: &[&str] = &[
     "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "NO_COLOR", "COLUMNS", "LINES",
 ];
 
+/// Most stages one pipeline may have.
+pub const MAX_PIPELINE_STAGES: usize = 16;
+
+/// How long the other stages of a pipeline whose last stage exited may take to end by
+/// themselves (a broken pipe, the end of their input) before they are stopped.
+pub const PIPELINE_END_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// How long a pipeline link's byte rate is measured over.
+pub const LINK_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Persistent processes one principal may have running at once.
 pub const MAX_PERSISTENT_RUNNING: usize = 64;
 

@@ -63,7 +63,7 @@ pub(crate) fn form(
 
 /// What a client's answer to the form comes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Answered {
+pub enum Answered {
     /// A decision to take.
     Decide(ApprovalDecision),
     /// The person cancelled the whole operation: the call is cancelled.
@@ -73,7 +73,7 @@ pub(crate) enum Answered {
 }
 
 /// What `result` decides about `request` (asked with `sessions`). Declining is a denial.
-pub(crate) fn answered(request: &ApprovalView, sessions: bool, result: &ElicitResult) -> Answered {
+pub fn answered(request: &ApprovalView, sessions: bool, result: &ElicitResult) -> Answered {
     match &result.action {
         ElicitationAction::Decline => Answered::Decide(ApprovalDecision::Deny),
         ElicitationAction::Cancel => Answered::Cancel,
@@ -100,7 +100,7 @@ pub(crate) fn answered(request: &ApprovalView, sessions: bool, result: &ElicitRe
 
 /// What a sealed request state is bound to: who called, which tool, with what.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Binding {
+pub struct Binding {
     user: String,
     tool: String,
     input_digest: blake3::Hash,
@@ -108,7 +108,7 @@ pub(crate) struct Binding {
 
 impl Binding {
     /// A call of `tool` (`<capsule>.<tool>`) by `user` with `input`.
-    pub(crate) fn new(user: &str, tool: &str, input: &serde_json::Value) -> Self {
+    pub fn new(user: &str, tool: &str, input: &serde_json::Value) -> Self {
         Self {
             user: user.to_owned(),
             tool: tool.to_owned(),
@@ -118,7 +118,7 @@ impl Binding {
 }
 
 /// Seals and opens `requestState`s with a secret of this bridge process.
-pub(crate) struct StateSeal {
+pub struct StateSeal {
     key: [u8; 32],
 }
 
@@ -166,11 +166,16 @@ impl StateSeal {
     pub(crate) fn new() -> Result<Self, getrandom::Error> {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key)?;
-        Ok(Self { key })
+        Ok(Self::with_key(key))
+    }
+
+    /// A seal with the secret `key` (tests and fuzzing; a bridge makes a random one).
+    pub fn with_key(key: [u8; 32]) -> Self {
+        Self { key }
     }
 
     /// The state naming approval `id` (expiring at `expires_ms`) for `binding`.
-    pub(crate) fn seal(&self, id: &str, expires_ms: i64, binding: &Binding) -> String {
+    pub fn seal(&self, id: &str, expires_ms: i64, binding: &Binding) -> String {
         let payload = json!({ "approval": id, "expires_ms": expires_ms }).to_string();
         let tag = tag(&self.key, payload.as_bytes(), binding);
         format!("{}.{}", hex(payload.as_bytes()), tag.to_hex())
@@ -178,7 +183,7 @@ impl StateSeal {
 
     /// The approval id `state` names, if this bridge sealed it for `binding` and it has not
     /// expired; `None` for anything else (forged, altered, another call's, expired).
-    pub(crate) fn open(&self, state: &str, binding: &Binding) -> Option<String> {
+    pub fn open(&self, state: &str, binding: &Binding) -> Option<String> {
         let (payload, given) = state.split_once('.')?;
         let payload = unhex(payload)?;
         let given = blake3::Hash::from_hex(given).ok()?;

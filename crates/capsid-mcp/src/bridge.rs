@@ -7,8 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use capsid_core::CapsuleId;
-use capsid_core::limits::{MAX_TOOL_INPUT_BYTES, MCP_PARKED_CALLS};
+use capsid_core::limits::MCP_PARKED_CALLS;
 use capsid_core::sync::lock;
 use capsid_protocol::methods::{
     ApprovalDecide, ApprovalDecideParams, ApprovalDecision, ApprovalView, ToolCall, ToolCallParams,
@@ -23,13 +22,12 @@ use rmcp::model::{
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler};
-use serde_json::Value;
 use tokio::task::JoinSet;
 
 use crate::approvals::{self, Answered, Binding, StateSeal};
 use crate::calls::{CallEvent, RunningCall};
 use crate::daemon::Daemon;
-use crate::tools::{answer, mcp_tool, unknown_tool};
+use crate::tools::{CallAsked, answer, mcp_tool, read_call};
 
 /// How often a session's follow checks that the session is still there.
 const SESSION_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -423,25 +421,16 @@ impl ServerHandler for Bridge {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let user = self.user(&context.extensions)?;
+        let CallAsked {
+            capsule,
+            tool,
+            input,
+            binding,
+        } = read_call(&user, &request)?;
         let name = request.name.as_ref();
-        let Some((capsule, tool)) = name.split_once('.') else {
-            return Err(unknown_tool(name));
-        };
-        let Ok(capsule) = CapsuleId::new(capsule) else {
-            return Err(unknown_tool(name));
-        };
-        let input = Value::Object(request.arguments.clone().unwrap_or_default());
-        // Refused here: a frame too big for the daemon would end this request's connection.
-        let len = input.to_string().len();
-        if len > MAX_TOOL_INPUT_BYTES {
-            return Err(ErrorData::invalid_params(
-                format!("the arguments are {len} bytes, over the limit of {MAX_TOOL_INPUT_BYTES}"),
-                None,
-            ));
-        }
         let turn = Turn {
             name: name.to_owned(),
-            binding: Binding::new(&user, name, &input),
+            binding,
             asking: Asking::of(&context),
             user: user.clone(),
         };
@@ -452,7 +441,7 @@ impl ServerHandler for Bridge {
         }
         let params = ToolCallParams {
             capsule,
-            tool: tool.to_owned(),
+            tool,
             input,
             as_user: Some(user),
             client: context.client_info().map(|c| c.name),

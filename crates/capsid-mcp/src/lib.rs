@@ -29,6 +29,13 @@ mod tools;
 use std::net::SocketAddr;
 
 pub use bridge::{Acting, Bridge};
+
+/// The bridge's handling of what clients send, reachable by `capsid-fuzz`: not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::approvals::{Answered, Binding, StateSeal, answered};
+    pub use crate::tools::{CallAsked, read_call};
+}
 pub use daemon::Daemon;
 pub use http::{HttpOptions, MCP_PATH, serve_http};
 use rmcp::ServiceExt;

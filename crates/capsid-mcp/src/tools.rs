@@ -3,11 +3,17 @@
 
 use std::sync::Arc;
 
+use capsid_core::CapsuleId;
+use capsid_core::limits::MAX_TOOL_INPUT_BYTES;
 use capsid_protocol::methods::{ToolDef, ToolOutput};
 use capsid_protocol::{ClientError, ErrorCode};
 use rmcp::ErrorData;
-use rmcp::model::{CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ContentBlock, JsonObject, Tool, ToolAnnotations,
+};
 use serde_json::Value;
+
+use crate::approvals::Binding;
 
 /// The MCP name of a tool: `<capsule>.<tool>`.
 fn mcp_name(t: &ToolDef) -> String {
@@ -46,6 +52,47 @@ pub(crate) fn mcp_tool(t: ToolDef) -> Tool {
 /// The answer for a tool name that is not, or may not be, called: the same either way.
 pub(crate) fn unknown_tool(name: &str) -> ErrorData {
     ErrorData::invalid_params(format!("unknown tool {name:?}"), None)
+}
+
+/// What a `tools/call` asks for, read from its params.
+#[derive(Debug, Clone)]
+pub struct CallAsked {
+    /// The capsule named before the first `.`.
+    pub capsule: CapsuleId,
+    /// The tool named after it.
+    pub tool: String,
+    /// The arguments, as the tool's input (`{}` when there are none).
+    pub input: Value,
+    /// What a sealed request state for this call is bound to.
+    pub binding: Binding,
+}
+
+/// What `request`, made by `user`, asks for; refused as an unknown tool when its name is not
+/// `<capsule>.<tool>` with a valid capsule name, or as invalid params when its arguments are
+/// over `MAX_TOOL_INPUT_BYTES`.
+pub fn read_call(user: &str, request: &CallToolRequestParams) -> Result<CallAsked, ErrorData> {
+    let name = request.name.as_ref();
+    let Some((capsule, tool)) = name.split_once('.') else {
+        return Err(unknown_tool(name));
+    };
+    let Ok(capsule) = CapsuleId::new(capsule) else {
+        return Err(unknown_tool(name));
+    };
+    let input = Value::Object(request.arguments.clone().unwrap_or_default());
+    // Refused here: a frame too big for the daemon would end this request's connection.
+    let len = input.to_string().len();
+    if len > MAX_TOOL_INPUT_BYTES {
+        return Err(ErrorData::invalid_params(
+            format!("the arguments are {len} bytes, over the limit of {MAX_TOOL_INPUT_BYTES}"),
+            None,
+        ));
+    }
+    Ok(CallAsked {
+        binding: Binding::new(user, name, &input),
+        capsule,
+        tool: tool.to_owned(),
+        input,
+    })
 }
 
 fn text(message: impl Into<String>) -> Vec<ContentBlock> {

@@ -102,14 +102,71 @@ async fn start(plan: ExecPlan, cgroup: Option<Arc<PidsCgroup>>) -> std::io::Resu
         .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
 }
 
+/// A cgroup the stages of one pipeline share. Whoever is last to let go of it (the last stage
+/// reaped, or the pipeline giving up on stages it could not start) disposes of it: what is
+/// left in it is killed and it is removed.
+#[derive(Debug)]
+pub(crate) struct SharedCgroup {
+    cgroup: Arc<PidsCgroup>,
+    /// Holds not yet let go of: one per stage to start, counted up front.
+    holds: std::sync::atomic::AtomicUsize,
+}
+
+impl SharedCgroup {
+    /// `cgroup`, to be shared by `holds` stages.
+    pub(crate) fn new(cgroup: PidsCgroup, holds: usize) -> Arc<Self> {
+        Arc::new(Self {
+            cgroup: Arc::new(cgroup),
+            holds: std::sync::atomic::AtomicUsize::new(holds),
+        })
+    }
+
+    /// Lets go of `n` holds; the cgroup, when they were the last.
+    fn let_go(&self, n: usize) -> Option<Arc<PidsCgroup>> {
+        let before = self.holds.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        (before == n).then(|| self.cgroup.clone())
+    }
+
+    /// Lets go of the holds of `n` stages that were never started: when nothing else holds
+    /// the cgroup, what is in it is killed and it is removed now.
+    pub(crate) fn abandon(&self, n: usize) {
+        if n > 0
+            && let Some(cgroup) = self.let_go(n)
+        {
+            let _ = cgroup.kill_all();
+            let _ = cgroup.remove();
+        }
+    }
+}
+
+/// A child's hold on its cgroup.
+#[derive(Debug)]
+enum CgroupHold {
+    /// A cgroup of its own.
+    Own(Arc<PidsCgroup>),
+    /// Its pipeline's.
+    Shared(Arc<SharedCgroup>),
+}
+
+impl CgroupHold {
+    /// Lets go on the child's reaping: its cgroup to dispose of, if it was the last holder.
+    fn let_go(self) -> Option<Arc<PidsCgroup>> {
+        match self {
+            Self::Own(cgroup) => Some(cgroup),
+            Self::Shared(shared) => shared.let_go(1),
+        }
+    }
+}
+
 /// What the reaper and the signallers share. `reaped` is held while signalling and while
 /// reaping, so a signal can never reach a pid (or group) the OS may have reused.
 #[derive(Debug)]
 struct Shared {
     pid: u32,
     reaped: Mutex<bool>,
-    /// The child's pids cgroup, removed once the group is gone.
-    cgroup: Mutex<Option<Arc<PidsCgroup>>>,
+    /// The child's pids cgroup, removed once the group is gone (a shared one, once every
+    /// stage's group is).
+    cgroup: Mutex<Option<CgroupHold>>,
 }
 
 impl Shared {
@@ -148,7 +205,7 @@ impl Shared {
             // reaches only the child's own group.
             let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         }
-        let cgroup = lock(&self.cgroup).take();
+        let cgroup = lock(&self.cgroup).take().and_then(CgroupHold::let_go);
         let result = sys::wait4(self.pid);
         *reaped = true;
         orphans::leader_reaped(self.pid, cgroup);
@@ -279,29 +336,58 @@ impl Child {
     /// Starts `spec`: checked, resolved, in its own process group, limited, with its output
     /// pumped into two rings. Returns once the child is running.
     pub async fn spawn(spec: &SpawnSpec) -> Result<Self, ProcessError> {
-        let checked = spec.check()?;
-        let launch = sandbox::command(spec, &checked)?;
+        Self::spawn_in(spec, None).await
+    }
+
+    /// As [`Child::spawn`], in `shared`, a pipeline's cgroup, when given (one of its holds
+    /// becomes the child's once it is running) instead of a cgroup of its own.
+    pub(crate) async fn spawn_in(
+        spec: &SpawnSpec,
+        shared: Option<&Arc<SharedCgroup>>,
+    ) -> Result<Self, ProcessError> {
         let spawn_error = |source| ProcessError::Spawn {
             program: spec.program.clone(),
             source,
         };
-        let plan = ExecPlan::new(
-            &launch.argv,
-            &checked.env,
-            &checked.cwd,
-            spec.stdin,
-            spec.limits,
-            std::process::id(),
-        )
-        .map_err(spawn_error)?
-        .inherit(launch.seccomp);
-        let cgroup = child_cgroup(spec.limits.pids)?.map(Arc::new);
         let started = Instant::now();
-        let child = start(plan, cgroup.clone()).await.map_err(spawn_error)?;
+        let launched = async {
+            let checked = spec.check()?;
+            let launch = sandbox::command(spec, &checked)?;
+            let plan = ExecPlan::new(
+                &launch.argv,
+                &checked.env,
+                &checked.cwd,
+                spec.stdin,
+                spec.limits,
+                std::process::id(),
+            )
+            .map_err(spawn_error)?
+            .inherit(launch.seccomp);
+            let cgroup = match shared {
+                Some(s) => Some(s.cgroup.clone()),
+                None => child_cgroup(spec.limits.pids)?.map(Arc::new),
+            };
+            let child = start(plan, cgroup.clone()).await.map_err(spawn_error)?;
+            Ok((child, cgroup))
+        };
+        let (child, cgroup) = match launched.await {
+            Ok(launched) => launched,
+            Err(e) => {
+                // Never started: its hold on the pipeline's cgroup goes now.
+                if let Some(s) = shared {
+                    s.abandon(1);
+                }
+                return Err(e);
+            }
+        };
+        let hold = match shared {
+            Some(s) => Some(CgroupHold::Shared(s.clone())),
+            None => cgroup.map(CgroupHold::Own),
+        };
         let shared = Arc::new(Shared {
             pid: child.pid,
             reaped: Mutex::new(false),
-            cgroup: Mutex::new(cgroup),
+            cgroup: Mutex::new(hold),
         });
         // From here on, any early return drops this guard, which kills and reaps.
         let guard = ReapOnDrop(shared.clone());
@@ -390,6 +476,17 @@ impl Child {
             stdin: stdin.take()?,
             stdout: stdout.take()?,
         })
+    }
+
+    /// Takes its stdin pipe, when it has one; `None` after the first time.
+    pub(crate) async fn take_stdin(&self) -> Option<pipe::Sender> {
+        self.stdin.lock().await.take()
+    }
+
+    /// Takes its stdout pipe, when it was spawned with `stdout_piped`; `None` after the
+    /// first time.
+    pub(crate) fn take_stdout(&self) -> Option<pipe::Receiver> {
+        lock(&self.stdout_pipe).take()
     }
 
     /// Closes stdin (the child sees end of input). Closing twice is fine.

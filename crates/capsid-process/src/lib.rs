@@ -34,7 +34,9 @@ pub use cgroup::{StaleSweep, pids_limit_available, sweep_stale_cgroups};
 mod child;
 mod error;
 mod exec;
+mod link;
 mod orphans;
+mod pipeline;
 mod procfs;
 mod ring;
 mod sandbox;
@@ -46,8 +48,10 @@ mod table;
 
 pub use child::{Child, ExitInfo, Stdio};
 pub use error::ProcessError;
+pub use link::Link;
 pub use nix::sys::signal::Signal;
 pub use orphans::become_subreaper;
+pub use pipeline::{EndPolicy, Pipeline, PipelineOutput, PipelineSpec};
 pub use ring::{OutputRing, Since};
 pub use sandbox::bwrap_path;
 pub use spec::{

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 /// One tool as its server presented it, checked and hashed.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Presented {
+pub struct Presented {
     /// What the kernel lists and calls.
     pub tool: Tool,
     /// The definition that is pinned: name, title, description, input and output schemas
@@ -23,7 +23,7 @@ pub(crate) struct Presented {
 
 /// Why a listed tool is left out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum Unusable {
+pub enum Unusable {
     /// Its name cannot be a capsid tool name.
     #[error("its name {0:?} is not 1 to 64 of [A-Za-z0-9_-]")]
     Name(String),
@@ -33,7 +33,7 @@ pub(crate) enum Unusable {
 }
 
 /// Whether `name` can be a tool name through capsid (`<capsule>.<tool>`, `tool://` patterns).
-pub(crate) fn usable_name(name: &str) -> bool {
+pub fn usable_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -59,7 +59,7 @@ fn canonical(value: &Value) -> Value {
 }
 
 /// Checks and hashes one listed tool.
-pub(crate) fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable> {
+pub fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable> {
     let name = listed.name.to_string();
     if !usable_name(&name) {
         return Err(Unusable::Name(name.chars().take(80).collect()));
@@ -109,7 +109,7 @@ pub(crate) fn present(listed: &rmcp::model::Tool) -> Result<Presented, Unusable>
 /// A call's answer as the kernel passes it on: the structured content when there is some,
 /// else the text blocks joined by newlines when every block is text, else the content
 /// blocks as JSON. `Err(len)` when that is over `MAX_TOOL_OUTPUT_BYTES`.
-pub(crate) fn answer_text(result: &CallToolResult) -> Result<String, usize> {
+pub fn answer_text(result: &CallToolResult) -> Result<String, usize> {
     let text = if let Some(structured) = &result.structured_content {
         structured.to_string()
     } else if let Some(texts) = result
@@ -129,7 +129,7 @@ pub(crate) fn answer_text(result: &CallToolResult) -> Result<String, usize> {
 }
 
 /// The text of an error answer (`isError`), for the caller.
-pub(crate) fn error_text(result: &CallToolResult) -> String {
+pub fn error_text(result: &CallToolResult) -> String {
     let text: Vec<&str> = result
         .content
         .iter()

@@ -14,7 +14,7 @@
 //! cancellation.
 
 mod client;
-mod definition;
+pub(crate) mod definition;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
