@@ -13,6 +13,7 @@ mod http;
 mod kernel;
 mod mcp;
 mod mcp_capsule;
+mod pipeline;
 mod process;
 mod report;
 mod soak;

@@ -1,5 +1,6 @@
 //! `process`: spawn + wait through `capsid-process` against `std::process::Command`, and a
-//! child's output throughput through a ring against a raw pipe read, in the same run.
+//! child's output throughput through a ring against a raw pipe read, in the same run; the
+//! pipeline rows are in `pipeline.rs`.
 
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -27,6 +28,7 @@ pub fn run() -> Result<Vec<Row>> {
         rows.push(sandbox_row(workspace.path()).await?);
         rows.extend(output_rows(workspace.path()).await?);
         rows.extend(table_rows(workspace.path()).await?);
+        rows.extend(crate::pipeline::rows(workspace.path()).await?);
         Ok(rows)
     })
 }

@@ -18,6 +18,7 @@ wasmtime::component::bindgen!({
         // Only a full resource table can fail these: a trap, not an answer for the guest.
         "capsid:host/process.[method]background.subscribe-exit": async | trappable,
         "capsid:host/process.[method]background.subscribe-output": async | trappable,
+        "capsid:host/process.[method]pipeline.subscribe-exit": async | trappable,
     },
     exports: { default: async },
     with: {
@@ -27,6 +28,7 @@ wasmtime::component::bindgen!({
         "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
         "wasi:http": wasmtime_wasi_http::p2::bindings::http,
         "capsid:host/process.background": crate::host::BackgroundChild,
+        "capsid:host/process.pipeline": crate::host::BackgroundPipeline,
     },
 });
 

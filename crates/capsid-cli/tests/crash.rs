@@ -4,8 +4,9 @@
 //! - Every publish and tool call answered before the kill is in the audit log afterwards,
 //!   and the log verifies; the counter's kv value is at least every count it answered and at
 //!   most one more per call sent (never torn, never behind an acknowledgement).
-//! - Background children, persistent processes, what they forked and native capsules (each
-//!   in the sandbox) are gone after the next boot, and so are the dead daemon's cgroups.
+//! - Background children and pipelines, persistent processes, what they forked and native
+//!   capsules (each in the sandbox) are gone after the next boot, and so are the dead
+//!   daemon's cgroups.
 //!
 //! Each suite runs `CAPSID_CRASH_ROUNDS` rounds (a few by default; `cargo xtask soak crash
 //! --rounds N` runs more) and prints what it counted.
@@ -367,6 +368,7 @@ async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
     // Durations unlikely to be running already, so their processes can be found by name.
     let native_seconds = 800_000 + u64::from(std::process::id() % 100_000);
     let forked_seconds = native_seconds + 100_000;
+    let piped_seconds = native_seconds + 200_000;
     let copies = tempfile::tempdir().unwrap();
     let sleeper = native_sleeper(copies.path(), native_seconds);
     home.ok(&["capsule", "install", sleeper.to_str().unwrap()]);
@@ -385,11 +387,20 @@ async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
             json!({ "id": repl_id, "line": format!("sleep {forked_seconds} &") }),
         )
         .await;
+        // A pipeline's first stage: `sleep | cat`, kept in the background.
+        tool(
+            &home,
+            "runner",
+            "pipe-keep",
+            json!({ "seconds": piped_seconds }),
+        )
+        .await;
         let children = [u32::try_from(kept).unwrap()];
         until("every child runs", || {
             children.iter().all(|&p| running(p, "sleep"))
                 && sleeping(native_seconds).len() == 1
                 && sleeping(forked_seconds).len() == 1
+                && sleeping(piped_seconds).len() == 1
         });
         let daemon = home.pid().unwrap();
         let native = sleeping(native_seconds);
@@ -408,12 +419,13 @@ async fn a_killed_daemon_leaves_no_child_and_no_cgroup_after_the_next_boot() {
             .filter(|&&p| running(p, "sleep"))
             .collect();
         let forked = sleeping(forked_seconds);
+        let piped = sleeping(piped_seconds);
         let cgroups = cgroups_of(daemon);
-        left_behind += still.len() + forked.len() + cgroups.len();
+        left_behind += still.len() + forked.len() + piped.len() + cgroups.len();
         assert!(
-            still.is_empty() && forked.is_empty() && cgroups.is_empty(),
+            still.is_empty() && forked.is_empty() && piped.is_empty() && cgroups.is_empty(),
             "round {round}: left behind: children or the native capsule {still:?}, the sh's own \
-             sleep {forked:?}, cgroups {cgroups:?}"
+             sleep {forked:?}, a pipeline's stage {piped:?}, cgroups {cgroups:?}"
         );
         // The new daemon started the native capsule again: once.
         until("the native capsule runs again", || {

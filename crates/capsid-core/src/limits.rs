@@ -248,6 +248,9 @@ pub const MAX_PIPELINE_STAGES: usize = 16;
 /// themselves (a broken pipe, the end of their input) before they are stopped.
 pub const PIPELINE_END_SETTLE: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Longest grace a capsule may give a pipeline's stages between SIGTERM and SIGKILL.
+pub const MAX_PIPELINE_GRACE: std::time::Duration = std::time::Duration::from_mins(1);
+
 /// How long a pipeline link's byte rate is measured over.
 pub const LINK_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 

@@ -77,9 +77,12 @@ pub(crate) fn relay(from: OwnedFd, to: OwnedFd, link: Arc<Link>) -> std::io::Res
     std::thread::Builder::new()
         .name("capsid-link".into())
         .spawn(move || {
-            // As large as the stage's stdout pipe: fewer, larger moves.
+            // Both pipes of a link as large as the host allows up to `PROCESS_PIPE_BYTES`:
+            // fewer, larger moves and wake-ups (best effort, as for any child's pipe).
             let size = i32::try_from(PROCESS_PIPE_BYTES).unwrap_or(i32::MAX);
-            let _ = nix::fcntl::fcntl(&to, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+            for end in [&from, &to] {
+                let _ = nix::fcntl::fcntl(end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
+            }
             let moved = match link.tap.clone() {
                 None => move_all(&from, &to, &link),
                 Some(ring) => move_tapped(&from, &to, &link, &ring),

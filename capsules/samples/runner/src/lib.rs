@@ -1,4 +1,5 @@
-//! Runs granted programs: to their exit (`run`), or in the background (`converse` talks to
+//! Runs granted programs: to their exit (`run`), as a pipeline to its end (`pipe`) or in the
+//! background (`pipe-converse`, `pipe-orphan`, `pipe-keep`), or in the background (`converse` talks to
 //! `cat` over stdin; `start` keeps a `sleep` running across calls, `stop-all` signals them;
 //! `orphan` starts one and drops its handle; `poll` waits on one with `wasi:io/poll`), or as
 //! a persistent `sh` reached by its id across calls (the `repl-*` tools).
@@ -17,6 +18,8 @@ use serde_json::{Value, json};
 thread_local! {
     /// Background children kept across calls (this instance owns them).
     static KEPT: RefCell<Vec<Background>> = const { RefCell::new(Vec::new()) };
+    /// Background pipelines kept across calls.
+    static KEPT_PIPES: RefCell<Vec<process::Pipeline>> = const { RefCell::new(Vec::new()) };
 }
 
 fn failed(e: &process::ProcessError) -> Error {
@@ -67,6 +70,102 @@ fn run(Json(input): Json<Run>) -> Result<Json<Ran>, Error> {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         },
         Err(e) => Ran::Refused {
+            error: format!("{e:?}"),
+        },
+    }))
+}
+
+#[derive(Deserialize)]
+struct PipeStage {
+    program: String,
+    #[serde(default)]
+    args: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Pipe {
+    stages: Vec<PipeStage>,
+    stdin: Option<String>,
+    /// `any-failure`, else the last stage's exit ends it.
+    end: Option<String>,
+    pids: Option<u64>,
+    /// Bytes to keep of the first link.
+    tap: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct StageExit {
+    code: Option<i32>,
+    signal: Option<i32>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Piped {
+    Ended {
+        exits: Vec<StageExit>,
+        links: Vec<u64>,
+        stderr: Vec<String>,
+        stdout: String,
+        tap: String,
+    },
+    Refused {
+        error: String,
+    },
+}
+
+fn pipe(Json(input): Json<Pipe>) -> Result<Json<Piped>, Error> {
+    let stages: Vec<process::Stage> = input
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut options = capsid_guest::spawn_options(&[]);
+            options.args.clone_from(&s.args);
+            if i == 0 {
+                options.stdin = input.stdin.clone().map(String::into_bytes);
+            }
+            options.limits.cpu_seconds = Some(10);
+            process::Stage {
+                program: s.program.clone(),
+                options,
+            }
+        })
+        .collect();
+    let options = process::PipelineOptions {
+        pids: input.pids,
+        end: if input.end.as_deref() == Some("any-failure") {
+            process::EndPolicy::AnyFailure
+        } else {
+            process::EndPolicy::LastStage
+        },
+        grace_ms: Some(1000),
+        taps: input.tap.map(|t| vec![Some(t)]).unwrap_or_default(),
+    };
+    Ok(Json(match process::spawn_pipeline(&stages, &options) {
+        Ok(out) => Piped::Ended {
+            exits: out
+                .exits
+                .iter()
+                .map(|e| StageExit {
+                    code: e.code,
+                    signal: e.signal,
+                })
+                .collect(),
+            links: out.links.iter().map(|l| l.bytes).collect(),
+            stderr: out
+                .stderr
+                .iter()
+                .map(|e| String::from_utf8_lossy(e).into_owned())
+                .collect(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            tap: out
+                .taps
+                .first()
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+                .unwrap_or_default(),
+        },
+        Err(e) => Piped::Refused {
             error: format!("{e:?}"),
         },
     }))
@@ -162,6 +261,114 @@ fn poll() -> Result<Json<Polled>, Error> {
         first,
         second,
     }))
+}
+
+#[derive(Serialize)]
+struct PipeConversed {
+    /// Bytes through the link after the first write, once they have gone through.
+    between: u64,
+    code: Option<i32>,
+    links: Vec<u64>,
+    stdout: String,
+    tap: String,
+}
+
+/// A background `cat | sh -c 'wc -c'` fed in two writes, its link watched and tapped, then
+/// awaited through `wasi:io/poll`.
+fn pipe_converse() -> Result<Json<PipeConversed>, Error> {
+    let stages = [
+        process::Stage {
+            program: "cat".into(),
+            options: plain(&[], Some(b"")),
+        },
+        process::Stage {
+            program: "sh".into(),
+            options: plain(&["-c", "wc -c"], None),
+        },
+    ];
+    let options = process::PipelineOptions {
+        pids: None,
+        end: process::EndPolicy::LastStage,
+        grace_ms: None,
+        taps: vec![Some(4096)],
+    };
+    let pipeline = process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))?;
+    pipeline.write_stdin(b"first ").map_err(|e| failed(&e))?;
+    let mut between = 0;
+    for _ in 0..1000 {
+        between = pipeline.links()[0].bytes;
+        if between == 6 {
+            break;
+        }
+        // A short wait on a pipeline that cannot end yet (its stdin is open).
+        let _ = pipeline.wait(5);
+    }
+    pipeline.write_stdin(b"second").map_err(|e| failed(&e))?;
+    pipeline.close_stdin();
+    let exit = pipeline.subscribe_exit();
+    capsid_guest::poll::poll(&[&exit]);
+    drop(exit);
+    let out = pipeline.wait_with_output();
+    Ok(Json(PipeConversed {
+        between,
+        code: out.exits.last().and_then(|e| e.code),
+        links: out.links.iter().map(|l| l.bytes).collect(),
+        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        tap: String::from_utf8_lossy(&out.taps[0]).into_owned(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct PipeKeep {
+    seconds: u64,
+}
+
+/// Starts `sleep <seconds> | cat` in the background and keeps it.
+fn pipe_keep(Json(input): Json<PipeKeep>) -> Result<Json<Value>, Error> {
+    let seconds = input.seconds.to_string();
+    let stages = [
+        process::Stage {
+            program: "sleep".into(),
+            options: plain(&[seconds.as_str()], None),
+        },
+        process::Stage {
+            program: "cat".into(),
+            options: plain(&[], None),
+        },
+    ];
+    let options = process::PipelineOptions {
+        pids: None,
+        end: process::EndPolicy::LastStage,
+        grace_ms: None,
+        taps: Vec::new(),
+    };
+    let pipeline = process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))?;
+    KEPT_PIPES.with(|k| k.borrow_mut().push(pipeline));
+    Ok(Json(json!({ "kept": true })))
+}
+
+/// Starts `sleep 1000.2468 | cat` in the background and drops its handle.
+fn pipe_orphan() -> Result<Json<Value>, Error> {
+    let stages = [
+        process::Stage {
+            program: "sleep".into(),
+            options: plain(&["1000.2468"], None),
+        },
+        process::Stage {
+            program: "cat".into(),
+            options: plain(&[], None),
+        },
+    ];
+    let options = process::PipelineOptions {
+        pids: None,
+        end: process::EndPolicy::LastStage,
+        grace_ms: None,
+        taps: Vec::new(),
+    };
+    let pipeline = process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))?;
+    let running = pipeline.wait(100).is_none();
+    drop(pipeline);
+    Ok(Json(json!({ "running": running })))
 }
 
 /// A persistent `sh`, by the id `repl-start` answered.
@@ -280,6 +487,10 @@ struct Runner;
 impl Capsule for Runner {
     const TOOLS: Tools = capsid_guest::tools! {
         "run" => run,
+        "pipe" => pipe,
+        "pipe-converse" => pipe_converse,
+        "pipe-orphan" => pipe_orphan,
+        "pipe-keep" => pipe_keep,
         "converse" => converse,
         "start" => start,
         "stop-all" => stop_all,

@@ -14,11 +14,13 @@ mod ipc;
 mod kv;
 mod log;
 mod persistent;
+mod pipeline;
 mod process;
 mod progress;
 
 pub use ask::APPROVAL_REQUESTED_TOPIC;
 pub(crate) use ask::Asked;
+pub use pipeline::BackgroundPipeline;
 pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;
 mod stdio;

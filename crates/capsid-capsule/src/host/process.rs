@@ -20,12 +20,13 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 
 use crate::bindings::capsid::host::process::{
     Chunk, Cursor, ExitInfo as WitExit, Host, HostBackground, Limits, Output, OutputStream,
-    PersistentOptions, ProcessError as WitProcessError, ProcessStatus, SignalKind, SpawnOptions,
+    PersistentOptions, PipelineOptions, PipelineOutput, ProcessError as WitProcessError,
+    ProcessStatus, SignalKind, SpawnOptions, Stage,
 };
 use crate::grants::{exec_resource, network_resource};
 use capsid_manifest::SandboxPolicy;
 
-use super::{CapsuleContext, HostState};
+use super::{BackgroundPipeline, CapsuleContext, HostState};
 
 pub(super) fn wit_exit(e: ExitInfo) -> WitExit {
     WitExit {
@@ -161,7 +162,7 @@ impl CapsuleContext {
     }
 
     /// Records how a child ended.
-    async fn record_exit(&self, program: &str, exit: Option<ExitInfo>) {
+    pub(super) async fn record_exit(&self, program: &str, exit: Option<ExitInfo>) {
         let details = match exit {
             Some(e) => serde_json::json!({
                 "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
@@ -226,7 +227,7 @@ fn nothing() -> Output {
 }
 
 /// An exit that was never seen (the reaper could not reap): reported as all zeros.
-fn unseen() -> ExitInfo {
+pub(super) fn unseen() -> ExitInfo {
     ExitInfo {
         code: None,
         signal: None,
@@ -489,6 +490,22 @@ impl Host for HostState {
             .map_err(|e| WitProcessError::Failed(e.to_string()))?;
         self.backgrounds += 1;
         Ok(handle)
+    }
+
+    async fn spawn_pipeline(
+        &mut self,
+        stages: Vec<Stage>,
+        options: PipelineOptions,
+    ) -> Result<PipelineOutput, WitProcessError> {
+        self.cx.run_pipeline(&stages, &options).await
+    }
+
+    async fn spawn_pipeline_background(
+        &mut self,
+        stages: Vec<Stage>,
+        options: PipelineOptions,
+    ) -> Result<Resource<BackgroundPipeline>, WitProcessError> {
+        self.start_background_pipeline(&stages, &options).await
     }
 
     async fn spawn(

@@ -135,6 +135,7 @@ pub fn error_text(result: &CallToolResult) -> String {
         .iter()
         .filter_map(ContentBlock::as_text)
         .map(|t| t.text.as_str())
+        .filter(|t| !t.is_empty())
         .collect();
     if text.is_empty() {
         "the tool reported an error without a message".into()
@@ -224,5 +225,18 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(answer_text(&huge), Err(MAX_TOOL_OUTPUT_BYTES + 1));
+    }
+
+    #[test]
+    fn an_error_with_only_empty_texts_still_says_something() {
+        // Found by fuzzing: the caller was handed an empty error message.
+        let empty: CallToolResult = serde_json::from_value(serde_json::json!({
+            "content": [{ "type": "text", "text": "" }], "isError": true
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            error_text(&empty),
+            "the tool reported an error without a message"
+        );
     }
 }
