@@ -140,9 +140,9 @@ fn sealed_state(rest: &[u8]) {
 /// What a contained MCP server sends capsid. The first byte picks what the rest is read as:
 /// a `tools/list` result, a `tools/call` result, one tool, or a whole JSON-RPC message (whose
 /// result is read as both). A tool taken has a usable name and a definition within its
-/// limit whose digest is the hash of its canonical bytes, and the same tool written again
-/// with its keys in another order presents the same digest (a server cannot change what is
-/// pinned by how it spells it); an answer is within `MAX_TOOL_OUTPUT_BYTES`.
+/// limit whose digest is the hash of its canonical bytes, and the tool written out and read
+/// back presents the same digest; an answer is within `MAX_TOOL_OUTPUT_BYTES`, and an error
+/// answer always says something.
 pub fn mcp_server(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
@@ -204,36 +204,19 @@ fn check_tool(tool: &Tool) {
         presented.digest,
         capsid_crypto::hash(capsid_crypto::domain::MCP_TOOL_DEFINITION, &bytes).to_string()
     );
-    let Ok(written) = serde_json::to_value(tool) else {
+    // What is pinned survives rmcp's model: the tool written out and read back presents the
+    // same digest (a field lost or changed on the way would re-pin, or hide, a tool).
+    let Ok(written) = serde_json::to_vec(tool) else {
         return;
     };
-    let respelled = serde_json::from_value::<Tool>(reversed(&written));
-    let Ok(respelled) = respelled else {
-        panic!("a tool written again with its keys reversed does not parse");
+    let Ok(again) = serde_json::from_slice::<Tool>(&written) else {
+        panic!("a tool written out does not read back");
     };
     assert_eq!(
-        present(&respelled).map(|p| p.digest),
+        present(&again).map(|p| p.digest),
         Ok(presented.digest),
-        "the digest depends on how the tool is spelled"
+        "the digest changed when the tool was written out and read back"
     );
-}
-
-/// `value` with every object's keys in reverse order.
-fn reversed(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            Value::Object(
-                keys.into_iter()
-                    .rev()
-                    .map(|k| (k.clone(), reversed(&map[k])))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(reversed).collect()),
-        other => other.clone(),
-    }
 }
 
 fn check_result(result: &CallToolResult) {

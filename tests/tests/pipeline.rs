@@ -28,6 +28,21 @@ async fn three_stages_give_what_the_shell_gives_and_are_audited() {
             ] }),
         )
         .await;
+    // Two `sh` stages and one `cat`, each started and ended on the record (before the shell
+    // run below adds its own).
+    let audit = rt.audit_entries();
+    for (program, stages) in [("sh", 2), ("cat", 1)] {
+        let resource = format!("process://exec/{program}");
+        let count = |action: &str| {
+            audit
+                .iter()
+                .filter(|e| e.action == action && e.resource == resource)
+                .filter(|e| action != "process.spawn" || e.decision == "allow")
+                .count()
+        };
+        assert_eq!(count("process.spawn"), stages, "{program}");
+        assert_eq!(count("process.exit"), stages, "{program}");
+    }
     let shell = rt
         .call(
             "runner",
@@ -43,18 +58,6 @@ async fn three_stages_give_what_the_shell_gives_and_are_audited() {
     );
     let written: usize = (0..2000).map(|i| format!("line {i}\n").len()).sum();
     assert_eq!(out["links"], json!([written, written]), "{out}");
-    let audit = rt.audit_entries();
-    for program in ["sh", "cat"] {
-        let resource = format!("process://exec/{program}");
-        assert!(audit.iter().any(|e| e.action == "process.spawn"
-            && e.resource == resource
-            && e.decision == "allow"));
-        assert!(
-            audit
-                .iter()
-                .any(|e| e.action == "process.exit" && e.resource == resource)
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,15 +141,21 @@ async fn the_pipelines_pids_limit_covers_every_stage() {
     );
     let rt = Runtime::new().await;
     rt.load("runner").await;
-    // Sleepers started (a line each) until a fork fails, which ends that stage and, with it,
-    // its sleepers; the last stage then sees the end of its input.
-    let script = "sleep 0.5; for i in $(seq 40); do sleep 30 & echo $i; done; exit 0";
+    // Sleepers started (a line each), once the last stage is in, until a fork fails, which
+    // ends that stage and, with it, its sleepers; the last stage then sees the end of its
+    // input.
+    let script = "while [ ! -e ready ]; do sleep 0.01; done; \
+                  for i in $(seq 40); do sleep 30 & echo $i; done; exit 0";
     let out = rt
         .call(
             "runner",
             "pipe",
             json!({
-                "stages": [stage("sleep", &["30"]), stage("sh", &["-c", script]), stage("cat", &[])],
+                "stages": [
+                    stage("sleep", &["30"]),
+                    stage("sh", &["-c", script]),
+                    stage("sh", &["-c", "touch ready; exec cat"]),
+                ],
                 "pids": 16,
             }),
         )

@@ -19,6 +19,7 @@ wasmtime::component::bindgen!({
         "capsid:host/process.[method]background.subscribe-exit": async | trappable,
         "capsid:host/process.[method]background.subscribe-output": async | trappable,
         "capsid:host/process.[method]pipeline.subscribe-exit": async | trappable,
+        "capsid:host/process.[method]pipeline.subscribe-output": async | trappable,
     },
     exports: { default: async },
     with: {

@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -102,39 +103,56 @@ async fn start(plan: ExecPlan, cgroup: Option<Arc<PidsCgroup>>) -> std::io::Resu
         .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
 }
 
-/// A cgroup the stages of one pipeline share. Whoever is last to let go of it (the last stage
-/// reaped, or the pipeline giving up on stages it could not start) disposes of it: what is
-/// left in it is killed and it is removed.
+/// A cgroup the stages of one pipeline share, disposed of (what is left in it killed and
+/// reaped, the cgroup removed) when its last [`CgroupShare`] goes: each started stage holds
+/// one until it is reaped, and the pipeline holds one while it starts them.
 #[derive(Debug)]
 pub(crate) struct SharedCgroup {
     cgroup: Arc<PidsCgroup>,
-    /// Holds not yet let go of: one per stage to start, counted up front.
-    holds: std::sync::atomic::AtomicUsize,
+    holds: AtomicUsize,
 }
 
 impl SharedCgroup {
-    /// `cgroup`, to be shared by `holds` stages.
-    pub(crate) fn new(cgroup: PidsCgroup, holds: usize) -> Arc<Self> {
-        Arc::new(Self {
+    /// Shares `cgroup`; the first hold on it.
+    pub(crate) fn share(cgroup: PidsCgroup) -> CgroupShare {
+        CgroupShare(Some(Arc::new(Self {
             cgroup: Arc::new(cgroup),
-            holds: std::sync::atomic::AtomicUsize::new(holds),
-        })
+            holds: AtomicUsize::new(1),
+        })))
+    }
+}
+
+/// One hold on a [`SharedCgroup`]. However it goes (a stage reaped, a start that failed or
+/// was cancelled), the last one disposes of the cgroup.
+#[derive(Debug)]
+pub(crate) struct CgroupShare(Option<Arc<SharedCgroup>>);
+
+impl CgroupShare {
+    /// Another hold on the same cgroup.
+    pub(crate) fn share(&self) -> Self {
+        if let Some(shared) = &self.0 {
+            shared.holds.fetch_add(1, AtomicOrdering::AcqRel);
+        }
+        Self(self.0.clone())
     }
 
-    /// Lets go of `n` holds; the cgroup, when they were the last.
-    fn let_go(&self, n: usize) -> Option<Arc<PidsCgroup>> {
-        let before = self.holds.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
-        (before == n).then(|| self.cgroup.clone())
+    fn cgroup(&self) -> Option<Arc<PidsCgroup>> {
+        self.0.as_ref().map(|s| s.cgroup.clone())
     }
 
-    /// Lets go of the holds of `n` stages that were never started: when nothing else holds
-    /// the cgroup, what is in it is killed and it is removed now.
-    pub(crate) fn abandon(&self, n: usize) {
-        if n > 0
-            && let Some(cgroup) = self.let_go(n)
+    /// Lets go; the cgroup, for the caller to dispose of, when this was the last hold.
+    fn release(mut self) -> Option<Arc<PidsCgroup>> {
+        let shared = self.0.take()?;
+        (shared.holds.fetch_sub(1, AtomicOrdering::AcqRel) == 1).then(|| shared.cgroup.clone())
+    }
+}
+
+impl Drop for CgroupShare {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take()
+            && shared.holds.fetch_sub(1, AtomicOrdering::AcqRel) == 1
         {
-            let _ = cgroup.kill_all();
-            let _ = cgroup.remove();
+            orphans::cgroup_released(shared.cgroup.clone());
         }
     }
 }
@@ -145,7 +163,7 @@ enum CgroupHold {
     /// A cgroup of its own.
     Own(Arc<PidsCgroup>),
     /// Its pipeline's.
-    Shared(Arc<SharedCgroup>),
+    Shared(CgroupShare),
 }
 
 impl CgroupHold {
@@ -153,7 +171,7 @@ impl CgroupHold {
     fn let_go(self) -> Option<Arc<PidsCgroup>> {
         match self {
             Self::Own(cgroup) => Some(cgroup),
-            Self::Shared(shared) => shared.let_go(1),
+            Self::Shared(share) => share.release(),
         }
     }
 }
@@ -339,11 +357,12 @@ impl Child {
         Self::spawn_in(spec, None).await
     }
 
-    /// As [`Child::spawn`], in `shared`, a pipeline's cgroup, when given (one of its holds
-    /// becomes the child's once it is running) instead of a cgroup of its own.
+    /// As [`Child::spawn`], in the pipeline's cgroup `share` holds, when given (the hold
+    /// becomes the child's once it runs; a start that fails or is cancelled lets it go),
+    /// instead of a cgroup of its own.
     pub(crate) async fn spawn_in(
         spec: &SpawnSpec,
-        shared: Option<&Arc<SharedCgroup>>,
+        share: Option<CgroupShare>,
     ) -> Result<Self, ProcessError> {
         let spawn_error = |source| ProcessError::Spawn {
             program: spec.program.clone(),
@@ -363,25 +382,16 @@ impl Child {
             )
             .map_err(spawn_error)?
             .inherit(launch.seccomp);
-            let cgroup = match shared {
-                Some(s) => Some(s.cgroup.clone()),
+            let cgroup = match &share {
+                Some(s) => s.cgroup(),
                 None => child_cgroup(spec.limits.pids)?.map(Arc::new),
             };
             let child = start(plan, cgroup.clone()).await.map_err(spawn_error)?;
             Ok((child, cgroup))
         };
-        let (child, cgroup) = match launched.await {
-            Ok(launched) => launched,
-            Err(e) => {
-                // Never started: its hold on the pipeline's cgroup goes now.
-                if let Some(s) = shared {
-                    s.abandon(1);
-                }
-                return Err(e);
-            }
-        };
-        let hold = match shared {
-            Some(s) => Some(CgroupHold::Shared(s.clone())),
+        let (child, cgroup) = launched.await?;
+        let hold = match share {
+            Some(s) => Some(CgroupHold::Shared(s)),
             None => cgroup.map(CgroupHold::Own),
         };
         let shared = Arc::new(Shared {

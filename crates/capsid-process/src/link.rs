@@ -77,12 +77,9 @@ pub(crate) fn relay(from: OwnedFd, to: OwnedFd, link: Arc<Link>) -> std::io::Res
     std::thread::Builder::new()
         .name("capsid-link".into())
         .spawn(move || {
-            // Both pipes of a link as large as the host allows up to `PROCESS_PIPE_BYTES`:
-            // fewer, larger moves and wake-ups (best effort, as for any child's pipe).
-            let size = i32::try_from(PROCESS_PIPE_BYTES).unwrap_or(i32::MAX);
-            for end in [&from, &to] {
-                let _ = nix::fcntl::fcntl(end, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size));
-            }
+            // The stage's stdout pipe was grown as every child's is; the next stage's stdin
+            // keeps the default size, so a link holds about what a child's output does
+            // (kernel pipe memory is counted per user).
             let moved = match link.tap.clone() {
                 None => move_all(&from, &to, &link),
                 Some(ring) => move_tapped(&from, &to, &link, &ring),
@@ -90,11 +87,13 @@ pub(crate) fn relay(from: OwnedFd, to: OwnedFd, link: Arc<Link>) -> std::io::Res
             if let Err(e) = moved {
                 tracing::debug!(error = %e, "a pipeline link ended on an error");
             }
-            drop((from, to));
+            // Ended before either side can see it: the stage after reads its end of input
+            // only once `to` is closed below.
             link.ended.store(true, Ordering::Release);
             if let Some(ring) = &link.tap {
                 ring.close();
             }
+            drop((from, to));
         })
         .map(drop)
 }
@@ -158,16 +157,20 @@ fn move_tapped(from: &OwnedFd, to: &OwnedFd, link: &Link, ring: &OutputRing) -> 
                 Err(e) => return Err(e),
             }
         }
-        ring.push(&buf[..copied]);
-        // Move exactly what was copied: the next tee starts where this splice ends.
-        let mut left = copied;
-        while left > 0 {
-            let n = splice_some(from, to, left)?;
+        // Move exactly what was copied: the next tee starts where this splice ends. The tap
+        // keeps only what went through.
+        let mut moved = 0;
+        while moved < copied {
+            let n = splice_some(from, to, copied - moved)?;
             if n == 0 {
-                return Ok(());
+                break;
             }
-            left -= n;
+            moved += n;
             link.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        ring.push(&buf[..moved]);
+        if moved < copied {
+            return Ok(());
         }
     }
 }

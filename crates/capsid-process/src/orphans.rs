@@ -76,6 +76,19 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
     if !subreaper && cgroup.is_none() {
         return;
     }
+    watch_until_gone(Some(pid), cgroup, subreaper);
+}
+
+/// Called when a cgroup no leader's reaping hands over is let go of (a pipeline's, when its
+/// last hold goes outside a reap): what is left in it is killed, reaped and the cgroup
+/// removed, as after a leader's reaping.
+pub(crate) fn cgroup_released(cgroup: Arc<PidsCgroup>) {
+    watch_until_gone(None, Some(cgroup), SUBREAPER.load(Ordering::Acquire));
+}
+
+/// Kills what is left in `cgroup` and sweeps the zombies of group `pid` until both are gone
+/// (or `ORPHAN_WATCH` passes), then removes the cgroup.
+fn watch_until_gone(pid: Option<u32>, cgroup: Option<Arc<PidsCgroup>>, subreaper: bool) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         // No runtime to watch from (the host is shutting down): kill what is in the cgroup
         // now; init inherits the rest.
@@ -101,7 +114,7 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
                 let found = c.kill_all();
                 if subreaper {
                     let mut g = groups();
-                    for p in found.into_iter().filter(|&p| p != pid) {
+                    for p in found.into_iter().filter(|&p| Some(p) != pid) {
                         if escaped.insert(p) {
                             g.escaped.insert(p);
                         }
@@ -114,7 +127,7 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
                     sweep();
                     let all = procfs::all();
                     // Anything left of the group, zombie or not, keeps it watched.
-                    let lingering = all.iter().any(|p| p.pgrp == pid);
+                    let lingering = pid.is_some_and(|pid| all.iter().any(|p| p.pgrp == pid));
                     let gone: Vec<u32> = watched
                         .into_iter()
                         .filter(|e| all.iter().all(|p| p.pid != *e))
@@ -132,14 +145,18 @@ pub(crate) fn leader_reaped(pid: u32, cgroup: Option<Arc<PidsCgroup>>) {
                 cgroup = None;
             }
             if cgroup.is_none() && !lingering {
-                groups().dead_groups.remove(&pid);
+                if let Some(pid) = pid {
+                    groups().dead_groups.remove(&pid);
+                }
                 return;
             }
         }
-        groups().dead_groups.remove(&pid);
+        if let Some(pid) = pid {
+            groups().dead_groups.remove(&pid);
+        }
         let left: Vec<u32> = escaped.iter().copied().collect();
         forget_escaped(&mut escaped, &left);
-        tracing::warn!(pid, "members of a finished process group are still around");
+        tracing::warn!(?pid, "members of a finished process group are still around");
     });
 }
 

@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use tokio::task::JoinHandle;
 
 use crate::cgroup::{PidsCgroup, pids_limit_available};
-use crate::child::{Child, ExitInfo, SharedCgroup};
+use crate::child::{CgroupShare, Child, ExitInfo, SharedCgroup};
 use crate::error::ProcessError;
 use crate::link::{self, Link};
 use crate::spec::SpawnSpec;
@@ -99,6 +99,10 @@ struct Unit {
 impl Unit {
     /// Stops every stage still running: SIGTERM, then SIGKILL to what is left after `grace`.
     async fn stop(&self, grace: Duration) {
+        if grace.is_zero() {
+            self.kill_all().await;
+            return;
+        }
         for stage in &self.stages {
             let _ = stage.signal(Signal::SIGTERM);
             // A stopped stage would sit on SIGTERM until SIGKILL.
@@ -110,12 +114,17 @@ impl Unit {
             }
         };
         if tokio::time::timeout(grace, all_exited).await.is_err() {
-            for stage in &self.stages {
-                let _ = stage.signal(Signal::SIGKILL);
-            }
-            for stage in &self.stages {
-                stage.wait(None).await;
-            }
+            self.kill_all().await;
+        }
+    }
+
+    /// SIGKILL to every stage, then waits for all.
+    async fn kill_all(&self) {
+        for stage in &self.stages {
+            let _ = stage.signal(Signal::SIGKILL);
+        }
+        for stage in &self.stages {
+            stage.wait(None).await;
         }
     }
 
@@ -203,23 +212,18 @@ impl Pipeline {
         } else {
             None
         };
-        let shared = cgroup.map(|c| SharedCgroup::new(c, n));
+        // Held while the stages start, so a stage reaped before the next one starts cannot
+        // take the cgroup with it; dropped on every way out of here (an error, a cancel).
+        let assembly = cgroup.map(SharedCgroup::share);
         let mut stages: Vec<Child> = Vec::with_capacity(n);
         for (i, stage) in spec.stages.iter().enumerate() {
             let mut stage = stage.clone();
             stage.stdin = if i == 0 { stage.stdin } else { true };
             stage.stdout_piped = if i + 1 == n { stage.stdout_piped } else { true };
-            match Child::spawn_in(&stage, shared.as_ref()).await {
-                Ok(child) => stages.push(child),
-                Err(e) => {
-                    // The stages after this one will never start.
-                    if let Some(shared) = &shared {
-                        shared.abandon(n - i - 1);
-                    }
-                    return Err(e);
-                }
-            }
+            let share = assembly.as_ref().map(CgroupShare::share);
+            stages.push(Child::spawn_in(&stage, share).await?);
         }
+        drop(assembly);
         let mut links = Vec::with_capacity(n - 1);
         for (i, pair) in stages.windows(2).enumerate() {
             let link = Arc::new(Link::new(spec.taps.get(i).copied().flatten()));
@@ -262,20 +266,22 @@ impl Pipeline {
         &self.unit.stages[self.unit.stages.len() - 1]
     }
 
-    /// Sends `signal` to every stage still running; [`ProcessError::Exited`] when none is.
+    /// Sends `signal` to every stage still running (each one, whatever another answered);
+    /// the first failure, or [`ProcessError::Exited`] when none runs.
     pub fn signal(&self, signal: Signal) -> Result<(), ProcessError> {
         let mut reached = false;
+        let mut failed = None;
         for stage in &self.unit.stages {
             match stage.signal(signal) {
                 Ok(()) => reached = true,
                 Err(ProcessError::Exited) => {}
-                Err(e) => return Err(e),
+                Err(e) => failed = failed.or(Some(e)),
             }
         }
-        if reached {
-            Ok(())
-        } else {
-            Err(ProcessError::Exited)
+        match (failed, reached) {
+            (Some(e), _) => Err(e),
+            (None, true) => Ok(()),
+            (None, false) => Err(ProcessError::Exited),
         }
     }
 

@@ -216,14 +216,15 @@ async fn a_fork_bomb_in_one_stage_is_held_by_the_shared_pids_limit() {
     );
     let ws = tempfile::tempdir().unwrap();
     let w = ws.path();
-    // Starts sleepers, a line each, until a fork fails (which ends the shell); after the
-    // last stage has had time to start.
-    let script = "sleep 0.5; for i in $(seq 40); do sleep 30 & echo $i; done";
+    // Starts sleepers, a line each, until a fork fails (which ends the shell); once the
+    // last stage is in.
+    let script = "while [ ! -e ready ]; do sleep 0.01; done; \
+                  for i in $(seq 40); do sleep 30 & echo $i; done";
     let mut spec = pipeline(
         vec![
             stage(w, "sleep", &["30"]),
             sh(w, script),
-            stage(w, "cat", &[]),
+            sh(w, "touch ready; exec cat"),
         ],
         EndPolicy::LastStage,
     );

@@ -210,6 +210,24 @@ impl Pollable for PipelineExited {
     }
 }
 
+/// What a `subscribe-output` pollable waits on: bytes in one stage's ring, or the stream's
+/// end. Ready at once for a stage that does not exist, or once the pipeline is gone.
+struct StageOutput(Weak<Pipeline>, usize, OutputStream);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for StageOutput {
+    async fn ready(&mut self) {
+        if let Some(pipeline) = self.0.upgrade()
+            && let Some(stage) = pipeline.stages().get(self.1)
+        {
+            match self.2 {
+                OutputStream::Stdout => stage.stdout().ready().await,
+                OutputStream::Stderr => stage.stderr().ready().await,
+            }
+        }
+    }
+}
+
 impl HostState {
     /// Starts a background pipeline for this instance.
     pub(super) async fn start_background_pipeline(
@@ -217,9 +235,11 @@ impl HostState {
         stages: &[Stage],
         options: &PipelineOptions,
     ) -> Result<Resource<BackgroundPipeline>, WitProcessError> {
-        if self.backgrounds >= MAX_BACKGROUND_PER_INSTANCE {
+        // Each stage is a background child: a pipeline cannot multiply the instance's cap.
+        if self.backgrounds + stages.len() > MAX_BACKGROUND_PER_INSTANCE {
             return Err(WitProcessError::Unavailable(format!(
-                "at most {MAX_BACKGROUND_PER_INSTANCE} background children per instance"
+                "at most {MAX_BACKGROUND_PER_INSTANCE} background children per instance, \
+                 each stage of a pipeline one"
             )));
         }
         let pipeline = self.cx.start_pipeline(stages, options, false).await?;
@@ -230,7 +250,7 @@ impl HostState {
                 programs: stages.iter().map(|s| s.program.clone()).collect(),
             })
             .map_err(|e| WitProcessError::Failed(e.to_string()))?;
-        self.backgrounds += 1;
+        self.backgrounds += stages.len();
         Ok(handle)
     }
 
@@ -375,10 +395,23 @@ impl HostPipeline for HostState {
         subscribe(&mut self.table, ready)
     }
 
+    async fn subscribe_output(
+        &mut self,
+        handle: Resource<BackgroundPipeline>,
+        stage: u32,
+        which: OutputStream,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        let pipeline = Arc::downgrade(&self.table.get(&handle)?.pipeline);
+        let ready = self
+            .table
+            .push(StageOutput(pipeline, stage as usize, which))?;
+        subscribe(&mut self.table, ready)
+    }
+
     async fn drop(&mut self, handle: Resource<BackgroundPipeline>) -> wasmtime::Result<()> {
         // Dropping the pipeline kills every stage; their reapers reap them.
         let b = self.table.delete(handle)?;
-        self.backgrounds = self.backgrounds.saturating_sub(1);
+        self.backgrounds = self.backgrounds.saturating_sub(b.programs.len());
         drop(b);
         Ok(())
     }
