@@ -323,13 +323,12 @@ struct PipeKeep {
     seconds: u64,
 }
 
-/// Starts `sleep <seconds> | cat` in the background and keeps it.
-fn pipe_keep(Json(input): Json<PipeKeep>) -> Result<Json<Value>, Error> {
-    let seconds = input.seconds.to_string();
+/// `sleep <seconds> | cat`, started in the background.
+fn sleep_into_cat(seconds: &str) -> Result<process::Pipeline, Error> {
     let stages = [
         process::Stage {
             program: "sleep".into(),
-            options: plain(&[seconds.as_str()], None),
+            options: plain(&[seconds], None),
         },
         process::Stage {
             program: "cat".into(),
@@ -342,30 +341,19 @@ fn pipe_keep(Json(input): Json<PipeKeep>) -> Result<Json<Value>, Error> {
         grace_ms: None,
         taps: Vec::new(),
     };
-    let pipeline = process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))?;
+    process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))
+}
+
+/// Starts `sleep <seconds> | cat` in the background and keeps it.
+fn pipe_keep(Json(input): Json<PipeKeep>) -> Result<Json<Value>, Error> {
+    let pipeline = sleep_into_cat(&input.seconds.to_string())?;
     KEPT_PIPES.with(|k| k.borrow_mut().push(pipeline));
     Ok(Json(json!({ "kept": true })))
 }
 
 /// Starts `sleep 1000.2468 | cat` in the background and drops its handle.
 fn pipe_orphan() -> Result<Json<Value>, Error> {
-    let stages = [
-        process::Stage {
-            program: "sleep".into(),
-            options: plain(&["1000.2468"], None),
-        },
-        process::Stage {
-            program: "cat".into(),
-            options: plain(&[], None),
-        },
-    ];
-    let options = process::PipelineOptions {
-        pids: None,
-        end: process::EndPolicy::LastStage,
-        grace_ms: None,
-        taps: Vec::new(),
-    };
-    let pipeline = process::spawn_pipeline_background(&stages, &options).map_err(|e| failed(&e))?;
+    let pipeline = sleep_into_cat("1000.2468")?;
     let running = pipeline.wait(100).is_none();
     drop(pipeline);
     Ok(Json(json!({ "running": running })))
