@@ -213,3 +213,17 @@ async fn dropping_a_background_pipeline_kills_every_stage() {
     }
     panic!("the first stage outlived its dropped pipeline");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_of_a_background_pipeline_counts_towards_the_cap() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    let out = rt.call("runner", "pipe-cap", json!({})).await;
+    assert!(
+        out["third"]
+            .as_str()
+            .is_some_and(|e| e.contains("Unavailable") && e.contains("each stage")),
+        "{out}"
+    );
+    assert_eq!(out["after_drop"], json!(true), "{out}");
+}

@@ -53,8 +53,35 @@ impl ExitInfo {
 type SpawnJob = (
     ExecPlan,
     Option<Arc<PidsCgroup>>,
-    tokio::sync::oneshot::Sender<std::io::Result<Spawned>>,
+    tokio::sync::oneshot::Sender<std::io::Result<Unclaimed>>,
 );
+
+/// A started child on its way to the caller. If the caller is gone before it takes it (its
+/// call was cancelled, even just after the answer was sent), nobody would track the child:
+/// dropped unclaimed, it is killed with its group and reaped.
+struct Unclaimed(Option<Spawned>);
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        let Some(child) = self.0.take() else {
+            return;
+        };
+        if let Ok(pgid) = i32::try_from(child.pid) {
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+        }
+        // Reaping waits for the exit: never on the thread that dropped it.
+        let reap = move || {
+            let _ = sys::wait4(child.pid);
+            orphans::leader_reaped(child.pid, None);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("capsid-reap".into())
+            .spawn(reap)
+        {
+            tracing::warn!(error = %e, "cannot reap an unclaimed child");
+        }
+    }
+}
 
 /// Children are started from one long-lived thread: `PR_SET_PDEATHSIG` fires when the
 /// thread that made a child exits, so spawning from a pool thread that may retire would kill
@@ -75,15 +102,8 @@ fn spawner() -> &'static Mutex<std_mpsc::Sender<SpawnJob>> {
                         orphans::leader_started(child.pid);
                     }
                     drop(cgroup);
-                    if let Err(Ok(child)) = reply.send(spawned) {
-                        // The caller gave up (its call was cancelled): nobody tracks this
-                        // child, so it is killed with its group and reaped here.
-                        if let Ok(pgid) = i32::try_from(child.pid) {
-                            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-                        }
-                        let _ = sys::wait4(child.pid);
-                        orphans::leader_reaped(child.pid, None);
-                    }
+                    // A caller that gave up drops the answer, and with it the child.
+                    let _ = reply.send(spawned.map(|child| Unclaimed(Some(child))));
                 }
             });
         if let Err(e) = started {
@@ -98,9 +118,13 @@ async fn start(plan: ExecPlan, cgroup: Option<Arc<PidsCgroup>>) -> std::io::Resu
     lock(spawner())
         .send((plan, cgroup, reply))
         .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    answer
+    let mut unclaimed = answer
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawner thread is gone")))?;
+    unclaimed
+        .0
+        .take()
+        .ok_or_else(|| std::io::Error::other("the started child was already taken"))
 }
 
 /// A cgroup the stages of one pipeline share, disposed of (what is left in it killed and

@@ -1,5 +1,5 @@
 //! Runs granted programs: to their exit (`run`), as a pipeline to its end (`pipe`) or in the
-//! background (`pipe-converse`, `pipe-orphan`, `pipe-keep`), or in the background (`converse` talks to
+//! background (`pipe-converse`, `pipe-orphan`, `pipe-keep`, `pipe-cap`), or in the background (`converse` talks to
 //! `cat` over stdin; `start` keeps a `sleep` running across calls, `stop-all` signals them;
 //! `orphan` starts one and drops its handle; `poll` waits on one with `wasi:io/poll`), or as
 //! a persistent `sh` reached by its id across calls (the `repl-*` tools).
@@ -305,17 +305,49 @@ fn pipe_converse() -> Result<Json<PipeConversed>, Error> {
     }
     pipeline.write_stdin(b"second").map_err(|e| failed(&e))?;
     pipeline.close_stdin();
+    // The last stage's answer, as soon as it is there; then its exit.
+    let answer = pipeline.subscribe_output(1, OutputStream::Stdout);
+    capsid_guest::poll::poll(&[&answer]);
+    let stdout = String::from_utf8_lossy(&pipeline.read_logs(1, OutputStream::Stdout, 1024))
+        .trim()
+        .to_owned();
     let exit = pipeline.subscribe_exit();
     capsid_guest::poll::poll(&[&exit]);
-    drop(exit);
+    drop((answer, exit));
     let out = pipeline.wait_with_output();
     Ok(Json(PipeConversed {
         between,
         code: out.exits.last().and_then(|e| e.code),
         links: out.links.iter().map(|l| l.bytes).collect(),
-        stdout: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        stdout,
         tap: String::from_utf8_lossy(&out.taps[0]).into_owned(),
     }))
+}
+
+/// Background pipelines of 16 `cat`s each: two fill the instance's 32 background children,
+/// a third is refused, and once the two are dropped another starts.
+fn pipe_cap() -> Result<Json<Value>, Error> {
+    let stages: Vec<process::Stage> = (0..16)
+        .map(|_| process::Stage {
+            program: "cat".into(),
+            options: plain(&[], None),
+        })
+        .collect();
+    let options = process::PipelineOptions {
+        pids: None,
+        end: process::EndPolicy::LastStage,
+        grace_ms: None,
+        taps: Vec::new(),
+    };
+    let start = || process::spawn_pipeline_background(&stages, &options);
+    let held = [
+        start().map_err(|e| failed(&e))?,
+        start().map_err(|e| failed(&e))?,
+    ];
+    let third = start().err().map(|e| format!("{e:?}"));
+    drop(held);
+    let after = start().is_ok();
+    Ok(Json(json!({ "third": third, "after_drop": after })))
 }
 
 #[derive(Deserialize)]
@@ -479,6 +511,7 @@ impl Capsule for Runner {
         "pipe-converse" => pipe_converse,
         "pipe-orphan" => pipe_orphan,
         "pipe-keep" => pipe_keep,
+        "pipe-cap" => pipe_cap,
         "converse" => converse,
         "start" => start,
         "stop-all" => stop_all,

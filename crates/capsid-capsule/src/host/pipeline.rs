@@ -236,7 +236,10 @@ impl HostState {
         options: &PipelineOptions,
     ) -> Result<Resource<BackgroundPipeline>, WitProcessError> {
         // Each stage is a background child: a pipeline cannot multiply the instance's cap.
-        if self.backgrounds + stages.len() > MAX_BACKGROUND_PER_INSTANCE {
+        // (A stage count out of range is refused as invalid below.)
+        if (1..=MAX_PIPELINE_STAGES).contains(&stages.len())
+            && self.backgrounds + stages.len() > MAX_BACKGROUND_PER_INSTANCE
+        {
             return Err(WitProcessError::Unavailable(format!(
                 "at most {MAX_BACKGROUND_PER_INSTANCE} background children per instance, \
                  each stage of a pipeline one"
