@@ -145,6 +145,10 @@ pub const PROCESS_EXITED: &str = "process.exited";
 pub const PROCESS_EXPIRED: &str = "process.expired";
 /// An exited persistent process was forgotten after its retention.
 pub const PROCESS_FORGOTTEN: &str = "process.forgotten";
+/// A supervised persistent process (or pipeline) that failed was started again.
+pub const PROCESS_RESTARTED: &str = "process.restarted";
+/// A supervised persistent process (or pipeline) was given up on: no more restarts.
+pub const PROCESS_GAVE_UP: &str = "process.gave-up";
 
 /// A capsule's outbound HTTP request checked against `net://` (method, origin, path): an
 /// allow is recorded before the request is sent; a refusal after the check (an internal

@@ -9,9 +9,9 @@ use capsid_protocol::methods::{
     AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleInstall, CapsuleList,
     CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow,
     CapsuleUnload, CapsuleView, EventPublish, ExportParams, GrantListParams, GrantParams,
-    IdentityList, InstallParams, LogLine, LogParams, OutputStream, ProcessList, ProcessLogParams,
-    ProcessLogsFollow, ProcessView, PublishParams, RevokeParams, Status, StatusResult, TailParams,
-    ToolCall, ToolCallParams, ToolList, ToolListParams, ToolOutput, Via,
+    IdentityList, InstallParams, LogLine, LogParams, OutputStream, PipeLinkView, ProcessList,
+    ProcessLogParams, ProcessLogsFollow, ProcessView, PublishParams, RevokeParams, Status,
+    StatusResult, TailParams, ToolCall, ToolCallParams, ToolList, ToolListParams, ToolOutput, Via,
 };
 use capsid_protocol::{Client, Method};
 use serde_json::Value;
@@ -386,6 +386,24 @@ fn print_capsule(c: &CapsuleView) {
     }
 }
 
+/// A pipeline's links, each as bytes moved and the rate lately (`-` for one program).
+fn links_cell(links: &[PipeLinkView]) -> String {
+    if links.is_empty() {
+        return "-".into();
+    }
+    links
+        .iter()
+        .map(|l| {
+            if l.ended {
+                format!("{} (ended)", output::bytes(l.bytes))
+            } else {
+                format!("{} @ {}/s", output::bytes(l.bytes), output::bytes(l.rate))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 async fn ps(client: &mut Client, as_json: bool) -> Result<()> {
     let list = client.ask::<ProcessList>().await?;
     if as_json {
@@ -401,15 +419,28 @@ async fn ps(client: &mut Client, as_json: bool) -> Result<()> {
                 pid,
                 generation,
                 running,
+                restarts,
+                gave_up,
+                stages,
+                links,
                 ..
             } => vec![
-                "persistent".into(),
+                if stages.is_empty() {
+                    "persistent".into()
+                } else {
+                    format!("pipeline ({} stages)", stages.len())
+                },
                 capsule.to_string(),
                 opt(label.as_ref()),
                 pid.to_string(),
                 generation.to_string(),
-                running.to_string(),
-                "-".into(),
+                if gave_up.is_some() {
+                    "gave up".into()
+                } else {
+                    running.to_string()
+                },
+                restarts.to_string(),
+                links_cell(links),
             ],
             ProcessView::Native {
                 capsule,
@@ -423,6 +454,7 @@ async fn ps(client: &mut Client, as_json: bool) -> Result<()> {
                 "-".into(),
                 health.to_string(),
                 restarts.to_string(),
+                "-".into(),
             ],
         })
         .collect();
@@ -435,6 +467,7 @@ async fn ps(client: &mut Client, as_json: bool) -> Result<()> {
             "generation",
             "running",
             "restarts",
+            "links",
         ],
         &rows,
     );

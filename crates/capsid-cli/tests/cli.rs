@@ -180,6 +180,7 @@ fn the_cli_drives_a_daemon_through_its_whole_lifecycle() {
         .to_string();
     let out = home.ok(&["logs", "--process", &generation]);
     assert!(out.contains("hi-from-the-repl"), "{out}");
+    pipeline_in_ps(&home);
     let missing = home.run(&["logs", "--process", "999999"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no process"));
     let logs = home.ok(&["logs", "hello"]);
@@ -618,4 +619,37 @@ async fn a_follow_ends_with_its_client() {
         fds_of(pid)
     );
     home.ok(&["stop"]);
+}
+
+/// `capsid ps` shows a persistent pipeline's stages and the bytes through its link.
+fn pipeline_in_ps(home: &Home) {
+    let piped: Value = serde_json::from_str(&home.ok(&[
+        "call",
+        "runner",
+        "pipe-persist",
+        "--input",
+        r#"{"stages":[{"program":"sh","args":["-c","printf abc; sleep 30"]},{"program":"cat"}],"keep":true}"#,
+    ]))
+    .unwrap();
+    let stop = json!({ "id": piped["id"] }).to_string();
+    for _ in 0..200 {
+        let ps = home.json(&["ps"]);
+        let pipeline = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["stages"].as_array().is_some_and(|s| s.len() == 2))
+            .cloned()
+            .unwrap_or_else(|| panic!("no pipeline in {ps}"));
+        if pipeline["links"][0]["bytes"] == 3 {
+            assert_eq!(pipeline["stages"][0]["pid"], pipeline["pid"], "{pipeline}");
+            let table = home.ok(&["ps"]);
+            assert!(table.contains("pipeline (2 stages)"), "{table}");
+            assert!(table.contains("3 B @"), "{table}");
+            home.ok(&["call", "runner", "repl-stop", "--input", &stop]);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the link never showed 3 bytes");
 }

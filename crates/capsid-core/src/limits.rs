@@ -296,6 +296,19 @@ pub const SUPERVISOR_SAMPLE_EVERY: std::time::Duration = std::time::Duration::fr
 /// Samples kept per supervised program.
 pub const SUPERVISOR_HISTORY: usize = 60;
 
+/// Most restarts in a row a capsule may ask for its persistent process or pipeline.
+pub const MAX_PERSISTENT_RESTARTS: u32 = 100;
+
+/// Shortest backoff a capsule may ask for before a restart (no hot restart loop).
+pub const MIN_RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Longest backoff a capsule may ask for between restarts.
+pub const MAX_RESTART_BACKOFF: std::time::Duration = std::time::Duration::from_mins(10);
+
+/// Earlier runs of a restarted persistent entry whose cursors are still honoured (they read
+/// the current run).
+pub const MAX_PAST_GENERATIONS: usize = 16;
+
 /// Background children one capsule instance may hold at once.
 pub const MAX_BACKGROUND_PER_INSTANCE: usize = 32;
 

@@ -59,6 +59,6 @@ pub use spec::{
 };
 pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, StartGate, Supervisor};
 pub use table::{
-    Chunk, Cursor, EventKind, Owner, PersistentOptions, ProcessTable, Status, Stream, TableError,
-    TableEvent,
+    Chunk, Cursor, EventKind, LinkStatus, Owner, PersistentOptions, ProcessTable, RestartStatus,
+    StageStatus, Status, Stream, TableError, TableEvent, UnitSpec,
 };

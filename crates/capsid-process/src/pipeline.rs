@@ -94,6 +94,7 @@ struct Unit {
     stages: Vec<Child>,
     links: Vec<Arc<Link>>,
     grace: Duration,
+    end: EndPolicy,
 }
 
 impl Unit {
@@ -179,6 +180,26 @@ async fn first_of<F: std::future::Future<Output = ()>>(futures: impl Iterator<It
     .await;
 }
 
+/// The exit that stands for the whole pipeline (see [`Pipeline::try_exit`]).
+fn unit_exit(exits: &[ExitInfo], end: EndPolicy) -> ExitInfo {
+    let failed = || exits.iter().rev().find(|e| !e.success());
+    let standing = match end {
+        EndPolicy::AnyFailure => failed().or(exits.last()),
+        EndPolicy::LastStage => exits.last(),
+    };
+    let mut exit = standing.copied().unwrap_or(ExitInfo {
+        code: None,
+        signal: None,
+        cpu_ms: 0,
+        mem_bytes_peak: 0,
+        wall_ms: 0,
+    });
+    exit.cpu_ms = exits.iter().map(|e| e.cpu_ms).sum();
+    exit.mem_bytes_peak = exits.iter().map(|e| e.mem_bytes_peak).sum();
+    exit.wall_ms = exits.iter().map(|e| e.wall_ms).max().unwrap_or(0);
+    exit
+}
+
 /// A running (or finished) pipeline. Dropping it kills every stage.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -240,6 +261,7 @@ impl Pipeline {
             stages,
             links,
             grace: spec.grace,
+            end: spec.end,
         });
         let ender = tokio::spawn(unit.clone().end_by(spec.end));
         Ok(Self { unit, ender })
@@ -288,6 +310,14 @@ impl Pipeline {
     /// How each stage ended, once every one has.
     pub fn try_exits(&self) -> Option<Vec<ExitInfo>> {
         self.unit.stages.iter().map(Child::try_exit).collect()
+    }
+
+    /// How the pipeline ended, as a shell reports it, once every stage has: the last stage's
+    /// exit, or under [`EndPolicy::AnyFailure`] the last failed stage's (as `pipefail`). CPU
+    /// and peak memory are the stages' sums (they run at once), wall time the longest.
+    pub fn try_exit(&self) -> Option<ExitInfo> {
+        self.try_exits()
+            .map(|exits| unit_exit(&exits, self.unit.end))
     }
 
     /// Whether every stage has exited.

@@ -52,6 +52,17 @@ impl Default for RestartPolicy {
     }
 }
 
+impl RestartPolicy {
+    /// The wait before restart number `failures` in a row (1 for the first):
+    /// `initial_backoff`, doubling each time, at most `max_backoff`.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1));
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+}
+
 /// What a quota breach does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QuotaAction {
@@ -161,7 +172,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn describe(exit: Option<ExitInfo>) -> String {
+/// One line for how a run ended.
+pub(crate) fn describe(exit: Option<ExitInfo>) -> String {
     match exit {
         Some(ExitInfo {
             code: Some(code), ..
@@ -322,11 +334,7 @@ impl Supervisor {
                 });
                 return;
             }
-            let factor = 2u32.saturating_pow(failures - 1);
-            let wait = policy
-                .initial_backoff
-                .saturating_mul(factor)
-                .min(policy.max_backoff);
+            let wait = policy.backoff(failures);
             tracing::info!(name = %self.name, reason, attempt = failures, ?wait, "restarting");
             self.set(Health::Backoff {
                 attempt: failures,

@@ -13,6 +13,7 @@ impl Capsule for Leaky {
             lifetime_ms: None,
             idle_ms: None,
             retention_ms: None,
+            restart: None,
         };
         process::spawn_persistent("sleep", &capsid_guest::spawn_options(&["4242"]), &options)
             .map_err(|e| Error::Internal(format!("{e:?}")))?;

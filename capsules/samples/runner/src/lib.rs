@@ -2,9 +2,12 @@
 //! background (`pipe-converse`, `pipe-orphan`, `pipe-keep`, `pipe-cap`), or in the background (`converse` talks to
 //! `cat` over stdin; `start` keeps a `sleep` running across calls, `stop-all` signals them;
 //! `orphan` starts one and drops its handle; `poll` waits on one with `wasi:io/poll`), or as
-//! a persistent `sh` reached by its id across calls (the `repl-*` tools).
+//! a persistent `sh` reached by its id across calls (the `repl-*` tools), a persistent
+//! pipeline (`pipe-persist`) or a supervised persistent program (`persist-*`).
 //!
 //! Answers list their fields in alphabetical order, as they have always been written.
+
+mod supervised;
 
 use std::cell::RefCell;
 
@@ -83,7 +86,7 @@ struct PipeStage {
 }
 
 #[derive(Deserialize)]
-struct Pipe {
+pub(crate) struct Pipe {
     stages: Vec<PipeStage>,
     stdin: Option<String>,
     /// `any-failure`, else the last stage's exit ends it.
@@ -91,6 +94,9 @@ struct Pipe {
     pids: Option<u64>,
     /// Bytes to keep of the first link.
     tap: Option<u32>,
+    /// `pipe-persist` only: leave it running and answer its id.
+    #[serde(default)]
+    keep: bool,
 }
 
 #[derive(Serialize)]
@@ -114,7 +120,8 @@ enum Piped {
     },
 }
 
-fn pipe(Json(input): Json<Pipe>) -> Result<Json<Piped>, Error> {
+/// The stages and options `input` asks for.
+fn pipeline_of(input: &Pipe) -> (Vec<process::Stage>, process::PipelineOptions) {
     let stages: Vec<process::Stage> = input
         .stages
         .iter()
@@ -142,6 +149,11 @@ fn pipe(Json(input): Json<Pipe>) -> Result<Json<Piped>, Error> {
         grace_ms: Some(1000),
         taps: input.tap.map(|t| vec![Some(t)]).unwrap_or_default(),
     };
+    (stages, options)
+}
+
+fn pipe(Json(input): Json<Pipe>) -> Result<Json<Piped>, Error> {
+    let (stages, options) = pipeline_of(&input);
     Ok(Json(match process::spawn_pipeline(&stages, &options) {
         Ok(out) => Piped::Ended {
             exits: out
@@ -435,6 +447,7 @@ fn repl_start() -> Result<Json<ReplStarted>, Error> {
             lifetime_ms: None,
             idle_ms: None,
             retention_ms: None,
+            restart: None,
         },
     )
     .map_err(|e| failed(&e))?;
@@ -522,6 +535,9 @@ impl Capsule for Runner {
         "repl-status" => repl_status,
         "repl-stop" => repl_stop,
         "last-event" => last_event,
+        "pipe-persist" => supervised::pipe_persist,
+        "persist-restart" => supervised::persist_restart,
+        "persist-status" => supervised::persist_status,
     };
 
     fn handle_event(topic: String, payload: Vec<u8>) -> Result<(), Error> {

@@ -1,21 +1,30 @@
-//! The persistent half of `capsid:host/process`: processes that outlive the call, kept in the
-//! registry's [`ProcessTable`] under the capsule's [`Owner`], reached by id.
+//! The persistent half of `capsid:host/process`: processes and pipelines that outlive the
+//! call, kept in the registry's [`ProcessTable`] under the capsule's [`Owner`], reached by id.
+//! A supervised one is restarted by the table; each restart asks its gate, which checks the
+//! capsule's grants again (and records the checks) as the first start did.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use capsid_capabilities::Permissions;
-use capsid_core::limits::{DEFAULT_EXIT_RETENTION, MAX_LOG_READ_BYTES, PERSISTENT_STDIN_WAIT};
-use capsid_process::{Cursor, Owner, PersistentOptions, Status, Stream, TableError};
+use capsid_capabilities::{Permissions, Subject};
+use capsid_core::limits::{
+    DEFAULT_EXIT_RETENTION, MAX_LOG_READ_BYTES, MAX_PERSISTENT_RESTARTS, MAX_RESTART_BACKOFF,
+    MIN_RESTART_BACKOFF, PERSISTENT_STDIN_WAIT,
+};
+use capsid_process::{
+    Cursor, Owner, PersistentOptions, RestartPolicy, Sandbox, SpawnSpec, StartGate, Status, Stream,
+    TableError, UnitSpec,
+};
 
 use crate::bindings::capsid::host::process::{
-    Chunk as WitChunk, Cursor as WitCursor, ExitInfo as WitExit, OutputStream,
-    PersistentOptions as WitOptions, ProcessError as WitProcessError, ProcessStatus, SignalKind,
-    SpawnOptions,
+    Chunk as WitChunk, Cursor as WitCursor, ExitInfo as WitExit, LinkStatus, OutputStream,
+    PersistentOptions as WitOptions, PipelineOptions, ProcessError as WitProcessError,
+    ProcessStatus, RestartOptions, SignalKind, SpawnOptions, Stage, StageStatus,
 };
-use crate::grants::persistent_resource;
+use crate::grants::{exec_resource, network_resource, persistent_resource};
 
-use super::CapsuleContext;
 use super::process::{check_stdin, signal, wit_error, wit_exit};
+use super::{CapsuleContext, HostServices};
 
 pub(super) fn table_error(e: TableError) -> WitProcessError {
     match e {
@@ -31,6 +40,25 @@ pub(super) fn table_error(e: TableError) -> WitProcessError {
 }
 
 fn status(s: Status) -> ProcessStatus {
+    let stages = s
+        .stages
+        .iter()
+        .map(|st| StageStatus {
+            pid: st.pid,
+            exit: st.exit.map(wit_exit),
+            stderr_pending: st.stderr_pending as u64,
+            stderr_dropped: st.stderr_dropped,
+        })
+        .collect();
+    let links = s
+        .links
+        .iter()
+        .map(|l| LinkStatus {
+            bytes: l.bytes,
+            rate: l.rate,
+            ended: l.ended,
+        })
+        .collect();
     ProcessStatus {
         label: s.label,
         generation: s.generation,
@@ -41,13 +69,121 @@ fn status(s: Status) -> ProcessStatus {
         stderr_pending: s.stderr_pending as u64,
         stdout_dropped: s.stdout_dropped,
         stderr_dropped: s.stderr_dropped,
+        restarts: s.restart.restarts,
+        retry_in_ms: s
+            .restart
+            .retry_in
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        gave_up: s.restart.gave_up,
+        stages,
+        links,
     }
+}
+
+/// The table's restart policy for `asked`, checked against the limits.
+fn restart_policy(asked: Option<RestartOptions>) -> Result<Option<RestartPolicy>, WitProcessError> {
+    let Some(asked) = asked else {
+        return Ok(None);
+    };
+    if asked.max_restarts > MAX_PERSISTENT_RESTARTS {
+        return Err(WitProcessError::Invalid(format!(
+            "max-restarts is at most {MAX_PERSISTENT_RESTARTS}"
+        )));
+    }
+    let defaults = RestartPolicy::default();
+    let backoff = |ms: Option<u32>, default: Duration, what: &str| {
+        let wait = ms.map_or(default, |ms| Duration::from_millis(u64::from(ms)));
+        if (MIN_RESTART_BACKOFF..=MAX_RESTART_BACKOFF).contains(&wait) {
+            Ok(wait)
+        } else {
+            Err(WitProcessError::Invalid(format!(
+                "{what} is {} to {} ms",
+                MIN_RESTART_BACKOFF.as_millis(),
+                MAX_RESTART_BACKOFF.as_millis()
+            )))
+        }
+    };
+    let initial_backoff = backoff(
+        asked.initial_backoff_ms,
+        defaults.initial_backoff,
+        "initial-backoff-ms",
+    )?;
+    let max_backoff = backoff(asked.max_backoff_ms, defaults.max_backoff, "max-backoff-ms")?;
+    Ok(Some(RestartPolicy {
+        initial_backoff,
+        max_backoff: max_backoff.max(initial_backoff),
+        max_restarts: asked.max_restarts,
+        ..defaults
+    }))
+}
+
+/// What a restart asks first: the capsule may still run persistent processes and every
+/// program of `specs`, with the network when they had it. Checked without the client
+/// session the first start may have had (a grant bound to it does not carry over), and
+/// without asking anyone; every check is recorded.
+fn restart_gate(
+    services: HostServices,
+    subject: Subject,
+    name: &capsid_core::CapsuleId,
+    specs: &[SpawnSpec],
+) -> StartGate {
+    let mut checks = vec![(
+        capsid_audit::action::PROCESS_PERSISTENT,
+        persistent_resource(name),
+    )];
+    for spec in specs {
+        checks.push((
+            capsid_audit::action::PROCESS_SPAWN,
+            exec_resource(&spec.program),
+        ));
+    }
+    let networked = specs.iter().any(|s| {
+        matches!(
+            s.sandbox,
+            Sandbox::Auto { network: true } | Sandbox::Required { network: true }
+        )
+    });
+    if networked {
+        checks.push((
+            capsid_audit::action::PROCESS_NETWORK,
+            network_resource(name),
+        ));
+    }
+    let subject = Subject {
+        session: None,
+        ..subject
+    };
+    let checks = Arc::new(checks);
+    Arc::new(move || {
+        let (services, subject, checks) = (services.clone(), subject.clone(), checks.clone());
+        Box::pin(async move {
+            for (action, resource) in checks.iter() {
+                let details = serde_json::json!({ "restart": true });
+                services
+                    .authorize(&subject, action, Permissions::EXEC, resource, true, details)
+                    .await
+                    .map_err(|e| format!("{resource}: {e}"))?;
+            }
+            Ok(())
+        })
+    })
 }
 
 fn stream(which: OutputStream) -> Stream {
     match which {
         OutputStream::Stdout => Stream::Stdout,
         OutputStream::Stderr => Stream::Stderr,
+    }
+}
+
+fn wit_chunk(chunk: capsid_process::Chunk) -> WitChunk {
+    WitChunk {
+        bytes: chunk.bytes,
+        next: WitCursor {
+            generation: chunk.next.generation,
+            offset: chunk.next.offset,
+        },
+        missed: chunk.missed,
     }
 }
 
@@ -70,6 +206,51 @@ impl CapsuleContext {
         persistent: WitOptions,
     ) -> Result<String, WitProcessError> {
         check_stdin(options.stdin.as_ref())?;
+        let restart = self
+            .persistent_allowed(&persistent, options.stdin.is_some())
+            .await?;
+        let spec = self
+            .spawn_spec(program, options, self.process_sandbox)
+            .await?;
+        self.start_persistent(
+            UnitSpec::Process(spec),
+            persistent,
+            restart,
+            options.stdin.as_deref(),
+        )
+        .await
+    }
+
+    pub(super) async fn spawn_pipeline_persistent(
+        &self,
+        stages: &[Stage],
+        options: &PipelineOptions,
+        persistent: WitOptions,
+    ) -> Result<String, WitProcessError> {
+        let stdin = stages.first().and_then(|s| s.options.stdin.as_deref());
+        let restart = self
+            .persistent_allowed(&persistent, stdin.is_some())
+            .await?;
+        let spec = self.pipeline_spec(stages, options).await?;
+        self.start_persistent(UnitSpec::Pipeline(spec), persistent, restart, stdin)
+            .await
+    }
+
+    /// Checks the persistent options and the capsule's `process_persistent` grant; the
+    /// restart policy asked for.
+    async fn persistent_allowed(
+        &self,
+        persistent: &WitOptions,
+        has_stdin: bool,
+    ) -> Result<Option<RestartPolicy>, WitProcessError> {
+        let restart = restart_policy(persistent.restart)?;
+        if restart.is_some() && has_stdin {
+            // A restart could not give the new run the same input.
+            return Err(WitProcessError::Invalid(
+                "restart cannot be asked for with an initial stdin; write it with write-stdin"
+                    .into(),
+            ));
+        }
         self.authorize(
             capsid_audit::action::PROCESS_PERSISTENT,
             Permissions::EXEC,
@@ -78,9 +259,29 @@ impl CapsuleContext {
         )
         .await
         .map_err(|_| WitProcessError::Denied)?;
-        let spec = self
-            .spawn_spec(program, options, self.process_sandbox)
-            .await?;
+        Ok(restart)
+    }
+
+    /// Starts `spec` in the table and gives it `stdin`.
+    async fn start_persistent(
+        &self,
+        spec: UnitSpec,
+        persistent: WitOptions,
+        restart: Option<RestartPolicy>,
+        stdin: Option<&[u8]>,
+    ) -> Result<String, WitProcessError> {
+        let gate = restart.map(|_| {
+            let specs = match &spec {
+                UnitSpec::Process(s) => std::slice::from_ref(s),
+                UnitSpec::Pipeline(p) => p.stages.as_slice(),
+            };
+            restart_gate(
+                self.services.clone(),
+                self.subject.clone(),
+                &self.name,
+                specs,
+            )
+        });
         let options_kept = PersistentOptions {
             label: persistent.label,
             lifetime: persistent.lifetime_ms.map(Duration::from_millis),
@@ -88,14 +289,15 @@ impl CapsuleContext {
             retention: persistent
                 .retention_ms
                 .map_or(DEFAULT_EXIT_RETENTION, Duration::from_millis),
+            restart,
         };
         let owner = self.owner();
         let id = self
             .processes
-            .spawn(owner.clone(), &spec, options_kept)
+            .start(owner.clone(), spec, options_kept, gate)
             .await
             .map_err(table_error)?;
-        if let Some(bytes) = &options.stdin {
+        if let Some(bytes) = stdin {
             // A child that exits without reading its input is not an error; one that holds
             // the call up by not reading it is stopped, so no unreachable process remains.
             let write = self.processes.write_stdin(&owner, &id, bytes);
@@ -158,22 +360,53 @@ impl CapsuleContext {
         cursor: Option<WitCursor>,
         max: u32,
     ) -> Result<WitChunk, WitProcessError> {
+        self.read_chunk(id, None, which, cursor, max)
+    }
+
+    pub(super) fn read_stage_since(
+        &self,
+        id: &str,
+        stage: u32,
+        which: OutputStream,
+        cursor: Option<WitCursor>,
+        max: u32,
+    ) -> Result<WitChunk, WitProcessError> {
+        self.read_chunk(id, Some(stage as usize), which, cursor, max)
+    }
+
+    /// A cursor read of the unit's stream (`stage` `None`) or of one stage's.
+    fn read_chunk(
+        &self,
+        id: &str,
+        stage: Option<usize>,
+        which: OutputStream,
+        cursor: Option<WitCursor>,
+        max: u32,
+    ) -> Result<WitChunk, WitProcessError> {
         let cursor = cursor.map(|c| Cursor {
             generation: c.generation,
             offset: c.offset,
         });
-        let chunk = self
-            .processes
-            .read_since(&self.owner(), id, stream(which), cursor, read_max(max))
-            .map_err(table_error)?;
-        Ok(WitChunk {
-            bytes: chunk.bytes,
-            next: WitCursor {
-                generation: chunk.next.generation,
-                offset: chunk.next.offset,
-            },
-            missed: chunk.missed,
-        })
+        let (owner, stream, max) = (self.owner(), stream(which), read_max(max));
+        let chunk = match stage {
+            None => self.processes.read_since(&owner, id, stream, cursor, max),
+            Some(stage) => self
+                .processes
+                .read_stage_since(&owner, id, stage, stream, cursor, max),
+        }
+        .map_err(table_error)?;
+        Ok(wit_chunk(chunk))
+    }
+
+    pub(super) fn read_link_tap(
+        &self,
+        id: &str,
+        link: u32,
+        max: u32,
+    ) -> Result<Vec<u8>, WitProcessError> {
+        self.processes
+            .read_tap(&self.owner(), id, link as usize, read_max(max))
+            .map_err(table_error)
     }
 
     pub(super) async fn persistent_write_stdin(

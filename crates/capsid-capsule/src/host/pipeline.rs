@@ -34,7 +34,7 @@ pub(super) fn link_status(link: &Link) -> LinkStatus {
 impl CapsuleContext {
     /// Checks `stages` and `options` and authorizes (and records) every stage; the pipeline
     /// to start. Nothing starts unless every stage may.
-    async fn pipeline_spec(
+    pub(super) async fn pipeline_spec(
         &self,
         stages: &[Stage],
         options: &PipelineOptions,

@@ -400,6 +400,37 @@ impl Host for HostState {
             .await
     }
 
+    async fn spawn_pipeline_persistent(
+        &mut self,
+        stages: Vec<Stage>,
+        options: PipelineOptions,
+        persistent: PersistentOptions,
+    ) -> Result<String, WitProcessError> {
+        self.cx
+            .spawn_pipeline_persistent(&stages, &options, persistent)
+            .await
+    }
+
+    async fn read_stage_since(
+        &mut self,
+        id: String,
+        stage: u32,
+        which: OutputStream,
+        cursor: Option<Cursor>,
+        max: u32,
+    ) -> Result<Chunk, WitProcessError> {
+        self.cx.read_stage_since(&id, stage, which, cursor, max)
+    }
+
+    async fn read_link_tap(
+        &mut self,
+        id: String,
+        link: u32,
+        max: u32,
+    ) -> Result<Vec<u8>, WitProcessError> {
+        self.cx.read_link_tap(&id, link, max)
+    }
+
     async fn list_persistent(&mut self, label: Option<String>) -> Vec<ProcessStatus> {
         self.cx.list_persistent(label.as_deref())
     }

@@ -74,7 +74,11 @@ impl Registry {
         let slots: Arc<RwLock<Slots>> = Arc::default();
         if tokio::runtime::Handle::try_current().is_ok() {
             processes.start_reaper();
-            tokio::spawn(deliver_process_events(Arc::downgrade(&slots), received));
+            tokio::spawn(deliver_process_events(
+                Arc::downgrade(&slots),
+                services.clone(),
+                received,
+            ));
         }
         Ok(Self {
             engine,
@@ -652,13 +656,70 @@ impl Registry {
     }
 }
 
-/// Hands each lifecycle event of a watched persistent process to its capsule's
+/// Records each restart and give-up of a persistent process in the audit log (as its
+/// capsule's), and hands each lifecycle event of a watched one to its capsule's
 /// `handle-event` (topic `process.<kind>`), in order, until the registry is gone.
 async fn deliver_process_events(
     slots: std::sync::Weak<RwLock<Slots>>,
+    services: HostServices,
     mut events: tokio::sync::mpsc::UnboundedReceiver<TableEvent>,
 ) {
+    use capsid_audit::action;
     while let Some(event) = events.recv().await {
+        let (label, generation) = (&event.label, event.generation);
+        let (topic, payload) = match &event.kind {
+            EventKind::Exited(e) => (
+                action::PROCESS_EXITED,
+                serde_json::json!({
+                    "label": label, "generation": generation,
+                    "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
+                }),
+            ),
+            EventKind::Expired => (
+                action::PROCESS_EXPIRED,
+                serde_json::json!({ "label": label, "generation": generation }),
+            ),
+            EventKind::Forgotten => (
+                action::PROCESS_FORGOTTEN,
+                serde_json::json!({ "label": label, "generation": generation }),
+            ),
+            EventKind::Restarted { restarts } => (
+                action::PROCESS_RESTARTED,
+                serde_json::json!({
+                    "label": label, "generation": generation, "restarts": restarts,
+                }),
+            ),
+            EventKind::GaveUp { reason } => (
+                action::PROCESS_GAVE_UP,
+                serde_json::json!({
+                    "label": label, "generation": generation, "reason": reason,
+                }),
+            ),
+        };
+        if matches!(
+            event.kind,
+            EventKind::Restarted { .. } | EventKind::GaveUp { .. }
+        ) {
+            let subject = Subject {
+                principal: event.owner.principal,
+                capsule: Some(event.owner.capsule.clone()),
+                session: None,
+            };
+            let resource = crate::grants::persistent_resource(&event.owner.capsule);
+            // A failed write is logged by `record`; the restart already happened.
+            let _ = services
+                .record(
+                    &subject,
+                    topic,
+                    &resource,
+                    capsid_audit::Decision::Info,
+                    &payload,
+                )
+                .await;
+        }
+        if !event.watched {
+            continue;
+        }
         let Some(slots) = slots.upgrade() else { return };
         let capsule = match slots
             .read()
@@ -669,23 +730,6 @@ async fn deliver_process_events(
             _ => continue,
         };
         drop(slots);
-        let (topic, payload) = match event.kind {
-            EventKind::Exited(e) => (
-                capsid_audit::action::PROCESS_EXITED,
-                serde_json::json!({
-                    "label": event.label, "generation": event.generation,
-                    "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
-                }),
-            ),
-            EventKind::Expired => (
-                capsid_audit::action::PROCESS_EXPIRED,
-                serde_json::json!({ "label": event.label, "generation": event.generation }),
-            ),
-            EventKind::Forgotten => (
-                capsid_audit::action::PROCESS_FORGOTTEN,
-                serde_json::json!({ "label": event.label, "generation": event.generation }),
-            ),
-        };
         if let Err(e) = capsule
             .handle_event(topic, payload.to_string().as_bytes())
             .await

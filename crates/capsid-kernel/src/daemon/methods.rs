@@ -19,11 +19,11 @@ use capsid_protocol::methods::{
     GrantListParams, GrantParams, GrantView, Granted, Identities, IdentityLink, IdentityList,
     InstallChangeView, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
     McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream, PendingToolView,
-    ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessView,
-    PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams, Status, Stopping, TailParams,
-    ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, TrustAdd, TrustList,
-    TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiff, WorkspaceDiscard,
-    WorkspaceStatus,
+    PipeLinkView, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput,
+    ProcessView, PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams, StageView,
+    Status, Stopping, TailParams, ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun,
+    TrustAdd, TrustList, TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiff,
+    WorkspaceDiscard, WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -551,6 +551,26 @@ fn processes(shared: &Shared) -> Vec<ProcessView> {
             started_ms: s.started_ms,
             running: s.exit.is_none(),
             exit_code: s.exit.and_then(|e| e.code),
+            restarts: s.restart.restarts,
+            gave_up: s.restart.gave_up,
+            stages: s
+                .stages
+                .iter()
+                .map(|st| StageView {
+                    pid: st.pid,
+                    running: st.exit.is_none(),
+                    exit_code: st.exit.and_then(|e| e.code),
+                })
+                .collect(),
+            links: s
+                .links
+                .iter()
+                .map(|l| PipeLinkView {
+                    bytes: l.bytes,
+                    rate: l.rate,
+                    ended: l.ended,
+                })
+                .collect(),
         })
         .collect();
     for info in kernel.capsules() {

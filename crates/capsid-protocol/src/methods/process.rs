@@ -103,6 +103,18 @@ pub enum ProcessView {
         running: bool,
         /// Its exit code, once it exited with one.
         exit_code: Option<i32>,
+        /// Restarts made so far (0 unless supervised).
+        #[serde(default)]
+        restarts: u32,
+        /// Why it was given up on, once it was.
+        #[serde(default)]
+        gave_up: Option<String>,
+        /// For a pipeline, each stage in order (empty for one program).
+        #[serde(default)]
+        stages: Vec<StageView>,
+        /// For a pipeline, each link in order (link `i` joins stage `i` to stage `i + 1`).
+        #[serde(default)]
+        links: Vec<PipeLinkView>,
     },
     /// A native capsule's program.
     Native {
@@ -113,6 +125,28 @@ pub enum ProcessView {
         /// Restarts so far.
         restarts: u32,
     },
+}
+
+/// One stage of a persistent pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageView {
+    /// Its OS pid.
+    pub pid: u32,
+    /// Whether it still runs.
+    pub running: bool,
+    /// Its exit code, once it exited with one.
+    pub exit_code: Option<i32>,
+}
+
+/// One link of a persistent pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipeLinkView {
+    /// Bytes moved so far.
+    pub bytes: u64,
+    /// Bytes per second lately.
+    pub rate: u64,
+    /// Whether no byte will move any more.
+    pub ended: bool,
 }
 
 /// Which output of a process.

@@ -6,7 +6,18 @@
 //! id away. Every call names its [`Owner`]; an id that is unknown, malformed, or owned by
 //! another principal or capsule gets the same [`TableError::NoSuchProcess`], so ids cannot be
 //! probed. A reaper ([`ProcessTable::sweep`]) stops processes past their lifetime or idle
-//! deadline and forgets exited ones past their retention.
+//! deadline, restarts supervised ones that failed (after their backoff, each start asked of
+//! their [`StartGate`] first), and forgets exited ones past their retention.
+//!
+//! An entry runs a [`UnitSpec`]: one program, or a pipeline (its stdin is the first stage's,
+//! its stdout and stderr the last stage's; each stage's output is read by its index). Each
+//! run has its own generation, so a cursor says which run it read.
+
+mod restart;
+mod unit;
+
+pub use restart::RestartStatus;
+pub use unit::UnitSpec;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,10 +33,13 @@ use capsid_crypto::{domain, hash};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
-use crate::child::{Child, ExitInfo};
+use crate::child::ExitInfo;
 use crate::error::ProcessError;
-use crate::ring::Since;
+use crate::ring::{OutputRing, Since};
 use crate::spec::SpawnSpec;
+use crate::supervisor::{RestartPolicy, StartGate};
+use restart::{Next, Restarts};
+use unit::Unit;
 
 /// Who a persistent process belongs to: the principal and the capsule that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -47,6 +61,8 @@ pub struct PersistentOptions {
     pub idle: Option<Duration>,
     /// Forgotten this long after it exited, unless released before.
     pub retention: Duration,
+    /// Restarted when it fails, per this policy (`None`: never).
+    pub restart: Option<RestartPolicy>,
 }
 
 impl Default for PersistentOptions {
@@ -56,6 +72,7 @@ impl Default for PersistentOptions {
             lifetime: None,
             idle: None,
             retention: DEFAULT_EXIT_RETENTION,
+            restart: None,
         }
     }
 }
@@ -111,6 +128,36 @@ pub struct Status {
     pub stdout_dropped: u64,
     /// Bytes its stderr ring dropped.
     pub stderr_dropped: u64,
+    /// Its restarts, when it is supervised.
+    pub restart: RestartStatus,
+    /// For a pipeline, each stage in order (empty for a single program).
+    pub stages: Vec<StageStatus>,
+    /// For a pipeline, each link in order (link `i` joins stage `i` to stage `i + 1`).
+    pub links: Vec<LinkStatus>,
+}
+
+/// One stage of a persistent pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageStatus {
+    /// Its OS pid.
+    pub pid: u32,
+    /// How it ended, once it has.
+    pub exit: Option<ExitInfo>,
+    /// Bytes waiting in its stderr ring.
+    pub stderr_pending: usize,
+    /// Bytes its stderr ring dropped.
+    pub stderr_dropped: u64,
+}
+
+/// One link of a persistent pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkStatus {
+    /// Bytes moved so far.
+    pub bytes: u64,
+    /// Bytes per second lately.
+    pub rate: u64,
+    /// Whether no byte will move any more.
+    pub ended: bool,
 }
 
 /// What the table reports to the host (for lifecycle events to watchers).
@@ -122,6 +169,9 @@ pub struct TableEvent {
     pub label: Option<String>,
     /// Its generation.
     pub generation: u64,
+    /// Whether its owner asked for its lifecycle events ([`ProcessTable::watch`]); restarts
+    /// and giving up are reported either way (they are audited).
+    pub watched: bool,
     /// What happened.
     pub kind: EventKind,
 }
@@ -135,6 +185,16 @@ pub enum EventKind {
     Expired,
     /// It was forgotten after its retention.
     Forgotten,
+    /// It failed and was started again, as `generation`.
+    Restarted {
+        /// Restarts made so far.
+        restarts: u32,
+    },
+    /// No more restarts: it failed too often in a row, or its start was refused.
+    GaveUp {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a table call failed.
@@ -168,17 +228,43 @@ pub enum TableError {
     Process(#[from] ProcessError),
 }
 
-struct Entry {
-    owner: Owner,
-    options: PersistentOptions,
+/// One run of an entry: the first, or a restart.
+#[derive(Debug)]
+struct Run {
+    unit: Unit,
     generation: u64,
     started: Instant,
     started_ms: u64,
-    last_touch: Mutex<Instant>,
-    child: Child,
-    watched: AtomicBool,
-    /// The exit was already reported.
+    /// Its exit was already reported.
     reported: AtomicBool,
+}
+
+impl Run {
+    fn ring(&self, stage: Option<usize>, stream: Stream) -> Option<&OutputRing> {
+        let child = match stage {
+            None => self.unit.last(),
+            Some(i) => self.unit.stages().get(i)?,
+        };
+        Some(match stream {
+            Stream::Stdout => child.stdout(),
+            Stream::Stderr => child.stderr(),
+        })
+    }
+}
+
+struct Entry {
+    owner: Owner,
+    options: PersistentOptions,
+    /// What it runs, kept for restarts.
+    spec: UnitSpec,
+    /// Asked before each restart.
+    gate: Option<StartGate>,
+    /// When its first run started (its lifetime counts from there).
+    created: Instant,
+    last_touch: Mutex<Instant>,
+    run: Mutex<Arc<Run>>,
+    restarts: Mutex<Restarts>,
+    watched: AtomicBool,
 }
 
 impl Entry {
@@ -189,44 +275,101 @@ impl Entry {
             .unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
+    fn run(&self) -> Arc<Run> {
+        self.run
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn restarts(&self) -> MutexGuard<'_, Restarts> {
+        self.restarts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether it is over for good: its run exited and no restart is to come.
+    fn is_over(&self) -> bool {
+        self.run().unit.has_exited() && !self.restarts().may_return()
+    }
+
     fn status(&self) -> Status {
-        let (out, err) = (self.child.stdout(), self.child.stderr());
+        let run = self.run();
+        let (out, err) = (run.unit.last().stdout(), run.unit.last().stderr());
+        let pipeline = matches!(run.unit, Unit::Pipeline(_));
+        let stages = if pipeline {
+            run.unit
+                .stages()
+                .iter()
+                .map(|c| StageStatus {
+                    pid: c.pid(),
+                    exit: c.try_exit(),
+                    stderr_pending: c.stderr().len(),
+                    stderr_dropped: c.stderr().dropped(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Status {
             label: self.options.label.clone(),
-            generation: self.generation,
-            pid: self.child.pid(),
-            started_ms: self.started_ms,
-            exit: self.child.try_exit(),
+            generation: run.generation,
+            pid: run.unit.first().pid(),
+            started_ms: run.started_ms,
+            exit: run.unit.try_exit(),
             stdout_pending: out.len(),
             stderr_pending: err.len(),
             stdout_dropped: out.dropped(),
             stderr_dropped: err.dropped(),
+            restart: self.restarts().status(Instant::now()),
+            stages,
+            links: run
+                .unit
+                .links()
+                .iter()
+                .map(|l| LinkStatus {
+                    bytes: l.bytes(),
+                    rate: l.rate(),
+                    ended: l.has_ended(),
+                })
+                .collect(),
         }
     }
 
-    /// Up to `max` bytes of `stream` from `offset`, with the cursor to read on from.
-    fn chunk(&self, stream: Stream, offset: u64, max: usize) -> Chunk {
+    /// Up to `max` bytes of a stream from `cursor` on (the oldest kept when `None`), with
+    /// the cursor to read on from. A cursor of an earlier run reads the current one from its
+    /// start; one of another entry is refused.
+    fn chunk(
+        &self,
+        stage: Option<usize>,
+        stream: Stream,
+        cursor: Option<Cursor>,
+        max: usize,
+    ) -> Result<Chunk, TableError> {
+        let run = self.run();
+        let offset = match cursor {
+            None => 0,
+            Some(c) if c.generation == run.generation => c.offset,
+            Some(c) if self.restarts().was(c.generation) => 0,
+            Some(_) => return Err(TableError::ForeignCursor),
+        };
+        let ring = run.ring(stage, stream).ok_or_else(|| no_stage(stage))?;
         let Since {
             bytes,
             next,
             missed,
-        } = self.ring(stream).read_since(offset, max);
-        Chunk {
+        } = ring.read_since(offset, max);
+        Ok(Chunk {
             bytes,
             next: Cursor {
-                generation: self.generation,
+                generation: run.generation,
                 offset: next,
             },
             missed,
-        }
+        })
     }
+}
 
-    fn ring(&self, stream: Stream) -> &crate::ring::OutputRing {
-        match stream {
-            Stream::Stdout => self.child.stdout(),
-            Stream::Stderr => self.child.stderr(),
-        }
-    }
+fn no_stage(stage: Option<usize>) -> TableError {
+    TableError::Invalid(format!("it has no stage {}", stage.unwrap_or(0)))
 }
 
 /// Who may start a persistent process now. Locked after `entries` when both are held.
@@ -335,6 +478,19 @@ impl ProcessTable {
         spec: &SpawnSpec,
         options: PersistentOptions,
     ) -> Result<String, TableError> {
+        self.start(owner, UnitSpec::Process(spec.clone()), options, None)
+            .await
+    }
+
+    /// Starts `spec` (a program or a pipeline) for `owner` and returns its id — the only
+    /// time the id is seen. With `options.restart`, each restart asks `gate` first.
+    pub async fn start(
+        &self,
+        owner: Owner,
+        spec: UnitSpec,
+        options: PersistentOptions,
+        gate: Option<StartGate>,
+    ) -> Result<String, TableError> {
         if options
             .label
             .as_ref()
@@ -345,19 +501,19 @@ impl ProcessTable {
             )));
         }
         let reservation = self.admit(&owner)?;
-        let child = Child::spawn(spec).await?;
+        let unit = Unit::start(&spec).await?;
         let id = ProcessId::random()
             .map_err(|e| TableError::Invalid(format!("the random source failed: {e}")))?;
         let entry = Arc::new(Entry {
             owner,
+            restarts: Mutex::new(Restarts::new(options.restart)),
             options,
-            generation: self.generations.fetch_add(1, Ordering::Relaxed),
-            started: Instant::now(),
-            started_ms: now_ms(),
+            spec,
+            gate,
+            created: Instant::now(),
             last_touch: Mutex::new(Instant::now()),
-            child,
+            run: Mutex::new(Arc::new(self.new_run(unit))),
             watched: AtomicBool::new(false),
-            reported: AtomicBool::new(false),
         });
         let mut entries = self.lock();
         if self.admission().closed.contains(&entry.owner) {
@@ -373,6 +529,16 @@ impl ProcessTable {
         Ok(id.to_string())
     }
 
+    fn new_run(&self, unit: Unit) -> Run {
+        Run {
+            unit,
+            generation: self.generations.fetch_add(1, Ordering::Relaxed),
+            started: Instant::now(),
+            started_ms: now_ms(),
+            reported: AtomicBool::new(false),
+        }
+    }
+
     /// Checks `owner` may start one more process and reserves its slot.
     fn admit(&self, owner: &Owner) -> Result<Reservation<'_>, TableError> {
         let entries = self.lock();
@@ -385,7 +551,8 @@ impl ProcessTable {
         let mut running = admission.pending.get(&principal).copied().unwrap_or(0);
         let mut retained = 0;
         for e in mine {
-            if e.child.has_exited() {
+            // One waiting to restart still holds its place among the running.
+            if e.is_over() {
                 retained += 1;
             } else {
                 running += 1;
@@ -450,7 +617,8 @@ impl ProcessTable {
         Ok(ids.iter().map(|id| self.status(owner, id)).collect())
     }
 
-    /// Takes up to `max` bytes out of a stream (draining read).
+    /// Takes up to `max` bytes out of a stream (draining read); a pipeline's are its last
+    /// stage's.
     pub fn read_logs(
         &self,
         owner: &Owner,
@@ -458,10 +626,14 @@ impl ProcessTable {
         stream: Stream,
         max: usize,
     ) -> Result<Vec<u8>, TableError> {
-        Ok(self.find(owner, id)?.ring(stream).drain(max))
+        let run = self.find(owner, id)?.run();
+        Ok(run
+            .ring(None, stream)
+            .map_or_else(Vec::new, |r| r.drain(max)))
     }
 
-    /// Up to `max` bytes from `cursor` on, leaving them in the ring (`None`: from the start).
+    /// Up to `max` bytes from `cursor` on, leaving them in the ring (`None`: from the start);
+    /// a pipeline's are its last stage's.
     pub fn read_since(
         &self,
         owner: &Owner,
@@ -470,13 +642,42 @@ impl ProcessTable {
         cursor: Option<Cursor>,
         max: usize,
     ) -> Result<Chunk, TableError> {
-        let entry = self.find(owner, id)?;
-        let offset = match cursor {
-            None => 0,
-            Some(c) if c.generation == entry.generation => c.offset,
-            Some(_) => return Err(TableError::ForeignCursor),
-        };
-        Ok(entry.chunk(stream, offset, max))
+        self.find(owner, id)?.chunk(None, stream, cursor, max)
+    }
+
+    /// [`read_since`](Self::read_since) of stage `stage` (0 is the first) of a pipeline; a
+    /// single program is its stage 0.
+    pub fn read_stage_since(
+        &self,
+        owner: &Owner,
+        id: &str,
+        stage: usize,
+        stream: Stream,
+        cursor: Option<Cursor>,
+        max: usize,
+    ) -> Result<Chunk, TableError> {
+        self.find(owner, id)?
+            .chunk(Some(stage), stream, cursor, max)
+    }
+
+    /// Up to `max` of the bytes a link's tap kept, taken out of its ring.
+    pub fn read_tap(
+        &self,
+        owner: &Owner,
+        id: &str,
+        link: usize,
+        max: usize,
+    ) -> Result<Vec<u8>, TableError> {
+        let run = self.find(owner, id)?.run();
+        let link = run
+            .unit
+            .links()
+            .get(link)
+            .ok_or_else(|| TableError::Invalid(format!("it has no link {link}")))?;
+        let tap = link
+            .tap()
+            .ok_or_else(|| TableError::Invalid("that link is not tapped".into()))?;
+        Ok(tap.drain(max))
     }
 
     /// Reads a process's output from `offset` for the operator, who names it by its
@@ -491,35 +692,37 @@ impl ProcessTable {
         let entry = self
             .lock()
             .values()
-            .find(|e| e.generation == generation)
+            .find(|e| e.run().generation == generation)
             .cloned()
             .ok_or(TableError::NoSuchProcess)?;
-        Ok(entry.chunk(stream, offset, max))
+        let cursor = Cursor { generation, offset };
+        entry.chunk(None, stream, Some(cursor), max)
     }
 
-    /// Writes all of `bytes` to the process's stdin, in order.
+    /// Writes all of `bytes` to the process's stdin (a pipeline's first stage's), in order.
     pub async fn write_stdin(
         &self,
         owner: &Owner,
         id: &str,
         bytes: &[u8],
     ) -> Result<(), TableError> {
-        let entry = self.find(owner, id)?;
-        Ok(entry.child.write_stdin(bytes).await?)
+        let run = self.find(owner, id)?.run();
+        Ok(run.unit.first().write_stdin(bytes).await?)
     }
 
     /// Closes its stdin (idempotent).
     pub async fn close_stdin(&self, owner: &Owner, id: &str) -> Result<(), TableError> {
-        self.find(owner, id)?.child.close_stdin().await;
+        self.find(owner, id)?.run().unit.first().close_stdin().await;
         Ok(())
     }
 
-    /// Sends `signal` to its process group.
+    /// Sends `signal` to its process group (every stage's, for a pipeline).
     pub fn signal(&self, owner: &Owner, id: &str, signal: Signal) -> Result<(), TableError> {
-        Ok(self.find(owner, id)?.child.signal(signal)?)
+        Ok(self.find(owner, id)?.run().unit.signal(signal)?)
     }
 
-    /// Waits at most `timeout` (required, at most `MAX_PROCESS_WAIT`) for it to exit.
+    /// Waits at most `timeout` (required, at most `MAX_PROCESS_WAIT`) for its current run to
+    /// exit (every stage, for a pipeline).
     pub async fn wait(
         &self,
         owner: &Owner,
@@ -533,12 +736,13 @@ impl ProcessTable {
             )));
         }
         let entry = self.find(owner, id)?;
-        let exit = entry.child.wait(Some(timeout)).await;
+        let exit = entry.run().unit.wait(Some(timeout)).await;
         entry.touch();
         Ok(exit)
     }
 
-    /// `SIGTERM` to its group, `SIGKILL` after `grace`, then forgets it (the slot is free).
+    /// `SIGTERM` to its group, `SIGKILL` after `grace`, then forgets it (the slot is free); a
+    /// supervised one is not restarted.
     pub async fn stop(
         &self,
         owner: &Owner,
@@ -546,17 +750,26 @@ impl ProcessTable {
         grace: Duration,
     ) -> Result<Option<ExitInfo>, TableError> {
         let entry = self.find(owner, id)?;
-        let exit = terminate(&entry, grace.min(MAX_PROCESS_WAIT)).await;
+        entry.restarts().end();
+        let run = entry.run();
+        let exit = run.unit.terminate(grace.min(MAX_PROCESS_WAIT)).await;
         let parsed: ProcessId = id.parse().map_err(|_| TableError::NoSuchProcess)?;
         self.lock().remove(&key(&parsed));
-        self.report_exit(&entry);
+        self.report_exit(&entry, &run);
         Ok(exit)
     }
 
-    /// Forgets an exited process.
+    /// Forgets a process that is over (`StillRunning` while it runs or may restart).
     pub fn release(&self, owner: &Owner, id: &str) -> Result<ExitInfo, TableError> {
         let entry = self.find(owner, id)?;
-        let exit = entry.child.try_exit().ok_or(TableError::StillRunning)?;
+        if entry.restarts().may_return() {
+            return Err(TableError::StillRunning);
+        }
+        let exit = entry
+            .run()
+            .unit
+            .try_exit()
+            .ok_or(TableError::StillRunning)?;
         let parsed: ProcessId = id.parse().map_err(|_| TableError::NoSuchProcess)?;
         self.lock().remove(&key(&parsed));
         Ok(exit)
@@ -568,41 +781,58 @@ impl ProcessTable {
         Ok(())
     }
 
-    /// Reports the exit once, if it was not reported yet.
-    fn report_exit(&self, entry: &Entry) {
-        if let Some(exit) = entry.child.try_exit()
-            && !entry.reported.swap(true, Ordering::Relaxed)
+    /// Reports the exit of `run` once, if it was not reported yet.
+    fn report_exit(&self, entry: &Entry, run: &Run) {
+        if let Some(exit) = run.unit.try_exit()
+            && !run.reported.swap(true, Ordering::Relaxed)
         {
-            self.report(entry, EventKind::Exited(exit));
+            self.report(entry, run.generation, EventKind::Exited(exit));
         }
     }
 
-    fn report(&self, entry: &Entry, kind: EventKind) {
-        if entry.watched.load(Ordering::Relaxed)
+    fn report(&self, entry: &Entry, generation: u64, kind: EventKind) {
+        let watched = entry.watched.load(Ordering::Relaxed);
+        let always = matches!(kind, EventKind::Restarted { .. } | EventKind::GaveUp { .. });
+        if (watched || always)
             && let Some(events) = &self.events
         {
             let _ = events.send(TableEvent {
                 owner: entry.owner.clone(),
                 label: entry.options.label.clone(),
-                generation: entry.generation,
+                generation,
+                watched,
                 kind,
             });
         }
     }
 
-    /// One pass of the reaper: reports new exits, stops processes past their lifetime or
-    /// idle deadline, forgets exited ones past their retention.
+    /// One pass of the reaper: reports new exits, restarts supervised entries that failed
+    /// once their backoff is over, stops entries past their lifetime or idle deadline,
+    /// forgets those over for good past their retention.
     pub async fn sweep(&self) {
         let entries: Vec<([u8; 32], Arc<Entry>)> =
             self.lock().iter().map(|(k, e)| (*k, e.clone())).collect();
-        let now = Instant::now();
         for (k, entry) in entries {
-            if let Some(exit) = entry.child.try_exit() {
-                self.report_exit(&entry);
-                let exited_at = entry.started + Duration::from_millis(exit.wall_ms);
+            let now = Instant::now();
+            let run = entry.run();
+            if let Some(exit) = run.unit.try_exit() {
+                self.report_exit(&entry, &run);
+                let next = entry.restarts().after_exit(now, run.started, Some(exit));
+                match next {
+                    Next::Wait => continue,
+                    Next::Restart => {
+                        self.restart(&entry, &run).await;
+                        continue;
+                    }
+                    Next::GiveUp(reason) => {
+                        self.report(&entry, run.generation, EventKind::GaveUp { reason });
+                    }
+                    Next::Over => {}
+                }
+                let exited_at = run.started + Duration::from_millis(exit.wall_ms);
                 if now.duration_since(exited_at) >= entry.options.retention {
                     self.lock().remove(&k);
-                    self.report(&entry, EventKind::Forgotten);
+                    self.report(&entry, run.generation, EventKind::Forgotten);
                 }
                 continue;
             }
@@ -615,11 +845,59 @@ impl ProcessTable {
             let expired = entry
                 .options
                 .lifetime
-                .is_some_and(|l| now - entry.started >= l)
+                .is_some_and(|l| now - entry.created >= l)
                 || entry.options.idle.is_some_and(|i| idle_for >= i);
             if expired {
-                self.report(&entry, EventKind::Expired);
-                terminate(&entry, Duration::ZERO).await;
+                entry.restarts().end();
+                self.report(&entry, run.generation, EventKind::Expired);
+                run.unit.terminate(Duration::ZERO).await;
+            }
+        }
+    }
+
+    /// Starts `entry` again in place of `old`, if its gate and its owner still allow it.
+    async fn restart(&self, entry: &Arc<Entry>, old: &Run) {
+        let refused = if self.admission().closed.contains(&entry.owner) {
+            Some("its capsule is unloading".to_owned())
+        } else if let Some(gate) = &entry.gate {
+            gate().await.err()
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            let Next::GiveUp(reason) = entry
+                .restarts()
+                .give_up(format!("restart refused: {reason}"))
+            else {
+                return;
+            };
+            self.report(entry, old.generation, EventKind::GaveUp { reason });
+            return;
+        }
+        match Unit::start(&entry.spec).await {
+            Ok(unit) => {
+                let run = Arc::new(self.new_run(unit));
+                let generation = run.generation;
+                let restarts = {
+                    // Under the restarts lock, which `stop` takes to end it before it reads
+                    // the run: stopped meanwhile, the new run is dropped (which kills it).
+                    let mut r = entry.restarts();
+                    if !r.may_return() {
+                        return;
+                    }
+                    *entry.run.lock().unwrap_or_else(PoisonError::into_inner) = run;
+                    r.restarted(old.generation);
+                    r.status(Instant::now()).restarts
+                };
+                self.report(entry, generation, EventKind::Restarted { restarts });
+            }
+            Err(e) => {
+                let next = entry
+                    .restarts()
+                    .start_failed(Instant::now(), &e.to_string());
+                if let Next::GiveUp(reason) = next {
+                    self.report(entry, old.generation, EventKind::GaveUp { reason });
+                }
             }
         }
     }
@@ -648,23 +926,11 @@ impl ProcessTable {
             .map(|(k, e)| (*k, e.clone()))
             .collect();
         for (k, entry) in mine {
-            terminate(&entry, grace).await;
+            entry.restarts().end();
+            let run = entry.run();
+            run.unit.terminate(grace).await;
             self.lock().remove(&k);
-            self.report_exit(&entry);
+            self.report_exit(&entry, &run);
         }
     }
-}
-
-/// `SIGTERM`, then `SIGKILL` after `grace` if it is still running.
-async fn terminate(entry: &Entry, grace: Duration) -> Option<ExitInfo> {
-    if let Some(exit) = entry.child.try_exit() {
-        return Some(exit);
-    }
-    if !grace.is_zero() {
-        let _ = entry.child.signal(Signal::SIGTERM);
-        if let Some(exit) = entry.child.wait(Some(grace)).await {
-            return Some(exit);
-        }
-    }
-    entry.child.kill().await
 }
