@@ -149,6 +149,13 @@ pub const PROCESS_FORGOTTEN: &str = "process.forgotten";
 pub const PROCESS_RESTARTED: &str = "process.restarted";
 /// A supervised persistent process (or pipeline) was given up on: no more restarts.
 pub const PROCESS_GAVE_UP: &str = "process.gave-up";
+/// A persistent process (or pipeline) that survives restarts was started again under its id
+/// after the runtime restarted.
+pub const PROCESS_RESTORED: &str = "process.restored";
+/// A persistent process (or pipeline) that survives restarts was not started again after
+/// the runtime restarted (its grants no longer allow it, or it could not start); its record
+/// is dropped.
+pub const PROCESS_NOT_RESTORED: &str = "process.not-restored";
 
 /// A capsule's outbound HTTP request checked against `net://` (method, origin, path): an
 /// allow is recorded before the request is sent; a refusal after the check (an internal

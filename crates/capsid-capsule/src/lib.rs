@@ -36,6 +36,7 @@ mod mcp;
 mod native;
 mod registry;
 mod slots;
+mod survivors;
 mod warmth;
 
 pub use approval::{ApprovalError, ApprovalRequest, Approvals, Claimed, Verdict};

@@ -13,6 +13,7 @@ use capsid_core::limits::{
     MAX_OUTPUT_RING_BYTES, MAX_PIPELINE_STAGES, MIN_OUTPUT_RING_BYTES, PIPELINE_END_SETTLE,
 };
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::cgroup::{PidsCgroup, pids_limit_available};
@@ -24,7 +25,7 @@ use crate::spec::SpawnSpec;
 /// When a pipeline is over; the stages still running then are stopped (SIGTERM to their
 /// groups, SIGKILL after the grace). After the last stage's exit, the others are first given
 /// `PIPELINE_END_SETTLE` to end by themselves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum EndPolicy {
     /// When its last stage exits, as a shell pipeline's status is its last command's.
     #[default]
@@ -35,7 +36,7 @@ pub enum EndPolicy {
 }
 
 /// A pipeline to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PipelineSpec {
     /// The stages, in order (1 to `MAX_PIPELINE_STAGES`). The pipeline decides the stdin of
     /// every stage but the first and the stdout of every stage but the last; a stage may not

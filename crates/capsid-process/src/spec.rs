@@ -9,9 +9,10 @@ use capsid_core::limits::{
 };
 
 use crate::error::ProcessError;
+use serde::{Deserialize, Serialize};
 
 /// What happens when a stream's ring is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum RingPolicy {
     /// Keep reading the pipe; the oldest bytes make room and are counted as dropped.
     #[default]
@@ -23,7 +24,7 @@ pub enum RingPolicy {
 
 /// Resource limits set in the child (`setrlimit`) before it runs the program. `None` leaves
 /// the host's limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ResourceLimits {
     /// Address space, in bytes (`RLIMIT_AS`).
     pub memory_bytes: Option<u64>,
@@ -37,7 +38,7 @@ pub struct ResourceLimits {
 }
 
 /// Whether the child runs inside the OS sandbox (`bwrap`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Sandbox {
     /// Never.
     #[default]
@@ -57,7 +58,7 @@ pub enum Sandbox {
 
 /// Who a sandboxed child is inside its user namespace: an unprivileged uid and gid (by
 /// default `nobody`/`nogroup`), never root, whatever the host runs as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxIdentity {
     /// The uid.
     pub uid: u32,
@@ -75,7 +76,7 @@ impl Default for SandboxIdentity {
 }
 
 /// A request to start a program.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnSpec {
     /// A bare name (looked up on the fixed search path) or an absolute path.
     pub program: String,
@@ -142,7 +143,7 @@ impl SpawnSpec {
 
 /// The variables a manifest declares, with their values; `Debug` shows only the names
 /// (values may be secrets).
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeclaredEnv(pub Vec<(String, String)>);
 
 impl std::fmt::Debug for DeclaredEnv {

@@ -16,6 +16,7 @@ use capsid_core::limits::{
     SUPERVISOR_MAX_BACKOFF, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_SAMPLE_EVERY,
 };
 use capsid_core::tally::{Standing, Tally, TallyMember};
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::child::{Child, ExitInfo};
@@ -23,7 +24,7 @@ use crate::procfs;
 use crate::spec::SpawnSpec;
 
 /// When and how often to restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartPolicy {
     /// Wait before the first restart.
     pub initial_backoff: Duration,

@@ -50,7 +50,11 @@ fn on_failure(max: u32) -> PersistentOptions {
 }
 
 /// Sweeps until `done` holds of the status (at most a minute).
-async fn sweep_until(table: &ProcessTable, id: &str, done: impl Fn(&Status) -> bool) -> Status {
+async fn sweep_until(
+    table: &Arc<ProcessTable>,
+    id: &str,
+    done: impl Fn(&Status) -> bool,
+) -> Status {
     for _ in 0..6_000 {
         table.sweep().await;
         let status = table.status(&owner(), id).unwrap();
@@ -73,7 +77,7 @@ fn drain(events: &mut mpsc::UnboundedReceiver<TableEvent>) -> Vec<EventKind> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persistent_pipeline_shows_its_stages_and_links() {
     let ws = tempfile::tempdir().unwrap();
-    let table = ProcessTable::new(None);
+    let table = Arc::new(ProcessTable::new(None));
     let spec = pipeline(
         vec![
             sh(ws.path(), "printf 'b\\na\\nc\\n'; echo first-err >&2"),
@@ -133,7 +137,7 @@ async fn a_persistent_pipeline_shows_its_stages_and_links() {
 async fn a_failing_entry_is_restarted_with_backoff_then_given_up_on() {
     let ws = tempfile::tempdir().unwrap();
     let (tx, mut events) = mpsc::unbounded_channel();
-    let table = ProcessTable::new(Some(tx));
+    let table = Arc::new(ProcessTable::new(Some(tx)));
     let spec = UnitSpec::Process(sh(ws.path(), "echo run; exit 3"));
     let id = table
         .start(owner(), spec, on_failure(2), None)
@@ -169,7 +173,7 @@ async fn a_failing_entry_is_restarted_with_backoff_then_given_up_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_exit_is_not_restarted() {
     let ws = tempfile::tempdir().unwrap();
-    let table = ProcessTable::new(None);
+    let table = Arc::new(ProcessTable::new(None));
     let spec = UnitSpec::Process(sh(ws.path(), "exit 0"));
     let id = table
         .start(owner(), spec, on_failure(5), None)
@@ -190,7 +194,7 @@ async fn a_clean_exit_is_not_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pipeline_restarts_whole_and_old_cursors_read_the_new_run() {
     let ws = tempfile::tempdir().unwrap();
-    let table = ProcessTable::new(None);
+    let table = Arc::new(ProcessTable::new(None));
     let spec = pipeline(
         vec![
             sh(ws.path(), "echo data; sleep 30"),
@@ -246,7 +250,7 @@ async fn a_failed_pipeline_restarts_whole_and_old_cursors_read_the_new_run() {
 async fn a_refused_restart_gives_up_and_starts_nothing() {
     let ws = tempfile::tempdir().unwrap();
     let (tx, mut events) = mpsc::unbounded_channel();
-    let table = ProcessTable::new(Some(tx));
+    let table = Arc::new(ProcessTable::new(Some(tx)));
     let asked = Arc::new(AtomicU32::new(0));
     let counter = asked.clone();
     let gate: StartGate = Arc::new(move || {
@@ -280,7 +284,7 @@ async fn a_refused_restart_gives_up_and_starts_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_during_the_backoff_ends_the_restarts() {
     let ws = tempfile::tempdir().unwrap();
-    let table = ProcessTable::new(None);
+    let table = Arc::new(ProcessTable::new(None));
     let started = Arc::new(AtomicBool::new(false));
     let flag = started.clone();
     let gate: StartGate = Arc::new(move || {
@@ -317,4 +321,93 @@ async fn a_stop_during_the_backoff_ends_the_restarts() {
         table.status(&owner(), &id),
         Err(TableError::NoSuchProcess)
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_reached_while_waiting_to_restart_ends_it() {
+    let ws = tempfile::tempdir().unwrap();
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let table = Arc::new(ProcessTable::new(Some(tx)));
+    let mut options = on_failure(5);
+    options.lifetime = Some(Duration::from_millis(300));
+    if let Some(policy) = &mut options.restart {
+        policy.initial_backoff = Duration::from_secs(30);
+        policy.max_backoff = Duration::from_secs(30);
+    }
+    let spec = UnitSpec::Process(sh(ws.path(), "exit 1"));
+    let id = table.start(owner(), spec, options, None).await.unwrap();
+    table.watch(&owner(), &id, true).unwrap();
+    sweep_until(&table, &id, |s| s.restart.retry_in.is_some()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = sweep_until(&table, &id, |s| s.restart.retry_in.is_none()).await;
+    assert_eq!(status.restart.restarts, 0);
+    assert_eq!(
+        table.release(&owner(), &id).unwrap().code,
+        Some(1),
+        "over for good"
+    );
+    let kinds = drain(&mut events);
+    assert!(kinds.contains(&EventKind::Expired), "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivor_comes_back_under_its_id_and_reports_its_end() {
+    let ws = tempfile::tempdir().unwrap();
+    let spec = UnitSpec::Process(sh(ws.path(), "echo up; exec sleep 30"));
+    let options = PersistentOptions {
+        survive: true,
+        ..PersistentOptions::default()
+    };
+    let before = Arc::new(ProcessTable::new(None));
+    let id = before
+        .start(owner(), spec.clone(), options.clone(), None)
+        .await
+        .unwrap();
+    let old = before.status(&owner(), &id).unwrap().generation;
+    let cursor = before
+        .read_since(&owner(), &id, Stream::Stdout, None, 1 << 20)
+        .unwrap()
+        .next;
+    // The runtime restarts: a new table, the old one's processes gone with it.
+    drop(before);
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let after = Arc::new(ProcessTable::new(Some(tx)));
+    let hash = ProcessTable::id_hash(&id).unwrap();
+    let generation = after
+        .restore(hash, owner(), spec.clone(), options.clone(), None, old)
+        .await
+        .unwrap();
+    assert!(generation > old, "a new generation says it restarted");
+    let status = after.status(&owner(), &id).unwrap();
+    assert_eq!(status.generation, generation);
+    assert!(status.exit.is_none());
+    // The cursor of the run before reads the new one from its start.
+    let mut seen = Vec::new();
+    for _ in 0..500 {
+        let chunk = after
+            .read_since(&owner(), &id, Stream::Stdout, Some(cursor), 1 << 20)
+            .unwrap();
+        seen = chunk.bytes;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(seen, b"up\n");
+    assert!(
+        after
+            .restore(hash, owner(), spec, options, None, old)
+            .await
+            .is_err(),
+        "one id runs once"
+    );
+    after
+        .stop(&owner(), &id, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let ended: Vec<TableEvent> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    assert!(
+        matches!(ended.as_slice(), [e] if e.kind == EventKind::Ended && e.id_hash == hash && e.survives),
+        "{ended:?}"
+    );
 }

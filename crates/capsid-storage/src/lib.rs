@@ -20,6 +20,7 @@ mod pins;
 mod refusal;
 mod scoped;
 mod surreal;
+mod survivors;
 
 pub use bearer::{BearerToken, BearerTokenStore, MintError, MintedToken};
 pub use error::{KvError, QuotaKind};
@@ -30,3 +31,4 @@ pub use pins::{PinnedTool, ToolPinStore};
 pub use refusal::{RefusalStore, StandingRefusal};
 pub use scoped::{Quota, ScopedKvStore};
 pub use surreal::{Durability, SurrealKvStore};
+pub use survivors::{Survivor, SurvivorStore};

@@ -14,6 +14,7 @@ impl Capsule for Leaky {
             idle_ms: None,
             retention_ms: None,
             restart: None,
+            survive_restart: false,
         };
         process::spawn_persistent("sleep", &capsid_guest::spawn_options(&["4242"]), &options)
             .map_err(|e| Error::Internal(format!("{e:?}")))?;

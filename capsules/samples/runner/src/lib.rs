@@ -97,6 +97,9 @@ pub(crate) struct Pipe {
     /// `pipe-persist` only: leave it running and answer its id.
     #[serde(default)]
     keep: bool,
+    /// `pipe-persist` only: start it again after the runtime restarts.
+    #[serde(default)]
+    survive: bool,
 }
 
 #[derive(Serialize)]
@@ -448,6 +451,7 @@ fn repl_start() -> Result<Json<ReplStarted>, Error> {
             idle_ms: None,
             retention_ms: None,
             restart: None,
+            survive_restart: false,
         },
     )
     .map_err(|e| failed(&e))?;

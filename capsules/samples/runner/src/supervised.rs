@@ -13,13 +13,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn options(label: &str, restart: Option<RestartOptions>) -> PersistentOptions {
+fn options(
+    label: &str,
+    restart: Option<RestartOptions>,
+    survive_restart: bool,
+) -> PersistentOptions {
     PersistentOptions {
         label: Some(label.into()),
         lifetime_ms: None,
         idle_ms: None,
         retention_ms: None,
         restart,
+        survive_restart,
     }
 }
 
@@ -28,7 +33,11 @@ fn options(label: &str, restart: Option<RestartOptions>) -> PersistentOptions {
 /// releases it.
 pub(crate) fn pipe_persist(Json(input): Json<Pipe>) -> Result<Json<Value>, Error> {
     let (stages, pipeline) = pipeline_of(&input);
-    let id = match process::spawn_pipeline_persistent(&stages, &pipeline, &options("pipe", None)) {
+    let id = match process::spawn_pipeline_persistent(
+        &stages,
+        &pipeline,
+        &options("pipe", None, input.survive),
+    ) {
         Ok(id) => id,
         Err(e) => return Ok(Json(json!({ "error": format!("{e:?}") }))),
     };
@@ -70,6 +79,8 @@ pub(crate) struct Supervised {
     max_restarts: u32,
     initial_backoff_ms: Option<u32>,
     max_backoff_ms: Option<u32>,
+    #[serde(default)]
+    survive: bool,
 }
 
 /// Starts a persistent program restarted on failure; its id.
@@ -85,7 +96,7 @@ pub(crate) fn persist_restart(Json(input): Json<Supervised>) -> Result<Json<Valu
         match process::spawn_persistent(
             &input.program,
             &spawn,
-            &options("supervised", Some(restart)),
+            &options("supervised", Some(restart), input.survive),
         ) {
             Ok(id) => json!({ "id": id }),
             Err(e) => json!({ "error": format!("{e:?}") }),

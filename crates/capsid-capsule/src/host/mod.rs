@@ -20,6 +20,7 @@ mod progress;
 
 pub use ask::APPROVAL_REQUESTED_TOPIC;
 pub(crate) use ask::Asked;
+pub(crate) use persistent::restart_gate;
 pub use pipeline::BackgroundPipeline;
 pub use process::BackgroundChild;
 pub(crate) use process::sandbox_for;

@@ -121,7 +121,7 @@ fn restart_policy(asked: Option<RestartOptions>) -> Result<Option<RestartPolicy>
 /// program of `specs`, with the network when they had it. Checked without the client
 /// session the first start may have had (a grant bound to it does not carry over), and
 /// without asking anyone; every check is recorded.
-fn restart_gate(
+pub(crate) fn restart_gate(
     services: HostServices,
     subject: Subject,
     name: &capsid_core::CapsuleId,
@@ -207,7 +207,10 @@ impl CapsuleContext {
     ) -> Result<String, WitProcessError> {
         check_stdin(options.stdin.as_ref())?;
         let restart = self
-            .persistent_allowed(&persistent, options.stdin.is_some())
+            .persistent_allowed(
+                &persistent,
+                options.stdin.as_ref().is_some_and(|b| !b.is_empty()),
+            )
             .await?;
         let spec = self
             .spawn_spec(program, options, self.process_sandbox)
@@ -229,7 +232,7 @@ impl CapsuleContext {
     ) -> Result<String, WitProcessError> {
         let stdin = stages.first().and_then(|s| s.options.stdin.as_deref());
         let restart = self
-            .persistent_allowed(&persistent, stdin.is_some())
+            .persistent_allowed(&persistent, stdin.is_some_and(|b| !b.is_empty()))
             .await?;
         let spec = self.pipeline_spec(stages, options).await?;
         self.start_persistent(UnitSpec::Pipeline(spec), persistent, restart, stdin)
@@ -244,10 +247,11 @@ impl CapsuleContext {
         has_stdin: bool,
     ) -> Result<Option<RestartPolicy>, WitProcessError> {
         let restart = restart_policy(persistent.restart)?;
-        if restart.is_some() && has_stdin {
+        if (restart.is_some() || persistent.survive_restart) && has_stdin {
             // A restart could not give the new run the same input.
             return Err(WitProcessError::Invalid(
-                "restart cannot be asked for with an initial stdin; write it with write-stdin"
+                "restart and survive-restart cannot replay an initial stdin: give an empty \
+                 one (its pipe stays open) and write to it with write-stdin"
                     .into(),
             ));
         }
@@ -290,13 +294,20 @@ impl CapsuleContext {
                 .retention_ms
                 .map_or(DEFAULT_EXIT_RETENTION, Duration::from_millis),
             restart,
+            survive: persistent.survive_restart,
         };
         let owner = self.owner();
+        let kept = options_kept
+            .survive
+            .then(|| (spec.clone(), options_kept.clone()));
         let id = self
             .processes
             .start(owner.clone(), spec, options_kept, gate)
             .await
             .map_err(table_error)?;
+        if let Some((unit, options)) = kept {
+            self.keep_survivor(&owner, &id, &unit, &options).await?;
+        }
         if let Some(bytes) = stdin {
             // A child that exits without reading its input is not an error; one that holds
             // the call up by not reading it is stopped, so no unreachable process remains.
@@ -312,6 +323,35 @@ impl CapsuleContext {
             }
         }
         Ok(id)
+    }
+
+    /// Records a `survive-restart` start; one that cannot be recorded is stopped (it would
+    /// not survive as promised).
+    async fn keep_survivor(
+        &self,
+        owner: &Owner,
+        id: &str,
+        unit: &UnitSpec,
+        options: &PersistentOptions,
+    ) -> Result<(), WitProcessError> {
+        let status = self.processes.status(owner, id).map_err(table_error)?;
+        let kept =
+            crate::survivors::keep(&self.services, owner, id, unit, options, status.generation)
+                .await;
+        if let Err(e) = kept {
+            let _ = self.processes.stop(owner, id, Duration::ZERO).await;
+            return Err(WitProcessError::Failed(format!(
+                "survive-restart could not be recorded: {e}"
+            )));
+        }
+        // Ended before the record was written (its end was reported with nothing to
+        // remove): the record goes too.
+        if self.processes.has_ended(owner, id)
+            && let Some(hash) = capsid_process::ProcessTable::id_hash(id)
+        {
+            crate::survivors::forget(&self.services, &owner.capsule, &hash).await;
+        }
+        Ok(())
     }
 
     pub(super) fn list_persistent(&self, label: Option<&str>) -> Vec<ProcessStatus> {

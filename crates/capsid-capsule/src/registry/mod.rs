@@ -279,25 +279,34 @@ impl Registry {
         {
             capsid_core::sync::write(&self.signers).insert(name.clone(), signer.clone());
         }
-        let mut slots = self.write_slots();
-        match loaded {
-            Ok((slot, checked)) => {
-                let mut info = slot_info(&name, &slot);
-                info.signer = checked.signer;
-                slots.insert(name, slot);
-                Ok(info)
+        let answer = {
+            let mut slots = self.write_slots();
+            match loaded {
+                Ok((slot, checked)) => {
+                    let wasm = matches!(slot, Slot::Loaded { .. });
+                    let mut info = slot_info(&name, &slot);
+                    info.signer = checked.signer;
+                    slots.insert(name.clone(), slot);
+                    Ok((info, wasm))
+                }
+                Err(e) => {
+                    slots.insert(
+                        name.clone(),
+                        Slot::LoadFailed {
+                            dir: dir.to_owned(),
+                            reason: e.to_string(),
+                        },
+                    );
+                    Err(e)
+                }
             }
-            Err(e) => {
-                slots.insert(
-                    name,
-                    Slot::LoadFailed {
-                        dir: dir.to_owned(),
-                        reason: e.to_string(),
-                    },
-                );
-                Err(e)
-            }
+        };
+        let (info, wasm) = answer?;
+        if wasm {
+            // What survives restarts comes back once its capsule is in.
+            crate::survivors::bring_back(&self.services, &self.processes, &name).await;
         }
+        Ok(info)
     }
 
     async fn build(
@@ -666,6 +675,17 @@ async fn deliver_process_events(
 ) {
     use capsid_audit::action;
     while let Some(event) = events.recv().await {
+        let (capsule, id_hash) = (&event.owner.capsule, &event.id_hash);
+        match event.kind {
+            EventKind::Ended => {
+                crate::survivors::forget(&services, capsule, id_hash).await;
+                continue;
+            }
+            EventKind::Restarted { .. } if event.survives => {
+                crate::survivors::restarted(&services, capsule, id_hash, event.generation).await;
+            }
+            _ => {}
+        }
         let (label, generation) = (&event.label, event.generation);
         let (topic, payload) = match &event.kind {
             EventKind::Exited(e) => (
@@ -695,6 +715,7 @@ async fn deliver_process_events(
                     "label": label, "generation": generation, "reason": reason,
                 }),
             ),
+            EventKind::Ended => continue,
         };
         if matches!(
             event.kind,

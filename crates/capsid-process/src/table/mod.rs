@@ -13,10 +13,16 @@
 //! its stdout and stderr the last stage's; each stage's output is read by its index). Each
 //! run has its own generation, so a cursor says which run it read.
 
+mod entry;
 mod restart;
+mod types;
 mod unit;
 
 pub use restart::RestartStatus;
+pub use types::{
+    Chunk, Cursor, EventKind, LinkStatus, Owner, PersistentOptions, StageStatus, Status, Stream,
+    TableError, TableEvent,
+};
 pub use unit::UnitSpec;
 
 use std::collections::{HashMap, HashSet};
@@ -25,352 +31,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use capsid_core::limits::{
-    DEFAULT_EXIT_RETENTION, MAX_PERSISTENT_RETAINED, MAX_PERSISTENT_RUNNING,
-    MAX_PROCESS_LABEL_BYTES, MAX_PROCESS_WAIT, MAX_STATUS_MANY, PROCESS_REAPER_INTERVAL,
+    MAX_PERSISTENT_RETAINED, MAX_PERSISTENT_RUNNING, MAX_PROCESS_LABEL_BYTES, MAX_PROCESS_WAIT,
+    MAX_STATUS_MANY, PROCESS_REAPER_INTERVAL,
 };
-use capsid_core::{CapsuleId, Principal, ProcessId};
+use capsid_core::{Principal, ProcessId};
 use capsid_crypto::{domain, hash};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use crate::child::ExitInfo;
-use crate::error::ProcessError;
-use crate::ring::{OutputRing, Since};
 use crate::spec::SpawnSpec;
-use crate::supervisor::{RestartPolicy, StartGate};
+use crate::supervisor::StartGate;
+use entry::{Entry, Run};
 use restart::{Next, Restarts};
 use unit::Unit;
-
-/// Who a persistent process belongs to: the principal and the capsule that started it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Owner {
-    /// On whose authority it runs.
-    pub principal: Principal,
-    /// The capsule that started it.
-    pub capsule: CapsuleId,
-}
-
-/// Deadlines and label of a persistent process.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PersistentOptions {
-    /// A label for [`ProcessTable::list`] (at most `MAX_PROCESS_LABEL_BYTES`).
-    pub label: Option<String>,
-    /// Stopped once it has run this long.
-    pub lifetime: Option<Duration>,
-    /// Stopped once nobody has touched it (read, write, status, wait) for this long.
-    pub idle: Option<Duration>,
-    /// Forgotten this long after it exited, unless released before.
-    pub retention: Duration,
-    /// Restarted when it fails, per this policy (`None`: never).
-    pub restart: Option<RestartPolicy>,
-}
-
-impl Default for PersistentOptions {
-    fn default() -> Self {
-        Self {
-            label: None,
-            lifetime: None,
-            idle: None,
-            retention: DEFAULT_EXIT_RETENTION,
-            restart: None,
-        }
-    }
-}
-
-/// Which output stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output.
-    Stdout,
-    /// Standard error.
-    Stderr,
-}
-
-/// A position in one process's output stream. The generation ties it to that process: a
-/// cursor is never honoured against another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// The process's generation.
-    pub generation: u64,
-    /// Offset in the stream.
-    pub offset: u64,
-}
-
-/// What [`ProcessTable::read_since`] returns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chunk {
-    /// The bytes.
-    pub bytes: Vec<u8>,
-    /// Where to read next.
-    pub next: Cursor,
-    /// Bytes between the cursor and the oldest byte still kept (dropped or drained).
-    pub missed: u64,
-}
-
-/// A persistent process as its owner sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Status {
-    /// Its label.
-    pub label: Option<String>,
-    /// Its generation (what cursors carry).
-    pub generation: u64,
-    /// Its OS pid.
-    pub pid: u32,
-    /// When it started, in ms since the Unix epoch.
-    pub started_ms: u64,
-    /// How it ended, once it has.
-    pub exit: Option<ExitInfo>,
-    /// Bytes waiting in its stdout ring.
-    pub stdout_pending: usize,
-    /// Bytes waiting in its stderr ring.
-    pub stderr_pending: usize,
-    /// Bytes its stdout ring dropped.
-    pub stdout_dropped: u64,
-    /// Bytes its stderr ring dropped.
-    pub stderr_dropped: u64,
-    /// Its restarts, when it is supervised.
-    pub restart: RestartStatus,
-    /// For a pipeline, each stage in order (empty for a single program).
-    pub stages: Vec<StageStatus>,
-    /// For a pipeline, each link in order (link `i` joins stage `i` to stage `i + 1`).
-    pub links: Vec<LinkStatus>,
-}
-
-/// One stage of a persistent pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StageStatus {
-    /// Its OS pid.
-    pub pid: u32,
-    /// How it ended, once it has.
-    pub exit: Option<ExitInfo>,
-    /// Bytes waiting in its stderr ring.
-    pub stderr_pending: usize,
-    /// Bytes its stderr ring dropped.
-    pub stderr_dropped: u64,
-}
-
-/// One link of a persistent pipeline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkStatus {
-    /// Bytes moved so far.
-    pub bytes: u64,
-    /// Bytes per second lately.
-    pub rate: u64,
-    /// Whether no byte will move any more.
-    pub ended: bool,
-}
-
-/// What the table reports to the host (for lifecycle events to watchers).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableEvent {
-    /// Whose process.
-    pub owner: Owner,
-    /// Its label.
-    pub label: Option<String>,
-    /// Its generation.
-    pub generation: u64,
-    /// Whether its owner asked for its lifecycle events ([`ProcessTable::watch`]); restarts
-    /// and giving up are reported either way (they are audited).
-    pub watched: bool,
-    /// What happened.
-    pub kind: EventKind,
-}
-
-/// A lifecycle change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventKind {
-    /// It exited (on its own or stopped).
-    Exited(ExitInfo),
-    /// The reaper stopped it at its lifetime or idle deadline.
-    Expired,
-    /// It was forgotten after its retention.
-    Forgotten,
-    /// It failed and was started again, as `generation`.
-    Restarted {
-        /// Restarts made so far.
-        restarts: u32,
-    },
-    /// No more restarts: it failed too often in a row, or its start was refused.
-    GaveUp {
-        /// Why.
-        reason: String,
-    },
-}
-
-/// Why a table call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TableError {
-    /// Unknown, malformed or foreign id (deliberately indistinguishable).
-    #[error("no such process")]
-    NoSuchProcess,
-    /// The principal already has the most running persistent processes allowed.
-    #[error("too many running persistent processes (at most {MAX_PERSISTENT_RUNNING})")]
-    TooManyRunning,
-    /// The principal keeps the most exited processes allowed; release some.
-    #[error(
-        "too many exited persistent processes kept (at most {MAX_PERSISTENT_RETAINED}); release some"
-    )]
-    TooManyRetained,
-    /// `release` of a process that is still running.
-    #[error("the process is still running; stop it first")]
-    StillRunning,
-    /// A cursor from another process.
-    #[error("the cursor belongs to another process")]
-    ForeignCursor,
-    /// The owning capsule is unloading: it may start nothing more.
-    #[error("the capsule is unloading; it can start no persistent process")]
-    OwnerClosed,
-    /// An argument outside its limit.
-    #[error("{0}")]
-    Invalid(String),
-    /// The child itself failed.
-    #[error(transparent)]
-    Process(#[from] ProcessError),
-}
-
-/// One run of an entry: the first, or a restart.
-#[derive(Debug)]
-struct Run {
-    unit: Unit,
-    generation: u64,
-    started: Instant,
-    started_ms: u64,
-    /// Its exit was already reported.
-    reported: AtomicBool,
-}
-
-impl Run {
-    fn ring(&self, stage: Option<usize>, stream: Stream) -> Option<&OutputRing> {
-        let child = match stage {
-            None => self.unit.last(),
-            Some(i) => self.unit.stages().get(i)?,
-        };
-        Some(match stream {
-            Stream::Stdout => child.stdout(),
-            Stream::Stderr => child.stderr(),
-        })
-    }
-}
-
-struct Entry {
-    owner: Owner,
-    options: PersistentOptions,
-    /// What it runs, kept for restarts.
-    spec: UnitSpec,
-    /// Asked before each restart.
-    gate: Option<StartGate>,
-    /// When its first run started (its lifetime counts from there).
-    created: Instant,
-    last_touch: Mutex<Instant>,
-    run: Mutex<Arc<Run>>,
-    restarts: Mutex<Restarts>,
-    watched: AtomicBool,
-}
-
-impl Entry {
-    fn touch(&self) {
-        *self
-            .last_touch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
-    }
-
-    fn run(&self) -> Arc<Run> {
-        self.run
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn restarts(&self) -> MutexGuard<'_, Restarts> {
-        self.restarts.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Whether it is over for good: its run exited and no restart is to come.
-    fn is_over(&self) -> bool {
-        self.run().unit.has_exited() && !self.restarts().may_return()
-    }
-
-    fn status(&self) -> Status {
-        let run = self.run();
-        let (out, err) = (run.unit.last().stdout(), run.unit.last().stderr());
-        let pipeline = matches!(run.unit, Unit::Pipeline(_));
-        let stages = if pipeline {
-            run.unit
-                .stages()
-                .iter()
-                .map(|c| StageStatus {
-                    pid: c.pid(),
-                    exit: c.try_exit(),
-                    stderr_pending: c.stderr().len(),
-                    stderr_dropped: c.stderr().dropped(),
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Status {
-            label: self.options.label.clone(),
-            generation: run.generation,
-            pid: run.unit.first().pid(),
-            started_ms: run.started_ms,
-            exit: run.unit.try_exit(),
-            stdout_pending: out.len(),
-            stderr_pending: err.len(),
-            stdout_dropped: out.dropped(),
-            stderr_dropped: err.dropped(),
-            restart: self.restarts().status(Instant::now()),
-            stages,
-            links: run
-                .unit
-                .links()
-                .iter()
-                .map(|l| LinkStatus {
-                    bytes: l.bytes(),
-                    rate: l.rate(),
-                    ended: l.has_ended(),
-                })
-                .collect(),
-        }
-    }
-
-    /// Up to `max` bytes of a stream from `cursor` on (the oldest kept when `None`), with
-    /// the cursor to read on from. A cursor of an earlier run reads the current one from its
-    /// start; one of another entry is refused.
-    fn chunk(
-        &self,
-        stage: Option<usize>,
-        stream: Stream,
-        cursor: Option<Cursor>,
-        max: usize,
-    ) -> Result<Chunk, TableError> {
-        let run = self.run();
-        let offset = match cursor {
-            None => 0,
-            Some(c) if c.generation == run.generation => c.offset,
-            Some(c) if self.restarts().was(c.generation) => 0,
-            Some(_) => return Err(TableError::ForeignCursor),
-        };
-        let ring = run.ring(stage, stream).ok_or_else(|| no_stage(stage))?;
-        let Since {
-            bytes,
-            next,
-            missed,
-        } = ring.read_since(offset, max);
-        Ok(Chunk {
-            bytes,
-            next: Cursor {
-                generation: run.generation,
-                offset: next,
-            },
-            missed,
-        })
-    }
-}
-
-fn no_stage(stage: Option<usize>) -> TableError {
-    TableError::Invalid(format!("it has no stage {}", stage.unwrap_or(0)))
-}
 
 /// Who may start a persistent process now. Locked after `entries` when both are held.
 #[derive(Default)]
@@ -491,6 +165,47 @@ impl ProcessTable {
         options: PersistentOptions,
         gate: Option<StartGate>,
     ) -> Result<String, TableError> {
+        let id = ProcessId::random()
+            .map_err(|e| TableError::Invalid(format!("the random source failed: {e}")))?;
+        self.insert(key(&id), owner, spec, options, gate, None)
+            .await?;
+        Ok(id.to_string())
+    }
+
+    /// Starts again, under the id whose hash is `id_hash`, what ran before the runtime
+    /// restarted (its last run had `generation`): a cursor of that run reads the new one from
+    /// its start. Its caller has checked it may start. The new run's generation.
+    pub async fn restore(
+        &self,
+        id_hash: [u8; 32],
+        owner: Owner,
+        spec: UnitSpec,
+        options: PersistentOptions,
+        gate: Option<StartGate>,
+        generation: u64,
+    ) -> Result<u64, TableError> {
+        // Generations never repeat for one id, across restarts of the runtime too.
+        self.generations
+            .fetch_max(generation.saturating_add(1), Ordering::Relaxed);
+        self.insert(id_hash, owner, spec, options, gate, Some(generation))
+            .await
+    }
+
+    /// The hash an id is kept under, for the host's records (`None` for a malformed id).
+    pub fn id_hash(id: &str) -> Option<[u8; 32]> {
+        id.parse::<ProcessId>().ok().map(|id| key(&id))
+    }
+
+    /// Admits, starts and keeps a new entry under `key`; its first run's generation.
+    async fn insert(
+        &self,
+        key: [u8; 32],
+        owner: Owner,
+        spec: UnitSpec,
+        options: PersistentOptions,
+        gate: Option<StartGate>,
+        earlier: Option<u64>,
+    ) -> Result<u64, TableError> {
         if options
             .label
             .as_ref()
@@ -500,33 +215,43 @@ impl ProcessTable {
                 "labels are at most {MAX_PROCESS_LABEL_BYTES} bytes"
             )));
         }
+        if self.lock().contains_key(&key) {
+            return Err(TableError::Invalid("it is already running".into()));
+        }
         let reservation = self.admit(&owner)?;
         let unit = Unit::start(&spec).await?;
-        let id = ProcessId::random()
-            .map_err(|e| TableError::Invalid(format!("the random source failed: {e}")))?;
+        let mut restarts = Restarts::new(options.restart);
+        if let Some(generation) = earlier {
+            restarts.carry(generation);
+        }
+        let run = self.new_run(unit);
+        let generation = run.generation;
         let entry = Arc::new(Entry {
+            key,
             owner,
-            restarts: Mutex::new(Restarts::new(options.restart)),
+            restarts: Mutex::new(restarts),
             options,
             spec,
             gate,
             created: Instant::now(),
             last_touch: Mutex::new(Instant::now()),
-            run: Mutex::new(Arc::new(self.new_run(unit))),
+            run: Mutex::new(Arc::new(run)),
             watched: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         });
         let mut entries = self.lock();
-        if self.admission().closed.contains(&entry.owner) {
-            // Closed while it started: it is stopped (dropping it kills its group).
+        if self.admission().closed.contains(&entry.owner) || entries.contains_key(&key) {
+            // Closed while it started (or the same one restored twice at once): it is
+            // stopped (dropping it kills its group).
             drop(entries);
             drop(entry);
             return Err(TableError::OwnerClosed);
         }
-        entries.insert(key(&id), entry);
+        entries.insert(key, entry);
         // Given back under the entries lock, so the process never counts twice.
         drop(reservation);
         drop(entries);
-        Ok(id.to_string())
+        Ok(generation)
     }
 
     fn new_run(&self, unit: Unit) -> Run {
@@ -595,6 +320,11 @@ impl ProcessTable {
             .collect();
         out.sort_by_key(|s| s.generation);
         out
+    }
+
+    /// Whether `id` of `owner` is gone or over for good (it will not run again).
+    pub fn has_ended(&self, owner: &Owner, id: &str) -> bool {
+        self.find(owner, id).map_or(true, |e| e.is_over())
     }
 
     /// The status of one process.
@@ -753,9 +483,9 @@ impl ProcessTable {
         entry.restarts().end();
         let run = entry.run();
         let exit = run.unit.terminate(grace.min(MAX_PROCESS_WAIT)).await;
-        let parsed: ProcessId = id.parse().map_err(|_| TableError::NoSuchProcess)?;
-        self.lock().remove(&key(&parsed));
+        self.lock().remove(&entry.key);
         self.report_exit(&entry, &run);
+        self.report_end(&entry, run.generation);
         Ok(exit)
     }
 
@@ -765,13 +495,10 @@ impl ProcessTable {
         if entry.restarts().may_return() {
             return Err(TableError::StillRunning);
         }
-        let exit = entry
-            .run()
-            .unit
-            .try_exit()
-            .ok_or(TableError::StillRunning)?;
-        let parsed: ProcessId = id.parse().map_err(|_| TableError::NoSuchProcess)?;
-        self.lock().remove(&key(&parsed));
+        let run = entry.run();
+        let exit = run.unit.try_exit().ok_or(TableError::StillRunning)?;
+        self.lock().remove(&entry.key);
+        self.report_end(&entry, run.generation);
         Ok(exit)
     }
 
@@ -790,9 +517,19 @@ impl ProcessTable {
         }
     }
 
+    /// Reports, once, that a surviving entry will not run again.
+    fn report_end(&self, entry: &Entry, generation: u64) {
+        if entry.options.survive && !entry.ended.swap(true, Ordering::Relaxed) {
+            self.report(entry, generation, EventKind::Ended);
+        }
+    }
+
     fn report(&self, entry: &Entry, generation: u64, kind: EventKind) {
         let watched = entry.watched.load(Ordering::Relaxed);
-        let always = matches!(kind, EventKind::Restarted { .. } | EventKind::GaveUp { .. });
+        let always = matches!(
+            kind,
+            EventKind::Restarted { .. } | EventKind::GaveUp { .. } | EventKind::Ended
+        );
         if (watched || always)
             && let Some(events) = &self.events
         {
@@ -800,6 +537,8 @@ impl ProcessTable {
                 owner: entry.owner.clone(),
                 label: entry.options.label.clone(),
                 generation,
+                id_hash: entry.key,
+                survives: entry.options.survive,
                 watched,
                 kind,
             });
@@ -809,19 +548,27 @@ impl ProcessTable {
     /// One pass of the reaper: reports new exits, restarts supervised entries that failed
     /// once their backoff is over, stops entries past their lifetime or idle deadline,
     /// forgets those over for good past their retention.
-    pub async fn sweep(&self) {
+    pub async fn sweep(self: &Arc<Self>) {
         let entries: Vec<([u8; 32], Arc<Entry>)> =
             self.lock().iter().map(|(k, e)| (*k, e.clone())).collect();
         for (k, entry) in entries {
             let now = Instant::now();
             let run = entry.run();
+            let expired = entry.expired(now);
             if let Some(exit) = run.unit.try_exit() {
                 self.report_exit(&entry, &run);
+                if expired && entry.restarts().may_return() {
+                    // Past its deadline while waiting to restart: no restart.
+                    entry.restarts().end_at(now);
+                    self.report(&entry, run.generation, EventKind::Expired);
+                }
                 let next = entry.restarts().after_exit(now, run.started, Some(exit));
                 match next {
                     Next::Wait => continue,
                     Next::Restart => {
-                        self.restart(&entry, &run).await;
+                        // On a task of its own: a slow gate or start holds up no other entry.
+                        let (table, old) = (self.clone(), run.clone());
+                        tokio::spawn(async move { table.restart(&entry, &old).await });
                         continue;
                     }
                     Next::GiveUp(reason) => {
@@ -829,28 +576,24 @@ impl ProcessTable {
                     }
                     Next::Over => {}
                 }
+                self.report_end(&entry, run.generation);
                 let exited_at = run.started + Duration::from_millis(exit.wall_ms);
-                if now.duration_since(exited_at) >= entry.options.retention {
+                // Counted from when it was over, for one given up on long after its exit.
+                let over_at = entry
+                    .restarts()
+                    .over_at()
+                    .map_or(exited_at, |o| o.max(exited_at));
+                if now.duration_since(over_at) >= entry.options.retention {
                     self.lock().remove(&k);
                     self.report(&entry, run.generation, EventKind::Forgotten);
                 }
                 continue;
             }
-            let idle_for = now.duration_since(
-                *entry
-                    .last_touch
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            let expired = entry
-                .options
-                .lifetime
-                .is_some_and(|l| now - entry.created >= l)
-                || entry.options.idle.is_some_and(|i| idle_for >= i);
             if expired {
-                entry.restarts().end();
+                entry.restarts().end_at(now);
                 self.report(&entry, run.generation, EventKind::Expired);
                 run.unit.terminate(Duration::ZERO).await;
+                self.report_end(&entry, run.generation);
             }
         }
     }
@@ -864,6 +607,16 @@ impl ProcessTable {
         } else {
             None
         };
+        // Stopped, or its capsule closed, while the gate was asked: nothing more to do.
+        if !entry.restarts().may_return() {
+            return;
+        }
+        let refused = refused.or_else(|| {
+            self.admission()
+                .closed
+                .contains(&entry.owner)
+                .then(|| "its capsule is unloading".to_owned())
+        });
         if let Some(reason) = refused {
             let Next::GiveUp(reason) = entry
                 .restarts()

@@ -45,6 +45,10 @@ pub(super) struct Restarts {
     gave_up: Option<String>,
     /// No restart any more: finished cleanly, stopped, expired or given up on.
     over: bool,
+    /// When it was found over (retention counts from there).
+    over_at: Option<Instant>,
+    /// A restart is under way (on a task of its own).
+    restarting: bool,
     /// Generations of earlier runs, newest last (a cursor from one reads the current run).
     past: Vec<u64>,
 }
@@ -74,8 +78,30 @@ impl Restarts {
 
     /// No restart any more (stopped, expired, its owner gone).
     pub(super) fn end(&mut self) {
+        self.end_at(Instant::now());
+    }
+
+    /// [`end`](Self::end), found at `now`.
+    pub(super) fn end_at(&mut self, now: Instant) {
+        if !self.over {
+            self.over_at = Some(now);
+        }
         self.over = true;
         self.due = None;
+    }
+
+    /// When it was found over, if it is.
+    pub(super) fn over_at(&self) -> Option<Instant> {
+        self.over_at
+    }
+
+    /// Whether a run that ended with `exit` is its last: no restart may follow.
+    pub(super) fn is_final(&self, exit: ExitInfo) -> bool {
+        match self.policy {
+            _ if self.over => true,
+            None => true,
+            Some(policy) => policy.clean_exit_is_final && exit.success(),
+        }
     }
 
     /// Whether `generation` was one of this entry's earlier runs.
@@ -93,22 +119,31 @@ impl Restarts {
         let Some(policy) = self.policy.filter(|_| !self.over) else {
             return Next::Over;
         };
+        if self.restarting {
+            return Next::Wait;
+        }
         if let Some(due) = self.due {
-            return if now >= due {
-                Next::Restart
-            } else {
-                Next::Wait
-            };
+            if now < due {
+                return Next::Wait;
+            }
+            self.restarting = true;
+            return Next::Restart;
         }
         if policy.clean_exit_is_final && exit.is_some_and(|e| e.success()) {
-            self.over = true;
+            self.end_at(now);
             return Next::Over;
         }
-        self.failed(now, now.duration_since(started), &describe(exit), &policy)
+        // How long it ran by the kernel's account, not by when the reaper looked.
+        let ran = exit.map_or_else(
+            || now.duration_since(started),
+            |e| Duration::from_millis(e.wall_ms),
+        );
+        self.failed(now, ran, &describe(exit), &policy)
     }
 
     /// A start that failed counts as a failed run of no length.
     pub(super) fn start_failed(&mut self, now: Instant, reason: &str) -> Next {
+        self.restarting = false;
         match self.policy {
             Some(policy) if !self.over => {
                 self.due = None;
@@ -139,17 +174,27 @@ impl Restarts {
         Next::Wait
     }
 
-    /// Gives up: no more restarts, for `reason`.
+    /// Gives up: no more restarts, for `reason` (nothing when it is already over).
     pub(super) fn give_up(&mut self, reason: String) -> Next {
+        self.restarting = false;
+        if self.over {
+            return Next::Over;
+        }
         self.gave_up = Some(reason.clone());
         self.end();
         Next::GiveUp(reason)
+    }
+
+    /// Counts the run of `generation`, before the runtime restarted, as an earlier one.
+    pub(super) fn carry(&mut self, generation: u64) {
+        self.past.push(generation);
     }
 
     /// A restart made: the run of `old_generation` is now an earlier one.
     pub(super) fn restarted(&mut self, old_generation: u64) {
         self.made += 1;
         self.due = None;
+        self.restarting = false;
         if self.past.len() == MAX_PAST_GENERATIONS {
             self.past.remove(0);
         }

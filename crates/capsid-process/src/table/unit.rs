@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
 
 use crate::child::{Child, ExitInfo};
 use crate::error::ProcessError;
@@ -14,7 +15,7 @@ use crate::pipeline::{Pipeline, PipelineSpec};
 use crate::spec::SpawnSpec;
 
 /// What a persistent entry runs; kept, so a supervised entry can start it again.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum UnitSpec {
     /// One program.
     Process(SpawnSpec),
@@ -76,13 +77,6 @@ impl Unit {
         match self {
             Self::Process(child) => child.try_exit(),
             Self::Pipeline(p) => p.try_exit(),
-        }
-    }
-
-    pub(super) fn has_exited(&self) -> bool {
-        match self {
-            Self::Process(child) => child.has_exited(),
-            Self::Pipeline(p) => p.has_exited(),
         }
     }
 
