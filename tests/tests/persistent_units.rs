@@ -175,3 +175,25 @@ async fn a_grant_revoked_during_the_backoff_means_no_restart() {
         && e.resource == "process://exec/sh"
         && e.decision == "deny"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_process_is_sampled_into_its_history() {
+    let rt = Runtime::new().await;
+    rt.load("runner").await;
+    let id = supervised(&rt, "exec sleep 30", 1, 100).await;
+    let status = status_until(&rt, &id, |s| {
+        s["history"].as_array().is_some_and(|h| h.len() >= 2)
+    })
+    .await;
+    // `sleep`, and the sandbox's own processes where it runs in one.
+    let tasks = status["latest_tasks"].as_u64().unwrap();
+    assert!((1..=4).contains(&tasks), "{status}");
+    let history = status["history"].as_array().unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|s| s["rss"].as_u64().unwrap() > 0 && s["tasks"] == tasks),
+        "{status}"
+    );
+    rt.call("runner", "repl-stop", json!({ "id": id })).await;
+}

@@ -53,7 +53,7 @@ pub use http::{HttpSetupError, OutboundHttp, Resolve, SystemResolver};
 pub use logbuf::{CapsuleLog, LogLevel, LogLine, LogSource};
 pub use mcp::{McpCapsule, PendingTool, ToolChange};
 pub use native::NativeCapsule;
-pub use registry::{CapsuleCounts, CapsuleInfo, McpStatus, NativeStatus, Registry};
+pub use registry::{CapsuleCounts, CapsuleInfo, McpStatus, NativeStatus, ProgramStats, Registry};
 pub use slots::CapsuleWaker;
 
 /// How a contained MCP server's messages are read, reachable by `capsid-fuzz`: not an API.

@@ -6,18 +6,27 @@
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
 use capsid_core::time::now_ms;
-use capsid_process::{Owner, PersistentOptions, ProcessTable, SpawnSpec, UnitSpec};
+use capsid_process::{
+    Earlier, Owner, PersistentOptions, ProcessTable, Sandbox, SpawnSpec, TableError, UnitSpec,
+};
 use capsid_storage::{Survivor, SurvivorStore};
 use serde::{Deserialize, Serialize};
 
 use crate::grants::persistent_resource;
-use crate::host::{HostServices, restart_gate};
+use crate::host::{HostServices, restart_gate, sandbox_for};
 
 /// What a survivor runs, as kept in its record.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct Kept {
     unit: UnitSpec,
     options: PersistentOptions,
+}
+
+impl std::fmt::Debug for Kept {
+    // Its environment may hold secrets: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept").finish_non_exhaustive()
+    }
 }
 
 fn hex(bytes: &[u8; 32]) -> String {
@@ -92,9 +101,52 @@ pub(crate) async fn restarted(
     }
 }
 
-/// Starts again every survivor of `capsule` whose grants still allow it, under its id; the
-/// others are not started, and their records removed. Each outcome is recorded.
-pub(crate) async fn bring_back(services: &HostServices, table: &ProcessTable, capsule: &CapsuleId) {
+impl crate::registry::Registry {
+    /// [`bring_back`] for the capsule of `manifest`, confined as it asks now.
+    pub(crate) async fn bring_back_survivors(&self, manifest: &capsid_manifest::Manifest) {
+        let confinement = Confinement {
+            sandbox: manifest.capabilities.process_sandbox,
+            uplink: manifest.capabilities.uplink,
+        };
+        bring_back(
+            self.services(),
+            self.processes(),
+            &manifest.name,
+            confinement,
+        )
+        .await;
+    }
+}
+
+/// Why a survivor was not brought back.
+enum NotBack {
+    /// Its grants no longer allow it, or its record cannot be read: it is forgotten.
+    Refused(String),
+    /// It already runs (started again meanwhile): nothing to do.
+    Running,
+    /// It could not start now (the store, a cap, the program): kept for the next load.
+    Failed(String),
+}
+
+/// How the capsule being loaded runs its programs now: a survivor's spec takes these from
+/// the current manifest and configuration, never from its record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Confinement {
+    /// The manifest's `process_sandbox`.
+    pub sandbox: capsid_manifest::SandboxPolicy,
+    /// The manifest's `uplink`.
+    pub uplink: bool,
+}
+
+/// Starts again every survivor of `capsule` whose grants still allow it, under its id; those
+/// refused are forgotten. Each outcome is recorded. Runs before the capsule's `init`, so the
+/// capsule finds its survivors there.
+pub(crate) async fn bring_back(
+    services: &HostServices,
+    table: &ProcessTable,
+    capsule: &CapsuleId,
+    confinement: Confinement,
+) {
     let store = SurvivorStore::new(services.kv.clone());
     let survivors = match store.list(capsule.as_str()).await {
         Ok(list) => list,
@@ -104,6 +156,10 @@ pub(crate) async fn bring_back(services: &HostServices, table: &ProcessTable, ca
         }
     };
     let principal = services.principal;
+    let owner = Owner {
+        principal,
+        capsule: capsule.clone(),
+    };
     for survivor in survivors {
         // Kept for another principal (another home's runtime on the same store): not ours.
         if survivor.principal != principal.to_string() {
@@ -114,21 +170,26 @@ pub(crate) async fn bring_back(services: &HostServices, table: &ProcessTable, ca
             capsule: Some(capsule.clone()),
             session: None,
         };
-        let outcome = bring_one(services, table, capsule, &subject, &survivor).await;
-        let (action, details) = match &outcome {
+        let outcome = bring_one(services, table, &subject, &survivor, confinement).await;
+        let (action, decision, details) = match &outcome {
             Ok(generation) => (
                 capsid_audit::action::PROCESS_RESTORED,
+                capsid_audit::Decision::Info,
                 serde_json::json!({ "generation": generation, "before": survivor.generation }),
             ),
-            Err(reason) => (
+            Err(NotBack::Running) => continue,
+            Err(NotBack::Refused(reason)) => (
                 capsid_audit::action::PROCESS_NOT_RESTORED,
+                capsid_audit::Decision::Deny,
                 serde_json::json!({ "reason": reason, "before": survivor.generation }),
             ),
-        };
-        let decision = if outcome.is_ok() {
-            capsid_audit::Decision::Info
-        } else {
-            capsid_audit::Decision::Deny
+            Err(NotBack::Failed(reason)) => (
+                capsid_audit::action::PROCESS_NOT_RESTORED,
+                capsid_audit::Decision::Info,
+                serde_json::json!({
+                    "reason": reason, "before": survivor.generation, "kept": true,
+                }),
+            ),
         };
         let _ = services
             .record(
@@ -141,17 +202,23 @@ pub(crate) async fn bring_back(services: &HostServices, table: &ProcessTable, ca
             .await;
         match outcome {
             Ok(generation) => {
+                let id_hash = survivor.id_hash.clone();
                 let mut kept = survivor;
                 kept.generation = generation;
                 if let Err(e) = store.put(&kept).await {
                     tracing::warn!(%capsule, error = %e, "a survivor's record could not be updated");
                 }
+                // Ended while its record was rewritten (its end found nothing to remove).
+                if unhex(&id_hash).is_some_and(|h| table.has_ended_hash(&owner, &h)) {
+                    let _ = store.remove(capsule.as_str(), &id_hash).await;
+                }
             }
-            Err(_) => {
+            Err(NotBack::Refused(_)) => {
                 if let Err(e) = store.remove(capsule.as_str(), &survivor.id_hash).await {
                     tracing::warn!(%capsule, error = %e, "a survivor's record could not be removed");
                 }
             }
+            Err(NotBack::Running | NotBack::Failed(_)) => {}
         }
     }
 }
@@ -160,24 +227,37 @@ pub(crate) async fn bring_back(services: &HostServices, table: &ProcessTable, ca
 async fn bring_one(
     services: &HostServices,
     table: &ProcessTable,
-    capsule: &CapsuleId,
     subject: &Subject,
     survivor: &Survivor,
-) -> Result<u64, String> {
-    let id_hash = unhex(&survivor.id_hash).ok_or("its record names no id hash")?;
-    let kept: Kept = serde_json::from_value(survivor.spec.clone())
-        .map_err(|e| format!("its record cannot be read: {e}"))?;
+    confinement: Confinement,
+) -> Result<u64, NotBack> {
+    let capsule = subject
+        .capsule
+        .clone()
+        .ok_or_else(|| NotBack::Refused("no capsule".into()))?;
+    let id_hash = unhex(&survivor.id_hash)
+        .ok_or_else(|| NotBack::Refused("its record names no id hash".into()))?;
+    let mut kept: Kept = serde_json::from_value(survivor.spec.clone())
+        .map_err(|_| NotBack::Refused("its record cannot be read".into()))?;
+    confine(&mut kept.unit, services, confinement);
     // The same checks as every restart: persistent processes, each program, the network.
     let gate = restart_gate(
         services.clone(),
         subject.clone(),
-        capsule,
+        &capsule,
         stages(&kept.unit),
     );
-    gate().await?;
+    gate().await.map_err(NotBack::Refused)?;
     let owner = Owner {
         principal: subject.principal,
-        capsule: capsule.clone(),
+        capsule,
+    };
+    let age_ms = u64::try_from(now_ms())
+        .unwrap_or(0)
+        .saturating_sub(survivor.started_ms);
+    let earlier = Earlier {
+        generation: survivor.generation,
+        age: std::time::Duration::from_millis(age_ms),
     };
     let restart_gate = kept.options.restart.map(|_| gate);
     table
@@ -187,8 +267,30 @@ async fn bring_one(
             kept.unit,
             kept.options,
             restart_gate,
-            survivor.generation,
+            earlier,
         )
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            TableError::AlreadyRunning => NotBack::Running,
+            other => NotBack::Failed(other.to_string()),
+        })
+}
+
+/// Puts the capsule's confinement of today on every stage: its sandbox and network as the
+/// current manifest says (the network only where it had it and `uplink` still asks for it;
+/// the gate checks the grant), who it runs as and the workspace as configured now.
+fn confine(unit: &mut UnitSpec, services: &HostServices, confinement: Confinement) {
+    let stages: &mut [SpawnSpec] = match unit {
+        UnitSpec::Process(s) => std::slice::from_mut(s),
+        UnitSpec::Pipeline(p) => p.stages.as_mut_slice(),
+    };
+    for stage in stages {
+        let had_network = matches!(
+            stage.sandbox,
+            Sandbox::Auto { network: true } | Sandbox::Required { network: true }
+        );
+        stage.sandbox = sandbox_for(confinement.sandbox, had_network && confinement.uplink);
+        stage.sandbox_identity = services.sandbox_identity;
+        stage.workspace.clone_from(&services.workspace);
+    }
 }

@@ -63,6 +63,7 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
             Ok(())
         }
         Command::Ps => ps(client, as_json).await,
+        Command::Stats { capsule } => crate::stats::stats(client, capsule, as_json).await,
         Command::Logs {
             capsule,
             process,

@@ -7,6 +7,7 @@ mod daemon;
 mod mcp;
 mod output;
 mod review;
+mod stats;
 mod trust;
 mod workspace;
 
@@ -88,6 +89,12 @@ pub(crate) enum Command {
     },
     /// Persistent processes and native capsules' programs.
     Ps,
+    /// A capsule's CPU, memory and tasks over the last minute (its program's, with its quota
+    /// report, and each persistent process's), with sparklines.
+    Stats {
+        /// The capsule.
+        capsule: String,
+    },
     /// A capsule's log, or (with --process) a persistent process's output.
     Logs {
         /// The capsule.

@@ -646,10 +646,43 @@ fn pipeline_in_ps(home: &Home) {
             let table = home.ok(&["ps"]);
             assert!(table.contains("pipeline (2 stages)"), "{table}");
             assert!(table.contains("3 B @"), "{table}");
+            stats_show_the_pipeline(home);
             home.ok(&["call", "runner", "repl-stop", "--input", &stop]);
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("the link never showed 3 bytes");
+}
+
+/// `capsid stats runner` shows the running pipeline's samples (both stages' processes).
+fn stats_show_the_pipeline(home: &Home) {
+    for _ in 0..100 {
+        let stats = home.json(&["stats", "runner"]);
+        assert!(
+            stats["program"].is_null(),
+            "a wasm capsule runs no program: {stats}"
+        );
+        let pipe = stats["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["label"] == "pipe" && p["running"] == true)
+            .cloned()
+            .unwrap_or_else(|| panic!("no running pipe in {stats}"));
+        let samples = pipe["samples"].as_array().unwrap();
+        if samples.len() >= 2 {
+            assert_eq!(pipe["stages"], 2);
+            let last = samples.last().unwrap();
+            assert!(last["tasks"].as_u64().unwrap() >= 2, "both stages: {last}");
+            assert!(last["rss_bytes"].as_u64().unwrap() > 0, "{last}");
+            let table = home.ok(&["stats", "runner"]);
+            assert!(table.contains("pipe") && table.contains('▁'), "{table}");
+            let missing = home.run(&["stats", "nosuch"]);
+            assert!(String::from_utf8_lossy(&missing.stderr).contains("not loaded"));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("fewer than two samples of the pipeline in ten seconds");
 }

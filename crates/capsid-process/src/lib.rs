@@ -42,6 +42,7 @@ mod ring;
 mod sandbox;
 mod seccomp;
 mod spec;
+mod stats;
 mod supervisor;
 mod sys;
 mod table;
@@ -57,8 +58,9 @@ pub use sandbox::bwrap_path;
 pub use spec::{
     DeclaredEnv, ResourceLimits, RingPolicy, Sandbox, SandboxIdentity, SpawnSpec, resolve_program,
 };
-pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, Sample, StartGate, Supervisor};
+pub use stats::Sample;
+pub use supervisor::{Health, Quota, QuotaAction, RestartPolicy, StartGate, Supervisor};
 pub use table::{
-    Chunk, Cursor, EventKind, LinkStatus, Owner, PersistentOptions, ProcessTable, RestartStatus,
-    StageStatus, Status, Stream, TableError, TableEvent, UnitSpec,
+    Chunk, Cursor, Earlier, EventKind, LinkStatus, Owner, PersistentOptions, ProcessTable,
+    RestartStatus, StageStatus, Status, Stream, TableError, TableEvent, UnitSpec,
 };

@@ -7,21 +7,20 @@
 //! is retried after `initial_backoff`, doubling up to `max_backoff`, at most `max_restarts`
 //! times in a row; a run that lasted `healthy_after` starts the count again.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use capsid_core::limits::{
-    SUPERVISOR_HEALTHY_AFTER, SUPERVISOR_HISTORY, SUPERVISOR_INITIAL_BACKOFF,
-    SUPERVISOR_MAX_BACKOFF, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_SAMPLE_EVERY,
+    SUPERVISOR_HEALTHY_AFTER, SUPERVISOR_INITIAL_BACKOFF, SUPERVISOR_MAX_BACKOFF,
+    SUPERVISOR_MAX_RESTARTS, SUPERVISOR_SAMPLE_EVERY,
 };
 use capsid_core::tally::{Standing, Tally, TallyMember};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::child::{Child, ExitInfo};
-use crate::procfs;
 use crate::spec::SpawnSpec;
+use crate::stats::{History, Sample, read_procs};
 
 /// When and how often to restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,19 +124,6 @@ impl Health {
     }
 }
 
-/// One sample of the program's group.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
-    /// When, in ms since the Unix epoch.
-    pub at_ms: u64,
-    /// CPU use since the previous sample, in percent of one core.
-    pub cpu_percent: f64,
-    /// Resident memory of the group, in bytes.
-    pub rss_bytes: u64,
-    /// Live processes in the group.
-    pub processes: usize,
-}
-
 #[derive(Debug)]
 struct State {
     health: Health,
@@ -146,7 +132,9 @@ struct State {
     restarts: u32,
     breaches: u64,
     current: Option<Arc<Child>>,
-    history: VecDeque<Sample>,
+    history: History,
+    /// What the last breach was, named (`memory 140 MiB over 128 MiB`).
+    last_breach: Option<String>,
 }
 
 /// Asked before every start, the first and each restart: `Err(reason)` refuses it, and the
@@ -165,12 +153,6 @@ pub struct Supervisor {
     stop: watch::Sender<bool>,
     /// Each child as it starts, for whoever speaks to it ([`Supervisor::starts`]).
     started: watch::Sender<Option<Arc<Child>>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One line for how a run ended.
@@ -206,7 +188,8 @@ impl Supervisor {
                 restarts: 0,
                 breaches: 0,
                 current: None,
-                history: VecDeque::new(),
+                history: History::default(),
+                last_breach: None,
             }),
             stop,
             started: watch::channel(None).0,
@@ -255,7 +238,12 @@ impl Supervisor {
 
     /// The recent samples, oldest first.
     pub fn history(&self) -> Vec<Sample> {
-        self.lock().history.iter().copied().collect()
+        self.lock().history.all()
+    }
+
+    /// The last quota breach, named (which limit, the value and the limit), if any.
+    pub fn last_breach(&self) -> Option<String> {
+        self.lock().last_breach.clone()
     }
 
     /// The running (or last) child, to read its output.
@@ -362,7 +350,6 @@ impl Supervisor {
         stopped: &mut watch::Receiver<bool>,
     ) -> Option<Option<ExitInfo>> {
         let mut tick = tokio::time::interval(policy.sample_every);
-        let mut last: Option<(Instant, u64)> = None;
         loop {
             tokio::select! {
                 exit = child.wait(None) => return Some(exit),
@@ -372,70 +359,38 @@ impl Supervisor {
                 }
                 _ = tick.tick() => {
                     // Reading /proc is blocking I/O: keep it off the async workers.
-                    let (pgid, prev) = (child.pid(), last);
-                    let Ok((taken, now)) =
-                        tokio::task::spawn_blocking(move || sample(pgid, prev)).await
-                    else {
+                    let Ok(procs) = tokio::task::spawn_blocking(read_procs).await else {
                         continue;
                     };
-                    last = Some(now);
-                    self.record(taken, quota, child);
+                    self.record(&procs, quota, child);
                 }
             }
         }
     }
 
-    fn record(&self, sample: Sample, quota: &Quota, child: &Child) {
-        let breach = quota.memory_bytes.is_some_and(|m| sample.rss_bytes > m)
-            || quota.processes.is_some_and(|p| sample.processes > p);
-        {
-            let mut s = self.lock();
-            if s.history.len() == SUPERVISOR_HISTORY {
-                s.history.pop_front();
+    fn record(&self, procs: &[crate::procfs::ProcStat], quota: &Quota, child: &Child) {
+        let mut s = self.lock();
+        let sample = s.history.record(procs, &[child.pid()]);
+        let breach = match (quota.memory_bytes, quota.processes) {
+            (Some(m), _) if sample.rss_bytes > m => Some(format!(
+                "memory {} MiB over {} MiB",
+                sample.rss_bytes >> 20,
+                m >> 20
+            )),
+            (_, Some(p)) if sample.processes > p => {
+                Some(format!("{} processes over {p}", sample.processes))
             }
-            s.history.push_back(sample);
-            if breach {
-                s.breaches += 1;
-            }
-        }
-        if breach {
-            tracing::warn!(
-                name = %self.name,
-                rss = sample.rss_bytes,
-                processes = sample.processes,
-                action = ?quota.action,
-                "quota exceeded"
-            );
-            if quota.action == QuotaAction::Kill {
-                let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
-            }
+            _ => None,
+        };
+        let Some(breach) = breach else {
+            return;
+        };
+        s.breaches += 1;
+        s.last_breach = Some(breach.clone());
+        drop(s);
+        tracing::warn!(name = %self.name, breach, action = ?quota.action, "quota exceeded");
+        if quota.action == QuotaAction::Kill {
+            let _ = child.signal(nix::sys::signal::Signal::SIGKILL);
         }
     }
-}
-
-/// The group's CPU and memory now (CPU as a share of the time since `last`), and the
-/// reference for the next sample.
-fn sample(pgid: u32, last: Option<(Instant, u64)>) -> (Sample, (Instant, u64)) {
-    let members: Vec<_> = procfs::all()
-        .into_iter()
-        .filter(|p| p.pgrp == pgid && p.state != 'Z')
-        .collect();
-    let ticks: u64 = members.iter().map(|p| p.cpu_ticks).sum();
-    let rss_bytes = members.iter().map(|p| p.rss_pages).sum::<u64>() * procfs::page_bytes();
-    let now = Instant::now();
-    #[allow(clippy::cast_precision_loss)]
-    let cpu_percent = match last {
-        Some((at, before)) if now > at => {
-            let used = ticks.saturating_sub(before) as f64 / procfs::ticks_per_second() as f64;
-            used / now.duration_since(at).as_secs_f64() * 100.0
-        }
-        _ => 0.0,
-    };
-    let taken = Sample {
-        at_ms: now_ms(),
-        cpu_percent,
-        rss_bytes,
-        processes: members.len(),
-    };
-    (taken, (now, ticks))
 }

@@ -180,6 +180,11 @@ async fn a_quota_is_logged_or_enforced() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(logged.quota_breaches() >= 1);
+    let breach = logged.last_breach().unwrap();
+    assert!(
+        breach.ends_with("processes over 1"),
+        "the breach is named: {breach}"
+    );
     assert!(
         matches!(logged.health(), Health::Running { .. }),
         "logging does not kill"

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use capsid_core::{CapsuleId, Principal};
 use capsid_process::{
-    EndPolicy, EventKind, Owner, PersistentOptions, PipelineSpec, ProcessTable, RestartPolicy,
-    SpawnSpec, StartGate, Status, Stream, TableError, TableEvent, UnitSpec,
+    Earlier, EndPolicy, EventKind, Owner, PersistentOptions, PipelineSpec, ProcessTable,
+    RestartPolicy, SpawnSpec, StartGate, Status, Stream, TableError, TableEvent, UnitSpec,
 };
 use tokio::sync::mpsc;
 
@@ -373,8 +373,12 @@ async fn a_survivor_comes_back_under_its_id_and_reports_its_end() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let after = Arc::new(ProcessTable::new(Some(tx)));
     let hash = ProcessTable::id_hash(&id).unwrap();
+    let earlier = Earlier {
+        generation: old,
+        age: Duration::from_secs(1),
+    };
     let generation = after
-        .restore(hash, owner(), spec.clone(), options.clone(), None, old)
+        .restore(hash, owner(), spec.clone(), options.clone(), None, earlier)
         .await
         .unwrap();
     assert!(generation > old, "a new generation says it restarted");
@@ -395,10 +399,12 @@ async fn a_survivor_comes_back_under_its_id_and_reports_its_end() {
     }
     assert_eq!(seen, b"up\n");
     assert!(
-        after
-            .restore(hash, owner(), spec, options, None, old)
-            .await
-            .is_err(),
+        matches!(
+            after
+                .restore(hash, owner(), spec, options, None, earlier)
+                .await,
+            Err(TableError::AlreadyRunning)
+        ),
         "one id runs once"
     );
     after

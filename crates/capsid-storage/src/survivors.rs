@@ -2,7 +2,7 @@
 //! each was started as (its spec, opaque here), whose it is, and the hash of its id, so it is
 //! started again under the same id once its capsule is loaded. The id itself is never kept.
 //!
-//! Key space `0x07`: `0x07 · len(capsule) · capsule · id hash (32 bytes)` holds a
+//! Key space `0x07`: `0x07 · len(capsule) · capsule · id hash (64 hex characters)` holds a
 //! [`Survivor`] (JSON).
 
 use std::sync::Arc;
@@ -14,8 +14,9 @@ use crate::kv::{KvStore, corrupt, json_records};
 
 const SURVIVOR_TAG: u8 = 0x07;
 
-/// One persistent process or pipeline to bring back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One persistent process or pipeline to bring back. Its `Debug` leaves out the spec (its
+/// environment may hold secrets).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Survivor {
     /// The capsule that started it.
     pub capsule: String,
@@ -29,6 +30,18 @@ pub struct Survivor {
     pub spec: serde_json::Value,
     /// When it was first started, in ms since the Unix epoch.
     pub started_ms: u64,
+}
+
+impl std::fmt::Debug for Survivor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Survivor")
+            .field("capsule", &self.capsule)
+            .field("principal", &self.principal)
+            .field("id_hash", &self.id_hash)
+            .field("generation", &self.generation)
+            .field("started_ms", &self.started_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The survivors, per capsule.

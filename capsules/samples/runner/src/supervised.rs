@@ -112,8 +112,11 @@ pub(crate) struct Id {
 /// Where a persistent program's restarts stand.
 pub(crate) fn persist_status(Json(input): Json<Id>) -> Result<Json<Value>, Error> {
     let status = process::status(&input.id).map_err(|e| failed(&e))?;
+    let history = process::stats_history(&input.id).map_err(|e| failed(&e))?;
     Ok(Json(json!({
         "code": status.exit.and_then(|e| e.code),
+        "history": history.iter().map(|s| json!({ "rss": s.rss_bytes, "tasks": s.tasks })).collect::<Vec<_>>(),
+        "latest_tasks": status.stats.map(|s| s.tasks),
         "gave_up": status.gave_up,
         "generation": status.generation,
         "restarts": status.restarts,

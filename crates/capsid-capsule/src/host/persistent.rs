@@ -19,7 +19,7 @@ use capsid_process::{
 use crate::bindings::capsid::host::process::{
     Chunk as WitChunk, Cursor as WitCursor, ExitInfo as WitExit, LinkStatus, OutputStream,
     PersistentOptions as WitOptions, PipelineOptions, ProcessError as WitProcessError,
-    ProcessStatus, RestartOptions, SignalKind, SpawnOptions, Stage, StageStatus,
+    ProcessStatus, RestartOptions, SignalKind, SpawnOptions, Stage, StageStatus, StatsSample,
 };
 use crate::grants::{exec_resource, network_resource, persistent_resource};
 
@@ -34,7 +34,9 @@ pub(super) fn table_error(e: TableError) -> WitProcessError {
         TableError::StillRunning => WitProcessError::StillRunning,
         TableError::ForeignCursor => WitProcessError::ForeignCursor,
         TableError::Invalid(m) => WitProcessError::Invalid(m),
-        TableError::OwnerClosed => WitProcessError::Failed(e.to_string()),
+        TableError::OwnerClosed | TableError::AlreadyRunning => {
+            WitProcessError::Failed(e.to_string())
+        }
         TableError::Process(p) => wit_error(p),
     }
 }
@@ -77,6 +79,16 @@ fn status(s: Status) -> ProcessStatus {
         gave_up: s.restart.gave_up,
         stages,
         links,
+        stats: s.stats.map(stats_sample),
+    }
+}
+
+pub(super) fn stats_sample(s: capsid_process::Sample) -> StatsSample {
+    StatsSample {
+        at_ms: s.at_ms,
+        cpu_percent: s.cpu_percent,
+        rss_bytes: s.rss_bytes,
+        tasks: u32::try_from(s.processes).unwrap_or(u32::MAX),
     }
 }
 
@@ -354,6 +366,16 @@ impl CapsuleContext {
         Ok(())
     }
 
+    pub(super) fn stats_history(&self, id: &str) -> Result<Vec<StatsSample>, WitProcessError> {
+        Ok(self
+            .processes
+            .stats_history(&self.owner(), id)
+            .map_err(table_error)?
+            .into_iter()
+            .map(stats_sample)
+            .collect())
+    }
+
     pub(super) fn list_persistent(&self, label: Option<&str>) -> Vec<ProcessStatus> {
         self.processes
             .list(&self.owner(), label)
@@ -512,6 +534,7 @@ impl CapsuleContext {
         id: &str,
         grace_ms: u32,
     ) -> Result<Option<WitExit>, WitProcessError> {
+        let survives = self.processes.survives(&self.owner(), id);
         let exit = self
             .processes
             .stop(
@@ -521,6 +544,9 @@ impl CapsuleContext {
             )
             .await
             .map_err(table_error)?;
+        if survives {
+            self.forget_survivor(id).await;
+        }
         let details = serde_json::json!({ "exit": exit.map(|e| (e.code, e.signal)) });
         let _ = self
             .note(
@@ -533,11 +559,24 @@ impl CapsuleContext {
         Ok(exit.map(wit_exit))
     }
 
-    pub(super) fn release(&self, id: &str) -> Result<WitExit, WitProcessError> {
-        self.processes
+    pub(super) async fn release(&self, id: &str) -> Result<WitExit, WitProcessError> {
+        let survives = self.processes.survives(&self.owner(), id);
+        let exit = self
+            .processes
             .release(&self.owner(), id)
-            .map(wit_exit)
-            .map_err(table_error)
+            .map_err(table_error)?;
+        if survives {
+            self.forget_survivor(id).await;
+        }
+        Ok(wit_exit(exit))
+    }
+
+    /// Forgets the record of `id`, which survived restarts, at once (not only when the
+    /// table's report of its end is delivered, which a shutdown may never do).
+    async fn forget_survivor(&self, id: &str) {
+        if let Some(hash) = capsid_process::ProcessTable::id_hash(id) {
+            crate::survivors::forget(&self.services, &self.name, &hash).await;
+        }
     }
 
     pub(super) fn watch(&self, id: &str, on: bool) -> Result<(), WitProcessError> {

@@ -431,6 +431,13 @@ impl Host for HostState {
         self.cx.read_link_tap(&id, link, max)
     }
 
+    async fn stats_history(
+        &mut self,
+        id: String,
+    ) -> Result<Vec<crate::bindings::capsid::host::process::StatsSample>, WitProcessError> {
+        self.cx.stats_history(&id)
+    }
+
     async fn list_persistent(&mut self, label: Option<String>) -> Vec<ProcessStatus> {
         self.cx.list_persistent(label.as_deref())
     }
@@ -494,7 +501,7 @@ impl Host for HostState {
     }
 
     async fn release(&mut self, id: String) -> Result<WitExit, WitProcessError> {
-        self.cx.release(&id)
+        self.cx.release(&id).await
     }
 
     async fn watch(&mut self, id: String, on: bool) -> Result<(), WitProcessError> {

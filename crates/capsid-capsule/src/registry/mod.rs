@@ -26,6 +26,7 @@ use crate::logbuf::CapsuleLog;
 use crate::mcp::McpCapsule;
 use crate::slots::{Callee, CapsuleWaker, Slot, Slots};
 use crate::warmth::Warmth;
+pub use programs::ProgramStats;
 pub(crate) use programs::program_state;
 use programs::stop_program;
 
@@ -263,9 +264,14 @@ impl Registry {
         };
         guard.disarm();
         if loaded.is_err() {
-            // What `init` started must not outlive the load that failed.
+            // What `init` started must not outlive the load that failed, nor come back at
+            // the next (what was brought back keeps its record).
             let owner = self.owner(&name);
+            let fresh = self.processes.fresh_survivors(&owner);
             self.processes.close(&owner);
+            for id_hash in fresh {
+                crate::survivors::forget(&self.services, &name, &id_hash).await;
+            }
             self.processes.stop_all(&owner, Duration::ZERO).await;
         }
         // Never held with the slots' lock: `list` takes the two in the other order.
@@ -279,34 +285,25 @@ impl Registry {
         {
             capsid_core::sync::write(&self.signers).insert(name.clone(), signer.clone());
         }
-        let answer = {
-            let mut slots = self.write_slots();
-            match loaded {
-                Ok((slot, checked)) => {
-                    let wasm = matches!(slot, Slot::Loaded { .. });
-                    let mut info = slot_info(&name, &slot);
-                    info.signer = checked.signer;
-                    slots.insert(name.clone(), slot);
-                    Ok((info, wasm))
-                }
-                Err(e) => {
-                    slots.insert(
-                        name.clone(),
-                        Slot::LoadFailed {
-                            dir: dir.to_owned(),
-                            reason: e.to_string(),
-                        },
-                    );
-                    Err(e)
-                }
+        let mut slots = self.write_slots();
+        match loaded {
+            Ok((slot, checked)) => {
+                let mut info = slot_info(&name, &slot);
+                info.signer = checked.signer;
+                slots.insert(name, slot);
+                Ok(info)
             }
-        };
-        let (info, wasm) = answer?;
-        if wasm {
-            // What survives restarts comes back once its capsule is in.
-            crate::survivors::bring_back(&self.services, &self.processes, &name).await;
+            Err(e) => {
+                slots.insert(
+                    name,
+                    Slot::LoadFailed {
+                        dir: dir.to_owned(),
+                        reason: e.to_string(),
+                    },
+                );
+                Err(e)
+            }
         }
-        Ok(info)
     }
 
     async fn build(
@@ -392,6 +389,8 @@ impl Registry {
         ));
         self.warmth.register(Arc::downgrade(&capsule));
         capsule.set_state(CapsuleState::Ready);
+        // What survives restarts is back before `init` runs, so the capsule finds it there.
+        self.bring_back_survivors(&capsule.manifest).await;
         if let Err(e) = capsule.warm_up(restart).await {
             capsule.set_state(CapsuleState::Failed(e.to_string()));
             return Err(e);

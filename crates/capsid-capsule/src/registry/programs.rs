@@ -4,8 +4,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use capsid_core::CapsuleId;
 use capsid_manifest::{Component, Manifest};
-use capsid_process::Health;
+use capsid_process::{Health, Sample, Supervisor};
 use capsid_signing::Checked;
 
 use super::{CapsuleInfo, McpStatus, NativeStatus, Registry};
@@ -16,7 +17,40 @@ use crate::mcp::McpCapsule;
 use crate::native::NativeCapsule;
 use crate::slots::Slot;
 
+/// A native or MCP capsule's program: its samples and its quota report.
+#[derive(Debug, Clone)]
+pub struct ProgramStats {
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Samples that breached its quota so far.
+    pub quota_breaches: u64,
+    /// The last breach, named (`memory 140 MiB over 128 MiB`).
+    pub last_breach: Option<String>,
+    /// Its recent samples, oldest first.
+    pub history: Vec<Sample>,
+}
+
+impl ProgramStats {
+    fn of(supervisor: &Supervisor) -> Self {
+        Self {
+            restarts: supervisor.restarts(),
+            quota_breaches: supervisor.quota_breaches(),
+            last_breach: supervisor.last_breach(),
+            history: supervisor.history(),
+        }
+    }
+}
+
 impl Registry {
+    /// The samples and quota report of `name`'s program, when it is a native or MCP capsule.
+    pub fn program_stats(&self, name: &CapsuleId) -> Option<ProgramStats> {
+        match self.read_slots().get(name)? {
+            Slot::Native { native } => Some(ProgramStats::of(native.supervisor())),
+            Slot::Mcp { mcp } => Some(ProgramStats::of(mcp.supervisor())),
+            _ => None,
+        }
+    }
+
     /// Starts a native or MCP capsule's program under supervision.
     pub(super) async fn build_program(
         &self,

@@ -20,10 +20,10 @@ use capsid_protocol::methods::{
     InstallChangeView, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
     McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream, PendingToolView,
     PipeLinkView, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput,
-    ProcessView, PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams, StageView,
-    Status, Stopping, TailParams, ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun,
-    TrustAdd, TrustList, TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiff,
-    WorkspaceDiscard, WorkspaceStatus,
+    ProcessStats, ProcessView, PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams,
+    StageView, Status, Stopping, TailParams, ToolCall, ToolChangesFollow, ToolDescription,
+    ToolList, ToolRun, TrustAdd, TrustList, TrustRemove, UserView, VerifyResult, WorkspaceCommit,
+    WorkspaceDiff, WorkspaceDiscard, WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -156,6 +156,9 @@ async fn answer(
         MethodId::EventPublish => run::<EventPublish, _>(request, |p| publish(s, p)).await,
         MethodId::ProcessList => {
             run::<ProcessList, _>(request, |_| async { Ok(processes(s)) }).await
+        }
+        MethodId::ProcessStats => {
+            run::<ProcessStats, _>(request, |p| async move { super::stats::stats(s, &p) }).await
         }
         MethodId::ProcessLogs => {
             run::<ProcessLogs, _>(request, |p| async move { process_output(s, p) }).await

@@ -15,6 +15,7 @@ mod approvals;
 mod files;
 mod methods;
 mod server;
+mod stats;
 mod tokens;
 mod tools;
 mod trust;

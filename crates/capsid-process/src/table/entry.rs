@@ -11,6 +11,7 @@ use super::{
     Chunk, Cursor, LinkStatus, Owner, PersistentOptions, StageStatus, Status, Stream, TableError,
 };
 use crate::ring::{OutputRing, Since};
+use crate::stats::History;
 use crate::supervisor::StartGate;
 
 /// One run of an entry: the first, or a restart.
@@ -46,12 +47,16 @@ pub(super) struct Entry {
     pub(super) spec: UnitSpec,
     /// Asked before each restart.
     pub(super) gate: Option<StartGate>,
+    /// Brought back after a restart of the runtime (not started in this one).
+    pub(super) restored: bool,
     /// When its first run started (its lifetime counts from there).
     pub(super) created: Instant,
     pub(super) last_touch: Mutex<Instant>,
     pub(super) run: Mutex<Arc<Run>>,
     pub(super) restarts: Mutex<Restarts>,
     pub(super) watched: AtomicBool,
+    /// CPU, memory and task samples of its runs.
+    pub(super) stats: Mutex<History>,
     /// Its end was reported ([`EventKind::Ended`]).
     pub(super) ended: AtomicBool,
 }
@@ -69,6 +74,10 @@ impl Entry {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    pub(super) fn stats(&self) -> MutexGuard<'_, History> {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(super) fn restarts(&self) -> MutexGuard<'_, Restarts> {
@@ -127,6 +136,7 @@ impl Entry {
             stdout_dropped: out.dropped(),
             stderr_dropped: err.dropped(),
             restart: self.restarts().status(Instant::now()),
+            stats: self.stats().latest(),
             stages,
             links: run
                 .unit

@@ -32,19 +32,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use capsid_core::limits::{
     MAX_PERSISTENT_RETAINED, MAX_PERSISTENT_RUNNING, MAX_PROCESS_LABEL_BYTES, MAX_PROCESS_WAIT,
-    MAX_STATUS_MANY, PROCESS_REAPER_INTERVAL,
+    MAX_STATUS_MANY, PROCESS_REAPER_INTERVAL, SUPERVISOR_SAMPLE_EVERY,
 };
-use capsid_core::{Principal, ProcessId};
+use capsid_core::{CapsuleId, Principal, ProcessId};
 use capsid_crypto::{domain, hash};
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 use crate::child::ExitInfo;
 use crate::spec::SpawnSpec;
+use crate::stats::Sample;
 use crate::supervisor::StartGate;
 use entry::{Entry, Run};
 use restart::{Next, Restarts};
 use unit::Unit;
+
+/// What a survivor brought back after a restart of the runtime carries from before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Earlier {
+    /// The generation of its last run.
+    pub generation: u64,
+    /// How long ago it was first started (its lifetime counts from there).
+    pub age: Duration,
+}
 
 /// Who may start a persistent process now. Locked after `entries` when both are held.
 #[derive(Default)]
@@ -80,6 +90,8 @@ pub struct ProcessTable {
     admission: Mutex<Admission>,
     generations: AtomicU64,
     events: Option<mpsc::UnboundedSender<TableEvent>>,
+    /// When the running entries were last sampled.
+    sampled: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for ProcessTable {
@@ -108,6 +120,7 @@ impl ProcessTable {
             admission: Mutex::default(),
             generations: AtomicU64::new(1),
             events,
+            sampled: Mutex::default(),
         }
     }
 
@@ -124,7 +137,32 @@ impl ProcessTable {
     /// Stops `owner` from starting persistent processes (its capsule is unloading); spawns
     /// already under way are stopped instead of kept. [`ProcessTable::stop_all`] closes too.
     pub fn close(&self, owner: &Owner) {
+        let entries = self.lock();
         self.admission().closed.insert(owner.clone());
+        // What survives restarts is kept for the capsule's next load: nothing of it ends
+        // for good from here (its record stays).
+        for e in entries.values().filter(|e| e.owner == *owner) {
+            e.ended.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The id hashes of `owner`'s entries that survive restarts and were started in this
+    /// runtime (not brought back): what a load that failed started.
+    pub fn fresh_survivors(&self, owner: &Owner) -> Vec<[u8; 32]> {
+        self.lock()
+            .values()
+            .filter(|e| e.owner == *owner && e.options.survive && !e.restored)
+            .map(|e| e.key)
+            .collect()
+    }
+
+    /// Whether the entry kept under `id_hash` for `owner` is gone or over for good.
+    pub fn has_ended_hash(&self, owner: &Owner, id_hash: &[u8; 32]) -> bool {
+        self.lock()
+            .get(id_hash)
+            .filter(|e| e.owner == *owner)
+            .cloned()
+            .is_none_or(|e| e.is_over())
     }
 
     /// Lets `owner` start persistent processes again (its capsule loaded anew).
@@ -182,12 +220,12 @@ impl ProcessTable {
         spec: UnitSpec,
         options: PersistentOptions,
         gate: Option<StartGate>,
-        generation: u64,
+        earlier: Earlier,
     ) -> Result<u64, TableError> {
         // Generations never repeat for one id, across restarts of the runtime too.
         self.generations
-            .fetch_max(generation.saturating_add(1), Ordering::Relaxed);
-        self.insert(id_hash, owner, spec, options, gate, Some(generation))
+            .fetch_max(earlier.generation.saturating_add(1), Ordering::Relaxed);
+        self.insert(id_hash, owner, spec, options, gate, Some(earlier))
             .await
     }
 
@@ -204,7 +242,7 @@ impl ProcessTable {
         spec: UnitSpec,
         options: PersistentOptions,
         gate: Option<StartGate>,
-        earlier: Option<u64>,
+        earlier: Option<Earlier>,
     ) -> Result<u64, TableError> {
         if options
             .label
@@ -216,13 +254,16 @@ impl ProcessTable {
             )));
         }
         if self.lock().contains_key(&key) {
-            return Err(TableError::Invalid("it is already running".into()));
+            return Err(TableError::AlreadyRunning);
         }
         let reservation = self.admit(&owner)?;
         let unit = Unit::start(&spec).await?;
         let mut restarts = Restarts::new(options.restart);
-        if let Some(generation) = earlier {
-            restarts.carry(generation);
+        let now = Instant::now();
+        // Its lifetime counts from its first start, before the runtime restarted too.
+        let created = earlier.map_or(now, |e| now.checked_sub(e.age).unwrap_or(now));
+        if let Some(e) = earlier {
+            restarts.carry(e.generation);
         }
         let run = self.new_run(unit);
         let generation = run.generation;
@@ -233,19 +274,26 @@ impl ProcessTable {
             options,
             spec,
             gate,
-            created: Instant::now(),
-            last_touch: Mutex::new(Instant::now()),
+            created,
+            restored: earlier.is_some(),
+            last_touch: Mutex::new(now),
             run: Mutex::new(Arc::new(run)),
             watched: AtomicBool::new(false),
             ended: AtomicBool::new(false),
+            stats: Mutex::default(),
         });
         let mut entries = self.lock();
-        if self.admission().closed.contains(&entry.owner) || entries.contains_key(&key) {
-            // Closed while it started (or the same one restored twice at once): it is
-            // stopped (dropping it kills its group).
+        if self.admission().closed.contains(&entry.owner) {
+            // Closed while it started: it is stopped (dropping it kills its group).
             drop(entries);
             drop(entry);
             return Err(TableError::OwnerClosed);
+        }
+        if entries.contains_key(&key) {
+            // The same one brought back twice at once: this start is dropped (killed).
+            drop(entries);
+            drop(entry);
+            return Err(TableError::AlreadyRunning);
         }
         entries.insert(key, entry);
         // Given back under the entries lock, so the process never counts twice.
@@ -320,6 +368,11 @@ impl ProcessTable {
             .collect();
         out.sort_by_key(|s| s.generation);
         out
+    }
+
+    /// Whether `id` of `owner` is one that survives restarts of the runtime.
+    pub fn survives(&self, owner: &Owner, id: &str) -> bool {
+        self.find(owner, id).is_ok_and(|e| e.options.survive)
     }
 
     /// Whether `id` of `owner` is gone or over for good (it will not run again).
@@ -551,6 +604,7 @@ impl ProcessTable {
     pub async fn sweep(self: &Arc<Self>) {
         let entries: Vec<([u8; 32], Arc<Entry>)> =
             self.lock().iter().map(|(k, e)| (*k, e.clone())).collect();
+        self.sample(&entries).await;
         for (k, entry) in entries {
             let now = Instant::now();
             let run = entry.run();
@@ -562,7 +616,15 @@ impl ProcessTable {
                     entry.restarts().end_at(now);
                     self.report(&entry, run.generation, EventKind::Expired);
                 }
-                let next = entry.restarts().after_exit(now, run.started, Some(exit));
+                let next = {
+                    // Under the restarts lock, which a restart holds to put its new run in:
+                    // a run replaced since it was read is history, not this entry's end.
+                    let mut restarts = entry.restarts();
+                    if !Arc::ptr_eq(&run, &entry.run()) {
+                        continue;
+                    }
+                    restarts.after_exit(now, run.started, Some(exit))
+                };
                 match next {
                     Next::Wait => continue,
                     Next::Restart => {
@@ -598,10 +660,65 @@ impl ProcessTable {
         }
     }
 
+    /// Samples every running entry's stages, at most every `SUPERVISOR_SAMPLE_EVERY` (one
+    /// read of `/proc` for all).
+    async fn sample(&self, entries: &[([u8; 32], Arc<Entry>)]) {
+        {
+            let mut sampled = self.sampled.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            if sampled.is_some_and(|at| now.duration_since(at) < SUPERVISOR_SAMPLE_EVERY) {
+                return;
+            }
+            *sampled = Some(now);
+        }
+        let running: Vec<(&Arc<Entry>, Vec<u32>)> = entries
+            .iter()
+            .filter_map(|(_, e)| {
+                let run = e.run();
+                let groups: Vec<u32> = run
+                    .unit
+                    .stages()
+                    .iter()
+                    .filter(|c| !c.has_exited())
+                    .map(crate::child::Child::pid)
+                    .collect();
+                (!groups.is_empty()).then_some((e, groups))
+            })
+            .collect();
+        if running.is_empty() {
+            return;
+        }
+        // Reading /proc is blocking I/O: keep it off the async workers.
+        let Ok(procs) = tokio::task::spawn_blocking(crate::stats::read_procs).await else {
+            return;
+        };
+        for (entry, groups) in running {
+            entry.stats().record(&procs, &groups);
+        }
+    }
+
+    /// The CPU, memory and task samples of one process, oldest first.
+    pub fn stats_history(&self, owner: &Owner, id: &str) -> Result<Vec<Sample>, TableError> {
+        Ok(self.find(owner, id)?.stats().all())
+    }
+
+    /// The operator's view of `capsule`'s processes: each one's status and samples, oldest
+    /// first (ids stay the owner's).
+    pub fn histories(&self, capsule: &CapsuleId) -> Vec<(Status, Vec<Sample>)> {
+        let mut out: Vec<(Status, Vec<Sample>)> = self
+            .lock()
+            .values()
+            .filter(|e| e.owner.capsule == *capsule)
+            .map(|e| (e.status(), e.stats().all()))
+            .collect();
+        out.sort_by_key(|(s, _)| s.generation);
+        out
+    }
+
     /// Starts `entry` again in place of `old`, if its gate and its owner still allow it.
     async fn restart(&self, entry: &Arc<Entry>, old: &Run) {
         let refused = if self.admission().closed.contains(&entry.owner) {
-            Some("its capsule is unloading".to_owned())
+            None
         } else if let Some(gate) = &entry.gate {
             gate().await.err()
         } else {
@@ -611,12 +728,11 @@ impl ProcessTable {
         if !entry.restarts().may_return() {
             return;
         }
-        let refused = refused.or_else(|| {
-            self.admission()
-                .closed
-                .contains(&entry.owner)
-                .then(|| "its capsule is unloading".to_owned())
-        });
+        if self.admission().closed.contains(&entry.owner) {
+            // Unloading: it ends quietly (what survives restarts keeps its record).
+            entry.restarts().end();
+            return;
+        }
         if let Some(reason) = refused {
             let Next::GiveUp(reason) = entry
                 .restarts()

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::RestartStatus;
 use crate::child::ExitInfo;
 use crate::error::ProcessError;
+use crate::stats::Sample;
 use crate::supervisor::RestartPolicy;
 
 /// Who a persistent process belongs to: the principal and the capsule that started it.
@@ -86,7 +87,7 @@ pub struct Chunk {
 }
 
 /// A persistent process as its owner sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Status {
     /// Its label.
     pub label: Option<String>,
@@ -108,6 +109,8 @@ pub struct Status {
     pub stderr_dropped: u64,
     /// Its restarts, when it is supervised.
     pub restart: RestartStatus,
+    /// Its latest CPU, memory and task sample (every stage's together), once taken.
+    pub stats: Option<Sample>,
     /// For a pipeline, each stage in order (empty for a single program).
     pub stages: Vec<StageStatus>,
     /// For a pipeline, each link in order (link `i` joins stage `i` to stage `i + 1`).
@@ -197,6 +200,9 @@ pub enum TableError {
         "too many exited persistent processes kept (at most {MAX_PERSISTENT_RETAINED}); release some"
     )]
     TooManyRetained,
+    /// One already runs under this id (brought back twice).
+    #[error("it is already running")]
+    AlreadyRunning,
     /// `release` of a process that is still running.
     #[error("the process is still running; stop it first")]
     StillRunning,

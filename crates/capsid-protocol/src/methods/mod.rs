@@ -171,6 +171,10 @@ methods! {
     /// Persistent processes and native capsules' programs.
     ProcessList = "process.list" (NoParams) -> Vec<ProcessView>
         { read_only: true, inline: false, streaming: false }
+    /// A capsule's samples: its program's (a native or MCP capsule) with its quota report,
+    /// and each of its persistent processes'.
+    ProcessStats = "process.stats" (StatsParams) -> CapsuleStats
+        { read_only: true, inline: false, streaming: false }
     /// A persistent process's output after an offset.
     ProcessLogs = "process.logs" (ProcessLogParams) -> ProcessOutput
         { read_only: true, inline: false, streaming: false }

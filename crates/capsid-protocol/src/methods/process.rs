@@ -184,3 +184,65 @@ pub struct ProcessOutput {
     /// Bytes between `after` and the oldest byte still kept (dropped or drained).
     pub missed: u64,
 }
+
+/// `process.stats` params.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    /// The capsule.
+    pub name: CapsuleId,
+}
+
+/// One sample of a program's CPU, memory and tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleView {
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+    /// CPU use since the sample before, in percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// Live processes.
+    pub tasks: u64,
+}
+
+/// A native or MCP capsule's program: its samples and quota report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStatsView {
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Samples that breached its quota so far.
+    pub quota_breaches: u64,
+    /// The last breach, named (`memory 140 MiB over 128 MiB`).
+    pub last_breach: Option<String>,
+    /// Its recent samples, oldest first.
+    pub samples: Vec<SampleView>,
+}
+
+/// One persistent process (or pipeline) of a capsule: its samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStatsView {
+    /// Its label, if any.
+    pub label: Option<String>,
+    /// Its generation (how `process.logs` names it).
+    pub generation: u64,
+    /// Its stages (1 for a single program).
+    pub stages: usize,
+    /// Whether it runs.
+    pub running: bool,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Its recent samples, oldest first.
+    pub samples: Vec<SampleView>,
+}
+
+/// What `process.stats` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapsuleStats {
+    /// The capsule.
+    pub name: CapsuleId,
+    /// Its program, for a native or MCP capsule.
+    pub program: Option<ProgramStatsView>,
+    /// Its persistent processes, oldest first.
+    pub processes: Vec<ProcessStatsView>,
+}
