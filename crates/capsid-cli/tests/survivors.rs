@@ -56,6 +56,28 @@ fn kill_daemon(home: &Home, before: &Value) {
     });
 }
 
+/// How many audit entries of the last 200 have `action`.
+fn recorded(home: &Home, action: &str) -> usize {
+    let audit = home.json(&["audit", "tail", "-n", "200"]);
+    audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .count()
+}
+
+/// Waits for the runner to be loaded again after a start.
+fn runner_loaded(home: &Home) {
+    until("the runner to be loaded", || {
+        home.json(&["capsule", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "runner")
+    });
+}
+
 #[test]
 fn a_surviving_pipeline_comes_back_under_its_id_unless_its_grant_was_revoked() {
     let home = Home::new();
@@ -95,14 +117,7 @@ fn a_surviving_pipeline_comes_back_under_its_id_unless_its_grant_was_revoked() {
         after["stages"], before["stages"],
         "every stage started again"
     );
-    let audit = home.json(&["audit", "tail", "-n", "200"]);
-    let restored = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "process.restored")
-        .count();
-    assert_eq!(restored, 1, "{audit}");
+    assert_eq!(recorded(&home, "process.restored"), 1);
 
     let grants = home.json(&["cap", "ls"]);
     let sh = grants
@@ -115,13 +130,7 @@ fn a_surviving_pipeline_comes_back_under_its_id_unless_its_grant_was_revoked() {
     kill_daemon(&home, &after);
 
     home.ok(&["start"]);
-    until("the runner to be loaded", || {
-        home.json(&["capsule", "ls"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "runner")
-    });
+    runner_loaded(&home);
     let gone = home.run(&[
         "call",
         "runner",
@@ -146,20 +155,7 @@ fn a_surviving_pipeline_comes_back_under_its_id_unless_its_grant_was_revoked() {
     // Forgotten: the next start does not try again.
     home.ok(&["stop"]);
     home.ok(&["start"]);
-    until("the runner to be loaded", || {
-        home.json(&["capsule", "ls"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["name"] == "runner")
-    });
-    let audit = home.json(&["audit", "tail", "-n", "200"]);
-    let tries = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "process.not-restored")
-        .count();
-    assert_eq!(tries, 1, "{audit}");
+    runner_loaded(&home);
+    assert_eq!(recorded(&home, "process.not-restored"), 1);
     home.ok(&["stop"]);
 }

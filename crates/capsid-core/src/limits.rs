@@ -394,6 +394,11 @@ pub const MAX_DAEMON_CONNECTIONS: usize = 1024;
 /// Requests one connection may have in flight at once.
 pub const MAX_REQUESTS_PER_CONNECTION: usize = 64;
 
+/// How long a starting daemon waits for the home's lock held by a daemon that is already
+/// dying (its main thread gone, its other threads still closing its files), so a start right
+/// after a crash or a SIGKILL is not refused as if that daemon still served.
+pub const DAEMON_DYING_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a graceful stop waits for requests in flight before it shuts the kernel down.
 pub const DAEMON_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
