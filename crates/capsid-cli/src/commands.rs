@@ -154,6 +154,20 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
         "uptime     {} ms (boot took {} ms)",
         s.uptime_ms, s.boot.boot_ms
     );
+    if let Some(l) = &s.lattice {
+        let at = l
+            .server
+            .as_deref()
+            .map(|s| format!(" to {s}"))
+            .unwrap_or_default();
+        println!(
+            "lattice    {}: {}{at} ({} servers configured, {} disconnects since boot)",
+            l.name,
+            l.state,
+            l.servers.len(),
+            l.disconnects
+        );
+    }
     if s.boot.audit_read_only {
         println!("audit      READ-ONLY: the log failed verification; nothing runs");
     } else if !s.boot.audit_problems.is_empty() {

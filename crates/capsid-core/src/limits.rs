@@ -630,3 +630,42 @@ pub const MAX_ATTRIBUTION_REVIEWS: usize = 256;
 /// Most verified `Capsule.sig` texts a host remembers (so a capsule loaded again is not
 /// verified again); past it, it starts over.
 pub const MAX_VERIFIED_SIGNATURES: usize = 16 * 1024;
+
+/// Leading key bytes a lattice KV key spells out in its NATS subject, one hex token per byte,
+/// so a list can be filtered by the server on the prefix; longer keys end in a hash token
+/// and carry the whole key in a header.
+pub const LATTICE_KV_SPELLED_KEY_BYTES: usize = 64;
+
+/// Values a lattice KV bucket keeps per key: the current one and the one before, which a
+/// half-applied batch is rolled back to.
+pub const LATTICE_KV_HISTORY: i64 = 2;
+
+/// Largest message a lattice KV bucket stores: the largest value plus its key (hex, in a
+/// header) and the other headers. The NATS servers' `max_payload` must be at least this.
+pub const LATTICE_KV_MAX_MESSAGE_BYTES: usize = MAX_KV_VALUE_BYTES + 2 * MAX_KV_KEY_BYTES + 4096;
+
+/// How long a lattice batch may take applying its writes before it rolls itself back.
+pub const LATTICE_BATCH_APPLY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Age past which a batch intent left in a lattice bucket is taken for a dead writer's and
+/// rolled back (three apply deadlines: its writer has given up long since).
+pub const LATTICE_BATCH_INTENT_STALE: std::time::Duration = std::time::Duration::from_mins(1);
+
+/// Longest a lattice KV `list` may take reading the bucket's keys.
+pub const LATTICE_KV_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a lattice request (a `JetStream` API call, a publish's acknowledgement) waits.
+pub const LATTICE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a lattice read or write waits out a stream with no leader (one being elected
+/// after a node died) before it fails.
+pub const LATTICE_FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How long connecting to the lattice's NATS servers may take at boot.
+pub const LATTICE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest wait between two attempts to reconnect to the lattice (the wait doubles up to it).
+pub const LATTICE_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Longest lattice name, in bytes (it names NATS subjects and buckets).
+pub const MAX_LATTICE_NAME_BYTES: usize = 32;

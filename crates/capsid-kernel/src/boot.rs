@@ -142,6 +142,7 @@ impl KernelBuilder {
         let copy = || KeyPair::from_secret_bytes(&secret);
         let (audit, found) = open_audit(&home, copy(), config.audit_tamper).await?;
         let audit = Arc::new(audit);
+        let lattice = join_lattice(&home, &config).await?;
         let kv: Arc<dyn KvStore> =
             Arc::new(SurrealKvStore::open(&home.kv_dir(), Durability::Synced).await?);
         let capabilities =
@@ -197,6 +198,7 @@ impl KernelBuilder {
             "workspace": workspace,
             "dev": config.dev,
             "config": config.fingerprint(),
+            "lattice": config.lattice.as_ref().map(|l| &l.name),
         });
         if !audit.is_read_only() {
             audit
@@ -223,6 +225,7 @@ impl KernelBuilder {
             principal,
             mcp_principal,
             runtime_key: Arc::new(key),
+            lattice,
         });
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
@@ -576,4 +579,17 @@ fn boot_record(
 ) -> Result<Record, capsid_audit::AuditError> {
     Record::new(Principal::System, action, "kernel://boot", Decision::Info)
         .and_then(|r| r.details(details))
+}
+
+/// Connects to the lattice of `[lattice]`, when the config has one.
+async fn join_lattice(
+    home: &CapsidHome,
+    config: &KernelConfig,
+) -> Result<Option<capsid_lattice::Lattice>, KernelError> {
+    match &config.lattice {
+        Some(l) => Ok(Some(
+            capsid_lattice::Lattice::connect(l, home.root()).await?,
+        )),
+        None => Ok(None),
+    }
 }

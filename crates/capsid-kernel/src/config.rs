@@ -108,6 +108,8 @@ pub struct KernelConfig {
     pub approval_timeout_ms: u64,
     /// Which capsules may load, by who signed them.
     pub signing: SigningConfig,
+    /// The lattice this host joins over NATS (none: it runs alone).
+    pub lattice: Option<capsid_lattice::LatticeConfig>,
 }
 
 /// Capsule signatures (`[signing]`).
@@ -164,6 +166,7 @@ impl Default for KernelConfig {
             http: HttpConfig::default(),
             approval_timeout_ms: capsid_core::limits::DEFAULT_APPROVAL_TIMEOUT_MS,
             signing: SigningConfig::default(),
+            lattice: None,
         }
     }
 }
@@ -231,6 +234,9 @@ impl KernelConfig {
                 capsid_core::limits::MAX_APPROVAL_TIMEOUT_MS
             ));
         }
+        if let Some(lattice) = &self.lattice {
+            lattice.validate().map_err(|e| e.to_string())?;
+        }
         if self.boot_timeout_ms == 0 {
             return Err("boot_timeout_ms must be at least 1".into());
         }
@@ -284,6 +290,19 @@ mod tests {
         assert_eq!(c.capsules["hello"].env["GREETING"], "Howdy");
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(KernelConfig::parse("[capsules.\"Bad Name\"]").is_err());
+    }
+
+    #[test]
+    fn a_lattice_section_is_checked_when_the_file_is_read() {
+        let c = KernelConfig::parse(
+            "[lattice]\nname = \"prod\"\nservers = [\"nats://10.0.0.1:4222\"]\n\
+             [lattice.credentials]\ncreds_file = \"lattice.creds\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.lattice.as_ref().map(|l| l.name.as_str()), Some("prod"));
+        assert_ne!(c.fingerprint(), KernelConfig::default().fingerprint());
+        let err = KernelConfig::parse("[lattice]\nname = \"prod\"\nservers = []").unwrap_err();
+        assert!(err.contains("servers is empty"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum KernelError {
     /// quarantine them).
     #[error(transparent)]
     Audit(#[from] capsid_audit::AuditError),
+    /// The lattice cannot be joined.
+    #[error(transparent)]
+    Lattice(#[from] capsid_lattice::LatticeError),
     /// The KV store cannot be opened or used.
     #[error(transparent)]
     Kv(#[from] capsid_storage::KvError),

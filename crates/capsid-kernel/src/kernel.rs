@@ -75,6 +75,8 @@ pub struct KernelStatus {
     pub ready: usize,
     /// Capsules failed.
     pub failed: usize,
+    /// The lattice's connection, when the host joined one.
+    pub lattice: Option<capsid_lattice::LatticeStatus>,
 }
 
 pub(crate) struct KernelParts {
@@ -94,6 +96,8 @@ pub(crate) struct KernelParts {
     pub mcp_principal: Principal,
     /// The runtime key: what `capsule.sign` signs reviewed capsules with.
     pub runtime_key: Arc<capsid_crypto::KeyPair>,
+    /// The lattice joined at boot (`[lattice]`), if any.
+    pub lattice: Option<capsid_lattice::Lattice>,
 }
 
 pub(crate) struct Inner {
@@ -303,6 +307,12 @@ impl Kernel {
             capsules: counts.known,
             ready: counts.ready,
             failed: counts.failed,
+            lattice: self
+                .inner
+                .parts
+                .lattice
+                .as_ref()
+                .map(capsid_lattice::Lattice::status),
         }
     }
 

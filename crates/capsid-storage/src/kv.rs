@@ -106,7 +106,8 @@ pub fn check_value(value: &[u8]) -> Result<(), KvError> {
     Ok(())
 }
 
-pub(crate) fn check_limit(limit: usize) -> Result<(), KvError> {
+/// Checks a list limit against `MAX_KV_LIST_LIMIT`.
+pub fn check_limit(limit: usize) -> Result<(), KvError> {
     if limit == 0 || limit > MAX_KV_LIST_LIMIT {
         return Err(KvError::OutOfRange {
             what: "list limit",
@@ -117,7 +118,8 @@ pub(crate) fn check_limit(limit: usize) -> Result<(), KvError> {
     Ok(())
 }
 
-pub(crate) fn check_batch(ops: &[BatchOp]) -> Result<(), KvError> {
+/// Checks a batch's size and each of its keys and values.
+pub fn check_batch(ops: &[BatchOp]) -> Result<(), KvError> {
     if ops.len() > MAX_KV_BATCH_OPS {
         return Err(KvError::OutOfRange {
             what: "batch size",

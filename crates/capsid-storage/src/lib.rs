@@ -12,6 +12,8 @@
 #![deny(missing_docs)]
 
 mod bearer;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod identity;
 mod kv;
@@ -25,7 +27,7 @@ mod survivors;
 pub use bearer::{BearerToken, BearerTokenStore, MintError, MintedToken};
 pub use error::{KvError, QuotaKind};
 pub use identity::{IdentityStore, Link, User};
-pub use kv::{BatchOp, KvStore, Page, check_key, check_value};
+pub use kv::{BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_value};
 pub use memory::MemoryKvStore;
 pub use pins::{PinnedTool, ToolPinStore};
 pub use refusal::{RefusalStore, StandingRefusal};

@@ -4,8 +4,8 @@
 use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState, LoadKind, LogLine};
 use capsid_process::Health;
 use capsid_protocol::methods::{
-    BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LoadKindView, LogLevel,
-    LogSource, McpView, NativeView, StatusResult,
+    BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LatticeView, LoadKindView,
+    LogLevel, LogSource, McpView, NativeView, StatusResult,
 };
 use capsid_protocol::{ErrorCode, WireError};
 
@@ -43,6 +43,19 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
         capsules: s.capsules,
         ready: s.ready,
         failed: s.failed,
+        lattice: s.lattice.map(|l| LatticeView {
+            name: l.name,
+            state: match l.state {
+                capsid_lattice::LinkState::Connected => "connected",
+                capsid_lattice::LinkState::Disconnected => "disconnected",
+                capsid_lattice::LinkState::Pending => "pending",
+            }
+            .to_owned(),
+            server: l.server,
+            servers: l.servers,
+            disconnects: l.disconnects,
+            since_ms: l.since_ms,
+        }),
     }
 }
 

@@ -31,6 +31,26 @@ pub struct StatusResult {
     pub ready: usize,
     /// Capsules failed.
     pub failed: usize,
+    /// The lattice's connection, when the host joined one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lattice: Option<LatticeView>,
+}
+
+/// The host's connection to its lattice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatticeView {
+    /// The lattice's name.
+    pub name: String,
+    /// `connected`, `disconnected` (reconnecting with backoff) or `pending`.
+    pub state: String,
+    /// The server connected to, when connected.
+    pub server: Option<String>,
+    /// The configured servers.
+    pub servers: Vec<String>,
+    /// Times the connection was lost since boot.
+    pub disconnects: u64,
+    /// Unix ms of the last change of state (0: none since boot).
+    pub since_ms: u64,
 }
 
 /// What boot did.

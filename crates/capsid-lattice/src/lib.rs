@@ -1,0 +1,29 @@
+//! capsid hosts joined into one lattice over NATS JetStream. This crate is the only one that
+//! speaks NATS: the [`Lattice`] connection (credentials, reconnection, the state `status`
+//! shows) and [`JetStreamKvStore`], a `KvStore` on a JetStream KV bucket shared by every host.
+//! [`local`] runs `nats-server` on loopback for tests, benchmarks and trying a lattice.
+//!
+//! Invariants:
+//! - a host without `[lattice]` never loads any of this;
+//! - the KV backend passes the same conformance suite as the SurrealKV and memory ones; a
+//!   conditional write never overwrites a change it did not read;
+//! - credentials stay in their files: the configuration names files, never secrets.
+#![deny(missing_docs)]
+
+mod config;
+mod connection;
+mod error;
+mod kv;
+pub mod local;
+
+pub use config::{Credentials, LatticeConfig};
+pub use connection::{Lattice, LatticeStatus, LinkState};
+pub use error::LatticeError;
+pub use kv::JetStreamKvStore;
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
