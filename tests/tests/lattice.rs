@@ -1,13 +1,17 @@
-//! A kernel joining a lattice: boot connects to the NATS servers of `[lattice]` (real
-//! `nats-server` processes on loopback), `status` reports the connection as it is lost and
-//! comes back, and boot refuses servers it cannot reach or that cannot carry capsid's values,
-//! saying which.
+//! Kernels joining a lattice (real `nats-server` processes on loopback): boot connects to the
+//! servers of `[lattice]`, `status` reports the connection as it is lost and comes back, boot
+//! refuses servers it cannot reach or that cannot carry capsid's values, saying which; and
+//! grants are lattice-wide: one host's grant allows a call on another, its revocation reaches
+//! the other within a bound, a host that cannot see the lattice denies, and a grant issued by
+//! a host not trusted is worth nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use capsid_integration_tests::PrivateHome;
-use capsid_kernel::{Kernel, KernelConfig};
+use capsid_capabilities::Permissions;
+use capsid_capsule::CallControl;
+use capsid_integration_tests::{PrivateHome, copy_capsule, id};
+use capsid_kernel::{Door, Kernel, KernelConfig, ToolCaller};
 use capsid_lattice::local::{LocalCluster, nats_server_binary};
 use capsid_lattice::{LatticeConfig, LinkState};
 
@@ -20,6 +24,7 @@ fn config(servers: Vec<String>) -> KernelConfig {
             servers,
             replicas: 1,
             credentials: None,
+            trusted_hosts: Vec::new(),
         }),
         ..KernelConfig::default()
     }
@@ -141,4 +146,148 @@ async fn boot_refuses_servers_whose_max_payload_cannot_carry_a_value() {
         text.contains("small") && text.contains("max_payload"),
         "{text}"
     );
+}
+
+/// A host of a lattice: its home, with `hello` installed, and its runtime public key.
+struct Host {
+    home: PrivateHome,
+    key: String,
+}
+
+fn host() -> Host {
+    let home = PrivateHome::new();
+    copy_capsule("hello", &home.path().join("capsules"));
+    let keys = home.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let key = capsid_crypto::load_or_generate_runtime_key(&keys).unwrap();
+    Host {
+        home,
+        key: hex::encode(key.public_key().to_bytes()),
+    }
+}
+
+async fn boot_host(host: &Host, cluster: &LocalCluster, trusted: &[&Host]) -> Kernel {
+    let mut config = config(cluster.urls());
+    if let Some(l) = &mut config.lattice {
+        l.replicas = 3;
+        l.trusted_hosts = trusted.iter().map(|h| h.key.clone()).collect();
+    }
+    Kernel::builder()
+        .home(host.home.path())
+        .config(config)
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("boot: {e}"))
+}
+
+async fn greet(kernel: &Kernel, as_user: &ToolCaller) -> bool {
+    kernel
+        .call_tool_as(
+            as_user,
+            &id("hello"),
+            "greet",
+            r#"{"name":"x"}"#,
+            &CallControl::new(),
+        )
+        .await
+        .is_ok()
+}
+
+/// Polls `greet` on `kernel` until it answers `allowed`, for at most `within`; how long it
+/// took.
+async fn until_greet(
+    kernel: &Kernel,
+    user: &ToolCaller,
+    allowed: bool,
+    within: Duration,
+) -> Duration {
+    let start = Instant::now();
+    while greet(kernel, user).await != allowed {
+        if start.elapsed() > within {
+            let answer = kernel
+                .call_tool_as(
+                    user,
+                    &id("hello"),
+                    "greet",
+                    r#"{"name":"x"}"#,
+                    &CallControl::new(),
+                )
+                .await;
+            panic!(
+                "greet still {} after {within:?}: {answer:?}; lattice {:?}",
+                if allowed { "denied" } else { "allowed" },
+                kernel.status().lattice
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_revocations_are_lattice_wide_and_an_unseen_lattice_denies() {
+    let mut cluster = LocalCluster::start(3).await.unwrap();
+    let (a_host, b_host, c_host) = (host(), host(), host());
+    // A and B trust each other; neither trusts C.
+    let a = boot_host(&a_host, &cluster, &[&b_host]).await;
+    let b = boot_host(&b_host, &cluster, &[&a_host]).await;
+    let c = boot_host(&c_host, &cluster, &[&a_host, &b_host]).await;
+    assert_eq!(a.mcp_principal(), b.mcp_principal(), "one identity store");
+    let user = ToolCaller {
+        principal: a.mcp_principal(),
+        door: Door::McpHttp,
+        client: None,
+    };
+    assert!(!greet(&b, &user).await, "nothing granted yet");
+
+    let grant = a
+        .grant(
+            user.principal,
+            None,
+            "tool://hello/greet",
+            Permissions::EXEC,
+        )
+        .await
+        .unwrap();
+    until_greet(&b, &user, true, Duration::from_secs(5)).await;
+    a.revoke(grant).await.unwrap();
+    let took = until_greet(&b, &user, false, Duration::from_secs(2)).await;
+    eprintln!("a revocation on A denied on B after {took:?}");
+
+    // C's grant allows on C, which issued it, and nowhere that does not trust C.
+    c.grant(user.principal, None, "tool://hello/*", Permissions::EXEC)
+        .await
+        .unwrap();
+    assert!(greet(&c, &user).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !greet(&b, &user).await,
+        "B does not honour a grant C issued"
+    );
+    assert!(!greet(&a, &user).await, "nor does A");
+
+    // Out of sight of the lattice, B denies even what it was granted.
+    a.grant(
+        user.principal,
+        None,
+        "tool://hello/greet",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    until_greet(&b, &user, true, Duration::from_secs(5)).await;
+    for n in 0..3 {
+        cluster.kill(n);
+    }
+    wait_for(&b, LinkState::Disconnected, Duration::from_secs(10)).await;
+    assert!(
+        !greet(&b, &user).await,
+        "a host that cannot see the grants denies"
+    );
+    cluster.restart_all().await.unwrap();
+    until_greet(&b, &user, true, Duration::from_mins(1)).await;
+    for kernel in [a, b, c] {
+        kernel.shutdown().await;
+    }
 }

@@ -22,6 +22,7 @@
 mod audit;
 mod error;
 mod pattern;
+mod shared;
 mod store;
 mod token;
 

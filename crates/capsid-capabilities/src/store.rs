@@ -20,10 +20,10 @@ use crate::error::{CapabilityError, DenyReason, TokenError};
 use crate::pattern::{Pattern, Resource};
 use crate::token::{Capability, CapabilityId, Permissions};
 
-const TAG: u8 = 0x03;
+pub(crate) const TAG: u8 = 0x03;
 const TOKEN: u8 = b't';
 const BY_PRINCIPAL: u8 = b'p';
-const REVOKED: u8 = b'r';
+pub(crate) const REVOKED: u8 = b'r';
 const SPENT: u8 = b's';
 const APPROVED: u8 = b'a';
 const BY_SESSION: u8 = b'S';
@@ -112,17 +112,20 @@ pub struct Grant {
 /// Persists capabilities and answers checks. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct CapabilityStore {
-    kv: Arc<dyn KvStore>,
+    pub(crate) kv: Arc<dyn KvStore>,
     key: Arc<KeyPair>,
     issuers: HashMap<KeyId, PublicKey>,
     /// Verified, unexpired, unrevoked capabilities per principal, loaded on first check.
-    verified: RwLock<HashMap<Principal, Arc<Vec<Capability>>>>,
-    revoked: RwLock<HashSet<CapabilityId>>,
+    pub(crate) verified: RwLock<HashMap<Principal, Arc<Vec<Capability>>>>,
+    pub(crate) revoked: RwLock<HashSet<CapabilityId>>,
     /// Sessions whose grants are honoured: begun and not ended, in this process. A grant
     /// bound to any other session allows nothing (after a crash, none is live).
     live_sessions: RwLock<HashSet<ClientSessionId>>,
-    /// Grants made so far; a load that saw it change does not fill the cache.
-    grants: AtomicU64,
+    /// Grants made so far (here or, on a shared store, elsewhere); a load that saw it
+    /// change does not fill the cache.
+    pub(crate) grants: AtomicU64,
+    /// Whether the store is shared with other hosts, and if so whether this host sees it now.
+    pub(crate) shared: crate::shared::SharedView,
 }
 
 fn key(kind: u8, id: &CapabilityId) -> Vec<u8> {
@@ -167,12 +170,7 @@ impl CapabilityStore {
         let mut issuers: HashMap<KeyId, PublicKey> =
             also_trusted.iter().map(|k| (k.key_id(), *k)).collect();
         issuers.insert(key.key_id(), key.public_key());
-        let mut revoked = HashSet::new();
-        for k in list_all(kv.as_ref(), &[TAG, REVOKED]).await? {
-            if let Ok(id) = Uuid::from_slice(&k[2..]) {
-                revoked.insert(CapabilityId(id));
-            }
-        }
+        let revoked = crate::shared::load_revoked(kv.as_ref()).await?;
         Ok(Self {
             kv,
             key,
@@ -181,6 +179,7 @@ impl CapabilityStore {
             revoked: RwLock::new(revoked),
             live_sessions: RwLock::default(),
             grants: AtomicU64::new(0),
+            shared: crate::shared::SharedView::default(),
         })
     }
 
@@ -315,6 +314,12 @@ impl CapabilityStore {
     /// Revokes a capability: every check that starts after this returns ignores it.
     pub async fn revoke(&self, id: CapabilityId) -> Result<(), CapabilityError> {
         self.kv.set(&key(REVOKED, &id), &[]).await?;
+        self.forget_revoked(id);
+        Ok(())
+    }
+
+    /// Drops revoked capability `id` from every cache.
+    pub(crate) fn forget_revoked(&self, id: CapabilityId) {
         if let Ok(mut r) = self.revoked.write() {
             r.insert(id);
         }
@@ -325,7 +330,6 @@ impl CapabilityStore {
                 }
             }
         }
-        Ok(())
     }
 
     /// Every capability of `principal`, verified, with its revocation state.
@@ -374,12 +378,18 @@ impl CapabilityStore {
             let Some(bytes) = self.kv.get(&key(TOKEN, &id)).await? else {
                 continue;
             };
-            let cap = self
-                .verify(&bytes)
-                .map_err(|source| CapabilityError::Token {
-                    id: id.to_string(),
-                    source,
-                })?;
+            let cap = match self.verify(&bytes) {
+                Ok(cap) => cap,
+                // Another host of the lattice may issue grants; one this host does not trust
+                // allows nothing here, and must not cost the principal what it does hold.
+                Err(TokenError::UnknownIssuer) if self.shared.is_shared() => continue,
+                Err(source) => {
+                    return Err(CapabilityError::Token {
+                        id: id.to_string(),
+                        source,
+                    });
+                }
+            };
             if cap.id != id || cap.principal != *principal {
                 return Err(CapabilityError::Token {
                     id: id.to_string(),
@@ -560,6 +570,7 @@ impl CapabilityStore {
         resource: &str,
         spend_single_use: bool,
     ) -> Result<Decision, DenyReason> {
+        self.shared.check_current()?;
         let resource =
             Resource::parse(resource).map_err(|e| DenyReason::BadResource(e.to_string()))?;
         let caps = self.verified_for(&subject.principal).await?;
@@ -708,7 +719,7 @@ impl CapabilityStore {
     }
 }
 
-async fn list_all(kv: &dyn KvStore, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
+pub(crate) async fn list_all(kv: &dyn KvStore, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
     let mut out = Vec::new();
     let mut after: Option<Vec<u8>> = None;
     loop {

@@ -167,6 +167,7 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
             l.servers.len(),
             l.disconnects
         );
+        println!("host key   {}", l.host_key);
     }
     if s.boot.audit_read_only {
         println!("audit      READ-ONLY: the log failed verification; nothing runs");

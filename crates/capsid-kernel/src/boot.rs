@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
-use capsid_capabilities::CapabilityStore;
 use capsid_capsule::{CapsuleEngine, HostServices, Registry};
 use capsid_core::limits::MAX_RECOVERED_PATHS_RECORDED;
 use capsid_core::{CapsidHome, CapsuleId, Principal, SessionId};
@@ -20,7 +19,7 @@ use capsid_crypto::KeyPair;
 use capsid_events::EventBus;
 use capsid_manifest::{Manifest, discover, load_order};
 use capsid_signing::{SignatureCheck, TrustStore};
-use capsid_storage::{Durability, IdentityStore, KvStore, SurrealKvStore};
+use capsid_storage::{Durability, KvStore, SurrealKvStore};
 use capsid_vfs::OverlayVfs;
 
 use crate::config::{KernelConfig, TamperPolicy};
@@ -142,17 +141,15 @@ impl KernelBuilder {
         let copy = || KeyPair::from_secret_bytes(&secret);
         let (audit, found) = open_audit(&home, copy(), config.audit_tamper).await?;
         let audit = Arc::new(audit);
-        let lattice = join_lattice(&home, &config).await?;
         let kv: Arc<dyn KvStore> =
             Arc::new(SurrealKvStore::open(&home.kv_dir(), Durability::Synced).await?);
-        let capabilities =
-            Arc::new(CapabilityStore::open(kv.clone(), Arc::new(copy()), &[]).await?);
+        let stores = crate::lattice::open_grant_stores(&home, &config, &kv, copy()).await?;
+        let (capabilities, identity) = (stores.capabilities, stores.identity);
         let overlay_dir = home.state_dir().join("overlay");
         let overlay = {
             let (lower, work) = (workspace.clone(), overlay_dir);
             Arc::new(blocking(move || OverlayVfs::open(&lower, &work)).await??)
         };
-        let identity = IdentityStore::new(kv.clone());
         let root = identity.bootstrap_local_root().await?;
         let principal = Principal::User(root.id);
         let mcp_principal = Principal::User(identity.bootstrap_mcp_user().await?.id);
@@ -209,7 +206,11 @@ impl KernelBuilder {
                 .await?;
         }
         // No session is live yet: grants a run left bound to its sessions go.
-        let ended = capabilities.forget_ended_sessions().await?;
+        // No session is live on this host yet; a lattice's other hosts may have some.
+        let ended = match &stores.joined {
+            None => capabilities.forget_ended_sessions().await?,
+            Some(_) => Vec::new(),
+        };
         let kernel = Kernel::assemble(KernelParts {
             home,
             config,
@@ -225,7 +226,7 @@ impl KernelBuilder {
             principal,
             mcp_principal,
             runtime_key: Arc::new(key),
-            lattice,
+            lattice: stores.joined,
         });
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
@@ -579,17 +580,4 @@ fn boot_record(
 ) -> Result<Record, capsid_audit::AuditError> {
     Record::new(Principal::System, action, "kernel://boot", Decision::Info)
         .and_then(|r| r.details(details))
-}
-
-/// Connects to the lattice of `[lattice]`, when the config has one.
-async fn join_lattice(
-    home: &CapsidHome,
-    config: &KernelConfig,
-) -> Result<Option<capsid_lattice::Lattice>, KernelError> {
-    match &config.lattice {
-        Some(l) => Ok(Some(
-            capsid_lattice::Lattice::connect(l, home.root()).await?,
-        )),
-        None => Ok(None),
-    }
 }

@@ -97,7 +97,7 @@ pub(crate) struct KernelParts {
     /// The runtime key: what `capsule.sign` signs reviewed capsules with.
     pub runtime_key: Arc<capsid_crypto::KeyPair>,
     /// The lattice joined at boot (`[lattice]`), if any.
-    pub lattice: Option<capsid_lattice::Lattice>,
+    pub lattice: Option<crate::lattice::Joined>,
 }
 
 pub(crate) struct Inner {
@@ -180,6 +180,15 @@ impl Kernel {
                 sessions: crate::sessions::Sessions::default(),
             }),
         };
+        if let Some(joined) = &kernel.inner.parts.lattice {
+            let follower = crate::lattice::follow(joined, kernel.inner.parts.capabilities.clone());
+            kernel
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(follower);
+        }
         // A capsule calling an idle capsule's tool wakes it as a client's call does.
         let waker = IdleWaker(Arc::downgrade(&kernel.inner));
         kernel.registry().set_waker(Arc::new(waker));
@@ -312,7 +321,7 @@ impl Kernel {
                 .parts
                 .lattice
                 .as_ref()
-                .map(capsid_lattice::Lattice::status),
+                .map(|j| j.lattice.status()),
         }
     }
 

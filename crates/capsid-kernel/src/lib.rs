@@ -26,6 +26,7 @@ pub mod daemon;
 mod error;
 mod install;
 mod kernel;
+mod lattice;
 mod monitor;
 mod operator;
 mod receipts;

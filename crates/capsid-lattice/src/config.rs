@@ -22,6 +22,11 @@ pub struct LatticeConfig {
     /// Who this host is to NATS (none: the servers allow anonymous clients).
     #[serde(default)]
     pub credentials: Option<Credentials>,
+    /// The runtime public keys (hex) of the other hosts whose grants this host honours:
+    /// a capability one of them issued allows here; one issued by any other key does not,
+    /// whoever wrote it into the shared store. `capsid status` shows a host's own key.
+    #[serde(default)]
+    pub trusted_hosts: Vec<String>,
 }
 
 fn one() -> usize {
@@ -87,6 +92,15 @@ impl LatticeConfig {
             return bad(format!(
                 "replicas = {} is outside 1..=5 (JetStream's limit)",
                 self.replicas
+            ));
+        }
+        if let Some(key) = self
+            .trusted_hosts
+            .iter()
+            .find(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return bad(format!(
+                "trusted_hosts entry {key:?} is not a public key (64 hex characters)"
             ));
         }
         self.auth(Path::new("/")).map(|_| ())
@@ -175,6 +189,10 @@ mod tests {
             (
                 "name = \"a\"\nservers = [\"nats://n:1\"]\npassword = \"x\"",
                 "unknown field",
+            ),
+            (
+                "name = \"a\"\nservers = [\"nats://n:1\"]\ntrusted_hosts = [\"abc\"]",
+                "not a public key",
             ),
         ] {
             let err = parse(text).unwrap_err();

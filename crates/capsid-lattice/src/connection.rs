@@ -24,6 +24,7 @@ pub struct Lattice {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
     counters: Arc<Counters>,
+    states: tokio::sync::watch::Receiver<LinkState>,
 }
 
 /// What the event callback counts.
@@ -107,6 +108,9 @@ impl Lattice {
             };
         let counters = Arc::new(Counters::default());
         let seen = counters.clone();
+        let (state_tx, states) = tokio::sync::watch::channel(LinkState::Pending);
+        let state_tx = Arc::new(state_tx);
+        let initial_tx = state_tx.clone();
         let name = config.name.clone();
         let options = options
             .name(format!("capsid lattice {}", config.name))
@@ -116,13 +120,16 @@ impl Lattice {
             .event_callback(move |event| {
                 let seen = seen.clone();
                 let name = name.clone();
+                let state_tx = state_tx.clone();
                 async move {
                     match event {
                         Event::Connected => {
+                            state_tx.send_replace(LinkState::Connected);
                             seen.changed_ms.store(now_ms(), Ordering::Relaxed);
                             tracing::info!(lattice = %name, "lattice connected");
                         }
                         Event::Disconnected => {
+                            state_tx.send_replace(LinkState::Disconnected);
                             seen.disconnects.fetch_add(1, Ordering::Relaxed);
                             seen.changed_ms.store(now_ms(), Ordering::Relaxed);
                             tracing::warn!(lattice = %name, "lattice disconnected; reconnecting");
@@ -157,6 +164,9 @@ impl Lattice {
                 ),
             });
         }
+        if client.connection_state() == async_nats::connection::State::Connected {
+            initial_tx.send_replace(LinkState::Connected);
+        }
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(LATTICE_REQUEST_TIMEOUT);
         Ok(Self {
@@ -164,6 +174,7 @@ impl Lattice {
             client,
             jetstream,
             counters,
+            states,
         })
     }
 
@@ -180,6 +191,12 @@ impl Lattice {
     /// The JetStream context (requests time out after [`LATTICE_REQUEST_TIMEOUT`]).
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
         &self.jetstream
+    }
+
+    /// The connection's state as it changes (the event that changes it may come a moment
+    /// after [`status`](Self::status) shows it).
+    pub fn link_states(&self) -> tokio::sync::watch::Receiver<LinkState> {
+        self.states.clone()
     }
 
     /// The lattice as `status` shows it.

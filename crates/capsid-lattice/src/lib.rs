@@ -19,7 +19,7 @@ pub mod local;
 pub use config::{Credentials, LatticeConfig};
 pub use connection::{Lattice, LatticeStatus, LinkState};
 pub use error::LatticeError;
-pub use kv::JetStreamKvStore;
+pub use kv::{JetStreamKvStore, KeyChanges};
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {

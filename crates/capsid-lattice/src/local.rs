@@ -67,14 +67,24 @@ pub fn nats_server_binary() -> Result<PathBuf, LocalClusterError> {
         .ok_or(LocalClusterError::NoServer)
 }
 
+/// Ports nodes listen on: below Linux's ephemeral range (32768 and up), so a port a killed
+/// node frees is not taken by some connection's local end before the node comes back.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port in [`PORTS`] free now, picked at random (tests run clusters side by side).
 fn free_port(node: usize) -> Result<u16, LocalClusterError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| LocalClusterError::Node {
-            node,
-            message: format!("no free port: {e}"),
-        })
+    let span = u128::from(PORTS.end - PORTS.start);
+    for _ in 0..256 {
+        let offset = uuid::Uuid::new_v4().as_u128() % span;
+        let port = PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(LocalClusterError::Node {
+        node,
+        message: format!("no free port in {PORTS:?}"),
+    })
 }
 
 impl LocalCluster {
@@ -129,6 +139,17 @@ impl LocalCluster {
     /// Starts node `n` again after [`kill`](Self::kill), on its ports and store.
     pub async fn restart(&mut self, n: usize) -> Result<(), LocalClusterError> {
         self.spawn(n)?;
+        self.wait_ready().await
+    }
+
+    /// Starts every killed node again (a cluster needs most of its nodes back before
+    /// JetStream answers on any), and waits until JetStream answers on each.
+    pub async fn restart_all(&mut self) -> Result<(), LocalClusterError> {
+        for n in 0..self.nodes.len() {
+            if self.nodes[n].process.is_none() {
+                self.spawn(n)?;
+            }
+        }
         self.wait_ready().await
     }
 

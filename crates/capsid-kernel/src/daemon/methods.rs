@@ -237,7 +237,11 @@ async fn run<M: Method, F: Future<Output = Answer<M::Result>>>(
 }
 
 fn status(shared: &Shared) -> capsid_protocol::methods::StatusResult {
-    views::status(shared.kernel.status())
+    let mut status = views::status(shared.kernel.status());
+    if let Some(lattice) = &mut status.lattice {
+        lattice.host_key = hex::encode(shared.kernel.runtime_public_key().to_bytes());
+    }
+    status
 }
 
 fn list(shared: &Shared) -> Vec<CapsuleView> {

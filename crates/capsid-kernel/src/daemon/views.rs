@@ -55,6 +55,7 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
             servers: l.servers,
             disconnects: l.disconnects,
             since_ms: l.since_ms,
+            host_key: String::new(),
         }),
     }
 }

@@ -1,9 +1,13 @@
 //! Atomic batches on a server without multi-subject transactions (NATS 2.9).
 //!
-//! A batch reads the revision of each key it writes, records an **intent** (`i.<id>`: when it
-//! began, and each key's subject with its revision before), then writes each key on the
+//! A batch reads the revision of each key it writes, records an **intent** (its id, when it
+//! began, and each key's subject with its revision before) on the store's own intent subject
+//! (`i.<store id>`; a store applies one batch at a time), then writes each key on the
 //! condition that it is still at that revision, each write tagged with the batch's id. The
-//! batch commits when its intent is removed. A refused write (another writer came between)
+//! batch commits when a deletion marker follows its intent (written on the condition that the
+//! intent is still the subject's last). Intents are never purged: NATS 2.9.10 replaying a
+//! subject-filtered purge while recovering from a crash of every node emptied the whole
+//! stream (seen in the kernel's lattice suite). What stays is one marker per store opened. A refused write (another writer came between)
 //! rolls back the writes made so far and starts again; an error rolls them back and fails.
 //! Rolling back a key restores the message before the batch's (the bucket keeps two per
 //! key), still only on the condition that the batch's write is the key's last.
@@ -42,6 +46,8 @@ pub(super) const BATCH_HEADER: &str = "Capsid-Batch";
 /// What a batch records before it writes.
 #[derive(Debug, Serialize, Deserialize)]
 struct Intent {
+    /// The batch's id, which tags its writes.
+    id: String,
     /// Unix ms when the batch began.
     at_ms: u64,
     /// Each key's subject tail and its revision before the batch (0: no message).
@@ -81,6 +87,7 @@ pub(super) async fn apply(store: &JetStreamKvStore, ops: &[BatchOp]) -> Result<(
     if last.is_empty() {
         return Ok(());
     }
+    let _one_at_a_time = store.batch_lock.lock().await;
     recover_if_due(store).await?;
     let deadline = Instant::now() + LATTICE_BATCH_APPLY_DEADLINE;
     for attempt in 0..MAX_KV_CONFLICT_RETRIES {
@@ -117,14 +124,18 @@ async fn attempt_once(
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
     let intent = Intent {
+        id: id.clone(),
         at_ms: now_ms(),
         writes: planned.iter().map(|p| (p.tail.clone(), p.before)).collect(),
     };
-    let intent_subject = store.subject(&format!("i.{id}"));
+    let intent_subject = store.subject(&store.intent_slot);
     let body = serde_json::to_vec(&intent).map_err(|e| store.backend(e))?;
-    store
+    let Published::Stored(intent_at) = store
         .publish(intent_subject.clone(), HeaderMap::new(), body.into(), None)
-        .await?;
+        .await?
+    else {
+        return Err(store.backend("an unconditional write was refused as a conflict"));
+    };
 
     let mut applied: Vec<(&str, u64, u64)> = Vec::with_capacity(planned.len());
     let mut failure = None;
@@ -146,15 +157,20 @@ async fn attempt_once(
     }
     if failure.is_none() && applied.len() == planned.len() {
         // The commit point: once the intent is gone, nothing rolls the batch back.
-        match purge(store, &intent_subject).await {
-            Ok(()) => return Ok(Outcome::Committed),
+        match close_intent(store, &intent_subject, intent_at).await {
+            Ok(true) => return Ok(Outcome::Committed),
+            Ok(false) => {
+                return Err(store.backend(
+                    "the batch took so long that another host rolled it back as a dead writer's",
+                ));
+            }
             Err(e) => failure = Some(e),
         }
     }
     for &(tail, before, ours) in applied.iter().rev() {
         restore(store, tail, before, ours).await?;
     }
-    purge(store, &intent_subject).await?;
+    close_intent(store, &intent_subject, intent_at).await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(Outcome::Conflict),
@@ -206,14 +222,15 @@ async fn restore(
     Ok(())
 }
 
-async fn purge(store: &JetStreamKvStore, subject: &str) -> Result<(), KvError> {
-    store
-        .stream
-        .purge()
-        .filter(subject)
-        .await
-        .map(|_| ())
-        .map_err(|e| store.backend(format!("removing batch intent {subject}: {e}")))
+/// Closes the intent at revision `at` on `subject` with a deletion marker, on the condition
+/// that it is still the subject's last message; false when it was not (closed already).
+async fn close_intent(store: &JetStreamKvStore, subject: &str, at: u64) -> Result<bool, KvError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(OPERATION_HEADER, "DEL");
+    let published = store
+        .publish(subject.to_owned(), headers, Bytes::new(), Some(at))
+        .await?;
+    Ok(published != Published::Conflict)
 }
 
 /// Runs [`recover`] when it has not run for [`LATTICE_BATCH_INTENT_STALE`].
@@ -235,20 +252,17 @@ pub(super) async fn recover(store: &JetStreamKvStore) -> Result<(), KvError> {
         .await
         .map_err(|_| store.backend("reading batch intents timed out"))??;
     let stale_ms = u64::try_from(LATTICE_BATCH_INTENT_STALE.as_millis()).unwrap_or(u64::MAX);
-    for (subject, intent) in intents {
+    for (subject, at, intent) in intents {
         if now_ms().saturating_sub(intent.at_ms) < stale_ms {
             continue;
         }
-        let Some(id) = subject.rsplit('.').next() else {
-            continue;
-        };
         for (tail, before) in &intent.writes {
             let current = store.current(&store.subject(tail)).await?;
-            if current.batch.as_deref() == Some(id) {
+            if current.batch.as_deref() == Some(intent.id.as_str()) {
                 restore(store, tail, *before, current.revision).await?;
             }
         }
-        purge(store, &subject).await?;
+        close_intent(store, &subject, at).await?;
         tracing::warn!(
             bucket = %store.label.display(),
             intent = %subject,
@@ -259,8 +273,8 @@ pub(super) async fn recover(store: &JetStreamKvStore) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Every batch intent in the bucket, by subject.
-async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, Intent)>, KvError> {
+/// Every batch intent in the bucket: its subject, its revision, what it says.
+async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>, KvError> {
     let filter = store.subject("i.>");
     let fail = |e: &dyn std::fmt::Display| store.backend(format!("reading batch intents: {e}"));
     let consumer = store
@@ -281,13 +295,25 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, Intent)>, KvEr
     let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| fail(&e))?;
-        let pending = message.info().map_err(|e| fail(&e))?.pending;
+        let info = message.info().map_err(|e| fail(&e))?;
+        let (pending, at) = (info.pending, info.stream_sequence);
+        let closed = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(OPERATION_HEADER))
+            .is_some();
+        if closed {
+            if pending == 0 {
+                break;
+            }
+            continue;
+        }
         let intent: Intent =
             serde_json::from_slice(&message.payload).map_err(|e| KvError::Corrupt {
                 key: message.subject.to_string(),
                 reason: format!("not a batch intent: {e}"),
             })?;
-        out.push((message.subject.to_string(), intent));
+        out.push((message.subject.to_string(), at, intent));
         if pending == 0 {
             break;
         }
@@ -310,6 +336,7 @@ mod tests {
             servers: cluster.urls(),
             replicas: 1,
             credentials: None,
+            trusted_hosts: Vec::new(),
         };
         Lattice::connect(&config, std::path::Path::new("/"))
             .await
@@ -324,6 +351,7 @@ mod tests {
         let before_b = store.current(&store.subject(&b)).await.unwrap().revision;
         let age_ms = u64::try_from(age.as_millis()).unwrap();
         let intent = Intent {
+            id: "dead".into(),
             at_ms: now_ms() - age_ms,
             writes: vec![(a, before_a), (b, before_b)],
         };

@@ -54,6 +54,10 @@ pub struct JetStreamKvStore {
     closed: AtomicBool,
     /// Unix ms of the last sweep for dead writers' batches.
     last_recovery_ms: AtomicU64,
+    /// The subject tail this store records its batches' intents on (`i.<random id>`).
+    intent_slot: String,
+    /// Held while a batch applies: one at a time per store, as they share the intent slot.
+    batch_lock: tokio::sync::Mutex<()>,
 }
 
 /// A key's last message, as a conditional write needs it.
@@ -139,6 +143,8 @@ impl JetStreamKvStore {
             label,
             closed: AtomicBool::new(false),
             last_recovery_ms: AtomicU64::new(0),
+            intent_slot: format!("i.{}", uuid::Uuid::new_v4().simple()),
+            batch_lock: tokio::sync::Mutex::new(()),
         };
         batch::recover(&store).await?;
         Ok(store)
@@ -323,6 +329,66 @@ impl JetStreamKvStore {
             }
         }
         Ok(keys)
+    }
+}
+
+/// The keys written or deleted under a prefix, as [`JetStreamKvStore::watch`] yields them.
+pub type KeyChanges =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Vec<u8>, KvError>> + Send>>;
+
+impl JetStreamKvStore {
+    /// Every key under `prefix` written or deleted from now on, by any host, in the order the
+    /// bucket stored them. Lost messages are fetched again as the client reconnects; the
+    /// stream ends, or yields an error, when it cannot go on (watch again, and read what may
+    /// have changed meanwhile).
+    pub async fn watch(&self, prefix: &[u8]) -> Result<KeyChanges, KvError> {
+        self.check_open()?;
+        let filter = self.subject(&prefix_filter(prefix));
+        let consumer = self
+            .stream
+            .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+                deliver_subject: self.lattice.client().new_inbox(),
+                filter_subject: filter.clone(),
+                headers_only: true,
+                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+                replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.backend(format!("watching {filter}: {e}")))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| self.backend(format!("watching {filter}: {e}")))?;
+        let (bucket, label, prefix) = (self.prefix.clone(), self.label.clone(), prefix.to_vec());
+        let changes = messages.filter_map(move |message| {
+            let out = match message {
+                Err(e) => Some(Err(KvError::Backend {
+                    path: label.clone(),
+                    message: format!("watching {filter}: {e}"),
+                })),
+                Ok(message) => {
+                    let tail = message.subject.strip_prefix(&bucket).unwrap_or("");
+                    let header = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(KEY_HEADER))
+                        .map(async_nats::HeaderValue::as_str);
+                    match key_of(tail, header) {
+                        Ok(key) => key.starts_with(&prefix).then_some(Ok(key)),
+                        // A deletion marker of a long key need not carry the key: its
+                        // subject still says what it shares with the prefix.
+                        Err(_) if header.is_none() => None,
+                        Err(reason) => Some(Err(KvError::Corrupt {
+                            key: tail.to_owned(),
+                            reason,
+                        })),
+                    }
+                }
+            };
+            std::future::ready(out)
+        });
+        Ok(Box::pin(changes))
     }
 }
 

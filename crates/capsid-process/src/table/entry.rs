@@ -108,7 +108,12 @@ impl Entry {
     }
 
     pub(super) fn status(&self) -> Status {
-        let run = self.run();
+        // Both under the restarts lock, which a restart holds to put its new run in: a status
+        // never shows a restart counted with the run it replaced.
+        let (run, restart) = {
+            let restarts = self.restarts();
+            (self.run(), restarts.status(Instant::now()))
+        };
         let (out, err) = (run.unit.last().stdout(), run.unit.last().stderr());
         let pipeline = matches!(run.unit, Unit::Pipeline(_));
         let stages = if pipeline {
@@ -135,7 +140,7 @@ impl Entry {
             stderr_pending: err.len(),
             stdout_dropped: out.dropped(),
             stderr_dropped: err.dropped(),
-            restart: self.restarts().status(Instant::now()),
+            restart,
             stats: self.stats().latest(),
             stages,
             links: run

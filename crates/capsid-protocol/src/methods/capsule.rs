@@ -51,6 +51,9 @@ pub struct LatticeView {
     pub disconnects: u64,
     /// Unix ms of the last change of state (0: none since boot).
     pub since_ms: u64,
+    /// This host's runtime public key (hex): what other hosts list in `trusted_hosts` to
+    /// honour the grants it issues.
+    pub host_key: String,
 }
 
 /// What boot did.
