@@ -206,11 +206,8 @@ impl KernelBuilder {
                 .await?;
         }
         // No session is live yet: grants a run left bound to its sessions go.
-        // No session is live on this host yet; a lattice's other hosts may have some.
-        let ended = match &stores.joined {
-            None => capabilities.forget_ended_sessions().await?,
-            Some(_) => Vec::new(),
-        };
+        let ended =
+            crate::lattice::forget_ended_sessions(&capabilities, stores.joined.as_ref()).await?;
         let kernel = Kernel::assemble(KernelParts {
             home,
             config,
@@ -228,6 +225,7 @@ impl KernelBuilder {
             runtime_key: Arc::new(key),
             lattice: stores.joined,
         });
+        kernel.keep_task_if(stores.follower);
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)

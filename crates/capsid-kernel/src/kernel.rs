@@ -180,19 +180,20 @@ impl Kernel {
                 sessions: crate::sessions::Sessions::default(),
             }),
         };
-        if let Some(joined) = &kernel.inner.parts.lattice {
-            let follower = crate::lattice::follow(joined, kernel.inner.parts.capabilities.clone());
-            kernel
-                .inner
-                .tasks
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(follower);
-        }
         // A capsule calling an idle capsule's tool wakes it as a client's call does.
         let waker = IdleWaker(Arc::downgrade(&kernel.inner));
         kernel.registry().set_waker(Arc::new(waker));
         kernel
+    }
+
+    /// Keeps `task`, if any, until shutdown, which aborts it.
+    pub(crate) fn keep_task_if(&self, task: Option<JoinHandle<()>>) {
+        let Some(task) = task else { return };
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
     }
 
     pub(crate) fn finish_boot(&self, report: BootReport) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use capsid_capabilities::CapabilityStore;
 use capsid_core::CapsidHome;
 use capsid_crypto::{KeyPair, PublicKey};
-use capsid_lattice::{JetStreamKvStore, Lattice, LinkState};
+use capsid_lattice::{JetStreamKvStore, KeyChanges, Lattice, LinkState};
 use capsid_storage::{IdentityStore, KvStore};
 use futures_util::StreamExt as _;
 use tokio::task::JoinHandle;
@@ -26,15 +26,19 @@ pub(crate) struct Joined {
     pub kv: Arc<JetStreamKvStore>,
 }
 
-/// Where grants and identities live: this host's store, or the lattice's bucket.
+/// Where grants live (this host's store, or the lattice's bucket), and the identities.
 pub(crate) struct GrantStores {
     pub capabilities: Arc<CapabilityStore>,
     pub identity: IdentityStore,
     pub joined: Option<Joined>,
+    /// Follows the lattice's grants, when shared ([`follow`]).
+    pub follower: Option<JoinHandle<()>>,
 }
 
-/// Opens the capability and identity stores: on `local` alone, or, with `[lattice]`, on
-/// the lattice's bucket, honouring grants issued by this host's `key` and the trusted hosts.
+/// Opens the capability store on `local`, or, with `[lattice]`, on the lattice's bucket,
+/// honouring grants issued by this host's `key` and the trusted hosts, and starts following
+/// it. Identities stay in `local` either way: their links are not signed, so in a shared
+/// bucket anyone who can write it could make themselves any user, the operator included.
 pub(crate) async fn open_grant_stores(
     home: &CapsidHome,
     config: &KernelConfig,
@@ -47,19 +51,39 @@ pub(crate) async fn open_grant_stores(
             capabilities: Arc::new(capabilities),
             identity: IdentityStore::new(local.clone()),
             joined: None,
+            follower: None,
         });
     };
     let hosts = trusted_hosts(&lattice_config.trusted_hosts)?;
     let lattice = Lattice::connect(lattice_config, home.root()).await?;
-    let kv = Arc::new(JetStreamKvStore::open(&lattice, &lattice_config.kv_bucket()).await?);
+    // This host's key names its batches' intents: one subject per host, however often it boots.
+    let writer = hex::encode(&key.key_id().as_bytes()[..16]);
+    let bucket = lattice_config.kv_bucket();
+    let kv = Arc::new(JetStreamKvStore::open_as(&lattice, &bucket, &writer).await?);
     let shared: Arc<dyn KvStore> = kv.clone();
-    let capabilities = CapabilityStore::open(shared.clone(), Arc::new(key), &hosts).await?;
+    let capabilities = Arc::new(CapabilityStore::open(shared, Arc::new(key), &hosts).await?);
     capabilities.share();
+    let joined = Joined { lattice, kv };
+    let follower = follow(&joined, capabilities.clone()).await?;
     Ok(GrantStores {
-        capabilities: Arc::new(capabilities),
-        identity: IdentityStore::new(shared),
-        joined: Some(Joined { lattice, kv }),
+        capabilities,
+        identity: IdentityStore::new(local.clone()),
+        joined: Some(joined),
+        follower: Some(follower),
     })
+}
+
+/// At boot, forgets the grants bound to sessions that ended with the last run: none is live
+/// on this host yet; but on a lattice's shared store other hosts' sessions may be, so there
+/// nothing is forgotten (such grants allow only on their own host).
+pub(crate) async fn forget_ended_sessions(
+    capabilities: &CapabilityStore,
+    joined: Option<&Joined>,
+) -> Result<Vec<capsid_capabilities::CapabilityId>, KernelError> {
+    match joined {
+        None => Ok(capabilities.forget_ended_sessions().await?),
+        Some(_) => Ok(Vec::new()),
+    }
 }
 
 fn trusted_hosts(keys: &[String]) -> Result<Vec<PublicKey>, KernelError> {
@@ -79,38 +103,36 @@ fn trusted_hosts(keys: &[String]) -> Result<Vec<PublicKey>, KernelError> {
 
 /// Follows the shared grants for as long as the host runs: every change another host makes
 /// reaches `capabilities`; while the lattice is out of reach, or the watch broken, checks
-/// are denied, and once it is back every revocation is read again before they run.
-pub(crate) fn follow(joined: &Joined, capabilities: Arc<CapabilityStore>) -> JoinHandle<()> {
+/// are denied, and once it is back every revocation is read again before they run. The
+/// first watch and read happen before this returns, so boot starts current.
+async fn follow(
+    joined: &Joined,
+    capabilities: Arc<CapabilityStore>,
+) -> Result<JoinHandle<()>, KernelError> {
+    // Watch first, then read: a change made in between is seen by one or the other.
+    let first = joined.kv.watch(CapabilityStore::KEY_SPACE).await?;
+    capabilities.resync().await?;
     let (lattice, kv) = (joined.lattice.clone(), joined.kv.clone());
-    tokio::spawn(async move {
-        let mut states = lattice.link_states();
-        loop {
-            if states
-                .wait_for(|s| *s == LinkState::Connected)
-                .await
-                .is_err()
-            {
-                return;
-            }
-            // Watch first, then read: a change made in between is seen by one or the other.
-            let mut changes = match kv.watch(CapabilityStore::KEY_SPACE).await {
-                Ok(changes) => changes,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot follow the lattice's grants");
-                    capabilities.lost_sight();
-                    tokio::time::sleep(FOLLOW_RETRY).await;
-                    continue;
-                }
-            };
-            if let Err(e) = capabilities.resync().await {
-                tracing::warn!(error = %e, "cannot read the lattice's revocations");
-                capabilities.lost_sight();
-                tokio::time::sleep(FOLLOW_RETRY).await;
-                continue;
-            }
+    Ok(tokio::spawn(async move {
+        follow_from(&lattice, &kv, &capabilities, first).await;
+        // Nothing follows the grants any more: deny rather than trust a stale cache.
+        capabilities.lost_sight();
+    }))
+}
+
+async fn follow_from(
+    lattice: &Lattice,
+    kv: &JetStreamKvStore,
+    capabilities: &CapabilityStore,
+    first: KeyChanges,
+) {
+    let mut states = lattice.link_states();
+    let mut changes = Some(first);
+    loop {
+        if let Some(mut watching) = changes.take() {
             loop {
                 tokio::select! {
-                    change = changes.next() => match change {
+                    change = watching.next() => match change {
                         Some(Ok(key)) => capabilities.changed_elsewhere(&key),
                         Some(Err(e)) => {
                             tracing::warn!(error = %e, "following the lattice's grants broke");
@@ -126,7 +148,25 @@ pub(crate) fn follow(joined: &Joined, capabilities: Arc<CapabilityStore>) -> Joi
                     }
                 }
             }
-            capabilities.lost_sight();
         }
-    })
+        capabilities.lost_sight();
+        if states
+            .wait_for(|s| *s == LinkState::Connected)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Watch first, then read: a change made in between is seen by one or the other.
+        match kv.watch(CapabilityStore::KEY_SPACE).await {
+            Ok(watching) => match capabilities.resync().await {
+                Ok(()) => changes = Some(watching),
+                Err(e) => tracing::warn!(error = %e, "cannot read the lattice's revocations"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot follow the lattice's grants"),
+        }
+        if changes.is_none() {
+            tokio::time::sleep(FOLLOW_RETRY).await;
+        }
+    }
 }

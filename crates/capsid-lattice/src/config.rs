@@ -82,10 +82,16 @@ impl LatticeConfig {
             return bad("servers is empty: name at least one nats:// URL".into());
         }
         for server in &self.servers {
-            if server.parse::<async_nats::ServerAddr>().is_err() {
+            let Ok(addr) = server.parse::<async_nats::ServerAddr>() else {
                 return bad(format!(
                     "server {server:?} is not a NATS URL (nats://host:port)"
                 ));
+            };
+            // Shown by `status` and in errors: a secret there would be printed.
+            if addr.has_user_pass() || server.contains('@') {
+                return bad("a server URL carries a user or password: name a file in \
+                     [lattice.credentials] instead"
+                    .into());
             }
         }
         if !(1..=5).contains(&self.replicas) {
@@ -173,6 +179,10 @@ mod tests {
             ("name = \"A b\"\nservers = [\"nats://n:1\"]", "name"),
             ("name = \"a\"\nservers = []", "servers is empty"),
             ("name = \"a\"\nservers = [\"http://n:1\"]", "not a NATS URL"),
+            (
+                "name = \"a\"\nservers = [\"nats://u:secret@n:1\"]",
+                "carries a user or password",
+            ),
             (
                 "name = \"a\"\nservers = [\"nats://n:1\"]\nreplicas = 7",
                 "replicas",

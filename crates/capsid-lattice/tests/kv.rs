@@ -102,11 +102,15 @@ async fn conditional_writes_hold_under_contention_on_three_replicas() {
 async fn racing_batches_each_apply_whole_or_not_at_all() {
     let cluster = LocalCluster::start(3).await.unwrap();
     let lattice = lattice(&cluster, 3).await;
+    // Two stores on two connections (two hosts): batches on one store run one at a time,
+    // across them they race.
+    let other = self::lattice(&cluster, 3).await;
     let kv: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(&lattice, "batches").await.unwrap());
+    let kv2: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(&other, "batches").await.unwrap());
     let long_key = vec![b'k'; 300];
     let tasks: Vec<_> = (0..6u8)
         .map(|t| {
-            let kv = kv.clone();
+            let kv = if t % 2 == 0 { kv.clone() } else { kv2.clone() };
             let long_key = long_key.clone();
             tokio::spawn(async move {
                 for round in 0..5u8 {

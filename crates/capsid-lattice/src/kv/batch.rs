@@ -1,21 +1,25 @@
 //! Atomic batches on a server without multi-subject transactions (NATS 2.9).
 //!
-//! A batch reads the revision of each key it writes, records an **intent** (its id, when it
-//! began, and each key's subject with its revision before) on the store's own intent subject
-//! (`i.<store id>`; a store applies one batch at a time), then writes each key on the
-//! condition that it is still at that revision, each write tagged with the batch's id. The
-//! batch commits when a deletion marker follows its intent (written on the condition that the
-//! intent is still the subject's last). Intents are never purged: NATS 2.9.10 replaying a
-//! subject-filtered purge while recovering from a crash of every node emptied the whole
-//! stream (seen in the kernel's lattice suite). What stays is one marker per store opened. A refused write (another writer came between)
-//! rolls back the writes made so far and starts again; an error rolls them back and fails.
-//! Rolling back a key restores the message before the batch's (the bucket keeps two per
-//! key), still only on the condition that the batch's write is the key's last.
+//! A batch reads the revision of each key it writes, records an **intent** (its id, and each
+//! key's subject with its revision before) on its store's intent subject (`i.<writer>`; a
+//! store applies one batch at a time), then writes each key on the condition that it is
+//! still at that revision, each write tagged with the batch's id. The batch commits when a
+//! deletion marker follows its intent, written on the condition that the intent is still the
+//! subject's last. A refused write (another writer came between) rolls back the writes made
+//! so far and starts again; an error rolls them back and fails. Rolling back a key restores
+//! the message before the batch's (the bucket keeps two per key), still only on the
+//! condition that the batch's write is the key's last.
 //!
-//! A writer that dies mid-batch leaves its intent behind: once it is older than
-//! [`LATTICE_BATCH_INTENT_STALE`], the next store to open the bucket or start a batch rolls
-//! back each of its keys whose last write is still that batch's, then removes it. A batch
-//! gives up and rolls itself back after [`LATTICE_BATCH_APPLY_DEADLINE`], well within that.
+//! Intents are never purged: NATS 2.9.10, replaying a subject-filtered purge while recovering
+//! from a crash of every node, emptied the whole stream (the kernel's lattice suite caught
+//! it). What stays is one marker per writer.
+//!
+//! A writer that dies mid-batch leaves its intent behind. The same writer rolls it back when
+//! it opens the bucket again; any store does once the intent is older, by the server's clock,
+//! than [`LATTICE_BATCH_INTENT_STALE`] (at open, or when it starts a batch): each key whose
+//! last write is still that batch's gets its earlier one back. A batch gives up and rolls
+//! itself back after [`LATTICE_BATCH_APPLY_DEADLINE`], well within that; one rolled back
+//! meanwhile as a dead writer's by another host rolls back the rest of its writes and fails.
 //!
 //! So a batch is all or none, but not isolated: a reader may see some of its writes while it
 //! applies, or a dead writer's until they are rolled back.
@@ -25,8 +29,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::push::OrderedConfig;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::consumer::DeliverPolicy;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use bytes::Bytes;
 use capsid_core::limits::{
@@ -159,8 +162,10 @@ async fn attempt_once(
         // The commit point: once the intent is gone, nothing rolls the batch back.
         match close_intent(store, &intent_subject, intent_at).await {
             Ok(true) => return Ok(Outcome::Committed),
+            // Another host took it for a dead writer's and rolled back what it saw; what it
+            // did not see is rolled back below (each restore only if still this batch's).
             Ok(false) => {
-                return Err(store.backend(
+                failure = Some(store.backend(
                     "the batch took so long that another host rolled it back as a dead writer's",
                 ));
             }
@@ -170,6 +175,7 @@ async fn attempt_once(
     for &(tail, before, ours) in applied.iter().rev() {
         restore(store, tail, before, ours).await?;
     }
+    // Closed already when another host rolled it back: nothing more to do then.
     close_intent(store, &intent_subject, intent_at).await?;
     match failure {
         Some(e) => Err(e),
@@ -197,7 +203,8 @@ async fn restore(
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
                 if store.current(&store.subject(tail)).await?.revision == guard {
                     return Err(store.backend(format!(
-                        "rolling back {tail}: revision {before} is gone while the batch's write                          is still the last"
+                        "rolling back {tail}: revision {before} is gone while the batch's write \
+                         is still the last"
                     )));
                 }
                 return Ok(());
@@ -207,6 +214,16 @@ async fn restore(
             }
         }
     };
+    let subject = store.subject(tail);
+    if let Some(m) = &prior
+        && m.subject.as_str() != subject
+    {
+        // An intent names revisions; one of another key's is not this key's value.
+        return Err(KvError::Corrupt {
+            key: tail.to_owned(),
+            reason: format!("batch intent names revision {before}, which is not this key's"),
+        });
+    }
     match prior {
         Some(m) if m.headers.get(OPERATION_HEADER).is_none() => {
             if let Some(key) = m.headers.get(KEY_HEADER) {
@@ -214,10 +231,20 @@ async fn restore(
             }
             payload = m.payload;
         }
-        _ => headers.insert(OPERATION_HEADER, "DEL"),
+        _ => {
+            headers.insert(OPERATION_HEADER, "DEL");
+            // A long key's marker carries the key too, so watchers learn which was deleted:
+            // the batch's own write (still the last, or the guard refuses this) has it.
+            if tail.rsplit('.').next().is_some_and(|t| t.starts_with('h'))
+                && let Ok(ours) = store.stream.get_raw_message(guard).await
+                && let Some(key) = ours.headers.get(KEY_HEADER)
+            {
+                headers.insert(KEY_HEADER, key.as_str());
+            }
+        }
     }
     store
-        .publish(store.subject(tail), headers, payload, Some(guard))
+        .publish(subject, headers, payload, Some(guard))
         .await?;
     Ok(())
 }
@@ -244,16 +271,25 @@ async fn recover_if_due(store: &JetStreamKvStore) -> Result<(), KvError> {
     Ok(())
 }
 
-/// Rolls back every batch whose intent is older than [`LATTICE_BATCH_INTENT_STALE`]: each of
-/// its keys whose last message is still that batch's gets its earlier one back.
+/// Rolls back every batch whose intent is older than [`LATTICE_BATCH_INTENT_STALE`], or open
+/// on this store's own intent subject: each of its keys whose last message is still that
+/// batch's gets its earlier one back.
 pub(super) async fn recover(store: &JetStreamKvStore) -> Result<(), KvError> {
+    recover_older_than(store, LATTICE_BATCH_INTENT_STALE).await
+}
+
+/// [`recover`] with the age past which an intent counts as a dead writer's.
+async fn recover_older_than(store: &JetStreamKvStore, stale: Duration) -> Result<(), KvError> {
     store.last_recovery_ms.store(now_ms(), Ordering::Relaxed);
     let intents = tokio::time::timeout(LATTICE_KV_LIST_TIMEOUT, intents(store))
         .await
         .map_err(|_| store.backend("reading batch intents timed out"))??;
-    let stale_ms = u64::try_from(LATTICE_BATCH_INTENT_STALE.as_millis()).unwrap_or(u64::MAX);
+    let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
+    let own = store.subject(&store.intent_slot);
     for (subject, at, intent) in intents {
-        if now_ms().saturating_sub(intent.at_ms) < stale_ms {
+        // An open intent on this store's own subject is a predecessor's that died (this one
+        // applies none while it sweeps), however young.
+        if subject != own && now_ms().saturating_sub(intent.at_ms) < stale_ms {
             continue;
         }
         for (tail, before) in &intent.writes {
@@ -278,14 +314,7 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>,
     let filter = store.subject("i.>");
     let fail = |e: &dyn std::fmt::Display| store.backend(format!("reading batch intents: {e}"));
     let consumer = store
-        .stream
-        .create_consumer(OrderedConfig {
-            deliver_subject: store.lattice.client().new_inbox(),
-            filter_subject: filter,
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            replay_policy: ReplayPolicy::Instant,
-            ..Default::default()
-        })
+        .ordered(&filter, DeliverPolicy::LastPerSubject, false)
         .await
         .map_err(|e| fail(&e))?;
     let mut out = Vec::new();
@@ -308,12 +337,20 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>,
             }
             continue;
         }
-        let intent: Intent =
-            serde_json::from_slice(&message.payload).map_err(|e| KvError::Corrupt {
-                key: message.subject.to_string(),
-                reason: format!("not a batch intent: {e}"),
-            })?;
-        out.push((message.subject.to_string(), at, intent));
+        match serde_json::from_slice::<Intent>(&message.payload) {
+            // Judged stale by the server's clock, the same for every host.
+            Ok(mut intent) => {
+                let published = info.published.unix_timestamp_nanos() / 1_000_000;
+                intent.at_ms = u64::try_from(published).unwrap_or(intent.at_ms);
+                out.push((message.subject.to_string(), at, intent));
+            }
+            // Not one of ours: nothing to roll back, and no reason to refuse the store.
+            Err(e) => tracing::warn!(
+                intent = %message.subject,
+                error = %e,
+                "skipped a batch intent that does not decode"
+            ),
+        }
         if pending == 0 {
             break;
         }
@@ -343,16 +380,15 @@ mod tests {
             .unwrap()
     }
 
-    /// Leaves what a writer that died mid-batch leaves: an intent begun `age` ago, and the
-    /// first of its two writes applied.
-    async fn half_applied(store: &JetStreamKvStore, age: Duration) {
+    /// Leaves what a writer that died mid-batch leaves: an intent, and the first of its two
+    /// writes applied.
+    async fn half_applied(store: &JetStreamKvStore) {
         let (a, b) = (key_subject(b"a"), key_subject(b"b"));
         let before_a = store.current(&store.subject(&a)).await.unwrap().revision;
         let before_b = store.current(&store.subject(&b)).await.unwrap().revision;
-        let age_ms = u64::try_from(age.as_millis()).unwrap();
         let intent = Intent {
             id: "dead".into(),
-            at_ms: now_ms() - age_ms,
+            at_ms: now_ms(),
             writes: vec![(a, before_a), (b, before_b)],
         };
         let body = serde_json::to_vec(&intent).unwrap();
@@ -370,10 +406,13 @@ mod tests {
         let lattice = lattice(&cluster).await;
         let store = JetStreamKvStore::open(&lattice, "recovery").await.unwrap();
         store.set(b"a", b"old").await.unwrap();
-        half_applied(&store, LATTICE_BATCH_INTENT_STALE + Duration::from_secs(1)).await;
+        half_applied(&store).await;
         assert_eq!(store.get(b"a").await.unwrap().unwrap(), b"half");
 
+        // Opening sweeps with the real age (the intent is young); an hour later it is stale.
         let reopened = JetStreamKvStore::open(&lattice, "recovery").await.unwrap();
+        assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"half");
+        recover_older_than(&reopened, Duration::ZERO).await.unwrap();
         assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"old");
         assert_eq!(reopened.get(b"b").await.unwrap(), None);
         assert!(
@@ -387,7 +426,7 @@ mod tests {
         let cluster = LocalCluster::start(1).await.unwrap();
         let lattice = lattice(&cluster).await;
         let store = JetStreamKvStore::open(&lattice, "young").await.unwrap();
-        half_applied(&store, Duration::ZERO).await;
+        half_applied(&store).await;
         let reopened = JetStreamKvStore::open(&lattice, "young").await.unwrap();
         assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"half");
         assert_eq!(intents(&reopened).await.unwrap().len(), 1);
@@ -399,10 +438,52 @@ mod tests {
         let lattice = lattice(&cluster).await;
         let store = JetStreamKvStore::open(&lattice, "later").await.unwrap();
         store.set(b"a", b"old").await.unwrap();
-        half_applied(&store, LATTICE_BATCH_INTENT_STALE + Duration::from_secs(1)).await;
+        half_applied(&store).await;
         store.set(b"a", b"later").await.unwrap();
-        let reopened = JetStreamKvStore::open(&lattice, "later").await.unwrap();
-        assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"later");
-        assert!(intents(&reopened).await.unwrap().is_empty());
+        recover_older_than(&store, Duration::ZERO).await.unwrap();
+        assert_eq!(store.get(b"a").await.unwrap().unwrap(), b"later");
+        assert!(intents(&store).await.unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn restoring_puts_back_the_value_before_only_while_the_batchs_write_is_last() {
+        let cluster = LocalCluster::start(1).await.unwrap();
+        let lattice = lattice(&cluster).await;
+        let store = JetStreamKvStore::open(&lattice, "restore").await.unwrap();
+        let long = vec![b'k'; 100];
+        let tail = key_subject(&long);
+        store.set(&long, b"before").await.unwrap();
+        let before = store.current(&store.subject(&tail)).await.unwrap().revision;
+        let Published::Stored(ours) = store
+            .write(&long, Some(b"batch"), Some(before), Some("b1"))
+            .await
+            .unwrap()
+        else {
+            panic!("the batch's write was refused");
+        };
+        restore(&store, &tail, before, ours).await.unwrap();
+        assert_eq!(store.get(&long).await.unwrap().unwrap(), b"before");
+        assert_eq!(
+            store.list(b"k", None, 10).await.unwrap().keys,
+            vec![long.clone()]
+        );
+
+        // Restoring against a guard that is no longer the last changes nothing.
+        store.set(&long, b"later").await.unwrap();
+        restore(&store, &tail, before, ours).await.unwrap();
+        assert_eq!(store.get(&long).await.unwrap().unwrap(), b"later");
+
+        // An intent naming another key's revision is refused, not copied.
+        store.set(b"other", b"x").await.unwrap();
+        let other = store
+            .current(&store.subject(&key_subject(b"other")))
+            .await
+            .unwrap();
+        let now = store.current(&store.subject(&tail)).await.unwrap().revision;
+        let err = restore(&store, &tail, other.revision, now)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KvError::Corrupt { .. }), "{err}");
+        assert_eq!(store.get(&long).await.unwrap().unwrap(), b"later");
     }
 }

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::{Consumer, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
 use async_trait::async_trait;
@@ -109,13 +111,32 @@ fn bucket_stream(lattice: &Lattice, bucket: &str) -> stream::Config {
 
 impl JetStreamKvStore {
     /// Opens the lattice's bucket `bucket`, creating it (with the lattice's replicas) when it
-    /// does not exist, and rolls back any batch a dead writer left half-applied.
+    /// does not exist, and rolls back any batch a dead writer left half-applied. Its batches'
+    /// intents go on a subject of its own, left with one small marker when it is done with:
+    /// a long-lived host opens with [`open_as`](Self::open_as) so it reuses one.
     pub async fn open(lattice: &Lattice, bucket: &str) -> Result<Self, KvError> {
+        Self::open_as(lattice, bucket, &uuid::Uuid::new_v4().simple().to_string()).await
+    }
+
+    /// [`open`](Self::open) as `writer`: an id (letters, digits, `-`, `_`) that this host, and
+    /// only it, uses for this bucket every time, naming its batches' intent subject. Two
+    /// stores open at once as the same writer would mix their batches.
+    pub async fn open_as(lattice: &Lattice, bucket: &str, writer: &str) -> Result<Self, KvError> {
         let label = PathBuf::from(format!("jetstream:{bucket}"));
         let backend = |message: String| KvError::Backend {
             path: label.clone(),
             message,
         };
+        let writer_ok = !writer.is_empty()
+            && writer.len() <= 64
+            && writer
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !writer_ok {
+            return Err(backend(format!(
+                "writer id {writer:?} must be 1..=64 letters, digits, '-' or '_'"
+            )));
+        }
         let js = lattice.jetstream();
         let name = format!("KV_{bucket}");
         let stream = match js.get_stream(&name).await {
@@ -143,7 +164,7 @@ impl JetStreamKvStore {
             label,
             closed: AtomicBool::new(false),
             last_recovery_ms: AtomicU64::new(0),
-            intent_slot: format!("i.{}", uuid::Uuid::new_v4().simple()),
+            intent_slot: format!("i.{writer}"),
             batch_lock: tokio::sync::Mutex::new(()),
         };
         batch::recover(&store).await?;
@@ -279,19 +300,31 @@ impl JetStreamKvStore {
             .await
     }
 
+    /// An ordered consumer of the messages on `filter` (a whole subject filter): the last of
+    /// each subject, or those stored from now on; headers only when payloads are not read.
+    async fn ordered(
+        &self,
+        filter: &str,
+        deliver_policy: DeliverPolicy,
+        headers_only: bool,
+    ) -> Result<Consumer<OrderedConfig>, async_nats::jetstream::stream::ConsumerError> {
+        self.stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.lattice.client().new_inbox(),
+                filter_subject: filter.to_owned(),
+                headers_only,
+                deliver_policy,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+    }
+
     /// Reads every key under `prefix` (all of them; `list` pages them).
     async fn all_keys(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, KvError> {
         let filter = self.subject(&prefix_filter(prefix));
         let consumer = self
-            .stream
-            .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.lattice.client().new_inbox(),
-                filter_subject: filter.clone(),
-                headers_only: true,
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::LastPerSubject,
-                replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
+            .ordered(&filter, DeliverPolicy::LastPerSubject, true)
             .await
             .map_err(|e| self.backend(format!("listing {filter}: {e}")))?;
         let mut keys = Vec::new();
@@ -345,15 +378,7 @@ impl JetStreamKvStore {
         self.check_open()?;
         let filter = self.subject(&prefix_filter(prefix));
         let consumer = self
-            .stream
-            .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
-                deliver_subject: self.lattice.client().new_inbox(),
-                filter_subject: filter.clone(),
-                headers_only: true,
-                deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
-                replay_policy: async_nats::jetstream::consumer::ReplayPolicy::Instant,
-                ..Default::default()
-            })
+            .ordered(&filter, DeliverPolicy::New, true)
             .await
             .map_err(|e| self.backend(format!("watching {filter}: {e}")))?;
         let messages = consumer
