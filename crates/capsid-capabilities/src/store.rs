@@ -315,6 +315,7 @@ impl CapabilityStore {
     pub async fn revoke(&self, id: CapabilityId) -> Result<(), CapabilityError> {
         self.kv.set(&key(REVOKED, &id), &[]).await?;
         self.forget_revoked(id);
+        self.remember_revocation(id).await?;
         Ok(())
     }
 
@@ -360,7 +361,7 @@ impl CapabilityStore {
         Ok(out)
     }
 
-    fn is_revoked(&self, id: &CapabilityId) -> bool {
+    pub(crate) fn is_revoked(&self, id: &CapabilityId) -> bool {
         // A poisoned lock fails closed: treat everything as revoked.
         self.revoked.read().map_or(true, |r| r.contains(id))
     }

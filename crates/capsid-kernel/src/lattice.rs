@@ -62,7 +62,7 @@ pub(crate) async fn open_grant_stores(
     let kv = Arc::new(JetStreamKvStore::open_as(&lattice, &bucket, &writer).await?);
     let shared: Arc<dyn KvStore> = kv.clone();
     let capabilities = Arc::new(CapabilityStore::open(shared, Arc::new(key), &hosts).await?);
-    capabilities.share();
+    capabilities.share(local.clone()).await?;
     let joined = Joined { lattice, kv };
     let follower = follow(&joined, capabilities.clone()).await?;
     Ok(GrantStores {
@@ -131,21 +131,29 @@ async fn follow_from(
     loop {
         if let Some(mut watching) = changes.take() {
             loop {
-                tokio::select! {
-                    change = watching.next() => match change {
-                        Some(Ok(key)) => capabilities.changed_elsewhere(&key),
-                        Some(Err(e)) => {
-                            tracing::warn!(error = %e, "following the lattice's grants broke");
-                            break;
-                        }
-                        None => break,
-                    },
+                // The link's state is read and let go here: its guard must not live on
+                // across the awaits below.
+                let next = tokio::select! {
+                    change = watching.next() => Some(change),
                     lost = states.wait_for(|s| *s != LinkState::Connected) => {
                         if lost.is_err() {
                             return;
                         }
+                        None
+                    }
+                };
+                match next {
+                    Some(Some(Ok(key))) => {
+                        if let Err(e) = capabilities.changed_elsewhere(&key).await {
+                            // Revoked in memory all the same; only its copy here failed.
+                            tracing::warn!(error = %e, "cannot keep a revocation here");
+                        }
+                    }
+                    Some(Some(Err(e))) => {
+                        tracing::warn!(error = %e, "following the lattice's grants broke");
                         break;
                     }
+                    Some(None) | None => break,
                 }
             }
         }
