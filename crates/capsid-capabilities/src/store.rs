@@ -313,9 +313,11 @@ impl CapabilityStore {
 
     /// Revokes a capability: every check that starts after this returns ignores it.
     pub async fn revoke(&self, id: CapabilityId) -> Result<(), CapabilityError> {
+        // Kept here first: failing there, nothing happened; failing after, this host is only
+        // stricter than the lattice until it is tried again.
+        self.remember_revocation(id).await?;
         self.kv.set(&key(REVOKED, &id), &[]).await?;
         self.forget_revoked(id);
-        self.remember_revocation(id).await?;
         Ok(())
     }
 

@@ -225,7 +225,7 @@ impl KernelBuilder {
             runtime_key: Arc::new(key),
             lattice: stores.joined,
         });
-        kernel.keep_task_if(stores.follower);
+        kernel.follow_lattice(stores.first);
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)

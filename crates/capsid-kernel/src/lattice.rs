@@ -31,8 +31,8 @@ pub(crate) struct GrantStores {
     pub capabilities: Arc<CapabilityStore>,
     pub identity: IdentityStore,
     pub joined: Option<Joined>,
-    /// Follows the lattice's grants, when shared ([`follow`]).
-    pub follower: Option<JoinHandle<()>>,
+    /// The lattice's grant changes, watched from before the first read ([`follow`] them).
+    pub first: Option<KeyChanges>,
 }
 
 /// Opens the capability store on `local`, or, with `[lattice]`, on the lattice's bucket,
@@ -51,7 +51,7 @@ pub(crate) async fn open_grant_stores(
             capabilities: Arc::new(capabilities),
             identity: IdentityStore::new(local.clone()),
             joined: None,
-            follower: None,
+            first: None,
         });
     };
     let hosts = trusted_hosts(&lattice_config.trusted_hosts)?;
@@ -63,13 +63,15 @@ pub(crate) async fn open_grant_stores(
     let shared: Arc<dyn KvStore> = kv.clone();
     let capabilities = Arc::new(CapabilityStore::open(shared, Arc::new(key), &hosts).await?);
     capabilities.share(local.clone()).await?;
-    let joined = Joined { lattice, kv };
-    let follower = follow(&joined, capabilities.clone()).await?;
+    // Watch first, then read: a change made in between is seen by one or the other. Done
+    // here, so boot starts current.
+    let first = kv.watch(CapabilityStore::KEY_SPACE).await?;
+    capabilities.resync().await?;
     Ok(GrantStores {
         capabilities,
         identity: IdentityStore::new(local.clone()),
-        joined: Some(joined),
-        follower: Some(follower),
+        joined: Some(Joined { lattice, kv }),
+        first: Some(first),
     })
 }
 
@@ -101,23 +103,31 @@ fn trusted_hosts(keys: &[String]) -> Result<Vec<PublicKey>, KernelError> {
         .collect()
 }
 
-/// Follows the shared grants for as long as the host runs: every change another host makes
-/// reaches `capabilities`; while the lattice is out of reach, or the watch broken, checks
-/// are denied, and once it is back every revocation is read again before they run. The
-/// first watch and read happen before this returns, so boot starts current.
-async fn follow(
-    joined: &Joined,
+/// Follows the shared grants for as long as the host runs, from `first` (see
+/// [`open_grant_stores`]): every change another host makes reaches `capabilities`; while the
+/// lattice is out of reach, or the watch broken, checks are denied, and once it is back every
+/// revocation is read again before they run. Started once the kernel holds the task, so a
+/// boot that fails leaves nothing running.
+fn follow(
+    joined: Option<&Joined>,
     capabilities: Arc<CapabilityStore>,
-) -> Result<JoinHandle<()>, KernelError> {
-    // Watch first, then read: a change made in between is seen by one or the other.
-    let first = joined.kv.watch(CapabilityStore::KEY_SPACE).await?;
-    capabilities.resync().await?;
+    first: Option<KeyChanges>,
+) -> Option<JoinHandle<()>> {
+    let (joined, first) = (joined?, first?);
     let (lattice, kv) = (joined.lattice.clone(), joined.kv.clone());
-    Ok(tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         follow_from(&lattice, &kv, &capabilities, first).await;
         // Nothing follows the grants any more: deny rather than trust a stale cache.
         capabilities.lost_sight();
     }))
+}
+
+impl crate::Kernel {
+    /// Starts following the lattice's grants from `first`, when the host joined one.
+    pub(crate) fn follow_lattice(&self, first: Option<KeyChanges>) {
+        let capabilities = self.capabilities().clone();
+        self.keep_task_if(follow(self.parts().lattice.as_ref(), capabilities, first));
+    }
 }
 
 async fn follow_from(
@@ -145,8 +155,10 @@ async fn follow_from(
                 match next {
                     Some(Some(Ok(key))) => {
                         if let Err(e) = capabilities.changed_elsewhere(&key).await {
-                            // Revoked in memory all the same; only its copy here failed.
+                            // Revoked in memory, but not kept here: deny until a resync keeps
+                            // every revocation again.
                             tracing::warn!(error = %e, "cannot keep a revocation here");
+                            break;
                         }
                     }
                     Some(Some(Err(e))) => {

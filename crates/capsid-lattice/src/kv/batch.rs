@@ -91,7 +91,13 @@ pub(super) async fn apply(store: &JetStreamKvStore, ops: &[BatchOp]) -> Result<(
         return Ok(());
     }
     let _one_at_a_time = store.batch_lock.lock().await;
-    recover_if_due(store).await?;
+    // An earlier batch whose rollback failed left its intent open on this store's subject:
+    // roll it back before a new intent takes its place.
+    if has_open_intent(store).await? {
+        recover(store).await?;
+    } else {
+        recover_if_due(store).await?;
+    }
     let deadline = Instant::now() + LATTICE_BATCH_APPLY_DEADLINE;
     for attempt in 0..MAX_KV_CONFLICT_RETRIES {
         match attempt_once(store, &last, deadline).await? {
@@ -260,6 +266,16 @@ async fn close_intent(store: &JetStreamKvStore, subject: &str, at: u64) -> Resul
     Ok(published != Published::Conflict)
 }
 
+/// Whether this store's intent subject ends in an intent not closed.
+async fn has_open_intent(store: &JetStreamKvStore) -> Result<bool, KvError> {
+    let subject = store.subject(&store.intent_slot);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => Ok(m.headers.get(OPERATION_HEADER).is_none()),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
+        Err(e) => Err(store.backend(format!("reading {subject}: {e}"))),
+    }
+}
+
 /// Runs [`recover`] when it has not run for [`LATTICE_BATCH_INTENT_STALE`].
 async fn recover_if_due(store: &JetStreamKvStore) -> Result<(), KvError> {
     let now = now_ms();
@@ -281,7 +297,7 @@ pub(super) async fn recover(store: &JetStreamKvStore) -> Result<(), KvError> {
 /// [`recover`] with the age past which an intent counts as a dead writer's.
 async fn recover_older_than(store: &JetStreamKvStore, stale: Duration) -> Result<(), KvError> {
     store.last_recovery_ms.store(now_ms(), Ordering::Relaxed);
-    let intents = tokio::time::timeout(LATTICE_KV_LIST_TIMEOUT, intents(store))
+    let (intents, server_now) = tokio::time::timeout(LATTICE_KV_LIST_TIMEOUT, intents(store))
         .await
         .map_err(|_| store.backend("reading batch intents timed out"))??;
     let stale_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
@@ -289,13 +305,19 @@ async fn recover_older_than(store: &JetStreamKvStore, stale: Duration) -> Result
     for (subject, at, intent) in intents {
         // An open intent on this store's own subject is a predecessor's that died (this one
         // applies none while it sweeps), however young.
-        if subject != own && now_ms().saturating_sub(intent.at_ms) < stale_ms {
+        if subject != own && server_now.saturating_sub(intent.at_ms) < stale_ms {
             continue;
         }
         for (tail, before) in &intent.writes {
             let current = store.current(&store.subject(tail)).await?;
             if current.batch.as_deref() == Some(intent.id.as_str()) {
-                restore(store, tail, *before, current.revision).await?;
+                match restore(store, tail, *before, current.revision).await {
+                    // A forged intent: its claim is not carried out, and blocks nobody.
+                    Err(KvError::Corrupt { reason, .. }) => {
+                        tracing::warn!(intent = %subject, key = %tail, %reason, "skipped");
+                    }
+                    other => other?,
+                }
             }
         }
         close_intent(store, &subject, at).await?;
@@ -310,7 +332,7 @@ async fn recover_older_than(store: &JetStreamKvStore, stale: Duration) -> Result
 }
 
 /// Every batch intent in the bucket: its subject, its revision, what it says.
-async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>, KvError> {
+async fn intents(store: &JetStreamKvStore) -> Result<(Vec<(String, u64, Intent)>, u64), KvError> {
     let filter = store.subject("i.>");
     let fail = |e: &dyn std::fmt::Display| store.backend(format!("reading batch intents: {e}"));
     let consumer = store
@@ -318,8 +340,11 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>,
         .await
         .map_err(|e| fail(&e))?;
     let mut out = Vec::new();
+    // The server's time now (when it made the consumer), beside its times of publication.
+    let created = consumer.cached_info().created.unix_timestamp_nanos() / 1_000_000;
+    let server_now = u64::try_from(created).unwrap_or_else(|_| now_ms());
     if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
+        return Ok((out, server_now));
     }
     let mut messages = consumer.messages().await.map_err(|e| fail(&e))?;
     while let Some(message) = messages.next().await {
@@ -338,7 +363,7 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>,
             continue;
         }
         match serde_json::from_slice::<Intent>(&message.payload) {
-            // Judged stale by the server's clock, the same for every host.
+            // Judged stale by the server's clocks (published, and now), not this host's.
             Ok(mut intent) => {
                 let published = info.published.unix_timestamp_nanos() / 1_000_000;
                 intent.at_ms = u64::try_from(published).unwrap_or(intent.at_ms);
@@ -355,7 +380,7 @@ async fn intents(store: &JetStreamKvStore) -> Result<Vec<(String, u64, Intent)>,
             break;
         }
     }
-    Ok(out)
+    Ok((out, server_now))
 }
 
 #[cfg(test)]
@@ -416,9 +441,44 @@ mod tests {
         assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"old");
         assert_eq!(reopened.get(b"b").await.unwrap(), None);
         assert!(
-            intents(&reopened).await.unwrap().is_empty(),
+            intents(&reopened).await.unwrap().0.is_empty(),
             "the intent is removed"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_reopening_rolls_back_its_own_open_intent_however_young() {
+        let cluster = LocalCluster::start(1).await.unwrap();
+        let lattice = lattice(&cluster).await;
+        let store = JetStreamKvStore::open_as(&lattice, "own", "host-a")
+            .await
+            .unwrap();
+        store.set(b"a", b"old").await.unwrap();
+        let tail = key_subject(b"a");
+        let before = store.current(&store.subject(&tail)).await.unwrap().revision;
+        let intent = Intent {
+            id: "mine".into(),
+            at_ms: now_ms(),
+            writes: vec![(tail, before)],
+        };
+        let body = serde_json::to_vec(&intent).unwrap();
+        let own = store.subject(&store.intent_slot);
+        store
+            .publish(own, HeaderMap::new(), body.into(), None)
+            .await
+            .unwrap();
+        let written = store.write(b"a", Some(b"half"), Some(before), Some("mine"));
+        assert!(matches!(written.await.unwrap(), Published::Stored(_)));
+        // Another writer leaves it alone (young); the same writer, reopening, does not.
+        let other = JetStreamKvStore::open_as(&lattice, "own", "host-b")
+            .await
+            .unwrap();
+        assert_eq!(other.get(b"a").await.unwrap().unwrap(), b"half");
+        let reopened = JetStreamKvStore::open_as(&lattice, "own", "host-a")
+            .await
+            .unwrap();
+        assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"old");
+        assert!(intents(&reopened).await.unwrap().0.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +489,7 @@ mod tests {
         half_applied(&store).await;
         let reopened = JetStreamKvStore::open(&lattice, "young").await.unwrap();
         assert_eq!(reopened.get(b"a").await.unwrap().unwrap(), b"half");
-        assert_eq!(intents(&reopened).await.unwrap().len(), 1);
+        assert_eq!(intents(&reopened).await.unwrap().0.len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,7 +502,7 @@ mod tests {
         store.set(b"a", b"later").await.unwrap();
         recover_older_than(&store, Duration::ZERO).await.unwrap();
         assert_eq!(store.get(b"a").await.unwrap().unwrap(), b"later");
-        assert!(intents(&store).await.unwrap().is_empty());
+        assert!(intents(&store).await.unwrap().0.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
