@@ -200,6 +200,21 @@ mod tests {
         (a, b, b_own)
     }
 
+    /// Grants `alice` every tool of `hello`, from `store`'s host.
+    async fn grant_hello(store: &CapabilityStore, alice: Principal) -> crate::Capability {
+        store
+            .grant(
+                alice,
+                None,
+                "tool://hello/*",
+                Permissions::EXEC,
+                None,
+                false,
+            )
+            .await
+            .unwrap()
+    }
+
     async fn allowed(store: &CapabilityStore, principal: Principal) -> bool {
         let subject = Subject {
             principal,
@@ -222,17 +237,7 @@ mod tests {
             !allowed(&b, alice).await,
             "and B caches that alice holds nothing"
         );
-        let grant = a
-            .grant(
-                alice,
-                None,
-                "tool://hello/*",
-                Permissions::EXEC,
-                None,
-                false,
-            )
-            .await
-            .unwrap();
+        let grant = grant_hello(&a, alice).await;
         assert!(!allowed(&b, alice).await, "B's cache knows nothing yet");
         b.changed_elsewhere(&[super::TAG, b't']).await.unwrap();
         assert!(
@@ -240,9 +245,9 @@ mod tests {
             "a change elsewhere makes B read again"
         );
         a.revoke(grant.id).await.unwrap();
-        let mut revoked = vec![super::TAG, super::REVOKED];
-        revoked.extend_from_slice(grant.id.0.as_bytes());
-        b.changed_elsewhere(&revoked).await.unwrap();
+        b.changed_elsewhere(&super::revocation_key(grant.id))
+            .await
+            .unwrap();
         assert!(!allowed(&b, alice).await, "the revocation reached B's set");
     }
 
@@ -250,17 +255,7 @@ mod tests {
     async fn out_of_sight_every_check_denies_until_resynced() {
         let (a, b, _) = two_hosts().await;
         let alice = Principal::User(PrincipalId::new());
-        let grant = a
-            .grant(
-                alice,
-                None,
-                "tool://hello/*",
-                Permissions::EXEC,
-                None,
-                false,
-            )
-            .await
-            .unwrap();
+        let grant = grant_hello(&a, alice).await;
         assert!(allowed(&b, alice).await);
         b.lost_sight();
         assert!(b.out_of_sight());
@@ -288,17 +283,7 @@ mod tests {
             .unwrap();
         b.share(b_own.clone()).await.unwrap();
         let alice = Principal::User(PrincipalId::new());
-        let grant = a
-            .grant(
-                alice,
-                None,
-                "tool://hello/*",
-                Permissions::EXEC,
-                None,
-                false,
-            )
-            .await
-            .unwrap();
+        let grant = grant_hello(&a, alice).await;
         assert!(allowed(&b, alice).await);
         a.revoke(grant.id).await.unwrap();
         let key = super::revocation_key(grant.id);
@@ -327,17 +312,7 @@ mod tests {
             .await
             .unwrap();
         let alice = Principal::User(PrincipalId::new());
-        store
-            .grant(
-                alice,
-                None,
-                "tool://hello/*",
-                Permissions::EXEC,
-                None,
-                false,
-            )
-            .await
-            .unwrap();
+        grant_hello(&store, alice).await;
         store.lost_sight();
         assert!(!store.out_of_sight());
         assert!(allowed(&store, alice).await);
