@@ -16,6 +16,7 @@ use capsid_events::EventBus;
 use capsid_storage::{KvStore, MemoryKvStore};
 use capsid_vfs::OverlayVfs;
 
+pub mod lattice;
 pub mod overlay_storm;
 pub mod web;
 
@@ -428,27 +429,30 @@ impl Runtime {
 
     /// Every audit entry so far as `(capsule, action, resource, decision)`, in chain order.
     pub fn audit_entries(&self) -> Vec<AuditRow> {
-        let conn = rusqlite::Connection::open_with_flags(
-            self.audit.path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .expect("open audit db");
-        let mut stmt = conn
-            .prepare("SELECT capsule, action, resource, decision, details FROM entries ORDER BY id")
-            .expect("prepare");
-        stmt.query_map([], |r| {
-            Ok(AuditRow {
-                capsule: r.get(0)?,
-                action: r.get(1)?,
-                resource: r.get(2)?,
-                decision: r.get(3)?,
-                details: r.get(4)?,
-            })
-        })
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows")
+        audit_rows(self.audit.path())
     }
+}
+
+/// Every entry of the audit log at `db`, in the order written.
+pub fn audit_rows(db: &Path) -> Vec<AuditRow> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open audit db");
+    let mut stmt = conn
+        .prepare("SELECT capsule, action, resource, decision, details FROM entries ORDER BY id")
+        .expect("prepare");
+    stmt.query_map([], |r| {
+        Ok(AuditRow {
+            capsule: r.get(0)?,
+            action: r.get(1)?,
+            resource: r.get(2)?,
+            decision: r.get(3)?,
+            details: r.get(4)?,
+        })
+    })
+    .expect("query")
+    .collect::<Result<_, _>>()
+    .expect("rows")
 }
 
 /// One audit entry, as the tests look at it.

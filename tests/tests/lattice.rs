@@ -10,24 +10,14 @@ use std::time::{Duration, Instant};
 
 use capsid_capabilities::Permissions;
 use capsid_capsule::CallControl;
-use capsid_integration_tests::{PrivateHome, copy_capsule, id};
+use capsid_integration_tests::lattice::{LatticeHost, kernel_config, lattice_config};
+use capsid_integration_tests::{PrivateHome, id};
 use capsid_kernel::{Door, Kernel, KernelConfig, ToolCaller};
+use capsid_lattice::LinkState;
 use capsid_lattice::local::{LocalCluster, nats_server_binary};
-use capsid_lattice::{LatticeConfig, LinkState};
 
 fn config(servers: Vec<String>) -> KernelConfig {
-    KernelConfig {
-        dev: true,
-        hot_reload: false,
-        lattice: Some(LatticeConfig {
-            name: "itest".into(),
-            servers,
-            replicas: 1,
-            credentials: None,
-            trusted_hosts: Vec::new(),
-        }),
-        ..KernelConfig::default()
-    }
+    kernel_config(lattice_config(servers))
 }
 
 async fn wait_for(kernel: &Kernel, state: LinkState, within: Duration) {
@@ -148,39 +138,6 @@ async fn boot_refuses_servers_whose_max_payload_cannot_carry_a_value() {
     );
 }
 
-/// A host of a lattice: its home, with `hello` installed, and its runtime public key.
-struct Host {
-    home: PrivateHome,
-    key: String,
-}
-
-fn host() -> Host {
-    let home = PrivateHome::new();
-    copy_capsule("hello", &home.path().join("capsules"));
-    let keys = home.path().join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    let key = capsid_crypto::load_or_generate_runtime_key(&keys).unwrap();
-    Host {
-        home,
-        key: hex::encode(key.public_key().to_bytes()),
-    }
-}
-
-async fn boot_host(host: &Host, cluster: &LocalCluster, trusted: &[&Host]) -> Kernel {
-    let mut config = config(cluster.urls());
-    if let Some(l) = &mut config.lattice {
-        l.replicas = 3;
-        l.trusted_hosts = trusted.iter().map(|h| h.key.clone()).collect();
-    }
-    Kernel::builder()
-        .home(host.home.path())
-        .config(config)
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("boot: {e}"))
-}
-
 async fn greet(kernel: &Kernel, as_user: &ToolCaller) -> bool {
     kernel
         .call_tool_as(
@@ -228,11 +185,12 @@ async fn until_greet(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_revocations_are_lattice_wide_and_an_unseen_lattice_denies() {
     let mut cluster = LocalCluster::start(3).await.unwrap();
-    let (a_host, b_host, c_host) = (host(), host(), host());
+    let hosts: Vec<LatticeHost> = (0..3).map(|_| LatticeHost::new(&["hello"])).collect();
+    let (a_host, b_host, c_host) = (&hosts[0], &hosts[1], &hosts[2]);
     // A and B trust each other; neither trusts C.
-    let a = boot_host(&a_host, &cluster, &[&b_host]).await;
-    let b = boot_host(&b_host, &cluster, &[&a_host]).await;
-    let c = boot_host(&c_host, &cluster, &[&a_host, &b_host]).await;
+    let a = a_host.boot(&cluster, &[b_host]).await;
+    let b = b_host.boot(&cluster, &[a_host]).await;
+    let c = c_host.boot(&cluster, &[a_host, b_host]).await;
     // Identities stay per host (their links are not signed); a grant names a principal id.
     assert_ne!(a.mcp_principal(), b.mcp_principal());
     let user = ToolCaller {

@@ -14,7 +14,10 @@ const EDGES: &[(&str, &[&str])] = &[
     ("capsid-crypto", &["capsid-core"]),
     ("capsid-events", &["capsid-core"]),
     ("capsid-storage", &["capsid-core"]),
-    ("capsid-lattice", &["capsid-core", "capsid-storage"]),
+    (
+        "capsid-lattice",
+        &["capsid-core", "capsid-crypto", "capsid-storage"],
+    ),
     ("capsid-vfs", &["capsid-core"]),
     ("capsid-protocol", &["capsid-core"]),
     ("capsid-audit", &["capsid-core", "capsid-crypto"]),

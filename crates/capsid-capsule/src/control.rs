@@ -112,6 +112,24 @@ impl CallControl {
         }
     }
 
+    /// This call, ending `within` from now at the latest (the deadline a call from another
+    /// host of the lattice brought with it).
+    #[must_use]
+    pub fn ending_within(&self, within: Duration) -> Self {
+        let at = Instant::now() + within;
+        Self {
+            not_after: Some(self.not_after.map_or(at, |n| n.min(at))),
+            ..self.clone()
+        }
+    }
+
+    /// Time left before the caller's deadline, when the call has one (what a call sent to
+    /// another host carries).
+    pub fn time_left(&self) -> Option<Duration> {
+        self.not_after
+            .map(|n| n.saturating_duration_since(Instant::now()))
+    }
+
     /// The call `via` (running this call) makes to another capsule's tool: cancelled with
     /// this one (or alone), ending by `not_after` at the latest, for the same client and
     /// session, its approvals told to the same listener and its waits for a person

@@ -669,3 +669,30 @@ pub const LATTICE_RECONNECT_MAX_DELAY: std::time::Duration = std::time::Duration
 
 /// Longest lattice name, in bytes (it names NATS subjects and buckets).
 pub const MAX_LATTICE_NAME_BYTES: usize = 32;
+
+/// How far a lattice envelope's time may be from the receiving host's clock (either way):
+/// older ones are refused, so a message copied off the wire can be replayed only within it,
+/// and its nonce is remembered that long. Hosts of a lattice keep their clocks in step (NTP).
+pub const LATTICE_ENVELOPE_SKEW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most envelope nonces a host remembers within [`LATTICE_ENVELOPE_SKEW`]; past it, fresh
+/// envelopes are refused until old ones expire (refusing rather than risking a replay).
+pub const LATTICE_REPLAY_GUARD_ENTRIES: usize = 256 * 1024;
+
+/// How long a calling host waits for a serving host to take a call.
+pub const LATTICE_CALL_ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a serving host says a call it runs is still running.
+pub const LATTICE_CALL_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Silence after which a calling host takes the serving host for lost (three heartbeats).
+pub const LATTICE_CALL_SILENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often a host writes its advertisement of the capsules it serves (and reads others').
+pub const LATTICE_ADVERT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long an advertisement lives unless written again: a dead host drops out after it.
+pub const LATTICE_ADVERT_TTL: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Events a host queues for export to the lattice; past it, exports are dropped and counted.
+pub const LATTICE_EXPORT_QUEUE: usize = 4096;

@@ -84,6 +84,20 @@ pub fn validate_topic(topic: &str) -> Result<(), EventError> {
     check("topic", topic, false)
 }
 
+/// Checks that `pattern` is a valid pattern: what [`EventBus::subscribe`] accepts.
+pub fn validate_pattern(pattern: &str) -> Result<(), EventError> {
+    check("pattern", pattern, true)
+}
+
+/// Where an event published on another host of a lattice came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOrigin {
+    /// The host (its runtime public key, hex).
+    pub host: String,
+    /// On whose authority it was published there, when a person's (`user:<id>`).
+    pub principal: Option<String>,
+}
+
 /// One published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
@@ -95,6 +109,9 @@ pub struct Event {
     pub source: Option<CapsuleId>,
     /// Position in the bus's publish order, from 1.
     pub seq: u64,
+    /// The host it came from, for an event another host of the lattice published; `None`
+    /// for one published here.
+    pub origin: Option<Arc<EventOrigin>>,
 }
 
 struct Subscriber {
@@ -108,6 +125,39 @@ struct Subscriber {
 pub struct EventBus {
     subscribers: Arc<RwLock<Vec<Subscriber>>>,
     seq: Arc<AtomicU64>,
+    /// Where events published here on exported topics also go (to the lattice).
+    export: Arc<RwLock<Option<Subscriber>>>,
+}
+
+/// The events published here on exported topics, as the exporter takes them. Its queue is
+/// bounded like a subscriber's: when full, an export is dropped and counted.
+#[derive(Debug)]
+pub struct Exports {
+    patterns: Vec<String>,
+    rx: mpsc::Receiver<Arc<Event>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Exports {
+    /// The next event to export; `None` once the bus is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        self.rx.recv().await
+    }
+
+    /// Events not exported because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// The next event to export if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Event>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// The patterns exported.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
 }
 
 impl std::fmt::Debug for EventBus {
@@ -184,12 +234,60 @@ impl EventBus {
         })
     }
 
-    /// Publishes to every matching subscriber without waiting (see the overflow policy).
+    /// Exports the events published here on topics matching any of `patterns` (at most
+    /// `capacity` queued): one exporter per bus, the last one set wins. Events that came
+    /// from another host ([`publish_remote`](Self::publish_remote)) are never exported.
+    pub fn export(&self, patterns: &[String], capacity: usize) -> Result<Exports, EventError> {
+        for pattern in patterns {
+            check("pattern", pattern, true)?;
+        }
+        if capacity == 0 || capacity > MAX_SUBSCRIBER_QUEUE {
+            return Err(EventError::BadCapacity(capacity));
+        }
+        let (tx, rx) = mpsc::channel(capacity);
+        let dropped = Arc::new(AtomicU64::new(0));
+        *write(&self.export) = Some(Subscriber {
+            pattern: patterns.join(" "),
+            tx,
+            dropped: dropped.clone(),
+        });
+        Ok(Exports {
+            patterns: patterns.to_vec(),
+            rx,
+            dropped,
+        })
+    }
+
+    /// Publishes to every matching subscriber without waiting (see the overflow policy),
+    /// and to the exporter when the topic is exported.
     pub fn publish(
         &self,
         topic: &str,
         payload: Vec<u8>,
         source: Option<CapsuleId>,
+    ) -> Result<Delivery, EventError> {
+        self.publish_from(topic, payload, source, None)
+    }
+
+    /// Publishes an event another host of the lattice published (`origin`) to this host's
+    /// subscribers, as [`publish`](Self::publish) does, but never exports it again: no
+    /// event goes back where it came from.
+    pub fn publish_remote(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        source: Option<CapsuleId>,
+        origin: EventOrigin,
+    ) -> Result<Delivery, EventError> {
+        self.publish_from(topic, payload, source, Some(Arc::new(origin)))
+    }
+
+    fn publish_from(
+        &self,
+        topic: &str,
+        payload: Vec<u8>,
+        source: Option<CapsuleId>,
+        origin: Option<Arc<EventOrigin>>,
     ) -> Result<Delivery, EventError> {
         check("topic", topic, false)?;
         if payload.len() > MAX_EVENT_PAYLOAD_BYTES {
@@ -208,6 +306,7 @@ impl EventBus {
             payload,
             source,
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            origin,
         });
         for s in subs
             .iter()
@@ -223,10 +322,39 @@ impl EventBus {
             }
         }
         drop(subs);
+        if event.origin.is_none() {
+            self.offer_export(&event);
+        }
         if gone {
             write(&self.subscribers).retain(|s| !s.tx.is_closed());
         }
         Ok(delivery)
+    }
+
+    /// Hands `event` to the exporter when its topic is exported (dropped and counted when
+    /// the exporter's queue is full). Events reach it in publish order but may interleave
+    /// with other publishers' differently than subscribers see them.
+    fn offer_export(&self, event: &Arc<Event>) {
+        let export = read(&self.export);
+        let Some(exporter) = export.as_ref() else {
+            return;
+        };
+        let wanted = exporter
+            .pattern
+            .split(' ')
+            .any(|p| glob_bytes(p.as_bytes(), event.topic.as_bytes()));
+        if wanted
+            && let Err(mpsc::error::TrySendError::Full(_)) = exporter.tx.try_send(event.clone())
+        {
+            exporter.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Events on exported topics dropped because the exporter's queue was full.
+    pub fn export_dropped(&self) -> u64 {
+        read(&self.export)
+            .as_ref()
+            .map_or(0, |e| e.dropped.load(Ordering::Relaxed))
     }
 
     /// Current number of subscribers.

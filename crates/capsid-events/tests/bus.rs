@@ -1,7 +1,7 @@
 //! The bus delivers in order, drops and counts on overflow, and never blocks a publisher.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use capsid_events::{Delivery, EventBus, EventError};
+use capsid_events::{Delivery, EventBus, EventError, EventOrigin};
 
 #[tokio::test]
 async fn patterns_select_topics() {
@@ -120,5 +120,43 @@ fn bad_topics_patterns_and_sizes_are_refused() {
     assert!(matches!(
         bus.publish("a.b", big, None),
         Err(EventError::PayloadTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn exported_topics_reach_the_exporter_and_remote_events_never_go_back() {
+    let bus = EventBus::new();
+    let mut exports = bus
+        .export(&["orders.*".to_owned(), "alerts.fire".to_owned()], 2)
+        .unwrap();
+    let mut local = bus.subscribe("*", 16).unwrap();
+    bus.publish("orders.new", b"1".to_vec(), None).unwrap();
+    bus.publish("notes.new", b"2".to_vec(), None).unwrap();
+    let origin = EventOrigin {
+        host: "ab".into(),
+        principal: None,
+    };
+    bus.publish_remote("orders.paid", b"3".to_vec(), None, origin.clone())
+        .unwrap();
+    let exported = exports.recv().await.unwrap();
+    assert_eq!(exported.topic, "orders.new");
+    assert!(exported.origin.is_none());
+    assert!(
+        exports.try_recv().is_none(),
+        "neither an unexported topic nor a remote event is exported"
+    );
+    // Local subscribers see all three, the remote one with its origin.
+    let seen: Vec<_> = (0..3).map(|_| local.try_recv().unwrap()).collect();
+    assert_eq!(seen[2].origin.as_deref(), Some(&origin));
+
+    // A full export queue drops and counts, and never holds up the publisher.
+    for n in 0..5 {
+        bus.publish("alerts.fire", vec![n], None).unwrap();
+    }
+    assert_eq!(exports.dropped(), 3);
+    assert_eq!(exports.recv().await.unwrap().payload, vec![0]);
+    assert!(matches!(
+        bus.export(&["Bad".to_owned()], 2),
+        Err(EventError::Invalid { .. })
     ));
 }

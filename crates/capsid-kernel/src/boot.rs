@@ -225,7 +225,7 @@ impl KernelBuilder {
             runtime_key: Arc::new(key),
             lattice: stores.joined,
         });
-        kernel.follow_lattice(stores.first);
+        kernel.join_lattice(stores.first).await?;
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)

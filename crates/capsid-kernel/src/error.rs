@@ -28,6 +28,24 @@ pub enum KernelError {
     /// The lattice cannot be joined.
     #[error(transparent)]
     Lattice(#[from] capsid_lattice::LatticeError),
+    /// No host of the lattice serves the capsule (and it is not installed here).
+    #[error(
+        "capsule {capsule} is not installed here and no host of the lattice {lattice:?} serves it"
+    )]
+    NotServed {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// The lattice.
+        lattice: String,
+    },
+    /// A call to a capsule on another host of the lattice failed there or on the way.
+    #[error("capsule {capsule} on the lattice: {message}")]
+    Remote {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// What went wrong, and where.
+        message: String,
+    },
     /// The KV store cannot be opened or used.
     #[error(transparent)]
     Kv(#[from] capsid_storage::KvError),

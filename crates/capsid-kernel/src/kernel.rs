@@ -196,7 +196,15 @@ impl Kernel {
             .push(task);
     }
 
+    /// Tells the lattice's server and advertiser that the capsules here changed.
+    pub(crate) fn capsules_changed(&self) {
+        if let Some(joined) = &self.parts().lattice {
+            joined.serve_now.notify_waiters();
+        }
+    }
+
     pub(crate) fn finish_boot(&self, report: BootReport) {
+        self.capsules_changed();
         *self
             .inner
             .boot
@@ -380,6 +388,7 @@ impl Kernel {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(info.name.clone(), hash);
         }
+        self.capsules_changed();
         Ok(info)
     }
 
@@ -396,10 +405,12 @@ impl Kernel {
     /// Unloads capsule `name` (its persistent processes are stopped).
     pub async fn unload(&self, name: &CapsuleId) -> Result<(), KernelError> {
         self.idled().remove(name);
-        Ok(self.registry().unload(name).await?)
+        self.registry().unload(name).await?;
+        self.capsules_changed();
+        Ok(())
     }
 
-    fn idled(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<CapsuleId>> {
+    pub(crate) fn idled(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<CapsuleId>> {
         self.inner
             .idled
             .lock()
@@ -545,6 +556,7 @@ impl Kernel {
             // Awaited, so no monitor holds the kernel (or reloads a capsule) past this point.
             let _ = task.await;
         }
+        self.leave_lattice().await;
         let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
         loop {
             let names: Vec<CapsuleId> = self.capsules().into_iter().map(|c| c.name).collect();

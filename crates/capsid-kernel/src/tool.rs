@@ -28,6 +28,8 @@ pub enum Door {
     Mcp,
     /// The MCP bridge over HTTP (a bearer token's user).
     McpHttp,
+    /// Another host of the lattice, for a user it names (never as this host's operator).
+    Lattice,
 }
 
 impl Door {
@@ -38,6 +40,7 @@ impl Door {
             Self::Daemon => "daemon",
             Self::Mcp => "mcp",
             Self::McpHttp => "mcp-http",
+            Self::Lattice => "lattice",
         }
     }
 }
@@ -81,6 +84,22 @@ fn client_name(name: &str) -> String {
     escaped[..end].to_owned()
 }
 
+/// What a caller other than the operator is told of `error`: that the tool does not exist
+/// (`no_such_tool`) whenever the truth would say whether a capsule exists.
+fn hide_existence(error: KernelError, no_such_tool: impl FnOnce() -> KernelError) -> KernelError {
+    match error {
+        KernelError::NotInstalled(_)
+        | KernelError::NotServed { .. }
+        | KernelError::Capsule(
+            CapsuleError::NotLoaded(_)
+            | CapsuleError::NotWasm(_)
+            | CapsuleError::UnknownTool { .. }
+            | CapsuleError::ToolPendingReview { .. },
+        ) => no_such_tool(),
+        other => other,
+    }
+}
+
 /// How a call ended, for its record.
 fn outcome(result: &Result<String, KernelError>) -> &'static str {
     match result {
@@ -120,7 +139,9 @@ impl Kernel {
 
     /// Runs `tool` of capsule `name` on JSON `input` for `caller`: checked (unless the caller
     /// is the operator), recorded before, run, recorded after. `control` cancels it (the
-    /// record after says `cancelled`) and receives its progress.
+    /// record after says `cancelled`) and receives its progress. A capsule this host does
+    /// not have, on a lattice, is called on a host that serves it (the record after names
+    /// that host).
     pub async fn call_tool_as(
         &self,
         caller: &ToolCaller,
@@ -129,8 +150,24 @@ impl Kernel {
         input: &str,
         control: &CallControl,
     ) -> Result<String, KernelError> {
+        self.call_tool_from(caller, None, name, tool, input, control)
+            .await
+    }
+
+    /// [`call_tool_as`](Self::call_tool_as), for a call another host of the lattice sent
+    /// (`origin`, its key), recorded with it.
+    pub(crate) async fn call_tool_from(
+        &self,
+        caller: &ToolCaller,
+        origin: Option<&str>,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+        control: &CallControl,
+    ) -> Result<String, KernelError> {
         self.open()?;
-        let operator = caller.principal == self.principal();
+        // Another host's call has only the grants of the user it names.
+        let operator = caller.door != Door::Lattice && caller.principal == self.principal();
         let dev_mcp = self.dev_trusts(caller.principal, caller.door);
         let no_such_tool = || {
             KernelError::Capsule(CapsuleError::UnknownTool {
@@ -147,6 +184,7 @@ impl Kernel {
             "client": caller.client.as_deref().map(client_name),
             "input_blake3": blake3::hash(input.as_bytes()).to_hex().to_string(),
             "trust": if dev_mcp { Some("dev") } else { None },
+            "from_host": origin,
         });
         let subject = Subject {
             principal: caller.principal,
@@ -190,15 +228,23 @@ impl Kernel {
         // What the capsule asks a person for may be granted for this caller's session; the
         // embedding program's calls come from no client session.
         let session = match caller.door {
-            Door::Api => None,
+            Door::Api | Door::Lattice => None,
             _ => self.client_session(caller.principal),
         };
         let control = control.called_by(caller.principal, session);
-        let mut result = self.run_tool(name, tool, input, &control).await;
+        // A call that came from the lattice is never sent on: no call goes round in circles.
+        let (mut result, served_by) = if caller.door != Door::Lattice && self.served_elsewhere(name)
+        {
+            self.call_elsewhere(caller, name, tool, input, &control)
+                .await
+        } else {
+            (self.run_tool(name, tool, input, &control).await, None)
+        };
         let details = json!({
             "outcome": outcome(&result),
             "duration_ms": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "bytes": result.as_ref().map_or(0, String::len),
+            "served_by": served_by,
         });
         self.record_tool(
             caller.principal,
@@ -210,17 +256,7 @@ impl Kernel {
         )
         .await?;
         if !operator {
-            // Whether a capsule exists is not the caller's to learn from an error.
-            result = result.map_err(|e| match e {
-                KernelError::NotInstalled(_)
-                | KernelError::Capsule(
-                    CapsuleError::NotLoaded(_)
-                    | CapsuleError::NotWasm(_)
-                    | CapsuleError::UnknownTool { .. }
-                    | CapsuleError::ToolPendingReview { .. },
-                ) => no_such_tool(),
-                other => other,
-            });
+            result = result.map_err(|e| hide_existence(e, no_such_tool));
         }
         result
     }
@@ -246,12 +282,16 @@ impl Kernel {
     /// user, only from a local door (never HTTP, whose tokens may be anyone's), decided at
     /// each call (never a stored grant that would outlive the dev session).
     fn dev_trusts(&self, principal: Principal, door: Door) -> bool {
-        self.config().dev && principal == self.mcp_principal() && door != Door::McpHttp
+        self.config().dev
+            && principal == self.mcp_principal()
+            && !matches!(door, Door::McpHttp | Door::Lattice)
     }
 
     /// The tools of ready capsules that `principal` may call through `door` (every one, for
-    /// the operator), in capsule then manifest order. Listing decides nothing and records
-    /// nothing: each call is still checked.
+    /// the operator), in capsule then manifest order; then, on a lattice, those other hosts
+    /// serve for capsules this host does not have, that `principal` holds a grant for (the
+    /// serving host checks again). Listing decides nothing and records nothing: each call
+    /// is still checked.
     pub async fn tools_for(&self, principal: Principal, door: Door) -> Vec<ToolInfo> {
         let operator = principal == self.principal() || self.dev_trusts(principal, door);
         let subject = Subject {
@@ -286,6 +326,19 @@ impl Kernel {
                         annotations: tool.annotations,
                     });
                 }
+            }
+        }
+        for tool in self.tools_elsewhere() {
+            let granted = self
+                .capabilities()
+                .would_allow(
+                    &subject,
+                    Permissions::EXEC,
+                    &tool_resource(&tool.capsule, &tool.tool),
+                )
+                .await;
+            if granted && matches!(principal, Principal::User(_)) {
+                out.push(tool);
             }
         }
         out

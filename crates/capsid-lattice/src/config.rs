@@ -27,6 +27,10 @@ pub struct LatticeConfig {
     /// whoever wrote it into the shared store. `capsid status` shows a host's own key.
     #[serde(default)]
     pub trusted_hosts: Vec<String>,
+    /// Event topic patterns (as subscriptions spell them: `orders.*`) whose events this host
+    /// publishes to the lattice as well as to its own bus. None by default.
+    #[serde(default)]
+    pub export: Vec<String>,
 }
 
 fn one() -> usize {

@@ -16,6 +16,7 @@ async fn lattice(cluster: &LocalCluster, replicas: usize) -> Lattice {
         replicas,
         credentials: None,
         trusted_hosts: Vec::new(),
+        export: Vec::new(),
     };
     Lattice::connect(&config, std::path::Path::new("/"))
         .await

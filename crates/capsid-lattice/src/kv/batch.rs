@@ -399,6 +399,7 @@ mod tests {
             replicas: 1,
             credentials: None,
             trusted_hosts: Vec::new(),
+            export: Vec::new(),
         };
         Lattice::connect(&config, std::path::Path::new("/"))
             .await

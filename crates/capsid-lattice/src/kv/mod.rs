@@ -91,7 +91,7 @@ fn failover_pause(started: Instant) -> Duration {
 /// The stream of a JetStream KV bucket as NATS's own clients make it (so `nats kv` tools
 /// see it as one), made here because the client's bucket creation asks the server for
 /// account details NATS 2.9 answers in a shape it does not read.
-fn bucket_stream(lattice: &Lattice, bucket: &str) -> stream::Config {
+fn bucket_stream(lattice: &Lattice, bucket: &str, max_age: Duration) -> stream::Config {
     stream::Config {
         name: format!("KV_{bucket}"),
         description: Some("capsid lattice key-value store".into()),
@@ -105,6 +105,7 @@ fn bucket_stream(lattice: &Lattice, bucket: &str) -> stream::Config {
         deny_purge: false,
         allow_direct: true,
         discard: stream::DiscardPolicy::New,
+        max_age,
         ..Default::default()
     }
 }
@@ -122,6 +123,27 @@ impl JetStreamKvStore {
     /// only it, uses for this bucket every time, naming its batches' intent subject. Two
     /// stores open at once as the same writer would mix their batches.
     pub async fn open_as(lattice: &Lattice, bucket: &str, writer: &str) -> Result<Self, KvError> {
+        Self::open_with(lattice, bucket, writer, Duration::ZERO).await
+    }
+
+    /// [`open`](Self::open) a bucket whose entries are forgotten `max_age` after they were
+    /// last written (for records kept alive by rewriting them; not for batches, whose
+    /// markers would expire too).
+    pub async fn open_expiring(
+        lattice: &Lattice,
+        bucket: &str,
+        max_age: Duration,
+    ) -> Result<Self, KvError> {
+        let writer = uuid::Uuid::new_v4().simple().to_string();
+        Self::open_with(lattice, bucket, &writer, max_age).await
+    }
+
+    async fn open_with(
+        lattice: &Lattice,
+        bucket: &str,
+        writer: &str,
+        max_age: Duration,
+    ) -> Result<Self, KvError> {
         let label = PathBuf::from(format!("jetstream:{bucket}"));
         let backend = |message: String| KvError::Backend {
             path: label.clone(),
@@ -142,7 +164,10 @@ impl JetStreamKvStore {
         let stream = match js.get_stream(&name).await {
             Ok(stream) => stream,
             // Another host may create it at the same moment: then it exists, which is as good.
-            Err(_) => match js.create_stream(bucket_stream(lattice, bucket)).await {
+            Err(_) => match js
+                .create_stream(bucket_stream(lattice, bucket, max_age))
+                .await
+            {
                 Ok(stream) => stream,
                 Err(create) => js
                     .get_stream(&name)

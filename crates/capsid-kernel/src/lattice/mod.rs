@@ -1,16 +1,24 @@
-//! Joining a lattice (`[lattice]`): the connection, grants and identities kept in the
-//! lattice's bucket instead of this host's store, and the follower that brings what other
-//! hosts grant and revoke into this host's caches (denying while it cannot see them).
+//! Joining a lattice (`[lattice]`): the connection, grants kept in the lattice's bucket
+//! instead of this host's store, and the follower that brings what other hosts grant and
+//! revoke into this host's caches (denying while it cannot see them). Tool calls between
+//! hosts are in [`calls`], events in [`events`], what each host serves in [`adverts`].
 
-use std::sync::Arc;
+mod adverts;
+mod calls;
+mod events;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use capsid_capabilities::CapabilityStore;
 use capsid_core::CapsidHome;
 use capsid_crypto::{KeyPair, PublicKey};
-use capsid_lattice::{JetStreamKvStore, KeyChanges, Lattice, LinkState};
+use capsid_lattice::adverts::{Adverts, SeenAdvert};
+use capsid_lattice::{JetStreamKvStore, KeyChanges, Lattice, LinkState, Seal};
 use capsid_storage::{IdentityStore, KvStore};
 use futures_util::StreamExt as _;
+use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::config::KernelConfig;
@@ -19,11 +27,69 @@ use crate::error::KernelError;
 /// How long the follower waits before watching again after it could not.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
 
-/// A lattice this host joined, with the bucket it shares.
+/// A lattice this host joined: the bucket it shares, its seal, and what it knows of the
+/// other hosts.
 #[derive(Debug, Clone)]
 pub(crate) struct Joined {
     pub lattice: Lattice,
     pub kv: Arc<JetStreamKvStore>,
+    pub seal: Seal,
+    pub adverts: Adverts,
+    /// The other hosts' advertisements, as last read.
+    pub others: Arc<RwLock<Vec<SeenAdvert>>>,
+    pub traffic: Arc<Traffic>,
+    /// Wakes the server to serve the capsules loaded now (after boot, a load or an unload).
+    pub serve_now: Arc<tokio::sync::Notify>,
+}
+
+/// What crossed the lattice since boot, counted.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    calls_sent: AtomicU64,
+    calls_served: AtomicU64,
+    calls_refused: AtomicU64,
+    events_exported: AtomicU64,
+    events_imported: AtomicU64,
+    events_refused: AtomicU64,
+}
+
+/// What crossed the lattice since boot, as `status` shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LatticeTraffic {
+    /// Calls this host sent to capsules on other hosts.
+    pub calls_sent: u64,
+    /// Calls from other hosts this host served.
+    pub calls_served: u64,
+    /// Calls from other hosts refused before they ran (unsigned, untrusted, forged,
+    /// replayed or stale envelopes).
+    pub calls_refused: u64,
+    /// Events published here on exported topics, sent to the lattice.
+    pub events_exported: u64,
+    /// Events from other hosts delivered to this host's bus.
+    pub events_imported: u64,
+    /// Events from other hosts refused (their envelope, or a topic reserved to the kernel).
+    pub events_refused: u64,
+    /// Events on exported topics dropped because the export queue was full.
+    pub exports_dropped: u64,
+}
+
+impl Traffic {
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self, exports_dropped: u64) -> LatticeTraffic {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LatticeTraffic {
+            calls_sent: get(&self.calls_sent),
+            calls_served: get(&self.calls_served),
+            calls_refused: get(&self.calls_refused),
+            events_exported: get(&self.events_exported),
+            events_imported: get(&self.events_imported),
+            events_refused: get(&self.events_refused),
+            exports_dropped,
+        }
+    }
 }
 
 /// Where grants live (this host's store, or the lattice's bucket), and the identities.
@@ -55,13 +121,21 @@ pub(crate) async fn open_grant_stores(
         });
     };
     let hosts = trusted_hosts(&lattice_config.trusted_hosts)?;
+    for pattern in &lattice_config.export {
+        capsid_events::validate_pattern(pattern).map_err(|e| {
+            KernelError::Lattice(capsid_lattice::LatticeError::Config(format!("export: {e}")))
+        })?;
+    }
+    let key = Arc::new(key);
     let lattice = Lattice::connect(lattice_config, home.root()).await?;
+    let seal = Seal::new(&lattice_config.name, key.clone(), &hosts);
+    let adverts = Adverts::open(&lattice, &seal).await?;
     // This host's key names its batches' intents: one subject per host, however often it boots.
     let writer = hex::encode(&key.key_id().as_bytes()[..16]);
     let bucket = lattice_config.kv_bucket();
     let kv = Arc::new(JetStreamKvStore::open_as(&lattice, &bucket, &writer).await?);
     let shared: Arc<dyn KvStore> = kv.clone();
-    let capabilities = Arc::new(CapabilityStore::open(shared, Arc::new(key), &hosts).await?);
+    let capabilities = Arc::new(CapabilityStore::open(shared, key, &hosts).await?);
     capabilities.share(local.clone()).await?;
     // Watch first, then read: a change made in between is seen by one or the other. Done
     // here, so boot starts current.
@@ -70,7 +144,15 @@ pub(crate) async fn open_grant_stores(
     Ok(GrantStores {
         capabilities,
         identity: IdentityStore::new(local.clone()),
-        joined: Some(Joined { lattice, kv }),
+        joined: Some(Joined {
+            lattice,
+            kv,
+            seal,
+            adverts,
+            others: Arc::default(),
+            traffic: Arc::default(),
+            serve_now: Arc::default(),
+        }),
         first: Some(first),
     })
 }
@@ -123,10 +205,36 @@ fn follow(
 }
 
 impl crate::Kernel {
-    /// Starts following the lattice's grants from `first`, when the host joined one.
-    pub(crate) fn follow_lattice(&self, first: Option<KeyChanges>) {
+    /// When the host joined a lattice: starts following its grants from `first`, serving
+    /// this host's capsules to the other hosts and advertising them, and exchanging events
+    /// on exported topics.
+    pub(crate) async fn join_lattice(&self, first: Option<KeyChanges>) -> Result<(), KernelError> {
+        let Some(joined) = self.parts().lattice.clone() else {
+            return Ok(());
+        };
         let capabilities = self.capabilities().clone();
-        self.keep_task_if(follow(self.parts().lattice.as_ref(), capabilities, first));
+        self.keep_task_if(follow(Some(&joined), capabilities, first));
+        self.keep_task_if(Some(calls::serve(self, &joined)));
+        self.keep_task_if(Some(adverts::advertise(self, &joined)));
+        for task in events::exchange(self, &joined).await? {
+            self.keep_task_if(Some(task));
+        }
+        Ok(())
+    }
+
+    /// The lattice's traffic since boot, when the host joined one.
+    pub fn lattice_traffic(&self) -> Option<LatticeTraffic> {
+        let joined = self.parts().lattice.as_ref()?;
+        Some(joined.traffic.snapshot(self.bus().export_dropped()))
+    }
+
+    /// Takes this host's advertisement down (at shutdown, once nothing serves calls).
+    pub(crate) async fn leave_lattice(&self) {
+        if let Some(joined) = &self.parts().lattice
+            && let Err(e) = joined.adverts.withdraw().await
+        {
+            tracing::warn!(error = %e, "cannot withdraw this host's advertisement");
+        }
     }
 }
 

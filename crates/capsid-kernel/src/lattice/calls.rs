@@ -1,0 +1,304 @@
+//! Tool calls across the lattice, both ways. A call for a capsule this host does not have
+//! goes to a host that serves it ([`Kernel::call_elsewhere`]); this host serves its own
+//! capsules to the others ([`serve`]): one queue subscription per capsule ready or idle
+//! here, each call checked for the principal its envelope names (never as the operator:
+//! another host's call has only the grants of the person it names) and recorded as a call
+//! through the `lattice` door, with the calling host.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
+use capsid_core::{CapsuleId, Principal};
+use capsid_lattice::calls::{
+    self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
+};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::{Joined, Traffic};
+use crate::error::KernelError;
+use crate::kernel::{Inner, Kernel};
+use crate::tool::{Door, ToolCaller};
+
+/// How often the server checks which capsules it should serve (a load, unload or boot
+/// wakes it at once).
+const SERVE_RECHECK: Duration = Duration::from_secs(1);
+
+/// Calls from other hosts running here: their nonce, the host that sent them (the only one
+/// that may cancel them), and what cancels them.
+type InFlight = Arc<Mutex<HashMap<String, (String, CancellationToken)>>>;
+
+/// A host's key as errors name it: its first 16 hex digits.
+pub(crate) fn short_host(host: &str) -> &str {
+    host.get(..16).unwrap_or(host)
+}
+
+impl Kernel {
+    /// Whether a call to capsule `name` goes to another host: this host joined a lattice
+    /// and has no capsule of that name (loaded, failed or idle).
+    pub(crate) fn served_elsewhere(&self, name: &CapsuleId) -> bool {
+        self.parts().lattice.is_some()
+            && self.registry().info(name).is_none()
+            && !self.idled().contains(name)
+    }
+
+    /// The capsules this host serves to the lattice: those ready, and those the idle
+    /// monitor unloaded (a call wakes them).
+    fn served_here(&self) -> HashSet<CapsuleId> {
+        let mut names: HashSet<CapsuleId> = self
+            .capsules()
+            .into_iter()
+            .filter(|c| c.state == CapsuleState::Ready)
+            .map(|c| c.name)
+            .collect();
+        names.extend(self.idled().iter().cloned());
+        names
+    }
+
+    /// Calls `tool` of capsule `name` on a host of the lattice that serves it, for
+    /// `caller` (a user: the serving host checks that user's grants). The result, and the
+    /// serving host when one answered.
+    pub(crate) async fn call_elsewhere(
+        &self,
+        caller: &ToolCaller,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+        control: &CallControl,
+    ) -> (Result<String, KernelError>, Option<String>) {
+        let remote = |message: String| KernelError::Remote {
+            capsule: name.clone(),
+            message,
+        };
+        let Some(joined) = &self.parts().lattice else {
+            return (Err(KernelError::NotInstalled(name.clone())), None);
+        };
+        if !matches!(caller.principal, Principal::User(_)) {
+            let why = "only a user's calls go to other hosts".to_owned();
+            return (Err(remote(why)), None);
+        }
+        let time_left = control.time_left();
+        let meta = CallMeta {
+            capsule: name.to_string(),
+            tool: tool.to_owned(),
+            principal: caller.principal.to_string(),
+            client: caller.client.clone(),
+            deadline_ms: time_left.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        Traffic::count(&joined.traffic.calls_sent);
+        let answer = calls::call(
+            &joined.lattice,
+            &joined.seal,
+            &meta,
+            Bytes::copy_from_slice(input.as_bytes()),
+            time_left,
+            control.cancellation(),
+        )
+        .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(RemoteCallError::NoHost(_)) => {
+                let lattice = joined.lattice.config().name.clone();
+                let capsule = name.clone();
+                return (Err(KernelError::NotServed { capsule, lattice }), None);
+            }
+            Err(RemoteCallError::Cancelled(_)) => {
+                let capsule = name.clone();
+                return (Err(CapsuleError::Cancelled { capsule }.into()), None);
+            }
+            Err(e @ RemoteCallError::HostLost { .. }) => {
+                let host = match &e {
+                    RemoteCallError::HostLost { host, .. } => Some(host.clone()),
+                    _ => None,
+                };
+                return (Err(remote(e.to_string())), host);
+            }
+            Err(e) => return (Err(remote(e.to_string())), None),
+        };
+        let host = short_host(&answer.host).to_owned();
+        let result = match answer.outcome {
+            CallOutcome::Ok => String::from_utf8(answer.output.to_vec()).map_err(|_| {
+                remote(format!(
+                    "host {host} answered with bytes that are not UTF-8"
+                ))
+            }),
+            CallOutcome::UnknownTool => Err(CapsuleError::UnknownTool {
+                capsule: name.clone(),
+                tool: tool.to_owned(),
+            }
+            .into()),
+            CallOutcome::Cancelled => Err(CapsuleError::Cancelled {
+                capsule: name.clone(),
+            }
+            .into()),
+            CallOutcome::Refused { reason } => {
+                Err(remote(format!("host {host} refused the call: {reason}")))
+            }
+            CallOutcome::Failed { message } => Err(remote(format!("on host {host}: {message}"))),
+        };
+        (result, Some(answer.host))
+    }
+}
+
+/// Serves this host's capsules to the lattice for as long as the kernel runs.
+pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
+    let weak = Arc::downgrade(&kernel.inner);
+    let joined = joined.clone();
+    tokio::spawn(async move {
+        let in_flight = InFlight::default();
+        // Dropped with this task (at shutdown): every queue subscription goes with it.
+        let mut queues = JoinSet::new();
+        let mut serving: HashMap<CapsuleId, AbortHandle> = HashMap::new();
+        match calls::cancels(&joined.lattice, &joined.seal).await {
+            Ok(cancels) => {
+                queues.spawn(hear_cancels(cancels, in_flight.clone()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hear cancels from other hosts"),
+        }
+        loop {
+            let Some(inner) = weak.upgrade() else { return };
+            let wanted = Kernel { inner }.served_here();
+            serving.retain(|name, task| {
+                let keep = wanted.contains(name) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for name in wanted {
+                if serving.contains_key(&name) {
+                    continue;
+                }
+                match calls::serve(&joined.lattice, &joined.seal, name.as_str()).await {
+                    Ok(queue) => {
+                        let task = serve_queue(
+                            weak.clone(),
+                            queue,
+                            in_flight.clone(),
+                            joined.traffic.clone(),
+                        );
+                        serving.insert(name, queues.spawn(task));
+                    }
+                    Err(e) => {
+                        tracing::warn!(capsule = %name, error = %e, "cannot serve to the lattice");
+                    }
+                }
+            }
+            // Finished tasks are reaped so the set does not grow.
+            while queues.try_join_next().is_some() {}
+            tokio::select! {
+                () = tokio::time::sleep(SERVE_RECHECK) => {}
+                () = joined.serve_now.notified() => {}
+            }
+        }
+    })
+}
+
+async fn hear_cancels(mut cancels: calls::Cancels, in_flight: InFlight) {
+    while let Some((call, from)) = cancels.next().await {
+        let calls = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((caller, token)) = calls.get(&call)
+            && *caller == from
+        {
+            token.cancel();
+        }
+    }
+}
+
+async fn serve_queue(
+    kernel: Weak<Inner>,
+    mut queue: CallQueue,
+    in_flight: InFlight,
+    traffic: Arc<Traffic>,
+) {
+    while let Some(incoming) = queue.next(&traffic.calls_refused).await {
+        let Some(inner) = kernel.upgrade() else {
+            return;
+        };
+        Traffic::count(&traffic.calls_served);
+        tokio::spawn(serve_call(Kernel { inner }, incoming, in_flight.clone()));
+    }
+}
+
+/// Runs one call from another host and answers it, saying it still runs meanwhile.
+async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight) {
+    let IncomingCall {
+        call,
+        input,
+        replier,
+    } = incoming;
+    replier.accepted().await;
+    let token = CancellationToken::new();
+    in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(call.nonce.clone(), (call.from.clone(), token.clone()));
+    let answer = async {
+        let Ok(principal @ Principal::User(_)) = call.meta.principal.parse::<Principal>() else {
+            let reason = "the call names no user".to_owned();
+            return (CallOutcome::Refused { reason }, Bytes::new());
+        };
+        let Ok(capsule) = CapsuleId::new(&call.meta.capsule) else {
+            return (CallOutcome::UnknownTool, Bytes::new());
+        };
+        let Ok(input) = std::str::from_utf8(&input) else {
+            let message = "the input is not UTF-8".to_owned();
+            return (CallOutcome::Failed { message }, Bytes::new());
+        };
+        let caller = ToolCaller {
+            principal,
+            door: Door::Lattice,
+            client: call.meta.client.clone(),
+        };
+        let mut control = CallControl::cancelled_by(&token);
+        if let Some(ms) = call.meta.deadline_ms {
+            control = control.ending_within(Duration::from_millis(ms));
+        }
+        let result = kernel
+            .call_tool_from(
+                &caller,
+                Some(&call.from),
+                &capsule,
+                &call.meta.tool,
+                input,
+                &control,
+            )
+            .await;
+        outcome_of(result)
+    };
+    tokio::pin!(answer);
+    let keep_alive = replier.keep_alive();
+    tokio::pin!(keep_alive);
+    let (outcome, output) = loop {
+        tokio::select! {
+            answered = &mut answer => break answered,
+            () = &mut keep_alive => {}
+        }
+    };
+    in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&call.nonce);
+    replier.done(outcome, output).await;
+}
+
+fn outcome_of(result: Result<String, KernelError>) -> (CallOutcome, Bytes) {
+    match result {
+        Ok(output) => (CallOutcome::Ok, Bytes::from(output)),
+        Err(KernelError::Capsule(CapsuleError::UnknownTool { .. })) => {
+            (CallOutcome::UnknownTool, Bytes::new())
+        }
+        Err(KernelError::Capsule(CapsuleError::Cancelled { .. })) => {
+            (CallOutcome::Cancelled, Bytes::new())
+        }
+        Err(e) => (
+            CallOutcome::Failed {
+                message: e.to_string(),
+            },
+            Bytes::new(),
+        ),
+    }
+}

@@ -1,0 +1,439 @@
+//! Tool calls between hosts. A host calling a capsule it does not have publishes a signed
+//! [`CallMeta`] to `capsid.<lattice>.call.<capsule>`, where every host serving that capsule
+//! listens in one queue group (so each call reaches one of them, and load spreads). The
+//! serving host answers on the call's inbox: `accepted` at once, `running` every
+//! [`LATTICE_CALL_HEARTBEAT`], then `done` with the outcome and output, each signed. A caller
+//! that hears nothing for [`LATTICE_CALL_SILENCE`] takes the serving host for lost and fails
+//! the call, saying so, rather than waiting out a deadline: the call may have had effects,
+//! so it is never sent again on its own. A caller cancelling sends a signed cancel to the
+//! serving host's `capsid.<lattice>.cancel.<host>`.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::{StatusCode, Subject, Subscriber};
+use bytes::Bytes;
+use capsid_core::limits::{LATTICE_CALL_ACCEPT_WAIT, LATTICE_CALL_HEARTBEAT, LATTICE_CALL_SILENCE};
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Lattice;
+use crate::envelope::{Kind, Opened, Refusal, Seal, claimed_nonce};
+
+/// What a calling host asks of a serving one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallMeta {
+    /// The capsule.
+    pub capsule: String,
+    /// Its tool.
+    pub tool: String,
+    /// On whose authority (`user:<id>`): the serving host checks this principal's grants.
+    pub principal: String,
+    /// The client's own name, when it gave one.
+    pub client: Option<String>,
+    /// How long the caller waits for the outcome, in ms, when it has a deadline.
+    pub deadline_ms: Option<u64>,
+}
+
+/// How a remote call ended, as the serving host says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum CallOutcome {
+    /// It answered; the output is the message body.
+    Ok,
+    /// No such tool, or not one the principal may call (the two are not told apart).
+    UnknownTool,
+    /// The call's envelope was refused (see [`Refusal`]).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// It was cancelled.
+    Cancelled,
+    /// It failed.
+    Failed {
+        /// The serving host's error, as it would tell a local caller.
+        message: String,
+    },
+}
+
+/// A serving host's word on a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+enum ReplyMeta {
+    Accepted { call: String },
+    Running { call: String },
+    Done { call: String, outcome: CallOutcome },
+}
+
+impl ReplyMeta {
+    fn call(&self) -> &str {
+        match self {
+            Self::Accepted { call } | Self::Running { call } | Self::Done { call, .. } => call,
+        }
+    }
+}
+
+/// A caller's cancel of its call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CancelMeta {
+    call: String,
+}
+
+/// What a serving host answered.
+#[derive(Debug, Clone)]
+pub struct RemoteAnswer {
+    /// The host that served the call (its runtime public key, hex).
+    pub host: String,
+    /// How the call ended.
+    pub outcome: CallOutcome,
+    /// The output, when it answered.
+    pub output: Bytes,
+}
+
+/// Why a remote call has no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteCallError {
+    /// No host of the lattice serves the capsule.
+    #[error("no host of the lattice serves capsule {0}")]
+    NoHost(String),
+    /// A host serves it, but none took the call within [`LATTICE_CALL_ACCEPT_WAIT`].
+    #[error(
+        "no host of the lattice took the call to capsule {0} within {LATTICE_CALL_ACCEPT_WAIT:?}"
+    )]
+    NotTaken(String),
+    /// The serving host fell silent mid-call (it died, or lost the lattice).
+    #[error(
+        "host {host} stopped answering during the call to capsule {capsule} (nothing for \
+         {LATTICE_CALL_SILENCE:?}); the call may or may not have run"
+    )]
+    HostLost {
+        /// The serving host.
+        host: String,
+        /// The capsule.
+        capsule: String,
+    },
+    /// The caller's deadline passed.
+    #[error("the call to capsule {0} passed its deadline")]
+    Deadline(String),
+    /// The caller cancelled.
+    #[error("the call to capsule {0} was cancelled")]
+    Cancelled(String),
+    /// The call could not be sent.
+    #[error("cannot send the call to capsule {capsule}: {message}")]
+    Send {
+        /// The capsule.
+        capsule: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The subject a capsule's calls go to.
+fn call_subject(lattice: &Lattice, capsule: &str) -> String {
+    format!("capsid.{}.call.{capsule}", lattice.config().name)
+}
+
+/// The subject a host hears cancels on.
+fn cancel_subject(lattice: &Lattice, host: &str) -> String {
+    format!("capsid.{}.cancel.{host}", lattice.config().name)
+}
+
+/// Calls `meta`'s tool on a host that serves its capsule, with `input`, until `cancelled`
+/// resolves or `deadline` passes (see the module for the protocol).
+pub async fn call(
+    lattice: &Lattice,
+    seal: &Seal,
+    meta: &CallMeta,
+    input: Bytes,
+    deadline: Option<Duration>,
+    cancelled: impl Future<Output = ()>,
+) -> Result<RemoteAnswer, RemoteCallError> {
+    let capsule = meta.capsule.clone();
+    let send_error = |e: &dyn std::fmt::Display| RemoteCallError::Send {
+        capsule: capsule.clone(),
+        message: e.to_string(),
+    };
+    let client = lattice.client();
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| send_error(&e))?;
+    let sealed = seal.seal(Kind::Call, meta, input);
+    client
+        .publish_with_reply_and_headers(
+            call_subject(lattice, &capsule),
+            inbox,
+            sealed.headers,
+            sealed.body,
+        )
+        .await
+        .map_err(|e| send_error(&e))?;
+    let ends = deadline.map(|d| tokio::time::Instant::now() + d);
+    let deadline_passed = async {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline_passed);
+    tokio::pin!(cancelled);
+    let mut server: Option<String> = None;
+    loop {
+        let wait = if server.is_some() {
+            LATTICE_CALL_SILENCE
+        } else {
+            LATTICE_CALL_ACCEPT_WAIT
+        };
+        let message = tokio::select! {
+            m = tokio::time::timeout(wait, replies.next()) => m,
+            () = &mut deadline_passed => {
+                cancel(lattice, seal, server.as_deref(), &sealed.nonce).await;
+                return Err(RemoteCallError::Deadline(capsule));
+            }
+            () = &mut cancelled => {
+                cancel(lattice, seal, server.as_deref(), &sealed.nonce).await;
+                return Err(RemoteCallError::Cancelled(capsule));
+            }
+        };
+        let message = match (message, &server) {
+            (Ok(Some(m)), _) => m,
+            (Ok(None), _) => return Err(send_error(&"the connection closed")),
+            (Err(_), None) => return Err(RemoteCallError::NotTaken(capsule)),
+            (Err(_), Some(host)) => {
+                return Err(RemoteCallError::HostLost {
+                    host: host.clone(),
+                    capsule,
+                });
+            }
+        };
+        if message.status == Some(StatusCode::NO_RESPONDERS) {
+            return Err(RemoteCallError::NoHost(capsule));
+        }
+        // Only a reply signed by a trusted host, about this call, from the host that took
+        // it, counts; anything else on the inbox is ignored.
+        let Ok(reply) =
+            seal.open::<ReplyMeta>(Kind::Reply, message.headers.as_ref(), &message.payload)
+        else {
+            tracing::warn!(capsule = %capsule, "ignored a reply that did not open");
+            continue;
+        };
+        if reply.meta.call() != sealed.nonce
+            || server.as_ref().is_some_and(|host| *host != reply.from)
+        {
+            continue;
+        }
+        server.get_or_insert_with(|| reply.from.clone());
+        if let ReplyMeta::Done { outcome, .. } = reply.meta {
+            return Ok(RemoteAnswer {
+                host: reply.from,
+                outcome,
+                output: message.payload,
+            });
+        }
+    }
+}
+
+/// Tells `host` (when one took the call) that its call `nonce` is cancelled. Best effort:
+/// the serving host's own deadline ends the call anyway.
+async fn cancel(lattice: &Lattice, seal: &Seal, host: Option<&str>, nonce: &str) {
+    let Some(host) = host else { return };
+    let sealed = seal.seal(
+        Kind::Cancel,
+        &CancelMeta {
+            call: nonce.to_owned(),
+        },
+        Bytes::new(),
+    );
+    if let Err(e) = lattice
+        .client()
+        .publish_with_headers(cancel_subject(lattice, host), sealed.headers, sealed.body)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot send a cancel to the serving host");
+    }
+}
+
+/// Calls for one capsule, as this host serves them (one of the capsule's queue group).
+#[derive(Debug)]
+pub struct CallQueue {
+    lattice: Lattice,
+    seal: Seal,
+    capsule: String,
+    subscriber: Subscriber,
+}
+
+/// One call that reached this host, its envelope opened.
+#[derive(Debug)]
+pub struct IncomingCall {
+    /// The call, from the host that sent it.
+    pub call: Opened<CallMeta>,
+    /// Its input.
+    pub input: Bytes,
+    /// Where the answers go.
+    pub replier: CallReplier,
+}
+
+/// Answers one call: `accepted`, `running`, `done`.
+#[derive(Debug, Clone)]
+pub struct CallReplier {
+    lattice: Lattice,
+    seal: Seal,
+    reply: Subject,
+    call: String,
+}
+
+/// Starts serving `capsule`'s calls on this host.
+pub async fn serve(lattice: &Lattice, seal: &Seal, capsule: &str) -> Result<CallQueue, String> {
+    let subscriber = lattice
+        .client()
+        .queue_subscribe(call_subject(lattice, capsule), capsule.to_owned())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(CallQueue {
+        lattice: lattice.clone(),
+        seal: seal.clone(),
+        capsule: capsule.to_owned(),
+        subscriber,
+    })
+}
+
+impl CallQueue {
+    /// The next call whose envelope opens; one that does not is answered `refused` (when it
+    /// gave an inbox) and counted in `refused`. `None` once the subscription ends.
+    pub async fn next(&mut self, refused: &std::sync::atomic::AtomicU64) -> Option<IncomingCall> {
+        loop {
+            let message = self.subscriber.next().await?;
+            let Some(reply) = message.reply.clone() else {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                continue;
+            };
+            let opened = self
+                .seal
+                .open::<CallMeta>(Kind::Call, message.headers.as_ref(), &message.payload)
+                .and_then(|call| {
+                    if call.meta.capsule == self.capsule {
+                        Ok(call)
+                    } else {
+                        Err(Refusal::Misdirected)
+                    }
+                });
+            match opened {
+                Ok(call) => {
+                    let replier = CallReplier {
+                        lattice: self.lattice.clone(),
+                        seal: self.seal.clone(),
+                        reply,
+                        call: call.nonce.clone(),
+                    };
+                    return Some(IncomingCall {
+                        call,
+                        input: message.payload,
+                        replier,
+                    });
+                }
+                Err(refusal) => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(capsule = %self.capsule, %refusal, "refused a lattice call");
+                    // Told to whoever asked, signed, naming the nonce the call claimed (the
+                    // caller matches its own; nothing else is taken from a refused call).
+                    let replier = CallReplier {
+                        lattice: self.lattice.clone(),
+                        seal: self.seal.clone(),
+                        reply,
+                        call: claimed_nonce(message.headers.as_ref()).unwrap_or_default(),
+                    };
+                    let reason = refusal.to_string();
+                    replier
+                        .done(CallOutcome::Refused { reason }, Bytes::new())
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Stops serving: calls already taken still get their answers.
+    pub async fn stop(mut self) {
+        let _ = self.subscriber.unsubscribe().await;
+    }
+}
+
+impl CallReplier {
+    async fn send(&self, meta: &ReplyMeta, body: Bytes) {
+        let sealed = self.seal.seal(Kind::Reply, meta, body);
+        if let Err(e) = self
+            .lattice
+            .client()
+            .publish_with_headers(self.reply.clone(), sealed.headers, sealed.body)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot answer a lattice call");
+        }
+    }
+
+    /// Says the call was taken.
+    pub async fn accepted(&self) {
+        let call = self.call.clone();
+        self.send(&ReplyMeta::Accepted { call }, Bytes::new()).await;
+    }
+
+    /// Says the call still runs (every [`LATTICE_CALL_HEARTBEAT`]).
+    pub async fn running(&self) {
+        let call = self.call.clone();
+        self.send(&ReplyMeta::Running { call }, Bytes::new()).await;
+    }
+
+    /// Gives the outcome, and the output when it answered.
+    pub async fn done(&self, outcome: CallOutcome, output: Bytes) {
+        let call = self.call.clone();
+        self.send(&ReplyMeta::Done { call, outcome }, output).await;
+        // An answer is sent before the host may go: make sure it left.
+        let _ = self.lattice.client().flush().await;
+    }
+
+    /// Says `running` every [`LATTICE_CALL_HEARTBEAT`] for as long as it is polled.
+    pub async fn keep_alive(&self) {
+        loop {
+            tokio::time::sleep(LATTICE_CALL_HEARTBEAT).await;
+            self.running().await;
+        }
+    }
+}
+
+/// Cancels sent to this host: each yields the cancelled call's nonce and the host that
+/// sent the cancel (only the call's own caller may cancel it: the receiver checks).
+#[derive(Debug)]
+pub struct Cancels {
+    seal: Seal,
+    subscriber: Subscriber,
+}
+
+/// Hears the cancels other hosts send this one.
+pub async fn cancels(lattice: &Lattice, seal: &Seal) -> Result<Cancels, String> {
+    let subscriber = lattice
+        .client()
+        .subscribe(cancel_subject(lattice, seal.host()))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Cancels {
+        seal: seal.clone(),
+        subscriber,
+    })
+}
+
+impl Cancels {
+    /// The next cancel that opens: (call nonce, sending host).
+    pub async fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            let message = self.subscriber.next().await?;
+            if let Ok(opened) = self.seal.open::<CancelMeta>(
+                Kind::Cancel,
+                message.headers.as_ref(),
+                &message.payload,
+            ) {
+                return Some((opened.meta.call, opened.from));
+            }
+        }
+    }
+}

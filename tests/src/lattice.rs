@@ -1,0 +1,159 @@
+//! Hosts of a test lattice: homes with capsules installed and a runtime key made ahead (so
+//! each can name the others it trusts), booted in this process or as a `lattice-host`
+//! process a test can SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use capsid_kernel::{Kernel, KernelConfig};
+use capsid_lattice::LatticeConfig;
+use capsid_lattice::local::LocalCluster;
+
+use crate::{PrivateHome, copy_capsule};
+
+/// The name of every test lattice.
+pub const LATTICE: &str = "itest";
+
+/// A `[lattice]` on `servers`, named [`LATTICE`], one replica, nothing trusted or exported.
+pub fn lattice_config(servers: Vec<String>) -> LatticeConfig {
+    LatticeConfig {
+        name: LATTICE.into(),
+        servers,
+        replicas: 1,
+        credentials: None,
+        trusted_hosts: Vec::new(),
+        export: Vec::new(),
+    }
+}
+
+/// A dev-mode kernel configuration joining `lattice`.
+pub fn kernel_config(lattice: LatticeConfig) -> KernelConfig {
+    KernelConfig {
+        dev: true,
+        hot_reload: false,
+        lattice: Some(lattice),
+        ..KernelConfig::default()
+    }
+}
+
+/// A host of a lattice: its home, with capsules installed, and its runtime key.
+#[allow(missing_debug_implementations)]
+pub struct LatticeHost {
+    /// Its home.
+    pub home: PrivateHome,
+    /// Its runtime key.
+    pub key: capsid_crypto::KeyPair,
+}
+
+impl LatticeHost {
+    /// A host with `capsules` (built samples) installed.
+    pub fn new(capsules: &[&str]) -> Self {
+        let home = PrivateHome::new();
+        for name in capsules {
+            copy_capsule(name, &home.path().join("capsules"));
+        }
+        let keys = home.path().join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let key = capsid_crypto::load_or_generate_runtime_key(&keys).unwrap();
+        Self { home, key }
+    }
+
+    /// Its runtime public key, hex: how `trusted_hosts` names it.
+    pub fn key_hex(&self) -> String {
+        hex::encode(self.key.public_key().to_bytes())
+    }
+
+    /// Its audit log.
+    pub fn audit_db(&self) -> std::path::PathBuf {
+        capsid_core::CapsidHome::at(self.home.path().to_owned()).audit_db_path()
+    }
+
+    /// Its configuration on `cluster` (3 replicas when the cluster has 3 nodes), trusting
+    /// `trusted`, exporting `export`.
+    pub fn config(
+        &self,
+        cluster: &LocalCluster,
+        trusted: &[&LatticeHost],
+        export: &[&str],
+    ) -> KernelConfig {
+        let mut lattice = lattice_config(cluster.urls());
+        lattice.replicas = cluster.urls().len().min(3);
+        lattice.trusted_hosts = trusted.iter().map(|h| h.key_hex()).collect();
+        lattice.export = export.iter().map(|&p| p.to_owned()).collect();
+        kernel_config(lattice)
+    }
+
+    /// Boots it in this process.
+    pub async fn boot(&self, cluster: &LocalCluster, trusted: &[&LatticeHost]) -> Kernel {
+        self.boot_with(self.config(cluster, trusted, &[])).await
+    }
+
+    /// Boots it in this process with `config`.
+    pub async fn boot_with(&self, config: KernelConfig) -> Kernel {
+        Kernel::builder()
+            .home(self.home.path())
+            .config(config)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("boot: {e}"))
+    }
+
+    /// Boots it as a process of `program` (the `lattice-host` binary, which a test names
+    /// with `env!("CARGO_BIN_EXE_lattice-host")`), returning once it is up.
+    pub fn spawn(
+        &self,
+        program: &Path,
+        cluster: &LocalCluster,
+        trusted: &[&LatticeHost],
+    ) -> HostProcess {
+        let config = self.config(cluster, trusted, &[]);
+        let lattice = serde_json::to_string(&config.lattice).unwrap();
+        let mut child = Command::new(program)
+            .args([self.home.path().to_str().unwrap(), &lattice])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "lattice-host did not come up");
+        HostProcess(child)
+    }
+}
+
+/// A host running as its own process; killed (SIGKILL) when dropped.
+#[allow(missing_debug_implementations)]
+pub struct HostProcess(Child);
+
+impl HostProcess {
+    /// Kills it at once (SIGKILL: no shutdown, no goodbye to the lattice).
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `lattice-host` program's half: boots a kernel in `home` joining the lattice given as
+/// JSON, says `ready`, and runs until killed.
+pub async fn run_host(home: &Path, lattice_json: &str) {
+    let lattice: LatticeConfig = serde_json::from_str(lattice_json).unwrap();
+    let kernel = Kernel::builder()
+        .home(home)
+        .config(kernel_config(lattice))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("boot: {e}"));
+    println!("ready");
+    std::future::pending::<()>().await;
+    drop(kernel);
+}

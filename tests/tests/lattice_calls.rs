@@ -1,0 +1,470 @@
+//! Tools and events across a lattice (real `nats-server` cluster on loopback, real kernels,
+//! hosts killed with SIGKILL): a call for a capsule this host does not have is served by a
+//! host that has it, checked there for the user it names and audited on both hosts; the
+//! wire refuses forged, untrusted and replayed envelopes; calls move to another host when
+//! the serving one dies mid-call; events on exported topics reach the other hosts' buses
+//! once, with their origin, and never come back.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use capsid_capabilities::Permissions;
+use capsid_capsule::{CallControl, CapsuleError};
+use capsid_core::{Principal, PrincipalId};
+use capsid_crypto::KeyPair;
+use capsid_integration_tests::lattice::{LATTICE, LatticeHost, lattice_config};
+use capsid_integration_tests::{AuditRow, audit_rows, id};
+use capsid_kernel::{Door, Kernel, KernelError, ToolCaller};
+use capsid_lattice::calls::{self, CallMeta, CallOutcome};
+use capsid_lattice::local::LocalCluster;
+use capsid_lattice::{Kind, Lattice, Seal};
+
+fn user_of(kernel: &Kernel) -> ToolCaller {
+    ToolCaller {
+        principal: kernel.mcp_principal(),
+        door: Door::McpHttp,
+        client: Some("itest-client".into()),
+    }
+}
+
+async fn call(
+    kernel: &Kernel,
+    caller: &ToolCaller,
+    tool: (&str, &str),
+    input: &str,
+) -> Result<String, KernelError> {
+    kernel
+        .call_tool_as(caller, &id(tool.0), tool.1, input, &CallControl::new())
+        .await
+}
+
+/// Calls until it answers, for at most `within` (the serving host subscribes a moment after
+/// it boots).
+async fn call_until_ok(
+    kernel: &Kernel,
+    caller: &ToolCaller,
+    tool: (&str, &str),
+    input: &str,
+    within: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        match call(kernel, caller, tool, input).await {
+            Ok(answer) => return answer,
+            Err(e) => assert!(
+                start.elapsed() < within,
+                "still failing after {within:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Grants `user` hello's `greet` on `a`, and calls it until a host serves it.
+async fn grant_greet(a: &Kernel, user: &ToolCaller, input: &str) -> String {
+    a.grant(
+        user.principal,
+        None,
+        "tool://hello/greet",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    call_until_ok(a, user, ("hello", "greet"), input, Duration::from_secs(10)).await
+}
+
+fn details(row: &AuditRow) -> serde_json::Value {
+    serde_json::from_str(&row.details).unwrap()
+}
+
+fn copy_key(key: &KeyPair) -> Arc<KeyPair> {
+    Arc::new(KeyPair::from_secret_bytes(&key.to_secret_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_both() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    let input = r#"{"name":"lattice"}"#;
+
+    // Nothing granted: A answers as for a tool that does not exist, without asking B.
+    let err = call(&a, &user, ("hello", "greet"), input)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, KernelError::Capsule(CapsuleError::UnknownTool { .. })),
+        "{err}"
+    );
+    let answer = grant_greet(&a, &user, input).await;
+    let here = b.call_tool(&id("hello"), "greet", input).await.unwrap();
+    assert_eq!(answer, here, "the remote answer is the tool's own");
+    assert!(b.lattice_traffic().unwrap().calls_served >= 1);
+
+    // A capsule no host serves: the operator is told so, a user only that no such tool is.
+    let err = call(&a, &a.operator(Door::Api), ("nowhere", "x"), "{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, KernelError::NotServed { .. }), "{err}");
+
+    // Audited on both hosts: A's record names the host that served, B's the host that asked.
+    let on_a = audit_rows(&a_host.audit_db());
+    let result = on_a
+        .iter()
+        .rev()
+        .find(|r| r.action == "tool.result" && r.capsule == "hello")
+        .expect("A recorded the call's result");
+    assert_eq!(details(result)["served_by"], b_host.key_hex());
+    assert_eq!(details(result)["outcome"], "ok");
+    let on_b = audit_rows(&b_host.audit_db());
+    let checked = on_b
+        .iter()
+        .find(|r| r.action == "tool.call" && r.resource == "tool://hello/greet")
+        .expect("B checked and recorded the call");
+    assert_eq!(
+        checked.decision, "allow",
+        "B checked the user's grant itself"
+    );
+    assert_eq!(details(checked)["door"], "lattice");
+    assert_eq!(details(checked)["from_host"], a_host.key_hex());
+    assert!(
+        on_b.iter()
+            .any(|r| r.action == "tool.result" && r.capsule == "hello")
+    );
+
+    // A lists B's tool to the user granted it (from B's advertisement), and only that one.
+    let start = Instant::now();
+    loop {
+        let tools = a.tools_for(user.principal, Door::McpHttp).await;
+        let names: Vec<String> = tools
+            .iter()
+            .map(|t| format!("{}/{}", t.capsule, t.tool))
+            .collect();
+        if !names.is_empty() {
+            assert_eq!(names, ["hello/greet"]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "B's tools never listed on A"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serving_host_refuses_forged_untrusted_and_replayed_calls_and_checks_grants() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+
+    // The wire, as A would speak it, and as others might.
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
+        .await
+        .unwrap();
+    let b_key = b_host.key.public_key();
+    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &[b_key]);
+    let meta = |principal: Principal, tool: &str| CallMeta {
+        capsule: "hello".into(),
+        tool: tool.into(),
+        principal: principal.to_string(),
+        client: None,
+        deadline_ms: None,
+    };
+    let send = |seal: Seal, meta: CallMeta| {
+        let lattice = lattice.clone();
+        async move {
+            calls::call(
+                &lattice,
+                &seal,
+                &meta,
+                Bytes::from_static(br#"{"name":"x"}"#),
+                None,
+                std::future::pending(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let answer = send(as_a.clone(), meta(user.principal, "greet")).await;
+    assert_eq!(answer.outcome, CallOutcome::Ok);
+    assert_eq!(answer.host, b_host.key_hex());
+
+    // A user with no grant, named by a trusted host: B checks for itself.
+    let stranger_user = Principal::User(PrincipalId::new());
+    let answer = send(as_a.clone(), meta(stranger_user, "greet")).await;
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+    // B's operator, named by another host, is only a user there: no operator bypass.
+    let answer = send(as_a.clone(), meta(b.principal(), "whoami")).await;
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+
+    // A host B does not trust.
+    let untrusted = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &[b_key]);
+    let answer = send(untrusted, meta(user.principal, "greet")).await;
+    assert!(
+        matches!(&answer.outcome, CallOutcome::Refused { reason } if reason.contains("not trusted")),
+        "{:?}",
+        answer.outcome
+    );
+
+    // A's envelope, edited after signing to call another tool.
+    let subject = format!("capsid.{LATTICE}.call.hello");
+    let sealed = as_a.seal(
+        Kind::Call,
+        &meta(user.principal, "greet"),
+        Bytes::from_static(b"{}"),
+    );
+    let mut forged = sealed.headers.clone();
+    let text = sealed
+        .headers
+        .get("Capsid-Envelope")
+        .unwrap()
+        .as_str()
+        .replace("greet", "echo");
+    forged.insert("Capsid-Envelope", text.as_str());
+    let said = raw_reply(&lattice, &subject, forged, sealed.body.clone()).await;
+    assert!(
+        said.contains("refused") && said.contains("signature does not hold"),
+        "{said}"
+    );
+
+    // The genuine message, sent twice: taken once, refused the second time.
+    let said = raw_reply(
+        &lattice,
+        &subject,
+        sealed.headers.clone(),
+        sealed.body.clone(),
+    )
+    .await;
+    assert!(said.contains("accepted"), "{said}");
+    let said = raw_reply(&lattice, &subject, sealed.headers, sealed.body).await;
+    assert!(
+        said.contains("refused") && said.contains("seen before"),
+        "{said}"
+    );
+
+    assert_eq!(b.lattice_traffic().unwrap().calls_refused, 3);
+    let on_b = audit_rows(&b_host.audit_db());
+    assert!(
+        !on_b.iter().any(|r| r.resource == "tool://hello/echo"),
+        "the forged call never reached a check"
+    );
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+}
+
+/// The envelope of the first reply to a call sent as given (headers and body), as text.
+async fn raw_reply(
+    lattice: &Lattice,
+    subject: &str,
+    headers: capsid_lattice::HeaderMap,
+    body: Bytes,
+) -> String {
+    let reply = lattice
+        .client()
+        .request_with_headers(subject.to_owned(), headers, body)
+        .await
+        .unwrap();
+    let headers = reply.headers.expect("a signed reply");
+    headers.get("Capsid-Envelope").unwrap().as_str().to_owned()
+}
+
+/// Calls in flight on the host at `db`: its records of calls begun, less those ended.
+fn in_flight_on(db: &Path) -> usize {
+    let rows = audit_rows(db);
+    let begun = rows
+        .iter()
+        .filter(|r| r.action == "tool.call" && r.decision == "allow")
+        .count();
+    let ended = rows.iter().filter(|r| r.action == "tool.result").count();
+    begun.saturating_sub(ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_move_to_a_host_that_still_serves_when_the_serving_host_dies_mid_call() {
+    let program = Path::new(env!("CARGO_BIN_EXE_lattice-host"));
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let a_host = LatticeHost::new(&[]);
+    let (b_host, c_host) = (
+        LatticeHost::new(&["counter"]),
+        LatticeHost::new(&["counter"]),
+    );
+    let a = a_host.boot(&cluster, &[&b_host, &c_host]).await;
+    let mut b = b_host.spawn(program, &cluster, &[&a_host]);
+    let _c = c_host.spawn(program, &cluster, &[&a_host]);
+    let user = user_of(&a);
+    a.grant(
+        user.principal,
+        None,
+        "tool://counter/count-to",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    let tool = ("counter", "count-to");
+    call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
+
+    // Four callers, each calling a one-second tool over and over.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (a, user, stop) = (a.clone(), user.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                let result = call(&a, &user, tool, r#"{"to":10,"step_ms":100}"#).await;
+                results.push((started, Instant::now(), result));
+            }
+            results
+        }));
+    }
+    // Killed only once a call is surely running there (B records it before it runs).
+    let start = Instant::now();
+    while in_flight_on(&b_host.audit_db()) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no call ever ran on B"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill();
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut lost = 0;
+    let mut served_after = 0;
+    for worker in workers {
+        for (started, ended, result) in worker.await.unwrap() {
+            match result {
+                Ok(_) => {
+                    if started > killed {
+                        served_after += 1;
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if text.contains("stopped answering") {
+                        // Running on B when it died: told within the silence bound.
+                        assert!(text.contains(&b_host.key_hex()[..16]), "{text}");
+                        assert!(
+                            started < killed,
+                            "a call begun after B died went to it: {text}"
+                        );
+                        assert!(
+                            ended.duration_since(killed) < Duration::from_secs(6),
+                            "a lost call was not told within the silence bound: {text}"
+                        );
+                        lost += 1;
+                    } else {
+                        // Sent in the moment before the server saw B's connection close.
+                        assert!(text.contains("took the call"), "failed otherwise: {text}");
+                        assert!(
+                            started < killed + Duration::from_millis(500),
+                            "a call begun well after B died was not taken: {text}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(lost >= 1, "the call running on B was lost with it");
+    assert!(
+        served_after >= 4,
+        "calls went on on C after B died ({served_after})"
+    );
+    // Every call begun after the kill was served by C.
+    let on_a = audit_rows(&a_host.audit_db());
+    let final_result = on_a
+        .iter()
+        .rev()
+        .find(|r| r.action == "tool.result" && r.capsule == "counter")
+        .unwrap();
+    assert_eq!(details(final_result)["served_by"], c_host.key_hex());
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come_back() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&[]));
+    // Both export the same topics: an event B took from A must not go back to A.
+    let a = a_host
+        .boot_with(a_host.config(&cluster, &[&b_host], &["orders.*"]))
+        .await;
+    let b = b_host
+        .boot_with(b_host.config(&cluster, &[&a_host], &["orders.*"]))
+        .await;
+    let mut on_a = a.bus().subscribe("*", 64).unwrap();
+    let mut on_b = b.bus().subscribe("orders.*", 64).unwrap();
+    let mut b_notes = b.bus().subscribe("notes.*", 64).unwrap();
+
+    a.publish("notes.new", b"{}".to_vec()).await.unwrap();
+    a.publish("orders.new", br#"{"n":1}"#.to_vec())
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), on_b.recv())
+        .await
+        .expect("B got A's event")
+        .unwrap();
+    assert_eq!(event.topic, "orders.new");
+    assert_eq!(event.payload, br#"{"n":1}"#);
+    let origin = event.origin.as_deref().expect("an origin");
+    assert_eq!(origin.host, a_host.key_hex());
+    assert_eq!(origin.principal, Some(a.principal().to_string()));
+
+    // A forged event (a host B does not trust) is refused.
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
+        .await
+        .unwrap();
+    let stranger = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &[]);
+    let meta = capsid_lattice::events::EventMeta {
+        topic: "orders.fake".into(),
+        source: None,
+        principal: None,
+    };
+    capsid_lattice::events::publish(&lattice, &stranger, &meta, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    lattice.client().flush().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    assert!(on_b.try_recv().is_none(), "one copy, and nothing forged");
+    assert!(
+        b_notes.try_recv().is_none(),
+        "an unexported topic stays home"
+    );
+    // A saw its two events once each, its own, and nothing came back.
+    let mine: Vec<_> = std::iter::from_fn(|| on_a.try_recv()).collect();
+    let topics: Vec<&str> = mine.iter().map(|e| e.topic.as_str()).collect();
+    assert!(
+        topics.contains(&"orders.new") && topics.contains(&"notes.new"),
+        "{topics:?}"
+    );
+    assert_eq!(
+        topics.iter().filter(|t| **t == "orders.new").count(),
+        1,
+        "{topics:?}"
+    );
+    assert!(mine.iter().all(|e| e.origin.is_none()));
+    let (a_traffic, b_traffic) = (a.lattice_traffic().unwrap(), b.lattice_traffic().unwrap());
+    assert_eq!(a_traffic.events_exported, 1);
+    assert_eq!(b_traffic.events_imported, 1);
+    assert_eq!(b_traffic.events_exported, 0, "B exported nothing back");
+    assert_eq!(b_traffic.events_refused, 1);
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+}
