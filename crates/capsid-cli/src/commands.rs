@@ -168,6 +168,18 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
             l.disconnects
         );
         println!("host key   {}", l.host_key);
+        let t = &l.traffic;
+        println!(
+            "traffic    calls {} sent, {} served, {} refused; events {} out, {} in, {} refused, \
+             {} dropped",
+            t.calls_sent,
+            t.calls_served,
+            t.calls_refused,
+            t.events_exported,
+            t.events_imported,
+            t.events_refused,
+            t.exports_dropped
+        );
     }
     if s.boot.audit_read_only {
         println!("audit      READ-ONLY: the log failed verification; nothing runs");

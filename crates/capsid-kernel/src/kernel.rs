@@ -77,6 +77,8 @@ pub struct KernelStatus {
     pub failed: usize,
     /// The lattice's connection, when the host joined one.
     pub lattice: Option<capsid_lattice::LatticeStatus>,
+    /// What crossed the lattice since boot, when the host joined one.
+    pub lattice_traffic: Option<crate::LatticeTraffic>,
 }
 
 pub(crate) struct KernelParts {
@@ -325,6 +327,7 @@ impl Kernel {
             capsules: counts.known,
             ready: counts.ready,
             failed: counts.failed,
+            lattice_traffic: self.lattice_traffic(),
             lattice: self
                 .inner
                 .parts

@@ -4,8 +4,8 @@
 use capsid_capsule::{CapsuleError, CapsuleInfo, CapsuleState, LoadKind, LogLine};
 use capsid_process::Health;
 use capsid_protocol::methods::{
-    BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LatticeView, LoadKindView,
-    LogLevel, LogSource, McpView, NativeView, StatusResult,
+    BootSummary, CapsuleStateView, CapsuleView, FailedLoad, HealthView, LatticeTrafficView,
+    LatticeView, LoadKindView, LogLevel, LogSource, McpView, NativeView, StatusResult,
 };
 use capsid_protocol::{ErrorCode, WireError};
 
@@ -56,6 +56,18 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
             disconnects: l.disconnects,
             since_ms: l.since_ms,
             host_key: String::new(),
+            traffic: s
+                .lattice_traffic
+                .map(|t| LatticeTrafficView {
+                    calls_sent: t.calls_sent,
+                    calls_served: t.calls_served,
+                    calls_refused: t.calls_refused,
+                    events_exported: t.events_exported,
+                    events_imported: t.events_imported,
+                    events_refused: t.events_refused,
+                    exports_dropped: t.exports_dropped,
+                })
+                .unwrap_or_default(),
         }),
     }
 }
@@ -145,6 +157,7 @@ pub(crate) fn log_line(l: &LogLine) -> capsid_protocol::methods::LogLine {
 pub(crate) fn kernel_error(e: &KernelError) -> WireError {
     let code = match e {
         KernelError::NotInstalled(_)
+        | KernelError::NotServed { .. }
         | KernelError::NotMcp(_)
         | KernelError::Approval(_)
         | KernelError::UnknownUser(_)

@@ -54,6 +54,28 @@ pub struct LatticeView {
     /// This host's runtime public key (hex): what other hosts list in `trusted_hosts` to
     /// honour the grants it issues.
     pub host_key: String,
+    /// What crossed the lattice since boot.
+    #[serde(default)]
+    pub traffic: LatticeTrafficView,
+}
+
+/// What crossed the lattice since boot, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatticeTrafficView {
+    /// Calls sent to capsules on other hosts.
+    pub calls_sent: u64,
+    /// Calls from other hosts served here.
+    pub calls_served: u64,
+    /// Calls from other hosts refused before they ran (their envelope).
+    pub calls_refused: u64,
+    /// Events sent to the lattice on exported topics.
+    pub events_exported: u64,
+    /// Events from other hosts delivered here.
+    pub events_imported: u64,
+    /// Events from other hosts refused.
+    pub events_refused: u64,
+    /// Events on exported topics dropped (the export queue was full).
+    pub exports_dropped: u64,
 }
 
 /// What boot did.
