@@ -3,7 +3,8 @@
 //! refuses servers it cannot reach or that cannot carry capsid's values, saying which; and
 //! grants are lattice-wide: one host's grant allows a call on another, its revocation reaches
 //! the other within a bound, a host that cannot see the lattice denies, and a grant issued by
-//! a host not trusted is worth nothing.
+//! a host not trusted is worth nothing; and a log put back to an older copy, valid on its own,
+//! fails against the heads the host anchored in the lattice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -256,4 +257,92 @@ async fn grants_and_revocations_are_lattice_wide_and_an_unseen_lattice_denies() 
     for kernel in [a, b, c] {
         kernel.shutdown().await;
     }
+}
+
+/// Copies the audit log's files (the database and any WAL) of a stopped host.
+fn copy_audit(host: &LatticeHost, to: &std::path::Path) {
+    let db = host.audit_db();
+    std::fs::create_dir_all(to).unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let from = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            std::fs::copy(&from, to.join(from.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+/// Puts back the audit log's files copied by [`copy_audit`], dropping any WAL since.
+fn restore_audit(host: &LatticeHost, from: &std::path::Path) {
+    let db = host.audit_db();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), db.with_file_name(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_put_back_to_an_older_copy_verifies_alone_but_not_against_the_lattice() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let host = LatticeHost::new(&["hello"]);
+    let greet_a_few = |kernel: Kernel| async move {
+        for _ in 0..3 {
+            kernel
+                .call_tool(&id("hello"), "greet", r#"{"name":"x"}"#)
+                .await
+                .unwrap();
+        }
+        kernel
+    };
+    greet_a_few(host.boot(&cluster, &[]).await)
+        .await
+        .shutdown()
+        .await;
+    let backup = tempfile::tempdir().unwrap();
+    copy_audit(&host, backup.path());
+
+    // A later run, anchored at its boot and its shutdown.
+    let kernel = greet_a_few(host.boot(&cluster, &[]).await).await;
+    let check = kernel.verify_audit_against_lattice().await.unwrap();
+    assert!(
+        check.report.is_valid() && check.problems.is_empty(),
+        "{check:?}"
+    );
+    assert!(check.anchors >= 2 && check.heads >= 2, "{check:?}");
+    kernel.shutdown().await;
+
+    // The log put back to the older copy: whole and valid on its own, so boot takes it,
+    // but the heads the later run anchored are gone from it.
+    restore_audit(&host, backup.path());
+    let kernel = host.boot(&cluster, &[]).await;
+    let check = kernel.verify_audit_against_lattice().await.unwrap();
+    assert!(check.report.is_valid(), "the older copy verifies alone");
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| matches!(p, capsid_audit::AnchorProblem::Missing { .. })),
+        "{:?}",
+        check.problems
+    );
+    kernel.shutdown().await;
+
+    // A host that joined no lattice has nothing to check against.
+    let alone = PrivateHome::new();
+    let kernel = Kernel::builder()
+        .home(alone.path())
+        .config(KernelConfig {
+            dev: true,
+            ..KernelConfig::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    assert!(matches!(
+        kernel.verify_audit_against_lattice().await,
+        Err(capsid_kernel::KernelError::NoLattice)
+    ));
+    kernel.shutdown().await;
 }

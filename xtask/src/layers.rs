@@ -16,7 +16,12 @@ const EDGES: &[(&str, &[&str])] = &[
     ("capsid-storage", &["capsid-core"]),
     (
         "capsid-lattice",
-        &["capsid-core", "capsid-crypto", "capsid-storage"],
+        &[
+            "capsid-audit",
+            "capsid-core",
+            "capsid-crypto",
+            "capsid-storage",
+        ],
     ),
     ("capsid-vfs", &["capsid-core"]),
     ("capsid-protocol", &["capsid-core"]),

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod action;
+mod anchor;
 mod checkpoint;
 pub mod entry;
 mod error;
@@ -29,6 +30,7 @@ mod tail;
 pub mod verify;
 mod writer;
 
+pub use anchor::{AnchorProblem, ChainHead, chain_heads, check_anchored};
 pub use entry::{ChainId, Decision, EntryRef, Record};
 pub use error::AuditError;
 pub use export::{export_database, verify_export};

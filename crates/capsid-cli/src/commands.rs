@@ -6,12 +6,13 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use capsid_core::CapsuleId;
 use capsid_protocol::methods::{
-    AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleInstall, CapsuleList,
-    CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleShow,
-    CapsuleUnload, CapsuleView, EventPublish, ExportParams, GrantListParams, GrantParams,
-    IdentityList, InstallParams, LogLine, LogParams, OutputStream, PipeLinkView, ProcessList,
-    ProcessLogParams, ProcessLogsFollow, ProcessView, PublishParams, RevokeParams, Status,
-    StatusResult, TailParams, ToolCall, ToolCallParams, ToolList, ToolListParams, ToolOutput, Via,
+    AuditExport, AuditTail, AuditVerify, AuditVerifyLattice, CapGrant, CapList, CapRevoke,
+    CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
+    CapsuleReload, CapsuleShow, CapsuleUnload, CapsuleView, EventPublish, ExportParams,
+    GrantListParams, GrantParams, IdentityList, InstallParams, LogLine, LogParams, OutputStream,
+    PipeLinkView, ProcessList, ProcessLogParams, ProcessLogsFollow, ProcessView, PublishParams,
+    RevokeParams, Status, StatusResult, TailParams, ToolCall, ToolCallParams, ToolList,
+    ToolListParams, ToolOutput, Via,
 };
 use capsid_protocol::{Client, Method};
 use serde_json::Value;
@@ -573,8 +574,12 @@ async fn process_logs(
 
 async fn audit(client: &mut Client, a: AuditCommand, as_json: bool) -> Result<()> {
     match a {
-        AuditCommand::Verify => {
-            let r = client.ask::<AuditVerify>().await?;
+        AuditCommand::Verify { lattice } => {
+            let r = if lattice {
+                client.ask::<AuditVerifyLattice>().await?
+            } else {
+                client.ask::<AuditVerify>().await?
+            };
             if as_json {
                 output::json(&r);
             } else if r.valid {
@@ -582,6 +587,12 @@ async fn audit(client: &mut Client, a: AuditCommand, as_json: bool) -> Result<()
                     "audit log verified: {} entries in {} chains",
                     r.entries, r.chains
                 );
+                if let Some(a) = r.anchored {
+                    println!(
+                        "lattice: the log holds all {} heads of the {} anchors this host published",
+                        a.heads, a.anchors
+                    );
+                }
             } else {
                 for p in &r.problems {
                     println!("{p}");

@@ -366,7 +366,12 @@ pub(crate) enum CapsuleCommand {
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
     /// Verify every chain and signature.
-    Verify,
+    Verify {
+        /// Also check the log against every chain head this host anchored in its lattice
+        /// (catches a log truncated or rewritten after it published).
+        #[arg(long)]
+        lattice: bool,
+    },
     /// The most recent entries.
     Tail {
         /// How many.

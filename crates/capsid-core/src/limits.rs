@@ -696,3 +696,7 @@ pub const LATTICE_ADVERT_TTL: std::time::Duration = std::time::Duration::from_se
 
 /// Events a host queues for export to the lattice; past it, exports are dropped and counted.
 pub const LATTICE_EXPORT_QUEUE: usize = 4096;
+
+/// How often a host anchors its audit chain heads in the lattice (when they moved), besides
+/// at shutdown.
+pub const LATTICE_ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

@@ -143,7 +143,14 @@ impl KernelBuilder {
         let audit = Arc::new(audit);
         let kv: Arc<dyn KvStore> =
             Arc::new(SurrealKvStore::open(&home.kv_dir(), Durability::Synced).await?);
-        let stores = crate::lattice::open_grant_stores(&home, &config, &kv, copy()).await?;
+        // Boxed: joining a lattice is a large future, and most hosts join none.
+        let stores = Box::pin(crate::lattice::open_grant_stores(
+            &home,
+            &config,
+            &kv,
+            copy(),
+        ))
+        .await?;
         let (capabilities, identity) = (stores.capabilities, stores.identity);
         let overlay_dir = home.state_dir().join("overlay");
         let overlay = {
@@ -190,21 +197,7 @@ impl KernelBuilder {
         };
         let registry = Registry::new(engine, services)?;
         apply_operator_env(&registry, &config);
-        let details = serde_json::json!({
-            "home": home.root(),
-            "workspace": workspace,
-            "dev": config.dev,
-            "config": config.fingerprint(),
-            "lattice": config.lattice.as_ref().map(|l| &l.name),
-        });
-        if !audit.is_read_only() {
-            audit
-                .append(
-                    chain,
-                    boot_record(capsid_audit::action::KERNEL_BOOT, &details)?,
-                )
-                .await?;
-        }
+        record_boot(&audit, chain, &home, &workspace, &config).await?;
         // No session is live yet: grants a run left bound to its sessions go.
         let ended =
             crate::lattice::forget_ended_sessions(&capabilities, stores.joined.as_ref()).await?;
@@ -225,11 +218,35 @@ impl KernelBuilder {
             runtime_key: Arc::new(key),
             lattice: stores.joined,
         });
-        kernel.join_lattice(stores.first).await?;
+        Box::pin(kernel.join_lattice(stores.first)).await?;
         kernel.record_sessions_ended(&[], &ended).await?;
         announce(&kernel, &found, unrecorded, started).await?;
         Ok(kernel)
     }
+}
+
+/// Records the boot: where, in which mode, with which configuration (unless the log is
+/// read-only).
+async fn record_boot(
+    audit: &AuditLog,
+    chain: ChainId,
+    home: &CapsidHome,
+    workspace: &std::path::Path,
+    config: &KernelConfig,
+) -> Result<(), KernelError> {
+    if audit.is_read_only() {
+        return Ok(());
+    }
+    let details = serde_json::json!({
+        "home": home.root(),
+        "workspace": workspace,
+        "dev": config.dev,
+        "config": config.fingerprint(),
+        "lattice": config.lattice.as_ref().map(|l| &l.name),
+    });
+    let record = boot_record(capsid_audit::action::KERNEL_BOOT, &details)?;
+    audit.append(chain, record).await?;
+    Ok(())
 }
 
 /// The check every load makes: what the config requires, the runtime key, the trust store

@@ -38,6 +38,9 @@ pub enum KernelError {
         /// The lattice.
         lattice: String,
     },
+    /// The host joined no lattice (`[lattice]` in its configuration).
+    #[error("this host joined no lattice: add [lattice] to its config.toml")]
+    NoLattice,
     /// A call to a capsule on another host of the lattice failed there or on the way.
     #[error("capsule {capsule} on the lattice: {message}")]
     Remote {

@@ -601,5 +601,6 @@ impl Kernel {
         if let Err(e) = self.audit().shutdown().await {
             tracing::warn!(error = %e, "closing the audit log");
         }
+        self.anchor_last_heads().await;
     }
 }

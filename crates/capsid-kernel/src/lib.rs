@@ -46,7 +46,7 @@ pub use config::{
 pub use error::KernelError;
 pub use install::{InstallError, Installed};
 pub use kernel::{BootReport, Kernel, KernelStatus, RESERVED_TOPIC_PREFIXES, SHUTDOWN_TOPIC};
-pub use lattice::LatticeTraffic;
+pub use lattice::{AnchorCheck, LatticeTraffic};
 pub use monitor::{HEALTH_FAILED_TOPIC, HEALTH_GAVE_UP_TOPIC};
 pub use receipts::{Receipt, ReceiptChange};
 pub use sessions::SessionHold;

@@ -41,6 +41,8 @@ pub enum Kind {
     Event,
     /// A host's list of the capsules and tools it serves.
     Advert,
+    /// A host's audit chain heads, anchored off-host.
+    Anchor,
 }
 
 /// The signed part of a message.

@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod adverts;
+pub mod anchors;
 pub mod calls;
 mod config;
 mod connection;

@@ -11,19 +11,20 @@ use capsid_core::limits::{DAEMON_FOLLOW_INTERVAL, DAEMON_PROCESS_LOG_PAGE_BYTES}
 use capsid_core::{CapsuleId, Principal};
 use capsid_process::Stream;
 use capsid_protocol::methods::{
-    ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow, AuditEntry,
-    AuditExport, AuditTail, AuditVerify, CapGrant, CapList, CapRevoke, CapsuleDetail,
-    CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs, CapsuleLogsFollow, CapsuleParams,
-    CapsuleReload, CapsuleReview, CapsuleReviewAccept, CapsuleShow, CapsuleSign, CapsuleUnload,
-    CapsuleVerify, CapsuleView, DaemonStop, Delivery, EventPublish, ExportParams, ExportResult,
-    GrantListParams, GrantParams, GrantView, Granted, Identities, IdentityLink, IdentityList,
-    InstallChangeView, InstallParams, InstallResult, LinkParams, LinkView, LogPage, LogParams,
-    McpTokenCheck, McpTokenCreate, McpTokenList, McpTokenRevoke, OutputStream, PendingToolView,
-    PipeLinkView, ProcessList, ProcessLogParams, ProcessLogs, ProcessLogsFollow, ProcessOutput,
-    ProcessStats, ProcessView, PublishParams, ReviewAcceptParams, ReviewAccepted, RevokeParams,
-    StageView, Status, Stopping, TailParams, ToolCall, ToolChangesFollow, ToolDescription,
-    ToolList, ToolRun, TrustAdd, TrustList, TrustRemove, UserView, VerifyResult, WorkspaceCommit,
-    WorkspaceDiff, WorkspaceDiscard, WorkspaceStatus,
+    AnchoredView, ApprovalDecide, ApprovalForget, ApprovalList, ApprovalRefusals, ApprovalShow,
+    AuditEntry, AuditExport, AuditTail, AuditVerify, AuditVerifyLattice, CapGrant, CapList,
+    CapRevoke, CapsuleDetail, CapsuleInstall, CapsuleList, CapsuleLoad, CapsuleLogs,
+    CapsuleLogsFollow, CapsuleParams, CapsuleReload, CapsuleReview, CapsuleReviewAccept,
+    CapsuleShow, CapsuleSign, CapsuleUnload, CapsuleVerify, CapsuleView, DaemonStop, Delivery,
+    EventPublish, ExportParams, ExportResult, GrantListParams, GrantParams, GrantView, Granted,
+    Identities, IdentityLink, IdentityList, InstallChangeView, InstallParams, InstallResult,
+    LinkParams, LinkView, LogPage, LogParams, McpTokenCheck, McpTokenCreate, McpTokenList,
+    McpTokenRevoke, OutputStream, PendingToolView, PipeLinkView, ProcessList, ProcessLogParams,
+    ProcessLogs, ProcessLogsFollow, ProcessOutput, ProcessStats, ProcessView, PublishParams,
+    ReviewAcceptParams, ReviewAccepted, RevokeParams, StageView, Status, Stopping, TailParams,
+    ToolCall, ToolChangesFollow, ToolDescription, ToolList, ToolRun, TrustAdd, TrustList,
+    TrustRemove, UserView, VerifyResult, WorkspaceCommit, WorkspaceDiff, WorkspaceDiscard,
+    WorkspaceStatus,
 };
 use capsid_protocol::{Done, ErrorCode, Method, MethodId, Request, Response, WireError};
 use tokio::sync::{SemaphorePermit, mpsc};
@@ -164,6 +165,9 @@ async fn answer(
             run::<ProcessLogs, _>(request, |p| async move { process_output(s, p) }).await
         }
         MethodId::AuditVerify => run::<AuditVerify, _>(request, |_| verify(s)).await,
+        MethodId::AuditVerifyLattice => {
+            run::<AuditVerifyLattice, _>(request, |_| verify_lattice(s)).await
+        }
         MethodId::AuditTail => run::<AuditTail, _>(request, |p| tail(s, p)).await,
         MethodId::AuditExport => run::<AuditExport, _>(request, |p| export(s, p)).await,
         MethodId::CapGrant => run::<CapGrant, _>(request, |p| grant(s, p)).await,
@@ -413,6 +417,28 @@ async fn verify(shared: &Shared) -> Answer<VerifyResult> {
         entries: report.entries(),
         chains: report.chains.len(),
         problems: report.problems(),
+        anchored: None,
+    })
+}
+
+async fn verify_lattice(shared: &Shared) -> Answer<VerifyResult> {
+    let _turn = audit_turn(shared).await?;
+    let check = shared
+        .kernel
+        .verify_audit_against_lattice()
+        .await
+        .map_err(|e| kernel_error(&e))?;
+    let mut problems = check.report.problems();
+    problems.extend(check.problems.iter().map(ToString::to_string));
+    Ok(VerifyResult {
+        valid: check.report.is_valid() && check.problems.is_empty(),
+        entries: check.report.entries(),
+        chains: check.report.chains.len(),
+        problems,
+        anchored: Some(AnchoredView {
+            anchors: check.anchors,
+            heads: check.heads,
+        }),
     })
 }
 

@@ -4,8 +4,11 @@
 //! hosts are in [`calls`], events in [`events`], what each host serves in [`adverts`].
 
 mod adverts;
+mod anchors;
 mod calls;
 mod events;
+
+pub use anchors::AnchorCheck;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,6 +18,7 @@ use capsid_capabilities::CapabilityStore;
 use capsid_core::CapsidHome;
 use capsid_crypto::{KeyPair, PublicKey};
 use capsid_lattice::adverts::{Adverts, SeenAdvert};
+use capsid_lattice::anchors::Anchors;
 use capsid_lattice::{JetStreamKvStore, KeyChanges, Lattice, LinkState, Seal};
 use capsid_storage::{IdentityStore, KvStore};
 use futures_util::StreamExt as _;
@@ -40,6 +44,10 @@ pub(crate) struct Joined {
     pub traffic: Arc<Traffic>,
     /// Wakes the server to serve the capsules loaded now (after boot, a load or an unload).
     pub serve_now: Arc<tokio::sync::Notify>,
+    /// Where this host anchors its audit heads.
+    pub anchors: Anchors,
+    /// The sequence of each chain's head as last anchored.
+    pub anchored: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 /// What crossed the lattice since boot, counted.
@@ -130,6 +138,7 @@ pub(crate) async fn open_grant_stores(
     let lattice = Lattice::connect(lattice_config, home.root()).await?;
     let seal = Seal::new(&lattice_config.name, key.clone(), &hosts);
     let adverts = Adverts::open(&lattice, &seal).await?;
+    let anchors = Anchors::open(&lattice, &seal).await?;
     // This host's key names its batches' intents: one subject per host, however often it boots.
     let writer = hex::encode(&key.key_id().as_bytes()[..16]);
     let bucket = lattice_config.kv_bucket();
@@ -152,6 +161,8 @@ pub(crate) async fn open_grant_stores(
             others: Arc::default(),
             traffic: Arc::default(),
             serve_now: Arc::default(),
+            anchors,
+            anchored: Arc::default(),
         }),
         first: Some(first),
     })
@@ -216,6 +227,7 @@ impl crate::Kernel {
         self.keep_task_if(follow(Some(&joined), capabilities, first));
         self.keep_task_if(Some(calls::serve(self, &joined)));
         self.keep_task_if(Some(adverts::advertise(self, &joined)));
+        self.keep_task_if(Some(anchors::anchor(self, &joined)));
         for task in events::exchange(self, &joined).await? {
             self.keep_task_if(Some(task));
         }
@@ -234,6 +246,13 @@ impl crate::Kernel {
             && let Err(e) = joined.adverts.withdraw().await
         {
             tracing::warn!(error = %e, "cannot withdraw this host's advertisement");
+        }
+    }
+
+    /// Anchors the audit heads once more (at shutdown, after the log's last entry).
+    pub(crate) async fn anchor_last_heads(&self) {
+        if let Some(joined) = &self.parts().lattice {
+            anchors::anchor_now(self.audit().path().to_owned(), joined).await;
         }
     }
 }

@@ -17,6 +17,18 @@ pub struct VerifyResult {
     pub chains: usize,
     /// Each problem, in one line naming its chain and sequence.
     pub problems: Vec<String>,
+    /// For `audit.verify.lattice`: what was checked against the heads anchored off-host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchored: Option<AnchoredView>,
+}
+
+/// What `audit.verify.lattice` checked against the lattice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchoredView {
+    /// Anchors this host published, read back.
+    pub anchors: usize,
+    /// Heads they anchor, each checked against the log.
+    pub heads: usize,
 }
 
 /// `audit.tail` params.

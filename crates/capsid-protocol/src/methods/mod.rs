@@ -184,6 +184,10 @@ methods! {
     /// Verifies every chain and signature of the audit log as committed so far.
     AuditVerify = "audit.verify" (NoParams) -> VerifyResult
         { read_only: true, inline: false, streaming: false }
+    /// `audit.verify`, and every chain head this host anchored in its lattice still held by
+    /// the log (a log truncated or rewritten after it published fails).
+    AuditVerifyLattice = "audit.verify.lattice" (NoParams) -> VerifyResult
+        { read_only: true, inline: false, streaming: false }
     /// The most recent audit entries.
     AuditTail = "audit.tail" (TailParams) -> Vec<AuditEntry>
         { read_only: true, inline: false, streaming: false }

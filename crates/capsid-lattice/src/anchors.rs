@@ -1,0 +1,157 @@
+//! Audit heads anchored off-host: each host publishes its audit chains' heads, signed, to the
+//! lattice's `capsid_<lattice>_anchors` stream (`capsid.<lattice>.anchor.<host>`), where
+//! JetStream keeps them, replicated, apart from the host. What a host published can later be
+//! read back and checked against its log: a host whose log was truncated or rewritten after
+//! it published is caught even if its own chains verify.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use capsid_audit::ChainHead;
+use capsid_core::limits::LATTICE_KV_LIST_TIMEOUT;
+use futures_util::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Lattice;
+use crate::envelope::{Kind, Seal};
+use crate::error::LatticeError;
+
+/// What one anchor says: the heads of the chains that moved since the host's last anchor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorMeta {
+    /// The audit log's chain heads.
+    pub heads: Vec<ChainHead>,
+}
+
+/// An anchor as read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// Unix ms it was published.
+    pub issued_ms: u64,
+    /// The heads it anchors.
+    pub heads: Vec<ChainHead>,
+}
+
+/// The lattice's anchors stream.
+#[derive(Debug, Clone)]
+pub struct Anchors {
+    lattice: Lattice,
+    seal: Seal,
+    stream: stream::Stream,
+}
+
+fn server_error(lattice: &Lattice, what: &str, e: impl std::fmt::Display) -> LatticeError {
+    LatticeError::Server {
+        server: lattice.config().name.clone(),
+        message: format!("{what}: {e}"),
+    }
+}
+
+impl Anchors {
+    /// Opens (or creates, with the lattice's replicas) the anchors stream.
+    pub async fn open(lattice: &Lattice, seal: &Seal) -> Result<Self, LatticeError> {
+        let name = format!("capsid_{}_anchors", lattice.config().name);
+        let js = lattice.jetstream();
+        let stream = if let Ok(stream) = js.get_stream(&name).await {
+            stream
+        } else {
+            let config = stream::Config {
+                name: name.clone(),
+                description: Some("capsid audit chain heads, anchored off-host".into()),
+                subjects: vec![format!("capsid.{}.anchor.>", lattice.config().name)],
+                storage: stream::StorageType::File,
+                num_replicas: lattice.config().replicas,
+                deny_delete: true,
+                deny_purge: true,
+                ..Default::default()
+            };
+            match js.create_stream(config).await {
+                Ok(stream) => stream,
+                // Another host made it at the same moment.
+                Err(create) => js.get_stream(&name).await.map_err(|_| {
+                    server_error(lattice, "cannot create the anchors stream", create)
+                })?,
+            }
+        };
+        Ok(Self {
+            lattice: lattice.clone(),
+            seal: seal.clone(),
+            stream,
+        })
+    }
+
+    fn subject(&self, host: &str) -> String {
+        format!("capsid.{}.anchor.{host}", self.lattice.config().name)
+    }
+
+    /// Publishes `heads` as this host's anchor, and waits for the stream to store it.
+    pub async fn publish(&self, heads: Vec<ChainHead>) -> Result<(), LatticeError> {
+        let sealed = self
+            .seal
+            .seal(Kind::Anchor, &AnchorMeta { heads }, Bytes::new());
+        let ack = self
+            .lattice
+            .jetstream()
+            .publish_with_headers(self.subject(self.seal.host()), sealed.headers, sealed.body)
+            .await
+            .map_err(|e| server_error(&self.lattice, "cannot publish an audit anchor", e))?;
+        ack.await
+            .map_err(|e| server_error(&self.lattice, "an audit anchor was not stored", e))?;
+        Ok(())
+    }
+
+    /// Every anchor this host published, oldest first. Only those signed by this host's own
+    /// key count; anything else on its subject is passed over.
+    pub async fn mine(&self) -> Result<Vec<Anchor>, LatticeError> {
+        let failed = |e: &dyn std::fmt::Display| {
+            server_error(&self.lattice, "cannot read the audit anchors", e)
+        };
+        let consumer = self
+            .stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: self.lattice.client().new_inbox(),
+                filter_subject: self.subject(self.seal.host()),
+                deliver_policy: DeliverPolicy::All,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut anchors = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(anchors);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
+        let read = async {
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| failed(&e))?;
+                let pending = message.info().map_err(|e| failed(&e))?.pending;
+                let opened = self.seal.open_record::<AnchorMeta>(
+                    Kind::Anchor,
+                    message.headers.as_ref(),
+                    &message.payload,
+                    Duration::MAX,
+                );
+                if let Ok((opened, issued_ms)) = opened
+                    && opened.from == self.seal.host()
+                {
+                    anchors.push(Anchor {
+                        issued_ms,
+                        heads: opened.meta.heads,
+                    });
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok::<(), LatticeError>(())
+        };
+        tokio::time::timeout(LATTICE_KV_LIST_TIMEOUT, read)
+            .await
+            .map_err(|_| failed(&"timed out"))??;
+        Ok(anchors)
+    }
+}
