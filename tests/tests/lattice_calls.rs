@@ -21,6 +21,7 @@ use capsid_kernel::{Door, Kernel, KernelError, ToolCaller};
 use capsid_lattice::calls::{self, CallMeta, CallOutcome};
 use capsid_lattice::local::LocalCluster;
 use capsid_lattice::{Kind, Lattice, Seal};
+use futures_util::StreamExt as _;
 
 fn user_of(kernel: &Kernel) -> ToolCaller {
     ToolCaller {
@@ -101,6 +102,11 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
         matches!(err, KernelError::Capsule(CapsuleError::UnknownTool { .. })),
         "{err}"
     );
+    assert_eq!(
+        b.lattice_traffic().unwrap().calls_served,
+        0,
+        "B was not asked"
+    );
     let answer = grant_greet(&a, &user, input).await;
     let here = b.call_tool(&id("hello"), "greet", input).await.unwrap();
     assert_eq!(answer, here, "the remote answer is the tool's own");
@@ -124,7 +130,11 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
     let on_b = audit_rows(&b_host.audit_db());
     let checked = on_b
         .iter()
-        .find(|r| r.action == "tool.call" && r.resource == "tool://hello/greet")
+        .find(|r| {
+            r.action == "tool.call"
+                && r.resource == "tool://hello/greet"
+                && details(r)["door"] == "lattice"
+        })
         .expect("B checked and recorded the call");
     assert_eq!(
         checked.decision, "allow",
@@ -161,11 +171,13 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_serving_host_refuses_forged_untrusted_and_replayed_calls_and_checks_grants() {
+async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and_check_grants() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
-    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let a_host = LatticeHost::new(&[]);
+    let (b_host, c_host) = (LatticeHost::new(&["hello"]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host, &c_host]).await;
     let b = b_host.boot(&cluster, &[&a_host]).await;
+    let c = c_host.boot(&cluster, &[&a_host]).await;
     let user = user_of(&a);
     grant_greet(&a, &user, r#"{"name":"x"}"#).await;
 
@@ -173,112 +185,160 @@ async fn the_serving_host_refuses_forged_untrusted_and_replayed_calls_and_checks
     let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
         .await
         .unwrap();
-    let b_key = b_host.key.public_key();
-    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &[b_key]);
-    let meta = |principal: Principal, tool: &str| CallMeta {
+    let servers = [b_host.key.public_key(), c_host.key.public_key()];
+    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &servers);
+    let send = |seal: Seal, meta: CallMeta| {
+        let lattice = lattice.clone();
+        async move {
+            let input = Bytes::from_static(br#"{"name":"x"}"#);
+            calls::call(&lattice, &seal, &meta, input, None, std::future::pending()).await
+        }
+    };
+    let answer = send(as_a.clone(), meta(user.principal, "greet"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::Ok);
+    assert!([b_host.key_hex(), c_host.key_hex()].contains(&answer.host));
+
+    // A user with no grant, named by a trusted host: the serving host checks for itself.
+    let stranger_user = Principal::User(PrincipalId::new());
+    let answer = send(as_a.clone(), meta(stranger_user, "greet"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+    // B's operator, named by another host, is only a user there: no operator bypass.
+    let answer = send(as_a.clone(), meta(b.principal(), "whoami"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+
+    // A host nobody trusts: refused without an answer (an answer could be replayed into a
+    // genuine caller's inbox), so its call is never taken.
+    let untrusted = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &servers);
+    let err = send(untrusted, meta(user.principal, "greet"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, calls::RemoteCallError::NotTaken(_)), "{err}");
+
+    let refused_before = refused(&b) + refused(&c);
+    let ran_before = lattice_calls(&b_host) + lattice_calls(&c_host);
+    let inbox = lattice.client().new_inbox();
+    let signed = CallMeta {
+        reply_to: inbox.clone(),
+        ..meta(user.principal, "greet")
+    };
+    let sealed = as_a.seal(Kind::Call, &signed, Bytes::from_static(b"{}"));
+    // Edited after signing to call another tool.
+    let mut forged = sealed.headers.clone();
+    let text = sealed.headers.get("Capsid-Envelope").unwrap().as_str();
+    forged.insert("Capsid-Envelope", text.replace("greet", "echo").as_str());
+    assert!(
+        raw_answers(&lattice, &inbox, &inbox, forged, sealed.body.clone())
+            .await
+            .is_empty()
+    );
+    // Sent with another inbox than the one it signed: its output would go to whoever asked.
+    let elsewhere = lattice.client().new_inbox();
+    let answers = raw_answers(
+        &lattice,
+        &elsewhere,
+        &elsewhere,
+        sealed.headers.clone(),
+        sealed.body.clone(),
+    )
+    .await;
+    assert!(answers.is_empty(), "{answers:?}");
+    // Genuine, sent three times to the queue group of B and C: it runs once, whichever host
+    // each copy reaches (a host refuses what it saw; the other, what was claimed).
+    let first = raw_answers(
+        &lattice,
+        &inbox,
+        &inbox,
+        sealed.headers.clone(),
+        sealed.body.clone(),
+    )
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("\"state\":\"done\""), "{first:?}");
+    for _ in 0..2 {
+        let again = raw_answers(
+            &lattice,
+            &inbox,
+            &inbox,
+            sealed.headers.clone(),
+            sealed.body.clone(),
+        )
+        .await;
+        assert!(again.is_empty(), "a copy was answered: {again:?}");
+    }
+    assert_eq!(
+        lattice_calls(&b_host) + lattice_calls(&c_host),
+        ran_before + 1
+    );
+    assert!(refused(&b) + refused(&c) >= refused_before + 2);
+    assert!(
+        [&b_host, &c_host].iter().all(|h| !audit_rows(&h.audit_db())
+            .iter()
+            .any(|r| r.resource == "tool://hello/echo")),
+        "the forged call never reached a check"
+    );
+    for kernel in [a, b, c] {
+        kernel.shutdown().await;
+    }
+}
+
+/// A call of hello's tool `tool` for `principal`, as a calling host fills it in.
+fn meta(principal: Principal, tool: &str) -> CallMeta {
+    CallMeta {
         capsule: "hello".into(),
         tool: tool.into(),
         principal: principal.to_string(),
         client: None,
         deadline_ms: None,
-    };
-    let send = |seal: Seal, meta: CallMeta| {
-        let lattice = lattice.clone();
-        async move {
-            calls::call(
-                &lattice,
-                &seal,
-                &meta,
-                Bytes::from_static(br#"{"name":"x"}"#),
-                None,
-                std::future::pending(),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let answer = send(as_a.clone(), meta(user.principal, "greet")).await;
-    assert_eq!(answer.outcome, CallOutcome::Ok);
-    assert_eq!(answer.host, b_host.key_hex());
-
-    // A user with no grant, named by a trusted host: B checks for itself.
-    let stranger_user = Principal::User(PrincipalId::new());
-    let answer = send(as_a.clone(), meta(stranger_user, "greet")).await;
-    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
-    // B's operator, named by another host, is only a user there: no operator bypass.
-    let answer = send(as_a.clone(), meta(b.principal(), "whoami")).await;
-    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
-
-    // A host B does not trust.
-    let untrusted = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &[b_key]);
-    let answer = send(untrusted, meta(user.principal, "greet")).await;
-    assert!(
-        matches!(&answer.outcome, CallOutcome::Refused { reason } if reason.contains("not trusted")),
-        "{:?}",
-        answer.outcome
-    );
-
-    // A's envelope, edited after signing to call another tool.
-    let subject = format!("capsid.{LATTICE}.call.hello");
-    let sealed = as_a.seal(
-        Kind::Call,
-        &meta(user.principal, "greet"),
-        Bytes::from_static(b"{}"),
-    );
-    let mut forged = sealed.headers.clone();
-    let text = sealed
-        .headers
-        .get("Capsid-Envelope")
-        .unwrap()
-        .as_str()
-        .replace("greet", "echo");
-    forged.insert("Capsid-Envelope", text.as_str());
-    let said = raw_reply(&lattice, &subject, forged, sealed.body.clone()).await;
-    assert!(
-        said.contains("refused") && said.contains("signature does not hold"),
-        "{said}"
-    );
-
-    // The genuine message, sent twice: taken once, refused the second time.
-    let said = raw_reply(
-        &lattice,
-        &subject,
-        sealed.headers.clone(),
-        sealed.body.clone(),
-    )
-    .await;
-    assert!(said.contains("accepted"), "{said}");
-    let said = raw_reply(&lattice, &subject, sealed.headers, sealed.body).await;
-    assert!(
-        said.contains("refused") && said.contains("seen before"),
-        "{said}"
-    );
-
-    assert_eq!(b.lattice_traffic().unwrap().calls_refused, 3);
-    let on_b = audit_rows(&b_host.audit_db());
-    assert!(
-        !on_b.iter().any(|r| r.resource == "tool://hello/echo"),
-        "the forged call never reached a check"
-    );
-    for kernel in [a, b] {
-        kernel.shutdown().await;
+        reply_to: String::new(),
     }
 }
 
-/// The envelope of the first reply to a call sent as given (headers and body), as text.
-async fn raw_reply(
+fn refused(kernel: &Kernel) -> u64 {
+    kernel.lattice_traffic().unwrap().calls_refused
+}
+
+/// Calls another host ran on this one (its records of calls through the lattice door).
+fn lattice_calls(host: &LatticeHost) -> usize {
+    audit_rows(&host.audit_db())
+        .iter()
+        .filter(|r| r.action == "tool.call" && details(r)["door"] == "lattice")
+        .count()
+}
+
+/// Sends a call as given (headers, body, answers to `reply`) to hello's queue group, and
+/// collects the envelopes of what reaches `inbox` within a second.
+async fn raw_answers(
     lattice: &Lattice,
-    subject: &str,
+    reply: &str,
+    inbox: &str,
     headers: capsid_lattice::HeaderMap,
     body: Bytes,
-) -> String {
-    let reply = lattice
+) -> Vec<String> {
+    let mut answers = lattice.client().subscribe(inbox.to_owned()).await.unwrap();
+    let subject = format!("capsid.{LATTICE}.call.hello");
+    lattice
         .client()
-        .request_with_headers(subject.to_owned(), headers, body)
+        .publish_with_reply_and_headers(subject, reply.to_owned(), headers, body)
         .await
         .unwrap();
-    let headers = reply.headers.expect("a signed reply");
-    headers.get("Capsid-Envelope").unwrap().as_str().to_owned()
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, answers.next()).await {
+        if let Some(h) = message.headers {
+            seen.push(
+                h.get("Capsid-Envelope")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    seen
 }
 
 /// Calls in flight on the host at `db`: its records of calls begun, less those ended.
@@ -340,6 +400,8 @@ async fn calls_move_to_a_host_that_still_serves_when_the_serving_host_dies_mid_c
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Past the moment the serving host says it took the call.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     b.kill();
     let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -370,7 +432,10 @@ async fn calls_move_to_a_host_that_still_serves_when_the_serving_host_dies_mid_c
                         lost += 1;
                     } else {
                         // Sent in the moment before the server saw B's connection close.
-                        assert!(text.contains("took the call"), "failed otherwise: {text}");
+                        assert!(
+                            text.contains("answered the call"),
+                            "failed otherwise: {text}"
+                        );
                         assert!(
                             started < killed + Duration::from_millis(500),
                             "a call begun well after B died was not taken: {text}"
@@ -399,13 +464,14 @@ async fn calls_move_to_a_host_that_still_serves_when_the_serving_host_dies_mid_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come_back() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&[]));
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["echo"]));
     // Both export the same topics: an event B took from A must not go back to A.
+    let exported = ["orders.*", "echo.*"];
     let a = a_host
-        .boot_with(a_host.config(&cluster, &[&b_host], &["orders.*"]))
+        .boot_with(a_host.config(&cluster, &[&b_host], &exported))
         .await;
     let b = b_host
-        .boot_with(b_host.config(&cluster, &[&a_host], &["orders.*"]))
+        .boot_with(b_host.config(&cluster, &[&a_host], &exported))
         .await;
     let mut on_a = a.bus().subscribe("*", 64).unwrap();
     let mut on_b = b.bus().subscribe("orders.*", 64).unwrap();
@@ -464,6 +530,32 @@ async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come
     assert_eq!(b_traffic.events_imported, 1);
     assert_eq!(b_traffic.events_exported, 0, "B exported nothing back");
     assert_eq!(b_traffic.events_refused, 1);
+
+    // A capsule on B, subscribed by its grant to echo.in, takes A's event and answers on
+    // echo.out, which comes back to A from B.
+    a.publish("echo.in", br#"{"hi":1}"#.to_vec()).await.unwrap();
+    let answer = loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), on_a.recv())
+            .await
+            .expect("echo.out from B")
+            .unwrap();
+        if event.topic == "echo.out" {
+            break event;
+        }
+    };
+    assert_eq!(answer.payload, br#"{"hi":1}"#);
+    assert_eq!(
+        answer.source.as_ref().map(ToString::to_string).as_deref(),
+        Some("echo")
+    );
+    assert_eq!(answer.origin.as_deref().unwrap().host, b_host.key_hex());
+    assert_eq!(
+        answer.origin.as_deref().unwrap().principal,
+        None,
+        "a capsule's event"
+    );
+    let stats = b.call_tool(&id("echo"), "stats", "{}").await.unwrap();
+    assert!(stats.contains("\"echoed\":1"), "{stats}");
     for kernel in [a, b] {
         kernel.shutdown().await;
     }

@@ -19,6 +19,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod fuzz;
+mod lattice;
 mod layers;
 mod soak;
 mod tools;
@@ -34,6 +35,7 @@ const BENCH_GROUPS: &[&str] = &[
     "mcp",
     "density",
     "approvals",
+    "lattice",
 ];
 
 /// Groups run only when named (too long for a run of every group).
@@ -56,6 +58,7 @@ fn main() -> Result<()> {
             args.get(1).map(String::as_str),
             args.get(2).map(String::as_str),
         ),
+        Some("run") if args.get(1).map(String::as_str) == Some("--lattice") => lattice::run(&root),
         Some("run") => run(&root),
         Some("fuzz") => fuzz::fuzz(&root, &args[1..]),
         Some("soak") => soak::soak(&root, &args[1..]),
@@ -76,7 +79,8 @@ fn usage() -> String {
          fuzz <target> [--time S]  one fuzz target for S seconds (nightly; installs it)\n  \
          soak crash [--rounds N]  the kill -9 suites, N rounds each (default 50)\n  \
          soak mixed --minutes M   the daemon under a mixed load for M minutes, checking growth\n  \
-         run             start capsid\n",
+         run             start capsid\n  \
+         run --lattice   start a local nats-server and two capsid hosts joined in a lattice\n",
         BENCH_GROUPS.join(", ")
     )
 }
@@ -138,48 +142,21 @@ fn wasm_target_dir(root: &Path) -> PathBuf {
 /// dev home under `target/` (dev trust: they get what they request), and becomes the daemon
 /// in the foreground — so Ctrl-C reaches it, and it drains and stops cleanly.
 fn run(root: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
 
     let built = build_capsules(root)?;
     cargo(root, &["build", "--locked", "--package", "capsid-cli"])?;
     let home = root.join("target").join("dev-home");
-    let capsules = home.join("capsules");
-    std::fs::create_dir_all(&capsules)
-        .with_context(|| format!("cannot create {}", capsules.display()))?;
-    // The home holds the runtime key: capsid refuses a home others can read.
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot set the mode of {}", home.display()))?;
     // A developer's loop rebuilds capsules without signing each build; only dev mode (which
     // `run` starts) may turn the check off. An edited config is left as it is.
     let config = home.join("config.toml");
     if !config.exists() {
-        std::fs::write(
-            &config,
-            "# Written by `cargo xtask run`: capsules rebuilt here are not signed.\n[signing]\nrequire = \"off\"\n",
-        )
-        .with_context(|| format!("cannot write {}", config.display()))?;
+        private_dir(&home)?;
+        std::fs::write(&config, format!("{DEV_CONFIG_NOTE}{DEV_SIGNING}"))
+            .with_context(|| format!("cannot write {}", config.display()))?;
     }
-    let samples_dir = root.join("capsules").join("samples");
-    let mut samples = Vec::new();
-    for entry in std::fs::read_dir(&samples_dir)
-        .with_context(|| format!("cannot list {}", samples_dir.display()))?
-    {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        let (from, to) = (built.join(&name), capsules.join(&name));
-        if !from.join("Capsule.toml").is_file() {
-            continue;
-        }
-        std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
-        for file in std::fs::read_dir(&from)? {
-            let file = file?;
-            std::fs::copy(file.path(), to.join(file.file_name()))
-                .with_context(|| format!("cannot copy {}", file.path().display()))?;
-        }
-        samples.push(name);
-    }
-    samples.sort();
-    let capsid = root.join("target").join("debug").join("capsid");
+    let samples = install_samples(root, &built, &home, |_| true)?;
+    let capsid = dev_capsid(root);
     let h = home.display();
     println!("capsid dev home: {h} (samples: {})", samples.join(", "));
     println!("once it says \"ready\", in another terminal try:");
@@ -199,6 +176,58 @@ fn run(root: &Path) -> Result<()> {
         .args(["daemon", "--dev"])
         .exec();
     Err(err).with_context(|| format!("cannot start {}", capsid.display()))
+}
+
+/// The first line of a config `cargo xtask run` writes.
+const DEV_CONFIG_NOTE: &str =
+    "# Written by `cargo xtask run`: capsules rebuilt here are not signed.\n";
+/// What lets the dev loop load unsigned rebuilds (dev mode only).
+const DEV_SIGNING: &str = "[signing]\nrequire = \"off\"\n";
+
+/// The `capsid` binary `run` builds.
+fn dev_capsid(root: &Path) -> PathBuf {
+    root.join("target").join("debug").join("capsid")
+}
+
+/// Makes `dir` (and its parents), mode 0700: capsid refuses a home others can read.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
+}
+
+/// Copies the built samples `keep` accepts into `home`'s capsules; their names, sorted.
+fn install_samples(
+    root: &Path,
+    built: &Path,
+    home: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>> {
+    private_dir(home)?;
+    let capsules = home.join("capsules");
+    std::fs::create_dir_all(&capsules)
+        .with_context(|| format!("cannot create {}", capsules.display()))?;
+    let samples_dir = root.join("capsules").join("samples");
+    let mut samples = Vec::new();
+    for entry in std::fs::read_dir(&samples_dir)
+        .with_context(|| format!("cannot list {}", samples_dir.display()))?
+    {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let (from, to) = (built.join(&name), capsules.join(&name));
+        if !from.join("Capsule.toml").is_file() || !keep(&name) {
+            continue;
+        }
+        std::fs::create_dir_all(&to).with_context(|| format!("cannot create {}", to.display()))?;
+        for file in std::fs::read_dir(&from)? {
+            let file = file?;
+            std::fs::copy(file.path(), to.join(file.file_name()))
+                .with_context(|| format!("cannot copy {}", file.path().display()))?;
+        }
+        samples.push(name);
+    }
+    samples.sort();
+    Ok(samples)
 }
 
 /// Builds every capsule under `capsules/` (release, wasm32-wasip2), checks that each answers

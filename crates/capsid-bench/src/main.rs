@@ -11,6 +11,7 @@ mod density;
 mod density_large;
 mod http;
 mod kernel;
+mod lattice;
 mod mcp;
 mod mcp_capsule;
 mod pipeline;
@@ -42,6 +43,7 @@ fn main() -> Result<()> {
         "http" => http::run()?,
         "mcp" => mcp::run()?,
         "approvals" => approvals::run()?,
+        "lattice" => lattice::run()?,
         "audit-scale" => audit_scale::run()?,
         "density" => density::run()?,
         "soak-mixed" => soak::run(&out)?,

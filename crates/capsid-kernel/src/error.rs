@@ -41,6 +41,12 @@ pub enum KernelError {
     /// The host joined no lattice (`[lattice]` in its configuration).
     #[error("this host joined no lattice: add [lattice] to its config.toml")]
     NoLattice,
+    /// The lattice holds no audit anchor of this host (its stream was emptied or replaced).
+    #[error(
+        "the lattice {0:?} holds no audit anchor of this host: its anchors stream was emptied \
+         or replaced, so the log cannot be checked against it"
+    )]
+    NoAnchors(String),
     /// A call to a capsule on another host of the lattice failed there or on the way.
     #[error("capsule {capsule} on the lattice: {message}")]
     Remote {

@@ -201,7 +201,9 @@ impl Kernel {
     /// Tells the lattice's server and advertiser that the capsules here changed.
     pub(crate) fn capsules_changed(&self) {
         if let Some(joined) = &self.parts().lattice {
-            joined.serve_now.notify_waiters();
+            // One permit each: a change made while a loop is busy wakes it when it waits.
+            joined.serve_now.notify_one();
+            joined.advertise_now.notify_one();
         }
     }
 

@@ -18,7 +18,7 @@ use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::connection::Lattice;
-use crate::envelope::{Kind, Opened, Refusal, Seal, claimed_nonce};
+use crate::envelope::{Kind, Opened, Refusal, Seal};
 
 /// What a calling host asks of a serving one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct CallMeta {
     pub client: Option<String>,
     /// How long the caller waits for the outcome, in ms, when it has a deadline.
     pub deadline_ms: Option<u64>,
+    /// The inbox the answers go to: signed, so a copy of the call sent with another inbox
+    /// is refused (nobody but the caller reads its output). Set by [`call`].
+    #[serde(default)]
+    pub reply_to: String,
 }
 
 /// How a remote call ended, as the serving host says.
@@ -43,7 +47,7 @@ pub enum CallOutcome {
     Ok,
     /// No such tool, or not one the principal may call (the two are not told apart).
     UnknownTool,
-    /// The call's envelope was refused (see [`Refusal`]).
+    /// The serving host refused to run the call (it names no user).
     Refused {
         /// Why.
         reason: String,
@@ -97,9 +101,11 @@ pub enum RemoteCallError {
     /// No host of the lattice serves the capsule.
     #[error("no host of the lattice serves capsule {0}")]
     NoHost(String),
-    /// A host serves it, but none took the call within [`LATTICE_CALL_ACCEPT_WAIT`].
+    /// A host serves it, but none answered within [`LATTICE_CALL_ACCEPT_WAIT`] (none took
+    /// the call, or the one that did died before it said so).
     #[error(
-        "no host of the lattice took the call to capsule {0} within {LATTICE_CALL_ACCEPT_WAIT:?}"
+        "no host of the lattice answered the call to capsule {0} within \
+         {LATTICE_CALL_ACCEPT_WAIT:?}; it may or may not have run"
     )]
     NotTaken(String),
     /// The serving host fell silent mid-call (it died, or lost the lattice).
@@ -160,7 +166,11 @@ pub async fn call(
         .subscribe(inbox.clone())
         .await
         .map_err(|e| send_error(&e))?;
-    let sealed = seal.seal(Kind::Call, meta, input);
+    let meta = CallMeta {
+        reply_to: inbox.clone(),
+        ..meta.clone()
+    };
+    let sealed = seal.seal(Kind::Call, &meta, input);
     client
         .publish_with_reply_and_headers(
             call_subject(lattice, &capsule),
@@ -180,14 +190,18 @@ pub async fn call(
     tokio::pin!(deadline_passed);
     tokio::pin!(cancelled);
     let mut server: Option<String> = None;
+    // Silence is measured from the last reply that counted: nothing else on the inbox
+    // (which anyone able to publish there could send) keeps a dead host's call alive.
+    let mut silence_ends = tokio::time::Instant::now() + LATTICE_CALL_ACCEPT_WAIT;
     loop {
-        let wait = if server.is_some() {
-            LATTICE_CALL_SILENCE
-        } else {
-            LATTICE_CALL_ACCEPT_WAIT
-        };
         let message = tokio::select! {
-            m = tokio::time::timeout(wait, replies.next()) => m,
+            m = replies.next() => m,
+            () = tokio::time::sleep_until(silence_ends) => {
+                return Err(match server {
+                    None => RemoteCallError::NotTaken(capsule),
+                    Some(host) => RemoteCallError::HostLost { host, capsule },
+                });
+            }
             () = &mut deadline_passed => {
                 cancel(lattice, seal, server.as_deref(), &sealed.nonce).await;
                 return Err(RemoteCallError::Deadline(capsule));
@@ -197,26 +211,22 @@ pub async fn call(
                 return Err(RemoteCallError::Cancelled(capsule));
             }
         };
-        let message = match (message, &server) {
-            (Ok(Some(m)), _) => m,
-            (Ok(None), _) => return Err(send_error(&"the connection closed")),
-            (Err(_), None) => return Err(RemoteCallError::NotTaken(capsule)),
-            (Err(_), Some(host)) => {
-                return Err(RemoteCallError::HostLost {
-                    host: host.clone(),
-                    capsule,
-                });
-            }
+        let Some(message) = message else {
+            return Err(send_error(&"the connection closed"));
         };
+        // "No responders" counts only before a host took the call.
         if message.status == Some(StatusCode::NO_RESPONDERS) {
-            return Err(RemoteCallError::NoHost(capsule));
+            if server.is_none() {
+                return Err(RemoteCallError::NoHost(capsule));
+            }
+            continue;
         }
         // Only a reply signed by a trusted host, about this call, from the host that took
-        // it, counts; anything else on the inbox is ignored.
+        // it, counts; anything else on the inbox is passed over.
         let Ok(reply) =
             seal.open::<ReplyMeta>(Kind::Reply, message.headers.as_ref(), &message.payload)
         else {
-            tracing::warn!(capsule = %capsule, "ignored a reply that did not open");
+            tracing::debug!(capsule = %capsule, "passed over a reply that did not open");
             continue;
         };
         if reply.meta.call() != sealed.nonce
@@ -225,6 +235,7 @@ pub async fn call(
             continue;
         }
         server.get_or_insert_with(|| reply.from.clone());
+        silence_ends = tokio::time::Instant::now() + LATTICE_CALL_SILENCE;
         if let ReplyMeta::Done { outcome, .. } = reply.meta {
             return Ok(RemoteAnswer {
                 host: reply.from,
@@ -300,27 +311,29 @@ pub async fn serve(lattice: &Lattice, seal: &Seal, capsule: &str) -> Result<Call
 }
 
 impl CallQueue {
-    /// The next call whose envelope opens; one that does not is answered `refused` (when it
-    /// gave an inbox) and counted in `refused`. `None` once the subscription ends.
+    /// The next call whose envelope opens (signed by a trusted host, fresh, never seen here,
+    /// for this capsule, answering to the inbox it signed). One that does not is counted in
+    /// `refused` and logged, and gets no answer at all: a signed refusal would let whoever
+    /// replayed a call end the genuine caller's wait. `None` once the subscription ends.
     pub async fn next(&mut self, refused: &std::sync::atomic::AtomicU64) -> Option<IncomingCall> {
         loop {
             let message = self.subscriber.next().await?;
-            let Some(reply) = message.reply.clone() else {
-                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                continue;
-            };
-            let opened = self
-                .seal
-                .open::<CallMeta>(Kind::Call, message.headers.as_ref(), &message.payload)
-                .and_then(|call| {
-                    if call.meta.capsule == self.capsule {
-                        Ok(call)
+            let inbox = message.reply.as_ref().map(|r| r.as_str().to_owned());
+            let opened = self.seal.open_if::<CallMeta>(
+                Kind::Call,
+                message.headers.as_ref(),
+                &message.payload,
+                |meta| {
+                    let inbox_signed = inbox.as_deref() == Some(meta.reply_to.as_str());
+                    if meta.capsule == self.capsule && inbox_signed {
+                        Ok(())
                     } else {
                         Err(Refusal::Misdirected)
                     }
-                });
-            match opened {
-                Ok(call) => {
+                },
+            );
+            match (opened, message.reply) {
+                (Ok(call), Some(reply)) => {
                     let replier = CallReplier {
                         lattice: self.lattice.clone(),
                         seal: self.seal.clone(),
@@ -333,29 +346,15 @@ impl CallQueue {
                         replier,
                     });
                 }
-                Err(refusal) => {
+                (Err(refusal), _) => {
                     refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(capsule = %self.capsule, %refusal, "refused a lattice call");
-                    // Told to whoever asked, signed, naming the nonce the call claimed (the
-                    // caller matches its own; nothing else is taken from a refused call).
-                    let replier = CallReplier {
-                        lattice: self.lattice.clone(),
-                        seal: self.seal.clone(),
-                        reply,
-                        call: claimed_nonce(message.headers.as_ref()).unwrap_or_default(),
-                    };
-                    let reason = refusal.to_string();
-                    replier
-                        .done(CallOutcome::Refused { reason }, Bytes::new())
-                        .await;
+                }
+                (Ok(_), None) => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
-    }
-
-    /// Stops serving: calls already taken still get their answers.
-    pub async fn stop(mut self) {
-        let _ = self.subscriber.unsubscribe().await;
     }
 }
 

@@ -4,9 +4,10 @@
 //! blake3 of the body (so the signature covers the body without copying it). A receiver
 //! opens it only when the sender is a host it trusts, the signature holds, the lattice and
 //! kind are the ones expected, the time is within [`LATTICE_ENVELOPE_SKEW`] of its own, and
-//! the nonce was not seen before: a message copied off the wire cannot be played again.
+//! the nonce was not seen before on this host: a message copied off the wire cannot be played
+//! to it again (calls are also claimed lattice-wide, so a copy runs on no other host either).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ pub(crate) const ENVELOPE_HEADER: &str = "Capsid-Envelope";
 pub(crate) const SIGNATURE_HEADER: &str = "Capsid-Signature";
 
 /// What a message is; an envelope opened as one kind refuses any other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     /// A tool call, to a host that has the capsule.
@@ -101,21 +102,22 @@ pub enum Refusal {
 }
 
 /// Nonces seen within the skew window, so none is accepted twice. Bounded: when full of
-/// fresh nonces, new envelopes are refused (fail closed) until old ones expire.
+/// fresh nonces, new envelopes are refused (fail closed) until old ones expire. Ordered by
+/// expiry, so an envelope issued ahead of this host's clock holds back no other's expiry.
 #[derive(Debug, Default)]
 struct ReplayGuard {
     seen: HashSet<String>,
-    /// (expiry in unix ms, nonce), in the order seen.
-    order: VecDeque<(u64, String)>,
+    /// (expiry in unix ms, nonce).
+    by_expiry: BTreeSet<(u64, String)>,
 }
 
 impl ReplayGuard {
     fn admit(&mut self, nonce: &str, expires_ms: u64, now: u64) -> Result<(), Refusal> {
-        while let Some((expiry, _)) = self.order.front() {
+        while let Some((expiry, _)) = self.by_expiry.first() {
             if *expiry >= now {
                 break;
             }
-            if let Some((_, old)) = self.order.pop_front() {
+            if let Some((_, old)) = self.by_expiry.pop_first() {
                 self.seen.remove(&old);
             }
         }
@@ -126,7 +128,7 @@ impl ReplayGuard {
             return Err(Refusal::Flooded);
         }
         self.seen.insert(nonce.to_owned());
-        self.order.push_back((expires_ms, nonce.to_owned()));
+        self.by_expiry.insert((expires_ms, nonce.to_owned()));
         Ok(())
     }
 }
@@ -150,7 +152,8 @@ struct SealInner {
     key: Arc<KeyPair>,
     host: String,
     trusted: HashMap<String, PublicKey>,
-    replay: Mutex<ReplayGuard>,
+    /// One guard per kind: a flood of events cannot crowd out calls.
+    replay: Mutex<HashMap<Kind, ReplayGuard>>,
 }
 
 /// A message ready to publish: its headers (envelope and signature) and body.
@@ -226,7 +229,20 @@ impl Seal {
         headers: Option<&HeaderMap>,
         body: &[u8],
     ) -> Result<Opened<T>, Refusal> {
+        self.open_if(kind, headers, body, |_| Ok(()))
+    }
+
+    /// [`open`](Self::open), refusing what `fits` refuses before the nonce is remembered:
+    /// a copy refused for where it was sent does not use up the genuine message's nonce.
+    pub fn open_if<T: DeserializeOwned>(
+        &self,
+        kind: Kind,
+        headers: Option<&HeaderMap>,
+        body: &[u8],
+        fits: impl FnOnce(&T) -> Result<(), Refusal>,
+    ) -> Result<Opened<T>, Refusal> {
         let (envelope, _) = self.verify::<T>(kind, headers, body, LATTICE_ENVELOPE_SKEW)?;
+        fits(&envelope.meta)?;
         let expires = envelope
             .issued_ms
             .saturating_add(duration_ms(LATTICE_ENVELOPE_SKEW));
@@ -234,6 +250,8 @@ impl Seal {
             .replay
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
+            .or_default()
             .admit(&envelope.nonce, expires, now_ms())?;
         Ok(Opened {
             from: envelope.from,
@@ -308,17 +326,6 @@ impl Seal {
         }
         Ok((envelope, issued))
     }
-}
-
-/// The nonce an envelope claims, read without checking it: only for naming a refusal.
-pub(crate) fn claimed_nonce(headers: Option<&HeaderMap>) -> Option<String> {
-    #[derive(Deserialize)]
-    struct Claim {
-        nonce: String,
-    }
-    let text = headers?.get(ENVELOPE_HEADER)?.as_str();
-    let claim: Claim = serde_json::from_str(text).ok()?;
-    (claim.nonce.len() <= 64).then_some(claim.nonce)
 }
 
 fn signed_bytes(envelope: &str) -> Vec<u8> {
@@ -433,6 +440,13 @@ mod tests {
         assert_eq!(guard.admit("a", 100, 60), Err(Refusal::Replayed));
         // Past its expiry the nonce is forgotten (its envelope is stale by then anyway).
         guard.admit("a", 300, 150).unwrap();
+        // One issued far ahead does not hold back the expiry of those behind it.
+        let mut guard = ReplayGuard::default();
+        guard.admit("ahead", 10_000, 0).unwrap();
+        guard.admit("b", 100, 0).unwrap();
+        guard.admit("c", 400, 200).unwrap();
+        assert!(!guard.seen.contains("b"), "b expired at 100");
+        assert!(guard.seen.contains("ahead"));
         let mut full = ReplayGuard::default();
         for n in 0..LATTICE_REPLAY_GUARD_ENTRIES {
             full.admit(&n.to_string(), 1_000, 0).unwrap();

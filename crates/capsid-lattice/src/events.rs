@@ -55,6 +55,8 @@ pub async fn publish(
 pub struct RemoteEvents {
     seal: Seal,
     subscriber: Subscriber,
+    /// `capsid.<lattice>.evt.`
+    prefix: String,
 }
 
 /// Starts hearing the lattice's events.
@@ -68,6 +70,7 @@ pub async fn subscribe(lattice: &Lattice, seal: &Seal) -> Result<RemoteEvents, S
     Ok(RemoteEvents {
         seal: seal.clone(),
         subscriber,
+        prefix: format!("capsid.{}.evt.", lattice.config().name),
     })
 }
 
@@ -85,12 +88,7 @@ impl RemoteEvents {
             match opened {
                 Ok(e) if e.from == self.seal.host() => {}
                 // The subject must say what the signed envelope says.
-                Ok(e)
-                    if !message
-                        .subject
-                        .as_str()
-                        .ends_with(&format!(".evt.{}", e.meta.topic)) =>
-                {
+                Ok(e) if message.subject.as_str() != format!("{}{}", self.prefix, e.meta.topic) => {
                     return Some(Err(Refusal::Misdirected));
                 }
                 Ok(e) => {

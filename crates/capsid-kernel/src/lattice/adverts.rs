@@ -39,7 +39,7 @@ pub(super) fn advertise(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
             }
             tokio::select! {
                 () = tokio::time::sleep(LATTICE_ADVERT_INTERVAL) => {}
-                () = joined.serve_now.notified() => {}
+                () = joined.advertise_now.notified() => {}
             }
         }
     })

@@ -82,6 +82,11 @@ impl Kernel {
             return Err(KernelError::NoLattice);
         };
         let anchors = joined.anchors.mine().await?;
+        // This host anchors at every boot: none at all means the stream was emptied or
+        // replaced, and nothing can be checked, which is a failure, not a pass.
+        if anchors.is_empty() {
+            return Err(KernelError::NoAnchors(joined.lattice.config().name.clone()));
+        }
         let heads: Vec<ChainHead> = anchors
             .iter()
             .flat_map(|a| a.heads.iter().cloned())

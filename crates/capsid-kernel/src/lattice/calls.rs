@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
+use capsid_core::limits::MAX_CALL_TIMEOUT_MS;
 use capsid_core::{CapsuleId, Principal};
+use capsid_lattice::JetStreamKvStore;
 use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
 };
+use capsid_storage::KvStore as _;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +29,13 @@ use crate::tool::{Door, ToolCaller};
 /// How often the server checks which capsules it should serve (a load, unload or boot
 /// wakes it at once).
 const SERVE_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a call from another host runs before its caller is told it was taken (a
+/// quicker one is simply answered: one message, one signature fewer).
+const ACCEPT_AFTER: Duration = Duration::from_millis(100);
+
+/// Where calls are claimed (so each runs on one host only), and this host's key.
+type Claims = (Arc<JetStreamKvStore>, String);
 
 /// Calls from other hosts running here: their nonce, the host that sent them (the only one
 /// that may cancel them), and what cancels them.
@@ -87,6 +97,7 @@ impl Kernel {
             principal: caller.principal.to_string(),
             client: caller.client.clone(),
             deadline_ms: time_left.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            reply_to: String::new(),
         };
         Traffic::count(&joined.traffic.calls_sent);
         let answer = calls::call(
@@ -179,6 +190,7 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
                             queue,
                             in_flight.clone(),
                             joined.traffic.clone(),
+                            (joined.claims.clone(), joined.seal.host().to_owned()),
                         );
                         serving.insert(name, queues.spawn(task));
                     }
@@ -213,24 +225,49 @@ async fn serve_queue(
     mut queue: CallQueue,
     in_flight: InFlight,
     traffic: Arc<Traffic>,
+    claims: Claims,
 ) {
     while let Some(incoming) = queue.next(&traffic.calls_refused).await {
         let Some(inner) = kernel.upgrade() else {
             return;
         };
         Traffic::count(&traffic.calls_served);
-        tokio::spawn(serve_call(Kernel { inner }, incoming, in_flight.clone()));
+        let call = serve_call(
+            Kernel { inner },
+            incoming,
+            in_flight.clone(),
+            claims.clone(),
+        );
+        tokio::spawn(call);
     }
 }
 
 /// Runs one call from another host and answers it, saying it still runs meanwhile.
-async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight) {
+async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight, claims: Claims) {
     let IncomingCall {
         call,
         input,
         replier,
     } = incoming;
-    replier.accepted().await;
+    // Each host remembers the nonces it saw; the claim makes a call run on one host of the
+    // lattice only, however many copies of it reach the capsule's queue group. A claim that
+    // cannot be made refuses the call (fail closed); the caller is not told.
+    let (store, host) = &claims;
+    match store
+        .compare_and_swap(call.nonce.as_bytes(), None, Some(host.as_bytes()))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let from = short_host(&call.from);
+            tracing::warn!(%from, "refused a lattice call another host already took");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim a lattice call; refused");
+            return;
+        }
+    }
     let token = CancellationToken::new();
     in_flight
         .lock()
@@ -255,7 +292,7 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight)
         };
         let mut control = CallControl::cancelled_by(&token);
         if let Some(ms) = call.meta.deadline_ms {
-            control = control.ending_within(Duration::from_millis(ms));
+            control = control.ending_within(Duration::from_millis(ms.min(MAX_CALL_TIMEOUT_MS)));
         }
         let result = kernel
             .call_tool_from(
@@ -270,12 +307,23 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight)
         outcome_of(result)
     };
     tokio::pin!(answer);
-    let keep_alive = replier.keep_alive();
-    tokio::pin!(keep_alive);
-    let (outcome, output) = loop {
-        tokio::select! {
-            answered = &mut answer => break answered,
-            () = &mut keep_alive => {}
+    // A call that answers quickly is answered at once; one that runs on is said to be taken,
+    // then to be running, every heartbeat.
+    let quick = tokio::select! {
+        answered = &mut answer => Some(answered),
+        () = tokio::time::sleep(ACCEPT_AFTER) => None,
+    };
+    let (outcome, output) = if let Some(answered) = quick {
+        answered
+    } else {
+        replier.accepted().await;
+        let keep_alive = replier.keep_alive();
+        tokio::pin!(keep_alive);
+        loop {
+            tokio::select! {
+                answered = &mut answer => break answered,
+                () = &mut keep_alive => {}
+            }
         }
     };
     in_flight

@@ -21,6 +21,14 @@ pub(super) async fn exchange(
     kernel: &Kernel,
     joined: &Joined,
 ) -> Result<Vec<JoinHandle<()>>, KernelError> {
+    let mut incoming = events::subscribe(&joined.lattice, &joined.seal)
+        .await
+        .map_err(|message| {
+            KernelError::Lattice(capsid_lattice::LatticeError::Server {
+                server: joined.lattice.config().name.clone(),
+                message: format!("cannot subscribe to the lattice's events: {message}"),
+            })
+        })?;
     let mut tasks = Vec::new();
     let patterns = &joined.lattice.config().export;
     if !patterns.is_empty() {
@@ -45,14 +53,6 @@ pub(super) async fn exchange(
             }
         }));
     }
-    let mut incoming = events::subscribe(&joined.lattice, &joined.seal)
-        .await
-        .map_err(|message| {
-            KernelError::Lattice(capsid_lattice::LatticeError::Server {
-                server: joined.lattice.config().name.clone(),
-                message: format!("cannot subscribe to the lattice's events: {message}"),
-            })
-        })?;
     let bus = kernel.bus().clone();
     let traffic = joined.traffic.clone();
     tasks.push(tokio::spawn(async move {

@@ -44,6 +44,10 @@ pub(crate) struct Joined {
     pub traffic: Arc<Traffic>,
     /// Wakes the server to serve the capsules loaded now (after boot, a load or an unload).
     pub serve_now: Arc<tokio::sync::Notify>,
+    /// Wakes the advertiser likewise.
+    pub advertise_now: Arc<tokio::sync::Notify>,
+    /// Where calls from other hosts are claimed, so each runs on one host only.
+    pub claims: Arc<JetStreamKvStore>,
     /// Where this host anchors its audit heads.
     pub anchors: Anchors,
     /// The sequence of each chain's head as last anchored.
@@ -139,6 +143,16 @@ pub(crate) async fn open_grant_stores(
     let seal = Seal::new(&lattice_config.name, key.clone(), &hosts);
     let adverts = Adverts::open(&lattice, &seal).await?;
     let anchors = Anchors::open(&lattice, &seal).await?;
+    // A claim outlives every copy of its call that could still be accepted (fresh within
+    // the skew either way).
+    let claims = Arc::new(
+        JetStreamKvStore::open_expiring(
+            &lattice,
+            &format!("capsid_{}_claims", lattice_config.name),
+            2 * capsid_core::limits::LATTICE_ENVELOPE_SKEW,
+        )
+        .await?,
+    );
     // This host's key names its batches' intents: one subject per host, however often it boots.
     let writer = hex::encode(&key.key_id().as_bytes()[..16]);
     let bucket = lattice_config.kv_bucket();
@@ -161,6 +175,8 @@ pub(crate) async fn open_grant_stores(
             others: Arc::default(),
             traffic: Arc::default(),
             serve_now: Arc::default(),
+            advertise_now: Arc::default(),
+            claims,
             anchors,
             anchored: Arc::default(),
         }),
@@ -223,12 +239,14 @@ impl crate::Kernel {
         let Some(joined) = self.parts().lattice.clone() else {
             return Ok(());
         };
+        // What can fail comes first: a boot that fails here leaves nothing running.
+        let exchange = events::exchange(self, &joined).await?;
         let capabilities = self.capabilities().clone();
         self.keep_task_if(follow(Some(&joined), capabilities, first));
         self.keep_task_if(Some(calls::serve(self, &joined)));
         self.keep_task_if(Some(adverts::advertise(self, &joined)));
         self.keep_task_if(Some(anchors::anchor(self, &joined)));
-        for task in events::exchange(self, &joined).await? {
+        for task in exchange {
             self.keep_task_if(Some(task));
         }
         Ok(())

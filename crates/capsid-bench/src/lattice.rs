@@ -1,0 +1,193 @@
+//! `lattice`: a tool call served by another host against the same call made locally plus
+//! 1.3 × a raw NATS request/reply of the same payload, all in the same run on the same
+//! cluster; and JetStream KV set/get through `ScopedKvStore` against the raw `async-nats` KV
+//! store on the same bucket. A real 3-node `nats-server` cluster on loopback, two kernels
+//! in this process. Needs the capsules built and `nats-server` installed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use bytes::Bytes;
+use capsid_capabilities::Permissions;
+use capsid_capsule::CallControl;
+use capsid_core::CapsuleId;
+use capsid_integration_tests::lattice::{LATTICE, LatticeHost, lattice_config};
+use capsid_kernel::{Door, Kernel, ToolCaller};
+use capsid_lattice::local::LocalCluster;
+use capsid_lattice::{JetStreamKvStore, Lattice};
+use capsid_storage::{KvStore, Quota, ScopedKvStore};
+use futures_util::StreamExt as _;
+
+use crate::report::{Row, percentile};
+
+/// Timed operations per side, after [`WARMUP`] untimed ones.
+const CALLS: usize = 2_000;
+const WARMUP: usize = 100;
+const INPUT: &str = r#"{"name":"lattice"}"#;
+/// A KV value as a capsule would keep a small record.
+const VALUE: &[u8] = &[7; 256];
+
+pub fn run() -> Result<Vec<Row>> {
+    crate::report::runtime()?.block_on(async {
+        let cluster = LocalCluster::start(3).await?;
+        let mut rows = calls(&cluster).await?;
+        rows.extend(kv(&cluster).await?);
+        Ok(rows)
+    })
+}
+
+fn sorted(mut samples: Vec<Duration>) -> Vec<Duration> {
+    samples.sort();
+    samples
+}
+
+async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(cluster, &[&b_host]).await;
+    let b = b_host.boot(cluster, &[&a_host]).await;
+    // One user, granted on A (B trusts A): the same checks on both sides.
+    let user = ToolCaller {
+        principal: a.mcp_principal(),
+        door: Door::McpHttp,
+        client: None,
+    };
+    a.grant(
+        user.principal,
+        None,
+        "tool://hello/greet",
+        Permissions::EXEC,
+    )
+    .await?;
+    let hello = CapsuleId::new("hello")?;
+    let answer = wait_served(&a, &user, &hello).await?;
+
+    // The raw floor: a responder on the same cluster answering with as many bytes.
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path()).await?;
+    let subject = format!("capsid.{LATTICE}.bench.echo");
+    let mut requests = lattice.client().subscribe(subject.clone()).await?;
+    let responder = lattice.client().clone();
+    let reply = Bytes::from(answer.into_bytes());
+    let echo = tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(to) = request.reply {
+                let _ = responder.publish(to, reply.clone()).await;
+            }
+        }
+    });
+
+    let (mut remote, mut local, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..WARMUP + CALLS {
+        let start = Instant::now();
+        a.call_tool_as(&user, &hello, "greet", INPUT, &CallControl::new())
+            .await?;
+        let took_remote = start.elapsed();
+        let start = Instant::now();
+        b.call_tool_as(&user, &hello, "greet", INPUT, &CallControl::new())
+            .await?;
+        let took_local = start.elapsed();
+        let start = Instant::now();
+        lattice
+            .client()
+            .request(subject.clone(), Bytes::from_static(INPUT.as_bytes()))
+            .await?;
+        let took_raw = start.elapsed();
+        if i >= WARMUP {
+            remote.push(took_remote);
+            local.push(took_local);
+            raw.push(took_raw);
+        }
+    }
+    echo.abort();
+    a.shutdown().await;
+    b.shutdown().await;
+    let (remote, local, raw) = (sorted(remote), sorted(local), sorted(raw));
+    let mut rows = Vec::new();
+    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
+        let (local_p, raw_p) = (percentile(&local, p), percentile(&raw, p));
+        rows.push(Row::new(
+            &format!("hello.greet served by another host {label}"),
+            percentile(&remote, p),
+            "µs",
+            &format!(
+                "local call {label} ({local_p:.0}) + 1.3 × raw NATS request/reply {label} ({raw_p:.0})"
+            ),
+            local_p + 1.3 * raw_p,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Calls until B serves `hello` (it subscribes a moment after boot); the answer.
+async fn wait_served(a: &Kernel, user: &ToolCaller, hello: &CapsuleId) -> Result<String> {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        match a
+            .call_tool_as(user, hello, "greet", INPUT, &CallControl::new())
+            .await
+        {
+            Ok(answer) => return Ok(answer),
+            Err(e) if Instant::now() > until => return Err(anyhow!("B never served hello: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn kv(cluster: &LocalCluster) -> Result<Vec<Row>> {
+    let home = tempfile::tempdir()?;
+    let mut config = lattice_config(cluster.urls());
+    config.replicas = 3;
+    let lattice = Lattice::connect(&config, home.path()).await?;
+    let bucket = "capsid_bench_kv";
+    let store: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(&lattice, bucket).await?);
+    let quota = Quota {
+        max_bytes: Some(1 << 20),
+        max_keys: Some(1024),
+    };
+    let scoped = ScopedKvStore::open(store, "bench", quota).await?;
+    // The raw floor: async-nats's own KV client on the same bucket (a JetStream KV bucket,
+    // as `nats kv` sees it).
+    let raw = lattice
+        .jetstream()
+        .get_key_value(bucket)
+        .await
+        .context("async-nats cannot open the bucket")?;
+    let (mut ours_set, mut raw_set, mut ours_get, mut raw_get) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for i in 0..WARMUP + CALLS {
+        let key = format!("k{}", i % 64);
+        let start = Instant::now();
+        scoped.set(key.as_bytes(), VALUE).await?;
+        let s = start.elapsed();
+        let start = Instant::now();
+        raw.put(format!("raw.{key}"), Bytes::from_static(VALUE))
+            .await?;
+        let rs = start.elapsed();
+        let start = Instant::now();
+        let got = scoped.get(key.as_bytes()).await?;
+        let g = start.elapsed();
+        anyhow::ensure!(got.as_deref() == Some(VALUE), "read back another value");
+        let start = Instant::now();
+        let got = raw.get(format!("raw.{key}")).await?;
+        let rg = start.elapsed();
+        anyhow::ensure!(got.as_deref() == Some(VALUE), "raw read back another value");
+        if i >= WARMUP {
+            ours_set.push(s);
+            raw_set.push(rs);
+            ours_get.push(g);
+            raw_get.push(rg);
+        }
+    }
+    let mut rows = Vec::new();
+    for (op, ours, raw) in [("set", ours_set, raw_set), ("get", ours_get, raw_get)] {
+        let (ours, raw) = (sorted(ours), sorted(raw));
+        rows.push(Row::new(
+            &format!("KV {op} via ScopedKvStore on JetStream p50 (R3, 256 B)"),
+            percentile(&ours, 0.5),
+            "µs",
+            &format!("raw async-nats KV {op} p50"),
+            percentile(&raw, 0.5),
+        ));
+    }
+    Ok(rows)
+}
