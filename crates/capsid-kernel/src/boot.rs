@@ -218,9 +218,16 @@ impl KernelBuilder {
             runtime_key: Arc::new(key),
             lattice: stores.joined,
         });
-        Box::pin(kernel.join_lattice(stores.first)).await?;
-        kernel.record_sessions_ended(&[], &ended).await?;
-        announce(&kernel, &found, unrecorded, started).await?;
+        let rest = async {
+            Box::pin(kernel.join_lattice(stores.first)).await?;
+            kernel.record_sessions_ended(&[], &ended).await?;
+            announce(&kernel, &found, unrecorded, started).await
+        };
+        if let Err(e) = rest.await {
+            // A boot that fails leaves nothing of it running.
+            kernel.stop_tasks().await;
+            return Err(e);
+        }
         Ok(kernel)
     }
 }

@@ -539,6 +539,22 @@ impl Kernel {
         Ok(())
     }
 
+    /// Stops every task the kernel keeps (monitors, the lattice's), and waits for them, so
+    /// none holds the kernel (or reloads a capsule) past this point.
+    pub(crate) async fn stop_tasks(&self) {
+        let tasks: Vec<JoinHandle<()>> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
     /// Shuts down: publishes `kernel.shutdown`, stops the monitors, unloads every capsule
     /// (retrying while calls in flight hold one up, for a bounded time; that stops their
     /// persistent processes), records the shutdown, closes the KV store and stops the audit
@@ -549,18 +565,7 @@ impl Kernel {
             return;
         }
         let _ = self.bus().publish(SHUTDOWN_TOPIC, b"{}".to_vec(), None);
-        let tasks: Vec<JoinHandle<()>> = self
-            .inner
-            .tasks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
-        for task in tasks {
-            task.abort();
-            // Awaited, so no monitor holds the kernel (or reloads a capsule) past this point.
-            let _ = task.await;
-        }
+        self.stop_tasks().await;
         self.leave_lattice().await;
         let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
         loop {

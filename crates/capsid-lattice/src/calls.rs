@@ -436,3 +436,68 @@ impl Cancels {
         }
     }
 }
+
+/// Where serving hosts claim the calls they take, so each call runs on one host only: a
+/// JetStream stream deduplicating on the call's nonce for twice the envelope skew (longer
+/// than any copy of the call stays fresh). A claim is one publish; the stream answers
+/// whether the nonce was claimed before.
+#[derive(Debug, Clone)]
+pub struct Claims {
+    lattice: Lattice,
+    subject: String,
+}
+
+impl Claims {
+    /// Opens (or creates, with the lattice's replicas) the claims stream.
+    pub async fn open(lattice: &Lattice) -> Result<Self, crate::LatticeError> {
+        let name = format!("capsid_{}_claims", lattice.config().name);
+        let subject = format!("capsid.{}.claim", lattice.config().name);
+        let window = 2 * capsid_core::limits::LATTICE_ENVELOPE_SKEW;
+        let js = lattice.jetstream();
+        if js.get_stream(&name).await.is_err() {
+            let config = async_nats::jetstream::stream::Config {
+                name: name.clone(),
+                description: Some("capsid lattice calls claimed by a serving host".into()),
+                subjects: vec![subject.clone()],
+                storage: async_nats::jetstream::stream::StorageType::File,
+                num_replicas: lattice.config().replicas,
+                max_age: window,
+                duplicate_window: window,
+                ..Default::default()
+            };
+            if let Err(create) = js.create_stream(config).await {
+                // Another host made it at the same moment.
+                js.get_stream(&name)
+                    .await
+                    .map_err(|_| crate::LatticeError::Server {
+                        server: lattice.config().name.clone(),
+                        message: format!("cannot create the claims stream: {create}"),
+                    })?;
+            }
+        }
+        Ok(Self {
+            lattice: lattice.clone(),
+            subject,
+        })
+    }
+
+    /// Claims call `nonce` for `host`: true when this is the first claim, false when the
+    /// call was claimed before (by any host). An error claims nothing.
+    pub async fn claim(&self, nonce: &str, host: &str) -> Result<bool, String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", nonce);
+        let ack = self
+            .lattice
+            .jetstream()
+            .publish_with_headers(
+                self.subject.clone(),
+                headers,
+                Bytes::copy_from_slice(host.as_bytes()),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(!ack.duplicate)
+    }
+}

@@ -13,11 +13,9 @@ use bytes::Bytes;
 use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
 use capsid_core::limits::MAX_CALL_TIMEOUT_MS;
 use capsid_core::{CapsuleId, Principal};
-use capsid_lattice::JetStreamKvStore;
 use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
 };
-use capsid_storage::KvStore as _;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +33,7 @@ const SERVE_RECHECK: Duration = Duration::from_secs(1);
 const ACCEPT_AFTER: Duration = Duration::from_millis(100);
 
 /// Where calls are claimed (so each runs on one host only), and this host's key.
-type Claims = (Arc<JetStreamKvStore>, String);
+type Claims = (calls::Claims, String);
 
 /// Calls from other hosts running here: their nonce, the host that sent them (the only one
 /// that may cancel them), and what cancels them.
@@ -253,10 +251,7 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight,
     // lattice only, however many copies of it reach the capsule's queue group. A claim that
     // cannot be made refuses the call (fail closed); the caller is not told.
     let (store, host) = &claims;
-    match store
-        .compare_and_swap(call.nonce.as_bytes(), None, Some(host.as_bytes()))
-        .await
-    {
+    match store.claim(&call.nonce, host).await {
         Ok(true) => {}
         Ok(false) => {
             let from = short_host(&call.from);

@@ -47,7 +47,7 @@ pub(crate) struct Joined {
     /// Wakes the advertiser likewise.
     pub advertise_now: Arc<tokio::sync::Notify>,
     /// Where calls from other hosts are claimed, so each runs on one host only.
-    pub claims: Arc<JetStreamKvStore>,
+    pub claims: capsid_lattice::calls::Claims,
     /// Where this host anchors its audit heads.
     pub anchors: Anchors,
     /// The sequence of each chain's head as last anchored.
@@ -143,16 +143,7 @@ pub(crate) async fn open_grant_stores(
     let seal = Seal::new(&lattice_config.name, key.clone(), &hosts);
     let adverts = Adverts::open(&lattice, &seal).await?;
     let anchors = Anchors::open(&lattice, &seal).await?;
-    // A claim outlives every copy of its call that could still be accepted (fresh within
-    // the skew either way).
-    let claims = Arc::new(
-        JetStreamKvStore::open_expiring(
-            &lattice,
-            &format!("capsid_{}_claims", lattice_config.name),
-            2 * capsid_core::limits::LATTICE_ENVELOPE_SKEW,
-        )
-        .await?,
-    );
+    let claims = capsid_lattice::calls::Claims::open(&lattice).await?;
     // This host's key names its batches' intents: one subject per host, however often it boots.
     let writer = hex::encode(&key.key_id().as_bytes()[..16]);
     let bucket = lattice_config.kv_bucket();
