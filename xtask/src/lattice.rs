@@ -115,6 +115,8 @@ pub fn run(root: &Path) -> Result<()> {
         Command::new(nats_server()?)
             .arg("-c")
             .arg(&conf)
+            .arg("-l")
+            .arg(nats.join("nats.log"))
             .stdout(Stdio::null())
             .spawn()
             .context("cannot start nats-server")?,
@@ -140,6 +142,7 @@ pub fn run(root: &Path) -> Result<()> {
     println!("  {c} --home {ah} call hello greet --input '{{\"name\":\"you\"}}'   # served by b");
     println!("  {c} --home {} audit tail", b.display());
     println!("  {c} --home {ah} audit verify --lattice");
+    println!("the server logs to {}", nats.join("nats.log").display());
     println!("Ctrl-C stops both hosts and the server.");
     let mut host_a = daemon(&a)?;
     let status = host_a.wait()?;
