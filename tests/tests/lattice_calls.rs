@@ -147,6 +147,21 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
             .any(|r| r.action == "tool.result" && r.capsule == "hello")
     );
 
+    // A failure there is of the kind it would be here (what the daemon and MCP report).
+    let err = call(&a, &user, ("hello", "greet"), "not json")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::Remote {
+                kind: Some(capsid_protocol::ErrorCode::ToolError),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
     // A lists B's tool to the user granted it (from B's advertisement), and only that one.
     let start = Instant::now();
     loop {

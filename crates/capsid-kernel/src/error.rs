@@ -54,6 +54,9 @@ pub enum KernelError {
         capsule: CapsuleId,
         /// What went wrong, and where.
         message: String,
+        /// The failure's kind on the serving host, when it failed there (a tool error, a
+        /// timeout...): what the daemon reports it as, as it would a local one.
+        kind: Option<capsid_protocol::ErrorCode>,
     },
     /// The KV store cannot be opened or used.
     #[error(transparent)]

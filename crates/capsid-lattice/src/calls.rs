@@ -58,6 +58,10 @@ pub enum CallOutcome {
     Failed {
         /// The serving host's error, as it would tell a local caller.
         message: String,
+        /// Its kind, as the daemon protocol names error codes (`tool-error`, `timeout`...),
+        /// so the caller reports it as a local failure of that kind would be.
+        #[serde(default)]
+        kind: Option<String>,
     },
 }
 

@@ -19,7 +19,7 @@ mod stats;
 mod tokens;
 mod tools;
 mod trust;
-mod views;
+pub(crate) mod views;
 mod workspace;
 
 pub use files::RunFiles;

@@ -192,6 +192,9 @@ pub(crate) fn kernel_error(e: &KernelError) -> WireError {
             | capsid_vfs::VfsError::Unchanged(_),
         ) => ErrorCode::Invalid,
         KernelError::Capsule(c) => capsule_error_code(c),
+        KernelError::Remote {
+            kind: Some(code), ..
+        } => *code,
         KernelError::Signing(s) => signing_error_code(s),
         KernelError::Trust(t) => trust_error_code(t),
         _ => ErrorCode::Failed,

@@ -16,6 +16,7 @@ use capsid_core::{CapsuleId, Principal};
 use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
 };
+use capsid_protocol::ErrorCode;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +81,7 @@ impl Kernel {
         let remote = |message: String| KernelError::Remote {
             capsule: name.clone(),
             message,
+            kind: None,
         };
         let Some(joined) = &self.parts().lattice else {
             return (Err(KernelError::NotInstalled(name.clone())), None);
@@ -146,7 +148,11 @@ impl Kernel {
             CallOutcome::Refused { reason } => {
                 Err(remote(format!("host {host} refused the call: {reason}")))
             }
-            CallOutcome::Failed { message } => Err(remote(format!("on host {host}: {message}"))),
+            CallOutcome::Failed { message, kind } => Err(KernelError::Remote {
+                capsule: name.clone(),
+                message: format!("on host {host}: {message}"),
+                kind: kind.as_deref().and_then(passed_on),
+            }),
         };
         (result, Some(answer.host))
     }
@@ -278,7 +284,13 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight,
         };
         let Ok(input) = std::str::from_utf8(&input) else {
             let message = "the input is not UTF-8".to_owned();
-            return (CallOutcome::Failed { message }, Bytes::new());
+            return (
+                CallOutcome::Failed {
+                    message,
+                    kind: None,
+                },
+                Bytes::new(),
+            );
         };
         let caller = ToolCaller {
             principal,
@@ -337,11 +349,33 @@ fn outcome_of(result: Result<String, KernelError>) -> (CallOutcome, Bytes) {
         Err(KernelError::Capsule(CapsuleError::Cancelled { .. })) => {
             (CallOutcome::Cancelled, Bytes::new())
         }
-        Err(e) => (
-            CallOutcome::Failed {
-                message: e.to_string(),
-            },
-            Bytes::new(),
-        ),
+        Err(e) => {
+            let code = crate::daemon::views::kernel_error(&e).code;
+            let kind = serde_json::to_value(code)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let message = e.to_string();
+            (CallOutcome::Failed { message, kind }, Bytes::new())
+        }
     }
+}
+
+/// The kinds of failure a serving host's word is taken for: those of a call that ran (or
+/// could not start) there. Anything else is the caller's plain failure.
+fn passed_on(kind: &str) -> Option<ErrorCode> {
+    let code: ErrorCode =
+        serde_json::from_value(serde_json::Value::String(kind.to_owned())).ok()?;
+    matches!(
+        code,
+        ErrorCode::ToolError
+            | ErrorCode::Timeout
+            | ErrorCode::CapsuleFailed
+            | ErrorCode::Cancelled
+            | ErrorCode::Busy
+            | ErrorCode::NotReady
+            | ErrorCode::TooLarge
+            | ErrorCode::InvalidParams
+            | ErrorCode::Invalid
+    )
+    .then_some(code)
 }
