@@ -133,7 +133,6 @@ pub struct EventBus {
 /// bounded like a subscriber's: when full, an export is dropped and counted.
 #[derive(Debug)]
 pub struct Exports {
-    patterns: Vec<String>,
     rx: mpsc::Receiver<Arc<Event>>,
     dropped: Arc<AtomicU64>,
 }
@@ -152,11 +151,6 @@ impl Exports {
     /// The next event to export if one is waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Event>> {
         self.rx.try_recv().ok()
-    }
-
-    /// The patterns exported.
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
     }
 }
 
@@ -251,11 +245,7 @@ impl EventBus {
             tx,
             dropped: dropped.clone(),
         });
-        Ok(Exports {
-            patterns: patterns.to_vec(),
-            rx,
-            dropped,
-        })
+        Ok(Exports { rx, dropped })
     }
 
     /// Publishes to every matching subscriber without waiting (see the overflow policy),

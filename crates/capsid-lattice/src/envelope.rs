@@ -192,11 +192,6 @@ impl Seal {
         &self.inner.host
     }
 
-    /// Whether `host` (a hex public key) is trusted here.
-    pub fn trusts(&self, host: &str) -> bool {
-        self.inner.trusted.contains_key(host)
-    }
-
     /// Signs `meta` as a `kind` message with `body`.
     pub fn seal<T: Serialize>(&self, kind: Kind, meta: &T, body: Bytes) -> Sealed {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
