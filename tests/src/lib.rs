@@ -311,6 +311,18 @@ impl Runtime {
     /// A fresh runtime whose capsules' outbound HTTP is `http` (a resolver of the test's
     /// own, a test CA among the roots).
     pub async fn with_http(http: capsid_capsule::OutboundHttp) -> Self {
+        Self::build(http, capsid_capsule::CompileIn::ThisProcess).await
+    }
+
+    /// A fresh runtime whose engine compiles in `compile_in`.
+    pub async fn with_compiler(compile_in: capsid_capsule::CompileIn) -> Self {
+        Self::build(capsid_capsule::OutboundHttp::new(), compile_in).await
+    }
+
+    async fn build(
+        http: capsid_capsule::OutboundHttp,
+        compile_in: capsid_capsule::CompileIn,
+    ) -> Self {
         let home = tempfile::tempdir().expect("temp home");
         let workspace = home.path().join("workspace");
         std::fs::create_dir_all(&workspace).expect("workspace");
@@ -328,7 +340,9 @@ impl Runtime {
         let overlay =
             Arc::new(OverlayVfs::open(&workspace, &home.path().join("overlay")).expect("overlay"));
         let engine = Arc::new(
-            CapsuleEngine::new(&home.path().join("cache"), Arc::new(key())).expect("engine"),
+            CapsuleEngine::new(&home.path().join("cache"), Arc::new(key()))
+                .expect("engine")
+                .compile_in(compile_in),
         );
         let bus = EventBus::new();
         let principal = Principal::System;

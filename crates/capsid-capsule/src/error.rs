@@ -86,6 +86,17 @@ pub enum CapsuleError {
         /// What wasmtime said.
         reason: String,
     },
+    /// The runtime could not compile a component (its compile helper failed, or the result
+    /// could not be adopted); the component itself may be fine.
+    #[error("capsule {capsule}: cannot compile {}: {message}", path.display())]
+    Compile {
+        /// The capsule.
+        capsule: CapsuleId,
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
     /// The component was not built for the `capsid:host` `capsule` world.
     #[error(
         "capsule {capsule}: the component does not target the capsid:host/capsule world \

@@ -42,7 +42,9 @@ mod warmth;
 pub use approval::{ApprovalError, ApprovalRequest, Approvals, Claimed, Verdict};
 pub use capsule::{CapsuleState, LoadedCapsule, Restart, RestartCause};
 pub use control::{CallControl, Progress};
-pub use engine::{CapsuleEngine, LoadKind, LoadedComponent};
+pub use engine::{
+    CapsuleEngine, CompileHelper, CompileIn, LoadKind, LoadedComponent, serve_compile_helper,
+};
 pub use error::{CapsuleError, GuestError};
 pub use grants::{
     GrantChange, Request, Trust, exec_resource, is_tool_name, kv_resource, network_resource,

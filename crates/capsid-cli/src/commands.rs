@@ -114,6 +114,7 @@ pub(crate) async fn run(client: &mut Client, command: Command, as_json: bool) ->
         Command::Daemon { .. }
         | Command::Start { .. }
         | Command::Stop
+        | Command::CompileComponent
         | Command::Mcp(McpCommand::Serve { .. }) => Ok(()),
     }
 }

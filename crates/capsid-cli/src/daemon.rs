@@ -42,10 +42,20 @@ pub(crate) async fn run(home: &CapsidHome, dev: bool) -> Result<()> {
     let kernel = Kernel::builder()
         .home(home.root())
         .config(config)
+        .compile_in(compile_helper())
         .build()
         .await?;
     capsid_kernel::daemon::serve(kernel, files, options).await?;
     Ok(())
+}
+
+/// Compiles run in a helper, this same program as `capsid compile-component`, so that none of
+/// a compile's memory stays in the daemon. `/proc/self/exe` is this very binary even if the
+/// file it was started from has since been replaced.
+fn compile_helper() -> capsid_kernel::CompileIn {
+    capsid_kernel::CompileIn::Helper(
+        capsid_kernel::CompileHelper::new("/proc/self/exe").arg("compile-component"),
+    )
 }
 
 /// Why the daemon writing to `log` from `offset` on stopped: its last failure line.

@@ -58,6 +58,10 @@ pub(crate) enum Command {
     Stop,
     /// The daemon's state.
     Status,
+    /// Compile the component on stdin for this runtime and write the result on stdout: the
+    /// daemon's compile helper, run once per compile.
+    #[command(hide = true)]
+    CompileComponent,
     /// Capsules.
     #[command(subcommand)]
     Capsule(CapsuleCommand),
@@ -415,6 +419,9 @@ pub(crate) enum CapCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::CompileComponent = cli.command {
+        return capsid_kernel::serve_compile_helper();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -686,3 +686,41 @@ fn stats_show_the_pipeline(home: &Home) {
     }
     panic!("fewer than two samples of the pipeline in ten seconds");
 }
+
+/// Runs `capsid compile-component` with `input` on its stdin.
+fn compile_component(input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(CAPSID)
+        .arg("compile-component")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    output
+}
+
+#[test]
+fn compile_component_answers_with_native_code_or_the_reason_it_cannot() {
+    let wasm = std::fs::read(capsules_dir().join("hello/hello.wasm")).unwrap();
+    let compiled = compile_component(&wasm);
+    assert!(compiled.status.success(), "{compiled:?}");
+    // wasmtime's artifacts are ELF objects.
+    assert!(compiled.stdout.starts_with(b"\x7fELF"), "not an artifact");
+    assert!(compiled.stderr.is_empty());
+
+    let refused = compile_component(b"\0asm but not really");
+    // 3: the helper's status for "not a component" (capsid-capsule's engine/helper.rs).
+    assert_eq!(refused.status.code(), Some(3), "{refused:?}");
+    assert!(refused.stdout.is_empty());
+    let reason = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        reason.contains("failed to parse WebAssembly module"),
+        "{reason}"
+    );
+}

@@ -119,6 +119,14 @@ pub const MAX_SUBSCRIBER_QUEUE: usize = 4096;
 /// Largest component file (`.wasm`) a capsule may ship, in bytes.
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Longest a compile helper process may take over one component before it is killed (an
+/// 18 MB Python component compiles in well under a minute on two cores).
+pub const MAX_COMPILE_TIME: std::time::Duration = std::time::Duration::from_mins(10);
+
+/// Largest compiled artifact read back from a compile helper, in bytes (native code is a few
+/// times the size of the `.wasm` it comes from).
+pub const MAX_COMPILED_ARTIFACT_BYTES: u64 = 8 * MAX_COMPONENT_BYTES;
+
 /// How often the engine's epoch advances; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 

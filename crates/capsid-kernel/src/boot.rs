@@ -37,6 +37,7 @@ pub struct KernelBuilder {
     config: Option<KernelConfig>,
     bus: Option<EventBus>,
     resolver: Option<Arc<dyn capsid_capsule::Resolve>>,
+    compile_in: capsid_capsule::CompileIn,
 }
 
 /// The home (laid out), its config (validated) and the workspace (created), each from the
@@ -108,6 +109,15 @@ impl KernelBuilder {
         self
     }
 
+    /// Where components are compiled (default: in this process). The `capsid` daemon
+    /// compiles in a helper process, `capsid compile-component`, so that no compile's memory
+    /// stays in it.
+    #[must_use]
+    pub fn compile_in(mut self, compile_in: capsid_capsule::CompileIn) -> Self {
+        self.compile_in = compile_in;
+        self
+    }
+
     /// The home directory (default: `$CAPSID_HOME`, else `~/.capsid`).
     #[must_use]
     pub fn home(mut self, home: impl Into<PathBuf>) -> Self {
@@ -168,10 +178,10 @@ impl KernelBuilder {
         }
         let mut unrecorded = record_recovered_commit(&audit, chain, &overlay).await?;
         unrecorded.extend(contain_processes(&audit, &chain).await?);
-        let engine = Arc::new(CapsuleEngine::new(
-            &home.compiled_cache_dir(),
-            Arc::new(copy()),
-        )?);
+        let engine = Arc::new(
+            CapsuleEngine::new(&home.compiled_cache_dir(), Arc::new(copy()))?
+                .compile_in(self.compile_in),
+        );
         let bus = self.bus.unwrap_or_default();
         let http = outbound_http(&home, &config, self.resolver)?;
         let signatures = signature_check(&home, &config, &key).await?;

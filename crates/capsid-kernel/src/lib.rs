@@ -38,7 +38,7 @@ mod workspace;
 mod workspace_diff;
 
 pub use boot::{CAPSULES_LOADED_TOPIC, KernelBuilder};
-pub use capsid_capsule::tool_resource;
+pub use capsid_capsule::{CompileHelper, CompileIn, serve_compile_helper, tool_resource};
 pub use config::{
     CapsuleConfig, HealthConfig, HttpConfig, KernelConfig, SandboxConfig, SigningConfig,
     TamperPolicy,

@@ -1,9 +1,12 @@
 //! The one wasmtime [`Engine`] every capsule runs on: component model, async host calls, the
 //! pooling allocator, epoch interruption driven by a ticker thread, and compilation through
-//! the signed on-disk cache ([`cache`]).
+//! the signed on-disk cache ([`cache`]), here or in a helper process ([`helper`]).
 
 mod cache;
 mod compile;
+mod helper;
+
+pub use helper::{CompileHelper, serve_compile_helper};
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,10 +55,23 @@ impl std::fmt::Debug for LoadedComponent {
     }
 }
 
+/// Where the engine compiles a component it has no cached code for.
+#[derive(Debug, Clone, Default)]
+pub enum CompileIn {
+    /// On a thread of this process, on an engine made for the compile and dropped after, the
+    /// freed heap handed back to the OS. Some of it stays: heap glibc cannot return.
+    #[default]
+    ThisProcess,
+    /// In a helper process started for each compile: none of the compile's memory is ever
+    /// the host's. The host only reads back the artifact and adopts it.
+    Helper(CompileHelper),
+}
+
 /// The engine, its epoch ticker and its compiled cache. Dropping it stops the ticker.
 pub struct CapsuleEngine {
     engine: Engine,
     cache: cache::CompiledCache,
+    compile_in: CompileIn,
     stop_ticker: Arc<AtomicBool>,
     /// Components loaded capsules use, by blake3: copies of one component (a capsule
     /// installed under several names) share its compiled code instead of each holding one.
@@ -109,9 +125,17 @@ impl CapsuleEngine {
         Ok(Self {
             engine,
             cache: cache::CompiledCache::new(cache_dir.to_owned(), key),
+            compile_in: CompileIn::default(),
             stop_ticker,
             shared: Mutex::default(),
         })
+    }
+
+    /// Compiles in `compile_in` from now on (in this process unless told otherwise).
+    #[must_use]
+    pub fn compile_in(mut self, compile_in: CompileIn) -> Self {
+        self.compile_in = compile_in;
+        self
     }
 
     /// The wasmtime engine.
@@ -162,30 +186,39 @@ impl CapsuleEngine {
                 kind: LoadKind::Cached,
             });
         }
-        let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), blake3.clone());
-        let compiled = tokio::task::spawn_blocking(move || {
-            let compiled = compile::compile(&engine, &config(), &bytes)?;
-            cache.put(&key, &compiled.artifact);
-            drop(compiled.artifact);
-            compile::release_freed_memory();
-            Ok(compiled.component)
-        })
-        .await
-        .map_err(|e| CapsuleError::Engine(format!("compiler task failed: {e}")))?;
-        let component = compiled.map_err(|failure| match failure {
-            compile::Failure::Invalid(reason) => CapsuleError::InvalidComponent {
-                capsule: capsule.clone(),
-                path: wasm.to_owned(),
-                reason,
-            },
-            compile::Failure::Runtime(reason) => CapsuleError::Engine(reason),
-        })?;
+        let component = self
+            .compile(bytes, &blake3)
+            .await
+            .map_err(|failure| match failure {
+                compile::Failure::Invalid(reason) => CapsuleError::InvalidComponent {
+                    capsule: capsule.clone(),
+                    path: wasm.to_owned(),
+                    reason,
+                },
+                compile::Failure::Runtime(message) => CapsuleError::Compile {
+                    capsule: capsule.clone(),
+                    path: wasm.to_owned(),
+                    message,
+                },
+            })?;
         lock(&self.shared).insert(blake3.clone(), component.clone());
         Ok(LoadedComponent {
             component,
             blake3,
             kind: LoadKind::Compiled,
         })
+    }
+
+    /// Compiles `bytes` where this engine compiles, adopts the artifact and caches it.
+    async fn compile(&self, bytes: Vec<u8>, blake3: &str) -> Result<Component, compile::Failure> {
+        let source = match &self.compile_in {
+            CompileIn::ThisProcess => compile::Source::Component(bytes),
+            CompileIn::Helper(helper) => compile::Source::Helper(helper.compile(&bytes).await?),
+        };
+        let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), blake3.to_owned());
+        tokio::task::spawn_blocking(move || compile::adopt(&engine, &cache, &key, source))
+            .await
+            .map_err(|e| compile::Failure::Runtime(format!("compiler task failed: {e}")))?
     }
 
     /// How many compiled components the loaded capsules use (copies of one count once).

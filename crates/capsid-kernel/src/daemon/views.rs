@@ -255,6 +255,7 @@ pub(crate) fn capsule_error_code(e: &CapsuleError) -> ErrorCode {
         | CapsuleError::NotWasm(_) => ErrorCode::Invalid,
         CapsuleError::Read { .. }
         | CapsuleError::Setup { .. }
+        | CapsuleError::Compile { .. }
         | CapsuleError::Engine(_)
         | CapsuleError::McpServer { .. } => ErrorCode::Failed,
     }

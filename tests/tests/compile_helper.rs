@@ -1,0 +1,167 @@
+//! Compiling in a helper process (`CompileIn::Helper`): the component it compiles runs and
+//! is cached like one compiled in the host; a component it refuses is refused with its
+//! reason; a helper that fails, answers nonsense, dies or hangs is a clear error, never a
+//! panic and never adopted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use capsid_capsule::{CapsuleError, CompileHelper, CompileIn, LoadKind, Trust};
+use capsid_integration_tests::{Runtime, copy_capsule, id};
+use serde_json::json;
+
+const HELPER: &str = env!("CARGO_BIN_EXE_compile-helper");
+
+async fn runtime_with(helper: CompileHelper) -> Runtime {
+    Runtime::with_compiler(CompileIn::Helper(helper)).await
+}
+
+/// Loads a copy of `hello` through `rt` and returns the error its compile gave.
+async fn load_error(rt: &Runtime) -> CapsuleError {
+    let dir = copy_capsule("hello", &rt.home.path().join("copy"));
+    let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    assert!(err.to_string().starts_with("capsule hello:"), "{err}");
+    err
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_compiled_by_the_helper_runs_and_comes_back_from_the_cache() {
+    let rt = runtime_with(CompileHelper::new(HELPER)).await;
+    let first = rt.load("hello").await;
+    assert_eq!(first.load_kind, Some(LoadKind::Compiled));
+    assert!(
+        rt.engine
+            .cache_path(first.blake3.as_deref().unwrap())
+            .is_file()
+    );
+    assert_eq!(
+        rt.call("hello", "greet", json!({ "name": "helper" })).await,
+        json!({ "greeting": "Hello, helper!" })
+    );
+    // Unloaded, nothing shares its code any more: the next load reads the signed cache
+    // entry the helper's artifact was written to.
+    rt.registry.unload(&id("hello")).await.unwrap();
+    assert_eq!(rt.load("hello").await.load_kind, Some(LoadKind::Cached));
+    assert_eq!(
+        rt.call("hello", "greet", json!({ "name": "cache" })).await,
+        json!({ "greeting": "Hello, cache!" })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_component_is_refused_by_the_helper_with_its_reason() {
+    let rt = runtime_with(CompileHelper::new(HELPER)).await;
+    let dir = copy_capsule("hello", &rt.home.path().join("garbage"));
+    std::fs::write(dir.join("hello.wasm"), b"\0asm but not really").unwrap();
+    capsid_integration_tests::sign(&dir);
+    let err = rt.registry.load(&dir, Trust::Dev).await.unwrap_err();
+    let CapsuleError::InvalidComponent { reason, .. } = &err else {
+        panic!("expected an invalid component, got {err:?}");
+    };
+    // wasmtime's own words, carried over from the helper's stderr.
+    assert!(
+        reason.contains("failed to parse WebAssembly module"),
+        "{reason}"
+    );
+    assert!(
+        !rt.engine
+            .cache_path(&blake3::hash(b"\0asm but not really").to_hex())
+            .exists()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_that_fails_says_so_with_its_status_and_message() {
+    let rt = runtime_with(
+        CompileHelper::new("/bin/sh")
+            .arg("-c")
+            .arg("echo no room >&2; exit 7"),
+    )
+    .await;
+    let err = load_error(&rt).await;
+    assert!(matches!(err, CapsuleError::Compile { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("exit status 7") && text.contains("no room"),
+        "{text}"
+    );
+
+    let rt = runtime_with(CompileHelper::new("/nonexistent/compile-helper")).await;
+    let text = load_error(&rt).await.to_string();
+    assert!(
+        text.contains("cannot start the compile helper /nonexistent/compile-helper"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_an_artifact_for_this_engine_is_never_adopted() {
+    // `cat` answers with the component itself: bytes, status 0, and not compiled code.
+    let rt = runtime_with(CompileHelper::new("/bin/cat")).await;
+    let err = load_error(&rt).await;
+    assert!(
+        err.to_string().contains("adopting the compiled component"),
+        "{err}"
+    );
+    let blake3 =
+        blake3::hash(&std::fs::read(rt.home.path().join("copy/hello/hello.wasm")).unwrap());
+    assert!(!rt.engine.cache_path(&blake3.to_hex()).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_killed_by_a_signal_is_named_as_such() {
+    let rt = runtime_with(CompileHelper::new("/bin/sh").arg("-c").arg("kill -9 $$")).await;
+    let text = load_error(&rt).await.to_string();
+    assert!(text.contains("was killed by signal 9"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helper_past_its_time_is_killed_and_the_load_fails() {
+    // `sleep` adds its arguments up: the second is a marker to find this helper by in /proc.
+    let marker = format!("0.{}", std::process::id());
+    let helper = CompileHelper::new("/bin/sleep")
+        .arg("60")
+        .arg(&marker)
+        .timeout(Duration::from_millis(300));
+    let rt = runtime_with(helper).await;
+    let started = Instant::now();
+    let text = load_error(&rt).await.to_string();
+    assert!(
+        text.contains("took longer than 300ms and was killed"),
+        "{text}"
+    );
+    // Correctness bound, not a speed figure: the load must not wait for the helper's 60 s.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while running_with_argument(&marker) {
+        assert!(
+            Instant::now() < deadline,
+            "the hung helper is still running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether a live (not zombie) process has `marker` among its arguments.
+fn running_with_argument(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let dir = entry.path();
+        let has_marker = std::fs::read(dir.join("cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == marker.as_bytes()));
+        has_marker && !is_zombie(&dir)
+    })
+}
+
+fn is_zombie(proc_dir: &Path) -> bool {
+    std::fs::read_to_string(proc_dir.join("stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
