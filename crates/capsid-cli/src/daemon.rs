@@ -21,8 +21,26 @@ const STOP_TIMEOUT: Duration = Duration::from_mins(1);
 /// What the daemon's last line starts with when it fails (see `main`).
 const FAILURE_PREFIX: &str = "capsid: ";
 
+/// Allocations at least this large get pages of their own, returned to the OS when freed.
+const OWN_PAGES_FROM_BYTES: libc::c_int = 128 * 1024;
+
+/// Makes large buffers go back to the OS when freed. glibc's default raises the size above
+/// which it maps a buffer on its own each time one such is freed (up to 32 MiB), so after
+/// a component's bytes or artifact pass through, buffers of tens of MiB come from the heap,
+/// where they stay. Measured with an 18.6 MB Python component: 108 MiB resident with the
+/// default, 72 MiB with this; a compile at install left 16 MiB more with the default.
+#[allow(unsafe_code)] // mallopt is a C call; it takes two integers and no pointers.
+fn return_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter, under the allocator's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM_BYTES);
+    }
+}
+
 /// `capsid daemon`: boots the kernel and serves it until stopped.
 pub(crate) async fn run(home: &CapsidHome, dev: bool) -> Result<()> {
+    return_large_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAPSID_LOG")
