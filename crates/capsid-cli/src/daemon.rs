@@ -24,15 +24,17 @@ const FAILURE_PREFIX: &str = "capsid: ";
 /// Allocations at least this large get pages of their own, returned to the OS when freed.
 const OWN_PAGES_FROM_BYTES: libc::c_int = 128 * 1024;
 
-/// Makes large buffers go back to the OS when freed. glibc's default raises the size above
+/// Makes large buffers go back to the OS when freed (call it before any other thread
+/// exists: other threads' arenas read the setting unlocked). glibc's default raises the size above
 /// which it maps a buffer on its own each time one such is freed (up to 32 MiB), so after
 /// a component's bytes or artifact pass through, buffers of tens of MiB come from the heap,
 /// where they stay. Measured with an 18.6 MB Python component: 108 MiB resident with the
 /// default, 72 MiB with this; a compile at install left 16 MiB more with the default.
 #[allow(unsafe_code)] // mallopt is a C call; it takes two integers and no pointers.
-fn return_large_buffers() {
+pub(crate) fn return_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter, under the allocator's own lock.
+    // SAFETY: mallopt only sets an allocator parameter; `main` calls this before it starts
+    // any thread.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM_BYTES);
     }
@@ -40,7 +42,6 @@ fn return_large_buffers() {
 
 /// `capsid daemon`: boots the kernel and serves it until stopped.
 pub(crate) async fn run(home: &CapsidHome, dev: bool) -> Result<()> {
-    return_large_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CAPSID_LOG")
@@ -69,11 +70,18 @@ pub(crate) async fn run(home: &CapsidHome, dev: bool) -> Result<()> {
 
 /// Compiles run in a helper, this same program as `capsid compile-component`, so that none of
 /// a compile's memory stays in the daemon. `/proc/self/exe` is this very binary even if the
-/// file it was started from has since been replaced.
+/// file it was started from has since been replaced; without `/proc`, compiles stay here.
+#[allow(unsafe_code)] // CompileHelper::new is unsafe: its answer is loaded as code.
 fn compile_helper() -> capsid_kernel::CompileIn {
-    capsid_kernel::CompileIn::Helper(
-        capsid_kernel::CompileHelper::new("/proc/self/exe").arg("compile-component"),
-    )
+    const THIS_BINARY: &str = "/proc/self/exe";
+    if !Path::new(THIS_BINARY).exists() {
+        tracing::warn!("no {THIS_BINARY}: components are compiled in the daemon's process");
+        return capsid_kernel::CompileIn::ThisProcess;
+    }
+    // SAFETY: the helper is this very binary, whose `compile-component` runs
+    // `serve_compile_helper` (see `main`).
+    let helper = unsafe { capsid_kernel::CompileHelper::new(THIS_BINARY) };
+    capsid_kernel::CompileIn::Helper(helper.arg("compile-component"))
 }
 
 /// Why the daemon writing to `log` from `offset` on stopped: its last failure line.

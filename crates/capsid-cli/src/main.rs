@@ -419,8 +419,10 @@ pub(crate) enum CapCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::CompileComponent = cli.command {
-        return capsid_kernel::serve_compile_helper();
+    match cli.command {
+        Command::CompileComponent => return capsid_kernel::serve_compile_helper(),
+        Command::Daemon { .. } => daemon::return_large_buffers(),
+        _ => {}
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

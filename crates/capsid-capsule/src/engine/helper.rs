@@ -35,20 +35,31 @@ const MAX_HELPER_MESSAGE_BYTES: u64 = 16 * 1024;
 /// How to start a compile helper: a program (and its arguments) whose `main` is
 /// [`serve_compile_helper`]. The `capsid` binary is one (`capsid compile-component`, what
 /// its daemon uses); an embedder may ship its own or re-run its own executable.
+///
+/// The helper runs with an empty environment (but for the host's pid). It asks to be killed
+/// when the thread that started it exits (`PR_SET_PDEATHSIG`), so start compiles from
+/// threads that live as long as they do: a multi-threaded tokio runtime's workers do.
 #[derive(Debug, Clone)]
 pub struct CompileHelper {
     program: PathBuf,
     args: Vec<OsString>,
     timeout: Duration,
+    max_artifact: u64,
 }
 
 impl CompileHelper {
     /// A helper run as `program` with no arguments, killed after [`MAX_COMPILE_TIME`].
-    pub fn new(program: impl Into<PathBuf>) -> Self {
+    ///
+    /// # Safety
+    /// What `program` writes on its stdout when it exits with status 0 is loaded as native
+    /// code (wasmtime checks only that it was made for this engine's settings and version):
+    /// `program` must run [`serve_compile_helper`] of this same build of capsid.
+    pub unsafe fn new(program: impl Into<PathBuf>) -> Self {
         Self {
             program: program.into(),
             args: Vec::new(),
             timeout: MAX_COMPILE_TIME,
+            max_artifact: MAX_COMPILED_ARTIFACT_BYTES,
         }
     }
 
@@ -96,8 +107,18 @@ impl CompileHelper {
                 drop(stdin);
             };
             let mut artifact = Vec::new();
-            let mut stdout = stdout.take(MAX_COMPILED_ARTIFACT_BYTES + 1);
-            let read_artifact = stdout.read_to_end(&mut artifact);
+            let read_artifact = async {
+                let read = stdout
+                    .take(self.max_artifact + 1)
+                    .read_to_end(&mut artifact)
+                    .await;
+                if artifact.len() as u64 > self.max_artifact {
+                    // It would block on the rest, holding its stderr open: its answer is
+                    // refused below anyway.
+                    let _ = child.start_kill();
+                }
+                read
+            };
             let read_message = async {
                 let mut stderr = stderr;
                 let mut message = Vec::new();
@@ -110,10 +131,6 @@ impl CompileHelper {
                 message
             };
             let ((), read, message) = tokio::join!(send, read_artifact, read_message);
-            if artifact.len() as u64 > MAX_COMPILED_ARTIFACT_BYTES {
-                // It would block on the rest: its answer is refused below anyway.
-                let _ = child.start_kill();
-            }
             let status = child.wait().await;
             (read, status, artifact, message)
         };
@@ -125,9 +142,10 @@ impl CompileHelper {
                 self.timeout
             )));
         };
-        if artifact.len() as u64 > MAX_COMPILED_ARTIFACT_BYTES {
+        if artifact.len() as u64 > self.max_artifact {
             return Err(Failure::Runtime(format!(
-                "the compile helper {program} wrote more than {MAX_COMPILED_ARTIFACT_BYTES} bytes"
+                "the compile helper {program} wrote more than {} bytes and was killed",
+                self.max_artifact
             )));
         }
         let message = String::from_utf8_lossy(&message).trim().to_owned();
@@ -213,5 +231,27 @@ fn die_with_parent() {
     }
     if std::os::unix::process::parent_id() != parent {
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_helper_writing_past_the_limit_is_killed_not_waited_for() {
+        // SAFETY: the output is refused for its size before anything could adopt it.
+        let mut helper = unsafe { CompileHelper::new("/usr/bin/yes") };
+        helper.max_artifact = 100_000;
+        let started = std::time::Instant::now();
+        let Err(Failure::Runtime(message)) = helper.compile(b"component").await else {
+            panic!("an oversized answer was accepted");
+        };
+        assert!(
+            message.contains("wrote more than 100000 bytes"),
+            "{message}"
+        );
+        // Correctness bound, not a speed figure: `yes` never stops by itself.
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 }
