@@ -229,7 +229,9 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
 
     // A host nobody trusts: refused without an answer (an answer could be replayed into a
     // genuine caller's inbox), so its call is never taken.
-    let untrusted = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &servers);
+    let stranger = Arc::new(KeyPair::generate().unwrap());
+    let stranger_hex = hex::encode(stranger.public_key().to_bytes());
+    let untrusted = Seal::new(LATTICE, stranger, &servers);
     let err = send(untrusted, meta(user.principal, "greet"))
         .await
         .unwrap_err();
@@ -265,25 +267,15 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
     assert!(answers.is_empty(), "{answers:?}");
     // Genuine, sent three times to the queue group of B and C: it runs once, whichever host
     // each copy reaches (a host refuses what it saw; the other, what was claimed).
-    let first = raw_answers(
-        &lattice,
-        &inbox,
-        &inbox,
-        sealed.headers.clone(),
-        sealed.body.clone(),
-    )
-    .await;
+    let genuine = || {
+        let (headers, body) = (sealed.headers.clone(), sealed.body.clone());
+        raw_answers(&lattice, &inbox, &inbox, headers, body)
+    };
+    let first = genuine().await;
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(first[0].contains("\"state\":\"done\""), "{first:?}");
     for _ in 0..2 {
-        let again = raw_answers(
-            &lattice,
-            &inbox,
-            &inbox,
-            sealed.headers.clone(),
-            sealed.body.clone(),
-        )
-        .await;
+        let again = genuine().await;
         assert!(again.is_empty(), "a copy was answered: {again:?}");
     }
     assert_eq!(
@@ -297,9 +289,56 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
             .any(|r| r.resource == "tool://hello/echo")),
         "the forged call never reached a check"
     );
+    // Every refusal is audited where it happened, by reason, with the key an untrusted
+    // sender claimed.
+    let counted = [refused(&b), refused(&c)];
     for kernel in [a, b, c] {
         kernel.shutdown().await;
     }
+    assert_refusals_recorded(
+        &[(&b_host, counted[0]), (&c_host, counted[1])],
+        &stranger_hex,
+    );
+}
+
+/// Every call refusal each host counted is in its log, by reason: the untrusted sender with
+/// the key it claimed, the forged and the misdirected calls, and the two copies of the
+/// genuine call.
+fn assert_refusals_recorded(hosts: &[(&LatticeHost, u64)], stranger_hex: &str) {
+    let mut reasons = std::collections::BTreeMap::new();
+    for (host, counted) in hosts {
+        let mut recorded = 0;
+        for row in refusals_on(host, "call") {
+            let details = details(&row);
+            let count = details["count"].as_u64().unwrap();
+            recorded += count;
+            let reason = details["reason"].as_str().unwrap().to_owned();
+            if reason == "untrusted" {
+                assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
+            }
+            *reasons.entry(reason).or_insert(0) += count;
+        }
+        assert_eq!(recorded, *counted, "every refusal counted is recorded");
+    }
+    for reason in ["untrusted", "forged", "misdirected"] {
+        assert!(reasons.contains_key(reason), "{reason}: {reasons:?}");
+    }
+    let copies: u64 = ["replayed", "claimed-elsewhere"]
+        .iter()
+        .filter_map(|r| reasons.get(*r))
+        .sum();
+    assert_eq!(copies, 2, "the two copies of the genuine call: {reasons:?}");
+}
+
+/// The `lattice.refused` entries of `host`'s audit log for `what` (`call` or `event`).
+fn refusals_on(host: &LatticeHost, what: &str) -> Vec<AuditRow> {
+    let resource = format!("lattice://{LATTICE}/{what}");
+    audit_rows(&host.audit_db())
+        .into_iter()
+        .filter(|r| r.action == "lattice.refused")
+        .inspect(|r| assert_eq!(r.decision, "deny"))
+        .filter(|r| r.resource == resource)
+        .collect()
 }
 
 /// A call of hello's tool `tool` for `principal`, as a calling host fills it in.
@@ -510,7 +549,9 @@ async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come
     let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
         .await
         .unwrap();
-    let stranger = Seal::new(LATTICE, Arc::new(KeyPair::generate().unwrap()), &[]);
+    let stranger_key = Arc::new(KeyPair::generate().unwrap());
+    let stranger_hex = hex::encode(stranger_key.public_key().to_bytes());
+    let stranger = Seal::new(LATTICE, stranger_key, &[]);
     let meta = capsid_lattice::events::EventMeta {
         topic: "orders.fake".into(),
         source: None,
@@ -574,4 +615,11 @@ async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come
     for kernel in [a, b] {
         kernel.shutdown().await;
     }
+    // The forged event is in B's log, with the key it claimed.
+    let refusals = refusals_on(&b_host, "event");
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let details = details(&refusals[0]);
+    assert_eq!(details["reason"], "untrusted");
+    assert_eq!(details["count"], 1);
+    assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
 }

@@ -176,6 +176,12 @@ pub const APPROVAL_EXPIRED: &str = "approval.expired";
 pub const APPROVAL_REFUSED: &str = "approval.refused";
 /// The operator removed a standing refusal (a `deny-always`): the capsule may ask again.
 pub const APPROVAL_REFUSAL_FORGET: &str = "approval.refusal.forget";
+/// Messages from other hosts of the lattice refused before they were taken (a call's or an
+/// event's envelope did not open, a copy of a call another host took, an event on a topic
+/// reserved to the kernel): one entry per kind of message and reason at most every
+/// `LATTICE_REFUSALS_AUDIT_INTERVAL`, with the count, first and last time, and the keys
+/// untrusted senders claimed.
+pub const LATTICE_REFUSED: &str = "lattice.refused";
 /// A client session ended (its principal's last connection closed, or a restart found it
 /// over) and the grants approved for it were removed: the session and the grant ids.
 pub const APPROVAL_SESSION_ENDED: &str = "approval.session.ended";

@@ -705,6 +705,12 @@ pub const LATTICE_ADVERT_TTL: std::time::Duration = std::time::Duration::from_se
 /// Events a host queues for export to the lattice; past it, exports are dropped and counted.
 pub const LATTICE_EXPORT_QUEUE: usize = 4096;
 
+/// How often, at most, a host records a burst of refused lattice messages of one kind and
+/// reason (`lattice.refused`): the first after a quiet spell is recorded at once, the rest
+/// of a flood as one entry with their count per interval.
+pub const LATTICE_REFUSALS_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+/// Keys claimed by untrusted senders a `lattice.refused` entry names, at most.
+pub const LATTICE_REFUSAL_SENDERS_KEPT: usize = 4;
 /// How often a host anchors its audit chain heads in the lattice (when they moved), besides
 /// at shutdown.
 pub const LATTICE_ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

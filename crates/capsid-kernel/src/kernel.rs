@@ -567,6 +567,7 @@ impl Kernel {
         let _ = self.bus().publish(SHUTDOWN_TOPIC, b"{}".to_vec(), None);
         self.stop_tasks().await;
         self.leave_lattice().await;
+        self.record_refusals().await;
         let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
         loop {
             let names: Vec<CapsuleId> = self.capsules().into_iter().map(|c| c.name).collect();

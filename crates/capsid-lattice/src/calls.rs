@@ -315,50 +315,44 @@ pub async fn serve(lattice: &Lattice, seal: &Seal, capsule: &str) -> Result<Call
 }
 
 impl CallQueue {
-    /// The next call whose envelope opens (signed by a trusted host, fresh, never seen here,
-    /// for this capsule, answering to the inbox it signed). One that does not is counted in
-    /// `refused` and logged, and gets no answer at all: a signed refusal would let whoever
+    /// The next call, or why the next message was refused: one whose envelope does not
+    /// open (signed by a trusted host, fresh, never seen here, for this capsule, answering to
+    /// the inbox it signed) gets no answer at all, since a signed refusal would let whoever
     /// replayed a call end the genuine caller's wait. `None` once the subscription ends.
-    pub async fn next(&mut self, refused: &std::sync::atomic::AtomicU64) -> Option<IncomingCall> {
-        loop {
-            let message = self.subscriber.next().await?;
-            let inbox = message.reply.as_ref().map(|r| r.as_str().to_owned());
-            let opened = self.seal.open_if::<CallMeta>(
-                Kind::Call,
-                message.headers.as_ref(),
-                &message.payload,
-                |meta| {
-                    let inbox_signed = inbox.as_deref() == Some(meta.reply_to.as_str());
-                    if meta.capsule == self.capsule && inbox_signed {
-                        Ok(())
-                    } else {
-                        Err(Refusal::Misdirected)
-                    }
-                },
-            );
-            match (opened, message.reply) {
-                (Ok(call), Some(reply)) => {
-                    let replier = CallReplier {
-                        lattice: self.lattice.clone(),
-                        seal: self.seal.clone(),
-                        reply,
-                        call: call.nonce.clone(),
-                    };
-                    return Some(IncomingCall {
-                        call,
-                        input: message.payload,
-                        replier,
-                    });
+    pub async fn next(&mut self) -> Option<Result<IncomingCall, Refusal>> {
+        let message = self.subscriber.next().await?;
+        let inbox = message.reply.as_ref().map(|r| r.as_str().to_owned());
+        let opened = self.seal.open_if::<CallMeta>(
+            Kind::Call,
+            message.headers.as_ref(),
+            &message.payload,
+            |meta| {
+                let inbox_signed = inbox.as_deref() == Some(meta.reply_to.as_str());
+                if meta.capsule == self.capsule && inbox_signed {
+                    Ok(())
+                } else {
+                    Err(Refusal::Misdirected)
                 }
-                (Err(refusal), _) => {
-                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::warn!(capsule = %self.capsule, %refusal, "refused a lattice call");
-                }
-                (Ok(_), None) => {
-                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+            },
+        );
+        Some(match (opened, message.reply) {
+            (Ok(call), Some(reply)) => {
+                let replier = CallReplier {
+                    lattice: self.lattice.clone(),
+                    seal: self.seal.clone(),
+                    reply,
+                    call: call.nonce.clone(),
+                };
+                Ok(IncomingCall {
+                    call,
+                    input: message.payload,
+                    replier,
+                })
             }
-        }
+            (Err(refusal), _) => Err(refusal),
+            // Unreachable past the check above (the inbox is signed), refused all the same.
+            (Ok(_), None) => Err(Refusal::Misdirected),
+        })
     }
 }
 

@@ -101,6 +101,33 @@ pub enum Refusal {
     Flooded,
 }
 
+impl Refusal {
+    /// The refusal's kind as one word (`unsigned`, `malformed`, `untrusted`, `forged`,
+    /// `misdirected`, `stale`, `replayed`, `flooded`), to count refusals by.
+    #[must_use]
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unsigned => "unsigned",
+            Self::Malformed(_) => "malformed",
+            Self::Untrusted(_) => "untrusted",
+            Self::Forged => "forged",
+            Self::Misdirected => "misdirected",
+            Self::Stale => "stale",
+            Self::Replayed => "replayed",
+            Self::Flooded => "flooded",
+        }
+    }
+
+    /// The key an untrusted sender claimed (cut to 64 characters, escaped).
+    #[must_use]
+    pub fn claimed_sender(&self) -> Option<&str> {
+        match self {
+            Self::Untrusted(key) => Some(key),
+            _ => None,
+        }
+    }
+}
+
 /// Nonces seen within the skew window, so none is accepted twice. Bounded: when full of
 /// fresh nonces, new envelopes are refused (fail closed) until old ones expire. Ordered by
 /// expiry, so an envelope issued ahead of this host's clock holds back no other's expiry.

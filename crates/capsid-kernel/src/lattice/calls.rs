@@ -20,7 +20,7 @@ use capsid_protocol::ErrorCode;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{Joined, Traffic};
+use super::{Joined, Refused, Traffic};
 use crate::error::KernelError;
 use crate::kernel::{Inner, Kernel};
 use crate::tool::{Door, ToolCaller};
@@ -231,7 +231,15 @@ async fn serve_queue(
     traffic: Arc<Traffic>,
     claims: Claims,
 ) {
-    while let Some(incoming) = queue.next(&traffic.calls_refused).await {
+    while let Some(next) = queue.next().await {
+        let incoming = match next {
+            Ok(incoming) => incoming,
+            Err(refusal) => {
+                tracing::warn!(%refusal, "refused a lattice call");
+                traffic.refused(Refused::Call, refusal.reason(), refusal.claimed_sender());
+                continue;
+            }
+        };
         let Some(inner) = kernel.upgrade() else {
             return;
         };
@@ -241,13 +249,20 @@ async fn serve_queue(
             incoming,
             in_flight.clone(),
             claims.clone(),
+            traffic.clone(),
         );
         tokio::spawn(call);
     }
 }
 
 /// Runs one call from another host and answers it, saying it still runs meanwhile.
-async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight, claims: Claims) {
+async fn serve_call(
+    kernel: Kernel,
+    incoming: IncomingCall,
+    in_flight: InFlight,
+    claims: Claims,
+    traffic: Arc<Traffic>,
+) {
     let IncomingCall {
         call,
         input,
@@ -262,10 +277,12 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, in_flight: InFlight,
         Ok(false) => {
             let from = short_host(&call.from);
             tracing::warn!(%from, "refused a lattice call another host already took");
+            traffic.refused(Refused::Call, "claimed-elsewhere", None);
             return;
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot claim a lattice call; refused");
+            traffic.refused(Refused::Call, "unclaimable", None);
             return;
         }
     }

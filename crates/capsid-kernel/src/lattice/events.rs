@@ -11,7 +11,7 @@ use capsid_events::EventOrigin;
 use capsid_lattice::events::{self, EventMeta};
 use tokio::task::JoinHandle;
 
-use super::{Joined, Traffic};
+use super::{Joined, Refused, Traffic};
 use crate::error::KernelError;
 use crate::kernel::{Kernel, RESERVED_TOPIC_PREFIXES};
 
@@ -60,14 +60,15 @@ pub(super) async fn exchange(
             let event = match next {
                 Ok(event) => event,
                 Err(refusal) => {
-                    Traffic::count(&traffic.events_refused);
                     tracing::warn!(%refusal, "refused an event from the lattice");
+                    let sender = refusal.claimed_sender();
+                    traffic.refused(Refused::Event, refusal.reason(), sender);
                     continue;
                 }
             };
             let topic = &event.meta.topic;
             if RESERVED_TOPIC_PREFIXES.iter().any(|p| topic.starts_with(p)) {
-                Traffic::count(&traffic.events_refused);
+                traffic.refused(Refused::Event, "reserved-topic", None);
                 continue;
             }
             let source = event
@@ -81,7 +82,7 @@ pub(super) async fn exchange(
             };
             match bus.publish_remote(topic, event.payload.to_vec(), source, origin) {
                 Ok(_) => Traffic::count(&traffic.events_imported),
-                Err(_) => Traffic::count(&traffic.events_refused),
+                Err(_) => traffic.refused(Refused::Event, "undeliverable", None),
             }
         }
     }));

@@ -7,8 +7,10 @@ mod adverts;
 mod anchors;
 mod calls;
 mod events;
+mod refusals;
 
 pub use anchors::AnchorCheck;
+pub(crate) use refusals::Refused;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -63,6 +65,8 @@ pub(crate) struct Traffic {
     events_exported: AtomicU64,
     events_imported: AtomicU64,
     events_refused: AtomicU64,
+    /// The refusals, to be audited.
+    refusals: refusals::Refusals,
 }
 
 /// What crossed the lattice since boot, as `status` shows it.
@@ -73,7 +77,7 @@ pub struct LatticeTraffic {
     /// Calls from other hosts this host served.
     pub calls_served: u64,
     /// Calls from other hosts refused before they ran (unsigned, untrusted, forged,
-    /// replayed or stale envelopes).
+    /// replayed or stale envelopes, or copies of a call another host took).
     pub calls_refused: u64,
     /// Events published here on exported topics, sent to the lattice.
     pub events_exported: u64,
@@ -88,6 +92,15 @@ pub struct LatticeTraffic {
 impl Traffic {
     fn count(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message refused, and has it audited.
+    fn refused(&self, what: Refused, reason: &'static str, sender: Option<&str>) {
+        Self::count(match what {
+            Refused::Call => &self.calls_refused,
+            Refused::Event => &self.events_refused,
+        });
+        self.refusals.refused(what, reason, sender);
     }
 
     pub(crate) fn snapshot(&self, exports_dropped: u64) -> LatticeTraffic {
@@ -237,6 +250,7 @@ impl crate::Kernel {
         self.keep_task_if(Some(calls::serve(self, &joined)));
         self.keep_task_if(Some(adverts::advertise(self, &joined)));
         self.keep_task_if(Some(anchors::anchor(self, &joined)));
+        self.keep_task_if(Some(refusals::record(self, &joined)));
         for task in exchange {
             self.keep_task_if(Some(task));
         }
