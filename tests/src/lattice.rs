@@ -135,6 +135,14 @@ impl HostProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// Asks it to shut down (SIGTERM) and waits until it exited: the kernel's shutdown, then
+    /// the end of the process.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.0.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        self.0.wait().unwrap()
+    }
 }
 
 impl Drop for HostProcess {
@@ -144,7 +152,7 @@ impl Drop for HostProcess {
 }
 
 /// The `lattice-host` program's half: boots a kernel in `home` joining the lattice given as
-/// JSON, says `ready`, and runs until killed.
+/// JSON, says `ready`, and runs until killed, or shuts the kernel down and exits on SIGTERM.
 pub async fn run_host(home: &Path, lattice_json: &str) {
     let lattice: LatticeConfig = serde_json::from_str(lattice_json).unwrap();
     let kernel = Kernel::builder()
@@ -153,7 +161,10 @@ pub async fn run_host(home: &Path, lattice_json: &str) {
         .build()
         .await
         .unwrap_or_else(|e| panic!("boot: {e}"));
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
     println!("ready");
-    std::future::pending::<()>().await;
-    drop(kernel);
+    terminate.recv().await;
+    kernel.shutdown().await;
+    std::process::exit(0);
 }

@@ -1,8 +1,10 @@
 //! Tools and events across a lattice (real `nats-server` cluster on loopback, real kernels,
 //! hosts killed with SIGKILL): a call for a capsule this host does not have is served by a
 //! host that has it, checked there for the user it names and audited on both hosts; the
-//! wire refuses forged, untrusted and replayed envelopes; calls move to another host when
-//! the serving one dies mid-call; events on exported topics reach the other hosts' buses
+//! wire refuses forged, untrusted and replayed envelopes, and audits what it refused; calls
+//! move to another host when the serving one dies mid-call; a cancel reaches the serving
+//! host even before it said it took the call; a host shutting down answers the calls it
+//! serves first; events on exported topics reach the other hosts' buses
 //! once, with their origin, and never come back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -622,4 +624,113 @@ async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come
     assert_eq!(details["reason"], "untrusted");
     assert_eq!(details["count"], 1);
     assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
+}
+
+/// Boots A (no capsule) and B (counter) on a one-node cluster, with A's user granted
+/// `count-to` and B serving it.
+async fn counter_on_b(cluster: &LocalCluster) -> (LatticeHost, LatticeHost, Kernel, ToolCaller) {
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["counter"]));
+    let a = a_host.boot(cluster, &[&b_host]).await;
+    let user = user_of(&a);
+    a.grant(
+        user.principal,
+        None,
+        "tool://counter/count-to",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    (a_host, b_host, a, user)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_the_call_on_the_serving_host_even_before_it_said_it_took_it() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host, a, user) = counter_on_b(&cluster).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let tool = ("counter", "count-to");
+    call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
+
+    // Ten-second calls, cancelled 20 ms after they are sent (before B says it took the
+    // call, which it does at 100 ms: A does not know which host has it), and at 600 ms.
+    for cancel_after in [Duration::from_millis(20), Duration::from_millis(600)] {
+        let control = CallControl::new();
+        let cancelling = {
+            let control = control.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(cancel_after).await;
+                control.cancel();
+            })
+        };
+        let input = r#"{"to":100,"step_ms":100}"#;
+        let result = a
+            .call_tool_as(&user, &id(tool.0), tool.1, input, &control)
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(KernelError::Capsule(CapsuleError::Cancelled { .. }))
+            ),
+            "{result:?}"
+        );
+        cancelling.await.unwrap();
+        // Uncancelled, it would run on B for ten seconds: two seconds on, nothing of it
+        // runs there (it ended cancelled, or never started).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            in_flight_on(&b_host.audit_db()),
+            0,
+            "the call ran on after its cancel ({cancel_after:?})"
+        );
+    }
+    let results: Vec<String> = audit_rows(&b_host.audit_db())
+        .iter()
+        .filter(|r| r.action == "tool.result")
+        .map(|r| details(r)["outcome"].as_str().unwrap().to_owned())
+        .collect();
+    // The first call of `{"to":1}` and at least the second cancelled call ran there.
+    assert!(
+        results.iter().filter(|o| *o == "cancelled").count() >= 1,
+        "{results:?}"
+    );
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_shutting_down_answers_the_calls_it_serves_and_records_their_end_first() {
+    let program = Path::new(env!("CARGO_BIN_EXE_lattice-host"));
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host, a, user) = counter_on_b(&cluster).await;
+    let mut b = b_host.spawn(program, &cluster, &[&a_host]);
+    let tool = ("counter", "count-to");
+    call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
+
+    let three_seconds = {
+        let (a, user) = (a.clone(), user.clone());
+        tokio::spawn(async move { call(&a, &user, tool, r#"{"to":30,"step_ms":100}"#).await })
+    };
+    let start = Instant::now();
+    while in_flight_on(&b_host.audit_db()) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(30), "never ran on B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the moment B says it took the call; then B is asked to stop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || b.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let answer = three_seconds.await.unwrap().unwrap();
+    assert!(answer.contains("\"counted\":30"), "{answer}");
+    let rows = audit_rows(&b_host.audit_db());
+    let last_result = rows.iter().rposition(|r| r.action == "tool.result");
+    let shutdown = rows.iter().position(|r| r.action == "kernel.shutdown");
+    assert!(
+        matches!((last_result, shutdown), (Some(r), Some(s)) if r < s),
+        "B recorded the call's end before its shutdown: {last_result:?} {shutdown:?}"
+    );
+    assert_eq!(in_flight_on(&b_host.audit_db()), 0);
+    a.shutdown().await;
 }

@@ -438,6 +438,9 @@ pub const HOT_RELOAD_DEBOUNCE: std::time::Duration = std::time::Duration::from_m
 
 /// How long shutdown keeps retrying an unload that in-flight calls hold up.
 pub const SHUTDOWN_UNLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long shutdown waits, past [`SHUTDOWN_UNLOAD_TIMEOUT`], for calls it cancelled to
+/// answer (calls served for other hosts of a lattice).
+pub const SHUTDOWN_CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Largest `config.toml`, in bytes.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -711,6 +714,9 @@ pub const LATTICE_EXPORT_QUEUE: usize = 4096;
 pub const LATTICE_REFUSALS_AUDIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Keys claimed by untrusted senders a `lattice.refused` entry names, at most.
 pub const LATTICE_REFUSAL_SENDERS_KEPT: usize = 4;
+/// Calls another host cancelled before they reached this one, remembered (so a copy still on
+/// its way is not run); past it, the oldest is forgotten.
+pub const LATTICE_EARLY_CANCELS_KEPT: usize = 1024;
 /// How often a host anchors its audit chain heads in the lattice (when they moved), besides
 /// at shutdown.
 pub const LATTICE_ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

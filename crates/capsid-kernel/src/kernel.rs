@@ -591,6 +591,8 @@ impl Kernel {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // Calls served for other hosts answer (and record their results) before the end.
+        self.finish_served_calls(deadline.into()).await;
         if !self.audit().is_read_only()
             && let Err(e) = self
                 .note(

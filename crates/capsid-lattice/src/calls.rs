@@ -6,7 +6,9 @@
 //! that hears nothing for [`LATTICE_CALL_SILENCE`] takes the serving host for lost and fails
 //! the call, saying so, rather than waiting out a deadline: the call may have had effects,
 //! so it is never sent again on its own. A caller cancelling sends a signed cancel to the
-//! serving host's `capsid.<lattice>.cancel.<host>`.
+//! serving host's `capsid.<lattice>.cancel.<host>`, or, before any host said it took the
+//! call, to every host on `capsid.<lattice>.cancel.any`: the host running it stops it, and
+//! the others remember it, so a copy still on its way is not run.
 
 use std::future::Future;
 use std::time::Duration;
@@ -144,10 +146,13 @@ fn call_subject(lattice: &Lattice, capsule: &str) -> String {
     format!("capsid.{}.call.{capsule}", lattice.config().name)
 }
 
-/// The subject a host hears cancels on.
+/// The subject a host hears cancels on: its own key (hex), or `any` for every host.
 fn cancel_subject(lattice: &Lattice, host: &str) -> String {
     format!("capsid.{}.cancel.{host}", lattice.config().name)
 }
+
+/// The host part of the subject every host hears cancels on (a key is hex: never this).
+const ANY_HOST: &str = "any";
 
 /// Calls `meta`'s tool on a host that serves its capsule, with `input`, until `cancelled`
 /// resolves or `deadline` passes (see the module for the protocol).
@@ -250,10 +255,10 @@ pub async fn call(
     }
 }
 
-/// Tells `host` (when one took the call) that its call `nonce` is cancelled. Best effort:
-/// the serving host's own deadline ends the call anyway.
+/// Tells `host`, or every host when none said it took the call, that call `nonce` is
+/// cancelled. Best effort: the serving host's own deadline ends the call anyway.
 async fn cancel(lattice: &Lattice, seal: &Seal, host: Option<&str>, nonce: &str) {
-    let Some(host) = host else { return };
+    let host = host.unwrap_or(ANY_HOST);
     let sealed = seal.seal(
         Kind::Cancel,
         &CancelMeta {
@@ -398,24 +403,23 @@ impl CallReplier {
     }
 }
 
-/// Cancels sent to this host: each yields the cancelled call's nonce and the host that
-/// sent the cancel (only the call's own caller may cancel it: the receiver checks).
+/// Cancels sent to this host or to every host: each yields the cancelled call's nonce and
+/// the host that sent the cancel (only the call's own caller may cancel it: the receiver
+/// checks).
 #[derive(Debug)]
 pub struct Cancels {
     seal: Seal,
-    subscriber: Subscriber,
+    subscriber: futures_util::stream::Select<Subscriber, Subscriber>,
 }
 
-/// Hears the cancels other hosts send this one.
+/// Hears the cancels other hosts send this one, and those sent to every host.
 pub async fn cancels(lattice: &Lattice, seal: &Seal) -> Result<Cancels, String> {
-    let subscriber = lattice
-        .client()
-        .subscribe(cancel_subject(lattice, seal.host()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let subscribe = |host: &str| lattice.client().subscribe(cancel_subject(lattice, host));
+    let mine = subscribe(seal.host()).await.map_err(|e| e.to_string())?;
+    let any = subscribe(ANY_HOST).await.map_err(|e| e.to_string())?;
     Ok(Cancels {
         seal: seal.clone(),
-        subscriber,
+        subscriber: futures_util::stream::select(mine, any),
     })
 }
 

@@ -6,7 +6,7 @@
 //! through the `lattice` door, with the calling host.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +18,8 @@ use capsid_lattice::calls::{
 };
 use capsid_protocol::ErrorCode;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
-use tokio_util::sync::CancellationToken;
 
+use super::served::Served;
 use super::{Joined, Refused, Traffic};
 use crate::error::KernelError;
 use crate::kernel::{Inner, Kernel};
@@ -35,10 +35,6 @@ const ACCEPT_AFTER: Duration = Duration::from_millis(100);
 
 /// Where calls are claimed (so each runs on one host only), and this host's key.
 type Claims = (calls::Claims, String);
-
-/// Calls from other hosts running here: their nonce, the host that sent them (the only one
-/// that may cancel them), and what cancels them.
-type InFlight = Arc<Mutex<HashMap<String, (String, CancellationToken)>>>;
 
 /// A host's key as errors name it: its first 16 hex digits.
 pub(crate) fn short_host(host: &str) -> &str {
@@ -163,13 +159,13 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
     let weak = Arc::downgrade(&kernel.inner);
     let joined = joined.clone();
     tokio::spawn(async move {
-        let in_flight = InFlight::default();
+        let served = joined.served.clone();
         // Dropped with this task (at shutdown): every queue subscription goes with it.
         let mut queues = JoinSet::new();
         let mut serving: HashMap<CapsuleId, AbortHandle> = HashMap::new();
         match calls::cancels(&joined.lattice, &joined.seal).await {
             Ok(cancels) => {
-                queues.spawn(hear_cancels(cancels, in_flight.clone()));
+                queues.spawn(hear_cancels(cancels, served.clone()));
             }
             Err(e) => tracing::warn!(error = %e, "cannot hear cancels from other hosts"),
         }
@@ -192,7 +188,7 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
                         let task = serve_queue(
                             weak.clone(),
                             queue,
-                            in_flight.clone(),
+                            served.clone(),
                             joined.traffic.clone(),
                             (joined.claims.clone(), joined.seal.host().to_owned()),
                         );
@@ -213,21 +209,16 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
     })
 }
 
-async fn hear_cancels(mut cancels: calls::Cancels, in_flight: InFlight) {
+async fn hear_cancels(mut cancels: calls::Cancels, served: Served) {
     while let Some((call, from)) = cancels.next().await {
-        let calls = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((caller, token)) = calls.get(&call)
-            && *caller == from
-        {
-            token.cancel();
-        }
+        served.cancel(call, from);
     }
 }
 
 async fn serve_queue(
     kernel: Weak<Inner>,
     mut queue: CallQueue,
-    in_flight: InFlight,
+    served: Served,
     traffic: Arc<Traffic>,
     claims: Claims,
 ) {
@@ -247,11 +238,11 @@ async fn serve_queue(
         let call = serve_call(
             Kernel { inner },
             incoming,
-            in_flight.clone(),
+            served.clone(),
             claims.clone(),
             traffic.clone(),
         );
-        tokio::spawn(call);
+        served.spawn(call);
     }
 }
 
@@ -259,7 +250,7 @@ async fn serve_queue(
 async fn serve_call(
     kernel: Kernel,
     incoming: IncomingCall,
-    in_flight: InFlight,
+    served: Served,
     claims: Claims,
     traffic: Arc<Traffic>,
 ) {
@@ -271,26 +262,27 @@ async fn serve_call(
     // Each host remembers the nonces it saw; the claim makes a call run on one host of the
     // lattice only, however many copies of it reach the capsule's queue group. A claim that
     // cannot be made refuses the call (fail closed); the caller is not told.
+    let Some(token) = served.start(&call.nonce, &call.from) else {
+        tracing::debug!("a call its caller cancelled before it came was not run");
+        return;
+    };
     let (store, host) = &claims;
     match store.claim(&call.nonce, host).await {
         Ok(true) => {}
         Ok(false) => {
+            served.end(&call.nonce);
             let from = short_host(&call.from);
             tracing::warn!(%from, "refused a lattice call another host already took");
             traffic.refused(Refused::Call, "claimed-elsewhere", None);
             return;
         }
         Err(e) => {
+            served.end(&call.nonce);
             tracing::warn!(error = %e, "cannot claim a lattice call; refused");
             traffic.refused(Refused::Call, "unclaimable", None);
             return;
         }
     }
-    let token = CancellationToken::new();
-    in_flight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .insert(call.nonce.clone(), (call.from.clone(), token.clone()));
     let answer = async {
         let Ok(principal @ Principal::User(_)) = call.meta.principal.parse::<Principal>() else {
             let reason = "the call names no user".to_owned();
@@ -350,10 +342,7 @@ async fn serve_call(
             }
         }
     };
-    in_flight
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .remove(&call.nonce);
+    served.end(&call.nonce);
     replier.done(outcome, output).await;
 }
 

@@ -8,6 +8,7 @@ mod anchors;
 mod calls;
 mod events;
 mod refusals;
+mod served;
 
 pub use anchors::AnchorCheck;
 pub(crate) use refusals::Refused;
@@ -54,6 +55,8 @@ pub(crate) struct Joined {
     pub anchors: Anchors,
     /// The sequence of each chain's head as last anchored.
     pub anchored: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+    /// Calls from other hosts served here.
+    pub served: served::Served,
 }
 
 /// What crossed the lattice since boot, counted.
@@ -183,6 +186,7 @@ pub(crate) async fn open_grant_stores(
             claims,
             anchors,
             anchored: Arc::default(),
+            served: served::Served::default(),
         }),
         first: Some(first),
     })
@@ -269,6 +273,14 @@ impl crate::Kernel {
             && let Err(e) = joined.adverts.withdraw().await
         {
             tracing::warn!(error = %e, "cannot withdraw this host's advertisement");
+        }
+    }
+
+    /// Waits until `deadline` for calls served to other hosts to answer, then cancels
+    /// those still running (at shutdown, once no call is taken).
+    pub(crate) async fn finish_served_calls(&self, deadline: tokio::time::Instant) {
+        if let Some(joined) = &self.parts().lattice {
+            joined.served.finish(deadline).await;
         }
     }
 
