@@ -470,6 +470,14 @@ async fn an_idle_capsule_is_unloaded_and_loads_again_at_its_next_call() {
         actions(&kernel).contains(&"capsule.idle-unload".to_owned())
     })
     .await;
+    // Its tools are still offered while it sleeps: a client's list does not change.
+    let listed: Vec<String> = kernel
+        .tools_for(kernel.principal(), capsid_kernel::Door::Daemon)
+        .await
+        .iter()
+        .map(|t| format!("{}/{}", t.capsule, t.tool))
+        .collect();
+    assert!(listed.contains(&"hello/greet".to_owned()), "{listed:?}");
     let out = kernel
         .call_tool(&id("hello"), "greet", r#"{"name":"b"}"#)
         .await

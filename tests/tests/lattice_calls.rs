@@ -15,11 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use capsid_capabilities::Permissions;
 use capsid_capsule::{CallControl, CapsuleError};
+use capsid_core::limits::LATTICE_ADVERT_INTERVAL;
 use capsid_core::{Principal, PrincipalId};
 use capsid_crypto::KeyPair;
 use capsid_integration_tests::lattice::{LATTICE, LatticeHost, lattice_config};
 use capsid_integration_tests::{AuditRow, audit_rows, id};
-use capsid_kernel::{Door, Kernel, KernelError, ToolCaller};
+use capsid_kernel::{Door, Kernel, KernelConfig, KernelError, ToolCaller};
 use capsid_lattice::calls::{self, CallMeta, CallOutcome};
 use capsid_lattice::local::LocalCluster;
 use capsid_lattice::{Kind, Lattice, Seal};
@@ -733,4 +734,54 @@ async fn a_host_shutting_down_answers_the_calls_it_serves_and_records_their_end_
     );
     assert_eq!(in_flight_on(&b_host.audit_db()), 0);
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capsule_idle_on_its_host_stays_listed_and_served_across_the_lattice() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host
+        .boot_with(KernelConfig {
+            idle_timeout_ms: Some(300),
+            ..b_host.config(&cluster, &[&a_host], &[])
+        })
+        .await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    let listed = || async {
+        a.tools_for(user.principal, Door::McpHttp)
+            .await
+            .iter()
+            .map(|t| format!("{}/{}", t.capsule, t.tool))
+            .collect::<Vec<String>>()
+    };
+    let start = Instant::now();
+    while listed().await.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "never listed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while b.registry().info(&id("hello")).is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "hello never idled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Over two rounds of advertisements (B's, then A's reading them), A lists it all along.
+    let listed_since = Instant::now();
+    while listed_since.elapsed() < 2 * LATTICE_ADVERT_INTERVAL + Duration::from_secs(1) {
+        let names = listed().await;
+        assert_eq!(names, ["hello/greet"], "after {:?}", listed_since.elapsed());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(b.registry().info(&id("hello")).is_none(), "still idle");
+    // And a call wakes it there.
+    let out = call(&a, &user, ("hello", "greet"), r#"{"name":"y"}"#)
+        .await
+        .unwrap();
+    assert!(out.contains("Hello, y!"), "{out}");
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
 }

@@ -1,6 +1,7 @@
 //! The booted kernel: a cheap, cloneable handle over the registry and the services, with the
 //! run-time lifecycle (load, unload, reload, install), calls, events and shutdown.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,7 +9,9 @@ use std::time::Instant;
 
 use capsid_audit::{AuditLog, ChainId, Decision, Record};
 use capsid_capabilities::CapabilityStore;
-use capsid_capsule::{CallControl, CapsuleError, CapsuleInfo, Registry, Restart, RestartCause};
+use capsid_capsule::{
+    CallControl, CapsuleError, CapsuleInfo, CapsuleState, Registry, Restart, RestartCause,
+};
 use capsid_core::limits::SHUTDOWN_UNLOAD_TIMEOUT;
 use capsid_core::{CapsidHome, CapsuleId, Principal};
 use capsid_events::{Delivery, EventBus};
@@ -110,16 +113,16 @@ pub(crate) struct Inner {
     closing: AtomicBool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Capsules the idle monitor unloaded: loaded again at their next call.
-    idled: Mutex<std::collections::HashSet<CapsuleId>>,
+    idled: Mutex<HashMap<CapsuleId, Vec<capsid_manifest::Tool>>>,
     /// Serialises waking idle capsules, so concurrent calls load one once.
     waking: tokio::sync::Mutex<()>,
     /// Serialises installs.
     pub(crate) installing: tokio::sync::Mutex<()>,
     /// The source hash (manifest + component) each capsule was loaded from, in dev mode:
     /// what hot reload compares a change with.
-    sources: Mutex<std::collections::HashMap<CapsuleId, [u8; 32]>>,
+    sources: Mutex<HashMap<CapsuleId, [u8; 32]>>,
     /// How many times each capsule has been reloaded: what its `restart` hook is told.
-    restarts: Mutex<std::collections::HashMap<CapsuleId, u32>>,
+    restarts: Mutex<HashMap<CapsuleId, u32>>,
     /// The live client sessions.
     pub(crate) sessions: crate::sessions::Sessions,
 }
@@ -415,17 +418,45 @@ impl Kernel {
         Ok(())
     }
 
-    pub(crate) fn idled(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<CapsuleId>> {
+    /// The capsules the idle monitor unloaded, with their tools as they were then.
+    pub(crate) fn idled(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<CapsuleId, Vec<capsid_manifest::Tool>>> {
         self.inner
             .idled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The capsules whose tools this host offers, by name, with their tools: those ready,
+    /// and those the idle monitor unloaded (a call wakes them), so a client's list of tools
+    /// does not change while a capsule sleeps.
+    pub(crate) fn offered_tools(&self) -> Vec<(CapsuleId, Vec<capsid_manifest::Tool>)> {
+        let mut offered: Vec<(CapsuleId, Vec<capsid_manifest::Tool>)> = self
+            .capsules()
+            .into_iter()
+            .filter(|c| c.state == CapsuleState::Ready)
+            .map(|c| {
+                let tools = self.registry().tools(&c.name);
+                (c.name, tools)
+            })
+            .collect();
+        offered.extend(
+            self.idled()
+                .iter()
+                .map(|(name, tools)| (name.clone(), tools.clone())),
+        );
+        offered.sort_by(|a, b| a.0.cmp(&b.0));
+        // One woken between the two reads is in both.
+        offered.dedup_by(|a, b| a.0 == b.0);
+        offered
+    }
+
     /// The idle monitor's unload: recorded, and undone by the next call.
     pub(crate) async fn unload_idle(&self, name: &CapsuleId) {
         // Marked first, so a call that arrives while it unloads loads it again.
-        self.idled().insert(name.clone());
+        let tools = self.registry().tools(name);
+        self.idled().insert(name.clone(), tools);
         if self.registry().unload(name).await.is_err() {
             self.idled().remove(name);
         } else {
@@ -492,9 +523,9 @@ impl Kernel {
 
     /// Loads capsule `name` again if the idle monitor unloaded it.
     async fn wake(&self, name: &CapsuleId) -> Result<(), KernelError> {
-        if self.idled().contains(name) {
+        if self.idled().contains_key(name) {
             let _waking = self.inner.waking.lock().await;
-            if self.idled().contains(name) && self.registry().info(name).is_none() {
+            if self.idled().contains_key(name) && self.registry().info(name).is_none() {
                 self.load(name).await?;
             }
             self.idled().remove(name);

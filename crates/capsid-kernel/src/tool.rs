@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
 use capsid_capabilities::{Check, Denied, Permissions, RecordAllow, Subject};
-use capsid_capsule::{CallControl, CapsuleError, CapsuleState, is_tool_name, tool_resource};
+use capsid_capsule::{CallControl, CapsuleError, is_tool_name, tool_resource};
 use capsid_core::limits::MAX_CLIENT_NAME_BYTES;
 use capsid_core::{CapsuleId, Principal, PrincipalId};
 use serde_json::json;
@@ -287,8 +287,8 @@ impl Kernel {
             && !matches!(door, Door::McpHttp | Door::Lattice)
     }
 
-    /// The tools of ready capsules that `principal` may call through `door` (every one, for
-    /// the operator), in capsule then manifest order; then, on a lattice, those other hosts
+    /// The tools of capsules ready or idle that `principal` may call through `door` (every
+    /// one, for the operator), in capsule then manifest order; then, on a lattice, those other hosts
     /// serve for capsules this host does not have, that `principal` holds a grant for (the
     /// serving host checks again). Listing decides nothing and records nothing: each call
     /// is still checked.
@@ -300,25 +300,20 @@ impl Kernel {
             session: None,
         };
         let mut out = Vec::new();
-        let mut capsules = self.capsules();
-        capsules.sort_by(|a, b| a.name.cmp(&b.name));
-        for info in capsules
-            .into_iter()
-            .filter(|c| c.state == CapsuleState::Ready)
-        {
-            for tool in &self.registry().tools(&info.name) {
+        for (capsule, tools) in self.offered_tools() {
+            for tool in &tools {
                 let allowed = operator
                     || self
                         .capabilities()
                         .would_allow(
                             &subject,
                             Permissions::EXEC,
-                            &tool_resource(&info.name, &tool.name),
+                            &tool_resource(&capsule, &tool.name),
                         )
                         .await;
                 if allowed {
                     out.push(ToolInfo {
-                        capsule: info.name.clone(),
+                        capsule: capsule.clone(),
                         tool: tool.name.clone(),
                         description: tool.description.clone(),
                         input_schema: tool.input_schema.clone(),

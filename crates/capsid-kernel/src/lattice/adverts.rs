@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 
-use capsid_capsule::{CapsuleState, is_tool_name};
+use capsid_capsule::is_tool_name;
 use capsid_core::CapsuleId;
 use capsid_core::limits::LATTICE_ADVERT_INTERVAL;
 use capsid_lattice::adverts::{AdvertisedCapsule, AdvertisedTool, HostAdvert};
@@ -71,16 +71,13 @@ fn annotations_from(value: &Value) -> ToolAnnotations {
 }
 
 impl Kernel {
-    /// This host's advertisement: its ready capsules and their tools.
+    /// This host's advertisement: its capsules ready or idle, and their tools.
     fn advert(&self) -> HostAdvert {
-        let mut capsules: Vec<AdvertisedCapsule> = self
-            .capsules()
+        let capsules: Vec<AdvertisedCapsule> = self
+            .offered_tools()
             .into_iter()
-            .filter(|c| c.state == CapsuleState::Ready)
-            .map(|c| AdvertisedCapsule {
-                tools: self
-                    .registry()
-                    .tools(&c.name)
+            .map(|(name, tools)| AdvertisedCapsule {
+                tools: tools
                     .iter()
                     .map(|t| AdvertisedTool {
                         name: t.name.clone(),
@@ -90,10 +87,9 @@ impl Kernel {
                         annotations: annotations_json(t.annotations),
                     })
                     .collect(),
-                name: c.name.to_string(),
+                name: name.to_string(),
             })
             .collect();
-        capsules.sort_by(|a, b| a.name.cmp(&b.name));
         HostAdvert { capsules }
     }
 

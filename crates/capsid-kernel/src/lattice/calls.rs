@@ -47,7 +47,7 @@ impl Kernel {
     pub(crate) fn served_elsewhere(&self, name: &CapsuleId) -> bool {
         self.parts().lattice.is_some()
             && self.registry().info(name).is_none()
-            && !self.idled().contains(name)
+            && !self.idled().contains_key(name)
     }
 
     /// The capsules this host serves to the lattice: those ready, and those the idle
@@ -59,7 +59,7 @@ impl Kernel {
             .filter(|c| c.state == CapsuleState::Ready)
             .map(|c| c.name)
             .collect();
-        names.extend(self.idled().iter().cloned());
+        names.extend(self.idled().keys().cloned());
         names
     }
 
