@@ -15,7 +15,7 @@ use crate::schema::{self, sqlite_err};
 use crate::store::read_heads;
 
 /// A chain's last entry: what an anchor records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ChainHead {
     /// The chain id.
     pub chain: String,

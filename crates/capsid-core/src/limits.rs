@@ -717,6 +717,10 @@ pub const LATTICE_REFUSAL_SENDERS_KEPT: usize = 4;
 /// Calls another host cancelled before they reached this one, remembered (so a copy still on
 /// its way is not run); past it, the oldest is forgotten.
 pub const LATTICE_EARLY_CANCELS_KEPT: usize = 1024;
+/// How long reading a lattice stream back (the audit anchors, for `audit verify --lattice`)
+/// waits for its next message; a read that keeps moving is not cut short, however long the
+/// history.
+pub const LATTICE_STREAM_READ_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often a host anchors its audit chain heads in the lattice (when they moved), besides
 /// at shutdown.
 pub const LATTICE_ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

@@ -11,7 +11,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::stream;
 use bytes::Bytes;
 use capsid_audit::ChainHead;
-use capsid_core::limits::LATTICE_KV_LIST_TIMEOUT;
+use capsid_core::limits::LATTICE_STREAM_READ_STALL;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -26,12 +26,14 @@ pub struct AnchorMeta {
     pub heads: Vec<ChainHead>,
 }
 
-/// An anchor as read back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Anchor {
-    /// Unix ms it was published.
-    pub issued_ms: u64,
-    /// The heads it anchors.
+/// What a host anchored, read back: how many anchors, and every distinct head they anchor.
+/// Each is checked: a lower head is not implied by a higher one of the same chain, since the
+/// chain may have been cut and written again between the two anchors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnchoredHeads {
+    /// Anchors read back.
+    pub anchors: usize,
+    /// The heads they anchor, each once.
     pub heads: Vec<ChainHead>,
 }
 
@@ -103,9 +105,11 @@ impl Anchors {
         Ok(())
     }
 
-    /// Every anchor this host published, oldest first. Only those signed by this host's own
-    /// key count; anything else on its subject is passed over.
-    pub async fn mine(&self) -> Result<Vec<Anchor>, LatticeError> {
+    /// What this host anchored, read from every anchor it published. Only those signed by
+    /// this host's own key count; anything else on its subject is passed over. However long
+    /// the history, the read goes on while the stream keeps sending; it fails if the stream
+    /// stops for [`LATTICE_STREAM_READ_STALL`].
+    pub async fn mine(&self) -> Result<AnchoredHeads, LatticeError> {
         let failed = |e: &dyn std::fmt::Display| {
             server_error(&self.lattice, "cannot read the audit anchors", e)
         };
@@ -120,38 +124,36 @@ impl Anchors {
             })
             .await
             .map_err(|e| failed(&e))?;
-        let mut anchors = Vec::new();
+        let mut anchored = AnchoredHeads::default();
         if consumer.cached_info().num_pending == 0 {
-            return Ok(anchors);
+            return Ok(anchored);
         }
+        let mut heads = std::collections::BTreeSet::new();
         let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
-        let read = async {
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| failed(&e))?;
-                let pending = message.info().map_err(|e| failed(&e))?.pending;
-                let opened = self.seal.open_record::<AnchorMeta>(
-                    Kind::Anchor,
-                    message.headers.as_ref(),
-                    &message.payload,
-                    Duration::MAX,
-                );
-                if let Ok((opened, issued_ms)) = opened
-                    && opened.from == self.seal.host()
-                {
-                    anchors.push(Anchor {
-                        issued_ms,
-                        heads: opened.meta.heads,
-                    });
-                }
-                if pending == 0 {
-                    break;
-                }
+        loop {
+            let next = tokio::time::timeout(LATTICE_STREAM_READ_STALL, messages.next())
+                .await
+                .map_err(|_| failed(&"the stream stopped sending"))?;
+            let Some(message) = next else { break };
+            let message = message.map_err(|e| failed(&e))?;
+            let pending = message.info().map_err(|e| failed(&e))?.pending;
+            let opened = self.seal.open_record::<AnchorMeta>(
+                Kind::Anchor,
+                message.headers.as_ref(),
+                &message.payload,
+                Duration::MAX,
+            );
+            if let Ok((opened, _issued_ms)) = opened
+                && opened.from == self.seal.host()
+            {
+                anchored.anchors += 1;
+                heads.extend(opened.meta.heads);
             }
-            Ok::<(), LatticeError>(())
-        };
-        tokio::time::timeout(LATTICE_KV_LIST_TIMEOUT, read)
-            .await
-            .map_err(|_| failed(&"timed out"))??;
-        Ok(anchors)
+            if pending == 0 {
+                break;
+            }
+        }
+        anchored.heads = heads.into_iter().collect();
+        Ok(anchored)
     }
 }

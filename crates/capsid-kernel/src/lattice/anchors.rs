@@ -20,7 +20,7 @@ pub struct AnchorCheck {
     pub report: VerifyReport,
     /// Anchors this host published that were read back.
     pub anchors: usize,
-    /// Anchored heads checked against the log.
+    /// Distinct anchored heads checked against the log.
     pub heads: usize,
     /// Anchored heads the log no longer holds.
     pub problems: Vec<AnchorProblem>,
@@ -81,16 +81,13 @@ impl Kernel {
         let Some(joined) = &self.parts().lattice else {
             return Err(KernelError::NoLattice);
         };
-        let anchors = joined.anchors.mine().await?;
+        let anchored = joined.anchors.mine().await?;
         // This host anchors at every boot: none at all means the stream was emptied or
         // replaced, and nothing can be checked, which is a failure, not a pass.
-        if anchors.is_empty() {
+        if anchored.anchors == 0 {
             return Err(KernelError::NoAnchors(joined.lattice.config().name.clone()));
         }
-        let heads: Vec<ChainHead> = anchors
-            .iter()
-            .flat_map(|a| a.heads.iter().cloned())
-            .collect();
+        let heads = anchored.heads;
         let db = self.audit().path().to_owned();
         let checked = heads.len();
         let (report, problems) = crate::boot::blocking(move || {
@@ -101,7 +98,7 @@ impl Kernel {
         .await??;
         Ok(AnchorCheck {
             report,
-            anchors: anchors.len(),
+            anchors: anchored.anchors,
             heads: checked,
             problems,
         })

@@ -27,7 +27,7 @@ pub struct VerifyResult {
 pub struct AnchoredView {
     /// Anchors this host published, read back.
     pub anchors: usize,
-    /// Heads they anchor, each checked against the log.
+    /// Distinct heads they anchor, each checked against the log.
     pub heads: usize,
 }
 
