@@ -1,6 +1,7 @@
 //! Compiling in a helper process (`CompileIn::Helper`): the component it compiles runs and
 //! is cached like one compiled in the host; a component it refuses is refused with its
-//! reason; a helper that fails, dies or hangs is a clear error, never a panic.
+//! reason; a helper that fails, dies or hangs is a clear error, never a panic; no more
+//! compile at once than the limit.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 // `CompileHelper::new` is `unsafe`: what a helper answers with status 0 is loaded as code.
 // The real helper here is capsid's own; the others never exit with status 0.
@@ -157,4 +158,50 @@ fn is_zombie(proc_dir: &Path) -> bool {
                 .map(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_components_compile_at_once_than_the_limit_however_many_load() {
+    let marks = tempfile::tempdir().unwrap();
+    let m = marks.path().display();
+    // Each helper notes how many were compiling when it began, takes a moment, and fails.
+    let script = format!(
+        "/bin/touch {m}/now-$$; /bin/ls {m} | /bin/grep -c '^now-' > {m}/seen-$$; \
+         /bin/sleep 0.3; /bin/rm {m}/now-$$; echo refused >&2; exit 1"
+    );
+    let rt = runtime_with(failing("/bin/sh", &["-c", &script])).await;
+    let files: Vec<std::path::PathBuf> = (0..6)
+        .map(|i| {
+            let file = rt.home.path().join(format!("c{i}.wasm"));
+            std::fs::write(&file, format!("component {i}")).unwrap();
+            file
+        })
+        .collect();
+    let name = id("c");
+    let loads = files.iter().map(|f| rt.engine.load(&name, f, None));
+    for result in futures_util::future::join_all(loads).await {
+        assert!(
+            matches!(result, Err(CapsuleError::Compile { .. })),
+            "{:?}",
+            result.err()
+        );
+    }
+    let seen: Vec<usize> = std::fs::read_dir(marks.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("seen-")
+        })
+        .map(|p| std::fs::read_to_string(p).unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 6, "every component was compiled: {seen:?}");
+    assert!(
+        seen.iter()
+            .all(|&n| (1..=capsid_core::limits::MAX_CONCURRENT_COMPILES).contains(&n)),
+        "{seen:?}"
+    );
 }

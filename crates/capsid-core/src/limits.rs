@@ -123,6 +123,11 @@ pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
 /// 18 MB Python component compiles in well under a minute on two cores).
 pub const MAX_COMPILE_TIME: std::time::Duration = std::time::Duration::from_mins(10);
 
+/// Components compiled at once; more loads wait their turn. Each compile already uses every
+/// core (wasmtime compiles functions in parallel) and holds memory in proportion to its
+/// component; a second lets a small component through while a large one compiles.
+pub const MAX_CONCURRENT_COMPILES: usize = 2;
+
 /// Largest compiled artifact read back from a compile helper, in bytes (native code is a few
 /// times the size of the `.wasm` it comes from).
 pub const MAX_COMPILED_ARTIFACT_BYTES: u64 = 8 * MAX_COMPONENT_BYTES;

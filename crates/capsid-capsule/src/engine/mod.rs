@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use capsid_core::CapsuleId;
 use capsid_core::limits::{
-    EPOCH_TICK, MAX_CAPSULE_MEMORY_MB, MAX_COMPONENT_BYTES, MAX_LIVE_INSTANCES,
+    EPOCH_TICK, MAX_CAPSULE_MEMORY_MB, MAX_COMPONENT_BYTES, MAX_CONCURRENT_COMPILES,
+    MAX_LIVE_INSTANCES,
 };
 use capsid_core::sync::lock;
 use capsid_crypto::KeyPair;
@@ -76,6 +77,8 @@ pub struct CapsuleEngine {
     /// Components loaded capsules use, by blake3: copies of one component (a capsule
     /// installed under several names) share its compiled code instead of each holding one.
     shared: Mutex<HashMap<String, Component>>,
+    /// Turns to compile (`MAX_CONCURRENT_COMPILES`).
+    compiles: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for CapsuleEngine {
@@ -128,6 +131,7 @@ impl CapsuleEngine {
             compile_in: CompileIn::default(),
             stop_ticker,
             shared: Mutex::default(),
+            compiles: tokio::sync::Semaphore::new(MAX_CONCURRENT_COMPILES),
         })
     }
 
@@ -158,8 +162,9 @@ impl CapsuleEngine {
 
     /// Reads `wasm`, checks it against `pin` (blake3, lowercase hex) if given, and returns
     /// the compiled component: from the cache when a valid signed entry exists, else
-    /// compiled now (and cached). A cache entry that fails its signature or does not
-    /// deserialize is deleted and rebuilt, never trusted.
+    /// compiled now (and cached; at most `MAX_CONCURRENT_COMPILES` at once, the others
+    /// waiting). A cache entry that fails its signature or does not deserialize is deleted
+    /// and rebuilt, never trusted.
     pub async fn load(
         &self,
         capsule: &CapsuleId,
@@ -177,14 +182,14 @@ impl CapsuleEngine {
                 actual: blake3,
             });
         }
-        let shared = lock(&self.shared).get(&blake3).cloned();
-        if let Some(component) = shared.or_else(|| self.cache.get(&self.engine, &blake3)) {
-            lock(&self.shared).insert(blake3.clone(), component.clone());
-            return Ok(LoadedComponent {
-                component,
-                blake3,
-                kind: LoadKind::Cached,
-            });
+        if let Some(loaded) = self.already_compiled(blake3.clone()) {
+            return Ok(loaded);
+        }
+        // The semaphore is never closed: acquiring cannot fail.
+        let _turn = self.compiles.acquire().await.ok();
+        // Another load of the same component may have compiled it meanwhile.
+        if let Some(loaded) = self.already_compiled(blake3.clone()) {
+            return Ok(loaded);
         }
         let component = self
             .compile(bytes, &blake3)
@@ -206,6 +211,18 @@ impl CapsuleEngine {
             component,
             blake3,
             kind: LoadKind::Compiled,
+        })
+    }
+
+    /// The component with this blake3, when a loaded capsule shares it or the cache holds it.
+    fn already_compiled(&self, blake3: String) -> Option<LoadedComponent> {
+        let shared = lock(&self.shared).get(&blake3).cloned();
+        let component = shared.or_else(|| self.cache.get(&self.engine, &blake3))?;
+        lock(&self.shared).insert(blake3.clone(), component.clone());
+        Some(LoadedComponent {
+            component,
+            blake3,
+            kind: LoadKind::Cached,
         })
     }
 
