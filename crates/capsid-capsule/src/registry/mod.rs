@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use capsid_capabilities::Subject;
 use capsid_core::CapsuleId;
 use capsid_core::limits::DEFAULT_STOP_GRACE;
-use capsid_process::{EventKind, Owner, ProcessTable, TableEvent};
+use capsid_process::{Owner, ProcessTable};
 use capsid_signing::{Checked, Signer};
 use capsid_storage::{Quota, ScopedKvStore};
 use wasmtime::component::Linker;
@@ -31,6 +31,7 @@ pub(crate) use programs::program_state;
 use programs::stop_program;
 
 mod info;
+mod process_events;
 mod programs;
 use capsid_manifest::{Component, MANIFEST_FILE, Manifest};
 use info::slot_info;
@@ -75,7 +76,7 @@ impl Registry {
         let slots: Arc<RwLock<Slots>> = Arc::default();
         if tokio::runtime::Handle::try_current().is_ok() {
             processes.start_reaper();
-            tokio::spawn(deliver_process_events(
+            tokio::spawn(process_events::deliver_process_events(
                 Arc::downgrade(&slots),
                 services.clone(),
                 received,
@@ -661,105 +662,6 @@ impl Registry {
     /// What the registry knows about `name`.
     pub fn info(&self, name: &CapsuleId) -> Option<CapsuleInfo> {
         self.list().into_iter().find(|i| &i.name == name)
-    }
-}
-
-/// Records each restart and give-up of a persistent process in the audit log (as its
-/// capsule's), and hands each lifecycle event of a watched one to its capsule's
-/// `handle-event` (topic `process.<kind>`), in order, until the registry is gone.
-async fn deliver_process_events(
-    slots: std::sync::Weak<RwLock<Slots>>,
-    services: HostServices,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<TableEvent>,
-) {
-    use capsid_audit::action;
-    while let Some(event) = events.recv().await {
-        let (capsule, id_hash) = (&event.owner.capsule, &event.id_hash);
-        match event.kind {
-            EventKind::Ended => {
-                crate::survivors::forget(&services, capsule, id_hash).await;
-                continue;
-            }
-            EventKind::Restarted { .. } if event.survives => {
-                crate::survivors::restarted(&services, capsule, id_hash, event.generation).await;
-            }
-            _ => {}
-        }
-        let (label, generation) = (&event.label, event.generation);
-        let (topic, payload) = match &event.kind {
-            EventKind::Exited(e) => (
-                action::PROCESS_EXITED,
-                serde_json::json!({
-                    "label": label, "generation": generation,
-                    "code": e.code, "signal": e.signal, "cpu_ms": e.cpu_ms,
-                }),
-            ),
-            EventKind::Expired => (
-                action::PROCESS_EXPIRED,
-                serde_json::json!({ "label": label, "generation": generation }),
-            ),
-            EventKind::Forgotten => (
-                action::PROCESS_FORGOTTEN,
-                serde_json::json!({ "label": label, "generation": generation }),
-            ),
-            EventKind::Restarted { restarts } => (
-                action::PROCESS_RESTARTED,
-                serde_json::json!({
-                    "label": label, "generation": generation, "restarts": restarts,
-                }),
-            ),
-            EventKind::GaveUp { reason } => (
-                action::PROCESS_GAVE_UP,
-                serde_json::json!({
-                    "label": label, "generation": generation, "reason": reason,
-                }),
-            ),
-            EventKind::Ended => continue,
-        };
-        if matches!(
-            event.kind,
-            EventKind::Restarted { .. } | EventKind::GaveUp { .. }
-        ) {
-            let subject = Subject {
-                principal: event.owner.principal,
-                capsule: Some(event.owner.capsule.clone()),
-                session: None,
-            };
-            let resource = crate::grants::persistent_resource(&event.owner.capsule);
-            // A failed write is logged by `record`; the restart already happened.
-            let _ = services
-                .record(
-                    &subject,
-                    topic,
-                    &resource,
-                    capsid_audit::Decision::Info,
-                    &payload,
-                )
-                .await;
-        }
-        if !event.watched {
-            continue;
-        }
-        let Some(slots) = slots.upgrade() else { return };
-        let capsule = match slots
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&event.owner.capsule)
-        {
-            Some(Slot::Loaded { capsule, .. }) => capsule.clone(),
-            _ => continue,
-        };
-        drop(slots);
-        if let Err(e) = capsule
-            .handle_event(topic, payload.to_string().as_bytes())
-            .await
-        {
-            capsule.log().push(
-                crate::logbuf::LogLevel::Warn,
-                crate::logbuf::LogSource::Host,
-                &format!("{topic}: {e}"),
-            );
-        }
     }
 }
 
