@@ -293,11 +293,11 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
         "the forged call never reached a check"
     );
     // Every refusal is audited where it happened, by reason, with the key an untrusted
-    // sender claimed.
-    let counted = [refused(&b), refused(&c)];
-    for kernel in [a, b, c] {
+    // sender claimed (counted once the hosts are down: a late copy counts too).
+    for kernel in [&a, &b, &c] {
         kernel.shutdown().await;
     }
+    let counted = [refused(&b), refused(&c)];
     assert_refusals_recorded(
         &[(&b_host, counted[0]), (&c_host, counted[1])],
         &stranger_hex,
@@ -627,11 +627,14 @@ async fn exported_events_reach_other_hosts_once_with_their_origin_and_never_come
     assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
 }
 
-/// Boots A (no capsule) and B (counter) on a one-node cluster, with A's user granted
-/// `count-to` and B serving it.
-async fn counter_on_b(cluster: &LocalCluster) -> (LatticeHost, LatticeHost, Kernel, ToolCaller) {
-    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["counter"]));
-    let a = a_host.boot(cluster, &[&b_host]).await;
+/// Boots A (no capsule) trusting `servers` (hosts of counter), with A's user granted
+/// `count-to`.
+async fn counter_served_by(
+    cluster: &LocalCluster,
+    servers: &[&LatticeHost],
+) -> (LatticeHost, Kernel, ToolCaller) {
+    let a_host = LatticeHost::new(&[]);
+    let a = a_host.boot(cluster, servers).await;
     let user = user_of(&a);
     a.grant(
         user.principal,
@@ -641,18 +644,23 @@ async fn counter_on_b(cluster: &LocalCluster) -> (LatticeHost, LatticeHost, Kern
     )
     .await
     .unwrap();
-    (a_host, b_host, a, user)
+    (a_host, a, user)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_stops_the_call_on_the_serving_host_even_before_it_said_it_took_it() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host, a, user) = counter_on_b(&cluster).await;
+    let (b_host, c_host) = (
+        LatticeHost::new(&["counter"]),
+        LatticeHost::new(&["counter"]),
+    );
+    let (a_host, a, user) = counter_served_by(&cluster, &[&b_host, &c_host]).await;
     let b = b_host.boot(&cluster, &[&a_host]).await;
+    let c = c_host.boot(&cluster, &[&a_host]).await;
     let tool = ("counter", "count-to");
     call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
 
-    // Ten-second calls, cancelled 20 ms after they are sent (before B says it took the
+    // Ten-second calls, to B or C, cancelled 20 ms after they are sent (before B says it took the
     // call, which it does at 100 ms: A does not know which host has it), and at 600 ms.
     for cancel_after in [Duration::from_millis(20), Duration::from_millis(600)] {
         let control = CallControl::new();
@@ -675,26 +683,29 @@ async fn a_cancel_stops_the_call_on_the_serving_host_even_before_it_said_it_took
             "{result:?}"
         );
         cancelling.await.unwrap();
-        // Uncancelled, it would run on B for ten seconds: two seconds on, nothing of it
-        // runs there (it ended cancelled, or never started).
+        // Uncancelled, it would run for ten seconds: two seconds on, nothing of it runs on
+        // either host (it ended cancelled, or never started).
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(
-            in_flight_on(&b_host.audit_db()),
-            0,
-            "the call ran on after its cancel ({cancel_after:?})"
-        );
+        for host in [&b_host, &c_host] {
+            assert_eq!(
+                in_flight_on(&host.audit_db()),
+                0,
+                "the call ran on after its cancel ({cancel_after:?})"
+            );
+        }
     }
-    let results: Vec<String> = audit_rows(&b_host.audit_db())
+    let results: Vec<String> = [&b_host, &c_host]
         .iter()
+        .flat_map(|h| audit_rows(&h.audit_db()))
         .filter(|r| r.action == "tool.result")
-        .map(|r| details(r)["outcome"].as_str().unwrap().to_owned())
+        .map(|r| details(&r)["outcome"].as_str().unwrap().to_owned())
         .collect();
     // The first call of `{"to":1}` and at least the second cancelled call ran there.
     assert!(
         results.iter().filter(|o| *o == "cancelled").count() >= 1,
         "{results:?}"
     );
-    for kernel in [a, b] {
+    for kernel in [a, b, c] {
         kernel.shutdown().await;
     }
 }
@@ -703,7 +714,8 @@ async fn a_cancel_stops_the_call_on_the_serving_host_even_before_it_said_it_took
 async fn a_host_shutting_down_answers_the_calls_it_serves_and_records_their_end_first() {
     let program = Path::new(env!("CARGO_BIN_EXE_lattice-host"));
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host, a, user) = counter_on_b(&cluster).await;
+    let b_host = LatticeHost::new(&["counter"]);
+    let (a_host, a, user) = counter_served_by(&cluster, &[&b_host]).await;
     let mut b = b_host.spawn(program, &cluster, &[&a_host]);
     let tool = ("counter", "count-to");
     call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;

@@ -371,9 +371,6 @@ impl Kernel {
             .file_name()
             .and_then(|n| n.to_str())
             .and_then(|n| CapsuleId::new(n).ok());
-        if let Some(name) = &name {
-            self.idled().remove(name);
-        }
         // Hashed before the load: a change made while it loads is then seen as one.
         let source = if self.config().dev && self.config().hot_reload {
             let dir = dir.to_owned();
@@ -389,6 +386,10 @@ impl Kernel {
             Some(restart) => self.registry().load_restarted(dir, trust, restart).await?,
             None => self.registry().load(dir, trust).await?,
         };
+        // Idle until loaded: its tools stay offered while it wakes.
+        if let Some(name) = &name {
+            self.idled().remove(name);
+        }
         if let Some(hash) = source {
             self.inner
                 .sources
@@ -432,22 +433,27 @@ impl Kernel {
     /// and those the idle monitor unloaded (a call wakes them), so a client's list of tools
     /// does not change while a capsule sleeps.
     pub(crate) fn offered_tools(&self) -> Vec<(CapsuleId, Vec<capsid_manifest::Tool>)> {
-        let mut offered: Vec<(CapsuleId, Vec<capsid_manifest::Tool>)> = self
-            .capsules()
-            .into_iter()
-            .filter(|c| c.state == CapsuleState::Ready)
-            .map(|c| {
-                let tools = self.registry().tools(&c.name);
-                (c.name, tools)
-            })
-            .collect();
+        let ready = || {
+            self.capsules()
+                .into_iter()
+                .filter(|c| c.state == CapsuleState::Ready)
+                .map(|c| {
+                    let tools = self.registry().tools(&c.name);
+                    (c.name, tools)
+                })
+                .collect::<Vec<_>>()
+        };
+        // Ready, idle, ready again: a capsule is marked idle before it unloads and unmarked
+        // only once loaded again, so one going either way is in one of the three reads.
+        let mut offered = ready();
         offered.extend(
             self.idled()
                 .iter()
                 .map(|(name, tools)| (name.clone(), tools.clone())),
         );
+        offered.extend(ready());
+        // Stable: where a capsule is both, its ready tools (read first) are kept.
         offered.sort_by(|a, b| a.0.cmp(&b.0));
-        // One woken between the two reads is in both.
         offered.dedup_by(|a, b| a.0 == b.0);
         offered
     }
@@ -598,7 +604,6 @@ impl Kernel {
         let _ = self.bus().publish(SHUTDOWN_TOPIC, b"{}".to_vec(), None);
         self.stop_tasks().await;
         self.leave_lattice().await;
-        self.record_refusals().await;
         let deadline = Instant::now() + SHUTDOWN_UNLOAD_TIMEOUT;
         loop {
             let names: Vec<CapsuleId> = self.capsules().into_iter().map(|c| c.name).collect();
@@ -624,6 +629,8 @@ impl Kernel {
         }
         // Calls served for other hosts answer (and record their results) before the end.
         self.finish_served_calls(deadline.into()).await;
+        // Refusals counted up to here (a served call's claim among them) are recorded.
+        self.record_refusals().await;
         if !self.audit().is_read_only()
             && let Err(e) = self
                 .note(

@@ -106,9 +106,9 @@ impl Anchors {
     }
 
     /// What this host anchored, read from every anchor it published. Only those signed by
-    /// this host's own key count; anything else on its subject is passed over. However long
-    /// the history, the read goes on while the stream keeps sending; it fails if the stream
-    /// stops for [`LATTICE_STREAM_READ_STALL`].
+    /// this host's own key count; anything else on its subject is passed over. It reads what
+    /// the stream held when it began, however long that history, for as long as the stream
+    /// keeps sending; it fails if the stream stops for [`LATTICE_STREAM_READ_STALL`].
     pub async fn mine(&self) -> Result<AnchoredHeads, LatticeError> {
         let failed = |e: &dyn std::fmt::Display| {
             server_error(&self.lattice, "cannot read the audit anchors", e)
@@ -125,9 +125,13 @@ impl Anchors {
             .await
             .map_err(|e| failed(&e))?;
         let mut anchored = AnchoredHeads::default();
-        if consumer.cached_info().num_pending == 0 {
+        // Read up to what was there when the read began: whatever is published meanwhile
+        // (by this host, or by anyone flooding its subject) cannot keep the read going.
+        let there = consumer.cached_info().num_pending;
+        if there == 0 {
             return Ok(anchored);
         }
+        let mut read = 0;
         let mut heads = std::collections::BTreeSet::new();
         let mut messages = consumer.messages().await.map_err(|e| failed(&e))?;
         loop {
@@ -149,7 +153,8 @@ impl Anchors {
                 anchored.anchors += 1;
                 heads.extend(opened.meta.heads);
             }
-            if pending == 0 {
+            read += 1;
+            if pending == 0 || read >= there {
                 break;
             }
         }

@@ -424,18 +424,13 @@ pub async fn cancels(lattice: &Lattice, seal: &Seal) -> Result<Cancels, String> 
 }
 
 impl Cancels {
-    /// The next cancel that opens: (call nonce, sending host).
-    pub async fn next(&mut self) -> Option<(String, String)> {
-        loop {
-            let message = self.subscriber.next().await?;
-            if let Ok(opened) = self.seal.open::<CancelMeta>(
-                Kind::Cancel,
-                message.headers.as_ref(),
-                &message.payload,
-            ) {
-                return Some((opened.meta.call, opened.from));
-            }
-        }
+    /// The next cancel, (call nonce, sending host), or why the next message was refused.
+    pub async fn next(&mut self) -> Option<Result<(String, String), Refusal>> {
+        let message = self.subscriber.next().await?;
+        let opened =
+            self.seal
+                .open::<CancelMeta>(Kind::Cancel, message.headers.as_ref(), &message.payload);
+        Some(opened.map(|opened| (opened.meta.call, opened.from)))
     }
 }
 

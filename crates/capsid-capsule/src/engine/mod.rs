@@ -185,8 +185,15 @@ impl CapsuleEngine {
         if let Some(loaded) = self.already_compiled(blake3.clone()) {
             return Ok(loaded);
         }
-        // The semaphore is never closed: acquiring cannot fail.
-        let _turn = self.compiles.acquire().await.ok();
+        let _turn = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| CapsuleError::Compile {
+                capsule: capsule.clone(),
+                path: wasm.to_owned(),
+                message: "the engine takes no more compiles".into(),
+            })?;
         // Another load of the same component may have compiled it meanwhile.
         if let Some(loaded) = self.already_compiled(blake3.clone()) {
             return Ok(loaded);

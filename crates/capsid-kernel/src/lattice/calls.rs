@@ -164,9 +164,7 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
         let mut queues = JoinSet::new();
         let mut serving: HashMap<CapsuleId, AbortHandle> = HashMap::new();
         match calls::cancels(&joined.lattice, &joined.seal).await {
-            Ok(cancels) => {
-                queues.spawn(hear_cancels(cancels, served.clone()));
-            }
+            Ok(cancels) => served.hear(cancels, joined.traffic.clone()),
             Err(e) => tracing::warn!(error = %e, "cannot hear cancels from other hosts"),
         }
         loop {
@@ -207,12 +205,6 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
             }
         }
     })
-}
-
-async fn hear_cancels(mut cancels: calls::Cancels, served: Served) {
-    while let Some((call, from)) = cancels.next().await {
-        served.cancel(call, from);
-    }
 }
 
 async fn serve_queue(

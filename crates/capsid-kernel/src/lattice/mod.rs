@@ -99,10 +99,12 @@ impl Traffic {
 
     /// Counts a message refused, and has it audited.
     fn refused(&self, what: Refused, reason: &'static str, sender: Option<&str>) {
-        Self::count(match what {
-            Refused::Call => &self.calls_refused,
-            Refused::Event => &self.events_refused,
-        });
+        match what {
+            Refused::Call => Self::count(&self.calls_refused),
+            Refused::Event => Self::count(&self.events_refused),
+            // Not counted in `status`: audited only.
+            Refused::Cancel => {}
+        }
         self.refusals.refused(what, reason, sender);
     }
 

@@ -25,6 +25,8 @@ pub(crate) enum Refused {
     Call,
     /// An event on an exported topic.
     Event,
+    /// A cancel of a call.
+    Cancel,
 }
 
 impl Refused {
@@ -32,6 +34,7 @@ impl Refused {
         match self {
             Self::Call => "call",
             Self::Event => "event",
+            Self::Cancel => "cancel",
         }
     }
 }
@@ -79,27 +82,35 @@ impl Refusals {
         self.pending.notify_one();
     }
 
-    fn snapshot(&self) -> BTreeMap<(Refused, &'static str), Tally> {
-        self.tally
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Takes what was counted, leaving nothing: what is counted from now on starts afresh.
+    fn take(&self) -> BTreeMap<(Refused, &'static str), Tally> {
+        std::mem::take(&mut *self.tally.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Forgets what `written` recorded, keeping what was counted meanwhile.
-    fn recorded(&self, written: &BTreeMap<(Refused, &'static str), Tally>) {
+    /// Puts back what could not be recorded, merged with what was counted meanwhile.
+    fn put_back(&self, unrecorded: BTreeMap<(Refused, &'static str), Tally>) {
         let mut tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
-        for (key, done) in written {
-            let Some(now) = tally.get_mut(key) else {
-                continue;
+        for (key, older) in unrecorded {
+            let merged = match tally.remove(&key) {
+                None => older,
+                Some(newer) => {
+                    let mut senders = older.senders;
+                    for sender in newer.senders {
+                        if senders.len() < LATTICE_REFUSAL_SENDERS_KEPT
+                            && !senders.contains(&sender)
+                        {
+                            senders.push(sender);
+                        }
+                    }
+                    Tally {
+                        count: older.count + newer.count,
+                        first_ms: older.first_ms,
+                        last_ms: newer.last_ms,
+                        senders,
+                    }
+                }
             };
-            now.count = now.count.saturating_sub(done.count);
-            if now.count == 0 {
-                tally.remove(key);
-            } else {
-                now.first_ms = done.last_ms;
-                now.senders.retain(|s| !done.senders.contains(s));
-            }
+            tally.insert(key, merged);
         }
     }
 }
@@ -129,10 +140,9 @@ impl Kernel {
         };
         let refusals = &joined.traffic.refusals;
         let _writing = refusals.writing.lock().await;
-        let counted = refusals.snapshot();
+        let mut counted = refusals.take();
         let lattice = &joined.lattice.config().name;
-        let mut written = BTreeMap::new();
-        for ((what, reason), tally) in counted {
+        while let Some(((what, reason), tally)) = counted.pop_first() {
             let details = serde_json::json!({
                 "reason": reason,
                 "count": tally.count,
@@ -154,11 +164,11 @@ impl Kernel {
             };
             if let Err(e) = appended {
                 tracing::warn!(error = %e, "cannot record the lattice's refusals");
+                counted.insert((what, reason), tally);
                 break;
             }
-            written.insert((what, reason), tally);
         }
-        refusals.recorded(&written);
+        refusals.put_back(counted);
     }
 }
 
@@ -185,17 +195,29 @@ mod tests {
     }
 
     #[test]
-    fn what_was_counted_while_writing_stays_to_be_recorded() {
+    fn what_could_not_be_recorded_is_put_back_with_what_came_meanwhile() {
         let refusals = Refusals::default();
-        refusals.refused(Refused::Call, "stale", None);
+        refusals.refused(Refused::Call, "untrusted", Some("k1"));
         refusals.refused(Refused::Call, "replayed", None);
-        let written = refusals.snapshot();
-        refusals.refused(Refused::Call, "stale", None);
-        refusals.recorded(&written);
+        let taken = refusals.take();
+        assert!(refusals.snapshot().is_empty(), "taken whole");
+        refusals.refused(Refused::Call, "untrusted", Some("k2"));
+        refusals.put_back(taken);
         let left = refusals.snapshot();
-        assert_eq!(left.len(), 1, "{left:?}");
-        assert_eq!(left[&(Refused::Call, "stale")].count, 1);
-        refusals.recorded(&left);
-        assert!(refusals.snapshot().is_empty());
+        assert_eq!(left.len(), 2, "{left:?}");
+        let untrusted = &left[&(Refused::Call, "untrusted")];
+        assert_eq!(untrusted.count, 2);
+        assert_eq!(untrusted.senders, ["k1", "k2"]);
+        assert!(untrusted.first_ms <= untrusted.last_ms);
+        assert_eq!(left[&(Refused::Call, "replayed")].count, 1);
+    }
+
+    impl Refusals {
+        fn snapshot(&self) -> BTreeMap<(Refused, &'static str), Tally> {
+            self.tally
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Calls from other hosts served here: those running (the host that sent each, the only one
 //! that may cancel it, and what cancels it), those their caller cancelled before they
-//! arrived (so a copy still on its way is not run), and the tasks serving them, which
-//! shutdown waits for so that each call is answered and its result recorded.
+//! arrived (so a copy still on its way is not run), the task hearing cancels, and the tasks
+//! serving calls, which shutdown waits for so that each call is answered and its result
+//! recorded.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -10,24 +11,66 @@ use std::sync::{Arc, Mutex, PoisonError};
 use capsid_core::limits::{
     LATTICE_EARLY_CANCELS_KEPT, LATTICE_ENVELOPE_SKEW, SHUTDOWN_CANCEL_GRACE,
 };
+use capsid_lattice::calls::Cancels;
+use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use super::{Refused, Traffic};
 
 /// Calls from other hosts, served here.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Served {
     calls: Arc<Mutex<Calls>>,
     tasks: TaskTracker,
+    /// The task hearing cancels: stopped by [`Served::finish`], or with the last handle.
+    listener: Arc<Mutex<Option<Listener>>>,
 }
 
 #[derive(Debug, Default)]
 struct Calls {
     /// By nonce: the calling host and what cancels the call.
     running: HashMap<String, (String, CancellationToken)>,
-    /// By nonce: the calling host, and when the cancel is forgotten (by then any copy of the
-    /// call is stale, and refused as such).
-    cancelled_early: HashMap<String, (String, Instant)>,
+    /// By calling host, then nonce: when the cancel is forgotten (by then any copy of the
+    /// call is stale, and refused as such). Each host's cancels are bounded on their own, so
+    /// no host can push out another's.
+    cancelled_early: HashMap<String, HashMap<String, Instant>>,
+}
+
+/// Stops the task hearing cancels when dropped.
+#[derive(Debug)]
+struct Listener(AbortHandle);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Calls {
+    /// Host `from` cancels its call `nonce`: stopped if it runs here, remembered if it has
+    /// not arrived. A cancel naming another host's call changes nothing.
+    fn cancel(&mut self, nonce: String, from: String) {
+        if let Some((caller, token)) = self.running.get(&nonce) {
+            if *caller == from {
+                token.cancel();
+            }
+            return;
+        }
+        let now = Instant::now();
+        let early = self.cancelled_early.entry(from).or_default();
+        early.retain(|_, forget| *forget > now);
+        if early.len() >= LATTICE_EARLY_CANCELS_KEPT
+            && let Some(oldest) = early
+                .iter()
+                .min_by_key(|(_, forget)| **forget)
+                .map(|(nonce, _)| nonce.clone())
+        {
+            early.remove(&oldest);
+        }
+        early.insert(nonce, now + 2 * LATTICE_ENVELOPE_SKEW);
+    }
 }
 
 impl Served {
@@ -35,12 +78,9 @@ impl Served {
     /// returned; `None` when that caller cancelled it before it arrived.
     pub(crate) fn start(&self, nonce: &str, caller: &str) -> Option<CancellationToken> {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        if calls
-            .cancelled_early
-            .get(nonce)
-            .is_some_and(|(by, _)| by == caller)
+        if let Some(early) = calls.cancelled_early.get_mut(caller)
+            && early.remove(nonce).is_some()
         {
-            calls.cancelled_early.remove(nonce);
             return None;
         }
         let token = CancellationToken::new();
@@ -56,28 +96,37 @@ impl Served {
         calls.running.remove(nonce);
     }
 
-    /// Host `from` cancels its call `nonce`: stopped if it runs here, remembered if it has
-    /// not arrived. A cancel naming another host's call changes nothing.
-    pub(crate) fn cancel(&self, nonce: String, from: String) {
+    /// Host `from` cancels its call `nonce` (see [`Calls::cancel`]); what [`Served::hear`]
+    /// does with each cancel heard.
+    #[cfg(test)]
+    fn cancel(&self, nonce: String, from: String) {
         let mut calls = self.calls.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((caller, token)) = calls.running.get(&nonce) {
-            if *caller == from {
-                token.cancel();
+        calls.cancel(nonce, from);
+    }
+
+    /// Hears the cancels other hosts send, until [`Served::finish`] (cancels that do not
+    /// open are refused, and audited as such).
+    pub(crate) fn hear(&self, mut cancels: Cancels, traffic: Arc<Traffic>) {
+        // Weak: the listener must not keep alive what stops it.
+        let calls = Arc::downgrade(&self.calls);
+        let task = tokio::spawn(async move {
+            while let Some(next) = cancels.next().await {
+                match next {
+                    Ok((nonce, from)) => {
+                        let Some(calls) = calls.upgrade() else { return };
+                        let mut calls = calls.lock().unwrap_or_else(PoisonError::into_inner);
+                        calls.cancel(nonce, from);
+                    }
+                    Err(refusal) => {
+                        tracing::warn!(%refusal, "refused a cancel from the lattice");
+                        let sender = refusal.claimed_sender();
+                        traffic.refused(Refused::Cancel, refusal.reason(), sender);
+                    }
+                }
             }
-            return;
-        }
-        let now = Instant::now();
-        let early = &mut calls.cancelled_early;
-        early.retain(|_, (_, forget)| *forget > now);
-        if early.len() >= LATTICE_EARLY_CANCELS_KEPT
-            && let Some(oldest) = early
-                .iter()
-                .min_by_key(|(_, (_, forget))| *forget)
-                .map(|(nonce, _)| nonce.clone())
-        {
-            early.remove(&oldest);
-        }
-        early.insert(nonce, (from, now + 2 * LATTICE_ENVELOPE_SKEW));
+        });
+        *self.listener.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Listener(task.abort_handle()));
     }
 
     /// Serves a call in a task shutdown waits for.
@@ -86,33 +135,37 @@ impl Served {
     }
 
     /// At shutdown, once no call is taken any more: waits until `deadline` for the calls
-    /// served here to answer, then cancels those still running and waits a moment more.
+    /// served here to answer (their callers may still cancel them), then cancels those
+    /// still running and waits a moment more; then stops hearing cancels.
     pub(crate) async fn finish(&self, deadline: Instant) {
         self.tasks.close();
         if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
-            .is_ok()
-        {
-            return;
-        }
-        for (_, token) in self
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .running
-            .values()
-        {
-            token.cancel();
-        }
-        if tokio::time::timeout(SHUTDOWN_CANCEL_GRACE, self.tasks.wait())
-            .await
             .is_err()
         {
-            tracing::warn!(
-                "calls served for other hosts still running at shutdown: {}",
-                self.tasks.len()
-            );
+            for (_, token) in self
+                .calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .running
+                .values()
+            {
+                token.cancel();
+            }
+            if tokio::time::timeout(SHUTDOWN_CANCEL_GRACE, self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "calls served for other hosts still running at shutdown: {}",
+                    self.tasks.len()
+                );
+            }
         }
+        self.listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 }
 
@@ -147,26 +200,39 @@ mod tests {
             served.start("n3", "host-a").is_some(),
             "an early cancel is used once"
         );
+        // Another host naming the same call after its caller does not undo the cancel.
+        served.cancel("n4".into(), "host-a".into());
+        served.cancel("n4".into(), "host-b".into());
+        assert!(served.start("n4", "host-a").is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn early_cancels_are_bounded_and_forgotten_once_any_copy_would_be_stale() {
         let served = Served::default();
+        served.cancel("b0".into(), "host-b".into());
         for i in 0..=LATTICE_EARLY_CANCELS_KEPT {
             served.cancel(format!("n{i}"), "host-a".into());
+            tokio::time::advance(std::time::Duration::from_millis(1)).await;
         }
-        let kept = || {
-            served
-                .calls
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .cancelled_early
-                .len()
+        let kept = |host: &str| {
+            let calls = served.calls.lock().unwrap_or_else(PoisonError::into_inner);
+            calls.cancelled_early.get(host).map_or(0, HashMap::len)
         };
-        assert_eq!(kept(), LATTICE_EARLY_CANCELS_KEPT);
-        tokio::time::advance(2 * LATTICE_ENVELOPE_SKEW + std::time::Duration::from_secs(1)).await;
+        assert_eq!(kept("host-a"), LATTICE_EARLY_CANCELS_KEPT);
+        assert_eq!(
+            kept("host-b"),
+            1,
+            "one host's flood leaves another's cancels"
+        );
+        assert!(
+            served.start("n0", "host-a").is_some(),
+            "the oldest went first"
+        );
+        served.end("n0");
+        let later = 2 * LATTICE_ENVELOPE_SKEW + std::time::Duration::from_secs(1);
+        tokio::time::advance(later).await;
         served.cancel("late".into(), "host-a".into());
-        assert_eq!(kept(), 1);
+        assert_eq!(kept("host-a"), 1);
     }
 
     #[tokio::test(start_paused = true)]
