@@ -413,23 +413,13 @@ fn in_flight_on(db: &Path) -> usize {
 async fn calls_move_to_a_host_that_still_serves_when_the_serving_host_dies_mid_call() {
     let program = Path::new(env!("CARGO_BIN_EXE_lattice-host"));
     let cluster = LocalCluster::start(1).await.unwrap();
-    let a_host = LatticeHost::new(&[]);
     let (b_host, c_host) = (
         LatticeHost::new(&["counter"]),
         LatticeHost::new(&["counter"]),
     );
-    let a = a_host.boot(&cluster, &[&b_host, &c_host]).await;
+    let (a_host, a, user) = counter_served_by(&cluster, &[&b_host, &c_host]).await;
     let mut b = b_host.spawn(program, &cluster, &[&a_host]);
     let _c = c_host.spawn(program, &cluster, &[&a_host]);
-    let user = user_of(&a);
-    a.grant(
-        user.principal,
-        None,
-        "tool://counter/count-to",
-        Permissions::EXEC,
-    )
-    .await
-    .unwrap();
     let tool = ("counter", "count-to");
     call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
 
