@@ -13,7 +13,7 @@ use crate::report::Row;
 /// Bytes through the throughput pipeline, per run.
 const PIPELINE_BYTES: u64 = 1 << 29;
 /// Runs of each side of the throughput row.
-const THROUGHPUT_RUNS: usize = 7;
+const THROUGHPUT_RUNS: usize = 15;
 /// Pipeline starts (and as many triples of plain spawns) per side.
 const PIPELINE_STARTS: u32 = 200;
 
@@ -68,10 +68,10 @@ async fn throughput_row(workspace: &Path) -> Result<Row> {
     }
     let mb = PIPELINE_BYTES as f64 / 1e6;
     Ok(Row::new(
-        "pipeline head -c 512M /dev/zero | cat | wc -c (median of 7)",
+        &format!("pipeline head -c 512M /dev/zero | cat | wc -c (median of {THROUGHPUT_RUNS})"),
         mb / median(&mut ours),
         "MB/s",
-        "the same pipeline run by sh -c (median of 7)",
+        &format!("the same pipeline run by sh -c (median of {THROUGHPUT_RUNS})"),
         mb / median(&mut theirs),
     ))
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use capsid_core::limits::{LINK_RATE_WINDOW, PROCESS_PIPE_BYTES};
+use capsid_core::limits::{LINK_PIPE_BYTES, LINK_RATE_WINDOW, PROCESS_PIPE_BYTES};
 use capsid_core::sync::lock;
 use nix::errno::Errno;
 use nix::fcntl::{SpliceFFlags, splice, tee};
@@ -77,9 +77,17 @@ pub(crate) fn relay(from: OwnedFd, to: OwnedFd, link: Arc<Link>) -> std::io::Res
     std::thread::Builder::new()
         .name("capsid-link".into())
         .spawn(move || {
-            // The stage's stdout pipe was grown as every child's is; the next stage's stdin
-            // keeps the default size, so a link holds about what a child's output does
-            // (kernel pipe memory is counted per user).
+            // Each link is one hop more than a shell's pipe. Its wake-ups do not preempt the
+            // stages (so each finds a longer run waiting), and the pipe it writes into is
+            // grown (so each moves a longer run). Both best effort: without them the bytes
+            // still move, only slower.
+            if let Err(e) = crate::sys::schedule_as_batch() {
+                tracing::debug!(error = %e, "a pipeline link runs under the default policy");
+            }
+            let size = i32::try_from(LINK_PIPE_BYTES).unwrap_or(i32::MAX);
+            if let Err(e) = nix::fcntl::fcntl(&to, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size)) {
+                tracing::debug!(error = %e, "a pipeline link keeps the default pipe size");
+            }
             let moved = match link.tap.clone() {
                 None => move_all(&from, &to, &link),
                 Some(ring) => move_tapped(&from, &to, &link, &ring),

@@ -67,3 +67,17 @@ pub(crate) fn wait4(pid: u32) -> io::Result<Reaped> {
         max_rss_bytes: u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
     })
 }
+
+/// Puts the calling thread under `SCHED_BATCH`: the same share of the CPU as any thread of
+/// its niceness, but its wake-ups do not preempt the thread running. Fails only where the
+/// policy does not exist.
+pub(crate) fn schedule_as_batch() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` lives on this stack for the call, which only reads it; pid 0 is the
+    // calling thread.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

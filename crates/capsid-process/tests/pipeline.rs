@@ -2,6 +2,7 @@
 //! pids limit, taps, and nothing left behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::naive_bytecount)]
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -294,4 +295,64 @@ async fn dropping_a_pipeline_kills_every_stage() {
     assert!(!running(&first).is_empty() && !running(&second).is_empty());
     drop(piped);
     assert!(none_running(&first).await && none_running(&second).await);
+}
+
+/// The scheduling policy of every thread of this process named `name` (field 41 of its
+/// `stat`, after the parenthesised command name).
+fn thread_policies(name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let path = task.path();
+        let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
+            continue;
+        };
+        if comm.trim() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        // Fields from the third (state) on; the policy is the 41st field.
+        out.push(after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_yields_to_its_stages_and_writes_into_a_grown_pipe() {
+    let ws = tempfile::tempdir().unwrap();
+    let w = ws.path();
+    let spec = pipeline(
+        vec![stage(w, "sleep", &["1000.7171"]), stage(w, "cat", &[])],
+        EndPolicy::LastStage,
+    );
+    let piped = Pipeline::spawn(&spec).await.unwrap();
+    let batch = u32::try_from(libc::SCHED_BATCH).unwrap();
+    let mut policies = Vec::new();
+    for _ in 0..500 {
+        policies = thread_policies("capsid-link");
+        if !policies.is_empty() && policies.iter().all(|&p| p == batch) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!policies.is_empty(), "no link thread found");
+    assert!(
+        policies.iter().all(|&p| p == batch),
+        "link threads under policies {policies:?}, not SCHED_BATCH"
+    );
+    // The next stage's stdin, opened again through /proc: the same pipe, asked its size.
+    let cat = piped.stages()[1].pid();
+    let stdin = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(format!("/proc/{cat}/fd/0"))
+        .unwrap();
+    let size = nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+    assert_eq!(
+        usize::try_from(size).unwrap(),
+        capsid_core::limits::LINK_PIPE_BYTES
+    );
+    piped.kill().await;
 }
