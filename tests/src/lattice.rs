@@ -5,12 +5,17 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use capsid_kernel::{Kernel, KernelConfig};
+use capsid_capabilities::Permissions;
+use capsid_capsule::CallControl;
+use capsid_crypto::KeyPair;
+use capsid_kernel::{Door, Kernel, KernelConfig, KernelError, ToolCaller};
 use capsid_lattice::LatticeConfig;
 use capsid_lattice::local::LocalCluster;
 
-use crate::{PrivateHome, copy_capsule};
+use crate::{AuditRow, PrivateHome, audit_rows, copy_capsule, id};
 
 /// The name of every test lattice.
 pub const LATTICE: &str = "itest";
@@ -167,4 +172,82 @@ pub async fn run_host(home: &Path, lattice_json: &str) {
     terminate.recv().await;
     kernel.shutdown().await;
     std::process::exit(0);
+}
+
+/// The MCP user of `kernel`, calling over the HTTP door as a named client.
+pub fn user_of(kernel: &Kernel) -> ToolCaller {
+    ToolCaller {
+        principal: kernel.mcp_principal(),
+        door: Door::McpHttp,
+        client: Some("itest-client".into()),
+    }
+}
+
+/// Calls `tool` (capsule, tool) on `kernel` as `caller`.
+pub async fn call(
+    kernel: &Kernel,
+    caller: &ToolCaller,
+    tool: (&str, &str),
+    input: &str,
+) -> Result<String, KernelError> {
+    kernel
+        .call_tool_as(caller, &id(tool.0), tool.1, input, &CallControl::new())
+        .await
+}
+
+/// Calls until it answers, for at most `within` (the serving host subscribes a moment after
+/// it boots).
+pub async fn call_until_ok(
+    kernel: &Kernel,
+    caller: &ToolCaller,
+    tool: (&str, &str),
+    input: &str,
+    within: Duration,
+) -> String {
+    let start = Instant::now();
+    loop {
+        match call(kernel, caller, tool, input).await {
+            Ok(answer) => return answer,
+            Err(e) => assert!(
+                start.elapsed() < within,
+                "still failing after {within:?}: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Grants `user` hello's `greet` on `a`, and calls it until a host serves it.
+pub async fn grant_greet(a: &Kernel, user: &ToolCaller, input: &str) -> String {
+    a.grant(
+        user.principal,
+        None,
+        "tool://hello/greet",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    call_until_ok(a, user, ("hello", "greet"), input, Duration::from_secs(10)).await
+}
+
+/// An audit row's details, parsed.
+pub fn details(row: &AuditRow) -> serde_json::Value {
+    serde_json::from_str(&row.details).unwrap()
+}
+
+/// A copy of `key` (the same secret), to sign as that host from outside its kernel.
+pub fn copy_key(key: &KeyPair) -> Arc<KeyPair> {
+    Arc::new(KeyPair::from_secret_bytes(&key.to_secret_bytes()))
+}
+
+/// The `lattice.refused` entries of `host`'s audit log for `what` (`call`, `event` or
+/// `cancel`).
+pub fn refusals_on(host: &LatticeHost, what: &str) -> Vec<AuditRow> {
+    let resource = format!("lattice://{LATTICE}/{what}");
+    audit_rows(&host.audit_db())
+        .into_iter()
+        .filter(|r| r.action == "lattice.refused")
+        .inspect(|r| assert_eq!(r.decision, "deny"))
+        .filter(|r| r.resource == resource)
+        .collect()
 }

@@ -173,14 +173,15 @@ async fn status(client: &mut Client, as_json: bool) -> Result<()> {
         let t = &l.traffic;
         println!(
             "traffic    calls {} sent, {} served, {} refused; events {} out, {} in, {} refused, \
-             {} dropped",
+             {} dropped; cancels {} refused",
             t.calls_sent,
             t.calls_served,
             t.calls_refused,
             t.events_exported,
             t.events_imported,
             t.events_refused,
-            t.exports_dropped
+            t.exports_dropped,
+            t.cancels_refused
         );
     }
     if s.boot.audit_read_only {

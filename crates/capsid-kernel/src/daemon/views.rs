@@ -66,6 +66,7 @@ pub(crate) fn status(s: KernelStatus) -> StatusResult {
                     events_imported: t.events_imported,
                     events_refused: t.events_refused,
                     exports_dropped: t.exports_dropped,
+                    cancels_refused: t.cancels_refused,
                 })
                 .unwrap_or_default(),
         }),

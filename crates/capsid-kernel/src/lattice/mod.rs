@@ -68,6 +68,7 @@ pub(crate) struct Traffic {
     events_exported: AtomicU64,
     events_imported: AtomicU64,
     events_refused: AtomicU64,
+    cancels_refused: AtomicU64,
     /// The refusals, to be audited.
     refusals: refusals::Refusals,
 }
@@ -90,6 +91,8 @@ pub struct LatticeTraffic {
     pub events_refused: u64,
     /// Events on exported topics dropped because the export queue was full.
     pub exports_dropped: u64,
+    /// Cancels from other hosts refused (their envelope).
+    pub cancels_refused: u64,
 }
 
 impl Traffic {
@@ -102,8 +105,7 @@ impl Traffic {
         match what {
             Refused::Call => Self::count(&self.calls_refused),
             Refused::Event => Self::count(&self.events_refused),
-            // Not counted in `status`: audited only.
-            Refused::Cancel => {}
+            Refused::Cancel => Self::count(&self.cancels_refused),
         }
         self.refusals.refused(what, reason, sender);
     }
@@ -118,6 +120,7 @@ impl Traffic {
             events_imported: get(&self.events_imported),
             events_refused: get(&self.events_refused),
             exports_dropped,
+            cancels_refused: get(&self.cancels_refused),
         }
     }
 }

@@ -76,6 +76,9 @@ pub struct LatticeTrafficView {
     pub events_refused: u64,
     /// Events on exported topics dropped (the export queue was full).
     pub exports_dropped: u64,
+    /// Cancels from other hosts refused (their envelope).
+    #[serde(default)]
+    pub cancels_refused: u64,
 }
 
 /// What boot did.

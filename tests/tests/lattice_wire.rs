@@ -1,0 +1,262 @@
+//! What a lattice's wire refuses (real `nats-server` cluster on loopback, real kernels): forged,
+//! untrusted, misdirected and replayed call envelopes and an untrusted host's cancel, each
+//! refused without an answer, counted in `status` and audited by reason where it happened;
+//! a trusted host's call still checked by the serving host for the user it names.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use capsid_core::{Principal, PrincipalId};
+use capsid_crypto::KeyPair;
+use capsid_integration_tests::audit_rows;
+use capsid_integration_tests::lattice::{
+    LATTICE, LatticeHost, copy_key, details, grant_greet, lattice_config, refusals_on, user_of,
+};
+use capsid_kernel::Kernel;
+use capsid_lattice::calls::{self, CallMeta, CallOutcome};
+use capsid_lattice::local::LocalCluster;
+use capsid_lattice::{Kind, Lattice, Seal};
+use futures_util::StreamExt as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and_check_grants() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let a_host = LatticeHost::new(&[]);
+    let (b_host, c_host) = (LatticeHost::new(&["hello"]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host, &c_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let c = c_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+
+    // The wire, as A would speak it, and as others might.
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
+        .await
+        .unwrap();
+    let servers = [b_host.key.public_key(), c_host.key.public_key()];
+    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &servers);
+    let send = |seal: Seal, meta: CallMeta| {
+        let lattice = lattice.clone();
+        async move {
+            let input = Bytes::from_static(br#"{"name":"x"}"#);
+            calls::call(&lattice, &seal, &meta, input, None, std::future::pending()).await
+        }
+    };
+    let answer = send(as_a.clone(), meta(user.principal, "greet"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::Ok);
+    assert!([b_host.key_hex(), c_host.key_hex()].contains(&answer.host));
+
+    // A user with no grant, named by a trusted host: the serving host checks for itself.
+    let stranger_user = Principal::User(PrincipalId::new());
+    let answer = send(as_a.clone(), meta(stranger_user, "greet"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+    // B's operator, named by another host, is only a user there: no operator bypass.
+    let answer = send(as_a.clone(), meta(b.principal(), "whoami"))
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::UnknownTool);
+
+    // A host nobody trusts: refused without an answer (an answer could be replayed into a
+    // genuine caller's inbox), so its call is never taken.
+    let stranger = Arc::new(KeyPair::generate().unwrap());
+    let stranger_hex = hex::encode(stranger.public_key().to_bytes());
+    let untrusted = Seal::new(LATTICE, stranger, &servers);
+    let err = send(untrusted.clone(), meta(user.principal, "greet"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, calls::RemoteCallError::NotTaken(_)), "{err}");
+    // Its cancel, which goes to every host before any took the call, is refused by each.
+    send_untrusted_cancel(&lattice, &untrusted, user.principal, &[&b, &c]).await;
+
+    let refused_before = refused(&b) + refused(&c);
+    let ran_before = lattice_calls(&b_host) + lattice_calls(&c_host);
+    let inbox = lattice.client().new_inbox();
+    let signed = CallMeta {
+        reply_to: inbox.clone(),
+        ..meta(user.principal, "greet")
+    };
+    let sealed = as_a.seal(Kind::Call, &signed, Bytes::from_static(b"{}"));
+    // Edited after signing to call another tool.
+    let mut forged = sealed.headers.clone();
+    let text = sealed.headers.get("Capsid-Envelope").unwrap().as_str();
+    forged.insert("Capsid-Envelope", text.replace("greet", "echo").as_str());
+    assert!(
+        raw_answers(&lattice, &inbox, &inbox, forged, sealed.body.clone())
+            .await
+            .is_empty()
+    );
+    // Sent with another inbox than the one it signed: its output would go to whoever asked.
+    let elsewhere = lattice.client().new_inbox();
+    let answers = raw_answers(
+        &lattice,
+        &elsewhere,
+        &elsewhere,
+        sealed.headers.clone(),
+        sealed.body.clone(),
+    )
+    .await;
+    assert!(answers.is_empty(), "{answers:?}");
+    // Genuine, sent three times to the queue group of B and C: it runs once, whichever host
+    // each copy reaches (a host refuses what it saw; the other, what was claimed).
+    let genuine = || {
+        let (headers, body) = (sealed.headers.clone(), sealed.body.clone());
+        raw_answers(&lattice, &inbox, &inbox, headers, body)
+    };
+    let first = genuine().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(first[0].contains("\"state\":\"done\""), "{first:?}");
+    for _ in 0..2 {
+        let again = genuine().await;
+        assert!(again.is_empty(), "a copy was answered: {again:?}");
+    }
+    assert_eq!(
+        lattice_calls(&b_host) + lattice_calls(&c_host),
+        ran_before + 1
+    );
+    assert!(refused(&b) + refused(&c) >= refused_before + 2);
+    assert!(
+        [&b_host, &c_host].iter().all(|h| !audit_rows(&h.audit_db())
+            .iter()
+            .any(|r| r.resource == "tool://hello/echo")),
+        "the forged call never reached a check"
+    );
+    // Every refusal is audited where it happened, by reason, with the key an untrusted
+    // sender claimed (counted once the hosts are down: a late copy counts too).
+    for kernel in [&a, &b, &c] {
+        kernel.shutdown().await;
+    }
+    let counted = [refused(&b), refused(&c)];
+    assert_refusals_recorded(
+        &[(&b_host, counted[0]), (&c_host, counted[1])],
+        &stranger_hex,
+    );
+}
+
+/// Sends a call sealed by `untrusted` and cancels it at once; the cancel, which goes to every
+/// host before any took the call, is refused (and counted) once by each of `hosts`.
+async fn send_untrusted_cancel(
+    lattice: &Lattice,
+    untrusted: &Seal,
+    principal: Principal,
+    hosts: &[&Kernel],
+) {
+    let err = calls::call(
+        lattice,
+        untrusted,
+        &meta(principal, "greet"),
+        Bytes::from_static(br#"{"name":"x"}"#),
+        None,
+        std::future::ready(()),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, calls::RemoteCallError::Cancelled(_)), "{err}");
+    for kernel in hosts {
+        let mut refused = 0;
+        for _ in 0..500 {
+            refused = kernel.lattice_traffic().unwrap().cancels_refused;
+            if refused > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(refused, 1, "the untrusted cancel refused once");
+    }
+}
+
+/// Every call refusal each host counted is in its log, by reason: the untrusted sender with
+/// the key it claimed, the forged and the misdirected calls, and the two copies of the
+/// genuine call; and the untrusted sender's cancel, once on each host.
+fn assert_refusals_recorded(hosts: &[(&LatticeHost, u64)], stranger_hex: &str) {
+    let mut reasons = std::collections::BTreeMap::new();
+    for (host, counted) in hosts {
+        let mut recorded = 0;
+        for row in refusals_on(host, "call") {
+            let details = details(&row);
+            let count = details["count"].as_u64().unwrap();
+            recorded += count;
+            let reason = details["reason"].as_str().unwrap().to_owned();
+            if reason == "untrusted" {
+                assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
+            }
+            *reasons.entry(reason).or_insert(0) += count;
+        }
+        assert_eq!(recorded, *counted, "every refusal counted is recorded");
+    }
+    for reason in ["untrusted", "forged", "misdirected"] {
+        assert!(reasons.contains_key(reason), "{reason}: {reasons:?}");
+    }
+    let copies: u64 = ["replayed", "claimed-elsewhere"]
+        .iter()
+        .filter_map(|r| reasons.get(*r))
+        .sum();
+    assert_eq!(copies, 2, "the two copies of the genuine call: {reasons:?}");
+    for (host, _) in hosts {
+        let cancels = refusals_on(host, "cancel");
+        assert_eq!(cancels.len(), 1, "{cancels:?}");
+        let details = details(&cancels[0]);
+        assert_eq!(details["reason"], "untrusted");
+        assert_eq!(details["count"], 1);
+        assert_eq!(details["senders"], serde_json::json!([stranger_hex]));
+    }
+}
+
+/// A call of hello's tool `tool` for `principal`, as a calling host fills it in.
+fn meta(principal: Principal, tool: &str) -> CallMeta {
+    CallMeta {
+        capsule: "hello".into(),
+        tool: tool.into(),
+        principal: principal.to_string(),
+        client: None,
+        deadline_ms: None,
+        reply_to: String::new(),
+    }
+}
+
+fn refused(kernel: &Kernel) -> u64 {
+    kernel.lattice_traffic().unwrap().calls_refused
+}
+
+/// Calls another host ran on this one (its records of calls through the lattice door).
+fn lattice_calls(host: &LatticeHost) -> usize {
+    audit_rows(&host.audit_db())
+        .iter()
+        .filter(|r| r.action == "tool.call" && details(r)["door"] == "lattice")
+        .count()
+}
+
+/// Sends a call as given (headers, body, answers to `reply`) to hello's queue group, and
+/// collects the envelopes of what reaches `inbox` within a second.
+async fn raw_answers(
+    lattice: &Lattice,
+    reply: &str,
+    inbox: &str,
+    headers: capsid_lattice::HeaderMap,
+    body: Bytes,
+) -> Vec<String> {
+    let mut answers = lattice.client().subscribe(inbox.to_owned()).await.unwrap();
+    let subject = format!("capsid.{LATTICE}.call.hello");
+    lattice
+        .client()
+        .publish_with_reply_and_headers(subject, reply.to_owned(), headers, body)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(message)) = tokio::time::timeout_at(until, answers.next()).await {
+        if let Some(h) = message.headers {
+            seen.push(
+                h.get("Capsid-Envelope")
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    seen
+}
