@@ -20,7 +20,7 @@ use capsid_integration_tests::lattice::{
     LATTICE, LatticeHost, call, call_until_ok, details, grant_greet, lattice_config, refusals_on,
     user_of,
 };
-use capsid_integration_tests::{audit_rows, id};
+use capsid_integration_tests::{AuditRow, audit_rows, id};
 use capsid_kernel::{Door, Kernel, KernelConfig, KernelError, ToolCaller};
 use capsid_lattice::local::LocalCluster;
 use capsid_lattice::{Lattice, Seal};
@@ -67,6 +67,9 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
         .expect("A recorded the call's result");
     assert_eq!(details(result)["served_by"], b_host.key_hex());
     assert_eq!(details(result)["outcome"], "ok");
+    // A's record of the check commits while the call travels, and is still ahead of its
+    // result.
+    assert_each_allowed_call_then_its_result(&on_a, "tool://hello/greet");
     let on_b = audit_rows(&b_host.audit_db());
     let checked = on_b
         .iter()
@@ -122,6 +125,27 @@ async fn a_tool_on_another_host_is_called_there_checked_there_and_audited_on_bot
     }
     for kernel in [a, b] {
         kernel.shutdown().await;
+    }
+}
+
+/// Each allowed `tool.call` on `resource` in `rows` is followed directly by its
+/// `tool.result` (the calls were made one after another).
+fn assert_each_allowed_call_then_its_result(rows: &[AuditRow], resource: &str) {
+    let steps: Vec<(&str, &str)> = rows
+        .iter()
+        .filter(|r| r.resource == resource && r.action.starts_with("tool."))
+        .map(|r| (r.action.as_str(), r.decision.as_str()))
+        .collect();
+    let allowed = steps
+        .iter()
+        .filter(|s| **s == ("tool.call", "allow"))
+        .count();
+    assert!(allowed >= 1, "{steps:?}");
+    for (i, step) in steps.iter().enumerate() {
+        if *step == ("tool.call", "allow") {
+            let next = steps.get(i + 1).map(|s| s.0);
+            assert_eq!(next, Some("tool.result"), "{steps:?}");
+        }
     }
 }
 

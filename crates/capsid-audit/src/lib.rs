@@ -34,6 +34,6 @@ pub use anchor::{AnchorProblem, ChainHead, chain_heads, check_anchored};
 pub use entry::{ChainId, Decision, EntryRef, Record};
 pub use error::AuditError;
 pub use export::{export_database, verify_export};
-pub use log::{AuditLog, verify_database};
+pub use log::{AuditLog, PendingAppend, verify_database};
 pub use tail::{EntryView, tail, workspace_writers};
 pub use verify::{ChainReport, KeyProblem, Problem, VerifyReport};

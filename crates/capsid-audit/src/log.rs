@@ -146,6 +146,18 @@ impl AuditLog {
     /// Appends `record` to `chain` and returns once the entry is durable. A chain's first
     /// append also records its opening in the system chain, in the same transaction.
     pub async fn append(&self, chain: ChainId, record: Record) -> Result<EntryRef, AuditError> {
+        self.append_pending(chain, record).await?.durable().await
+    }
+
+    /// Queues `record` for `chain` and returns once it is queued, with the means to wait
+    /// until it is durable. For work that may start while the entry commits but must not be
+    /// answered before it has: the entry is in the log ahead of every entry appended after
+    /// it, and [`PendingAppend::durable`] says whether it made it.
+    pub async fn append_pending(
+        &self,
+        chain: ChainId,
+        record: Record,
+    ) -> Result<PendingAppend, AuditError> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Append {
             chain,
@@ -153,7 +165,10 @@ impl AuditLog {
             reply,
         })
         .await?;
-        answer.await.map_err(|_| self.stopped())?
+        Ok(PendingAppend {
+            answer,
+            path: self.path.clone(),
+        })
     }
 
     /// Queues `record` for `chain` and returns once it is queued, not once it is durable.
@@ -234,6 +249,23 @@ impl AuditLog {
 
     fn stopped(&self) -> AuditError {
         AuditError::WriterStopped(self.path.clone())
+    }
+}
+
+/// An entry queued by [`AuditLog::append_pending`], not yet known to be durable.
+#[derive(Debug)]
+#[must_use = "an entry's durability is only known once awaited"]
+pub struct PendingAppend {
+    answer: oneshot::Receiver<Result<EntryRef, AuditError>>,
+    path: PathBuf,
+}
+
+impl PendingAppend {
+    /// Waits until the entry is durable; the error its commit met otherwise.
+    pub async fn durable(self) -> Result<EntryRef, AuditError> {
+        self.answer
+            .await
+            .map_err(|_| AuditError::WriterStopped(self.path))?
     }
 }
 

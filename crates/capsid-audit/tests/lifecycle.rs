@@ -323,6 +323,35 @@ async fn queued_appends_are_committed_in_order_ahead_of_the_next_durable_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_append_is_ordered_when_queued_and_says_when_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    let first = log.append_pending(chain, record(1)).await.unwrap();
+    // Appended after it and awaited first: still after it in the chain.
+    assert_eq!(log.append(chain, record(2)).await.unwrap().seq, 2);
+    let durable = first.durable().await.unwrap();
+    assert_eq!(durable.seq, 1);
+    let sql = rusqlite::Connection::open(&path).unwrap();
+    let seq: i64 = sql
+        .query_row(
+            "SELECT seq FROM entries WHERE chain = ?1 AND resource = 'res://1'",
+            [chain.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seq, 1);
+    // One the writer never commits says so.
+    log.close().await.unwrap();
+    let (read_only, _) = AuditLog::open_read_only(&path).unwrap();
+    assert!(matches!(
+        read_only.append_pending(chain, record(3)).await,
+        Err(AuditError::ReadOnly(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_append_is_committed_with_nothing_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.db");

@@ -1,11 +1,12 @@
 //! Where check decisions are recorded: the [`AuditSink`] that
 //! [`CapabilityStore::authorize`](crate::CapabilityStore::authorize) writes every decision to.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use capsid_audit::{AuditLog, ChainId, Record};
+use capsid_audit::{AuditLog, ChainId, PendingAppend, Record};
 use capsid_core::limits::MAX_AUDIT_FIELD_BYTES;
+use capsid_core::sync::lock;
 
 use crate::error::show;
 use crate::store::{Decision, Subject};
@@ -36,16 +37,51 @@ pub trait AuditSink: Send + Sync {
 }
 
 /// An [`AuditSink`] writing to one chain of an [`AuditLog`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AuditLogSink {
     log: Arc<AuditLog>,
     chain: ChainId,
+    /// When deferring: the entries queued, whose durability [`durable`](Self::durable)
+    /// awaits.
+    deferred: Option<Mutex<Vec<PendingAppend>>>,
 }
 
 impl AuditLogSink {
-    /// Records into `chain` of `log`.
+    /// Records into `chain` of `log`, each decision durable before it is answered.
     pub fn new(log: Arc<AuditLog>, chain: ChainId) -> Self {
-        Self { log, chain }
+        Self {
+            log,
+            chain,
+            deferred: None,
+        }
+    }
+
+    /// Records into `chain` of `log`, each decision queued (in the log ahead of everything
+    /// appended after it) and answered at once: for an effect that may start while its
+    /// record commits, whose outcome is not told before [`durable`](Self::durable) says
+    /// the record made it.
+    pub fn deferring(log: Arc<AuditLog>, chain: ChainId) -> Self {
+        Self {
+            log,
+            chain,
+            deferred: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Waits until every decision this sink deferred is durable; the first error otherwise.
+    pub async fn durable(&self) -> Result<(), String> {
+        let pending = match &self.deferred {
+            Some(deferred) => std::mem::take(&mut *lock(deferred)),
+            None => Vec::new(),
+        };
+        let mut first_error = None;
+        for entry in pending {
+            if let Err(e) = entry.durable().await {
+                tracing::error!(error = %e, "a deferred audit append failed");
+                first_error = first_error.or(Some(e.to_string()));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 
@@ -84,13 +120,18 @@ impl AuditSink for AuditLogSink {
         if let Some(c) = &entry.subject.capsule {
             record = record.capsule(c.clone());
         }
-        self.log
-            .append(self.chain, record)
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                tracing::error!(action = entry.action, error = %e, "audit append failed; denying");
-                e.to_string()
-            })
+        let failed = |e: capsid_audit::AuditError| {
+            tracing::error!(action = entry.action, error = %e, "audit append failed; denying");
+            e.to_string()
+        };
+        match &self.deferred {
+            None => self.log.append(self.chain, record).await.map(drop),
+            Some(deferred) => self
+                .log
+                .append_pending(self.chain, record)
+                .await
+                .map(|pending| lock(deferred).push(pending)),
+        }
+        .map_err(failed)
     }
 }

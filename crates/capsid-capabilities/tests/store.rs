@@ -387,6 +387,73 @@ async fn audited_checks_record_allows_and_denies() {
     assert_eq!(decisions, vec!["allow", "deny", "deny"]);
 }
 
+#[tokio::test]
+async fn a_deferring_sink_answers_at_once_and_says_when_its_records_are_durable() {
+    let f = fx().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let log = Arc::new(AuditLog::open(&db, KeyPair::generate().unwrap()).unwrap());
+    let chain = ChainId::Session(SessionId::new());
+    f.store
+        .grant(
+            f.alice,
+            None,
+            "tool://hello/greet",
+            Permissions::EXEC,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let s = via(f.alice, "notes");
+    let check = |resource| Check {
+        subject: &s,
+        action: "tool.call",
+        permission: Permissions::EXEC,
+        resource,
+        record_allow: RecordAllow::Before,
+        details: serde_json::json!({}),
+    };
+    let sink = AuditLogSink::deferring(log.clone(), chain);
+    assert!(
+        f.store
+            .authorize(check("tool://hello/greet"), &sink)
+            .await
+            .is_ok()
+    );
+    assert!(
+        f.store
+            .authorize(check("tool://hello/other"), &sink)
+            .await
+            .is_err()
+    );
+    // Appended after both and durable: both are ahead of it.
+    let after = capsid_audit::Record::new(
+        f.alice,
+        "tool.result",
+        "tool://hello/greet",
+        capsid_audit::Decision::Info,
+    )
+    .unwrap();
+    assert_eq!(log.append(chain, after).await.unwrap().seq, 3);
+    assert_eq!(sink.durable().await, Ok(()));
+    // Nothing left to wait for.
+    assert_eq!(sink.durable().await, Ok(()));
+    drop(sink);
+    Arc::into_inner(log).unwrap().close().await.unwrap();
+    assert_eq!(
+        decisions_in(&db, &chain.to_string()),
+        vec!["allow", "deny", "info"]
+    );
+    // A log that takes nothing: the allow is refused as unrecorded, as with a durable sink.
+    let (read_only, _) = AuditLog::open_read_only(&db).unwrap();
+    let sink = AuditLogSink::deferring(Arc::new(read_only), chain);
+    assert!(matches!(
+        f.store.authorize(check("tool://hello/greet"), &sink).await,
+        Err(Denied::Unrecorded(_))
+    ));
+}
+
 /// A sink whose every write fails.
 struct Broken;
 

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
-use capsid_capabilities::{Check, Denied, Permissions, RecordAllow, Subject};
+use capsid_capabilities::{AuditLogSink, Check, Denied, Permissions, RecordAllow, Subject};
 use capsid_capsule::{CallControl, CapsuleError, is_tool_name, tool_resource};
 use capsid_core::limits::MAX_CLIENT_NAME_BYTES;
 use capsid_core::{CapsuleId, Principal, PrincipalId};
@@ -191,6 +191,15 @@ impl Kernel {
             capsule: None,
             session: None,
         };
+        // A call from the lattice is never sent on: no call goes round in circles.
+        let elsewhere = caller.door != Door::Lattice && self.served_elsewhere(name);
+        // The serving host records the call durably before it runs it; this host's record
+        // commits while the call travels and is durable before its outcome is told.
+        let sink = if elsewhere {
+            AuditLogSink::deferring(self.audit().clone(), self.parts().chain)
+        } else {
+            AuditLogSink::new(self.audit().clone(), self.parts().chain)
+        };
         if operator || dev_mcp {
             let decision = if operator {
                 Decision::Info
@@ -215,11 +224,13 @@ impl Kernel {
                 record_allow: RecordAllow::Before,
                 details,
             };
-            let sink =
-                capsid_capabilities::AuditLogSink::new(self.audit().clone(), self.parts().chain);
             match self.capabilities().authorize(check, &sink).await {
                 Ok(_) => {}
-                Err(Denied::NotGranted(_)) => return Err(no_such_tool()),
+                Err(Denied::NotGranted(_)) => {
+                    // Recorded before the caller hears it; failing or not, it is a denial.
+                    let _ = sink.durable().await;
+                    return Err(no_such_tool());
+                }
                 // Allowed, but not recorded: the audit log's failure, not the caller's.
                 Err(Denied::Unrecorded(why)) => return Err(KernelError::Unrecorded(why)),
             }
@@ -232,11 +243,12 @@ impl Kernel {
             _ => self.client_session(caller.principal),
         };
         let control = control.called_by(caller.principal, session);
-        // A call that came from the lattice is never sent on: no call goes round in circles.
-        let (mut result, served_by) = if caller.door != Door::Lattice && self.served_elsewhere(name)
-        {
-            self.call_elsewhere(caller, name, tool, input, &control)
-                .await
+        let (mut result, served_by) = if elsewhere {
+            let answered = self
+                .call_elsewhere(caller, name, tool, input, &control)
+                .await;
+            sink.durable().await.map_err(KernelError::Unrecorded)?;
+            answered
         } else {
             (self.run_tool(name, tool, input, &control).await, None)
         };
