@@ -32,7 +32,9 @@ pub struct DecisionRecord<'a> {
 /// Receives every decision of [`CapabilityStore::authorize`](crate::CapabilityStore::authorize).
 #[async_trait]
 pub trait AuditSink: Send + Sync {
-    /// Records one decision durably; an error makes an allow a deny.
+    /// Records one decision: durably, or queued in order when the sink defers (its owner
+    /// then waits for durability before telling the effect's outcome); an error makes an
+    /// allow a deny.
     async fn record(&self, entry: DecisionRecord<'_>) -> Result<(), String>;
 }
 
@@ -60,6 +62,7 @@ impl AuditLogSink {
     /// appended after it) and answered at once: for an effect that may start while its
     /// record commits, whose outcome is not told before [`durable`](Self::durable) says
     /// the record made it.
+    #[must_use = "a deferring sink's records are only known durable once `durable` is awaited"]
     pub fn deferring(log: Arc<AuditLog>, chain: ChainId) -> Self {
         Self {
             log,
@@ -69,6 +72,8 @@ impl AuditLogSink {
     }
 
     /// Waits until every decision this sink deferred is durable; the first error otherwise.
+    /// A record left unawaited (its owner dropped mid-effect) still commits, in order; a
+    /// failed commit is then only in the writer's log, and in this sink's warning on drop.
     pub async fn durable(&self) -> Result<(), String> {
         let pending = match &self.deferred {
             Some(deferred) => std::mem::take(&mut *lock(deferred)),
@@ -97,6 +102,17 @@ fn details(entry: &DecisionRecord<'_>) -> serde_json::Value {
         Decision::Deny(reason) => details.insert("reason".into(), reason.to_string().into()),
     };
     serde_json::Value::Object(details)
+}
+
+impl Drop for AuditLogSink {
+    fn drop(&mut self) {
+        if let Some(deferred) = &self.deferred {
+            let waiting = lock(deferred).len();
+            if waiting > 0 {
+                tracing::warn!(waiting, "deferred audit records dropped unawaited");
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -388,7 +388,7 @@ async fn audited_checks_record_allows_and_denies() {
 }
 
 #[tokio::test]
-async fn a_deferring_sink_answers_at_once_and_says_when_its_records_are_durable() {
+async fn a_deferring_sink_keeps_its_records_in_order_and_says_when_they_are_durable() {
     let f = fx().await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("audit.db");

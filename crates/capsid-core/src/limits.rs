@@ -266,8 +266,10 @@ pub const MAX_PIPELINE_GRACE: std::time::Duration = std::time::Duration::from_mi
 
 /// Size asked for the pipe a link writes into (the next stage's stdin). A link is one more
 /// hop than a shell's pipe; a larger pipe lets each hop move longer runs per wake-up. Smaller
-/// than `PROCESS_PIPE_BYTES`: kernel pipe memory is counted per user, and the run a link
-/// moves at once is bounded by the stage's output pipe before it anyway.
+/// than `PROCESS_PIPE_BYTES`: kernel pipe memory is counted per user (past
+/// `/proc/sys/fs/pipe-user-pages-soft`, 64 MiB by default, an unprivileged user's new pipes
+/// get two pages), and the run a link moves at once is bounded by the stage's output pipe
+/// before it anyway.
 pub const LINK_PIPE_BYTES: usize = 256 * 1024;
 
 /// How long a pipeline link's byte rate is measured over.

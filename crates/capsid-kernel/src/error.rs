@@ -88,6 +88,22 @@ pub enum KernelError {
     /// An allowed action could not be recorded, so it was not done.
     #[error("refused: the audit log could not record it: {0}")]
     Unrecorded(String),
+    /// A call went to another host of the lattice (which records it there), but this host
+    /// could not record its own check of it, so its outcome is withheld. It may have run:
+    /// retrying it may run it twice.
+    #[error(
+        "the call to {capsule} went to host {host}, which may have run it, but this host's \
+         audit log could not record it ({why}): its outcome is withheld; check that host's \
+         log before calling again"
+    )]
+    RanUnrecorded {
+        /// The capsule called.
+        capsule: CapsuleId,
+        /// The host the call went to (its short key).
+        host: String,
+        /// Why this host's record failed.
+        why: String,
+    },
     /// No user has that name.
     #[error("no user is named {0:?} (see `capsid who`)")]
     UnknownUser(String),

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
+use crate::lattice::short_host;
 
 /// Through which door a tool call came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,11 +245,8 @@ impl Kernel {
         };
         let control = control.called_by(caller.principal, session);
         let (mut result, served_by) = if elsewhere {
-            let answered = self
-                .call_elsewhere(caller, name, tool, input, &control)
-                .await;
-            sink.durable().await.map_err(KernelError::Unrecorded)?;
-            answered
+            self.call_elsewhere_recorded(caller, name, tool, input, &control, &sink)
+                .await?
         } else {
             (self.run_tool(name, tool, input, &control).await, None)
         };
@@ -271,6 +269,39 @@ impl Kernel {
             result = result.map_err(|e| hide_existence(e, no_such_tool));
         }
         result
+    }
+
+    /// [`call_elsewhere`](Self::call_elsewhere), then waits for `sink`'s record of the
+    /// check to be durable: the outcome is told only once it is.
+    async fn call_elsewhere_recorded(
+        &self,
+        caller: &ToolCaller,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+        control: &CallControl,
+        sink: &AuditLogSink,
+    ) -> Result<(Result<String, KernelError>, Option<String>), KernelError> {
+        let answered = self
+            .call_elsewhere(caller, name, tool, input, control)
+            .await;
+        let Err(why) = sink.durable().await else {
+            return Ok(answered);
+        };
+        if matches!(answered.0, Err(KernelError::NotServed { .. })) {
+            // Sent nowhere: nothing ran.
+            return Err(KernelError::Unrecorded(why));
+        }
+        // Sent: it may have run there, recorded by that host.
+        let host = answered.1.as_deref().map_or("(none answered)", short_host);
+        let outcome = outcome(&answered.0);
+        tracing::error!(capsule = %name, %host, outcome,
+            "a remote call's outcome is withheld: its check went unrecorded here");
+        Err(KernelError::RanUnrecorded {
+            capsule: name.clone(),
+            host: host.to_owned(),
+            why,
+        })
     }
 
     /// Records one step of a tool call by `principal`.

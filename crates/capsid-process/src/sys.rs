@@ -1,6 +1,6 @@
 //! The few OS calls std and nix do not wrap safely, each in one small function.
-// `pidfd_open` (a raw syscall) and `wait4` (for the child's rusage) have no safe wrapper;
-// each use below says why it is sound. Starting children is `exec.rs`.
+// `pidfd_open` (a raw syscall), `wait4` (for the child's rusage) and `sched_setscheduler`
+// have no safe wrapper; each use below says why it is sound. Starting children is `exec.rs`.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -69,8 +69,8 @@ pub(crate) fn wait4(pid: u32) -> io::Result<Reaped> {
 }
 
 /// Puts the calling thread under `SCHED_BATCH`: the same share of the CPU as any thread of
-/// its niceness, but its wake-ups do not preempt the thread running. Fails only where the
-/// policy does not exist.
+/// its niceness, but its wake-ups do not preempt the thread running. Fails where the libc or
+/// a seccomp filter refuses it.
 pub(crate) fn schedule_as_batch() -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` lives on this stack for the call, which only reads it; pid 0 is the

@@ -6,6 +6,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
+use capsid_core::limits::LINK_PIPE_BYTES;
 use capsid_process::{
     Child, EndPolicy, Pipeline, PipelineSpec, ProcessError, ResourceLimits, SpawnSpec,
 };
@@ -329,10 +330,23 @@ async fn a_link_yields_to_its_stages_and_writes_into_a_grown_pipe() {
     );
     let piped = Pipeline::spawn(&spec).await.unwrap();
     let batch = u32::try_from(libc::SCHED_BATCH).unwrap();
-    let mut policies = Vec::new();
+    // The next stage's stdin, opened again through /proc: the same pipe, asked its size.
+    let cat = piped.stages()[1].pid();
+    let stdin = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(format!("/proc/{cat}/fd/0"))
+        .unwrap();
+    let pipe_size = || {
+        let size = nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+        usize::try_from(size).unwrap()
+    };
+    // The link's thread names itself, then sets its policy, then grows the pipe.
+    let (mut policies, mut size) = (Vec::new(), 0);
     for _ in 0..500 {
         policies = thread_policies("capsid-link");
-        if !policies.is_empty() && policies.iter().all(|&p| p == batch) {
+        size = pipe_size();
+        if size == LINK_PIPE_BYTES && !policies.is_empty() && policies.iter().all(|&p| p == batch) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -342,17 +356,6 @@ async fn a_link_yields_to_its_stages_and_writes_into_a_grown_pipe() {
         policies.iter().all(|&p| p == batch),
         "link threads under policies {policies:?}, not SCHED_BATCH"
     );
-    // The next stage's stdin, opened again through /proc: the same pipe, asked its size.
-    let cat = piped.stages()[1].pid();
-    let stdin = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(format!("/proc/{cat}/fd/0"))
-        .unwrap();
-    let size = nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
-    assert_eq!(
-        usize::try_from(size).unwrap(),
-        capsid_core::limits::LINK_PIPE_BYTES
-    );
+    assert_eq!(size, LINK_PIPE_BYTES);
     piped.kill().await;
 }
