@@ -62,9 +62,8 @@ impl Decision {
 /// Whether an allowed check is recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordAllow {
-    /// Recorded before the allow is answered: the check guards an effect. Durably, unless
-    /// the sink defers ([`AuditLogSink::deferring`](crate::AuditLogSink::deferring)), whose
-    /// owner makes it durable before the effect's outcome is told.
+    /// Recorded before the allow is answered (durably, unless the sink defers: see
+    /// [`AuditLogSink::deferring`](crate::AuditLogSink::deferring)): the check guards an effect.
     Before,
     /// Not recorded: the check guards a read, which changes nothing (recording it would put
     /// an `fsync` on every read). Denials are recorded all the same.
