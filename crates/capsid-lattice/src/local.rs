@@ -235,8 +235,56 @@ impl LocalCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+        // A meta leader can answer before it counts every peer as current; a bucket
+        // replicated on all of them is refused ("no suitable peers") until it does.
+        let running = self.nodes.iter().filter(|n| n.process.is_some()).count();
+        let Some(first) = self.nodes.iter().position(|n| n.process.is_some()) else {
+            return Ok(());
+        };
+        while running > 1 && !placement_works(&self.url(first), running).await {
+            if start.elapsed() > READY_TIMEOUT {
+                return Err(LocalClusterError::Node {
+                    node: first,
+                    message: format!(
+                        "JetStream could not place a stream on {running} peers after \
+                         {READY_TIMEOUT:?}"
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         Ok(())
     }
+}
+
+/// Whether JetStream on `url` can place a stream on `replicas` peers: a throwaway memory
+/// stream is created and deleted.
+async fn placement_works(url: &str, replicas: usize) -> bool {
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_millis(500))
+        .connect(url)
+        .await
+    else {
+        return false;
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let name = format!("CAPSID_READY_{}", uuid::Uuid::new_v4().simple());
+    let config = async_nats::jetstream::stream::Config {
+        subjects: vec![format!("capsid.ready.{name}")],
+        name: name.clone(),
+        num_replicas: replicas,
+        storage: async_nats::jetstream::stream::StorageType::Memory,
+        ..Default::default()
+    };
+    let placed = matches!(
+        tokio::time::timeout(Duration::from_secs(2), js.create_stream(config)).await,
+        Ok(Ok(_))
+    );
+    if placed {
+        drop(js.delete_stream(&name).await);
+    }
+    drop(client.drain().await);
+    placed
 }
 
 /// Whether JetStream on `url` answers an account query without an error (in a cluster: once
