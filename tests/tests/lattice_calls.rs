@@ -4,7 +4,8 @@
 //! move to another host when the serving one dies mid-call; a cancel reaches the serving
 //! host even before it said it took the call; a host shutting down answers the calls it
 //! serves first; events on exported topics reach the other hosts' buses once, with their
-//! origin, and never come back. What the wire refuses: `lattice_wire.rs`.
+//! origin, and never come back; a call whose check the calling host cannot record has its
+//! outcome withheld. What the wire refuses: `lattice_wire.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
@@ -534,6 +535,41 @@ async fn a_capsule_idle_on_its_host_stays_listed_and_served_across_the_lattice()
         .await
         .unwrap();
     assert!(out.contains("Hello, y!"), "{out}");
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_call_whose_check_this_host_cannot_record_withholds_its_outcome() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    let served_before = b.lattice_traffic().unwrap().calls_served;
+    // Another connection holds A's audit log's write lock past its busy timeout: A's record
+    // of its check, queued as the call goes out, cannot commit.
+    let blocker = rusqlite::Connection::open(a_host.audit_db()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = call(&a, &user, ("hello", "greet"), r#"{"name":"unrecorded"}"#)
+        .await
+        .unwrap_err();
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let KernelError::RanUnrecorded { capsule, host, .. } = &err else {
+        panic!("expected RanUnrecorded, got {err}");
+    };
+    assert_eq!(capsule.as_str(), "hello");
+    assert!(b_host.key_hex().starts_with(host.as_str()), "{host}");
+    // It ran on B, which recorded it; A kept no record of it at all.
+    assert_eq!(b.lattice_traffic().unwrap().calls_served, served_before + 1);
+    let input_hash = blake3::hash(br#"{"name":"unrecorded"}"#)
+        .to_hex()
+        .to_string();
+    let named = |r: &AuditRow| details(r)["input_blake3"] == input_hash.as_str();
+    assert!(audit_rows(&b_host.audit_db()).iter().any(named));
+    assert!(!audit_rows(&a_host.audit_db()).iter().any(named));
     for kernel in [a, b] {
         kernel.shutdown().await;
     }

@@ -138,6 +138,69 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_another_host_claimed_is_checked_but_neither_run_nor_answered() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
+        .await
+        .unwrap();
+    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &[b_host.key.public_key()]);
+    let inbox = lattice.client().new_inbox();
+    let signed = CallMeta {
+        reply_to: inbox.clone(),
+        ..meta(user.principal, "greet")
+    };
+    let input = br#"{"name":"taken elsewhere"}"#;
+    let sealed = as_a.seal(Kind::Call, &signed, Bytes::from_static(input));
+    // Another host took it first.
+    let claims = calls::Claims::open(&lattice).await.unwrap();
+    assert!(claims.claim(&sealed.nonce, "another-host").await.unwrap());
+    let refused_before = refused(&b);
+
+    let answers = raw_answers(&lattice, &inbox, &inbox, sealed.headers, sealed.body).await;
+    assert!(
+        answers.is_empty(),
+        "B answered a call it did not take: {answers:?}"
+    );
+    // Once down, B has counted and recorded all it did.
+    for kernel in [&a, &b] {
+        kernel.shutdown().await;
+    }
+    assert_eq!(refused(&b), refused_before + 1);
+    // B checked and recorded it while claiming it, then recorded that it did not run it.
+    let input_hash = blake3::hash(input).to_hex().to_string();
+    let steps: Vec<(String, String)> = audit_rows(&b_host.audit_db())
+        .iter()
+        .filter(|r| {
+            r.resource == "tool://hello/greet"
+                && (r.action == "tool.result" || details(r)["input_blake3"] == input_hash.as_str())
+        })
+        .map(|r| {
+            (
+                r.action.clone(),
+                details(r)["outcome"]
+                    .as_str()
+                    .unwrap_or(&r.decision)
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let checked = steps
+        .iter()
+        .position(|s| s == &("tool.call".to_owned(), "allow".to_owned()))
+        .expect("B checked the call");
+    assert_eq!(
+        steps[checked + 1..],
+        [("tool.result".to_owned(), "claimed-elsewhere".to_owned())],
+        "after its check, only that it was not run: {steps:?}"
+    );
+}
+
 /// Sends a call sealed by `untrusted` and cancels it at once; the cancel, which goes to every
 /// host before any took the call, is refused (and counted) once by each of `hosts`.
 async fn send_untrusted_cancel(
@@ -223,12 +286,24 @@ fn refused(kernel: &Kernel) -> u64 {
     kernel.lattice_traffic().unwrap().calls_refused
 }
 
-/// Calls another host ran on this one (its records of calls through the lattice door).
+/// How many calls from other hosts `host` checked (allowed or not), less those it did not
+/// claim: a call is claimed while its check is recorded, and an allowed one this host could
+/// not claim ends unrun, with a `claimed-elsewhere` or `unclaimable` result.
 fn lattice_calls(host: &LatticeHost) -> usize {
-    audit_rows(&host.audit_db())
+    let rows = audit_rows(&host.audit_db());
+    let checked = rows
         .iter()
         .filter(|r| r.action == "tool.call" && details(r)["door"] == "lattice")
-        .count()
+        .count();
+    let unclaimed = rows
+        .iter()
+        .filter(|r| {
+            r.action == "tool.result"
+                && ["claimed-elsewhere", "unclaimable"]
+                    .contains(&details(r)["outcome"].as_str().unwrap_or(""))
+        })
+        .count();
+    checked - unclaimed
 }
 
 /// Sends a call as given (headers, body, answers to `reply`) to hello's queue group, and

@@ -376,3 +376,34 @@ async fn a_queued_append_is_committed_with_nothing_after_it() {
     assert_eq!(count(), 1, "committed once the window passed, unasked");
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_append_whose_commit_fails_says_so_and_the_log_goes_on_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.db");
+    let log = AuditLog::open(&path, KeyPair::generate().unwrap()).unwrap();
+    let chain = ChainId::Session(SessionId::new());
+    log.append(chain, record(1)).await.unwrap();
+    // Another connection holds the write lock past the writer's busy timeout: the commit
+    // of what is queued meanwhile fails, as a full disk or a failing device would fail it.
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let pending = log.append_pending(chain, record(2)).await.unwrap();
+    let err = pending.durable().await.unwrap_err();
+    assert!(err.to_string().contains("audit.db"), "{err}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    // The log goes on from what was committed: the lost entry left no gap.
+    let next = log.append(chain, record(3)).await.unwrap();
+    assert_eq!(next.seq, 2);
+    log.close().await.unwrap();
+    let report = verify_database(&path).unwrap();
+    assert!(report.is_valid(), "{report:?}");
+    let resources: Vec<String> = blocker
+        .prepare("SELECT resource FROM entries WHERE chain = ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([chain.to_string()], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(resources, ["res://1", "res://3"]);
+}

@@ -104,6 +104,11 @@ pub enum KernelError {
         /// Why this host's record failed.
         why: String,
     },
+    /// A call another host of the lattice sent was not run here: another host took it
+    /// (`claimed-elsewhere`), or it could not be claimed (`unclaimable`). Its caller hears
+    /// from the host that took it, or not at all.
+    #[error("a call from another host was not run here: {0}")]
+    NotClaimed(&'static str),
     /// No user has that name.
     #[error("no user is named {0:?} (see `capsid who`)")]
     UnknownUser(String),

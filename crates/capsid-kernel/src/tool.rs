@@ -5,6 +5,8 @@
 //! operator must hold `tool://<capsule>/<tool>` (permission `exec`), and a tool it may not
 //! call answers exactly as a tool that does not exist: no capsule or tool name leaks.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Instant;
 
 use capsid_audit::{Decision, Record, action};
@@ -16,7 +18,6 @@ use serde_json::json;
 
 use crate::error::KernelError;
 use crate::kernel::Kernel;
-use crate::lattice::short_host;
 
 /// Through which door a tool call came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,12 +103,35 @@ fn hide_existence(error: KernelError, no_such_tool: impl FnOnce() -> KernelError
 }
 
 /// How a call ended, for its record.
-fn outcome(result: &Result<String, KernelError>) -> &'static str {
+pub(crate) fn outcome(result: &Result<String, KernelError>) -> &'static str {
     match result {
         Ok(_) => "ok",
         Err(KernelError::Capsule(e)) => e.outcome(),
         Err(_) => "failed",
     }
+}
+
+/// One step of a tool call by `principal`, as recorded.
+fn tool_record(
+    principal: Principal,
+    capsule: &CapsuleId,
+    action: &str,
+    resource: &str,
+    decision: Decision,
+    details: &serde_json::Value,
+) -> Result<Record, KernelError> {
+    Ok(Record::new(principal, action, resource, decision)
+        .and_then(|r| r.details(details))?
+        .capsule(capsule.clone()))
+}
+
+/// A call another host of the lattice sent.
+pub(crate) struct FromHost<'a> {
+    /// The sending host's key.
+    pub(crate) host: &'a str,
+    /// Claims the call for this host, so that it runs on one host of the lattice only:
+    /// `Err` names why it does not run here (`claimed-elsewhere`, `unclaimable`).
+    pub(crate) claim: Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send + 'a>>,
 }
 
 impl Kernel {
@@ -156,20 +180,17 @@ impl Kernel {
     }
 
     /// [`call_tool_as`](Self::call_tool_as), for a call another host of the lattice sent
-    /// (`origin`, its key), recorded with it.
+    /// (`from`: that host, recorded with the call, and the claim that lets it run here).
     pub(crate) async fn call_tool_from(
         &self,
         caller: &ToolCaller,
-        origin: Option<&str>,
+        from: Option<FromHost<'_>>,
         name: &CapsuleId,
         tool: &str,
         input: &str,
         control: &CallControl,
     ) -> Result<String, KernelError> {
         self.open()?;
-        // Another host's call has only the grants of the user it names.
-        let operator = caller.door != Door::Lattice && caller.principal == self.principal();
-        let dev_mcp = self.dev_trusts(caller.principal, caller.door);
         let no_such_tool = || {
             KernelError::Capsule(CapsuleError::UnknownTool {
                 capsule: name.clone(),
@@ -180,17 +201,9 @@ impl Kernel {
             return Err(no_such_tool());
         }
         let resource = tool_resource(name, tool);
-        let details = json!({
-            "door": caller.door.as_str(),
-            "client": caller.client.as_deref().map(client_name),
-            "input_blake3": blake3::hash(input.as_bytes()).to_hex().to_string(),
-            "trust": if dev_mcp { Some("dev") } else { None },
-            "from_host": origin,
-        });
-        let subject = Subject {
-            principal: caller.principal,
-            capsule: None,
-            session: None,
+        let (origin, claim) = match from {
+            Some(from) => (Some(from.host), Some(from.claim)),
+            None => (None, None),
         };
         // A call from the lattice is never sent on: no call goes round in circles.
         let elsewhere = caller.door != Door::Lattice && self.served_elsewhere(name);
@@ -201,41 +214,33 @@ impl Kernel {
         } else {
             AuditLogSink::new(self.audit().clone(), self.parts().chain)
         };
-        if operator || dev_mcp {
-            let decision = if operator {
-                Decision::Info
-            } else {
-                Decision::Allow
-            };
-            self.record_tool(
-                caller.principal,
-                name,
-                action::TOOL_CALL,
-                &resource,
-                decision,
-                details,
-            )
-            .await?;
-        } else {
-            let check = Check {
-                subject: &subject,
-                action: action::TOOL_CALL,
-                permission: Permissions::EXEC,
-                resource: &resource,
-                record_allow: RecordAllow::Before,
-                details,
-            };
-            match self.capabilities().authorize(check, &sink).await {
-                Ok(_) => {}
-                Err(Denied::NotGranted(_)) => {
-                    // Recorded before the caller hears it; failing or not, it is a denial.
-                    let _ = sink.durable().await;
-                    return Err(no_such_tool());
-                }
-                // Allowed, but not recorded: the audit log's failure, not the caller's.
-                Err(Denied::Unrecorded(why)) => return Err(KernelError::Unrecorded(why)),
+        let dev_trust = self.dev_trusts(caller.principal, caller.door);
+        let details = json!({
+            "door": caller.door.as_str(),
+            "client": caller.client.as_deref().map(client_name),
+            "input_blake3": blake3::hash(input.as_bytes()).to_hex().to_string(),
+            "trust": if dev_trust { Some("dev") } else { None },
+            "from_host": origin,
+        });
+        // Another host's call is claimed while its check is recorded; it runs once both hold.
+        let claimed = async move {
+            match claim {
+                Some(claim) => claim.await,
+                None => Ok(()),
             }
+        };
+        let checked = self.check_call(caller, name, &resource, details, &sink, no_such_tool);
+        let (checked, claimed) = tokio::join!(checked, claimed);
+        if let Err(reason) = claimed {
+            if checked.is_ok() {
+                // Its check is in the log: so is why it did not run.
+                let details = json!({ "outcome": reason, "duration_ms": 0, "bytes": 0 });
+                self.record_result(caller, name, &resource, details, origin.is_some())
+                    .await?;
+            }
+            return Err(KernelError::NotClaimed(reason));
         }
+        checked?;
         let started = Instant::now();
         // What the capsule asks a person for may be granted for this caller's session; the
         // embedding program's calls come from no client session.
@@ -245,7 +250,7 @@ impl Kernel {
         };
         let control = control.called_by(caller.principal, session);
         let (mut result, served_by) = if elsewhere {
-            self.call_elsewhere_recorded(caller, name, tool, input, &control, &sink)
+            self.call_elsewhere(caller, name, tool, input, &control, &sink)
                 .await?
         } else {
             (self.run_tool(name, tool, input, &control).await, None)
@@ -256,68 +261,101 @@ impl Kernel {
             "bytes": result.as_ref().map_or(0, String::len),
             "served_by": served_by,
         });
-        self.record_tool(
-            caller.principal,
-            name,
-            action::TOOL_RESULT,
-            &resource,
-            Decision::Info,
-            details,
-        )
-        .await?;
-        if !operator {
+        self.record_result(caller, name, &resource, details, origin.is_some())
+            .await?;
+        if !self.is_operator(caller) {
             result = result.map_err(|e| hide_existence(e, no_such_tool));
         }
         result
     }
 
-    /// [`call_elsewhere`](Self::call_elsewhere), then waits for `sink`'s record of the
-    /// check to be durable: the outcome is told only once it is.
-    async fn call_elsewhere_recorded(
+    /// Whether `caller` is this host's operator (never so through the lattice: another
+    /// host's call has only the grants of the user it names).
+    fn is_operator(&self, caller: &ToolCaller) -> bool {
+        caller.door != Door::Lattice && caller.principal == self.principal()
+    }
+
+    /// Checks `caller`'s call of `resource` and records it to `sink` (the operator's, and a
+    /// dev-trusted MCP user's, recorded without a check). A caller refused is told that no
+    /// such tool exists (`no_such_tool`), once the refusal is recorded.
+    async fn check_call(
         &self,
         caller: &ToolCaller,
         name: &CapsuleId,
-        tool: &str,
-        input: &str,
-        control: &CallControl,
+        resource: &str,
+        details: serde_json::Value,
         sink: &AuditLogSink,
-    ) -> Result<(Result<String, KernelError>, Option<String>), KernelError> {
-        let answered = self
-            .call_elsewhere(caller, name, tool, input, control)
-            .await;
-        let Err(why) = sink.durable().await else {
-            return Ok(answered);
-        };
-        if matches!(answered.0, Err(KernelError::NotServed { .. })) {
-            // Sent nowhere: nothing ran.
-            return Err(KernelError::Unrecorded(why));
+        no_such_tool: impl FnOnce() -> KernelError,
+    ) -> Result<(), KernelError> {
+        let operator = self.is_operator(caller);
+        if operator || self.dev_trusts(caller.principal, caller.door) {
+            let decision = if operator {
+                Decision::Info
+            } else {
+                Decision::Allow
+            };
+            let record = tool_record(
+                caller.principal,
+                name,
+                action::TOOL_CALL,
+                resource,
+                decision,
+                &details,
+            )?;
+            self.audit().append(self.parts().chain, record).await?;
+            return Ok(());
         }
-        // Sent: it may have run there, recorded by that host.
-        let host = answered.1.as_deref().map_or("(none answered)", short_host);
-        let outcome = outcome(&answered.0);
-        tracing::error!(capsule = %name, %host, outcome,
-            "a remote call's outcome is withheld: its check went unrecorded here");
-        Err(KernelError::RanUnrecorded {
-            capsule: name.clone(),
-            host: host.to_owned(),
-            why,
-        })
+        let subject = Subject {
+            principal: caller.principal,
+            capsule: None,
+            session: None,
+        };
+        let check = Check {
+            subject: &subject,
+            action: action::TOOL_CALL,
+            permission: Permissions::EXEC,
+            resource,
+            record_allow: RecordAllow::Before,
+            details,
+        };
+        match self.capabilities().authorize(check, sink).await {
+            Ok(_) => Ok(()),
+            Err(Denied::NotGranted(_)) => {
+                // Recorded before the caller hears it; failing or not, it is a denial.
+                let _ = sink.durable().await;
+                Err(no_such_tool())
+            }
+            // Allowed, but not recorded: the audit log's failure, not the caller's.
+            Err(Denied::Unrecorded(why)) => Err(KernelError::Unrecorded(why)),
+        }
     }
 
-    /// Records one step of a tool call by `principal`.
-    async fn record_tool(
+    /// Records how `caller`'s call of a tool of `capsule` ended: durably before it is told,
+    /// unless the call came from another host (`for_another_host`), which records the
+    /// outcome durably before it tells it; this record is then queued (in the log ahead of
+    /// what follows, durable with the next commit).
+    async fn record_result(
         &self,
-        principal: Principal,
+        caller: &ToolCaller,
         capsule: &CapsuleId,
-        action: &str,
         resource: &str,
-        decision: Decision,
         details: serde_json::Value,
+        for_another_host: bool,
     ) -> Result<(), KernelError> {
-        let record = Record::new(principal, action, resource, decision)
-            .and_then(|r| r.details(&details))?
-            .capsule(capsule.clone());
-        self.audit().append(self.parts().chain, record).await?;
+        let record = tool_record(
+            caller.principal,
+            capsule,
+            action::TOOL_RESULT,
+            resource,
+            Decision::Info,
+            &details,
+        )?;
+        let chain = self.parts().chain;
+        if for_another_host {
+            self.audit().append_queued(chain, record).await?;
+        } else {
+            self.audit().append(chain, record).await?;
+        }
         Ok(())
     }
 

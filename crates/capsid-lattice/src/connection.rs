@@ -123,15 +123,16 @@ impl Lattice {
                 let state_tx = state_tx.clone();
                 async move {
                     match event {
+                        // The counters first: whoever sees the new state sees them too.
                         Event::Connected => {
-                            state_tx.send_replace(LinkState::Connected);
                             seen.changed_ms.store(now_ms(), Ordering::Relaxed);
+                            state_tx.send_replace(LinkState::Connected);
                             tracing::info!(lattice = %name, "lattice connected");
                         }
                         Event::Disconnected => {
-                            state_tx.send_replace(LinkState::Disconnected);
                             seen.disconnects.fetch_add(1, Ordering::Relaxed);
                             seen.changed_ms.store(now_ms(), Ordering::Relaxed);
+                            state_tx.send_replace(LinkState::Disconnected);
                             tracing::warn!(lattice = %name, "lattice disconnected; reconnecting");
                         }
                         other => tracing::debug!(lattice = %name, event = %other, "lattice"),
@@ -165,7 +166,14 @@ impl Lattice {
             });
         }
         if client.connection_state() == async_nats::connection::State::Connected {
-            initial_tx.send_replace(LinkState::Connected);
+            // Unless an event told otherwise meanwhile.
+            initial_tx.send_if_modified(|state| {
+                let pending = *state == LinkState::Pending;
+                if pending {
+                    *state = LinkState::Connected;
+                }
+                pending
+            });
         }
         let mut jetstream = async_nats::jetstream::new(client.clone());
         jetstream.set_timeout(LATTICE_REQUEST_TIMEOUT);
@@ -193,19 +201,16 @@ impl Lattice {
         &self.jetstream
     }
 
-    /// The connection's state as it changes (the event that changes it may come a moment
-    /// after [`status`](Self::status) shows it).
+    /// The connection's state as it changes, as [`status`](Self::status) shows it.
     pub fn link_states(&self) -> tokio::sync::watch::Receiver<LinkState> {
         self.states.clone()
     }
 
-    /// The lattice as `status` shows it.
+    /// The lattice as `status` shows it. Its state is the one the client's events last
+    /// told (a moment behind the socket's), so that it agrees with the disconnects counted
+    /// from the same events.
     pub fn status(&self) -> LatticeStatus {
-        let state = match self.client.connection_state() {
-            async_nats::connection::State::Connected => LinkState::Connected,
-            async_nats::connection::State::Disconnected => LinkState::Disconnected,
-            async_nats::connection::State::Pending => LinkState::Pending,
-        };
+        let state = *self.states.borrow();
         LatticeStatus {
             name: self.config.name.clone(),
             state,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use capsid_capabilities::AuditLogSink;
 use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
 use capsid_core::limits::MAX_CALL_TIMEOUT_MS;
 use capsid_core::{CapsuleId, Principal};
@@ -17,13 +18,14 @@ use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
 };
 use capsid_protocol::ErrorCode;
+use futures_util::FutureExt as _;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use super::served::Served;
 use super::{Joined, Refused, Traffic};
 use crate::error::KernelError;
 use crate::kernel::{Inner, Kernel};
-use crate::tool::{Door, ToolCaller};
+use crate::tool::{Door, FromHost, ToolCaller};
 
 /// How often the server checks which capsules it should serve (a load, unload or boot
 /// wakes it at once).
@@ -37,7 +39,7 @@ const ACCEPT_AFTER: Duration = Duration::from_millis(100);
 type Claims = (calls::Claims, String);
 
 /// A host's key as errors name it: its first 16 hex digits.
-pub(crate) fn short_host(host: &str) -> &str {
+fn short_host(host: &str) -> &str {
     host.get(..16).unwrap_or(host)
 }
 
@@ -64,9 +66,43 @@ impl Kernel {
     }
 
     /// Calls `tool` of capsule `name` on a host of the lattice that serves it, for
-    /// `caller` (a user: the serving host checks that user's grants). The result, and the
-    /// serving host when one answered.
+    /// `caller` (a user: the serving host checks that user's grants), while `checked`, the
+    /// record of this host's check, commits. The result, and the serving host when one
+    /// answered; told only once the record is durable, and if it failed, never
+    /// (`RanUnrecorded`: it may have run there).
     pub(crate) async fn call_elsewhere(
+        &self,
+        caller: &ToolCaller,
+        name: &CapsuleId,
+        tool: &str,
+        input: &str,
+        control: &CallControl,
+        checked: &AuditLogSink,
+    ) -> Result<(Result<String, KernelError>, Option<String>), KernelError> {
+        let answered = self
+            .send_elsewhere(caller, name, tool, input, control)
+            .await;
+        let Err(why) = checked.durable().await else {
+            return Ok(answered);
+        };
+        if matches!(answered.0, Err(KernelError::NotServed { .. })) {
+            // Sent nowhere: nothing ran.
+            return Err(KernelError::Unrecorded(why));
+        }
+        let host = answered.1.as_deref().map_or("(none answered)", short_host);
+        let outcome = crate::tool::outcome(&answered.0);
+        tracing::error!(capsule = %name, %host, outcome,
+            "a remote call's outcome is withheld: its check went unrecorded here");
+        Err(KernelError::RanUnrecorded {
+            capsule: name.clone(),
+            host: host.to_owned(),
+            why,
+        })
+    }
+
+    /// Sends the call and waits for its answer: [`call_elsewhere`](Self::call_elsewhere)
+    /// but for the record.
+    async fn send_elsewhere(
         &self,
         caller: &ToolCaller,
         name: &CapsuleId,
@@ -252,51 +288,23 @@ async fn serve_call(
         replier,
     } = incoming;
     // Each host remembers the nonces it saw; the claim makes a call run on one host of the
-    // lattice only, however many copies of it reach the capsule's queue group. A claim that
-    // cannot be made refuses the call (fail closed); the caller is not told.
+    // lattice only, however many copies of it reach the capsule's queue group. It is made
+    // while the check is recorded; a claim that cannot be made refuses the call (fail
+    // closed). Either way the caller is not told: the host that took it answers.
     let Some(token) = served.start(&call.nonce, &call.from) else {
         tracing::debug!("a call its caller cancelled before it came was not run");
         return;
     };
-    let (store, host) = &claims;
-    match store.claim(&call.nonce, host).await {
-        Ok(true) => {}
-        Ok(false) => {
-            served.end(&call.nonce);
-            let from = short_host(&call.from);
-            tracing::warn!(%from, "refused a lattice call another host already took");
-            traffic.refused(Refused::Call, "claimed-elsewhere", None);
-            return;
-        }
-        Err(e) => {
-            served.end(&call.nonce);
-            tracing::warn!(error = %e, "cannot claim a lattice call; refused");
-            traffic.refused(Refused::Call, "unclaimable", None);
-            return;
-        }
-    }
+    // Awaited by the check (which it runs beside), the timer and the answer, made once.
+    let claim = claim_here(&claims, &call.nonce).boxed().shared();
+    let from = FromHost {
+        host: &call.from,
+        claim: Box::pin(claim.clone()),
+    };
     let answer = async {
-        let Ok(principal @ Principal::User(_)) = call.meta.principal.parse::<Principal>() else {
-            let reason = "the call names no user".to_owned();
-            return (CallOutcome::Refused { reason }, Bytes::new());
-        };
-        let Ok(capsule) = CapsuleId::new(&call.meta.capsule) else {
-            return (CallOutcome::UnknownTool, Bytes::new());
-        };
-        let Ok(input) = std::str::from_utf8(&input) else {
-            let message = "the input is not UTF-8".to_owned();
-            return (
-                CallOutcome::Failed {
-                    message,
-                    kind: None,
-                },
-                Bytes::new(),
-            );
-        };
-        let caller = ToolCaller {
-            principal,
-            door: Door::Lattice,
-            client: call.meta.client.clone(),
+        let (caller, capsule, input) = match read_call(&call.meta, &input) {
+            Ok(read) => read,
+            Err(refused) => return Ok((refused, Bytes::new())),
         };
         let mut control = CallControl::cancelled_by(&token);
         if let Some(ms) = call.meta.deadline_ms {
@@ -305,23 +313,34 @@ async fn serve_call(
         let result = kernel
             .call_tool_from(
                 &caller,
-                Some(&call.from),
+                Some(from),
                 &capsule,
                 &call.meta.tool,
                 input,
                 &control,
             )
             .await;
-        outcome_of(result)
+        match result {
+            Err(KernelError::NotClaimed(reason)) => Err(reason),
+            result => Ok(outcome_of(result)),
+        }
     };
     tokio::pin!(answer);
-    // A call that answers quickly is answered at once; one that runs on is said to be taken,
-    // then to be running, every heartbeat.
+    // A call that answers quickly is answered at once; one that runs on is said to be taken
+    // (counted from its claim: a host says so only once it holds the call), then to be
+    // running, every heartbeat.
+    let taken_a_while = async {
+        if claim.clone().await.is_ok() {
+            tokio::time::sleep(ACCEPT_AFTER).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
     let quick = tokio::select! {
         answered = &mut answer => Some(answered),
-        () = tokio::time::sleep(ACCEPT_AFTER) => None,
+        () = taken_a_while => None,
     };
-    let (outcome, output) = if let Some(answered) = quick {
+    let answered = if let Some(answered) = quick {
         answered
     } else {
         replier.accepted().await;
@@ -335,7 +354,61 @@ async fn serve_call(
         }
     };
     served.end(&call.nonce);
-    replier.done(outcome, output).await;
+    // A call refused before its check was not claimed yet: no host answers a call it has not
+    // claimed (the caller takes the first answer it gets as the call's).
+    let answered = match answered {
+        Ok(answer) => claim.await.map(|()| answer),
+        Err(reason) => Err(reason),
+    };
+    match answered {
+        Ok((outcome, output)) => replier.done(outcome, output).await,
+        Err(reason) => {
+            let from = short_host(&call.from);
+            tracing::warn!(%from, reason, "a lattice call was not run here");
+            traffic.refused(Refused::Call, reason, None);
+        }
+    }
+}
+
+/// Claims call `nonce` for this host; `Err` names why it does not run here.
+async fn claim_here(claims: &Claims, nonce: &str) -> Result<(), &'static str> {
+    let (store, host) = claims;
+    match store.claim(nonce, host).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err("claimed-elsewhere"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim a lattice call; refused");
+            Err("unclaimable")
+        }
+    }
+}
+
+/// Who calls what, with which input, as another host's call says; or what it is answered
+/// when it says it wrongly.
+fn read_call<'a>(
+    meta: &CallMeta,
+    input: &'a [u8],
+) -> Result<(ToolCaller, CapsuleId, &'a str), CallOutcome> {
+    let Ok(principal @ Principal::User(_)) = meta.principal.parse::<Principal>() else {
+        let reason = "the call names no user".to_owned();
+        return Err(CallOutcome::Refused { reason });
+    };
+    let Ok(capsule) = CapsuleId::new(&meta.capsule) else {
+        return Err(CallOutcome::UnknownTool);
+    };
+    let Ok(input) = std::str::from_utf8(input) else {
+        let message = "the input is not UTF-8".to_owned();
+        return Err(CallOutcome::Failed {
+            message,
+            kind: None,
+        });
+    };
+    let caller = ToolCaller {
+        principal,
+        door: Door::Lattice,
+        client: meta.client.clone(),
+    };
+    Ok((caller, capsule, input))
 }
 
 fn outcome_of(result: Result<String, KernelError>) -> (CallOutcome, Bytes) {

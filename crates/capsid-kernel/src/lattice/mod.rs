@@ -11,7 +11,6 @@ mod refusals;
 mod served;
 
 pub use anchors::AnchorCheck;
-pub(crate) use calls::short_host;
 pub(crate) use refusals::Refused;
 
 use std::sync::atomic::{AtomicU64, Ordering};
