@@ -1,9 +1,11 @@
-//! Calling tools, whoever calls: the operator (through the API or the daemon) or an MCP
-//! session as its user. Every call is one audit entry made durably before it runs (who,
-//! through which door and client, the blake3 of its input) and one after it (outcome,
-//! duration); an entry that cannot be written refuses the call. A principal other than the
-//! operator must hold `tool://<capsule>/<tool>` (permission `exec`), and a tool it may not
-//! call answers exactly as a tool that does not exist: no capsule or tool name leaks.
+//! Calling tools, whoever calls: the operator (through the API or the daemon), an MCP
+//! session as its user, or another host of the lattice for the user it names. Every call is
+//! one audit entry made durably before it runs (who, through which door and client, the
+//! blake3 of its input) and one after it (outcome, duration; durable before it is told,
+//! queued when another host called, which makes its own durable); an entry that cannot be
+//! written refuses the call. A principal other than the operator must hold
+//! `tool://<capsule>/<tool>` (permission `exec`), and a tool it may not call answers exactly
+//! as a tool that does not exist: no capsule or tool name leaks.
 
 use std::future::Future;
 use std::pin::Pin;
