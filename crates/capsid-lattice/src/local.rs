@@ -257,14 +257,19 @@ impl LocalCluster {
     }
 }
 
-/// Whether JetStream on `url` can place a stream on `replicas` peers: a throwaway memory
-/// stream is created and deleted.
-async fn placement_works(url: &str, replicas: usize) -> bool {
-    let Ok(client) = async_nats::ConnectOptions::new()
+/// A connection to ask a node whether it is ready, if it takes one at once.
+async fn probe_client(url: &str) -> Option<async_nats::Client> {
+    async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_millis(500))
         .connect(url)
         .await
-    else {
+        .ok()
+}
+
+/// Whether JetStream on `url` can place a stream on `replicas` peers: a throwaway memory
+/// stream is created and deleted.
+async fn placement_works(url: &str, replicas: usize) -> bool {
+    let Some(client) = probe_client(url).await else {
         return false;
     };
     let js = async_nats::jetstream::new(client.clone());
@@ -290,11 +295,7 @@ async fn placement_works(url: &str, replicas: usize) -> bool {
 /// Whether JetStream on `url` answers an account query without an error (in a cluster: once
 /// a meta leader is elected).
 async fn jetstream_answers(url: &str) -> bool {
-    let Ok(client) = async_nats::ConnectOptions::new()
-        .connection_timeout(Duration::from_millis(500))
-        .connect(url)
-        .await
-    else {
+    let Some(client) = probe_client(url).await else {
         return false;
     };
     // Asked raw: the client's own account query does not read NATS 2.9's answer.
