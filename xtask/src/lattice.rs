@@ -4,8 +4,10 @@
 //! `hello` made on `a` is served by `b`. Everything lives under `target/dev-lattice/`; Ctrl-C
 //! stops all three.
 
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
@@ -87,6 +89,29 @@ fn write_config(home: &Path, other: &str) -> Result<()> {
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// How long the local server may take to listen.
+const NATS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the server listens on [`NATS_PORT`] (a single node's JetStream is up by
+/// then), or says why not: it exited, or it took too long.
+fn wait_for_nats(server: &mut Child, log: &Path) -> Result<()> {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", NATS_PORT)).is_err() {
+        if let Some(status) = server.try_wait()? {
+            bail!("nats-server exited ({status}); see {}", log.display());
+        }
+        if start.elapsed() > NATS_START_TIMEOUT {
+            bail!(
+                "nats-server did not listen on port {NATS_PORT} within {NATS_START_TIMEOUT:?}; \
+                 see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 pub fn run(root: &Path) -> Result<()> {
     let built = build_capsules(root)?;
     cargo(root, &["build", "--locked", "--package", "capsid-cli"])?;
@@ -121,7 +146,7 @@ pub fn run(root: &Path) -> Result<()> {
             .spawn()
             .context("cannot start nats-server")?,
     );
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_for_nats(&mut children.0[0], &nats.join("nats.log"))?;
     let daemon = |home: &Path| {
         Command::new(&capsid)
             .arg("--home")
