@@ -164,10 +164,13 @@ impl Committer {
                 }
                 Err(e) => {
                     tracing::error!(path = %self.path.display(), error = %e, "audit batch failed to commit");
+                    // Recovered before anyone is told: an append made once its caller heard
+                    // of the failure builds on what was committed, and does not fail too.
+                    let recovered = self.publish_committed_heads();
                     for prepared in fresh {
                         prepared.fail(&self.path, &e);
                     }
-                    if !self.publish_committed_heads() {
+                    if !recovered {
                         return;
                     }
                 }
