@@ -102,23 +102,8 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
     )
     .await;
     assert!(answers.is_empty(), "{answers:?}");
-    // Genuine, sent three times to the queue group of B and C: it runs once, whichever host
-    // each copy reaches (a host refuses what it saw; the other, what was claimed).
-    let genuine = || {
-        let (headers, body) = (sealed.headers.clone(), sealed.body.clone());
-        raw_answers(&lattice, &inbox, &inbox, headers, body)
-    };
-    let first = genuine().await;
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert!(first[0].contains("\"state\":\"done\""), "{first:?}");
-    for _ in 0..2 {
-        let again = genuine().await;
-        assert!(again.is_empty(), "a copy was answered: {again:?}");
-    }
-    assert_eq!(
-        lattice_calls(&b_host) + lattice_calls(&c_host),
-        ran_before + 1
-    );
+    // Genuine, sent by A, and its copy replayed twice: it runs once.
+    call_then_replay_twice(&lattice, &as_a, user.principal).await;
     assert!(refused(&b) + refused(&c) >= refused_before + 2);
     assert!(
         [&b_host, &c_host].iter().all(|h| !audit_rows(&h.audit_db())
@@ -131,6 +116,11 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
     for kernel in [&a, &b, &c] {
         kernel.shutdown().await;
     }
+    // Counted once the hosts are down: a copy refused after its check is recorded as such.
+    assert_eq!(
+        lattice_calls(&b_host) + lattice_calls(&c_host),
+        ran_before + 1
+    );
     let counted = [refused(&b), refused(&c)];
     assert_refusals_recorded(
         &[(&b_host, counted[0]), (&c_host, counted[1])],
@@ -139,7 +129,7 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_another_host_claimed_is_checked_but_neither_run_nor_answered() {
+async fn a_call_its_caller_handed_to_another_host_is_checked_but_neither_run_nor_answered() {
     let cluster = LocalCluster::start(1).await.unwrap();
     let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
     let a = a_host.boot(&cluster, &[&b_host]).await;
@@ -151,28 +141,66 @@ async fn a_call_another_host_claimed_is_checked_but_neither_run_nor_answered() {
         .unwrap();
     let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &[b_host.key.public_key()]);
     let inbox = lattice.client().new_inbox();
+    let mut asked = lattice.client().subscribe(inbox.clone()).await.unwrap();
     let signed = CallMeta {
         reply_to: inbox.clone(),
         ..meta(user.principal, "greet")
     };
     let input = br#"{"name":"taken elsewhere"}"#;
     let sealed = as_a.seal(Kind::Call, &signed, Bytes::from_static(input));
-    // Another host took it first.
-    let claims = calls::Claims::open(&lattice).await.unwrap();
-    assert!(claims.claim(&sealed.nonce, "another-host").await.unwrap());
     let refused_before = refused(&b);
+    lattice
+        .client()
+        .publish_with_reply_and_headers(
+            format!("capsid.{LATTICE}.call.hello"),
+            inbox.clone(),
+            sealed.headers,
+            sealed.body,
+        )
+        .await
+        .unwrap();
 
-    let answers = raw_answers(&lattice, &inbox, &inbox, sealed.headers, sealed.body).await;
+    // A, by hand: B asks for the call, and is told another host has it.
+    let asking = tokio::time::timeout(Duration::from_secs(10), asked.next())
+        .await
+        .expect("B asks the caller for the call")
+        .unwrap();
+    let envelope: serde_json::Value = serde_json::from_str(
+        asking
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Capsid-Envelope"))
+            .unwrap()
+            .as_str(),
+    )
+    .unwrap();
+    assert_eq!(envelope["kind"], "reply");
+    assert_eq!(envelope["meta"]["state"], "taking");
+    assert_eq!(envelope["meta"]["call"], sealed.nonce.as_str());
+    assert_eq!(envelope["from"], b_host.key_hex());
+    let elsewhere = hex::encode(KeyPair::generate().unwrap().public_key().to_bytes());
+    let handover = serde_json::json!({
+        "call": sealed.nonce,
+        "to": elsewhere,
+        "taking": envelope["nonce"],
+    });
+    let told = as_a.seal(Kind::Handover, &handover, Bytes::new());
+    lattice
+        .client()
+        .publish_with_headers(asking.reply.unwrap(), told.headers, told.body)
+        .await
+        .unwrap();
+    let answers = tokio::time::timeout(Duration::from_secs(1), asked.next()).await;
     assert!(
-        answers.is_empty(),
-        "B answered a call it did not take: {answers:?}"
+        answers.is_err(),
+        "B answered a call it was not handed: {answers:?}"
     );
     // Once down, B has counted and recorded all it did.
     for kernel in [&a, &b] {
         kernel.shutdown().await;
     }
     assert_eq!(refused(&b), refused_before + 1);
-    // B checked and recorded it while claiming it, then recorded that it did not run it.
+    // B checked and recorded it while asking for it, then recorded that it did not run it.
     let input_hash = blake3::hash(input).to_hex().to_string();
     let steps: Vec<(String, String)> = audit_rows(&b_host.audit_db())
         .iter()
@@ -199,6 +227,34 @@ async fn a_call_another_host_claimed_is_checked_but_neither_run_nor_answered() {
         [("tool.result".to_owned(), "claimed-elsewhere".to_owned())],
         "after its check, only that it was not run: {steps:?}"
     );
+}
+
+/// Sends a genuine call as A, listening on hello's subject as anyone might, then replays the
+/// copy heard twice once the call has ended: neither copy is answered (a host refuses what it
+/// saw; the other cannot have it handed over, its caller gone).
+async fn call_then_replay_twice(lattice: &Lattice, as_a: &Seal, principal: Principal) {
+    let mut spy = lattice
+        .client()
+        .subscribe(format!("capsid.{LATTICE}.call.hello"))
+        .await
+        .unwrap();
+    lattice.client().flush().await.unwrap();
+    let input = Bytes::from_static(br#"{"name":"x"}"#);
+    let genuine = meta(principal, "greet");
+    let answer = calls::call(lattice, as_a, &genuine, input, None, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(answer.outcome, CallOutcome::Ok);
+    let copy = spy.next().await.unwrap();
+    let copy_inbox = copy.reply.unwrap().to_string();
+    for _ in 0..2 {
+        let (headers, body) = (copy.headers.clone().unwrap(), copy.payload.clone());
+        let again = raw_answers(lattice, &copy_inbox, &copy_inbox, headers, body).await;
+        assert!(
+            !again.iter().any(|e| e.contains("\"state\":\"done\"")),
+            "a copy was answered: {again:?}"
+        );
+    }
 }
 
 /// Sends a call sealed by `untrusted` and cancels it at once; the cancel, which goes to every
@@ -255,7 +311,7 @@ fn assert_refusals_recorded(hosts: &[(&LatticeHost, u64)], stranger_hex: &str) {
     for reason in ["untrusted", "forged", "misdirected"] {
         assert!(reasons.contains_key(reason), "{reason}: {reasons:?}");
     }
-    let copies: u64 = ["replayed", "claimed-elsewhere"]
+    let copies: u64 = ["replayed", "claimed-elsewhere", "unclaimable"]
         .iter()
         .filter_map(|r| reasons.get(*r))
         .sum();
@@ -286,9 +342,10 @@ fn refused(kernel: &Kernel) -> u64 {
     kernel.lattice_traffic().unwrap().calls_refused
 }
 
-/// How many calls from other hosts `host` checked (allowed or not), less those it did not
-/// claim: a call is claimed while its check is recorded, and an allowed one this host could
-/// not claim ends unrun, with a `claimed-elsewhere` or `unclaimable` result.
+/// How many calls from other hosts `host` checked (allowed or not), less those it was not
+/// handed: a call is asked of its caller while its check is recorded, and an allowed one the
+/// caller did not hand to this host ends unrun, with a `claimed-elsewhere` or `unclaimable`
+/// result.
 fn lattice_calls(host: &LatticeHost) -> usize {
     let rows = audit_rows(&host.audit_db());
     let checked = rows

@@ -44,8 +44,10 @@ fn sorted(mut samples: Vec<Duration>) -> Vec<Duration> {
 
 async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
     let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
-    let a = a_host.boot(cluster, &[&b_host]).await;
-    let b = b_host.boot(cluster, &[&a_host]).await;
+    // A and B on different nodes, as hosts on two machines would be, and the raw floor
+    // between the same two nodes: every run measures the same path.
+    let a = a_host.boot_with(pinned(cluster, &a_host, &b_host, 0)).await;
+    let b = b_host.boot_with(pinned(cluster, &b_host, &a_host, 1)).await;
     // One user, granted on A (B trusts A): the same checks on both sides.
     let user = ToolCaller {
         principal: a.mcp_principal(),
@@ -62,21 +64,22 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
     let hello = CapsuleId::new("hello")?;
     let answer = wait_served(&a, &user, &hello).await?;
 
-    // The raw floor: a responder on the same cluster answering with as many bytes.
-    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path()).await?;
-    let subject = format!("capsid.{LATTICE}.bench.echo");
-    let mut requests = lattice.client().subscribe(subject.clone()).await?;
-    let responder = lattice.client().clone();
+    // The raw floor: a requester on A's node and a responder on B's, answering with as many
+    // bytes; and, as the floor was first measured, one connection answering itself (no hop
+    // between nodes).
+    let home = a_host.home.path();
+    let on = |node: usize| lattice_config(vec![cluster.url(node)]);
+    let asking = Lattice::connect(&on(0), home).await?;
+    let serving = Lattice::connect(&on(1), home).await?;
     let reply = Bytes::from(answer.into_bytes());
-    let echo = tokio::spawn(async move {
-        while let Some(request) = requests.next().await {
-            if let Some(to) = request.reply {
-                let _ = responder.publish(to, reply.clone()).await;
-            }
-        }
-    });
+    let routed = format!("capsid.{LATTICE}.bench.echo");
+    let looped = format!("capsid.{LATTICE}.bench.echo-here");
+    let echoes = [
+        echo(&serving, &routed, reply.clone()).await?,
+        echo(&asking, &looped, reply).await?,
+    ];
 
-    let (mut remote, mut local, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    let mut samples: [Vec<Duration>; 4] = Default::default();
     for i in 0..WARMUP + CALLS {
         let start = Instant::now();
         a.call_tool_as(&user, &hello, "greet", INPUT, &CallControl::new())
@@ -86,36 +89,94 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
         b.call_tool_as(&user, &hello, "greet", INPUT, &CallControl::new())
             .await?;
         let took_local = start.elapsed();
-        let start = Instant::now();
-        lattice
-            .client()
-            .request(subject.clone(), Bytes::from_static(INPUT.as_bytes()))
-            .await?;
-        let took_raw = start.elapsed();
+        let mut raw = [Duration::ZERO; 2];
+        for (took, subject) in raw.iter_mut().zip([&routed, &looped]) {
+            let start = Instant::now();
+            asking
+                .client()
+                .request(subject.clone(), Bytes::from_static(INPUT.as_bytes()))
+                .await?;
+            *took = start.elapsed();
+        }
         if i >= WARMUP {
-            remote.push(took_remote);
-            local.push(took_local);
-            raw.push(took_raw);
+            for (kept, took) in samples
+                .iter_mut()
+                .zip([took_remote, took_local, raw[0], raw[1]])
+            {
+                kept.push(took);
+            }
         }
     }
-    echo.abort();
+    for echo in echoes {
+        echo.abort();
+    }
     a.shutdown().await;
     b.shutdown().await;
-    let (remote, local, raw) = (sorted(remote), sorted(local), sorted(raw));
+    let [remote, local, routed, looped] = samples.map(sorted);
     let mut rows = Vec::new();
-    for (label, p) in [("p50", 0.5), ("p99", 0.99)] {
-        let (local_p, raw_p) = (percentile(&local, p), percentile(&raw, p));
+    for (label, p, raw, floor) in [
+        (
+            "p50",
+            0.5,
+            &routed,
+            "raw NATS request/reply between the two nodes",
+        ),
+        (
+            "p99",
+            0.99,
+            &routed,
+            "raw NATS request/reply between the two nodes",
+        ),
+        (
+            "p50",
+            0.5,
+            &looped,
+            "raw NATS request/reply on one connection",
+        ),
+    ] {
+        let (local_p, raw_p) = (percentile(&local, p), percentile(raw, p));
         rows.push(Row::new(
             &format!("hello.greet served by another host {label}"),
             percentile(&remote, p),
             "µs",
-            &format!(
-                "local call {label} ({local_p:.0}) + 1.3 × raw NATS request/reply {label} ({raw_p:.0})"
-            ),
+            &format!("local call {label} ({local_p:.0}) + 1.3 × {floor} {label} ({raw_p:.0})"),
             local_p + 1.3 * raw_p,
         ));
     }
     Ok(rows)
+}
+
+/// `host`'s configuration trusting `trusted`, connecting to `node` only.
+fn pinned(
+    cluster: &LocalCluster,
+    host: &LatticeHost,
+    trusted: &LatticeHost,
+    node: usize,
+) -> capsid_kernel::KernelConfig {
+    let mut config = host.config(cluster, &[trusted], &[]);
+    if let Some(lattice) = config.lattice.as_mut() {
+        lattice.servers = vec![cluster.url(node)];
+    }
+    config
+}
+
+/// Answers every request on `subject` with `reply`, on `lattice`'s connection.
+async fn echo(
+    lattice: &Lattice,
+    subject: &str,
+    reply: Bytes,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let mut requests = lattice.client().subscribe(subject.to_owned()).await?;
+    // The subscription reaches every node before the first request is timed.
+    lattice.client().flush().await?;
+    let responder = lattice.client().clone();
+    Ok(tokio::spawn(async move {
+        while let Some(request) = requests.next().await {
+            if let Some(to) = request.reply {
+                let _ = responder.publish(to, reply.clone()).await;
+            }
+        }
+    }))
 }
 
 /// Calls until B serves `hello` (it subscribes a moment after boot); the answer.

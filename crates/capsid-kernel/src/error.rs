@@ -104,9 +104,10 @@ pub enum KernelError {
         /// Why this host's record failed.
         why: String,
     },
-    /// A call another host of the lattice sent was not run here: another host took it
-    /// (`claimed-elsewhere`), or it could not be claimed (`unclaimable`). Its caller hears
-    /// from the host that took it, or not at all.
+    /// A call another host of the lattice sent was not run here: its caller handed it to
+    /// another host (`claimed-elsewhere`), or did not hand it over (`unclaimable`: it ended
+    /// the call, or could not be reached). Its caller hears from the host that took it, or
+    /// not at all.
     #[error("a call from another host was not run here: {0}")]
     NotClaimed(&'static str),
     /// No user has that name.

@@ -131,8 +131,9 @@ fn tool_record(
 pub(crate) struct FromHost<'a> {
     /// The sending host's key.
     pub(crate) host: &'a str,
-    /// Claims the call for this host, so that it runs on one host of the lattice only:
-    /// `Err` names why it does not run here (`claimed-elsewhere`, `unclaimable`).
+    /// Takes the call from its caller for this host (the caller hands each call to one host
+    /// of the lattice only): `Err` names why it does not run here (`claimed-elsewhere`,
+    /// `unclaimable`).
     pub(crate) claim: Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send + 'a>>,
 }
 

@@ -1,21 +1,32 @@
 //! Tool calls between hosts. A host calling a capsule it does not have publishes a signed
 //! [`CallMeta`] to `capsid.<lattice>.call.<capsule>`, where every host serving that capsule
-//! listens in one queue group (so each call reaches one of them, and load spreads). The
-//! serving host answers on the call's inbox: `accepted` at once, `running` every
-//! [`LATTICE_CALL_HEARTBEAT`], then `done` with the outcome and output, each signed. A caller
-//! that hears nothing for [`LATTICE_CALL_SILENCE`] takes the serving host for lost and fails
-//! the call, saying so, rather than waiting out a deadline: the call may have had effects,
-//! so it is never sent again on its own. A caller cancelling sends a signed cancel to the
-//! serving host's `capsid.<lattice>.cancel.<host>`, or, before any host said it took the
-//! call, to every host on `capsid.<lattice>.cancel.any`: the host running it stops it, and
-//! the others remember it, so a copy still on its way is not run.
+//! listens in one queue group (so each call reaches one of them, and load spreads).
+//!
+//! A call runs on one host only, however many copies of it reach the queue group (a
+//! replayed one included): the host a copy reaches asks the caller for it (`taking`, on the
+//! call's inbox) while it checks the call, and runs it only once the caller, the one party
+//! that knows, signs a handover naming that host and that request. The caller hands each call
+//! to the first host that asks and names that host to any other; once the call has ended
+//! nobody answers there, so a copy arriving late is not run either.
+//!
+//! The serving host then answers on the call's inbox: `accepted` once it runs a while,
+//! `running` every [`LATTICE_CALL_HEARTBEAT`], then `done` with the outcome and output, each
+//! signed. A caller that hears nothing for [`LATTICE_CALL_SILENCE`] takes the serving host for
+//! lost and fails the call, saying so, rather than waiting out a deadline: the call may have
+//! had effects, so it is never sent again on its own. A caller cancelling sends a signed
+//! cancel to the serving host's `capsid.<lattice>.cancel.<host>`, or, before any host took
+//! the call, to every host on `capsid.<lattice>.cancel.any`: the host running it stops it,
+//! and the others remember it, so a copy still on its way is not run.
 
 use std::future::Future;
 use std::time::Duration;
 
 use async_nats::{StatusCode, Subject, Subscriber};
 use bytes::Bytes;
-use capsid_core::limits::{LATTICE_CALL_ACCEPT_WAIT, LATTICE_CALL_HEARTBEAT, LATTICE_CALL_SILENCE};
+use capsid_core::limits::{
+    LATTICE_CALL_ACCEPT_WAIT, LATTICE_CALL_HANDOVER_WAIT, LATTICE_CALL_HEARTBEAT,
+    LATTICE_CALL_SILENCE,
+};
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -71,17 +82,48 @@ pub enum CallOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 enum ReplyMeta {
-    Accepted { call: String },
-    Running { call: String },
-    Done { call: String, outcome: CallOutcome },
+    /// Asks the caller for the call (a request: the handover comes back to its inbox).
+    Taking {
+        call: String,
+    },
+    Accepted {
+        call: String,
+    },
+    Running {
+        call: String,
+    },
+    Done {
+        call: String,
+        outcome: CallOutcome,
+    },
 }
 
 impl ReplyMeta {
     fn call(&self) -> &str {
         match self {
-            Self::Accepted { call } | Self::Running { call } | Self::Done { call, .. } => call,
+            Self::Taking { call }
+            | Self::Accepted { call }
+            | Self::Running { call }
+            | Self::Done { call, .. } => call,
         }
     }
+}
+
+/// The caller's answer to a host asking for its call: the host it is handed to, and that
+/// host's request (its nonce), so neither another host nor a later request of the same host
+/// (after a restart, say) can take it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct HandoverMeta {
+    call: String,
+    to: String,
+    taking: String,
+}
+
+/// Who holds a call: the host it was handed to, and the request it asked with.
+#[derive(Debug, Clone)]
+struct Holder {
+    host: String,
+    taking: String,
 }
 
 /// A caller's cancel of its call.
@@ -198,7 +240,7 @@ pub async fn call(
     };
     tokio::pin!(deadline_passed);
     tokio::pin!(cancelled);
-    let mut server: Option<String> = None;
+    let mut holder: Option<Holder> = None;
     // Silence is measured from the last reply that counted: nothing else on the inbox
     // (which anyone able to publish there could send) keeps a dead host's call alive.
     let mut silence_ends = tokio::time::Instant::now() + LATTICE_CALL_ACCEPT_WAIT;
@@ -206,17 +248,17 @@ pub async fn call(
         let message = tokio::select! {
             m = replies.next() => m,
             () = tokio::time::sleep_until(silence_ends) => {
-                return Err(match server {
+                return Err(match holder {
                     None => RemoteCallError::NotTaken(capsule),
-                    Some(host) => RemoteCallError::HostLost { host, capsule },
+                    Some(Holder { host, .. }) => RemoteCallError::HostLost { host, capsule },
                 });
             }
             () = &mut deadline_passed => {
-                cancel(lattice, seal, server.as_deref(), &sealed.nonce).await;
+                cancel(lattice, seal, holder.as_ref(), &sealed.nonce).await;
                 return Err(RemoteCallError::Deadline(capsule));
             }
             () = &mut cancelled => {
-                cancel(lattice, seal, server.as_deref(), &sealed.nonce).await;
+                cancel(lattice, seal, holder.as_ref(), &sealed.nonce).await;
                 return Err(RemoteCallError::Cancelled(capsule));
             }
         };
@@ -225,25 +267,39 @@ pub async fn call(
         };
         // "No responders" counts only before a host took the call.
         if message.status == Some(StatusCode::NO_RESPONDERS) {
-            if server.is_none() {
+            if holder.is_none() {
                 return Err(RemoteCallError::NoHost(capsule));
             }
             continue;
         }
-        // Only a reply signed by a trusted host, about this call, from the host that took
-        // it, counts; anything else on the inbox is passed over.
+        // Only a reply signed by a trusted host, about this call, counts; anything else on
+        // the inbox is passed over.
         let Ok(reply) =
             seal.open::<ReplyMeta>(Kind::Reply, message.headers.as_ref(), &message.payload)
         else {
             tracing::debug!(capsule = %capsule, "passed over a reply that did not open");
             continue;
         };
-        if reply.meta.call() != sealed.nonce
-            || server.as_ref().is_some_and(|host| *host != reply.from)
-        {
+        if reply.meta.call() != sealed.nonce {
             continue;
         }
-        server.get_or_insert_with(|| reply.from.clone());
+        if let ReplyMeta::Taking { .. } = reply.meta {
+            let Some(ask) = message.reply else { continue };
+            let first = holder.is_none();
+            let held = holder.get_or_insert_with(|| Holder {
+                host: reply.from.clone(),
+                taking: reply.nonce.clone(),
+            });
+            hand_over(lattice, seal, ask, &sealed.nonce, held).await;
+            if first {
+                silence_ends = tokio::time::Instant::now() + LATTICE_CALL_SILENCE;
+            }
+            continue;
+        }
+        // The rest counts only from the host the call was handed to.
+        if holder.as_ref().is_none_or(|h| h.host != reply.from) {
+            continue;
+        }
         silence_ends = tokio::time::Instant::now() + LATTICE_CALL_SILENCE;
         if let ReplyMeta::Done { outcome, .. } = reply.meta {
             return Ok(RemoteAnswer {
@@ -255,10 +311,28 @@ pub async fn call(
     }
 }
 
-/// Tells `host`, or every host when none said it took the call, that call `nonce` is
+/// Tells the host asking on `ask` who holds call `nonce`: itself, if its request is the one
+/// the call was handed to.
+async fn hand_over(lattice: &Lattice, seal: &Seal, ask: Subject, nonce: &str, held: &Holder) {
+    let meta = HandoverMeta {
+        call: nonce.to_owned(),
+        to: held.host.clone(),
+        taking: held.taking.clone(),
+    };
+    let sealed = seal.seal(Kind::Handover, &meta, Bytes::new());
+    if let Err(e) = lattice
+        .client()
+        .publish_with_headers(ask, sealed.headers, sealed.body)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot hand a lattice call over");
+    }
+}
+
+/// Tells the host holding call `nonce`, or every host when none took it, that it is
 /// cancelled. Best effort: the serving host's own deadline ends the call anyway.
-async fn cancel(lattice: &Lattice, seal: &Seal, host: Option<&str>, nonce: &str) {
-    let host = host.unwrap_or(ANY_HOST);
+async fn cancel(lattice: &Lattice, seal: &Seal, holder: Option<&Holder>, nonce: &str) {
+    let host = holder.map_or(ANY_HOST, |h| h.host.as_str());
     let sealed = seal.seal(
         Kind::Cancel,
         &CancelMeta {
@@ -295,13 +369,27 @@ pub struct IncomingCall {
     pub replier: CallReplier,
 }
 
-/// Answers one call: `accepted`, `running`, `done`.
+/// Takes one call from its caller, then answers it: `accepted`, `running`, `done`.
 #[derive(Debug, Clone)]
 pub struct CallReplier {
     lattice: Lattice,
     seal: Seal,
     reply: Subject,
     call: String,
+    /// The calling host: the only one that can hand the call over.
+    caller: String,
+}
+
+/// Why a call was not taken here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotTaken {
+    /// The caller handed it to another host (or to an earlier request of this one).
+    #[error("the caller handed the call to another host")]
+    Elsewhere,
+    /// The caller could not be asked, or gave no handover that opens: it ended the call,
+    /// or it is unreachable.
+    #[error("the caller did not hand the call over: {0}")]
+    Unanswered(String),
 }
 
 /// Starts serving `capsule`'s calls on this host.
@@ -347,6 +435,7 @@ impl CallQueue {
                     seal: self.seal.clone(),
                     reply,
                     call: call.nonce.clone(),
+                    caller: call.from.clone(),
                 };
                 Ok(IncomingCall {
                     call,
@@ -362,6 +451,40 @@ impl CallQueue {
 }
 
 impl CallReplier {
+    /// Asks the caller for the call: `Ok` once it is handed to this host, which may then
+    /// run it (see the module).
+    pub async fn take(&self) -> Result<(), NotTaken> {
+        let unanswered = |why: &dyn std::fmt::Display| NotTaken::Unanswered(why.to_string());
+        let call = self.call.clone();
+        let asking = self
+            .seal
+            .seal(Kind::Reply, &ReplyMeta::Taking { call }, Bytes::new());
+        let request = async_nats::Request::new()
+            .headers(asking.headers)
+            .payload(asking.body)
+            .timeout(Some(LATTICE_CALL_HANDOVER_WAIT));
+        let answer = self
+            .lattice
+            .client()
+            .send_request(self.reply.clone(), request)
+            .await
+            .map_err(|e| unanswered(&e))?;
+        let handover = self
+            .seal
+            .open::<HandoverMeta>(Kind::Handover, answer.headers.as_ref(), &answer.payload)
+            .map_err(|e| unanswered(&e))?;
+        if handover.from != self.caller || handover.meta.call != self.call {
+            return Err(unanswered(
+                &"a handover not from the caller, or of another call",
+            ));
+        }
+        if handover.meta.to == self.seal.host() && handover.meta.taking == asking.nonce {
+            Ok(())
+        } else {
+            Err(NotTaken::Elsewhere)
+        }
+    }
+
     async fn send(&self, meta: &ReplyMeta, body: Bytes) {
         let sealed = self.seal.seal(Kind::Reply, meta, body);
         if let Err(e) = self
@@ -431,70 +554,5 @@ impl Cancels {
             self.seal
                 .open::<CancelMeta>(Kind::Cancel, message.headers.as_ref(), &message.payload);
         Some(opened.map(|opened| (opened.meta.call, opened.from)))
-    }
-}
-
-/// Where serving hosts claim the calls they take, so each call runs on one host only: a
-/// JetStream stream deduplicating on the call's nonce for twice the envelope skew (longer
-/// than any copy of the call stays fresh). A claim is one publish; the stream answers
-/// whether the nonce was claimed before.
-#[derive(Debug, Clone)]
-pub struct Claims {
-    lattice: Lattice,
-    subject: String,
-}
-
-impl Claims {
-    /// Opens (or creates, with the lattice's replicas) the claims stream.
-    pub async fn open(lattice: &Lattice) -> Result<Self, crate::LatticeError> {
-        let name = format!("capsid_{}_claims", lattice.config().name);
-        let subject = format!("capsid.{}.claim", lattice.config().name);
-        let window = 2 * capsid_core::limits::LATTICE_ENVELOPE_SKEW;
-        let js = lattice.jetstream();
-        if js.get_stream(&name).await.is_err() {
-            let config = async_nats::jetstream::stream::Config {
-                name: name.clone(),
-                description: Some("capsid lattice calls claimed by a serving host".into()),
-                subjects: vec![subject.clone()],
-                storage: async_nats::jetstream::stream::StorageType::File,
-                num_replicas: lattice.config().replicas,
-                max_age: window,
-                duplicate_window: window,
-                ..Default::default()
-            };
-            if let Err(create) = js.create_stream(config).await {
-                // Another host made it at the same moment.
-                js.get_stream(&name)
-                    .await
-                    .map_err(|_| crate::LatticeError::Server {
-                        server: lattice.config().name.clone(),
-                        message: format!("cannot create the claims stream: {create}"),
-                    })?;
-            }
-        }
-        Ok(Self {
-            lattice: lattice.clone(),
-            subject,
-        })
-    }
-
-    /// Claims call `nonce` for `host`: true when this is the first claim, false when the
-    /// call was claimed before (by any host). An error claims nothing.
-    pub async fn claim(&self, nonce: &str, host: &str) -> Result<bool, String> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", nonce);
-        let ack = self
-            .lattice
-            .jetstream()
-            .publish_with_headers(
-                self.subject.clone(),
-                headers,
-                Bytes::copy_from_slice(host.as_bytes()),
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(!ack.duplicate)
     }
 }

@@ -34,8 +34,10 @@ pub(crate) const SIGNATURE_HEADER: &str = "Capsid-Signature";
 pub enum Kind {
     /// A tool call, to a host that has the capsule.
     Call,
-    /// A serving host's word on a call: accepted, still running, or done.
+    /// A serving host's word on a call: taking it, accepted, still running, or done.
     Reply,
+    /// A caller naming the one host its call is handed to.
+    Handover,
     /// A caller cancelling its call.
     Cancel,
     /// An event published on an exported topic.

@@ -15,7 +15,7 @@ use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
 use capsid_core::limits::MAX_CALL_TIMEOUT_MS;
 use capsid_core::{CapsuleId, Principal};
 use capsid_lattice::calls::{
-    self, CallMeta, CallOutcome, CallQueue, IncomingCall, RemoteCallError,
+    self, CallMeta, CallOutcome, CallQueue, CallReplier, IncomingCall, NotTaken, RemoteCallError,
 };
 use capsid_protocol::ErrorCode;
 use futures_util::FutureExt as _;
@@ -34,9 +34,6 @@ const SERVE_RECHECK: Duration = Duration::from_secs(1);
 /// How long a call from another host runs before its caller is told it was taken (a
 /// quicker one is simply answered: one message, one signature fewer).
 const ACCEPT_AFTER: Duration = Duration::from_millis(100);
-
-/// Where calls are claimed (so each runs on one host only), and this host's key.
-type Claims = (calls::Claims, String);
 
 /// A host's key as errors name it: its first 16 hex digits.
 fn short_host(host: &str) -> &str {
@@ -224,7 +221,6 @@ pub(super) fn serve(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
                             queue,
                             served.clone(),
                             joined.traffic.clone(),
-                            (joined.claims.clone(), joined.seal.host().to_owned()),
                         );
                         serving.insert(name, queues.spawn(task));
                     }
@@ -248,7 +244,6 @@ async fn serve_queue(
     mut queue: CallQueue,
     served: Served,
     traffic: Arc<Traffic>,
-    claims: Claims,
 ) {
     while let Some(next) = queue.next().await {
         let incoming = match next {
@@ -263,40 +258,31 @@ async fn serve_queue(
             return;
         };
         Traffic::count(&traffic.calls_served);
-        let call = serve_call(
-            Kernel { inner },
-            incoming,
-            served.clone(),
-            claims.clone(),
-            traffic.clone(),
-        );
+        let call = serve_call(Kernel { inner }, incoming, served.clone(), traffic.clone());
         served.spawn(call);
     }
 }
 
 /// Runs one call from another host and answers it, saying it still runs meanwhile.
-async fn serve_call(
-    kernel: Kernel,
-    incoming: IncomingCall,
-    served: Served,
-    claims: Claims,
-    traffic: Arc<Traffic>,
-) {
+async fn serve_call(kernel: Kernel, incoming: IncomingCall, served: Served, traffic: Arc<Traffic>) {
     let IncomingCall {
         call,
         input,
         replier,
     } = incoming;
-    // Each host remembers the nonces it saw; the claim makes a call run on one host of the
-    // lattice only, however many copies of it reach the capsule's queue group. It is made
-    // while the check is recorded; a claim that cannot be made refuses the call (fail
-    // closed). Either way the caller is not told: the host that took it answers.
+    // Each host remembers the nonces it saw; the caller's handover makes a call run on one
+    // host of the lattice only, however many copies of it reach the capsule's queue group.
+    // It is asked for while the check is recorded; a call not handed here is not run (fail
+    // closed), and its caller is not told: the host that took it answers.
     let Some(token) = served.start(&call.nonce, &call.from) else {
         tracing::debug!("a call its caller cancelled before it came was not run");
         return;
     };
     // Awaited by the check (which it runs beside), the timer and the answer, made once.
-    let claim = claim_here(&claims, &call.nonce).boxed().shared();
+    let claim = {
+        let replier = replier.clone();
+        async move { take_here(&replier).await }.boxed().shared()
+    };
     let from = FromHost {
         host: &call.from,
         claim: Box::pin(claim.clone()),
@@ -354,8 +340,8 @@ async fn serve_call(
         }
     };
     served.end(&call.nonce);
-    // A call refused before its check was not claimed yet: no host answers a call it has not
-    // claimed (the caller takes the first answer it gets as the call's).
+    // A call refused before its check was not taken yet: no host answers a call it was not
+    // handed (its caller would not listen).
     let answered = match answered {
         Ok(answer) => claim.await.map(|()| answer),
         Err(reason) => Err(reason),
@@ -370,14 +356,13 @@ async fn serve_call(
     }
 }
 
-/// Claims call `nonce` for this host; `Err` names why it does not run here.
-async fn claim_here(claims: &Claims, nonce: &str) -> Result<(), &'static str> {
-    let (store, host) = claims;
-    match store.claim(nonce, host).await {
-        Ok(true) => Ok(()),
-        Ok(false) => Err("claimed-elsewhere"),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot claim a lattice call; refused");
+/// Asks the caller to hand its call to this host; `Err` names why it does not run here.
+async fn take_here(replier: &CallReplier) -> Result<(), &'static str> {
+    match replier.take().await {
+        Ok(()) => Ok(()),
+        Err(NotTaken::Elsewhere) => Err("claimed-elsewhere"),
+        Err(e @ NotTaken::Unanswered(_)) => {
+            tracing::warn!(error = %e, "a lattice call was not handed over; refused");
             Err("unclaimable")
         }
     }

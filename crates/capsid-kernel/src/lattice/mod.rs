@@ -49,8 +49,6 @@ pub(crate) struct Joined {
     pub serve_now: Arc<tokio::sync::Notify>,
     /// Wakes the advertiser likewise.
     pub advertise_now: Arc<tokio::sync::Notify>,
-    /// Where calls from other hosts are claimed, so each runs on one host only.
-    pub claims: capsid_lattice::calls::Claims,
     /// Where this host anchors its audit heads.
     pub anchors: Anchors,
     /// The sequence of each chain's head as last anchored.
@@ -164,7 +162,6 @@ pub(crate) async fn open_grant_stores(
     let seal = Seal::new(&lattice_config.name, key.clone(), &hosts);
     let adverts = Adverts::open(&lattice, &seal).await?;
     let anchors = Anchors::open(&lattice, &seal).await?;
-    let claims = capsid_lattice::calls::Claims::open(&lattice).await?;
     // This host's key names its batches' intents: one subject per host, however often it boots.
     let writer = hex::encode(&key.key_id().as_bytes()[..16]);
     let bucket = lattice_config.kv_bucket();
@@ -188,7 +185,6 @@ pub(crate) async fn open_grant_stores(
             traffic: Arc::default(),
             serve_now: Arc::default(),
             advertise_now: Arc::default(),
-            claims,
             anchors,
             anchored: Arc::default(),
             served: served::Served::default(),
