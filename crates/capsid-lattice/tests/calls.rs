@@ -83,8 +83,10 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
     });
     let at_b = next_call(&mut served_by_b).await;
     let copy = spy.next().await.unwrap();
-    // From here on, only C hears the capsule's calls.
+    // From here on, only C hears the capsule's calls (the flush: B's unsubscribe reached the
+    // server).
     drop(served_by_b);
+    b.0.client().flush().await.unwrap();
     let mut served_by_c = serve(&c).await;
 
     at_b.replier
@@ -125,6 +127,7 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
         .unwrap();
     assert_eq!(seen.unwrap_err(), Refusal::Replayed);
     drop(served_by_c);
+    c.0.client().flush().await.unwrap();
     let mut served_by_d = serve(&d).await;
     replay().await;
     let at_d = next_call(&mut served_by_d).await;
