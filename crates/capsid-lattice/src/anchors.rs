@@ -56,28 +56,20 @@ impl Anchors {
     /// Opens (or creates, with the lattice's replicas) the anchors stream.
     pub async fn open(lattice: &Lattice, seal: &Seal) -> Result<Self, LatticeError> {
         let name = format!("capsid_{}_anchors", lattice.config().name);
-        let js = lattice.jetstream();
-        let stream = if let Ok(stream) = js.get_stream(&name).await {
-            stream
-        } else {
-            let config = stream::Config {
-                name: name.clone(),
-                description: Some("capsid audit chain heads, anchored off-host".into()),
-                subjects: vec![format!("capsid.{}.anchor.>", lattice.config().name)],
-                storage: stream::StorageType::File,
-                num_replicas: lattice.config().replicas,
-                deny_delete: true,
-                deny_purge: true,
-                ..Default::default()
-            };
-            match js.create_stream(config).await {
-                Ok(stream) => stream,
-                // Another host made it at the same moment.
-                Err(create) => js.get_stream(&name).await.map_err(|_| {
-                    server_error(lattice, "cannot create the anchors stream", create)
-                })?,
-            }
+        let config = stream::Config {
+            name,
+            description: Some("capsid audit chain heads, anchored off-host".into()),
+            subjects: vec![format!("capsid.{}.anchor.>", lattice.config().name)],
+            storage: stream::StorageType::File,
+            num_replicas: lattice.config().replicas,
+            deny_delete: true,
+            deny_purge: true,
+            ..Default::default()
         };
+        let stream = lattice
+            .open_stream(config)
+            .await
+            .map_err(|e| server_error(lattice, "cannot create the anchors stream", e))?;
         Ok(Self {
             lattice: lattice.clone(),
             seal: seal.clone(),

@@ -4,12 +4,14 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+use async_nats::jetstream::{ErrorCode, stream};
 use async_nats::{ConnectOptions, Event, ServerAddr};
 use capsid_core::limits::{
-    LATTICE_CONNECT_TIMEOUT, LATTICE_KV_MAX_MESSAGE_BYTES, LATTICE_RECONNECT_MAX_DELAY,
-    LATTICE_REQUEST_TIMEOUT,
+    LATTICE_CONNECT_TIMEOUT, LATTICE_FAILOVER_WAIT, LATTICE_KV_MAX_MESSAGE_BYTES,
+    LATTICE_RECONNECT_MAX_DELAY, LATTICE_REQUEST_TIMEOUT,
 };
 use serde::Serialize;
 
@@ -201,6 +203,44 @@ impl Lattice {
         &self.jetstream
     }
 
+    /// Opens stream `config.name`, creating it with `config` when it does not exist (another
+    /// host creating it at the same moment is as good). A cluster still forming, with no
+    /// JetStream leader yet or too few current peers to place the stream's replicas, is
+    /// waited out for up to [`LATTICE_FAILOVER_WAIT`]; past it, or on any other error, the
+    /// error says why.
+    pub(crate) async fn open_stream(
+        &self,
+        config: stream::Config,
+    ) -> Result<stream::Stream, String> {
+        let js = self.jetstream();
+        let started = Instant::now();
+        loop {
+            if let Ok(stream) = js.get_stream(&config.name).await {
+                return Ok(stream);
+            }
+            let refused = match js.create_stream(config.clone()).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => e,
+            };
+            if let Ok(stream) = js.get_stream(&config.name).await {
+                return Ok(stream);
+            }
+            if !cluster_forming(&refused) {
+                return Err(refused.to_string());
+            }
+            if started.elapsed() >= LATTICE_FAILOVER_WAIT {
+                return Err(format!(
+                    "{refused} (still so after {LATTICE_FAILOVER_WAIT:?}: are {} JetStream \
+                     nodes of the cluster up?)",
+                    config.num_replicas
+                ));
+            }
+            tracing::debug!(stream = %config.name, error = %refused,
+                "JetStream cannot place the stream yet; retried");
+            tokio::time::sleep(failover_pause(started)).await;
+        }
+    }
+
     /// The connection's state as it changes, as [`status`](Self::status) shows it.
     pub fn link_states(&self) -> tokio::sync::watch::Receiver<LinkState> {
         self.states.clone()
@@ -220,6 +260,25 @@ impl Lattice {
             since_ms: self.counters.changed_ms.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Whether a stream was refused only because the cluster is still forming: no JetStream
+/// leader answered, or too few peers are current to place its replicas.
+fn cluster_forming(refused: &CreateStreamError) -> bool {
+    match refused.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable | CreateStreamErrorKind::TimedOut => true,
+        CreateStreamErrorKind::JetStream(e) => {
+            e.error_code() == ErrorCode::CLUSTER_NO_PEERS
+                || e.error_code() == ErrorCode::CLUSTER_NOT_AVAILABLE
+        }
+        _ => false,
+    }
+}
+
+/// The pause before trying a read or write again while a leader is elected: 50 ms, growing
+/// with the time waited so far, at most 1 s.
+pub(crate) fn failover_pause(started: Instant) -> Duration {
+    (Duration::from_millis(50) + started.elapsed() / 4).min(Duration::from_secs(1))
 }
 
 #[cfg(test)]

@@ -249,3 +249,26 @@ async fn every_node_killed_at_once_loses_nothing_acknowledged() {
         assert_eq!(kv.get(key).await.unwrap(), Some(vec![2]), "{key:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_jetstream_cannot_place_is_waited_for_then_refused_saying_why() {
+    // Three replicas on a cluster of two: JetStream has no suitable peers, as while a cluster
+    // forms; the open tries again until the failover wait is over.
+    let cluster = LocalCluster::start(2).await.unwrap();
+    let lattice = lattice(&cluster, 3).await;
+    let started = std::time::Instant::now();
+    let Err(err) = JetStreamKvStore::open(&lattice, "unplaced").await else {
+        panic!("three replicas cannot be placed on two nodes");
+    };
+    let err = err.to_string();
+    assert!(
+        started.elapsed() >= capsid_core::limits::LATTICE_FAILOVER_WAIT,
+        "refused before the wait was over: {err}"
+    );
+    assert!(
+        err.contains("jetstream:unplaced")
+            && err.contains("no suitable peers")
+            && err.contains("are 3 JetStream nodes of the cluster up?"),
+        "{err}"
+    );
+}

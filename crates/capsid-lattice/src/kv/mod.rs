@@ -31,7 +31,7 @@ use capsid_core::limits::{
 use capsid_storage::{BatchOp, KvError, KvStore, Page, check_key, check_limit, check_value};
 use futures_util::StreamExt as _;
 
-use crate::connection::Lattice;
+use crate::connection::{Lattice, failover_pause};
 pub(crate) use crate::now_ms;
 use subject::{KEY_HEADER, key_of, key_subject, needs_key_header, prefix_filter};
 
@@ -80,12 +80,6 @@ enum Published {
     Stored(u64),
     /// Refused: the key changed since the revision the write expected.
     Conflict,
-}
-
-/// The pause before trying a read or write again while a leader is elected: 50 ms, growing
-/// with the time waited so far, at most 1 s.
-fn failover_pause(started: Instant) -> Duration {
-    (Duration::from_millis(50) + started.elapsed() / 4).min(Duration::from_secs(1))
 }
 
 /// The stream of a JetStream KV bucket as NATS's own clients make it (so `nats kv` tools
@@ -159,22 +153,10 @@ impl JetStreamKvStore {
                 "writer id {writer:?} must be 1..=64 letters, digits, '-' or '_'"
             )));
         }
-        let js = lattice.jetstream();
-        let name = format!("KV_{bucket}");
-        let stream = match js.get_stream(&name).await {
-            Ok(stream) => stream,
-            // Another host may create it at the same moment: then it exists, which is as good.
-            Err(_) => match js
-                .create_stream(bucket_stream(lattice, bucket, max_age))
-                .await
-            {
-                Ok(stream) => stream,
-                Err(create) => js
-                    .get_stream(&name)
-                    .await
-                    .map_err(|_| backend(format!("cannot create the bucket: {create}")))?,
-            },
-        };
+        let stream = lattice
+            .open_stream(bucket_stream(lattice, bucket, max_age))
+            .await
+            .map_err(|e| backend(format!("cannot create the bucket: {e}")))?;
         let kept = stream.cached_info().config.max_messages_per_subject;
         if kept < LATTICE_KV_HISTORY {
             return Err(backend(format!(
