@@ -230,6 +230,38 @@ pub async fn grant_greet(a: &Kernel, user: &ToolCaller, input: &str) -> String {
     call_until_ok(a, user, ("hello", "greet"), input, Duration::from_secs(10)).await
 }
 
+/// Host A, with no capsules, and host B, serving `hello`, trusting each other on a
+/// cluster, and a user granted `hello.greet` on A whose first call through A answered.
+#[allow(missing_debug_implementations)]
+pub struct HelloOnB {
+    /// A's home and key.
+    pub a_host: LatticeHost,
+    /// B's home and key.
+    pub b_host: LatticeHost,
+    /// A, booted.
+    pub a: Kernel,
+    /// B, booted.
+    pub b: Kernel,
+    /// The user, as A's clients call.
+    pub user: ToolCaller,
+}
+
+/// Boots [`HelloOnB`] on `cluster`.
+pub async fn hello_on_b(cluster: &LocalCluster) -> HelloOnB {
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
+    let a = a_host.boot(cluster, &[&b_host]).await;
+    let b = b_host.boot(cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    HelloOnB {
+        a_host,
+        b_host,
+        a,
+        b,
+        user,
+    }
+}
+
 /// An audit row's details, parsed.
 pub fn details(row: &AuditRow) -> serde_json::Value {
     serde_json::from_str(&row.details).unwrap()

@@ -18,8 +18,8 @@ use capsid_capsule::{CallControl, CapsuleError};
 use capsid_core::limits::LATTICE_ADVERT_INTERVAL;
 use capsid_crypto::KeyPair;
 use capsid_integration_tests::lattice::{
-    LATTICE, LatticeHost, call, call_until_ok, details, grant_greet, lattice_config, refusals_on,
-    user_of,
+    HelloOnB, LATTICE, LatticeHost, call, call_until_ok, details, grant_greet, hello_on_b,
+    lattice_config, refusals_on, user_of,
 };
 use capsid_integration_tests::{AuditRow, audit_rows, id};
 use capsid_kernel::{Door, Kernel, KernelConfig, KernelError, ToolCaller};
@@ -543,11 +543,13 @@ async fn a_capsule_idle_on_its_host_stays_listed_and_served_across_the_lattice()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_call_whose_check_this_host_cannot_record_withholds_its_outcome() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
-    let a = a_host.boot(&cluster, &[&b_host]).await;
-    let b = b_host.boot(&cluster, &[&a_host]).await;
-    let user = user_of(&a);
-    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    let HelloOnB {
+        a_host,
+        b_host,
+        a,
+        b,
+        user,
+    } = hello_on_b(&cluster).await;
     let served_before = b.lattice_traffic().unwrap().calls_served;
     // Another connection holds A's audit log's write lock past its busy timeout: A's record
     // of its check, queued as the call goes out, cannot commit.

@@ -12,7 +12,8 @@ use capsid_core::{Principal, PrincipalId};
 use capsid_crypto::KeyPair;
 use capsid_integration_tests::audit_rows;
 use capsid_integration_tests::lattice::{
-    LATTICE, LatticeHost, copy_key, details, grant_greet, lattice_config, refusals_on, user_of,
+    HelloOnB, LATTICE, LatticeHost, copy_key, details, grant_greet, hello_on_b, lattice_config,
+    refusals_on, user_of,
 };
 use capsid_kernel::Kernel;
 use capsid_lattice::calls::{self, CallMeta, CallOutcome};
@@ -131,11 +132,13 @@ async fn serving_hosts_refuse_forged_untrusted_redirected_and_replayed_calls_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_its_caller_handed_to_another_host_is_checked_but_neither_run_nor_answered() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["hello"]));
-    let a = a_host.boot(&cluster, &[&b_host]).await;
-    let b = b_host.boot(&cluster, &[&a_host]).await;
-    let user = user_of(&a);
-    grant_greet(&a, &user, r#"{"name":"x"}"#).await;
+    let HelloOnB {
+        a_host,
+        b_host,
+        a,
+        b,
+        user,
+    } = hello_on_b(&cluster).await;
     let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
         .await
         .unwrap();
