@@ -109,7 +109,7 @@ pub enum KernelError {
     /// the call, or could not be reached). Its caller hears from the host that took it, or
     /// not at all.
     #[error("a call from another host was not run here: {0}")]
-    NotClaimed(&'static str),
+    NotHandedOver(&'static str),
     /// No user has that name.
     #[error("no user is named {0:?} (see `capsid who`)")]
     UnknownUser(String),

@@ -134,7 +134,7 @@ pub(crate) struct FromHost<'a> {
     /// Takes the call from its caller for this host (the caller hands each call to one host
     /// of the lattice only): `Err` names why it does not run here (`claimed-elsewhere`,
     /// `unclaimable`).
-    pub(crate) claim: Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send + 'a>>,
+    pub(crate) handover: Pin<Box<dyn Future<Output = Result<(), &'static str>> + Send + 'a>>,
 }
 
 impl Kernel {
@@ -183,7 +183,7 @@ impl Kernel {
     }
 
     /// [`call_tool_as`](Self::call_tool_as), for a call another host of the lattice sent
-    /// (`from`: that host, recorded with the call, and the claim that lets it run here).
+    /// (`from`: that host, recorded with the call, and its handover, which lets it run here).
     pub(crate) async fn call_tool_from(
         &self,
         caller: &ToolCaller,
@@ -204,8 +204,8 @@ impl Kernel {
             return Err(no_such_tool());
         }
         let resource = tool_resource(name, tool);
-        let (origin, claim) = match from {
-            Some(from) => (Some(from.host), Some(from.claim)),
+        let (origin, handover) = match from {
+            Some(from) => (Some(from.host), Some(from.handover)),
             None => (None, None),
         };
         // A call from the lattice is never sent on: no call goes round in circles.
@@ -225,23 +225,24 @@ impl Kernel {
             "trust": if dev_trust { Some("dev") } else { None },
             "from_host": origin,
         });
-        // Another host's call is claimed while its check is recorded; it runs once both hold.
-        let claimed = async move {
-            match claim {
-                Some(claim) => claim.await,
+        // Another host's call is asked of its caller while its check is recorded; it runs
+        // once both hold.
+        let handed = async move {
+            match handover {
+                Some(handover) => handover.await,
                 None => Ok(()),
             }
         };
         let checked = self.check_call(caller, name, &resource, details, &sink, no_such_tool);
-        let (checked, claimed) = tokio::join!(checked, claimed);
-        if let Err(reason) = claimed {
+        let (checked, handed) = tokio::join!(checked, handed);
+        if let Err(reason) = handed {
             if checked.is_ok() {
                 // Its check is in the log: so is why it did not run.
                 let details = json!({ "outcome": reason, "duration_ms": 0, "bytes": 0 });
                 self.record_result(caller, name, &resource, details, origin.is_some())
                     .await?;
             }
-            return Err(KernelError::NotClaimed(reason));
+            return Err(KernelError::NotHandedOver(reason));
         }
         checked?;
         let started = Instant::now();

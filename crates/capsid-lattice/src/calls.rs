@@ -82,9 +82,11 @@ pub enum CallOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 enum ReplyMeta {
-    /// Asks the caller for the call (a request: the handover comes back to its inbox).
+    /// Asks the caller for the call; the handover goes to `reply_to`, signed so that a copy
+    /// sent with another inbox is refused before it uses up the request.
     Taking {
         call: String,
+        reply_to: String,
     },
     Accepted {
         call: String,
@@ -101,7 +103,7 @@ enum ReplyMeta {
 impl ReplyMeta {
     fn call(&self) -> &str {
         match self {
-            Self::Taking { call }
+            Self::Taking { call, .. }
             | Self::Accepted { call }
             | Self::Running { call }
             | Self::Done { call, .. } => call,
@@ -149,11 +151,11 @@ pub enum RemoteCallError {
     /// No host of the lattice serves the capsule.
     #[error("no host of the lattice serves capsule {0}")]
     NoHost(String),
-    /// A host serves it, but none answered within [`LATTICE_CALL_ACCEPT_WAIT`] (none took
-    /// the call, or the one that did died before it said so).
+    /// A host serves it, but none asked for the call within [`LATTICE_CALL_ACCEPT_WAIT`]:
+    /// it was handed to none, so it ran nowhere.
     #[error(
-        "no host of the lattice answered the call to capsule {0} within \
-         {LATTICE_CALL_ACCEPT_WAIT:?}; it may or may not have run"
+        "no host of the lattice took the call to capsule {0} within \
+         {LATTICE_CALL_ACCEPT_WAIT:?}; it did not run"
     )]
     NotTaken(String),
     /// The serving host fell silent mid-call (it died, or lost the lattice).
@@ -274,9 +276,7 @@ pub async fn call(
         }
         // Only a reply signed by a trusted host, about this call, counts; anything else on
         // the inbox is passed over.
-        let Ok(reply) =
-            seal.open::<ReplyMeta>(Kind::Reply, message.headers.as_ref(), &message.payload)
-        else {
+        let Ok(reply) = open_reply(seal, &message) else {
             tracing::debug!(capsule = %capsule, "passed over a reply that did not open");
             continue;
         };
@@ -309,6 +309,23 @@ pub async fn call(
             });
         }
     }
+}
+
+/// Opens a message on a call's inbox: a host's word on the call, or a host asking for it
+/// with the inbox it signed.
+fn open_reply(seal: &Seal, message: &async_nats::Message) -> Result<Opened<ReplyMeta>, Refusal> {
+    let asked_on = message.reply.as_ref().map(Subject::as_str);
+    seal.open_if(
+        Kind::Reply,
+        message.headers.as_ref(),
+        &message.payload,
+        |meta| match meta {
+            ReplyMeta::Taking { reply_to, .. } if asked_on != Some(reply_to.as_str()) => {
+                Err(Refusal::Misdirected)
+            }
+            _ => Ok(()),
+        },
+    )
 }
 
 /// Tells the host asking on `ask` who holds call `nonce`: itself, if its request is the one
@@ -380,9 +397,9 @@ pub struct CallReplier {
     caller: String,
 }
 
-/// Why a call was not taken here.
+/// Why a call was not handed to this host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NotTaken {
+pub enum NotHanded {
     /// The caller handed it to another host (or to an earlier request of this one).
     #[error("the caller handed the call to another host")]
     Elsewhere,
@@ -452,36 +469,54 @@ impl CallQueue {
 
 impl CallReplier {
     /// Asks the caller for the call: `Ok` once it is handed to this host, which may then
-    /// run it (see the module).
-    pub async fn take(&self) -> Result<(), NotTaken> {
-        let unanswered = |why: &dyn std::fmt::Display| NotTaken::Unanswered(why.to_string());
-        let call = self.call.clone();
-        let asking = self
-            .seal
-            .seal(Kind::Reply, &ReplyMeta::Taking { call }, Bytes::new());
-        let request = async_nats::Request::new()
-            .headers(asking.headers)
-            .payload(asking.body)
-            .timeout(Some(LATTICE_CALL_HANDOVER_WAIT));
-        let answer = self
-            .lattice
-            .client()
-            .send_request(self.reply.clone(), request)
+    /// run it (see the module). Anything on the way back that is not the caller's signed
+    /// handover of this call is passed over, so nobody else can answer for the caller.
+    pub async fn take(&self) -> Result<(), NotHanded> {
+        let unanswered = |why: &dyn std::fmt::Display| NotHanded::Unanswered(why.to_string());
+        let client = self.lattice.client();
+        let inbox = client.new_inbox();
+        let mut answers = client
+            .subscribe(inbox.clone())
             .await
             .map_err(|e| unanswered(&e))?;
-        let handover = self
-            .seal
-            .open::<HandoverMeta>(Kind::Handover, answer.headers.as_ref(), &answer.payload)
+        let meta = ReplyMeta::Taking {
+            call: self.call.clone(),
+            reply_to: inbox.clone(),
+        };
+        let asking = self.seal.seal(Kind::Reply, &meta, Bytes::new());
+        client
+            .publish_with_reply_and_headers(self.reply.clone(), inbox, asking.headers, asking.body)
+            .await
             .map_err(|e| unanswered(&e))?;
-        if handover.from != self.caller || handover.meta.call != self.call {
-            return Err(unanswered(
-                &"a handover not from the caller, or of another call",
-            ));
-        }
-        if handover.meta.to == self.seal.host() && handover.meta.taking == asking.nonce {
-            Ok(())
-        } else {
-            Err(NotTaken::Elsewhere)
+        let until = tokio::time::Instant::now() + LATTICE_CALL_HANDOVER_WAIT;
+        loop {
+            let message = match tokio::time::timeout_at(until, answers.next()).await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(unanswered(&"the connection closed")),
+                Err(_) => {
+                    let why = format!("no handover within {LATTICE_CALL_HANDOVER_WAIT:?}");
+                    return Err(unanswered(&why));
+                }
+            };
+            if message.status == Some(StatusCode::NO_RESPONDERS) {
+                return Err(unanswered(&"the caller no longer waits for the call"));
+            }
+            let Ok(handover) = self.seal.open::<HandoverMeta>(
+                Kind::Handover,
+                message.headers.as_ref(),
+                &message.payload,
+            ) else {
+                continue;
+            };
+            if handover.from != self.caller || handover.meta.call != self.call {
+                continue;
+            }
+            let mine = handover.meta.to == self.seal.host() && handover.meta.taking == asking.nonce;
+            return if mine {
+                Ok(())
+            } else {
+                Err(NotHanded::Elsewhere)
+            };
         }
     }
 

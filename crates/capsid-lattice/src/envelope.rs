@@ -5,7 +5,8 @@
 //! opens it only when the sender is a host it trusts, the signature holds, the lattice and
 //! kind are the ones expected, the time is within [`LATTICE_ENVELOPE_SKEW`] of its own, and
 //! the nonce was not seen before on this host: a message copied off the wire cannot be played
-//! to it again (calls are also claimed lattice-wide, so a copy runs on no other host either).
+//! to it again (a call runs only once its caller hands it to a host, so a copy runs on no other host
+//! either: see `calls`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};

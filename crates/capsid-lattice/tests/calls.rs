@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use capsid_crypto::KeyPair;
-use capsid_lattice::calls::{self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotTaken};
+use capsid_lattice::calls::{self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotHanded};
 use capsid_lattice::local::LocalCluster;
-use capsid_lattice::{Lattice, LatticeConfig, Refusal, Seal};
+use capsid_lattice::{Kind, Lattice, LatticeConfig, Refusal, Seal};
 use futures_util::StreamExt as _;
 
 const LATTICE: &str = "calls";
@@ -68,18 +68,18 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
             .unwrap();
     let mut served_by_b = serve(&b).await;
 
-    let meta = CallMeta {
-        capsule: "hello".into(),
-        tool: "greet".into(),
-        principal: "user:someone".into(),
-        client: None,
-        deadline_ms: None,
-        reply_to: String::new(),
-    };
     let (lattice, seal) = a.clone();
     let caller = tokio::spawn(async move {
         let input = Bytes::from_static(b"{}");
-        calls::call(&lattice, &seal, &meta, input, None, std::future::pending()).await
+        calls::call(
+            &lattice,
+            &seal,
+            &greet(),
+            input,
+            None,
+            std::future::pending(),
+        )
+        .await
     });
     let at_b = next_call(&mut served_by_b).await;
     let copy = spy.next().await.unwrap();
@@ -93,6 +93,8 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
         .take()
         .await
         .expect("B asked first: the call is B's");
+    // Each step below says the call still runs, so the caller does not give B up meanwhile.
+    at_b.replier.running().await;
     let replay = || {
         let client = a.0.client();
         let (headers, body) = (copy.headers.clone().unwrap(), copy.payload.clone());
@@ -107,9 +109,10 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
     replay().await;
     let at_c = next_call(&mut served_by_c).await;
     assert_eq!(at_c.call.nonce, at_b.call.nonce, "C got the same call");
-    assert_eq!(at_c.replier.take().await, Err(NotTaken::Elsewhere));
+    assert_eq!(at_c.replier.take().await, Err(NotHanded::Elsewhere));
+    at_b.replier.running().await;
     // B asking again (as after a restart) is another request: not the one handed the call.
-    assert_eq!(at_b.replier.take().await, Err(NotTaken::Elsewhere));
+    assert_eq!(at_b.replier.take().await, Err(NotHanded::Elsewhere));
 
     at_b.replier
         .done(CallOutcome::Ok, Bytes::from_static(b"hi"))
@@ -132,7 +135,158 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
     replay().await;
     let at_d = next_call(&mut served_by_d).await;
     assert!(
-        matches!(at_d.replier.take().await, Err(NotTaken::Unanswered(_))),
+        matches!(at_d.replier.take().await, Err(NotHanded::Unanswered(_))),
         "nobody hands over a call that ended"
     );
+}
+
+/// The envelope header of `message`, parsed.
+fn envelope(message: &async_nats::Message) -> serde_json::Value {
+    let header = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Capsid-Envelope"));
+    serde_json::from_str(header.unwrap().as_str()).unwrap()
+}
+
+/// A call of hello's `greet`, as a calling host fills it in.
+fn greet() -> CallMeta {
+    CallMeta {
+        capsule: "hello".into(),
+        tool: "greet".into(),
+        principal: "user:someone".into(),
+        client: None,
+        deadline_ms: None,
+        reply_to: String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_callers_own_handover_counts() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let keys: Vec<Arc<KeyPair>> = (0..3)
+        .map(|_| Arc::new(KeyPair::generate().unwrap()))
+        .collect();
+    let (a, b, c) = (
+        host(&cluster, &keys[0], &keys).await,
+        host(&cluster, &keys[1], &keys).await,
+        host(&cluster, &keys[2], &keys).await,
+    );
+    let mut served_by_b = serve(&b).await;
+    let client = a.0.client();
+    // A, by hand, so that what others send B reaches it before A's own handover.
+    let inbox = client.new_inbox();
+    let mut asked = client.subscribe(inbox.clone()).await.unwrap();
+    let signed = CallMeta {
+        reply_to: inbox.clone(),
+        ..greet()
+    };
+    let call = a.1.seal(Kind::Call, &signed, Bytes::new());
+    let subject = format!("capsid.{LATTICE}.call.hello");
+    client
+        .publish_with_reply_and_headers(subject, inbox, call.headers, call.body)
+        .await
+        .unwrap();
+    let at_b = next_call(&mut served_by_b).await;
+    let taking = {
+        let replier = at_b.replier.clone();
+        tokio::spawn(async move { replier.take().await })
+    };
+    let asking = tokio::time::timeout(Duration::from_secs(10), asked.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let to_b = asking.reply.clone().unwrap();
+    let request = envelope(&asking)["nonce"].clone();
+    let handover = |seal: &Seal, call: &str, to: &str| {
+        let meta = serde_json::json!({ "call": call, "to": to, "taking": request });
+        seal.seal(Kind::Handover, &meta, Bytes::new())
+    };
+    // Junk, a trusted host other than the caller, the caller naming another call: each is
+    // passed over (had one counted, B would hear the call was handed to C); then the
+    // caller's own handover.
+    let c_hex = c.1.host().to_owned();
+    let in_order = [
+        handover(&c.1, &call.nonce, &c_hex),
+        handover(&a.1, "another-call", &c_hex),
+        handover(&a.1, &call.nonce, b.1.host()),
+    ];
+    client
+        .publish(to_b.clone(), Bytes::from_static(b"junk"))
+        .await
+        .unwrap();
+    for sealed in in_order {
+        client
+            .publish_with_headers(to_b.clone(), sealed.headers, sealed.body)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        taking.await.unwrap(),
+        Ok(()),
+        "only the caller's handover counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_hands_nothing_to_a_host_it_does_not_trust() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let keys: Vec<Arc<KeyPair>> = (0..2)
+        .map(|_| Arc::new(KeyPair::generate().unwrap()))
+        .collect();
+    let (a, b) = (
+        host(&cluster, &keys[0], &keys).await,
+        host(&cluster, &keys[1], &keys).await,
+    );
+    let stranger = host(&cluster, &Arc::new(KeyPair::generate().unwrap()), &keys).await;
+    let mut served_by_b = serve(&b).await;
+    let mut spy =
+        a.0.client()
+            .subscribe(format!("capsid.{LATTICE}.call.hello"))
+            .await
+            .unwrap();
+    a.0.client().flush().await.unwrap();
+    let (lattice, seal) = a.clone();
+    let caller = tokio::spawn(async move {
+        calls::call(
+            &lattice,
+            &seal,
+            &greet(),
+            Bytes::new(),
+            None,
+            std::future::pending(),
+        )
+        .await
+    });
+    let copy = spy.next().await.unwrap();
+    let at_b = next_call(&mut served_by_b).await;
+    // The stranger asks first, with a request as a trusted host would make it.
+    let strangers = stranger.0.client();
+    let inbox = strangers.new_inbox();
+    let mut answers = strangers.subscribe(inbox.clone()).await.unwrap();
+    let ask = serde_json::json!({
+        "state": "taking", "call": at_b.call.nonce, "reply_to": inbox,
+    });
+    let sealed = stranger.1.seal(Kind::Reply, &ask, Bytes::new());
+    strangers
+        .publish_with_reply_and_headers(
+            copy.reply.clone().unwrap(),
+            inbox,
+            sealed.headers,
+            sealed.body,
+        )
+        .await
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(1), answers.next()).await;
+    assert!(
+        answered.is_err(),
+        "the caller answered a stranger: {answered:?}"
+    );
+    // It is still the first trusted host's to take.
+    at_b.replier
+        .take()
+        .await
+        .expect("B is the first trusted host to ask");
+    at_b.replier.done(CallOutcome::Ok, Bytes::new()).await;
+    assert_eq!(caller.await.unwrap().unwrap().host, b.1.host());
 }

@@ -15,7 +15,7 @@ use capsid_capsule::{CallControl, CapsuleError, CapsuleState};
 use capsid_core::limits::MAX_CALL_TIMEOUT_MS;
 use capsid_core::{CapsuleId, Principal};
 use capsid_lattice::calls::{
-    self, CallMeta, CallOutcome, CallQueue, CallReplier, IncomingCall, NotTaken, RemoteCallError,
+    self, CallMeta, CallOutcome, CallQueue, CallReplier, IncomingCall, NotHanded, RemoteCallError,
 };
 use capsid_protocol::ErrorCode;
 use futures_util::FutureExt as _;
@@ -279,13 +279,13 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, served: Served, traf
         return;
     };
     // Awaited by the check (which it runs beside), the timer and the answer, made once.
-    let claim = {
+    let handover = {
         let replier = replier.clone();
         async move { take_here(&replier).await }.boxed().shared()
     };
     let from = FromHost {
         host: &call.from,
-        claim: Box::pin(claim.clone()),
+        handover: Box::pin(handover.clone()),
     };
     let answer = async {
         let (caller, capsule, input) = match read_call(&call.meta, &input) {
@@ -307,16 +307,16 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, served: Served, traf
             )
             .await;
         match result {
-            Err(KernelError::NotClaimed(reason)) => Err(reason),
+            Err(KernelError::NotHandedOver(reason)) => Err(reason),
             result => Ok(outcome_of(result)),
         }
     };
     tokio::pin!(answer);
     // A call that answers quickly is answered at once; one that runs on is said to be taken
-    // (counted from its claim: a host says so only once it holds the call), then to be
+    // (counted from its handover: a host says so only once it holds the call), then to be
     // running, every heartbeat.
     let taken_a_while = async {
-        if claim.clone().await.is_ok() {
+        if handover.clone().await.is_ok() {
             tokio::time::sleep(ACCEPT_AFTER).await;
         } else {
             std::future::pending::<()>().await;
@@ -343,7 +343,7 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, served: Served, traf
     // A call refused before its check was not taken yet: no host answers a call it was not
     // handed (its caller would not listen).
     let answered = match answered {
-        Ok(answer) => claim.await.map(|()| answer),
+        Ok(answer) => handover.await.map(|()| answer),
         Err(reason) => Err(reason),
     };
     match answered {
@@ -360,8 +360,8 @@ async fn serve_call(kernel: Kernel, incoming: IncomingCall, served: Served, traf
 async fn take_here(replier: &CallReplier) -> Result<(), &'static str> {
     match replier.take().await {
         Ok(()) => Ok(()),
-        Err(NotTaken::Elsewhere) => Err("claimed-elsewhere"),
-        Err(e @ NotTaken::Unanswered(_)) => {
+        Err(NotHanded::Elsewhere) => Err("claimed-elsewhere"),
+        Err(e @ NotHanded::Unanswered(_)) => {
             tracing::warn!(error = %e, "a lattice call was not handed over; refused");
             Err("unclaimable")
         }
