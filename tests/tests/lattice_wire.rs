@@ -155,7 +155,7 @@ async fn a_call_its_caller_handed_to_another_host_is_checked_but_neither_run_nor
     lattice
         .client()
         .publish_with_reply_and_headers(
-            format!("capsid.{LATTICE}.call.hello"),
+            calls::call_subject(LATTICE, "hello"),
             inbox.clone(),
             sealed.headers,
             sealed.body,
@@ -238,7 +238,7 @@ async fn a_call_its_caller_handed_to_another_host_is_checked_but_neither_run_nor
 async fn call_then_replay_twice(lattice: &Lattice, as_a: &Seal, principal: Principal) {
     let mut spy = lattice
         .client()
-        .subscribe(format!("capsid.{LATTICE}.call.hello"))
+        .subscribe(calls::call_subject(LATTICE, "hello"))
         .await
         .unwrap();
     lattice.client().flush().await.unwrap();
@@ -376,7 +376,7 @@ async fn raw_answers(
     body: Bytes,
 ) -> Vec<String> {
     let mut answers = lattice.client().subscribe(inbox.to_owned()).await.unwrap();
-    let subject = format!("capsid.{LATTICE}.call.hello");
+    let subject = calls::call_subject(LATTICE, "hello");
     lattice
         .client()
         .publish_with_reply_and_headers(subject, reply.to_owned(), headers, body)

@@ -1,6 +1,7 @@
 //! Tool calls between hosts. A host calling a capsule it does not have publishes a signed
-//! [`CallMeta`] to `capsid.<lattice>.call.<capsule>`, where every host serving that capsule
-//! listens in one queue group (so each call reaches one of them, and load spreads).
+//! [`CallMeta`] to `capsid.<lattice>.call.v2.<capsule>` ([`call_subject`]), where every host
+//! serving that capsule listens in one queue group (so each call reaches one of them, and
+//! load spreads).
 //!
 //! A call runs on one host only, however many copies of it reach the queue group (a
 //! replayed one included): the host a copy reaches asks the caller for it (`taking`, on the
@@ -185,9 +186,15 @@ pub enum RemoteCallError {
     },
 }
 
-/// The subject a capsule's calls go to.
-fn call_subject(lattice: &Lattice, capsule: &str) -> String {
-    format!("capsid.{}.call.{capsule}", lattice.config().name)
+/// The version of this call protocol, in every call's subject, so that hosts speaking
+/// another one never exchange calls with these: a host of an earlier release claimed calls in
+/// JetStream instead of asking their caller, and would run calls no caller here hands it.
+const CALL_PROTOCOL: &str = "v2";
+
+/// The subject capsule `capsule`'s calls go to on lattice `lattice`:
+/// `capsid.<lattice>.call.<protocol>.<capsule>`.
+pub fn call_subject(lattice: &str, capsule: &str) -> String {
+    format!("capsid.{lattice}.call.{CALL_PROTOCOL}.{capsule}")
 }
 
 /// The subject a host hears cancels on: its own key (hex), or `any` for every host.
@@ -226,7 +233,7 @@ pub async fn call(
     let sealed = seal.seal(Kind::Call, &meta, input);
     client
         .publish_with_reply_and_headers(
-            call_subject(lattice, &capsule),
+            call_subject(&lattice.config().name, &capsule),
             inbox,
             sealed.headers,
             sealed.body,
@@ -413,7 +420,10 @@ pub enum NotHanded {
 pub async fn serve(lattice: &Lattice, seal: &Seal, capsule: &str) -> Result<CallQueue, String> {
     let subscriber = lattice
         .client()
-        .queue_subscribe(call_subject(lattice, capsule), capsule.to_owned())
+        .queue_subscribe(
+            call_subject(&lattice.config().name, capsule),
+            capsule.to_owned(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     Ok(CallQueue {

@@ -36,6 +36,19 @@ async fn host(
     (lattice, Seal::new(LATTICE, key.clone(), &trusted))
 }
 
+/// `N` hosts of one lattice, each trusting all of them.
+async fn hosts<const N: usize>(cluster: &LocalCluster) -> [(Lattice, Seal); N] {
+    let keys: Vec<Arc<KeyPair>> = (0..N)
+        .map(|_| Arc::new(KeyPair::generate().unwrap()))
+        .collect();
+    let mut made = Vec::new();
+    for key in &keys {
+        made.push(host(cluster, key, &keys).await);
+    }
+    made.try_into()
+        .unwrap_or_else(|_| panic!("{N} hosts were made"))
+}
+
 /// Serves `hello` as `host`; returns once the subscription reached the server.
 async fn serve(host: &(Lattice, Seal)) -> CallQueue {
     let queue = calls::serve(&host.0, &host.1, "hello").await.unwrap();
@@ -54,16 +67,10 @@ async fn next_call(queue: &mut CallQueue) -> IncomingCall {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let keys: Vec<Arc<KeyPair>> = (0..4)
-        .map(|_| Arc::new(KeyPair::generate().unwrap()))
-        .collect();
-    let a = host(&cluster, &keys[0], &keys).await;
-    let b = host(&cluster, &keys[1], &keys).await;
-    let c = host(&cluster, &keys[2], &keys).await;
-    let d = host(&cluster, &keys[3], &keys).await;
+    let [a, b, c, d] = hosts::<4>(&cluster).await;
     let mut spy =
         a.0.client()
-            .subscribe(format!("capsid.{LATTICE}.call.hello"))
+            .subscribe(calls::call_subject(LATTICE, "hello"))
             .await
             .unwrap();
     let mut served_by_b = serve(&b).await;
@@ -164,14 +171,7 @@ fn greet() -> CallMeta {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_callers_own_handover_counts() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let keys: Vec<Arc<KeyPair>> = (0..3)
-        .map(|_| Arc::new(KeyPair::generate().unwrap()))
-        .collect();
-    let (a, b, c) = (
-        host(&cluster, &keys[0], &keys).await,
-        host(&cluster, &keys[1], &keys).await,
-        host(&cluster, &keys[2], &keys).await,
-    );
+    let [a, b, c] = hosts::<3>(&cluster).await;
     let mut served_by_b = serve(&b).await;
     let client = a.0.client();
     // A, by hand, so that what others send B reaches it before A's own handover.
@@ -182,7 +182,7 @@ async fn only_the_callers_own_handover_counts() {
         ..greet()
     };
     let call = a.1.seal(Kind::Call, &signed, Bytes::new());
-    let subject = format!("capsid.{LATTICE}.call.hello");
+    let subject = calls::call_subject(LATTICE, "hello");
     client
         .publish_with_reply_and_headers(subject, inbox, call.headers, call.body)
         .await
@@ -231,18 +231,12 @@ async fn only_the_callers_own_handover_counts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_hands_nothing_to_a_host_it_does_not_trust() {
     let cluster = LocalCluster::start(1).await.unwrap();
-    let keys: Vec<Arc<KeyPair>> = (0..2)
-        .map(|_| Arc::new(KeyPair::generate().unwrap()))
-        .collect();
-    let (a, b) = (
-        host(&cluster, &keys[0], &keys).await,
-        host(&cluster, &keys[1], &keys).await,
-    );
-    let stranger = host(&cluster, &Arc::new(KeyPair::generate().unwrap()), &keys).await;
+    let [a, b] = hosts::<2>(&cluster).await;
+    let stranger = host(&cluster, &Arc::new(KeyPair::generate().unwrap()), &[]).await;
     let mut served_by_b = serve(&b).await;
     let mut spy =
         a.0.client()
-            .subscribe(format!("capsid.{LATTICE}.call.hello"))
+            .subscribe(calls::call_subject(LATTICE, "hello"))
             .await
             .unwrap();
     a.0.client().flush().await.unwrap();
@@ -289,4 +283,27 @@ async fn a_caller_hands_nothing_to_a_host_it_does_not_trust() {
         .expect("B is the first trusted host to ask");
     at_b.replier.done(CallOutcome::Ok, Bytes::new()).await;
     assert_eq!(caller.await.unwrap().unwrap().host, b.1.host());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_of_the_earlier_call_protocol_never_hears_a_call() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let [a, b] = hosts::<2>(&cluster).await;
+    // Where a host of the earlier release listens for hello's calls.
+    let mut earlier =
+        b.0.client()
+            .queue_subscribe(format!("capsid.{LATTICE}.call.hello"), "hello".into())
+            .await
+            .unwrap();
+    b.0.client().flush().await.unwrap();
+    let input = Bytes::from_static(b"{}");
+    let err = calls::call(&a.0, &a.1, &greet(), input, None, std::future::pending())
+        .await
+        .unwrap_err();
+    assert_eq!(err, calls::RemoteCallError::NoHost("hello".into()));
+    let heard = tokio::time::timeout(Duration::from_millis(500), earlier.next()).await;
+    assert!(
+        heard.is_err(),
+        "an earlier-release host heard the call: {heard:?}"
+    );
 }
