@@ -8,7 +8,10 @@
 //! call's inbox) while it checks the call, and runs it only once the caller, the one party
 //! that knows, signs a handover naming that host and that request. The caller hands each call
 //! to the first host that asks and names that host to any other; once the call has ended
-//! nobody answers there, so a copy arriving late is not run either.
+//! nobody answers there, so a copy arriving late is not run either. A host whose handover
+//! does not come within [`LATTICE_CALL_HANDOVER_WAIT`] gives the call up and says so
+//! (`declined`, naming its request), so a caller that did hand it over learns at once that it
+//! did not run, rather than taking the host for lost.
 //!
 //! The serving host then answers on the call's inbox: `accepted` once it runs a while,
 //! `running` every [`LATTICE_CALL_HEARTBEAT`], then `done` with the outcome and output, each
@@ -99,6 +102,12 @@ enum ReplyMeta {
         call: String,
         outcome: CallOutcome,
     },
+    /// Gives up the call asked for with request `taking`: no handover came in time, and the
+    /// host will not run it now.
+    Declined {
+        call: String,
+        taking: String,
+    },
 }
 
 impl ReplyMeta {
@@ -107,7 +116,8 @@ impl ReplyMeta {
             Self::Taking { call, .. }
             | Self::Accepted { call }
             | Self::Running { call }
-            | Self::Done { call, .. } => call,
+            | Self::Done { call, .. }
+            | Self::Declined { call, .. } => call,
         }
     }
 }
@@ -170,6 +180,17 @@ pub enum RemoteCallError {
         /// The capsule.
         capsule: String,
     },
+    /// The host the call was handed to gave it up: the handover reached it too late.
+    #[error(
+        "host {host} gave up the call to capsule {capsule}: it was handed the call later than \
+         {LATTICE_CALL_HANDOVER_WAIT:?} after asking for it; it did not run"
+    )]
+    Declined {
+        /// The host that asked for the call, then gave it up.
+        host: String,
+        /// The capsule.
+        capsule: String,
+    },
     /// The caller's deadline passed.
     #[error("the call to capsule {0} passed its deadline")]
     Deadline(String),
@@ -216,30 +237,7 @@ pub async fn call(
     cancelled: impl Future<Output = ()>,
 ) -> Result<RemoteAnswer, RemoteCallError> {
     let capsule = meta.capsule.clone();
-    let send_error = |e: &dyn std::fmt::Display| RemoteCallError::Send {
-        capsule: capsule.clone(),
-        message: e.to_string(),
-    };
-    let client = lattice.client();
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| send_error(&e))?;
-    let meta = CallMeta {
-        reply_to: inbox.clone(),
-        ..meta.clone()
-    };
-    let sealed = seal.seal(Kind::Call, &meta, input);
-    client
-        .publish_with_reply_and_headers(
-            call_subject(&lattice.config().name, &capsule),
-            inbox,
-            sealed.headers,
-            sealed.body,
-        )
-        .await
-        .map_err(|e| send_error(&e))?;
+    let (nonce, mut replies) = send_call(lattice, seal, meta, input).await?;
     let ends = deadline.map(|d| tokio::time::Instant::now() + d);
     let deadline_passed = async {
         match ends {
@@ -263,16 +261,17 @@ pub async fn call(
                 });
             }
             () = &mut deadline_passed => {
-                cancel(lattice, seal, holder.as_ref(), &sealed.nonce).await;
+                cancel(lattice, seal, holder.as_ref(), &nonce).await;
                 return Err(RemoteCallError::Deadline(capsule));
             }
             () = &mut cancelled => {
-                cancel(lattice, seal, holder.as_ref(), &sealed.nonce).await;
+                cancel(lattice, seal, holder.as_ref(), &nonce).await;
                 return Err(RemoteCallError::Cancelled(capsule));
             }
         };
         let Some(message) = message else {
-            return Err(send_error(&"the connection closed"));
+            let message = "the connection closed".to_owned();
+            return Err(RemoteCallError::Send { capsule, message });
         };
         // "No responders" counts only before a host took the call.
         if message.status == Some(StatusCode::NO_RESPONDERS) {
@@ -287,7 +286,7 @@ pub async fn call(
             tracing::debug!(capsule = %capsule, "passed over a reply that did not open");
             continue;
         };
-        if reply.meta.call() != sealed.nonce {
+        if reply.meta.call() != nonce {
             continue;
         }
         if let ReplyMeta::Taking { .. } = reply.meta {
@@ -297,25 +296,70 @@ pub async fn call(
                 host: reply.from.clone(),
                 taking: reply.nonce.clone(),
             });
-            hand_over(lattice, seal, ask, &sealed.nonce, held).await;
+            hand_over(lattice, seal, ask, &nonce, held).await;
             if first {
                 silence_ends = tokio::time::Instant::now() + LATTICE_CALL_SILENCE;
             }
             continue;
         }
         // The rest counts only from the host the call was handed to.
-        if holder.as_ref().is_none_or(|h| h.host != reply.from) {
+        let Some(held) = holder.as_ref().filter(|h| h.host == reply.from) else {
             continue;
-        }
+        };
         silence_ends = tokio::time::Instant::now() + LATTICE_CALL_SILENCE;
-        if let ReplyMeta::Done { outcome, .. } = reply.meta {
-            return Ok(RemoteAnswer {
-                host: reply.from,
-                outcome,
-                output: message.payload,
-            });
+        match reply.meta {
+            ReplyMeta::Done { outcome, .. } => {
+                return Ok(RemoteAnswer {
+                    host: reply.from,
+                    outcome,
+                    output: message.payload,
+                });
+            }
+            // Only the request it was handed to gives the call up: the holder decided.
+            ReplyMeta::Declined { taking, .. } if taking == held.taking => {
+                return Err(RemoteCallError::Declined {
+                    host: reply.from,
+                    capsule,
+                });
+            }
+            _ => {}
         }
     }
+}
+
+/// Sends call `meta` with `input` to its capsule's queue group: the call as sent, and its
+/// inbox, subscribed before the call leaves: the call's nonce, and the inbox.
+async fn send_call(
+    lattice: &Lattice,
+    seal: &Seal,
+    meta: &CallMeta,
+    input: Bytes,
+) -> Result<(String, Subscriber), RemoteCallError> {
+    let send_error = |e: &dyn std::fmt::Display| RemoteCallError::Send {
+        capsule: meta.capsule.clone(),
+        message: e.to_string(),
+    };
+    let client = lattice.client();
+    let inbox = client.new_inbox();
+    let replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| send_error(&e))?;
+    let meta = CallMeta {
+        reply_to: inbox.clone(),
+        ..meta.clone()
+    };
+    let sealed = seal.seal(Kind::Call, &meta, input);
+    client
+        .publish_with_reply_and_headers(
+            call_subject(&lattice.config().name, &meta.capsule),
+            inbox,
+            sealed.headers,
+            sealed.body,
+        )
+        .await
+        .map_err(|e| send_error(&e))?;
+    Ok((sealed.nonce, replies))
 }
 
 /// Opens a message on a call's inbox: a host's word on the call, or a host asking for it
@@ -410,8 +454,8 @@ pub enum NotHanded {
     /// The caller handed it to another host (or to an earlier request of this one).
     #[error("the caller handed the call to another host")]
     Elsewhere,
-    /// The caller could not be asked, or gave no handover that opens: it ended the call,
-    /// or it is unreachable.
+    /// The caller could not be asked, or gave no handover that opens in time: it ended the
+    /// call, or it is unreachable (or slow: it is then told the call was given up).
     #[error("the caller did not hand the call over: {0}")]
     Unanswered(String),
 }
@@ -504,6 +548,12 @@ impl CallReplier {
                 Ok(Some(message)) => message,
                 Ok(None) => return Err(unanswered(&"the connection closed")),
                 Err(_) => {
+                    // Given up before it is said: a handover arriving now is not run.
+                    let declined = ReplyMeta::Declined {
+                        call: self.call.clone(),
+                        taking: asking.nonce.clone(),
+                    };
+                    self.send(&declined, Bytes::new()).await;
                     let why = format!("no handover within {LATTICE_CALL_HANDOVER_WAIT:?}");
                     return Err(unanswered(&why));
                 }

@@ -59,14 +59,13 @@ pub struct RemoteEvents {
     prefix: String,
 }
 
-/// Starts hearing the lattice's events.
+/// Starts hearing the lattice's events: the subscription has reached the server when this
+/// returns, so an event published after it is heard.
 pub async fn subscribe(lattice: &Lattice, seal: &Seal) -> Result<RemoteEvents, String> {
     let subject = format!("capsid.{}.evt.>", lattice.config().name);
-    let subscriber = lattice
-        .client()
-        .subscribe(subject)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = lattice.client();
+    let subscriber = client.subscribe(subject).await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
     Ok(RemoteEvents {
         seal: seal.clone(),
         subscriber,

@@ -1,16 +1,20 @@
 //! The call protocol on a real `nats-server`: a caller hands its call to the first serving
 //! host that asks, names that host to any other (a replayed copy's host, or the same host
-//! asking again), and once the call has ended answers nobody.
+//! asking again), and once the call has ended answers nobody; a host handed nothing in time
+//! gives the call up and tells the caller, who then knows it did not run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::Subscriber;
 use bytes::Bytes;
 use capsid_crypto::KeyPair;
-use capsid_lattice::calls::{self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotHanded};
+use capsid_lattice::calls::{
+    self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotHanded, RemoteCallError,
+};
 use capsid_lattice::local::LocalCluster;
-use capsid_lattice::{Kind, Lattice, LatticeConfig, Refusal, Seal};
+use capsid_lattice::{Kind, Lattice, LatticeConfig, Refusal, Seal, Sealed};
 use futures_util::StreamExt as _;
 
 const LATTICE: &str = "calls";
@@ -168,6 +172,33 @@ fn greet() -> CallMeta {
     }
 }
 
+/// Calls hello's `greet` as `caller`, by hand: the call sent, and its inbox, where the
+/// serving host's requests arrive and nobody answers them unless the test does.
+async fn call_by_hand(caller: &(Lattice, Seal)) -> (Sealed, Subscriber) {
+    let client = caller.0.client();
+    let inbox = client.new_inbox();
+    let asked = client.subscribe(inbox.clone()).await.unwrap();
+    let signed = CallMeta {
+        reply_to: inbox.clone(),
+        ..greet()
+    };
+    let call = caller.1.seal(Kind::Call, &signed, Bytes::new());
+    let subject = calls::call_subject(LATTICE, "hello");
+    client
+        .publish_with_reply_and_headers(subject, inbox, call.headers.clone(), call.body.clone())
+        .await
+        .unwrap();
+    (call, asked)
+}
+
+/// The next message on `inbox`, within ten seconds.
+async fn next_on(inbox: &mut Subscriber) -> async_nats::Message {
+    tokio::time::timeout(Duration::from_secs(10), inbox.next())
+        .await
+        .expect("a message arrives")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_callers_own_handover_counts() {
     let cluster = LocalCluster::start(1).await.unwrap();
@@ -175,27 +206,13 @@ async fn only_the_callers_own_handover_counts() {
     let mut served_by_b = serve(&b).await;
     let client = a.0.client();
     // A, by hand, so that what others send B reaches it before A's own handover.
-    let inbox = client.new_inbox();
-    let mut asked = client.subscribe(inbox.clone()).await.unwrap();
-    let signed = CallMeta {
-        reply_to: inbox.clone(),
-        ..greet()
-    };
-    let call = a.1.seal(Kind::Call, &signed, Bytes::new());
-    let subject = calls::call_subject(LATTICE, "hello");
-    client
-        .publish_with_reply_and_headers(subject, inbox, call.headers, call.body)
-        .await
-        .unwrap();
+    let (call, mut asked) = call_by_hand(&a).await;
     let at_b = next_call(&mut served_by_b).await;
     let taking = {
         let replier = at_b.replier.clone();
         tokio::spawn(async move { replier.take().await })
     };
-    let asking = tokio::time::timeout(Duration::from_secs(10), asked.next())
-        .await
-        .unwrap()
-        .unwrap();
+    let asking = next_on(&mut asked).await;
     let to_b = asking.reply.clone().unwrap();
     let request = envelope(&asking)["nonce"].clone();
     let handover = |seal: &Seal, call: &str, to: &str| {
@@ -306,4 +323,104 @@ async fn a_host_of_the_earlier_call_protocol_never_hears_a_call() {
         heard.is_err(),
         "an earlier-release host heard the call: {heard:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_handed_nothing_in_time_gives_the_call_up_and_tells_its_caller() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let [a, b] = hosts::<2>(&cluster).await;
+    let mut served_by_b = serve(&b).await;
+    // A hears B ask for the call and never answers.
+    let (call, mut asked) = call_by_hand(&a).await;
+    let at_b = next_call(&mut served_by_b).await;
+    let taken = at_b.replier.take().await;
+    assert!(
+        matches!(taken, Err(NotHanded::Unanswered(_))),
+        "B ran a call nobody handed it: {taken:?}"
+    );
+    let open = |message: &async_nats::Message| {
+        a.1.open::<serde_json::Value>(Kind::Reply, message.headers.as_ref(), &message.payload)
+            .unwrap()
+    };
+    let asking = open(&next_on(&mut asked).await);
+    assert_eq!(asking.meta["state"], "taking");
+    let declined = open(&next_on(&mut asked).await);
+    assert_eq!(declined.from, b.1.host());
+    assert_eq!(
+        declined.meta,
+        serde_json::json!({ "state": "declined", "call": call.nonce, "taking": asking.nonce })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_whose_holder_gave_the_call_up_says_it_did_not_run() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let [a, b, c] = hosts::<3>(&cluster).await;
+    let mut served_by_b = serve(&b).await;
+    // C sees each call (a plain subscription beside B's queue group), and its inbox.
+    let mut spy =
+        c.0.client()
+            .subscribe(calls::call_subject(LATTICE, "hello"))
+            .await
+            .unwrap();
+    c.0.client().flush().await.unwrap();
+    let declined = |seal: &Seal, call: &str, taking: &str| {
+        let meta = serde_json::json!({ "state": "declined", "call": call, "taking": taking });
+        seal.seal(Kind::Reply, &meta, Bytes::new())
+    };
+    // The first call B gives up, saying so; in the second, only a word from another host and
+    // one naming another request of B's come before B's answer: neither counts.
+    for gives_up in [true, false] {
+        let (lattice, seal) = a.clone();
+        let caller = tokio::spawn(async move {
+            let input = Bytes::new();
+            calls::call(
+                &lattice,
+                &seal,
+                &greet(),
+                input,
+                None,
+                std::future::pending(),
+            )
+            .await
+        });
+        let copy = next_on(&mut spy).await;
+        let inbox = copy.reply.clone().unwrap();
+        let mut on_inbox = c.0.client().subscribe(inbox.clone()).await.unwrap();
+        c.0.client().flush().await.unwrap();
+        let at_b = next_call(&mut served_by_b).await;
+        at_b.replier.take().await.expect("the call is B's");
+        let request = envelope(&next_on(&mut on_inbox).await)["nonce"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let call = at_b.call.nonce.clone();
+        if gives_up {
+            let sealed = declined(&b.1, &call, &request);
+            let client = b.0.client();
+            client
+                .publish_with_headers(inbox, sealed.headers, sealed.body)
+                .await
+                .unwrap();
+            let host = b.1.host().to_owned();
+            let capsule = "hello".to_owned();
+            assert_eq!(
+                caller.await.unwrap().unwrap_err(),
+                RemoteCallError::Declined { host, capsule }
+            );
+        } else {
+            for (host, taking) in [(&c, request.as_str()), (&b, "another-request")] {
+                let sealed = declined(&host.1, &call, taking);
+                let client = host.0.client();
+                client
+                    .publish_with_headers(inbox.clone(), sealed.headers, sealed.body)
+                    .await
+                    .unwrap();
+                // In the server before what comes next is.
+                client.flush().await.unwrap();
+            }
+            at_b.replier.done(CallOutcome::Ok, Bytes::new()).await;
+            assert_eq!(caller.await.unwrap().unwrap().host, b.1.host());
+        }
+    }
 }

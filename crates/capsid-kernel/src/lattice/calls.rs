@@ -149,9 +149,10 @@ impl Kernel {
                 let capsule = name.clone();
                 return (Err(CapsuleError::Cancelled { capsule }.into()), None);
             }
-            Err(e @ RemoteCallError::HostLost { .. }) => {
+            Err(e @ (RemoteCallError::HostLost { .. } | RemoteCallError::Declined { .. })) => {
                 let host = match &e {
-                    RemoteCallError::HostLost { host, .. } => Some(host.clone()),
+                    RemoteCallError::HostLost { host, .. }
+                    | RemoteCallError::Declined { host, .. } => Some(host.clone()),
                     _ => None,
                 };
                 return (Err(remote(e.to_string())), host);
