@@ -91,6 +91,12 @@ impl LocalCluster {
     /// Starts `nodes` servers (1: a single JetStream server; 3 or more: a cluster) and waits
     /// until JetStream answers on every one.
     pub async fn start(nodes: usize) -> Result<Self, LocalClusterError> {
+        Self::start_forming(nodes, nodes).await
+    }
+
+    /// A cluster of `nodes` still forming: only the first `running` are started (and waited
+    /// for); the others, which they expect, join with [`restart`](Self::restart).
+    pub async fn start_forming(nodes: usize, running: usize) -> Result<Self, LocalClusterError> {
         let binary = nats_server_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("capsid-nats-")
@@ -111,7 +117,7 @@ impl LocalCluster {
                 process: None,
             });
         }
-        for n in 0..nodes {
+        for n in 0..running.min(nodes) {
             cluster.spawn(n)?;
         }
         cluster.wait_ready().await?;
@@ -136,7 +142,8 @@ impl LocalCluster {
         }
     }
 
-    /// Starts node `n` again after [`kill`](Self::kill), on its ports and store.
+    /// Starts node `n` again after [`kill`](Self::kill), on its ports and store (or for
+    /// the first time, in a cluster still forming).
     pub async fn restart(&mut self, n: usize) -> Result<(), LocalClusterError> {
         self.spawn(n)?;
         self.wait_ready().await

@@ -272,3 +272,28 @@ async fn a_bucket_jetstream_cannot_place_is_waited_for_then_refused_saying_why()
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_is_made_once_the_forming_cluster_it_waits_for_has_formed() {
+    // Two of three nodes up, the third never seen yet: three replicas cannot be placed until
+    // it joins, and the open waits for it.
+    let mut cluster = LocalCluster::start_forming(3, 2).await.unwrap();
+    let lattice = lattice(&cluster, 3).await;
+    let opening = tokio::spawn(async move {
+        let store = JetStreamKvStore::open(&lattice, "formed").await?;
+        Ok::<_, capsid_storage::KvError>((store, lattice))
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !opening.is_finished(),
+        "the open ended before the cluster formed: {:?}",
+        opening.await.unwrap().map(|_| ())
+    );
+    cluster.restart(2).await.unwrap();
+    let (store, _lattice) = opening
+        .await
+        .unwrap()
+        .expect("the bucket is made once the third node joined");
+    store.set(b"k", b"v").await.unwrap();
+    assert_eq!(store.get(b"k").await.unwrap().as_deref(), Some(&b"v"[..]));
+}
