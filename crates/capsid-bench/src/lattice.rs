@@ -1,7 +1,8 @@
 //! `lattice`: a tool call served by another host against the same call made locally plus
 //! 1.3 × a raw NATS request/reply of the same payload, all in the same run on the same
-//! cluster; and JetStream KV set/get through `ScopedKvStore` against the raw `async-nats` KV
-//! store on the same bucket. A real 3-node `nats-server` cluster on loopback, two kernels
+//! cluster, with the signing a call and its answer need against what that target leaves
+//! beyond the local call and the raw round trip; and JetStream KV set/get through
+//! `ScopedKvStore` against the raw `async-nats` KV store on the same bucket. A real 3-node `nats-server` cluster on loopback, two kernels
 //! in this process. Needs the capsules built and `nats-server` installed.
 
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use bytes::Bytes;
 use capsid_capabilities::Permissions;
 use capsid_capsule::CallControl;
 use capsid_core::CapsuleId;
+use capsid_crypto::KeyPair;
 use capsid_integration_tests::lattice::{LATTICE, LatticeHost, lattice_config};
 use capsid_kernel::{Door, Kernel, ToolCaller};
+use capsid_lattice::calls::CallMeta;
 use capsid_lattice::local::LocalCluster;
-use capsid_lattice::{JetStreamKvStore, Lattice};
+use capsid_lattice::{JetStreamKvStore, Kind, Lattice, Seal};
 use capsid_storage::{KvStore, Quota, ScopedKvStore};
 use futures_util::StreamExt as _;
 
@@ -79,7 +82,8 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
         echo(&asking, &looped, reply).await?,
     ];
 
-    let mut samples: [Vec<Duration>; 4] = Default::default();
+    let signatures = Signatures::new()?;
+    let mut samples: [Vec<Duration>; 5] = Default::default();
     for i in 0..WARMUP + CALLS {
         let start = Instant::now();
         a.call_tool_as(&user, &hello, "greet", INPUT, &CallControl::new())
@@ -98,10 +102,12 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
                 .await?;
             *took = start.elapsed();
         }
+        let took_signing = signatures.time_one_call()?;
         if i >= WARMUP {
-            for (kept, took) in samples
-                .iter_mut()
-                .zip([took_remote, took_local, raw[0], raw[1]])
+            for (kept, took) in
+                samples
+                    .iter_mut()
+                    .zip([took_remote, took_local, raw[0], raw[1], took_signing])
             {
                 kept.push(took);
             }
@@ -112,7 +118,13 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
     }
     a.shutdown().await;
     b.shutdown().await;
-    let [remote, local, routed, looped] = samples.map(sorted);
+    Ok(call_rows(samples))
+}
+
+/// The call rows from the samples of each round: remote, local, raw between the nodes, raw
+/// on one connection, signing.
+fn call_rows(samples: [Vec<Duration>; 5]) -> Vec<Row> {
+    let [remote, local, routed, looped, signing] = samples.map(sorted);
     let mut rows = Vec::new();
     for (label, p, raw, floor) in [
         (
@@ -143,7 +155,69 @@ async fn calls(cluster: &LocalCluster) -> Result<Vec<Row>> {
             local_p + 1.3 * raw_p,
         ));
     }
-    Ok(rows)
+    // What the target leaves a remote call beyond the local call and the raw round trip, and
+    // what the signatures of its call and its answer alone take of it.
+    let raw_p50 = percentile(&routed, 0.5);
+    rows.push(Row::new(
+        "a call and its answer signed and checked (Ed25519, in sequence) p50",
+        percentile(&signing, 0.5),
+        "µs",
+        &format!(
+            "the target's allowance beyond local + raw: 0.3 × raw NATS request/reply between \
+             the two nodes p50 ({raw_p50:.0})"
+        ),
+        0.3 * raw_p50,
+    ));
+    rows
+}
+
+/// The signing a remote call cannot do without: A seals the call, B opens it, B seals the
+/// answer, A opens it (each host's own seal, trusting the other, as on the lattice).
+struct Signatures {
+    a: Seal,
+    b: Seal,
+}
+
+impl Signatures {
+    fn new() -> Result<Self> {
+        let (a_key, b_key) = (
+            Arc::new(KeyPair::generate()?),
+            Arc::new(KeyPair::generate()?),
+        );
+        Ok(Self {
+            a: Seal::new(LATTICE, a_key.clone(), &[b_key.public_key()]),
+            b: Seal::new(LATTICE, b_key, &[a_key.public_key()]),
+        })
+    }
+
+    fn time_one_call(&self) -> Result<Duration> {
+        let meta = CallMeta {
+            capsule: "hello".into(),
+            tool: "greet".into(),
+            principal: "user:0123456789abcdef0123456789abcdef".into(),
+            client: None,
+            deadline_ms: None,
+            reply_to: "_INBOX.0123456789abcdefghijkl.0123456789abcdefghijkl".into(),
+        };
+        let start = Instant::now();
+        let call = self
+            .a
+            .seal(Kind::Call, &meta, Bytes::from_static(INPUT.as_bytes()));
+        let opened = self
+            .b
+            .open::<CallMeta>(Kind::Call, Some(&call.headers), &call.body)
+            .map_err(|e| anyhow!("the call did not open: {e}"))?;
+        let done = serde_json::json!({
+            "state": "done", "call": opened.nonce, "outcome": { "outcome": "ok" },
+        });
+        let answer = self
+            .b
+            .seal(Kind::Reply, &done, Bytes::from_static(b"Hello, lattice!"));
+        self.a
+            .open::<serde_json::Value>(Kind::Reply, Some(&answer.headers), &answer.body)
+            .map_err(|e| anyhow!("the answer did not open: {e}"))?;
+        Ok(start.elapsed())
+    }
 }
 
 /// `host`'s configuration trusting `trusted`, connecting to `node` only.
@@ -196,11 +270,50 @@ async fn wait_served(a: &Kernel, user: &ToolCaller, hello: &CapsuleId) -> Result
 
 async fn kv(cluster: &LocalCluster) -> Result<Vec<Row>> {
     let home = tempfile::tempdir()?;
-    let mut config = lattice_config(cluster.urls());
-    config.replicas = 3;
-    let lattice = Lattice::connect(&config, home.path()).await?;
     let bucket = "capsid_bench_kv";
-    let store: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(&lattice, bucket).await?);
+    // Where the bucket's stream leader sits decides what a read costs (capsid reads through
+    // it; async-nats's client reads the nearest replica): measured from its node, and from
+    // another.
+    let made = kv_client(cluster, None, home.path()).await?;
+    JetStreamKvStore::open(&made, bucket).await?;
+    let info = made
+        .jetstream()
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .context("async-nats cannot open the bucket's stream")?
+        .get_info()
+        .await?;
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .and_then(|name| name.strip_prefix('n').and_then(|n| n.parse::<usize>().ok()))
+        .context("the bucket's stream has no leader named as LocalCluster names nodes")?;
+    let mut rows = Vec::new();
+    for (node, placed) in [
+        (leader, "client on the leader's node"),
+        ((leader + 1) % 3, "client on another node"),
+    ] {
+        let lattice = kv_client(cluster, Some(node), home.path()).await?;
+        rows.extend(kv_from(&lattice, bucket, placed).await?);
+    }
+    Ok(rows)
+}
+
+/// A lattice connection with three replicas, to `node` or to any.
+async fn kv_client(
+    cluster: &LocalCluster,
+    node: Option<usize>,
+    home: &std::path::Path,
+) -> Result<Lattice> {
+    let servers = node.map_or_else(|| cluster.urls(), |n| vec![cluster.url(n)]);
+    let mut config = lattice_config(servers);
+    config.replicas = 3;
+    Ok(Lattice::connect(&config, home).await?)
+}
+
+/// KV set and get on `bucket` through capsid and raw, from `lattice`'s node (`placed`).
+async fn kv_from(lattice: &Lattice, bucket: &str, placed: &str) -> Result<Vec<Row>> {
+    let store: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(lattice, bucket).await?);
     let quota = Quota {
         max_bytes: Some(1 << 20),
         max_keys: Some(1024),
@@ -261,7 +374,7 @@ async fn kv(cluster: &LocalCluster) -> Result<Vec<Row>> {
     ] {
         let (ours, raw) = (sorted(ours), sorted(raw));
         rows.push(Row::new(
-            &format!("KV {op} via ScopedKvStore on JetStream p50 (R3, 256 B)"),
+            &format!("KV {op} via ScopedKvStore on JetStream p50 (R3, 256 B, {placed})"),
             percentile(&ours, 0.5),
             "µs",
             &format!("raw async-nats KV {op} p50"),
@@ -270,7 +383,7 @@ async fn kv(cluster: &LocalCluster) -> Result<Vec<Row>> {
     }
     let (ours, leader) = (sorted(ours_get), sorted(leader_get));
     rows.push(Row::new(
-        "KV get via ScopedKvStore on JetStream p50 (R3, 256 B)",
+        &format!("KV get via ScopedKvStore on JetStream p50 (R3, 256 B, {placed})"),
         percentile(&ours, 0.5),
         "µs",
         "raw async-nats read through the stream leader p50 (the read capsid makes)",
