@@ -79,19 +79,7 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
             .unwrap();
     let mut served_by_b = serve(&b).await;
 
-    let (lattice, seal) = a.clone();
-    let caller = tokio::spawn(async move {
-        let input = Bytes::from_static(b"{}");
-        calls::call(
-            &lattice,
-            &seal,
-            &greet(),
-            input,
-            None,
-            std::future::pending(),
-        )
-        .await
-    });
+    let caller = spawn_greet(&a);
     let at_b = next_call(&mut served_by_b).await;
     let copy = spy.next().await.unwrap();
     // From here on, only C hears the capsule's calls (the flush: B's unsubscribe reached the
@@ -149,6 +137,25 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
         matches!(at_d.replier.take().await, Err(NotHanded::Unanswered(_))),
         "nobody hands over a call that ended"
     );
+}
+
+/// `caller` calling hello's `greet`, in a task of its own, until it is answered.
+fn spawn_greet(
+    caller: &(Lattice, Seal),
+) -> tokio::task::JoinHandle<Result<calls::RemoteAnswer, RemoteCallError>> {
+    let (lattice, seal) = caller.clone();
+    tokio::spawn(async move {
+        let input = Bytes::from_static(b"{}");
+        calls::call(
+            &lattice,
+            &seal,
+            &greet(),
+            input,
+            None,
+            std::future::pending(),
+        )
+        .await
+    })
 }
 
 /// The envelope header of `message`, parsed.
@@ -257,18 +264,7 @@ async fn a_caller_hands_nothing_to_a_host_it_does_not_trust() {
             .await
             .unwrap();
     a.0.client().flush().await.unwrap();
-    let (lattice, seal) = a.clone();
-    let caller = tokio::spawn(async move {
-        calls::call(
-            &lattice,
-            &seal,
-            &greet(),
-            Bytes::new(),
-            None,
-            std::future::pending(),
-        )
-        .await
-    });
+    let caller = spawn_greet(&a);
     let copy = spy.next().await.unwrap();
     let at_b = next_call(&mut served_by_b).await;
     // The stranger asks first, with a request as a trusted host would make it.
@@ -371,19 +367,7 @@ async fn a_caller_whose_holder_gave_the_call_up_says_it_did_not_run() {
     // The first call B gives up, saying so; in the second, only a word from another host and
     // one naming another request of B's come before B's answer: neither counts.
     for gives_up in [true, false] {
-        let (lattice, seal) = a.clone();
-        let caller = tokio::spawn(async move {
-            let input = Bytes::new();
-            calls::call(
-                &lattice,
-                &seal,
-                &greet(),
-                input,
-                None,
-                std::future::pending(),
-            )
-            .await
-        });
+        let caller = spawn_greet(&a);
         let copy = next_on(&mut spy).await;
         let inbox = copy.reply.clone().unwrap();
         let mut on_inbox = c.0.client().subscribe(inbox.clone()).await.unwrap();
