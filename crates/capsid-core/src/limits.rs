@@ -707,7 +707,7 @@ pub const LATTICE_REPLAY_GUARD_ENTRIES: usize = 256 * 1024;
 pub const LATTICE_CALL_ACCEPT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a serving host waits for the calling host to hand it a call it asked for; past
-/// it, the call is not run there.
+/// it, the call is not run there, and the host tells the caller it gave the call up.
 pub const LATTICE_CALL_HANDOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How often a serving host says a call it runs is still running.

@@ -180,10 +180,10 @@ pub enum RemoteCallError {
         /// The capsule.
         capsule: String,
     },
-    /// The host the call was handed to gave it up: the handover reached it too late.
+    /// The host the call was handed to gave it up: no handover reached it in time.
     #[error(
-        "host {host} gave up the call to capsule {capsule}: it was handed the call later than \
-         {LATTICE_CALL_HANDOVER_WAIT:?} after asking for it; it did not run"
+        "host {host} gave up the call to capsule {capsule}: no handover reached it within \
+         {LATTICE_CALL_HANDOVER_WAIT:?} of asking for it; it did not run"
     )]
     Declined {
         /// The host that asked for the call, then gave it up.
@@ -327,8 +327,8 @@ pub async fn call(
     }
 }
 
-/// Sends call `meta` with `input` to its capsule's queue group: the call as sent, and its
-/// inbox, subscribed before the call leaves: the call's nonce, and the inbox.
+/// Sends call `meta` with `input` to its capsule's queue group. Gives the call's nonce and
+/// its inbox, subscribed before the call leaves.
 async fn send_call(
     lattice: &Lattice,
     seal: &Seal,
@@ -548,18 +548,15 @@ impl CallReplier {
                 Ok(Some(message)) => message,
                 Ok(None) => return Err(unanswered(&"the connection closed")),
                 Err(_) => {
-                    // Given up before it is said: a handover arriving now is not run.
-                    let declined = ReplyMeta::Declined {
-                        call: self.call.clone(),
-                        taking: asking.nonce.clone(),
-                    };
-                    self.send(&declined, Bytes::new()).await;
                     let why = format!("no handover within {LATTICE_CALL_HANDOVER_WAIT:?}");
-                    return Err(unanswered(&why));
+                    return Err(self.decline(&asking.nonce, &why).await);
                 }
             };
+            // Said of a caller gone, or forged by whoever may publish to this inbox: either
+            // way the call is given up, and a caller still waiting learns it did not run.
             if message.status == Some(StatusCode::NO_RESPONDERS) {
-                return Err(unanswered(&"the caller no longer waits for the call"));
+                let why = "the caller no longer waits for the call";
+                return Err(self.decline(&asking.nonce, why).await);
             }
             let Ok(handover) = self.seal.open::<HandoverMeta>(
                 Kind::Handover,
@@ -578,6 +575,17 @@ impl CallReplier {
                 Err(NotHanded::Elsewhere)
             };
         }
+    }
+
+    /// Gives up the call asked for with request `taking`, telling the caller (`why` is what
+    /// this host is told): a handover arriving after this is not run.
+    async fn decline(&self, taking: &str, why: &str) -> NotHanded {
+        let declined = ReplyMeta::Declined {
+            call: self.call.clone(),
+            taking: taking.to_owned(),
+        };
+        self.send(&declined, Bytes::new()).await;
+        NotHanded::Unanswered(why.to_owned())
     }
 
     async fn send(&self, meta: &ReplyMeta, body: Bytes) {

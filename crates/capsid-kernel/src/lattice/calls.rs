@@ -66,7 +66,7 @@ impl Kernel {
     /// `caller` (a user: the serving host checks that user's grants), while `checked`, the
     /// record of this host's check, commits. The result, and the serving host when one
     /// answered; told only once the record is durable, and if it failed, never
-    /// (`RanUnrecorded`: it may have run there).
+    /// (`RanUnrecorded`: it may have run there; `Unrecorded` when it surely ran nowhere).
     pub(crate) async fn call_elsewhere(
         &self,
         caller: &ToolCaller,
@@ -76,18 +76,17 @@ impl Kernel {
         control: &CallControl,
         checked: &AuditLogSink,
     ) -> Result<(Result<String, KernelError>, Option<String>), KernelError> {
-        let answered = self
+        let sent = self
             .send_elsewhere(caller, name, tool, input, control)
             .await;
         let Err(why) = checked.durable().await else {
-            return Ok(answered);
+            return Ok((sent.result, sent.host));
         };
-        if matches!(answered.0, Err(KernelError::NotServed { .. })) {
-            // Sent nowhere: nothing ran.
+        if sent.ran_nowhere {
             return Err(KernelError::Unrecorded(why));
         }
-        let host = answered.1.as_deref().map_or("(none answered)", short_host);
-        let outcome = crate::tool::outcome(&answered.0);
+        let host = sent.host.as_deref().map_or("(none answered)", short_host);
+        let outcome = crate::tool::outcome(&sent.result);
         tracing::error!(capsule = %name, %host, outcome,
             "a remote call's outcome is withheld: its check went unrecorded here");
         Err(KernelError::RanUnrecorded {
@@ -106,18 +105,18 @@ impl Kernel {
         tool: &str,
         input: &str,
         control: &CallControl,
-    ) -> (Result<String, KernelError>, Option<String>) {
+    ) -> Sent {
         let remote = |message: String| KernelError::Remote {
             capsule: name.clone(),
             message,
             kind: None,
         };
         let Some(joined) = &self.parts().lattice else {
-            return (Err(KernelError::NotInstalled(name.clone())), None);
+            return Sent::nowhere(KernelError::NotInstalled(name.clone()));
         };
         if !matches!(caller.principal, Principal::User(_)) {
             let why = "only a user's calls go to other hosts".to_owned();
-            return (Err(remote(why)), None);
+            return Sent::nowhere(remote(why));
         }
         let time_left = control.time_left();
         let meta = CallMeta {
@@ -143,23 +142,29 @@ impl Kernel {
             Err(RemoteCallError::NoHost(_)) => {
                 let lattice = joined.lattice.config().name.clone();
                 let capsule = name.clone();
-                return (Err(KernelError::NotServed { capsule, lattice }), None);
+                return Sent::nowhere(KernelError::NotServed { capsule, lattice });
+            }
+            Err(e @ RemoteCallError::NotTaken(_)) => return Sent::nowhere(remote(e.to_string())),
+            Err(ref e @ RemoteCallError::Declined { ref host, .. }) => {
+                return Sent {
+                    host: Some(host.clone()),
+                    ..Sent::nowhere(remote(e.to_string()))
+                };
             }
             Err(RemoteCallError::Cancelled(_)) => {
                 let capsule = name.clone();
-                return (Err(CapsuleError::Cancelled { capsule }.into()), None);
+                return Sent::maybe(CapsuleError::Cancelled { capsule }.into(), None);
             }
-            Err(e @ (RemoteCallError::HostLost { .. } | RemoteCallError::Declined { .. })) => {
-                let host = match &e {
-                    RemoteCallError::HostLost { host, .. }
-                    | RemoteCallError::Declined { host, .. } => Some(host.clone()),
-                    _ => None,
-                };
-                return (Err(remote(e.to_string())), host);
+            Err(ref e @ RemoteCallError::HostLost { ref host, .. }) => {
+                return Sent::maybe(remote(e.to_string()), Some(host.clone()));
             }
-            Err(e) => return (Err(remote(e.to_string())), None),
+            Err(e) => return Sent::maybe(remote(e.to_string()), None),
         };
         let host = short_host(&answer.host).to_owned();
+        let ran_nowhere = matches!(
+            answer.outcome,
+            CallOutcome::UnknownTool | CallOutcome::Refused { .. }
+        );
         let result = match answer.outcome {
             CallOutcome::Ok => String::from_utf8(answer.output.to_vec()).map_err(|_| {
                 remote(format!(
@@ -184,7 +189,42 @@ impl Kernel {
                 kind: kind.as_deref().and_then(passed_on),
             }),
         };
-        (result, Some(answer.host))
+        Sent {
+            result,
+            host: Some(answer.host),
+            ran_nowhere,
+        }
+    }
+}
+
+/// What sending a call to another host came to.
+struct Sent {
+    /// The result, as this host tells it.
+    result: Result<String, KernelError>,
+    /// The host that held the call, when one did.
+    host: Option<String>,
+    /// Whether the call surely ran on no host: none served or took it, or the one holding it
+    /// said it gave it up, refused it, or found it not allowed.
+    ran_nowhere: bool,
+}
+
+impl Sent {
+    /// A call that ran nowhere, failing with `error`.
+    fn nowhere(error: KernelError) -> Self {
+        Self {
+            result: Err(error),
+            host: None,
+            ran_nowhere: true,
+        }
+    }
+
+    /// A call that may have run (on `host`, when one held it), failing with `error`.
+    fn maybe(error: KernelError, host: Option<String>) -> Self {
+        Self {
+            result: Err(error),
+            host,
+            ran_nowhere: false,
+        }
     }
 }
 
