@@ -1,7 +1,8 @@
 //! The call protocol on a real `nats-server`: a caller hands its call to the first serving
 //! host that asks, names that host to any other (a replayed copy's host, or the same host
-//! asking again), and once the call has ended answers nobody; a host handed nothing in time
-//! gives the call up and tells the caller, who then knows it did not run.
+//! asking again), and once the call has ended answers nobody; a host handed nothing in time,
+//! or told the caller is gone, gives the call up and tells the caller, who then knows it did
+//! not run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::Subscriber;
 use bytes::Bytes;
+use capsid_core::limits::LATTICE_CALL_HANDOVER_WAIT;
 use capsid_crypto::KeyPair;
 use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotHanded, RemoteCallError,
@@ -346,6 +348,75 @@ async fn a_host_handed_nothing_in_time_gives_the_call_up_and_tells_its_caller() 
         declined.meta,
         serde_json::json!({ "state": "declined", "call": call.nonce, "taking": asking.nonce })
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and_say_so() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let [a, b] = hosts::<2>(&cluster).await;
+    let mut served_by_b = serve(&b).await;
+    let (call, mut asked) = call_by_hand(&a).await;
+    let at_b = next_call(&mut served_by_b).await;
+    let started = tokio::time::Instant::now();
+    let taking = {
+        let replier = at_b.replier.clone();
+        tokio::spawn(async move { replier.take().await })
+    };
+    let asking = next_on(&mut asked).await;
+    let to_b = asking.reply.clone().unwrap();
+    // Anyone able to publish to B's inbox can say the caller is gone (a status line is not
+    // signed): B then gives the call up, at once, and the caller learns it did not run.
+    forge_status(&cluster.url(0), &to_b, 503).await;
+    let taken = taking.await.unwrap();
+    assert!(
+        matches!(&taken, Err(NotHanded::Unanswered(why)) if why.contains("no longer waits")),
+        "B ran a call nobody handed it: {taken:?}"
+    );
+    assert!(
+        started.elapsed() < LATTICE_CALL_HANDOVER_WAIT,
+        "B waited out its handover wait instead of hearing the forged word"
+    );
+    let open = |message: &async_nats::Message| {
+        a.1.open::<serde_json::Value>(Kind::Reply, message.headers.as_ref(), &message.payload)
+            .unwrap()
+    };
+    let asking = open(&asking);
+    let declined = open(&next_on(&mut asked).await);
+    assert_eq!(declined.from, b.1.host());
+    assert_eq!(
+        declined.meta,
+        serde_json::json!({ "state": "declined", "call": call.nonce, "taking": asking.nonce })
+    );
+}
+
+/// Publishes to `subject`, through the server at `url`, what only a NATS server should say:
+/// a status line with `code` and nothing else (a raw client: no client library sends one).
+async fn forge_status(url: &str, subject: &str, code: u16) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let address = url.trim_start_matches("nats://");
+    let mut server = BufReader::new(tokio::net::TcpStream::connect(address).await.unwrap());
+    let mut line = String::new();
+    server.read_line(&mut line).await.unwrap();
+    assert!(line.starts_with("INFO"), "not a NATS server: {line}");
+    let status = format!("NATS/1.0 {code}\r\n\r\n");
+    let frames = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\n\
+         HPUB {subject} {len} {len}\r\n{status}\r\nPING\r\n",
+        len = status.len()
+    );
+    server.get_mut().write_all(frames.as_bytes()).await.unwrap();
+    // The server answers the PING once it has taken the frames before it.
+    loop {
+        line.clear();
+        server.read_line(&mut line).await.unwrap();
+        assert!(
+            !line.starts_with("-ERR"),
+            "the server refused the frames: {line}"
+        );
+        if line.starts_with("PONG") {
+            return;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,21 @@ pub struct Page {
     pub next: Option<Vec<u8>>,
 }
 
+impl Page {
+    /// The page holding the first `limit` of `keys` (ascending, and read one or more past
+    /// `limit`, so that a next page is known to exist when it does).
+    #[must_use]
+    pub fn of_first(mut keys: Vec<Vec<u8>>, limit: usize) -> Self {
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().cloned()
+        } else {
+            None
+        };
+        Self { keys, next }
+    }
+}
+
 /// One operation of an atomic [`KvStore::batch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchOp {
@@ -93,6 +108,12 @@ pub fn check_key(key: &[u8]) -> Result<(), KvError> {
         });
     }
     Ok(())
+}
+
+/// Checks a write against the store limits: its key, and its value unless it deletes.
+pub fn check_write(key: &[u8], value: Option<&[u8]>) -> Result<(), KvError> {
+    check_key(key)?;
+    value.map_or(Ok(()), check_value)
 }
 
 /// Checks a value against the store limit.

@@ -27,7 +27,9 @@ mod survivors;
 pub use bearer::{BearerToken, BearerTokenStore, MintError, MintedToken};
 pub use error::{KvError, QuotaKind};
 pub use identity::{IdentityStore, Link, User};
-pub use kv::{BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_value};
+pub use kv::{
+    BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_value, check_write,
+};
 pub use memory::MemoryKvStore;
 pub use pins::{PinnedTool, ToolPinStore};
 pub use refusal::{RefusalStore, StandingRefusal};

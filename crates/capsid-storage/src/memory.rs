@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use async_trait::async_trait;
 
 use crate::error::KvError;
-use crate::kv::{BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_value};
+use crate::kv::{BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_write};
 
 /// A `KvStore` in memory. Nothing survives the process.
 #[derive(Debug, Default)]
@@ -57,8 +57,7 @@ impl KvStore for MemoryKvStore {
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         self.open()?;
-        check_key(key)?;
-        check_value(value)?;
+        check_write(key, Some(value))?;
         self.map
             .write()
             .map_err(|_| poisoned())?
@@ -90,20 +89,14 @@ impl KvStore for MemoryKvStore {
             Some(a) if a >= prefix => Bound::Excluded(a.to_vec()),
             _ => Bound::Included(prefix.to_vec()),
         };
-        let mut keys: Vec<Vec<u8>> = map
+        let keys: Vec<Vec<u8>> = map
             .range((start, Bound::Unbounded))
             .map(|(k, _)| k)
             .take_while(|k| k.starts_with(prefix))
             .take(limit + 1)
             .cloned()
             .collect();
-        let next = if keys.len() > limit {
-            keys.truncate(limit);
-            keys.last().cloned()
-        } else {
-            None
-        };
-        Ok(Page { keys, next })
+        Ok(Page::of_first(keys, limit))
     }
 
     async fn compare_and_swap(
@@ -113,10 +106,7 @@ impl KvStore for MemoryKvStore {
         new: Option<&[u8]>,
     ) -> Result<bool, KvError> {
         self.open()?;
-        check_key(key)?;
-        if let Some(v) = new {
-            check_value(v)?;
-        }
+        check_write(key, new)?;
         let mut map = self.map.write().map_err(|_| poisoned())?;
         if map.get(key).map(Vec::as_slice) != expected {
             return Ok(false);

@@ -15,7 +15,7 @@ use surrealkv::{LSMIterator as _, Mode, Transaction, Tree, TreeBuilder};
 
 use crate::error::KvError;
 use crate::kv::{
-    BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_value, prefix_end,
+    BatchOp, KvStore, Page, check_batch, check_key, check_limit, check_write, prefix_end,
 };
 
 /// When a write counts as done.
@@ -154,8 +154,7 @@ impl KvStore for SurrealKvStore {
     }
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
-        check_key(key)?;
-        check_value(value)?;
+        check_write(key, Some(value))?;
         self.write(|txn| txn.set(key, value).map(Step::Commit))
             .await
     }
@@ -205,13 +204,7 @@ impl KvStore for SurrealKvStore {
                 valid = it.next().map_err(|e| self.err(&e))?;
             }
         }
-        let next = if keys.len() > limit {
-            keys.truncate(limit);
-            keys.last().cloned()
-        } else {
-            None
-        };
-        Ok(Page { keys, next })
+        Ok(Page::of_first(keys, limit))
     }
 
     async fn compare_and_swap(
@@ -220,10 +213,7 @@ impl KvStore for SurrealKvStore {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, KvError> {
-        check_key(key)?;
-        if let Some(v) = new {
-            check_value(v)?;
-        }
+        check_write(key, new)?;
         self.write(|txn| {
             if txn.get_for_update(key)?.as_deref() != expected {
                 return Ok(Step::Stop(false));

@@ -28,7 +28,7 @@ use capsid_core::limits::{
     LATTICE_FAILOVER_WAIT, LATTICE_KV_HISTORY, LATTICE_KV_LIST_TIMEOUT,
     LATTICE_KV_MAX_MESSAGE_BYTES, MAX_KV_CONFLICT_RETRIES,
 };
-use capsid_storage::{BatchOp, KvError, KvStore, Page, check_key, check_limit, check_value};
+use capsid_storage::{BatchOp, KvError, KvStore, Page, check_key, check_limit, check_write};
 use futures_util::StreamExt as _;
 
 use crate::connection::{Lattice, failover_pause};
@@ -435,8 +435,7 @@ impl KvStore for JetStreamKvStore {
 
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         self.check_open()?;
-        check_key(key)?;
-        check_value(value)?;
+        check_write(key, Some(value))?;
         self.write(key, Some(value), None, None).await?;
         Ok(())
     }
@@ -481,13 +480,7 @@ impl KvStore for JetStreamKvStore {
         }
         keys.sort_unstable();
         keys.dedup();
-        let next = if keys.len() > limit {
-            keys.truncate(limit);
-            keys.last().cloned()
-        } else {
-            None
-        };
-        Ok(Page { keys, next })
+        Ok(Page::of_first(keys, limit))
     }
 
     async fn compare_and_swap(
@@ -497,10 +490,7 @@ impl KvStore for JetStreamKvStore {
         new: Option<&[u8]>,
     ) -> Result<bool, KvError> {
         self.check_open()?;
-        check_key(key)?;
-        if let Some(v) = new {
-            check_value(v)?;
-        }
+        check_write(key, new)?;
         let subject = self.subject(&key_subject(key));
         // A refused write means the key changed after it was read: read again, and answer
         // false only once the value really differs from `expected`.
