@@ -3,15 +3,18 @@
 //! refuses servers it cannot reach or that cannot carry capsid's values, saying which; and
 //! grants are lattice-wide: one host's grant allows a call on another, its revocation reaches
 //! the other within a bound, a host that cannot see the lattice denies, and a grant issued by
-//! a host not trusted is worth nothing; and a log put back to an older copy, valid on its own,
-//! fails against the heads the host anchored in the lattice.
+//! a host not trusted is worth nothing; a NATS node killed mid-load loses no grant a host was
+//! told is stored, and the lattice's calls and writes come back; and a log put back to an
+//! older copy, valid on its own, fails against the heads the host anchored in the lattice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use capsid_capabilities::Permissions;
+use capsid_capabilities::{Permissions, Subject};
 use capsid_capsule::CallControl;
-use capsid_integration_tests::lattice::{LatticeHost, kernel_config, lattice_config};
+use capsid_integration_tests::lattice::{
+    HelloOnB, LatticeHost, hello_on_b, kernel_config, lattice_config,
+};
 use capsid_integration_tests::{PrivateHome, id};
 use capsid_kernel::{Door, Kernel, KernelConfig, ToolCaller};
 use capsid_lattice::LinkState;
@@ -280,6 +283,101 @@ fn restore_audit(host: &LatticeHost, from: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), db.with_file_name(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_killed_mid_load_loses_no_acknowledged_grant_and_the_lattice_recovers() {
+    let mut cluster = LocalCluster::start(3).await.unwrap();
+    let HelloOnB { a, b, user, .. } = hello_on_b(&cluster).await;
+    // The node A is connected to: A loses its connection, its grants' watch and its calls'
+    // path, and JetStream one of the bucket's three replicas.
+    let server = a.status().lattice.unwrap().server.expect("A is connected");
+    let node: usize = server.trim_start_matches('n').parse().unwrap();
+    let subject = Subject {
+        principal: user.principal,
+        capsule: None,
+        session: None,
+    };
+    // The load: each round A stores a grant in the lattice's bucket (so the next check of the
+    // user reads the bucket again), then calls greet, served by B.
+    let start = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut killed = false;
+    let mut answered_since_kill = 0;
+    for round in 0.. {
+        assert!(
+            start.elapsed() < Duration::from_mins(2),
+            "calls through A still failing two minutes after node n{node} was killed \
+             ({answered_since_kill} answered since); lattice {:?}",
+            a.status().lattice
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resource = format!("tool://hello/t{round}");
+        if a.grant(user.principal, None, &resource, Permissions::EXEC)
+            .await
+            .is_ok()
+        {
+            acknowledged.push(resource);
+        }
+        let answered = greet(&a, &user).await;
+        if !killed && round == 10 {
+            assert!(answered, "calls answer before the kill");
+            cluster.kill(node);
+            killed = true;
+        } else if killed && answered {
+            answered_since_kill += 1;
+            if answered_since_kill == 10 {
+                break;
+            }
+        }
+    }
+    let status = a.status().lattice.unwrap();
+    assert_eq!(status.state, LinkState::Connected);
+    assert_ne!(
+        status.server.as_deref(),
+        Some(server.as_str()),
+        "A moved to another node"
+    );
+    assert!(status.disconnects >= 1);
+    // Writes go on with two replicas of three.
+    let after = "tool://hello/after".to_owned();
+    while a
+        .grant(user.principal, None, &after, Permissions::EXEC)
+        .await
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_mins(3),
+            "no grant stored after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    acknowledged.push(after);
+    // Every grant A was told is stored holds, on A and, through the bucket, on B.
+    assert!(
+        acknowledged.len() > 11,
+        "{} grants acknowledged",
+        acknowledged.len()
+    );
+    for resource in &acknowledged {
+        let seen = Instant::now();
+        for host in [&a, &b] {
+            while !host
+                .capabilities()
+                .would_allow(&subject, Permissions::EXEC, resource)
+                .await
+            {
+                assert!(
+                    seen.elapsed() < Duration::from_secs(30),
+                    "the acknowledged grant of {resource} was lost"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    for kernel in [a, b] {
+        kernel.shutdown().await;
     }
 }
 

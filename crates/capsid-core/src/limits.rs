@@ -685,6 +685,12 @@ pub const LATTICE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// after a node died) before it fails.
 pub const LATTICE_FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How long one attempt at making a lattice KV listing or watch (an ephemeral `JetStream`
+/// consumer) waits before another is made, placed anew: until `JetStream` notices a killed
+/// node gone (far longer than making a consumer normally takes: milliseconds), it may place
+/// one there, and that one is never made.
+pub const LATTICE_CONSUMER_ATTEMPT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long connecting to the lattice's NATS servers may take at boot.
 pub const LATTICE_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

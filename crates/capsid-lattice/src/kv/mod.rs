@@ -25,8 +25,8 @@ use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use capsid_core::limits::{
-    LATTICE_FAILOVER_WAIT, LATTICE_KV_HISTORY, LATTICE_KV_LIST_TIMEOUT,
-    LATTICE_KV_MAX_MESSAGE_BYTES, MAX_KV_CONFLICT_RETRIES,
+    LATTICE_CONSUMER_ATTEMPT_WAIT, LATTICE_FAILOVER_WAIT, LATTICE_KV_HISTORY,
+    LATTICE_KV_LIST_TIMEOUT, LATTICE_KV_MAX_MESSAGE_BYTES, MAX_KV_CONFLICT_RETRIES,
 };
 use capsid_storage::{BatchOp, KvError, KvStore, Page, check_key, check_limit, check_write};
 use futures_util::StreamExt as _;
@@ -314,17 +314,34 @@ impl JetStreamKvStore {
         filter: &str,
         deliver_policy: DeliverPolicy,
         headers_only: bool,
-    ) -> Result<Consumer<OrderedConfig>, async_nats::jetstream::stream::ConsumerError> {
-        self.stream
-            .create_consumer(OrderedConfig {
+    ) -> Result<Consumer<OrderedConfig>, String> {
+        let started = Instant::now();
+        loop {
+            let config = OrderedConfig {
                 deliver_subject: self.lattice.client().new_inbox(),
                 filter_subject: filter.to_owned(),
                 headers_only,
                 deliver_policy,
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()
-            })
-            .await
+            };
+            let attempt = tokio::time::timeout(
+                LATTICE_CONSUMER_ATTEMPT_WAIT,
+                self.stream.create_consumer(config),
+            )
+            .await;
+            let why = match attempt {
+                Ok(Ok(consumer)) => return Ok(consumer),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("not made within {LATTICE_CONSUMER_ATTEMPT_WAIT:?}"),
+            };
+            // Made again (placed anew, a leader elected meanwhile): making one changes nothing.
+            if started.elapsed() >= LATTICE_FAILOVER_WAIT {
+                return Err(why);
+            }
+            tracing::debug!(%filter, error = %why, "lattice consumer made again");
+            tokio::time::sleep(failover_pause(started)).await;
+        }
     }
 
     /// Reads every key under `prefix` (all of them; `list` pages them).
