@@ -1,19 +1,22 @@
 //! What a lattice's wire refuses (real `nats-server` cluster on loopback, real kernels): forged,
 //! untrusted, misdirected and replayed call envelopes and an untrusted host's cancel, each
 //! refused without an answer, counted in `status` and audited by reason where it happened;
-//! a trusted host's call still checked by the serving host for the user it names.
+//! a trusted host's call still checked by the serving host for the user it names, and ended
+//! there by the deadline it carries.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use capsid_capabilities::Permissions;
+use capsid_core::limits::DEFAULT_CALL_TIMEOUT_MS;
 use capsid_core::{Principal, PrincipalId};
 use capsid_crypto::KeyPair;
 use capsid_integration_tests::audit_rows;
 use capsid_integration_tests::lattice::{
-    HelloOnB, LATTICE, LatticeHost, copy_key, details, grant_greet, hello_on_b, lattice_config,
-    refusals_on, user_of,
+    HelloOnB, LATTICE, LatticeHost, call_until_ok, copy_key, details, grant_greet, hello_on_b,
+    lattice_config, refusals_on, user_of,
 };
 use capsid_kernel::Kernel;
 use capsid_lattice::calls::{self, CallMeta, CallOutcome};
@@ -229,6 +232,71 @@ async fn a_call_its_caller_handed_to_another_host_is_checked_but_neither_run_nor
         steps[checked + 1..],
         [("tool.result".to_owned(), "claimed-elsewhere".to_owned())],
         "after its check, only that it was not run: {steps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_deadline_travels_with_it_and_ends_it_on_the_serving_host() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let (a_host, b_host) = (LatticeHost::new(&[]), LatticeHost::new(&["counter"]));
+    let a = a_host.boot(&cluster, &[&b_host]).await;
+    let b = b_host.boot(&cluster, &[&a_host]).await;
+    let user = user_of(&a);
+    let tool = ("counter", "count-to");
+    a.grant(
+        user.principal,
+        None,
+        "tool://counter/count-to",
+        Permissions::EXEC,
+    )
+    .await
+    .unwrap();
+    call_until_ok(&a, &user, tool, r#"{"to":1}"#, Duration::from_secs(20)).await;
+
+    // As A, by hand: a call that would count for ten seconds, carrying a deadline of half a
+    // second, from a caller that waits with no deadline of its own and never cancels. Only
+    // the deadline the call carries can end it before the capsule's own call timeout (5 s).
+    let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
+        .await
+        .unwrap();
+    let as_a = Seal::new(LATTICE, copy_key(&a_host.key), &[b_host.key.public_key()]);
+    let meta = CallMeta {
+        capsule: tool.0.into(),
+        tool: tool.1.into(),
+        principal: user.principal.to_string(),
+        client: None,
+        deadline_ms: Some(500),
+        reply_to: String::new(),
+    };
+    let input = Bytes::from_static(br#"{"to":100,"step_ms":100}"#);
+    let started = Instant::now();
+    let answer = calls::call(&lattice, &as_a, &meta, input, None, std::future::pending())
+        .await
+        .unwrap();
+    let ran = started.elapsed();
+    assert!(
+        matches!(&answer.outcome, CallOutcome::Failed { kind: Some(kind), .. } if kind == "timeout"),
+        "{:?}",
+        answer.outcome
+    );
+    assert!(
+        ran + Duration::from_secs(1) < Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
+        "the call ran on for {ran:?}"
+    );
+    // B queued its record of how the call ended (A's is the durable one): it is written by
+    // B's shutdown at the latest.
+    for kernel in [a, b] {
+        kernel.shutdown().await;
+    }
+    let outcomes: Vec<_> = audit_rows(&b_host.audit_db())
+        .iter()
+        .filter(|r| r.action == "tool.result" && r.capsule == tool.0)
+        .map(|r| details(r)["outcome"].clone())
+        .collect();
+    assert_eq!(
+        outcomes.last(),
+        Some(&serde_json::json!("timeout")),
+        "{outcomes:?}"
     );
 }
 
