@@ -5,7 +5,8 @@
 //! the other within a bound, a host that cannot see the lattice denies, and a grant issued by
 //! a host not trusted is worth nothing; a NATS node killed mid-load loses no grant a host was
 //! told is stored, and the lattice's calls and writes come back; and a log put back to an
-//! older copy, valid on its own, fails against the heads the host anchored in the lattice.
+//! older copy, and then written on (its history rewritten), valid on its own, fails against
+//! the heads the host anchored in the lattice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -382,7 +383,7 @@ async fn a_nats_node_killed_mid_load_loses_no_acknowledged_grant_and_the_lattice
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_put_back_to_an_older_copy_verifies_alone_but_not_against_the_lattice() {
+async fn a_log_put_back_to_an_older_copy_or_rewritten_verifies_alone_but_not_against_the_lattice() {
     let cluster = LocalCluster::start(1).await.unwrap();
     let host = LatticeHost::new(&["hello"]);
     let greet_a_few = |kernel: Kernel| async move {
@@ -422,6 +423,19 @@ async fn a_log_put_back_to_an_older_copy_verifies_alone_but_not_against_the_latt
             .problems
             .iter()
             .any(|p| matches!(p, capsid_audit::AnchorProblem::Missing { .. })),
+        "{:?}",
+        check.problems
+    );
+    // Written on from there, the log again reaches the places of those heads, with other
+    // entries in them: a history rewritten, still whole and valid on its own.
+    let kernel = greet_a_few(greet_a_few(greet_a_few(kernel).await).await).await;
+    let check = kernel.verify_audit_against_lattice().await.unwrap();
+    assert!(check.report.is_valid(), "the rewritten log verifies alone");
+    assert!(
+        check
+            .problems
+            .iter()
+            .any(|p| matches!(p, capsid_audit::AnchorProblem::Rewritten { .. })),
         "{:?}",
         check.problems
     );
