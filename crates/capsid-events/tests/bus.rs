@@ -1,4 +1,5 @@
-//! The bus delivers in order, drops and counts on overflow, and never blocks a publisher.
+//! The bus delivers in order, drops and counts on overflow (events from other hosts too), and
+//! never blocks a publisher.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use capsid_events::{Delivery, EventBus, EventError, EventOrigin};
@@ -159,4 +160,35 @@ async fn exported_topics_reach_the_exporter_and_remote_events_never_go_back() {
         bus.export(&["Bad".to_owned()], 2),
         Err(EventError::Invalid { .. })
     ));
+}
+
+#[tokio::test]
+async fn remote_events_drop_and_count_at_a_slow_subscriber_as_local_ones_do() {
+    let bus = EventBus::new();
+    let mut slow = bus.subscribe("orders.*", 2).unwrap();
+    let origin = EventOrigin {
+        host: "ab".into(),
+        principal: Some("user:x".into()),
+    };
+    for i in 0..5u8 {
+        let delivery = bus
+            .publish_remote("orders.paid", vec![i], None, origin.clone())
+            .unwrap();
+        let kept = i < 2;
+        assert_eq!(
+            delivery,
+            Delivery {
+                delivered: usize::from(kept),
+                dropped: usize::from(!kept)
+            },
+            "event {i}"
+        );
+    }
+    assert_eq!(slow.dropped(), 3);
+    for i in 0..2u8 {
+        let event = slow.recv().await.unwrap();
+        assert_eq!(event.payload, vec![i], "the oldest waiting events are kept");
+        assert_eq!(event.origin.as_deref(), Some(&origin));
+    }
+    assert!(slow.try_recv().is_none());
 }
