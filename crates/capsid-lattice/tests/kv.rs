@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use capsid_lattice::local::LocalCluster;
 use capsid_lattice::{JetStreamKvStore, Lattice, LatticeConfig};
-use capsid_storage::KvStore;
 use capsid_storage::conformance::every_case;
+use capsid_storage::{KvError, KvStore, Quota, QuotaKind, ScopedKvStore};
 
 async fn lattice(cluster: &LocalCluster, replicas: usize) -> Lattice {
     let config = LatticeConfig {
@@ -37,6 +37,56 @@ async fn jetstream_backend_conforms_on_a_replicated_bucket() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_hold_on_a_replicated_bucket_and_count_what_it_already_holds() {
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let lattice = lattice(&cluster, 3).await;
+    let kv: Arc<dyn KvStore> = Arc::new(JetStreamKvStore::open(&lattice, "quota").await.unwrap());
+    let quota = Quota {
+        max_bytes: Some(100),
+        max_keys: Some(3),
+    };
+    let scoped = ScopedKvStore::open(kv.clone(), "capsule-a", quota)
+        .await
+        .unwrap();
+    scoped.set(b"k1", &[1; 40]).await.unwrap();
+    scoped.set(b"k2", &[2; 40]).await.unwrap();
+    // 84 bytes held: 20 more would pass 100.
+    let over = scoped.set(b"k3", &[3; 20]).await.unwrap_err();
+    assert!(
+        matches!(
+            over,
+            KvError::QuotaExceeded {
+                kind: QuotaKind::Bytes,
+                ..
+            }
+        ),
+        "{over}"
+    );
+    assert_eq!(
+        scoped.get(b"k3").await.unwrap(),
+        None,
+        "nothing was written"
+    );
+    scoped.set(b"k3", &[3; 10]).await.unwrap();
+    let over = scoped.set(b"k4", b"").await.unwrap_err();
+    assert!(
+        matches!(
+            over,
+            KvError::QuotaExceeded {
+                kind: QuotaKind::Keys,
+                ..
+            }
+        ),
+        "{over}"
+    );
+    // Opened again (as after a restart), the namespace counts what the bucket holds.
+    let reopened = ScopedKvStore::open(kv, "capsule-a", quota).await.unwrap();
+    assert_eq!(reopened.usage().await, (96, 3));
+    assert!(reopened.set(b"k1", &[1; 60]).await.is_err());
+    assert_eq!(reopened.get(b"k1").await.unwrap(), Some(vec![1; 40]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
