@@ -308,8 +308,8 @@ async fn a_nats_node_killed_mid_load_loses_no_acknowledged_grant_and_the_lattice
     let mut answered_since_kill = 0;
     for round in 0.. {
         assert!(
-            start.elapsed() < Duration::from_mins(2),
-            "calls through A still failing two minutes after node n{node} was killed \
+            start.elapsed() < Duration::from_mins(3),
+            "calls through A still failing three minutes after node n{node} was killed \
              ({answered_since_kill} answered since); lattice {:?}",
             a.status().lattice
         );
@@ -349,7 +349,7 @@ async fn a_nats_node_killed_mid_load_loses_no_acknowledged_grant_and_the_lattice
         .is_err()
     {
         assert!(
-            start.elapsed() < Duration::from_mins(3),
+            start.elapsed() < Duration::from_mins(4),
             "no grant stored after the kill"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -370,7 +370,7 @@ async fn a_nats_node_killed_mid_load_loses_no_acknowledged_grant_and_the_lattice
                 .await
             {
                 assert!(
-                    seen.elapsed() < Duration::from_secs(30),
+                    seen.elapsed() < Duration::from_mins(1),
                     "the acknowledged grant of {resource} was lost"
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -426,8 +426,8 @@ async fn a_log_put_back_to_an_older_copy_or_rewritten_verifies_alone_but_not_aga
         "{:?}",
         check.problems
     );
-    // Written on from there, the log again reaches the places of those heads, with other
-    // entries in them: a history rewritten, still whole and valid on its own.
+    // Written on from there, the log holds other entries where the later run's anchored
+    // heads stood: a history rewritten, still whole and valid on its own.
     let kernel = greet_a_few(greet_a_few(greet_a_few(kernel).await).await).await;
     let check = kernel.verify_audit_against_lattice().await.unwrap();
     assert!(check.report.is_valid(), "the rewritten log verifies alone");

@@ -685,8 +685,9 @@ pub const LATTICE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fr
 /// after a node died) before it fails.
 pub const LATTICE_FAILOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// How long one attempt at making a lattice KV listing or watch (an ephemeral `JetStream`
-/// consumer) waits before another is made, placed anew: until `JetStream` notices a killed
+/// How long the first attempt at making a lattice KV listing or watch (an ephemeral
+/// `JetStream` consumer) waits before another is made, placed anew; each later one waits
+/// this much longer, up to [`LATTICE_REQUEST_TIMEOUT`]. Until `JetStream` notices a killed
 /// node gone (far longer than making a consumer normally takes: milliseconds), it may place
 /// one there, and that one is never made.
 pub const LATTICE_CONSUMER_ATTEMPT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

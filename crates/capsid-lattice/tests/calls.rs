@@ -17,6 +17,8 @@ use capsid_lattice::calls::{
 use capsid_lattice::local::LocalCluster;
 use capsid_lattice::{Kind, Lattice, LatticeConfig, Refusal, Seal, Sealed};
 use futures_util::StreamExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
 
 const LATTICE: &str = "calls";
 
@@ -54,10 +56,10 @@ async fn hosts<const N: usize>(cluster: &LocalCluster) -> [(Lattice, Seal); N] {
         .unwrap_or_else(|_| panic!("{N} hosts were made"))
 }
 
-/// Serves `hello` as `host`; returns once the subscription reached the server.
+/// Serves `hello` as `host`; returns once the subscription is in place at the server.
 async fn serve(host: &(Lattice, Seal)) -> CallQueue {
     let queue = calls::serve(&host.0, &host.1, "hello").await.unwrap();
-    host.0.client().flush().await.unwrap();
+    settled(host.0.client()).await;
     queue
 }
 
@@ -83,10 +85,10 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
     let caller = spawn_greet(&a);
     let at_b = next_call(&mut served_by_b).await;
     let copy = spy.next().await.unwrap();
-    // From here on, only C hears the capsule's calls (the flush: B's unsubscribe reached the
+    // From here on, only C hears the capsule's calls (B's unsubscribe is in place at the
     // server).
     drop(served_by_b);
-    b.0.client().flush().await.unwrap();
+    settled(b.0.client()).await;
     let mut served_by_c = serve(&c).await;
 
     at_b.replier
@@ -130,7 +132,7 @@ async fn a_call_is_handed_to_the_first_host_that_asks_and_to_no_other() {
         .unwrap();
     assert_eq!(seen.unwrap_err(), Refusal::Replayed);
     drop(served_by_c);
-    c.0.client().flush().await.unwrap();
+    settled(c.0.client()).await;
     let mut served_by_d = serve(&d).await;
     replay().await;
     let at_d = next_call(&mut served_by_d).await;
@@ -199,6 +201,16 @@ async fn call_by_hand(caller: &(Lattice, Seal)) -> (Sealed, Subscriber) {
     (call, asked)
 }
 
+/// Returns once the server has taken every subscription and unsubscription `client` sent so
+/// far: it handles each connection's messages in order, so they are in place once a message
+/// published after them comes back. (A flush only says they left this process.)
+async fn settled(client: &async_nats::Client) {
+    let probe = client.new_inbox();
+    let mut echo = client.subscribe(probe.clone()).await.unwrap();
+    client.publish(probe, Bytes::new()).await.unwrap();
+    next_on(&mut echo).await;
+}
+
 /// The next message on `inbox`, within ten seconds.
 async fn next_on(inbox: &mut Subscriber) -> async_nats::Message {
     tokio::time::timeout(Duration::from_secs(10), inbox.next())
@@ -264,7 +276,7 @@ async fn a_caller_hands_nothing_to_a_host_it_does_not_trust() {
             .subscribe(calls::call_subject(LATTICE, "hello"))
             .await
             .unwrap();
-    a.0.client().flush().await.unwrap();
+    settled(a.0.client()).await;
     let caller = spawn_greet(&a);
     let copy = spy.next().await.unwrap();
     let at_b = next_call(&mut served_by_b).await;
@@ -309,7 +321,7 @@ async fn a_host_of_the_earlier_call_protocol_never_hears_a_call() {
             .queue_subscribe(format!("capsid.{LATTICE}.call.hello"), "hello".into())
             .await
             .unwrap();
-    b.0.client().flush().await.unwrap();
+    settled(b.0.client()).await;
     let input = Bytes::from_static(b"{}");
     let err = calls::call(&a.0, &a.1, &greet(), input, None, std::future::pending())
         .await
@@ -354,6 +366,8 @@ async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and
     let cluster = LocalCluster::start(1).await.unwrap();
     let [a, b] = hosts::<2>(&cluster).await;
     let mut served_by_b = serve(&b).await;
+    // Connected before the call: B waits only so long for its handover.
+    let mut forger = RawClient::connect(&cluster.url(0)).await;
     let (call, mut asked) = call_by_hand(&a).await;
     let at_b = next_call(&mut served_by_b).await;
     let taking = {
@@ -364,7 +378,7 @@ async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and
     let to_b = asking.reply.clone().unwrap();
     // Anyone able to publish to B's inbox can say the caller is gone (a status line is not
     // signed): B then gives the call up, and the caller learns it did not run.
-    forge_status(&cluster.url(0), &to_b, 503).await;
+    forger.forge_status(&to_b, 503).await;
     let taken = taking.await.unwrap();
     assert!(
         matches!(&taken, Err(NotHanded::Unanswered(why)) if why.contains("no longer waits")),
@@ -384,32 +398,48 @@ async fn a_forged_no_responders_on_a_hosts_request_makes_it_give_the_call_up_and
     );
 }
 
-/// Publishes to `subject`, through the server at `url`, what only a NATS server should say:
-/// a status line with `code` and nothing else (a raw client: no client library sends one).
-async fn forge_status(url: &str, subject: &str, code: u16) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-    let address = url.trim_start_matches("nats://");
-    let mut server = BufReader::new(tokio::net::TcpStream::connect(address).await.unwrap());
-    let mut line = String::new();
-    server.read_line(&mut line).await.unwrap();
-    assert!(line.starts_with("INFO"), "not a NATS server: {line}");
-    let status = format!("NATS/1.0 {code}\r\n\r\n");
-    let frames = format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}}\r\n\
-         HPUB {subject} {len} {len}\r\n{status}\r\nPING\r\n",
-        len = status.len()
-    );
-    server.get_mut().write_all(frames.as_bytes()).await.unwrap();
-    // The server answers the PING once it has taken the frames before it.
-    loop {
-        line.clear();
+/// A raw NATS client, to send what no client library sends.
+struct RawClient(BufReader<TcpStream>);
+
+impl RawClient {
+    /// Connects to the server at `url` (headers on).
+    async fn connect(url: &str) -> Self {
+        let address = url.trim_start_matches("nats://");
+        let mut server = BufReader::new(TcpStream::connect(address).await.unwrap());
+        let mut line = String::new();
         server.read_line(&mut line).await.unwrap();
-        assert!(
-            !line.starts_with("-ERR"),
-            "the server refused the frames: {line}"
-        );
-        if line.starts_with("PONG") {
-            return;
+        assert!(line.starts_with("INFO"), "not a NATS server: {line}");
+        let mut client = Self(server);
+        client
+            .send("CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n")
+            .await;
+        client
+    }
+
+    /// Publishes to `subject` what only a server should say: a status line with `code`
+    /// and nothing else.
+    async fn forge_status(&mut self, subject: &str, code: u16) {
+        let status = format!("NATS/1.0 {code}\r\n\r\n");
+        let len = status.len();
+        self.send(&format!("HPUB {subject} {len} {len}\r\n{status}\r\n"))
+            .await;
+    }
+
+    /// Sends `frames`, then a PING, and waits for the server's PONG: it has taken them.
+    async fn send(&mut self, frames: &str) {
+        let frames = format!("{frames}PING\r\n");
+        self.0.get_mut().write_all(frames.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.0.read_line(&mut line).await.unwrap();
+            assert!(
+                !line.starts_with("-ERR"),
+                "the server refused the frames: {line}"
+            );
+            if line.starts_with("PONG") {
+                return;
+            }
         }
     }
 }
@@ -425,7 +455,7 @@ async fn a_caller_whose_holder_gave_the_call_up_says_it_did_not_run() {
             .subscribe(calls::call_subject(LATTICE, "hello"))
             .await
             .unwrap();
-    c.0.client().flush().await.unwrap();
+    settled(c.0.client()).await;
     let declined = |seal: &Seal, call: &str, taking: &str| {
         let meta = serde_json::json!({ "state": "declined", "call": call, "taking": taking });
         seal.seal(Kind::Reply, &meta, Bytes::new())
@@ -437,7 +467,7 @@ async fn a_caller_whose_holder_gave_the_call_up_says_it_did_not_run() {
         let copy = next_on(&mut spy).await;
         let inbox = copy.reply.clone().unwrap();
         let mut on_inbox = c.0.client().subscribe(inbox.clone()).await.unwrap();
-        c.0.client().flush().await.unwrap();
+        settled(c.0.client()).await;
         let at_b = next_call(&mut served_by_b).await;
         at_b.replier.take().await.expect("the call is B's");
         let request = envelope(&next_on(&mut on_inbox).await)["nonce"]
@@ -467,7 +497,7 @@ async fn a_caller_whose_holder_gave_the_call_up_says_it_did_not_run() {
                     .await
                     .unwrap();
                 // In the server before what comes next is.
-                client.flush().await.unwrap();
+                settled(client).await;
             }
             at_b.replier.done(CallOutcome::Ok, Bytes::new()).await;
             assert_eq!(caller.await.unwrap().unwrap().host, b.1.host());

@@ -85,7 +85,17 @@ async fn quotas_hold_on_a_replicated_bucket_and_count_what_it_already_holds() {
     // Opened again (as after a restart), the namespace counts what the bucket holds.
     let reopened = ScopedKvStore::open(kv, "capsule-a", quota).await.unwrap();
     assert_eq!(reopened.usage().await, (96, 3));
-    assert!(reopened.set(b"k1", &[1; 60]).await.is_err());
+    let over = reopened.set(b"k1", &[1; 60]).await.unwrap_err();
+    assert!(
+        matches!(
+            over,
+            KvError::QuotaExceeded {
+                kind: QuotaKind::Bytes,
+                ..
+            }
+        ),
+        "{over}"
+    );
     assert_eq!(reopened.get(b"k1").await.unwrap(), Some(vec![1; 40]));
 }
 

@@ -28,14 +28,19 @@ pub(super) fn advertise(kernel: &Kernel, joined: &Joined) -> JoinHandle<()> {
             if let Err(e) = joined.adverts.publish(&advert).await {
                 tracing::warn!(error = %e, "cannot advertise this host's capsules");
             }
-            match joined.adverts.read().await {
-                Ok(seen) => {
+            // Bounded, so that a slow read (a consumer made again while a node is down) never
+            // holds the next advertisement back past its TTL.
+            match tokio::time::timeout(LATTICE_ADVERT_INTERVAL, joined.adverts.read()).await {
+                Err(_) => tracing::warn!("reading the other hosts' capsules took too long"),
+                Ok(Ok(seen)) => {
                     *joined
                         .others
                         .write()
                         .unwrap_or_else(PoisonError::into_inner) = seen;
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot read the other hosts' capsules"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot read the other hosts' capsules");
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(LATTICE_ADVERT_INTERVAL) => {}

@@ -21,12 +21,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::{Consumer, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::stream::{self, LastRawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::{self, ConsumerErrorKind, LastRawMessageErrorKind, Stream};
 use async_trait::async_trait;
 use bytes::Bytes;
 use capsid_core::limits::{
     LATTICE_CONSUMER_ATTEMPT_WAIT, LATTICE_FAILOVER_WAIT, LATTICE_KV_HISTORY,
-    LATTICE_KV_LIST_TIMEOUT, LATTICE_KV_MAX_MESSAGE_BYTES, MAX_KV_CONFLICT_RETRIES,
+    LATTICE_KV_LIST_TIMEOUT, LATTICE_KV_MAX_MESSAGE_BYTES, LATTICE_REQUEST_TIMEOUT,
+    MAX_KV_CONFLICT_RETRIES,
 };
 use capsid_storage::{BatchOp, KvError, KvStore, Page, check_key, check_limit, check_write};
 use futures_util::StreamExt as _;
@@ -316,7 +317,9 @@ impl JetStreamKvStore {
         headers_only: bool,
     ) -> Result<Consumer<OrderedConfig>, String> {
         let started = Instant::now();
+        let mut attempt = 0u32;
         loop {
+            attempt = attempt.saturating_add(1);
             let config = OrderedConfig {
                 deliver_subject: self.lattice.client().new_inbox(),
                 filter_subject: filter.to_owned(),
@@ -325,19 +328,28 @@ impl JetStreamKvStore {
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()
             };
-            let attempt = tokio::time::timeout(
-                LATTICE_CONSUMER_ATTEMPT_WAIT,
-                self.stream.create_consumer(config),
-            )
-            .await;
-            let why = match attempt {
+            // Each attempt waits longer, so a cluster only slow still makes one.
+            let wait = (LATTICE_CONSUMER_ATTEMPT_WAIT * attempt).min(LATTICE_REQUEST_TIMEOUT);
+            let why = match tokio::time::timeout(wait, self.stream.create_consumer(config)).await {
                 Ok(Ok(consumer)) => return Ok(consumer),
+                Ok(Err(e))
+                    if !matches!(
+                        e.kind(),
+                        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request
+                    ) =>
+                {
+                    return Err(e.to_string());
+                }
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("not made within {LATTICE_CONSUMER_ATTEMPT_WAIT:?}"),
+                Err(_) => format!("not made within {wait:?}"),
             };
-            // Made again (placed anew, a leader elected meanwhile): making one changes nothing.
+            // Another, placed anew. One an abandoned attempt made after all delivers to an
+            // inbox nobody reads, and JetStream removes it once it has been inactive a while.
             if started.elapsed() >= LATTICE_FAILOVER_WAIT {
-                return Err(why);
+                return Err(format!(
+                    "{why} (none made in {attempt} attempts over {:?})",
+                    started.elapsed()
+                ));
             }
             tracing::debug!(%filter, error = %why, "lattice consumer made again");
             tokio::time::sleep(failover_pause(started)).await;
