@@ -497,10 +497,13 @@ async fn bad_clients_cost_only_their_own_connection() {
     drop(stalled);
     status_works(&home).await;
 
-    // Everything those clients opened is closed again.
+    // Everything those clients opened is closed again. Judged on the count the wait ends on:
+    // the daemon's own background work may open a file for a moment after it.
     let begun = Instant::now();
-    while fds_of(pid) > baseline + 2 && begun.elapsed() < PATIENCE {
+    let mut count = fds_of(pid);
+    while count > baseline + 2 && begun.elapsed() < PATIENCE {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        count = fds_of(pid);
     }
     let open: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
@@ -511,9 +514,8 @@ async fn bad_clients_cost_only_their_own_connection() {
         })
         .unwrap_or_default();
     assert!(
-        fds_of(pid) <= baseline + 2,
-        "{} descriptors, {baseline} before: {open:?}",
-        fds_of(pid)
+        count <= baseline + 2,
+        "{count} descriptors, {baseline} before: {open:?}"
     );
     home.ok(&["stop"]);
 }
