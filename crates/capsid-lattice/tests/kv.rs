@@ -54,49 +54,27 @@ async fn quotas_hold_on_a_replicated_bucket_and_count_what_it_already_holds() {
     scoped.set(b"k1", &[1; 40]).await.unwrap();
     scoped.set(b"k2", &[2; 40]).await.unwrap();
     // 84 bytes held: 20 more would pass 100.
-    let over = scoped.set(b"k3", &[3; 20]).await.unwrap_err();
-    assert!(
-        matches!(
-            over,
-            KvError::QuotaExceeded {
-                kind: QuotaKind::Bytes,
-                ..
-            }
-        ),
-        "{over}"
-    );
+    over_quota(scoped.set(b"k3", &[3; 20]).await, QuotaKind::Bytes);
     assert_eq!(
         scoped.get(b"k3").await.unwrap(),
         None,
         "nothing was written"
     );
     scoped.set(b"k3", &[3; 10]).await.unwrap();
-    let over = scoped.set(b"k4", b"").await.unwrap_err();
-    assert!(
-        matches!(
-            over,
-            KvError::QuotaExceeded {
-                kind: QuotaKind::Keys,
-                ..
-            }
-        ),
-        "{over}"
-    );
+    over_quota(scoped.set(b"k4", b"").await, QuotaKind::Keys);
     // Opened again (as after a restart), the namespace counts what the bucket holds.
     let reopened = ScopedKvStore::open(kv, "capsule-a", quota).await.unwrap();
     assert_eq!(reopened.usage().await, (96, 3));
-    let over = reopened.set(b"k1", &[1; 60]).await.unwrap_err();
-    assert!(
-        matches!(
-            over,
-            KvError::QuotaExceeded {
-                kind: QuotaKind::Bytes,
-                ..
-            }
-        ),
-        "{over}"
-    );
+    over_quota(reopened.set(b"k1", &[1; 60]).await, QuotaKind::Bytes);
     assert_eq!(reopened.get(b"k1").await.unwrap(), Some(vec![1; 40]));
+}
+
+/// Asserts `written` was refused for passing the `kind` quota.
+fn over_quota(written: Result<(), KvError>, kind: QuotaKind) {
+    match written {
+        Err(KvError::QuotaExceeded { kind: over, .. }) if over == kind => {}
+        other => panic!("expected the {kind} quota refused, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
